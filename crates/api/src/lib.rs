@@ -1,0 +1,211 @@
+//! The AWS IoT-compatible control plane over HTTPS: restJson1 routes, SigV4 authentication,
+//! AWS error shapes.
+//!
+//! **Architecture Invariant:** this is the only crate that knows the AWS wire format (paths,
+//! member names, timestamp encoding, error headers). It converts wire shapes to the typed calls
+//! of `certfleet-services` by hand and back, and maps `certfleet_services::Error` to AWS errors
+//! in one place (`error.rs`).
+//!
+//! **API Boundary:** the HTTP API itself, which the stock AWS CLI and SDKs drive.
+
+mod auth;
+mod certificates;
+mod error;
+mod wire;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::Request;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, patch, post};
+use certfleet_services::{Caller, Services};
+use http::{HeaderValue, StatusCode};
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use error::ApiError;
+
+/// Settings of the HTTP API.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The region requests must be signed for.
+    pub region: String,
+    /// How far a request's signing time may be from the server's clock (AWS: 5 minutes).
+    pub max_clock_skew: time::Duration,
+    /// The largest request body accepted.
+    pub max_body_bytes: usize,
+    /// How long a TLS handshake may take before the connection is dropped.
+    pub handshake_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            region: "us-east-1".into(),
+            max_clock_skew: time::Duration::minutes(5),
+            max_body_bytes: 512 * 1024,
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What every handler shares.
+pub struct AppState {
+    pub services: Arc<Services>,
+    pub config: Config,
+    keys: auth::KeyCache,
+}
+
+/// The router with every operation, behind SigV4 authentication and request logging.
+pub fn router(services: Arc<Services>, config: Config) -> Router {
+    use certificates as c;
+    let state = Arc::new(AppState { services, config, keys: auth::KeyCache::default() });
+    Router::new()
+        .route("/registrationcode", get(c::get_registration_code).delete(c::delete_registration_code))
+        .route("/cacertificate", post(c::register_ca_certificate))
+        .route(
+            "/cacertificate/{id}",
+            get(c::describe_ca_certificate).put(c::update_ca_certificate).delete(c::delete_ca_certificate),
+        )
+        .route("/cacertificates", get(c::list_ca_certificates))
+        .route("/certificates-by-ca/{id}", get(c::list_certificates_by_ca))
+        .route("/keys-and-certificate", post(c::create_keys_and_certificate))
+        .route("/certificates", post(c::create_certificate_from_csr).get(c::list_certificates))
+        .route("/certificate/register", post(c::register_certificate))
+        .route("/certificate/register-no-ca", post(c::register_certificate_without_ca))
+        .route(
+            "/certificates/{id}",
+            get(c::describe_certificate).put(c::update_certificate).delete(c::delete_certificate),
+        )
+        .route("/transfer-certificate/{id}", patch(c::transfer_certificate))
+        .route("/accept-certificate-transfer/{id}", patch(c::accept_certificate_transfer))
+        .route("/reject-certificate-transfer/{id}", patch(c::reject_certificate_transfer))
+        .route("/cancel-certificate-transfer/{id}", patch(c::cancel_certificate_transfer))
+        .route("/endpoint", get(c::describe_endpoint))
+        .fallback(unknown_operation)
+        .method_not_allowed_fallback(unknown_operation)
+        .layer(middleware::from_fn_with_state(state.clone(), auth::authenticate))
+        .layer(middleware::from_fn(log_request))
+        .with_state(state)
+}
+
+async fn unknown_operation(request: Request) -> Response {
+    ApiError::new(
+        "UnknownOperationException",
+        StatusCode::NOT_FOUND,
+        format!("no operation at {} {}", request.method(), request.uri().path()),
+    )
+    .into_response()
+}
+
+/// Gives every response a request ID and logs each request with its outcome.
+async fn log_request(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let request_id = new_request_id();
+    let mut response = next.run(request).await;
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert("x-amzn-RequestId", value);
+    }
+    let account = response.extensions().get::<Caller>().map(|caller| caller.account.to_string());
+    let elapsed_us = started.elapsed().as_micros() as u64;
+    match response.extensions().get::<ApiError>() {
+        Some(error) => tracing::info!(
+            %method, path, request_id, status = error.status.as_u16(), code = error.code,
+            message = %error.message, elapsed_us, "request refused"
+        ),
+        None => tracing::debug!(%method, path, request_id, status = response.status().as_u16(), ?account, elapsed_us, "request"),
+    }
+    response
+}
+
+fn new_request_id() -> String {
+    let mut bytes = [0u8; 16];
+    if aws_lc_rs_fill(&mut bytes).is_err() {
+        return "00000000-0000-4000-8000-000000000000".into();
+    }
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..])
+}
+
+fn aws_lc_rs_fill(bytes: &mut [u8]) -> Result<(), ()> {
+    use rustls::crypto::CryptoProvider;
+    let provider = CryptoProvider::get_default().cloned().unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()));
+    provider.secure_random.fill(bytes).map_err(drop)
+}
+
+/// Serves `router` on `listener` until `shutdown` turns true, with TLS when `tls` is given.
+/// Connections in flight finish their current request before the function returns.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    router: Router,
+    handshake_timeout: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = stop_requested(&mut shutdown) => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(router.clone());
+        let acceptor = acceptor.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let builder = hyper::server::conn::http1::Builder::new();
+            match acceptor {
+                Some(acceptor) => match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(tls_stream)) => {
+                        let connection = builder.serve_connection(TokioIo::new(tls_stream), service);
+                        log_connection_end(peer, watcher.watch(connection).await);
+                    }
+                    Ok(Err(error)) => tracing::info!(%peer, %error, "api tls handshake failed"),
+                    Err(_) => tracing::info!(%peer, "api tls handshake timed out"),
+                },
+                None => {
+                    let connection = builder.serve_connection(TokioIo::new(stream), service);
+                    log_connection_end(peer, watcher.watch(connection).await);
+                }
+            }
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(Duration::from_secs(10)) => tracing::warn!("api connections still open after 10 s; closing"),
+    }
+    Ok(())
+}
+
+/// Resolves once `shutdown` holds `true` (or its sender is gone).
+async fn stop_requested(shutdown: &mut watch::Receiver<bool>) {
+    while !*shutdown.borrow_and_update() {
+        if shutdown.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+fn log_connection_end(peer: SocketAddr, result: Result<(), hyper::Error>) {
+    if let Err(error) = result {
+        tracing::debug!(%peer, %error, "api connection ended with an error");
+    }
+}

@@ -1,0 +1,237 @@
+//! The configuration file (TOML) and its typed, validated form.
+//!
+//! The file format lives here and nowhere else: durations are strings with a unit (`"365d"`,
+//! `"5m"`), addresses are `host:port`, and unknown keys are refused. `certfleet config default`
+//! prints [`DEFAULT_CONFIG`], which documents every key.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+
+/// The documented defaults, as printed by `certfleet config default`.
+pub const DEFAULT_CONFIG: &str = r#"# certfleet configuration. Every key is optional; these are the defaults.
+
+# Where certfleet keeps its state: the SQLite registry, the generated CA certificates,
+# the key passphrase (when none is given), credentials and endpoints.json.
+data_dir = "certfleet-data"
+
+# The AWS region this deployment answers for (ARNs, endpoints, SigV4 scope).
+region = "us-east-1"
+
+# Account endpoints are "<identifier>-ats.iot.<region>.<endpoint_domain>".
+endpoint_domain = "certfleet.local"
+
+[api]
+# The HTTPS control plane (AWS IoT API). Port 0 picks a free port.
+addr = "127.0.0.1:8443"
+# Serve plain HTTP instead of HTTPS. Refused unless addr is a loopback address.
+insecure_plain_http = false
+# Largest request body accepted.
+max_body_bytes = 524288
+# How far a request's SigV4 time may be from the server clock.
+max_clock_skew = "5m"
+
+[mqtt]
+# The device gateway (MQTT over mutual TLS). Reserved: the gateway is not built yet.
+addr = "127.0.0.1:8883"
+
+[database]
+# Empty: the embedded SQLite registry in data_dir. Otherwise a PostgreSQL URL,
+# e.g. "postgres://user@127.0.0.1:5432/certfleet".
+url = ""
+
+[pki]
+# Validity of the device certificates certfleet issues.
+device_certificate_validity = "365d"
+# Validity of the root CAs certfleet creates on first start.
+root_validity = "3650d"
+# Extra names (DNS or IP) for the server certificate, besides localhost, 127.0.0.1 and ::1.
+server_names = []
+
+[keys]
+# A file whose content is the passphrase that seals CA private keys at rest.
+# The environment variable CERTFLEET_KEY_PASSPHRASE wins over it. When neither is given,
+# certfleet generates a passphrase into <data_dir>/key-passphrase (0600) and warns.
+passphrase_file = ""
+"#;
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    region: Option<String>,
+    endpoint_domain: Option<String>,
+    api: ApiFile,
+    mqtt: MqttFile,
+    database: DatabaseFile,
+    pki: PkiFile,
+    keys: KeysFile,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct ApiFile {
+    addr: Option<String>,
+    insecure_plain_http: Option<bool>,
+    max_body_bytes: Option<usize>,
+    max_clock_skew: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct MqttFile {
+    addr: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct DatabaseFile {
+    url: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct PkiFile {
+    device_certificate_validity: Option<String>,
+    root_validity: Option<String>,
+    server_names: Option<Vec<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct KeysFile {
+    passphrase_file: Option<String>,
+}
+
+/// The validated configuration of a server or an admin command.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub region: String,
+    pub endpoint_domain: String,
+    pub api_addr: SocketAddr,
+    pub insecure_plain_http: bool,
+    pub max_body_bytes: usize,
+    pub max_clock_skew: time::Duration,
+    pub mqtt_addr: SocketAddr,
+    pub database_url: Option<String>,
+    pub device_certificate_validity: time::Duration,
+    pub root_validity: time::Duration,
+    pub server_names: Vec<String>,
+    pub passphrase_file: Option<PathBuf>,
+}
+
+/// Values given on the command line, which win over the file.
+#[derive(Default)]
+pub struct Overrides {
+    pub data_dir: Option<PathBuf>,
+    pub api_addr: Option<String>,
+    pub mqtt_addr: Option<String>,
+    pub database_url: Option<String>,
+}
+
+impl Config {
+    /// Reads the file (if any), applies the overrides and validates everything once.
+    pub fn load(path: Option<&std::path::Path>, overrides: Overrides) -> anyhow::Result<Self> {
+        let file: FileConfig = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+                toml::from_str(&text).with_context(|| format!("in {}", path.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        let api_addr = parse_addr(overrides.api_addr.or(file.api.addr).as_deref().unwrap_or("127.0.0.1:8443"), "api.addr")?;
+        let insecure_plain_http = file.api.insecure_plain_http.unwrap_or(false);
+        if insecure_plain_http && !api_addr.ip().is_loopback() {
+            bail!("api.insecure_plain_http is only allowed on a loopback address, not {api_addr}");
+        }
+        let region = file.region.unwrap_or_else(|| "us-east-1".into());
+        if region.is_empty() || !region.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+            bail!("region {region:?} is not a region name");
+        }
+        let database_url = overrides.database_url.or(file.database.url).filter(|url| !url.is_empty());
+        Ok(Config {
+            data_dir: overrides.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("certfleet-data")),
+            region,
+            endpoint_domain: file.endpoint_domain.unwrap_or_else(|| "certfleet.local".into()),
+            api_addr,
+            insecure_plain_http,
+            max_body_bytes: file.api.max_body_bytes.unwrap_or(512 * 1024),
+            max_clock_skew: parse_duration(file.api.max_clock_skew.as_deref().unwrap_or("5m"), "api.max_clock_skew")?,
+            mqtt_addr: parse_addr(overrides.mqtt_addr.or(file.mqtt.addr).as_deref().unwrap_or("127.0.0.1:8883"), "mqtt.addr")?,
+            database_url,
+            device_certificate_validity: parse_duration(
+                file.pki.device_certificate_validity.as_deref().unwrap_or("365d"),
+                "pki.device_certificate_validity",
+            )?,
+            root_validity: parse_duration(file.pki.root_validity.as_deref().unwrap_or("3650d"), "pki.root_validity")?,
+            server_names: file.pki.server_names.unwrap_or_default(),
+            passphrase_file: file.keys.passphrase_file.filter(|path| !path.is_empty()).map(PathBuf::from),
+        })
+    }
+}
+
+fn parse_addr(text: &str, key: &str) -> anyhow::Result<SocketAddr> {
+    text.parse().with_context(|| format!("{key}: {text:?} is not an address like 127.0.0.1:8443"))
+}
+
+/// Parses `"90s"`, `"5m"`, `"12h"` or `"365d"`.
+pub fn parse_duration(text: &str, key: &str) -> anyhow::Result<time::Duration> {
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: i64 = number.parse().with_context(|| format!("{key}: {text:?} needs a number and a unit (s, m, h, d)"))?;
+    let duration = match unit {
+        "s" => time::Duration::seconds(number),
+        "m" => time::Duration::minutes(number),
+        "h" => time::Duration::hours(number),
+        "d" => time::Duration::days(number),
+        _ => bail!("{key}: {text:?} needs a unit: s, m, h or d"),
+    };
+    if duration <= time::Duration::ZERO {
+        bail!("{key}: {text:?} must be positive");
+    }
+    Ok(duration)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_defaults_parse_and_are_the_defaults() {
+        let file: FileConfig = toml::from_str(DEFAULT_CONFIG).unwrap();
+        assert_eq!(file.api.addr.as_deref(), Some("127.0.0.1:8443"));
+        let dir = std::env::temp_dir().join(format!("certfleet-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("config.toml");
+        std::fs::write(&path, DEFAULT_CONFIG).unwrap();
+        let from_file = Config::load(Some(&path), Overrides::default()).unwrap();
+        let built_in = Config::load(None, Overrides::default()).unwrap();
+        assert_eq!(format!("{from_file:?}"), format!("{built_in:?}"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn durations() {
+        for (text, expected) in [("90s", Some(90)), ("5m", Some(300)), ("2h", Some(7200)), ("1d", Some(86_400))] {
+            assert_eq!(parse_duration(text, "k").ok().map(|d| d.whole_seconds()), expected, "{text}");
+        }
+        for bad in ["", "5", "m", "5w", "-5m", "0s", "5 m"] {
+            assert!(parse_duration(bad, "k").is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_and_unsafe_plain_http_are_refused() {
+        let dir = std::env::temp_dir().join(format!("certfleet-config-bad-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("config.toml");
+        for bad in ["colour = \"red\"", "[api]\naddr = \"0.0.0.0:8443\"\ninsecure_plain_http = true"] {
+            std::fs::write(&path, bad).unwrap();
+            assert!(Config::load(Some(&path), Overrides::default()).is_err(), "{bad}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

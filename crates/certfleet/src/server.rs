@@ -1,0 +1,162 @@
+//! `certfleet server`: bootstraps the data directory on first start (root CAs, a first account
+//! with its AWS CLI profile), then serves the HTTPS API until SIGINT or SIGTERM.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use certfleet_pki::{Issuer, KeyAlgorithm};
+use certfleet_registry::IssuerPurpose;
+use certfleet_services::{Clock, Services, SystemClock, load_or_create_issuer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::datadir::{self, Files};
+
+/// Runs the server until a shutdown signal.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    datadir::create(&config.data_dir)?;
+    let files = Files::of(&config.data_dir);
+    let passphrase = datadir::passphrase(&config)?;
+    let store = datadir::open_store(&config)?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    tracing::info!(backend = store.backend(), data_dir = %config.data_dir.display(), "registry open");
+
+    let (device_issuer, server_issuer) = {
+        let (store, clock, config) = (store.clone(), clock.clone(), config.clone());
+        tokio::task::spawn_blocking(move || -> anyhow::Result<(Issuer, Issuer)> {
+            let device = load_or_create_issuer(
+                &*store, &*clock, IssuerPurpose::Device, "certfleet device root CA", config.root_validity, &passphrase,
+            )?;
+            let server = load_or_create_issuer(
+                &*store, &*clock, IssuerPurpose::Server, "certfleet server root CA", config.root_validity, &passphrase,
+            )?;
+            Ok((device, server))
+        })
+        .await??
+    };
+    datadir::write_public(&files.device_root, device_issuer.certificate().to_pem().as_bytes())?;
+    datadir::write_public(&files.server_root, server_issuer.certificate().to_pem().as_bytes())?;
+
+    let services = Arc::new(Services::new(
+        store,
+        clock.clone(),
+        certfleet_services::Config {
+            partition: "aws".into(),
+            region: config.region.clone(),
+            endpoint_domain: config.endpoint_domain.clone(),
+            device_certificate_validity: config.device_certificate_validity,
+            max_cas_per_subject: 10,
+        },
+        Some(device_issuer),
+    ));
+    first_account(&services, &config, &files).await?;
+
+    let tls = if config.insecure_plain_http {
+        tracing::warn!(addr = %config.api_addr, "serving the API over plain HTTP (loopback only)");
+        None
+    } else {
+        Some(server_tls(&server_issuer, &config, clock.now())?)
+    };
+    let listener = TcpListener::bind(config.api_addr).await.with_context(|| format!("binding the API to {}", config.api_addr))?;
+    let api_addr = listener.local_addr()?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let api_url = format!("{scheme}://{api_addr}");
+    let endpoints = serde_json::json!({
+        "api": api_url,
+        "api_addr": api_addr.to_string(),
+        "mqtt_addr": serde_json::Value::Null,
+        "region": config.region,
+    });
+    datadir::write_public(&files.endpoints, format!("{endpoints:#}\n").as_bytes())?;
+    tracing::info!(%api_url, "api listening");
+    println!("certfleet is serving the AWS IoT API at {api_url}");
+    println!("try it with the stock AWS CLI:");
+    println!(
+        "  AWS_SHARED_CREDENTIALS_FILE={} AWS_CONFIG_FILE={} aws iot describe-endpoint --endpoint-type iot:Data-ATS --endpoint-url {api_url}{}",
+        files.credentials.display(),
+        files.config.display(),
+        if tls.is_some() { format!(" --ca-bundle {}", files.server_root.display()) } else { String::new() }
+    );
+
+    let (stop, stopped) = watch::channel(false);
+    let api_config = certfleet_api::Config {
+        region: config.region.clone(),
+        max_clock_skew: config.max_clock_skew,
+        max_body_bytes: config.max_body_bytes,
+        ..certfleet_api::Config::default()
+    };
+    let router = certfleet_api::router(services, api_config.clone());
+    let server = tokio::spawn(certfleet_api::serve(listener, tls, router, api_config.handshake_timeout, stopped));
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    let _ = stop.send(true);
+    server.await??;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// On first start (no account yet) creates an account and writes its `default` profile.
+async fn first_account(services: &Arc<Services>, config: &Config, files: &Files) -> anyhow::Result<()> {
+    let services = services.clone();
+    let created = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        if !services.list_accounts()?.is_empty() {
+            return Ok(None);
+        }
+        let account = services.create_account()?;
+        let key = services.create_access_key(&account.id)?;
+        Ok(Some((account, key)))
+    })
+    .await??;
+    if let Some((account, key)) = created {
+        datadir::add_profile(&config.data_dir, "default", &key, &config.region)?;
+        tracing::info!(account = %account.id, credentials = %files.credentials.display(), "created the first account");
+    }
+    Ok(())
+}
+
+/// The API's TLS settings: TLS 1.2 and 1.3 only, a fresh server certificate from the server
+/// root for localhost, 127.0.0.1, ::1 and the configured names.
+fn server_tls(
+    server_issuer: &Issuer,
+    config: &Config,
+    now: time::OffsetDateTime,
+) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
+    names.extend(config.server_names.iter().cloned());
+    let (certificate, key) = server_issuer
+        .issue_server_certificate("certfleet", &names, time::Duration::days(365), KeyAlgorithm::EcdsaP256, now)
+        .context("issuing the server certificate")?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![CertificateDer::from(certificate.der().to_vec())],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.to_vec())),
+        )?;
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(tls))
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM");
+                let _ = interrupt.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}

@@ -1,0 +1,90 @@
+//! Versioned schema migrations, applied in order at start.
+//!
+//! One schema for both backends: only BIGINT and TEXT columns, and SQL both understand.
+//! Never edit a migration that has shipped; add a new one.
+
+/// `(version, statements)`; statements are separated by `;` at the end of a line.
+pub(crate) const MIGRATIONS: &[(i64, &str)] = &[(
+    1,
+    r#"
+CREATE TABLE accounts (
+    id TEXT PRIMARY KEY,
+    endpoint_identifier TEXT NOT NULL UNIQUE,
+    registration_code TEXT,
+    created_at BIGINT NOT NULL
+);
+CREATE TABLE access_keys (
+    access_key_id TEXT PRIMARY KEY,
+    secret_access_key TEXT NOT NULL,
+    account_id TEXT NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+    created_at BIGINT NOT NULL
+);
+CREATE INDEX access_keys_account ON access_keys(account_id);
+CREATE TABLE ca_certificates (
+    account_id TEXT NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+    id TEXT NOT NULL,
+    pem TEXT NOT NULL,
+    subject_key TEXT NOT NULL,
+    status TEXT NOT NULL,
+    mode TEXT NOT NULL,
+    auto_registration BIGINT NOT NULL,
+    has_registration_config BIGINT NOT NULL,
+    template_body TEXT,
+    role_arn TEXT,
+    template_name TEXT,
+    generation_id TEXT NOT NULL,
+    customer_version BIGINT NOT NULL,
+    not_before BIGINT NOT NULL,
+    not_after BIGINT NOT NULL,
+    created_at BIGINT NOT NULL,
+    last_modified BIGINT NOT NULL,
+    PRIMARY KEY (account_id, id)
+);
+CREATE UNIQUE INDEX ca_certificates_one_default_holder ON ca_certificates(id) WHERE mode = 'DEFAULT';
+CREATE INDEX ca_certificates_subject ON ca_certificates(account_id, subject_key);
+CREATE INDEX ca_certificates_created ON ca_certificates(account_id, created_at, id);
+CREATE TABLE certificates (
+    account_id TEXT NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+    id TEXT NOT NULL,
+    pem TEXT NOT NULL,
+    ca_certificate_id TEXT,
+    status TEXT NOT NULL,
+    mode TEXT NOT NULL,
+    previous_owner TEXT,
+    generation_id TEXT NOT NULL,
+    customer_version BIGINT NOT NULL,
+    not_before BIGINT NOT NULL,
+    not_after BIGINT NOT NULL,
+    created_at BIGINT NOT NULL,
+    last_modified BIGINT NOT NULL,
+    transfer_pending_to TEXT,
+    transfer_message TEXT,
+    transfer_reject_reason TEXT,
+    transfer_date BIGINT,
+    transfer_accept_date BIGINT,
+    transfer_reject_date BIGINT,
+    PRIMARY KEY (account_id, id)
+);
+CREATE INDEX certificates_created ON certificates(account_id, created_at, id);
+CREATE INDEX certificates_by_ca ON certificates(account_id, ca_certificate_id, created_at, id);
+CREATE INDEX certificates_pending_transfer ON certificates(transfer_pending_to, id);
+CREATE TABLE issuers (
+    id TEXT PRIMARY KEY,
+    purpose TEXT NOT NULL,
+    certificate_pem TEXT NOT NULL,
+    sealed_key TEXT NOT NULL,
+    created_at BIGINT NOT NULL
+);
+CREATE TABLE tags (
+    resource_arn TEXT NOT NULL,
+    tag_key TEXT NOT NULL,
+    tag_value TEXT NOT NULL,
+    PRIMARY KEY (resource_arn, tag_key)
+);
+"#,
+)];
+
+/// The statements of one migration.
+pub(crate) fn statements(sql: &str) -> impl Iterator<Item = &str> {
+    sql.split(";\n").map(str::trim).filter(|statement| !statement.is_empty())
+}

@@ -1,0 +1,241 @@
+//! The domain model: accounts, their access keys, CA certificates and device certificates.
+//!
+//! These are plain Rust values. They know nothing of SQL rows or of the AWS wire format: the
+//! backends convert rows by hand and the api crate has its own wire structs.
+
+use std::fmt;
+
+use certfleet_pki::CertificateId;
+use time::OffsetDateTime;
+
+use crate::Error;
+
+/// A 12-digit account ID, the tenant boundary of the registry.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AccountId(String);
+
+impl AccountId {
+    /// Parses a 12-digit account ID.
+    pub fn parse(text: &str) -> Result<Self, Error> {
+        if text.len() == 12 && text.bytes().all(|b| b.is_ascii_digit()) {
+            Ok(AccountId(text.to_owned()))
+        } else {
+            Err(Error::InvalidValue(format!("account id must be 12 digits, got {text:?}")))
+        }
+    }
+
+    /// The ID as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for AccountId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// An account: a tenant with its own registry view and access keys.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Account {
+    pub id: AccountId,
+    /// The per-account part of the data endpoint host name (`<identifier>-ats.iot.<region>.<domain>`).
+    pub endpoint_identifier: String,
+    /// The CA registration code (GetRegistrationCode), created on first request.
+    pub registration_code: Option<String>,
+    pub created_at: OffsetDateTime,
+}
+
+/// An access key pair used to sign API requests (SigV4) on behalf of an account.
+///
+/// The secret is needed in clear to verify signatures; it lives only in the registry database,
+/// whose file is created with 0600 permissions, and is never logged.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AccessKey {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub account: AccountId,
+    pub created_at: OffsetDateTime,
+}
+
+impl fmt::Debug for AccessKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AccessKey")
+            .field("access_key_id", &self.access_key_id)
+            .field("account", &self.account)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Status of a registered CA certificate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CaStatus {
+    Active,
+    Inactive,
+}
+
+/// Status of a device certificate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CertificateStatus {
+    Active,
+    Inactive,
+    Revoked,
+    PendingTransfer,
+    RegisterInactive,
+    PendingActivation,
+}
+
+/// How devices must reach the gateway with a certificate: DEFAULT works without SNI,
+/// SNI_ONLY requires the endpoint host name in SNI.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CertificateMode {
+    Default,
+    SniOnly,
+}
+
+/// The just-in-time provisioning settings of a CA.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RegistrationConfig {
+    pub template_body: Option<String>,
+    pub role_arn: Option<String>,
+    pub template_name: Option<String>,
+}
+
+/// A resource tag.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tag {
+    pub key: String,
+    pub value: String,
+}
+
+/// A CA certificate registered in one account.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CaCertificate {
+    pub account: AccountId,
+    pub id: CertificateId,
+    pub pem: String,
+    /// Hex SHA-256 of the subject's DER: device certificates are matched to CAs by it.
+    pub subject_key: String,
+    pub status: CaStatus,
+    pub mode: CertificateMode,
+    pub auto_registration: bool,
+    pub registration_config: Option<RegistrationConfig>,
+    pub generation_id: String,
+    pub customer_version: i64,
+    pub not_before: OffsetDateTime,
+    pub not_after: OffsetDateTime,
+    pub created_at: OffsetDateTime,
+    pub last_modified: OffsetDateTime,
+}
+
+/// The record of a transfer between accounts, kept on the certificate after it ends.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TransferData {
+    /// The account the certificate is being offered to, while the transfer is pending.
+    pub pending_to: Option<AccountId>,
+    pub transfer_message: Option<String>,
+    pub reject_reason: Option<String>,
+    pub transfer_date: Option<OffsetDateTime>,
+    pub accept_date: Option<OffsetDateTime>,
+    pub reject_date: Option<OffsetDateTime>,
+}
+
+/// A device certificate registered in one account.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceCertificate {
+    pub account: AccountId,
+    pub id: CertificateId,
+    pub pem: String,
+    /// The registered CA that signed it, if any (None for CA-less, multi-account registration).
+    pub ca_certificate_id: Option<CertificateId>,
+    pub status: CertificateStatus,
+    pub mode: CertificateMode,
+    pub previous_owner: Option<AccountId>,
+    pub generation_id: String,
+    pub customer_version: i64,
+    pub not_before: OffsetDateTime,
+    pub not_after: OffsetDateTime,
+    pub created_at: OffsetDateTime,
+    pub last_modified: OffsetDateTime,
+    pub transfer: TransferData,
+}
+
+/// What an issuer (a CA whose key certfleet holds) is used for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IssuerPurpose {
+    /// Signs device certificates (CreateCertificateFromCsr, CreateKeysAndCertificate).
+    Device,
+    /// Signs the API's and the gateway's TLS server certificates.
+    Server,
+}
+
+/// A CA whose private key certfleet holds, sealed (encrypted) at rest.
+#[derive(Clone, PartialEq, Eq)]
+pub struct IssuerRecord {
+    pub id: CertificateId,
+    pub purpose: IssuerPurpose,
+    pub certificate_pem: String,
+    /// The PKCS#8 private key sealed with `certfleet_pki::sealed`.
+    pub sealed_key: Vec<u8>,
+    pub created_at: OffsetDateTime,
+}
+
+impl fmt::Debug for IssuerRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IssuerRecord")
+            .field("id", &self.id)
+            .field("purpose", &self.purpose)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where a listing starts: created strictly after (ascending) or before (descending) this point.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cursor {
+    pub created_at_ms: i64,
+    pub id: String,
+}
+
+/// One page of a listing to fetch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PageRequest {
+    pub limit: u32,
+    pub ascending: bool,
+    pub after: Option<Cursor>,
+}
+
+/// A page of results and where the next one starts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next: Option<Cursor>,
+}
+
+macro_rules! text_enum {
+    ($ty:ident { $($variant:ident = $text:literal),* $(,)? }) => {
+        impl $ty {
+            /// The stored (and AWS) spelling.
+            pub fn as_str(self) -> &'static str {
+                match self { $($ty::$variant => $text),* }
+            }
+
+            /// Parses the stored (and AWS) spelling.
+            pub fn parse(text: &str) -> Option<Self> {
+                match text { $($text => Some($ty::$variant),)* _ => None }
+            }
+        }
+    };
+}
+
+text_enum!(CaStatus { Active = "ACTIVE", Inactive = "INACTIVE" });
+text_enum!(CertificateStatus {
+    Active = "ACTIVE",
+    Inactive = "INACTIVE",
+    Revoked = "REVOKED",
+    PendingTransfer = "PENDING_TRANSFER",
+    RegisterInactive = "REGISTER_INACTIVE",
+    PendingActivation = "PENDING_ACTIVATION",
+});
+text_enum!(CertificateMode { Default = "DEFAULT", SniOnly = "SNI_ONLY" });
+text_enum!(IssuerPurpose { Device = "device", Server = "server" });

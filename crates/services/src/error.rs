@@ -1,0 +1,54 @@
+//! The services' error: which rule refused an operation.
+//!
+//! The variants follow the refusals AWS IoT distinguishes, so the api crate can map each to its
+//! AWS error shape in one place; the messages are for the caller and the log.
+
+/// Why an operation was refused or failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The request is malformed or asks for something the API does not allow.
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// The named resource does not exist (in the caller's account).
+    #[error("{0}")]
+    NotFound(String),
+    /// The resource exists already.
+    #[error("{message}")]
+    AlreadyExists {
+        message: String,
+        resource_id: String,
+        /// Only set when the resource belongs to the caller.
+        resource_arn: Option<String>,
+    },
+    /// The certificate's status does not allow the operation.
+    #[error("{0}")]
+    CertificateState(String),
+    /// A certificate is malformed, expired, not a CA, not signed by its CA, or uses a refused key.
+    #[error("{0}")]
+    CertificateValidation(String),
+    /// The verification certificate does not carry the account's registration code.
+    #[error("{0}")]
+    RegistrationCodeValidation(String),
+    /// Several registered CAs share the issuer's subject; the caller must name one.
+    #[error("{0}")]
+    CertificateConflict(String),
+    /// The resource is still referenced.
+    #[error("{0}")]
+    DeleteConflict(String),
+    /// Policies are still attached to a certificate being transferred.
+    #[error("{0}")]
+    TransferConflict(String),
+    /// The transfer was already accepted, rejected or cancelled.
+    #[error("{0}")]
+    TransferAlreadyCompleted(String),
+    /// A quota would be exceeded.
+    #[error("{0}")]
+    LimitExceeded(String),
+    /// The registry failed.
+    #[error("registry failure")]
+    Registry(#[from] certfleet_registry::Error),
+    /// Something certfleet itself got wrong (a key that cannot be opened, a broken invariant).
+    #[error("internal failure: {0}")]
+    Internal(String),
+}

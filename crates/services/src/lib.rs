@@ -1,0 +1,111 @@
+//! Every certfleet operation as a typed Rust call: the one API boundary.
+//!
+//! The HTTP API, the admin commands and (later) the gateway and workers call these functions;
+//! none of them touches the registry directly. Each operation runs in one registry transaction,
+//! checks the AWS IoT rules (the seed's CA rules, status transitions, transfers) and returns
+//! domain values or an [`Error`] that says which rule refused it. The AWS wire format is not
+//! known here: the api crate maps [`Error`] to AWS error shapes.
+
+mod accounts;
+mod certificates;
+mod clock;
+mod error;
+mod ids;
+mod issuers;
+
+use std::sync::Arc;
+
+use certfleet_pki::Issuer;
+use certfleet_registry::{AccountId, Store};
+
+pub use accounts::NewAccessKey;
+pub use certificates::{
+    CaRegistration, CaUpdate, CertificateRegistration, CreatedKeysAndCertificate, EndpointType,
+};
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use error::Error;
+pub use ids::{Marker, decode_marker, encode_marker};
+pub use issuers::load_or_create_issuer;
+
+/// Settings of the services, built by the binary from its configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The AWS partition used in ARNs (`aws`).
+    pub partition: String,
+    /// The region this deployment answers for, used in ARNs, endpoints and SigV4 scopes.
+    pub region: String,
+    /// The domain under which account endpoints live: `<id>-ats.iot.<region>.<endpoint_domain>`.
+    pub endpoint_domain: String,
+    /// Validity of certificates certfleet issues (CreateCertificateFromCsr, CreateKeysAndCertificate).
+    pub device_certificate_validity: time::Duration,
+    /// At most this many CA certificates with the same subject per account (AWS: 10).
+    pub max_cas_per_subject: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            partition: "aws".into(),
+            region: "us-east-1".into(),
+            endpoint_domain: "certfleet.local".into(),
+            device_certificate_validity: time::Duration::days(365),
+            max_cas_per_subject: 10,
+        }
+    }
+}
+
+/// The authenticated caller of an operation: the API layer builds it after SigV4 succeeds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Caller {
+    pub account: AccountId,
+}
+
+/// The services: the registry, a clock, the configuration and the device-issuing CA.
+pub struct Services {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    config: Config,
+    device_issuer: Option<Issuer>,
+}
+
+impl Services {
+    /// Puts the services together. Without a device issuer (admin commands), operations that
+    /// issue certificates fail.
+    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, config: Config, device_issuer: Option<Issuer>) -> Self {
+        Services { store, clock, config, device_issuer }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The registry.
+    pub fn store(&self) -> &dyn Store {
+        &*self.store
+    }
+
+    /// The CA that signs the certificates certfleet issues.
+    pub fn device_issuer(&self) -> Result<&Issuer, Error> {
+        self.device_issuer.as_ref().ok_or_else(|| Error::Internal("no device issuer is loaded".into()))
+    }
+
+    /// The current time of the services' clock.
+    pub fn now(&self) -> time::OffsetDateTime {
+        self.clock.now()
+    }
+
+    /// The ARN of a device certificate.
+    pub fn certificate_arn(&self, account: &AccountId, id: &certfleet_pki::CertificateId) -> String {
+        self.arn(account, &format!("cert/{id}"))
+    }
+
+    /// The ARN of a CA certificate.
+    pub fn ca_certificate_arn(&self, account: &AccountId, id: &certfleet_pki::CertificateId) -> String {
+        self.arn(account, &format!("cacert/{id}"))
+    }
+
+    fn arn(&self, account: &AccountId, resource: &str) -> String {
+        format!("arn:{}:iot:{}:{}:{}", self.config.partition, self.config.region, account, resource)
+    }
+}
