@@ -1,0 +1,315 @@
+//! The control-plane scenarios: keep-alive HTTP/1.1 connections over TLS, each request signed
+//! with SigV4 as the AWS SDKs do, latencies recorded per request.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName};
+use tokio::net::TcpStream;
+
+use crate::proc_stats;
+use crate::{ApiArgs, Scenario};
+
+/// Where and as whom to connect.
+struct Target {
+    url: http::Uri,
+    host: String,
+    access_key_id: String,
+    secret_access_key: String,
+    region: String,
+    tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
+}
+
+/// One request to send, unsigned.
+#[derive(Clone)]
+struct Call {
+    method: &'static str,
+    path: String,
+    body: Bytes,
+}
+
+/// The outcome of a run.
+pub struct Report {
+    label: String,
+    scenario: Scenario,
+    connections: usize,
+    ok: u64,
+    failures: BTreeMap<u16, u64>,
+    wall_seconds: f64,
+    latencies_us: Vec<u32>,
+    server_cpu_seconds: Option<f64>,
+    server_peak_rss_kib: Option<u64>,
+}
+
+pub async fn run(args: &ApiArgs, duration: Duration) -> anyhow::Result<Report> {
+    let target = Arc::new(target(args)?);
+    let calls = Arc::new(prepare(&target, args.scenario).await?);
+
+    let cpu_before = args.server_pid.and_then(proc_stats::cpu_seconds);
+    let started = Instant::now();
+    let deadline = started + duration;
+    let budget = Arc::new(std::sync::atomic::AtomicU64::new(args.requests));
+    let mut workers = Vec::new();
+    for worker in 0..args.connections {
+        let (target, calls, budget) = (target.clone(), calls.clone(), budget.clone());
+        workers.push(tokio::spawn(async move { drive(&target, &calls, worker, deadline, &budget).await }));
+    }
+    let mut latencies_us = Vec::new();
+    let mut failures = BTreeMap::new();
+    let mut ok = 0;
+    for worker in workers {
+        let outcome = worker.await??;
+        ok += outcome.ok;
+        latencies_us.extend(outcome.latencies_us);
+        for (status, count) in outcome.failures {
+            *failures.entry(status).or_insert(0) += count;
+        }
+    }
+    let wall_seconds = started.elapsed().as_secs_f64();
+    let cpu_after = args.server_pid.and_then(proc_stats::cpu_seconds);
+    latencies_us.sort_unstable();
+    Ok(Report {
+        label: args.label.clone(),
+        scenario: args.scenario,
+        connections: args.connections,
+        ok,
+        failures,
+        wall_seconds,
+        latencies_us,
+        server_cpu_seconds: cpu_before.zip(cpu_after).map(|(before, after)| after - before),
+        server_peak_rss_kib: args.server_pid.and_then(proc_stats::peak_rss_kib),
+    })
+}
+
+struct WorkerOutcome {
+    ok: u64,
+    failures: BTreeMap<u16, u64>,
+    latencies_us: Vec<u32>,
+}
+
+async fn drive(
+    target: &Target,
+    calls: &[Call],
+    worker: usize,
+    deadline: Instant,
+    budget: &std::sync::atomic::AtomicU64,
+) -> anyhow::Result<WorkerOutcome> {
+    let mut sender = connect(target).await?;
+    let mut outcome = WorkerOutcome { ok: 0, failures: BTreeMap::new(), latencies_us: Vec::new() };
+    let mut index = worker;
+    while Instant::now() < deadline {
+        if budget
+            .fetch_update(std::sync::atomic::Ordering::Relaxed, std::sync::atomic::Ordering::Relaxed, |left| left.checked_sub(1))
+            .is_err()
+        {
+            break;
+        }
+        let call = &calls[index % calls.len()];
+        index += 1;
+        let started = Instant::now();
+        let (status, _) = send(target, &mut sender, call).await?;
+        let elapsed = started.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
+        if status == 200 {
+            outcome.ok += 1;
+            outcome.latencies_us.push(elapsed);
+        } else {
+            *outcome.failures.entry(status).or_insert(0) += 1;
+        }
+    }
+    Ok(outcome)
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+async fn connect(target: &Target) -> anyhow::Result<Sender> {
+    let authority = target.url.authority().context("the URL has no host")?.as_str().to_owned();
+    let tcp = TcpStream::connect(&authority).await.with_context(|| format!("connecting to {authority}"))?;
+    tcp.set_nodelay(true)?;
+    let sender = match &target.tls {
+        Some((connector, name)) => {
+            let stream = connector.connect(name.clone(), tcp).await.context("tls handshake")?;
+            let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+            tokio::spawn(connection);
+            sender
+        }
+        None => {
+            let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
+            tokio::spawn(connection);
+            sender
+        }
+    };
+    Ok(sender)
+}
+
+/// Signs and sends one request; returns its status and body.
+async fn send(target: &Target, sender: &mut Sender, call: &Call) -> anyhow::Result<(u16, Bytes)> {
+    let (path, query) = call.path.split_once('?').unwrap_or((&call.path, ""));
+    let mut headers = vec![("host", target.host.as_str())];
+    if !call.body.is_empty() {
+        headers.push(("content-type", "application/json"));
+    }
+    let signed = certfleet_sigv4::sign(
+        &certfleet_sigv4::Request { method: call.method, raw_path: path, raw_query: query, headers: &headers, body: &call.body },
+        &target.access_key_id,
+        &target.secret_access_key,
+        &target.region,
+        "iot",
+        time::OffsetDateTime::now_utc(),
+    );
+    let mut request = http::Request::builder().method(call.method).uri(&call.path);
+    for (name, value) in headers.iter().copied().chain(signed.iter().map(|(name, value)| (name.as_str(), value.as_str()))) {
+        request = request.header(name, value);
+    }
+    sender.ready().await?;
+    let response = sender.send_request(request.body(Full::new(call.body.clone()))?).await?;
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await?.to_bytes();
+    Ok((status, body))
+}
+
+fn target(args: &ApiArgs) -> anyhow::Result<Target> {
+    let (url, access_key_id, secret_access_key, ca_bundle) = match &args.data_dir {
+        Some(dir) => {
+            let endpoints: serde_json::Value = serde_json::from_str(
+                &std::fs::read_to_string(dir.join("endpoints.json")).context("reading endpoints.json")?,
+            )?;
+            let url = endpoints["api"].as_str().context("endpoints.json has no api URL")?.to_owned();
+            let (key, secret) = default_profile(&dir.join("credentials"))?;
+            (url, key, secret, Some(dir.join("server-root.pem")))
+        }
+        None => (
+            args.url.clone().context("give --data-dir or --url")?,
+            args.access_key_id.clone().context("--access-key-id is required with --url")?,
+            args.secret_access_key.clone().context("--secret-access-key is required with --url")?,
+            args.ca_bundle.clone(),
+        ),
+    };
+    let url: http::Uri = url.parse().context("the API URL")?;
+    let host = url.authority().context("the URL has no host")?.as_str().to_owned();
+    let tls = match url.scheme_str() {
+        Some("https") => {
+            let mut roots = rustls::RootCertStore::empty();
+            let bundle = ca_bundle.context("https needs --ca-bundle")?;
+            for certificate in CertificateDer::pem_file_iter(&bundle).with_context(|| format!("reading {}", bundle.display()))? {
+                roots.add(certificate?)?;
+            }
+            let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+            let config = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            let name = ServerName::try_from(url.host().context("no host")?.to_owned())?;
+            Some((tokio_rustls::TlsConnector::from(Arc::new(config)), name))
+        }
+        Some("http") => None,
+        other => bail!("unsupported URL scheme {other:?}"),
+    };
+    Ok(Target { url, host, access_key_id, secret_access_key, region: args.region.clone(), tls })
+}
+
+/// The `default` profile's keys from an AWS shared-credentials file.
+fn default_profile(path: &Path) -> anyhow::Result<(String, String)> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut in_default = false;
+    let (mut key, mut secret) = (None, None);
+    for line in text.lines().map(str::trim) {
+        if line.starts_with('[') {
+            in_default = line == "[default]";
+        } else if in_default && let Some((name, value)) = line.split_once('=') {
+            match name.trim() {
+                "aws_access_key_id" => key = Some(value.trim().to_owned()),
+                "aws_secret_access_key" => secret = Some(value.trim().to_owned()),
+                _ => {}
+            }
+        }
+    }
+    Ok((key.context("no default access key")?, secret.context("no default secret")?))
+}
+
+/// The requests of a scenario, after any setup it needs.
+async fn prepare(target: &Target, scenario: Scenario) -> anyhow::Result<Vec<Call>> {
+    let csrs = (0..256).map(|index| csr_call(index, "?setAsActive=true")).collect::<anyhow::Result<Vec<_>>>()?;
+    match scenario {
+        Scenario::CreateCertificateFromCsr => Ok(csrs),
+        Scenario::DescribeCertificate => {
+            let mut sender = connect(target).await?;
+            let (status, body) = send(target, &mut sender, &csrs[0]).await?;
+            if status != 200 {
+                bail!("setup: CreateCertificateFromCsr answered {status}: {}", String::from_utf8_lossy(&body));
+            }
+            let created: serde_json::Value = serde_json::from_slice(&body)?;
+            let id = created["certificateId"].as_str().context("setup: no certificateId")?;
+            Ok(vec![Call { method: "GET", path: format!("/certificates/{id}"), body: Bytes::new() }])
+        }
+    }
+}
+
+fn csr_call(index: usize, query: &str) -> anyhow::Result<Call> {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    params.distinguished_name.push(rcgen::DnType::CommonName, format!("loadgen-device-{index}"));
+    let csr = params.serialize_request(&key)?.pem()?;
+    let body = serde_json::json!({ "certificateSigningRequest": csr }).to_string();
+    Ok(Call { method: "POST", path: format!("/certificates{query}"), body: Bytes::from(body) })
+}
+
+impl Report {
+    fn percentile_ms(&self, fraction: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return 0.0;
+        }
+        let index = ((self.latencies_us.len() as f64 - 1.0) * fraction).round() as usize;
+        f64::from(self.latencies_us[index]) / 1000.0
+    }
+
+    fn rate(&self) -> f64 {
+        self.ok as f64 / self.wall_seconds
+    }
+
+    fn per_cpu_second(&self) -> Option<f64> {
+        self.server_cpu_seconds.filter(|seconds| *seconds > 0.0).map(|seconds| self.ok as f64 / seconds)
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "label": self.label,
+            "scenario": format!("{:?}", self.scenario),
+            "connections": self.connections,
+            "ok": self.ok,
+            "failures": self.failures.iter().map(|(status, count)| (status.to_string(), *count)).collect::<BTreeMap<_, _>>(),
+            "wall_seconds": self.wall_seconds,
+            "rate_per_second": self.rate(),
+            "p50_ms": self.percentile_ms(0.50),
+            "p99_ms": self.percentile_ms(0.99),
+            "max_ms": self.percentile_ms(1.0),
+            "server_cpu_seconds": self.server_cpu_seconds,
+            "requests_per_server_cpu_second": self.per_cpu_second(),
+            "server_peak_rss_mib": self.server_peak_rss_kib.map(|kib| kib as f64 / 1024.0),
+        })
+    }
+
+    pub fn to_table(&self) -> String {
+        let optional = |value: Option<f64>, digits: usize| value.map_or("-".to_owned(), |v| format!("{v:.digits$}"));
+        format!(
+            "{:<28} {:<26} conns {:>3}  ok {:>8}  failed {:>5}  {:>9.0}/s  p50 {:>7.2} ms  p99 {:>7.2} ms  server cpu {:>6} s  {:>9}/cpu-s  peak rss {:>7} MiB",
+            self.label,
+            format!("{:?}", self.scenario),
+            self.connections,
+            self.ok,
+            self.failures.values().sum::<u64>(),
+            self.rate(),
+            self.percentile_ms(0.50),
+            self.percentile_ms(0.99),
+            optional(self.server_cpu_seconds, 2),
+            optional(self.per_cpu_second(), 0),
+            optional(self.server_peak_rss_kib.map(|kib| kib as f64 / 1024.0), 1),
+        )
+    }
+}

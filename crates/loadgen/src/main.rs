@@ -1,0 +1,95 @@
+//! `certfleet-loadgen`: bounded load scenarios against an AWS IoT-compatible API, reporting
+//! rate, latency percentiles, and the server's CPU seconds and peak RSS (read from `/proc`).
+//!
+//! Every scenario stops by itself: after `--duration` or `--requests`, whichever comes first.
+//! It speaks the AWS wire format with SigV4 like the AWS SDKs, so it measures any server of
+//! that API (certfleet, or a peer such as moto) with the same requests.
+
+mod api;
+mod proc_stats;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(name = "certfleet-loadgen", about = "Bounded load scenarios for certfleet and its peers")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Drive the control-plane API over HTTPS (or HTTP) with SigV4-signed requests.
+    Api(ApiArgs),
+}
+
+/// The API scenarios.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum Scenario {
+    /// DescribeCertificate of one certificate, over and over.
+    DescribeCertificate,
+    /// CreateCertificateFromCsr with distinct, pre-generated ECDSA P-256 CSRs.
+    CreateCertificateFromCsr,
+}
+
+#[derive(clap::Args)]
+pub struct ApiArgs {
+    /// The scenario to run.
+    #[arg(long, value_enum)]
+    pub scenario: Scenario,
+    /// A certfleet data directory: takes the API URL from endpoints.json, the keys from the
+    /// `default` profile of `credentials` and the trust anchor from server-root.pem.
+    #[arg(long, conflicts_with_all = ["url", "access_key_id"])]
+    pub data_dir: Option<PathBuf>,
+    /// The API URL (`https://host:port` or `http://host:port`) when not using --data-dir.
+    #[arg(long, requires = "access_key_id")]
+    pub url: Option<String>,
+    #[arg(long, requires = "secret_access_key")]
+    pub access_key_id: Option<String>,
+    #[arg(long)]
+    pub secret_access_key: Option<String>,
+    /// PEM trust anchors for https when not using --data-dir.
+    #[arg(long)]
+    pub ca_bundle: Option<PathBuf>,
+    #[arg(long, default_value = "us-east-1")]
+    pub region: String,
+    /// Concurrent keep-alive connections.
+    #[arg(long, default_value_t = 16)]
+    pub connections: usize,
+    /// Stop after this long (seconds).
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Stop after this many requests in all.
+    #[arg(long, default_value_t = 200_000)]
+    pub requests: u64,
+    /// The server's process ID, for its CPU time and peak RSS.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// A label for the report (e.g. "certfleet sqlite").
+    #[arg(long, default_value = "")]
+    pub label: String,
+    /// Print the report as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    match cli.command {
+        Command::Api(args) => {
+            anyhow::ensure!(args.connections > 0, "--connections must be at least 1");
+            anyhow::ensure!(args.duration > 0.0 && args.duration <= 600.0, "--duration must be in (0, 600] seconds");
+            let report = runtime.block_on(api::run(&args, Duration::from_secs_f64(args.duration)))?;
+            if args.json {
+                println!("{}", report.to_json());
+            } else {
+                println!("{}", report.to_table());
+            }
+            Ok(())
+        }
+    }
+}
