@@ -207,7 +207,7 @@ pub async fn create_keys_and_certificate(
         certificate_pem: certificate.pem.clone(),
         key_pair: Some(KeyPair {
             public_key: created.key_pair.public_key_pem(),
-            private_key: created.key_pair.private_key_pem().map_err(|_| ApiError::internal())?.to_string(),
+            private_key: created.key_pair.private_key_pem().to_string(),
         }),
     })
 }

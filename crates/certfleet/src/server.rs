@@ -19,7 +19,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     datadir::create(&config.data_dir)?;
     let files = Files::of(&config.data_dir);
     let passphrase = datadir::passphrase(&config)?;
-    let store = datadir::open_store(&config)?;
+    // Opening PostgreSQL blocks (its synchronous client runs a runtime of its own).
+    let store = {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || datadir::open_store(&config)).await??
+    };
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     tracing::info!(backend = store.backend(), data_dir = %config.data_dir.display(), "registry open");
 
@@ -71,6 +75,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     });
     datadir::write_public(&files.endpoints, format!("{endpoints:#}\n").as_bytes())?;
     tracing::info!(%api_url, "api listening");
+    tracing::info!(mqtt_addr = %config.mqtt_addr, "the MQTT gateway is not in this build yet: mqtt_addr is reserved");
     println!("certfleet is serving the AWS IoT API at {api_url}");
     println!("try it with the stock AWS CLI:");
     println!(

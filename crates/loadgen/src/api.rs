@@ -41,6 +41,7 @@ pub struct Report {
     scenario: Scenario,
     connections: usize,
     ok: u64,
+    reconnects: u64,
     failures: BTreeMap<u16, u64>,
     wall_seconds: f64,
     latencies_us: Vec<u32>,
@@ -64,9 +65,11 @@ pub async fn run(args: &ApiArgs, duration: Duration) -> anyhow::Result<Report> {
     let mut latencies_us = Vec::new();
     let mut failures = BTreeMap::new();
     let mut ok = 0;
+    let mut reconnects = 0;
     for worker in workers {
         let outcome = worker.await??;
         ok += outcome.ok;
+        reconnects += outcome.reconnects;
         latencies_us.extend(outcome.latencies_us);
         for (status, count) in outcome.failures {
             *failures.entry(status).or_insert(0) += count;
@@ -80,6 +83,7 @@ pub async fn run(args: &ApiArgs, duration: Duration) -> anyhow::Result<Report> {
         scenario: args.scenario,
         connections: args.connections,
         ok,
+        reconnects,
         failures,
         wall_seconds,
         latencies_us,
@@ -90,6 +94,7 @@ pub async fn run(args: &ApiArgs, duration: Duration) -> anyhow::Result<Report> {
 
 struct WorkerOutcome {
     ok: u64,
+    reconnects: u64,
     failures: BTreeMap<u16, u64>,
     latencies_us: Vec<u32>,
 }
@@ -102,7 +107,7 @@ async fn drive(
     budget: &std::sync::atomic::AtomicU64,
 ) -> anyhow::Result<WorkerOutcome> {
     let mut sender = connect(target).await?;
-    let mut outcome = WorkerOutcome { ok: 0, failures: BTreeMap::new(), latencies_us: Vec::new() };
+    let mut outcome = WorkerOutcome { ok: 0, reconnects: 0, failures: BTreeMap::new(), latencies_us: Vec::new() };
     let mut index = worker;
     while Instant::now() < deadline {
         if budget
@@ -113,8 +118,22 @@ async fn drive(
         }
         let call = &calls[index % calls.len()];
         index += 1;
+        if sender.is_closed() {
+            // Servers without keep-alive (or that close after errors) get a new connection,
+            // and the time to make it counts in the request's latency.
+            outcome.reconnects += 1;
+            sender = connect(target).await?;
+        }
         let started = Instant::now();
-        let (status, _) = send(target, &mut sender, call).await?;
+        let status = match send(target, &mut sender, call).await {
+            Ok((status, _)) => status,
+            Err(_) if sender.is_closed() => {
+                outcome.reconnects += 1;
+                sender = connect(target).await?;
+                send(target, &mut sender, call).await?.0
+            }
+            Err(error) => return Err(error),
+        };
         let elapsed = started.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
         if status == 200 {
             outcome.ok += 1;
@@ -283,6 +302,7 @@ impl Report {
             "scenario": format!("{:?}", self.scenario),
             "connections": self.connections,
             "ok": self.ok,
+            "reconnects": self.reconnects,
             "failures": self.failures.iter().map(|(status, count)| (status.to_string(), *count)).collect::<BTreeMap<_, _>>(),
             "wall_seconds": self.wall_seconds,
             "rate_per_second": self.rate(),

@@ -46,7 +46,10 @@ impl Certificate {
 
     /// Parses a DER certificate; nothing may follow it.
     pub fn from_der(der: Vec<u8>) -> Result<Self, Error> {
-        let malformed = |reason: String| Error::BadDer { what: "certificate", reason };
+        let malformed = |reason: String| Error::BadDer {
+            what: "certificate",
+            reason,
+        };
         let (rest, parsed) =
             X509Certificate::from_der(&der).map_err(|error| malformed(error.to_string()))?;
         if !rest.is_empty() {
@@ -154,7 +157,11 @@ impl Certificate {
 
     /// The serial number as lowercase hex without colons or leading zero bytes.
     pub fn serial_hex(&self) -> String {
-        let start = self.serial.iter().position(|&b| b != 0).unwrap_or(self.serial.len().saturating_sub(1));
+        let start = self
+            .serial
+            .iter()
+            .position(|&b| b != 0)
+            .unwrap_or(self.serial.len().saturating_sub(1));
         hex::encode(&self.serial[start..])
     }
 
@@ -238,8 +245,11 @@ pub(crate) fn common_name(name: &X509Name<'_>) -> Option<String> {
     }
     let value = attribute.attr_value();
     if value.tag() == x509_parser::der_parser::asn1_rs::Tag::BmpString {
-        let units: Vec<u16> =
-            value.data.chunks_exact(2).map(|pair| u16::from_be_bytes([pair[0], pair[1]])).collect();
+        let units: Vec<u16> = value
+            .data
+            .chunks_exact(2)
+            .map(|pair| u16::from_be_bytes([pair[0], pair[1]]))
+            .collect();
         return String::from_utf16(&units).ok();
     }
     None
@@ -249,7 +259,12 @@ pub(crate) fn common_name(name: &X509Name<'_>) -> Option<String> {
 /// `issuer_key` passes the key rules and fits the algorithm, and the signature verifies.
 pub fn verify_signature(certificate: &Certificate, issuer_key: &PublicKey) -> Result<(), Error> {
     let algorithm = certificate.signature_algorithm()?;
-    algorithm::verify(algorithm, issuer_key, &certificate.to_be_signed, &certificate.signature)
+    algorithm::verify(
+        algorithm,
+        issuer_key,
+        &certificate.to_be_signed,
+        &certificate.signature,
+    )
 }
 
 #[cfg(test)]
@@ -266,7 +281,10 @@ mod tests {
             (Ok(certificate), Ok(subject)) => assert_eq!(certificate.subject_string(), subject),
             (Err(error), Err(prefix)) => {
                 let message = error.to_string();
-                assert!(message.starts_with(prefix), "{message:?} does not start with {prefix:?}");
+                assert!(
+                    message.starts_with(prefix),
+                    "{message:?} does not start with {prefix:?}"
+                );
             }
             (got, want) => panic!("got {got:?}, want {want:?}"),
         }
@@ -283,7 +301,10 @@ mod tests {
 
     #[test]
     fn pem_with_surrounding_whitespace() {
-        check_from_pem(&format!("\n\n  {}  \n", root_pem()), Ok("CN=Test Root, O=certfleet"));
+        check_from_pem(
+            &format!("\n\n  {}  \n", root_pem()),
+            Ok("CN=Test Root, O=certfleet"),
+        );
     }
 
     #[test]
@@ -294,35 +315,53 @@ mod tests {
     #[test]
     fn pem_wrong_label() {
         let text = pem::pem_encode("CERTIFICATE REQUEST", p256_ca().certificate().der());
-        check_from_pem(&text, Err(r#"pem block is labelled "CERTIFICATE REQUEST": expected "CERTIFICATE""#));
+        check_from_pem(
+            &text,
+            Err(r#"pem block is labelled "CERTIFICATE REQUEST": expected "CERTIFICATE""#),
+        );
     }
 
     #[test]
     fn pem_two_blocks() {
-        check_from_pem(&format!("{}{}", root_pem(), rsa_ca().certificate().to_pem()), Err("expected exactly one pem block, found more"));
+        check_from_pem(
+            &format!("{}{}", root_pem(), rsa_ca().certificate().to_pem()),
+            Err("expected exactly one pem block, found more"),
+        );
     }
 
     #[test]
     fn pem_text_before() {
-        check_from_pem(&format!("subject=CN=Test Root\n{}", root_pem()), Err("not pem: text before the pem block"));
+        check_from_pem(
+            &format!("subject=CN=Test Root\n{}", root_pem()),
+            Err("not pem: text before the pem block"),
+        );
     }
 
     #[test]
     fn pem_truncated_base64() {
         let pem = root_pem();
         let end = pem.find("\n-----END").expect("end line");
-        check_from_pem(&format!("{}{}", &pem[..end - 1], &pem[end..]), Err("pem body is not valid base64"));
+        check_from_pem(
+            &format!("{}{}", &pem[..end - 1], &pem[end..]),
+            Err("pem body is not valid base64"),
+        );
     }
 
     #[test]
     fn pem_truncated_der() {
         let der = p256_ca().certificate().der();
-        check_from_pem(&pem::pem_encode("CERTIFICATE", &der[..der.len() - 8]), Err("malformed certificate: "));
+        check_from_pem(
+            &pem::pem_encode("CERTIFICATE", &der[..der.len() - 8]),
+            Err("malformed certificate: "),
+        );
     }
 
     #[test]
     fn pem_der_garbage() {
-        check_from_pem(&pem::pem_encode("CERTIFICATE", b"\x30\x03\x02\x01\x01"), Err("malformed certificate: "));
+        check_from_pem(
+            &pem::pem_encode("CERTIFICATE", b"\x30\x03\x02\x01\x01"),
+            Err("malformed certificate: "),
+        );
     }
 
     #[test]
@@ -330,16 +369,33 @@ mod tests {
         let mut der = p256_ca().certificate().der().to_vec();
         der.push(0);
         let error = Certificate::from_der(der).expect_err("trailing byte");
-        assert_eq!(error.to_string(), "malformed certificate: trailing bytes after the certificate");
+        assert_eq!(
+            error.to_string(),
+            "malformed certificate: trailing bytes after the certificate"
+        );
     }
 
     #[test]
     fn root_fields() {
         let root = p256_ca().certificate();
-        let fields = (root.subject_common_name(), root.is_ca(), root.key_usage_allows_cert_sign(), root.is_self_issued());
-        assert_eq!(fields, (Some("Test Root".to_owned()), true, Some(true), true));
-        assert_eq!((root.not_before(), root.not_after()), (NOW, NOW + CA_VALIDITY));
-        assert_eq!((root.issuer_string(), root.issuer_der()), (root.subject_string(), root.subject_der()));
+        let fields = (
+            root.subject_common_name(),
+            root.is_ca(),
+            root.key_usage_allows_cert_sign(),
+            root.is_self_issued(),
+        );
+        assert_eq!(
+            fields,
+            (Some("Test Root".to_owned()), true, Some(true), true)
+        );
+        assert_eq!(
+            (root.not_before(), root.not_after()),
+            (NOW, NOW + CA_VALIDITY)
+        );
+        assert_eq!(
+            (root.issuer_string(), root.issuer_der()),
+            (root.subject_string(), root.subject_der())
+        );
         assert_eq!(root.issuer_fingerprint(), root.subject_fingerprint());
     }
 
@@ -352,14 +408,21 @@ mod tests {
     #[test]
     fn pem_round_trips() {
         let root = p256_ca().certificate();
-        assert_eq!(&Certificate::from_pem(&root.to_pem()).expect("parses"), root);
+        assert_eq!(
+            &Certificate::from_pem(&root.to_pem()).expect("parses"),
+            root
+        );
     }
 
     #[test]
     fn serial_hex_is_16_bytes_without_colons() {
         let serial = p256_ca().certificate().serial_hex();
         assert_eq!(serial.len(), 32);
-        assert!(serial.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+        assert!(
+            serial
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        );
     }
 
     fn check_valid_at(at: OffsetDateTime, expected: bool) {
@@ -395,21 +458,28 @@ mod tests {
         expected: Result<SignatureAlgorithm, &str>,
     ) {
         let device = GeneratedKeyPair::generate(KeyAlgorithm::EcdsaP256).expect("keygen");
-        let issued = ca.issue_for_key(device.public_key(), "device-1", Duration::days(30), NOW).expect("issues");
+        let issued = ca
+            .issue_for_key(device.public_key(), "device-1", Duration::days(30), NOW)
+            .expect("issues");
         let ca_key = ca.private_key_pkcs8_der();
         let der = resign(issued.der(), &algorithm, |message| sign(&ca_key, message));
         let certificate = Certificate::from_der(der).expect("re-signed certificate parses");
-        let got = certificate
-            .signature_algorithm()
-            .and_then(|algorithm| verify_signature(&certificate, ca.certificate().public_key()).map(|()| algorithm));
-        assert_eq!(got.map_err(|error| error.to_string()), expected.map_err(str::to_owned));
+        let got = certificate.signature_algorithm().and_then(|algorithm| {
+            verify_signature(&certificate, ca.certificate().public_key()).map(|()| algorithm)
+        });
+        assert_eq!(
+            got.map_err(|error| error.to_string()),
+            expected.map_err(str::to_owned)
+        );
     }
 
     fn rsa(padding: &'static dyn aws::RsaEncoding) -> impl FnOnce(&[u8], &[u8]) -> Vec<u8> {
         move |key, message| rsa_sign(key, padding, message)
     }
 
-    fn ecdsa(algorithm: &'static aws::EcdsaSigningAlgorithm) -> impl FnOnce(&[u8], &[u8]) -> Vec<u8> {
+    fn ecdsa(
+        algorithm: &'static aws::EcdsaSigningAlgorithm,
+    ) -> impl FnOnce(&[u8], &[u8]) -> Vec<u8> {
         move |key, message| ecdsa_sign(key, algorithm, message)
     }
 
@@ -419,132 +489,263 @@ mod tests {
 
     #[test]
     fn rsa_pkcs1_sha256() {
-        check_signature(rsa_ca(), algorithm_identifier(SHA256_WITH_RSA, Some(NULL)), rsa(&aws::RSA_PKCS1_SHA256), Ok(SignatureAlgorithm::RsaPkcs1Sha256));
+        check_signature(
+            rsa_ca(),
+            algorithm_identifier(SHA256_WITH_RSA, Some(NULL)),
+            rsa(&aws::RSA_PKCS1_SHA256),
+            Ok(SignatureAlgorithm::RsaPkcs1Sha256),
+        );
     }
 
     #[test]
     fn rsa_pkcs1_sha256_without_null_parameters() {
-        check_signature(rsa_ca(), algorithm_identifier(SHA256_WITH_RSA, None), rsa(&aws::RSA_PKCS1_SHA256), Ok(SignatureAlgorithm::RsaPkcs1Sha256));
+        check_signature(
+            rsa_ca(),
+            algorithm_identifier(SHA256_WITH_RSA, None),
+            rsa(&aws::RSA_PKCS1_SHA256),
+            Ok(SignatureAlgorithm::RsaPkcs1Sha256),
+        );
     }
 
     #[test]
     fn rsa_pkcs1_sha384() {
-        check_signature(rsa_ca(), algorithm_identifier(SHA384_WITH_RSA, Some(NULL)), rsa(&aws::RSA_PKCS1_SHA384), Ok(SignatureAlgorithm::RsaPkcs1Sha384));
+        check_signature(
+            rsa_ca(),
+            algorithm_identifier(SHA384_WITH_RSA, Some(NULL)),
+            rsa(&aws::RSA_PKCS1_SHA384),
+            Ok(SignatureAlgorithm::RsaPkcs1Sha384),
+        );
     }
 
     #[test]
     fn rsa_pkcs1_sha512() {
-        check_signature(rsa_ca(), algorithm_identifier(SHA512_WITH_RSA, Some(NULL)), rsa(&aws::RSA_PKCS1_SHA512), Ok(SignatureAlgorithm::RsaPkcs1Sha512));
+        check_signature(
+            rsa_ca(),
+            algorithm_identifier(SHA512_WITH_RSA, Some(NULL)),
+            rsa(&aws::RSA_PKCS1_SHA512),
+            Ok(SignatureAlgorithm::RsaPkcs1Sha512),
+        );
     }
 
     #[test]
     fn rsa_pss_sha256() {
-        check_signature(rsa_ca(), pss_identifier(SHA256, SHA256, 32), rsa(&aws::RSA_PSS_SHA256), Ok(SignatureAlgorithm::RsaPssSha256));
+        check_signature(
+            rsa_ca(),
+            pss_identifier(SHA256, SHA256, 32),
+            rsa(&aws::RSA_PSS_SHA256),
+            Ok(SignatureAlgorithm::RsaPssSha256),
+        );
     }
 
     #[test]
     fn rsa_pss_sha384() {
-        check_signature(rsa_ca(), pss_identifier(SHA384, SHA384, 48), rsa(&aws::RSA_PSS_SHA384), Ok(SignatureAlgorithm::RsaPssSha384));
+        check_signature(
+            rsa_ca(),
+            pss_identifier(SHA384, SHA384, 48),
+            rsa(&aws::RSA_PSS_SHA384),
+            Ok(SignatureAlgorithm::RsaPssSha384),
+        );
     }
 
     #[test]
     fn rsa_pss_sha512() {
-        check_signature(rsa_ca(), pss_identifier(SHA512, SHA512, 64), rsa(&aws::RSA_PSS_SHA512), Ok(SignatureAlgorithm::RsaPssSha512));
+        check_signature(
+            rsa_ca(),
+            pss_identifier(SHA512, SHA512, 64),
+            rsa(&aws::RSA_PSS_SHA512),
+            Ok(SignatureAlgorithm::RsaPssSha512),
+        );
     }
 
     #[test]
     fn ecdsa_p256_sha256() {
-        check_signature(p256_ca(), algorithm_identifier(ECDSA_SHA256, None), ecdsa(&aws::ECDSA_P256_SHA256_ASN1_SIGNING), Ok(SignatureAlgorithm::EcdsaSha256));
+        check_signature(
+            p256_ca(),
+            algorithm_identifier(ECDSA_SHA256, None),
+            ecdsa(&aws::ECDSA_P256_SHA256_ASN1_SIGNING),
+            Ok(SignatureAlgorithm::EcdsaSha256),
+        );
     }
 
     #[test]
     fn ecdsa_p384_sha384() {
-        check_signature(p384_ca(), algorithm_identifier(ECDSA_SHA384, None), ecdsa(&aws::ECDSA_P384_SHA384_ASN1_SIGNING), Ok(SignatureAlgorithm::EcdsaSha384));
+        check_signature(
+            p384_ca(),
+            algorithm_identifier(ECDSA_SHA384, None),
+            ecdsa(&aws::ECDSA_P384_SHA384_ASN1_SIGNING),
+            Ok(SignatureAlgorithm::EcdsaSha384),
+        );
     }
 
     #[test]
     fn ecdsa_p521_sha512() {
-        check_signature(p521_ca(), algorithm_identifier(ECDSA_SHA512, None), ecdsa(&aws::ECDSA_P521_SHA512_ASN1_SIGNING), Ok(SignatureAlgorithm::EcdsaSha512));
+        check_signature(
+            p521_ca(),
+            algorithm_identifier(ECDSA_SHA512, None),
+            ecdsa(&aws::ECDSA_P521_SHA512_ASN1_SIGNING),
+            Ok(SignatureAlgorithm::EcdsaSha512),
+        );
     }
 
     #[test]
     fn ecdsa_p521_sha256() {
-        check_signature(p521_ca(), algorithm_identifier(ECDSA_SHA256, None), ecdsa(&aws::ECDSA_P521_SHA256_ASN1_SIGNING), Ok(SignatureAlgorithm::EcdsaSha256));
+        check_signature(
+            p521_ca(),
+            algorithm_identifier(ECDSA_SHA256, None),
+            ecdsa(&aws::ECDSA_P521_SHA256_ASN1_SIGNING),
+            Ok(SignatureAlgorithm::EcdsaSha256),
+        );
     }
 
     #[test]
     fn dsa_with_sha256_refused() {
-        check_signature(rsa_ca(), algorithm_identifier(DSA_SHA256, None), garbage, Err("dsa-with-sha256 signatures are not supported"));
+        check_signature(
+            rsa_ca(),
+            algorithm_identifier(DSA_SHA256, None),
+            garbage,
+            Err("dsa-with-sha256 signatures are not supported"),
+        );
     }
 
     #[test]
     fn sha1_with_rsa_refused() {
-        check_signature(rsa_ca(), algorithm_identifier(SHA1_WITH_RSA, Some(NULL)), garbage, Err("sha1WithRSAEncryption signatures are not accepted: the hash is broken"));
+        check_signature(
+            rsa_ca(),
+            algorithm_identifier(SHA1_WITH_RSA, Some(NULL)),
+            garbage,
+            Err("sha1WithRSAEncryption signatures are not accepted: the hash is broken"),
+        );
     }
 
     #[test]
     fn md5_with_rsa_refused() {
-        check_signature(rsa_ca(), algorithm_identifier(MD5_WITH_RSA, Some(NULL)), garbage, Err("md5WithRSAEncryption signatures are not accepted: the hash is broken"));
+        check_signature(
+            rsa_ca(),
+            algorithm_identifier(MD5_WITH_RSA, Some(NULL)),
+            garbage,
+            Err("md5WithRSAEncryption signatures are not accepted: the hash is broken"),
+        );
     }
 
     #[test]
     fn ecdsa_sha1_refused() {
-        check_signature(p256_ca(), algorithm_identifier(ECDSA_SHA1, None), garbage, Err("ecdsa-with-SHA1 signatures are not accepted: the hash is broken"));
+        check_signature(
+            p256_ca(),
+            algorithm_identifier(ECDSA_SHA1, None),
+            garbage,
+            Err("ecdsa-with-SHA1 signatures are not accepted: the hash is broken"),
+        );
     }
 
     #[test]
     fn pss_without_parameters_means_sha1() {
-        check_signature(rsa_ca(), algorithm_identifier(RSASSA_PSS, None), garbage, Err("rsassa-pss-sha1 signatures are not accepted: the hash is broken"));
+        check_signature(
+            rsa_ca(),
+            algorithm_identifier(RSASSA_PSS, None),
+            garbage,
+            Err("rsassa-pss-sha1 signatures are not accepted: the hash is broken"),
+        );
     }
 
     #[test]
     fn pss_sha1_refused() {
-        check_signature(rsa_ca(), pss_identifier(SHA1, SHA1, 20), garbage, Err("rsassa-pss-sha1 signatures are not accepted: the hash is broken"));
+        check_signature(
+            rsa_ca(),
+            pss_identifier(SHA1, SHA1, 20),
+            garbage,
+            Err("rsassa-pss-sha1 signatures are not accepted: the hash is broken"),
+        );
     }
 
     #[test]
     fn pss_short_salt_refused() {
-        check_signature(rsa_ca(), pss_identifier(SHA256, SHA256, 20), garbage, Err("rsassa-pss parameters are not accepted: salt length 20 differs from the hash length 32"));
+        check_signature(
+            rsa_ca(),
+            pss_identifier(SHA256, SHA256, 20),
+            garbage,
+            Err(
+                "rsassa-pss parameters are not accepted: salt length 20 differs from the hash length 32",
+            ),
+        );
     }
 
     #[test]
     fn pss_mgf1_with_other_hash_refused() {
-        check_signature(rsa_ca(), pss_identifier(SHA256, SHA1, 32), garbage, Err("rsassa-pss parameters are not accepted: mgf1 hash differs from the signature hash"));
+        check_signature(
+            rsa_ca(),
+            pss_identifier(SHA256, SHA1, 32),
+            garbage,
+            Err(
+                "rsassa-pss parameters are not accepted: mgf1 hash differs from the signature hash",
+            ),
+        );
     }
 
     #[test]
     fn pss_malformed_parameters_refused() {
-        check_signature(rsa_ca(), algorithm_identifier(RSASSA_PSS, Some(NULL)), garbage, Err("rsassa-pss parameters are not accepted: malformed parameters"));
+        check_signature(
+            rsa_ca(),
+            algorithm_identifier(RSASSA_PSS, Some(NULL)),
+            garbage,
+            Err("rsassa-pss parameters are not accepted: malformed parameters"),
+        );
     }
 
     #[test]
     fn ed25519_signature_refused() {
-        check_signature(p256_ca(), algorithm_identifier(ED25519, None), garbage, Err("signature algorithm ed25519 is not supported"));
+        check_signature(
+            p256_ca(),
+            algorithm_identifier(ED25519, None),
+            garbage,
+            Err("signature algorithm ed25519 is not supported"),
+        );
     }
 
     #[test]
     fn unknown_signature_algorithm_refused_by_oid() {
-        check_signature(p256_ca(), algorithm_identifier(&[1, 2, 3, 4], None), garbage, Err("signature algorithm 1.2.3.4 is not supported"));
+        check_signature(
+            p256_ca(),
+            algorithm_identifier(&[1, 2, 3, 4], None),
+            garbage,
+            Err("signature algorithm 1.2.3.4 is not supported"),
+        );
     }
 
     #[test]
     fn pss_signature_labelled_pkcs1_fails() {
-        check_signature(rsa_ca(), algorithm_identifier(SHA256_WITH_RSA, Some(NULL)), rsa(&aws::RSA_PSS_SHA256), Err("the signature does not verify"));
+        check_signature(
+            rsa_ca(),
+            algorithm_identifier(SHA256_WITH_RSA, Some(NULL)),
+            rsa(&aws::RSA_PSS_SHA256),
+            Err("the signature does not verify"),
+        );
     }
 
     #[test]
     fn ecdsa_hash_mislabelled_fails() {
-        check_signature(p384_ca(), algorithm_identifier(ECDSA_SHA256, None), ecdsa(&aws::ECDSA_P384_SHA384_ASN1_SIGNING), Err("the signature does not verify"));
+        check_signature(
+            p384_ca(),
+            algorithm_identifier(ECDSA_SHA256, None),
+            ecdsa(&aws::ECDSA_P384_SHA384_ASN1_SIGNING),
+            Err("the signature does not verify"),
+        );
     }
 
     #[test]
     fn rsa_signature_for_an_ec_ca_key() {
-        check_signature(p256_ca(), algorithm_identifier(SHA256_WITH_RSA, Some(NULL)), garbage, Err("sha256WithRSAEncryption signatures cannot be verified with a ec P-256 key"));
+        check_signature(
+            p256_ca(),
+            algorithm_identifier(SHA256_WITH_RSA, Some(NULL)),
+            garbage,
+            Err("sha256WithRSAEncryption signatures cannot be verified with an ec P-256 key"),
+        );
     }
 
     fn issued_by_p256() -> Certificate {
         let device = GeneratedKeyPair::generate(KeyAlgorithm::EcdsaP256).expect("keygen");
-        p256_ca().issue_for_key(device.public_key(), "device-1", Duration::days(30), NOW).expect("issues")
+        p256_ca()
+            .issue_for_key(device.public_key(), "device-1", Duration::days(30), NOW)
+            .expect("issues")
     }
 
     #[test]
@@ -553,18 +754,24 @@ mod tests {
         let last = der.len() - 1;
         der[last] ^= 1;
         let certificate = Certificate::from_der(der).expect("still parses");
-        let error = verify_signature(&certificate, p256_ca().certificate().public_key()).expect_err("tampered");
+        let error = verify_signature(&certificate, p256_ca().certificate().public_key())
+            .expect_err("tampered");
         assert_eq!(error.to_string(), "the signature does not verify");
     }
 
     #[test]
     fn tampered_validity_fails() {
         let issued = issued_by_p256();
-        let at = issued.der().windows(2).position(|pair| pair == [0x17, 0x0d]).expect("a UTCTime");
+        let at = issued
+            .der()
+            .windows(2)
+            .position(|pair| pair == [0x17, 0x0d])
+            .expect("a UTCTime");
         let mut der = issued.der().to_vec();
         der[at + 3] = if der[at + 3] == b'9' { b'8' } else { b'9' };
         let certificate = Certificate::from_der(der).expect("still parses");
-        let error = verify_signature(&certificate, p256_ca().certificate().public_key()).expect_err("tampered");
+        let error = verify_signature(&certificate, p256_ca().certificate().public_key())
+            .expect_err("tampered");
         assert_eq!(error.to_string(), "the signature does not verify");
     }
 
@@ -572,7 +779,10 @@ mod tests {
     fn issuer_key_under_the_key_rules() {
         let weak_key = PublicKey::from_spki_der(&fake_rsa_spki(1024)).expect("parses");
         let error = verify_signature(rsa_ca().certificate(), &weak_key).expect_err("weak key");
-        assert_eq!(error.to_string(), "rsa key of 1024 bits is too small: at least 2048 bits are required");
+        assert_eq!(
+            error.to_string(),
+            "rsa key of 1024 bits is too small: at least 2048 bits are required"
+        );
     }
 
     #[test]
@@ -581,18 +791,31 @@ mod tests {
         let inner = algorithm_identifier(ECDSA_SHA384, None);
         let outer = algorithm_identifier(ECDSA_SHA256, None);
         let ca_key = p256_ca().private_key_pkcs8_der();
-        let der = rebuild(issued.der(), |fields| fields[2] = inner, &outer, |message| {
-            ecdsa_sign(&ca_key, &aws::ECDSA_P256_SHA256_ASN1_SIGNING, message)
-        });
+        let der = rebuild(
+            issued.der(),
+            |fields| fields[2] = inner,
+            &outer,
+            |message| ecdsa_sign(&ca_key, &aws::ECDSA_P256_SHA256_ASN1_SIGNING, message),
+        );
         let certificate = Certificate::from_der(der).expect("parses");
-        let error = verify_signature(&certificate, p256_ca().certificate().public_key()).expect_err("mismatch");
-        assert_eq!(error.to_string(), "the signature algorithm of the signed part differs from the outer one");
+        let error = verify_signature(&certificate, p256_ca().certificate().public_key())
+            .expect_err("mismatch");
+        assert_eq!(
+            error.to_string(),
+            "the signature algorithm of the signed part differs from the outer one"
+        );
     }
 
     #[test]
     fn debug_is_short() {
         let root = p256_ca().certificate();
         let debug = format!("{root:?}");
-        assert!(debug.starts_with(&format!("Certificate {{ id: {:?}, subject: \"CN=Test Root, O=certfleet\"", root.id().as_str())), "{debug}");
+        assert!(
+            debug.starts_with(&format!(
+                "Certificate {{ id: {:?}, subject: \"CN=Test Root, O=certfleet\"",
+                root.id().as_str()
+            )),
+            "{debug}"
+        );
     }
 }

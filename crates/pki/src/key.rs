@@ -82,10 +82,14 @@ pub struct PublicKey {
 impl PublicKey {
     /// Parses a SubjectPublicKeyInfo DER.
     pub fn from_spki_der(der: &[u8]) -> Result<Self, Error> {
-        let (rest, spki) = SubjectPublicKeyInfo::from_der(der)
-            .map_err(|error| Error::BadPublicKey { reason: error.to_string() })?;
+        let (rest, spki) =
+            SubjectPublicKeyInfo::from_der(der).map_err(|error| Error::BadPublicKey {
+                reason: error.to_string(),
+            })?;
         if !rest.is_empty() {
-            return Err(Error::BadPublicKey { reason: "trailing bytes".to_owned() });
+            return Err(Error::BadPublicKey {
+                reason: "trailing bytes".to_owned(),
+            });
         }
         Self::from_x509(&spki)
     }
@@ -97,16 +101,28 @@ impl PublicKey {
 
     pub(crate) fn from_x509(spki: &SubjectPublicKeyInfo<'_>) -> Result<Self, Error> {
         if spki.subject_public_key.unused_bits != 0 {
-            return Err(Error::BadPublicKey { reason: "key bit string has unused bits".to_owned() });
+            return Err(Error::BadPublicKey {
+                reason: "key bit string has unused bits".to_owned(),
+            });
         }
         let algorithm = spki.algorithm.algorithm.to_id_string();
         let kind = match algorithm.as_str() {
             OID_RSA_ENCRYPTION => match spki.parsed() {
-                Ok(ParsedKey::RSA(rsa)) => KeyKind::Rsa { bits: modulus_bits(rsa.modulus) },
-                _ => return Err(Error::BadPublicKey { reason: "malformed rsa public key".to_owned() }),
+                Ok(ParsedKey::RSA(rsa)) => KeyKind::Rsa {
+                    bits: modulus_bits(rsa.modulus),
+                },
+                _ => {
+                    return Err(Error::BadPublicKey {
+                        reason: "malformed rsa public key".to_owned(),
+                    });
+                }
             },
             OID_EC_PUBLIC_KEY => {
-                let curve = spki.algorithm.parameters.as_ref().and_then(|any| any.as_oid().ok());
+                let curve = spki
+                    .algorithm
+                    .parameters
+                    .as_ref()
+                    .and_then(|any| any.as_oid().ok());
                 match curve.map(|oid| oid.to_id_string()).as_deref() {
                     Some("1.2.840.10045.3.1.7") => KeyKind::Ec(Curve::P256),
                     Some("1.3.132.0.34") => KeyKind::Ec(Curve::P384),
@@ -147,7 +163,9 @@ impl PublicKey {
     /// The RFC 5280 method 1 key identifier: SHA-1 of the subjectPublicKey bits.
     pub(crate) fn key_identifier(&self) -> Vec<u8> {
         use aws_lc_rs::digest;
-        digest::digest(&digest::SHA1_FOR_LEGACY_USE_ONLY, &self.key_bits).as_ref().to_vec()
+        digest::digest(&digest::SHA1_FOR_LEGACY_USE_ONLY, &self.key_bits)
+            .as_ref()
+            .to_vec()
     }
 }
 
@@ -198,8 +216,12 @@ pub fn check_key_rules(key: &PublicKey) -> Result<(), Error> {
         KeyKind::Rsa { bits } if *bits < 2048 => Err(Error::RsaKeyTooSmall { bits: *bits }),
         KeyKind::Rsa { bits } if *bits > 8192 => Err(Error::RsaKeyTooLarge { bits: *bits }),
         KeyKind::Rsa { .. } | KeyKind::Ec(_) => Ok(()),
-        KeyKind::EcOtherCurve(curve) => Err(Error::CurveNotAccepted { curve: curve.clone() }),
-        KeyKind::Other(algorithm) => Err(Error::KeyTypeNotAccepted { algorithm: algorithm.clone() }),
+        KeyKind::EcOtherCurve(curve) => Err(Error::CurveNotAccepted {
+            curve: curve.clone(),
+        }),
+        KeyKind::Other(algorithm) => Err(Error::KeyTypeNotAccepted {
+            algorithm: algorithm.clone(),
+        }),
     }
 }
 
@@ -234,12 +256,15 @@ impl KeyAlgorithm {
 pub struct GeneratedKeyPair {
     algorithm: KeyAlgorithm,
     pkcs8: Zeroizing<Vec<u8>>,
+    private_key_pem: Zeroizing<String>,
     public_key: PublicKey,
 }
 
 impl fmt::Debug for GeneratedKeyPair {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("GeneratedKeyPair").field("algorithm", &self.algorithm).finish_non_exhaustive()
+        f.debug_struct("GeneratedKeyPair")
+            .field("algorithm", &self.algorithm)
+            .finish_non_exhaustive()
     }
 }
 
@@ -252,7 +277,20 @@ impl GeneratedKeyPair {
             KeyAlgorithm::Rsa2048 => generate_rsa(KeySize::Rsa2048)?,
             KeyAlgorithm::Rsa3072 => generate_rsa(KeySize::Rsa3072)?,
         };
-        Ok(GeneratedKeyPair { algorithm, pkcs8, public_key: PublicKey::from_spki_der(&spki)? })
+        let private_key_pem = match algorithm {
+            KeyAlgorithm::Rsa2048 | KeyAlgorithm::Rsa3072 => {
+                pem_encode_secret("RSA PRIVATE KEY", &pkcs1_from_pkcs8(&pkcs8)?)
+            }
+            KeyAlgorithm::EcdsaP256 | KeyAlgorithm::EcdsaP384 => {
+                pem_encode_secret("PRIVATE KEY", &pkcs8)
+            }
+        };
+        Ok(GeneratedKeyPair {
+            algorithm,
+            pkcs8,
+            private_key_pem,
+            public_key: PublicKey::from_spki_der(&spki)?,
+        })
     }
 
     /// The algorithm of the key.
@@ -279,16 +317,8 @@ impl GeneratedKeyPair {
     ///
     /// RSA keys come as "RSA PRIVATE KEY" (PKCS#1), as AWS IoT's CreateKeysAndCertificate returns
     /// them; EC keys come as "PRIVATE KEY" (PKCS#8), which every TLS stack reads.
-    pub fn private_key_pem(&self) -> Result<Zeroizing<String>, Error> {
-        match self.algorithm {
-            KeyAlgorithm::Rsa2048 | KeyAlgorithm::Rsa3072 => {
-                let pkcs1 = pkcs1_from_pkcs8(&self.pkcs8)?;
-                Ok(pem_encode_secret("RSA PRIVATE KEY", &pkcs1))
-            }
-            KeyAlgorithm::EcdsaP256 | KeyAlgorithm::EcdsaP384 => {
-                Ok(pem_encode_secret("PRIVATE KEY", &self.pkcs8))
-            }
-        }
+    pub fn private_key_pem(&self) -> Zeroizing<String> {
+        self.private_key_pem.clone()
     }
 }
 
@@ -297,17 +327,27 @@ fn generate_ec(
 ) -> Result<(Zeroizing<Vec<u8>>, Vec<u8>), Error> {
     let key_pair = EcdsaKeyPair::generate(algorithm).map_err(|_| Error::KeyGeneration)?;
     let pkcs8 = key_pair.to_pkcs8v1().map_err(|_| Error::KeyGeneration)?;
-    let spki: PublicKeyX509Der<'static> =
-        key_pair.public_key().as_der().map_err(|_| Error::KeyGeneration)?;
-    Ok((Zeroizing::new(pkcs8.as_ref().to_vec()), spki.as_ref().to_vec()))
+    let spki: PublicKeyX509Der<'static> = key_pair
+        .public_key()
+        .as_der()
+        .map_err(|_| Error::KeyGeneration)?;
+    Ok((
+        Zeroizing::new(pkcs8.as_ref().to_vec()),
+        spki.as_ref().to_vec(),
+    ))
 }
 
 fn generate_rsa(size: KeySize) -> Result<(Zeroizing<Vec<u8>>, Vec<u8>), Error> {
     let key_pair = RsaKeyPair::generate(size).map_err(|_| Error::KeyGeneration)?;
     let pkcs8: Pkcs8V1Der<'static> = key_pair.as_der().map_err(|_| Error::KeyGeneration)?;
-    let spki: PublicKeyX509Der<'static> =
-        key_pair.public_key().as_der().map_err(|_| Error::KeyGeneration)?;
-    Ok((Zeroizing::new(pkcs8.as_ref().to_vec()), spki.as_ref().to_vec()))
+    let spki: PublicKeyX509Der<'static> = key_pair
+        .public_key()
+        .as_der()
+        .map_err(|_| Error::KeyGeneration)?;
+    Ok((
+        Zeroizing::new(pkcs8.as_ref().to_vec()),
+        spki.as_ref().to_vec(),
+    ))
 }
 
 /// The PKCS#1 RSAPrivateKey inside a PKCS#8 PrivateKeyInfo (its privateKey OCTET STRING).
@@ -333,97 +373,161 @@ fn pem_encode_secret(label: &str, der: &[u8]) -> Zeroizing<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_support::{fake_rsa_spki, spki_with_algorithm};
+    use crate::test_support::{EC_PUBLIC_KEY, SECP256K1, fake_rsa_spki, spki_with_algorithm};
 
     fn check(spki: &[u8], kind: KeyKind, rules: Result<(), &str>) {
         let key = PublicKey::from_spki_der(spki).expect("test spki parses");
         assert_eq!(key.kind(), &kind);
-        assert_eq!(check_key_rules(&key).map_err(|error| error.to_string()), rules.map_err(str::to_owned));
+        assert_eq!(
+            check_key_rules(&key).map_err(|error| error.to_string()),
+            rules.map_err(str::to_owned)
+        );
     }
 
     fn generated(algorithm: KeyAlgorithm) -> Vec<u8> {
-        GeneratedKeyPair::generate(algorithm).expect("keygen").public_key().spki_der().to_vec()
+        GeneratedKeyPair::generate(algorithm)
+            .expect("keygen")
+            .public_key()
+            .spki_der()
+            .to_vec()
     }
 
     fn rcgen_spki(algorithm: &'static rcgen::SignatureAlgorithm) -> Vec<u8> {
         use rcgen::PublicKeyData;
-        rcgen::KeyPair::generate_for(algorithm).expect("keygen").subject_public_key_info()
+        rcgen::KeyPair::generate_for(algorithm)
+            .expect("keygen")
+            .subject_public_key_info()
     }
 
     #[test]
     fn rsa_2048_accepted() {
-        check(&generated(KeyAlgorithm::Rsa2048), KeyKind::Rsa { bits: 2048 }, Ok(()));
+        check(
+            &generated(KeyAlgorithm::Rsa2048),
+            KeyKind::Rsa { bits: 2048 },
+            Ok(()),
+        );
     }
 
     #[test]
     fn rsa_3072_accepted() {
-        check(&generated(KeyAlgorithm::Rsa3072), KeyKind::Rsa { bits: 3072 }, Ok(()));
+        check(
+            &generated(KeyAlgorithm::Rsa3072),
+            KeyKind::Rsa { bits: 3072 },
+            Ok(()),
+        );
     }
 
     #[test]
     fn rsa_1024_refused() {
-        check(&fake_rsa_spki(1024), KeyKind::Rsa { bits: 1024 }, Err("rsa key of 1024 bits is too small: at least 2048 bits are required"));
+        check(
+            &fake_rsa_spki(1024),
+            KeyKind::Rsa { bits: 1024 },
+            Err("rsa key of 1024 bits is too small: at least 2048 bits are required"),
+        );
     }
 
     #[test]
     fn rsa_2047_refused() {
-        check(&fake_rsa_spki(2047), KeyKind::Rsa { bits: 2047 }, Err("rsa key of 2047 bits is too small: at least 2048 bits are required"));
+        check(
+            &fake_rsa_spki(2047),
+            KeyKind::Rsa { bits: 2047 },
+            Err("rsa key of 2047 bits is too small: at least 2048 bits are required"),
+        );
     }
 
     #[test]
     fn rsa_16384_refused() {
-        check(&fake_rsa_spki(16384), KeyKind::Rsa { bits: 16384 }, Err("rsa key of 16384 bits is too large: at most 8192 bits are accepted"));
+        check(
+            &fake_rsa_spki(16384),
+            KeyKind::Rsa { bits: 16384 },
+            Err("rsa key of 16384 bits is too large: at most 8192 bits are accepted"),
+        );
     }
 
     #[test]
     fn p256_accepted() {
-        check(&generated(KeyAlgorithm::EcdsaP256), KeyKind::Ec(Curve::P256), Ok(()));
+        check(
+            &generated(KeyAlgorithm::EcdsaP256),
+            KeyKind::Ec(Curve::P256),
+            Ok(()),
+        );
     }
 
     #[test]
     fn p384_accepted() {
-        check(&generated(KeyAlgorithm::EcdsaP384), KeyKind::Ec(Curve::P384), Ok(()));
+        check(
+            &generated(KeyAlgorithm::EcdsaP384),
+            KeyKind::Ec(Curve::P384),
+            Ok(()),
+        );
     }
 
     #[test]
     fn p521_accepted() {
-        check(&rcgen_spki(&rcgen::PKCS_ECDSA_P521_SHA512), KeyKind::Ec(Curve::P521), Ok(()));
+        check(
+            &rcgen_spki(&rcgen::PKCS_ECDSA_P521_SHA512),
+            KeyKind::Ec(Curve::P521),
+            Ok(()),
+        );
     }
 
     #[test]
     fn secp256k1_refused() {
-        let spki = spki_with_algorithm(&[1, 2, 840, 10045, 2, 1], Some(&[1, 3, 132, 0, 10]), &[4; 65]);
-        check(&spki, KeyKind::EcOtherCurve("secp256k1".into()), Err("ec key on curve secp256k1 is not accepted: only P-256, P-384 and P-521"));
+        let spki = spki_with_algorithm(EC_PUBLIC_KEY, Some(SECP256K1), &[4; 65]);
+        check(
+            &spki,
+            KeyKind::EcOtherCurve("secp256k1".into()),
+            Err("ec key on curve secp256k1 is not accepted: only P-256, P-384 and P-521"),
+        );
     }
 
     #[test]
     fn unnamed_curve_refused_by_oid() {
-        let spki = spki_with_algorithm(&[1, 2, 840, 10045, 2, 1], Some(&[1, 2, 3, 4]), &[4; 65]);
-        check(&spki, KeyKind::EcOtherCurve("1.2.3.4".into()), Err("ec key on curve 1.2.3.4 is not accepted: only P-256, P-384 and P-521"));
+        let spki = spki_with_algorithm(EC_PUBLIC_KEY, Some(&[1, 2, 3, 4]), &[4; 65]);
+        check(
+            &spki,
+            KeyKind::EcOtherCurve("1.2.3.4".into()),
+            Err("ec key on curve 1.2.3.4 is not accepted: only P-256, P-384 and P-521"),
+        );
     }
 
     #[test]
     fn ed25519_refused() {
-        check(&rcgen_spki(&rcgen::PKCS_ED25519), KeyKind::Other("ed25519".into()), Err("ed25519 keys are not accepted"));
+        check(
+            &rcgen_spki(&rcgen::PKCS_ED25519),
+            KeyKind::Other("ed25519".into()),
+            Err("ed25519 keys are not accepted"),
+        );
     }
 
     #[test]
     fn dsa_refused() {
         let spki = spki_with_algorithm(&[1, 2, 840, 10040, 4, 1], None, &[2, 1, 5]);
-        check(&spki, KeyKind::Other("dsa".into()), Err("dsa keys are not accepted"));
+        check(
+            &spki,
+            KeyKind::Other("dsa".into()),
+            Err("dsa keys are not accepted"),
+        );
     }
 
     #[test]
     fn unknown_algorithm_refused_by_oid() {
         let spki = spki_with_algorithm(&[1, 2, 3], None, &[1, 2, 3]);
-        check(&spki, KeyKind::Other("1.2.3".into()), Err("1.2.3 keys are not accepted"));
+        check(
+            &spki,
+            KeyKind::Other("1.2.3".into()),
+            Err("1.2.3 keys are not accepted"),
+        );
     }
 
     #[test]
     fn malformed_rsa_key_is_an_error() {
-        let spki = spki_with_algorithm(&[1, 2, 840, 113549, 1, 1, 1], None, &[1, 2, 3]);
+        let spki = spki_with_algorithm(crate::test_support::RSA_ENCRYPTION, None, &[1, 2, 3]);
         let error = PublicKey::from_spki_der(&spki).expect_err("not an RSAPublicKey");
-        assert_eq!(error.to_string(), "malformed public key: malformed rsa public key");
+        assert_eq!(
+            error.to_string(),
+            "malformed public key: malformed rsa public key"
+        );
     }
 
     #[test]
@@ -436,30 +540,47 @@ mod tests {
     #[test]
     fn rsa_private_key_pem_is_pkcs1_and_loads() {
         let key_pair = GeneratedKeyPair::generate(KeyAlgorithm::Rsa2048).expect("keygen");
-        let pem = key_pair.private_key_pem().expect("encodes");
+        let pem = key_pair.private_key_pem();
         assert!(pem.starts_with("-----BEGIN RSA PRIVATE KEY-----\n"));
         let pkcs1 = pem::pem_decode(&pem, &["RSA PRIVATE KEY"]).expect("decodes");
         let loaded = RsaKeyPair::from_der(&pkcs1).expect("aws-lc reads PKCS#1");
-        assert_eq!(loaded.public_key().as_ref(), key_pair.public_key().key_bits());
+        assert_eq!(
+            loaded.public_key().as_ref(),
+            key_pair.public_key().key_bits()
+        );
     }
 
     #[test]
     fn ec_private_key_pem_is_pkcs8_and_loads() {
         let key_pair = GeneratedKeyPair::generate(KeyAlgorithm::EcdsaP384).expect("keygen");
-        let pem = key_pair.private_key_pem().expect("encodes");
+        let pem = key_pair.private_key_pem();
         let pkcs8 = pem::pem_decode(&pem, &["PRIVATE KEY"]).expect("decodes");
-        let loaded = EcdsaKeyPair::from_pkcs8(&ECDSA_P384_SHA384_ASN1_SIGNING, &pkcs8).expect("aws-lc reads PKCS#8");
-        assert_eq!(loaded.public_key().as_ref(), key_pair.public_key().key_bits());
+        let loaded = EcdsaKeyPair::from_pkcs8(&ECDSA_P384_SHA384_ASN1_SIGNING, &pkcs8)
+            .expect("aws-lc reads PKCS#8");
+        assert_eq!(
+            loaded.public_key().as_ref(),
+            key_pair.public_key().key_bits()
+        );
     }
 
     #[test]
     fn debug_shows_only_the_algorithm() {
         let key_pair = GeneratedKeyPair::generate(KeyAlgorithm::EcdsaP256).expect("keygen");
-        assert_eq!(format!("{key_pair:?}"), "GeneratedKeyPair { algorithm: EcdsaP256, .. }");
+        assert_eq!(
+            format!("{key_pair:?}"),
+            "GeneratedKeyPair { algorithm: EcdsaP256, .. }"
+        );
     }
 
     #[test]
     fn modulus_bits_ignores_leading_zeros() {
-        assert_eq!((modulus_bits(&[0, 0x80, 0]), modulus_bits(&[0x01, 0]), modulus_bits(&[0, 0])), (16, 9, 0));
+        assert_eq!(
+            (
+                modulus_bits(&[0, 0x80, 0]),
+                modulus_bits(&[0x01, 0]),
+                modulus_bits(&[0, 0])
+            ),
+            (16, 9, 0)
+        );
     }
 }

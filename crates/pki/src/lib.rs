@@ -57,3 +57,20 @@ pub use id::CertificateId;
 pub use issuer::Issuer;
 pub use key::{Curve, GeneratedKeyPair, KeyAlgorithm, KeyKind, PublicKey, check_key_rules};
 pub use pem::pem_encode;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send_sync<T: Send + Sync + 'static>() {}
+
+    #[test]
+    fn public_types_are_send_and_sync() {
+        assert_send_sync::<Certificate>();
+        assert_send_sync::<Csr>();
+        assert_send_sync::<Issuer>();
+        assert_send_sync::<GeneratedKeyPair>();
+        assert_send_sync::<PublicKey>();
+        assert_send_sync::<Error>();
+    }
+}

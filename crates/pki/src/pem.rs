@@ -49,34 +49,49 @@ pub(crate) fn pem_decode(text: &str, labels: &[&str]) -> Result<Vec<u8>, Error> 
         });
     };
     let Some((label, after_label)) = after_begin.split_once(DASHES) else {
-        return Err(Error::NotPem { reason: "unterminated -----BEGIN line" });
+        return Err(Error::NotPem {
+            reason: "unterminated -----BEGIN line",
+        });
     };
     if label.contains(['\n', '\r']) {
-        return Err(Error::NotPem { reason: "unterminated -----BEGIN line" });
+        return Err(Error::NotPem {
+            reason: "unterminated -----BEGIN line",
+        });
     }
     let end = format!("-----END {label}-----");
     let Some((body, after_end)) = after_label.split_once(end.as_str()) else {
-        return Err(Error::NotPem { reason: "no matching -----END line" });
+        return Err(Error::NotPem {
+            reason: "no matching -----END line",
+        });
     };
     if !after_end.is_empty() {
         return Err(if after_end.contains(BEGIN) {
             Error::MultiplePemBlocks
         } else {
-            Error::NotPem { reason: "text after the pem block" }
+            Error::NotPem {
+                reason: "text after the pem block",
+            }
         });
     }
     if body.contains(BEGIN) {
         return Err(Error::MultiplePemBlocks);
     }
     if !labels.contains(&label) {
-        return Err(Error::WrongPemLabel { expected: labels.join(" or "), found: label.to_owned() });
+        return Err(Error::WrongPemLabel {
+            expected: labels.join(" or "),
+            found: label.to_owned(),
+        });
     }
     if body.contains(':') {
-        return Err(Error::NotPem { reason: "pem headers (as in encrypted pem) are not supported" });
+        return Err(Error::NotPem {
+            reason: "pem headers (as in encrypted pem) are not supported",
+        });
     }
     let compact: String = body.chars().filter(|c| !c.is_ascii_whitespace()).collect();
     if compact.is_empty() {
-        return Err(Error::NotPem { reason: "empty pem block" });
+        return Err(Error::NotPem {
+            reason: "empty pem block",
+        });
     }
     STANDARD.decode(compact).map_err(Error::BadBase64)
 }
@@ -112,7 +127,10 @@ mod tests {
 
     #[test]
     fn surrounding_whitespace_and_crlf() {
-        let text = format!("\r\n  {}\r\n\n", block("THING", "AQID\r\nBAUG\r\nBwgJ").replace('\n', "\r\n"));
+        let text = format!(
+            "\r\n  {}\r\n\n",
+            block("THING", "AQID\r\nBAUG\r\nBwgJ").replace('\n', "\r\n")
+        );
         check(&text, Ok(&[1, 2, 3, 4, 5, 6, 7, 8, 9]));
     }
 
@@ -128,47 +146,74 @@ mod tests {
 
     #[test]
     fn text_before() {
-        check(&format!("Certificate:\n{}", block("THING", BODY)), Err("not pem: text before the pem block"));
+        check(
+            &format!("Certificate:\n{}", block("THING", BODY)),
+            Err("not pem: text before the pem block"),
+        );
     }
 
     #[test]
     fn text_after() {
-        check(&format!("{}trailer\n", block("THING", BODY)), Err("not pem: text after the pem block"));
+        check(
+            &format!("{}trailer\n", block("THING", BODY)),
+            Err("not pem: text after the pem block"),
+        );
     }
 
     #[test]
     fn two_blocks() {
-        check(&format!("{}{}", block("THING", BODY), block("THING", BODY)), Err("expected exactly one pem block, found more"));
+        check(
+            &format!("{}{}", block("THING", BODY), block("THING", BODY)),
+            Err("expected exactly one pem block, found more"),
+        );
     }
 
     #[test]
     fn wrong_label() {
-        check(&block("PRIVATE KEY", BODY), Err(r#"pem block is labelled "PRIVATE KEY": expected "THING or NEW THING""#));
+        check(
+            &block("PRIVATE KEY", BODY),
+            Err(r#"pem block is labelled "PRIVATE KEY": expected "THING or NEW THING""#),
+        );
     }
 
     #[test]
     fn missing_end() {
-        check(&format!("-----BEGIN THING-----\n{BODY}\n"), Err("not pem: no matching -----END line"));
+        check(
+            &format!("-----BEGIN THING-----\n{BODY}\n"),
+            Err("not pem: no matching -----END line"),
+        );
     }
 
     #[test]
     fn mismatched_end_label() {
-        check(&format!("-----BEGIN THING-----\n{BODY}\n-----END OTHER-----\n"), Err("not pem: no matching -----END line"));
+        check(
+            &format!("-----BEGIN THING-----\n{BODY}\n-----END OTHER-----\n"),
+            Err("not pem: no matching -----END line"),
+        );
     }
 
     #[test]
     fn unterminated_begin() {
-        check("-----BEGIN THING\nAQID\n", Err("not pem: unterminated -----BEGIN line"));
+        check(
+            "-----BEGIN THING\nAQID\n",
+            Err("not pem: unterminated -----BEGIN line"),
+        );
     }
 
     #[test]
     fn truncated_base64() {
-        check(&block("THING", &BODY[..BODY.len() - 1]), Err("pem body is not valid base64"));
+        check(
+            &block("THING", &BODY[..BODY.len() - 1]),
+            Err("pem body is not valid base64"),
+        );
     }
 
     #[test]
     fn bad_base64_character() {
-        check(&block("THING", "AQID*AUG"), Err("pem body is not valid base64"));
+        check(
+            &block("THING", "AQID*AUG"),
+            Err("pem body is not valid base64"),
+        );
     }
 
     #[test]
@@ -178,7 +223,10 @@ mod tests {
 
     #[test]
     fn encrypted_headers() {
-        check(&block("THING", &format!("Proc-Type: 4,ENCRYPTED\n\n{BODY}")), Err("not pem: pem headers (as in encrypted pem) are not supported"));
+        check(
+            &block("THING", &format!("Proc-Type: 4,ENCRYPTED\n\n{BODY}")),
+            Err("not pem: pem headers (as in encrypted pem) are not supported"),
+        );
     }
 
     #[test]

@@ -108,6 +108,18 @@ fn run_once(
     transaction.commit().map_err(map_error)
 }
 
+impl Drop for PostgresStore {
+    /// Each synchronous client owns a small runtime, which must not be dropped on an async
+    /// thread: close the pooled connections on a plain thread of their own.
+    fn drop(&mut self) {
+        let connections = std::mem::take(self.pool.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner));
+        if connections.is_empty() {
+            return;
+        }
+        let _ = std::thread::spawn(move || drop(connections)).join();
+    }
+}
+
 impl Store for PostgresStore {
     fn write_tx(&self, work: &mut dyn FnMut(&mut Tx<'_>) -> Result<(), Error>) -> Result<(), Error> {
         self.run(false, work)

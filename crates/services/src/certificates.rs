@@ -109,7 +109,7 @@ impl Services {
             account: caller.account.clone(),
             id: id.clone(),
             pem: ca.to_pem(),
-            subject_key: subject_key(ca.subject_der()),
+            subject_key: ca.subject_fingerprint(),
             status: if request.set_as_active { CaStatus::Active } else { CaStatus::Inactive },
             mode,
             auto_registration: request.allow_auto_registration,
@@ -314,7 +314,7 @@ impl Services {
             .as_deref()
             .map(|pem| parse_certificate(pem, "caCertificatePem"))
             .transpose()?;
-        let issuer_key = subject_key(device.issuer_der());
+        let issuer_key = device.issuer_fingerprint();
 
         let record = registry::write(self.store(), |tx| {
             tx.lock_account(&caller.account)?;
@@ -668,11 +668,6 @@ fn parse_device_certificate(pem: &str) -> Result<Certificate, Error> {
     pki::check_key_rules(device.public_key()).map_err(validation)?;
     device.signature_algorithm().map_err(validation)?;
     Ok(device)
-}
-
-/// The index key of a subject (or issuer) name.
-fn subject_key(name_der: &[u8]) -> String {
-    hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, name_der))
 }
 
 fn validation(error: pki::Error) -> Error {
