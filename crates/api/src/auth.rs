@@ -70,8 +70,10 @@ pub async fn authenticate(State(state): State<Arc<AppState>>, request: Request, 
             return error.into_response();
         }
     };
-    parts.extensions.insert(caller);
-    next.run(Request::from_parts(parts, Body::from(bytes))).await
+    parts.extensions.insert(caller.clone());
+    let mut response = next.run(Request::from_parts(parts, Body::from(bytes))).await;
+    response.extensions_mut().insert(caller);
+    response
 }
 
 fn too_large(limit: usize, parts: &http::request::Parts) -> Response {

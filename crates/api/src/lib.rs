@@ -118,7 +118,7 @@ async fn log_request(request: Request, next: Next) -> Response {
     let elapsed_us = started.elapsed().as_micros() as u64;
     match response.extensions().get::<ApiError>() {
         Some(error) => tracing::info!(
-            %method, path, request_id, status = error.status.as_u16(), code = error.code,
+            %method, path, request_id, ?account, status = error.status.as_u16(), code = error.code,
             message = %error.message, elapsed_us, "request refused"
         ),
         None => tracing::debug!(%method, path, request_id, status = response.status().as_u16(), ?account, elapsed_us, "request"),

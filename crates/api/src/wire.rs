@@ -333,8 +333,10 @@ impl Query {
         let mut params = HashMap::new();
         for pair in raw.unwrap_or("").split('&').filter(|pair| !pair.is_empty()) {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            // botocore percent-encodes everything but unreserved characters, so a bare `+` is a
+            // plus sign (as in base64 markers), not a space.
             let decode = |text: &str| {
-                percent_encoding::percent_decode_str(&text.replace('+', " "))
+                percent_encoding::percent_decode_str(text)
                     .decode_utf8()
                     .map(|text| text.into_owned())
                     .map_err(|_| ApiError::invalid_request("the query string is not valid UTF-8"))

@@ -18,6 +18,13 @@ use crate::datadir::{self, Files};
 pub async fn run(config: Config) -> anyhow::Result<()> {
     datadir::create(&config.data_dir)?;
     let files = Files::of(&config.data_dir);
+    // endpoints.json means "listening now": a stale one from an earlier run must not mislead.
+    match std::fs::remove_file(&files.endpoints) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+            return Err(error).context("removing the previous endpoints.json");
+        }
+        _ => {}
+    }
     let passphrase = datadir::passphrase(&config)?;
     // Opening PostgreSQL blocks (its synchronous client runs a runtime of its own).
     let store = {
