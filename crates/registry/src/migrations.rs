@@ -1,11 +1,13 @@
 //! Versioned schema migrations, applied in order at start.
 //!
-//! One schema for both backends: only BIGINT and TEXT columns, and SQL both understand.
+//! One schema for both backends: only BIGINT and TEXT columns, and SQL both understand. The one
+//! spelling they do not share, an auto-increment key, is written `{serial_primary_key}`.
 //! Never edit a migration that has shipped; add a new one.
 
 /// `(version, statements)`; statements are separated by `;` at the end of a line.
-pub(crate) const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
+pub(crate) const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
     r#"
 CREATE TABLE accounts (
     id TEXT PRIMARY KEY,
@@ -82,9 +84,39 @@ CREATE TABLE tags (
     PRIMARY KEY (resource_arn, tag_key)
 );
 "#,
-)];
+    ),
+    (
+        2,
+        r#"
+CREATE TABLE changes (
+    seq {serial_primary_key},
+    account_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    entity_id TEXT NOT NULL,
+    created_at BIGINT NOT NULL
+);
+CREATE INDEX changes_created ON changes(created_at);
+"#,
+    ),
+];
 
-/// The statements of one migration.
-pub(crate) fn statements(sql: &str) -> impl Iterator<Item = &str> {
-    sql.split(";\n").map(str::trim).filter(|statement| !statement.is_empty())
+/// The SQL dialect a migration is rendered for.
+#[derive(Clone, Copy)]
+pub(crate) enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+/// The statements of one migration, in the backend's dialect.
+pub(crate) fn statements(sql: &str, dialect: Dialect) -> Vec<String> {
+    let serial = match dialect {
+        Dialect::Sqlite => "INTEGER PRIMARY KEY AUTOINCREMENT",
+        Dialect::Postgres => "BIGSERIAL PRIMARY KEY",
+    };
+    sql.replace("{serial_primary_key}", serial)
+        .split(";\n")
+        .map(str::trim)
+        .filter(|statement| !statement.is_empty())
+        .map(str::to_owned)
+        .collect()
 }

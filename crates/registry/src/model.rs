@@ -212,6 +212,28 @@ pub struct Page<T> {
     pub next: Option<Cursor>,
 }
 
+/// What a change-feed entry is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ChangeKind {
+    /// A device certificate's status, mode or existence changed.
+    Certificate,
+    /// A CA certificate's status or existence changed.
+    CaCertificate,
+    /// An account was created or deleted.
+    Account,
+}
+
+/// One entry of the change feed: "entity X of account A changed; reload it". Entries carry no
+/// state, so reading one twice, or out of order, is harmless.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    pub seq: i64,
+    pub account: AccountId,
+    pub kind: ChangeKind,
+    pub entity_id: String,
+    pub created_at: OffsetDateTime,
+}
+
 macro_rules! text_enum {
     ($ty:ident { $($variant:ident = $text:literal),* $(,)? }) => {
         impl $ty {
@@ -239,3 +261,4 @@ text_enum!(CertificateStatus {
 });
 text_enum!(CertificateMode { Default = "DEFAULT", SniOnly = "SNI_ONLY" });
 text_enum!(IssuerPurpose { Device = "device", Server = "server" });
+text_enum!(ChangeKind { Certificate = "certificate", CaCertificate = "ca_certificate", Account = "account" });

@@ -12,7 +12,7 @@ use postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 use postgres::{Client, NoTls, Statement};
 
 use crate::conn::{Conn, Row, Value};
-use crate::migrations::{MIGRATIONS, statements};
+use crate::migrations::{Dialect, MIGRATIONS, statements};
 use crate::{Error, Store, Tx};
 
 const ATTEMPTS: usize = 5;
@@ -150,8 +150,8 @@ fn migrate(client: &mut Client) -> Result<(), Error> {
         if applied.is_some() {
             continue;
         }
-        for statement in statements(sql) {
-            transaction.batch_execute(statement).map_err(Error::Postgres)?;
+        for statement in statements(sql, Dialect::Postgres) {
+            transaction.batch_execute(&statement).map_err(Error::Postgres)?;
         }
         transaction
             .execute(

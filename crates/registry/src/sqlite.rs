@@ -8,7 +8,7 @@ use rusqlite::types::ValueRef;
 use rusqlite::{Connection, ErrorCode, OpenFlags, TransactionBehavior};
 
 use crate::conn::{Conn, Row, Value};
-use crate::migrations::{MIGRATIONS, statements};
+use crate::migrations::{Dialect, MIGRATIONS, statements};
 use crate::{Error, Store, Tx};
 
 /// The SQLite registry backend.
@@ -93,7 +93,7 @@ fn migrate(connection: &Connection) -> Result<(), Error> {
         if applied > 0 {
             continue;
         }
-        let batch: String = statements(sql).map(|statement| format!("{statement};\n")).collect();
+        let batch: String = statements(sql, Dialect::Sqlite).iter().map(|statement| format!("{statement};\n")).collect();
         connection
             .execute_batch(&format!(
                 "BEGIN IMMEDIATE;\n{batch}INSERT INTO schema_migrations VALUES ({version}, unixepoch() * 1000);\nCOMMIT;"

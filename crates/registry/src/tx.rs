@@ -434,6 +434,54 @@ impl<'a> Tx<'a> {
         Ok(())
     }
 
+    // ---- change feed --------------------------------------------------------------------
+
+    /// Records that an entity changed, in the same transaction as the change itself, so that
+    /// every node following the feed learns of exactly the committed changes.
+    pub fn record_change(
+        &mut self,
+        account: &AccountId,
+        kind: ChangeKind,
+        entity_id: &str,
+        at: OffsetDateTime,
+    ) -> Result<(), Error> {
+        self.conn.execute(
+            "INSERT INTO changes (account_id, kind, entity_id, created_at) VALUES ($1, $2, $3, $4)",
+            &[account.as_str().into(), kind.as_str().into(), entity_id.into(), millis(at).into()],
+        )?;
+        Ok(())
+    }
+
+    /// Up to `limit` changes with a sequence number above `after`, in sequence order.
+    pub fn changes_after(&mut self, after: i64, limit: u32) -> Result<Vec<Change>, Error> {
+        let rows = self.conn.query(
+            "SELECT seq, account_id, kind, entity_id, created_at FROM changes WHERE seq > $1 ORDER BY seq LIMIT $2",
+            &[after.into(), i64::from(limit).into()],
+        )?;
+        rows.iter()
+            .map(|row| {
+                Ok(Change {
+                    seq: row.int(0)?,
+                    account: AccountId::parse(&row.text(1)?)?,
+                    kind: parse_text(&row.text(2)?, ChangeKind::parse)?,
+                    entity_id: row.text(3)?,
+                    created_at: from_millis(row.int(4)?)?,
+                })
+            })
+            .collect()
+    }
+
+    /// The highest sequence number in the feed (0 when empty): where a new follower starts.
+    pub fn last_change_seq(&mut self) -> Result<i64, Error> {
+        let rows = self.conn.query("SELECT COALESCE(MAX(seq), 0) FROM changes", &[])?;
+        rows.first().map_or(Ok(0), |row| row.int(0))
+    }
+
+    /// Forgets changes recorded before `before`. Returns how many.
+    pub fn prune_changes(&mut self, before: OffsetDateTime) -> Result<u64, Error> {
+        self.conn.execute("DELETE FROM changes WHERE created_at < $1", &[millis(before).into()])
+    }
+
     // ---- helpers --------------------------------------------------------------------------
 
     /// Runs `select` (a query whose WHERE clause binds `params`) for one page ordered by

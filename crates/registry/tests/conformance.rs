@@ -346,3 +346,36 @@ fn reopening_applies_no_migration_twice() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn the_change_feed_keeps_committed_changes_in_order() {
+    each_backend("changes", |store| {
+        let alice = account("111111111111", "alice");
+        setup(store, &[&alice]);
+        let start = read(store, |tx| tx.last_change_seq()).unwrap();
+        write(store, |tx| {
+            tx.record_change(&alice.id, ChangeKind::Certificate, "c1", at(1))?;
+            tx.record_change(&alice.id, ChangeKind::CaCertificate, "ca1", at(2))
+        })
+        .unwrap();
+        // A rolled-back transaction leaves no change behind.
+        let _: Result<(), Error> = write(store, |tx| {
+            tx.record_change(&alice.id, ChangeKind::Certificate, "ghost", at(3))?;
+            Err(Error::Aborted)
+        });
+        write(store, |tx| tx.record_change(&alice.id, ChangeKind::Account, "111111111111", at(4))).unwrap();
+
+        let changes = read(store, |tx| tx.changes_after(start, 10)).unwrap();
+        let seen: Vec<_> = changes.iter().map(|change| (change.kind, change.entity_id.as_str())).collect();
+        assert_eq!(
+            seen,
+            vec![(ChangeKind::Certificate, "c1"), (ChangeKind::CaCertificate, "ca1"), (ChangeKind::Account, "111111111111")]
+        );
+        assert!(changes.windows(2).all(|pair| pair[0].seq < pair[1].seq));
+        assert_eq!(read(store, |tx| tx.last_change_seq()).unwrap(), changes[2].seq);
+        assert_eq!(read(store, |tx| tx.changes_after(changes[0].seq, 1)).unwrap()[0].entity_id, "ca1");
+
+        assert_eq!(write(store, |tx| tx.prune_changes(at(3))).unwrap(), 2);
+        assert_eq!(read(store, |tx| tx.changes_after(start, 10)).unwrap().len(), 1);
+    });
+}

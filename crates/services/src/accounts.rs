@@ -1,6 +1,6 @@
 //! Accounts, their access keys and registration codes (the admin side and GetRegistrationCode).
 
-use certfleet_registry::{self as registry, AccessKey, Account, AccountId};
+use certfleet_registry::{self as registry, AccessKey, Account, AccountId, ChangeKind};
 
 use crate::ids::{random_string, registration_code};
 use crate::{Caller, Error, Services};
@@ -33,7 +33,10 @@ impl Services {
             registration_code: None,
             created_at: self.now(),
         };
-        registry::write(self.store(), |tx| tx.insert_account(&account).map_err(Error::from))?;
+        registry::write(self.store(), |tx| {
+            tx.insert_account(&account)?;
+            tx.record_change(&account.id, ChangeKind::Account, account.id.as_str(), account.created_at).map_err(Error::from)
+        })?;
         tracing::info!(account = %account.id, "account created");
         Ok(account)
     }
@@ -45,7 +48,14 @@ impl Services {
 
     /// Deletes an account and everything it owns.
     pub fn delete_account(&self, account: &AccountId) -> Result<(), Error> {
-        let existed = registry::write(self.store(), |tx| tx.delete_account(account).map_err(Error::from))?;
+        let now = self.now();
+        let existed = registry::write(self.store(), |tx| {
+            let existed = tx.delete_account(account)?;
+            if existed {
+                tx.record_change(account, ChangeKind::Account, account.as_str(), now)?;
+            }
+            Ok::<_, Error>(existed)
+        })?;
         if !existed {
             return Err(Error::NotFound(format!("account {account} does not exist")));
         }

@@ -7,7 +7,7 @@
 
 use certfleet_pki::{self as pki, Certificate, CertificateId, Csr, GeneratedKeyPair, KeyAlgorithm};
 use certfleet_registry::{
-    self as registry, AccountId, CaCertificate, CaStatus, CertificateMode, CertificateStatus, DeviceCertificate,
+    self as registry, AccountId, CaCertificate, CaStatus, ChangeKind, CertificateMode, CertificateStatus, DeviceCertificate,
     Page, PageRequest, RegistrationConfig, Tag, TransferData, Tx,
 };
 use time::OffsetDateTime;
@@ -154,6 +154,7 @@ impl Services {
             }
             tx.insert_ca(&record)?;
             tx.put_tags(&arn, &request.tags)?;
+            tx.record_change(&caller.account, ChangeKind::CaCertificate, id.as_str(), now)?;
             Ok(())
         })?;
         tracing::info!(account = %caller.account, ca = %id, mode = mode.as_str(), "CA certificate registered");
@@ -195,6 +196,7 @@ impl Services {
                 ca.generation_id = generation_id.clone();
                 ca.last_modified = now;
                 tx.update_ca(&ca)?;
+                tx.record_change(&caller.account, ChangeKind::CaCertificate, id.as_str(), now)?;
             }
             Ok::<(), Error>(())
         })?;
@@ -215,6 +217,7 @@ impl Services {
             }
             tx.delete_ca(&caller.account, id)?;
             tx.delete_tags(&arn)?;
+            tx.record_change(&caller.account, ChangeKind::CaCertificate, id.as_str(), self.now())?;
             Ok(())
         })?;
         tracing::info!(account = %caller.account, ca = %id, "CA certificate deleted");
@@ -295,7 +298,10 @@ impl Services {
             last_modified: now,
             transfer: TransferData::default(),
         };
-        registry::write(self.store(), |tx| tx.insert_certificate(&record).map_err(Error::from))?;
+        registry::write(self.store(), |tx| {
+            tx.insert_certificate(&record)?;
+            certificate_changed(tx, &record.account, &record.id, now)
+        })?;
         tracing::info!(account = %caller.account, cert = %record.id, status = record.status.as_str(), "certificate issued");
         Ok(record)
     }
@@ -453,6 +459,7 @@ impl Services {
             certificate.status = new_status;
             bump(&mut certificate, &generation_id, now);
             tx.update_certificate(&certificate)?;
+            certificate_changed(tx, &caller.account, id, now)?;
             Ok((before, certificate))
         })?;
         tracing::info!(account = %caller.account, cert = %id, from = before.as_str(), to = new_status.as_str(), "certificate status updated");
@@ -482,6 +489,7 @@ impl Services {
             let _ = force;
             tx.delete_certificate(&caller.account, id)?;
             tx.delete_tags(&arn)?;
+            certificate_changed(tx, &caller.account, id, self.now())?;
             Ok(())
         })?;
         tracing::info!(account = %caller.account, cert = %id, force, "certificate deleted");
@@ -534,7 +542,8 @@ impl Services {
                 ..TransferData::default()
             };
             bump(&mut certificate, &generation_id, now);
-            tx.update_certificate(&certificate).map_err(Error::from)
+            tx.update_certificate(&certificate)?;
+            certificate_changed(tx, &caller.account, id, now)
         })?;
         tracing::info!(account = %caller.account, cert = %id, %target, "certificate offered for transfer");
         Ok(self.certificate_arn(target, id))
@@ -562,6 +571,8 @@ impl Services {
             certificate.transfer.accept_date = Some(now);
             bump(&mut certificate, &generation_id, now);
             tx.update_certificate(&certificate)?;
+            certificate_changed(tx, &source, id, now)?;
+            certificate_changed(tx, &caller.account, id, now)?;
             Ok(source)
         })?;
         tracing::info!(account = %caller.account, cert = %id, from = %source, "certificate transfer accepted");
@@ -580,7 +591,8 @@ impl Services {
             certificate.transfer.reject_reason = reason.clone();
             certificate.transfer.reject_date = Some(now);
             bump(&mut certificate, &generation_id, now);
-            tx.update_certificate(&certificate).map_err(Error::from)
+            tx.update_certificate(&certificate)?;
+            certificate_changed(tx, &certificate.account, id, now)
         })?;
         tracing::info!(account = %caller.account, cert = %id, "certificate transfer rejected");
         Ok(())
@@ -599,7 +611,8 @@ impl Services {
             certificate.status = CertificateStatus::Inactive;
             certificate.transfer.pending_to = None;
             bump(&mut certificate, &generation_id, now);
-            tx.update_certificate(&certificate).map_err(Error::from)
+            tx.update_certificate(&certificate)?;
+            certificate_changed(tx, &caller.account, id, now)
         })?;
         tracing::info!(account = %caller.account, cert = %id, "certificate transfer cancelled");
         Ok(())
@@ -639,7 +652,13 @@ fn insert_new_certificate(tx: &mut Tx<'_>, record: &DeviceCertificate, arn: &str
     if tx.get_certificate(&record.account, &record.id)?.is_some() {
         return Err(already_exists("the certificate is already registered in this account", &record.id, Some(arn)));
     }
-    tx.insert_certificate(record).map_err(Error::from)
+    tx.insert_certificate(record)?;
+    certificate_changed(tx, &record.account, &record.id, record.created_at)
+}
+
+/// Tells the change feed (and so every gateway node) that a certificate must be looked at again.
+fn certificate_changed(tx: &mut Tx<'_>, account: &AccountId, id: &CertificateId, now: OffsetDateTime) -> Result<(), Error> {
+    tx.record_change(account, ChangeKind::Certificate, id.as_str(), now).map_err(Error::from)
 }
 
 fn bump(certificate: &mut DeviceCertificate, generation_id: &str, now: OffsetDateTime) {

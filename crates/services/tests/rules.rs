@@ -296,3 +296,30 @@ fn endpoints_have_the_aws_shapes() {
     }
     assert!(EndpointType::parse("iot:Nope").is_err());
 }
+
+#[test]
+fn state_changes_reach_the_change_feed_in_their_transaction() {
+    use certfleet_registry::{ChangeKind, Error as RegistryError, read};
+    let world = world();
+    let alice = caller(&world);
+    let feed = |after: i64| read(world.services.store(), |tx| tx.changes_after(after, 100)).unwrap();
+    let start = read(world.services.store(), |tx| Ok::<_, RegistryError>(tx.last_change_seq()?)).unwrap();
+
+    let certificate = world.services.create_keys_and_certificate(&alice, true).unwrap().certificate;
+    world.services.update_certificate(&alice, &certificate.id, CertificateStatus::Revoked).unwrap();
+    // A refused update records nothing.
+    assert!(world.services.update_certificate(&alice, &certificate.id, CertificateStatus::Active).is_err());
+    let (_, ca) = register_sni_only(&world, &alice, &root("fed")).unwrap();
+    world.services.update_ca_certificate(&alice, &ca, &CaUpdate { new_status: Some(certfleet_registry::CaStatus::Inactive), ..CaUpdate::default() }).unwrap();
+
+    let seen: Vec<_> = feed(start).into_iter().map(|change| (change.kind, change.entity_id)).collect();
+    assert_eq!(
+        seen,
+        vec![
+            (ChangeKind::Certificate, certificate.id.to_string()),
+            (ChangeKind::Certificate, certificate.id.to_string()),
+            (ChangeKind::CaCertificate, ca.to_string()),
+            (ChangeKind::CaCertificate, ca.to_string()),
+        ]
+    );
+}
