@@ -12,9 +12,10 @@ import base64
 import contextlib
 import datetime as dt
 import json
-import os
 import secrets
+import socket
 import ssl
+import threading
 import urllib.error
 import urllib.request
 import uuid
@@ -43,13 +44,13 @@ def check_error(e: ClientError, code: str, status: int) -> ClientError:
     return e
 
 
-def expect_error(call, code: str, status: int, **kwargs) -> ClientError:
-    """Calls `call(**kwargs)`, which must fail with the AWS error `code` and HTTP `status`."""
+def expect_error(call, code: str, http_status: int, **kwargs) -> ClientError:
+    """Calls `call(**kwargs)`, which must fail with the AWS error `code` and `http_status`."""
     try:
         result = call(**kwargs)
     except ClientError as e:
-        return check_error(e, code, status)
-    pytest.fail(f"expected {code} ({status}), but the call succeeded: {result}")
+        return check_error(e, code, http_status)
+    pytest.fail(f"expected {code} ({http_status}), but the call succeeded: {result}")
 
 
 def all_pages(client, op: str, **kwargs) -> list:
@@ -404,12 +405,70 @@ def test_two_cas_with_the_same_subject_need_ca_certificate_pem(acct, openssl):
 # ------------------------------------------------------------------------------------------------
 # Request shape
 # ------------------------------------------------------------------------------------------------
-def test_oversized_body_is_413(acct):
-    big = "-----BEGIN CERTIFICATE-----\n" + ("A" * 64 + "\n") * (1024 * 1024 // 65) + "-----END CERTIFICATE-----\n"
-    assert len(big) > 1_000_000
+ONE_MIB_CA = "-----BEGIN CERTIFICATE-----\n" + ("A" * 64 + "\n") * (1024 * 1024 // 65) + "-----END CERTIFICATE-----\n"
+
+
+def _signed_raw_exchange(server, profile: str, method: str, path: str, body: bytes) -> tuple[int, dict, bytes]:
+    """Sends a SigV4-signed request on a raw TLS socket, writing the body from a thread while the
+    response is read, so that a server answering before it has read the body is still heard."""
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    akid, secret = server.credentials(profile)
+    req = AWSRequest(method=method, url=server.url + path, data=body, headers={"Content-Type": "application/json"})
+    botocore.auth.SigV4Auth(Credentials(akid, secret), "iot", "us-east-1").add_auth(req)
+    hostport = server.url.split("://", 1)[1]
+    host, port = hostport.rsplit(":", 1)
+    head = f"{method} {path} HTTP/1.1\r\nHost: {hostport}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n"
+    head += "".join(f"{k}: {v}\r\n" for k, v in req.headers.items() if k.lower() not in ("host", "content-length"))
+    ctx = ssl.create_default_context(cafile=server.ca_bundle)
+    sock = ctx.wrap_socket(socket.create_connection((host, int(port)), timeout=30), server_hostname=host)
+    try:
+        sock.sendall((head + "\r\n").encode())
+
+        def write_body():
+            with contextlib.suppress(OSError):
+                sock.sendall(body)
+
+        threading.Thread(target=write_body, daemon=True).start()
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        head_bytes, _, rest = data.partition(b"\r\n\r\n")
+        lines = head_bytes.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        headers = {k.strip().lower(): v.strip() for k, v in (ln.split(":", 1) for ln in lines[1:] if ":" in ln)}
+        length = int(headers.get("content-length", "0"))
+        while len(rest) < length:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            rest += chunk
+        return status, headers, rest[:length]
+    finally:
+        sock.close()
+
+
+def test_oversized_body_is_413(server, acct):
+    body = json.dumps({"caCertificate": ONE_MIB_CA, "certificateMode": "SNI_ONLY"}).encode()
+    assert len(body) > 1_000_000
+    with unchanged(acct.client):
+        status, headers, payload = _signed_raw_exchange(server, acct.account.profile, "POST", "/cacertificate", body)
+    assert status == 413, (status, headers, payload)
+    assert headers.get("x-amzn-errortype", "").split(":", 1)[0] == "RequestEntityTooLargeException", headers
+    assert headers.get("x-amzn-requestid"), headers
+    assert json.loads(payload).get("message"), payload
+
+
+def test_oversized_body_is_413_through_boto3(acct):
+    """boto3 (like every AWS SDK) writes the whole body before reading the answer: the 413 must
+    still reach it as RequestEntityTooLargeException, not as a broken connection."""
     with unchanged(acct.client):
         expect_error(acct.client.register_ca_certificate, "RequestEntityTooLargeException", 413,
-                     caCertificate=big, certificateMode="SNI_ONLY")
+                     caCertificate=ONE_MIB_CA, certificateMode="SNI_ONLY")
 
 
 @pytest.mark.parametrize("op", ["list_certificates", "list_ca_certificates", "list_certificates_by_ca"])
@@ -457,6 +516,48 @@ def test_update_certificate_to_a_pending_status_is_invalid(acct, openssl, status
     assert acct.client.describe_certificate(certificateId=cert_id)["certificateDescription"]["status"] == "ACTIVE"
 
 
+@pytest.mark.parametrize("op", ["list_certificates", "list_ca_certificates", "list_certificates_by_ca"])
+def test_page_size_above_250_is_invalid(acct, op):
+    kwargs = {"pageSize": 251}
+    if op == "list_certificates_by_ca":
+        kwargs["caCertificateId"] = UNKNOWN_ID
+    with unchanged(acct.client):
+        expect_error(getattr(acct.client, op), "InvalidRequestException", 400, **kwargs)
+
+
+def test_bad_enum_values_are_invalid(acct, openssl):
+    _, _, ca_id = register_ca(openssl, acct, "ca")
+    openssl.ec_key("k.pem")
+    csr = openssl.read(openssl.csr("r", "k.pem", "enum"))
+    cert_id = acct.client.create_certificate_from_csr(certificateSigningRequest=csr)["certificateId"]
+    with unchanged(acct.client, ca_ids=[ca_id], cert_ids=[cert_id]):
+        expect_error(acct.client.update_certificate, "InvalidRequestException", 400,
+                     certificateId=cert_id, newStatus="BOGUS")
+        expect_error(acct.client.update_ca_certificate, "InvalidRequestException", 400,
+                     certificateId=ca_id, newStatus="REVOKED")
+        expect_error(acct.client.update_ca_certificate, "InvalidRequestException", 400,
+                     certificateId=ca_id, newAutoRegistrationStatus="MAYBE")
+        expect_error(acct.client.register_certificate_without_ca, "InvalidRequestException", 400,
+                     certificatePem=openssl.read(openssl.self_signed_leaf("ss")), status="BOGUS")
+
+
+def test_bad_transfer_requests_are_invalid(acct, openssl):
+    openssl.ec_key("k.pem")
+    csr = openssl.read(openssl.csr("r", "k.pem", "transfer"))
+    cert_id = acct.client.create_certificate_from_csr(certificateSigningRequest=csr)["certificateId"]
+    with unchanged(acct.client, cert_ids=[cert_id]):
+        # Not a 12-digit account id (botocore checks only the length).
+        expect_error(acct.client.transfer_certificate, "InvalidRequestException", 400,
+                     certificateId=cert_id, targetAwsAccount="abcdefghijkl")
+        # A transfer message longer than 128 characters.
+        expect_error(acct.client.transfer_certificate, "InvalidRequestException", 400,
+                     certificateId=cert_id, targetAwsAccount="123456789012", transferMessage="m" * 129)
+        # To its own account.
+        expect_error(acct.client.transfer_certificate, "InvalidRequestException", 400,
+                     certificateId=cert_id, targetAwsAccount=acct.id)
+    assert acct.client.describe_certificate(certificateId=cert_id)["certificateDescription"]["status"] == "INACTIVE"
+
+
 # ------------------------------------------------------------------------------------------------
 # Authentication
 # ------------------------------------------------------------------------------------------------
@@ -473,6 +574,19 @@ def test_unknown_access_key_is_unrecognized_client(server, acct):
     with unchanged(acct.client):
         expect_error(stranger.list_certificates, "UnrecognizedClientException", 403)
         expect_error(stranger.get_registration_code, "UnrecognizedClientException", 403)
+
+
+def test_credential_scoped_to_another_region_is_invalid_signature(server, acct):
+    import boto3
+    from botocore.config import Config
+
+    akid, secret = server.credentials(acct.account.profile)
+    other = boto3.session.Session(aws_access_key_id=akid, aws_secret_access_key=secret,
+                                  region_name="eu-west-1").client(
+        "iot", endpoint_url=server.url, verify=server.ca_bundle,
+        config=Config(retries={"total_max_attempts": 1, "mode": "standard"}))
+    with unchanged(acct.client):
+        expect_error(other.list_certificates, "InvalidSignatureException", 403)
 
 
 @pytest.mark.parametrize("skew_minutes, phrase", [(-10, "signature expired"), (10, "signature not yet current")])
@@ -524,7 +638,7 @@ def test_other_account_cannot_touch_certificates_or_cas(acct, acct_b, openssl):
             ("update_certificate", {"newStatus": "REVOKED"}),
             ("delete_certificate", {}),
             ("delete_certificate", {"forceDelete": True}),
-            ("transfer_certificate", {"targetAwsAccount": b.id}),
+            ("transfer_certificate", {"targetAwsAccount": "123456789012"}),
             ("cancel_certificate_transfer", {}),
         ):
             expect_error(getattr(b.client, op), "ResourceNotFoundException", 404, certificateId=cert_id, **kwargs)

@@ -11,7 +11,7 @@ import calendar
 import re
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime
 
 import pytest
 

@@ -42,14 +42,19 @@ struct CachedKey {
 pub async fn authenticate(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
     let (mut parts, body) = request.into_parts();
     let limit = state.config.max_body_bytes;
-    if let Some(length) = parts.headers.get(http::header::CONTENT_LENGTH)
-        && length.to_str().ok().and_then(|text| text.parse::<usize>().ok()).is_none_or(|length| length > limit)
-    {
-        return too_large(limit, &parts);
+    let drain_limit = limit.saturating_mul(DRAIN_FACTOR);
+    let declared = parts.headers.get(http::header::CONTENT_LENGTH).map(|value| value.to_str().ok().and_then(|text| text.parse::<usize>().ok()));
+    if let Some(declared) = declared {
+        match declared {
+            None => return ApiError::invalid_request("Content-Length is not a number").into_response(),
+            // Too large even to drain: answer at once (the client may not read it).
+            Some(length) if length > drain_limit => return too_large(limit, &parts),
+            Some(_) => {}
+        }
     }
-    let bytes = match http_body_util::Limited::new(body, limit).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(error) if error.is::<http_body_util::LengthLimitError>() => return too_large(limit, &parts),
+    let bytes = match read_body(body, limit, drain_limit).await {
+        Ok(Some(bytes)) => bytes,
+        Ok(None) => return too_large(limit, &parts),
         Err(error) => {
             tracing::info!(%error, "request body could not be read");
             return ApiError::invalid_request("the request body could not be read").into_response();
@@ -74,6 +79,26 @@ pub async fn authenticate(State(state): State<Arc<AppState>>, request: Request, 
     let mut response = next.run(Request::from_parts(parts, Body::from(bytes))).await;
     response.extensions_mut().insert(caller);
     response
+}
+
+/// How far past the limit a body is still read (and thrown away) so that the client, which
+/// writes its whole body before reading, gets the 413 rather than a broken connection.
+const DRAIN_FACTOR: usize = 32;
+
+/// The body, or `None` when it exceeds `limit` (then read on, unkept, up to `drain_limit`).
+async fn read_body(mut body: Body, limit: usize, drain_limit: usize) -> Result<Option<bytes::Bytes>, axum::Error> {
+    let mut kept = bytes::BytesMut::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else { continue };
+        seen = seen.saturating_add(data.len());
+        if seen <= limit {
+            kept.extend_from_slice(&data);
+        } else if seen > drain_limit {
+            break;
+        }
+    }
+    Ok((seen <= limit).then(|| kept.freeze()))
 }
 
 fn too_large(limit: usize, parts: &http::request::Parts) -> Response {

@@ -314,6 +314,15 @@ impl<'a> Tx<'a> {
         rows.first().map(cert_from_row).transpose()
     }
 
+    /// The accounts in which a certificate is registered (several with multi-account registration).
+    pub fn certificate_accounts(&mut self, id: &CertificateId) -> Result<Vec<AccountId>, Error> {
+        let rows = self.conn.query(
+            "SELECT account_id FROM certificates WHERE id = $1 ORDER BY account_id",
+            &[id.as_str().into()],
+        )?;
+        rows.iter().map(|row| AccountId::parse(&row.text(0)?)).collect()
+    }
+
     /// A certificate offered to `target` by a pending transfer.
     pub fn certificate_pending_transfer_to(
         &mut self,

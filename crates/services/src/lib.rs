@@ -12,6 +12,7 @@ mod clock;
 mod error;
 mod ids;
 mod issuers;
+mod lookups;
 
 use std::sync::Arc;
 

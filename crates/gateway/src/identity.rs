@@ -1,0 +1,288 @@
+//! Who a device is: its certificate checked against the registry of the account its SNI names.
+//!
+//! The registry is read through a cache, so a connected device costs no database query per
+//! packet and a reconnecting fleet costs one per certificate. The cache is kept true by the
+//! change feed (`follow.rs`): every committed change to a certificate, CA or account invalidates
+//! its entries on every node.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use certfleet_pki::{self as pki, Certificate, CertificateId};
+use certfleet_registry::{AccountId, CaCertificate, CaStatus, CertificateMode, CertificateStatus, DeviceCertificate};
+use certfleet_services::Services;
+use time::OffsetDateTime;
+
+/// Why a device is not let in. Logged and counted; never told to the device in detail.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// The TLS client sent no certificate.
+    NoClientCert,
+    /// The certificate does not parse or uses a key or signature certfleet refuses.
+    BadCertificate,
+    /// The certificate is registered in no account.
+    Unregistered,
+    /// The certificate is registered, but in another account than the endpoint's.
+    WrongAccount,
+    /// The certificate is INACTIVE (or the deprecated REGISTER_INACTIVE).
+    Inactive,
+    /// The certificate is REVOKED.
+    Revoked,
+    /// The certificate is being transferred to another account.
+    PendingTransfer,
+    /// The certificate waits for activation (just-in-time registration).
+    PendingActivation,
+    /// The certificate's notAfter has passed.
+    Expired,
+    /// The certificate's notBefore is still ahead.
+    NotYetValid,
+    /// The CA that signed the certificate is no longer registered.
+    CaMissing,
+    /// The CA that signed the certificate is INACTIVE.
+    CaInactive,
+    /// The certificate does not verify against its registered CA.
+    ChainInvalid,
+    /// The certificate's mode (SNI_ONLY, or registered without a CA) needs SNI, and none was sent.
+    SniRequired,
+    /// The registry could not be read: refused to stay safe.
+    RegistryUnavailable,
+}
+
+impl Refusal {
+    /// Every reason, for metrics.
+    pub const ALL: [Refusal; 15] = [
+        Refusal::NoClientCert,
+        Refusal::BadCertificate,
+        Refusal::Unregistered,
+        Refusal::WrongAccount,
+        Refusal::Inactive,
+        Refusal::Revoked,
+        Refusal::PendingTransfer,
+        Refusal::PendingActivation,
+        Refusal::Expired,
+        Refusal::NotYetValid,
+        Refusal::CaMissing,
+        Refusal::CaInactive,
+        Refusal::ChainInvalid,
+        Refusal::SniRequired,
+        Refusal::RegistryUnavailable,
+    ];
+
+    /// The reason as logged and counted.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::NoClientCert => "NoClientCert",
+            Refusal::BadCertificate => "BadCertificate",
+            Refusal::Unregistered => "Unregistered",
+            Refusal::WrongAccount => "WrongAccount",
+            Refusal::Inactive => "Inactive",
+            Refusal::Revoked => "Revoked",
+            Refusal::PendingTransfer => "PendingTransfer",
+            Refusal::PendingActivation => "PendingActivation",
+            Refusal::Expired => "Expired",
+            Refusal::NotYetValid => "NotYetValid",
+            Refusal::CaMissing => "CaMissing",
+            Refusal::CaInactive => "CaInactive",
+            Refusal::ChainInvalid => "ChainInvalid",
+            Refusal::SniRequired => "SniRequired",
+            Refusal::RegistryUnavailable => "RegistryUnavailable",
+        }
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An authenticated device: what the session layer knows of its principal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    pub account: AccountId,
+    pub certificate_id: CertificateId,
+    pub ca_certificate_id: Option<CertificateId>,
+    pub not_after: OffsetDateTime,
+}
+
+/// The registry as the gateway sees it: cached, invalidated by the change feed.
+pub struct Registry {
+    services: Arc<Services>,
+    certificates: Mutex<HashMap<(AccountId, CertificateId), Option<Arc<DeviceCertificate>>>>,
+    cas: Mutex<HashMap<(AccountId, CertificateId), Option<Arc<CaCertificate>>>>,
+    /// (device, CA) pairs whose signature verified; a certificate's bytes never change.
+    verified: Mutex<HashMap<(CertificateId, CertificateId), ()>>,
+}
+
+/// Beyond this many entries a cache is emptied rather than grown (a crude but safe bound).
+const MAX_CACHED: usize = 1_000_000;
+
+impl Registry {
+    pub fn new(services: Arc<Services>) -> Self {
+        Registry {
+            services,
+            certificates: Mutex::new(HashMap::new()),
+            cas: Mutex::new(HashMap::new()),
+            verified: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn services(&self) -> &Arc<Services> {
+        &self.services
+    }
+
+    /// Decides whether `certificate`, presented at an endpoint of `account` (`sni` says whether
+    /// the client named the endpoint), may connect now.
+    pub async fn authenticate(
+        &self,
+        account: &AccountId,
+        sni: bool,
+        certificate: &Certificate,
+        now: OffsetDateTime,
+    ) -> Result<Identity, Refusal> {
+        let id = certificate.id();
+        let Some(record) = self.certificate(account, id).await? else {
+            let services = self.services.clone();
+            let lookup = id.clone();
+            let elsewhere = tokio::task::spawn_blocking(move || services.accounts_holding_certificate(&lookup))
+                .await
+                .map_err(|_| Refusal::RegistryUnavailable)?
+                .map_err(|_| Refusal::RegistryUnavailable)?;
+            return Err(if elsewhere.is_empty() { Refusal::Unregistered } else { Refusal::WrongAccount });
+        };
+        check_status(record.status)?;
+        if now < certificate.not_before() {
+            return Err(Refusal::NotYetValid);
+        }
+        if now > certificate.not_after() {
+            return Err(Refusal::Expired);
+        }
+        if record.mode == CertificateMode::SniOnly && !sni {
+            return Err(Refusal::SniRequired);
+        }
+        if let Some(ca_id) = &record.ca_certificate_id {
+            let ca = self.ca(account, ca_id).await?.ok_or(Refusal::CaMissing)?;
+            if ca.status != CaStatus::Active {
+                return Err(Refusal::CaInactive);
+            }
+            self.check_chain(certificate, &ca, now)?;
+        }
+        Ok(Identity {
+            account: account.clone(),
+            certificate_id: id.clone(),
+            ca_certificate_id: record.ca_certificate_id.clone(),
+            not_after: certificate.not_after(),
+        })
+    }
+
+    /// Whether a connected identity is still acceptable (after a change touched it).
+    pub async fn recheck(&self, identity: &Identity, now: OffsetDateTime) -> Result<(), Refusal> {
+        let record = self.certificate(&identity.account, &identity.certificate_id).await?.ok_or(Refusal::Unregistered)?;
+        check_status(record.status)?;
+        if now > identity.not_after {
+            return Err(Refusal::Expired);
+        }
+        if let Some(ca_id) = &identity.ca_certificate_id {
+            let ca = self.ca(&identity.account, ca_id).await?.ok_or(Refusal::CaMissing)?;
+            if ca.status != CaStatus::Active {
+                return Err(Refusal::CaInactive);
+            }
+        }
+        Ok(())
+    }
+
+    fn check_chain(&self, certificate: &Certificate, ca: &CaCertificate, now: OffsetDateTime) -> Result<(), Refusal> {
+        let key = (certificate.id().clone(), ca.id.clone());
+        if lock(&self.verified).contains_key(&key) {
+            return if ca.not_after >= now && ca.not_before <= now { Ok(()) } else { Err(Refusal::ChainInvalid) };
+        }
+        let ca_certificate = Certificate::from_pem(&ca.pem).map_err(|_| Refusal::ChainInvalid)?;
+        pki::check_issued_by(certificate, &ca_certificate, now).map_err(|error| {
+            tracing::debug!(cert = %certificate.id(), ca = %ca.id, %error, "chain check failed");
+            Refusal::ChainInvalid
+        })?;
+        let mut verified = lock(&self.verified);
+        if verified.len() >= MAX_CACHED {
+            verified.clear();
+        }
+        verified.insert(key, ());
+        Ok(())
+    }
+
+    async fn certificate(&self, account: &AccountId, id: &CertificateId) -> Result<Option<Arc<DeviceCertificate>>, Refusal> {
+        let key = (account.clone(), id.clone());
+        if let Some(cached) = lock(&self.certificates).get(&key) {
+            return Ok(cached.clone());
+        }
+        let services = self.services.clone();
+        let (lookup_account, lookup_id) = key.clone();
+        let loaded = tokio::task::spawn_blocking(move || services.lookup_certificate(&lookup_account, &lookup_id))
+            .await
+            .map_err(|_| Refusal::RegistryUnavailable)?
+            .map_err(|error| {
+                tracing::warn!(%error, "registry lookup failed");
+                Refusal::RegistryUnavailable
+            })?
+            .map(Arc::new);
+        let mut certificates = lock(&self.certificates);
+        if certificates.len() >= MAX_CACHED {
+            certificates.clear();
+        }
+        certificates.insert(key, loaded.clone());
+        Ok(loaded)
+    }
+
+    async fn ca(&self, account: &AccountId, id: &CertificateId) -> Result<Option<Arc<CaCertificate>>, Refusal> {
+        let key = (account.clone(), id.clone());
+        if let Some(cached) = lock(&self.cas).get(&key) {
+            return Ok(cached.clone());
+        }
+        let services = self.services.clone();
+        let (lookup_account, lookup_id) = key.clone();
+        let loaded = tokio::task::spawn_blocking(move || services.lookup_ca_certificate(&lookup_account, &lookup_id))
+            .await
+            .map_err(|_| Refusal::RegistryUnavailable)?
+            .map_err(|_| Refusal::RegistryUnavailable)?
+            .map(Arc::new);
+        lock(&self.cas).insert(key, loaded.clone());
+        Ok(loaded)
+    }
+
+    /// Forgets what the cache knows of a certificate (a change-feed entry named it).
+    pub fn forget_certificate(&self, account: &AccountId, id: &CertificateId) {
+        lock(&self.certificates).remove(&(account.clone(), id.clone()));
+    }
+
+    /// Forgets what the cache knows of a CA.
+    pub fn forget_ca(&self, account: &AccountId, id: &CertificateId) {
+        lock(&self.cas).remove(&(account.clone(), id.clone()));
+    }
+
+    /// Forgets everything of an account.
+    pub fn forget_account(&self, account: &AccountId) {
+        lock(&self.certificates).retain(|(owner, _), _| owner != account);
+        lock(&self.cas).retain(|(owner, _), _| owner != account);
+    }
+
+    /// Forgets everything (the change feed was lost and must be assumed to have missed entries).
+    pub fn forget_all(&self) {
+        lock(&self.certificates).clear();
+        lock(&self.cas).clear();
+    }
+}
+
+fn check_status(status: CertificateStatus) -> Result<(), Refusal> {
+    match status {
+        CertificateStatus::Active => Ok(()),
+        CertificateStatus::Inactive | CertificateStatus::RegisterInactive => Err(Refusal::Inactive),
+        CertificateStatus::Revoked => Err(Refusal::Revoked),
+        CertificateStatus::PendingTransfer => Err(Refusal::PendingTransfer),
+        CertificateStatus::PendingActivation => Err(Refusal::PendingActivation),
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

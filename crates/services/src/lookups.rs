@@ -1,0 +1,50 @@
+//! Read-only lookups for the data plane: what a gateway node needs to decide whether a device
+//! may connect, and the change feed it follows to keep its cache true.
+
+use certfleet_pki::CertificateId;
+use certfleet_registry::{self as registry, Account, AccountId, CaCertificate, Change, DeviceCertificate};
+
+use crate::{Error, Services};
+
+impl Services {
+    /// A device certificate of an account, as the gateway sees it.
+    pub fn lookup_certificate(&self, account: &AccountId, id: &CertificateId) -> Result<Option<DeviceCertificate>, Error> {
+        registry::read(self.store(), |tx| tx.get_certificate(account, id).map_err(Error::from))
+    }
+
+    /// A CA certificate of an account.
+    pub fn lookup_ca_certificate(&self, account: &AccountId, id: &CertificateId) -> Result<Option<CaCertificate>, Error> {
+        registry::read(self.store(), |tx| tx.get_ca(account, id).map_err(Error::from))
+    }
+
+    /// The accounts in which a certificate is registered (for the log of a refused device).
+    pub fn accounts_holding_certificate(&self, id: &CertificateId) -> Result<Vec<AccountId>, Error> {
+        registry::read(self.store(), |tx| tx.certificate_accounts(id).map_err(Error::from))
+    }
+
+    /// The account whose endpoint identifier this is.
+    pub fn account_by_endpoint(&self, endpoint_identifier: &str) -> Result<Option<Account>, Error> {
+        registry::read(self.store(), |tx| tx.account_by_endpoint(endpoint_identifier).map_err(Error::from))
+    }
+
+    /// An account by ID.
+    pub fn lookup_account(&self, account: &AccountId) -> Result<Option<Account>, Error> {
+        registry::read(self.store(), |tx| tx.get_account(account).map_err(Error::from))
+    }
+
+    /// Up to `limit` change-feed entries after `seq`.
+    pub fn changes_after(&self, seq: i64, limit: u32) -> Result<Vec<Change>, Error> {
+        registry::read(self.store(), |tx| tx.changes_after(seq, limit).map_err(Error::from))
+    }
+
+    /// The newest change-feed sequence number: where a new follower starts.
+    pub fn last_change_seq(&self) -> Result<i64, Error> {
+        registry::read(self.store(), |tx| tx.last_change_seq().map_err(Error::from))
+    }
+
+    /// Forgets change-feed entries older than `age`.
+    pub fn prune_changes(&self, age: time::Duration) -> Result<u64, Error> {
+        let before = self.now() - age;
+        registry::write(self.store(), |tx| tx.prune_changes(before).map_err(Error::from))
+    }
+}
