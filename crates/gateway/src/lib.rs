@@ -1,4 +1,26 @@
 //! certfleet's device gateway: MQTT 3.1.1 and 5 over mutual TLS, each device authenticated by
 //! its X.509 certificate against the registry of the account its SNI names.
+//!
+//! A connection goes through four steps, one module each:
+//! 1. `listener`: accept (bounded by a semaphore), TLS handshake with a timeout (`tls`);
+//! 2. the account: the SNI host name names an account endpoint (`tls::endpoint_identifier`);
+//!    no SNI, an IP literal or an unknown name means the default account, DEFAULT-mode only;
+//! 3. the identity: the certificate against that account's registry (`identity`), cached and
+//!    kept true by the change feed (`follow`), which also closes live sessions (`live`);
+//! 4. the MQTT session (`session`), which refuses an unauthenticated device with CONNACK
+//!    "not authorized" and otherwise serves it.
+//!
+//! **Architecture Invariant:** the gateway reads the registry only through `certfleet-services`,
+//! never per packet; nothing here assumes a single node (the change feed and the registry are
+//! shared, the cache is per node).
 
+pub mod follow;
 pub mod identity;
+pub mod listener;
+pub mod live;
+pub mod metrics;
+pub mod tls;
+
+pub use identity::{Identity, Refusal};
+pub use listener::{Config, Gateway};
+pub use live::SessionInfo;

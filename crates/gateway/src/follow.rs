@@ -1,0 +1,178 @@
+//! Following the registry's change feed: every committed change to a certificate, CA or account
+//! invalidates this node's cache and re-checks the live sessions it touches, closing those whose
+//! identity is no longer accepted. Polling a few times a second keeps revocation under a second
+//! on every node sharing the registry.
+//!
+//! Sequence numbers may commit out of order on PostgreSQL (two transactions take 10 and 11,
+//! 11 commits first). The follower therefore remembers what it saw above a watermark and only
+//! moves the watermark over a gap once the gap is older than [`GAP_PATIENCE`] (the transaction
+//! that took it rolled back). Entries carry no state, so seeing one twice is harmless.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use certfleet_pki::CertificateId;
+use certfleet_registry::{Change, ChangeKind};
+use tokio::sync::watch;
+
+use crate::identity::Registry;
+use crate::live::{LiveSessions, uses};
+
+/// How long a gap in sequence numbers is waited for before it is taken for a rollback.
+pub const GAP_PATIENCE: Duration = Duration::from_secs(10);
+
+/// Where a follower is in the feed.
+#[derive(Debug)]
+pub struct Cursor {
+    watermark: i64,
+    seen: BTreeSet<i64>,
+    gap_since: Option<Instant>,
+}
+
+impl Cursor {
+    /// A cursor after `seq` (everything up to it is considered handled).
+    pub fn after(seq: i64) -> Self {
+        Cursor { watermark: seq, seen: BTreeSet::new(), gap_since: None }
+    }
+
+    /// Where to read from.
+    pub fn watermark(&self) -> i64 {
+        self.watermark
+    }
+
+    /// Takes a batch read after the watermark; returns the entries not seen before.
+    pub fn take(&mut self, batch: Vec<Change>, now: Instant) -> Vec<Change> {
+        let fresh: Vec<Change> = batch.into_iter().filter(|change| change.seq > self.watermark && self.seen.insert(change.seq)).collect();
+        loop {
+            if self.seen.remove(&(self.watermark + 1)) {
+                self.watermark += 1;
+                self.gap_since = None;
+                continue;
+            }
+            let Some(&next) = self.seen.iter().next() else {
+                self.gap_since = None;
+                break;
+            };
+            // A gap below `next`: wait for it, then give up on it.
+            match self.gap_since {
+                None => {
+                    self.gap_since = Some(now);
+                    break;
+                }
+                Some(since) if now.duration_since(since) >= GAP_PATIENCE => {
+                    self.watermark = next - 1;
+                    self.gap_since = None;
+                }
+                Some(_) => break,
+            }
+        }
+        fresh
+    }
+}
+
+/// Follows the feed until `shutdown` turns true.
+pub async fn follow(registry: Arc<Registry>, live: Arc<LiveSessions>, interval: Duration, mut shutdown: watch::Receiver<bool>) {
+    let services = registry.services().clone();
+    let start = {
+        let services = services.clone();
+        tokio::task::spawn_blocking(move || services.last_change_seq()).await
+    };
+    let mut cursor = match start {
+        Ok(Ok(seq)) => Cursor::after(seq),
+        _ => {
+            tracing::error!("cannot read the change feed; the cache starts empty and is re-read on every connection");
+            Cursor::after(0)
+        }
+    };
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let services = services.clone();
+        let after = cursor.watermark();
+        let batch = match tokio::task::spawn_blocking(move || services.changes_after(after, 1000)).await {
+            Ok(Ok(batch)) => batch,
+            Ok(Err(error)) => {
+                // Whatever changed meanwhile must not be served from the cache.
+                tracing::warn!(%error, "reading the change feed failed; forgetting the cache");
+                registry.forget_all();
+                continue;
+            }
+            Err(_) => continue,
+        };
+        for change in cursor.take(batch, Instant::now()) {
+            apply(&registry, &live, &change).await;
+        }
+    }
+}
+
+/// Invalidates what `change` names and re-checks the sessions it touches.
+pub async fn apply(registry: &Registry, live: &LiveSessions, change: &Change) {
+    let account = &change.account;
+    let entity = CertificateId::parse(&change.entity_id).ok();
+    let affected = match (change.kind, &entity) {
+        (ChangeKind::Certificate, Some(id)) => {
+            registry.forget_certificate(account, id);
+            live.identities(|identity| uses(identity, account, Some(id), None))
+        }
+        (ChangeKind::CaCertificate, Some(id)) => {
+            registry.forget_ca(account, id);
+            live.identities(|identity| uses(identity, account, None, Some(id)))
+        }
+        (ChangeKind::Account, _) => {
+            registry.forget_account(account);
+            live.identities(|identity| uses(identity, account, None, None))
+        }
+        (_, None) => {
+            tracing::warn!(seq = change.seq, entity = change.entity_id, "change-feed entry names no certificate");
+            return;
+        }
+    };
+    let now = time::OffsetDateTime::now_utc();
+    for identity in affected {
+        if let Err(reason) = registry.recheck(&identity, now).await {
+            live.close_identity(&identity, reason);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use certfleet_registry::AccountId;
+
+    fn change(seq: i64) -> Change {
+        Change {
+            seq,
+            account: AccountId::parse("111111111111").unwrap(),
+            kind: ChangeKind::Certificate,
+            entity_id: "x".into(),
+            created_at: time::OffsetDateTime::UNIX_EPOCH,
+        }
+    }
+
+    fn seqs(changes: &[Change]) -> Vec<i64> {
+        changes.iter().map(|change| change.seq).collect()
+    }
+
+    #[test]
+    fn the_cursor_waits_for_gaps_then_gives_up_on_them() {
+        let start = Instant::now();
+        let mut cursor = Cursor::after(10);
+        assert_eq!(seqs(&cursor.take(vec![change(11), change(13)], start)), vec![11, 13]);
+        assert_eq!(cursor.watermark(), 11, "12 is missing: wait for it");
+        // 12 commits late: it is delivered, and the watermark passes both.
+        assert_eq!(seqs(&cursor.take(vec![change(12), change(13)], start + Duration::from_secs(1))), vec![12]);
+        assert_eq!(cursor.watermark(), 13);
+        // 14 never commits (rolled back): after the patience, the watermark moves past it.
+        assert_eq!(seqs(&cursor.take(vec![change(15)], start + Duration::from_secs(2))), vec![15]);
+        assert_eq!(cursor.watermark(), 13);
+        assert!(cursor.take(vec![change(15)], start + Duration::from_secs(3)).is_empty(), "no entry twice");
+        cursor.take(vec![], start + Duration::from_secs(2) + GAP_PATIENCE);
+        assert_eq!(cursor.watermark(), 15);
+    }
+}

@@ -1,0 +1,130 @@
+//! The connections this node serves, by identity: what live revocation closes and what the
+//! operator view lists.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use certfleet_pki::CertificateId;
+use certfleet_registry::AccountId;
+use time::OffsetDateTime;
+use tokio::sync::watch;
+
+use crate::identity::{Identity, Refusal};
+
+/// What the operator sees of one connection.
+#[derive(Clone, Debug)]
+pub struct SessionInfo {
+    pub session_id: u64,
+    pub identity: Identity,
+    pub client_id: Option<String>,
+    pub sni: Option<String>,
+    pub tls_version: &'static str,
+    pub peer: SocketAddr,
+    pub connected_at: OffsetDateTime,
+}
+
+struct Entry {
+    info: SessionInfo,
+    close: watch::Sender<Option<Refusal>>,
+}
+
+/// Every authenticated connection of this node.
+#[derive(Default)]
+pub struct LiveSessions {
+    next_id: AtomicU64,
+    sessions: Mutex<HashMap<u64, Entry>>,
+}
+
+/// A connection's membership: tells it when to close, and leaves the table when dropped.
+pub struct Membership {
+    live: Arc<LiveSessions>,
+    pub session_id: u64,
+    /// Becomes `Some(reason)` when the connection must close (its identity was revoked).
+    pub closed: watch::Receiver<Option<Refusal>>,
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        lock(&self.live.sessions).remove(&self.session_id);
+    }
+}
+
+impl LiveSessions {
+    /// Adds a connection.
+    pub fn join(
+        self: &Arc<Self>,
+        identity: Identity,
+        sni: Option<String>,
+        tls_version: &'static str,
+        peer: SocketAddr,
+        now: OffsetDateTime,
+    ) -> Membership {
+        let session_id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let (close, closed) = watch::channel(None);
+        let info = SessionInfo { session_id, identity, client_id: None, sni, tls_version, peer, connected_at: now };
+        lock(&self.sessions).insert(session_id, Entry { info, close });
+        Membership { live: self.clone(), session_id, closed }
+    }
+
+    /// Records the MQTT client ID once CONNECT is accepted.
+    pub fn set_client_id(&self, session_id: u64, client_id: &str) {
+        if let Some(entry) = lock(&self.sessions).get_mut(&session_id) {
+            entry.info.client_id = Some(client_id.to_owned());
+        }
+    }
+
+    /// The identities of the connections matching `filter`, each once.
+    pub fn identities(&self, filter: impl Fn(&Identity) -> bool) -> Vec<Identity> {
+        let mut found: Vec<Identity> = Vec::new();
+        for entry in lock(&self.sessions).values() {
+            if filter(&entry.info.identity) && !found.contains(&entry.info.identity) {
+                found.push(entry.info.identity.clone());
+            }
+        }
+        found
+    }
+
+    /// Closes every connection of `identity`, saying why in the log. Returns how many.
+    pub fn close_identity(&self, identity: &Identity, reason: Refusal) -> usize {
+        let sessions = lock(&self.sessions);
+        let mut closed = 0;
+        for entry in sessions.values().filter(|entry| &entry.info.identity == identity) {
+            tracing::warn!(
+                account = %identity.account,
+                cert = %identity.certificate_id,
+                client_id = entry.info.client_id.as_deref().unwrap_or(""),
+                session = entry.info.session_id,
+                reason = %reason,
+                "closing a live session: its identity is no longer accepted"
+            );
+            let _ = entry.close.send(Some(reason));
+            closed += 1;
+        }
+        closed
+    }
+
+    /// A snapshot of every connection, oldest first.
+    pub fn list(&self) -> Vec<SessionInfo> {
+        let mut sessions: Vec<SessionInfo> = lock(&self.sessions).values().map(|entry| entry.info.clone()).collect();
+        sessions.sort_by_key(|info| (info.connected_at, info.session_id));
+        sessions
+    }
+
+    /// How many connections are live.
+    pub fn count(&self) -> usize {
+        lock(&self.sessions).len()
+    }
+}
+
+/// Whether an identity belongs to `account` and (when given) uses this certificate or CA.
+pub fn uses(identity: &Identity, account: &AccountId, certificate: Option<&CertificateId>, ca: Option<&CertificateId>) -> bool {
+    &identity.account == account
+        && certificate.is_none_or(|id| &identity.certificate_id == id)
+        && ca.is_none_or(|id| identity.ca_certificate_id.as_ref() == Some(id))
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
