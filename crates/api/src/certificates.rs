@@ -418,3 +418,27 @@ pub async fn describe_endpoint(
     let address = call(&state, move |services| services.describe_endpoint(&caller, endpoint_type)).await?;
     json(json!({ "endpointAddress": address }))
 }
+
+// ---- certfleet extensions ---------------------------------------------------------------------
+
+/// `GET /certfleet/sessions`: the caller's devices connected to this node (a certfleet extension,
+/// not an AWS operation).
+pub async fn list_connected_clients(State(state): State<Arc<AppState>>, Extension(caller): Extension<Caller>) -> Reply {
+    let sessions: Vec<_> = state
+        .services
+        .connected_clients(&caller)
+        .into_iter()
+        .map(|client| {
+            json!({
+                "clientId": client.client_id,
+                "certificateId": client.certificate_id.to_string(),
+                "accountId": caller.account.to_string(),
+                "sni": client.sni,
+                "tlsVersion": client.tls_version,
+                "ipAddress": client.peer,
+                "connectedAt": epoch_seconds(client.connected_at),
+            })
+        })
+        .collect();
+    json(json!({ "sessions": sessions }))
+}

@@ -88,6 +88,7 @@ pub fn router(services: Arc<Services>, config: Config) -> Router {
         .route("/reject-certificate-transfer/{id}", patch(c::reject_certificate_transfer))
         .route("/cancel-certificate-transfer/{id}", patch(c::cancel_certificate_transfer))
         .route("/endpoint", get(c::describe_endpoint))
+        .route("/certfleet/sessions", get(c::list_connected_clients))
         .fallback(unknown_operation)
         .method_not_allowed_fallback(unknown_operation)
         .layer(middleware::from_fn_with_state(state.clone(), auth::authenticate))

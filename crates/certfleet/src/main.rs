@@ -74,6 +74,28 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Look at a running server's device gateway.
+    Gateway {
+        #[command(subcommand)]
+        command: GatewayCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum GatewayCommand {
+    /// List the devices connected to a running server (asks its API, as the profile's account).
+    Sessions {
+        /// The running server's data directory (endpoints.json, credentials, server-root.pem).
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The AWS CLI profile (in DIR/credentials) whose account to list.
+        #[arg(long, default_value = "default")]
+        profile: String,
+        #[arg(long, default_value = "us-east-1")]
+        region: String,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
 }
 
 #[derive(Subcommand)]
@@ -184,7 +206,42 @@ fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Account { command } => account(command),
+        Command::Gateway { command: GatewayCommand::Sessions { data_dir, profile, region, output } } => {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(gateway_sessions(&data_dir, &profile, &region, output))
+        }
     }
+}
+
+async fn gateway_sessions(data_dir: &std::path::Path, profile: &str, region: &str, output: Output) -> anyhow::Result<()> {
+    let target = certfleet_client::Target::from_data_dir(data_dir, profile, region)?;
+    let mut connection = target.connect().await?;
+    let call = certfleet_client::Call { method: "GET", path: "/certfleet/sessions".into(), body: Default::default() };
+    let (status, body) = target.send(&mut connection, &call).await?;
+    anyhow::ensure!(status == 200, "the server answered {status}: {}", String::from_utf8_lossy(&body));
+    let answer: serde_json::Value = serde_json::from_slice(&body)?;
+    match output {
+        Output::Json => println!("{answer}"),
+        Output::Text => {
+            println!("{:<24} {:<64} {:<8} {:<22} {}", "CLIENT ID", "CERTIFICATE", "TLS", "PEER", "CONNECTED AT");
+            for session in answer["sessions"].as_array().into_iter().flatten() {
+                let connected = session["connectedAt"].as_f64().unwrap_or(0.0);
+                let since = time::OffsetDateTime::from_unix_timestamp(connected as i64)
+                    .ok()
+                    .and_then(|at| at.format(&time::format_description::well_known::Rfc3339).ok())
+                    .unwrap_or_default();
+                println!(
+                    "{:<24} {:<64} {:<8} {:<22} {}",
+                    session["clientId"].as_str().unwrap_or("-"),
+                    session["certificateId"].as_str().unwrap_or("-"),
+                    session["tlsVersion"].as_str().unwrap_or("-"),
+                    session["ipAddress"].as_str().unwrap_or("-"),
+                    since
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 fn account(command: AccountCommand) -> anyhow::Result<()> {

@@ -128,3 +128,20 @@ pub fn uses(identity: &Identity, account: &AccountId, certificate: Option<&Certi
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
+
+impl certfleet_services::DataPlane for LiveSessions {
+    fn connected_clients(&self, account: &AccountId) -> Vec<certfleet_services::ConnectedClient> {
+        self.list()
+            .into_iter()
+            .filter(|info| &info.identity.account == account)
+            .map(|info| certfleet_services::ConnectedClient {
+                client_id: info.client_id,
+                certificate_id: info.identity.certificate_id,
+                sni: info.sni,
+                tls_version: info.tls_version.to_owned(),
+                peer: info.peer.to_string(),
+                connected_at: info.connected_at,
+            })
+            .collect()
+    }
+}

@@ -2,38 +2,15 @@
 //! with SigV4 as the AWS SDKs do, latencies recorded per request.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName};
-use tokio::net::TcpStream;
+use certfleet_client::{Call, Target};
 
 use crate::proc_stats;
 use crate::{ApiArgs, Scenario};
-
-/// Where and as whom to connect.
-struct Target {
-    url: http::Uri,
-    host: String,
-    access_key_id: String,
-    secret_access_key: String,
-    region: String,
-    tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
-}
-
-/// One request to send, unsigned.
-#[derive(Clone)]
-struct Call {
-    method: &'static str,
-    path: String,
-    body: Bytes,
-}
 
 /// The outcome of a run.
 pub struct Report {
@@ -50,7 +27,16 @@ pub struct Report {
 }
 
 pub async fn run(args: &ApiArgs, duration: Duration) -> anyhow::Result<Report> {
-    let target = Arc::new(target(args)?);
+    let target = Arc::new(match &args.data_dir {
+        Some(dir) => Target::from_data_dir(dir, "default", &args.region)?,
+        None => Target::new(
+            args.url.as_deref().context("give --data-dir or --url")?,
+            args.access_key_id.as_deref().context("--access-key-id is required with --url")?,
+            args.secret_access_key.as_deref().context("--secret-access-key is required with --url")?,
+            args.ca_bundle.as_deref(),
+            &args.region,
+        )?,
+    });
     let calls = Arc::new(prepare(&target, args.scenario).await?);
 
     let cpu_before = args.server_pid.and_then(proc_stats::cpu_seconds);
@@ -106,7 +92,7 @@ async fn drive(
     deadline: Instant,
     budget: &std::sync::atomic::AtomicU64,
 ) -> anyhow::Result<WorkerOutcome> {
-    let mut sender = connect(target).await?;
+    let mut connection = target.connect().await?;
     let mut outcome = WorkerOutcome { ok: 0, reconnects: 0, failures: BTreeMap::new(), latencies_us: Vec::new() };
     let mut index = worker;
     while Instant::now() < deadline {
@@ -118,19 +104,19 @@ async fn drive(
         }
         let call = &calls[index % calls.len()];
         index += 1;
-        if sender.is_closed() {
+        if connection.is_closed() {
             // Servers without keep-alive (or that close after errors) get a new connection,
             // and the time to make it counts in the request's latency.
             outcome.reconnects += 1;
-            sender = connect(target).await?;
+            connection = target.connect().await?;
         }
         let started = Instant::now();
-        let status = match send(target, &mut sender, call).await {
+        let status = match target.send(&mut connection, call).await {
             Ok((status, _)) => status,
-            Err(_) if sender.is_closed() => {
+            Err(_) if connection.is_closed() => {
                 outcome.reconnects += 1;
-                sender = connect(target).await?;
-                send(target, &mut sender, call).await?.0
+                connection = target.connect().await?;
+                target.send(&mut connection, call).await?.0
             }
             Err(error) => return Err(error),
         };
@@ -145,121 +131,14 @@ async fn drive(
     Ok(outcome)
 }
 
-type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
-
-async fn connect(target: &Target) -> anyhow::Result<Sender> {
-    let authority = target.url.authority().context("the URL has no host")?.as_str().to_owned();
-    let tcp = TcpStream::connect(&authority).await.with_context(|| format!("connecting to {authority}"))?;
-    tcp.set_nodelay(true)?;
-    let sender = match &target.tls {
-        Some((connector, name)) => {
-            let stream = connector.connect(name.clone(), tcp).await.context("tls handshake")?;
-            let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-            tokio::spawn(connection);
-            sender
-        }
-        None => {
-            let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
-            tokio::spawn(connection);
-            sender
-        }
-    };
-    Ok(sender)
-}
-
-/// Signs and sends one request; returns its status and body.
-async fn send(target: &Target, sender: &mut Sender, call: &Call) -> anyhow::Result<(u16, Bytes)> {
-    let (path, query) = call.path.split_once('?').unwrap_or((&call.path, ""));
-    let mut headers = vec![("host", target.host.as_str())];
-    if !call.body.is_empty() {
-        headers.push(("content-type", "application/json"));
-    }
-    let signed = certfleet_sigv4::sign(
-        &certfleet_sigv4::Request { method: call.method, raw_path: path, raw_query: query, headers: &headers, body: &call.body },
-        &target.access_key_id,
-        &target.secret_access_key,
-        &target.region,
-        "iot",
-        time::OffsetDateTime::now_utc(),
-    );
-    let mut request = http::Request::builder().method(call.method).uri(&call.path);
-    for (name, value) in headers.iter().copied().chain(signed.iter().map(|(name, value)| (name.as_str(), value.as_str()))) {
-        request = request.header(name, value);
-    }
-    sender.ready().await?;
-    let response = sender.send_request(request.body(Full::new(call.body.clone()))?).await?;
-    let status = response.status().as_u16();
-    let body = response.into_body().collect().await?.to_bytes();
-    Ok((status, body))
-}
-
-fn target(args: &ApiArgs) -> anyhow::Result<Target> {
-    let (url, access_key_id, secret_access_key, ca_bundle) = match &args.data_dir {
-        Some(dir) => {
-            let endpoints: serde_json::Value = serde_json::from_str(
-                &std::fs::read_to_string(dir.join("endpoints.json")).context("reading endpoints.json")?,
-            )?;
-            let url = endpoints["api"].as_str().context("endpoints.json has no api URL")?.to_owned();
-            let (key, secret) = default_profile(&dir.join("credentials"))?;
-            (url, key, secret, Some(dir.join("server-root.pem")))
-        }
-        None => (
-            args.url.clone().context("give --data-dir or --url")?,
-            args.access_key_id.clone().context("--access-key-id is required with --url")?,
-            args.secret_access_key.clone().context("--secret-access-key is required with --url")?,
-            args.ca_bundle.clone(),
-        ),
-    };
-    let url: http::Uri = url.parse().context("the API URL")?;
-    let host = url.authority().context("the URL has no host")?.as_str().to_owned();
-    let tls = match url.scheme_str() {
-        Some("https") => {
-            let mut roots = rustls::RootCertStore::empty();
-            let bundle = ca_bundle.context("https needs --ca-bundle")?;
-            for certificate in CertificateDer::pem_file_iter(&bundle).with_context(|| format!("reading {}", bundle.display()))? {
-                roots.add(certificate?)?;
-            }
-            let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-            let config = rustls::ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()?
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-            let name = ServerName::try_from(url.host().context("no host")?.to_owned())?;
-            Some((tokio_rustls::TlsConnector::from(Arc::new(config)), name))
-        }
-        Some("http") => None,
-        other => bail!("unsupported URL scheme {other:?}"),
-    };
-    Ok(Target { url, host, access_key_id, secret_access_key, region: args.region.clone(), tls })
-}
-
-/// The `default` profile's keys from an AWS shared-credentials file.
-fn default_profile(path: &Path) -> anyhow::Result<(String, String)> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut in_default = false;
-    let (mut key, mut secret) = (None, None);
-    for line in text.lines().map(str::trim) {
-        if line.starts_with('[') {
-            in_default = line == "[default]";
-        } else if in_default && let Some((name, value)) = line.split_once('=') {
-            match name.trim() {
-                "aws_access_key_id" => key = Some(value.trim().to_owned()),
-                "aws_secret_access_key" => secret = Some(value.trim().to_owned()),
-                _ => {}
-            }
-        }
-    }
-    Ok((key.context("no default access key")?, secret.context("no default secret")?))
-}
-
 /// The requests of a scenario, after any setup it needs.
 async fn prepare(target: &Target, scenario: Scenario) -> anyhow::Result<Vec<Call>> {
     let csrs = (0..256).map(|index| csr_call(index, "?setAsActive=true")).collect::<anyhow::Result<Vec<_>>>()?;
     match scenario {
         Scenario::CreateCertificateFromCsr => Ok(csrs),
         Scenario::DescribeCertificate => {
-            let mut sender = connect(target).await?;
-            let (status, body) = send(target, &mut sender, &csrs[0]).await?;
+            let mut connection = target.connect().await?;
+            let (status, body) = target.send(&mut connection, &csrs[0]).await?;
             if status != 200 {
                 bail!("setup: CreateCertificateFromCsr answered {status}: {}", String::from_utf8_lossy(&body));
             }

@@ -61,19 +61,48 @@ pub struct Caller {
     pub account: AccountId,
 }
 
+/// One connected device, as the operator view shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnectedClient {
+    pub client_id: Option<String>,
+    pub certificate_id: certfleet_pki::CertificateId,
+    pub sni: Option<String>,
+    pub tls_version: String,
+    pub peer: String,
+    pub connected_at: time::OffsetDateTime,
+}
+
+/// What the data plane (the gateway of this node) tells the services about itself.
+pub trait DataPlane: Send + Sync {
+    /// The devices of `account` connected to this node, oldest first.
+    fn connected_clients(&self, account: &AccountId) -> Vec<ConnectedClient>;
+}
+
 /// The services: the registry, a clock, the configuration and the device-issuing CA.
 pub struct Services {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     config: Config,
     device_issuer: Option<Issuer>,
+    data_plane: std::sync::OnceLock<Arc<dyn DataPlane>>,
 }
 
 impl Services {
     /// Puts the services together. Without a device issuer (admin commands), operations that
     /// issue certificates fail.
     pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, config: Config, device_issuer: Option<Issuer>) -> Self {
-        Services { store, clock, config, device_issuer }
+        Services { store, clock, config, device_issuer, data_plane: std::sync::OnceLock::new() }
+    }
+
+    /// Connects the node's gateway, once it runs (the gateway is built from the services, so it
+    /// comes second). A second call is ignored.
+    pub fn attach_data_plane(&self, data_plane: Arc<dyn DataPlane>) {
+        let _ = self.data_plane.set(data_plane);
+    }
+
+    /// The caller's devices connected to this node (none when no gateway runs here).
+    pub fn connected_clients(&self, caller: &Caller) -> Vec<ConnectedClient> {
+        self.data_plane.get().map(|plane| plane.connected_clients(&caller.account)).unwrap_or_default()
     }
 
     /// The configuration.
