@@ -98,6 +98,22 @@ CREATE TABLE changes (
 CREATE INDEX changes_created ON changes(created_at);
 "#,
     ),
+    (
+        3,
+        r#"
+CREATE TABLE connections (
+    session_id TEXT PRIMARY KEY,
+    account_id TEXT NOT NULL,
+    certificate_id TEXT NOT NULL,
+    client_id TEXT NOT NULL,
+    connected_at BIGINT NOT NULL,
+    disconnected_at BIGINT,
+    disconnect_reason TEXT
+);
+CREATE INDEX connections_by_certificate ON connections(account_id, certificate_id, connected_at);
+CREATE INDEX connections_by_client ON connections(account_id, client_id, connected_at);
+"#,
+    ),
 ];
 
 /// The SQL dialect a migration is rendered for.

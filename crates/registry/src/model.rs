@@ -234,6 +234,21 @@ pub struct Change {
     pub created_at: OffsetDateTime,
 }
 
+/// One MQTT connection of a device, as the gateway recorded it: which client ID used which
+/// certificate, and when (the audit's shared-certificate and conflicting-client-ID checks, and
+/// rotation, read it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnectionRecord {
+    /// Unique per connection (the lifecycle events' sessionIdentifier).
+    pub session_id: String,
+    pub account: AccountId,
+    pub certificate_id: CertificateId,
+    pub client_id: String,
+    pub connected_at: OffsetDateTime,
+    pub disconnected_at: Option<OffsetDateTime>,
+    pub disconnect_reason: Option<String>,
+}
+
 macro_rules! text_enum {
     ($ty:ident { $($variant:ident = $text:literal),* $(,)? }) => {
         impl $ty {

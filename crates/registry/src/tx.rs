@@ -79,7 +79,7 @@ impl<'a> Tx<'a> {
     /// Deletes an account with everything it owns. Returns whether it existed.
     pub fn delete_account(&mut self, id: &AccountId) -> Result<bool, Error> {
         let account = [Value::from(id.as_str())];
-        for table in ["access_keys", "certificates", "ca_certificates"] {
+        for table in ["access_keys", "certificates", "ca_certificates", "connections"] {
             self.conn.execute(&format!("DELETE FROM {table} WHERE account_id = $1"), &account)?;
         }
         self.conn.execute(
@@ -489,6 +489,74 @@ impl<'a> Tx<'a> {
     /// Forgets changes recorded before `before`. Returns how many.
     pub fn prune_changes(&mut self, before: OffsetDateTime) -> Result<u64, Error> {
         self.conn.execute("DELETE FROM changes WHERE created_at < $1", &[millis(before).into()])
+    }
+
+    // ---- connection history -------------------------------------------------------------
+
+    /// Records that a device connected.
+    pub fn insert_connection(&mut self, record: &ConnectionRecord) -> Result<(), Error> {
+        self.conn.execute(
+            "INSERT INTO connections (session_id, account_id, certificate_id, client_id, connected_at, \
+             disconnected_at, disconnect_reason) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            &[
+                record.session_id.as_str().into(),
+                record.account.as_str().into(),
+                record.certificate_id.as_str().into(),
+                record.client_id.as_str().into(),
+                millis(record.connected_at).into(),
+                record.disconnected_at.map(millis).into(),
+                record.disconnect_reason.as_deref().into(),
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Records that a connection ended.
+    pub fn close_connection(&mut self, session_id: &str, at: OffsetDateTime, reason: &str) -> Result<(), Error> {
+        self.conn.execute(
+            "UPDATE connections SET disconnected_at = $1, disconnect_reason = $2 WHERE session_id = $3",
+            &[millis(at).into(), reason.into(), session_id.into()],
+        )?;
+        Ok(())
+    }
+
+    /// The connections of an account since a time, oldest first (of one certificate when given).
+    pub fn connections_since(
+        &mut self,
+        account: &AccountId,
+        certificate: Option<&CertificateId>,
+        since: OffsetDateTime,
+    ) -> Result<Vec<ConnectionRecord>, Error> {
+        let columns = "session_id, account_id, certificate_id, client_id, connected_at, disconnected_at, disconnect_reason";
+        let rows = match certificate {
+            Some(id) => self.conn.query(
+                &format!(
+                    "SELECT {columns} FROM connections WHERE account_id = $1 AND certificate_id = $2 \
+                     AND (connected_at >= $3 OR disconnected_at IS NULL OR disconnected_at >= $3) ORDER BY connected_at, session_id"
+                ),
+                &[account.as_str().into(), id.as_str().into(), millis(since).into()],
+            )?,
+            None => self.conn.query(
+                &format!(
+                    "SELECT {columns} FROM connections WHERE account_id = $1 \
+                     AND (connected_at >= $2 OR disconnected_at IS NULL OR disconnected_at >= $2) ORDER BY connected_at, session_id"
+                ),
+                &[account.as_str().into(), millis(since).into()],
+            )?,
+        };
+        rows.iter()
+            .map(|row| {
+                Ok(ConnectionRecord {
+                    session_id: row.text(0)?,
+                    account: AccountId::parse(&row.text(1)?)?,
+                    certificate_id: cert_id(&row.text(2)?)?,
+                    client_id: row.text(3)?,
+                    connected_at: from_millis(row.int(4)?)?,
+                    disconnected_at: row.opt_int(5)?.map(from_millis).transpose()?,
+                    disconnect_reason: row.opt_text(6)?,
+                })
+            })
+            .collect()
     }
 
     // ---- helpers --------------------------------------------------------------------------

@@ -379,3 +379,34 @@ fn the_change_feed_keeps_committed_changes_in_order() {
         assert_eq!(read(store, |tx| tx.changes_after(start, 10)).unwrap().len(), 1);
     });
 }
+
+#[test]
+fn connection_history_records_who_used_which_certificate() {
+    each_backend("connections", |store| {
+        let alice = account("111111111111", "alice");
+        setup(store, &[&alice]);
+        let record = |session: &str, fill: char, client: &str, connected: i64| ConnectionRecord {
+            session_id: session.into(),
+            account: alice.id.clone(),
+            certificate_id: id(fill),
+            client_id: client.into(),
+            connected_at: at(connected),
+            disconnected_at: None,
+            disconnect_reason: None,
+        };
+        write(store, |tx| {
+            tx.insert_connection(&record("s1", 'a', "sensor-1", 10))?;
+            tx.insert_connection(&record("s2", 'a', "sensor-2", 20))?;
+            tx.insert_connection(&record("s3", 'b', "other", 30))?;
+            tx.close_connection("s1", at(15), "CLIENT_INITIATED_DISCONNECT")
+        })
+        .unwrap();
+        let of_a = read(store, |tx| tx.connections_since(&alice.id, Some(&id('a')), at(0))).unwrap();
+        assert_eq!(of_a.iter().map(|c| c.client_id.as_str()).collect::<Vec<_>>(), vec!["sensor-1", "sensor-2"]);
+        assert_eq!(of_a[0].disconnected_at, Some(at(15)));
+        assert_eq!(of_a[0].disconnect_reason.as_deref(), Some("CLIENT_INITIATED_DISCONNECT"));
+        // Since t=16: s1 ended before, s2 is still open, s3 connected after.
+        let recent = read(store, |tx| tx.connections_since(&alice.id, None, at(16))).unwrap();
+        assert_eq!(recent.iter().map(|c| c.session_id.as_str()).collect::<Vec<_>>(), vec!["s2", "s3"]);
+    });
+}

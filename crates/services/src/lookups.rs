@@ -48,3 +48,25 @@ impl Services {
         registry::write(self.store(), |tx| tx.prune_changes(before).map_err(Error::from))
     }
 }
+
+impl Services {
+    /// Records that a device connected (the gateway calls it once CONNECT is accepted).
+    pub fn record_connection(&self, record: &certfleet_registry::ConnectionRecord) -> Result<(), Error> {
+        registry::write(self.store(), |tx| tx.insert_connection(record).map_err(Error::from))
+    }
+
+    /// Records that a connection ended, and why (AWS's disconnectReason values).
+    pub fn record_disconnection(&self, session_id: &str, at: time::OffsetDateTime, reason: &str) -> Result<(), Error> {
+        registry::write(self.store(), |tx| tx.close_connection(session_id, at, reason).map_err(Error::from))
+    }
+
+    /// Which client IDs used which certificates since `since` (of one certificate when given).
+    pub fn connection_history(
+        &self,
+        account: &AccountId,
+        certificate: Option<&CertificateId>,
+        since: time::OffsetDateTime,
+    ) -> Result<Vec<certfleet_registry::ConnectionRecord>, Error> {
+        registry::read(self.store(), |tx| tx.connections_since(account, certificate, since).map_err(Error::from))
+    }
+}
