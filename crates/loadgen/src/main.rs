@@ -6,7 +6,9 @@
 //! that API (certfleet, or a peer such as moto) with the same requests.
 
 mod api;
+mod mqtt;
 mod proc_stats;
+mod report;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -24,6 +26,8 @@ struct Cli {
 enum Command {
     /// Drive the control-plane API over HTTPS (or HTTP) with SigV4-signed requests.
     Api(ApiArgs),
+    /// Drive an MQTT broker over mutual TLS (certfleet's gateway, or a peer with the same certificates).
+    Mqtt(mqtt::MqttArgs),
 }
 
 /// The API scenarios.
@@ -84,12 +88,23 @@ fn main() -> anyhow::Result<()> {
             anyhow::ensure!(args.connections > 0, "--connections must be at least 1");
             anyhow::ensure!(args.duration > 0.0 && args.duration <= 600.0, "--duration must be in (0, 600] seconds");
             let report = runtime.block_on(api::run(&args, Duration::from_secs_f64(args.duration)))?;
-            if args.json {
-                println!("{}", report.to_json());
-            } else {
-                println!("{}", report.to_table());
-            }
+            print(&report, args.json);
             Ok(())
         }
+        Command::Mqtt(args) => {
+            anyhow::ensure!(args.connections > 0, "--connections must be at least 1");
+            anyhow::ensure!(args.duration > 0.0 && args.duration <= 600.0, "--duration must be in (0, 600] seconds");
+            let report = runtime.block_on(mqtt::run(&args))?;
+            print(&report, args.json);
+            Ok(())
+        }
+    }
+}
+
+fn print(report: &report::Report, json: bool) {
+    if json {
+        println!("{}", report.to_json());
+    } else {
+        println!("{}", report.to_table());
     }
 }
