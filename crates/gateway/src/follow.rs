@@ -113,24 +113,27 @@ pub async fn follow(registry: Arc<Registry>, live: Arc<LiveSessions>, interval: 
 /// Invalidates what `change` names and re-checks the sessions it touches.
 pub async fn apply(registry: &Registry, live: &LiveSessions, change: &Change) {
     let account = &change.account;
-    let entity = CertificateId::parse(&change.entity_id).ok();
-    let affected = match (change.kind, &entity) {
-        (ChangeKind::Certificate, Some(id)) => {
-            registry.forget_certificate(account, id);
-            live.identities(|identity| uses(identity, account, Some(id), None))
+    let affected = match change.kind {
+        ChangeKind::Certificate | ChangeKind::CaCertificate => {
+            let Ok(id) = CertificateId::parse(&change.entity_id) else {
+                tracing::warn!(seq = change.seq, entity = change.entity_id, "change-feed entry names no certificate");
+                return;
+            };
+            if change.kind == ChangeKind::Certificate {
+                registry.forget_certificate(account, &id);
+                live.identities(|identity| uses(identity, account, Some(&id), None))
+            } else {
+                registry.forget_ca(account, &id);
+                live.identities(|identity| uses(identity, account, None, Some(&id)))
+            }
         }
-        (ChangeKind::CaCertificate, Some(id)) => {
-            registry.forget_ca(account, id);
-            live.identities(|identity| uses(identity, account, None, Some(id)))
-        }
-        (ChangeKind::Account, _) => {
+        ChangeKind::Account => {
             registry.forget_account(account);
             live.identities(|identity| uses(identity, account, None, None))
         }
-        (_, None) => {
-            tracing::warn!(seq = change.seq, entity = change.entity_id, "change-feed entry names no certificate");
-            return;
-        }
+        // Policies and things decide what a device may do, not who it is: the authorizer
+        // follows those entries itself.
+        _ => return,
     };
     let now = time::OffsetDateTime::now_utc();
     for identity in affected {
