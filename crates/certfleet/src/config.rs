@@ -34,8 +34,18 @@ max_body_bytes = 524288
 max_clock_skew = "5m"
 
 [mqtt]
-# The device gateway (MQTT over mutual TLS). Reserved: the gateway is not built yet.
+# The device gateway: MQTT 3.1.1 and 5 over mutual TLS. Port 0 picks a free port.
 addr = "127.0.0.1:8883"
+# The account that serves connections without SNI (or whose SNI names no endpoint), with
+# DEFAULT-mode certificates only. Empty: the oldest account.
+default_account = ""
+# At most this many device connections at once.
+max_connections = 100000
+# A TLS handshake, or the CONNECT after it, taking longer is abandoned.
+handshake_timeout = "10s"
+connect_timeout = "10s"
+# How often the registry's change feed is read (revocation reaches live sessions within it).
+change_poll_interval = "200ms"
 
 [database]
 # Empty: the embedded SQLite registry in data_dir. Otherwise a PostgreSQL URL,
@@ -83,6 +93,11 @@ struct ApiFile {
 #[serde(deny_unknown_fields, default)]
 struct MqttFile {
     addr: Option<String>,
+    default_account: Option<String>,
+    max_connections: Option<usize>,
+    handshake_timeout: Option<String>,
+    connect_timeout: Option<String>,
+    change_poll_interval: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -116,6 +131,11 @@ pub struct Config {
     pub max_body_bytes: usize,
     pub max_clock_skew: time::Duration,
     pub mqtt_addr: SocketAddr,
+    pub mqtt_default_account: Option<String>,
+    pub mqtt_max_connections: usize,
+    pub mqtt_handshake_timeout: time::Duration,
+    pub mqtt_connect_timeout: time::Duration,
+    pub mqtt_change_poll_interval: time::Duration,
     pub database_url: Option<String>,
     pub device_certificate_validity: time::Duration,
     pub root_validity: time::Duration,
@@ -161,6 +181,14 @@ impl Config {
             max_body_bytes: file.api.max_body_bytes.unwrap_or(512 * 1024),
             max_clock_skew: parse_duration(file.api.max_clock_skew.as_deref().unwrap_or("5m"), "api.max_clock_skew")?,
             mqtt_addr: parse_addr(overrides.mqtt_addr.or(file.mqtt.addr).as_deref().unwrap_or("127.0.0.1:8883"), "mqtt.addr")?,
+            mqtt_default_account: file.mqtt.default_account.filter(|account| !account.is_empty()),
+            mqtt_max_connections: file.mqtt.max_connections.unwrap_or(100_000),
+            mqtt_handshake_timeout: parse_duration(file.mqtt.handshake_timeout.as_deref().unwrap_or("10s"), "mqtt.handshake_timeout")?,
+            mqtt_connect_timeout: parse_duration(file.mqtt.connect_timeout.as_deref().unwrap_or("10s"), "mqtt.connect_timeout")?,
+            mqtt_change_poll_interval: parse_duration(
+                file.mqtt.change_poll_interval.as_deref().unwrap_or("200ms"),
+                "mqtt.change_poll_interval",
+            )?,
             database_url,
             device_certificate_validity: parse_duration(
                 file.pki.device_certificate_validity.as_deref().unwrap_or("365d"),
@@ -177,17 +205,18 @@ fn parse_addr(text: &str, key: &str) -> anyhow::Result<SocketAddr> {
     text.parse().with_context(|| format!("{key}: {text:?} is not an address like 127.0.0.1:8443"))
 }
 
-/// Parses `"90s"`, `"5m"`, `"12h"` or `"365d"`.
+/// Parses `"200ms"`, `"90s"`, `"5m"`, `"12h"` or `"365d"`.
 pub fn parse_duration(text: &str, key: &str) -> anyhow::Result<time::Duration> {
     let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let number: i64 = number.parse().with_context(|| format!("{key}: {text:?} needs a number and a unit (s, m, h, d)"))?;
+    let number: i64 = number.parse().with_context(|| format!("{key}: {text:?} needs a number and a unit (ms, s, m, h, d)"))?;
     let duration = match unit {
+        "ms" => time::Duration::milliseconds(number),
         "s" => time::Duration::seconds(number),
         "m" => time::Duration::minutes(number),
         "h" => time::Duration::hours(number),
         "d" => time::Duration::days(number),
-        _ => bail!("{key}: {text:?} needs a unit: s, m, h or d"),
+        _ => bail!("{key}: {text:?} needs a unit: ms, s, m, h or d"),
     };
     if duration <= time::Duration::ZERO {
         bail!("{key}: {text:?} must be positive");
@@ -215,6 +244,7 @@ mod tests {
 
     #[test]
     fn durations() {
+        assert_eq!(parse_duration("250ms", "k").unwrap(), time::Duration::milliseconds(250));
         for (text, expected) in [("90s", Some(90)), ("5m", Some(300)), ("2h", Some(7200)), ("1d", Some(86_400))] {
             assert_eq!(parse_duration(text, "k").ok().map(|d| d.whole_seconds()), expected, "{text}");
         }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use certfleet_pki::{Issuer, KeyAlgorithm};
-use certfleet_registry::IssuerPurpose;
+use certfleet_registry::{AccountId, IssuerPurpose};
 use certfleet_services::{Clock, Services, SystemClock, load_or_create_issuer};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::net::TcpListener;
@@ -64,26 +64,32 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     ));
     first_account(&services, &config, &files).await?;
 
+    let (server_chain, server_key) = server_certificate(&server_issuer, &config, clock.now())?;
     let tls = if config.insecure_plain_http {
         tracing::warn!(addr = %config.api_addr, "serving the API over plain HTTP (loopback only)");
         None
     } else {
-        Some(server_tls(&server_issuer, &config, clock.now())?)
+        Some(api_tls(server_chain.clone(), server_key.clone_key())?)
     };
     let listener = TcpListener::bind(config.api_addr).await.with_context(|| format!("binding the API to {}", config.api_addr))?;
     let api_addr = listener.local_addr()?;
+    let mqtt_listener =
+        TcpListener::bind(config.mqtt_addr).await.with_context(|| format!("binding the gateway to {}", config.mqtt_addr))?;
+    let mqtt_addr = mqtt_listener.local_addr()?;
+    let (stop, stopped) = watch::channel(false);
+    let gateway = start_gateway(&services, &config, server_chain, server_key, mqtt_listener, stopped.clone()).await?;
     let scheme = if tls.is_some() { "https" } else { "http" };
     let api_url = format!("{scheme}://{api_addr}");
     let endpoints = serde_json::json!({
         "api": api_url,
         "api_addr": api_addr.to_string(),
-        "mqtt_addr": serde_json::Value::Null,
+        "mqtt_addr": mqtt_addr.to_string(),
         "region": config.region,
     });
     datadir::write_public(&files.endpoints, format!("{endpoints:#}\n").as_bytes())?;
     tracing::info!(%api_url, "api listening");
-    tracing::info!(mqtt_addr = %config.mqtt_addr, "the MQTT gateway is not in this build yet: mqtt_addr is reserved");
-    println!("certfleet is serving the AWS IoT API at {api_url}");
+    tracing::info!(%mqtt_addr, "gateway listening");
+    println!("certfleet is serving the AWS IoT API at {api_url} and MQTT over mutual TLS at {mqtt_addr}");
     println!("try it with the stock AWS CLI:");
     println!(
         "  AWS_SHARED_CREDENTIALS_FILE={} AWS_CONFIG_FILE={} aws iot describe-endpoint --endpoint-type iot:Data-ATS --endpoint-url {api_url}{}",
@@ -92,7 +98,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         if tls.is_some() { format!(" --ca-bundle {}", files.server_root.display()) } else { String::new() }
     );
 
-    let (stop, stopped) = watch::channel(false);
     let api_config = certfleet_api::Config {
         region: config.region.clone(),
         max_clock_skew: config.max_clock_skew,
@@ -105,6 +110,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!("shutting down");
     let _ = stop.send(true);
     server.await??;
+    let _ = gateway.await;
     tracing::info!("stopped");
     Ok(())
 }
@@ -128,28 +134,86 @@ async fn first_account(services: &Arc<Services>, config: &Config, files: &Files)
     Ok(())
 }
 
-/// The API's TLS settings: TLS 1.2 and 1.3 only, a fresh server certificate from the server
-/// root for localhost, 127.0.0.1, ::1 and the configured names.
-fn server_tls(
+/// A fresh server certificate from the server root, for the API and the gateway: SANs
+/// localhost, 127.0.0.1, ::1, every account endpoint (`*.iot.<region>.<domain>`) and the
+/// configured names.
+fn server_certificate(
     server_issuer: &Issuer,
     config: &Config,
     now: time::OffsetDateTime,
-) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+) -> anyhow::Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
     let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
+    names.push(format!("*.iot.{}.{}", config.region, config.endpoint_domain));
     names.extend(config.server_names.iter().cloned());
     let (certificate, key) = server_issuer
         .issue_server_certificate("certfleet", &names, time::Duration::days(365), KeyAlgorithm::EcdsaP256, now)
         .context("issuing the server certificate")?;
+    Ok((vec![CertificateDer::from(certificate.der().to_vec())], PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.to_vec()))))
+}
+
+/// The API's TLS settings: TLS 1.2 and 1.3 only.
+fn api_tls(chain: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>) -> anyhow::Result<Arc<rustls::ServerConfig>> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
-        .with_single_cert(
-            vec![CertificateDer::from(certificate.der().to_vec())],
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.to_vec())),
-        )?;
+        .with_single_cert(chain, key)?;
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(tls))
+}
+
+/// Starts the device gateway on `listener`: the broker, the registry view and its change-feed
+/// follower, the connection history; offers the live sessions to the services' operator view.
+async fn start_gateway(
+    services: &Arc<Services>,
+    config: &Config,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    listener: TcpListener,
+    stopped: watch::Receiver<bool>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let default_account = match &config.mqtt_default_account {
+        Some(id) => AccountId::parse(id).context("mqtt.default_account")?,
+        None => {
+            let lookup = services.clone();
+            tokio::task::spawn_blocking(move || lookup.list_accounts())
+                .await??
+                .into_iter()
+                .next()
+                .map(|account| account.id)
+                .context("there is no account to serve connections without SNI")?
+        }
+    };
+    let to_std = |duration: time::Duration| std::time::Duration::try_from(duration).unwrap_or_default();
+    let gateway_config = certfleet_gateway::Config {
+        region: config.region.clone(),
+        endpoint_domain: config.endpoint_domain.clone(),
+        default_account: default_account.clone(),
+        max_connections: config.mqtt_max_connections,
+        handshake_timeout: to_std(config.mqtt_handshake_timeout),
+        connect_timeout: to_std(config.mqtt_connect_timeout),
+        change_poll_interval: to_std(config.mqtt_change_poll_interval),
+    };
+    let tls = certfleet_gateway::tls::server_config(chain, key)?;
+    let gateway = certfleet_gateway::Gateway::new(gateway_config, services.clone(), tls);
+    services.attach_data_plane(gateway.live.clone());
+    let broker_config = certfleet_gateway::BrokerConfig {
+        connect_timeout: to_std(config.mqtt_connect_timeout),
+        ..certfleet_gateway::BrokerConfig::default()
+    };
+    let broker = certfleet_gateway::Broker::new(
+        broker_config,
+        certfleet_gateway::LocalFabric::new(),
+        Arc::new(certfleet_gateway::history::HistoryRecorder::start(services.clone())),
+        Arc::new(certfleet_gateway::AllowAll),
+        gateway.live.clone(),
+    );
+    tracing::info!(%default_account, "gateway ready");
+    Ok(tokio::spawn(gateway.run(
+        listener,
+        move |tls, connection| certfleet_gateway::serve(broker.clone(), tls, connection),
+        stopped,
+    )))
 }
 
 async fn shutdown_signal() {

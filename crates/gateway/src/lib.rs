@@ -14,13 +14,22 @@
 //! never per packet; nothing here assumes a single node (the change feed and the registry are
 //! shared, the cache is per node).
 
+pub mod broker;
+pub mod events;
+pub mod fabric;
 pub mod follow;
+pub mod history;
 pub mod identity;
 pub mod listener;
 pub mod live;
 pub mod metrics;
+pub mod session;
 pub mod tls;
 
+pub use broker::{AllowAll, Authorizer, Broker, BrokerConfig};
+pub use events::{ConnectionObserver, DisconnectReason, IgnoreConnections};
+pub use fabric::{Fabric, LocalFabric, NodeId};
 pub use identity::{Identity, Refusal};
 pub use listener::{Config, Gateway};
 pub use live::SessionInfo;
+pub use session::serve;

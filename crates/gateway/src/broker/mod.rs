@@ -1,0 +1,714 @@
+//! The broker: per account, the sessions by client ID, the subscription tree and the retained
+//! messages; the router the fabric delivers to; attaching and detaching connections (takeover,
+//! clean start, session expiry, wills and their delay); and the [`Authorizer`] hook.
+//!
+//! **Topic spaces are per account.** Everything is kept in a [`Space`] per account, so a device
+//! of one account can neither see nor name another account's topics, retained messages or client
+//! IDs.
+//!
+//! **Locks.** A space's state sits behind one `std::sync::Mutex`, a session's behind its own, each
+//! held for a few map operations and never across an `.await`. When both are needed the space is
+//! locked first. Attaching, detaching and the offline timers take both, so they are serialized
+//! per account; routing takes the space lock to match and then each session's lock to queue. No
+//! lock is held while calling the fabric, the authorizer or the observer.
+
+mod retained;
+mod state;
+mod subscriptions;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use certfleet_mqtt::{RetainHandling, TopicFilter};
+use certfleet_registry::AccountId;
+use tokio::sync::{Notify, oneshot};
+use tokio::time::Instant;
+
+use crate::events::ConnectionObserver;
+use crate::fabric::{ClientClaim, Fabric, Message, NodeId, RoutedMessage, Router};
+use crate::identity::Identity;
+use crate::live::LiveSessions;
+use retained::{Kept, Retained};
+pub(crate) use state::{
+    Attached, DeliveryLimits, Dropped, Kick, QueueLimits, Queued, Received, Session, SessionState, Will,
+};
+pub(crate) use subscriptions::SubscriptionOptions;
+use subscriptions::Subscriptions;
+
+/// Settings of the broker and its MQTT sessions. The defaults are AWS IoT Core's where it has one.
+#[derive(Clone, Debug)]
+pub struct BrokerConfig {
+    /// This node's name among the nodes sharing the fabric.
+    pub node: NodeId,
+    /// A connection that sends no CONNECT within this time is closed. Default 10 s.
+    pub connect_timeout: Duration,
+    /// The largest packet accepted, fixed header included; larger ones close the connection (MQTT 5:
+    /// DISCONNECT 0x95), and MQTT 5 clients are told in CONNACK. Default 146 KiB, so that a
+    /// message at the size limit fits with its topic and properties.
+    pub max_packet_size: usize,
+    /// The largest payload accepted in a PUBLISH (or a will); larger ones close the connection
+    /// (MQTT 5: DISCONNECT 0x95). Default 128 KiB.
+    pub message_size_limit: usize,
+    /// The longest keep-alive; a client asking for 0 or more gets this (MQTT 5 clients are told
+    /// with Server Keep Alive). Default 1200 s.
+    pub max_keep_alive: Duration,
+    /// The longest session expiry; MQTT 3.1.1 persistent sessions (clean session 0) get this.
+    /// Default 1 hour.
+    pub max_session_expiry: Duration,
+    /// QoS 1 and 2 messages one session may queue, offline or behind a slow connection; more are
+    /// dropped and counted. Default 1000.
+    pub max_queued_messages: usize,
+    /// QoS 0 messages queued for a connected client that reads slower than they come; more are
+    /// dropped and counted. Default 1000.
+    pub outbound_capacity: usize,
+    /// The server's Receive Maximum: QoS 2 messages a client may have unreleased at once
+    /// (exceeding it is DISCONNECT 0x93). Default 100.
+    pub receive_maximum: u16,
+    /// How many QoS 1 and 2 messages are sent unacknowledged to an MQTT 3.1.1 client (MQTT 5
+    /// clients say it with their Receive Maximum). Default 100.
+    pub client_receive_maximum: u16,
+    /// Topic aliases an MQTT 5 client may set (Topic Alias Maximum). Default 10.
+    pub topic_alias_maximum: u16,
+    /// The longest client ID accepted. Default 128 bytes.
+    pub max_client_id_len: usize,
+    /// Subscriptions one session may hold; more are refused in SUBACK. Default 50.
+    pub max_subscriptions: usize,
+    /// Retained messages one account may hold; more are not kept. Default 500,000.
+    pub max_retained_messages: usize,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            node: NodeId::new("local"),
+            connect_timeout: Duration::from_secs(10),
+            max_packet_size: 146 * 1024,
+            message_size_limit: 128 * 1024,
+            max_keep_alive: Duration::from_secs(1200),
+            max_session_expiry: Duration::from_secs(3600),
+            max_queued_messages: 1000,
+            outbound_capacity: 1000,
+            receive_maximum: 100,
+            client_receive_maximum: 100,
+            topic_alias_maximum: 10,
+            max_client_id_len: 128,
+            max_subscriptions: 50,
+            max_retained_messages: 500_000,
+        }
+    }
+}
+
+/// Decides what an authenticated device may do. The policy engine implements it; [`AllowAll`]
+/// lets everything through.
+pub trait Authorizer: Send + Sync {
+    /// Whether the device may connect with `client_id` (refused: CONNACK Not authorized).
+    fn connect(&self, identity: &Identity, client_id: &str) -> bool;
+
+    /// Whether the device may publish to `topic` (and retain there). Also asked for the will, at
+    /// CONNECT.
+    fn publish(&self, identity: &Identity, client_id: &str, topic: &str, retain: bool) -> bool;
+
+    /// Whether the device may subscribe to `filter` (refused: SUBACK Not authorized).
+    fn subscribe(&self, identity: &Identity, client_id: &str, filter: &str) -> bool;
+
+    /// Whether a message published to `topic` may be delivered to the device (refused: skipped).
+    fn receive(&self, identity: &Identity, client_id: &str, topic: &str) -> bool;
+}
+
+/// Allows everything (until policies are evaluated).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AllowAll;
+
+impl Authorizer for AllowAll {
+    fn connect(&self, _identity: &Identity, _client_id: &str) -> bool {
+        true
+    }
+
+    fn publish(&self, _identity: &Identity, _client_id: &str, _topic: &str, _retain: bool) -> bool {
+        true
+    }
+
+    fn subscribe(&self, _identity: &Identity, _client_id: &str, _filter: &str) -> bool {
+        true
+    }
+
+    fn receive(&self, _identity: &Identity, _client_id: &str, _topic: &str) -> bool {
+        true
+    }
+}
+
+/// The broker's counters, cheap to bump from any task.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Messages routed on this node (from here or from another node).
+    pub routed: AtomicU64,
+    /// Messages queued for a subscriber.
+    pub queued: AtomicU64,
+    /// QoS 0 messages for offline sessions (never kept).
+    pub dropped_offline_qos0: AtomicU64,
+    /// QoS 0 messages for a client that reads too slowly.
+    pub dropped_slow_qos0: AtomicU64,
+    /// QoS 1 and 2 messages for a session whose queue is full.
+    pub dropped_queue_full: AtomicU64,
+    /// Messages that expired before they could be sent.
+    pub dropped_expired: AtomicU64,
+    /// Messages larger than the subscriber's Maximum Packet Size.
+    pub dropped_too_large: AtomicU64,
+    /// Deliveries the authorizer refused.
+    pub dropped_not_authorized: AtomicU64,
+    /// Retained messages not kept: the account holds the maximum.
+    pub retained_refused: AtomicU64,
+    /// Connections closed because another took their client ID.
+    pub takeovers: AtomicU64,
+    /// Wills published.
+    pub wills: AtomicU64,
+}
+
+/// One account's topic space.
+struct Space {
+    state: Mutex<SpaceState>,
+}
+
+struct SpaceState {
+    subscriptions: Subscriptions,
+    sessions: HashMap<String, SessionEntry>,
+    retained: Retained,
+    /// The lifecycle events' `versionNumber`, per client ID.
+    versions: HashMap<String, u64>,
+}
+
+struct SessionEntry {
+    session: Arc<Session>,
+    online: bool,
+}
+
+/// Client IDs whose version numbers are remembered; past it, the map starts over (version
+/// numbers then restart for client IDs not seen since, a rare and harmless reordering hint).
+const MAX_VERSIONS: usize = 1_000_000;
+
+impl Space {
+    fn lock(&self) -> MutexGuard<'_, SpaceState> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// The broker of one gateway node.
+pub struct Broker {
+    pub(crate) config: BrokerConfig,
+    pub(crate) fabric: Arc<dyn Fabric>,
+    pub(crate) observer: Arc<dyn ConnectionObserver>,
+    pub(crate) authorizer: Arc<dyn Authorizer>,
+    pub(crate) live: Arc<LiveSessions>,
+    counters: Counters,
+    spaces: Mutex<HashMap<AccountId, Arc<Space>>>,
+    next_connection: AtomicU64,
+    this: Weak<Broker>,
+}
+
+/// A connection asking for its session, once CONNECT is accepted.
+pub(crate) struct Attach<'a> {
+    pub(crate) identity: &'a Arc<Identity>,
+    pub(crate) client_id: &'a str,
+    pub(crate) clean_start: bool,
+    /// The Session Expiry Interval granted.
+    pub(crate) expiry: Duration,
+    pub(crate) will: Option<Will>,
+    pub(crate) connection: u64,
+}
+
+/// The session a connection serves.
+pub(crate) struct Attachment {
+    pub(crate) session: Arc<Session>,
+    pub(crate) session_present: bool,
+    /// Fires when the broker closes the connection (takeover).
+    pub(crate) kicked: oneshot::Receiver<Kick>,
+    /// Notified when something is queued for the connection.
+    pub(crate) wake: Arc<Notify>,
+    /// The lifecycle events' `versionNumber` of this connection.
+    pub(crate) version_number: u64,
+}
+
+/// How a connection leaves its session.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Departure {
+    pub(crate) publish_will: bool,
+    /// A new Session Expiry Interval (MQTT 5 DISCONNECT).
+    pub(crate) expiry: Option<Duration>,
+}
+
+/// One filter of a SUBSCRIBE, authorized.
+pub(crate) struct SubscribeRequest {
+    pub(crate) filter: TopicFilter,
+    pub(crate) options: SubscriptionOptions,
+    pub(crate) retain_handling: RetainHandling,
+}
+
+/// What became of one filter of a SUBSCRIBE.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Subscribed {
+    New,
+    Replaced,
+    /// The session holds the maximum number of subscriptions.
+    QuotaExceeded,
+}
+
+impl Broker {
+    pub fn new(
+        config: BrokerConfig,
+        fabric: Arc<dyn Fabric>,
+        observer: Arc<dyn ConnectionObserver>,
+        authorizer: Arc<dyn Authorizer>,
+        live: Arc<LiveSessions>,
+    ) -> Arc<Self> {
+        let broker = Arc::new_cyclic(|this| Broker {
+            config,
+            fabric,
+            observer,
+            authorizer,
+            live,
+            counters: Counters::default(),
+            spaces: Mutex::new(HashMap::new()),
+            next_connection: AtomicU64::new(0),
+            this: this.clone(),
+        });
+        let router: Weak<dyn Router> = broker.this.clone();
+        broker.fabric.attach(router);
+        broker
+    }
+
+    pub fn config(&self) -> &BrokerConfig {
+        &self.config
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// How many sessions (connected or kept offline) an account has on this node.
+    pub fn session_count(&self, account: &AccountId) -> usize {
+        self.existing_space(account).map_or(0, |space| space.lock().sessions.len())
+    }
+
+    /// How many retained messages this node keeps for an account.
+    pub fn retained_count(&self, account: &AccountId) -> usize {
+        self.existing_space(account).map_or(0, |space| space.lock().retained.len())
+    }
+
+    pub(crate) fn connection_number(&self) -> u64 {
+        self.next_connection.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    pub(crate) fn queue_limits(&self) -> QueueLimits {
+        QueueLimits { queued: self.config.max_queued_messages, qos0: self.config.outbound_capacity }
+    }
+
+    /// Publishes a message in `account`'s topic space, on every node.
+    pub(crate) fn publish(&self, account: &AccountId, message: Arc<Message>) {
+        self.fabric.publish(RoutedMessage { account: account.clone(), message });
+    }
+
+    fn publish_wills(&self, account: &AccountId, wills: Vec<Arc<Message>>) {
+        for will in wills {
+            self.counters.wills.fetch_add(1, Ordering::Relaxed);
+            self.publish(account, will);
+        }
+    }
+
+    fn space(&self, account: &AccountId) -> Arc<Space> {
+        let mut spaces = self.spaces.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(space) = spaces.get(account) {
+            return space.clone();
+        }
+        let space = Arc::new(Space {
+            state: Mutex::new(SpaceState {
+                subscriptions: Subscriptions::default(),
+                sessions: HashMap::new(),
+                retained: Retained::new(self.config.max_retained_messages),
+                versions: HashMap::new(),
+            }),
+        });
+        spaces.insert(account.clone(), space.clone());
+        space
+    }
+
+    fn existing_space(&self, account: &AccountId) -> Option<Arc<Space>> {
+        self.spaces.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(account).cloned()
+    }
+
+    /// Gives a connection its session: a new one, or the existing one resumed (unless clean
+    /// start or expired). A connection already attached is closed (Session taken over), and wills
+    /// are settled the way MQTT 5 3.1.3.2.2 says: the old connection's will is published unless the
+    /// new connection resumes the session and the will had a delay; a will whose delay runs is
+    /// cancelled by the resumption, or published if the session ends.
+    pub(crate) fn attach(&self, request: Attach<'_>) -> Attachment {
+        let now = Instant::now();
+        let account = &request.identity.account;
+        let client_id = request.client_id;
+        let (kick, kicked) = oneshot::channel();
+        let wake = Arc::new(Notify::new());
+        let mut attached =
+            Some(Attached { connection: request.connection, kick: Some(kick), will: request.will, wake: wake.clone() });
+        let mut wills = Vec::new();
+        let space = self.space(account);
+        let (session, session_present, version_number) = {
+            let mut guard = space.lock();
+            let space_state = &mut *guard;
+            if space_state.versions.len() >= MAX_VERSIONS && !space_state.versions.contains_key(client_id) {
+                space_state.versions.clear();
+            }
+            let version = space_state.versions.entry(client_id.to_owned()).or_insert(0);
+            *version += 1;
+            let version_number = *version;
+
+            let existing = space_state.sessions.get(client_id).map(|entry| entry.session.clone());
+            let mut resumed = None;
+            if let Some(session) = existing {
+                let mut state = session.lock();
+                state.epoch += 1;
+                if let Some(mut old) = state.attached.take() {
+                    self.counters.takeovers.fetch_add(1, Ordering::Relaxed);
+                    if let Some(kick) = old.kick.take() {
+                        let _ = kick.send(Kick::TakenOver);
+                    }
+                    if let Some(will) = old.will.take()
+                        && (request.clean_start || will.delay.is_zero())
+                    {
+                        wills.push(will.publish(now));
+                    }
+                }
+                let expired = state.expires_at.is_some_and(|deadline| deadline <= now);
+                if let Some((will, _)) = state.pending_will.take()
+                    && (request.clean_start || expired)
+                {
+                    wills.push(will.publish(now));
+                }
+                if request.clean_start || expired {
+                    for filter in state.subscriptions.values() {
+                        space_state.subscriptions.remove(client_id, filter);
+                    }
+                } else {
+                    state.attached = attached.take();
+                    state.identity = request.identity.clone();
+                    state.expiry = request.expiry;
+                    state.expires_at = None;
+                    state.resend_inflight();
+                    drop(state);
+                    resumed = Some(session);
+                }
+            }
+            let session_present = resumed.is_some();
+            let session = resumed.unwrap_or_else(|| {
+                let state = SessionState::new(request.identity.clone(), attached.take(), request.expiry);
+                Arc::new(Session::new(client_id.to_owned(), state))
+            });
+            space_state.sessions.insert(client_id.to_owned(), SessionEntry { session: session.clone(), online: true });
+            (session, session_present, version_number)
+        };
+        self.publish_wills(account, wills);
+        self.fabric.claim_client_id(ClientClaim {
+            account: account.clone(),
+            client_id: client_id.to_owned(),
+            node: self.config.node.clone(),
+        });
+        Attachment { session, session_present, kicked, wake, version_number }
+    }
+
+    /// A connection leaves its session (if it still serves it: a connection taken over does not).
+    /// A session with expiry 0 ends now; another is kept offline until it expires, its will
+    /// published now or after its delay.
+    pub(crate) fn detach(&self, account: &AccountId, session: &Arc<Session>, connection: u64, departure: Departure) {
+        let now = Instant::now();
+        let mut wills = Vec::new();
+        let mut timer = None;
+        let space = self.space(account);
+        {
+            let mut guard = space.lock();
+            let space_state = &mut *guard;
+            let mut state = session.lock();
+            if !state.serves(connection) {
+                return;
+            }
+            let Some(attached) = state.attached.take() else { return };
+            state.epoch += 1;
+            state.went_offline();
+            if let Some(expiry) = departure.expiry {
+                state.expiry = expiry;
+            }
+            let will = attached.will.filter(|_| departure.publish_will);
+            let current =
+                space_state.sessions.get(&session.client_id).is_some_and(|entry| Arc::ptr_eq(&entry.session, session));
+            if state.expiry.is_zero() {
+                for filter in state.subscriptions.values() {
+                    space_state.subscriptions.remove(&session.client_id, filter);
+                }
+                if current {
+                    space_state.sessions.remove(&session.client_id);
+                }
+                wills.extend(will.map(|will| will.publish(now)));
+            } else {
+                if let Some(entry) = space_state.sessions.get_mut(&session.client_id).filter(|_| current) {
+                    entry.online = false;
+                }
+                let expires_at = now + state.expiry;
+                state.expires_at = Some(expires_at);
+                match will {
+                    Some(will) if !will.delay.is_zero() => {
+                        let due = now + will.delay.min(state.expiry);
+                        state.pending_will = Some((will, due));
+                    }
+                    Some(will) => wills.push(will.publish(now)),
+                    None => {}
+                }
+                timer = Some((state.epoch, state.pending_will.as_ref().map(|(_, due)| *due), expires_at));
+            }
+        }
+        self.publish_wills(account, wills);
+        if let Some((epoch, will_due, expires_at)) = timer {
+            self.spawn_offline_timer(account.clone(), Arc::downgrade(session), epoch, will_due, expires_at);
+        }
+    }
+
+    /// Publishes the delayed will and then ends the session, each when due, unless a connection
+    /// attached in between (the epoch moved).
+    fn spawn_offline_timer(
+        &self,
+        account: AccountId,
+        session: Weak<Session>,
+        epoch: u64,
+        will_due: Option<Instant>,
+        expires_at: Instant,
+    ) {
+        let broker = self.this.clone();
+        tokio::spawn(async move {
+            if let Some(due) = will_due {
+                tokio::time::sleep_until(due).await;
+                let (Some(broker), Some(session)) = (broker.upgrade(), session.upgrade()) else { return };
+                let will = {
+                    let mut state = session.lock();
+                    if state.epoch != epoch {
+                        return;
+                    }
+                    state.pending_will.take()
+                };
+                if let Some((will, _)) = will {
+                    broker.publish_wills(&account, vec![will.publish(Instant::now())]);
+                }
+            }
+            tokio::time::sleep_until(expires_at).await;
+            let (Some(broker), Some(session)) = (broker.upgrade(), session.upgrade()) else { return };
+            broker.expire(&account, &session, epoch);
+        });
+    }
+
+    /// Ends an offline session whose expiry has come.
+    fn expire(&self, account: &AccountId, session: &Arc<Session>, epoch: u64) {
+        let mut wills = Vec::new();
+        let space = self.space(account);
+        {
+            let mut guard = space.lock();
+            let space_state = &mut *guard;
+            let mut state = session.lock();
+            if state.epoch != epoch || state.attached.is_some() {
+                return;
+            }
+            for filter in state.subscriptions.values() {
+                space_state.subscriptions.remove(&session.client_id, filter);
+            }
+            if space_state.sessions.get(&session.client_id).is_some_and(|entry| Arc::ptr_eq(&entry.session, session)) {
+                space_state.sessions.remove(&session.client_id);
+            }
+            if let Some((will, _)) = state.pending_will.take() {
+                wills.push(will.publish(Instant::now()));
+            }
+            let (queued, inflight) = state.backlog();
+            tracing::debug!(%account, client_id = %session.client_id, queued, inflight, "session expired");
+        }
+        self.publish_wills(account, wills);
+    }
+
+    /// Adds subscriptions for the session `connection` serves, and queues the retained messages
+    /// they ask for. `None` if the connection no longer serves the session.
+    pub(crate) fn subscribe(
+        &self,
+        account: &AccountId,
+        session: &Arc<Session>,
+        connection: u64,
+        requests: &[SubscribeRequest],
+    ) -> Option<Vec<Subscribed>> {
+        let now = Instant::now();
+        let mut retained = Vec::new();
+        let mut results = Vec::with_capacity(requests.len());
+        let space = self.space(account);
+        {
+            let mut guard = space.lock();
+            let space_state = &mut *guard;
+            let mut state = session.lock();
+            if !state.serves(connection) {
+                return None;
+            }
+            for request in requests {
+                let filter = &request.filter;
+                let known = state.subscriptions.contains_key(filter.as_str());
+                if !known && state.subscriptions.len() >= self.config.max_subscriptions {
+                    results.push(Subscribed::QuotaExceeded);
+                    continue;
+                }
+                let existed = space_state.subscriptions.insert(&session.client_id, filter, request.options);
+                state.subscriptions.insert(filter.as_str().to_owned(), filter.clone());
+                results.push(if existed { Subscribed::Replaced } else { Subscribed::New });
+                let send_retained = filter.share_group().is_none()
+                    && match request.retain_handling {
+                        RetainHandling::SendAtSubscribe => true,
+                        RetainHandling::SendAtSubscribeIfNew => !existed,
+                        RetainHandling::DoNotSend => false,
+                    };
+                if send_retained {
+                    for message in space_state.retained.matching(filter, now) {
+                        retained.push((message, request.options));
+                    }
+                }
+            }
+        }
+        for (message, options) in retained {
+            let queued = Queued {
+                qos: message.qos.min(options.qos),
+                retain: true,
+                identifiers: options.identifier.into_iter().collect(),
+                message,
+            };
+            self.deliver(session, queued, now);
+        }
+        Some(results)
+    }
+
+    /// Removes subscriptions of the session `connection` serves; tells for each filter whether it
+    /// existed. `None` if the connection no longer serves the session.
+    pub(crate) fn unsubscribe(
+        &self,
+        account: &AccountId,
+        session: &Arc<Session>,
+        connection: u64,
+        filters: &[TopicFilter],
+    ) -> Option<Vec<bool>> {
+        let space = self.space(account);
+        let mut guard = space.lock();
+        let space_state = &mut *guard;
+        let mut state = session.lock();
+        if !state.serves(connection) {
+            return None;
+        }
+        let existed = filters
+            .iter()
+            .map(|filter| {
+                state.subscriptions.remove(filter.as_str());
+                space_state.subscriptions.remove(&session.client_id, filter)
+            })
+            .collect();
+        Some(existed)
+    }
+
+    /// Queues a message for a session if its owner may receive it, and wakes its connection.
+    fn deliver(&self, session: &Session, queued: Queued, now: Instant) {
+        let identity = session.lock().identity.clone();
+        if !self.authorizer.receive(&identity, &session.client_id, queued.message.topic.as_str()) {
+            self.counters.dropped_not_authorized.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let (result, wake) = {
+            let mut state = session.lock();
+            let result = state.enqueue(queued, self.queue_limits(), now);
+            (result, state.attached.as_ref().map(|attached| attached.wake.clone()))
+        };
+        let dropped = match result {
+            Ok(()) => {
+                self.counters.queued.fetch_add(1, Ordering::Relaxed);
+                if let Some(wake) = wake {
+                    wake.notify_one();
+                }
+                return;
+            }
+            Err(Dropped::OfflineQos0) => &self.counters.dropped_offline_qos0,
+            Err(Dropped::SlowQos0) => &self.counters.dropped_slow_qos0,
+            Err(Dropped::QueueFull) => &self.counters.dropped_queue_full,
+        };
+        let count = dropped.fetch_add(1, Ordering::Relaxed) + 1;
+        // Logged on the first drop and every thousandth after, not once per message.
+        if count % 1000 == 1 && result != Err(Dropped::OfflineQos0) {
+            tracing::warn!(
+                account = %identity.account,
+                client_id = %session.client_id,
+                why = ?result,
+                dropped_so_far = count,
+                "message dropped for a subscriber"
+            );
+        }
+    }
+}
+
+impl Router for Broker {
+    fn route(&self, routed: &RoutedMessage) {
+        self.counters.routed.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        let message = &routed.message;
+        let space = self.space(&routed.account);
+        let deliveries: Vec<(Arc<Session>, Queued)> = {
+            let mut guard = space.lock();
+            let space_state = &mut *guard;
+            if message.retain && space_state.retained.keep(message) == Kept::Full {
+                let refused = self.counters.retained_refused.fetch_add(1, Ordering::Relaxed) + 1;
+                if refused % 1000 == 1 {
+                    tracing::warn!(
+                        account = %routed.account,
+                        limit = self.config.max_retained_messages,
+                        "retained message not kept: the account holds the maximum"
+                    );
+                }
+            }
+            let sessions = &space_state.sessions;
+            let targets = space_state
+                .subscriptions
+                .matches(&message.topic, |client_id| sessions.get(client_id).is_some_and(|entry| entry.online));
+            // One copy per client: the highest QoS of its matching subscriptions, all their
+            // identifiers (MQTT 5 3.3.4).
+            let mut by_client: HashMap<String, Queued> = HashMap::new();
+            for target in targets {
+                let options = target.options;
+                if options.no_local && message.publisher.as_deref() == Some(target.client_id.as_str()) {
+                    continue;
+                }
+                let queued = by_client.entry(target.client_id).or_insert_with(|| Queued {
+                    message: message.clone(),
+                    qos: options.qos.min(message.qos),
+                    retain: false,
+                    identifiers: Vec::new(),
+                });
+                queued.qos = queued.qos.max(options.qos.min(message.qos));
+                queued.retain |= options.retain_as_published && message.retain;
+                queued.identifiers.extend(options.identifier);
+            }
+            by_client
+                .into_iter()
+                .filter_map(|(client_id, queued)| sessions.get(&client_id).map(|entry| (entry.session.clone(), queued)))
+                .collect()
+        };
+        for (session, queued) in deliveries {
+            self.deliver(&session, queued, now);
+        }
+    }
+
+    fn claimed(&self, claim: &ClientClaim) {
+        if claim.node == self.config.node {
+            return;
+        }
+        let Some(space) = self.existing_space(&claim.account) else { return };
+        let space_state = space.lock();
+        let Some(entry) = space_state.sessions.get(&claim.client_id) else { return };
+        let mut state = entry.session.lock();
+        if let Some(kick) = state.attached.as_mut().and_then(|attached| attached.kick.take()) {
+            self.counters.takeovers.fetch_add(1, Ordering::Relaxed);
+            let _ = kick.send(Kick::TakenOver);
+        }
+    }
+}

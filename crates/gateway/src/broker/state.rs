@@ -1,0 +1,393 @@
+//! The state of one MQTT session, which outlives its connections: the messages queued for the
+//! client, the QoS 1 and 2 exchanges in flight both ways, the filters it subscribed to, its expiry
+//! and the will waiting for its delay.
+//!
+//! The state sits behind a `std::sync::Mutex` held for a few field updates at a time (never across
+//! an `.await`); the connection serving the session pulls what it may send with
+//! [`SessionState::outgoing`], and the router wakes it through [`Attached::wake`].
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::num::NonZeroU32;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use certfleet_mqtt::{
+    Packet, PacketId, Properties, ProtocolVersion, PubRel, Publish, QoS, ReasonCode, TopicFilter, encoded_len,
+};
+use tokio::sync::{Notify, oneshot};
+use tokio::time::Instant;
+
+use super::Counters;
+use crate::fabric::Message;
+use crate::identity::Identity;
+
+/// One session, shared by the broker (which routes to it) and the connection serving it.
+pub(crate) struct Session {
+    pub(crate) client_id: String,
+    state: Mutex<SessionState>,
+}
+
+impl Session {
+    pub(crate) fn new(client_id: String, state: SessionState) -> Self {
+        Session { client_id, state: Mutex::new(state) }
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, SessionState> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Why the broker closes a connection from outside its task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kick {
+    /// Another connection took the client ID (on this node or another).
+    TakenOver,
+}
+
+/// The connection a session is attached to.
+pub(crate) struct Attached {
+    /// The connection's number on this node.
+    pub(crate) connection: u64,
+    /// Closes the connection; `None` once used.
+    pub(crate) kick: Option<oneshot::Sender<Kick>>,
+    /// The connection's will, published if it ends abnormally.
+    pub(crate) will: Option<Will>,
+    /// Wakes the connection when something is queued for it (its own, so that a connection being
+    /// taken over cannot swallow its successor's wake-up).
+    pub(crate) wake: Arc<Notify>,
+}
+
+/// A will as CONNECT sent it.
+#[derive(Clone, Debug)]
+pub(crate) struct Will {
+    /// The message; its expiry runs from when it is published.
+    pub(crate) message: Message,
+    pub(crate) expiry_interval: Option<u32>,
+    /// MQTT 5 Will Delay Interval.
+    pub(crate) delay: Duration,
+}
+
+impl Will {
+    /// The message to route, published now.
+    pub(crate) fn publish(self, now: Instant) -> Arc<Message> {
+        let Will { mut message, expiry_interval, .. } = self;
+        message.expires_at = expiry_interval.map(|seconds| now + Duration::from_secs(u64::from(seconds)));
+        Arc::new(message)
+    }
+}
+
+/// A message waiting for the client.
+#[derive(Clone, Debug)]
+pub(crate) struct Queued {
+    pub(crate) message: Arc<Message>,
+    /// The QoS it is delivered with: the lower of the message's and the subscription's.
+    pub(crate) qos: QoS,
+    pub(crate) retain: bool,
+    /// The identifiers of the subscriptions it matched.
+    pub(crate) identifiers: Vec<NonZeroU32>,
+}
+
+/// An outgoing QoS 1 or 2 exchange.
+enum Inflight {
+    /// PUBLISH sent (or to resend), waiting for PUBACK or PUBREC.
+    Publish { queued: Queued, sent: bool, dup: bool },
+    /// PUBREC received; PUBREL sent (or to resend), waiting for PUBCOMP.
+    Release { sent: bool },
+}
+
+/// What the client's connection accepts.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct DeliveryLimits {
+    pub(crate) version: ProtocolVersion,
+    /// QoS 1 and 2 messages unacknowledged at once (the client's Receive Maximum).
+    pub(crate) receive_maximum: usize,
+    /// The client's Maximum Packet Size.
+    pub(crate) maximum_packet_size: usize,
+}
+
+/// How many messages a session may queue.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct QueueLimits {
+    /// QoS 1 and 2 messages, online or offline.
+    pub(crate) queued: usize,
+    /// QoS 0 messages for a connected client that reads slower than they come.
+    pub(crate) qos0: usize,
+}
+
+/// Why a message was not queued.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Dropped {
+    /// QoS 0 messages are not kept for offline sessions.
+    OfflineQos0,
+    /// The client reads slower than QoS 0 messages come.
+    SlowQos0,
+    /// The session holds the maximum of QoS 1 and 2 messages.
+    QueueFull,
+}
+
+/// What a client's PUBREC answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Received {
+    /// The exchange goes on: PUBREL is queued.
+    Release,
+    /// The client refused the message: the exchange ends.
+    Ended,
+    /// No QoS 2 PUBLISH waits with this identifier.
+    Unknown,
+}
+
+/// The state of one session.
+pub(crate) struct SessionState {
+    /// Moves on every attach and detach; a timer set for one offline period checks it.
+    pub(crate) epoch: u64,
+    /// The identity of the last connection, for authorizing deliveries while offline.
+    pub(crate) identity: Arc<Identity>,
+    pub(crate) attached: Option<Attached>,
+    /// The Session Expiry Interval in effect.
+    pub(crate) expiry: Duration,
+    /// When an offline session ends.
+    pub(crate) expires_at: Option<Instant>,
+    /// The filters the session subscribed to (the options live in the subscription tree).
+    pub(crate) subscriptions: HashMap<String, TopicFilter>,
+    /// QoS 1 and 2 PUBLISH identifiers received, not yet released (PUBREL).
+    pub(crate) incoming_qos2: HashSet<PacketId>,
+    /// A will whose delay runs, with when it is due.
+    pub(crate) pending_will: Option<(Will, Instant)>,
+    pending_qos0: VecDeque<Queued>,
+    pending: VecDeque<Queued>,
+    inflight: BTreeMap<PacketId, Inflight>,
+    next_packet_id: u16,
+}
+
+impl SessionState {
+    pub(crate) fn new(identity: Arc<Identity>, attached: Option<Attached>, expiry: Duration) -> Self {
+        SessionState {
+            epoch: 0,
+            identity,
+            attached,
+            expiry,
+            expires_at: None,
+            subscriptions: HashMap::new(),
+            incoming_qos2: HashSet::new(),
+            pending_will: None,
+            pending_qos0: VecDeque::new(),
+            pending: VecDeque::new(),
+            inflight: BTreeMap::new(),
+            next_packet_id: 1,
+        }
+    }
+
+    /// Whether `connection` is the one attached.
+    pub(crate) fn serves(&self, connection: u64) -> bool {
+        self.attached.as_ref().is_some_and(|attached| attached.connection == connection)
+    }
+
+    /// Queues a message for the client. QoS 0 messages are only queued for a connected client, up
+    /// to `limits.qos0`; QoS 1 and 2 messages up to `limits.queued` (expired ones make room).
+    pub(crate) fn enqueue(&mut self, queued: Queued, limits: QueueLimits, now: Instant) -> Result<(), Dropped> {
+        if queued.qos == QoS::AtMostOnce {
+            if self.attached.is_none() {
+                return Err(Dropped::OfflineQos0);
+            }
+            if self.pending_qos0.len() >= limits.qos0 {
+                return Err(Dropped::SlowQos0);
+            }
+            self.pending_qos0.push_back(queued);
+            return Ok(());
+        }
+        if self.pending.len() >= limits.queued {
+            self.pending.retain(|waiting| !waiting.message.expired(now));
+        }
+        if self.pending.len() >= limits.queued {
+            return Err(Dropped::QueueFull);
+        }
+        self.pending.push_back(queued);
+        Ok(())
+    }
+
+    /// Prepares the packets the client may be sent now, at most `budget` of them: first what a
+    /// new connection must resend (unacknowledged PUBLISH with DUP set, PUBREL), then QoS 0
+    /// messages, then QoS 1 and 2 messages while fewer than the client's receive maximum are
+    /// unacknowledged. Expired messages and messages larger than the client accepts are dropped.
+    pub(crate) fn outgoing(
+        &mut self,
+        limits: DeliveryLimits,
+        now: Instant,
+        budget: usize,
+        counters: &Counters,
+    ) -> Vec<Packet> {
+        let mut packets = Vec::new();
+        for (packet_id, inflight) in self.inflight.iter_mut() {
+            if packets.len() >= budget {
+                return packets;
+            }
+            match inflight {
+                Inflight::Publish { queued, sent: sent @ false, dup } => {
+                    *sent = true;
+                    packets.push(Packet::Publish(publish(queued, Some(*packet_id), *dup, limits.version, now)));
+                }
+                Inflight::Release { sent: sent @ false } => {
+                    *sent = true;
+                    packets.push(Packet::PubRel(PubRel::new(*packet_id)));
+                }
+                _ => {}
+            }
+        }
+        while packets.len() < budget {
+            let Some(queued) = self.pending_qos0.pop_front() else { break };
+            if queued.message.expired(now) {
+                counters.dropped_expired.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            let packet = Packet::Publish(publish(&queued, None, false, limits.version, now));
+            if fits(&packet, limits, counters) {
+                packets.push(packet);
+            }
+        }
+        while packets.len() < budget && self.inflight.len() < limits.receive_maximum {
+            let Some(queued) = self.pending.pop_front() else { break };
+            if queued.message.expired(now) {
+                counters.dropped_expired.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            let Some(packet_id) = self.allocate_packet_id() else {
+                self.pending.push_front(queued);
+                break;
+            };
+            let packet = Packet::Publish(publish(&queued, Some(packet_id), false, limits.version, now));
+            if fits(&packet, limits, counters) {
+                packets.push(packet);
+                self.inflight.insert(packet_id, Inflight::Publish { queued, sent: true, dup: false });
+            }
+        }
+        packets
+    }
+
+    /// A new connection took the session over: everything in flight is sent again, PUBLISH with
+    /// DUP set.
+    pub(crate) fn resend_inflight(&mut self) {
+        for inflight in self.inflight.values_mut() {
+            match inflight {
+                Inflight::Publish { sent, dup, .. } => {
+                    *dup |= *sent;
+                    *sent = false;
+                }
+                Inflight::Release { sent } => *sent = false,
+            }
+        }
+    }
+
+    /// The client acknowledged a QoS 1 PUBLISH. Returns whether one was waiting.
+    pub(crate) fn acknowledged(&mut self, packet_id: PacketId) -> bool {
+        match self.inflight.get(&packet_id) {
+            Some(Inflight::Publish { queued, .. }) if queued.qos == QoS::AtLeastOnce => {
+                self.inflight.remove(&packet_id);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The client answered a QoS 2 PUBLISH with PUBREC.
+    pub(crate) fn received(&mut self, packet_id: PacketId, reason_code: ReasonCode) -> Received {
+        match self.inflight.get_mut(&packet_id) {
+            Some(Inflight::Publish { queued, .. }) if queued.qos == QoS::ExactlyOnce => {
+                if reason_code.is_error() {
+                    self.inflight.remove(&packet_id);
+                    return Received::Ended;
+                }
+                self.inflight.insert(packet_id, Inflight::Release { sent: false });
+                Received::Release
+            }
+            // A PUBREC repeated after a reconnection: the PUBREL is sent again.
+            Some(Inflight::Release { sent }) => {
+                *sent = false;
+                Received::Release
+            }
+            _ => Received::Unknown,
+        }
+    }
+
+    /// The client completed a QoS 2 exchange (PUBCOMP). Returns whether one was waiting.
+    pub(crate) fn completed(&mut self, packet_id: PacketId) -> bool {
+        match self.inflight.get(&packet_id) {
+            Some(Inflight::Release { .. }) => {
+                self.inflight.remove(&packet_id);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The connection left: QoS 0 messages are not kept for an offline session.
+    pub(crate) fn went_offline(&mut self) {
+        self.pending_qos0.clear();
+    }
+
+    /// How many messages wait: (queued, in flight).
+    pub(crate) fn backlog(&self) -> (usize, usize) {
+        (self.pending.len() + self.pending_qos0.len(), self.inflight.len())
+    }
+
+    fn allocate_packet_id(&mut self) -> Option<PacketId> {
+        for _ in 0..u16::MAX {
+            let candidate = self.next_packet_id;
+            self.next_packet_id = candidate.checked_add(1).unwrap_or(1);
+            if let Some(packet_id) = PacketId::new(candidate)
+                && !self.inflight.contains_key(&packet_id)
+            {
+                return Some(packet_id);
+            }
+        }
+        None
+    }
+}
+
+/// The PUBLISH delivering `queued`.
+fn publish(queued: &Queued, packet_id: Option<PacketId>, dup: bool, version: ProtocolVersion, now: Instant) -> Publish {
+    let message = &queued.message;
+    let properties = match version {
+        ProtocolVersion::V311 => Properties::default(),
+        ProtocolVersion::V5 => {
+            let mut properties = message.properties.clone();
+            properties.subscription_identifiers.clone_from(&queued.identifiers);
+            properties.message_expiry_interval = message.expires_at.map(|deadline| remaining_seconds(deadline, now));
+            properties
+        }
+    };
+    Publish {
+        dup: dup && queued.qos != QoS::AtMostOnce,
+        qos: queued.qos,
+        retain: queued.retain,
+        topic: Some(message.topic.clone()),
+        packet_id,
+        properties,
+        payload: message.payload.clone(),
+    }
+}
+
+/// The expiry interval left, rounded up, at least 1 (a message about to expire is still sent as
+/// expiring rather than as everlasting).
+fn remaining_seconds(deadline: Instant, now: Instant) -> u32 {
+    let left = deadline.saturating_duration_since(now);
+    let seconds = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+    u32::try_from(seconds.max(1)).unwrap_or(u32::MAX)
+}
+
+/// Whether `packet` is within the client's Maximum Packet Size; a message that is not is dropped
+/// for this client (MQTT 5 3.1.2.11.4) and counted.
+fn fits(packet: &Packet, limits: DeliveryLimits, counters: &Counters) -> bool {
+    match encoded_len(packet, limits.version) {
+        Ok(size) if size <= limits.maximum_packet_size => true,
+        Ok(_) => {
+            counters.dropped_too_large.fetch_add(1, Ordering::Relaxed);
+            false
+        }
+        Err(error) => {
+            tracing::debug!(%error, "a message cannot be encoded for this client; dropped");
+            counters.dropped_too_large.fetch_add(1, Ordering::Relaxed);
+            false
+        }
+    }
+}

@@ -1,0 +1,254 @@
+//! The subscriptions of one account's topic space: a tree of topic levels, so that matching a
+//! topic costs its depth rather than the number of subscriptions.
+//!
+//! Each node holds the subscribers of the filter that ends there: plain ones by client ID, shared
+//! ones (`$share/{group}/{filter}`) by group, each group served round-robin. The wildcard levels
+//! `+` and `#` are children like any other level, followed only where the rules of MQTT 4.7 allow
+//! (a filter starting with a wildcard does not match a topic starting with `$`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::num::NonZeroU32;
+
+use certfleet_mqtt::{QoS, TopicFilter, TopicName};
+
+/// The options of one subscription, as the router needs them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct SubscriptionOptions {
+    /// The maximum QoS granted.
+    pub(crate) qos: QoS,
+    /// MQTT 5 No Local: the subscriber's own messages are not delivered to it.
+    pub(crate) no_local: bool,
+    /// MQTT 5 Retain As Published: forwarded messages keep their RETAIN flag.
+    pub(crate) retain_as_published: bool,
+    /// MQTT 5 Subscription Identifier, echoed in every message delivered through the subscription.
+    pub(crate) identifier: Option<NonZeroU32>,
+}
+
+/// One subscriber a message goes to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Target {
+    pub(crate) client_id: String,
+    pub(crate) options: SubscriptionOptions,
+}
+
+#[derive(Default)]
+pub(crate) struct Subscriptions {
+    root: Node,
+}
+
+#[derive(Default)]
+struct Node {
+    children: HashMap<String, Node>,
+    subscribers: HashMap<String, SubscriptionOptions>,
+    shared: BTreeMap<String, SharedGroup>,
+}
+
+#[derive(Default)]
+struct SharedGroup {
+    members: Vec<(String, SubscriptionOptions)>,
+    /// Where the next round-robin pick starts.
+    next: usize,
+}
+
+impl Node {
+    fn is_empty(&self) -> bool {
+        self.children.is_empty() && self.subscribers.is_empty() && self.shared.is_empty()
+    }
+}
+
+impl Subscriptions {
+    /// Adds `client_id`'s subscription to `filter`, or replaces its options. Returns whether it
+    /// existed before.
+    pub(crate) fn insert(&mut self, client_id: &str, filter: &TopicFilter, options: SubscriptionOptions) -> bool {
+        let mut node = &mut self.root;
+        for level in filter.filter().split('/') {
+            node = node.children.entry(level.to_owned()).or_default();
+        }
+        match filter.share_group() {
+            None => node.subscribers.insert(client_id.to_owned(), options).is_some(),
+            Some(group) => {
+                let group = node.shared.entry(group.to_owned()).or_default();
+                match group.members.iter_mut().find(|(member, _)| member == client_id) {
+                    Some((_, existing)) => {
+                        *existing = options;
+                        true
+                    }
+                    None => {
+                        group.members.push((client_id.to_owned(), options));
+                        false
+                    }
+                }
+            }
+        }
+    }
+
+    /// Removes `client_id`'s subscription to `filter`. Returns whether it existed.
+    pub(crate) fn remove(&mut self, client_id: &str, filter: &TopicFilter) -> bool {
+        let levels: Vec<&str> = filter.filter().split('/').collect();
+        remove(&mut self.root, &levels, client_id, filter.share_group())
+    }
+
+    /// The subscribers `topic` goes to: every plain subscription that matches, and one member of
+    /// each shared group that matches, picked round-robin among the members `online` accepts (or
+    /// among all members when none is online). A client with several matching subscriptions
+    /// appears once per subscription.
+    pub(crate) fn matches(&mut self, topic: &TopicName, online: impl Fn(&str) -> bool) -> Vec<Target> {
+        let levels: Vec<&str> = topic.as_str().split('/').collect();
+        let server_topic = topic.as_str().starts_with('$');
+        let mut targets = Vec::new();
+        collect_matches(&mut self.root, &levels, server_topic, &online, &mut targets);
+        targets
+    }
+}
+
+fn remove(node: &mut Node, levels: &[&str], client_id: &str, group: Option<&str>) -> bool {
+    let Some((level, rest)) = levels.split_first() else {
+        return match group {
+            None => node.subscribers.remove(client_id).is_some(),
+            Some(group) => {
+                let Some(shared) = node.shared.get_mut(group) else { return false };
+                let before = shared.members.len();
+                shared.members.retain(|(member, _)| member != client_id);
+                let removed = shared.members.len() != before;
+                if shared.members.is_empty() {
+                    node.shared.remove(group);
+                }
+                removed
+            }
+        };
+    };
+    let Some(child) = node.children.get_mut(*level) else { return false };
+    let removed = remove(child, rest, client_id, group);
+    if child.is_empty() {
+        node.children.remove(*level);
+    }
+    removed
+}
+
+/// `levels` are the topic levels still to match below `node`; at the root, `server_topic` keeps
+/// the wildcards from matching a `$` topic.
+fn collect_matches(
+    node: &mut Node,
+    levels: &[&str],
+    server_topic: bool,
+    online: &impl Fn(&str) -> bool,
+    targets: &mut Vec<Target>,
+) {
+    // `#` matches the parent level too: `a/#` matches `a`.
+    if !server_topic && let Some(rest_of_tree) = node.children.get_mut("#") {
+        take(rest_of_tree, online, targets);
+    }
+    let Some((level, rest)) = levels.split_first() else {
+        take(node, online, targets);
+        return;
+    };
+    if !server_topic && let Some(any_level) = node.children.get_mut("+") {
+        collect_matches(any_level, rest, false, online, targets);
+    }
+    if let Some(exact) = node.children.get_mut(*level) {
+        collect_matches(exact, rest, false, online, targets);
+    }
+}
+
+/// The subscribers of the filter ending at `node`.
+fn take(node: &mut Node, online: &impl Fn(&str) -> bool, targets: &mut Vec<Target>) {
+    targets.extend(
+        node.subscribers.iter().map(|(client_id, options)| Target { client_id: client_id.clone(), options: *options }),
+    );
+    for group in node.shared.values_mut() {
+        let count = group.members.len();
+        if count == 0 {
+            continue;
+        }
+        let start = group.next % count;
+        let pick = (0..count).map(|offset| (start + offset) % count).find(|&index| online(&group.members[index].0));
+        let index = pick.unwrap_or(start);
+        group.next = index + 1;
+        let (client_id, options) = &group.members[index];
+        targets.push(Target { client_id: client_id.clone(), options: *options });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options() -> SubscriptionOptions {
+        SubscriptionOptions { qos: QoS::AtMostOnce, no_local: false, retain_as_published: false, identifier: None }
+    }
+
+    fn matching(filters: &[&str], topic: &str) -> Vec<String> {
+        let mut subscriptions = Subscriptions::default();
+        for filter in filters {
+            subscriptions.insert(filter, &TopicFilter::new(*filter).unwrap(), options());
+        }
+        let mut found: Vec<String> = subscriptions
+            .matches(&TopicName::new(topic).unwrap(), |_| true)
+            .into_iter()
+            .map(|target| target.client_id)
+            .collect();
+        found.sort();
+        found
+    }
+
+    #[test]
+    fn topic_matching() {
+        let check = |filters: &[&str], topic: &str, expected: &[&str]| {
+            assert_eq!(matching(filters, topic), expected, "{topic} against {filters:?}");
+        };
+        let all = ["a/b", "a/+", "a/#", "#", "+/b", "+", "a/b/c", "/#", "+/+"];
+        check(&all, "a/b", &["#", "+/+", "+/b", "a/#", "a/+", "a/b"]);
+        check(&all, "a", &["#", "+", "a/#"]);
+        check(&all, "a/b/c", &["#", "a/#", "a/b/c"]);
+        check(&all, "/x", &["#", "+/+", "/#"]);
+        check(&all, "a/", &["#", "+/+", "a/#", "a/+"]);
+        check(&all, "$SYS/b", &[]);
+        check(&["$SYS/#", "$SYS/+", "+/b", "#"], "$SYS/b", &["$SYS/#", "$SYS/+"]);
+        check(
+            &["$aws/events/presence/+/+", "$aws/#"],
+            "$aws/events/presence/connected/c1",
+            &["$aws/#", "$aws/events/presence/+/+"],
+        );
+        check(&["a/+/c", "a/+"], "a/x/c", &["a/+/c"]);
+        check(&["a/b"], "a/b/c", &[]);
+        check(&["A/b"], "a/b", &[]);
+    }
+
+    #[test]
+    fn removal_prunes_and_reports() {
+        let mut subscriptions = Subscriptions::default();
+        let filter = TopicFilter::new("a/+/c").unwrap();
+        assert!(!subscriptions.insert("one", &filter, options()));
+        assert!(subscriptions.insert("one", &filter, options()), "a second subscribe replaces");
+        assert!(subscriptions.remove("one", &filter));
+        assert!(!subscriptions.remove("one", &filter));
+        assert!(subscriptions.root.is_empty());
+    }
+
+    #[test]
+    fn shared_groups_take_turns_among_online_members() {
+        let mut subscriptions = Subscriptions::default();
+        let filter = TopicFilter::new("$share/g/t/+").unwrap();
+        for member in ["a", "b", "c"] {
+            subscriptions.insert(member, &filter, options());
+        }
+        subscriptions.insert("plain", &TopicFilter::new("t/#").unwrap(), options());
+        let topic = TopicName::new("t/1").unwrap();
+        let picks: Vec<String> = (0..6)
+            .map(|_| {
+                let targets = subscriptions.matches(&topic, |member| member != "b");
+                assert_eq!(targets.len(), 2, "the plain subscriber and one member");
+                targets.into_iter().find(|target| target.client_id != "plain").unwrap().client_id
+            })
+            .collect();
+        assert_eq!(picks, ["a", "c", "a", "c", "a", "c"]);
+        assert!(subscriptions.remove("a", &filter));
+        let mut picks: Vec<String> = (0..2)
+            .map(|_| {
+                subscriptions.matches(&topic, |_| false).into_iter().find(|t| t.client_id != "plain").unwrap().client_id
+            })
+            .collect();
+        picks.sort();
+        assert_eq!(picks, ["b", "c"], "with nobody online, every member still takes its turn");
+    }
+}

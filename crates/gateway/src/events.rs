@@ -1,0 +1,152 @@
+//! What the gateway tells others about connections: AWS IoT's lifecycle events, published into the
+//! account's topic space (`$aws/events/presence/connected/<clientId>` and `.../disconnected/...`),
+//! and the [`ConnectionObserver`] that keeps the connection history (which client IDs used which
+//! certificate, and when) for the audits.
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use certfleet_mqtt::{PayloadFormat, Properties, QoS, TopicName};
+use time::OffsetDateTime;
+
+use crate::fabric::Message;
+use crate::identity::Identity;
+
+/// Told of every accepted connection and of its end.
+pub trait ConnectionObserver: Send + Sync {
+    /// A connection of `identity` was accepted with `client_id`; `session_identifier` names this
+    /// connection (the lifecycle events' `sessionIdentifier`).
+    fn connected(&self, identity: &Identity, client_id: &str, session_identifier: &str, at: OffsetDateTime);
+
+    /// That connection ended; `reason` is AWS IoT's `disconnectReason` (see [`DisconnectReason`]).
+    fn disconnected(&self, identity: &Identity, client_id: &str, session_identifier: &str, at: OffsetDateTime, reason: &str);
+}
+
+/// An observer that keeps nothing.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct IgnoreConnections;
+
+impl ConnectionObserver for IgnoreConnections {
+    fn connected(&self, _identity: &Identity, _client_id: &str, _session_identifier: &str, _at: OffsetDateTime) {}
+
+    fn disconnected(&self, _identity: &Identity, _client_id: &str, _session_identifier: &str, _at: OffsetDateTime, _reason: &str) {}
+}
+
+/// Why a connection ended, in AWS IoT's words (the `disconnectReason` of the disconnected event).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum DisconnectReason {
+    /// The client sent DISCONNECT.
+    ClientInitiatedDisconnect,
+    /// The client broke the protocol: a malformed packet, a second CONNECT, a payload over the
+    /// message size limit, a receive maximum exceeded, an invalid topic alias.
+    ClientError,
+    /// The network connection closed without DISCONNECT.
+    ConnectionLost,
+    /// Another connection took the client ID.
+    DuplicateClientId,
+    /// Nothing arrived within one and a half keep-alive periods.
+    MqttKeepAliveTimeout,
+    /// The device's identity was revoked or expired, or it did something it is not authorized to.
+    AuthError,
+    /// The gateway closed the connection for its own reasons.
+    ServerInitiatedDisconnect,
+}
+
+impl DisconnectReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DisconnectReason::ClientInitiatedDisconnect => "CLIENT_INITIATED_DISCONNECT",
+            DisconnectReason::ClientError => "CLIENT_ERROR",
+            DisconnectReason::ConnectionLost => "CONNECTION_LOST",
+            DisconnectReason::DuplicateClientId => "DUPLICATE_CLIENTID",
+            DisconnectReason::MqttKeepAliveTimeout => "MQTT_KEEP_ALIVE_TIMEOUT",
+            DisconnectReason::AuthError => "AUTH_ERROR",
+            DisconnectReason::ServerInitiatedDisconnect => "SERVER_INITIATED_DISCONNECT",
+        }
+    }
+}
+
+/// What both lifecycle events of one connection say.
+pub(crate) struct Lifecycle<'a> {
+    pub(crate) client_id: &'a str,
+    pub(crate) identity: &'a Identity,
+    pub(crate) session_identifier: &'a str,
+    pub(crate) peer: SocketAddr,
+    pub(crate) version_number: u64,
+}
+
+/// The `connected` event, or `None` for a client ID that cannot be a topic level (AWS publishes no
+/// events for client IDs holding `+` or `#`).
+pub(crate) fn connected(lifecycle: &Lifecycle<'_>, at: OffsetDateTime) -> Option<Message> {
+    let payload = serde_json::json!({
+        "clientId": lifecycle.client_id,
+        "timestamp": millis(at),
+        "eventType": "connected",
+        "sessionIdentifier": lifecycle.session_identifier,
+        "principalIdentifier": lifecycle.identity.certificate_id.to_string(),
+        "ipAddress": lifecycle.peer.ip().to_string(),
+        "versionNumber": lifecycle.version_number,
+    });
+    event("connected", lifecycle.client_id, payload)
+}
+
+/// The `disconnected` event (see [`connected`]).
+pub(crate) fn disconnected(lifecycle: &Lifecycle<'_>, at: OffsetDateTime, reason: DisconnectReason) -> Option<Message> {
+    let payload = serde_json::json!({
+        "clientId": lifecycle.client_id,
+        "timestamp": millis(at),
+        "eventType": "disconnected",
+        "clientInitiatedDisconnect": reason == DisconnectReason::ClientInitiatedDisconnect,
+        "sessionIdentifier": lifecycle.session_identifier,
+        "principalIdentifier": lifecycle.identity.certificate_id.to_string(),
+        "ipAddress": lifecycle.peer.ip().to_string(),
+        "disconnectReason": reason.as_str(),
+        "versionNumber": lifecycle.version_number,
+    });
+    event("disconnected", lifecycle.client_id, payload)
+}
+
+fn event(kind: &str, client_id: &str, payload: serde_json::Value) -> Option<Message> {
+    if client_id.contains(['+', '#']) {
+        return None;
+    }
+    let topic = TopicName::new(format!("$aws/events/presence/{kind}/{client_id}")).ok()?;
+    Some(Message {
+        topic,
+        payload: Bytes::from(payload.to_string()),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        properties: Properties {
+            payload_format_indicator: Some(PayloadFormat::Utf8),
+            content_type: Some("application/json".to_owned()),
+            ..Properties::default()
+        },
+        expires_at: None,
+        publisher: None,
+    })
+}
+
+fn millis(at: OffsetDateTime) -> i64 {
+    i64::try_from(at.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
+}
+
+/// A random version 4 UUID, the `sessionIdentifier` of one connection.
+pub(crate) fn session_identifier() -> String {
+    let mut bytes = random_bytes();
+    bytes[6] = (bytes[6] & 0x0F) | 0x40;
+    bytes[8] = (bytes[8] & 0x3F) | 0x80;
+    let hex: String = bytes.iter().map(|byte| format!("{byte:02x}")).collect();
+    format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
+}
+
+/// 128 random bits (for identifiers, not for keys).
+pub(crate) fn random_bytes() -> [u8; 16] {
+    let mut bytes = [0u8; 16];
+    if aws_lc_rs::rand::fill(&mut bytes).is_err() {
+        // Unreachable in practice; an identifier from the clock is still unique enough.
+        let nanos = OffsetDateTime::now_utc().unix_timestamp_nanos();
+        bytes = nanos.to_le_bytes();
+    }
+    bytes
+}

@@ -1,0 +1,133 @@
+//! Limits and garbage: receive maximum, message and packet sizes, invalid topics, slow readers,
+//! subscription quota. One misbehaving connection never disturbs another.
+
+use std::num::NonZeroU16;
+use std::sync::atomic::Ordering;
+
+use certfleet_gateway::broker::BrokerConfig;
+use certfleet_mqtt::{Packet, PubRec, QoS, ReasonCode};
+
+use crate::harness::*;
+
+#[tokio::test(start_paused = true)]
+async fn exceeding_the_servers_receive_maximum() {
+    let harness = Harness::with_config(BrokerConfig { receive_maximum: 2, ..BrokerConfig::default() });
+    let (mut client, connack) = harness.connect(&identity(ACCOUNT_A, 1), Options::v5("eager")).await;
+    assert_eq!(connack.properties.receive_maximum, NonZeroU16::new(2));
+    for n in 1..=2 {
+        client.send(Packet::Publish(publish("q2", "x", QoS::ExactlyOnce, Some(n)))).await;
+        assert_eq!(client.recv().await, Packet::PubRec(PubRec::new(id(n))));
+    }
+    client.send(Packet::Publish(publish("q2", "x", QoS::ExactlyOnce, Some(3)))).await;
+    assert_eq!(client.disconnected().await, Some(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED));
+}
+
+#[tokio::test(start_paused = true)]
+async fn messages_over_the_size_limit() {
+    let harness = Harness::new();
+    let (mut watcher, _) = harness.connect(&identity(ACCOUNT_A, 9), Options::v5("watcher")).await;
+    watcher.subscribe_to("big", QoS::AtMostOnce).await;
+    let limit = 128 * 1024;
+
+    let (mut client, _) = harness.connect(&identity(ACCOUNT_A, 1), Options::v5("big5")).await;
+    client.publish(publish("big", &"x".repeat(limit), QoS::AtMostOnce, None)).await;
+    assert_eq!(watcher.receive().await.payload.len(), limit, "exactly the limit passes");
+    client.send(Packet::Publish(publish("big", &"x".repeat(limit + 1), QoS::AtLeastOnce, Some(1)))).await;
+    assert_eq!(client.disconnected().await, Some(ReasonCode::PACKET_TOO_LARGE));
+
+    let (mut client, _) = harness.connect(&identity(ACCOUNT_A, 1), Options::v311("big311")).await;
+    client.send(Packet::Publish(publish("big", &"x".repeat(limit + 1), QoS::AtMostOnce, None))).await;
+    assert!(client.closed().await.is_empty());
+    let _ = client.task.await;
+    watcher.nothing().await;
+    let seen = harness.recorder.seen.lock().unwrap().clone();
+    assert!(seen.contains(&("CLIENT_ERROR".into(), "big311".into())), "{seen:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn packets_over_the_maximum_are_refused_from_their_header() {
+    let harness = Harness::new();
+    let (mut client, _) = harness.connect(&identity(ACCOUNT_A, 1), Options::v5("huge")).await;
+    // A PUBLISH declaring 200 KiB: refused before its body is sent.
+    client.send_raw(&[0x30, 0x80, 0xC0, 0x0C]).await;
+    assert_eq!(client.disconnected().await, Some(ReasonCode::PACKET_TOO_LARGE));
+}
+
+#[tokio::test(start_paused = true)]
+async fn wildcards_in_a_publish_topic() {
+    let harness = Harness::new();
+    // PUBLISH QoS 0 to "a/+" (MQTT 5: with an empty property block).
+    let (mut client, _) = harness.connect(&identity(ACCOUNT_A, 1), Options::v5("wild5")).await;
+    client.send_raw(&[0x30, 6, 0, 3, b'a', b'/', b'+', 0]).await;
+    assert_eq!(client.disconnected().await, Some(ReasonCode::TOPIC_NAME_INVALID));
+    let (mut client, _) = harness.connect(&identity(ACCOUNT_A, 1), Options::v311("wild311")).await;
+    client.send_raw(&[0x30, 5, 0, 3, b'a', b'/', b'#']).await;
+    assert!(client.closed().await.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn garbage_closes_only_its_own_connection() {
+    let harness = Harness::new();
+    let (mut bystander, _) = harness.connect(&identity(ACCOUNT_A, 9), Options::v5("bystander")).await;
+    bystander.subscribe_to("ok", QoS::AtMostOnce).await;
+    let garbage: [&[u8]; 5] = [
+        &[0x00, 0x00],
+        &[0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x01],
+        &[0x82, 0x02, 0x00, 0x01],
+        &[0x62, 0x02, 0x00, 0x00],
+        &[0x20, 0x02, 0x00, 0x00],
+    ];
+    for bytes in garbage {
+        let (mut client, _) = harness.connect(&identity(ACCOUNT_A, 1), Options::v5("garbage")).await;
+        client.send_raw(bytes).await;
+        let reason = client.disconnected().await.expect("a reason code");
+        assert!(reason.is_error(), "{bytes:?}: {reason:?}");
+    }
+    let (mut publisher, _) = harness.connect(&identity(ACCOUNT_A, 2), Options::v5("pub")).await;
+    publisher.publish(publish("ok", "still fine", QoS::AtMostOnce, None)).await;
+    assert_eq!(text(&bystander.receive().await), "still fine");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_reader_loses_qos_0_messages_not_the_publisher() {
+    let harness = Harness::with_config(BrokerConfig { outbound_capacity: 5, ..BrokerConfig::default() });
+    let (mut slow, _) = harness.connect(&identity(ACCOUNT_A, 1), Options::v5("slow")).await;
+    slow.subscribe_to("firehose", QoS::AtMostOnce).await;
+    let (mut publisher, _) = harness.connect(&identity(ACCOUNT_A, 2), Options::v5("pub")).await;
+    let payload = "x".repeat(1024);
+    for _ in 0..1000 {
+        publisher.publish(publish("firehose", &payload, QoS::AtMostOnce, None)).await;
+    }
+    publisher.send(Packet::PingReq).await;
+    assert_eq!(publisher.recv().await, Packet::PingResp, "the publisher is served all along");
+    let dropped = harness.broker.counters().dropped_slow_qos0.load(Ordering::Relaxed);
+    assert!(dropped > 500, "dropped {dropped}");
+    let mut received = 0;
+    while slow.next(std::time::Duration::from_secs(1)).await.is_some() {
+        received += 1;
+    }
+    assert_eq!(received + dropped, 1000, "every message either delivered or counted");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_subscription_quota() {
+    let harness = Harness::with_config(BrokerConfig { max_subscriptions: 2, ..BrokerConfig::default() });
+    let filters = || {
+        vec![
+            subscription("a", QoS::AtMostOnce),
+            subscription("b", QoS::AtLeastOnce),
+            subscription("c", QoS::AtMostOnce),
+        ]
+    };
+    let (mut client, _) = harness.connect(&identity(ACCOUNT_A, 1), Options::v5("many")).await;
+    let suback = client.subscribe(1, filters()).await;
+    assert_eq!(suback.reason_codes, [ReasonCode::GRANTED_QOS_0, ReasonCode::GRANTED_QOS_1, ReasonCode::QUOTA_EXCEEDED]);
+    let suback = client.subscribe(2, vec![subscription("a", QoS::AtLeastOnce)]).await;
+    assert_eq!(suback.reason_codes, [ReasonCode::GRANTED_QOS_1], "replacing is not adding");
+    let (mut client, _) = harness.connect(&identity(ACCOUNT_A, 1), Options::v311("many311")).await;
+    let suback = client.subscribe(1, filters()).await;
+    assert_eq!(
+        suback.reason_codes,
+        [ReasonCode::GRANTED_QOS_0, ReasonCode::GRANTED_QOS_1, ReasonCode::UNSPECIFIED_ERROR]
+    );
+}

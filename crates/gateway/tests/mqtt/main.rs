@@ -1,0 +1,12 @@
+//! The MQTT session layer and broker, driven through `serve` over in-memory streams by a small
+//! client on the shared codec. Time is paused: keep-alive, expiry and will delays advance only
+//! when every task waits.
+
+mod connect;
+mod delivery;
+mod events;
+mod harness;
+mod limits;
+mod security;
+mod sessions;
+mod v5;
