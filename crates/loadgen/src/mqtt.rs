@@ -320,23 +320,44 @@ async fn publish(broker: &Arc<Broker>, args: &MqttArgs, qos: QoS, deadline: Inst
         let stop = stop.clone();
         tokio::spawn(async move {
             let (mut received, mut latencies) = (0u64, Vec::new());
-            loop {
-                let packet = tokio::select! {
-                    packet = subscriber.receive() => packet,
+            let Client { stream, mut buffer } = subscriber;
+            let (mut reader, mut writer) = tokio::io::split(stream);
+            let mut acks = BytesMut::new();
+            'reading: loop {
+                // Take every whole packet buffered, acknowledge them in one write, then read more.
+                loop {
+                    match mqtt::decode(&mut buffer, ProtocolVersion::V311, mqtt::MAX_PACKET_SIZE) {
+                        Ok(Some(Packet::Publish(publish))) => {
+                            if let Some(sent_at) = publish.payload.get(..8) {
+                                let sent_nanos = u64::from_be_bytes(sent_at.try_into().unwrap_or([0; 8]));
+                                let now = epoch.elapsed().as_nanos() as u64;
+                                latencies.push((now.saturating_sub(sent_nanos) / 1000).min(u64::from(u32::MAX)) as u32);
+                            }
+                            received += 1;
+                            if let Some(id) = publish.packet_id
+                                && mqtt::encode(&Packet::PubAck(mqtt::PubAck::new(id)), ProtocolVersion::V311, &mut acks).is_err()
+                            {
+                                break 'reading;
+                            }
+                        }
+                        Ok(Some(_)) => {}
+                        Ok(None) => break,
+                        Err(_) => break 'reading,
+                    }
+                }
+                if !acks.is_empty() {
+                    if writer.write_all(&acks).await.is_err() {
+                        break;
+                    }
+                    acks.clear();
+                }
+                let read = tokio::select! {
+                    read = reader.read_buf(&mut buffer) => read,
                     _ = tokio::time::sleep(Duration::from_millis(500)) => {
                         if stop.load(Ordering::Relaxed) { break } else { continue }
                     }
                 };
-                let Ok(Packet::Publish(publish)) = packet else { break };
-                if let Some(sent_at) = publish.payload.get(..8) {
-                    let sent_nanos = u64::from_be_bytes(sent_at.try_into().unwrap_or([0; 8]));
-                    let now = epoch.elapsed().as_nanos() as u64;
-                    latencies.push((now.saturating_sub(sent_nanos) / 1000).min(u64::from(u32::MAX)) as u32);
-                }
-                received += 1;
-                if let Some(id) = publish.packet_id
-                    && subscriber.send(&Packet::PubAck(mqtt::PubAck::new(id))).await.is_err()
-                {
+                if !matches!(read, Ok(count) if count > 0) {
                     break;
                 }
             }
