@@ -20,8 +20,12 @@ import time
 import uuid
 from pathlib import Path
 
-import boto3
-import pytest
+# awsiotsdk installs awscrt, and with it botocore signs through the CRT; the tests that fake the
+# signing clock patch botocore's own signer, so keep that one in use.
+os.environ["BOTO_DISABLE_CRT"] = "true"
+
+import boto3  # noqa: E402
+import pytest  # noqa: E402
 from botocore.config import Config
 
 REGION = "us-east-1"
@@ -131,7 +135,7 @@ class Server:
     def start(self) -> None:
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [self.bin, "server", "--data-dir", str(self.data_dir), "--api-addr", "127.0.0.1:0"],
+            [self.bin, "server", "--data-dir", str(self.data_dir), "--api-addr", "127.0.0.1:0", "--mqtt-addr", "127.0.0.1:0"],
             stdout=self._log,
             stderr=self._log,
             stdin=subprocess.DEVNULL,

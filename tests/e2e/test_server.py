@@ -29,7 +29,7 @@ class Node:
         env["CERTFLEET_KEY_PASSPHRASE"] = passphrase
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [_certfleet_bin(), "server", "--data-dir", str(data_dir), "--api-addr", "127.0.0.1:0", *extra],
+                [_certfleet_bin(), "server", "--data-dir", str(data_dir), "--api-addr", "127.0.0.1:0", "--mqtt-addr", "127.0.0.1:0", *extra],
                 stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env,
             )
         self.url = ""

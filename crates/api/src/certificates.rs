@@ -18,10 +18,10 @@ use crate::AppState;
 use crate::error::ApiError;
 use crate::wire::*;
 
-type Reply = Result<Response, ApiError>;
+pub(crate) type Reply = Result<Response, ApiError>;
 
 /// Runs a service call on the blocking pool (the registry does blocking IO).
-async fn call<T: Send + 'static>(
+pub(crate) async fn call<T: Send + 'static>(
     state: &Arc<AppState>,
     work: impl FnOnce(&Services) -> Result<T, certfleet_services::Error> + Send + 'static,
 ) -> Result<T, ApiError> {
@@ -32,11 +32,11 @@ async fn call<T: Send + 'static>(
         .map_err(ApiError::from)
 }
 
-fn json(value: impl serde::Serialize) -> Reply {
+pub(crate) fn json(value: impl serde::Serialize) -> Reply {
     Ok(Json(value).into_response())
 }
 
-fn empty() -> Reply {
+pub(crate) fn empty() -> Reply {
     Ok(http::StatusCode::OK.into_response())
 }
 
@@ -53,7 +53,7 @@ fn page_request(query: &Query) -> Result<PageRequest, ApiError> {
     })
 }
 
-fn required(value: Option<String>, member: &str) -> Result<String, ApiError> {
+pub(crate) fn required(value: Option<String>, member: &str) -> Result<String, ApiError> {
     value.filter(|text| !text.is_empty()).ok_or_else(|| ApiError::invalid_request(format!("{member} is required")))
 }
 

@@ -62,6 +62,9 @@ impl From<certfleet_services::Error> for ApiError {
             E::TransferConflict(_) => ("TransferConflictException", StatusCode::CONFLICT),
             E::TransferAlreadyCompleted(_) => ("TransferAlreadyCompletedException", StatusCode::GONE),
             E::LimitExceeded(_) => ("LimitExceededException", StatusCode::GONE),
+            E::MalformedPolicy(_) => ("MalformedPolicyException", StatusCode::BAD_REQUEST),
+            E::VersionsLimitExceeded(_) => ("VersionsLimitExceededException", StatusCode::CONFLICT),
+            E::VersionConflict(_) => ("VersionConflictException", StatusCode::CONFLICT),
             _ => {
                 // Internal details go to the log, never to the caller.
                 tracing::error!(error = %error, source = ?std::error::Error::source(&error), "internal failure");

@@ -11,7 +11,10 @@
 mod auth;
 mod certificates;
 mod error;
+mod policies;
+mod things;
 mod wire;
+mod wire_things;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,7 +24,7 @@ use axum::Router;
 use axum::extract::Request;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, patch, post};
+use axum::routing::{get, patch, post, put};
 use certfleet_services::{Caller, Services};
 use http::{HeaderValue, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -65,6 +68,8 @@ pub struct AppState {
 /// The router with every operation, behind SigV4 authentication and request logging.
 pub fn router(services: Arc<Services>, config: Config) -> Router {
     use certificates as c;
+    use policies as p;
+    use things as t;
     let state = Arc::new(AppState { services, config, keys: auth::KeyCache::default() });
     Router::new()
         .route("/registrationcode", get(c::get_registration_code).delete(c::delete_registration_code))
@@ -89,6 +94,29 @@ pub fn router(services: Arc<Services>, config: Config) -> Router {
         .route("/cancel-certificate-transfer/{id}", patch(c::cancel_certificate_transfer))
         .route("/endpoint", get(c::describe_endpoint))
         .route("/certfleet/sessions", get(c::list_connected_clients))
+        .route("/policies", get(p::list_policies))
+        .route("/policies/{policyName}", post(p::create_policy).get(p::get_policy).delete(p::delete_policy))
+        .route("/policies/{policyName}/version", post(p::create_policy_version).get(p::list_policy_versions))
+        .route(
+            "/policies/{policyName}/version/{policyVersionId}",
+            get(p::get_policy_version).patch(p::set_default_policy_version).delete(p::delete_policy_version),
+        )
+        .route("/target-policies/{policyName}", put(p::attach_policy).post(p::detach_policy))
+        .route("/attached-policies/{target}", post(p::list_attached_policies))
+        .route("/policy-targets/{policyName}", post(p::list_targets_for_policy))
+        .route("/effective-policies", post(p::get_effective_policies))
+        .route("/principal-policies", get(p::list_principal_policies))
+        .route("/principal-policies/{policyName}", put(p::attach_principal_policy).delete(p::detach_principal_policy))
+        .route("/policy-principals", get(p::list_policy_principals))
+        .route("/things", get(t::list_things))
+        .route("/things/{thingName}", post(t::create_thing).get(t::describe_thing).patch(t::update_thing).delete(t::delete_thing))
+        .route(
+            "/things/{thingName}/principals",
+            put(t::attach_thing_principal).delete(t::detach_thing_principal).get(t::list_thing_principals),
+        )
+        .route("/things/{thingName}/principals-v2", get(t::list_thing_principals_v2))
+        .route("/principals/things", get(t::list_principal_things))
+        .route("/principals/things-v2", get(t::list_principal_things_v2))
         .fallback(unknown_operation)
         .method_not_allowed_fallback(unknown_operation)
         .layer(middleware::from_fn_with_state(state.clone(), auth::authenticate))

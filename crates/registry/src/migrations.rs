@@ -114,6 +114,64 @@ CREATE INDEX connections_by_certificate ON connections(account_id, certificate_i
 CREATE INDEX connections_by_client ON connections(account_id, client_id, connected_at);
 "#,
     ),
+    (
+        4,
+        r#"
+CREATE TABLE policies (
+    account_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    default_version BIGINT NOT NULL,
+    next_version BIGINT NOT NULL,
+    generation_id TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    last_modified BIGINT NOT NULL,
+    PRIMARY KEY (account_id, name)
+);
+CREATE INDEX policies_created ON policies(account_id, created_at, name);
+CREATE TABLE policy_versions (
+    account_id TEXT NOT NULL,
+    policy_name TEXT NOT NULL,
+    version BIGINT NOT NULL,
+    document TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    PRIMARY KEY (account_id, policy_name, version)
+);
+CREATE TABLE policy_attachments (
+    account_id TEXT NOT NULL,
+    policy_name TEXT NOT NULL,
+    certificate_id TEXT NOT NULL,
+    attached_at BIGINT NOT NULL,
+    PRIMARY KEY (account_id, policy_name, certificate_id)
+);
+CREATE INDEX policy_attachments_by_certificate ON policy_attachments(account_id, certificate_id, policy_name);
+CREATE TABLE things (
+    account_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    id TEXT NOT NULL,
+    type_name TEXT,
+    version BIGINT NOT NULL,
+    created_at BIGINT NOT NULL,
+    PRIMARY KEY (account_id, name)
+);
+CREATE TABLE thing_attributes (
+    account_id TEXT NOT NULL,
+    thing_name TEXT NOT NULL,
+    name TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (account_id, thing_name, name)
+);
+CREATE INDEX thing_attributes_by_value ON thing_attributes(account_id, name, value);
+CREATE TABLE thing_principals (
+    account_id TEXT NOT NULL,
+    thing_name TEXT NOT NULL,
+    certificate_id TEXT NOT NULL,
+    principal_type TEXT NOT NULL,
+    attached_at BIGINT NOT NULL,
+    PRIMARY KEY (account_id, thing_name, certificate_id)
+);
+CREATE INDEX thing_principals_by_certificate ON thing_principals(account_id, certificate_id, thing_name);
+"#,
+    ),
 ];
 
 /// The SQL dialect a migration is rendered for.

@@ -3,6 +3,7 @@
 //! These are plain Rust values. They know nothing of SQL rows or of the AWS wire format: the
 //! backends convert rows by hand and the api crate has its own wire structs.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use certfleet_pki::CertificateId;
@@ -221,6 +222,10 @@ pub enum ChangeKind {
     CaCertificate,
     /// An account was created or deleted.
     Account,
+    /// A policy got a new default version or was deleted (entity: the policy name).
+    Policy,
+    /// A thing's type or attributes changed, or it was created or deleted (entity: the thing name).
+    Thing,
 }
 
 /// One entry of the change feed: "entity X of account A changed; reload it". Entries carry no
@@ -276,4 +281,156 @@ text_enum!(CertificateStatus {
 });
 text_enum!(CertificateMode { Default = "DEFAULT", SniOnly = "SNI_ONLY" });
 text_enum!(IssuerPurpose { Device = "device", Server = "server" });
-text_enum!(ChangeKind { Certificate = "certificate", CaCertificate = "ca_certificate", Account = "account" });
+text_enum!(ChangeKind {
+    Certificate = "certificate",
+    CaCertificate = "ca_certificate",
+    Account = "account",
+    Policy = "policy",
+    Thing = "thing",
+});
+text_enum!(ThingPrincipalType { Exclusive = "EXCLUSIVE_THING", NonExclusive = "NON_EXCLUSIVE_THING" });
+
+// ---- policies and things ------------------------------------------------------------------------
+
+/// The name of a policy: `[\w+=,.@-]+`, 1 to 128 characters (ASCII word characters).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PolicyName(String);
+
+impl PolicyName {
+    /// Parses a policy name.
+    pub fn parse(text: &str) -> Result<Self, Error> {
+        let allowed = |b: u8| b.is_ascii_alphanumeric() || b"_+=,.@-".contains(&b);
+        if (1..=128).contains(&text.len()) && text.bytes().all(allowed) {
+            Ok(PolicyName(text.to_owned()))
+        } else {
+            Err(Error::InvalidValue(format!("a policy name must match [\\w+=,.@-]+ (1 to 128 characters), got {text:?}")))
+        }
+    }
+
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for PolicyName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The name of a thing (and of a thing type): `[a-zA-Z0-9:_-]+`, 1 to 128 characters.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ThingName(String);
+
+impl ThingName {
+    /// Parses a thing name.
+    pub fn parse(text: &str) -> Result<Self, Error> {
+        let allowed = |b: u8| b.is_ascii_alphanumeric() || b":_-".contains(&b);
+        if (1..=128).contains(&text.len()) && text.bytes().all(allowed) {
+            Ok(ThingName(text.to_owned()))
+        } else {
+            Err(Error::InvalidValue(format!("a thing name must match [a-zA-Z0-9:_-]+ (1 to 128 characters), got {text:?}")))
+        }
+    }
+
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ThingName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A policy of an account: a name and up to five immutable versions, one of them the default.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Policy {
+    pub account: AccountId,
+    pub name: PolicyName,
+    pub default_version: i64,
+    /// The number the next version gets: version numbers are never reused.
+    pub next_version: i64,
+    pub generation_id: String,
+    pub created_at: OffsetDateTime,
+    pub last_modified: OffsetDateTime,
+}
+
+/// One version of a policy: its document, as the caller wrote it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyVersion {
+    pub account: AccountId,
+    pub policy_name: PolicyName,
+    pub version: i64,
+    pub document: String,
+    pub created_at: OffsetDateTime,
+}
+
+/// A thing of an account: the registry entry of a device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Thing {
+    pub account: AccountId,
+    pub name: ThingName,
+    /// The thingId, a UUID.
+    pub id: String,
+    pub type_name: Option<ThingName>,
+    pub attributes: BTreeMap<String, String>,
+    /// Starts at 1 and grows by one with every update.
+    pub version: i64,
+    pub created_at: OffsetDateTime,
+}
+
+/// How a principal is attached to a thing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ThingPrincipalType {
+    /// The thing is the only thing the principal is attached to, and stays so.
+    Exclusive,
+    /// The principal may be attached to other things too.
+    NonExclusive,
+}
+
+/// A certificate attached to a thing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ThingPrincipal {
+    pub account: AccountId,
+    pub thing_name: ThingName,
+    pub certificate_id: CertificateId,
+    pub principal_type: ThingPrincipalType,
+    pub attached_at: OffsetDateTime,
+}
+
+/// Which things a listing returns.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ThingFilter {
+    pub type_name: Option<ThingName>,
+    pub attribute: Option<AttributeFilter>,
+}
+
+/// A condition on one attribute of a thing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AttributeFilter {
+    /// The thing has the attribute.
+    Present { name: String },
+    /// The attribute has exactly this value.
+    Equals { name: String, value: String },
+    /// The attribute's value starts with this prefix.
+    StartsWith { name: String, prefix: String },
+}
+
+/// One page of a listing ordered by a text key (a name or an ID), ascending.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyPageRequest {
+    pub limit: u32,
+    /// The page starts strictly after this key.
+    pub after: Option<String>,
+}
+
+/// A page of a listing ordered by a text key, and the key after which the next one starts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyPage<T> {
+    pub items: Vec<T>,
+    pub next: Option<String>,
+}

@@ -9,7 +9,7 @@ use crate::model::*;
 
 /// An open transaction: the only way to read or change the registry.
 pub struct Tx<'a> {
-    conn: &'a mut dyn Conn,
+    pub(crate) conn: &'a mut dyn Conn,
 }
 
 const ACCOUNT_COLUMNS: &str = "id, endpoint_identifier, registration_code, created_at";
@@ -79,7 +79,18 @@ impl<'a> Tx<'a> {
     /// Deletes an account with everything it owns. Returns whether it existed.
     pub fn delete_account(&mut self, id: &AccountId) -> Result<bool, Error> {
         let account = [Value::from(id.as_str())];
-        for table in ["access_keys", "certificates", "ca_certificates", "connections"] {
+        for table in [
+            "access_keys",
+            "certificates",
+            "ca_certificates",
+            "connections",
+            "policies",
+            "policy_versions",
+            "policy_attachments",
+            "things",
+            "thing_attributes",
+            "thing_principals",
+        ] {
             self.conn.execute(&format!("DELETE FROM {table} WHERE account_id = $1"), &account)?;
         }
         self.conn.execute(
@@ -702,11 +713,11 @@ fn cert_from_row(row: &Row) -> Result<DeviceCertificate, Error> {
     })
 }
 
-fn cert_id(text: &str) -> Result<CertificateId, Error> {
+pub(crate) fn cert_id(text: &str) -> Result<CertificateId, Error> {
     CertificateId::parse(text).map_err(|error| Error::InvalidValue(format!("certificate id {text:?}: {error}")))
 }
 
-fn parse_text<T>(text: &str, parse: fn(&str) -> Option<T>) -> Result<T, Error> {
+pub(crate) fn parse_text<T>(text: &str, parse: fn(&str) -> Option<T>) -> Result<T, Error> {
     parse(text).ok_or_else(|| Error::InvalidValue(format!("unknown stored value {text:?}")))
 }
 

@@ -410,3 +410,365 @@ fn connection_history_records_who_used_which_certificate() {
         assert_eq!(recent.iter().map(|c| c.session_id.as_str()).collect::<Vec<_>>(), vec!["s2", "s3"]);
     });
 }
+
+// ---- policies and things ------------------------------------------------------------------------
+
+fn policy_name(text: &str) -> PolicyName {
+    PolicyName::parse(text).unwrap()
+}
+
+fn thing_name(text: &str) -> ThingName {
+    ThingName::parse(text).unwrap()
+}
+
+fn policy(account: &Account, name: &str, created: i64) -> Policy {
+    Policy {
+        account: account.id.clone(),
+        name: policy_name(name),
+        default_version: 1,
+        next_version: 2,
+        generation_id: "generation".into(),
+        created_at: at(created),
+        last_modified: at(created),
+    }
+}
+
+fn version(account: &Account, name: &str, number: i64) -> PolicyVersion {
+    PolicyVersion {
+        account: account.id.clone(),
+        policy_name: policy_name(name),
+        version: number,
+        document: format!("document {name} v{number}"),
+        created_at: at(number),
+    }
+}
+
+fn thing(account: &Account, name: &str, type_name: Option<&str>, attributes: &[(&str, &str)]) -> Thing {
+    Thing {
+        account: account.id.clone(),
+        name: thing_name(name),
+        id: format!("id-{name}"),
+        type_name: type_name.map(thing_name),
+        attributes: attributes.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        version: 1,
+        created_at: at(1),
+    }
+}
+
+fn first_page(limit: u32) -> KeyPageRequest {
+    KeyPageRequest { limit, after: None }
+}
+
+/// Every key of a key-ordered listing, fetched `limit` at a time.
+fn all_keys<T>(mut fetch: impl FnMut(&KeyPageRequest) -> KeyPage<T>, key: impl Fn(&T) -> String, limit: u32) -> Vec<String> {
+    let mut keys = Vec::new();
+    let mut request = first_page(limit);
+    loop {
+        let page = fetch(&request);
+        assert!(page.items.len() <= limit as usize);
+        keys.extend(page.items.iter().map(&key));
+        match page.next {
+            Some(next) => request.after = Some(next),
+            None => return keys,
+        }
+    }
+}
+
+#[test]
+fn policies_keep_versions_and_page_by_creation() {
+    each_backend("policies", |store| {
+        let alice = account("111111111111", "alice");
+        let bob = account("222222222222", "bob");
+        setup(store, &[&alice, &bob]);
+        write(store, |tx| {
+            // "b" and "c" share a creation time: the name breaks the tie.
+            for (name, created) in [("a", 1), ("c", 2), ("b", 2), ("d.e@f+g=h,i-j_k", 3)] {
+                tx.insert_policy(&policy(&alice, name, created))?;
+                tx.insert_policy_version(&version(&alice, name, 1))?;
+            }
+            tx.insert_policy(&policy(&bob, "a", 1))?;
+            tx.insert_policy_version(&version(&alice, "a", 2))?;
+            tx.insert_policy_version(&version(&alice, "a", 3))
+        })
+        .unwrap();
+
+        for (ascending, expected) in [(true, vec!["a", "b", "c", "d.e@f+g=h,i-j_k"]), (false, vec!["d.e@f+g=h,i-j_k", "c", "b", "a"])] {
+            let mut seen = Vec::new();
+            let mut after = None;
+            loop {
+                let page = read(store, |tx| tx.list_policies(&alice.id, &PageRequest { limit: 3, ascending, after: after.clone() })).unwrap();
+                seen.extend(page.items.iter().map(|policy| policy.name.to_string()));
+                match page.next {
+                    Some(next) => after = Some(next),
+                    None => break,
+                }
+            }
+            assert_eq!(seen, expected, "ascending = {ascending}");
+        }
+
+        let versions = read(store, |tx| tx.list_policy_versions(&alice.id, &policy_name("a"))).unwrap();
+        assert_eq!(versions.iter().map(|v| v.version).collect::<Vec<_>>(), vec![3, 2, 1], "newest first");
+        let mut stored = read(store, |tx| tx.get_policy(&alice.id, &policy_name("a"))).unwrap().unwrap();
+        stored.default_version = 3;
+        stored.next_version = 4;
+        stored.generation_id = "second".into();
+        stored.last_modified = at(9);
+        write(store, |tx| tx.update_policy(&stored)).unwrap();
+        assert_eq!(read(store, |tx| tx.get_policy(&alice.id, &policy_name("a"))).unwrap(), Some(stored));
+        assert_eq!(
+            read(store, |tx| tx.get_policy_version(&alice.id, &policy_name("a"), 2)).unwrap(),
+            Some(version(&alice, "a", 2))
+        );
+        assert!(write(store, |tx| tx.delete_policy_version(&alice.id, &policy_name("a"), 2)).unwrap());
+        assert!(!write(store, |tx| tx.delete_policy_version(&alice.id, &policy_name("a"), 2)).unwrap());
+
+        assert!(write(store, |tx| tx.delete_policy(&alice.id, &policy_name("a"))).unwrap());
+        let (gone, versions, bobs) = read(store, |tx| {
+            Ok::<_, Error>((
+                tx.get_policy(&alice.id, &policy_name("a"))?,
+                tx.list_policy_versions(&alice.id, &policy_name("a"))?,
+                tx.get_policy(&bob.id, &policy_name("a"))?,
+            ))
+        })
+        .unwrap();
+        assert!(gone.is_none() && versions.is_empty(), "a policy's versions go with it");
+        assert!(bobs.is_some(), "another account's policy of the same name stays");
+    });
+}
+
+#[test]
+fn policy_attachments_find_documents_and_targets() {
+    each_backend("policy_attachments", |store| {
+        let alice = account("111111111111", "alice");
+        setup(store, &[&alice]);
+        write(store, |tx| {
+            for name in ["p1", "p2", "p3"] {
+                tx.insert_policy(&policy(&alice, name, 1))?;
+                tx.insert_policy_version(&version(&alice, name, 1))?;
+            }
+            tx.insert_policy_version(&version(&alice, "p2", 2))?;
+            let mut p2 = policy(&alice, "p2", 1);
+            p2.default_version = 2;
+            tx.update_policy(&p2)
+        })
+        .unwrap();
+        // (policy, certificate, newly attached?)
+        let attachments = [("p2", 'a', true), ("p1", 'a', true), ("p1", 'a', false), ("p1", 'b', true), ("p1", 'c', true)];
+        for (name, fill, expected) in attachments {
+            let attached = write(store, |tx| tx.attach_policy(&alice.id, &policy_name(name), &id(fill), at(5))).unwrap();
+            assert_eq!(attached, expected, "{name} -> {fill}");
+        }
+        let documents = read(store, |tx| tx.certificate_policy_documents(&alice.id, &id('a'))).unwrap();
+        assert_eq!(
+            documents,
+            vec![(policy_name("p1"), "document p1 v1".to_string()), (policy_name("p2"), "document p2 v2".to_string())],
+            "the default version's document"
+        );
+        let policies_of_a = all_keys(
+            |page| read(store, |tx| tx.certificate_policies(&alice.id, &id('a'), page)).unwrap(),
+            |policy| policy.name.to_string(),
+            1,
+        );
+        assert_eq!(policies_of_a, vec!["p1", "p2"]);
+        let targets = all_keys(|page| read(store, |tx| tx.policy_targets(&alice.id, &policy_name("p1"), page)).unwrap(), |id| id.to_string(), 2);
+        assert_eq!(targets, vec![id('a').to_string(), id('b').to_string(), id('c').to_string()]);
+        let counts = read(store, |tx| {
+            Ok::<_, Error>((
+                tx.count_certificate_policies(&alice.id, &id('a'))?,
+                tx.count_policy_targets(&alice.id, &policy_name("p1"))?,
+                tx.count_policy_targets(&alice.id, &policy_name("p3"))?,
+            ))
+        })
+        .unwrap();
+        assert_eq!(counts, (2, 3, 0));
+
+        assert!(write(store, |tx| tx.detach_policy(&alice.id, &policy_name("p1"), &id('b'))).unwrap());
+        assert!(!write(store, |tx| tx.detach_policy(&alice.id, &policy_name("p1"), &id('b'))).unwrap());
+        assert_eq!(write(store, |tx| tx.detach_all_policies(&alice.id, &id('a'))).unwrap(), 2);
+        assert!(read(store, |tx| tx.certificate_policy_documents(&alice.id, &id('a'))).unwrap().is_empty());
+        assert_eq!(read(store, |tx| tx.count_policy_targets(&alice.id, &policy_name("p1"))).unwrap(), 1);
+    });
+}
+
+#[test]
+fn things_keep_attributes_and_filter() {
+    each_backend("things", |store| {
+        let alice = account("111111111111", "alice");
+        let bob = account("222222222222", "bob");
+        setup(store, &[&alice, &bob]);
+        write(store, |tx| {
+            tx.insert_thing(&thing(&alice, "lamp-1", Some("lamp"), &[("room", "kitchen"), ("floor", "1")]))?;
+            tx.insert_thing(&thing(&alice, "lamp-2", Some("lamp"), &[("room", "kitchen_2")]))?;
+            tx.insert_thing(&thing(&alice, "lamp-3", None, &[("room", "KITCHEN")]))?;
+            tx.insert_thing(&thing(&alice, "sensor:1", Some("sensor"), &[("room", "k%tchen"), ("floor", "2")]))?;
+            tx.insert_thing(&thing(&alice, "bare", None, &[]))?;
+            tx.insert_thing(&thing(&bob, "lamp-1", Some("lamp"), &[("room", "kitchen")]))
+        })
+        .unwrap();
+
+        let filter = |type_name: Option<&str>, attribute: Option<AttributeFilter>| ThingFilter { type_name: type_name.map(thing_name), attribute };
+        let present = |name: &str| Some(AttributeFilter::Present { name: name.into() });
+        let equals = |name: &str, value: &str| Some(AttributeFilter::Equals { name: name.into(), value: value.into() });
+        let starts = |name: &str, prefix: &str| Some(AttributeFilter::StartsWith { name: name.into(), prefix: prefix.into() });
+        let cases = [
+            (filter(None, None), "bare lamp-1 lamp-2 lamp-3 sensor:1"),
+            (filter(Some("lamp"), None), "lamp-1 lamp-2"),
+            (filter(None, present("floor")), "lamp-1 sensor:1"),
+            (filter(None, equals("room", "kitchen")), "lamp-1"),
+            (filter(None, starts("room", "kitchen")), "lamp-1 lamp-2"),
+            (filter(None, starts("room", "kitchen_")), "lamp-2"),
+            (filter(None, starts("room", "k%")), "sensor:1"),
+            (filter(None, starts("room", "k_tchen")), ""),
+            (filter(None, starts("room", "KIT")), "lamp-3"),
+            (filter(None, starts("room", "")), "lamp-1 lamp-2 lamp-3 sensor:1"),
+            (filter(Some("sensor"), equals("floor", "2")), "sensor:1"),
+            (filter(Some("lamp"), equals("floor", "2")), ""),
+        ];
+        for (filter, expected) in cases {
+            for limit in [1, 2, 250] {
+                let names = all_keys(
+                    |page| read(store, |tx| tx.list_things(&alice.id, &filter, page)).unwrap(),
+                    |thing| thing.name.to_string(),
+                    limit,
+                );
+                assert_eq!(names.join(" "), expected, "{filter:?}, {limit} per page");
+            }
+        }
+        let page = read(store, |tx| tx.list_things(&alice.id, &ThingFilter::default(), &first_page(3))).unwrap();
+        assert_eq!(page.items[1], thing(&alice, "lamp-1", Some("lamp"), &[("room", "kitchen"), ("floor", "1")]), "listed with attributes");
+        assert_eq!(page.items[0].attributes.len(), 0);
+
+        let mut lamp = thing(&alice, "lamp-1", None, &[("colour", "red")]);
+        lamp.version = 2;
+        write(store, |tx| tx.update_thing(&lamp)).unwrap();
+        assert_eq!(read(store, |tx| tx.get_thing(&alice.id, &thing_name("lamp-1"))).unwrap(), Some(lamp));
+        assert!(write(store, |tx| tx.delete_thing(&alice.id, &thing_name("lamp-1"))).unwrap());
+        assert!(!write(store, |tx| tx.delete_thing(&alice.id, &thing_name("lamp-1"))).unwrap());
+        let (gone, bobs) = read(store, |tx| {
+            Ok::<_, Error>((tx.get_thing(&alice.id, &thing_name("lamp-1"))?, tx.get_thing(&bob.id, &thing_name("lamp-1"))?))
+        })
+        .unwrap();
+        assert!(gone.is_none());
+        assert_eq!(bobs.map(|thing| thing.attributes.len()), Some(1), "another account's thing keeps its attributes");
+    });
+}
+
+#[test]
+fn thing_principals_attach_both_ways() {
+    each_backend("thing_principals", |store| {
+        let alice = account("111111111111", "alice");
+        setup(store, &[&alice]);
+        let attachment = |thing: &str, fill: char, principal_type| ThingPrincipal {
+            account: alice.id.clone(),
+            thing_name: thing_name(thing),
+            certificate_id: id(fill),
+            principal_type,
+            attached_at: at(3),
+        };
+        write(store, |tx| {
+            for name in ["t1", "t2", "t3"] {
+                tx.insert_thing(&thing(&alice, name, None, &[("k", name)]))?;
+            }
+            tx.put_thing_principal(&attachment("t1", 'a', ThingPrincipalType::NonExclusive))?;
+            tx.put_thing_principal(&attachment("t2", 'a', ThingPrincipalType::NonExclusive))?;
+            tx.put_thing_principal(&attachment("t1", 'b', ThingPrincipalType::NonExclusive))?;
+            tx.put_thing_principal(&attachment("t3", 'c', ThingPrincipalType::NonExclusive))?;
+            // Attaching again changes the type.
+            tx.put_thing_principal(&attachment("t3", 'c', ThingPrincipalType::Exclusive))
+        })
+        .unwrap();
+
+        let of_a = all_keys(
+            |page| read(store, |tx| tx.certificate_things_page(&alice.id, &id('a'), None, page)).unwrap(),
+            |attachment| attachment.thing_name.to_string(),
+            1,
+        );
+        assert_eq!(of_a, vec!["t1", "t2"]);
+        let of_t1 = all_keys(
+            |page| read(store, |tx| tx.thing_principals(&alice.id, &thing_name("t1"), None, page)).unwrap(),
+            |attachment| attachment.certificate_id.to_string(),
+            1,
+        );
+        assert_eq!(of_t1, vec![id('a').to_string(), id('b').to_string()]);
+        assert_eq!(read(store, |tx| tx.certificate_things(&alice.id, &id('c'))).unwrap(), vec![attachment("t3", 'c', ThingPrincipalType::Exclusive)]);
+        for (principal_type, expected) in [(ThingPrincipalType::Exclusive, 1), (ThingPrincipalType::NonExclusive, 0)] {
+            let of_c = read(store, |tx| tx.certificate_things_page(&alice.id, &id('c'), Some(principal_type), &first_page(10))).unwrap();
+            let of_t3 = read(store, |tx| tx.thing_principals(&alice.id, &thing_name("t3"), Some(principal_type), &first_page(10))).unwrap();
+            assert_eq!((of_c.items.len(), of_t3.items.len()), (expected, expected), "{principal_type:?}");
+        }
+        let described = read(store, |tx| tx.certificate_things_described(&alice.id, &id('a'))).unwrap();
+        assert_eq!(
+            described.iter().map(|(thing, kind)| (thing.name.to_string(), thing.attributes["k"].clone(), *kind)).collect::<Vec<_>>(),
+            vec![("t1".into(), "t1".into(), ThingPrincipalType::NonExclusive), ("t2".into(), "t2".into(), ThingPrincipalType::NonExclusive)]
+        );
+        assert_eq!(read(store, |tx| tx.count_thing_principals(&alice.id, &thing_name("t1"))).unwrap(), 2);
+        assert!(write(store, |tx| tx.delete_thing_principal(&alice.id, &thing_name("t1"), &id('a'))).unwrap());
+        assert!(!write(store, |tx| tx.delete_thing_principal(&alice.id, &thing_name("t1"), &id('a'))).unwrap());
+        assert_eq!(read(store, |tx| tx.count_thing_principals(&alice.id, &thing_name("t1"))).unwrap(), 1);
+    });
+}
+
+#[test]
+fn an_account_takes_its_policies_and_things_along() {
+    each_backend("account_policies_things", |store| {
+        let alice = account("111111111111", "alice");
+        setup(store, &[&alice]);
+        write(store, |tx| {
+            tx.insert_policy(&policy(&alice, "p", 1))?;
+            tx.insert_policy_version(&version(&alice, "p", 1))?;
+            tx.attach_policy(&alice.id, &policy_name("p"), &id('a'), at(1))?;
+            tx.insert_thing(&thing(&alice, "t", None, &[("k", "v")]))?;
+            tx.put_thing_principal(&ThingPrincipal {
+                account: alice.id.clone(),
+                thing_name: thing_name("t"),
+                certificate_id: id('a'),
+                principal_type: ThingPrincipalType::Exclusive,
+                attached_at: at(1),
+            })?;
+            tx.delete_account(&alice.id)
+        })
+        .unwrap();
+        setup(store, &[&alice]);
+        let (policy, versions, documents, thing, things) = read(store, |tx| {
+            Ok::<_, Error>((
+                tx.get_policy(&alice.id, &policy_name("p"))?,
+                tx.list_policy_versions(&alice.id, &policy_name("p"))?,
+                tx.count_certificate_policies(&alice.id, &id('a'))?,
+                tx.get_thing(&alice.id, &thing_name("t"))?,
+                tx.certificate_things(&alice.id, &id('a'))?,
+            ))
+        })
+        .unwrap();
+        assert!(policy.is_none() && versions.is_empty() && documents == 0 && thing.is_none() && things.is_empty());
+    });
+}
+
+#[test]
+fn policy_and_thing_names_follow_aws_patterns() {
+    let policy_cases = [("a", true), ("my-policy_1.v2@x+y=z,w", true), ("", false), ("a b", false), ("a/b", false), ("é", false), ("a:b", false)];
+    for (text, valid) in policy_cases {
+        assert_eq!(PolicyName::parse(text).is_ok(), valid, "{text:?}");
+    }
+    assert!(PolicyName::parse(&"p".repeat(128)).is_ok() && PolicyName::parse(&"p".repeat(129)).is_err());
+    let thing_cases = [("lamp", true), ("a:b_c-D9", true), ("", false), ("a.b", false), ("a b", false), ("a/b", false), ("a@b", false)];
+    for (text, valid) in thing_cases {
+        assert_eq!(ThingName::parse(text).is_ok(), valid, "{text:?}");
+    }
+    assert!(ThingName::parse(&"t".repeat(128)).is_ok() && ThingName::parse(&"t".repeat(129)).is_err());
+}
+
+#[test]
+fn the_change_feed_names_policies_and_things() {
+    each_backend("changes_policies_things", |store| {
+        let alice = account("111111111111", "alice");
+        setup(store, &[&alice]);
+        let start = read(store, |tx| tx.last_change_seq()).unwrap();
+        write(store, |tx| {
+            tx.record_change(&alice.id, ChangeKind::Policy, "my-policy", at(1))?;
+            tx.record_change(&alice.id, ChangeKind::Thing, "my-thing", at(1))
+        })
+        .unwrap();
+        let seen: Vec<_> = read(store, |tx| tx.changes_after(start, 10)).unwrap().into_iter().map(|c| (c.kind, c.entity_id)).collect();
+        assert_eq!(seen, vec![(ChangeKind::Policy, "my-policy".to_string()), (ChangeKind::Thing, "my-thing".to_string())]);
+    });
+}

@@ -466,7 +466,8 @@ impl Services {
         Ok(after)
     }
 
-    /// DeleteCertificate: an ACTIVE or transferring certificate cannot be deleted.
+    /// DeleteCertificate: an ACTIVE or transferring certificate cannot be deleted, nor one
+    /// attached to a thing or (unless `force`, which detaches them) to policies.
     pub fn delete_certificate(&self, caller: &Caller, id: &CertificateId, force: bool) -> Result<(), Error> {
         let arn = self.certificate_arn(&caller.account, id);
         registry::write(self.store(), |tx| {
@@ -485,8 +486,20 @@ impl Services {
                 }
                 _ => {}
             }
-            // Policies and things do not exist yet; when they do, `force` skips the policy check.
-            let _ = force;
+            if let Some(attached) = tx.certificate_things(&caller.account, id)?.first() {
+                return Err(Error::DeleteConflict(format!(
+                    "things must be detached before deletion (arn: {})",
+                    self.thing_arn(&caller.account, &attached.thing_name)
+                )));
+            }
+            if tx.count_certificate_policies(&caller.account, id)? > 0 {
+                if !force {
+                    return Err(Error::DeleteConflict(format!(
+                        "certificate policies must be detached before deletion (arn: {arn})"
+                    )));
+                }
+                tx.detach_all_policies(&caller.account, id)?;
+            }
             tx.delete_certificate(&caller.account, id)?;
             tx.delete_tags(&arn)?;
             certificate_changed(tx, &caller.account, id, self.now())?;
@@ -503,7 +516,8 @@ impl Services {
 
     // ---- transfers ------------------------------------------------------------------------
 
-    /// TransferCertificate: offers an INACTIVE certificate to another account. Returns the ARN
+    /// TransferCertificate: offers an INACTIVE certificate without policies or things attached
+    /// to another account. Returns the ARN
     /// the certificate will have there.
     pub fn transfer_certificate(
         &self,
@@ -533,6 +547,16 @@ impl Services {
                         other.as_str()
                     )));
                 }
+            }
+            if tx.count_certificate_policies(&caller.account, id)? > 0 {
+                return Err(Error::TransferConflict(
+                    "the certificate has policies attached: detach them before the transfer".into(),
+                ));
+            }
+            if !tx.certificate_things(&caller.account, id)?.is_empty() {
+                return Err(Error::TransferConflict(
+                    "the certificate is attached to things: detach it before the transfer".into(),
+                ));
             }
             certificate.status = CertificateStatus::PendingTransfer;
             certificate.transfer = TransferData {

@@ -45,6 +45,15 @@ pub enum Error {
     /// A quota would be exceeded.
     #[error("{0}")]
     LimitExceeded(String),
+    /// A policy document is not valid; nothing was stored.
+    #[error("{0}")]
+    MalformedPolicy(String),
+    /// A policy has the most versions it may have (5).
+    #[error("{0}")]
+    VersionsLimitExceeded(String),
+    /// The expected version of a thing is not its current version.
+    #[error("{0}")]
+    VersionConflict(String),
     /// The registry failed.
     #[error("registry failure")]
     Registry(#[from] certfleet_registry::Error),

@@ -13,6 +13,9 @@ mod error;
 mod ids;
 mod issuers;
 mod lookups;
+mod policies;
+mod things;
+mod tokens;
 
 use std::sync::Arc;
 
@@ -27,6 +30,8 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::Error;
 pub use ids::{Marker, decode_marker, encode_marker};
 pub use issuers::load_or_create_issuer;
+pub use things::{AttributePayload, ThingDefinition, ThingUpdate};
+pub use tokens::{decode_policy_marker, decode_token, encode_policy_marker, encode_token};
 
 /// Settings of the services, built by the binary from its configuration.
 #[derive(Clone, Debug)]
