@@ -2,43 +2,30 @@
 //! on a real SQLite registry with certificates made at run time.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use certfleet_gateway::follow::apply;
 use certfleet_gateway::identity::{Refusal, Registry};
 use certfleet_gateway::live::LiveSessions;
 use certfleet_pki::{Certificate, GeneratedKeyPair, Issuer, KeyAlgorithm};
-use certfleet_registry::{CaStatus, CertificateMode, CertificateStatus, SqliteStore, read};
+use certfleet_registry::{CaStatus, CertificateMode, CertificateStatus, read};
 use certfleet_services::*;
-use time::macros::datetime;
 use time::{Duration, OffsetDateTime};
 
-const NOW: OffsetDateTime = datetime!(2026-06-01 00:00 UTC);
+const NOW: OffsetDateTime = certfleet_testkit::START;
 
 struct World {
     services: Arc<Services>,
     registry: Registry,
-    dir: std::path::PathBuf,
-}
-
-impl Drop for World {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+    _world: certfleet_testkit::World,
 }
 
 fn world() -> World {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let dir = std::env::temp_dir().join(format!("certfleet-identity-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)));
-    std::fs::create_dir_all(&dir).unwrap();
-    let store = Arc::new(SqliteStore::open(&dir.join("registry.db")).unwrap());
-    let issuer = Issuer::generate_root("device root", "test", Duration::days(3650), KeyAlgorithm::EcdsaP256, NOW).unwrap();
-    let services = Arc::new(Services::new(store, Arc::new(ManualClock::new(NOW)), Config::default(), Some(issuer)));
-    World { registry: Registry::new(services.clone()), services, dir }
+    let world = certfleet_testkit::world();
+    World { services: world.services.clone(), registry: Registry::new(world.services.clone()), _world: world }
 }
 
 fn caller(world: &World) -> Caller {
-    Caller { account: world.services.create_account().unwrap().id }
+    world._world.caller()
 }
 
 fn issued(world: &World, caller: &Caller, active: bool) -> Certificate {

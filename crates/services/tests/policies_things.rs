@@ -2,44 +2,20 @@
 //! real SQLite registry: one-line cases, each followed by a look at what was (not) stored.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 
-use certfleet_pki::{CertificateId, Issuer, KeyAlgorithm};
+use certfleet_pki::CertificateId;
 use certfleet_registry::{
-    AttributeFilter, CertificateStatus, ChangeKind, KeyPageRequest, PageRequest, PolicyName, SqliteStore, ThingFilter,
+    AttributeFilter, CertificateStatus, ChangeKind, KeyPageRequest, PageRequest, PolicyName, ThingFilter,
     ThingName, ThingPrincipalType,
 };
 use certfleet_services::*;
-use time::Duration;
-use time::macros::datetime;
 
 const ALLOW_ALL: &str = r#"{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "iot:*", "Resource": "*"}]}"#;
 
-struct World {
-    services: Services,
-    dir: std::path::PathBuf,
-}
-
-impl Drop for World {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn world() -> World {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let dir = std::env::temp_dir().join(format!("certfleet-policies-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)));
-    std::fs::create_dir_all(&dir).unwrap();
-    let store = Arc::new(SqliteStore::open(&dir.join("registry.db")).unwrap());
-    let start = datetime!(2026-06-01 00:00 UTC);
-    let clock = Arc::new(ManualClock::new(start));
-    let issuer = Issuer::generate_root("test device root", "certfleet", Duration::days(3650), KeyAlgorithm::EcdsaP256, start).unwrap();
-    World { services: Services::new(store, clock, Config::default(), Some(issuer)), dir }
-}
+use certfleet_testkit::{World, world};
 
 fn caller(world: &World) -> Caller {
-    Caller { account: world.services.create_account().unwrap().id }
+    world.caller()
 }
 
 fn kind<T>(result: Result<T, Error>) -> &'static str {

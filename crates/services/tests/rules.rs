@@ -1,42 +1,15 @@
 //! The seed's rules and AWS's status transitions, checked through the typed services on a real
 //! SQLite registry, with certificates made at run time and a hand-moved clock.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
-
 use certfleet_pki::{Certificate, CertificateId, GeneratedKeyPair, Issuer, KeyAlgorithm};
-use certfleet_registry::{CertificateMode, CertificateStatus, PageRequest, SqliteStore};
+use certfleet_registry::{CertificateMode, CertificateStatus, PageRequest};
 use certfleet_services::*;
-use time::macros::datetime;
-use time::{Duration, OffsetDateTime};
+use time::Duration;
 
-const START: OffsetDateTime = datetime!(2026-06-01 00:00 UTC);
-
-struct World {
-    services: Services,
-    clock: Arc<ManualClock>,
-    dir: std::path::PathBuf,
-}
-
-impl Drop for World {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn world() -> World {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let dir = std::env::temp_dir().join(format!("certfleet-rules-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)));
-    std::fs::create_dir_all(&dir).unwrap();
-    let store = Arc::new(SqliteStore::open(&dir.join("registry.db")).unwrap());
-    let clock = Arc::new(ManualClock::new(START));
-    let issuer = Issuer::generate_root("test device root", "certfleet", Duration::days(3650), KeyAlgorithm::EcdsaP256, START).unwrap();
-    let services = Services::new(store, clock.clone(), Config::default(), Some(issuer));
-    World { services, clock, dir }
-}
+use certfleet_testkit::{START, World, world};
 
 fn caller(world: &World) -> Caller {
-    Caller { account: world.services.create_account().unwrap().id }
+    world.caller()
 }
 
 fn root(common_name: &str) -> Issuer {
