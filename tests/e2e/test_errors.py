@@ -15,7 +15,6 @@ import json
 import secrets
 import socket
 import ssl
-import threading
 import urllib.error
 import urllib.request
 import uuid
@@ -424,13 +423,9 @@ def _signed_raw_exchange(server, profile: str, method: str, path: str, body: byt
     ctx = ssl.create_default_context(cafile=server.ca_bundle)
     sock = ctx.wrap_socket(socket.create_connection((host, int(port)), timeout=30), server_hostname=host)
     try:
-        sock.sendall((head + "\r\n").encode())
-
-        def write_body():
-            with contextlib.suppress(OSError):
-                sock.sendall(body)
-
-        threading.Thread(target=write_body, daemon=True).start()
+        # The whole body first, as the SDKs do: the server reads (and drops) it before answering.
+        # (Writing from a second thread while reading is not safe on one SSL socket.)
+        sock.sendall((head + "\r\n").encode() + body)
         data = b""
         while b"\r\n\r\n" not in data:
             chunk = sock.recv(65536)

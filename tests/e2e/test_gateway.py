@@ -33,13 +33,36 @@ def gateway_addr(server) -> tuple[str, int]:
     return host, int(port)
 
 
-def make_device(server, openssl, profile="default", active=True) -> Device:
+ALLOW_ALL_POLICY = "e2e-allow-all"
+ALLOW_ALL_DOCUMENT = json.dumps(
+    {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "iot:*", "Resource": "*"}]}
+)
+
+
+def allow_all_policy(client) -> str:
+    """The permissive test policy of the client's account, created on first use (the gateway
+    enforces policies: a device without one may not even connect)."""
+    try:
+        client.create_policy(policyName=ALLOW_ALL_POLICY, policyDocument=ALLOW_ALL_DOCUMENT)
+    except client.exceptions.ResourceAlreadyExistsException:
+        pass
+    return ALLOW_ALL_POLICY
+
+
+def make_device(server, openssl, profile="default", active=True, policy: str | None = "allow-all") -> Device:
+    """A device certificate made from a CSR; with `policy="allow-all"` (the default) the
+    permissive test policy is attached, with `policy=None` none is."""
     name = f"dev-{uuid.uuid4().hex[:8]}"
     key = openssl.ec_key(f"{name}.key")
     csr = openssl.csr(name, key, name)
-    created = server.client(profile).create_certificate_from_csr(
+    client = server.client(profile)
+    created = client.create_certificate_from_csr(
         certificateSigningRequest=openssl.read(csr), setAsActive=active
     )
+    if policy == "allow-all":
+        client.attach_policy(policyName=allow_all_policy(client), target=created["certificateArn"])
+    elif policy is not None:
+        client.attach_policy(policyName=policy, target=created["certificateArn"])
     cert = openssl.write(f"{name}.crt", created["certificatePem"])
     return Device(str(cert), str(openssl.path(key)), created["certificateId"])
 
@@ -227,6 +250,7 @@ def test_certificate_of_another_account_at_this_endpoint_is_refused(server, open
 def test_certificate_registered_without_ca_needs_sni(server, openssl):
     cert = openssl.self_signed_leaf(f"mar-{uuid.uuid4().hex[:6]}")
     registered = server.client().register_certificate_without_ca(certificatePem=openssl.read(cert), status="ACTIVE")
+    server.client().attach_policy(policyName=allow_all_policy(server.client()), target=registered["certificateArn"])
     device = Device(str(openssl.path(cert)), str(openssl.path(cert.replace(".pem", ".key"))), registered["certificateId"])
     sock = tls_socket(server, device, None)
     sock.sendall(connect_packet("mar-no-sni"))
@@ -247,6 +271,7 @@ def test_certificate_whose_ca_is_inactive_is_refused(server, openssl):
                                            setAsActive=True)["certificateId"]
     cert = openssl.device_cert(f"gwdev-{uuid.uuid4().hex[:6]}", ca, ca_key)
     registered = client.register_certificate(certificatePem=openssl.read(cert), caCertificatePem=openssl.read(ca), status="ACTIVE")
+    client.attach_policy(policyName=allow_all_policy(client), target=registered["certificateArn"])
     device = Device(str(openssl.path(cert)), str(openssl.path(cert.replace(".pem", ".key"))), registered["certificateId"])
     assert mosquitto("mosquitto_pub", server, device, "-t", "e2e/ca", "-m", "x").returncode == 0
     client.update_ca_certificate(certificateId=ca_id, newStatus="INACTIVE")
@@ -429,6 +454,8 @@ def test_stalled_connections_are_dropped_and_others_still_served(tmp_path, opens
         csr = openssl.csr("stall", key, "stall")
         created = node.aws("create-certificate-from-csr", "--certificate-signing-request", f"file://{openssl.path(csr)}",
                            "--set-as-active")
+        node.aws("create-policy", "--policy-name", ALLOW_ALL_POLICY, "--policy-document", ALLOW_ALL_DOCUMENT)
+        node.aws("attach-policy", "--policy-name", ALLOW_ALL_POLICY, "--target", created["certificateArn"])
         cert = openssl.write("stall.crt", created["certificatePem"])
         result = subprocess.run(
             ["mosquitto_pub", "-h", host, "-p", port, "--cafile", str(tmp_path / "stall" / "server-root.pem"),

@@ -195,7 +195,8 @@ async fn start_gateway(
         change_poll_interval: to_std(config.mqtt_change_poll_interval),
     };
     let tls = certfleet_gateway::tls::server_config(chain, key)?;
-    let gateway = certfleet_gateway::Gateway::new(gateway_config, services.clone(), tls);
+    let authorizer = certfleet_gateway::PolicyAuthorizer::new(services.clone(), &config.region);
+    let gateway = certfleet_gateway::Gateway::with_authorizer(gateway_config, services.clone(), tls, authorizer.clone());
     services.attach_data_plane(gateway.live.clone());
     let broker_config = certfleet_gateway::BrokerConfig {
         connect_timeout: to_std(config.mqtt_connect_timeout),
@@ -205,9 +206,11 @@ async fn start_gateway(
         broker_config,
         certfleet_gateway::LocalFabric::new(),
         Arc::new(certfleet_gateway::history::HistoryRecorder::start(services.clone())),
-        Arc::new(certfleet_gateway::AllowAll),
+        authorizer,
         gateway.live.clone(),
     );
+    // Just-in-time registration events are published into the account's topic space.
+    gateway.registry.attach_events(broker.clone());
     tracing::info!(%default_account, "gateway ready");
     Ok(tokio::spawn(gateway.run(
         listener,

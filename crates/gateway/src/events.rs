@@ -1,12 +1,16 @@
 //! What the gateway tells others about connections: AWS IoT's lifecycle events, published into the
 //! account's topic space (`$aws/events/presence/connected/<clientId>` and `.../disconnected/...`),
-//! and the [`ConnectionObserver`] that keeps the connection history (which client IDs used which
+//! the just-in-time registration event (`$aws/events/certificates/registered/<caCertificateId>`,
+//! published through an [`EventSink`] because it happens before any MQTT session exists), and
+//! the [`ConnectionObserver`] that keeps the connection history (which client IDs used which
 //! certificate, and when) for the audits.
 
 use std::net::SocketAddr;
 
 use bytes::Bytes;
 use certfleet_mqtt::{PayloadFormat, Properties, QoS, TopicName};
+use certfleet_pki::CertificateId;
+use certfleet_registry::{AccountId, DeviceCertificate};
 use time::OffsetDateTime;
 
 use crate::fabric::Message;
@@ -30,6 +34,15 @@ impl ConnectionObserver for IgnoreConnections {
     fn connected(&self, _identity: &Identity, _client_id: &str, _session_identifier: &str, _at: OffsetDateTime) {}
 
     fn disconnected(&self, _identity: &Identity, _client_id: &str, _session_identifier: &str, _at: OffsetDateTime, _reason: &str) {}
+}
+
+/// Where the gateway publishes the events it makes outside any MQTT session (a certificate
+/// registered just in time): into an account's topic space. The broker is one; it is built after
+/// the gateway (it shares the gateway's live sessions), so the gateway's registry is given it
+/// afterwards (`identity::Registry::attach_events`).
+pub trait EventSink: Send + Sync {
+    /// Publishes `message` to the subscribers of `account`, on every node.
+    fn publish_event(&self, account: &AccountId, message: Message);
 }
 
 /// Why a connection ended, in AWS IoT's words (the `disconnectReason` of the disconnected event).
@@ -107,12 +120,33 @@ pub(crate) fn disconnected(lifecycle: &Lifecycle<'_>, at: OffsetDateTime, reason
     event("disconnected", lifecycle.client_id, payload)
 }
 
+/// AWS IoT's just-in-time registration event for `certificate`, registered PENDING_ACTIVATION
+/// under the CA `ca`: published on `$aws/events/certificates/registered/<caCertificateId>`.
+/// (`None` cannot happen: a certificate ID, 64 hex digits, is always a valid topic level.)
+pub fn certificate_registered(certificate: &DeviceCertificate, ca: &CertificateId, at: OffsetDateTime) -> Option<Message> {
+    let payload = serde_json::json!({
+        "certificateId": certificate.id.to_string(),
+        "caCertificateId": ca.to_string(),
+        "timestamp": millis(at),
+        "certificateStatus": certificate.status.as_str(),
+        "awsAccountId": certificate.account.to_string(),
+        "certificateRegistrationTimestamp": millis(certificate.created_at),
+    });
+    let topic = TopicName::new(format!("$aws/events/certificates/registered/{ca}")).ok()?;
+    Some(json_message(topic, payload))
+}
+
 fn event(kind: &str, client_id: &str, payload: serde_json::Value) -> Option<Message> {
     if client_id.contains(['+', '#']) {
         return None;
     }
     let topic = TopicName::new(format!("$aws/events/presence/{kind}/{client_id}")).ok()?;
-    Some(Message {
+    Some(json_message(topic, payload))
+}
+
+/// An event: JSON, QoS 1, published by the broker itself.
+fn json_message(topic: TopicName, payload: serde_json::Value) -> Message {
+    Message {
         topic,
         payload: Bytes::from(payload.to_string()),
         qos: QoS::AtLeastOnce,
@@ -124,7 +158,7 @@ fn event(kind: &str, client_id: &str, payload: serde_json::Value) -> Option<Mess
         },
         expires_at: None,
         publisher: None,
-    })
+    }
 }
 
 fn millis(at: OffsetDateTime) -> i64 {

@@ -1,7 +1,9 @@
 //! Following the registry's change feed: every committed change to a certificate, CA or account
 //! invalidates this node's cache and re-checks the live sessions it touches, closing those whose
 //! identity is no longer accepted. Polling a few times a second keeps revocation under a second
-//! on every node sharing the registry.
+//! on every node sharing the registry. With a [`PolicyAuthorizer`], policy, thing and
+//! certificate entries also reload the policies of the principals they touch (`authz`), so a
+//! policy attached, detached or given a new default version reaches live sessions as quickly.
 //!
 //! Sequence numbers may commit out of order on PostgreSQL (two transactions take 10 and 11,
 //! 11 commits first). The follower therefore remembers what it saw above a watermark and only
@@ -16,6 +18,7 @@ use certfleet_pki::CertificateId;
 use certfleet_registry::{Change, ChangeKind};
 use tokio::sync::watch;
 
+use crate::authz::PolicyAuthorizer;
 use crate::identity::Registry;
 use crate::live::{LiveSessions, uses};
 
@@ -71,8 +74,17 @@ impl Cursor {
     }
 }
 
-/// Follows the feed until `shutdown` turns true.
-pub async fn follow(registry: Arc<Registry>, live: Arc<LiveSessions>, interval: Duration, mut shutdown: watch::Receiver<bool>) {
+/// How often the authorizer forgets the principals no session uses any more.
+const FORGET_UNUSED_EVERY: Duration = Duration::from_secs(60);
+
+/// Follows the feed until `shutdown` turns true; `authorizer`, when given, is told every entry.
+pub async fn follow(
+    registry: Arc<Registry>,
+    live: Arc<LiveSessions>,
+    authorizer: Option<Arc<PolicyAuthorizer>>,
+    interval: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let services = registry.services().clone();
     let start = {
         let services = services.clone();
@@ -85,6 +97,7 @@ pub async fn follow(registry: Arc<Registry>, live: Arc<LiveSessions>, interval: 
             Cursor::after(0)
         }
     };
+    let mut last_forget = Instant::now();
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -105,8 +118,22 @@ pub async fn follow(registry: Arc<Registry>, live: Arc<LiveSessions>, interval: 
             Err(_) => continue,
         };
         for change in cursor.take(batch, Instant::now()) {
-            apply(&registry, &live, &change).await;
+            apply_all(&registry, &live, authorizer.as_deref(), &change).await;
         }
+        if let Some(authorizer) = &authorizer
+            && last_forget.elapsed() >= FORGET_UNUSED_EVERY
+        {
+            authorizer.forget_unused(&live, FORGET_UNUSED_EVERY);
+            last_forget = Instant::now();
+        }
+    }
+}
+
+/// [`apply`], then the authorizer's reload of the principals the change touches.
+pub async fn apply_all(registry: &Registry, live: &LiveSessions, authorizer: Option<&PolicyAuthorizer>, change: &Change) {
+    apply(registry, live, change).await;
+    if let Some(authorizer) = authorizer {
+        authorizer.changed(change).await;
     }
 }
 
@@ -131,8 +158,8 @@ pub async fn apply(registry: &Registry, live: &LiveSessions, change: &Change) {
             registry.forget_account(account);
             live.identities(|identity| uses(identity, account, None, None))
         }
-        // Policies and things decide what a device may do, not who it is: the authorizer
-        // follows those entries itself.
+        // Policies and things decide what a device may do, not who it is: `apply_all` hands
+        // those entries to the authorizer.
         _ => return,
     };
     let now = time::OffsetDateTime::now_utc();

@@ -4,15 +4,22 @@
 //! packet and a reconnecting fleet costs one per certificate. The cache is kept true by the
 //! change feed (`follow.rs`): every committed change to a certificate, CA or account invalidates
 //! its entries on every node.
+//!
+//! A certificate the endpoint's account does not hold may be registered just in time (JITR):
+//! signed by one of the account's CAs that is ACTIVE and allows auto-registration, it is
+//! registered PENDING_ACTIVATION (`Services::auto_register_certificate`), AWS's registration
+//! event goes to the [`EventSink`], and the device is refused until an operator activates it.
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use certfleet_pki::{self as pki, Certificate, CertificateId};
 use certfleet_registry::{AccountId, CaCertificate, CaStatus, CertificateMode, CertificateStatus, DeviceCertificate};
 use certfleet_services::Services;
 use time::OffsetDateTime;
+
+use crate::events::{EventSink, certificate_registered};
 
 /// Why a device is not let in. Logged and counted; never told to the device in detail.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -114,6 +121,8 @@ pub struct Registry {
     cas: Mutex<HashMap<(AccountId, CertificateId), Option<Arc<CaCertificate>>>>,
     /// (device, CA) pairs whose signature verified; a certificate's bytes never change.
     verified: Mutex<HashMap<(CertificateId, CertificateId), ()>>,
+    /// Where just-in-time registration events go (the broker, attached once it exists).
+    events: OnceLock<Arc<dyn EventSink>>,
 }
 
 /// Beyond this many entries a cache is emptied rather than grown (a crude but safe bound).
@@ -126,7 +135,15 @@ impl Registry {
             certificates: Mutex::new(HashMap::new()),
             cas: Mutex::new(HashMap::new()),
             verified: Mutex::new(HashMap::new()),
+            events: OnceLock::new(),
         }
+    }
+
+    /// Connects the sink of just-in-time registration events (the broker, which is built from the
+    /// gateway and so comes second). A second call is ignored. Without one, certificates are
+    /// still registered just in time, but no event is published.
+    pub fn attach_events(&self, events: Arc<dyn EventSink>) {
+        let _ = self.events.set(events);
     }
 
     pub fn services(&self) -> &Arc<Services> {
@@ -144,12 +161,21 @@ impl Registry {
     ) -> Result<Identity, Refusal> {
         let id = certificate.id();
         let Some(record) = self.certificate(account, id).await? else {
+            if self.register_just_in_time(account, sni, certificate).await? {
+                return Err(Refusal::PendingActivation);
+            }
             let services = self.services.clone();
             let lookup = id.clone();
             let elsewhere = tokio::task::spawn_blocking(move || services.accounts_holding_certificate(&lookup))
                 .await
                 .map_err(|_| Refusal::RegistryUnavailable)?
                 .map_err(|_| Refusal::RegistryUnavailable)?;
+            if elsewhere.contains(account) {
+                // It arrived after the cache said "unknown": a concurrent connection of the same
+                // device registered it just in time. Decided afresh at the next connection.
+                self.forget_certificate(account, id);
+                return Err(Refusal::PendingActivation);
+            }
             return Err(if elsewhere.is_empty() { Refusal::Unregistered } else { Refusal::WrongAccount });
         };
         check_status(record.status)?;
@@ -191,6 +217,29 @@ impl Registry {
             }
         }
         Ok(())
+    }
+
+    /// JITR: registers `certificate` in `account` if one of its CAs allows it, publishes the
+    /// registration event, and says whether it did.
+    async fn register_just_in_time(&self, account: &AccountId, sni: bool, certificate: &Certificate) -> Result<bool, Refusal> {
+        let services = self.services.clone();
+        let (lookup_account, device) = (account.clone(), certificate.clone());
+        let registered = tokio::task::spawn_blocking(move || services.auto_register_certificate(&lookup_account, &device, sni))
+            .await
+            .map_err(|_| Refusal::RegistryUnavailable)?
+            .map_err(|error| {
+                tracing::warn!(%error, cert = %certificate.id(), %account, "just-in-time registration failed");
+                Refusal::RegistryUnavailable
+            })?;
+        let Some((record, ca)) = registered else { return Ok(false) };
+        let event = certificate_registered(&record, &ca, self.services.now());
+        // The cache said "unknown"; the change feed would correct it, but only at its next poll.
+        lock(&self.certificates).insert((account.clone(), record.id.clone()), Some(Arc::new(record)));
+        match (self.events.get(), event) {
+            (Some(events), Some(event)) => events.publish_event(account, event),
+            _ => tracing::warn!(cert = %certificate.id(), %ca, "no event sink: the registration event is not published"),
+        }
+        Ok(true)
     }
 
     fn check_chain(&self, certificate: &Certificate, ca: &CaCertificate, now: OffsetDateTime) -> Result<(), Refusal> {

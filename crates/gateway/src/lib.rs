@@ -7,13 +7,16 @@
 //!    no SNI, an IP literal or an unknown name means the default account, DEFAULT-mode only;
 //! 3. the identity: the certificate against that account's registry (`identity`), cached and
 //!    kept true by the change feed (`follow`), which also closes live sessions (`live`);
-//! 4. the MQTT session (`session`), which refuses an unauthenticated device with CONNACK
-//!    "not authorized" and otherwise serves it.
+//! 4. the policies attached to the certificate, loaded before the session starts (`authz`) and
+//!    kept true by the change feed;
+//! 5. the MQTT session (`session`), which refuses an unauthenticated device with CONNACK
+//!    "not authorized" and otherwise serves it, asking the authorizer at every action.
 //!
 //! **Architecture Invariant:** the gateway reads the registry only through `certfleet-services`,
 //! never per packet; nothing here assumes a single node (the change feed and the registry are
 //! shared, the cache is per node).
 
+pub mod authz;
 pub mod broker;
 pub mod events;
 pub mod fabric;
@@ -26,8 +29,9 @@ pub mod metrics;
 pub mod session;
 pub mod tls;
 
+pub use authz::PolicyAuthorizer;
 pub use broker::{AllowAll, Authorizer, Broker, BrokerConfig};
-pub use events::{ConnectionObserver, DisconnectReason, IgnoreConnections};
+pub use events::{ConnectionObserver, DisconnectReason, EventSink, IgnoreConnections};
 pub use fabric::{Fabric, LocalFabric, NodeId};
 pub use identity::{Identity, Refusal};
 pub use listener::{Config, Gateway};

@@ -13,6 +13,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio_rustls::server::TlsStream;
 
+use crate::authz::PolicyAuthorizer;
 use crate::identity::{Identity, Refusal, Registry};
 use crate::live::{LiveSessions, Membership};
 use crate::metrics::Metrics;
@@ -59,17 +60,41 @@ pub struct Gateway {
     pub registry: Arc<Registry>,
     pub live: Arc<LiveSessions>,
     pub metrics: Arc<Metrics>,
+    /// The policy engine, loaded for each authenticated device before its session starts and
+    /// told of the change feed; `None` when the broker decides without policies (`AllowAll`).
+    pub authorizer: Option<Arc<PolicyAuthorizer>>,
     tls: tokio_rustls::TlsAcceptor,
     endpoints: std::sync::Mutex<std::collections::HashMap<String, Option<AccountId>>>,
 }
 
 impl Gateway {
     pub fn new(config: Config, services: Arc<Services>, tls: Arc<rustls::ServerConfig>) -> Arc<Self> {
+        Self::build(config, services, tls, None)
+    }
+
+    /// A gateway enforcing policies: `authorizer` (the broker's too) is loaded for every
+    /// authenticated device and follows the change feed.
+    pub fn with_authorizer(
+        config: Config,
+        services: Arc<Services>,
+        tls: Arc<rustls::ServerConfig>,
+        authorizer: Arc<PolicyAuthorizer>,
+    ) -> Arc<Self> {
+        Self::build(config, services, tls, Some(authorizer))
+    }
+
+    fn build(
+        config: Config,
+        services: Arc<Services>,
+        tls: Arc<rustls::ServerConfig>,
+        authorizer: Option<Arc<PolicyAuthorizer>>,
+    ) -> Arc<Self> {
         Arc::new(Gateway {
             config,
             registry: Arc::new(Registry::new(services)),
             live: Arc::new(LiveSessions::default()),
             metrics: Arc::new(Metrics::default()),
+            authorizer,
             tls: tokio_rustls::TlsAcceptor::from(tls),
             endpoints: std::sync::Mutex::new(std::collections::HashMap::new()),
         })
@@ -86,6 +111,7 @@ impl Gateway {
         let follower = tokio::spawn(crate::follow::follow(
             self.registry.clone(),
             self.live.clone(),
+            self.authorizer.clone(),
             self.config.change_poll_interval,
             shutdown.clone(),
         ));
@@ -157,7 +183,13 @@ impl Gateway {
             None => Err(Refusal::NoClientCert),
             Some(Err(_)) => Err(Refusal::BadCertificate),
             Some(Ok(certificate)) => {
-                let decided = self.registry.authenticate(&account, sni.is_some(), &certificate, now).await;
+                let mut decided = self.registry.authenticate(&account, sni.is_some(), &certificate, now).await;
+                if let (Ok(identity), Some(authorizer)) = (&decided, &self.authorizer)
+                    && let Err(error) = authorizer.load(identity, &certificate).await
+                {
+                    tracing::error!(%peer, cert = %certificate.id(), %account, %error, "loading the device's policies failed");
+                    decided = Err(Refusal::RegistryUnavailable);
+                }
                 if let Err(reason) = decided {
                     self.metrics.refused(reason);
                     tracing::warn!(

@@ -152,9 +152,22 @@ async fn broker(args: &MqttArgs) -> anyhow::Result<Broker> {
 }
 
 /// Makes identities through the control plane: a P-256 key and CreateCertificateFromCsr each.
+/// The policy attached to every identity the load tool makes: everything allowed.
+const LOADGEN_POLICY_NAME: &str = "certfleet-loadgen-allow-all";
+const LOADGEN_POLICY: &str = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"iot:*","Resource":"*"}]}"#;
+
 async fn make_identities(data_dir: &Path, count: usize) -> anyhow::Result<Vec<(String, String)>> {
     let target = Target::from_data_dir(data_dir, "default", "us-east-1")?;
     let mut connection = target.connect().await?;
+    // The gateway enforces policies: without one attached a device may not even connect.
+    let policy = serde_json::json!({ "policyDocument": LOADGEN_POLICY }).to_string();
+    let call = Call { method: "POST", path: format!("/policies/{LOADGEN_POLICY_NAME}"), body: Bytes::from(policy) };
+    let (status, body) = target.send(&mut connection, &call).await?;
+    anyhow::ensure!(
+        status == 200 || status == 409,
+        "CreatePolicy answered {status}: {}",
+        String::from_utf8_lossy(&body)
+    );
     let mut made = Vec::with_capacity(count);
     for index in 0..count {
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
@@ -167,6 +180,11 @@ async fn make_identities(data_dir: &Path, count: usize) -> anyhow::Result<Vec<(S
         anyhow::ensure!(status == 200, "CreateCertificateFromCsr answered {status}: {}", String::from_utf8_lossy(&body));
         let created: serde_json::Value = serde_json::from_slice(&body)?;
         let pem = created["certificatePem"].as_str().context("no certificatePem")?.to_owned();
+        let arn = created["certificateArn"].as_str().context("no certificateArn")?;
+        let body = serde_json::json!({ "target": arn }).to_string();
+        let call = Call { method: "PUT", path: format!("/target-policies/{LOADGEN_POLICY_NAME}"), body: Bytes::from(body) };
+        let (status, body) = target.send(&mut connection, &call).await?;
+        anyhow::ensure!(status == 200, "AttachPolicy answered {status}: {}", String::from_utf8_lossy(&body));
         made.push((pem, key.serialize_pem()));
     }
     Ok(made)

@@ -165,6 +165,23 @@ impl Certificate {
         hex::encode(&self.serial[start..])
     }
 
+    /// The serial number as a decimal integer, as AWS IoT writes it in policy variables
+    /// (`iot:Certificate.SerialNumber`).
+    pub fn serial_decimal(&self) -> String {
+        decimal(&self.serial)
+    }
+
+    /// The attributes of the subject Name in certificate order: each attribute's OID in dotted
+    /// form and its value as text (attributes whose value is not a string are left out).
+    pub fn subject_attributes(&self) -> Vec<(String, String)> {
+        name_attributes(&self.subject_der)
+    }
+
+    /// The attributes of the issuer Name, like [`subject_attributes`](Self::subject_attributes).
+    pub fn issuer_attributes(&self) -> Vec<(String, String)> {
+        name_attributes(&self.issuer_der)
+    }
+
     /// The start of the validity period.
     pub fn not_before(&self) -> OffsetDateTime {
         self.not_before
@@ -236,6 +253,40 @@ impl fmt::Debug for Certificate {
     }
 }
 
+/// The (OID, text value) pairs of a DER Name; empty if it does not parse.
+fn name_attributes(der: &[u8]) -> Vec<(String, String)> {
+    let Ok((_, name)) = X509Name::from_der(der) else {
+        return Vec::new();
+    };
+    name.iter_attributes()
+        .filter_map(|attribute| {
+            let value = attribute.as_str().ok()?.to_owned();
+            Some((attribute.attr_type().to_id_string(), value))
+        })
+        .collect()
+}
+
+/// A big-endian unsigned integer in decimal.
+fn decimal(bytes: &[u8]) -> String {
+    let mut digits: Vec<u8> = vec![0];
+    for &byte in bytes {
+        let mut carry = u32::from(byte);
+        for digit in digits.iter_mut() {
+            let value = u32::from(*digit) * 256 + carry;
+            *digit = (value % 10) as u8;
+            carry = value / 10;
+        }
+        while carry > 0 {
+            digits.push((carry % 10) as u8);
+            carry /= 10;
+        }
+    }
+    while digits.len() > 1 && digits.last() == Some(&0) {
+        digits.pop();
+    }
+    digits.iter().rev().map(|digit| char::from(b'0' + digit)).collect()
+}
+
 /// The first common name, when it is a string type (UTF8String, PrintableString, IA5String,
 /// or BMPString).
 pub(crate) fn common_name(name: &X509Name<'_>) -> Option<String> {
@@ -288,6 +339,17 @@ mod tests {
             }
             (got, want) => panic!("got {got:?}, want {want:?}"),
         }
+    }
+
+    #[test]
+    fn serial_numbers_in_decimal() {
+        let check = |bytes: &[u8], expected: &str| assert_eq!(decimal(bytes), expected);
+        check(&[], "0");
+        check(&[0], "0");
+        check(&[0x01], "1");
+        check(&[0x00, 0xff], "255");
+        check(&[0x01, 0x00], "256");
+        check(&[0x92, 0x12, 0x85, 0xcb, 0xb7, 0xa5, 0xe0, 0x86], "10525622389124227206");
     }
 
     fn root_pem() -> String {

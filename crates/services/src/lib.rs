@@ -12,6 +12,7 @@ mod clock;
 mod error;
 mod ids;
 mod issuers;
+mod jitr;
 mod lookups;
 mod policies;
 mod things;

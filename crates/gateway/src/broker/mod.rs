@@ -26,7 +26,7 @@ use certfleet_registry::AccountId;
 use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 
-use crate::events::ConnectionObserver;
+use crate::events::{ConnectionObserver, EventSink};
 use crate::fabric::{ClientClaim, Fabric, Message, NodeId, RoutedMessage, Router};
 use crate::identity::Identity;
 use crate::live::LiveSessions;
@@ -644,6 +644,13 @@ impl Broker {
                 "message dropped for a subscriber"
             );
         }
+    }
+}
+
+/// The broker publishes the gateway's session-less events (just-in-time registrations).
+impl EventSink for Broker {
+    fn publish_event(&self, account: &AccountId, message: Message) {
+        self.publish(account, Arc::new(message));
     }
 }
 
