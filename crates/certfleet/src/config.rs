@@ -46,6 +46,8 @@ handshake_timeout = "10s"
 connect_timeout = "10s"
 # How often the registry's change feed is read (revocation reaches live sessions within it).
 change_poll_interval = "200ms"
+# DANGER, benchmarks only: let every authenticated device do anything, ignoring IoT policies.
+danger_authorize_everything = false
 
 [database]
 # Empty: the embedded SQLite registry in data_dir. Otherwise a PostgreSQL URL,
@@ -98,6 +100,7 @@ struct MqttFile {
     handshake_timeout: Option<String>,
     connect_timeout: Option<String>,
     change_poll_interval: Option<String>,
+    danger_authorize_everything: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -136,6 +139,7 @@ pub struct Config {
     pub mqtt_handshake_timeout: time::Duration,
     pub mqtt_connect_timeout: time::Duration,
     pub mqtt_change_poll_interval: time::Duration,
+    pub mqtt_danger_authorize_everything: bool,
     pub database_url: Option<String>,
     pub device_certificate_validity: time::Duration,
     pub root_validity: time::Duration,
@@ -189,6 +193,7 @@ impl Config {
                 file.mqtt.change_poll_interval.as_deref().unwrap_or("200ms"),
                 "mqtt.change_poll_interval",
             )?,
+            mqtt_danger_authorize_everything: file.mqtt.danger_authorize_everything.unwrap_or(false),
             database_url,
             device_certificate_validity: parse_duration(
                 file.pki.device_certificate_validity.as_deref().unwrap_or("365d"),

@@ -202,11 +202,17 @@ async fn start_gateway(
         connect_timeout: to_std(config.mqtt_connect_timeout),
         ..certfleet_gateway::BrokerConfig::default()
     };
+    let broker_authorizer: Arc<dyn certfleet_gateway::Authorizer> = if config.mqtt_danger_authorize_everything {
+        tracing::warn!("mqtt.danger_authorize_everything is set: IoT policies are NOT enforced (benchmarks only)");
+        Arc::new(certfleet_gateway::AllowAll)
+    } else {
+        authorizer
+    };
     let broker = certfleet_gateway::Broker::new(
         broker_config,
         certfleet_gateway::LocalFabric::new(),
         Arc::new(certfleet_gateway::history::HistoryRecorder::start(services.clone())),
-        authorizer,
+        broker_authorizer,
         gateway.live.clone(),
     );
     // Just-in-time registration events are published into the account's topic space.

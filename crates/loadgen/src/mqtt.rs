@@ -56,6 +56,9 @@ pub struct MqttArgs {
     /// --data-dir, save the identities made there.
     #[arg(long)]
     pub identities: Option<PathBuf>,
+    /// The policy document attached to the identities made through the API (default: allow all).
+    #[arg(long)]
+    pub policy_file: Option<PathBuf>,
     /// How many identities (connections use them in turn).
     #[arg(long, default_value_t = 32)]
     pub devices: usize,
@@ -139,7 +142,7 @@ async fn broker(args: &MqttArgs) -> anyhow::Result<Broker> {
     let identities = match (&args.data_dir, &args.identities) {
         (None, Some(dir)) => load_identities(dir, args.devices)?,
         (Some(data_dir), save) => {
-            let made = make_identities(data_dir, args.devices).await?;
+            let made = make_identities(data_dir, args.devices, args.policy_file.as_deref()).await?;
             if let Some(dir) = save {
                 save_identities(dir, &made)?;
             }
@@ -151,17 +154,23 @@ async fn broker(args: &MqttArgs) -> anyhow::Result<Broker> {
     Ok(Broker { addr, name: ServerName::try_from(args.server_name.clone())?, roots: Arc::new(roots), identities })
 }
 
-/// Makes identities through the control plane: a P-256 key and CreateCertificateFromCsr each.
-/// The policy attached to every identity the load tool makes: everything allowed.
+/// The policy attached to every identity the load tool makes, unless --policy-file names
+/// another: everything allowed.
 const LOADGEN_POLICY_NAME: &str = "certfleet-loadgen-allow-all";
 const LOADGEN_POLICY: &str = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"iot:*","Resource":"*"}]}"#;
+const CUSTOM_POLICY_NAME: &str = "certfleet-loadgen-custom";
 
-async fn make_identities(data_dir: &Path, count: usize) -> anyhow::Result<Vec<(String, String)>> {
+/// Makes identities through the control plane: a P-256 key and CreateCertificateFromCsr each,
+/// with a policy attached (the gateway enforces policies: without one a device may not connect).
+async fn make_identities(data_dir: &Path, count: usize, policy_file: Option<&Path>) -> anyhow::Result<Vec<(String, String)>> {
     let target = Target::from_data_dir(data_dir, "default", "us-east-1")?;
     let mut connection = target.connect().await?;
-    // The gateway enforces policies: without one attached a device may not even connect.
-    let policy = serde_json::json!({ "policyDocument": LOADGEN_POLICY }).to_string();
-    let call = Call { method: "POST", path: format!("/policies/{LOADGEN_POLICY_NAME}"), body: Bytes::from(policy) };
+    let (policy_name, document) = match policy_file {
+        Some(path) => (CUSTOM_POLICY_NAME, std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?),
+        None => (LOADGEN_POLICY_NAME, LOADGEN_POLICY.to_owned()),
+    };
+    let policy = serde_json::json!({ "policyDocument": document }).to_string();
+    let call = Call { method: "POST", path: format!("/policies/{policy_name}"), body: Bytes::from(policy) };
     let (status, body) = target.send(&mut connection, &call).await?;
     anyhow::ensure!(
         status == 200 || status == 409,
@@ -182,7 +191,7 @@ async fn make_identities(data_dir: &Path, count: usize) -> anyhow::Result<Vec<(S
         let pem = created["certificatePem"].as_str().context("no certificatePem")?.to_owned();
         let arn = created["certificateArn"].as_str().context("no certificateArn")?;
         let body = serde_json::json!({ "target": arn }).to_string();
-        let call = Call { method: "PUT", path: format!("/target-policies/{LOADGEN_POLICY_NAME}"), body: Bytes::from(body) };
+        let call = Call { method: "PUT", path: format!("/target-policies/{policy_name}"), body: Bytes::from(body) };
         let (status, body) = target.send(&mut connection, &call).await?;
         anyhow::ensure!(status == 200, "AttachPolicy answered {status}: {}", String::from_utf8_lossy(&body));
         made.push((pem, key.serialize_pem()));

@@ -41,6 +41,25 @@ const POLICY: &str = r#"{
   ]
 }"#;
 
+/// A typical ten-statement fleet policy: connect by thing name, per-device telemetry, commands,
+/// shadows and jobs, a per-floor broadcast from a thing attribute, a certificate-CN scoped topic,
+/// and two explicit denies.
+const POLICY_10: &str = r#"{
+  "Version": "2012-10-17",
+  "Statement": [
+    {"Effect": "Allow", "Action": "iot:Connect", "Resource": "arn:aws:iot:us-east-1:123456789012:client/${iot:Connection.Thing.ThingName}"},
+    {"Effect": "Allow", "Action": "iot:Publish", "Resource": "arn:aws:iot:us-east-1:123456789012:topic/fleet/${iot:Connection.Thing.ThingName}/telemetry/*"},
+    {"Effect": "Allow", "Action": ["iot:Subscribe"], "Resource": "arn:aws:iot:us-east-1:123456789012:topicfilter/fleet/${iot:Connection.Thing.ThingName}/commands/*"},
+    {"Effect": "Allow", "Action": ["iot:Receive"], "Resource": "arn:aws:iot:us-east-1:123456789012:topic/fleet/${iot:Connection.Thing.ThingName}/commands/*"},
+    {"Effect": "Allow", "Action": ["iot:Publish", "iot:Receive"], "Resource": "arn:aws:iot:us-east-1:123456789012:topic/$aws/things/${iot:Connection.Thing.ThingName}/shadow/*"},
+    {"Effect": "Allow", "Action": ["iot:Publish", "iot:Receive"], "Resource": "arn:aws:iot:us-east-1:123456789012:topic/$aws/things/${iot:Connection.Thing.ThingName}/jobs/*"},
+    {"Effect": "Allow", "Action": ["iot:Subscribe", "iot:Receive"], "Resource": ["arn:aws:iot:us-east-1:123456789012:topicfilter/floors/${iot:Connection.Thing.Attributes[floor]}/#", "arn:aws:iot:us-east-1:123456789012:topic/floors/${iot:Connection.Thing.Attributes[floor]}/*"]},
+    {"Effect": "Allow", "Action": "iot:Publish", "Resource": "arn:aws:iot:us-east-1:123456789012:topic/certs/${iot:Certificate.Subject.CommonName}/*"},
+    {"Effect": "Deny", "Action": "iot:Publish", "Resource": "arn:aws:iot:us-east-1:123456789012:topic/fleet/${iot:Connection.Thing.ThingName}/telemetry/admin"},
+    {"Effect": "Deny", "Action": "iot:*", "Resource": "arn:aws:iot:us-east-1:123456789012:topic/fleet/quarantine/*"}
+  ]
+}"#;
+
 fn benches(c: &mut Criterion) {
     let policies = [Policy::parse(POLICY).expect("the bench policy parses")];
     let context = Context {
@@ -72,6 +91,16 @@ fn benches(c: &mut Criterion) {
     c.bench_function("parse four-statement policy", |b| {
         b.iter(|| Policy::parse(black_box(POLICY)))
     });
+
+    let ten = [Policy::parse(POLICY_10).expect("the ten-statement policy parses")];
+    for (name, resource) in [
+        ("ten statements: publish allowed", "arn:aws:iot:us-east-1:123456789012:topic/fleet/sensor-0042/telemetry/temp"),
+        ("ten statements: publish implicit deny", "arn:aws:iot:us-east-1:123456789012:topic/fleet/sensor-0043/telemetry/temp"),
+        ("ten statements: publish explicit deny", "arn:aws:iot:us-east-1:123456789012:topic/fleet/sensor-0042/telemetry/admin"),
+    ] {
+        let request = Request { action: Action::Publish, resource, context: &context };
+        c.bench_function(name, |b| b.iter(|| evaluate(black_box(&ten), black_box(&request))));
+    }
 }
 
 criterion_group!(evaluate_benches, benches);
