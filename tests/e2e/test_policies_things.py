@@ -304,6 +304,8 @@ MALFORMED = {
     "over-2048-characters": document("arn:aws:iot:us-east-1:*:client/" + "x" * 2100),
     "principal-element": json.dumps({"Version": "2012-10-17", "Statement": [
         {"Effect": "Allow", "Principal": "*", "Action": "iot:*", "Resource": "*"}]}),
+    "unknown-action": json.dumps({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": "iot:Publsh", "Resource": "*"}]}),
 }
 
 

@@ -184,6 +184,13 @@ fn compile_action(element: &str, action: &str) -> Result<u8, Error> {
             found: action.to_owned(),
         });
     }
+    if let Some((service, name)) = action.split_once(':')
+        && service.eq_ignore_ascii_case("iot")
+        && !name.contains(['*', '?'])
+        && !crate::actions::is_known_iot_action(name)
+    {
+        return Err(Error::UnknownAction { element: element.to_owned(), found: action.to_owned() });
+    }
     // Actions have no variables, so a pattern (matched here, once) is all they need; an action
     // that is not a data-plane one (`iot:UpdateThingShadow`, `s3:GetObject`) covers nothing.
     let pattern = Pattern::compile(action, Wildcards::Glob, Variables::Literal)

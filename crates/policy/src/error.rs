@@ -97,6 +97,14 @@ pub enum Error {
         /// The value found.
         found: String,
     },
+    /// An `iot:` action (without wildcards) that AWS IoT does not have, e.g. `iot:Publsh`.
+    #[error("{element} is {found:?}: AWS IoT has no such action")]
+    UnknownAction {
+        /// The path of the action.
+        element: String,
+        /// The value found.
+        found: String,
+    },
     /// A resource is neither `*` nor an ARN.
     #[error(
         "{element} is {found:?}: a resource is \"*\" or an arn, such as \"arn:aws:iot:us-east-1:123456789012:topic/a\""

@@ -103,6 +103,7 @@
 //! with [`Error::UnsupportedConditionOperator`] or [`Error::UnsupportedConditionKey`] rather than
 //! ignored. `IgnoreCase` compares Unicode lowercase, character by character.
 
+mod actions;
 mod condition;
 mod context;
 mod document;

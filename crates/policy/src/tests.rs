@@ -531,6 +531,8 @@ fn malformed_documents() {
     check_error(&statement(r#"[{"Effect": "Allow", "Action": ["iot:Publish", 5], "Resource": "*"}]"#), "Statement[0].Action[1] must be a string");
     check_error(&statement(r#"[{"Effect": "Allow", "Action": "Publish", "Resource": "*"}]"#), r#"Statement[0].Action is "Publish": an action is "*" or "service:action", such as "iot:Publish""#);
     check_error(&statement(r#"[{"Effect": "Allow", "Action": "iot:", "Resource": "*"}]"#), r#"Statement[0].Action is "iot:": an action is "*" or "service:action", such as "iot:Publish""#);
+    check_error(&statement(r#"[{"Effect": "Allow", "Action": "iot:Publsh", "Resource": "*"}]"#), r#"Statement[0].Action is "iot:Publsh": AWS IoT has no such action"#);
+    check_error(&statement(r#"[{"Effect": "Allow", "Action": ["iot:Connect", "iot:Foo"], "Resource": "*"}]"#), r#"Statement[0].Action[1] is "iot:Foo": AWS IoT has no such action"#);
     check_error(&statement(r#"[{"Effect": "Allow", "Action": "*", "Resource": ["*", "topic/a"]}]"#), r#"Statement[0].Resource[1] is "topic/a": a resource is "*" or an arn, such as "arn:aws:iot:us-east-1:123456789012:topic/a""#);
     check_error(&statement(r#"[{"Effect": "Allow", "Principal": "*", "Action": "*", "Resource": "*"}]"#), r#"Statement[0] has unknown element "Principal""#);
     check_error(&statement(r#"[{"Sid": 1, "Effect": "Allow", "Action": "*", "Resource": "*"}]"#), "Statement[0].Sid must be a string");
