@@ -12,6 +12,7 @@ mod auth;
 mod certificates;
 mod error;
 mod policies;
+mod provisioning;
 mod things;
 mod wire;
 mod wire_things;
@@ -117,6 +118,11 @@ pub fn router(services: Arc<Services>, config: Config) -> Router {
         .route("/things/{thingName}/principals-v2", get(t::list_thing_principals_v2))
         .route("/principals/things", get(t::list_principal_things))
         .route("/principals/things-v2", get(t::list_principal_things_v2))
+        .route("/provisioning-templates", post(provisioning::create_provisioning_template).get(provisioning::list_provisioning_templates))
+        .route(
+            "/provisioning-templates/{templateName}",
+            get(provisioning::describe_provisioning_template).delete(provisioning::delete_provisioning_template),
+        )
         .fallback(unknown_operation)
         .method_not_allowed_fallback(unknown_operation)
         .layer(middleware::from_fn_with_state(state.clone(), auth::authenticate))

@@ -172,6 +172,25 @@ CREATE TABLE thing_principals (
 CREATE INDEX thing_principals_by_certificate ON thing_principals(account_id, certificate_id, thing_name);
 "#,
     ),
+    (
+        5,
+        r#"
+CREATE TABLE provisioning_templates (
+    account_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    id TEXT NOT NULL,
+    description TEXT,
+    body TEXT NOT NULL,
+    enabled BIGINT NOT NULL,
+    template_type TEXT NOT NULL,
+    role_arn TEXT NOT NULL,
+    default_version BIGINT NOT NULL,
+    created_at BIGINT NOT NULL,
+    last_modified BIGINT NOT NULL,
+    PRIMARY KEY (account_id, name)
+);
+"#,
+    ),
 ];
 
 /// The SQL dialect a migration is rendered for.

@@ -103,6 +103,25 @@ pub struct RegistrationConfig {
     pub template_name: Option<String>,
 }
 
+/// A provisioning template of an account (CreateProvisioningTemplate); only JITP templates,
+/// which a CA's registrationConfig names, are applied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProvisioningTemplate {
+    pub account: AccountId,
+    pub name: String,
+    /// The templateId, a UUID.
+    pub id: String,
+    pub description: Option<String>,
+    pub body: String,
+    pub enabled: bool,
+    /// `JITP` or `FLEET_PROVISIONING`.
+    pub template_type: String,
+    pub role_arn: String,
+    pub default_version: i64,
+    pub created_at: OffsetDateTime,
+    pub last_modified: OffsetDateTime,
+}
+
 /// A resource tag.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Tag {

@@ -90,6 +90,7 @@ impl<'a> Tx<'a> {
             "things",
             "thing_attributes",
             "thing_principals",
+            "provisioning_templates",
         ] {
             self.conn.execute(&format!("DELETE FROM {table} WHERE account_id = $1"), &account)?;
         }

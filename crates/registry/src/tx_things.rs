@@ -500,7 +500,7 @@ impl<'a> Tx<'a> {
     /// Runs `select` (a query whose WHERE clause binds `params`) for one page ordered by the
     /// text column `key` (found at `key_index` in each row), fetching one extra row to know
     /// whether another page follows.
-    fn key_page(
+    pub(crate) fn key_page(
         &mut self,
         select: &str,
         mut params: Vec<Value>,

@@ -772,3 +772,42 @@ fn the_change_feed_names_policies_and_things() {
         assert_eq!(seen, vec![(ChangeKind::Policy, "my-policy".to_string()), (ChangeKind::Thing, "my-thing".to_string())]);
     });
 }
+
+#[test]
+fn provisioning_templates_round_trip_page_and_go_with_their_account() {
+    each_backend("provisioning_templates", |store| {
+        let alice = account("111111111111", "alice");
+        let bob = account("222222222222", "bob");
+        setup(store, &[&alice, &bob]);
+        let template = |owner: &Account, name: &str, description: Option<&str>| ProvisioningTemplate {
+            account: owner.id.clone(),
+            name: name.into(),
+            id: format!("id-{name}"),
+            description: description.map(str::to_owned),
+            body: "{\"Resources\": {}}".into(),
+            enabled: description.is_some(),
+            template_type: "JITP".into(),
+            role_arn: "arn:aws:iam::111111111111:role/JITPRole".into(),
+            default_version: 1,
+            created_at: at(10),
+            last_modified: at(20),
+        };
+        write(store, |tx| {
+            for name in ["c", "a", "b"] {
+                tx.insert_provisioning_template(&template(&alice, name, (name == "a").then_some("first")))?;
+            }
+            tx.insert_provisioning_template(&template(&bob, "a", None))
+        })
+        .unwrap();
+        let stored = read(store, |tx| tx.get_provisioning_template(&alice.id, "a")).unwrap();
+        assert_eq!(stored, Some(template(&alice, "a", Some("first"))));
+        assert_eq!(read(store, |tx| tx.get_provisioning_template(&bob.id, "a")).unwrap(), Some(template(&bob, "a", None)));
+        let names = all_keys(|page| read(store, |tx| tx.list_provisioning_templates(&alice.id, page)).unwrap(), |t| t.name.clone(), 2);
+        assert_eq!(names, ["a", "b", "c"]);
+        assert!(write(store, |tx| tx.delete_provisioning_template(&alice.id, "b")).unwrap());
+        assert!(!write(store, |tx| tx.delete_provisioning_template(&alice.id, "b")).unwrap());
+        write(store, |tx| tx.delete_account(&alice.id).map(drop)).unwrap();
+        assert_eq!(read(store, |tx| tx.get_provisioning_template(&alice.id, "a")).unwrap(), None);
+        assert!(read(store, |tx| tx.get_provisioning_template(&bob.id, "a")).unwrap().is_some());
+    });
+}

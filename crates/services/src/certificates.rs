@@ -85,6 +85,7 @@ impl Services {
         caller: &Caller,
         request: &CaRegistration,
     ) -> Result<(String, CertificateId), Error> {
+        self.check_registration_config(&caller.account, request.registration_config.as_ref())?;
         let now = self.now();
         let ca = parse_certificate(&request.ca_certificate_pem, "caCertificate")?;
         pki::check_ca_certificate(&ca, now).map_err(validation)?;
@@ -173,6 +174,7 @@ impl Services {
                 "removeAutoRegistration contradicts newAutoRegistrationStatus ENABLE".into(),
             ));
         }
+        self.check_registration_config(&caller.account, update.registration_config.as_ref())?;
         let now = self.now();
         let generation_id = uuid_v4()?;
         registry::write(self.store(), |tx| {
@@ -727,4 +729,20 @@ fn ca_not_found(id: &CertificateId) -> Error {
 
 fn cert_not_found(id: &CertificateId) -> Error {
     Error::NotFound(format!("the certificate {id} does not exist"))
+}
+
+impl Services {
+    /// Refuses a registrationConfig whose `templateBody` is not a valid JITP template or whose
+    /// `templateName` is not one of the account's JITP templates, so that a bad template never
+    /// reaches a device's first connection.
+    fn check_registration_config(&self, account: &AccountId, config: Option<&RegistrationConfig>) -> Result<(), Error> {
+        let Some(config) = config else { return Ok(()) };
+        if let Some(body) = &config.template_body {
+            crate::provisioning::Template::parse(body)?;
+        }
+        match &config.template_name {
+            Some(name) if config.template_body.is_none() => self.check_template_reference(account, name),
+            _ => Ok(()),
+        }
+    }
 }

@@ -2,6 +2,14 @@
 //! the account's CAs that is ACTIVE and allows auto-registration gets that certificate registered
 //! as PENDING_ACTIVATION; an operator (or a rule) then activates it.
 //!
+//! Just-in-time provisioning (JITP): when that CA's registrationConfig carries a `templateBody`
+//! (checked when it was registered, see [`crate::provisioning`]), the template is applied in the
+//! same write transaction: its thing (created when absent) and policy (created from its
+//! document, or an existing one by name) are attached to the certificate, which gets the
+//! template's status (ACTIVE). When the template does not apply to this certificate (a
+//! parameter it lacks, a name it makes invalid, a named policy that does not exist), the
+//! certificate is registered as with JITR alone, PENDING_ACTIVATION, and the reason is logged.
+//!
 //! The gateway calls [`Services::auto_register_certificate`] for a certificate its account does
 //! not hold, and publishes AWS's registration event itself (the services know no topics).
 //! Strangers are the common case, so the CAs are looked up in a read transaction first: a
@@ -13,10 +21,11 @@
 use certfleet_pki::{self as pki, Certificate, CertificateId};
 use certfleet_registry::{
     self as registry, AccountId, CaCertificate, CaStatus, CertificateMode, CertificateStatus, ChangeKind, DeviceCertificate,
-    TransferData,
+    Policy, PolicyVersion, RegistrationConfig, Thing, ThingPrincipal, ThingPrincipalType, TransferData, Tx,
 };
 
 use crate::ids::uuid_v4;
+use crate::provisioning::{Provisioning, Template};
 use crate::{Error, Services};
 
 impl Services {
@@ -61,12 +70,21 @@ impl Services {
             let Some(ca) = tx.get_ca(account, &signer_id)?.filter(|ca| allowed(ca)) else {
                 return Ok(None);
             };
+            let body = match &ca.registration_config {
+                Some(config) => template_body(tx, account, config)?,
+                None => None,
+            };
+            let provisioning = match body.and_then(|body| provisioning_for(&body, device)) {
+                Some(provisioning) => applicable(tx, account, provisioning)?,
+                None => None,
+            };
+            let status = provisioning.as_ref().map_or(CertificateStatus::PendingActivation, |provisioning| provisioning.status);
             let record = DeviceCertificate {
                 account: account.clone(),
                 id: device.id().clone(),
                 pem: device.to_pem(),
                 ca_certificate_id: Some(ca.id.clone()),
-                status: CertificateStatus::PendingActivation,
+                status,
                 mode: ca.mode,
                 previous_owner: None,
                 generation_id: generation_id.clone(),
@@ -78,14 +96,128 @@ impl Services {
                 transfer: TransferData::default(),
             };
             tx.insert_certificate(&record)?;
+            if let Some(provisioning) = &provisioning {
+                apply(tx, account, &record.id, provisioning, now)?;
+            }
             tx.record_change(account, ChangeKind::Certificate, record.id.as_str(), now)?;
             Ok::<_, Error>(Some((record, ca.id)))
         })?;
         if let Some((record, ca)) = &registered {
-            tracing::info!(%account, cert = %record.id, %ca, "certificate registered just in time, pending activation");
+            tracing::info!(%account, cert = %record.id, %ca, status = record.status.as_str(), "certificate registered just in time");
         }
         Ok(registered)
     }
+}
+
+/// The template a CA's registration config applies: its inline body, else the body of the
+/// provisioning template it names (when that still exists and is enabled).
+fn template_body(tx: &mut Tx<'_>, account: &AccountId, config: &RegistrationConfig) -> Result<Option<String>, Error> {
+    if let Some(body) = &config.template_body {
+        return Ok(Some(body.clone()));
+    }
+    let Some(name) = &config.template_name else { return Ok(None) };
+    match tx.get_provisioning_template(account, name)? {
+        Some(template) if template.enabled => Ok(Some(template.body)),
+        Some(_) => {
+            tracing::warn!(%account, template = %name, "the CA's provisioning template is disabled: registered pending activation");
+            Ok(None)
+        }
+        None => {
+            tracing::warn!(%account, template = %name, "the CA's provisioning template does not exist: registered pending activation");
+            Ok(None)
+        }
+    }
+}
+
+/// What a template provisions for `device`; `None` (JITR only, the certificate
+/// PENDING_ACTIVATION) when it does not resolve for this certificate.
+fn provisioning_for(body: &str, device: &Certificate) -> Option<Provisioning> {
+    match Template::parse(body).and_then(|template| template.resolve(device, device.id())) {
+        Ok(provisioning) => Some(provisioning),
+        Err(error) => {
+            tracing::warn!(cert = %device.id(), %error, "the CA's template does not apply to this certificate: registered pending activation");
+            None
+        }
+    }
+}
+
+/// `provisioning` if the account's state allows it: its named policy exists, or a policy it
+/// creates does not exist with another document. Looks only, so a refusal changes nothing.
+fn applicable(tx: &mut Tx<'_>, account: &AccountId, provisioning: Provisioning) -> Result<Option<Provisioning>, Error> {
+    if let Some(policy) = &provisioning.policy {
+        let existing = match tx.get_policy(account, &policy.name)? {
+            None => None,
+            Some(found) => tx.get_policy_version(account, &policy.name, found.default_version)?.map(|version| version.document),
+        };
+        let refusal = match (&policy.document, existing) {
+            (None, None) => Some("the template's policy does not exist"),
+            (Some(document), Some(existing)) if *document != existing => {
+                Some("a policy with the template's policy name exists with another document")
+            }
+            _ => None,
+        };
+        if let Some(reason) = refusal {
+            tracing::warn!(%account, policy = %policy.name, reason, "the CA's template does not apply: registered pending activation");
+            return Ok(None);
+        }
+    }
+    Ok(Some(provisioning))
+}
+
+/// Creates what `provisioning` needs that does not exist yet and attaches it to `certificate`.
+fn apply(
+    tx: &mut Tx<'_>,
+    account: &AccountId,
+    certificate: &CertificateId,
+    provisioning: &Provisioning,
+    now: time::OffsetDateTime,
+) -> Result<(), Error> {
+    if let Some(policy) = &provisioning.policy {
+        if let (Some(document), None) = (&policy.document, tx.get_policy(account, &policy.name)?) {
+            tx.insert_policy(&Policy {
+                account: account.clone(),
+                name: policy.name.clone(),
+                default_version: 1,
+                next_version: 2,
+                generation_id: uuid_v4()?,
+                created_at: now,
+                last_modified: now,
+            })?;
+            tx.insert_policy_version(&PolicyVersion {
+                account: account.clone(),
+                policy_name: policy.name.clone(),
+                version: 1,
+                document: document.clone(),
+                created_at: now,
+            })?;
+            tx.record_change(account, ChangeKind::Policy, policy.name.as_str(), now)?;
+            tracing::info!(%account, policy = %policy.name, "policy created by a provisioning template");
+        }
+        tx.attach_policy(account, &policy.name, certificate, now)?;
+    }
+    if let Some(thing) = &provisioning.thing {
+        if tx.get_thing(account, &thing.name)?.is_none() {
+            tx.insert_thing(&Thing {
+                account: account.clone(),
+                name: thing.name.clone(),
+                id: uuid_v4()?,
+                type_name: thing.type_name.clone(),
+                attributes: thing.attributes.clone(),
+                version: 1,
+                created_at: now,
+            })?;
+            tx.record_change(account, ChangeKind::Thing, thing.name.as_str(), now)?;
+            tracing::info!(%account, thing = %thing.name, "thing created by a provisioning template");
+        }
+        tx.put_thing_principal(&ThingPrincipal {
+            account: account.clone(),
+            thing_name: thing.name.clone(),
+            certificate_id: certificate.clone(),
+            principal_type: ThingPrincipalType::NonExclusive,
+            attached_at: now,
+        })?;
+    }
+    Ok(())
 }
 
 /// Whether a CA may register the certificates it signed on their first connection.

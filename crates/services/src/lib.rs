@@ -15,6 +15,8 @@ mod issuers;
 mod jitr;
 mod lookups;
 mod policies;
+mod provisioning;
+mod templates;
 mod things;
 mod tokens;
 
@@ -31,6 +33,8 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::Error;
 pub use ids::{Marker, decode_marker, encode_marker};
 pub use issuers::load_or_create_issuer;
+pub use provisioning::{ProvisionedPolicy, ProvisionedThing, Provisioning, Template};
+pub use templates::{JITP, TemplateDefinition};
 pub use things::{AttributePayload, ThingDefinition, ThingUpdate};
 pub use tokens::{decode_policy_marker, decode_token, encode_policy_marker, encode_token};
 

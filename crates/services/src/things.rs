@@ -311,7 +311,7 @@ fn check_expected_version(thing: &Thing, expected: Option<i64>) -> Result<(), Er
 
 /// AWS's attribute patterns: names `[a-zA-Z0-9_.,@/:#-]+` (at most 128), values
 /// `[a-zA-Z0-9_.,@/:#=\[\]-]*` (at most 800).
-fn check_attributes(attributes: &BTreeMap<String, String>) -> Result<(), Error> {
+pub(crate) fn check_attributes(attributes: &BTreeMap<String, String>) -> Result<(), Error> {
     let name_byte = |b: u8| b.is_ascii_alphanumeric() || b"_.,@/:#-".contains(&b);
     let value_byte = |b: u8| name_byte(b) || b"=[]".contains(&b);
     for (name, value) in attributes {
@@ -329,7 +329,7 @@ fn check_attributes(attributes: &BTreeMap<String, String>) -> Result<(), Error> 
     Ok(())
 }
 
-fn check_attribute_count(attributes: &BTreeMap<String, String>, type_name: Option<&ThingName>) -> Result<(), Error> {
+pub(crate) fn check_attribute_count(attributes: &BTreeMap<String, String>, type_name: Option<&ThingName>) -> Result<(), Error> {
     let (limit, kind) = match type_name {
         Some(_) => (MAX_TYPED_ATTRIBUTES, "a thing with a type"),
         None => (MAX_UNTYPED_ATTRIBUTES, "a thing without a type"),
