@@ -27,7 +27,7 @@ wait_for() { for _ in $(seq 100); do [ -s "$1" ] && return 0; sleep 0.1; done; e
 
 start_certfleet() { # name, extra args...
   local name=$1; shift
-  CERTFLEET_KEY_PASSPHRASE=bench RUST_LOG=warn "$bin/certfleet" server --data-dir "$work/$name" --api-addr 127.0.0.1:0 "$@" \
+  CERTFLEET_KEY_PASSPHRASE=bench RUST_LOG=warn "$bin/certfleet" server --data-dir "$work/$name" --api-addr 127.0.0.1:0 --mqtt-addr 127.0.0.1:0 "$@" \
     >"$work/$name.log" 2>&1 &
   pids+=($!); eval "${name}_pid=$!"
   wait_for "$work/$name/endpoints.json"
