@@ -43,7 +43,10 @@ pub async fn authenticate(State(state): State<Arc<AppState>>, request: Request, 
     let (mut parts, body) = request.into_parts();
     let limit = state.config.max_body_bytes;
     let drain_limit = limit.saturating_mul(DRAIN_FACTOR);
-    let declared = parts.headers.get(http::header::CONTENT_LENGTH).map(|value| value.to_str().ok().and_then(|text| text.parse::<usize>().ok()));
+    let declared = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .map(|value| value.to_str().ok().and_then(|text| text.parse::<usize>().ok()));
     if let Some(declared) = declared {
         match declared {
             None => return ApiError::invalid_request("Content-Length is not a number").into_response(),
@@ -114,7 +117,9 @@ fn too_large(limit: usize, parts: &http::request::Parts) -> Response {
 async fn verify(state: &Arc<AppState>, parts: &http::request::Parts, body: &[u8]) -> Result<Caller, ApiError> {
     let mut headers = Vec::with_capacity(parts.headers.len());
     for (name, value) in &parts.headers {
-        let value = value.to_str().map_err(|_| signature_error(&sigv4::Error::Malformed(format!("header {name} is not text"))))?;
+        let value = value
+            .to_str()
+            .map_err(|_| signature_error(&sigv4::Error::Malformed(format!("header {name} is not text"))))?;
         headers.push((name.as_str(), value));
     }
     let request = sigv4::Request {
@@ -129,7 +134,8 @@ async fn verify(state: &Arc<AppState>, parts: &http::request::Parts, body: &[u8]
     let config = &state.config;
     let policy = VerifyPolicy { region: &config.region, service: "iot", max_clock_skew: config.max_clock_skew };
     let now = state.services.now();
-    sigv4::verify(&request, &authorization, request_time, &cached.key, &policy, now).map_err(|error| signature_error(&error))?;
+    sigv4::verify(&request, &authorization, request_time, &cached.key, &policy, now)
+        .map_err(|error| signature_error(&error))?;
     Ok(Caller { account: cached.account })
 }
 
@@ -157,7 +163,12 @@ async fn cached_key(state: &Arc<AppState>, authorization: &sigv4::Authorization)
     };
     let cached = CachedKey {
         account: found.account,
-        key: SigningKey::derive(&found.secret_access_key, &authorization.date, &authorization.region, &authorization.service),
+        key: SigningKey::derive(
+            &found.secret_access_key,
+            &authorization.date,
+            &authorization.region,
+            &authorization.service,
+        ),
         fetched: Instant::now(),
     };
     if let Ok(mut keys) = state.keys.keys.write() {

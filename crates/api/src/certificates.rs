@@ -41,8 +41,9 @@ pub(crate) fn empty() -> Reply {
 }
 
 fn certificate_id(text: &str) -> Result<CertificateId, ApiError> {
-    CertificateId::parse(text)
-        .map_err(|_| ApiError::invalid_request(format!("certificateId must be 64 hexadecimal characters, got {text:?}")))
+    CertificateId::parse(text).map_err(|_| {
+        ApiError::invalid_request(format!("certificateId must be 64 hexadecimal characters, got {text:?}"))
+    })
 }
 
 fn page_request(query: &Query) -> Result<PageRequest, ApiError> {
@@ -64,7 +65,10 @@ pub async fn get_registration_code(State(state): State<Arc<AppState>>, Extension
     json(json!({ "registrationCode": code }))
 }
 
-pub async fn delete_registration_code(State(state): State<Arc<AppState>>, Extension(caller): Extension<Caller>) -> Reply {
+pub async fn delete_registration_code(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+) -> Reply {
     call(&state, move |services| services.delete_registration_code(&caller)).await?;
     json(json!({}))
 }
@@ -165,7 +169,8 @@ pub async fn list_ca_certificates(
         .iter()
         .filter(|ca| {
             template_name.is_none()
-                || ca.registration_config.as_ref().and_then(|config| config.template_name.as_ref()) == template_name.as_ref()
+                || ca.registration_config.as_ref().and_then(|config| config.template_name.as_ref())
+                    == template_name.as_ref()
         })
         .map(|ca| CaCertificateSummary {
             certificate_arn: services.ca_certificate_arn(&account, &ca.id),
@@ -225,7 +230,8 @@ pub async fn create_certificate_from_csr(
         return Err(ApiError::invalid_request("certificateSigningRequest exceeds 4096 characters"));
     }
     let account = caller.account.clone();
-    let certificate = call(&state, move |services| services.create_certificate_from_csr(&caller, &csr, set_as_active)).await?;
+    let certificate =
+        call(&state, move |services| services.create_certificate_from_csr(&caller, &csr, set_as_active)).await?;
     json(CreatedCertificate {
         certificate_arn: state.services.certificate_arn(&account, &certificate.id),
         certificate_id: certificate.id.to_string(),
@@ -234,13 +240,7 @@ pub async fn create_certificate_from_csr(
     })
 }
 
-async fn register(
-    state: Arc<AppState>,
-    caller: Caller,
-    query: Option<String>,
-    body: Bytes,
-    without_ca: bool,
-) -> Reply {
+async fn register(state: Arc<AppState>, caller: Caller, query: Option<String>, body: Bytes, without_ca: bool) -> Reply {
     let query = Query::parse(query.as_deref())?;
     let request: RegisterCertificateRequest = json_body(&body)?;
     let registration = CertificateRegistration {
@@ -301,7 +301,8 @@ pub async fn update_certificate(
 ) -> Reply {
     let id = certificate_id(&id)?;
     let query = Query::parse(query.as_deref())?;
-    let status = certificate_status(query.text("newStatus").ok_or_else(|| ApiError::invalid_request("newStatus is required"))?)?;
+    let status =
+        certificate_status(query.text("newStatus").ok_or_else(|| ApiError::invalid_request("newStatus is required"))?)?;
     call(&state, move |services| services.update_certificate(&caller, &id, status)).await?;
     empty()
 }
@@ -359,13 +360,16 @@ pub async fn transfer_certificate(
 ) -> Reply {
     let id = certificate_id(&id)?;
     let query = Query::parse(query.as_deref())?;
-    let target = query.text("targetAwsAccount").ok_or_else(|| ApiError::invalid_request("targetAwsAccount is required"))?;
+    let target =
+        query.text("targetAwsAccount").ok_or_else(|| ApiError::invalid_request("targetAwsAccount is required"))?;
     let target = AccountId::parse(target).map_err(|error| ApiError::invalid_request(error.to_string()))?;
     let request: TransferCertificateRequest = json_body(&body)?;
     if request.transfer_message.as_ref().is_some_and(|message| message.chars().count() > 128) {
         return Err(ApiError::invalid_request("transferMessage exceeds 128 characters"));
     }
-    let arn = call(&state, move |services| services.transfer_certificate(&caller, &id, &target, request.transfer_message)).await?;
+    let arn =
+        call(&state, move |services| services.transfer_certificate(&caller, &id, &target, request.transfer_message))
+            .await?;
     json(json!({ "transferredCertificateArn": arn }))
 }
 
@@ -414,7 +418,8 @@ pub async fn describe_endpoint(
     RawQuery(query): RawQuery,
 ) -> Reply {
     let query = Query::parse(query.as_deref())?;
-    let endpoint_type = query.text("endpointType").filter(|text| !text.is_empty()).map(EndpointType::parse).transpose()?;
+    let endpoint_type =
+        query.text("endpointType").filter(|text| !text.is_empty()).map(EndpointType::parse).transpose()?;
     let address = call(&state, move |services| services.describe_endpoint(&caller, endpoint_type)).await?;
     json(json!({ "endpointAddress": address }))
 }

@@ -110,7 +110,10 @@ pub fn router(services: Arc<Services>, config: Config) -> Router {
         .route("/principal-policies/{policyName}", put(p::attach_principal_policy).delete(p::detach_principal_policy))
         .route("/policy-principals", get(p::list_policy_principals))
         .route("/things", get(t::list_things))
-        .route("/things/{thingName}", post(t::create_thing).get(t::describe_thing).patch(t::update_thing).delete(t::delete_thing))
+        .route(
+            "/things/{thingName}",
+            post(t::create_thing).get(t::describe_thing).patch(t::update_thing).delete(t::delete_thing),
+        )
         .route(
             "/things/{thingName}/principals",
             put(t::attach_thing_principal).delete(t::detach_thing_principal).get(t::list_thing_principals),
@@ -118,7 +121,10 @@ pub fn router(services: Arc<Services>, config: Config) -> Router {
         .route("/things/{thingName}/principals-v2", get(t::list_thing_principals_v2))
         .route("/principals/things", get(t::list_principal_things))
         .route("/principals/things-v2", get(t::list_principal_things_v2))
-        .route("/provisioning-templates", post(provisioning::create_provisioning_template).get(provisioning::list_provisioning_templates))
+        .route(
+            "/provisioning-templates",
+            post(provisioning::create_provisioning_template).get(provisioning::list_provisioning_templates),
+        )
         .route(
             "/provisioning-templates/{templateName}",
             get(provisioning::describe_provisioning_template).delete(provisioning::delete_provisioning_template),
@@ -156,7 +162,9 @@ async fn log_request(request: Request, next: Next) -> Response {
             %method, path, request_id, ?account, status = error.status.as_u16(), code = error.code,
             message = %error.message, elapsed_us, "request refused"
         ),
-        None => tracing::debug!(%method, path, request_id, status = response.status().as_u16(), ?account, elapsed_us, "request"),
+        None => {
+            tracing::debug!(%method, path, request_id, status = response.status().as_u16(), ?account, elapsed_us, "request")
+        }
     }
     response
 }
@@ -172,7 +180,9 @@ fn new_request_id() -> String {
 
 fn aws_lc_rs_fill(bytes: &mut [u8]) -> Result<(), ()> {
     use rustls::crypto::CryptoProvider;
-    let provider = CryptoProvider::get_default().cloned().unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()));
+    let provider = CryptoProvider::get_default()
+        .cloned()
+        .unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()));
     provider.secure_random.fill(bytes).map_err(drop)
 }
 

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
-use http::HeaderMap;
 use certfleet_registry::{KeyPage, KeyPageRequest, PageRequest, Policy, PolicyName, ThingName};
 use certfleet_services::{Caller, decode_policy_marker, decode_token, encode_policy_marker, encode_token};
+use http::HeaderMap;
 
 use crate::AppState;
 use crate::certificates::{Reply, call, empty, json, required};
@@ -77,19 +77,31 @@ pub async fn create_policy(
     })
 }
 
-pub async fn get_policy(State(state): State<Arc<AppState>>, Extension(caller): Extension<Caller>, Path(name): Path<String>) -> Reply {
+pub async fn get_policy(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Reply {
     let name = policy_name(&name)?;
     let (policy, default) = call(&state, move |services| services.get_policy(&caller, &name)).await?;
     json(policy_response(&policy, &default, state.services.policy_arn(&policy.account, &policy.name)))
 }
 
-pub async fn delete_policy(State(state): State<Arc<AppState>>, Extension(caller): Extension<Caller>, Path(name): Path<String>) -> Reply {
+pub async fn delete_policy(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Reply {
     let name = policy_name(&name)?;
     call(&state, move |services| services.delete_policy(&caller, &name)).await?;
     empty()
 }
 
-pub async fn list_policies(State(state): State<Arc<AppState>>, Extension(caller): Extension<Caller>, RawQuery(query): RawQuery) -> Reply {
+pub async fn list_policies(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    RawQuery(query): RawQuery,
+) -> Reply {
     let query = Query::parse(query.as_deref())?;
     let page = PageRequest {
         limit: query.int("pageSize", 1..=250)?.unwrap_or(25),
@@ -224,7 +236,10 @@ pub async fn list_attached_policies(
 async fn attached_policies(state: Arc<AppState>, caller: Caller, target: String, page: KeyPageRequest) -> Reply {
     let listed_for = caller.clone();
     let page = call(&state, move |services| services.list_attached_policies(&caller, &target, &page)).await?;
-    json(ListPoliciesResponse { policies: policy_list(&state, &listed_for, &page.items), next_marker: page.next.as_deref().map(encode_token) })
+    json(ListPoliciesResponse {
+        policies: policy_list(&state, &listed_for, &page.items),
+        next_marker: page.next.as_deref().map(encode_token),
+    })
 }
 
 pub async fn list_targets_for_policy(
@@ -240,7 +255,12 @@ pub async fn list_targets_for_policy(
 }
 
 /// The certificate ARNs a policy is attached to, and the marker of the next page.
-async fn targets(state: &Arc<AppState>, caller: Caller, name: PolicyName, page: KeyPageRequest) -> Result<(Vec<String>, Option<String>), ApiError> {
+async fn targets(
+    state: &Arc<AppState>,
+    caller: Caller,
+    name: PolicyName,
+    page: KeyPageRequest,
+) -> Result<(Vec<String>, Option<String>), ApiError> {
     let account = caller.account.clone();
     let page: KeyPage<_> = call(state, move |services| services.list_targets_for_policy(&caller, &name, &page)).await?;
     let arns = page.items.iter().map(|id| state.services.certificate_arn(&account, id)).collect();
@@ -264,7 +284,9 @@ pub async fn get_effective_policies(
     }
     let principal = request.principal.filter(|principal| !principal.is_empty());
     let account = caller.account.clone();
-    let policies = call(&state, move |services| services.effective_policies(&caller, principal.as_deref(), thing.as_ref())).await?;
+    let policies =
+        call(&state, move |services| services.effective_policies(&caller, principal.as_deref(), thing.as_ref()))
+            .await?;
     json(GetEffectivePoliciesResponse {
         effective_policies: policies
             .into_iter()

@@ -85,7 +85,9 @@ pub async fn create_provisioning_template(
 ) -> Reply {
     let request: CreateProvisioningTemplateRequest = json_body(&body)?;
     if request.pre_provisioning_hook.is_some() {
-        return Err(ApiError::invalid_request("preProvisioningHook is not supported (it applies to fleet provisioning)"));
+        return Err(ApiError::invalid_request(
+            "preProvisioningHook is not supported (it applies to fleet provisioning)",
+        ));
     }
     let definition = TemplateDefinition {
         name: required(request.template_name, "templateName")?,

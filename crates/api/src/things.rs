@@ -29,7 +29,9 @@ fn principal_type(query: &Query) -> Result<Option<ThingPrincipalType>, ApiError>
         .text("thingPrincipalType")
         .map(|text| {
             ThingPrincipalType::parse(text).ok_or_else(|| {
-                ApiError::invalid_request(format!("thingPrincipalType must be EXCLUSIVE_THING or NON_EXCLUSIVE_THING, got {text:?}"))
+                ApiError::invalid_request(format!(
+                    "thingPrincipalType must be EXCLUSIVE_THING or NON_EXCLUSIVE_THING, got {text:?}"
+                ))
             })
         })
         .transpose()
@@ -70,7 +72,11 @@ pub async fn create_thing(
     })
 }
 
-pub async fn describe_thing(State(state): State<Arc<AppState>>, Extension(caller): Extension<Caller>, Path(name): Path<String>) -> Reply {
+pub async fn describe_thing(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Reply {
     let name = thing_name(&name, "thingName")?;
     let thing = call(&state, move |services| services.describe_thing(&caller, &name)).await?;
     json(describe_thing_response(&thing, state.services.thing_arn(&thing.account, &thing.name)))
@@ -104,13 +110,20 @@ pub async fn delete_thing(
     let query = Query::parse(query.as_deref())?;
     let expected_version = query
         .text("expectedVersion")
-        .map(|text| text.parse::<i64>().map_err(|_| ApiError::invalid_request(format!("expectedVersion must be an integer, got {text:?}"))))
+        .map(|text| {
+            text.parse::<i64>()
+                .map_err(|_| ApiError::invalid_request(format!("expectedVersion must be an integer, got {text:?}")))
+        })
         .transpose()?;
     call(&state, move |services| services.delete_thing(&caller, &name, expected_version)).await?;
     json(json_value!({}))
 }
 
-pub async fn list_things(State(state): State<Arc<AppState>>, Extension(caller): Extension<Caller>, RawQuery(query): RawQuery) -> Reply {
+pub async fn list_things(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    RawQuery(query): RawQuery,
+) -> Reply {
     let query = Query::parse(query.as_deref())?;
     let page = token_page(&query)?;
     let attribute_name = query.text("attributeName").filter(|name| !name.is_empty()).map(str::to_owned);
@@ -119,7 +132,9 @@ pub async fn list_things(State(state): State<Arc<AppState>>, Extension(caller): 
         (None, None) => None,
         (None, Some(_)) => return Err(ApiError::invalid_request("attributeValue needs an attributeName")),
         (Some(name), None) => Some(AttributeFilter::Present { name }),
-        (Some(name), Some(prefix)) if query.flag("usePrefixAttributeValue")? => Some(AttributeFilter::StartsWith { name, prefix }),
+        (Some(name), Some(prefix)) if query.flag("usePrefixAttributeValue")? => {
+            Some(AttributeFilter::StartsWith { name, prefix })
+        }
         (Some(name), Some(value)) => Some(AttributeFilter::Equals { name, value }),
     };
     let filter = ThingFilter {
@@ -128,7 +143,11 @@ pub async fn list_things(State(state): State<Arc<AppState>>, Extension(caller): 
     };
     let page = call(&state, move |services| services.list_things(&caller, &filter, &page)).await?;
     json(ListThingsResponse {
-        things: page.items.iter().map(|thing| thing_attribute(thing, state.services.thing_arn(&thing.account, &thing.name))).collect(),
+        things: page
+            .items
+            .iter()
+            .map(|thing| thing_attribute(thing, state.services.thing_arn(&thing.account, &thing.name)))
+            .collect(),
         next_token: page.next.as_deref().map(encode_token),
     })
 }
@@ -172,7 +191,11 @@ pub async fn list_thing_principals(
     let account = caller.account.clone();
     let page = call(&state, move |services| services.list_thing_principals(&caller, &name, None, &page)).await?;
     json(ListThingPrincipalsResponse {
-        principals: page.items.iter().map(|attachment| state.services.certificate_arn(&account, &attachment.certificate_id)).collect(),
+        principals: page
+            .items
+            .iter()
+            .map(|attachment| state.services.certificate_arn(&account, &attachment.certificate_id))
+            .collect(),
         next_token: page.next.as_deref().map(encode_token),
     })
 }

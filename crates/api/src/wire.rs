@@ -244,7 +244,11 @@ pub fn registration_config_from_wire(config: WireRegistrationConfig) -> Result<R
     {
         return Err(ApiError::invalid_request("registrationConfig.templateName must match ^[0-9A-Za-z_-]+$ (1-36)"));
     }
-    Ok(RegistrationConfig { template_body: config.template_body, role_arn: config.role_arn, template_name: config.template_name })
+    Ok(RegistrationConfig {
+        template_body: config.template_body,
+        role_arn: config.role_arn,
+        template_name: config.template_name,
+    })
 }
 
 pub fn tags_from_wire(tags: Option<Vec<WireTag>>) -> Result<Vec<Tag>, ApiError> {
@@ -269,11 +273,13 @@ pub fn certificate_mode(text: &str) -> Result<CertificateMode, ApiError> {
 }
 
 pub fn certificate_status(text: &str) -> Result<CertificateStatus, ApiError> {
-    CertificateStatus::parse(text).ok_or_else(|| ApiError::invalid_request(format!("unknown certificate status {text:?}")))
+    CertificateStatus::parse(text)
+        .ok_or_else(|| ApiError::invalid_request(format!("unknown certificate status {text:?}")))
 }
 
 pub fn ca_status(text: &str) -> Result<CaStatus, ApiError> {
-    CaStatus::parse(text).ok_or_else(|| ApiError::invalid_request(format!("CA status must be ACTIVE or INACTIVE, got {text:?}")))
+    CaStatus::parse(text)
+        .ok_or_else(|| ApiError::invalid_request(format!("CA status must be ACTIVE or INACTIVE, got {text:?}")))
 }
 
 pub fn ca_description(ca: &CaCertificate, arn: String) -> DescribeCaCertificateResponse {
@@ -362,16 +368,13 @@ impl Query {
     pub fn int(&self, name: &str, range: std::ops::RangeInclusive<u32>) -> Result<Option<u32>, ApiError> {
         self.text(name)
             .map(|text| {
-                text.parse::<u32>()
-                    .ok()
-                    .filter(|value| range.contains(value))
-                    .ok_or_else(|| {
-                        ApiError::invalid_request(format!(
-                            "{name} must be an integer from {} to {}, got {text:?}",
-                            range.start(),
-                            range.end()
-                        ))
-                    })
+                text.parse::<u32>().ok().filter(|value| range.contains(value)).ok_or_else(|| {
+                    ApiError::invalid_request(format!(
+                        "{name} must be an integer from {} to {}, got {text:?}",
+                        range.start(),
+                        range.end()
+                    ))
+                })
             })
             .transpose()
     }
@@ -382,5 +385,6 @@ pub fn json_body<T: for<'de> Deserialize<'de> + Default>(body: &[u8]) -> Result<
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    serde_json::from_slice(body).map_err(|error| ApiError::invalid_request(format!("the request body is not valid: {error}")))
+    serde_json::from_slice(body)
+        .map_err(|error| ApiError::invalid_request(format!("the request body is not valid: {error}")))
 }

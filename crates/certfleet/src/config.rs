@@ -166,7 +166,8 @@ impl Config {
             }
             None => FileConfig::default(),
         };
-        let api_addr = parse_addr(overrides.api_addr.or(file.api.addr).as_deref().unwrap_or("127.0.0.1:8443"), "api.addr")?;
+        let api_addr =
+            parse_addr(overrides.api_addr.or(file.api.addr).as_deref().unwrap_or("127.0.0.1:8443"), "api.addr")?;
         let insecure_plain_http = file.api.insecure_plain_http.unwrap_or(false);
         if insecure_plain_http && !api_addr.ip().is_loopback() {
             bail!("api.insecure_plain_http is only allowed on a loopback address, not {api_addr}");
@@ -184,11 +185,20 @@ impl Config {
             insecure_plain_http,
             max_body_bytes: file.api.max_body_bytes.unwrap_or(512 * 1024),
             max_clock_skew: parse_duration(file.api.max_clock_skew.as_deref().unwrap_or("5m"), "api.max_clock_skew")?,
-            mqtt_addr: parse_addr(overrides.mqtt_addr.or(file.mqtt.addr).as_deref().unwrap_or("127.0.0.1:8883"), "mqtt.addr")?,
+            mqtt_addr: parse_addr(
+                overrides.mqtt_addr.or(file.mqtt.addr).as_deref().unwrap_or("127.0.0.1:8883"),
+                "mqtt.addr",
+            )?,
             mqtt_default_account: file.mqtt.default_account.filter(|account| !account.is_empty()),
             mqtt_max_connections: file.mqtt.max_connections.unwrap_or(100_000),
-            mqtt_handshake_timeout: parse_duration(file.mqtt.handshake_timeout.as_deref().unwrap_or("10s"), "mqtt.handshake_timeout")?,
-            mqtt_connect_timeout: parse_duration(file.mqtt.connect_timeout.as_deref().unwrap_or("10s"), "mqtt.connect_timeout")?,
+            mqtt_handshake_timeout: parse_duration(
+                file.mqtt.handshake_timeout.as_deref().unwrap_or("10s"),
+                "mqtt.handshake_timeout",
+            )?,
+            mqtt_connect_timeout: parse_duration(
+                file.mqtt.connect_timeout.as_deref().unwrap_or("10s"),
+                "mqtt.connect_timeout",
+            )?,
             mqtt_change_poll_interval: parse_duration(
                 file.mqtt.change_poll_interval.as_deref().unwrap_or("200ms"),
                 "mqtt.change_poll_interval",
@@ -214,7 +224,8 @@ fn parse_addr(text: &str, key: &str) -> anyhow::Result<SocketAddr> {
 pub fn parse_duration(text: &str, key: &str) -> anyhow::Result<time::Duration> {
     let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let number: i64 = number.parse().with_context(|| format!("{key}: {text:?} needs a number and a unit (ms, s, m, h, d)"))?;
+    let number: i64 =
+        number.parse().with_context(|| format!("{key}: {text:?} needs a number and a unit (ms, s, m, h, d)"))?;
     let duration = match unit {
         "ms" => time::Duration::milliseconds(number),
         "s" => time::Duration::seconds(number),

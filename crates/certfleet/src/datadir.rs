@@ -49,7 +49,9 @@ pub fn passphrase(config: &Config) -> anyhow::Result<Zeroizing<Vec<u8>>> {
         return Ok(Zeroizing::new(value.into_bytes()));
     }
     if let Some(path) = &config.passphrase_file {
-        let text = Zeroizing::new(std::fs::read(path).with_context(|| format!("reading the passphrase file {}", path.display()))?);
+        let text = Zeroizing::new(
+            std::fs::read(path).with_context(|| format!("reading the passphrase file {}", path.display()))?,
+        );
         let trimmed = text.trim_ascii();
         anyhow::ensure!(!trimmed.is_empty(), "the passphrase file {} is empty", path.display());
         return Ok(Zeroizing::new(trimmed.to_vec()));

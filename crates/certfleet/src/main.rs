@@ -213,7 +213,12 @@ fn run(command: Command) -> anyhow::Result<()> {
     }
 }
 
-async fn gateway_sessions(data_dir: &std::path::Path, profile: &str, region: &str, output: Output) -> anyhow::Result<()> {
+async fn gateway_sessions(
+    data_dir: &std::path::Path,
+    profile: &str,
+    region: &str,
+    output: Output,
+) -> anyhow::Result<()> {
     let target = certfleet_client::Target::from_data_dir(data_dir, profile, region)?;
     let mut connection = target.connect().await?;
     let call = certfleet_client::Call { method: "GET", path: "/certfleet/sessions".into(), body: Default::default() };

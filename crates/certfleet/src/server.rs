@@ -38,10 +38,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let (store, clock, config) = (store.clone(), clock.clone(), config.clone());
         tokio::task::spawn_blocking(move || -> anyhow::Result<(Issuer, Issuer)> {
             let device = load_or_create_issuer(
-                &*store, &*clock, IssuerPurpose::Device, "certfleet device root CA", config.root_validity, &passphrase,
+                &*store,
+                &*clock,
+                IssuerPurpose::Device,
+                "certfleet device root CA",
+                config.root_validity,
+                &passphrase,
             )?;
             let server = load_or_create_issuer(
-                &*store, &*clock, IssuerPurpose::Server, "certfleet server root CA", config.root_validity, &passphrase,
+                &*store,
+                &*clock,
+                IssuerPurpose::Server,
+                "certfleet server root CA",
+                config.root_validity,
+                &passphrase,
             )?;
             Ok((device, server))
         })
@@ -71,10 +81,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     } else {
         Some(api_tls(server_chain.clone(), server_key.clone_key())?)
     };
-    let listener = TcpListener::bind(config.api_addr).await.with_context(|| format!("binding the API to {}", config.api_addr))?;
+    let listener =
+        TcpListener::bind(config.api_addr).await.with_context(|| format!("binding the API to {}", config.api_addr))?;
     let api_addr = listener.local_addr()?;
-    let mqtt_listener =
-        TcpListener::bind(config.mqtt_addr).await.with_context(|| format!("binding the gateway to {}", config.mqtt_addr))?;
+    let mqtt_listener = TcpListener::bind(config.mqtt_addr)
+        .await
+        .with_context(|| format!("binding the gateway to {}", config.mqtt_addr))?;
     let mqtt_addr = mqtt_listener.local_addr()?;
     let (stop, stopped) = watch::channel(false);
     let gateway = start_gateway(&services, &config, server_chain, server_key, mqtt_listener, stopped.clone()).await?;
@@ -148,11 +160,17 @@ fn server_certificate(
     let (certificate, key) = server_issuer
         .issue_server_certificate("certfleet", &names, time::Duration::days(365), KeyAlgorithm::EcdsaP256, now)
         .context("issuing the server certificate")?;
-    Ok((vec![CertificateDer::from(certificate.der().to_vec())], PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.to_vec()))))
+    Ok((
+        vec![CertificateDer::from(certificate.der().to_vec())],
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.to_vec())),
+    ))
 }
 
 /// The API's TLS settings: TLS 1.2 and 1.3 only.
-fn api_tls(chain: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+fn api_tls(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> anyhow::Result<Arc<rustls::ServerConfig>> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
@@ -196,7 +214,8 @@ async fn start_gateway(
     };
     let tls = certfleet_gateway::tls::server_config(chain, key)?;
     let authorizer = certfleet_gateway::PolicyAuthorizer::new(services.clone(), &config.region);
-    let gateway = certfleet_gateway::Gateway::with_authorizer(gateway_config, services.clone(), tls, authorizer.clone());
+    let gateway =
+        certfleet_gateway::Gateway::with_authorizer(gateway_config, services.clone(), tls, authorizer.clone());
     services.attach_data_plane(gateway.live.clone());
     let broker_config = certfleet_gateway::BrokerConfig {
         connect_timeout: to_std(config.mqtt_connect_timeout),

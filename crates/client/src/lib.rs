@@ -52,14 +52,22 @@ impl Target {
     }
 
     /// An explicit URL (`https://host:port` or `http://host:port`), keys and trust anchors.
-    pub fn new(url: &str, access_key_id: &str, secret_access_key: &str, ca_bundle: Option<&Path>, region: &str) -> anyhow::Result<Self> {
+    pub fn new(
+        url: &str,
+        access_key_id: &str,
+        secret_access_key: &str,
+        ca_bundle: Option<&Path>,
+        region: &str,
+    ) -> anyhow::Result<Self> {
         let url: http::Uri = url.parse().context("the API URL")?;
         let host = url.authority().context("the URL has no host")?.as_str().to_owned();
         let tls = match url.scheme_str() {
             Some("https") => {
                 let mut roots = rustls::RootCertStore::empty();
                 let bundle: PathBuf = ca_bundle.context("https needs a CA bundle")?.to_owned();
-                for certificate in CertificateDer::pem_file_iter(&bundle).with_context(|| format!("reading {}", bundle.display()))? {
+                for certificate in
+                    CertificateDer::pem_file_iter(&bundle).with_context(|| format!("reading {}", bundle.display()))?
+                {
                     roots.add(certificate?)?;
                 }
                 let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
@@ -112,7 +120,13 @@ impl Target {
             headers.push(("content-type", "application/json"));
         }
         let signed = certfleet_sigv4::sign(
-            &certfleet_sigv4::Request { method: call.method, raw_path: path, raw_query: query, headers: &headers, body: &call.body },
+            &certfleet_sigv4::Request {
+                method: call.method,
+                raw_path: path,
+                raw_query: query,
+                headers: &headers,
+                body: &call.body,
+            },
             &self.access_key_id,
             &self.secret_access_key,
             &self.region,
@@ -120,7 +134,9 @@ impl Target {
             time::OffsetDateTime::now_utc(),
         );
         let mut request = http::Request::builder().method(call.method).uri(&call.path);
-        for (name, value) in headers.iter().copied().chain(signed.iter().map(|(name, value)| (name.as_str(), value.as_str()))) {
+        for (name, value) in
+            headers.iter().copied().chain(signed.iter().map(|(name, value)| (name.as_str(), value.as_str())))
+        {
             request = request.header(name, value);
         }
         connection.sender.ready().await?;

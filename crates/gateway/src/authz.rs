@@ -207,7 +207,9 @@ impl PolicyAuthorizer {
                 .filter(|(id, principal)| match change.kind {
                     ChangeKind::Certificate => id.as_str() == change.entity_id,
                     ChangeKind::Policy => principal.policy_names.contains(&change.entity_id),
-                    ChangeKind::Thing => principal.things.iter().any(|(thing, _)| thing.name.as_str() == change.entity_id),
+                    ChangeKind::Thing => {
+                        principal.things.iter().any(|(thing, _)| thing.name.as_str() == change.entity_id)
+                    }
                     _ => false,
                 })
                 .map(|(id, principal)| (id.clone(), principal.certificate.clone()))
@@ -242,7 +244,12 @@ impl PolicyAuthorizer {
     }
 
     /// Reads a principal and swaps it in, unless a newer read did already.
-    async fn read(&self, account: &AccountId, id: &CertificateId, certificate: CertificateAttributes) -> Result<(), LoadError> {
+    async fn read(
+        &self,
+        account: &AccountId,
+        id: &CertificateId,
+        certificate: CertificateAttributes,
+    ) -> Result<(), LoadError> {
         let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
         let services = self.services.clone();
         let (lookup_account, lookup_id) = (account.clone(), id.clone());

@@ -23,7 +23,14 @@ pub trait ConnectionObserver: Send + Sync {
     fn connected(&self, identity: &Identity, client_id: &str, session_identifier: &str, at: OffsetDateTime);
 
     /// That connection ended; `reason` is AWS IoT's `disconnectReason` (see [`DisconnectReason`]).
-    fn disconnected(&self, identity: &Identity, client_id: &str, session_identifier: &str, at: OffsetDateTime, reason: &str);
+    fn disconnected(
+        &self,
+        identity: &Identity,
+        client_id: &str,
+        session_identifier: &str,
+        at: OffsetDateTime,
+        reason: &str,
+    );
 }
 
 /// An observer that keeps nothing.
@@ -33,7 +40,15 @@ pub struct IgnoreConnections;
 impl ConnectionObserver for IgnoreConnections {
     fn connected(&self, _identity: &Identity, _client_id: &str, _session_identifier: &str, _at: OffsetDateTime) {}
 
-    fn disconnected(&self, _identity: &Identity, _client_id: &str, _session_identifier: &str, _at: OffsetDateTime, _reason: &str) {}
+    fn disconnected(
+        &self,
+        _identity: &Identity,
+        _client_id: &str,
+        _session_identifier: &str,
+        _at: OffsetDateTime,
+        _reason: &str,
+    ) {
+    }
 }
 
 /// Where the gateway publishes the events it makes outside any MQTT session (a certificate
@@ -123,7 +138,11 @@ pub(crate) fn disconnected(lifecycle: &Lifecycle<'_>, at: OffsetDateTime, reason
 /// AWS IoT's just-in-time registration event for `certificate`, registered PENDING_ACTIVATION
 /// under the CA `ca`: published on `$aws/events/certificates/registered/<caCertificateId>`.
 /// (`None` cannot happen: a certificate ID, 64 hex digits, is always a valid topic level.)
-pub fn certificate_registered(certificate: &DeviceCertificate, ca: &CertificateId, at: OffsetDateTime) -> Option<Message> {
+pub fn certificate_registered(
+    certificate: &DeviceCertificate,
+    ca: &CertificateId,
+    at: OffsetDateTime,
+) -> Option<Message> {
     let payload = serde_json::json!({
         "certificateId": certificate.id.to_string(),
         "caCertificateId": ca.to_string(),

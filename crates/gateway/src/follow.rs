@@ -46,7 +46,8 @@ impl Cursor {
 
     /// Takes a batch read after the watermark; returns the entries not seen before.
     pub fn take(&mut self, batch: Vec<Change>, now: Instant) -> Vec<Change> {
-        let fresh: Vec<Change> = batch.into_iter().filter(|change| change.seq > self.watermark && self.seen.insert(change.seq)).collect();
+        let fresh: Vec<Change> =
+            batch.into_iter().filter(|change| change.seq > self.watermark && self.seen.insert(change.seq)).collect();
         loop {
             if self.seen.remove(&(self.watermark + 1)) {
                 self.watermark += 1;
@@ -130,7 +131,12 @@ pub async fn follow(
 }
 
 /// [`apply`], then the authorizer's reload of the principals the change touches.
-pub async fn apply_all(registry: &Registry, live: &LiveSessions, authorizer: Option<&PolicyAuthorizer>, change: &Change) {
+pub async fn apply_all(
+    registry: &Registry,
+    live: &LiveSessions,
+    authorizer: Option<&PolicyAuthorizer>,
+    change: &Change,
+) {
     apply(registry, live, change).await;
     if let Some(authorizer) = authorizer {
         authorizer.changed(change).await;

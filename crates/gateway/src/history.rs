@@ -72,7 +72,18 @@ impl ConnectionObserver for HistoryRecorder {
         }));
     }
 
-    fn disconnected(&self, _identity: &Identity, _client_id: &str, session_identifier: &str, at: OffsetDateTime, reason: &str) {
-        self.enqueue(Event::Disconnected { session_identifier: session_identifier.to_owned(), at, reason: reason.to_owned() });
+    fn disconnected(
+        &self,
+        _identity: &Identity,
+        _client_id: &str,
+        session_identifier: &str,
+        at: OffsetDateTime,
+        reason: &str,
+    ) {
+        self.enqueue(Event::Disconnected {
+            session_identifier: session_identifier.to_owned(),
+            at,
+            reason: reason.to_owned(),
+        });
     }
 }

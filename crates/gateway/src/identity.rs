@@ -205,7 +205,8 @@ impl Registry {
 
     /// Whether a connected identity is still acceptable (after a change touched it).
     pub async fn recheck(&self, identity: &Identity, now: OffsetDateTime) -> Result<(), Refusal> {
-        let record = self.certificate(&identity.account, &identity.certificate_id).await?.ok_or(Refusal::Unregistered)?;
+        let record =
+            self.certificate(&identity.account, &identity.certificate_id).await?.ok_or(Refusal::Unregistered)?;
         check_status(record.status)?;
         if now > identity.not_after {
             return Err(Refusal::Expired);
@@ -221,23 +222,31 @@ impl Registry {
 
     /// JITR: registers `certificate` in `account` if one of its CAs allows it, publishes the
     /// registration event, and says whether it did.
-    async fn register_just_in_time(&self, account: &AccountId, sni: bool, certificate: &Certificate) -> Result<bool, Refusal> {
+    async fn register_just_in_time(
+        &self,
+        account: &AccountId,
+        sni: bool,
+        certificate: &Certificate,
+    ) -> Result<bool, Refusal> {
         let services = self.services.clone();
         let (lookup_account, device) = (account.clone(), certificate.clone());
-        let registered = tokio::task::spawn_blocking(move || services.auto_register_certificate(&lookup_account, &device, sni))
-            .await
-            .map_err(|_| Refusal::RegistryUnavailable)?
-            .map_err(|error| {
-                tracing::warn!(%error, cert = %certificate.id(), %account, "just-in-time registration failed");
-                Refusal::RegistryUnavailable
-            })?;
+        let registered =
+            tokio::task::spawn_blocking(move || services.auto_register_certificate(&lookup_account, &device, sni))
+                .await
+                .map_err(|_| Refusal::RegistryUnavailable)?
+                .map_err(|error| {
+                    tracing::warn!(%error, cert = %certificate.id(), %account, "just-in-time registration failed");
+                    Refusal::RegistryUnavailable
+                })?;
         let Some((record, ca)) = registered else { return Ok(false) };
         let event = certificate_registered(&record, &ca, self.services.now());
         // The cache said "unknown"; the change feed would correct it, but only at its next poll.
         lock(&self.certificates).insert((account.clone(), record.id.clone()), Some(Arc::new(record)));
         match (self.events.get(), event) {
             (Some(events), Some(event)) => events.publish_event(account, event),
-            _ => tracing::warn!(cert = %certificate.id(), %ca, "no event sink: the registration event is not published"),
+            _ => {
+                tracing::warn!(cert = %certificate.id(), %ca, "no event sink: the registration event is not published")
+            }
         }
         Ok(true)
     }
@@ -260,7 +269,11 @@ impl Registry {
         Ok(())
     }
 
-    async fn certificate(&self, account: &AccountId, id: &CertificateId) -> Result<Option<Arc<DeviceCertificate>>, Refusal> {
+    async fn certificate(
+        &self,
+        account: &AccountId,
+        id: &CertificateId,
+    ) -> Result<Option<Arc<DeviceCertificate>>, Refusal> {
         let key = (account.clone(), id.clone());
         if let Some(cached) = lock(&self.certificates).get(&key) {
             return Ok(cached.clone());

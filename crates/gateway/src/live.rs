@@ -119,7 +119,12 @@ impl LiveSessions {
 }
 
 /// Whether an identity belongs to `account` and (when given) uses this certificate or CA.
-pub fn uses(identity: &Identity, account: &AccountId, certificate: Option<&CertificateId>, ca: Option<&CertificateId>) -> bool {
+pub fn uses(
+    identity: &Identity,
+    account: &AccountId,
+    certificate: Option<&CertificateId>,
+    ca: Option<&CertificateId>,
+) -> bool {
     &identity.account == account
         && certificate.is_none_or(|id| &identity.certificate_id == id)
         && ca.is_none_or(|id| identity.ca_certificate_id.as_ref() == Some(id))

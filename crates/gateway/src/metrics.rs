@@ -24,7 +24,11 @@ impl Metrics {
 
     /// How many refusals of each reason so far.
     pub fn refusals(&self) -> Vec<(Refusal, u64)> {
-        Refusal::ALL.iter().zip(&self.refusals).map(|(reason, count)| (*reason, count.load(Ordering::Relaxed))).collect()
+        Refusal::ALL
+            .iter()
+            .zip(&self.refusals)
+            .map(|(reason, count)| (*reason, count.load(Ordering::Relaxed)))
+            .collect()
     }
 
     /// The count of one reason.

@@ -4,11 +4,11 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use certfleet_gateway::Authorizer;
 use certfleet_gateway::authz::PolicyAuthorizer;
 use certfleet_gateway::follow::apply_all;
 use certfleet_gateway::identity::{Identity, Registry};
 use certfleet_gateway::live::LiveSessions;
-use certfleet_gateway::Authorizer;
 use certfleet_pki::Certificate;
 use certfleet_registry::{PolicyName, ThingName, ThingPrincipalType};
 use certfleet_services::*;
@@ -92,12 +92,18 @@ enum Ask {
 fn check(authorizer: &PolicyAuthorizer, identity: &Identity, ask: Ask, expected: bool) {
     let (what, got) = match ask {
         Ask::Connect(client) => (format!("connect {client}"), authorizer.connect(identity, client)),
-        Ask::Publish(client, topic) => (format!("{client} publish {topic}"), authorizer.publish(identity, client, topic, false)),
-        Ask::Retain(client, topic) => (format!("{client} retain {topic}"), authorizer.publish(identity, client, topic, true)),
+        Ask::Publish(client, topic) => {
+            (format!("{client} publish {topic}"), authorizer.publish(identity, client, topic, false))
+        }
+        Ask::Retain(client, topic) => {
+            (format!("{client} retain {topic}"), authorizer.publish(identity, client, topic, true))
+        }
         Ask::Subscribe(client, filter) => {
             (format!("{client} subscribe {filter}"), authorizer.subscribe(identity, client, filter))
         }
-        Ask::Receive(client, topic) => (format!("{client} receive {topic}"), authorizer.receive(identity, client, topic)),
+        Ask::Receive(client, topic) => {
+            (format!("{client} receive {topic}"), authorizer.receive(identity, client, topic))
+        }
     };
     assert_eq!(got, expected, "{what}");
 }
@@ -156,7 +162,11 @@ fn the_thing_named_by_the_client_id_is_the_connections_thing() {
         let thing = ThingName::parse(name).unwrap();
         world
             .services
-            .create_thing(&world.alice, &thing, &ThingDefinition { attributes: attributes.clone(), ..Default::default() })
+            .create_thing(
+                &world.alice,
+                &thing,
+                &ThingDefinition { attributes: attributes.clone(), ..Default::default() },
+            )
             .unwrap();
         world.services.attach_thing_principal(&world.alice, &thing, &arn, ThingPrincipalType::NonExclusive).unwrap();
     }

@@ -52,7 +52,8 @@ fn refusals_name_their_reason() {
     let (alice, bob) = (caller(&world), caller(&world));
     let rt = runtime();
     let check = |account: &Caller, sni: bool, certificate: &Certificate, at: OffsetDateTime| {
-        rt.block_on(world.registry.authenticate(&account.account, sni, certificate, at)).map(|identity| identity.certificate_id)
+        rt.block_on(world.registry.authenticate(&account.account, sni, certificate, at))
+            .map(|identity| identity.certificate_id)
     };
 
     let active = issued(&world, &alice, true);
@@ -73,7 +74,14 @@ fn refusals_name_their_reason() {
     let mar = leaf(&ca, Duration::days(1));
     world
         .services
-        .register_certificate_without_ca(&alice, &CertificateRegistration { certificate_pem: mar.to_pem(), status: Some(CertificateStatus::Active), ..Default::default() })
+        .register_certificate_without_ca(
+            &alice,
+            &CertificateRegistration {
+                certificate_pem: mar.to_pem(),
+                status: Some(CertificateStatus::Active),
+                ..Default::default()
+            },
+        )
         .unwrap();
     assert_eq!(check(&alice, false, &mar, NOW), Err(Refusal::SniRequired));
     assert_eq!(check(&alice, true, &mar, NOW), Ok(mar.id().clone()));
@@ -82,20 +90,33 @@ fn refusals_name_their_reason() {
     let registered_ca = root("fleet root");
     let (_, ca_id) = world
         .services
-        .register_ca_certificate(&alice, &CaRegistration {
-            ca_certificate_pem: registered_ca.certificate().to_pem(),
-            mode: Some(CertificateMode::SniOnly),
-            set_as_active: true,
-            ..Default::default()
-        })
+        .register_ca_certificate(
+            &alice,
+            &CaRegistration {
+                ca_certificate_pem: registered_ca.certificate().to_pem(),
+                mode: Some(CertificateMode::SniOnly),
+                set_as_active: true,
+                ..Default::default()
+            },
+        )
         .unwrap();
     let device = leaf(&registered_ca, Duration::days(1));
     world
         .services
-        .register_certificate(&alice, &CertificateRegistration { certificate_pem: device.to_pem(), status: Some(CertificateStatus::Active), ..Default::default() })
+        .register_certificate(
+            &alice,
+            &CertificateRegistration {
+                certificate_pem: device.to_pem(),
+                status: Some(CertificateStatus::Active),
+                ..Default::default()
+            },
+        )
         .unwrap();
     assert_eq!(check(&alice, true, &device, NOW), Ok(device.id().clone()));
-    world.services.update_ca_certificate(&alice, &ca_id, &CaUpdate { new_status: Some(CaStatus::Inactive), ..Default::default() }).unwrap();
+    world
+        .services
+        .update_ca_certificate(&alice, &ca_id, &CaUpdate { new_status: Some(CaStatus::Inactive), ..Default::default() })
+        .unwrap();
     world.registry.forget_ca(&alice.account, &ca_id);
     assert_eq!(check(&alice, true, &device, NOW), Err(Refusal::CaInactive));
 }
@@ -119,7 +140,10 @@ fn the_change_feed_closes_revoked_sessions_and_refreshes_the_cache() {
     rt.block_on(apply(&world.registry, &live, &changes[0]));
     // ...then the live session is told to close, and new connections are refused.
     assert_eq!(*membership.closed.borrow(), Some(Refusal::Inactive));
-    assert_eq!(rt.block_on(world.registry.authenticate(&alice.account, false, &certificate, NOW)), Err(Refusal::Inactive));
+    assert_eq!(
+        rt.block_on(world.registry.authenticate(&alice.account, false, &certificate, NOW)),
+        Err(Refusal::Inactive)
+    );
     assert_eq!(live.count(), 1);
     drop(membership);
     assert_eq!(live.count(), 0, "a session leaves the table when it ends");

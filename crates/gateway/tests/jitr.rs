@@ -73,7 +73,10 @@ fn an_unknown_certificate_of_an_auto_registering_ca_is_registered_refused_and_an
     let alice = world.caller();
     let (registry, events) = gateway_registry(&world);
     let rt = runtime();
-    let check = |certificate: &Certificate| rt.block_on(registry.authenticate(&alice.account, true, certificate, START)).map(|identity| identity.certificate_id);
+    let check = |certificate: &Certificate| {
+        rt.block_on(registry.authenticate(&alice.account, true, certificate, START))
+            .map(|identity| identity.certificate_id)
+    };
 
     let ca = root("fleet root");
     let ca_id = register_ca(&world, &alice, &ca, true);
@@ -161,13 +164,18 @@ fn a_hundred_devices_at_once_are_each_registered_and_announced_once() {
     assert!(refusals.iter().all(Result::is_err), "nobody gets in before activation");
     let published = events.take();
     assert_eq!(published.len(), 100, "one event per certificate");
-    let mut announced: Vec<String> = published.iter().map(|(_, _, payload)| payload["certificateId"].as_str().unwrap().to_owned()).collect();
+    let mut announced: Vec<String> =
+        published.iter().map(|(_, _, payload)| payload["certificateId"].as_str().unwrap().to_owned()).collect();
     announced.sort();
     announced.dedup();
     assert_eq!(announced.len(), 100);
     let by_ca = world
         .services
-        .list_certificates_by_ca(&alice, &ca_id, &certfleet_registry::PageRequest { limit: 250, ascending: true, after: None })
+        .list_certificates_by_ca(
+            &alice,
+            &ca_id,
+            &certfleet_registry::PageRequest { limit: 250, ascending: true, after: None },
+        )
         .unwrap();
     assert_eq!(by_ca.items.len(), 100);
     assert!(by_ca.items.iter().all(|record| record.status == CertificateStatus::PendingActivation));

@@ -84,7 +84,9 @@ async fn drive(
     let mut index = worker;
     while Instant::now() < deadline {
         if budget
-            .fetch_update(std::sync::atomic::Ordering::Relaxed, std::sync::atomic::Ordering::Relaxed, |left| left.checked_sub(1))
+            .fetch_update(std::sync::atomic::Ordering::Relaxed, std::sync::atomic::Ordering::Relaxed, |left| {
+                left.checked_sub(1)
+            })
             .is_err()
         {
             break;
@@ -144,4 +146,3 @@ fn csr_call(index: usize, query: &str) -> anyhow::Result<Call> {
     let body = serde_json::json!({ "certificateSigningRequest": csr }).to_string();
     Ok(Call { method: "POST", path: format!("/certificates{query}"), body: Bytes::from(body) })
 }
-

@@ -125,8 +125,9 @@ pub async fn run(args: &MqttArgs) -> anyhow::Result<Report> {
 async fn broker(args: &MqttArgs) -> anyhow::Result<Broker> {
     let (addr, cafile) = match &args.data_dir {
         Some(dir) => {
-            let endpoints: serde_json::Value =
-                serde_json::from_str(&std::fs::read_to_string(dir.join("endpoints.json")).context("reading endpoints.json")?)?;
+            let endpoints: serde_json::Value = serde_json::from_str(
+                &std::fs::read_to_string(dir.join("endpoints.json")).context("reading endpoints.json")?,
+            )?;
             let addr = endpoints["mqtt_addr"].as_str().context("endpoints.json has no mqtt_addr")?.to_owned();
             (addr, dir.join("server-root.pem"))
         }
@@ -136,7 +137,9 @@ async fn broker(args: &MqttArgs) -> anyhow::Result<Broker> {
         ),
     };
     let mut roots = rustls::RootCertStore::empty();
-    for certificate in CertificateDer::pem_file_iter(&cafile).with_context(|| format!("reading {}", cafile.display()))? {
+    for certificate in
+        CertificateDer::pem_file_iter(&cafile).with_context(|| format!("reading {}", cafile.display()))?
+    {
         roots.add(certificate?)?;
     }
     let identities = match (&args.data_dir, &args.identities) {
@@ -157,16 +160,23 @@ async fn broker(args: &MqttArgs) -> anyhow::Result<Broker> {
 /// The policy attached to every identity the load tool makes, unless --policy-file names
 /// another: everything allowed.
 const LOADGEN_POLICY_NAME: &str = "certfleet-loadgen-allow-all";
-const LOADGEN_POLICY: &str = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"iot:*","Resource":"*"}]}"#;
+const LOADGEN_POLICY: &str =
+    r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"iot:*","Resource":"*"}]}"#;
 const CUSTOM_POLICY_NAME: &str = "certfleet-loadgen-custom";
 
 /// Makes identities through the control plane: a P-256 key and CreateCertificateFromCsr each,
 /// with a policy attached (the gateway enforces policies: without one a device may not connect).
-async fn make_identities(data_dir: &Path, count: usize, policy_file: Option<&Path>) -> anyhow::Result<Vec<(String, String)>> {
+async fn make_identities(
+    data_dir: &Path,
+    count: usize,
+    policy_file: Option<&Path>,
+) -> anyhow::Result<Vec<(String, String)>> {
     let target = Target::from_data_dir(data_dir, "default", "us-east-1")?;
     let mut connection = target.connect().await?;
     let (policy_name, document) = match policy_file {
-        Some(path) => (CUSTOM_POLICY_NAME, std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?),
+        Some(path) => {
+            (CUSTOM_POLICY_NAME, std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?)
+        }
         None => (LOADGEN_POLICY_NAME, LOADGEN_POLICY.to_owned()),
     };
     let policy = serde_json::json!({ "policyDocument": document }).to_string();
@@ -186,7 +196,11 @@ async fn make_identities(data_dir: &Path, count: usize, policy_file: Option<&Pat
         let body = serde_json::json!({ "certificateSigningRequest": csr }).to_string();
         let call = Call { method: "POST", path: "/certificates?setAsActive=true".into(), body: Bytes::from(body) };
         let (status, body) = target.send(&mut connection, &call).await?;
-        anyhow::ensure!(status == 200, "CreateCertificateFromCsr answered {status}: {}", String::from_utf8_lossy(&body));
+        anyhow::ensure!(
+            status == 200,
+            "CreateCertificateFromCsr answered {status}: {}",
+            String::from_utf8_lossy(&body)
+        );
         let created: serde_json::Value = serde_json::from_slice(&body)?;
         let pem = created["certificatePem"].as_str().context("no certificatePem")?.to_owned();
         let arn = created["certificateArn"].as_str().context("no certificateArn")?;
@@ -283,7 +297,11 @@ impl Client {
     }
 }
 
-async fn connect_storm(broker: &Arc<Broker>, args: &MqttArgs, deadline: Instant) -> anyhow::Result<(u64, Vec<u32>, u64)> {
+async fn connect_storm(
+    broker: &Arc<Broker>,
+    args: &MqttArgs,
+    deadline: Instant,
+) -> anyhow::Result<(u64, Vec<u32>, u64)> {
     let budget = Arc::new(AtomicU64::new(args.count));
     let mut workers = Vec::new();
     for worker in 0..args.connections {
@@ -291,7 +309,9 @@ async fn connect_storm(broker: &Arc<Broker>, args: &MqttArgs, deadline: Instant)
         workers.push(tokio::spawn(async move {
             let (mut ok, mut failed, mut latencies) = (0u64, 0u64, Vec::new());
             let mut attempt = 0usize;
-            while Instant::now() < deadline && budget.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| left.checked_sub(1)).is_ok() {
+            while Instant::now() < deadline
+                && budget.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| left.checked_sub(1)).is_ok()
+            {
                 let identity = &broker.identities[(worker + attempt * 7) % broker.identities.len()];
                 attempt += 1;
                 let started = Instant::now();
@@ -320,7 +340,12 @@ async fn connect_storm(broker: &Arc<Broker>, args: &MqttArgs, deadline: Instant)
 
 /// Publishers send on `loadgen/<n>`; one subscriber on `loadgen/#` receives. Messages carry the
 /// send time, so the subscriber measures end-to-end latency. Counts what the subscriber got.
-async fn publish(broker: &Arc<Broker>, args: &MqttArgs, qos: QoS, deadline: Instant) -> anyhow::Result<(u64, Vec<u32>, u64)> {
+async fn publish(
+    broker: &Arc<Broker>,
+    args: &MqttArgs,
+    qos: QoS,
+    deadline: Instant,
+) -> anyhow::Result<(u64, Vec<u32>, u64)> {
     let epoch = Instant::now();
     let mut subscriber = Client::connect(broker, &broker.identities[0], "loadgen-subscriber").await?;
     let subscribe = mqtt::Subscribe {
@@ -362,7 +387,12 @@ async fn publish(broker: &Arc<Broker>, args: &MqttArgs, qos: QoS, deadline: Inst
                             }
                             received += 1;
                             if let Some(id) = publish.packet_id
-                                && mqtt::encode(&Packet::PubAck(mqtt::PubAck::new(id)), ProtocolVersion::V311, &mut acks).is_err()
+                                && mqtt::encode(
+                                    &Packet::PubAck(mqtt::PubAck::new(id)),
+                                    ProtocolVersion::V311,
+                                    &mut acks,
+                                )
+                                .is_err()
                             {
                                 break 'reading;
                             }
@@ -397,7 +427,9 @@ async fn publish(broker: &Arc<Broker>, args: &MqttArgs, qos: QoS, deadline: Inst
         let identity = &broker.identities[(index + 1) % broker.identities.len()];
         let client = Client::connect(broker, identity, &format!("loadgen-publisher-{index}")).await?;
         let (sent, budget, payload_size) = (sent.clone(), budget.clone(), args.payload);
-        publishers.push(tokio::spawn(async move { publisher(client, index, qos, payload_size, deadline, epoch, &sent, &budget).await }));
+        publishers.push(tokio::spawn(async move {
+            publisher(client, index, qos, payload_size, deadline, epoch, &sent, &budget).await
+        }));
     }
     let mut failed = 0;
     for publisher in publishers {
@@ -451,7 +483,9 @@ async fn publisher(
     };
     let mut next_id: u16 = 0;
     let mut out = BytesMut::with_capacity(64 * 1024);
-    while Instant::now() < deadline && budget.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| left.checked_sub(1)).is_ok() {
+    while Instant::now() < deadline
+        && budget.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| left.checked_sub(1)).is_ok()
+    {
         let packet_id = if qos == QoS::AtMostOnce {
             None
         } else {

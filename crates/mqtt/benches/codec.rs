@@ -5,9 +5,7 @@ use std::hint::black_box;
 use std::num::NonZeroU16;
 
 use bytes::{Bytes, BytesMut};
-use certfleet_mqtt::{
-    Packet, PacketId, Properties, ProtocolVersion, Publish, QoS, TopicName, decode, encode,
-};
+use certfleet_mqtt::{Packet, PacketId, Properties, ProtocolVersion, Publish, QoS, TopicName, decode, encode};
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 
 const MAX_PACKET_SIZE: usize = 128 * 1024;

@@ -85,16 +85,12 @@ pub(crate) fn decode_connect(body: &mut Reader) -> Result<Connect, Error> {
     let will_qos = QoS::try_from((flags >> WILL_QOS_SHIFT) & 0x03)?;
     let will_retain = flags & WILL_RETAIN != 0;
     if !will_flag && (will_qos != QoS::AtMostOnce || will_retain) {
-        return Err(Error::Malformed(
-            "will qos or will retain set without the will flag",
-        ));
+        return Err(Error::Malformed("will qos or will retain set without the will flag"));
     }
     let has_password = flags & PASSWORD_FLAG != 0;
     let has_username = flags & USERNAME_FLAG != 0;
     if version == ProtocolVersion::V311 && has_password && !has_username {
-        return Err(Error::Malformed(
-            "password flag set without the user name flag",
-        ));
+        return Err(Error::Malformed("password flag set without the user name flag"));
     }
     let keep_alive = body.u16()?;
     let properties = match version {
@@ -102,9 +98,7 @@ pub(crate) fn decode_connect(body: &mut Reader) -> Result<Connect, Error> {
         ProtocolVersion::V311 => Properties::default(),
     };
     if properties.authentication_data.is_some() && properties.authentication_method.is_none() {
-        return Err(Error::ProtocolError(
-            "authentication data without an authentication method",
-        ));
+        return Err(Error::ProtocolError("authentication data without an authentication method"));
     }
     let client_id = body.string()?;
     let will = match will_flag {
@@ -145,19 +139,12 @@ pub(crate) fn decode_connect(body: &mut Reader) -> Result<Connect, Error> {
 
 /// Encodes CONNECT's variable header and payload. MQTT 5 properties (connect and will) are
 /// dropped for 3.1.1.
-pub(crate) fn encode_connect(
-    connect: &Connect,
-    version: ProtocolVersion,
-    sink: &mut impl Sink,
-) -> Result<(), Error> {
+pub(crate) fn encode_connect(connect: &Connect, version: ProtocolVersion, sink: &mut impl Sink) -> Result<(), Error> {
     if connect.protocol_version != version {
         return Err(Error::VersionMismatch);
     }
-    if version == ProtocolVersion::V311 && connect.password.is_some() && connect.username.is_none()
-    {
-        return Err(Error::Malformed(
-            "password flag set without the user name flag",
-        ));
+    if version == ProtocolVersion::V311 && connect.password.is_some() && connect.username.is_none() {
+        return Err(Error::Malformed("password flag set without the user name flag"));
     }
     put_str(sink, "MQTT")?;
     put_u8(sink, version.level());
@@ -182,9 +169,7 @@ pub(crate) fn encode_connect(
     if version == ProtocolVersion::V5 {
         let properties = &connect.properties;
         if properties.authentication_data.is_some() && properties.authentication_method.is_none() {
-            return Err(Error::ProtocolError(
-                "authentication data without an authentication method",
-            ));
+            return Err(Error::ProtocolError("authentication data without an authentication method"));
         }
         properties::encode(properties, Owner::Connect, sink)?;
     }
@@ -207,24 +192,15 @@ pub(crate) fn encode_connect(
 
 const SESSION_PRESENT: u8 = 0x01;
 
-pub(crate) fn decode_connack(
-    body: &mut Reader,
-    version: ProtocolVersion,
-) -> Result<ConnAck, Error> {
+pub(crate) fn decode_connack(body: &mut Reader, version: ProtocolVersion) -> Result<ConnAck, Error> {
     let flags = body.u8()?;
     if flags & !SESSION_PRESENT != 0 {
         return Err(Error::Malformed("connack flags reserved bits are set"));
     }
     let code = body.u8()?;
-    let invalid = Error::InvalidReasonCode {
-        code,
-        packet: PacketType::ConnAck.name(),
-    };
+    let invalid = Error::InvalidReasonCode { code, packet: PacketType::ConnAck.name() };
     let (reason_code, properties) = match version {
-        ProtocolVersion::V311 => (
-            ReasonCode::from_v311_connack(code).ok_or(invalid)?,
-            Properties::default(),
-        ),
+        ProtocolVersion::V311 => (ReasonCode::from_v311_connack(code).ok_or(invalid)?, Properties::default()),
         ProtocolVersion::V5 => {
             let reason_code = ReasonCode::new(code);
             if !reason_code.allowed_on(PacketType::ConnAck) {
@@ -235,40 +211,23 @@ pub(crate) fn decode_connack(
     };
     let session_present = flags & SESSION_PRESENT != 0;
     if session_present && reason_code != ReasonCode::SUCCESS {
-        return Err(Error::ProtocolError(
-            "session present on a refused connection",
-        ));
+        return Err(Error::ProtocolError("session present on a refused connection"));
     }
-    Ok(ConnAck {
-        session_present,
-        reason_code,
-        properties,
-    })
+    Ok(ConnAck { session_present, reason_code, properties })
 }
 
 /// Encodes CONNACK. For 3.1.1 the reason code must have a return code (see
 /// [`ReasonCode::to_v311_connack`]) and properties are dropped.
-pub(crate) fn encode_connack(
-    connack: &ConnAck,
-    version: ProtocolVersion,
-    sink: &mut impl Sink,
-) -> Result<(), Error> {
+pub(crate) fn encode_connack(connack: &ConnAck, version: ProtocolVersion, sink: &mut impl Sink) -> Result<(), Error> {
     let reason_code = connack.reason_code;
     if connack.session_present && reason_code != ReasonCode::SUCCESS {
-        return Err(Error::ProtocolError(
-            "session present on a refused connection",
-        ));
+        return Err(Error::ProtocolError("session present on a refused connection"));
     }
-    let invalid = Error::InvalidReasonCode {
-        code: reason_code.code(),
-        packet: PacketType::ConnAck.name(),
-    };
+    let invalid = Error::InvalidReasonCode { code: reason_code.code(), packet: PacketType::ConnAck.name() };
     put_u8(sink, u8::from(connack.session_present));
     match version {
         ProtocolVersion::V311 => {
-            let return_code = reason_code
-                .to_v311_connack()
-                .ok_or(Error::NotInVersion("this connack reason code"))?;
+            let return_code = reason_code.to_v311_connack().ok_or(Error::NotInVersion("this connack reason code"))?;
             put_u8(sink, return_code);
         }
         ProtocolVersion::V5 => {

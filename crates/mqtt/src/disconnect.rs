@@ -36,10 +36,7 @@ pub(crate) fn decode_reason_and_properties(
     let code = body.u8()?;
     let reason_code = ReasonCode::new(code);
     if !reason_code.allowed_on(packet_type) {
-        return Err(Error::InvalidReasonCode {
-            code,
-            packet: packet_type.name(),
-        });
+        return Err(Error::InvalidReasonCode { code, packet: packet_type.name() });
     }
     let properties = match body.is_empty() {
         true => Properties::default(),
@@ -57,10 +54,7 @@ pub(crate) fn encode_reason_and_properties(
     sink: &mut impl Sink,
 ) -> Result<(), Error> {
     if !reason_code.allowed_on(packet_type) {
-        return Err(Error::InvalidReasonCode {
-            code: reason_code.code(),
-            packet: packet_type.name(),
-        });
+        return Err(Error::InvalidReasonCode { code: reason_code.code(), packet: packet_type.name() });
     }
     if reason_code == ReasonCode::SUCCESS && properties.is_empty() {
         return Ok(());
@@ -72,19 +66,13 @@ pub(crate) fn encode_reason_and_properties(
     Ok(())
 }
 
-pub(crate) fn decode_disconnect(
-    body: &mut Reader,
-    version: ProtocolVersion,
-) -> Result<Disconnect, Error> {
+pub(crate) fn decode_disconnect(body: &mut Reader, version: ProtocolVersion) -> Result<Disconnect, Error> {
     match version {
         ProtocolVersion::V311 => Ok(Disconnect::default()),
         ProtocolVersion::V5 => {
             let (reason_code, properties) =
                 decode_reason_and_properties(body, PacketType::Disconnect, Owner::Disconnect)?;
-            Ok(Disconnect {
-                reason_code,
-                properties,
-            })
+            Ok(Disconnect { reason_code, properties })
         }
     }
 }

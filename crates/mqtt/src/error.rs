@@ -135,9 +135,7 @@ impl Error {
             | Error::PropertyNotAllowed { .. }
             | Error::InvalidReasonCode { .. }
             | Error::Malformed(_) => ReasonCode::MALFORMED_PACKET,
-            Error::InvalidPropertyValue(crate::properties::id::TOPIC_ALIAS) => {
-                ReasonCode::TOPIC_ALIAS_INVALID
-            }
+            Error::InvalidPropertyValue(crate::properties::id::TOPIC_ALIAS) => ReasonCode::TOPIC_ALIAS_INVALID,
             Error::ZeroPacketId
             | Error::DuplicateProperty(_)
             | Error::InvalidPropertyValue(_)
@@ -148,9 +146,7 @@ impl Error {
             Error::InvalidProtocolName | Error::UnsupportedProtocolVersion(_) => {
                 ReasonCode::UNSUPPORTED_PROTOCOL_VERSION
             }
-            Error::FieldTooLong(_) | Error::NotInVersion(_) | Error::VersionMismatch => {
-                ReasonCode::UNSPECIFIED_ERROR
-            }
+            Error::FieldTooLong(_) | Error::NotInVersion(_) | Error::VersionMismatch => ReasonCode::UNSPECIFIED_ERROR,
         }
     }
 }

@@ -3,23 +3,18 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
-use crate::connect::{
-    decode_connack, decode_connect as decode_connect_body, encode_connack, encode_connect,
-};
+use crate::connect::{decode_connack, decode_connect as decode_connect_body, encode_connack, encode_connect};
 use crate::disconnect::{
-    decode_disconnect, decode_reason_and_properties, encode_disconnect,
-    encode_reason_and_properties,
+    decode_disconnect, decode_reason_and_properties, encode_disconnect, encode_reason_and_properties,
 };
 use crate::properties::Owner;
 use crate::publish::{decode_ack, decode_publish, encode_ack, encode_publish, publish_flags};
 use crate::subscribe::{
-    decode_suback, decode_subscribe, decode_unsuback, decode_unsubscribe, encode_suback,
-    encode_subscribe, encode_unsuback, encode_unsubscribe,
+    decode_suback, decode_subscribe, decode_unsuback, decode_unsubscribe, encode_suback, encode_subscribe,
+    encode_unsuback, encode_unsubscribe,
 };
 use crate::wire::{MAX_VARIABLE_BYTE_INTEGER, Reader, Sink, measure, put_variable_byte_integer};
-use crate::{
-    Auth, Connect, Error, Packet, PacketType, ProtocolVersion, PubAck, PubComp, PubRec, PubRel,
-};
+use crate::{Auth, Connect, Error, Packet, PacketType, ProtocolVersion, PubAck, PubComp, PubRec, PubRel};
 
 /// The largest packet MQTT can frame: one type byte, four length bytes, 268,435,455 body bytes.
 pub const MAX_PACKET_SIZE: usize = 1 + 4 + MAX_VARIABLE_BYTE_INTEGER;
@@ -54,8 +49,7 @@ pub fn check_frame(buf: &[u8], max_packet_size: usize) -> Result<Option<FrameHea
     let Some(&first) = buf.first() else {
         return Ok(None);
     };
-    let packet_type =
-        PacketType::from_u8(first >> 4).ok_or(Error::InvalidPacketType(first >> 4))?;
+    let packet_type = PacketType::from_u8(first >> 4).ok_or(Error::InvalidPacketType(first >> 4))?;
     let mut remaining_length = 0usize;
     let mut header_len = 1;
     loop {
@@ -74,17 +68,9 @@ pub fn check_frame(buf: &[u8], max_packet_size: usize) -> Result<Option<FrameHea
             break;
         }
     }
-    let header = FrameHeader {
-        packet_type,
-        flags: first & 0x0F,
-        header_len,
-        remaining_length,
-    };
+    let header = FrameHeader { packet_type, flags: first & 0x0F, header_len, remaining_length };
     if header.frame_len() > max_packet_size {
-        return Err(Error::PacketTooLarge {
-            size: header.frame_len(),
-            max: max_packet_size,
-        });
+        return Err(Error::PacketTooLarge { size: header.frame_len(), max: max_packet_size });
     }
     if buf.len() < header.frame_len() {
         return Ok(None);
@@ -93,10 +79,7 @@ pub fn check_frame(buf: &[u8], max_packet_size: usize) -> Result<Option<FrameHea
 }
 
 /// Splits the next whole frame off the front of `buf`, without its fixed header.
-fn split_frame(
-    buf: &mut BytesMut,
-    max_packet_size: usize,
-) -> Result<Option<(FrameHeader, Bytes)>, Error> {
+fn split_frame(buf: &mut BytesMut, max_packet_size: usize) -> Result<Option<(FrameHeader, Bytes)>, Error> {
     let Some(header) = check_frame(buf, max_packet_size)? else {
         return Ok(None);
     };
@@ -112,11 +95,7 @@ fn split_frame(
 /// are slices of it (no copy). On an error the connection cannot continue: the caller sends the
 /// [`Error::reason_code`] (MQTT 5) and closes. CONNECT is decoded by its own protocol level,
 /// whatever `version` says; refusing a second CONNECT is the session's job.
-pub fn decode(
-    buf: &mut BytesMut,
-    version: ProtocolVersion,
-    max_packet_size: usize,
-) -> Result<Option<Packet>, Error> {
+pub fn decode(buf: &mut BytesMut, version: ProtocolVersion, max_packet_size: usize) -> Result<Option<Packet>, Error> {
     let Some((header, body)) = split_frame(buf, max_packet_size)? else {
         return Ok(None);
     };
@@ -126,15 +105,9 @@ pub fn decode(
 /// Decodes the first packet of a connection, which must be CONNECT (anything else is a
 /// [`Error::ProtocolError`]); the returned [`Connect::protocol_version`] is the `version` to
 /// pass to [`decode`] and [`encode`] from then on. `Ok(None)` until the whole frame is buffered.
-pub fn decode_connect(
-    buf: &mut BytesMut,
-    max_packet_size: usize,
-) -> Result<Option<Connect>, Error> {
+pub fn decode_connect(buf: &mut BytesMut, max_packet_size: usize) -> Result<Option<Connect>, Error> {
     // Refused from its first byte: no need to buffer a frame that will not be accepted.
-    if buf
-        .first()
-        .is_some_and(|first| first >> 4 != PacketType::Connect as u8)
-    {
+    if buf.first().is_some_and(|first| first >> 4 != PacketType::Connect as u8) {
         return Err(Error::ProtocolError("the first packet is not connect"));
     }
     let Some((header, body)) = split_frame(buf, max_packet_size)? else {
@@ -154,19 +127,12 @@ fn check_flags(header: &FrameHeader) -> Result<(), Error> {
         _ => 0,
     };
     if header.flags != expected {
-        return Err(Error::InvalidFlags {
-            packet_type: header.packet_type,
-            flags: header.flags,
-        });
+        return Err(Error::InvalidFlags { packet_type: header.packet_type, flags: header.flags });
     }
     Ok(())
 }
 
-fn decode_body(
-    header: &FrameHeader,
-    body: Bytes,
-    version: ProtocolVersion,
-) -> Result<Packet, Error> {
+fn decode_body(header: &FrameHeader, body: Bytes, version: ProtocolVersion) -> Result<Packet, Error> {
     check_flags(header)?;
     let mut reader = Reader::new(body);
     let body = &mut reader;
@@ -176,40 +142,20 @@ fn decode_body(
         PacketType::ConnAck => Packet::ConnAck(decode_connack(body, version)?),
         PacketType::Publish => Packet::Publish(decode_publish(header.flags, body, version)?),
         PacketType::PubAck => {
-            let (packet_id, reason_code, properties) =
-                decode_ack(body, version, packet_type, Owner::PubAck)?;
-            Packet::PubAck(PubAck {
-                packet_id,
-                reason_code,
-                properties,
-            })
+            let (packet_id, reason_code, properties) = decode_ack(body, version, packet_type, Owner::PubAck)?;
+            Packet::PubAck(PubAck { packet_id, reason_code, properties })
         }
         PacketType::PubRec => {
-            let (packet_id, reason_code, properties) =
-                decode_ack(body, version, packet_type, Owner::PubRec)?;
-            Packet::PubRec(PubRec {
-                packet_id,
-                reason_code,
-                properties,
-            })
+            let (packet_id, reason_code, properties) = decode_ack(body, version, packet_type, Owner::PubRec)?;
+            Packet::PubRec(PubRec { packet_id, reason_code, properties })
         }
         PacketType::PubRel => {
-            let (packet_id, reason_code, properties) =
-                decode_ack(body, version, packet_type, Owner::PubRel)?;
-            Packet::PubRel(PubRel {
-                packet_id,
-                reason_code,
-                properties,
-            })
+            let (packet_id, reason_code, properties) = decode_ack(body, version, packet_type, Owner::PubRel)?;
+            Packet::PubRel(PubRel { packet_id, reason_code, properties })
         }
         PacketType::PubComp => {
-            let (packet_id, reason_code, properties) =
-                decode_ack(body, version, packet_type, Owner::PubComp)?;
-            Packet::PubComp(PubComp {
-                packet_id,
-                reason_code,
-                properties,
-            })
+            let (packet_id, reason_code, properties) = decode_ack(body, version, packet_type, Owner::PubComp)?;
+            Packet::PubComp(PubComp { packet_id, reason_code, properties })
         }
         PacketType::Subscribe => Packet::Subscribe(decode_subscribe(body, version)?),
         PacketType::SubAck => Packet::SubAck(decode_suback(body, version)?),
@@ -221,12 +167,8 @@ fn decode_body(
         PacketType::Auth => match version {
             ProtocolVersion::V311 => return Err(Error::InvalidPacketType(packet_type as u8)),
             ProtocolVersion::V5 => {
-                let (reason_code, properties) =
-                    decode_reason_and_properties(body, packet_type, Owner::Auth)?;
-                Packet::Auth(Auth {
-                    reason_code,
-                    properties,
-                })
+                let (reason_code, properties) = decode_reason_and_properties(body, packet_type, Owner::Auth)?;
+                Packet::Auth(Auth { reason_code, properties })
             }
         },
     };
@@ -248,10 +190,7 @@ fn decode_body(
 pub fn encode(packet: &Packet, version: ProtocolVersion, out: &mut BytesMut) -> Result<(), Error> {
     let remaining_length = measure(|counter| encode_body(packet, version, counter))?;
     if remaining_length > MAX_VARIABLE_BYTE_INTEGER {
-        return Err(Error::PacketTooLarge {
-            size: 1 + 4 + remaining_length,
-            max: MAX_PACKET_SIZE,
-        });
+        return Err(Error::PacketTooLarge { size: 1 + 4 + remaining_length, max: MAX_PACKET_SIZE });
     }
     out.reserve(1 + 4 + remaining_length);
     out.put_u8(first_byte(packet));
@@ -264,10 +203,7 @@ pub fn encode(packet: &Packet, version: ProtocolVersion, out: &mut BytesMut) -> 
 pub fn encoded_len(packet: &Packet, version: ProtocolVersion) -> Result<usize, Error> {
     let remaining_length = measure(|counter| encode_body(packet, version, counter))?;
     let length_len = measure(|counter| put_variable_byte_integer(counter, remaining_length))
-        .map_err(|_| Error::PacketTooLarge {
-            size: 1 + 4 + remaining_length,
-            max: MAX_PACKET_SIZE,
-        })?;
+        .map_err(|_| Error::PacketTooLarge { size: 1 + 4 + remaining_length, max: MAX_PACKET_SIZE })?;
     Ok(1 + length_len + remaining_length)
 }
 
@@ -281,44 +217,24 @@ fn first_byte(packet: &Packet) -> u8 {
     ((packet_type as u8) << 4) | flags
 }
 
-fn encode_body(
-    packet: &Packet,
-    version: ProtocolVersion,
-    sink: &mut impl Sink,
-) -> Result<(), Error> {
+fn encode_body(packet: &Packet, version: ProtocolVersion, sink: &mut impl Sink) -> Result<(), Error> {
     let packet_type = packet.packet_type();
     match packet {
         Packet::Connect(connect) => encode_connect(connect, version, sink),
         Packet::ConnAck(connack) => encode_connack(connack, version, sink),
         Packet::Publish(publish) => encode_publish(publish, version, sink),
-        Packet::PubAck(ack) => encode_ack(
-            (ack.packet_id, ack.reason_code, &ack.properties),
-            version,
-            packet_type,
-            Owner::PubAck,
-            sink,
-        ),
-        Packet::PubRec(ack) => encode_ack(
-            (ack.packet_id, ack.reason_code, &ack.properties),
-            version,
-            packet_type,
-            Owner::PubRec,
-            sink,
-        ),
-        Packet::PubRel(ack) => encode_ack(
-            (ack.packet_id, ack.reason_code, &ack.properties),
-            version,
-            packet_type,
-            Owner::PubRel,
-            sink,
-        ),
-        Packet::PubComp(ack) => encode_ack(
-            (ack.packet_id, ack.reason_code, &ack.properties),
-            version,
-            packet_type,
-            Owner::PubComp,
-            sink,
-        ),
+        Packet::PubAck(ack) => {
+            encode_ack((ack.packet_id, ack.reason_code, &ack.properties), version, packet_type, Owner::PubAck, sink)
+        }
+        Packet::PubRec(ack) => {
+            encode_ack((ack.packet_id, ack.reason_code, &ack.properties), version, packet_type, Owner::PubRec, sink)
+        }
+        Packet::PubRel(ack) => {
+            encode_ack((ack.packet_id, ack.reason_code, &ack.properties), version, packet_type, Owner::PubRel, sink)
+        }
+        Packet::PubComp(ack) => {
+            encode_ack((ack.packet_id, ack.reason_code, &ack.properties), version, packet_type, Owner::PubComp, sink)
+        }
         Packet::Subscribe(subscribe) => encode_subscribe(subscribe, version, sink),
         Packet::SubAck(suback) => encode_suback(suback, version, sink),
         Packet::Unsubscribe(unsubscribe) => encode_unsubscribe(unsubscribe, version, sink),
@@ -327,13 +243,9 @@ fn encode_body(
         Packet::Disconnect(disconnect) => encode_disconnect(disconnect, version, sink),
         Packet::Auth(auth) => match version {
             ProtocolVersion::V311 => Err(Error::NotInVersion("auth")),
-            ProtocolVersion::V5 => encode_reason_and_properties(
-                auth.reason_code,
-                &auth.properties,
-                packet_type,
-                Owner::Auth,
-                sink,
-            ),
+            ProtocolVersion::V5 => {
+                encode_reason_and_properties(auth.reason_code, &auth.properties, packet_type, Owner::Auth, sink)
+            }
         },
     }
 }

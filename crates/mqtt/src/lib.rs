@@ -81,9 +81,7 @@ mod wire;
 pub use connect::{ConnAck, Connect, Will};
 pub use disconnect::{Auth, Disconnect};
 pub use error::Error;
-pub use frame::{
-    FrameHeader, MAX_PACKET_SIZE, check_frame, decode, decode_connect, encode, encoded_len,
-};
+pub use frame::{FrameHeader, MAX_PACKET_SIZE, check_frame, decode, decode_connect, encode, encoded_len};
 pub use packet::{Packet, PacketId, PacketType, ProtocolVersion, QoS};
 pub use properties::{PayloadFormat, Properties};
 pub use publish::{PubAck, PubComp, PubRec, PubRel, Publish};

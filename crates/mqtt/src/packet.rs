@@ -5,8 +5,8 @@ use std::fmt;
 use std::num::NonZeroU16;
 
 use crate::{
-    Auth, ConnAck, Connect, Disconnect, Error, PubAck, PubComp, PubRec, PubRel, Publish, SubAck,
-    Subscribe, UnsubAck, Unsubscribe,
+    Auth, ConnAck, Connect, Disconnect, Error, PubAck, PubComp, PubRec, PubRel, Publish, SubAck, Subscribe, UnsubAck,
+    Unsubscribe,
 };
 
 /// The protocol version of a connection, fixed by its CONNECT.

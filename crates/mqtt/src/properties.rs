@@ -6,8 +6,8 @@ use std::num::{NonZeroU16, NonZeroU32};
 use bytes::Bytes;
 
 use crate::wire::{
-    MAX_VARIABLE_BYTE_INTEGER, Reader, Sink, measure, put_binary, put_str, put_u8, put_u16,
-    put_u32, put_variable_byte_integer,
+    MAX_VARIABLE_BYTE_INTEGER, Reader, Sink, measure, put_binary, put_str, put_u8, put_u16, put_u32,
+    put_variable_byte_integer,
 };
 use crate::{Error, QoS, TopicName};
 
@@ -203,11 +203,9 @@ impl Owner {
 fn allowed(property: u8, owner: Owner) -> Option<bool> {
     use Owner::*;
     Some(match property {
-        PAYLOAD_FORMAT_INDICATOR
-        | MESSAGE_EXPIRY_INTERVAL
-        | CONTENT_TYPE
-        | RESPONSE_TOPIC
-        | CORRELATION_DATA => matches!(owner, Publish | Will),
+        PAYLOAD_FORMAT_INDICATOR | MESSAGE_EXPIRY_INTERVAL | CONTENT_TYPE | RESPONSE_TOPIC | CORRELATION_DATA => {
+            matches!(owner, Publish | Will)
+        }
         SUBSCRIPTION_IDENTIFIER => matches!(owner, Publish | Subscribe),
         SESSION_EXPIRY_INTERVAL => matches!(owner, Connect | ConnAck | Disconnect),
         ASSIGNED_CLIENT_IDENTIFIER
@@ -222,10 +220,9 @@ fn allowed(property: u8, owner: Owner) -> Option<bool> {
         REQUEST_PROBLEM_INFORMATION | REQUEST_RESPONSE_INFORMATION => owner == Connect,
         WILL_DELAY_INTERVAL => owner == Will,
         SERVER_REFERENCE => matches!(owner, ConnAck | Disconnect),
-        REASON_STRING => matches!(
-            owner,
-            ConnAck | PubAck | PubRec | PubRel | PubComp | SubAck | UnsubAck | Disconnect | Auth
-        ),
+        REASON_STRING => {
+            matches!(owner, ConnAck | PubAck | PubRec | PubRel | PubComp | SubAck | UnsubAck | Disconnect | Auth)
+        }
         RECEIVE_MAXIMUM | TOPIC_ALIAS_MAXIMUM | MAXIMUM_PACKET_SIZE => {
             matches!(owner, Connect | ConnAck)
         }
@@ -238,10 +235,7 @@ fn allowed(property: u8, owner: Owner) -> Option<bool> {
 fn check_allowed(property: u8, owner: Owner) -> Result<(), Error> {
     match allowed(property, owner) {
         Some(true) => Ok(()),
-        Some(false) => Err(Error::PropertyNotAllowed {
-            property,
-            packet: owner.name(),
-        }),
+        Some(false) => Err(Error::PropertyNotAllowed { property, packet: owner.name() }),
         None => Err(Error::UnknownProperty(property)),
     }
 }
@@ -285,14 +279,13 @@ pub(crate) fn decode(reader: &mut Reader, owner: Owner) -> Result<Properties, Er
             MESSAGE_EXPIRY_INTERVAL => set(&mut p.message_expiry_interval, property, block.u32()?)?,
             CONTENT_TYPE => set(&mut p.content_type, property, block.string()?)?,
             RESPONSE_TOPIC => {
-                let topic = TopicName::new(block.string()?)
-                    .map_err(|_| Error::InvalidPropertyValue(property))?;
+                let topic = TopicName::new(block.string()?).map_err(|_| Error::InvalidPropertyValue(property))?;
                 set(&mut p.response_topic, property, topic)?;
             }
             CORRELATION_DATA => set(&mut p.correlation_data, property, block.binary()?)?,
             SUBSCRIPTION_IDENTIFIER => {
-                let value = NonZeroU32::new(block.variable_byte_integer()?)
-                    .ok_or(Error::InvalidPropertyValue(property))?;
+                let value =
+                    NonZeroU32::new(block.variable_byte_integer()?).ok_or(Error::InvalidPropertyValue(property))?;
                 if owner == Owner::Subscribe && !p.subscription_identifiers.is_empty() {
                     return Err(Error::DuplicateProperty(property));
                 }
@@ -318,14 +311,12 @@ pub(crate) fn decode(reader: &mut Reader, owner: Owner) -> Result<Properties, Er
             SERVER_REFERENCE => set(&mut p.server_reference, property, block.string()?)?,
             REASON_STRING => set(&mut p.reason_string, property, block.string()?)?,
             RECEIVE_MAXIMUM => {
-                let value =
-                    NonZeroU16::new(block.u16()?).ok_or(Error::InvalidPropertyValue(property))?;
+                let value = NonZeroU16::new(block.u16()?).ok_or(Error::InvalidPropertyValue(property))?;
                 set(&mut p.receive_maximum, property, value)?;
             }
             TOPIC_ALIAS_MAXIMUM => set(&mut p.topic_alias_maximum, property, block.u16()?)?,
             TOPIC_ALIAS => {
-                let value =
-                    NonZeroU16::new(block.u16()?).ok_or(Error::InvalidPropertyValue(property))?;
+                let value = NonZeroU16::new(block.u16()?).ok_or(Error::InvalidPropertyValue(property))?;
                 set(&mut p.topic_alias, property, value)?;
             }
             MAXIMUM_QOS => {
@@ -346,8 +337,7 @@ pub(crate) fn decode(reader: &mut Reader, owner: Owner) -> Result<Properties, Er
                 p.user_properties.push((key, value));
             }
             MAXIMUM_PACKET_SIZE => {
-                let value =
-                    NonZeroU32::new(block.u32()?).ok_or(Error::InvalidPropertyValue(property))?;
+                let value = NonZeroU32::new(block.u32()?).ok_or(Error::InvalidPropertyValue(property))?;
                 set(&mut p.maximum_packet_size, property, value)?;
             }
             WILDCARD_SUBSCRIPTION_AVAILABLE => {
@@ -370,11 +360,7 @@ pub(crate) fn decode(reader: &mut Reader, owner: Owner) -> Result<Properties, Er
 }
 
 /// Writes a property block (length, then properties), refusing what `decode` would refuse.
-pub(crate) fn encode(
-    properties: &Properties,
-    owner: Owner,
-    sink: &mut impl Sink,
-) -> Result<(), Error> {
+pub(crate) fn encode(properties: &Properties, owner: Owner, sink: &mut impl Sink) -> Result<(), Error> {
     let len = measure(|counter| encode_entries(properties, owner, counter))?;
     put_variable_byte_integer(sink, len)?;
     encode_entries(properties, owner, sink)

@@ -34,11 +34,7 @@ pub(crate) fn read_packet_id(body: &mut Reader) -> Result<PacketId, Error> {
     PacketId::new(body.u16()?).ok_or(Error::ZeroPacketId)
 }
 
-pub(crate) fn decode_publish(
-    flags: u8,
-    body: &mut Reader,
-    version: ProtocolVersion,
-) -> Result<Publish, Error> {
+pub(crate) fn decode_publish(flags: u8, body: &mut Reader, version: ProtocolVersion) -> Result<Publish, Error> {
     let qos = QoS::try_from((flags >> QOS_SHIFT) & 0x03)?;
     let dup = flags & DUP != 0;
     if dup && qos == QoS::AtMostOnce {
@@ -59,19 +55,9 @@ pub(crate) fn decode_publish(
         ProtocolVersion::V311 => Properties::default(),
     };
     if topic.is_none() && properties.topic_alias.is_none() {
-        return Err(Error::ProtocolError(
-            "empty topic name without a topic alias",
-        ));
+        return Err(Error::ProtocolError("empty topic name without a topic alias"));
     }
-    Ok(Publish {
-        dup,
-        qos,
-        retain: flags & RETAIN != 0,
-        topic,
-        packet_id,
-        properties,
-        payload: body.rest(),
-    })
+    Ok(Publish { dup, qos, retain: flags & RETAIN != 0, topic, packet_id, properties, payload: body.rest() })
 }
 
 /// The fixed header flags of a PUBLISH.
@@ -88,25 +74,17 @@ pub(crate) fn publish_flags(publish: &Publish) -> u8 {
 
 /// Encodes PUBLISH's variable header and payload. For 3.1.1, properties are dropped and a missing
 /// topic name (topic alias) is refused.
-pub(crate) fn encode_publish(
-    publish: &Publish,
-    version: ProtocolVersion,
-    sink: &mut impl Sink,
-) -> Result<(), Error> {
+pub(crate) fn encode_publish(publish: &Publish, version: ProtocolVersion, sink: &mut impl Sink) -> Result<(), Error> {
     if publish.dup && publish.qos == QoS::AtMostOnce {
         return Err(Error::ProtocolError("dup flag set on a qos 0 publish"));
     }
     match (&publish.topic, version) {
         (Some(topic), _) => put_str(sink, topic.as_str())?,
         (None, ProtocolVersion::V311) => {
-            return Err(Error::NotInVersion(
-                "a publish without a topic name (topic alias)",
-            ));
+            return Err(Error::NotInVersion("a publish without a topic name (topic alias)"));
         }
         (None, ProtocolVersion::V5) if publish.properties.topic_alias.is_none() => {
-            return Err(Error::ProtocolError(
-                "empty topic name without a topic alias",
-            ));
+            return Err(Error::ProtocolError("empty topic name without a topic alias"));
         }
         (None, ProtocolVersion::V5) => put_str(sink, "")?,
     }
@@ -117,9 +95,7 @@ pub(crate) fn encode_publish(
             return Err(Error::ProtocolError("packet identifier on a qos 0 publish"));
         }
         (QoS::AtLeastOnce | QoS::ExactlyOnce, None) => {
-            return Err(Error::ProtocolError(
-                "qos 1 or 2 publish without a packet identifier",
-            ));
+            return Err(Error::ProtocolError("qos 1 or 2 publish without a packet identifier"));
         }
     }
     if version == ProtocolVersion::V5 {
@@ -176,44 +152,28 @@ pub struct PubComp {
 impl PubAck {
     /// A successful PUBACK without properties.
     pub fn new(packet_id: PacketId) -> Self {
-        PubAck {
-            packet_id,
-            reason_code: ReasonCode::SUCCESS,
-            properties: Properties::default(),
-        }
+        PubAck { packet_id, reason_code: ReasonCode::SUCCESS, properties: Properties::default() }
     }
 }
 
 impl PubRec {
     /// A successful PUBREC without properties.
     pub fn new(packet_id: PacketId) -> Self {
-        PubRec {
-            packet_id,
-            reason_code: ReasonCode::SUCCESS,
-            properties: Properties::default(),
-        }
+        PubRec { packet_id, reason_code: ReasonCode::SUCCESS, properties: Properties::default() }
     }
 }
 
 impl PubRel {
     /// A successful PUBREL without properties.
     pub fn new(packet_id: PacketId) -> Self {
-        PubRel {
-            packet_id,
-            reason_code: ReasonCode::SUCCESS,
-            properties: Properties::default(),
-        }
+        PubRel { packet_id, reason_code: ReasonCode::SUCCESS, properties: Properties::default() }
     }
 }
 
 impl PubComp {
     /// A successful PUBCOMP without properties.
     pub fn new(packet_id: PacketId) -> Self {
-        PubComp {
-            packet_id,
-            reason_code: ReasonCode::SUCCESS,
-            properties: Properties::default(),
-        }
+        PubComp { packet_id, reason_code: ReasonCode::SUCCESS, properties: Properties::default() }
     }
 }
 
@@ -233,10 +193,7 @@ pub(crate) fn decode_ack(
     let code = body.u8()?;
     let reason_code = ReasonCode::new(code);
     if !reason_code.allowed_on(packet_type) {
-        return Err(Error::InvalidReasonCode {
-            code,
-            packet: packet_type.name(),
-        });
+        return Err(Error::InvalidReasonCode { code, packet: packet_type.name() });
     }
     let properties = match body.is_empty() {
         true => Properties::default(),
@@ -261,10 +218,7 @@ pub(crate) fn encode_ack(
         }
         ProtocolVersion::V311 => Ok(()),
         ProtocolVersion::V5 if !reason_code.allowed_on(packet_type) => {
-            Err(Error::InvalidReasonCode {
-                code: reason_code.code(),
-                packet: packet_type.name(),
-            })
+            Err(Error::InvalidReasonCode { code: reason_code.code(), packet: packet_type.name() })
         }
         ProtocolVersion::V5 => {
             if reason_code == ReasonCode::SUCCESS && properties.is_empty() {

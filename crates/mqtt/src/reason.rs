@@ -212,16 +212,12 @@ impl ReasonCode {
                 0x00 | 0x80..=0x8A | 0x8C | 0x90 | 0x95 | 0x97 | 0x99..=0x9D | 0x9F
             ),
             PacketType::PubAck | PacketType::PubRec => {
-                matches!(
-                    self.0,
-                    0x00 | 0x10 | 0x80 | 0x83 | 0x87 | 0x90 | 0x91 | 0x97 | 0x99
-                )
+                matches!(self.0, 0x00 | 0x10 | 0x80 | 0x83 | 0x87 | 0x90 | 0x91 | 0x97 | 0x99)
             }
             PacketType::PubRel | PacketType::PubComp => matches!(self.0, 0x00 | 0x92),
-            PacketType::SubAck => matches!(
-                self.0,
-                0x00..=0x02 | 0x80 | 0x83 | 0x87 | 0x8F | 0x91 | 0x97 | 0x9E | 0xA1 | 0xA2
-            ),
+            PacketType::SubAck => {
+                matches!(self.0, 0x00..=0x02 | 0x80 | 0x83 | 0x87 | 0x8F | 0x91 | 0x97 | 0x9E | 0xA1 | 0xA2)
+            }
             PacketType::UnsubAck => {
                 matches!(self.0, 0x00 | 0x11 | 0x80 | 0x83 | 0x87 | 0x8F | 0x91)
             }
@@ -237,22 +233,12 @@ impl ReasonCode {
 
 impl fmt::Debug for ReasonCode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "ReasonCode({:#04x} {})",
-            self.0,
-            self.name().unwrap_or("unknown")
-        )
+        write!(f, "ReasonCode({:#04x} {})", self.0, self.name().unwrap_or("unknown"))
     }
 }
 
 impl fmt::Display for ReasonCode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} ({:#04x})",
-            self.name().unwrap_or("unknown reason code"),
-            self.0
-        )
+        write!(f, "{} ({:#04x})", self.name().unwrap_or("unknown reason code"), self.0)
     }
 }

@@ -3,9 +3,7 @@
 use crate::properties::{self, Owner};
 use crate::publish::read_packet_id;
 use crate::wire::{Reader, Sink, put_str, put_u8, put_u16};
-use crate::{
-    Error, PacketId, PacketType, Properties, ProtocolVersion, QoS, ReasonCode, TopicFilter,
-};
+use crate::{Error, PacketId, PacketType, Properties, ProtocolVersion, QoS, ReasonCode, TopicFilter};
 
 /// SUBSCRIBE: one or more topic filters with their options.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -89,10 +87,7 @@ const OPTIONS_RETAIN_HANDLING_SHIFT: u8 = 4;
 const OPTIONS_V311_RESERVED: u8 = 0xFC;
 const OPTIONS_V5_RESERVED: u8 = 0xC0;
 
-pub(crate) fn decode_subscribe(
-    body: &mut Reader,
-    version: ProtocolVersion,
-) -> Result<Subscribe, Error> {
+pub(crate) fn decode_subscribe(body: &mut Reader, version: ProtocolVersion) -> Result<Subscribe, Error> {
     let packet_id = read_packet_id(body)?;
     let properties = match version {
         ProtocolVersion::V5 => properties::decode(body, Owner::Subscribe)?,
@@ -107,12 +102,10 @@ pub(crate) fn decode_subscribe(
             ProtocolVersion::V5 => OPTIONS_V5_RESERVED,
         };
         if options & reserved != 0 {
-            return Err(Error::Malformed(
-                "subscription options reserved bits are set",
-            ));
+            return Err(Error::Malformed("subscription options reserved bits are set"));
         }
-        let qos = QoS::try_from(options & OPTIONS_QOS)
-            .map_err(|_| Error::ProtocolError("subscription maximum qos 3"))?;
+        let qos =
+            QoS::try_from(options & OPTIONS_QOS).map_err(|_| Error::ProtocolError("subscription maximum qos 3"))?;
         let retain_handling = match options >> OPTIONS_RETAIN_HANDLING_SHIFT {
             0 => RetainHandling::SendAtSubscribe,
             1 => RetainHandling::SendAtSubscribeIfNew,
@@ -134,11 +127,7 @@ pub(crate) fn decode_subscribe(
     if subscriptions.is_empty() {
         return Err(Error::ProtocolError("subscribe without a topic filter"));
     }
-    Ok(Subscribe {
-        packet_id,
-        subscriptions,
-        properties,
-    })
+    Ok(Subscribe { packet_id, subscriptions, properties })
 }
 
 /// Encodes SUBSCRIBE. For 3.1.1, properties are dropped and options other than the QoS must keep
@@ -168,9 +157,7 @@ pub(crate) fn encode_subscribe(
         }
         options |= (subscription.retain_handling as u8) << OPTIONS_RETAIN_HANDLING_SHIFT;
         if version == ProtocolVersion::V311 && options & OPTIONS_V311_RESERVED != 0 {
-            return Err(Error::NotInVersion(
-                "no local, retain as published or retain handling",
-            ));
+            return Err(Error::NotInVersion("no local, retain as published or retain handling"));
         }
         put_str(sink, subscription.filter.as_str())?;
         put_u8(sink, options);
@@ -198,29 +185,18 @@ pub(crate) fn decode_suback(body: &mut Reader, version: ProtocolVersion) -> Resu
             ProtocolVersion::V5 => reason_code.allowed_on(PacketType::SubAck),
         };
         if !valid {
-            return Err(Error::InvalidReasonCode {
-                code,
-                packet: PacketType::SubAck.name(),
-            });
+            return Err(Error::InvalidReasonCode { code, packet: PacketType::SubAck.name() });
         }
         reason_codes.push(reason_code);
     }
     if reason_codes.is_empty() {
         return Err(Error::ProtocolError("suback without a reason code"));
     }
-    Ok(SubAck {
-        packet_id,
-        reason_codes,
-        properties,
-    })
+    Ok(SubAck { packet_id, reason_codes, properties })
 }
 
 /// Encodes SUBACK. For 3.1.1, properties are dropped and only 3.1.1's return codes are accepted.
-pub(crate) fn encode_suback(
-    suback: &SubAck,
-    version: ProtocolVersion,
-    sink: &mut impl Sink,
-) -> Result<(), Error> {
+pub(crate) fn encode_suback(suback: &SubAck, version: ProtocolVersion, sink: &mut impl Sink) -> Result<(), Error> {
     if suback.reason_codes.is_empty() {
         return Err(Error::ProtocolError("suback without a reason code"));
     }
@@ -234,10 +210,7 @@ pub(crate) fn encode_suback(
                 return Err(Error::NotInVersion("this suback reason code"));
             }
             ProtocolVersion::V5 if !reason_code.allowed_on(PacketType::SubAck) => {
-                return Err(Error::InvalidReasonCode {
-                    code: reason_code.code(),
-                    packet: PacketType::SubAck.name(),
-                });
+                return Err(Error::InvalidReasonCode { code: reason_code.code(), packet: PacketType::SubAck.name() });
             }
             _ => put_u8(sink, reason_code.code()),
         }
@@ -245,10 +218,7 @@ pub(crate) fn encode_suback(
     Ok(())
 }
 
-pub(crate) fn decode_unsubscribe(
-    body: &mut Reader,
-    version: ProtocolVersion,
-) -> Result<Unsubscribe, Error> {
+pub(crate) fn decode_unsubscribe(body: &mut Reader, version: ProtocolVersion) -> Result<Unsubscribe, Error> {
     let packet_id = read_packet_id(body)?;
     let properties = match version {
         ProtocolVersion::V5 => properties::decode(body, Owner::Unsubscribe)?,
@@ -261,11 +231,7 @@ pub(crate) fn decode_unsubscribe(
     if filters.is_empty() {
         return Err(Error::ProtocolError("unsubscribe without a topic filter"));
     }
-    Ok(Unsubscribe {
-        packet_id,
-        filters,
-        properties,
-    })
+    Ok(Unsubscribe { packet_id, filters, properties })
 }
 
 /// Encodes UNSUBSCRIBE; for 3.1.1, properties are dropped.
@@ -287,17 +253,10 @@ pub(crate) fn encode_unsubscribe(
     Ok(())
 }
 
-pub(crate) fn decode_unsuback(
-    body: &mut Reader,
-    version: ProtocolVersion,
-) -> Result<UnsubAck, Error> {
+pub(crate) fn decode_unsuback(body: &mut Reader, version: ProtocolVersion) -> Result<UnsubAck, Error> {
     let packet_id = read_packet_id(body)?;
     if version == ProtocolVersion::V311 {
-        return Ok(UnsubAck {
-            packet_id,
-            reason_codes: Vec::new(),
-            properties: Properties::default(),
-        });
+        return Ok(UnsubAck { packet_id, reason_codes: Vec::new(), properties: Properties::default() });
     }
     let properties = properties::decode(body, Owner::UnsubAck)?;
     let mut reason_codes = Vec::new();
@@ -305,21 +264,14 @@ pub(crate) fn decode_unsuback(
         let code = body.u8()?;
         let reason_code = ReasonCode::new(code);
         if !reason_code.allowed_on(PacketType::UnsubAck) {
-            return Err(Error::InvalidReasonCode {
-                code,
-                packet: PacketType::UnsubAck.name(),
-            });
+            return Err(Error::InvalidReasonCode { code, packet: PacketType::UnsubAck.name() });
         }
         reason_codes.push(reason_code);
     }
     if reason_codes.is_empty() {
         return Err(Error::ProtocolError("unsuback without a reason code"));
     }
-    Ok(UnsubAck {
-        packet_id,
-        reason_codes,
-        properties,
-    })
+    Ok(UnsubAck { packet_id, reason_codes, properties })
 }
 
 /// Encodes UNSUBACK. For 3.1.1 the reason codes, all Success, and the properties are dropped.
@@ -331,14 +283,8 @@ pub(crate) fn encode_unsuback(
     put_u16(sink, unsuback.packet_id.get());
     match version {
         ProtocolVersion::V311 => {
-            if unsuback
-                .reason_codes
-                .iter()
-                .any(|code| *code != ReasonCode::SUCCESS)
-            {
-                return Err(Error::NotInVersion(
-                    "an unsuback reason code other than success",
-                ));
+            if unsuback.reason_codes.iter().any(|code| *code != ReasonCode::SUCCESS) {
+                return Err(Error::NotInVersion("an unsuback reason code other than success"));
             }
         }
         ProtocolVersion::V5 => {

@@ -58,19 +58,13 @@ impl TopicFilter {
             None => None,
             Some(rest) => {
                 let Some((group, _)) = rest.split_once('/') else {
-                    return Err(Error::InvalidTopicFilter(
-                        "shared subscription without a filter",
-                    ));
+                    return Err(Error::InvalidTopicFilter("shared subscription without a filter"));
                 };
                 if group.is_empty() {
-                    return Err(Error::InvalidTopicFilter(
-                        "shared subscription with an empty group",
-                    ));
+                    return Err(Error::InvalidTopicFilter("shared subscription with an empty group"));
                 }
                 if group.contains(['+', '#']) {
-                    return Err(Error::InvalidTopicFilter(
-                        "shared subscription group holds a wildcard",
-                    ));
+                    return Err(Error::InvalidTopicFilter("shared subscription group holds a wildcard"));
                 }
                 let group_end = SHARE_PREFIX.len() + group.len();
                 Some((group_end, group_end + 1))
@@ -79,16 +73,12 @@ impl TopicFilter {
         let filter_start = share.map_or(0, |(_, start)| start);
         let filter = &text[filter_start..];
         if filter.is_empty() {
-            return Err(Error::InvalidTopicFilter(
-                "shared subscription with an empty filter",
-            ));
+            return Err(Error::InvalidTopicFilter("shared subscription with an empty filter"));
         }
         let mut levels = filter.split('/').peekable();
         while let Some(level) = levels.next() {
             if level.contains('#') && (level != "#" || levels.peek().is_some()) {
-                return Err(Error::InvalidTopicFilter(
-                    "'#' must be alone in the last level",
-                ));
+                return Err(Error::InvalidTopicFilter("'#' must be alone in the last level"));
             }
             if level.contains('+') && level != "+" {
                 return Err(Error::InvalidTopicFilter("'+' must be alone in its level"));
@@ -104,8 +94,7 @@ impl TopicFilter {
 
     /// The share name of a shared subscription (`g` in `$share/g/a/+`).
     pub fn share_group(&self) -> Option<&str> {
-        self.share
-            .map(|(group_end, _)| &self.text[SHARE_PREFIX.len()..group_end])
+        self.share.map(|(group_end, _)| &self.text[SHARE_PREFIX.len()..group_end])
     }
 
     /// The filter matched against topic names: without the `$share/{group}/` prefix.

@@ -127,9 +127,7 @@ impl Sink for Counter {
 }
 
 /// The number of bytes `write` puts into a sink; `write` is run once, into a [`Counter`].
-pub(crate) fn measure(
-    write: impl FnOnce(&mut Counter) -> Result<(), Error>,
-) -> Result<usize, Error> {
+pub(crate) fn measure(write: impl FnOnce(&mut Counter) -> Result<(), Error>) -> Result<usize, Error> {
     let mut counter = Counter::default();
     write(&mut counter)?;
     Ok(counter.0)
@@ -150,10 +148,7 @@ pub(crate) fn put_u32(sink: &mut impl Sink, value: u32) {
 /// Writes a Variable Byte Integer; a value over [`MAX_VARIABLE_BYTE_INTEGER`] cannot be encoded.
 pub(crate) fn put_variable_byte_integer(sink: &mut impl Sink, value: usize) -> Result<(), Error> {
     if value > MAX_VARIABLE_BYTE_INTEGER {
-        return Err(Error::PacketTooLarge {
-            size: value,
-            max: MAX_VARIABLE_BYTE_INTEGER,
-        });
+        return Err(Error::PacketTooLarge { size: value, max: MAX_VARIABLE_BYTE_INTEGER });
     }
     let mut value = value;
     loop {

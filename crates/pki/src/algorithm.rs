@@ -118,27 +118,19 @@ fn resolve_pss(identifier: &AlgorithmIdentifier<'_>) -> Result<SignatureAlgorith
     let Some(parameters) = identifier.parameters.as_ref() else {
         return Err(Refusal::Weak("rsassa-pss-sha1"));
     };
-    let parameters =
-        RsaSsaPssParams::try_from(parameters).map_err(|_| bad("malformed parameters"))?;
+    let parameters = RsaSsaPssParams::try_from(parameters).map_err(|_| bad("malformed parameters"))?;
     let (algorithm, hash_length) = match parameters.hash_algorithm_oid().to_id_string().as_str() {
         SHA256 => (SignatureAlgorithm::RsaPssSha256, 32),
         SHA384 => (SignatureAlgorithm::RsaPssSha384, 48),
         SHA512 => (SignatureAlgorithm::RsaPssSha512, 64),
         "1.3.14.3.2.26" => return Err(Refusal::Weak("rsassa-pss-sha1")),
         other => {
-            return Err(Refusal::BadPss(format!(
-                "hash {other} is not sha-256, sha-384 or sha-512"
-            )));
+            return Err(Refusal::BadPss(format!("hash {other} is not sha-256, sha-384 or sha-512")));
         }
     };
-    let mask = parameters
-        .mask_gen_algorithm()
-        .map_err(|_| bad("malformed mask generation"))?;
+    let mask = parameters.mask_gen_algorithm().map_err(|_| bad("malformed mask generation"))?;
     if mask.mgf.to_id_string() != MGF1 {
-        return Err(Refusal::BadPss(format!(
-            "mask generation {} is not mgf1",
-            mask.mgf.to_id_string()
-        )));
+        return Err(Refusal::BadPss(format!("mask generation {} is not mgf1", mask.mgf.to_id_string())));
     }
     if mask.hash != *parameters.hash_algorithm_oid() {
         return Err(bad("mgf1 hash differs from the signature hash"));
@@ -163,32 +155,19 @@ pub(crate) fn verify(
     signature: &[u8],
 ) -> Result<(), Error> {
     check_key_rules(key)?;
-    let verification = verification_algorithm(algorithm, key.kind()).ok_or_else(|| {
-        Error::AlgorithmKeyMismatch {
-            algorithm,
-            key: describe(key.kind()),
-        }
-    })?;
-    UnparsedPublicKey::new(verification, key.key_bits())
-        .verify(message, signature)
-        .map_err(|_| Error::BadSignature)
+    let verification = verification_algorithm(algorithm, key.kind())
+        .ok_or_else(|| Error::AlgorithmKeyMismatch { algorithm, key: describe(key.kind()) })?;
+    UnparsedPublicKey::new(verification, key.key_bits()).verify(message, signature).map_err(|_| Error::BadSignature)
 }
 
 /// "an rsa-2048", "an ec P-256", "a dsa": the key for an error message.
 fn describe(kind: &KeyKind) -> String {
     let text = kind.to_string();
-    let article = if text.starts_with(['a', 'e', 'i', 'o', 'u', 'r']) {
-        "an"
-    } else {
-        "a"
-    };
+    let article = if text.starts_with(['a', 'e', 'i', 'o', 'u', 'r']) { "an" } else { "a" };
     format!("{article} {text}")
 }
 
-fn verification_algorithm(
-    algorithm: SignatureAlgorithm,
-    kind: &KeyKind,
-) -> Option<&'static dyn VerificationAlgorithm> {
+fn verification_algorithm(algorithm: SignatureAlgorithm, kind: &KeyKind) -> Option<&'static dyn VerificationAlgorithm> {
     use SignatureAlgorithm as S;
     Some(match (algorithm, kind) {
         (S::RsaPkcs1Sha256, KeyKind::Rsa { .. }) => &signature::RSA_PKCS1_2048_8192_SHA256,

@@ -46,12 +46,8 @@ impl Certificate {
 
     /// Parses a DER certificate; nothing may follow it.
     pub fn from_der(der: Vec<u8>) -> Result<Self, Error> {
-        let malformed = |reason: String| Error::BadDer {
-            what: "certificate",
-            reason,
-        };
-        let (rest, parsed) =
-            X509Certificate::from_der(&der).map_err(|error| malformed(error.to_string()))?;
+        let malformed = |reason: String| Error::BadDer { what: "certificate", reason };
+        let (rest, parsed) = X509Certificate::from_der(&der).map_err(|error| malformed(error.to_string()))?;
         if !rest.is_empty() {
             return Err(malformed("trailing bytes after the certificate".to_owned()));
         }
@@ -157,11 +153,7 @@ impl Certificate {
 
     /// The serial number as lowercase hex without colons or leading zero bytes.
     pub fn serial_hex(&self) -> String {
-        let start = self
-            .serial
-            .iter()
-            .position(|&b| b != 0)
-            .unwrap_or(self.serial.len().saturating_sub(1));
+        let start = self.serial.iter().position(|&b| b != 0).unwrap_or(self.serial.len().saturating_sub(1));
         hex::encode(&self.serial[start..])
     }
 
@@ -296,11 +288,7 @@ pub(crate) fn common_name(name: &X509Name<'_>) -> Option<String> {
     }
     let value = attribute.attr_value();
     if value.tag() == x509_parser::der_parser::asn1_rs::Tag::BmpString {
-        let units: Vec<u16> = value
-            .data
-            .chunks_exact(2)
-            .map(|pair| u16::from_be_bytes([pair[0], pair[1]]))
-            .collect();
+        let units: Vec<u16> = value.data.chunks_exact(2).map(|pair| u16::from_be_bytes([pair[0], pair[1]])).collect();
         return String::from_utf16(&units).ok();
     }
     None
@@ -310,12 +298,7 @@ pub(crate) fn common_name(name: &X509Name<'_>) -> Option<String> {
 /// `issuer_key` passes the key rules and fits the algorithm, and the signature verifies.
 pub fn verify_signature(certificate: &Certificate, issuer_key: &PublicKey) -> Result<(), Error> {
     let algorithm = certificate.signature_algorithm()?;
-    algorithm::verify(
-        algorithm,
-        issuer_key,
-        &certificate.to_be_signed,
-        &certificate.signature,
-    )
+    algorithm::verify(algorithm, issuer_key, &certificate.to_be_signed, &certificate.signature)
 }
 
 #[cfg(test)]
@@ -332,10 +315,7 @@ mod tests {
             (Ok(certificate), Ok(subject)) => assert_eq!(certificate.subject_string(), subject),
             (Err(error), Err(prefix)) => {
                 let message = error.to_string();
-                assert!(
-                    message.starts_with(prefix),
-                    "{message:?} does not start with {prefix:?}"
-                );
+                assert!(message.starts_with(prefix), "{message:?} does not start with {prefix:?}");
             }
             (got, want) => panic!("got {got:?}, want {want:?}"),
         }
@@ -363,10 +343,7 @@ mod tests {
 
     #[test]
     fn pem_with_surrounding_whitespace() {
-        check_from_pem(
-            &format!("\n\n  {}  \n", root_pem()),
-            Ok("CN=Test Root, O=certfleet"),
-        );
+        check_from_pem(&format!("\n\n  {}  \n", root_pem()), Ok("CN=Test Root, O=certfleet"));
     }
 
     #[test]
@@ -377,10 +354,7 @@ mod tests {
     #[test]
     fn pem_wrong_label() {
         let text = pem::pem_encode("CERTIFICATE REQUEST", p256_ca().certificate().der());
-        check_from_pem(
-            &text,
-            Err(r#"pem block is labelled "CERTIFICATE REQUEST": expected "CERTIFICATE""#),
-        );
+        check_from_pem(&text, Err(r#"pem block is labelled "CERTIFICATE REQUEST": expected "CERTIFICATE""#));
     }
 
     #[test]
@@ -393,37 +367,25 @@ mod tests {
 
     #[test]
     fn pem_text_before() {
-        check_from_pem(
-            &format!("subject=CN=Test Root\n{}", root_pem()),
-            Err("not pem: text before the pem block"),
-        );
+        check_from_pem(&format!("subject=CN=Test Root\n{}", root_pem()), Err("not pem: text before the pem block"));
     }
 
     #[test]
     fn pem_truncated_base64() {
         let pem = root_pem();
         let end = pem.find("\n-----END").expect("end line");
-        check_from_pem(
-            &format!("{}{}", &pem[..end - 1], &pem[end..]),
-            Err("pem body is not valid base64"),
-        );
+        check_from_pem(&format!("{}{}", &pem[..end - 1], &pem[end..]), Err("pem body is not valid base64"));
     }
 
     #[test]
     fn pem_truncated_der() {
         let der = p256_ca().certificate().der();
-        check_from_pem(
-            &pem::pem_encode("CERTIFICATE", &der[..der.len() - 8]),
-            Err("malformed certificate: "),
-        );
+        check_from_pem(&pem::pem_encode("CERTIFICATE", &der[..der.len() - 8]), Err("malformed certificate: "));
     }
 
     #[test]
     fn pem_der_garbage() {
-        check_from_pem(
-            &pem::pem_encode("CERTIFICATE", b"\x30\x03\x02\x01\x01"),
-            Err("malformed certificate: "),
-        );
+        check_from_pem(&pem::pem_encode("CERTIFICATE", b"\x30\x03\x02\x01\x01"), Err("malformed certificate: "));
     }
 
     #[test]
@@ -431,33 +393,17 @@ mod tests {
         let mut der = p256_ca().certificate().der().to_vec();
         der.push(0);
         let error = Certificate::from_der(der).expect_err("trailing byte");
-        assert_eq!(
-            error.to_string(),
-            "malformed certificate: trailing bytes after the certificate"
-        );
+        assert_eq!(error.to_string(), "malformed certificate: trailing bytes after the certificate");
     }
 
     #[test]
     fn root_fields() {
         let root = p256_ca().certificate();
-        let fields = (
-            root.subject_common_name(),
-            root.is_ca(),
-            root.key_usage_allows_cert_sign(),
-            root.is_self_issued(),
-        );
-        assert_eq!(
-            fields,
-            (Some("Test Root".to_owned()), true, Some(true), true)
-        );
-        assert_eq!(
-            (root.not_before(), root.not_after()),
-            (NOW, NOW + CA_VALIDITY)
-        );
-        assert_eq!(
-            (root.issuer_string(), root.issuer_der()),
-            (root.subject_string(), root.subject_der())
-        );
+        let fields =
+            (root.subject_common_name(), root.is_ca(), root.key_usage_allows_cert_sign(), root.is_self_issued());
+        assert_eq!(fields, (Some("Test Root".to_owned()), true, Some(true), true));
+        assert_eq!((root.not_before(), root.not_after()), (NOW, NOW + CA_VALIDITY));
+        assert_eq!((root.issuer_string(), root.issuer_der()), (root.subject_string(), root.subject_der()));
         assert_eq!(root.issuer_fingerprint(), root.subject_fingerprint());
     }
 
@@ -470,21 +416,14 @@ mod tests {
     #[test]
     fn pem_round_trips() {
         let root = p256_ca().certificate();
-        assert_eq!(
-            &Certificate::from_pem(&root.to_pem()).expect("parses"),
-            root
-        );
+        assert_eq!(&Certificate::from_pem(&root.to_pem()).expect("parses"), root);
     }
 
     #[test]
     fn serial_hex_is_16_bytes_without_colons() {
         let serial = p256_ca().certificate().serial_hex();
         assert_eq!(serial.len(), 32);
-        assert!(
-            serial
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        );
+        assert!(serial.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
     }
 
     fn check_valid_at(at: OffsetDateTime, expected: bool) {
@@ -520,28 +459,21 @@ mod tests {
         expected: Result<SignatureAlgorithm, &str>,
     ) {
         let device = GeneratedKeyPair::generate(KeyAlgorithm::EcdsaP256).expect("keygen");
-        let issued = ca
-            .issue_for_key(device.public_key(), "device-1", Duration::days(30), NOW)
-            .expect("issues");
+        let issued = ca.issue_for_key(device.public_key(), "device-1", Duration::days(30), NOW).expect("issues");
         let ca_key = ca.private_key_pkcs8_der();
         let der = resign(issued.der(), &algorithm, |message| sign(&ca_key, message));
         let certificate = Certificate::from_der(der).expect("re-signed certificate parses");
-        let got = certificate.signature_algorithm().and_then(|algorithm| {
-            verify_signature(&certificate, ca.certificate().public_key()).map(|()| algorithm)
-        });
-        assert_eq!(
-            got.map_err(|error| error.to_string()),
-            expected.map_err(str::to_owned)
-        );
+        let got = certificate
+            .signature_algorithm()
+            .and_then(|algorithm| verify_signature(&certificate, ca.certificate().public_key()).map(|()| algorithm));
+        assert_eq!(got.map_err(|error| error.to_string()), expected.map_err(str::to_owned));
     }
 
     fn rsa(padding: &'static dyn aws::RsaEncoding) -> impl FnOnce(&[u8], &[u8]) -> Vec<u8> {
         move |key, message| rsa_sign(key, padding, message)
     }
 
-    fn ecdsa(
-        algorithm: &'static aws::EcdsaSigningAlgorithm,
-    ) -> impl FnOnce(&[u8], &[u8]) -> Vec<u8> {
+    fn ecdsa(algorithm: &'static aws::EcdsaSigningAlgorithm) -> impl FnOnce(&[u8], &[u8]) -> Vec<u8> {
         move |key, message| ecdsa_sign(key, algorithm, message)
     }
 
@@ -725,9 +657,7 @@ mod tests {
             rsa_ca(),
             pss_identifier(SHA256, SHA256, 20),
             garbage,
-            Err(
-                "rsassa-pss parameters are not accepted: salt length 20 differs from the hash length 32",
-            ),
+            Err("rsassa-pss parameters are not accepted: salt length 20 differs from the hash length 32"),
         );
     }
 
@@ -737,9 +667,7 @@ mod tests {
             rsa_ca(),
             pss_identifier(SHA256, SHA1, 32),
             garbage,
-            Err(
-                "rsassa-pss parameters are not accepted: mgf1 hash differs from the signature hash",
-            ),
+            Err("rsassa-pss parameters are not accepted: mgf1 hash differs from the signature hash"),
         );
     }
 
@@ -805,9 +733,7 @@ mod tests {
 
     fn issued_by_p256() -> Certificate {
         let device = GeneratedKeyPair::generate(KeyAlgorithm::EcdsaP256).expect("keygen");
-        p256_ca()
-            .issue_for_key(device.public_key(), "device-1", Duration::days(30), NOW)
-            .expect("issues")
+        p256_ca().issue_for_key(device.public_key(), "device-1", Duration::days(30), NOW).expect("issues")
     }
 
     #[test]
@@ -816,24 +742,18 @@ mod tests {
         let last = der.len() - 1;
         der[last] ^= 1;
         let certificate = Certificate::from_der(der).expect("still parses");
-        let error = verify_signature(&certificate, p256_ca().certificate().public_key())
-            .expect_err("tampered");
+        let error = verify_signature(&certificate, p256_ca().certificate().public_key()).expect_err("tampered");
         assert_eq!(error.to_string(), "the signature does not verify");
     }
 
     #[test]
     fn tampered_validity_fails() {
         let issued = issued_by_p256();
-        let at = issued
-            .der()
-            .windows(2)
-            .position(|pair| pair == [0x17, 0x0d])
-            .expect("a UTCTime");
+        let at = issued.der().windows(2).position(|pair| pair == [0x17, 0x0d]).expect("a UTCTime");
         let mut der = issued.der().to_vec();
         der[at + 3] = if der[at + 3] == b'9' { b'8' } else { b'9' };
         let certificate = Certificate::from_der(der).expect("still parses");
-        let error = verify_signature(&certificate, p256_ca().certificate().public_key())
-            .expect_err("tampered");
+        let error = verify_signature(&certificate, p256_ca().certificate().public_key()).expect_err("tampered");
         assert_eq!(error.to_string(), "the signature does not verify");
     }
 
@@ -841,10 +761,7 @@ mod tests {
     fn issuer_key_under_the_key_rules() {
         let weak_key = PublicKey::from_spki_der(&fake_rsa_spki(1024)).expect("parses");
         let error = verify_signature(rsa_ca().certificate(), &weak_key).expect_err("weak key");
-        assert_eq!(
-            error.to_string(),
-            "rsa key of 1024 bits is too small: at least 2048 bits are required"
-        );
+        assert_eq!(error.to_string(), "rsa key of 1024 bits is too small: at least 2048 bits are required");
     }
 
     #[test]
@@ -860,12 +777,8 @@ mod tests {
             |message| ecdsa_sign(&ca_key, &aws::ECDSA_P256_SHA256_ASN1_SIGNING, message),
         );
         let certificate = Certificate::from_der(der).expect("parses");
-        let error = verify_signature(&certificate, p256_ca().certificate().public_key())
-            .expect_err("mismatch");
-        assert_eq!(
-            error.to_string(),
-            "the signature algorithm of the signed part differs from the outer one"
-        );
+        let error = verify_signature(&certificate, p256_ca().certificate().public_key()).expect_err("mismatch");
+        assert_eq!(error.to_string(), "the signature algorithm of the signed part differs from the outer one");
     }
 
     #[test]

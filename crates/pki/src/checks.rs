@@ -37,11 +37,7 @@ pub fn check_verification_certificate(
 /// Checks that a device certificate was issued by a CA: the device's issuer is the CA's subject,
 /// its signature verifies with the CA's key, it is within its validity period, and the CA is a
 /// CA (CA:TRUE, keyCertSign when keyUsage is present) within its own validity period.
-pub fn check_issued_by(
-    device: &Certificate,
-    ca: &Certificate,
-    now: OffsetDateTime,
-) -> Result<(), Error> {
+pub fn check_issued_by(device: &Certificate, ca: &Certificate, now: OffsetDateTime) -> Result<(), Error> {
     check_signed_by(device, ca)?;
     check_validity(device, CertificateRole::Device, now)?;
     check_can_sign_certificates(ca)?;
@@ -50,14 +46,10 @@ pub fn check_issued_by(
 
 fn check_can_sign_certificates(ca: &Certificate) -> Result<(), Error> {
     if !ca.is_ca() {
-        return Err(Error::NotACa {
-            subject: ca.subject_string(),
-        });
+        return Err(Error::NotACa { subject: ca.subject_string() });
     }
     if ca.key_usage_allows_cert_sign() == Some(false) {
-        return Err(Error::CaCannotSignCertificates {
-            subject: ca.subject_string(),
-        });
+        return Err(Error::CaCannotSignCertificates { subject: ca.subject_string() });
     }
     Ok(())
 }
@@ -84,11 +76,7 @@ fn check_signed_by(certificate: &Certificate, ca: &Certificate) -> Result<(), Er
     })
 }
 
-fn check_validity(
-    certificate: &Certificate,
-    role: CertificateRole,
-    now: OffsetDateTime,
-) -> Result<(), Error> {
+fn check_validity(certificate: &Certificate, role: CertificateRole, now: OffsetDateTime) -> Result<(), Error> {
     if now < certificate.not_before() {
         return Err(Error::NotYetValid {
             role,
@@ -97,11 +85,7 @@ fn check_validity(
         });
     }
     if now > certificate.not_after() {
-        return Err(Error::Expired {
-            role,
-            subject: certificate.subject_string(),
-            not_after: certificate.not_after(),
-        });
+        return Err(Error::Expired { role, subject: certificate.subject_string(), not_after: certificate.not_after() });
     }
     Ok(())
 }
@@ -117,22 +101,15 @@ mod tests {
     const DEVICE_VALIDITY: Duration = Duration::days(30);
 
     fn check(got: Result<(), Error>, expected: Result<(), &str>) {
-        assert_eq!(
-            got.map_err(|error| error.to_string()),
-            expected.map_err(str::to_owned)
-        );
+        assert_eq!(got.map_err(|error| error.to_string()), expected.map_err(str::to_owned));
     }
 
     fn device_key() -> PublicKey {
-        GeneratedKeyPair::generate(KeyAlgorithm::EcdsaP256)
-            .expect("keygen")
-            .public_key()
-            .clone()
+        GeneratedKeyPair::generate(KeyAlgorithm::EcdsaP256).expect("keygen").public_key().clone()
     }
 
     fn device(ca: &Issuer, common_name: &str) -> Certificate {
-        ca.issue_for_key(&device_key(), common_name, DEVICE_VALIDITY, NOW)
-            .expect("issues")
+        ca.issue_for_key(&device_key(), common_name, DEVICE_VALIDITY, NOW).expect("issues")
     }
 
     /// A CA built by rcgen with the given extensions, to reach shapes `generate_root` never makes.
@@ -144,21 +121,12 @@ mod tests {
         let key_pair = rcgen::KeyPair::generate_for(algorithm).expect("keygen");
         let mut params = rcgen::CertificateParams::default();
         params.distinguished_name = rcgen::DistinguishedName::new();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "Odd CA");
+        params.distinguished_name.push(rcgen::DnType::CommonName, "Odd CA");
         params.is_ca = is_ca;
         params.key_usages = key_usages;
         params.not_before = NOW;
         params.not_after = NOW + CA_VALIDITY;
-        Certificate::from_der(
-            params
-                .self_signed(&key_pair)
-                .expect("self-signed")
-                .der()
-                .to_vec(),
-        )
-        .expect("parses")
+        Certificate::from_der(params.self_signed(&key_pair).expect("self-signed").der().to_vec()).expect("parses")
     }
 
     fn unconstrained() -> rcgen::IsCa {
@@ -190,11 +158,8 @@ mod tests {
 
     #[test]
     fn ca_without_basic_constraints_refused() {
-        let certificate = rcgen_ca(
-            rcgen::IsCa::NoCa,
-            vec![rcgen::KeyUsagePurpose::KeyCertSign],
-            &rcgen::PKCS_ECDSA_P256_SHA256,
-        );
+        let certificate =
+            rcgen_ca(rcgen::IsCa::NoCa, vec![rcgen::KeyUsagePurpose::KeyCertSign], &rcgen::PKCS_ECDSA_P256_SHA256);
         check(
             check_ca_certificate(&certificate, NOW),
             Err("certificate CN=Odd CA is not a ca: basicConstraints CA:TRUE is missing"),
@@ -203,16 +168,11 @@ mod tests {
 
     #[test]
     fn ca_key_usage_without_cert_sign_refused() {
-        let certificate = rcgen_ca(
-            unconstrained(),
-            vec![rcgen::KeyUsagePurpose::DigitalSignature],
-            &rcgen::PKCS_ECDSA_P256_SHA256,
-        );
+        let certificate =
+            rcgen_ca(unconstrained(), vec![rcgen::KeyUsagePurpose::DigitalSignature], &rcgen::PKCS_ECDSA_P256_SHA256);
         check(
             check_ca_certificate(&certificate, NOW),
-            Err(
-                "ca certificate CN=Odd CA may not sign certificates: its keyUsage lacks keyCertSign",
-            ),
+            Err("ca certificate CN=Odd CA may not sign certificates: its keyUsage lacks keyCertSign"),
         );
     }
 
@@ -229,51 +189,26 @@ mod tests {
     fn ca_not_yet_valid_refused() {
         check(
             check_ca_certificate(p256_ca().certificate(), NOW - Duration::DAY),
-            Err(
-                "ca certificate CN=Test Root, O=certfleet is not valid before 2025-06-01T12:00:00Z",
-            ),
+            Err("ca certificate CN=Test Root, O=certfleet is not valid before 2025-06-01T12:00:00Z"),
         );
     }
 
     #[test]
     fn ca_ed25519_key_refused() {
-        let certificate = rcgen_ca(
-            unconstrained(),
-            vec![rcgen::KeyUsagePurpose::KeyCertSign],
-            &rcgen::PKCS_ED25519,
-        );
-        check(
-            check_ca_certificate(&certificate, NOW),
-            Err("ed25519 keys are not accepted"),
-        );
+        let certificate = rcgen_ca(unconstrained(), vec![rcgen::KeyUsagePurpose::KeyCertSign], &rcgen::PKCS_ED25519);
+        check(check_ca_certificate(&certificate, NOW), Err("ed25519 keys are not accepted"));
     }
 
     const CODE: &str = "2f1a6ad3cdb2ac36b07e58a1a0f4fef3c7fd0e1b1c3b7e1f6b2e0d0a5c9e8f7d";
 
     #[test]
     fn verification_good() {
-        check(
-            check_verification_certificate(
-                p256_ca().certificate(),
-                &device(p256_ca(), CODE),
-                CODE,
-                NOW,
-            ),
-            Ok(()),
-        );
+        check(check_verification_certificate(p256_ca().certificate(), &device(p256_ca(), CODE), CODE, NOW), Ok(()));
     }
 
     #[test]
     fn verification_rsa_ca_good() {
-        check(
-            check_verification_certificate(
-                rsa_ca().certificate(),
-                &device(rsa_ca(), CODE),
-                CODE,
-                NOW,
-            ),
-            Ok(()),
-        );
+        check(check_verification_certificate(rsa_ca().certificate(), &device(rsa_ca(), CODE), CODE, NOW), Ok(()));
     }
 
     #[test]
@@ -291,33 +226,16 @@ mod tests {
     fn verification_code_is_case_sensitive() {
         let verification = device(p256_ca(), &CODE.to_uppercase());
         let got = check_verification_certificate(p256_ca().certificate(), &verification, CODE, NOW);
-        assert!(
-            matches!(got, Err(Error::RegistrationCodeMismatch { .. })),
-            "{got:?}"
-        );
+        assert!(matches!(got, Err(Error::RegistrationCodeMismatch { .. })), "{got:?}");
     }
 
     #[test]
     fn verification_signed_by_another_key_refused() {
-        let impostor = Issuer::generate_root(
-            "Test Root",
-            "certfleet",
-            CA_VALIDITY,
-            KeyAlgorithm::EcdsaP256,
-            NOW,
-        )
-        .expect("root");
-        assert_eq!(
-            impostor.certificate().subject_der(),
-            p256_ca().certificate().subject_der()
-        );
+        let impostor =
+            Issuer::generate_root("Test Root", "certfleet", CA_VALIDITY, KeyAlgorithm::EcdsaP256, NOW).expect("root");
+        assert_eq!(impostor.certificate().subject_der(), p256_ca().certificate().subject_der());
         check(
-            check_verification_certificate(
-                p256_ca().certificate(),
-                &device(&impostor, CODE),
-                CODE,
-                NOW,
-            ),
+            check_verification_certificate(p256_ca().certificate(), &device(&impostor, CODE), CODE, NOW),
             Err(
                 "certificate is not signed by the ca CN=Test Root, O=certfleet: the signature does not verify with the ca key",
             ),
@@ -327,12 +245,7 @@ mod tests {
     #[test]
     fn verification_signed_by_another_key_type_refused() {
         check(
-            check_verification_certificate(
-                p256_ca().certificate(),
-                &device(rsa_ca(), CODE),
-                CODE,
-                NOW,
-            ),
+            check_verification_certificate(p256_ca().certificate(), &device(rsa_ca(), CODE), CODE, NOW),
             Err(
                 "certificate is not signed by the ca CN=Test Root, O=certfleet: sha256WithRSAEncryption signatures cannot be verified with an ec P-256 key",
             ),
@@ -342,15 +255,8 @@ mod tests {
     #[test]
     fn verification_issued_by_another_name_refused() {
         check(
-            check_verification_certificate(
-                p521_ca().certificate(),
-                &device(p256_ca(), CODE),
-                CODE,
-                NOW,
-            ),
-            Err(
-                "certificate is not signed by the ca CN=Test P-521 Root: its issuer is CN=Test Root, O=certfleet",
-            ),
+            check_verification_certificate(p521_ca().certificate(), &device(p256_ca(), CODE), CODE, NOW),
+            Err("certificate is not signed by the ca CN=Test P-521 Root: its issuer is CN=Test Root, O=certfleet"),
         );
     }
 
@@ -358,36 +264,20 @@ mod tests {
     fn verification_expired_refused() {
         let after = NOW + DEVICE_VALIDITY + Duration::SECOND;
         check(
-            check_verification_certificate(
-                p256_ca().certificate(),
-                &device(p256_ca(), CODE),
-                CODE,
-                after,
-            ),
-            Err(&format!(
-                "verification certificate CN={CODE} expired at 2025-07-01T12:00:00Z"
-            )),
+            check_verification_certificate(p256_ca().certificate(), &device(p256_ca(), CODE), CODE, after),
+            Err(&format!("verification certificate CN={CODE} expired at 2025-07-01T12:00:00Z")),
         );
     }
 
     #[test]
     fn issued_by_right_ca() {
-        check(
-            check_issued_by(&device(p384_ca(), "device-1"), p384_ca().certificate(), NOW),
-            Ok(()),
-        );
+        check(check_issued_by(&device(p384_ca(), "device-1"), p384_ca().certificate(), NOW), Ok(()));
     }
 
     #[test]
     fn issued_by_same_name_other_key_refused() {
-        let impostor = Issuer::generate_root(
-            "Test Root",
-            "certfleet",
-            CA_VALIDITY,
-            KeyAlgorithm::EcdsaP384,
-            NOW,
-        )
-        .expect("root");
+        let impostor =
+            Issuer::generate_root("Test Root", "certfleet", CA_VALIDITY, KeyAlgorithm::EcdsaP384, NOW).expect("root");
         check(
             check_issued_by(&device(&impostor, "device-1"), p384_ca().certificate(), NOW),
             Err(
@@ -400,25 +290,15 @@ mod tests {
     fn issued_by_device_expired_refused() {
         let after = NOW + DEVICE_VALIDITY + Duration::SECOND;
         check(
-            check_issued_by(
-                &device(p256_ca(), "device-1"),
-                p256_ca().certificate(),
-                after,
-            ),
+            check_issued_by(&device(p256_ca(), "device-1"), p256_ca().certificate(), after),
             Err("device certificate CN=device-1 expired at 2025-07-01T12:00:00Z"),
         );
     }
 
     #[test]
     fn issued_by_device_not_yet_valid_refused() {
-        let issued = p256_ca()
-            .issue_for_key(
-                &device_key(),
-                "device-1",
-                DEVICE_VALIDITY,
-                NOW + Duration::DAY,
-            )
-            .expect("issues");
+        let issued =
+            p256_ca().issue_for_key(&device_key(), "device-1", DEVICE_VALIDITY, NOW + Duration::DAY).expect("issues");
         check(
             check_issued_by(&issued, p256_ca().certificate(), NOW),
             Err("device certificate CN=device-1 is not valid before 2025-06-02T12:00:00Z"),
@@ -428,15 +308,10 @@ mod tests {
     #[test]
     fn issued_by_expired_ca_refused() {
         let short_lived =
-            Issuer::generate_root("Short", "", Duration::DAY, KeyAlgorithm::EcdsaP256, NOW)
-                .expect("root");
+            Issuer::generate_root("Short", "", Duration::DAY, KeyAlgorithm::EcdsaP256, NOW).expect("root");
         let at = NOW + Duration::days(2);
         check(
-            check_issued_by(
-                &device(&short_lived, "device-1"),
-                short_lived.certificate(),
-                at,
-            ),
+            check_issued_by(&device(&short_lived, "device-1"), short_lived.certificate(), at),
             Err("ca certificate CN=Short expired at 2025-06-02T12:00:00Z"),
         );
     }
@@ -448,11 +323,7 @@ mod tests {
             .expect("issues");
         let leaf_issuer = Issuer::from_parts(leaf, &leaf_key).expect("pairs");
         check(
-            check_issued_by(
-                &device(&leaf_issuer, "device-1"),
-                leaf_issuer.certificate(),
-                NOW,
-            ),
+            check_issued_by(&device(&leaf_issuer, "device-1"), leaf_issuer.certificate(), NOW),
             Err("certificate CN=not-a-ca is not a ca: basicConstraints CA:TRUE is missing"),
         );
     }

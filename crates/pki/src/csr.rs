@@ -25,39 +25,24 @@ pub struct Csr {
 impl Csr {
     /// Parses and checks one "CERTIFICATE REQUEST" (or "NEW CERTIFICATE REQUEST") PEM block.
     pub fn from_pem(text: &str) -> Result<Self, Error> {
-        Self::from_der(&pem::pem_decode(
-            text,
-            &["CERTIFICATE REQUEST", "NEW CERTIFICATE REQUEST"],
-        )?)
+        Self::from_der(&pem::pem_decode(text, &["CERTIFICATE REQUEST", "NEW CERTIFICATE REQUEST"])?)
     }
 
     /// Parses and checks a DER certification request: the key rules first, then the signature.
     pub fn from_der(der: &[u8]) -> Result<Self, Error> {
-        let malformed = |reason: String| Error::BadDer {
-            what: "certificate request",
-            reason,
-        };
-        let (rest, request) = X509CertificationRequest::from_der(der)
-            .map_err(|error| malformed(error.to_string()))?;
+        let malformed = |reason: String| Error::BadDer { what: "certificate request", reason };
+        let (rest, request) = X509CertificationRequest::from_der(der).map_err(|error| malformed(error.to_string()))?;
         if !rest.is_empty() {
             return Err(malformed("trailing bytes after the request".to_owned()));
         }
         let info = &request.certification_request_info;
         if info.version.0 != 0 {
-            return Err(malformed(format!(
-                "version {} is not 1",
-                info.version.0 + 1
-            )));
+            return Err(malformed(format!("version {} is not 1", info.version.0 + 1)));
         }
         let public_key = PublicKey::from_x509(&info.subject_pki)?;
         check_key_rules(&public_key)?;
         let signature_algorithm = algorithm::resolve(&request.signature_algorithm)?;
-        algorithm::verify(
-            signature_algorithm,
-            &public_key,
-            info.raw,
-            &request.signature_value.data,
-        )?;
+        algorithm::verify(signature_algorithm, &public_key, info.raw, &request.signature_value.data)?;
         Ok(Csr {
             subject_der: info.subject.as_raw().to_vec(),
             subject_string: info.subject.to_string(),
@@ -122,10 +107,9 @@ mod tests {
 
     fn check(text: &str, expected: Result<(KeyKind, &str), &str>) {
         match (Csr::from_pem(text), expected) {
-            (Ok(csr), Ok((kind, subject))) => assert_eq!(
-                (csr.public_key().kind(), csr.subject_string().as_str()),
-                (&kind, subject)
-            ),
+            (Ok(csr), Ok((kind, subject))) => {
+                assert_eq!((csr.public_key().kind(), csr.subject_string().as_str()), (&kind, subject))
+            }
             (Err(error), Err(message)) => assert_eq!(error.to_string(), message),
             (got, want) => panic!("got {got:?}, want {want:?}"),
         }
@@ -136,11 +120,7 @@ mod tests {
     }
 
     fn p256_csr_der() -> Vec<u8> {
-        pem::pem_decode(
-            &rcgen_csr(&rcgen::PKCS_ECDSA_P256_SHA256, "thing-1"),
-            &["CERTIFICATE REQUEST"],
-        )
-        .expect("pem")
+        pem::pem_decode(&rcgen_csr(&rcgen::PKCS_ECDSA_P256_SHA256, "thing-1"), &["CERTIFICATE REQUEST"]).expect("pem")
     }
 
     fn thing_1() -> Vec<u8> {
@@ -148,128 +128,80 @@ mod tests {
     }
 
     fn rsa_device_spki() -> Vec<u8> {
-        rcgen::KeyPair::try_from(rsa_device_pkcs8())
-            .expect("loads")
-            .subject_public_key_info()
+        rcgen::KeyPair::try_from(rsa_device_pkcs8()).expect("loads").subject_public_key_info()
     }
 
     #[test]
     fn p256_accepted() {
-        check(
-            &rcgen_csr(&rcgen::PKCS_ECDSA_P256_SHA256, "thing-1"),
-            Ok((KeyKind::Ec(Curve::P256), "CN=thing-1")),
-        );
+        check(&rcgen_csr(&rcgen::PKCS_ECDSA_P256_SHA256, "thing-1"), Ok((KeyKind::Ec(Curve::P256), "CN=thing-1")));
     }
 
     #[test]
     fn p384_accepted() {
-        check(
-            &rcgen_csr(&rcgen::PKCS_ECDSA_P384_SHA384, "thing-1"),
-            Ok((KeyKind::Ec(Curve::P384), "CN=thing-1")),
-        );
+        check(&rcgen_csr(&rcgen::PKCS_ECDSA_P384_SHA384, "thing-1"), Ok((KeyKind::Ec(Curve::P384), "CN=thing-1")));
     }
 
     #[test]
     fn p521_accepted() {
-        check(
-            &rcgen_csr(&rcgen::PKCS_ECDSA_P521_SHA512, "thing-1"),
-            Ok((KeyKind::Ec(Curve::P521), "CN=thing-1")),
-        );
+        check(&rcgen_csr(&rcgen::PKCS_ECDSA_P521_SHA512, "thing-1"), Ok((KeyKind::Ec(Curve::P521), "CN=thing-1")));
     }
 
     #[test]
     fn rsa_2048_accepted() {
-        check(
-            &rcgen_csr(&rcgen::PKCS_RSA_SHA256, "thing-1"),
-            Ok((KeyKind::Rsa { bits: 2048 }, "CN=thing-1")),
-        );
+        check(&rcgen_csr(&rcgen::PKCS_RSA_SHA256, "thing-1"), Ok((KeyKind::Rsa { bits: 2048 }, "CN=thing-1")));
     }
 
     #[test]
     fn new_certificate_request_label_accepted() {
-        check(
-            &pem_encode("NEW CERTIFICATE REQUEST", &p256_csr_der()),
-            Ok((KeyKind::Ec(Curve::P256), "CN=thing-1")),
-        );
+        check(&pem_encode("NEW CERTIFICATE REQUEST", &p256_csr_der()), Ok((KeyKind::Ec(Curve::P256), "CN=thing-1")));
     }
 
     #[test]
     fn certificate_label_refused() {
         check(
             &pem_encode("CERTIFICATE", &p256_csr_der()),
-            Err(
-                r#"pem block is labelled "CERTIFICATE": expected "CERTIFICATE REQUEST or NEW CERTIFICATE REQUEST""#,
-            ),
+            Err(r#"pem block is labelled "CERTIFICATE": expected "CERTIFICATE REQUEST or NEW CERTIFICATE REQUEST""#),
         );
     }
 
     #[test]
     fn ed25519_refused() {
-        check(
-            &rcgen_csr(&rcgen::PKCS_ED25519, "thing-1"),
-            Err("ed25519 keys are not accepted"),
-        );
+        check(&rcgen_csr(&rcgen::PKCS_ED25519, "thing-1"), Err("ed25519 keys are not accepted"));
     }
 
     #[test]
     fn rsa_1024_refused() {
-        let der = build_csr(
-            &thing_1(),
-            &fake_rsa_spki(1024),
-            &algorithm_identifier(SHA256_WITH_RSA, Some(NULL)),
-            |_| vec![0x5a; 128],
-        );
-        check_der(
-            &der,
-            Err("rsa key of 1024 bits is too small: at least 2048 bits are required"),
-        );
+        let der =
+            build_csr(&thing_1(), &fake_rsa_spki(1024), &algorithm_identifier(SHA256_WITH_RSA, Some(NULL)), |_| {
+                vec![0x5a; 128]
+            });
+        check_der(&der, Err("rsa key of 1024 bits is too small: at least 2048 bits are required"));
     }
 
     /// The same shape as the RSA-1024 request with a 2048-bit modulus fails on its signature:
     /// the 1024-bit refusal above comes from the key rules, which run first.
     #[test]
     fn rsa_2048_fake_key_reaches_the_signature_check() {
-        let der = build_csr(
-            &thing_1(),
-            &fake_rsa_spki(2048),
-            &algorithm_identifier(SHA256_WITH_RSA, Some(NULL)),
-            |_| vec![0x5a; 256],
-        );
+        let der =
+            build_csr(&thing_1(), &fake_rsa_spki(2048), &algorithm_identifier(SHA256_WITH_RSA, Some(NULL)), |_| {
+                vec![0x5a; 256]
+            });
         check_der(&der, Err("the signature does not verify"));
     }
 
     #[test]
     fn secp256k1_refused_although_correctly_signed() {
-        let key_pair =
-            EcdsaKeyPair::generate(&aws::ECDSA_P256K1_SHA256_ASN1_SIGNING).expect("keygen");
+        let key_pair = EcdsaKeyPair::generate(&aws::ECDSA_P256K1_SHA256_ASN1_SIGNING).expect("keygen");
         let spki: PublicKeyX509Der<'static> = key_pair.public_key().as_der().expect("spki");
         let mut produced = (Vec::new(), Vec::new());
-        let der = build_csr(
-            &thing_1(),
-            spki.as_ref(),
-            &algorithm_identifier(ECDSA_SHA256, None),
-            |info| {
-                let signature = key_pair
-                    .sign(&SystemRandom::new(), info)
-                    .expect("signs")
-                    .as_ref()
-                    .to_vec();
-                produced = (info.to_vec(), signature.clone());
-                signature
-            },
-        );
-        let verifier = UnparsedPublicKey::new(
-            &aws::ECDSA_P256K1_SHA256_ASN1,
-            key_pair.public_key().as_ref(),
-        );
-        assert!(
-            verifier.verify(&produced.0, &produced.1).is_ok(),
-            "the test request is genuinely signed"
-        );
-        check_der(
-            &der,
-            Err("ec key on curve secp256k1 is not accepted: only P-256, P-384 and P-521"),
-        );
+        let der = build_csr(&thing_1(), spki.as_ref(), &algorithm_identifier(ECDSA_SHA256, None), |info| {
+            let signature = key_pair.sign(&SystemRandom::new(), info).expect("signs").as_ref().to_vec();
+            produced = (info.to_vec(), signature.clone());
+            signature
+        });
+        let verifier = UnparsedPublicKey::new(&aws::ECDSA_P256K1_SHA256_ASN1, key_pair.public_key().as_ref());
+        assert!(verifier.verify(&produced.0, &produced.1).is_ok(), "the test request is genuinely signed");
+        check_der(&der, Err("ec key on curve secp256k1 is not accepted: only P-256, P-384 and P-521"));
     }
 
     #[test]
@@ -283,10 +215,7 @@ mod tests {
     #[test]
     fn tampered_subject_refused() {
         let der = p256_csr_der();
-        let at = der
-            .windows(7)
-            .position(|window| window == b"thing-1")
-            .expect("subject");
+        let at = der.windows(7).position(|window| window == b"thing-1").expect("subject");
         let mut tampered = der.clone();
         tampered[at + 6] = b'2';
         check_der(&tampered, Err("the signature does not verify"));
@@ -294,58 +223,35 @@ mod tests {
 
     #[test]
     fn sha1_signature_refused() {
-        let der = build_csr(
-            &thing_1(),
-            &rsa_device_spki(),
-            &algorithm_identifier(SHA1_WITH_RSA, Some(NULL)),
-            |_| vec![0x5a; 256],
-        );
-        check_der(
-            &der,
-            Err("sha1WithRSAEncryption signatures are not accepted: the hash is broken"),
-        );
+        let der = build_csr(&thing_1(), &rsa_device_spki(), &algorithm_identifier(SHA1_WITH_RSA, Some(NULL)), |_| {
+            vec![0x5a; 256]
+        });
+        check_der(&der, Err("sha1WithRSAEncryption signatures are not accepted: the hash is broken"));
     }
 
     #[test]
     fn dsa_signature_refused() {
-        let der = build_csr(
-            &thing_1(),
-            &rsa_device_spki(),
-            &algorithm_identifier(DSA_SHA256, None),
-            |_| vec![0x5a; 64],
-        );
+        let der =
+            build_csr(&thing_1(), &rsa_device_spki(), &algorithm_identifier(DSA_SHA256, None), |_| vec![0x5a; 64]);
         check_der(&der, Err("dsa-with-sha256 signatures are not supported"));
     }
 
     #[test]
     fn rsa_pss_signed_request_accepted() {
-        let der = build_csr(
-            &thing_1(),
-            &rsa_device_spki(),
-            &pss_identifier(SHA256, SHA256, 32),
-            |info| rsa_sign(rsa_device_pkcs8(), &aws::RSA_PSS_SHA256, info),
-        );
+        let der = build_csr(&thing_1(), &rsa_device_spki(), &pss_identifier(SHA256, SHA256, 32), |info| {
+            rsa_sign(rsa_device_pkcs8(), &aws::RSA_PSS_SHA256, info)
+        });
         check_der(&der, Ok((KeyKind::Rsa { bits: 2048 }, "CN=thing-1")));
     }
 
     #[test]
     fn multi_attribute_subject_accepted() {
         let key = GeneratedKeyPair::generate(KeyAlgorithm::EcdsaP256).expect("keygen");
-        let subject = encode_name(&[
-            (COMMON_NAME, "thing-1"),
-            (ORGANIZATIONAL_UNIT, "a"),
-            (ORGANIZATIONAL_UNIT, "b"),
-        ]);
-        let der = build_csr(
-            &subject,
-            key.public_key().spki_der(),
-            &algorithm_identifier(ECDSA_SHA256, None),
-            |info| ecdsa_sign(key.pkcs8_der(), &aws::ECDSA_P256_SHA256_ASN1_SIGNING, info),
-        );
-        check_der(
-            &der,
-            Ok((KeyKind::Ec(Curve::P256), "CN=thing-1, OU=a, OU=b")),
-        );
+        let subject = encode_name(&[(COMMON_NAME, "thing-1"), (ORGANIZATIONAL_UNIT, "a"), (ORGANIZATIONAL_UNIT, "b")]);
+        let der = build_csr(&subject, key.public_key().spki_der(), &algorithm_identifier(ECDSA_SHA256, None), |info| {
+            ecdsa_sign(key.pkcs8_der(), &aws::ECDSA_P256_SHA256_ASN1_SIGNING, info)
+        });
+        check_der(&der, Ok((KeyKind::Ec(Curve::P256), "CN=thing-1, OU=a, OU=b")));
     }
 
     #[test]
@@ -353,21 +259,13 @@ mod tests {
         let mut der = p256_csr_der();
         der.push(0);
         let error = Csr::from_der(&der).expect_err("trailing byte");
-        assert_eq!(
-            error.to_string(),
-            "malformed certificate request: trailing bytes after the request"
-        );
+        assert_eq!(error.to_string(), "malformed certificate request: trailing bytes after the request");
     }
 
     #[test]
     fn garbage_der_refused() {
         let error = Csr::from_der(b"\x30\x03\x02\x01\x00").expect_err("not a request");
-        assert!(
-            error
-                .to_string()
-                .starts_with("malformed certificate request: "),
-            "{error}"
-        );
+        assert!(error.to_string().starts_with("malformed certificate request: "), "{error}");
     }
 
     #[test]

@@ -68,9 +68,7 @@ pub(crate) fn read(input: &[u8]) -> Result<(Tlv<'_>, &[u8]), DerError> {
         0x81..=0x84 => {
             let count = usize::from(first & 0x7f);
             let bytes = after_first.get(..count).ok_or(DerError::Truncated)?;
-            let length = bytes
-                .iter()
-                .fold(0usize, |acc, &b| (acc << 8) | usize::from(b));
+            let length = bytes.iter().fold(0usize, |acc, &b| (acc << 8) | usize::from(b));
             (length, &after_first[count..])
         }
         _ => return Err(DerError::LengthTooLong),
@@ -147,14 +145,9 @@ pub(crate) fn split_signed(der: &[u8]) -> Result<Signed<'_>, DerError> {
     let outer = read_single(der, SEQUENCE)?;
     match read_all(outer.content)?.as_slice() {
         [to_be_signed, algorithm, signature]
-            if to_be_signed.tag == SEQUENCE
-                && algorithm.tag == SEQUENCE
-                && signature.tag == BIT_STRING =>
+            if to_be_signed.tag == SEQUENCE && algorithm.tag == SEQUENCE && signature.tag == BIT_STRING =>
         {
-            Ok(Signed {
-                to_be_signed: *to_be_signed,
-                algorithm: *algorithm,
-            })
+            Ok(Signed { to_be_signed: *to_be_signed, algorithm: *algorithm })
         }
         _ => Err(DerError::UnexpectedTag),
     }
@@ -162,10 +155,7 @@ pub(crate) fn split_signed(der: &[u8]) -> Result<Signed<'_>, DerError> {
 
 /// Assembles a signed structure from its signed part, algorithm and signature bytes.
 pub(crate) fn join_signed(to_be_signed: &[u8], algorithm: &[u8], signature: &[u8]) -> Vec<u8> {
-    write_constructed(
-        SEQUENCE,
-        &[to_be_signed, algorithm, &write_bit_string(signature)],
-    )
+    write_constructed(SEQUENCE, &[to_be_signed, algorithm, &write_bit_string(signature)])
 }
 
 #[cfg(test)]
@@ -179,10 +169,7 @@ mod tests {
 
     #[test]
     fn read_short_length() {
-        check_read(
-            &[0x04, 0x02, 0xaa, 0xbb, 0xcc],
-            Ok((0x04, &[0xaa, 0xbb], 1)),
-        );
+        check_read(&[0x04, 0x02, 0xaa, 0xbb, 0xcc], Ok((0x04, &[0xaa, 0xbb], 1)));
     }
 
     #[test]
@@ -228,10 +215,7 @@ mod tests {
             let content = vec![0x5a; length];
             let encoded = write(OCTET_STRING, &content);
             let (tlv, rest) = read(&encoded).expect("own encoding reads back");
-            assert_eq!(
-                (tlv.content.len(), rest.len(), tlv.raw.len()),
-                (length, 0, encoded.len())
-            );
+            assert_eq!((tlv.content.len(), rest.len(), tlv.raw.len()), (length, 0, encoded.len()));
         }
     }
 
@@ -241,9 +225,6 @@ mod tests {
         let algorithm = write_constructed(SEQUENCE, &[&write(0x06, &[0x2a, 0x03])]);
         let der = join_signed(&tbs, &algorithm, &[9, 9, 9]);
         let signed = split_signed(&der).expect("well formed");
-        assert_eq!(
-            (signed.to_be_signed.raw, signed.algorithm.raw),
-            (&tbs[..], &algorithm[..])
-        );
+        assert_eq!((signed.to_be_signed.raw, signed.algorithm.raw), (&tbs[..], &algorithm[..]));
     }
 }

@@ -21,19 +21,12 @@ impl CertificateId {
 
     /// Parses an id: exactly 64 hexadecimal characters, in either case, optionally after "0x".
     pub fn parse(text: &str) -> Result<Self, Error> {
-        let digits = text
-            .strip_prefix("0x")
-            .or_else(|| text.strip_prefix("0X"))
-            .unwrap_or(text);
+        let digits = text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")).unwrap_or(text);
         if digits.len() != 64 {
-            return Err(Error::BadCertificateId {
-                reason: "expected 64 hexadecimal characters",
-            });
+            return Err(Error::BadCertificateId { reason: "expected 64 hexadecimal characters" });
         }
         if !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(Error::BadCertificateId {
-                reason: "not hexadecimal",
-            });
+            return Err(Error::BadCertificateId { reason: "not hexadecimal" });
         }
         Ok(CertificateId(digits.to_ascii_lowercase()))
     }
@@ -68,10 +61,7 @@ mod tests {
     #[test]
     fn of_der_is_sha256() {
         let id = CertificateId::of_der(b"abc");
-        assert_eq!(
-            (id.as_str(), id.to_string().as_str()),
-            (ABC_SHA256, ABC_SHA256)
-        );
+        assert_eq!((id.as_str(), id.to_string().as_str()), (ABC_SHA256, ABC_SHA256));
     }
 
     #[test]
@@ -102,57 +92,36 @@ mod tests {
 
     #[test]
     fn parse_too_short() {
-        check_parse(
-            &ABC_SHA256[..63],
-            Err("invalid certificate id: expected 64 hexadecimal characters"),
-        );
+        check_parse(&ABC_SHA256[..63], Err("invalid certificate id: expected 64 hexadecimal characters"));
     }
 
     #[test]
     fn parse_too_long() {
-        check_parse(
-            &format!("{ABC_SHA256}0"),
-            Err("invalid certificate id: expected 64 hexadecimal characters"),
-        );
+        check_parse(&format!("{ABC_SHA256}0"), Err("invalid certificate id: expected 64 hexadecimal characters"));
     }
 
     #[test]
     fn parse_empty() {
-        check_parse(
-            "",
-            Err("invalid certificate id: expected 64 hexadecimal characters"),
-        );
+        check_parse("", Err("invalid certificate id: expected 64 hexadecimal characters"));
     }
 
     #[test]
     fn parse_non_hex() {
-        check_parse(
-            &format!("{}g", &ABC_SHA256[..63]),
-            Err("invalid certificate id: not hexadecimal"),
-        );
+        check_parse(&format!("{}g", &ABC_SHA256[..63]), Err("invalid certificate id: not hexadecimal"));
     }
 
     #[test]
     fn parse_multibyte_of_right_byte_length() {
-        check_parse(
-            &format!("{}é", &ABC_SHA256[..62]),
-            Err("invalid certificate id: not hexadecimal"),
-        );
+        check_parse(&format!("{}é", &ABC_SHA256[..62]), Err("invalid certificate id: not hexadecimal"));
     }
 
     #[test]
     fn parse_colons() {
-        check_parse(
-            &"ba:".repeat(21),
-            Err("invalid certificate id: expected 64 hexadecimal characters"),
-        );
+        check_parse(&"ba:".repeat(21), Err("invalid certificate id: expected 64 hexadecimal characters"));
     }
 
     #[test]
     fn parse_double_prefix() {
-        check_parse(
-            &format!("0x0x{}", &ABC_SHA256[..62]),
-            Err("invalid certificate id: not hexadecimal"),
-        );
+        check_parse(&format!("0x0x{}", &ABC_SHA256[..62]), Err("invalid certificate id: not hexadecimal"));
     }
 }

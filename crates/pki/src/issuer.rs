@@ -11,16 +11,13 @@ use std::net::IpAddr;
 
 use rcgen::string::Ia5String;
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyIdMethod, KeyPair, KeyUsagePurpose, PublicKeyData, SanType, SerialNumber, SigningKey,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyIdMethod,
+    KeyPair, KeyUsagePurpose, PublicKeyData, SanType, SerialNumber, SigningKey,
 };
 use time::{Duration, OffsetDateTime, UtcOffset};
 use zeroize::Zeroizing;
 
-use crate::{
-    Certificate, Csr, Error, GeneratedKeyPair, KeyAlgorithm, KeyKind, PublicKey, check_key_rules,
-    der,
-};
+use crate::{Certificate, Csr, Error, GeneratedKeyPair, KeyAlgorithm, KeyKind, PublicKey, check_key_rules, der};
 
 /// The longest common name RFC 5280 allows (ub-common-name).
 const MAX_COMMON_NAME: usize = 64;
@@ -68,11 +65,8 @@ impl Issuer {
         let mut params = base_params(validity, now)?;
         params.distinguished_name = name(common_name, organization)?;
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-        ];
+        params.key_usages =
+            vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         params.key_identifier_method = KeyIdMethod::PreSpecified(key_id.clone());
         let built = params.self_signed(&key_pair).map_err(Error::Build)?;
         Ok(Issuer {
@@ -87,10 +81,7 @@ impl Issuer {
     /// and that the key passes the key rules.
     ///
     /// This does not check that the certificate is a CA: see [`check_ca_certificate`](crate::check_ca_certificate).
-    pub fn from_parts(
-        certificate: Certificate,
-        private_key_pkcs8_der: &[u8],
-    ) -> Result<Self, Error> {
+    pub fn from_parts(certificate: Certificate, private_key_pkcs8_der: &[u8]) -> Result<Self, Error> {
         check_key_rules(certificate.public_key())?;
         if !is_pkcs8(private_key_pkcs8_der) {
             return Err(Error::NotPkcs8);
@@ -103,12 +94,7 @@ impl Issuer {
             Some(key_id) => key_id.to_vec(),
             None => certificate.public_key().key_identifier(),
         };
-        Ok(Issuer {
-            certificate,
-            key_pair,
-            pkcs8: Zeroizing::new(private_key_pkcs8_der.to_vec()),
-            key_id,
-        })
+        Ok(Issuer { certificate, key_pair, pkcs8: Zeroizing::new(private_key_pkcs8_der.to_vec()), key_id })
     }
 
     /// The CA certificate.
@@ -129,12 +115,7 @@ impl Issuer {
     ///
     /// Extensions requested in the CSR are ignored. The signature is ECDSA-SHA256 for a P-256
     /// CA key, ECDSA-SHA384 for P-384, ECDSA-SHA512 for P-521 and RSA-PKCS1-SHA256 for RSA.
-    pub fn issue_from_csr(
-        &self,
-        csr: &Csr,
-        validity: Duration,
-        now: OffsetDateTime,
-    ) -> Result<Certificate, Error> {
+    pub fn issue_from_csr(&self, csr: &Csr, validity: Duration, now: OffsetDateTime) -> Result<Certificate, Error> {
         let params = device_params(csr.public_key(), validity, now)?;
         self.sign(&params, Some(csr.subject_der()), csr.public_key())
     }
@@ -165,10 +146,8 @@ impl Issuer {
         key: KeyAlgorithm,
         now: OffsetDateTime,
     ) -> Result<(Certificate, Zeroizing<Vec<u8>>), Error> {
-        let subject_alt_names = subject_alt_names
-            .iter()
-            .map(|text| subject_alt_name(text))
-            .collect::<Result<Vec<_>, _>>()?;
+        let subject_alt_names =
+            subject_alt_names.iter().map(|text| subject_alt_name(text)).collect::<Result<Vec<_>, _>>()?;
         let generated = GeneratedKeyPair::generate(key)?;
         let mut params = base_params(validity, now)?;
         params.distinguished_name = name(common_name, "")?;
@@ -177,8 +156,7 @@ impl Issuer {
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.use_authority_key_identifier_extension = true;
-        params.key_identifier_method =
-            KeyIdMethod::PreSpecified(generated.public_key().key_identifier());
+        params.key_identifier_method = KeyIdMethod::PreSpecified(generated.public_key().key_identifier());
         let certificate = self.sign(&params, None, generated.public_key())?;
         Ok((certificate, Zeroizing::new(generated.pkcs8_der().to_vec())))
     }
@@ -194,9 +172,7 @@ impl Issuer {
         issuer_params.key_identifier_method = KeyIdMethod::PreSpecified(self.key_id.clone());
         let issuer = rcgen::Issuer::new(issuer_params, Unsigned(&self.key_pair));
         // The subject key written by rcgen is a placeholder: the real one is spliced in below.
-        let draft = params
-            .signed_by(&Unsigned(&self.key_pair), &issuer)
-            .map_err(Error::Build)?;
+        let draft = params.signed_by(&Unsigned(&self.key_pair), &issuer).map_err(Error::Build)?;
         let internal = |error: der::DerError| Error::BadDer {
             what: "certificate built by rcgen",
             reason: error.reason().to_owned(),
@@ -215,11 +191,7 @@ impl Issuer {
         parts[6] = key.spki_der();
         let to_be_signed = der::write_constructed(der::SEQUENCE, &parts);
         let signature = self.key_pair.sign(&to_be_signed).map_err(Error::Build)?;
-        Certificate::from_der(der::join_signed(
-            &to_be_signed,
-            signed.algorithm.raw,
-            &signature,
-        ))
+        Certificate::from_der(der::join_signed(&to_be_signed, signed.algorithm.raw, &signature))
     }
 }
 
@@ -270,19 +242,12 @@ fn base_params(validity: Duration, now: OffsetDateTime) -> Result<CertificatePar
     Ok(params)
 }
 
-fn device_params(
-    key: &PublicKey,
-    validity: Duration,
-    now: OffsetDateTime,
-) -> Result<CertificateParams, Error> {
+fn device_params(key: &PublicKey, validity: Duration, now: OffsetDateTime) -> Result<CertificateParams, Error> {
     check_key_rules(key)?;
     let mut params = base_params(validity, now)?;
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = match key.kind() {
-        KeyKind::Rsa { .. } => vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ],
+        KeyKind::Rsa { .. } => vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment],
         _ => vec![KeyUsagePurpose::DigitalSignature],
     };
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
@@ -292,23 +257,15 @@ fn device_params(
 }
 
 /// From `now` truncated to the second, for `validity` (X.509 times have whole seconds).
-fn validity_window(
-    validity: Duration,
-    now: OffsetDateTime,
-) -> Result<(OffsetDateTime, OffsetDateTime), Error> {
+fn validity_window(validity: Duration, now: OffsetDateTime) -> Result<(OffsetDateTime, OffsetDateTime), Error> {
     if validity <= Duration::ZERO {
-        return Err(Error::BadValidity {
-            reason: "the validity period must be positive",
-        });
+        return Err(Error::BadValidity { reason: "the validity period must be positive" });
     }
-    let not_before =
-        now.to_offset(UtcOffset::UTC) - Duration::nanoseconds(i64::from(now.nanosecond()));
+    let not_before = now.to_offset(UtcOffset::UTC) - Duration::nanoseconds(i64::from(now.nanosecond()));
     let not_after = not_before
         .checked_add(validity)
         .filter(|end| end.year() <= 9999)
-        .ok_or(Error::BadValidity {
-            reason: "the validity period ends after the year 9999",
-        })?;
+        .ok_or(Error::BadValidity { reason: "the validity period ends after the year 9999" })?;
     let not_after = not_after - Duration::nanoseconds(i64::from(not_after.nanosecond()));
     Ok((not_before, not_after))
 }
@@ -324,14 +281,10 @@ fn random_serial() -> Result<SerialNumber, Error> {
 
 fn name(common_name: &str, organization: &str) -> Result<DistinguishedName, Error> {
     if common_name.is_empty() {
-        return Err(Error::BadCommonName {
-            reason: "it is empty",
-        });
+        return Err(Error::BadCommonName { reason: "it is empty" });
     }
     if common_name.chars().count() > MAX_COMMON_NAME {
-        return Err(Error::BadCommonName {
-            reason: "it is longer than 64 characters",
-        });
+        return Err(Error::BadCommonName { reason: "it is longer than 64 characters" });
     }
     let mut name = DistinguishedName::new();
     name.push(DnType::CommonName, common_name);
@@ -342,10 +295,7 @@ fn name(common_name: &str, organization: &str) -> Result<DistinguishedName, Erro
 }
 
 fn subject_alt_name(text: &str) -> Result<SanType, Error> {
-    let bad = |reason| Error::BadSubjectAltName {
-        name: text.to_owned(),
-        reason,
-    };
+    let bad = |reason| Error::BadSubjectAltName { name: text.to_owned(), reason };
     if let Ok(address) = text.parse::<IpAddr>() {
         return Ok(SanType::IpAddress(address));
     }
@@ -358,16 +308,12 @@ fn subject_alt_name(text: &str) -> Result<SanType, Error> {
             && label.len() <= 63
             && !label.starts_with('-')
             && !label.ends_with('-')
-            && label
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
     });
     if !labels_ok {
         return Err(bad("not an ip address nor a dns name"));
     }
-    Ia5String::try_from(text)
-        .map(SanType::DnsName)
-        .map_err(|_| bad("not an ip address nor a dns name"))
+    Ia5String::try_from(text).map(SanType::DnsName).map_err(|_| bad("not an ip address nor a dns name"))
 }
 
 #[cfg(test)]
@@ -386,75 +332,41 @@ mod tests {
     /// Every promised property of a device certificate issued by `ca` for `csr_pem`.
     fn check_device(ca: &Issuer, csr_pem: &str, algorithm: SignatureAlgorithm) {
         let csr = Csr::from_pem(csr_pem).expect("csr");
-        let issued = ca
-            .issue_from_csr(&csr, DEVICE_VALIDITY, NOW)
-            .expect("issues");
+        let issued = ca.issue_from_csr(&csr, DEVICE_VALIDITY, NOW).expect("issues");
         check_issued_by(&issued, ca.certificate(), NOW).expect("chains to the issuer");
         assert_eq!(issued.signature_algorithm().expect("accepted"), algorithm);
-        assert_eq!(
-            (issued.subject_der(), issued.issuer_der()),
-            (csr.subject_der(), ca.certificate().subject_der())
-        );
+        assert_eq!((issued.subject_der(), issued.issuer_der()), (csr.subject_der(), ca.certificate().subject_der()));
         assert_eq!(issued.public_key(), csr.public_key());
-        assert_eq!(
-            (issued.not_before(), issued.not_after()),
-            (NOW, NOW + DEVICE_VALIDITY)
-        );
-        assert_eq!(
-            issued.subject_key_id(),
-            Some(&csr.public_key().key_identifier()[..])
-        );
+        assert_eq!((issued.not_before(), issued.not_after()), (NOW, NOW + DEVICE_VALIDITY));
+        assert_eq!(issued.subject_key_id(), Some(&csr.public_key().key_identifier()[..]));
         assert_eq!(issued.authority_key_id(), ca.certificate().subject_key_id());
         assert!(issued.authority_key_id().is_some());
         let serial = issued.serial_hex();
-        assert!(
-            serial.len() == 32 && matches!(serial.as_bytes()[0], b'4'..=b'7'),
-            "16-byte positive serial {serial}"
-        );
+        assert!(serial.len() == 32 && matches!(serial.as_bytes()[0], b'4'..=b'7'), "16-byte positive serial {serial}");
         let (_, parsed) = X509Certificate::from_der(issued.der()).expect("parses");
-        let eku = parsed
-            .extended_key_usage()
-            .expect("one eku")
-            .expect("has eku")
-            .value;
+        let eku = parsed.extended_key_usage().expect("one eku").expect("has eku").value;
         assert!(eku.client_auth && !eku.server_auth && !eku.any);
         let basic_constraints = parsed.basic_constraints().expect("one bc").expect("has bc");
         assert!(basic_constraints.critical && !basic_constraints.value.ca);
         let key_usage = parsed.key_usage().expect("one ku").expect("has ku");
         let rsa = matches!(csr.public_key().kind(), KeyKind::Rsa { .. });
-        assert!(
-            key_usage.critical
-                && key_usage.value.digital_signature()
-                && !key_usage.value.key_cert_sign()
-        );
+        assert!(key_usage.critical && key_usage.value.digital_signature() && !key_usage.value.key_cert_sign());
         assert_eq!(key_usage.value.key_encipherment(), rsa);
     }
 
     #[test]
     fn p256_ca_issues_for_p256_csr() {
-        check_device(
-            p256_ca(),
-            &rcgen_csr(&rcgen::PKCS_ECDSA_P256_SHA256, "thing-1"),
-            SignatureAlgorithm::EcdsaSha256,
-        );
+        check_device(p256_ca(), &rcgen_csr(&rcgen::PKCS_ECDSA_P256_SHA256, "thing-1"), SignatureAlgorithm::EcdsaSha256);
     }
 
     #[test]
     fn p384_ca_issues_for_p256_csr() {
-        check_device(
-            p384_ca(),
-            &rcgen_csr(&rcgen::PKCS_ECDSA_P256_SHA256, "thing-1"),
-            SignatureAlgorithm::EcdsaSha384,
-        );
+        check_device(p384_ca(), &rcgen_csr(&rcgen::PKCS_ECDSA_P256_SHA256, "thing-1"), SignatureAlgorithm::EcdsaSha384);
     }
 
     #[test]
     fn rsa_ca_issues_for_rsa_csr() {
-        check_device(
-            rsa_ca(),
-            &rcgen_csr(&rcgen::PKCS_RSA_SHA256, "thing-1"),
-            SignatureAlgorithm::RsaPkcs1Sha256,
-        );
+        check_device(rsa_ca(), &rcgen_csr(&rcgen::PKCS_RSA_SHA256, "thing-1"), SignatureAlgorithm::RsaPkcs1Sha256);
     }
 
     #[test]
@@ -468,36 +380,20 @@ mod tests {
 
     #[test]
     fn p521_ca_issues_for_p384_csr() {
-        check_device(
-            p521_ca(),
-            &rcgen_csr(&rcgen::PKCS_ECDSA_P384_SHA384, "thing-1"),
-            SignatureAlgorithm::EcdsaSha512,
-        );
+        check_device(p521_ca(), &rcgen_csr(&rcgen::PKCS_ECDSA_P384_SHA384, "thing-1"), SignatureAlgorithm::EcdsaSha512);
     }
 
     #[test]
     fn p256_ca_issues_for_rsa_csr() {
-        check_device(
-            p256_ca(),
-            &rcgen_csr(&rcgen::PKCS_RSA_SHA256, "thing-1"),
-            SignatureAlgorithm::EcdsaSha256,
-        );
+        check_device(p256_ca(), &rcgen_csr(&rcgen::PKCS_RSA_SHA256, "thing-1"), SignatureAlgorithm::EcdsaSha256);
     }
 
     #[test]
     fn two_issuances_differ() {
-        let csr =
-            Csr::from_pem(&rcgen_csr(&rcgen::PKCS_ECDSA_P256_SHA256, "thing-1")).expect("csr");
-        let first = p256_ca()
-            .issue_from_csr(&csr, DEVICE_VALIDITY, NOW)
-            .expect("issues");
-        let second = p256_ca()
-            .issue_from_csr(&csr, DEVICE_VALIDITY, NOW)
-            .expect("issues");
-        assert_ne!(
-            (first.serial_hex(), first.id()),
-            (second.serial_hex(), second.id())
-        );
+        let csr = Csr::from_pem(&rcgen_csr(&rcgen::PKCS_ECDSA_P256_SHA256, "thing-1")).expect("csr");
+        let first = p256_ca().issue_from_csr(&csr, DEVICE_VALIDITY, NOW).expect("issues");
+        let second = p256_ca().issue_from_csr(&csr, DEVICE_VALIDITY, NOW).expect("issues");
+        assert_ne!((first.serial_hex(), first.id()), (second.serial_hex(), second.id()));
     }
 
     fn check_validity(
@@ -509,10 +405,7 @@ mod tests {
         let got = p256_ca()
             .issue_for_key(key.public_key(), "thing-1", validity, now)
             .map(|issued| (issued.not_before(), issued.not_after()));
-        assert_eq!(
-            got.map_err(|error| error.to_string()),
-            expected.map_err(str::to_owned)
-        );
+        assert_eq!(got.map_err(|error| error.to_string()), expected.map_err(str::to_owned));
     }
 
     #[test]
@@ -522,11 +415,7 @@ mod tests {
 
     #[test]
     fn validity_starts_at_the_whole_second() {
-        check_validity(
-            Duration::HOUR,
-            NOW + Duration::milliseconds(999),
-            Ok((NOW, NOW + Duration::HOUR)),
-        );
+        check_validity(Duration::HOUR, NOW + Duration::milliseconds(999), Ok((NOW, NOW + Duration::HOUR)));
     }
 
     #[test]
@@ -541,20 +430,12 @@ mod tests {
 
     #[test]
     fn validity_zero_refused() {
-        check_validity(
-            Duration::ZERO,
-            NOW,
-            Err("invalid validity: the validity period must be positive"),
-        );
+        check_validity(Duration::ZERO, NOW, Err("invalid validity: the validity period must be positive"));
     }
 
     #[test]
     fn validity_negative_refused() {
-        check_validity(
-            -Duration::DAY,
-            NOW,
-            Err("invalid validity: the validity period must be positive"),
-        );
+        check_validity(-Duration::DAY, NOW, Err("invalid validity: the validity period must be positive"));
     }
 
     #[test]
@@ -567,39 +448,25 @@ mod tests {
     }
 
     fn check_for_key(key: &PublicKey, common_name: &str, expected: Result<&str, &str>) {
-        let got = p256_ca()
-            .issue_for_key(key, common_name, DEVICE_VALIDITY, NOW)
-            .map(|issued| {
-                check_issued_by(&issued, p256_ca().certificate(), NOW).expect("chains");
-                issued.subject_string()
-            });
-        assert_eq!(
-            got.map_err(|error| error.to_string()),
-            expected.map(str::to_owned).map_err(str::to_owned)
-        );
+        let got = p256_ca().issue_for_key(key, common_name, DEVICE_VALIDITY, NOW).map(|issued| {
+            check_issued_by(&issued, p256_ca().certificate(), NOW).expect("chains");
+            issued.subject_string()
+        });
+        assert_eq!(got.map_err(|error| error.to_string()), expected.map(str::to_owned).map_err(str::to_owned));
     }
 
     fn p256_key() -> PublicKey {
-        GeneratedKeyPair::generate(KeyAlgorithm::EcdsaP256)
-            .expect("keygen")
-            .public_key()
-            .clone()
+        GeneratedKeyPair::generate(KeyAlgorithm::EcdsaP256).expect("keygen").public_key().clone()
     }
 
     #[test]
     fn for_key_aws_subject() {
-        check_for_key(
-            &p256_key(),
-            "AWS IoT Certificate",
-            Ok("CN=AWS IoT Certificate"),
-        );
+        check_for_key(&p256_key(), "AWS IoT Certificate", Ok("CN=AWS IoT Certificate"));
     }
 
     #[test]
     fn for_key_rsa() {
-        let key = rcgen::KeyPair::try_from(rsa_device_pkcs8())
-            .expect("loads")
-            .subject_public_key_info();
+        let key = rcgen::KeyPair::try_from(rsa_device_pkcs8()).expect("loads").subject_public_key_info();
         check_for_key(
             &PublicKey::from_spki_der(&key).expect("parses"),
             "AWS IoT Certificate",
@@ -624,11 +491,7 @@ mod tests {
 
     #[test]
     fn for_key_long_common_name_refused() {
-        check_for_key(
-            &p256_key(),
-            &"x".repeat(65),
-            Err("invalid common name: it is longer than 64 characters"),
-        );
+        check_for_key(&p256_key(), &"x".repeat(65), Err("invalid common name: it is longer than 64 characters"));
     }
 
     #[test]
@@ -641,23 +504,13 @@ mod tests {
     fn server_certificate() {
         let names = ["iot.example.com", "*.iot.example.com", "127.0.0.1", "::1"].map(str::to_owned);
         let (issued, key) = rsa_ca()
-            .issue_server_certificate(
-                "iot.example.com",
-                &names,
-                Duration::days(90),
-                KeyAlgorithm::EcdsaP256,
-                NOW,
-            )
+            .issue_server_certificate("iot.example.com", &names, Duration::days(90), KeyAlgorithm::EcdsaP256, NOW)
             .expect("issues");
         check_issued_by(&issued, rsa_ca().certificate(), NOW).expect("chains");
         let key_pair = KeyPair::try_from(&key[..]).expect("pkcs8 loads");
         assert_eq!(key_pair.der_bytes(), issued.public_key().key_bits());
         let (_, parsed) = X509Certificate::from_der(issued.der()).expect("parses");
-        let sans = parsed
-            .subject_alternative_name()
-            .expect("one san")
-            .expect("has san")
-            .value;
+        let sans = parsed.subject_alternative_name().expect("one san").expect("has san").value;
         let sans: Vec<String> = sans
             .general_names
             .iter()
@@ -674,21 +527,14 @@ mod tests {
             "ip:[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]",
         ];
         assert_eq!(sans, expected);
-        let eku = parsed
-            .extended_key_usage()
-            .expect("one eku")
-            .expect("has eku")
-            .value;
+        let eku = parsed.extended_key_usage().expect("one eku").expect("has eku").value;
         assert!(eku.server_auth && !eku.client_auth);
         let key_usage = parsed.key_usage().expect("one ku").expect("has ku").value;
         assert!(key_usage.digital_signature() && !key_usage.key_encipherment());
     }
 
     fn check_san(text: &str, expected: Result<SanType, &str>) {
-        assert_eq!(
-            subject_alt_name(text).map_err(|error| error.to_string()),
-            expected.map_err(str::to_owned)
-        );
+        assert_eq!(subject_alt_name(text).map_err(|error| error.to_string()), expected.map_err(str::to_owned));
     }
 
     fn dns(text: &str) -> SanType {
@@ -712,37 +558,27 @@ mod tests {
 
     #[test]
     fn san_ipv6() {
-        check_san(
-            "fe80::1",
-            Ok(SanType::IpAddress("fe80::1".parse().expect("ip"))),
-        );
+        check_san("fe80::1", Ok(SanType::IpAddress("fe80::1".parse().expect("ip"))));
     }
 
     #[test]
     fn san_space_refused() {
         check_san(
             "exa mple.com",
-            Err(
-                r#"invalid subject alternative name "exa mple.com": not an ip address nor a dns name"#,
-            ),
+            Err(r#"invalid subject alternative name "exa mple.com": not an ip address nor a dns name"#),
         );
     }
 
     #[test]
     fn san_empty_label_refused() {
-        check_san(
-            "a..b",
-            Err(r#"invalid subject alternative name "a..b": not an ip address nor a dns name"#),
-        );
+        check_san("a..b", Err(r#"invalid subject alternative name "a..b": not an ip address nor a dns name"#));
     }
 
     #[test]
     fn san_leading_hyphen_refused() {
         check_san(
             "-a.example",
-            Err(
-                r#"invalid subject alternative name "-a.example": not an ip address nor a dns name"#,
-            ),
+            Err(r#"invalid subject alternative name "-a.example": not an ip address nor a dns name"#),
         );
     }
 
@@ -750,9 +586,7 @@ mod tests {
     fn san_inner_wildcard_refused() {
         check_san(
             "a.*.example",
-            Err(
-                r#"invalid subject alternative name "a.*.example": not an ip address nor a dns name"#,
-            ),
+            Err(r#"invalid subject alternative name "a.*.example": not an ip address nor a dns name"#),
         );
     }
 
@@ -760,18 +594,13 @@ mod tests {
     fn san_non_ascii_refused() {
         check_san(
             "é.example",
-            Err(
-                r#"invalid subject alternative name "é.example": not an ip address nor a dns name"#,
-            ),
+            Err(r#"invalid subject alternative name "é.example": not an ip address nor a dns name"#),
         );
     }
 
     #[test]
     fn san_empty_refused() {
-        check_san(
-            "",
-            Err(r#"invalid subject alternative name "": a dns name has 1 to 253 characters"#),
-        );
+        check_san("", Err(r#"invalid subject alternative name "": a dns name has 1 to 253 characters"#));
     }
 
     #[test]
@@ -779,45 +608,30 @@ mod tests {
         let root = p384_ca().certificate();
         check_ca_certificate(root, NOW).expect("a good ca");
         verify_signature(root, root.public_key()).expect("self-signed");
-        assert_eq!(
-            root.subject_key_id(),
-            Some(&root.public_key().key_identifier()[..])
-        );
+        assert_eq!(root.subject_key_id(), Some(&root.public_key().key_identifier()[..]));
         let (_, parsed) = X509Certificate::from_der(root.der()).expect("parses");
         let basic_constraints = parsed.basic_constraints().expect("one bc").expect("has bc");
         assert!(basic_constraints.critical && basic_constraints.value.ca);
         let key_usage = parsed.key_usage().expect("one ku").expect("has ku");
         assert!(key_usage.critical);
-        assert!(
-            key_usage.value.key_cert_sign()
-                && key_usage.value.crl_sign()
-                && key_usage.value.digital_signature()
-        );
+        assert!(key_usage.value.key_cert_sign() && key_usage.value.crl_sign() && key_usage.value.digital_signature());
         assert!(!key_usage.value.key_encipherment());
     }
 
     #[test]
     fn root_without_organization() {
-        let root = Issuer::generate_root("Solo", "", CA_VALIDITY, KeyAlgorithm::EcdsaP256, NOW)
-            .expect("root");
+        let root = Issuer::generate_root("Solo", "", CA_VALIDITY, KeyAlgorithm::EcdsaP256, NOW).expect("root");
         assert_eq!(root.certificate().subject_string(), "CN=Solo");
     }
 
     fn check_from_parts(certificate: &Certificate, key: &[u8], expected: Result<(), &str>) {
         let got = Issuer::from_parts(certificate.clone(), key).map(|_| ());
-        assert_eq!(
-            got.map_err(|error| error.to_string()),
-            expected.map_err(str::to_owned)
-        );
+        assert_eq!(got.map_err(|error| error.to_string()), expected.map_err(str::to_owned));
     }
 
     #[test]
     fn from_parts_own_key() {
-        check_from_parts(
-            p256_ca().certificate(),
-            &p256_ca().private_key_pkcs8_der(),
-            Ok(()),
-        );
+        check_from_parts(p256_ca().certificate(), &p256_ca().private_key_pkcs8_der(), Ok(()));
     }
 
     #[test]
@@ -842,22 +656,13 @@ mod tests {
     #[test]
     fn from_parts_pkcs1_key_refused() {
         let key = GeneratedKeyPair::generate(KeyAlgorithm::Rsa2048).expect("keygen");
-        let pkcs1 =
-            crate::pem::pem_decode(&key.private_key_pem(), &["RSA PRIVATE KEY"]).expect("pkcs1");
-        check_from_parts(
-            rsa_ca().certificate(),
-            &pkcs1,
-            Err("the private key is not pkcs#8 der"),
-        );
+        let pkcs1 = crate::pem::pem_decode(&key.private_key_pem(), &["RSA PRIVATE KEY"]).expect("pkcs1");
+        check_from_parts(rsa_ca().certificate(), &pkcs1, Err("the private key is not pkcs#8 der"));
     }
 
     #[test]
     fn from_parts_garbage_refused() {
-        check_from_parts(
-            p256_ca().certificate(),
-            b"not a key",
-            Err("the private key is not pkcs#8 der"),
-        );
+        check_from_parts(p256_ca().certificate(), b"not a key", Err("the private key is not pkcs#8 der"));
     }
 
     #[test]
@@ -870,33 +675,21 @@ mod tests {
                 &der::write(der::OCTET_STRING, b"junk"),
             ],
         );
-        check_from_parts(
-            p256_ca().certificate(),
-            &fake,
-            Err("the private key is malformed or of an unsupported type"),
-        );
+        check_from_parts(p256_ca().certificate(), &fake, Err("the private key is malformed or of an unsupported type"));
     }
 
     #[test]
     fn from_parts_keeps_issuing() {
-        let reloaded = Issuer::from_parts(
-            rsa_ca().certificate().clone(),
-            &rsa_ca().private_key_pkcs8_der(),
-        )
-        .expect("pairs");
-        let issued = reloaded
-            .issue_for_key(&p256_key(), "thing-1", DEVICE_VALIDITY, NOW)
-            .expect("issues");
+        let reloaded =
+            Issuer::from_parts(rsa_ca().certificate().clone(), &rsa_ca().private_key_pkcs8_der()).expect("pairs");
+        let issued = reloaded.issue_for_key(&p256_key(), "thing-1", DEVICE_VALIDITY, NOW).expect("issues");
         check_issued_by(&issued, rsa_ca().certificate(), NOW).expect("chains to the original");
     }
 
     #[test]
     fn debug_hides_the_key() {
         let debug = format!("{:?}", p256_ca());
-        assert!(
-            debug.starts_with("Issuer { certificate: Certificate { id: "),
-            "{debug}"
-        );
+        assert!(debug.starts_with("Issuer { certificate: Certificate { id: "), "{debug}");
         assert!(debug.ends_with("key: Ec(P256), .. }"), "{debug}");
     }
 
@@ -904,18 +697,13 @@ mod tests {
     /// whose issuer is its subject byte for byte, for CSRs with such subjects too.
     #[test]
     fn names_are_spliced_byte_for_byte() {
-        let key_pair =
-            rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("keygen");
+        let key_pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("keygen");
         let mut params = CertificateParams::default();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.not_before = NOW;
         params.not_after = NOW + CA_VALIDITY;
         let draft = params.self_signed(&key_pair).expect("self-signed");
-        let odd_name = encode_name(&[
-            (COMMON_NAME, "Odd CA"),
-            (ORGANIZATIONAL_UNIT, "x"),
-            (ORGANIZATIONAL_UNIT, "y"),
-        ]);
+        let odd_name = encode_name(&[(COMMON_NAME, "Odd CA"), (ORGANIZATIONAL_UNIT, "x"), (ORGANIZATIONAL_UNIT, "y")]);
         let der = rebuild(
             draft.der(),
             |fields| {
@@ -923,47 +711,21 @@ mod tests {
                 fields[5] = odd_name.clone();
             },
             &algorithm_identifier(ECDSA_SHA256, None),
-            |message| {
-                ecdsa_sign(
-                    key_pair.serialized_der(),
-                    &aws::ECDSA_P256_SHA256_ASN1_SIGNING,
-                    message,
-                )
-            },
+            |message| ecdsa_sign(key_pair.serialized_der(), &aws::ECDSA_P256_SHA256_ASN1_SIGNING, message),
         );
-        let ca = Issuer::from_parts(
-            Certificate::from_der(der).expect("parses"),
-            key_pair.serialized_der(),
-        )
-        .expect("pairs");
+        let ca =
+            Issuer::from_parts(Certificate::from_der(der).expect("parses"), key_pair.serialized_der()).expect("pairs");
         assert_eq!(ca.certificate().subject_string(), "CN=Odd CA, OU=x, OU=y");
 
         let device = GeneratedKeyPair::generate(KeyAlgorithm::EcdsaP256).expect("keygen");
-        let subject = encode_name(&[
-            (COMMON_NAME, "thing-1"),
-            (ORGANIZATIONAL_UNIT, "a"),
-            (ORGANIZATIONAL_UNIT, "b"),
-        ]);
-        let csr_der = build_csr(
-            &subject,
-            device.public_key().spki_der(),
-            &algorithm_identifier(ECDSA_SHA256, None),
-            |info| {
-                ecdsa_sign(
-                    device.pkcs8_der(),
-                    &aws::ECDSA_P256_SHA256_ASN1_SIGNING,
-                    info,
-                )
-            },
-        );
+        let subject = encode_name(&[(COMMON_NAME, "thing-1"), (ORGANIZATIONAL_UNIT, "a"), (ORGANIZATIONAL_UNIT, "b")]);
+        let csr_der =
+            build_csr(&subject, device.public_key().spki_der(), &algorithm_identifier(ECDSA_SHA256, None), |info| {
+                ecdsa_sign(device.pkcs8_der(), &aws::ECDSA_P256_SHA256_ASN1_SIGNING, info)
+            });
         let csr = Csr::from_der(&csr_der).expect("csr");
-        let issued = ca
-            .issue_from_csr(&csr, DEVICE_VALIDITY, NOW)
-            .expect("issues");
-        assert_eq!(
-            (issued.issuer_der(), issued.subject_der()),
-            (ca.certificate().subject_der(), &subject[..])
-        );
+        let issued = ca.issue_from_csr(&csr, DEVICE_VALIDITY, NOW).expect("issues");
+        assert_eq!((issued.issuer_der(), issued.subject_der()), (ca.certificate().subject_der(), &subject[..]));
         check_issued_by(&issued, ca.certificate(), NOW).expect("chains");
     }
 }

@@ -8,8 +8,7 @@ use std::fmt;
 use aws_lc_rs::encoding::{AsDer, Pkcs8V1Der, PublicKeyX509Der};
 use aws_lc_rs::rsa::KeySize;
 use aws_lc_rs::signature::{
-    ECDSA_P256_SHA256_ASN1_SIGNING, ECDSA_P384_SHA384_ASN1_SIGNING, EcdsaKeyPair, KeyPair as _,
-    RsaKeyPair,
+    ECDSA_P256_SHA256_ASN1_SIGNING, ECDSA_P384_SHA384_ASN1_SIGNING, EcdsaKeyPair, KeyPair as _, RsaKeyPair,
 };
 use x509_parser::prelude::FromDer;
 use x509_parser::public_key::PublicKey as ParsedKey;
@@ -83,13 +82,9 @@ impl PublicKey {
     /// Parses a SubjectPublicKeyInfo DER.
     pub fn from_spki_der(der: &[u8]) -> Result<Self, Error> {
         let (rest, spki) =
-            SubjectPublicKeyInfo::from_der(der).map_err(|error| Error::BadPublicKey {
-                reason: error.to_string(),
-            })?;
+            SubjectPublicKeyInfo::from_der(der).map_err(|error| Error::BadPublicKey { reason: error.to_string() })?;
         if !rest.is_empty() {
-            return Err(Error::BadPublicKey {
-                reason: "trailing bytes".to_owned(),
-            });
+            return Err(Error::BadPublicKey { reason: "trailing bytes".to_owned() });
         }
         Self::from_x509(&spki)
     }
@@ -101,28 +96,18 @@ impl PublicKey {
 
     pub(crate) fn from_x509(spki: &SubjectPublicKeyInfo<'_>) -> Result<Self, Error> {
         if spki.subject_public_key.unused_bits != 0 {
-            return Err(Error::BadPublicKey {
-                reason: "key bit string has unused bits".to_owned(),
-            });
+            return Err(Error::BadPublicKey { reason: "key bit string has unused bits".to_owned() });
         }
         let algorithm = spki.algorithm.algorithm.to_id_string();
         let kind = match algorithm.as_str() {
             OID_RSA_ENCRYPTION => match spki.parsed() {
-                Ok(ParsedKey::RSA(rsa)) => KeyKind::Rsa {
-                    bits: modulus_bits(rsa.modulus),
-                },
+                Ok(ParsedKey::RSA(rsa)) => KeyKind::Rsa { bits: modulus_bits(rsa.modulus) },
                 _ => {
-                    return Err(Error::BadPublicKey {
-                        reason: "malformed rsa public key".to_owned(),
-                    });
+                    return Err(Error::BadPublicKey { reason: "malformed rsa public key".to_owned() });
                 }
             },
             OID_EC_PUBLIC_KEY => {
-                let curve = spki
-                    .algorithm
-                    .parameters
-                    .as_ref()
-                    .and_then(|any| any.as_oid().ok());
+                let curve = spki.algorithm.parameters.as_ref().and_then(|any| any.as_oid().ok());
                 match curve.map(|oid| oid.to_id_string()).as_deref() {
                     Some("1.2.840.10045.3.1.7") => KeyKind::Ec(Curve::P256),
                     Some("1.3.132.0.34") => KeyKind::Ec(Curve::P384),
@@ -133,11 +118,7 @@ impl PublicKey {
             }
             other => KeyKind::Other(key_algorithm_name(other)),
         };
-        Ok(PublicKey {
-            spki_der: spki.raw.to_vec(),
-            key_bits: spki.subject_public_key.data.to_vec(),
-            kind,
-        })
+        Ok(PublicKey { spki_der: spki.raw.to_vec(), key_bits: spki.subject_public_key.data.to_vec(), kind })
     }
 
     /// What kind of key this is.
@@ -163,9 +144,7 @@ impl PublicKey {
     /// The RFC 5280 method 1 key identifier: SHA-1 of the subjectPublicKey bits.
     pub(crate) fn key_identifier(&self) -> Vec<u8> {
         use aws_lc_rs::digest;
-        digest::digest(&digest::SHA1_FOR_LEGACY_USE_ONLY, &self.key_bits)
-            .as_ref()
-            .to_vec()
+        digest::digest(&digest::SHA1_FOR_LEGACY_USE_ONLY, &self.key_bits).as_ref().to_vec()
     }
 }
 
@@ -216,12 +195,8 @@ pub fn check_key_rules(key: &PublicKey) -> Result<(), Error> {
         KeyKind::Rsa { bits } if *bits < 2048 => Err(Error::RsaKeyTooSmall { bits: *bits }),
         KeyKind::Rsa { bits } if *bits > 8192 => Err(Error::RsaKeyTooLarge { bits: *bits }),
         KeyKind::Rsa { .. } | KeyKind::Ec(_) => Ok(()),
-        KeyKind::EcOtherCurve(curve) => Err(Error::CurveNotAccepted {
-            curve: curve.clone(),
-        }),
-        KeyKind::Other(algorithm) => Err(Error::KeyTypeNotAccepted {
-            algorithm: algorithm.clone(),
-        }),
+        KeyKind::EcOtherCurve(curve) => Err(Error::CurveNotAccepted { curve: curve.clone() }),
+        KeyKind::Other(algorithm) => Err(Error::KeyTypeNotAccepted { algorithm: algorithm.clone() }),
     }
 }
 
@@ -262,9 +237,7 @@ pub struct GeneratedKeyPair {
 
 impl fmt::Debug for GeneratedKeyPair {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("GeneratedKeyPair")
-            .field("algorithm", &self.algorithm)
-            .finish_non_exhaustive()
+        f.debug_struct("GeneratedKeyPair").field("algorithm", &self.algorithm).finish_non_exhaustive()
     }
 }
 
@@ -281,16 +254,9 @@ impl GeneratedKeyPair {
             KeyAlgorithm::Rsa2048 | KeyAlgorithm::Rsa3072 => {
                 pem_encode_secret("RSA PRIVATE KEY", &pkcs1_from_pkcs8(&pkcs8)?)
             }
-            KeyAlgorithm::EcdsaP256 | KeyAlgorithm::EcdsaP384 => {
-                pem_encode_secret("PRIVATE KEY", &pkcs8)
-            }
+            KeyAlgorithm::EcdsaP256 | KeyAlgorithm::EcdsaP384 => pem_encode_secret("PRIVATE KEY", &pkcs8),
         };
-        Ok(GeneratedKeyPair {
-            algorithm,
-            pkcs8,
-            private_key_pem,
-            public_key: PublicKey::from_spki_der(&spki)?,
-        })
+        Ok(GeneratedKeyPair { algorithm, pkcs8, private_key_pem, public_key: PublicKey::from_spki_der(&spki)? })
     }
 
     /// The algorithm of the key.
@@ -327,40 +293,24 @@ fn generate_ec(
 ) -> Result<(Zeroizing<Vec<u8>>, Vec<u8>), Error> {
     let key_pair = EcdsaKeyPair::generate(algorithm).map_err(|_| Error::KeyGeneration)?;
     let pkcs8 = key_pair.to_pkcs8v1().map_err(|_| Error::KeyGeneration)?;
-    let spki: PublicKeyX509Der<'static> = key_pair
-        .public_key()
-        .as_der()
-        .map_err(|_| Error::KeyGeneration)?;
-    Ok((
-        Zeroizing::new(pkcs8.as_ref().to_vec()),
-        spki.as_ref().to_vec(),
-    ))
+    let spki: PublicKeyX509Der<'static> = key_pair.public_key().as_der().map_err(|_| Error::KeyGeneration)?;
+    Ok((Zeroizing::new(pkcs8.as_ref().to_vec()), spki.as_ref().to_vec()))
 }
 
 fn generate_rsa(size: KeySize) -> Result<(Zeroizing<Vec<u8>>, Vec<u8>), Error> {
     let key_pair = RsaKeyPair::generate(size).map_err(|_| Error::KeyGeneration)?;
     let pkcs8: Pkcs8V1Der<'static> = key_pair.as_der().map_err(|_| Error::KeyGeneration)?;
-    let spki: PublicKeyX509Der<'static> = key_pair
-        .public_key()
-        .as_der()
-        .map_err(|_| Error::KeyGeneration)?;
-    Ok((
-        Zeroizing::new(pkcs8.as_ref().to_vec()),
-        spki.as_ref().to_vec(),
-    ))
+    let spki: PublicKeyX509Der<'static> = key_pair.public_key().as_der().map_err(|_| Error::KeyGeneration)?;
+    Ok((Zeroizing::new(pkcs8.as_ref().to_vec()), spki.as_ref().to_vec()))
 }
 
 /// The PKCS#1 RSAPrivateKey inside a PKCS#8 PrivateKeyInfo (its privateKey OCTET STRING).
 fn pkcs1_from_pkcs8(pkcs8: &[u8]) -> Result<Zeroizing<Vec<u8>>, Error> {
-    let malformed = |error: der::DerError| Error::BadDer {
-        what: "pkcs#8 private key",
-        reason: error.reason().to_owned(),
-    };
+    let malformed =
+        |error: der::DerError| Error::BadDer { what: "pkcs#8 private key", reason: error.reason().to_owned() };
     let info = der::read_single(pkcs8, der::SEQUENCE).map_err(malformed)?;
     match der::read_all(info.content).map_err(malformed)?.get(2) {
-        Some(private_key) if private_key.tag == der::OCTET_STRING => {
-            Ok(Zeroizing::new(private_key.content.to_vec()))
-        }
+        Some(private_key) if private_key.tag == der::OCTET_STRING => Ok(Zeroizing::new(private_key.content.to_vec())),
         _ => Err(malformed(der::DerError::UnexpectedTag)),
     }
 }
@@ -378,43 +328,26 @@ mod tests {
     fn check(spki: &[u8], kind: KeyKind, rules: Result<(), &str>) {
         let key = PublicKey::from_spki_der(spki).expect("test spki parses");
         assert_eq!(key.kind(), &kind);
-        assert_eq!(
-            check_key_rules(&key).map_err(|error| error.to_string()),
-            rules.map_err(str::to_owned)
-        );
+        assert_eq!(check_key_rules(&key).map_err(|error| error.to_string()), rules.map_err(str::to_owned));
     }
 
     fn generated(algorithm: KeyAlgorithm) -> Vec<u8> {
-        GeneratedKeyPair::generate(algorithm)
-            .expect("keygen")
-            .public_key()
-            .spki_der()
-            .to_vec()
+        GeneratedKeyPair::generate(algorithm).expect("keygen").public_key().spki_der().to_vec()
     }
 
     fn rcgen_spki(algorithm: &'static rcgen::SignatureAlgorithm) -> Vec<u8> {
         use rcgen::PublicKeyData;
-        rcgen::KeyPair::generate_for(algorithm)
-            .expect("keygen")
-            .subject_public_key_info()
+        rcgen::KeyPair::generate_for(algorithm).expect("keygen").subject_public_key_info()
     }
 
     #[test]
     fn rsa_2048_accepted() {
-        check(
-            &generated(KeyAlgorithm::Rsa2048),
-            KeyKind::Rsa { bits: 2048 },
-            Ok(()),
-        );
+        check(&generated(KeyAlgorithm::Rsa2048), KeyKind::Rsa { bits: 2048 }, Ok(()));
     }
 
     #[test]
     fn rsa_3072_accepted() {
-        check(
-            &generated(KeyAlgorithm::Rsa3072),
-            KeyKind::Rsa { bits: 3072 },
-            Ok(()),
-        );
+        check(&generated(KeyAlgorithm::Rsa3072), KeyKind::Rsa { bits: 3072 }, Ok(()));
     }
 
     #[test]
@@ -446,29 +379,17 @@ mod tests {
 
     #[test]
     fn p256_accepted() {
-        check(
-            &generated(KeyAlgorithm::EcdsaP256),
-            KeyKind::Ec(Curve::P256),
-            Ok(()),
-        );
+        check(&generated(KeyAlgorithm::EcdsaP256), KeyKind::Ec(Curve::P256), Ok(()));
     }
 
     #[test]
     fn p384_accepted() {
-        check(
-            &generated(KeyAlgorithm::EcdsaP384),
-            KeyKind::Ec(Curve::P384),
-            Ok(()),
-        );
+        check(&generated(KeyAlgorithm::EcdsaP384), KeyKind::Ec(Curve::P384), Ok(()));
     }
 
     #[test]
     fn p521_accepted() {
-        check(
-            &rcgen_spki(&rcgen::PKCS_ECDSA_P521_SHA512),
-            KeyKind::Ec(Curve::P521),
-            Ok(()),
-        );
+        check(&rcgen_spki(&rcgen::PKCS_ECDSA_P521_SHA512), KeyKind::Ec(Curve::P521), Ok(()));
     }
 
     #[test]
@@ -503,31 +424,20 @@ mod tests {
     #[test]
     fn dsa_refused() {
         let spki = spki_with_algorithm(&[1, 2, 840, 10040, 4, 1], None, &[2, 1, 5]);
-        check(
-            &spki,
-            KeyKind::Other("dsa".into()),
-            Err("dsa keys are not accepted"),
-        );
+        check(&spki, KeyKind::Other("dsa".into()), Err("dsa keys are not accepted"));
     }
 
     #[test]
     fn unknown_algorithm_refused_by_oid() {
         let spki = spki_with_algorithm(&[1, 2, 3], None, &[1, 2, 3]);
-        check(
-            &spki,
-            KeyKind::Other("1.2.3".into()),
-            Err("1.2.3 keys are not accepted"),
-        );
+        check(&spki, KeyKind::Other("1.2.3".into()), Err("1.2.3 keys are not accepted"));
     }
 
     #[test]
     fn malformed_rsa_key_is_an_error() {
         let spki = spki_with_algorithm(crate::test_support::RSA_ENCRYPTION, None, &[1, 2, 3]);
         let error = PublicKey::from_spki_der(&spki).expect_err("not an RSAPublicKey");
-        assert_eq!(
-            error.to_string(),
-            "malformed public key: malformed rsa public key"
-        );
+        assert_eq!(error.to_string(), "malformed public key: malformed rsa public key");
     }
 
     #[test]
@@ -544,10 +454,7 @@ mod tests {
         assert!(pem.starts_with("-----BEGIN RSA PRIVATE KEY-----\n"));
         let pkcs1 = pem::pem_decode(&pem, &["RSA PRIVATE KEY"]).expect("decodes");
         let loaded = RsaKeyPair::from_der(&pkcs1).expect("aws-lc reads PKCS#1");
-        assert_eq!(
-            loaded.public_key().as_ref(),
-            key_pair.public_key().key_bits()
-        );
+        assert_eq!(loaded.public_key().as_ref(), key_pair.public_key().key_bits());
     }
 
     #[test]
@@ -555,32 +462,18 @@ mod tests {
         let key_pair = GeneratedKeyPair::generate(KeyAlgorithm::EcdsaP384).expect("keygen");
         let pem = key_pair.private_key_pem();
         let pkcs8 = pem::pem_decode(&pem, &["PRIVATE KEY"]).expect("decodes");
-        let loaded = EcdsaKeyPair::from_pkcs8(&ECDSA_P384_SHA384_ASN1_SIGNING, &pkcs8)
-            .expect("aws-lc reads PKCS#8");
-        assert_eq!(
-            loaded.public_key().as_ref(),
-            key_pair.public_key().key_bits()
-        );
+        let loaded = EcdsaKeyPair::from_pkcs8(&ECDSA_P384_SHA384_ASN1_SIGNING, &pkcs8).expect("aws-lc reads PKCS#8");
+        assert_eq!(loaded.public_key().as_ref(), key_pair.public_key().key_bits());
     }
 
     #[test]
     fn debug_shows_only_the_algorithm() {
         let key_pair = GeneratedKeyPair::generate(KeyAlgorithm::EcdsaP256).expect("keygen");
-        assert_eq!(
-            format!("{key_pair:?}"),
-            "GeneratedKeyPair { algorithm: EcdsaP256, .. }"
-        );
+        assert_eq!(format!("{key_pair:?}"), "GeneratedKeyPair { algorithm: EcdsaP256, .. }");
     }
 
     #[test]
     fn modulus_bits_ignores_leading_zeros() {
-        assert_eq!(
-            (
-                modulus_bits(&[0, 0x80, 0]),
-                modulus_bits(&[0x01, 0]),
-                modulus_bits(&[0, 0])
-            ),
-            (16, 9, 0)
-        );
+        assert_eq!((modulus_bits(&[0, 0x80, 0]), modulus_bits(&[0x01, 0]), modulus_bits(&[0, 0])), (16, 9, 0));
     }
 }

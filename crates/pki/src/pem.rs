@@ -15,10 +15,7 @@ pub fn pem_encode(label: &str, der: &[u8]) -> String {
     // Private keys pass through here: the base64 text is kept in a zeroized buffer, and the
     // output is sized exactly so that it is never reallocated (which would leave a copy behind).
     let body = Zeroizing::new(STANDARD.encode(der));
-    let capacity = "-----BEGIN -----\n-----END -----\n".len()
-        + 2 * label.len()
-        + body.len()
-        + body.len().div_ceil(64);
+    let capacity = "-----BEGIN -----\n-----END -----\n".len() + 2 * label.len() + body.len() + body.len().div_ceil(64);
     let mut out = String::with_capacity(capacity);
     out.push_str("-----BEGIN ");
     out.push_str(label);
@@ -41,57 +38,38 @@ pub(crate) fn pem_decode(text: &str, labels: &[&str]) -> Result<Vec<u8>, Error> 
     let text = text.trim();
     let Some(after_begin) = text.strip_prefix(BEGIN) else {
         return Err(Error::NotPem {
-            reason: if text.contains(BEGIN) {
-                "text before the pem block"
-            } else {
-                "no -----BEGIN line"
-            },
+            reason: if text.contains(BEGIN) { "text before the pem block" } else { "no -----BEGIN line" },
         });
     };
     let Some((label, after_label)) = after_begin.split_once(DASHES) else {
-        return Err(Error::NotPem {
-            reason: "unterminated -----BEGIN line",
-        });
+        return Err(Error::NotPem { reason: "unterminated -----BEGIN line" });
     };
     if label.contains(['\n', '\r']) {
-        return Err(Error::NotPem {
-            reason: "unterminated -----BEGIN line",
-        });
+        return Err(Error::NotPem { reason: "unterminated -----BEGIN line" });
     }
     let end = format!("-----END {label}-----");
     let Some((body, after_end)) = after_label.split_once(end.as_str()) else {
-        return Err(Error::NotPem {
-            reason: "no matching -----END line",
-        });
+        return Err(Error::NotPem { reason: "no matching -----END line" });
     };
     if !after_end.is_empty() {
         return Err(if after_end.contains(BEGIN) {
             Error::MultiplePemBlocks
         } else {
-            Error::NotPem {
-                reason: "text after the pem block",
-            }
+            Error::NotPem { reason: "text after the pem block" }
         });
     }
     if body.contains(BEGIN) {
         return Err(Error::MultiplePemBlocks);
     }
     if !labels.contains(&label) {
-        return Err(Error::WrongPemLabel {
-            expected: labels.join(" or "),
-            found: label.to_owned(),
-        });
+        return Err(Error::WrongPemLabel { expected: labels.join(" or "), found: label.to_owned() });
     }
     if body.contains(':') {
-        return Err(Error::NotPem {
-            reason: "pem headers (as in encrypted pem) are not supported",
-        });
+        return Err(Error::NotPem { reason: "pem headers (as in encrypted pem) are not supported" });
     }
     let compact: String = body.chars().filter(|c| !c.is_ascii_whitespace()).collect();
     if compact.is_empty() {
-        return Err(Error::NotPem {
-            reason: "empty pem block",
-        });
+        return Err(Error::NotPem { reason: "empty pem block" });
     }
     STANDARD.decode(compact).map_err(Error::BadBase64)
 }
@@ -127,10 +105,7 @@ mod tests {
 
     #[test]
     fn surrounding_whitespace_and_crlf() {
-        let text = format!(
-            "\r\n  {}\r\n\n",
-            block("THING", "AQID\r\nBAUG\r\nBwgJ").replace('\n', "\r\n")
-        );
+        let text = format!("\r\n  {}\r\n\n", block("THING", "AQID\r\nBAUG\r\nBwgJ").replace('\n', "\r\n"));
         check(&text, Ok(&[1, 2, 3, 4, 5, 6, 7, 8, 9]));
     }
 
@@ -146,18 +121,12 @@ mod tests {
 
     #[test]
     fn text_before() {
-        check(
-            &format!("Certificate:\n{}", block("THING", BODY)),
-            Err("not pem: text before the pem block"),
-        );
+        check(&format!("Certificate:\n{}", block("THING", BODY)), Err("not pem: text before the pem block"));
     }
 
     #[test]
     fn text_after() {
-        check(
-            &format!("{}trailer\n", block("THING", BODY)),
-            Err("not pem: text after the pem block"),
-        );
+        check(&format!("{}trailer\n", block("THING", BODY)), Err("not pem: text after the pem block"));
     }
 
     #[test]
@@ -178,10 +147,7 @@ mod tests {
 
     #[test]
     fn missing_end() {
-        check(
-            &format!("-----BEGIN THING-----\n{BODY}\n"),
-            Err("not pem: no matching -----END line"),
-        );
+        check(&format!("-----BEGIN THING-----\n{BODY}\n"), Err("not pem: no matching -----END line"));
     }
 
     #[test]
@@ -194,26 +160,17 @@ mod tests {
 
     #[test]
     fn unterminated_begin() {
-        check(
-            "-----BEGIN THING\nAQID\n",
-            Err("not pem: unterminated -----BEGIN line"),
-        );
+        check("-----BEGIN THING\nAQID\n", Err("not pem: unterminated -----BEGIN line"));
     }
 
     #[test]
     fn truncated_base64() {
-        check(
-            &block("THING", &BODY[..BODY.len() - 1]),
-            Err("pem body is not valid base64"),
-        );
+        check(&block("THING", &BODY[..BODY.len() - 1]), Err("pem body is not valid base64"));
     }
 
     #[test]
     fn bad_base64_character() {
-        check(
-            &block("THING", "AQID*AUG"),
-            Err("pem body is not valid base64"),
-        );
+        check(&block("THING", "AQID*AUG"), Err("pem body is not valid base64"));
     }
 
     #[test]

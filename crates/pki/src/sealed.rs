@@ -40,11 +40,7 @@ pub fn seal(passphrase: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, Error> {
 
 /// Seals with a chosen iteration count, within [`MIN_ITERATIONS`]..=[`MAX_ITERATIONS`]; tests
 /// use it to stay fast, everything else uses [`seal`].
-pub(crate) fn seal_with_iterations(
-    passphrase: &[u8],
-    plaintext: &[u8],
-    iterations: u32,
-) -> Result<Vec<u8>, Error> {
+pub(crate) fn seal_with_iterations(passphrase: &[u8], plaintext: &[u8], iterations: u32) -> Result<Vec<u8>, Error> {
     let iterations = accepted_iterations(iterations)?;
     let mut salt = [0u8; SALT_LEN];
     let mut nonce = [0u8; NONCE_LEN];
@@ -57,21 +53,15 @@ pub(crate) fn seal_with_iterations(
     blob.extend_from_slice(&nonce);
     let key = derive_key(passphrase, &salt, iterations)?;
     let mut sealed = plaintext.to_vec();
-    key.seal_in_place_append_tag(
-        Nonce::assume_unique_for_key(nonce),
-        Aad::from(&blob[..]),
-        &mut sealed,
-    )
-    .map_err(|_| Error::SealFailed)?;
+    key.seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(&blob[..]), &mut sealed)
+        .map_err(|_| Error::SealFailed)?;
     blob.extend_from_slice(&sealed);
     Ok(blob)
 }
 
 /// Opens a blob made by [`seal`]; the iteration count comes from its header.
 pub fn open(passphrase: &[u8], blob: &[u8]) -> Result<Zeroizing<Vec<u8>>, Error> {
-    let bad = |reason: &str| Error::BadSealedBlob {
-        reason: reason.to_owned(),
-    };
+    let bad = |reason: &str| Error::BadSealedBlob { reason: reason.to_owned() };
     if !blob.starts_with(MAGIC) {
         return Err(bad("it does not start with CFSEAL1"));
     }
@@ -81,16 +71,12 @@ pub fn open(passphrase: &[u8], blob: &[u8]) -> Result<Zeroizing<Vec<u8>>, Error>
     let (header, sealed) = blob.split_at(HEADER_LEN);
     let (iterations, rest) = header[MAGIC.len()..].split_at(4);
     let (salt, nonce) = rest.split_at(SALT_LEN);
-    let iterations =
-        u32::from_be_bytes([iterations[0], iterations[1], iterations[2], iterations[3]]);
+    let iterations = u32::from_be_bytes([iterations[0], iterations[1], iterations[2], iterations[3]]);
     let iterations = accepted_iterations(iterations)?;
     let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| bad("bad nonce"))?;
     let key = derive_key(passphrase, salt, iterations)?;
     let mut plaintext = Zeroizing::new(sealed.to_vec());
-    let length = key
-        .open_in_place(nonce, Aad::from(header), &mut plaintext)
-        .map_err(|_| Error::SealOpenFailed)?
-        .len();
+    let length = key.open_in_place(nonce, Aad::from(header), &mut plaintext).map_err(|_| Error::SealOpenFailed)?.len();
     plaintext.truncate(length);
     Ok(plaintext)
 }
@@ -99,26 +85,14 @@ fn accepted_iterations(iterations: u32) -> Result<NonZeroU32, Error> {
     match NonZeroU32::new(iterations) {
         Some(count) if (MIN_ITERATIONS..=MAX_ITERATIONS).contains(&iterations) => Ok(count),
         _ => Err(Error::BadSealedBlob {
-            reason: format!(
-                "iteration count {iterations} is outside {MIN_ITERATIONS}..={MAX_ITERATIONS}"
-            ),
+            reason: format!("iteration count {iterations} is outside {MIN_ITERATIONS}..={MAX_ITERATIONS}"),
         }),
     }
 }
 
-fn derive_key(
-    passphrase: &[u8],
-    salt: &[u8],
-    iterations: NonZeroU32,
-) -> Result<LessSafeKey, Error> {
+fn derive_key(passphrase: &[u8], salt: &[u8], iterations: NonZeroU32) -> Result<LessSafeKey, Error> {
     let mut key = Zeroizing::new([0u8; 32]);
-    pbkdf2::derive(
-        pbkdf2::PBKDF2_HMAC_SHA256,
-        iterations,
-        salt,
-        passphrase,
-        &mut key[..],
-    );
+    pbkdf2::derive(pbkdf2::PBKDF2_HMAC_SHA256, iterations, salt, passphrase, &mut key[..]);
     let key = UnboundKey::new(&AES_256_GCM, &key[..]).map_err(|_| Error::SealFailed)?;
     Ok(LessSafeKey::new(key))
 }
@@ -165,11 +139,7 @@ mod tests {
         let blob = sealed();
         assert_eq!(
             (&blob[..7], &blob[7..11], blob.len()),
-            (
-                &b"CFSEAL1"[..],
-                &MIN_ITERATIONS.to_be_bytes()[..],
-                39 + SECRET.len() + 16
-            )
+            (&b"CFSEAL1"[..], &MIN_ITERATIONS.to_be_bytes()[..], 39 + SECRET.len() + 16)
         );
     }
 
@@ -181,22 +151,14 @@ mod tests {
 
     #[test]
     fn wrong_passphrase() {
-        check(
-            b"tr0ub4dor&3",
-            &sealed(),
-            Err("sealed data cannot be opened: wrong passphrase or tampered data"),
-        );
+        check(b"tr0ub4dor&3", &sealed(), Err("sealed data cannot be opened: wrong passphrase or tampered data"));
     }
 
     #[test]
     fn tampered_ciphertext() {
         let mut blob = sealed();
         blob[45] ^= 1;
-        check(
-            PASSPHRASE,
-            &blob,
-            Err("sealed data cannot be opened: wrong passphrase or tampered data"),
-        );
+        check(PASSPHRASE, &blob, Err("sealed data cannot be opened: wrong passphrase or tampered data"));
     }
 
     #[test]
@@ -204,22 +166,14 @@ mod tests {
         let mut blob = sealed();
         let last = blob.len() - 1;
         blob[last] ^= 0x80;
-        check(
-            PASSPHRASE,
-            &blob,
-            Err("sealed data cannot be opened: wrong passphrase or tampered data"),
-        );
+        check(PASSPHRASE, &blob, Err("sealed data cannot be opened: wrong passphrase or tampered data"));
     }
 
     #[test]
     fn tampered_salt() {
         let mut blob = sealed();
         blob[11] ^= 1;
-        check(
-            PASSPHRASE,
-            &blob,
-            Err("sealed data cannot be opened: wrong passphrase or tampered data"),
-        );
+        check(PASSPHRASE, &blob, Err("sealed data cannot be opened: wrong passphrase or tampered data"));
     }
 
     #[test]
@@ -233,20 +187,12 @@ mod tests {
 
     #[test]
     fn truncated_body() {
-        check(
-            PASSPHRASE,
-            &sealed()[..39 + 15],
-            Err("malformed sealed data: truncated"),
-        );
+        check(PASSPHRASE, &sealed()[..39 + 15], Err("malformed sealed data: truncated"));
     }
 
     #[test]
     fn truncated_header() {
-        check(
-            PASSPHRASE,
-            &sealed()[..20],
-            Err("malformed sealed data: truncated"),
-        );
+        check(PASSPHRASE, &sealed()[..20], Err("malformed sealed data: truncated"));
     }
 
     #[test]
@@ -261,22 +207,14 @@ mod tests {
 
     #[test]
     fn empty_blob() {
-        check(
-            PASSPHRASE,
-            b"",
-            Err("malformed sealed data: it does not start with CFSEAL1"),
-        );
+        check(PASSPHRASE, b"", Err("malformed sealed data: it does not start with CFSEAL1"));
     }
 
     #[test]
     fn wrong_magic() {
         let mut blob = sealed();
         blob[6] = b'2';
-        check(
-            PASSPHRASE,
-            &blob,
-            Err("malformed sealed data: it does not start with CFSEAL1"),
-        );
+        check(PASSPHRASE, &blob, Err("malformed sealed data: it does not start with CFSEAL1"));
     }
 
     #[test]

@@ -69,23 +69,13 @@ pub(crate) const NULL: &[u8] = &[0x05, 0x00];
 /// RSASSA-PSS-params with explicit hash, MGF1 hash and salt length.
 pub(crate) fn pss_identifier(hash: &[u64], mgf_hash: &[u64], salt_length: u8) -> Vec<u8> {
     let hash = der::write(0xa0, &algorithm_identifier(hash, Some(NULL)));
-    let mask = der::write(
-        0xa1,
-        &algorithm_identifier(MGF1, Some(&algorithm_identifier(mgf_hash, Some(NULL)))),
-    );
+    let mask = der::write(0xa1, &algorithm_identifier(MGF1, Some(&algorithm_identifier(mgf_hash, Some(NULL)))));
     let salt = der::write(0xa2, &der::write(0x02, &[salt_length]));
-    algorithm_identifier(
-        RSASSA_PSS,
-        Some(&der::write_constructed(SEQUENCE, &[&hash, &mask, &salt])),
-    )
+    algorithm_identifier(RSASSA_PSS, Some(&der::write_constructed(SEQUENCE, &[&hash, &mask, &salt])))
 }
 
 /// A SubjectPublicKeyInfo with the given algorithm, optional curve parameter and key bits.
-pub(crate) fn spki_with_algorithm(
-    algorithm: &[u64],
-    curve: Option<&[u64]>,
-    key_bits: &[u8],
-) -> Vec<u8> {
+pub(crate) fn spki_with_algorithm(algorithm: &[u64], curve: Option<&[u64]>, key_bits: &[u8]) -> Vec<u8> {
     let identifier = match curve {
         Some(curve) => algorithm_identifier(algorithm, Some(&oid(curve))),
         None => algorithm_identifier(algorithm, Some(NULL)),
@@ -104,10 +94,8 @@ pub(crate) fn fake_rsa_spki(bits: u32) -> Vec<u8> {
     if modulus[0] & 0x80 != 0 {
         modulus.insert(0, 0);
     }
-    let rsa_public_key = der::write_constructed(
-        SEQUENCE,
-        &[&der::write(0x02, &modulus), &der::write(0x02, &[1, 0, 1])],
-    );
+    let rsa_public_key =
+        der::write_constructed(SEQUENCE, &[&der::write(0x02, &modulus), &der::write(0x02, &[1, 0, 1])]);
     spki_with_algorithm(RSA_ENCRYPTION, None, &rsa_public_key)
 }
 
@@ -116,10 +104,7 @@ pub(crate) fn encode_name(attributes: &[(&[u64], &str)]) -> Vec<u8> {
     let rdns: Vec<Vec<u8>> = attributes
         .iter()
         .map(|(arcs, value)| {
-            let attribute = der::write_constructed(
-                SEQUENCE,
-                &[&oid(arcs), &der::write(0x0c, value.as_bytes())],
-            );
+            let attribute = der::write_constructed(SEQUENCE, &[&oid(arcs), &der::write(0x0c, value.as_bytes())]);
             der::write(0x31, &attribute)
         })
         .collect();
@@ -128,21 +113,8 @@ pub(crate) fn encode_name(attributes: &[(&[u64], &str)]) -> Vec<u8> {
 }
 
 /// A PKCS#10 request assembled by hand and signed by `sign` over the request info.
-pub(crate) fn build_csr(
-    subject: &[u8],
-    spki: &[u8],
-    algorithm: &[u8],
-    sign: impl FnOnce(&[u8]) -> Vec<u8>,
-) -> Vec<u8> {
-    let info = der::write_constructed(
-        SEQUENCE,
-        &[
-            &der::write(0x02, &[0]),
-            subject,
-            spki,
-            &der::write(0xa0, &[]),
-        ],
-    );
+pub(crate) fn build_csr(subject: &[u8], spki: &[u8], algorithm: &[u8], sign: impl FnOnce(&[u8]) -> Vec<u8>) -> Vec<u8> {
+    let info = der::write_constructed(SEQUENCE, &[&der::write(0x02, &[0]), subject, spki, &der::write(0xa0, &[])]);
     let signature = sign(&info);
     der::join_signed(&info, algorithm, &signature)
 }
@@ -170,30 +142,15 @@ pub(crate) fn rebuild(
 }
 
 /// Re-signs a certificate with another algorithm (written in both places).
-pub(crate) fn resign(
-    certificate: &[u8],
-    algorithm: &[u8],
-    sign: impl FnOnce(&[u8]) -> Vec<u8>,
-) -> Vec<u8> {
-    rebuild(
-        certificate,
-        |fields| fields[2] = algorithm.to_vec(),
-        algorithm,
-        sign,
-    )
+pub(crate) fn resign(certificate: &[u8], algorithm: &[u8], sign: impl FnOnce(&[u8]) -> Vec<u8>) -> Vec<u8> {
+    rebuild(certificate, |fields| fields[2] = algorithm.to_vec(), algorithm, sign)
 }
 
 /// Signs with an RSA PKCS#8 key and the given padding.
-pub(crate) fn rsa_sign(
-    pkcs8: &[u8],
-    padding: &'static dyn signature::RsaEncoding,
-    message: &[u8],
-) -> Vec<u8> {
+pub(crate) fn rsa_sign(pkcs8: &[u8], padding: &'static dyn signature::RsaEncoding, message: &[u8]) -> Vec<u8> {
     let key_pair = RsaKeyPair::from_pkcs8(pkcs8).expect("an rsa key");
     let mut signature = vec![0; key_pair.public_modulus_len()];
-    key_pair
-        .sign(padding, &SystemRandom::new(), message, &mut signature)
-        .expect("signs");
+    key_pair.sign(padding, &SystemRandom::new(), message, &mut signature).expect("signs");
     signature
 }
 
@@ -204,18 +161,11 @@ pub(crate) fn ecdsa_sign(
     message: &[u8],
 ) -> Vec<u8> {
     let key_pair = EcdsaKeyPair::from_pkcs8(algorithm, pkcs8).expect("an ec key");
-    key_pair
-        .sign(&SystemRandom::new(), message)
-        .expect("signs")
-        .as_ref()
-        .to_vec()
+    key_pair.sign(&SystemRandom::new(), message).expect("signs").as_ref().to_vec()
 }
 
 /// A CSR made by rcgen for a new key of the given algorithm, with subject CN=`common_name`.
-pub(crate) fn rcgen_csr(
-    algorithm: &'static rcgen::SignatureAlgorithm,
-    common_name: &str,
-) -> String {
+pub(crate) fn rcgen_csr(algorithm: &'static rcgen::SignatureAlgorithm, common_name: &str) -> String {
     let key_pair = match algorithm {
         algorithm if *algorithm == rcgen::PKCS_RSA_SHA256 => {
             rcgen::KeyPair::try_from(rsa_device_pkcs8()).expect("loads")
@@ -224,25 +174,14 @@ pub(crate) fn rcgen_csr(
     };
     let mut params = rcgen::CertificateParams::default();
     params.distinguished_name = rcgen::DistinguishedName::new();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, common_name);
-    params
-        .serialize_request(&key_pair)
-        .expect("csr")
-        .pem()
-        .expect("pem")
+    params.distinguished_name.push(rcgen::DnType::CommonName, common_name);
+    params.serialize_request(&key_pair).expect("csr").pem().expect("pem")
 }
 
 /// One RSA-2048 device key (PKCS#8) shared by all tests: RSA key generation is slow.
 pub(crate) fn rsa_device_pkcs8() -> &'static [u8] {
     static KEY: OnceLock<Vec<u8>> = OnceLock::new();
-    KEY.get_or_init(|| {
-        crate::GeneratedKeyPair::generate(KeyAlgorithm::Rsa2048)
-            .expect("keygen")
-            .pkcs8_der()
-            .to_vec()
-    })
+    KEY.get_or_init(|| crate::GeneratedKeyPair::generate(KeyAlgorithm::Rsa2048).expect("keygen").pkcs8_der().to_vec())
 }
 
 fn root(key: KeyAlgorithm) -> Issuer {
@@ -271,13 +210,10 @@ pub(crate) fn rsa_ca() -> &'static Issuer {
 pub(crate) fn p521_ca() -> &'static Issuer {
     static CA: OnceLock<Issuer> = OnceLock::new();
     CA.get_or_init(|| {
-        let key_pair =
-            rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P521_SHA512).expect("keygen");
+        let key_pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P521_SHA512).expect("keygen");
         let mut params = rcgen::CertificateParams::default();
         params.distinguished_name = rcgen::DistinguishedName::new();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "Test P-521 Root");
+        params.distinguished_name.push(rcgen::DnType::CommonName, "Test P-521 Root");
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         params.not_before = NOW;
         params.not_after = NOW + CA_VALIDITY;

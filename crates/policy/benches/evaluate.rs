@@ -79,24 +79,25 @@ fn benches(c: &mut Criterion) {
         ("evaluate publish implicit deny", other_device),
         ("evaluate publish explicit deny", denied),
     ] {
-        let request = Request {
-            action: Action::Publish,
-            resource,
-            context: &context,
-        };
-        c.bench_function(name, |b| {
-            b.iter(|| evaluate(black_box(&policies), black_box(&request)))
-        });
+        let request = Request { action: Action::Publish, resource, context: &context };
+        c.bench_function(name, |b| b.iter(|| evaluate(black_box(&policies), black_box(&request))));
     }
-    c.bench_function("parse four-statement policy", |b| {
-        b.iter(|| Policy::parse(black_box(POLICY)))
-    });
+    c.bench_function("parse four-statement policy", |b| b.iter(|| Policy::parse(black_box(POLICY))));
 
     let ten = [Policy::parse(POLICY_10).expect("the ten-statement policy parses")];
     for (name, resource) in [
-        ("ten statements: publish allowed", "arn:aws:iot:us-east-1:123456789012:topic/fleet/sensor-0042/telemetry/temp"),
-        ("ten statements: publish implicit deny", "arn:aws:iot:us-east-1:123456789012:topic/fleet/sensor-0043/telemetry/temp"),
-        ("ten statements: publish explicit deny", "arn:aws:iot:us-east-1:123456789012:topic/fleet/sensor-0042/telemetry/admin"),
+        (
+            "ten statements: publish allowed",
+            "arn:aws:iot:us-east-1:123456789012:topic/fleet/sensor-0042/telemetry/temp",
+        ),
+        (
+            "ten statements: publish implicit deny",
+            "arn:aws:iot:us-east-1:123456789012:topic/fleet/sensor-0043/telemetry/temp",
+        ),
+        (
+            "ten statements: publish explicit deny",
+            "arn:aws:iot:us-east-1:123456789012:topic/fleet/sensor-0042/telemetry/admin",
+        ),
     ] {
         let request = Request { action: Action::Publish, resource, context: &context };
         c.bench_function(name, |b| b.iter(|| evaluate(black_box(&ten), black_box(&request))));

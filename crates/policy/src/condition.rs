@@ -48,10 +48,7 @@ pub(crate) struct Operator {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum OperatorKind {
-    String {
-        comparison: Comparison,
-        negated: bool,
-    },
+    String { comparison: Comparison, negated: bool },
     Bool,
     Null,
 }
@@ -88,10 +85,7 @@ impl Operator {
             Some(base) => (true, base),
             None => (false, rest),
         };
-        let string = |comparison, negated| OperatorKind::String {
-            comparison,
-            negated,
-        };
+        let string = |comparison, negated| OperatorKind::String { comparison, negated };
         let kind = match base {
             "StringEquals" => string(Comparison::Equals, false),
             "StringNotEquals" => string(Comparison::Equals, true),
@@ -104,11 +98,7 @@ impl Operator {
             "Null" if set == SetOperator::Single && !if_exists => OperatorKind::Null,
             _ => return None,
         };
-        Some(Operator {
-            set,
-            if_exists,
-            kind,
-        })
+        Some(Operator { set, if_exists, kind })
     }
 }
 
@@ -125,11 +115,7 @@ impl Condition {
             key,
             set: operator.set,
             if_exists: operator.if_exists,
-            test: Test::String {
-                comparison,
-                negated,
-                values: values.into(),
-            },
+            test: Test::String { comparison, negated, values: values.into() },
         }
     }
 
@@ -139,10 +125,7 @@ impl Condition {
             key,
             set: operator.set,
             if_exists: operator.if_exists,
-            test: Test::Bool {
-                accepts_true: accepted.contains(&true),
-                accepts_false: accepted.contains(&false),
-            },
+            test: Test::Bool { accepts_true: accepted.contains(&true), accepts_false: accepted.contains(&false) },
         }
     }
 
@@ -152,26 +135,15 @@ impl Condition {
             key,
             set: SetOperator::Single,
             if_exists: false,
-            test: Test::Null {
-                accepts_absent: accepted.contains(&true),
-                accepts_present: accepted.contains(&false),
-            },
+            test: Test::Null { accepts_absent: accepted.contains(&true), accepts_present: accepted.contains(&false) },
         }
     }
 
     /// Whether the condition holds for a request made under `context`.
     pub(crate) fn evaluate(&self, context: &Context) -> Outcome {
         let values = self.key.resolve(context, Usage::ConditionKey);
-        if let Test::Null {
-            accepts_absent,
-            accepts_present,
-        } = self.test
-        {
-            return Outcome::from(if values.is_empty() {
-                accepts_absent
-            } else {
-                accepts_present
-            });
+        if let Test::Null { accepts_absent, accepts_present } = self.test {
+            return Outcome::from(if values.is_empty() { accepts_absent } else { accepts_present });
         }
         if values.is_empty() {
             // IAM: an absent key fails a positive test and passes a negated one; `IfExists` and
@@ -186,12 +158,10 @@ impl Condition {
         match self.set {
             // Parsing refuses a multi-valued key here, so there is exactly one value.
             SetOperator::Single => self.test_value(values.get(0), context),
-            SetOperator::AnyValue => (0..values.len()).fold(Outcome::No, |outcome, index| {
-                outcome.or(|| self.test_value(values.get(index), context))
-            }),
-            SetOperator::AllValues => (0..values.len()).fold(Outcome::Yes, |outcome, index| {
-                outcome.and(|| self.test_value(values.get(index), context))
-            }),
+            SetOperator::AnyValue => (0..values.len())
+                .fold(Outcome::No, |outcome, index| outcome.or(|| self.test_value(values.get(index), context))),
+            SetOperator::AllValues => (0..values.len())
+                .fold(Outcome::Yes, |outcome, index| outcome.and(|| self.test_value(values.get(index), context))),
         }
     }
 
@@ -201,11 +171,7 @@ impl Condition {
 
     fn test_value(&self, value: &str, context: &Context) -> Outcome {
         match &self.test {
-            Test::String {
-                comparison,
-                negated,
-                values,
-            } => {
+            Test::String { comparison, negated, values } => {
                 let case = match comparison {
                     Comparison::EqualsIgnoreCase => Case::Insensitive,
                     Comparison::Equals | Comparison::Like => Case::Sensitive,
@@ -227,16 +193,11 @@ impl Condition {
                     (true, false) => Outcome::Yes,
                 }
             }
-            Test::Bool {
-                accepts_true,
-                accepts_false,
-            } => Outcome::from(
+            Test::Bool { accepts_true, accepts_false } => Outcome::from(
                 (*accepts_true && value.eq_ignore_ascii_case("true"))
                     || (*accepts_false && value.eq_ignore_ascii_case("false")),
             ),
-            Test::Null {
-                accepts_present, ..
-            } => Outcome::from(*accepts_present),
+            Test::Null { accepts_present, .. } => Outcome::from(*accepts_present),
         }
     }
 }
@@ -261,24 +222,14 @@ mod tests {
         };
         check(
             "StringEquals",
-            Some(
-                "Operator { set: Single, if_exists: false, kind: String { comparison: Equals, negated: false } }",
-            ),
+            Some("Operator { set: Single, if_exists: false, kind: String { comparison: Equals, negated: false } }"),
         );
         check(
             "ForAnyValue:StringNotLikeIfExists",
-            Some(
-                "Operator { set: AnyValue, if_exists: true, kind: String { comparison: Like, negated: true } }",
-            ),
+            Some("Operator { set: AnyValue, if_exists: true, kind: String { comparison: Like, negated: true } }"),
         );
-        check(
-            "ForAllValues:Bool",
-            Some("Operator { set: AllValues, if_exists: false, kind: Bool }"),
-        );
-        check(
-            "Null",
-            Some("Operator { set: Single, if_exists: false, kind: Null }"),
-        );
+        check("ForAllValues:Bool", Some("Operator { set: AllValues, if_exists: false, kind: Bool }"));
+        check("Null", Some("Operator { set: Single, if_exists: false, kind: Null }"));
         check("NullIfExists", None);
         check("ForAnyValue:Null", None);
         check("stringequals", None);

@@ -16,33 +16,22 @@ pub(crate) const VERSION: &str = "2012-10-17";
 
 pub(crate) fn parse_statements(document: &str) -> Result<Vec<Statement>, Error> {
     // Counted before parsing, so an oversized document costs no JSON work.
-    let length = document
-        .chars()
-        .filter(|character| !character.is_whitespace())
-        .count();
+    let length = document.chars().filter(|character| !character.is_whitespace()).count();
     if length == 0 {
         return Err(Error::Empty);
     }
     if length > MAX_DOCUMENT_CHARACTERS {
-        return Err(Error::TooLong {
-            length,
-            limit: MAX_DOCUMENT_CHARACTERS,
-        });
+        return Err(Error::TooLong { length, limit: MAX_DOCUMENT_CHARACTERS });
     }
     let json: Json = serde_json::from_str(document).map_err(Error::NotJson)?;
-    let [version, statement, id] =
-        members(&json, "policy document", ["Version", "Statement", "Id"])?;
+    let [version, statement, id] = members(&json, "policy document", ["Version", "Statement", "Id"])?;
     match version {
         None => {
-            return Err(Error::Missing {
-                element: "Version".into(),
-            });
+            return Err(Error::Missing { element: "Version".into() });
         }
         Some(Json::String(version)) if version == VERSION => {}
         Some(Json::String(version)) => {
-            return Err(Error::UnsupportedVersion {
-                found: version.clone(),
-            });
+            return Err(Error::UnsupportedVersion { found: version.clone() });
         }
         Some(_) => return Err(wrong_type("Version", "a string")),
     }
@@ -52,13 +41,9 @@ pub(crate) fn parse_statements(document: &str) -> Result<Vec<Statement>, Error> 
         return Err(wrong_type("Id", "a string"));
     }
     match statement {
-        None => Err(Error::Missing {
-            element: "Statement".into(),
-        }),
+        None => Err(Error::Missing { element: "Statement".into() }),
         Some(json @ Json::Object(_)) => Ok(vec![parse_statement(json, "Statement")?]),
-        Some(Json::Array(items)) if items.is_empty() => Err(Error::EmptyList {
-            element: "Statement".into(),
-        }),
+        Some(Json::Array(items)) if items.is_empty() => Err(Error::EmptyList { element: "Statement".into() }),
         Some(Json::Array(items)) => items
             .iter()
             .enumerate()
@@ -69,27 +54,8 @@ pub(crate) fn parse_statements(document: &str) -> Result<Vec<Statement>, Error> 
 }
 
 fn parse_statement(json: &Json, element: &str) -> Result<Statement, Error> {
-    let [
-        sid,
-        effect,
-        action,
-        not_action,
-        resource,
-        not_resource,
-        condition,
-    ] = members(
-        json,
-        element,
-        [
-            "Sid",
-            "Effect",
-            "Action",
-            "NotAction",
-            "Resource",
-            "NotResource",
-            "Condition",
-        ],
-    )?;
+    let [sid, effect, action, not_action, resource, not_resource, condition] =
+        members(json, element, ["Sid", "Effect", "Action", "NotAction", "Resource", "NotResource", "Condition"])?;
     let sid = match sid {
         None => None,
         Some(Json::String(sid)) => Some(sid.clone()),
@@ -97,17 +63,12 @@ fn parse_statement(json: &Json, element: &str) -> Result<Statement, Error> {
     };
     let effect = match effect {
         None => {
-            return Err(Error::Missing {
-                element: format!("{element}.Effect"),
-            });
+            return Err(Error::Missing { element: format!("{element}.Effect") });
         }
         Some(Json::String(effect)) if effect == "Allow" => Effect::Allow,
         Some(Json::String(effect)) if effect == "Deny" => Effect::Deny,
         Some(Json::String(effect)) => {
-            return Err(Error::InvalidEffect {
-                element: format!("{element}.Effect"),
-                found: effect.clone(),
-            });
+            return Err(Error::InvalidEffect { element: format!("{element}.Effect"), found: effect.clone() });
         }
         Some(_) => return Err(wrong_type(&format!("{element}.Effect"), "a string")),
     };
@@ -117,16 +78,9 @@ fn parse_statement(json: &Json, element: &str) -> Result<Statement, Error> {
         action_mask |= compile_action(path, action)?;
     }
     if not_action {
-        action_mask = Action::ALL
-            .iter()
-            .fold(0, |mask, action| mask | action.bit())
-            & !action_mask;
+        action_mask = Action::ALL.iter().fold(0, |mask, action| mask | action.bit()) & !action_mask;
     }
-    let (resources, not_resource) = one_of(
-        element,
-        ("Resource", resource),
-        ("NotResource", not_resource),
-    )?;
+    let (resources, not_resource) = one_of(element, ("Resource", resource), ("NotResource", not_resource))?;
     let resource_patterns = resources
         .iter()
         .map(|(path, resource)| compile_resource(path, resource))
@@ -141,10 +95,7 @@ fn parse_statement(json: &Json, element: &str) -> Result<Statement, Error> {
         actions: actions.into_iter().map(|(_, action)| action).collect(),
         not_action,
         action_mask,
-        resources: resources
-            .into_iter()
-            .map(|(_, resource)| resource)
-            .collect(),
+        resources: resources.into_iter().map(|(_, resource)| resource).collect(),
         not_resource,
         resource_patterns,
         conditions,
@@ -159,30 +110,23 @@ fn one_of(
     (negated_name, negated): (&'static str, Option<&Json>),
 ) -> Result<(Vec<(String, String)>, bool), Error> {
     match (plain, negated) {
-        (Some(_), Some(_)) => Err(Error::Conflicting {
-            element: element.to_owned(),
-            first: name,
-            second: negated_name,
-        }),
+        (Some(_), Some(_)) => {
+            Err(Error::Conflicting { element: element.to_owned(), first: name, second: negated_name })
+        }
         (Some(json), None) => Ok((strings(json, &format!("{element}.{name}"))?, false)),
         (None, Some(json)) => Ok((strings(json, &format!("{element}.{negated_name}"))?, true)),
-        (None, None) => Err(Error::Missing {
-            element: format!("{element}.{name}"),
-        }),
+        (None, None) => Err(Error::Missing { element: format!("{element}.{name}") }),
     }
 }
 
 /// The data-plane actions an `Action` entry covers.
 fn compile_action(element: &str, action: &str) -> Result<u8, Error> {
     let well_formed = action == "*"
-        || action.split_once(':').is_some_and(|(service, name)| {
-            !service.is_empty() && !name.is_empty() && !name.contains(':')
-        });
+        || action
+            .split_once(':')
+            .is_some_and(|(service, name)| !service.is_empty() && !name.is_empty() && !name.contains(':'));
     if !well_formed {
-        return Err(Error::InvalidAction {
-            element: element.to_owned(),
-            found: action.to_owned(),
-        });
+        return Err(Error::InvalidAction { element: element.to_owned(), found: action.to_owned() });
     }
     if let Some((service, name)) = action.split_once(':')
         && service.eq_ignore_ascii_case("iot")
@@ -203,10 +147,7 @@ fn compile_action(element: &str, action: &str) -> Result<u8, Error> {
 
 fn compile_resource(element: &str, resource: &str) -> Result<Pattern, Error> {
     if resource != "*" && !resource.starts_with("arn:") {
-        return Err(Error::InvalidResource {
-            element: element.to_owned(),
-            found: resource.to_owned(),
-        });
+        return Err(Error::InvalidResource { element: element.to_owned(), found: resource.to_owned() });
     }
     Pattern::compile(resource, Wildcards::Glob, Variables::Substitute)
         .map_err(|error| pattern_error(element, resource, error))
@@ -217,16 +158,13 @@ fn parse_conditions(json: &Json, element: &str) -> Result<Vec<Condition>, Error>
     let mut conditions = Vec::new();
     for (operator_name, keys) in operators {
         let operator_element = format!("{element}.{operator_name}");
-        let operator =
-            Operator::parse(operator_name).ok_or_else(|| Error::UnsupportedConditionOperator {
-                element: element.to_owned(),
-                operator: operator_name.clone(),
-            })?;
+        let operator = Operator::parse(operator_name).ok_or_else(|| Error::UnsupportedConditionOperator {
+            element: element.to_owned(),
+            operator: operator_name.clone(),
+        })?;
         let keys = object(keys, &operator_element)?;
         if keys.is_empty() {
-            return Err(Error::EmptyList {
-                element: operator_element,
-            });
+            return Err(Error::EmptyList { element: operator_element });
         }
         for (key_name, values) in keys {
             let key_element = format!("{operator_element}.{key_name}");
@@ -234,10 +172,7 @@ fn parse_conditions(json: &Json, element: &str) -> Result<Vec<Condition>, Error>
                 element: operator_element.clone(),
                 key: key_name.clone(),
             })?;
-            if key.is_multi_valued()
-                && operator.set == SetOperator::Single
-                && operator.kind != OperatorKind::Null
-            {
+            if key.is_multi_valued() && operator.set == SetOperator::Single && operator.kind != OperatorKind::Null {
                 return Err(Error::MultiValuedConditionKey {
                     element: operator_element.clone(),
                     key: key_name.clone(),
@@ -250,43 +185,26 @@ fn parse_conditions(json: &Json, element: &str) -> Result<Vec<Condition>, Error>
     Ok(conditions)
 }
 
-fn compile_condition(
-    key: Variable,
-    operator: Operator,
-    values: Vec<(String, String)>,
-) -> Result<Condition, Error> {
+fn compile_condition(key: Variable, operator: Operator, values: Vec<(String, String)>) -> Result<Condition, Error> {
     match operator.kind {
-        OperatorKind::String {
-            comparison,
-            negated,
-        } => {
+        OperatorKind::String { comparison, negated } => {
             let patterns = values
                 .iter()
                 .map(|(path, value)| {
-                    Pattern::compile(
-                        value,
-                        condition::wildcards(comparison),
-                        Variables::Substitute,
-                    )
-                    .map_err(|error| pattern_error(path, value, error))
+                    Pattern::compile(value, condition::wildcards(comparison), Variables::Substitute)
+                        .map_err(|error| pattern_error(path, value, error))
                 })
                 .collect::<Result<Vec<Pattern>, Error>>()?;
-            Ok(Condition::string(
-                key, operator, comparison, negated, patterns,
-            ))
+            Ok(Condition::string(key, operator, comparison, negated, patterns))
         }
         OperatorKind::Bool => {
-            let accepted = values
-                .iter()
-                .map(|(path, value)| boolean(path, value))
-                .collect::<Result<Vec<bool>, Error>>()?;
+            let accepted =
+                values.iter().map(|(path, value)| boolean(path, value)).collect::<Result<Vec<bool>, Error>>()?;
             Ok(Condition::bool(key, operator, &accepted))
         }
         OperatorKind::Null => {
-            let accepted = values
-                .iter()
-                .map(|(path, value)| boolean(path, value))
-                .collect::<Result<Vec<bool>, Error>>()?;
+            let accepted =
+                values.iter().map(|(path, value)| boolean(path, value)).collect::<Result<Vec<bool>, Error>>()?;
             Ok(Condition::null(key, &accepted))
         }
     }
@@ -298,10 +216,7 @@ fn boolean(element: &str, value: &str) -> Result<bool, Error> {
     } else if value.eq_ignore_ascii_case("false") {
         Ok(false)
     } else {
-        Err(Error::InvalidBoolean {
-            element: element.to_owned(),
-            found: value.to_owned(),
-        })
+        Err(Error::InvalidBoolean { element: element.to_owned(), found: value.to_owned() })
     }
 }
 
@@ -314,9 +229,7 @@ fn condition_values(json: &Json, element: &str) -> Result<Vec<(String, String)>,
         Json::Null | Json::Array(_) | Json::Object(_) => Err(wrong_type(element, EXPECTED)),
     };
     match json {
-        Json::Array(items) if items.is_empty() => Err(Error::EmptyList {
-            element: element.to_owned(),
-        }),
+        Json::Array(items) if items.is_empty() => Err(Error::EmptyList { element: element.to_owned() }),
         Json::Array(items) => items
             .iter()
             .enumerate()
@@ -334,9 +247,7 @@ fn strings(json: &Json, element: &str) -> Result<Vec<(String, String)>, Error> {
     const EXPECTED: &str = "a string or an array of strings";
     match json {
         Json::String(value) => Ok(vec![(element.to_owned(), value.clone())]),
-        Json::Array(items) if items.is_empty() => Err(Error::EmptyList {
-            element: element.to_owned(),
-        }),
+        Json::Array(items) if items.is_empty() => Err(Error::EmptyList { element: element.to_owned() }),
         Json::Array(items) => items
             .iter()
             .enumerate()
@@ -359,10 +270,7 @@ fn object<'j>(json: &'j Json, element: &str) -> Result<&'j [(String, Json)], Err
     };
     for (index, (name, _)) in members.iter().enumerate() {
         if members[..index].iter().any(|(earlier, _)| earlier == name) {
-            return Err(Error::DuplicateElement {
-                element: element.to_owned(),
-                name: name.clone(),
-            });
+            return Err(Error::DuplicateElement { element: element.to_owned(), name: name.clone() });
         }
     }
     Ok(members)
@@ -377,10 +285,7 @@ fn members<'j, const N: usize>(
     let mut found = [None; N];
     for (name, value) in object(json, element)? {
         let Some(index) = names.iter().position(|known| known == name) else {
-            return Err(Error::UnknownElement {
-                element: element.to_owned(),
-                name: name.clone(),
-            });
+            return Err(Error::UnknownElement { element: element.to_owned(), name: name.clone() });
         };
         found[index] = Some(value);
     }
@@ -388,19 +293,13 @@ fn members<'j, const N: usize>(
 }
 
 fn wrong_type(element: &str, expected: &'static str) -> Error {
-    Error::WrongType {
-        element: element.to_owned(),
-        expected,
-    }
+    Error::WrongType { element: element.to_owned(), expected }
 }
 
 fn pattern_error(element: &str, value: &str, error: PatternError) -> Error {
     let element = element.to_owned();
     match error {
-        PatternError::Unterminated => Error::UnterminatedVariable {
-            element,
-            found: value.to_owned(),
-        },
+        PatternError::Unterminated => Error::UnterminatedVariable { element, found: value.to_owned() },
         PatternError::UnknownVariable(variable) => Error::UnknownVariable { element, variable },
         PatternError::MultipleListVariables => Error::MultipleListVariables { element },
     }

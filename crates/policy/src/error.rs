@@ -12,9 +12,7 @@ pub enum Error {
     #[error("policy document is empty")]
     Empty,
     /// The document is longer than AWS IoT allows (2048 characters, whitespace not counted).
-    #[error(
-        "policy document has {length} characters excluding whitespace: at most {limit} are allowed"
-    )]
+    #[error("policy document has {length} characters excluding whitespace: at most {limit} are allowed")]
     TooLong {
         /// The number of non-whitespace characters in the document.
         length: usize,
@@ -88,9 +86,7 @@ pub enum Error {
         found: String,
     },
     /// An action is neither `*` nor `service:action`.
-    #[error(
-        "{element} is {found:?}: an action is \"*\" or \"service:action\", such as \"iot:Publish\""
-    )]
+    #[error("{element} is {found:?}: an action is \"*\" or \"service:action\", such as \"iot:Publish\"")]
     InvalidAction {
         /// The path of the action.
         element: String,
@@ -158,9 +154,7 @@ pub enum Error {
     },
     /// A multi-valued key (`...List`, `iot:Certificate.AvailableKeys`) is used with a
     /// single-valued operator.
-    #[error(
-        "{element}: condition key {key:?} has several values: use ForAnyValue: or ForAllValues:"
-    )]
+    #[error("{element}: condition key {key:?} has several values: use ForAnyValue: or ForAllValues:")]
     MultiValuedConditionKey {
         /// The path of the operator block.
         element: String,

@@ -87,8 +87,7 @@ mod tests {
 
     #[test]
     fn keeps_duplicate_members_in_order() {
-        let json: Json =
-            serde_json::from_str(r#"{"a": 1, "a": [true, null, "x", 1.5]}"#).expect("valid json");
+        let json: Json = serde_json::from_str(r#"{"a": 1, "a": [true, null, "x", 1.5]}"#).expect("valid json");
         assert_eq!(
             format!("{json:?}"),
             r#"Object([("a", Number("1")), ("a", Array([Bool(true), Null, String("x"), Number("1.5")]))])"#

@@ -82,11 +82,7 @@ pub(crate) struct Pattern {
 }
 
 impl Pattern {
-    pub(crate) fn compile(
-        text: &str,
-        wildcards: Wildcards,
-        variables: Variables,
-    ) -> Result<Pattern, PatternError> {
+    pub(crate) fn compile(text: &str, wildcards: Wildcards, variables: Variables) -> Result<Pattern, PatternError> {
         let mut pieces = Vec::new();
         let mut literal = String::new();
         let mut variable_count = 0;
@@ -102,8 +98,7 @@ impl Pattern {
                     literal.push_str(name);
                     continue;
                 }
-                let variable = Variable::parse(name)
-                    .ok_or_else(|| PatternError::UnknownVariable(name.to_owned()))?;
+                let variable = Variable::parse(name).ok_or_else(|| PatternError::UnknownVariable(name.to_owned()))?;
                 if variable.is_multi_valued() {
                     if has_list_variable {
                         return Err(PatternError::MultipleListVariables);
@@ -111,10 +106,7 @@ impl Pattern {
                     has_list_variable = true;
                 }
                 flush(&mut literal, &mut pieces);
-                pieces.push(Piece::Variable {
-                    variable,
-                    slot: variable_count,
-                });
+                pieces.push(Piece::Variable { variable, slot: variable_count });
                 variable_count += 1;
                 continue;
             }
@@ -134,10 +126,7 @@ impl Pattern {
             }
         }
         flush(&mut literal, &mut pieces);
-        Ok(Pattern {
-            pieces: pieces.into(),
-            variable_count,
-        })
+        Ok(Pattern { pieces: pieces.into(), variable_count })
     }
 
     /// Matches a pattern compiled with [`Variables::Literal`] (it has no variables).
@@ -201,8 +190,7 @@ fn flush(literal: &mut String, pieces: &mut Vec<Piece>) {
 }
 
 fn same_character(expected: char, found: char, case: Case) -> bool {
-    expected == found
-        || (case == Case::Insensitive && expected.to_lowercase().eq(found.to_lowercase()))
+    expected == found || (case == Case::Insensitive && expected.to_lowercase().eq(found.to_lowercase()))
 }
 
 /// Whether `text` matches `pieces`, each variable standing for `values[slot]`.
@@ -212,9 +200,7 @@ fn glob(text: &str, pieces: &[Piece], values: &[&str], case: Case) -> bool {
             Piece::Literal(literal) => Segment::Literal(literal),
             Piece::AnyChars => Segment::AnyChars,
             Piece::AnyChar => Segment::AnyChar,
-            Piece::Variable { slot, .. } => {
-                Segment::Literal(values.get(*slot).copied().unwrap_or(""))
-            }
+            Piece::Variable { slot, .. } => Segment::Literal(values.get(*slot).copied().unwrap_or("")),
         })
     };
     // The pattern position is a piece and a byte offset inside it (literals only).
@@ -298,13 +284,8 @@ mod tests {
     use super::*;
 
     fn check(pattern: &str, text: &str, expected: bool) {
-        let compiled =
-            Pattern::compile(pattern, Wildcards::Glob, Variables::Literal).expect("compiles");
-        assert_eq!(
-            compiled.matches_plain(text, Case::Sensitive),
-            expected,
-            "{pattern:?} against {text:?}"
-        );
+        let compiled = Pattern::compile(pattern, Wildcards::Glob, Variables::Literal).expect("compiles");
+        assert_eq!(compiled.matches_plain(text, Case::Sensitive), expected, "{pattern:?} against {text:?}");
     }
 
     #[test]
@@ -346,8 +327,7 @@ mod tests {
             match (pattern.first(), text.first()) {
                 (None, _) => text.is_empty(),
                 (Some(b'*'), _) => {
-                    reference(&pattern[1..], text, case)
-                        || (!text.is_empty() && reference(pattern, &text[1..], case))
+                    reference(&pattern[1..], text, case) || (!text.is_empty() && reference(pattern, &text[1..], case))
                 }
                 (Some(_), None) => false,
                 (Some(b'?'), Some(_)) => reference(&pattern[1..], &text[1..], case),
@@ -366,11 +346,7 @@ mod tests {
             for _ in 0..max_length {
                 last = last
                     .iter()
-                    .flat_map(|word| {
-                        alphabet
-                            .iter()
-                            .map(move |letter| [word.as_slice(), &[*letter]].concat())
-                    })
+                    .flat_map(|word| alphabet.iter().map(move |letter| [word.as_slice(), &[*letter]].concat()))
                     .collect();
                 words.extend(last.iter().cloned());
             }
@@ -379,8 +355,7 @@ mod tests {
         let texts = all(b"abB", 5);
         for pattern in all(b"ab*?", 5) {
             let text_pattern = String::from_utf8(pattern.clone()).expect("ascii");
-            let compiled = Pattern::compile(&text_pattern, Wildcards::Glob, Variables::Literal)
-                .expect("compiles");
+            let compiled = Pattern::compile(&text_pattern, Wildcards::Glob, Variables::Literal).expect("compiles");
             for text in &texts {
                 for case in [Case::Sensitive, Case::Insensitive] {
                     let text_str = std::str::from_utf8(text).expect("ascii");
@@ -396,29 +371,23 @@ mod tests {
 
     #[test]
     fn literal_mode_keeps_stars() {
-        let compiled =
-            Pattern::compile("a*", Wildcards::Literal, Variables::Literal).expect("compiles");
+        let compiled = Pattern::compile("a*", Wildcards::Literal, Variables::Literal).expect("compiles");
         assert!(compiled.matches_plain("a*", Case::Sensitive));
         assert!(!compiled.matches_plain("ab", Case::Sensitive));
     }
 
     #[test]
     fn case_insensitive() {
-        let compiled =
-            Pattern::compile("iot:P*", Wildcards::Glob, Variables::Literal).expect("compiles");
+        let compiled = Pattern::compile("iot:P*", Wildcards::Glob, Variables::Literal).expect("compiles");
         assert!(compiled.matches_plain("IOT:publish", Case::Insensitive));
         assert!(!compiled.matches_plain("IOT:publish", Case::Sensitive));
     }
 
     #[test]
     fn compile_errors() {
-        let compile =
-            |text: &str| Pattern::compile(text, Wildcards::Glob, Variables::Substitute).map(|_| ());
+        let compile = |text: &str| Pattern::compile(text, Wildcards::Glob, Variables::Substitute).map(|_| ());
         assert_eq!(compile("a/${iot:ClientId"), Err(PatternError::Unterminated));
-        assert_eq!(
-            compile("${iot:Nope}"),
-            Err(PatternError::UnknownVariable("iot:Nope".into()))
-        );
+        assert_eq!(compile("${iot:Nope}"), Err(PatternError::UnknownVariable("iot:Nope".into())));
         assert_eq!(
             compile("${iot:Certificate.Subject.Country.List}/${iot:Certificate.AvailableKeys}"),
             Err(PatternError::MultipleListVariables)

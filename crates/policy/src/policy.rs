@@ -29,13 +29,8 @@ pub enum Action {
 
 impl Action {
     /// Every data-plane action.
-    pub const ALL: [Action; 5] = [
-        Action::Connect,
-        Action::Publish,
-        Action::Subscribe,
-        Action::Receive,
-        Action::RetainPublish,
-    ];
+    pub const ALL: [Action; 5] =
+        [Action::Connect, Action::Publish, Action::Subscribe, Action::Receive, Action::RetainPublish];
 
     /// The action's name in policies: `iot:Connect`, `iot:Publish`, ...
     pub fn name(self) -> &'static str {
@@ -129,9 +124,7 @@ impl Policy {
     /// `MalformedPolicyException`).
     pub fn parse(document: &str) -> Result<Policy, Error> {
         let statements = crate::document::parse_statements(document)?;
-        Ok(Policy {
-            statements: statements.into(),
-        })
+        Ok(Policy { statements: statements.into() })
     }
 
     /// The statements, in document order, for audits and display.
@@ -178,18 +171,12 @@ impl Statement {
 
     /// The `Action` or `NotAction` element as written.
     pub fn actions(&self) -> Written<'_> {
-        Written {
-            negated: self.not_action,
-            values: &self.actions,
-        }
+        Written { negated: self.not_action, values: &self.actions }
     }
 
     /// The `Resource` or `NotResource` element as written.
     pub fn resources(&self) -> Written<'_> {
-        Written {
-            negated: self.not_resource,
-            values: &self.resources,
-        }
+        Written { negated: self.not_resource, values: &self.resources }
     }
 
     /// Whether the statement has a `Condition` element with at least one test.
@@ -206,31 +193,21 @@ impl Statement {
     /// Whether the statement applies to a request whose action it covers.
     fn applies(&self, request: &Request<'_>) -> Outcome {
         let context = request.context;
-        let matches =
-            |pattern: &Pattern| pattern.matches(request.resource, context, Case::Sensitive);
+        let matches = |pattern: &Pattern| pattern.matches(request.resource, context, Case::Sensitive);
         let resource = if self.not_resource {
             // A pattern whose variable has no value excludes an unknown set: fail closed.
-            !self
-                .resource_patterns
-                .iter()
-                .fold(Outcome::No, |outcome, pattern| {
-                    outcome.or(|| match matches(pattern) {
-                        Match::Yes => Outcome::Yes,
-                        Match::No => Outcome::No,
-                        Match::Unresolved => Outcome::Unknown,
-                    })
+            !self.resource_patterns.iter().fold(Outcome::No, |outcome, pattern| {
+                outcome.or(|| match matches(pattern) {
+                    Match::Yes => Outcome::Yes,
+                    Match::No => Outcome::No,
+                    Match::Unresolved => Outcome::Unknown,
                 })
+            })
         } else {
             // A pattern whose variable has no value matches nothing (IAM's null).
-            Outcome::from(
-                self.resource_patterns
-                    .iter()
-                    .any(|pattern| matches(pattern) == Match::Yes),
-            )
+            Outcome::from(self.resource_patterns.iter().any(|pattern| matches(pattern) == Match::Yes))
         };
-        self.conditions.iter().fold(resource, |outcome, condition| {
-            outcome.and(|| condition.evaluate(context))
-        })
+        self.conditions.iter().fold(resource, |outcome, condition| outcome.and(|| condition.evaluate(context)))
     }
 }
 
@@ -252,9 +229,5 @@ pub fn evaluate(policies: &[Policy], request: &Request<'_>) -> Decision {
             (Effect::Deny, Outcome::No) | (Effect::Allow, Outcome::No | Outcome::Unknown) => {}
         }
     }
-    if allowed {
-        Decision::Allow
-    } else {
-        Decision::ImplicitDeny
-    }
+    if allowed { Decision::Allow } else { Decision::ImplicitDeny }
 }

@@ -33,16 +33,11 @@ fn device() -> Context {
             subject: DistinguishedName {
                 country: strings(&["US"]),
                 organization: strings(&["Example Corp"]),
-                organizational_unit: strings(&[
-                    "line-1", "line-2", "line-3", "line-4", "line-5", "line-6",
-                ]),
+                organizational_unit: strings(&["line-1", "line-2", "line-3", "line-4", "line-5", "line-6"]),
                 common_name: strings(&["sensor-1"]),
                 ..DistinguishedName::default()
             },
-            issuer: DistinguishedName {
-                common_name: strings(&["Fleet CA"]),
-                ..DistinguishedName::default()
-            },
+            issuer: DistinguishedName { common_name: strings(&["Fleet CA"]), ..DistinguishedName::default() },
             subject_alternative_names: AlternativeNames {
                 dns_names: strings(&["sensor-1.example.com"]),
                 ..AlternativeNames::default()
@@ -54,17 +49,11 @@ fn device() -> Context {
 
 /// The same device with no thing attached to its certificate.
 fn unattached() -> Context {
-    Context {
-        thing: None,
-        ..device()
-    }
+    Context { thing: None, ..device() }
 }
 
 fn with_client_id(client_id: &str) -> Context {
-    Context {
-        client_id: client_id.into(),
-        ..device()
-    }
+    Context { client_id: client_id.into(), ..device() }
 }
 
 fn with_thing_type(type_name: Option<&str>) -> Context {
@@ -82,41 +71,21 @@ fn with_common_name(common_name: &str) -> Context {
 }
 
 fn document(statements: &str) -> String {
-    format!(
-        r#"{{"Version": "2012-10-17", "Statement": {}}}"#,
-        statements.replace('~', ARN)
-    )
+    format!(r#"{{"Version": "2012-10-17", "Statement": {}}}"#, statements.replace('~', ARN))
 }
 
 fn check(statements: &str, action: Action, resource: &str, context: &Context, expected: Decision) {
     check_policies(&[statements], action, resource, context, expected);
 }
 
-fn check_policies(
-    statements: &[&str],
-    action: Action,
-    resource: &str,
-    context: &Context,
-    expected: Decision,
-) {
+fn check_policies(statements: &[&str], action: Action, resource: &str, context: &Context, expected: Decision) {
     let policies: Vec<Policy> = statements
         .iter()
-        .map(|statements| {
-            Policy::parse(&document(statements))
-                .unwrap_or_else(|error| panic!("{statements}: {error}"))
-        })
+        .map(|statements| Policy::parse(&document(statements)).unwrap_or_else(|error| panic!("{statements}: {error}")))
         .collect();
     let resource = format!("{ARN}{resource}");
-    let request = Request {
-        action,
-        resource: &resource,
-        context,
-    };
-    assert_eq!(
-        evaluate(&policies, &request),
-        expected,
-        "{statements:?}, {action} on {resource}"
-    );
+    let request = Request { action, resource: &resource, context };
+    assert_eq!(evaluate(&policies, &request), expected, "{statements:?}, {action} on {resource}");
 }
 
 // The tables below keep one case per line; rustfmt would spread each over five.
@@ -564,33 +533,18 @@ fn introspection() {
     };
     assert_eq!(connect.sid(), Some("connect"));
     assert_eq!(connect.effect(), Effect::Allow);
-    assert_eq!(
-        connect.actions(),
-        Written {
-            negated: false,
-            values: &strings(&["iot:Connect"])
-        }
-    );
+    assert_eq!(connect.actions(), Written { negated: false, values: &strings(&["iot:Connect"]) });
     assert_eq!(connect.resources().values, &[format!("{ARN}client/*")]);
     assert!(connect.has_condition());
     assert!(connect.covers(Connect));
     assert!(!connect.covers(Publish));
     assert_eq!(deny.sid(), None);
     assert_eq!(deny.effect(), Effect::Deny);
-    assert_eq!(
-        deny.actions(),
-        Written {
-            negated: true,
-            values: &strings(&["iot:P*"])
-        }
-    );
+    assert_eq!(deny.actions(), Written { negated: true, values: &strings(&["iot:P*"]) });
     assert!(deny.resources().negated);
     assert_eq!(deny.resources().values.len(), 2);
     assert!(!deny.has_condition());
-    let covered: Vec<Action> = Action::ALL
-        .into_iter()
-        .filter(|action| deny.covers(*action))
-        .collect();
+    let covered: Vec<Action> = Action::ALL.into_iter().filter(|action| deny.covers(*action)).collect();
     assert_eq!(covered, [Connect, Subscribe, Receive, RetainPublish]);
 }
 
@@ -599,10 +553,7 @@ fn document_size_limit() {
     // 2048 characters excluding whitespace is the most AWS IoT accepts; whitespace is free.
     let sized = |characters: usize| {
         let empty = document(r#"{"Effect": "Allow", "Action": "*", "Resource": "~topic/"}"#);
-        let length = empty
-            .chars()
-            .filter(|character| !character.is_whitespace())
-            .count();
+        let length = empty.chars().filter(|character| !character.is_whitespace()).count();
         let padded = document(&format!(
             r#"{{"Effect": "Allow", "Action": "*", "Resource": "~topic/{}"}}"#,
             "x".repeat(characters - length)
@@ -610,13 +561,8 @@ fn document_size_limit() {
         format!("{padded}{}", " ".repeat(5000))
     };
     assert!(Policy::parse(&sized(2048)).is_ok());
-    let error = Policy::parse(&sized(2049))
-        .map(|_| ())
-        .expect_err("too long");
-    assert_eq!(
-        error.to_string(),
-        "policy document has 2049 characters excluding whitespace: at most 2048 are allowed"
-    );
+    let error = Policy::parse(&sized(2049)).map(|_| ()).expect_err("too long");
+    assert_eq!(error.to_string(), "policy document has 2049 characters excluding whitespace: at most 2048 are allowed");
 }
 
 #[test]

@@ -93,108 +93,52 @@ pub(crate) enum AlternativeNameField {
 /// This table is also the value of `iot:Certificate.AvailableKeys`, in this order.
 const CERTIFICATE_FIELDS: [(&str, CertificateField); 37] = {
     use AlternativeNameField as A;
-    use CertificateField::{
-        Issuer, IssuerAlternativeName, SerialNumber, Subject, SubjectAlternativeName,
-    };
+    use CertificateField::{Issuer, IssuerAlternativeName, SerialNumber, Subject, SubjectAlternativeName};
     use NameField as N;
     [
         ("iot:Certificate.SerialNumber", SerialNumber),
         ("iot:Certificate.Subject.Country", Subject(N::Country)),
-        (
-            "iot:Certificate.Subject.Organization",
-            Subject(N::Organization),
-        ),
-        (
-            "iot:Certificate.Subject.OrganizationalUnit",
-            Subject(N::OrganizationalUnit),
-        ),
-        (
-            "iot:Certificate.Subject.DistinguishedNameQualifier",
-            Subject(N::DistinguishedNameQualifier),
-        ),
+        ("iot:Certificate.Subject.Organization", Subject(N::Organization)),
+        ("iot:Certificate.Subject.OrganizationalUnit", Subject(N::OrganizationalUnit)),
+        ("iot:Certificate.Subject.DistinguishedNameQualifier", Subject(N::DistinguishedNameQualifier)),
         ("iot:Certificate.Subject.State", Subject(N::State)),
         ("iot:Certificate.Subject.CommonName", Subject(N::CommonName)),
-        (
-            "iot:Certificate.Subject.SerialNumber",
-            Subject(N::SerialNumber),
-        ),
+        ("iot:Certificate.Subject.SerialNumber", Subject(N::SerialNumber)),
         ("iot:Certificate.Subject.Title", Subject(N::Title)),
         ("iot:Certificate.Subject.Surname", Subject(N::Surname)),
         ("iot:Certificate.Subject.GivenName", Subject(N::GivenName)),
         ("iot:Certificate.Subject.Initials", Subject(N::Initials)),
         ("iot:Certificate.Subject.Pseudonym", Subject(N::Pseudonym)),
-        (
-            "iot:Certificate.Subject.GenerationQualifier",
-            Subject(N::GenerationQualifier),
-        ),
+        ("iot:Certificate.Subject.GenerationQualifier", Subject(N::GenerationQualifier)),
         ("iot:Certificate.Issuer.Country", Issuer(N::Country)),
-        (
-            "iot:Certificate.Issuer.Organization",
-            Issuer(N::Organization),
-        ),
-        (
-            "iot:Certificate.Issuer.OrganizationalUnit",
-            Issuer(N::OrganizationalUnit),
-        ),
-        (
-            "iot:Certificate.Issuer.DistinguishedNameQualifier",
-            Issuer(N::DistinguishedNameQualifier),
-        ),
+        ("iot:Certificate.Issuer.Organization", Issuer(N::Organization)),
+        ("iot:Certificate.Issuer.OrganizationalUnit", Issuer(N::OrganizationalUnit)),
+        ("iot:Certificate.Issuer.DistinguishedNameQualifier", Issuer(N::DistinguishedNameQualifier)),
         ("iot:Certificate.Issuer.State", Issuer(N::State)),
         ("iot:Certificate.Issuer.CommonName", Issuer(N::CommonName)),
-        (
-            "iot:Certificate.Issuer.SerialNumber",
-            Issuer(N::SerialNumber),
-        ),
+        ("iot:Certificate.Issuer.SerialNumber", Issuer(N::SerialNumber)),
         ("iot:Certificate.Issuer.Title", Issuer(N::Title)),
         ("iot:Certificate.Issuer.Surname", Issuer(N::Surname)),
         ("iot:Certificate.Issuer.GivenName", Issuer(N::GivenName)),
         ("iot:Certificate.Issuer.Initials", Issuer(N::Initials)),
         ("iot:Certificate.Issuer.Pseudonym", Issuer(N::Pseudonym)),
-        (
-            "iot:Certificate.Issuer.GenerationQualifier",
-            Issuer(N::GenerationQualifier),
-        ),
-        (
-            "iot:Certificate.Subject.AlternativeName.RFC822Name",
-            SubjectAlternativeName(A::Rfc822Name),
-        ),
-        (
-            "iot:Certificate.Subject.AlternativeName.DNSName",
-            SubjectAlternativeName(A::DnsName),
-        ),
-        (
-            "iot:Certificate.Subject.AlternativeName.DirectoryName",
-            SubjectAlternativeName(A::DirectoryName),
-        ),
+        ("iot:Certificate.Issuer.GenerationQualifier", Issuer(N::GenerationQualifier)),
+        ("iot:Certificate.Subject.AlternativeName.RFC822Name", SubjectAlternativeName(A::Rfc822Name)),
+        ("iot:Certificate.Subject.AlternativeName.DNSName", SubjectAlternativeName(A::DnsName)),
+        ("iot:Certificate.Subject.AlternativeName.DirectoryName", SubjectAlternativeName(A::DirectoryName)),
         (
             "iot:Certificate.Subject.AlternativeName.UniformResourceIdentifier",
             SubjectAlternativeName(A::UniformResourceIdentifier),
         ),
-        (
-            "iot:Certificate.Subject.AlternativeName.IPAddress",
-            SubjectAlternativeName(A::IpAddress),
-        ),
-        (
-            "iot:Certificate.Issuer.AlternativeName.RFC822Name",
-            IssuerAlternativeName(A::Rfc822Name),
-        ),
-        (
-            "iot:Certificate.Issuer.AlternativeName.DNSName",
-            IssuerAlternativeName(A::DnsName),
-        ),
-        (
-            "iot:Certificate.Issuer.AlternativeName.DirectoryName",
-            IssuerAlternativeName(A::DirectoryName),
-        ),
+        ("iot:Certificate.Subject.AlternativeName.IPAddress", SubjectAlternativeName(A::IpAddress)),
+        ("iot:Certificate.Issuer.AlternativeName.RFC822Name", IssuerAlternativeName(A::Rfc822Name)),
+        ("iot:Certificate.Issuer.AlternativeName.DNSName", IssuerAlternativeName(A::DnsName)),
+        ("iot:Certificate.Issuer.AlternativeName.DirectoryName", IssuerAlternativeName(A::DirectoryName)),
         (
             "iot:Certificate.Issuer.AlternativeName.UniformResourceIdentifier",
             IssuerAlternativeName(A::UniformResourceIdentifier),
         ),
-        (
-            "iot:Certificate.Issuer.AlternativeName.IPAddress",
-            IssuerAlternativeName(A::IpAddress),
-        ),
+        ("iot:Certificate.Issuer.AlternativeName.IPAddress", IssuerAlternativeName(A::IpAddress)),
     ]
 };
 
@@ -206,20 +150,11 @@ impl Variable {
             ("iot:ClientId", Variable::ClientId),
             ("aws:SourceIp", Variable::SourceIp),
             ("iot:Connection.Thing.ThingName", Variable::ThingName),
-            (
-                "iot:Connection.Thing.ThingTypeName",
-                Variable::ThingTypeName,
-            ),
+            ("iot:Connection.Thing.ThingTypeName", Variable::ThingTypeName),
             ("iot:Connection.Thing.IsAttached", Variable::ThingIsAttached),
-            (
-                "iot:Certificate.AvailableKeys",
-                Variable::CertificateAvailableKeys,
-            ),
+            ("iot:Certificate.AvailableKeys", Variable::CertificateAvailableKeys),
         ];
-        if let Some((_, variable)) = fixed
-            .into_iter()
-            .find(|(known, _)| known.eq_ignore_ascii_case(name))
-        {
+        if let Some((_, variable)) = fixed.into_iter().find(|(known, _)| known.eq_ignore_ascii_case(name)) {
             return Some(variable);
         }
         if let Some(prefix) = name.get(..THING_ATTRIBUTE.len())
@@ -233,35 +168,21 @@ impl Variable {
         }
         let (base, selection) = match name.rsplit_once('.') {
             Some((base, suffix)) if suffix.eq_ignore_ascii_case("List") => (base, Selection::All),
-            Some((base, index))
-                if (1..=3).contains(&index.len()) && index.bytes().all(|b| b.is_ascii_digit()) =>
-            {
+            Some((base, index)) if (1..=3).contains(&index.len()) && index.bytes().all(|b| b.is_ascii_digit()) => {
                 (base, Selection::Index(index.parse().ok()?))
             }
             _ => (name, Selection::First),
         };
-        let (_, field) = CERTIFICATE_FIELDS
-            .iter()
-            .find(|(known, _)| known.eq_ignore_ascii_case(base))?;
+        let (_, field) = CERTIFICATE_FIELDS.iter().find(|(known, _)| known.eq_ignore_ascii_case(base))?;
         if *field == CertificateField::SerialNumber && selection != Selection::First {
             return None;
         }
-        Some(Variable::Certificate {
-            field: *field,
-            selection,
-        })
+        Some(Variable::Certificate { field: *field, selection })
     }
 
     /// Whether the variable stands for several values at once.
     pub(crate) fn is_multi_valued(&self) -> bool {
-        matches!(
-            self,
-            Variable::CertificateAvailableKeys
-                | Variable::Certificate {
-                    selection: Selection::All,
-                    ..
-                }
-        )
+        matches!(self, Variable::CertificateAvailableKeys | Variable::Certificate { selection: Selection::All, .. })
     }
 
     /// The values of the variable for a request; [`Values::None`] when it has none.
@@ -273,12 +194,10 @@ impl Variable {
             Variable::SourceIp => one(context.source_ip.as_deref()),
             Variable::ThingName => one(thing.map(|thing| thing.name.as_str())),
             Variable::ThingTypeName => one(thing.and_then(|thing| thing.type_name.as_deref())),
-            Variable::ThingIsAttached => {
-                Values::One(if thing.is_some() { "true" } else { "false" })
+            Variable::ThingIsAttached => Values::One(if thing.is_some() { "true" } else { "false" }),
+            Variable::ThingAttribute(name) => {
+                one(thing.and_then(|thing| thing.attributes.get(&**name)).map(String::as_str))
             }
-            Variable::ThingAttribute(name) => one(thing
-                .and_then(|thing| thing.attributes.get(&**name))
-                .map(String::as_str)),
             Variable::Certificate { field, selection } => {
                 let values = field.values(&context.certificate);
                 let values = &values[..values.len().min(MAX_CERTIFICATE_VALUES)];
@@ -289,8 +208,7 @@ impl Variable {
                 };
                 match selected {
                     Some(selected)
-                        if usage == Usage::Substitution
-                            && !selected.iter().all(|value| substitutable(value)) =>
+                        if usage == Usage::Substitution && !selected.iter().all(|value| substitutable(value)) =>
                     {
                         Values::None
                     }
@@ -316,10 +234,7 @@ fn substitutable(value: &str) -> bool {
 }
 
 fn available_keys(certificate: &CertificateAttributes) -> impl Iterator<Item = &'static str> + '_ {
-    CERTIFICATE_FIELDS
-        .iter()
-        .filter(|(_, field)| !field.values(certificate).is_empty())
-        .map(|(name, _)| *name)
+    CERTIFICATE_FIELDS.iter().filter(|(_, field)| !field.values(certificate).is_empty()).map(|(name, _)| *name)
 }
 
 impl CertificateField {
@@ -328,12 +243,8 @@ impl CertificateField {
             CertificateField::SerialNumber => certificate.serial_number.as_slice(),
             CertificateField::Subject(field) => field.values(&certificate.subject),
             CertificateField::Issuer(field) => field.values(&certificate.issuer),
-            CertificateField::SubjectAlternativeName(field) => {
-                field.values(&certificate.subject_alternative_names)
-            }
-            CertificateField::IssuerAlternativeName(field) => {
-                field.values(&certificate.issuer_alternative_names)
-            }
+            CertificateField::SubjectAlternativeName(field) => field.values(&certificate.subject_alternative_names),
+            CertificateField::IssuerAlternativeName(field) => field.values(&certificate.issuer_alternative_names),
         }
     }
 }
@@ -399,9 +310,7 @@ impl<'c> Values<'c> {
             Values::None => "",
             Values::One(value) => value,
             Values::Many(values) => values.get(index).map_or("", String::as_str),
-            Values::AvailableKeys(certificate) => {
-                available_keys(certificate).nth(index).unwrap_or("")
-            }
+            Values::AvailableKeys(certificate) => available_keys(certificate).nth(index).unwrap_or(""),
         }
     }
 }
@@ -423,14 +332,8 @@ mod tests {
         check("iot:Connection.Thing.ThingName", Some("ThingName"));
         check("iot:Connection.Thing.ThingTypeName", Some("ThingTypeName"));
         check("iot:Connection.Thing.IsAttached", Some("ThingIsAttached"));
-        check(
-            "iot:Connection.Thing.Attributes[Floor]",
-            Some(r#"ThingAttribute("Floor")"#),
-        );
-        check(
-            "iot:connection.thing.attributes[Floor]",
-            Some(r#"ThingAttribute("Floor")"#),
-        );
+        check("iot:Connection.Thing.Attributes[Floor]", Some(r#"ThingAttribute("Floor")"#));
+        check("iot:connection.thing.attributes[Floor]", Some(r#"ThingAttribute("Floor")"#));
         check("iot:Connection.Thing.Attributes[]", None);
         check("iot:Connection.Thing.Attributes[a", None);
         check("iot:Connection.Thing.Attributes[a]b]", None);
@@ -442,23 +345,14 @@ mod tests {
             "iot:Certificate.Subject.OrganizationalUnit.List",
             Some("Certificate { field: Subject(OrganizationalUnit), selection: All }"),
         );
-        check(
-            "iot:Certificate.Issuer.Country.1",
-            Some("Certificate { field: Issuer(Country), selection: Index(1) }"),
-        );
+        check("iot:Certificate.Issuer.Country.1", Some("Certificate { field: Issuer(Country), selection: Index(1) }"));
         check(
             "iot:Certificate.Subject.AlternativeName.DNSName",
             Some("Certificate { field: SubjectAlternativeName(DnsName), selection: First }"),
         );
-        check(
-            "iot:Certificate.SerialNumber",
-            Some("Certificate { field: SerialNumber, selection: First }"),
-        );
+        check("iot:Certificate.SerialNumber", Some("Certificate { field: SerialNumber, selection: First }"));
         check("iot:Certificate.SerialNumber.List", None);
-        check(
-            "iot:Certificate.AvailableKeys",
-            Some("CertificateAvailableKeys"),
-        );
+        check("iot:Certificate.AvailableKeys", Some("CertificateAvailableKeys"));
         check("iot:Certificate.Subject.EmailAddress", None);
         check("iot:Certificate.Subject.Locality", None);
         check("iot:Certificate.Validity.NotBefore", None);

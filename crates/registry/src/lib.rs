@@ -60,20 +60,14 @@ pub trait Store: Send + Sync {
 
 /// Runs `work` in a read-write transaction of `store` and returns its result; on `Err` the
 /// transaction is rolled back.
-pub fn write<R, E: From<Error>>(
-    store: &dyn Store,
-    mut work: impl FnMut(&mut Tx<'_>) -> Result<R, E>,
-) -> Result<R, E> {
+pub fn write<R, E: From<Error>>(store: &dyn Store, mut work: impl FnMut(&mut Tx<'_>) -> Result<R, E>) -> Result<R, E> {
     let mut outcome = None;
     let result = store.write_tx(&mut |tx| run_once(tx, &mut work, &mut outcome));
     finish(result, outcome)
 }
 
 /// Runs `work` in a read-only transaction of `store` and returns its result.
-pub fn read<R, E: From<Error>>(
-    store: &dyn Store,
-    mut work: impl FnMut(&mut Tx<'_>) -> Result<R, E>,
-) -> Result<R, E> {
+pub fn read<R, E: From<Error>>(store: &dyn Store, mut work: impl FnMut(&mut Tx<'_>) -> Result<R, E>) -> Result<R, E> {
     let mut outcome = None;
     let result = store.read_tx(&mut |tx| run_once(tx, &mut work, &mut outcome));
     finish(result, outcome)

@@ -8,7 +8,7 @@
 pub(crate) const MIGRATIONS: &[(i64, &str)] = &[
     (
         1,
-    r#"
+        r#"
 CREATE TABLE accounts (
     id TEXT PRIMARY KEY,
     endpoint_identifier TEXT NOT NULL UNIQUE,

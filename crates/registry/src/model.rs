@@ -203,10 +203,7 @@ pub struct IssuerRecord {
 
 impl fmt::Debug for IssuerRecord {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("IssuerRecord")
-            .field("id", &self.id)
-            .field("purpose", &self.purpose)
-            .finish_non_exhaustive()
+        f.debug_struct("IssuerRecord").field("id", &self.id).field("purpose", &self.purpose).finish_non_exhaustive()
     }
 }
 
@@ -322,7 +319,9 @@ impl PolicyName {
         if (1..=128).contains(&text.len()) && text.bytes().all(allowed) {
             Ok(PolicyName(text.to_owned()))
         } else {
-            Err(Error::InvalidValue(format!("a policy name must match [\\w+=,.@-]+ (1 to 128 characters), got {text:?}")))
+            Err(Error::InvalidValue(format!(
+                "a policy name must match [\\w+=,.@-]+ (1 to 128 characters), got {text:?}"
+            )))
         }
     }
 
@@ -349,7 +348,9 @@ impl ThingName {
         if (1..=128).contains(&text.len()) && text.bytes().all(allowed) {
             Ok(ThingName(text.to_owned()))
         } else {
-            Err(Error::InvalidValue(format!("a thing name must match [a-zA-Z0-9:_-]+ (1 to 128 characters), got {text:?}")))
+            Err(Error::InvalidValue(format!(
+                "a thing name must match [a-zA-Z0-9:_-]+ (1 to 128 characters), got {text:?}"
+            )))
         }
     }
 

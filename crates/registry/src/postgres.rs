@@ -38,7 +38,8 @@ impl PostgresStore {
         {
             return Err(Error::Open(format!("invalid schema name {schema:?}")));
         }
-        let store = PostgresStore { url: url.to_owned(), schema: schema.map(str::to_owned), pool: Mutex::new(Vec::new()) };
+        let store =
+            PostgresStore { url: url.to_owned(), schema: schema.map(str::to_owned), pool: Mutex::new(Vec::new()) };
         let mut connection = store.connect()?;
         migrate(&mut connection.client)?;
         store.pool.lock().map_err(poisoned)?.push(connection);
@@ -49,14 +50,12 @@ impl PostgresStore {
     pub fn drop_schema(&self) -> Result<(), Error> {
         let Some(schema) = &self.schema else { return Ok(()) };
         let mut connection = self.take()?;
-        connection
-            .client
-            .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
-            .map_err(Error::Postgres)
+        connection.client.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).map_err(Error::Postgres)
     }
 
     fn connect(&self) -> Result<PgConnection, Error> {
-        let mut client = Client::connect(&self.url, NoTls).map_err(|error| Error::Open(format!("postgres: {error}")))?;
+        let mut client =
+            Client::connect(&self.url, NoTls).map_err(|error| Error::Open(format!("postgres: {error}")))?;
         if let Some(schema) = &self.schema {
             client
                 .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}; SET search_path TO {schema}"))
@@ -97,12 +96,8 @@ fn run_once(
     read_only: bool,
     work: &mut dyn FnMut(&mut Tx<'_>) -> Result<(), Error>,
 ) -> Result<(), Error> {
-    let mut transaction = connection
-        .client
-        .build_transaction()
-        .read_only(read_only)
-        .start()
-        .map_err(Error::Postgres)?;
+    let mut transaction =
+        connection.client.build_transaction().read_only(read_only).start().map_err(Error::Postgres)?;
     let mut conn = PgConn { transaction: &mut transaction, statements: &mut connection.statements };
     work(&mut Tx::new(&mut conn))?;
     transaction.commit().map_err(map_error)
@@ -218,11 +213,7 @@ impl Conn for PgConn<'_, '_> {
 }
 
 impl ToSql for Value {
-    fn to_sql(
-        &self,
-        ty: &Type,
-        out: &mut bytes::BytesMut,
-    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+    fn to_sql(&self, ty: &Type, out: &mut bytes::BytesMut) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
         match self {
             Value::Null => Ok(IsNull::Yes),
             Value::Int(value) => value.to_sql(ty, out),

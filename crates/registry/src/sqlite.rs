@@ -25,9 +25,7 @@ impl SqliteStore {
         create_private_file(path)?;
         let writer = Connection::open(path).map_err(Error::Sqlite)?;
         configure(&writer, false)?;
-        writer
-            .pragma_update(None, "journal_mode", "WAL")
-            .map_err(Error::Sqlite)?;
+        writer.pragma_update(None, "journal_mode", "WAL").map_err(Error::Sqlite)?;
         migrate(&writer)?;
         Ok(SqliteStore { path: path.to_owned(), writer: Mutex::new(writer), readers: Mutex::new(Vec::new()) })
     }
@@ -46,9 +44,7 @@ impl SqliteStore {
 impl Store for SqliteStore {
     fn write_tx(&self, work: &mut dyn FnMut(&mut Tx<'_>) -> Result<(), Error>) -> Result<(), Error> {
         let mut writer = self.writer.lock().map_err(poisoned)?;
-        let transaction = writer
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(Error::Sqlite)?;
+        let transaction = writer.transaction_with_behavior(TransactionBehavior::Immediate).map_err(Error::Sqlite)?;
         let mut conn = SqliteConn(&transaction);
         work(&mut Tx::new(&mut conn))?;
         transaction.commit().map_err(Error::Sqlite)
@@ -84,7 +80,9 @@ fn configure(connection: &Connection, read_only: bool) -> Result<(), Error> {
 
 fn migrate(connection: &Connection) -> Result<(), Error> {
     connection
-        .execute_batch("CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)")
+        .execute_batch(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
+        )
         .map_err(Error::Sqlite)?;
     for (version, sql) in MIGRATIONS {
         let applied: i64 = connection
@@ -93,7 +91,8 @@ fn migrate(connection: &Connection) -> Result<(), Error> {
         if applied > 0 {
             continue;
         }
-        let batch: String = statements(sql, Dialect::Sqlite).iter().map(|statement| format!("{statement};\n")).collect();
+        let batch: String =
+            statements(sql, Dialect::Sqlite).iter().map(|statement| format!("{statement};\n")).collect();
         connection
             .execute_batch(&format!(
                 "BEGIN IMMEDIATE;\n{batch}INSERT INTO schema_migrations VALUES ({version}, unixepoch() * 1000);\nCOMMIT;"
@@ -113,10 +112,7 @@ fn create_private_file(path: &Path) -> Result<(), Error> {
     options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    options
-        .open(path)
-        .map(drop)
-        .map_err(|error| Error::Open(format!("{}: {error}", path.display())))
+    options.open(path).map(drop).map_err(|error| Error::Open(format!("{}: {error}", path.display())))
 }
 
 fn poisoned<T>(_: std::sync::PoisonError<T>) -> Error {
@@ -148,7 +144,9 @@ impl Conn for SqliteConn<'_> {
                         String::from_utf8(bytes.to_vec())
                             .map_err(|_| Error::InvalidValue(format!("column {index} is not UTF-8")))?,
                     ),
-                    other => return Err(Error::InvalidValue(format!("column {index}: unexpected {:?}", other.data_type()))),
+                    other => {
+                        return Err(Error::InvalidValue(format!("column {index}: unexpected {:?}", other.data_type())));
+                    }
                 });
             }
             result.push(Row(values));

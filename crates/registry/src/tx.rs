@@ -44,10 +44,8 @@ impl<'a> Tx<'a> {
 
     /// An account by ID.
     pub fn get_account(&mut self, id: &AccountId) -> Result<Option<Account>, Error> {
-        let rows = self.conn.query(
-            &format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = $1"),
-            &[id.as_str().into()],
-        )?;
+        let rows =
+            self.conn.query(&format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = $1"), &[id.as_str().into()])?;
         rows.first().map(account_from_row).transpose()
     }
 
@@ -70,9 +68,7 @@ impl<'a> Tx<'a> {
 
     /// Every account, oldest first.
     pub fn list_accounts(&mut self) -> Result<Vec<Account>, Error> {
-        let rows = self
-            .conn
-            .query(&format!("SELECT {ACCOUNT_COLUMNS} FROM accounts ORDER BY created_at, id"), &[])?;
+        let rows = self.conn.query(&format!("SELECT {ACCOUNT_COLUMNS} FROM accounts ORDER BY created_at, id"), &[])?;
         rows.iter().map(account_from_row).collect()
     }
 
@@ -94,19 +90,15 @@ impl<'a> Tx<'a> {
         ] {
             self.conn.execute(&format!("DELETE FROM {table} WHERE account_id = $1"), &account)?;
         }
-        self.conn.execute(
-            "DELETE FROM tags WHERE resource_arn LIKE $1",
-            &[format!("arn:%:%:%:{}:%", id.as_str()).into()],
-        )?;
+        self.conn
+            .execute("DELETE FROM tags WHERE resource_arn LIKE $1", &[format!("arn:%:%:%:{}:%", id.as_str()).into()])?;
         Ok(self.conn.execute("DELETE FROM accounts WHERE id = $1", &account)? == 1)
     }
 
     /// Sets or clears an account's registration code.
     pub fn set_registration_code(&mut self, id: &AccountId, code: Option<&str>) -> Result<(), Error> {
-        self.conn.execute(
-            "UPDATE accounts SET registration_code = $1 WHERE id = $2",
-            &[code.into(), id.as_str().into()],
-        )?;
+        self.conn
+            .execute("UPDATE accounts SET registration_code = $1 WHERE id = $2", &[code.into(), id.as_str().into()])?;
         Ok(())
     }
 
@@ -149,10 +141,7 @@ impl<'a> Tx<'a> {
 
     /// Deletes an access key. Returns whether it existed.
     pub fn delete_access_key(&mut self, access_key_id: &str) -> Result<bool, Error> {
-        Ok(self
-            .conn
-            .execute("DELETE FROM access_keys WHERE access_key_id = $1", &[access_key_id.into()])?
-            == 1)
+        Ok(self.conn.execute("DELETE FROM access_keys WHERE access_key_id = $1", &[access_key_id.into()])? == 1)
     }
 
     // ---- CA certificates ------------------------------------------------------------------
@@ -328,10 +317,9 @@ impl<'a> Tx<'a> {
 
     /// The accounts in which a certificate is registered (several with multi-account registration).
     pub fn certificate_accounts(&mut self, id: &CertificateId) -> Result<Vec<AccountId>, Error> {
-        let rows = self.conn.query(
-            "SELECT account_id FROM certificates WHERE id = $1 ORDER BY account_id",
-            &[id.as_str().into()],
-        )?;
+        let rows = self
+            .conn
+            .query("SELECT account_id FROM certificates WHERE id = $1 ORDER BY account_id", &[id.as_str().into()])?;
         rows.iter().map(|row| AccountId::parse(&row.text(0)?)).collect()
     }
 
@@ -539,7 +527,8 @@ impl<'a> Tx<'a> {
         certificate: Option<&CertificateId>,
         since: OffsetDateTime,
     ) -> Result<Vec<ConnectionRecord>, Error> {
-        let columns = "session_id, account_id, certificate_id, client_id, connected_at, disconnected_at, disconnect_reason";
+        let columns =
+            "session_id, account_id, certificate_id, client_id, connected_at, disconnected_at, disconnect_reason";
         let rows = match certificate {
             Some(id) => self.conn.query(
                 &format!(
@@ -575,7 +564,12 @@ impl<'a> Tx<'a> {
 
     /// Runs `select` (a query whose WHERE clause binds `params`) for one page ordered by
     /// `(created_at, id)`, fetching one extra row to know whether another page follows.
-    fn page(&mut self, select: &str, mut params: Vec<Value>, page: &PageRequest) -> Result<(Vec<Row>, Option<Cursor>), Error> {
+    fn page(
+        &mut self,
+        select: &str,
+        mut params: Vec<Value>,
+        page: &PageRequest,
+    ) -> Result<(Vec<Row>, Option<Cursor>), Error> {
         let (comparison, order) = if page.ascending { (">", "ASC") } else { ("<", "DESC") };
         let mut sql = select.to_owned();
         if let Some(after) = &page.after {

@@ -5,8 +5,7 @@ use crate::conn::{Row, Value};
 use crate::model::*;
 use crate::tx::{Tx, from_millis, millis};
 
-const TEMPLATE_COLUMNS: &str =
-    "account_id, name, id, description, body, enabled, template_type, role_arn, default_version, created_at, last_modified";
+const TEMPLATE_COLUMNS: &str = "account_id, name, id, description, body, enabled, template_type, role_arn, default_version, created_at, last_modified";
 
 impl<'a> Tx<'a> {
     /// Adds a provisioning template.
@@ -31,7 +30,11 @@ impl<'a> Tx<'a> {
     }
 
     /// A provisioning template of an account.
-    pub fn get_provisioning_template(&mut self, account: &AccountId, name: &str) -> Result<Option<ProvisioningTemplate>, Error> {
+    pub fn get_provisioning_template(
+        &mut self,
+        account: &AccountId,
+        name: &str,
+    ) -> Result<Option<ProvisioningTemplate>, Error> {
         let rows = self.conn.query(
             &format!("SELECT {TEMPLATE_COLUMNS} FROM provisioning_templates WHERE account_id = $1 AND name = $2"),
             &[account.as_str().into(), name.into()],

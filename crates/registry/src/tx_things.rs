@@ -11,7 +11,8 @@ use crate::conn::{Row, Value};
 use crate::model::*;
 use crate::tx::{Tx, cert_id, from_millis, millis, parse_text};
 
-const POLICY_COLUMNS: &str = "account_id, name, default_version, next_version, generation_id, created_at, last_modified";
+const POLICY_COLUMNS: &str =
+    "account_id, name, default_version, next_version, generation_id, created_at, last_modified";
 const VERSION_COLUMNS: &str = "account_id, policy_name, version, document, created_at";
 const POLICY_COLUMNS_OF_P: &str =
     "p.account_id, p.name, p.default_version, p.next_version, p.generation_id, p.created_at, p.last_modified";
@@ -78,9 +79,7 @@ impl<'a> Tx<'a> {
         let mut sql = format!("SELECT {POLICY_COLUMNS} FROM policies WHERE account_id = $1");
         let mut params = vec![Value::from(account.as_str())];
         if let Some(after) = &page.after {
-            sql.push_str(&format!(
-                " AND (created_at {comparison} $2 OR (created_at = $2 AND name {comparison} $3))"
-            ));
+            sql.push_str(&format!(" AND (created_at {comparison} $2 OR (created_at = $2 AND name {comparison} $3))"));
             params.push(after.created_at_ms.into());
             params.push(after.id.as_str().into());
         }
@@ -90,7 +89,9 @@ impl<'a> Tx<'a> {
         let mut items = self.conn.query(&sql, &params)?.iter().map(policy_from_row).collect::<Result<Vec<_>, _>>()?;
         let next = if items.len() as i64 > limit {
             items.truncate(limit as usize);
-            items.last().map(|last| Cursor { created_at_ms: millis(last.created_at), id: last.name.as_str().to_owned() })
+            items
+                .last()
+                .map(|last| Cursor { created_at_ms: millis(last.created_at), id: last.name.as_str().to_owned() })
         } else {
             None
         };
@@ -127,7 +128,11 @@ impl<'a> Tx<'a> {
     }
 
     /// Every version of a policy, newest first.
-    pub fn list_policy_versions(&mut self, account: &AccountId, name: &PolicyName) -> Result<Vec<PolicyVersion>, Error> {
+    pub fn list_policy_versions(
+        &mut self,
+        account: &AccountId,
+        name: &PolicyName,
+    ) -> Result<Vec<PolicyVersion>, Error> {
         let rows = self.conn.query(
             &format!(
                 "SELECT {VERSION_COLUMNS} FROM policy_versions WHERE account_id = $1 AND policy_name = $2 ORDER BY version DESC"
@@ -138,7 +143,12 @@ impl<'a> Tx<'a> {
     }
 
     /// Deletes one version of a policy. Returns whether it existed.
-    pub fn delete_policy_version(&mut self, account: &AccountId, name: &PolicyName, version: i64) -> Result<bool, Error> {
+    pub fn delete_policy_version(
+        &mut self,
+        account: &AccountId,
+        name: &PolicyName,
+        version: i64,
+    ) -> Result<bool, Error> {
         Ok(self.conn.execute(
             "DELETE FROM policy_versions WHERE account_id = $1 AND policy_name = $2 AND version = $3",
             &[account.as_str().into(), name.as_str().into(), version.into()],
@@ -174,7 +184,12 @@ impl<'a> Tx<'a> {
     }
 
     /// Detaches a policy from a certificate. Returns whether it was attached.
-    pub fn detach_policy(&mut self, account: &AccountId, name: &PolicyName, certificate: &CertificateId) -> Result<bool, Error> {
+    pub fn detach_policy(
+        &mut self,
+        account: &AccountId,
+        name: &PolicyName,
+        certificate: &CertificateId,
+    ) -> Result<bool, Error> {
         Ok(self.conn.execute(
             "DELETE FROM policy_attachments WHERE account_id = $1 AND policy_name = $2 AND certificate_id = $3",
             &[account.as_str().into(), name.as_str().into(), certificate.as_str().into()],
@@ -190,7 +205,11 @@ impl<'a> Tx<'a> {
     }
 
     /// How many policies are attached to a certificate.
-    pub fn count_certificate_policies(&mut self, account: &AccountId, certificate: &CertificateId) -> Result<i64, Error> {
+    pub fn count_certificate_policies(
+        &mut self,
+        account: &AccountId,
+        certificate: &CertificateId,
+    ) -> Result<i64, Error> {
         self.count(
             "SELECT COUNT(*) FROM policy_attachments WHERE account_id = $1 AND certificate_id = $2",
             &[account.as_str().into(), certificate.as_str().into()],
@@ -300,7 +319,12 @@ impl<'a> Tx<'a> {
         for (name, value) in &thing.attributes {
             self.conn.execute(
                 "INSERT INTO thing_attributes (account_id, thing_name, name, value) VALUES ($1, $2, $3, $4)",
-                &[thing.account.as_str().into(), thing.name.as_str().into(), name.as_str().into(), value.as_str().into()],
+                &[
+                    thing.account.as_str().into(),
+                    thing.name.as_str().into(),
+                    name.as_str().into(),
+                    value.as_str().into(),
+                ],
             )?;
         }
         Ok(())
@@ -331,7 +355,12 @@ impl<'a> Tx<'a> {
     }
 
     /// A page of an account's things that pass `filter`, by name, with their attributes.
-    pub fn list_things(&mut self, account: &AccountId, filter: &ThingFilter, page: &KeyPageRequest) -> Result<KeyPage<Thing>, Error> {
+    pub fn list_things(
+        &mut self,
+        account: &AccountId,
+        filter: &ThingFilter,
+        page: &KeyPageRequest,
+    ) -> Result<KeyPage<Thing>, Error> {
         let mut sql = format!("SELECT {THING_COLUMNS_OF_T} FROM things t WHERE t.account_id = $1");
         let mut params = vec![Value::from(account.as_str())];
         if let Some(type_name) = &filter.type_name {
@@ -340,7 +369,9 @@ impl<'a> Tx<'a> {
         }
         if let Some(attribute) = &filter.attribute {
             let name = match attribute {
-                AttributeFilter::Present { name } | AttributeFilter::Equals { name, .. } | AttributeFilter::StartsWith { name, .. } => name,
+                AttributeFilter::Present { name }
+                | AttributeFilter::Equals { name, .. }
+                | AttributeFilter::StartsWith { name, .. } => name,
             };
             params.push(name.as_str().into());
             sql.push_str(&format!(
@@ -412,7 +443,12 @@ impl<'a> Tx<'a> {
     }
 
     /// Detaches a certificate from a thing. Returns whether it was attached.
-    pub fn delete_thing_principal(&mut self, account: &AccountId, thing: &ThingName, certificate: &CertificateId) -> Result<bool, Error> {
+    pub fn delete_thing_principal(
+        &mut self,
+        account: &AccountId,
+        thing: &ThingName,
+        certificate: &CertificateId,
+    ) -> Result<bool, Error> {
         Ok(self.conn.execute(
             "DELETE FROM thing_principals WHERE account_id = $1 AND thing_name = $2 AND certificate_id = $3",
             &[account.as_str().into(), thing.as_str().into(), certificate.as_str().into()],
@@ -420,7 +456,11 @@ impl<'a> Tx<'a> {
     }
 
     /// Every attachment of a certificate to a thing, by thing name.
-    pub fn certificate_things(&mut self, account: &AccountId, certificate: &CertificateId) -> Result<Vec<ThingPrincipal>, Error> {
+    pub fn certificate_things(
+        &mut self,
+        account: &AccountId,
+        certificate: &CertificateId,
+    ) -> Result<Vec<ThingPrincipal>, Error> {
         let rows = self.conn.query(
             &format!(
                 "SELECT {THING_PRINCIPAL_COLUMNS} FROM thing_principals WHERE account_id = $1 AND certificate_id = $2 ORDER BY thing_name"
@@ -438,7 +478,9 @@ impl<'a> Tx<'a> {
         principal_type: Option<ThingPrincipalType>,
         page: &KeyPageRequest,
     ) -> Result<KeyPage<ThingPrincipal>, Error> {
-        let mut sql = format!("SELECT {THING_PRINCIPAL_COLUMNS} FROM thing_principals WHERE account_id = $1 AND certificate_id = $2");
+        let mut sql = format!(
+            "SELECT {THING_PRINCIPAL_COLUMNS} FROM thing_principals WHERE account_id = $1 AND certificate_id = $2"
+        );
         let mut params = vec![Value::from(account.as_str()), certificate.as_str().into()];
         if let Some(principal_type) = principal_type {
             sql.push_str(" AND principal_type = $3");
@@ -457,7 +499,8 @@ impl<'a> Tx<'a> {
         principal_type: Option<ThingPrincipalType>,
         page: &KeyPageRequest,
     ) -> Result<KeyPage<ThingPrincipal>, Error> {
-        let mut sql = format!("SELECT {THING_PRINCIPAL_COLUMNS} FROM thing_principals WHERE account_id = $1 AND thing_name = $2");
+        let mut sql =
+            format!("SELECT {THING_PRINCIPAL_COLUMNS} FROM thing_principals WHERE account_id = $1 AND thing_name = $2");
         let mut params = vec![Value::from(account.as_str()), thing.as_str().into()];
         if let Some(principal_type) = principal_type {
             sql.push_str(" AND principal_type = $3");

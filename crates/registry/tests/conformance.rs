@@ -115,7 +115,11 @@ fn accounts_round_trip_and_delete_cascades() {
         .unwrap();
 
         let (found, by_endpoint, by_key) = read(store, |tx| {
-            Ok::<_, Error>((tx.get_account(&alice.id)?, tx.account_by_endpoint("alice")?, tx.get_access_key("AKIAALICE")?))
+            Ok::<_, Error>((
+                tx.get_account(&alice.id)?,
+                tx.account_by_endpoint("alice")?,
+                tx.get_access_key("AKIAALICE")?,
+            ))
         })
         .unwrap();
         assert_eq!(found.as_ref().and_then(|a| a.registration_code.as_deref()), Some("code"));
@@ -124,7 +128,11 @@ fn accounts_round_trip_and_delete_cascades() {
 
         assert!(write(store, |tx| tx.delete_account(&alice.id)).unwrap());
         let (accounts, key, cert) = read(store, |tx| {
-            Ok::<_, Error>((tx.list_accounts()?, tx.get_access_key("AKIAALICE")?, tx.get_certificate(&alice.id, &id('a'))?))
+            Ok::<_, Error>((
+                tx.list_accounts()?,
+                tx.get_access_key("AKIAALICE")?,
+                tx.get_certificate(&alice.id, &id('a'))?,
+            ))
         })
         .unwrap();
         assert!(accounts.is_empty() && key.is_none() && cert.is_none());
@@ -141,10 +149,9 @@ fn failed_transaction_leaves_no_trace() {
             tx.insert_certificate(&cert(&alice, 'a', 2)) // same key: refused
         });
         assert!(matches!(result, Err(Error::Conflict(_))), "{result:?}");
-        let page = read(store, |tx| {
-            tx.list_certificates(&alice.id, &PageRequest { limit: 10, ascending: true, after: None })
-        })
-        .unwrap();
+        let page =
+            read(store, |tx| tx.list_certificates(&alice.id, &PageRequest { limit: 10, ascending: true, after: None }))
+                .unwrap();
         assert!(page.items.is_empty(), "the first insert must have been rolled back");
 
         // A caller's own error rolls back too, and comes back unchanged.
@@ -204,11 +211,8 @@ fn ca_updates_round_trip_registration_config() {
         stored.status = CaStatus::Inactive;
         stored.auto_registration = true;
         stored.customer_version = 2;
-        stored.registration_config = Some(RegistrationConfig {
-            template_body: Some("{}".into()),
-            role_arn: None,
-            template_name: None,
-        });
+        stored.registration_config =
+            Some(RegistrationConfig { template_body: Some("{}".into()), role_arn: None, template_name: None });
         write(store, |tx| tx.update_ca(&stored)).unwrap();
         assert_eq!(read(store, |tx| tx.get_ca(&alice.id, &id('c'))).unwrap(), Some(stored.clone()));
         assert!(write(store, |tx| tx.delete_ca(&alice.id, &id('c'))).unwrap());
@@ -283,7 +287,11 @@ fn certificate_updates_and_transfers() {
             Ok::<_, Error>((
                 tx.get_certificate(&alice.id, &id('a'))?,
                 tx.get_certificate(&bob.id, &id('a'))?,
-                tx.list_certificates_by_ca(&bob.id, &id('c'), &PageRequest { limit: 10, ascending: true, after: None })?,
+                tx.list_certificates_by_ca(
+                    &bob.id,
+                    &id('c'),
+                    &PageRequest { limit: 10, ascending: true, after: None },
+                )?,
             ))
         })
         .unwrap();
@@ -318,7 +326,11 @@ fn issuers_and_tags() {
         })
         .unwrap();
         let (device, server, tags) = read(store, |tx| {
-            Ok::<_, Error>((tx.current_issuer(IssuerPurpose::Device)?, tx.current_issuer(IssuerPurpose::Server)?, tx.tags(arn)?))
+            Ok::<_, Error>((
+                tx.current_issuer(IssuerPurpose::Device)?,
+                tx.current_issuer(IssuerPurpose::Server)?,
+                tx.tags(arn)?,
+            ))
         })
         .unwrap();
         assert_eq!(device, Some(new));
@@ -369,7 +381,11 @@ fn the_change_feed_keeps_committed_changes_in_order() {
         let seen: Vec<_> = changes.iter().map(|change| (change.kind, change.entity_id.as_str())).collect();
         assert_eq!(
             seen,
-            vec![(ChangeKind::Certificate, "c1"), (ChangeKind::CaCertificate, "ca1"), (ChangeKind::Account, "111111111111")]
+            vec![
+                (ChangeKind::Certificate, "c1"),
+                (ChangeKind::CaCertificate, "ca1"),
+                (ChangeKind::Account, "111111111111")
+            ]
         );
         assert!(changes.windows(2).all(|pair| pair[0].seq < pair[1].seq));
         assert_eq!(read(store, |tx| tx.last_change_seq()).unwrap(), changes[2].seq);
@@ -460,7 +476,11 @@ fn first_page(limit: u32) -> KeyPageRequest {
 }
 
 /// Every key of a key-ordered listing, fetched `limit` at a time.
-fn all_keys<T>(mut fetch: impl FnMut(&KeyPageRequest) -> KeyPage<T>, key: impl Fn(&T) -> String, limit: u32) -> Vec<String> {
+fn all_keys<T>(
+    mut fetch: impl FnMut(&KeyPageRequest) -> KeyPage<T>,
+    key: impl Fn(&T) -> String,
+    limit: u32,
+) -> Vec<String> {
     let mut keys = Vec::new();
     let mut request = first_page(limit);
     loop {
@@ -492,11 +512,16 @@ fn policies_keep_versions_and_page_by_creation() {
         })
         .unwrap();
 
-        for (ascending, expected) in [(true, vec!["a", "b", "c", "d.e@f+g=h,i-j_k"]), (false, vec!["d.e@f+g=h,i-j_k", "c", "b", "a"])] {
+        for (ascending, expected) in
+            [(true, vec!["a", "b", "c", "d.e@f+g=h,i-j_k"]), (false, vec!["d.e@f+g=h,i-j_k", "c", "b", "a"])]
+        {
             let mut seen = Vec::new();
             let mut after = None;
             loop {
-                let page = read(store, |tx| tx.list_policies(&alice.id, &PageRequest { limit: 3, ascending, after: after.clone() })).unwrap();
+                let page = read(store, |tx| {
+                    tx.list_policies(&alice.id, &PageRequest { limit: 3, ascending, after: after.clone() })
+                })
+                .unwrap();
                 seen.extend(page.items.iter().map(|policy| policy.name.to_string()));
                 match page.next {
                     Some(next) => after = Some(next),
@@ -553,9 +578,11 @@ fn policy_attachments_find_documents_and_targets() {
         })
         .unwrap();
         // (policy, certificate, newly attached?)
-        let attachments = [("p2", 'a', true), ("p1", 'a', true), ("p1", 'a', false), ("p1", 'b', true), ("p1", 'c', true)];
+        let attachments =
+            [("p2", 'a', true), ("p1", 'a', true), ("p1", 'a', false), ("p1", 'b', true), ("p1", 'c', true)];
         for (name, fill, expected) in attachments {
-            let attached = write(store, |tx| tx.attach_policy(&alice.id, &policy_name(name), &id(fill), at(5))).unwrap();
+            let attached =
+                write(store, |tx| tx.attach_policy(&alice.id, &policy_name(name), &id(fill), at(5))).unwrap();
             assert_eq!(attached, expected, "{name} -> {fill}");
         }
         let documents = read(store, |tx| tx.certificate_policy_documents(&alice.id, &id('a'))).unwrap();
@@ -570,7 +597,11 @@ fn policy_attachments_find_documents_and_targets() {
             1,
         );
         assert_eq!(policies_of_a, vec!["p1", "p2"]);
-        let targets = all_keys(|page| read(store, |tx| tx.policy_targets(&alice.id, &policy_name("p1"), page)).unwrap(), |id| id.to_string(), 2);
+        let targets = all_keys(
+            |page| read(store, |tx| tx.policy_targets(&alice.id, &policy_name("p1"), page)).unwrap(),
+            |id| id.to_string(),
+            2,
+        );
         assert_eq!(targets, vec![id('a').to_string(), id('b').to_string(), id('c').to_string()]);
         let counts = read(store, |tx| {
             Ok::<_, Error>((
@@ -606,10 +637,14 @@ fn things_keep_attributes_and_filter() {
         })
         .unwrap();
 
-        let filter = |type_name: Option<&str>, attribute: Option<AttributeFilter>| ThingFilter { type_name: type_name.map(thing_name), attribute };
+        let filter = |type_name: Option<&str>, attribute: Option<AttributeFilter>| ThingFilter {
+            type_name: type_name.map(thing_name),
+            attribute,
+        };
         let present = |name: &str| Some(AttributeFilter::Present { name: name.into() });
         let equals = |name: &str, value: &str| Some(AttributeFilter::Equals { name: name.into(), value: value.into() });
-        let starts = |name: &str, prefix: &str| Some(AttributeFilter::StartsWith { name: name.into(), prefix: prefix.into() });
+        let starts =
+            |name: &str, prefix: &str| Some(AttributeFilter::StartsWith { name: name.into(), prefix: prefix.into() });
         let cases = [
             (filter(None, None), "bare lamp-1 lamp-2 lamp-3 sensor:1"),
             (filter(Some("lamp"), None), "lamp-1 lamp-2"),
@@ -635,7 +670,11 @@ fn things_keep_attributes_and_filter() {
             }
         }
         let page = read(store, |tx| tx.list_things(&alice.id, &ThingFilter::default(), &first_page(3))).unwrap();
-        assert_eq!(page.items[1], thing(&alice, "lamp-1", Some("lamp"), &[("room", "kitchen"), ("floor", "1")]), "listed with attributes");
+        assert_eq!(
+            page.items[1],
+            thing(&alice, "lamp-1", Some("lamp"), &[("room", "kitchen"), ("floor", "1")]),
+            "listed with attributes"
+        );
         assert_eq!(page.items[0].attributes.len(), 0);
 
         let mut lamp = thing(&alice, "lamp-1", None, &[("colour", "red")]);
@@ -645,7 +684,10 @@ fn things_keep_attributes_and_filter() {
         assert!(write(store, |tx| tx.delete_thing(&alice.id, &thing_name("lamp-1"))).unwrap());
         assert!(!write(store, |tx| tx.delete_thing(&alice.id, &thing_name("lamp-1"))).unwrap());
         let (gone, bobs) = read(store, |tx| {
-            Ok::<_, Error>((tx.get_thing(&alice.id, &thing_name("lamp-1"))?, tx.get_thing(&bob.id, &thing_name("lamp-1"))?))
+            Ok::<_, Error>((
+                tx.get_thing(&alice.id, &thing_name("lamp-1"))?,
+                tx.get_thing(&bob.id, &thing_name("lamp-1"))?,
+            ))
         })
         .unwrap();
         assert!(gone.is_none());
@@ -690,16 +732,31 @@ fn thing_principals_attach_both_ways() {
             1,
         );
         assert_eq!(of_t1, vec![id('a').to_string(), id('b').to_string()]);
-        assert_eq!(read(store, |tx| tx.certificate_things(&alice.id, &id('c'))).unwrap(), vec![attachment("t3", 'c', ThingPrincipalType::Exclusive)]);
+        assert_eq!(
+            read(store, |tx| tx.certificate_things(&alice.id, &id('c'))).unwrap(),
+            vec![attachment("t3", 'c', ThingPrincipalType::Exclusive)]
+        );
         for (principal_type, expected) in [(ThingPrincipalType::Exclusive, 1), (ThingPrincipalType::NonExclusive, 0)] {
-            let of_c = read(store, |tx| tx.certificate_things_page(&alice.id, &id('c'), Some(principal_type), &first_page(10))).unwrap();
-            let of_t3 = read(store, |tx| tx.thing_principals(&alice.id, &thing_name("t3"), Some(principal_type), &first_page(10))).unwrap();
+            let of_c = read(store, |tx| {
+                tx.certificate_things_page(&alice.id, &id('c'), Some(principal_type), &first_page(10))
+            })
+            .unwrap();
+            let of_t3 = read(store, |tx| {
+                tx.thing_principals(&alice.id, &thing_name("t3"), Some(principal_type), &first_page(10))
+            })
+            .unwrap();
             assert_eq!((of_c.items.len(), of_t3.items.len()), (expected, expected), "{principal_type:?}");
         }
         let described = read(store, |tx| tx.certificate_things_described(&alice.id, &id('a'))).unwrap();
         assert_eq!(
-            described.iter().map(|(thing, kind)| (thing.name.to_string(), thing.attributes["k"].clone(), *kind)).collect::<Vec<_>>(),
-            vec![("t1".into(), "t1".into(), ThingPrincipalType::NonExclusive), ("t2".into(), "t2".into(), ThingPrincipalType::NonExclusive)]
+            described
+                .iter()
+                .map(|(thing, kind)| (thing.name.to_string(), thing.attributes["k"].clone(), *kind))
+                .collect::<Vec<_>>(),
+            vec![
+                ("t1".into(), "t1".into(), ThingPrincipalType::NonExclusive),
+                ("t2".into(), "t2".into(), ThingPrincipalType::NonExclusive)
+            ]
         );
         assert_eq!(read(store, |tx| tx.count_thing_principals(&alice.id, &thing_name("t1"))).unwrap(), 2);
         assert!(write(store, |tx| tx.delete_thing_principal(&alice.id, &thing_name("t1"), &id('a'))).unwrap());
@@ -745,12 +802,28 @@ fn an_account_takes_its_policies_and_things_along() {
 
 #[test]
 fn policy_and_thing_names_follow_aws_patterns() {
-    let policy_cases = [("a", true), ("my-policy_1.v2@x+y=z,w", true), ("", false), ("a b", false), ("a/b", false), ("é", false), ("a:b", false)];
+    let policy_cases = [
+        ("a", true),
+        ("my-policy_1.v2@x+y=z,w", true),
+        ("", false),
+        ("a b", false),
+        ("a/b", false),
+        ("é", false),
+        ("a:b", false),
+    ];
     for (text, valid) in policy_cases {
         assert_eq!(PolicyName::parse(text).is_ok(), valid, "{text:?}");
     }
     assert!(PolicyName::parse(&"p".repeat(128)).is_ok() && PolicyName::parse(&"p".repeat(129)).is_err());
-    let thing_cases = [("lamp", true), ("a:b_c-D9", true), ("", false), ("a.b", false), ("a b", false), ("a/b", false), ("a@b", false)];
+    let thing_cases = [
+        ("lamp", true),
+        ("a:b_c-D9", true),
+        ("", false),
+        ("a.b", false),
+        ("a b", false),
+        ("a/b", false),
+        ("a@b", false),
+    ];
     for (text, valid) in thing_cases {
         assert_eq!(ThingName::parse(text).is_ok(), valid, "{text:?}");
     }
@@ -768,8 +841,12 @@ fn the_change_feed_names_policies_and_things() {
             tx.record_change(&alice.id, ChangeKind::Thing, "my-thing", at(1))
         })
         .unwrap();
-        let seen: Vec<_> = read(store, |tx| tx.changes_after(start, 10)).unwrap().into_iter().map(|c| (c.kind, c.entity_id)).collect();
-        assert_eq!(seen, vec![(ChangeKind::Policy, "my-policy".to_string()), (ChangeKind::Thing, "my-thing".to_string())]);
+        let seen: Vec<_> =
+            read(store, |tx| tx.changes_after(start, 10)).unwrap().into_iter().map(|c| (c.kind, c.entity_id)).collect();
+        assert_eq!(
+            seen,
+            vec![(ChangeKind::Policy, "my-policy".to_string()), (ChangeKind::Thing, "my-thing".to_string())]
+        );
     });
 }
 
@@ -801,8 +878,15 @@ fn provisioning_templates_round_trip_page_and_go_with_their_account() {
         .unwrap();
         let stored = read(store, |tx| tx.get_provisioning_template(&alice.id, "a")).unwrap();
         assert_eq!(stored, Some(template(&alice, "a", Some("first"))));
-        assert_eq!(read(store, |tx| tx.get_provisioning_template(&bob.id, "a")).unwrap(), Some(template(&bob, "a", None)));
-        let names = all_keys(|page| read(store, |tx| tx.list_provisioning_templates(&alice.id, page)).unwrap(), |t| t.name.clone(), 2);
+        assert_eq!(
+            read(store, |tx| tx.get_provisioning_template(&bob.id, "a")).unwrap(),
+            Some(template(&bob, "a", None))
+        );
+        let names = all_keys(
+            |page| read(store, |tx| tx.list_provisioning_templates(&alice.id, page)).unwrap(),
+            |t| t.name.clone(),
+            2,
+        );
         assert_eq!(names, ["a", "b", "c"]);
         assert!(write(store, |tx| tx.delete_provisioning_template(&alice.id, "b")).unwrap());
         assert!(!write(store, |tx| tx.delete_provisioning_template(&alice.id, "b")).unwrap());

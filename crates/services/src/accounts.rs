@@ -35,7 +35,8 @@ impl Services {
         };
         registry::write(self.store(), |tx| {
             tx.insert_account(&account)?;
-            tx.record_change(&account.id, ChangeKind::Account, account.id.as_str(), account.created_at).map_err(Error::from)
+            tx.record_change(&account.id, ChangeKind::Account, account.id.as_str(), account.created_at)
+                .map_err(Error::from)
         })?;
         tracing::info!(account = %account.id, "account created");
         Ok(account)

@@ -7,8 +7,8 @@
 
 use certfleet_pki::{self as pki, Certificate, CertificateId, Csr, GeneratedKeyPair, KeyAlgorithm};
 use certfleet_registry::{
-    self as registry, AccountId, CaCertificate, CaStatus, ChangeKind, CertificateMode, CertificateStatus, DeviceCertificate,
-    Page, PageRequest, RegistrationConfig, Tag, TransferData, Tx,
+    self as registry, AccountId, CaCertificate, CaStatus, CertificateMode, CertificateStatus, ChangeKind,
+    DeviceCertificate, Page, PageRequest, RegistrationConfig, Tag, TransferData, Tx,
 };
 use time::OffsetDateTime;
 
@@ -137,7 +137,11 @@ impl Services {
                 })?;
             }
             if tx.get_ca(&caller.account, &id)?.is_some() {
-                return Err(already_exists("the CA certificate is already registered in this account", &id, Some(&arn)));
+                return Err(already_exists(
+                    "the CA certificate is already registered in this account",
+                    &id,
+                    Some(&arn),
+                ));
             }
             if mode == CertificateMode::Default && tx.default_mode_holder(&id)?.is_some() {
                 return Err(already_exists(
@@ -317,11 +321,8 @@ impl Services {
         let now = self.now();
         let device = parse_device_certificate(&request.certificate_pem)?;
         let status = registration_status(request)?;
-        let named_ca = request
-            .ca_certificate_pem
-            .as_deref()
-            .map(|pem| parse_certificate(pem, "caCertificatePem"))
-            .transpose()?;
+        let named_ca =
+            request.ca_certificate_pem.as_deref().map(|pem| parse_certificate(pem, "caCertificatePem")).transpose()?;
         let issuer_key = device.issuer_fingerprint();
 
         let record = registry::write(self.store(), |tx| {
@@ -329,7 +330,10 @@ impl Services {
             let candidates = tx.cas_with_subject(&caller.account, &issuer_key)?;
             let ca = match &named_ca {
                 Some(named) => candidates.into_iter().find(|ca| &ca.id == named.id()).ok_or_else(|| {
-                    Error::CertificateValidation(format!("the CA certificate {} is not registered in this account", named.id()))
+                    Error::CertificateValidation(format!(
+                        "the CA certificate {} is not registered in this account",
+                        named.id()
+                    ))
                 })?,
                 None => match candidates.len() {
                     0 => {
@@ -341,7 +345,8 @@ impl Services {
                     1 => candidates.into_iter().next().ok_or_else(|| Error::Internal("no candidate".into()))?,
                     _ => {
                         return Err(Error::CertificateConflict(
-                            "several registered CA certificates share the issuer's subject: give caCertificatePem".into(),
+                            "several registered CA certificates share the issuer's subject: give caCertificatePem"
+                                .into(),
                         ));
                     }
                 },
@@ -576,14 +581,20 @@ impl Services {
     }
 
     /// AcceptCertificateTransfer: the offered certificate moves into the caller's account.
-    pub fn accept_certificate_transfer(&self, caller: &Caller, id: &CertificateId, set_as_active: bool) -> Result<(), Error> {
+    pub fn accept_certificate_transfer(
+        &self,
+        caller: &Caller,
+        id: &CertificateId,
+        set_as_active: bool,
+    ) -> Result<(), Error> {
         let now = self.now();
         let generation_id = uuid_v4()?;
         let source = registry::write(self.store(), |tx| {
             let mut certificate = pending_for(tx, caller, id)?;
             let source = certificate.account.clone();
             // Lock both accounts in a fixed order so two transfers cannot deadlock.
-            let (first, second) = if source < caller.account { (&source, &caller.account) } else { (&caller.account, &source) };
+            let (first, second) =
+                if source < caller.account { (&source, &caller.account) } else { (&caller.account, &source) };
             tx.lock_account(first)?;
             tx.lock_account(second)?;
             if tx.get_certificate(&caller.account, id)?.is_some() {
@@ -606,7 +617,12 @@ impl Services {
     }
 
     /// RejectCertificateTransfer: the certificate stays with its owner, INACTIVE.
-    pub fn reject_certificate_transfer(&self, caller: &Caller, id: &CertificateId, reason: Option<String>) -> Result<(), Error> {
+    pub fn reject_certificate_transfer(
+        &self,
+        caller: &Caller,
+        id: &CertificateId,
+        reason: Option<String>,
+    ) -> Result<(), Error> {
         let now = self.now();
         let generation_id = uuid_v4()?;
         registry::write(self.store(), |tx| {
@@ -683,7 +699,12 @@ fn insert_new_certificate(tx: &mut Tx<'_>, record: &DeviceCertificate, arn: &str
 }
 
 /// Tells the change feed (and so every gateway node) that a certificate must be looked at again.
-fn certificate_changed(tx: &mut Tx<'_>, account: &AccountId, id: &CertificateId, now: OffsetDateTime) -> Result<(), Error> {
+fn certificate_changed(
+    tx: &mut Tx<'_>,
+    account: &AccountId,
+    id: &CertificateId,
+    now: OffsetDateTime,
+) -> Result<(), Error> {
     tx.record_change(account, ChangeKind::Certificate, id.as_str(), now).map_err(Error::from)
 }
 
@@ -705,7 +726,8 @@ fn registration_status(request: &CertificateRegistration) -> Result<CertificateS
 }
 
 fn parse_certificate(pem: &str, member: &str) -> Result<Certificate, Error> {
-    Certificate::from_pem(pem).map_err(|error| Error::CertificateValidation(format!("{member} is not a valid certificate: {error}")))
+    Certificate::from_pem(pem)
+        .map_err(|error| Error::CertificateValidation(format!("{member} is not a valid certificate: {error}")))
 }
 
 fn parse_device_certificate(pem: &str) -> Result<Certificate, Error> {

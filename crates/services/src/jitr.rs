@@ -20,8 +20,9 @@
 
 use certfleet_pki::{self as pki, Certificate, CertificateId};
 use certfleet_registry::{
-    self as registry, AccountId, CaCertificate, CaStatus, CertificateMode, CertificateStatus, ChangeKind, DeviceCertificate,
-    Policy, PolicyVersion, RegistrationConfig, Thing, ThingPrincipal, ThingPrincipalType, TransferData, Tx,
+    self as registry, AccountId, CaCertificate, CaStatus, CertificateMode, CertificateStatus, ChangeKind,
+    DeviceCertificate, Policy, PolicyVersion, RegistrationConfig, Thing, ThingPrincipal, ThingPrincipalType,
+    TransferData, Tx,
 };
 
 use crate::ids::uuid_v4;
@@ -55,7 +56,8 @@ impl Services {
             return Ok(None);
         }
         let issuer_key = device.issuer_fingerprint();
-        let candidates = registry::read(self.store(), |tx| tx.cas_with_subject(account, &issuer_key).map_err(Error::from))?;
+        let candidates =
+            registry::read(self.store(), |tx| tx.cas_with_subject(account, &issuer_key).map_err(Error::from))?;
         let allowed = |ca: &CaCertificate| allows_auto_registration(ca) && (sni || ca.mode == CertificateMode::Default);
         let Some(signer) = candidates.iter().filter(|ca| allowed(ca)).find(|ca| signed(device, ca, now)) else {
             return Ok(None);
@@ -78,7 +80,8 @@ impl Services {
                 Some(provisioning) => applicable(tx, account, provisioning)?,
                 None => None,
             };
-            let status = provisioning.as_ref().map_or(CertificateStatus::PendingActivation, |provisioning| provisioning.status);
+            let status =
+                provisioning.as_ref().map_or(CertificateStatus::PendingActivation, |provisioning| provisioning.status);
             let record = DeviceCertificate {
                 account: account.clone(),
                 id: device.id().clone(),
@@ -147,7 +150,9 @@ fn applicable(tx: &mut Tx<'_>, account: &AccountId, provisioning: Provisioning) 
     if let Some(policy) = &provisioning.policy {
         let existing = match tx.get_policy(account, &policy.name)? {
             None => None,
-            Some(found) => tx.get_policy_version(account, &policy.name, found.default_version)?.map(|version| version.document),
+            Some(found) => {
+                tx.get_policy_version(account, &policy.name, found.default_version)?.map(|version| version.document)
+            }
         };
         let refusal = match (&policy.document, existing) {
             (None, None) => Some("the template's policy does not exist"),

@@ -26,9 +26,7 @@ use certfleet_pki::Issuer;
 use certfleet_registry::{AccountId, Store};
 
 pub use accounts::NewAccessKey;
-pub use certificates::{
-    CaRegistration, CaUpdate, CertificateRegistration, CreatedKeysAndCertificate, EndpointType,
-};
+pub use certificates::{CaRegistration, CaUpdate, CertificateRegistration, CreatedKeysAndCertificate, EndpointType};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::Error;
 pub use ids::{Marker, decode_marker, encode_marker};

@@ -8,12 +8,20 @@ use crate::{Error, Services};
 
 impl Services {
     /// A device certificate of an account, as the gateway sees it.
-    pub fn lookup_certificate(&self, account: &AccountId, id: &CertificateId) -> Result<Option<DeviceCertificate>, Error> {
+    pub fn lookup_certificate(
+        &self,
+        account: &AccountId,
+        id: &CertificateId,
+    ) -> Result<Option<DeviceCertificate>, Error> {
         registry::read(self.store(), |tx| tx.get_certificate(account, id).map_err(Error::from))
     }
 
     /// A CA certificate of an account.
-    pub fn lookup_ca_certificate(&self, account: &AccountId, id: &CertificateId) -> Result<Option<CaCertificate>, Error> {
+    pub fn lookup_ca_certificate(
+        &self,
+        account: &AccountId,
+        id: &CertificateId,
+    ) -> Result<Option<CaCertificate>, Error> {
         registry::read(self.store(), |tx| tx.get_ca(account, id).map_err(Error::from))
     }
 

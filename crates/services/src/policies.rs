@@ -30,7 +30,13 @@ impl Services {
     }
 
     /// CreatePolicy: the policy and its version 1, the default. Returns that version.
-    pub fn create_policy(&self, caller: &Caller, name: &PolicyName, document: &str, tags: &[Tag]) -> Result<PolicyVersion, Error> {
+    pub fn create_policy(
+        &self,
+        caller: &Caller,
+        name: &PolicyName,
+        document: &str,
+        tags: &[Tag],
+    ) -> Result<PolicyVersion, Error> {
         check_document(document)?;
         let now = self.now();
         let arn = self.policy_arn(&caller.account, name);
@@ -152,7 +158,11 @@ impl Services {
     }
 
     /// ListPolicyVersions, newest first, with the policy (which names the default).
-    pub fn list_policy_versions(&self, caller: &Caller, name: &PolicyName) -> Result<(Policy, Vec<PolicyVersion>), Error> {
+    pub fn list_policy_versions(
+        &self,
+        caller: &Caller,
+        name: &PolicyName,
+    ) -> Result<(Policy, Vec<PolicyVersion>), Error> {
         registry::read(self.store(), |tx| {
             let policy = find_policy(tx, &caller.account, name)?;
             let versions = tx.list_policy_versions(&caller.account, name)?;
@@ -161,7 +171,12 @@ impl Services {
     }
 
     /// GetPolicyVersion, with the policy (which names the default).
-    pub fn get_policy_version(&self, caller: &Caller, name: &PolicyName, version: i64) -> Result<(Policy, PolicyVersion), Error> {
+    pub fn get_policy_version(
+        &self,
+        caller: &Caller,
+        name: &PolicyName,
+        version: i64,
+    ) -> Result<(Policy, PolicyVersion), Error> {
         registry::read(self.store(), |tx| {
             let policy = find_policy(tx, &caller.account, name)?;
             let found = find_version(tx, &policy, version)?;
@@ -264,7 +279,12 @@ impl Services {
     }
 
     /// ListAttachedPolicies (and the deprecated ListPrincipalPolicies), by name.
-    pub fn list_attached_policies(&self, caller: &Caller, target: &str, page: &KeyPageRequest) -> Result<KeyPage<Policy>, Error> {
+    pub fn list_attached_policies(
+        &self,
+        caller: &Caller,
+        target: &str,
+        page: &KeyPageRequest,
+    ) -> Result<KeyPage<Policy>, Error> {
         let certificate = self.certificate_principal(&caller.account, target)?;
         registry::read(self.store(), |tx| {
             tx.get_certificate(&caller.account, &certificate)?.ok_or_else(|| no_such_principal(target))?;
@@ -295,7 +315,8 @@ impl Services {
         principal: Option<&str>,
         thing: Option<&certfleet_registry::ThingName>,
     ) -> Result<Vec<(PolicyName, String)>, Error> {
-        let certificate = principal.map(|principal| self.certificate_principal(&caller.account, principal)).transpose()?;
+        let certificate =
+            principal.map(|principal| self.certificate_principal(&caller.account, principal)).transpose()?;
         registry::read(self.store(), |tx| {
             if let Some(thing) = thing {
                 tx.get_thing(&caller.account, thing)?
@@ -310,8 +331,14 @@ impl Services {
 
     /// The name and default-version document of every policy attached to a certificate, by
     /// name: what the gateway evaluates for a device (one read, no JSON).
-    pub fn principal_policies(&self, account: &AccountId, certificate: &CertificateId) -> Result<Vec<(String, String)>, Error> {
-        let documents = registry::read(self.store(), |tx| tx.certificate_policy_documents(account, certificate).map_err(Error::from))?;
+    pub fn principal_policies(
+        &self,
+        account: &AccountId,
+        certificate: &CertificateId,
+    ) -> Result<Vec<(String, String)>, Error> {
+        let documents = registry::read(self.store(), |tx| {
+            tx.certificate_policy_documents(account, certificate).map_err(Error::from)
+        })?;
         Ok(documents.into_iter().map(|(name, document)| (name.to_string(), document)).collect())
     }
 

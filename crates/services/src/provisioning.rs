@@ -100,7 +100,8 @@ pub struct ProvisionedPolicy {
 impl Template {
     /// Parses and checks a template body; every refusal is [`Error::InvalidRequest`].
     pub fn parse(body: &str) -> Result<Template, Error> {
-        let root: Value = serde_json::from_str(body).map_err(|error| invalid(format!("the template is not JSON: {error}")))?;
+        let root: Value =
+            serde_json::from_str(body).map_err(|error| invalid(format!("the template is not JSON: {error}")))?;
         let root = root.as_object().ok_or_else(|| invalid("the template must be a JSON object".into()))?;
         for key in root.keys() {
             match key.as_str() {
@@ -116,9 +117,12 @@ impl Template {
             for (name, declaration) in parameters {
                 check_parameter(name)?;
                 declared.push(name.clone());
-                let declaration = declaration.as_object().ok_or_else(|| invalid(format!("the parameter {name} must be an object")))?;
+                let declaration = declaration
+                    .as_object()
+                    .ok_or_else(|| invalid(format!("the parameter {name} must be an object")))?;
                 if let Some(default) = declaration.get("Default") {
-                    let default = default.as_str().ok_or_else(|| invalid(format!("the Default of {name} must be a string")))?;
+                    let default =
+                        default.as_str().ok_or_else(|| invalid(format!("the Default of {name} must be a string")))?;
                     defaults.insert(name.clone(), default.to_owned());
                 }
             }
@@ -129,7 +133,9 @@ impl Template {
             .ok_or_else(|| invalid("the template needs a Resources object".into()))?;
         let mut template = Template { defaults, thing: None, certificate: None, policy: None };
         for (logical_name, resource) in resources {
-            let resource = resource.as_object().ok_or_else(|| invalid(format!("the resource {logical_name} must be an object")))?;
+            let resource = resource
+                .as_object()
+                .ok_or_else(|| invalid(format!("the resource {logical_name} must be an object")))?;
             let kind = resource.get("Type").and_then(Value::as_str).unwrap_or_default();
             let empty = Map::new();
             let properties = match resource.get("Properties") {
@@ -138,7 +144,9 @@ impl Template {
                     .as_object()
                     .ok_or_else(|| invalid(format!("the Properties of {logical_name} must be an object")))?,
             };
-            if let Some(other) = resource.keys().find(|key| !["Type", "Properties", "OverrideSettings"].contains(&key.as_str())) {
+            if let Some(other) =
+                resource.keys().find(|key| !["Type", "Properties", "OverrideSettings"].contains(&key.as_str()))
+            {
                 return Err(invalid(format!("the resource {logical_name} has an unsupported key {other:?}")));
             }
             let duplicate = || invalid(format!("the template has a second {kind} resource ({logical_name})"));
@@ -175,12 +183,14 @@ impl Template {
         let parameter = |name: &str| -> Result<String, Error> {
             let from_certificate = match PARAMETERS.iter().find(|(known, _)| *known == name) {
                 Some((_, None)) => Some(id.to_string()),
-                Some((_, Some(oid))) => subject.iter().find(|(attribute, _)| attribute == oid).map(|(_, value)| value.clone()),
+                Some((_, Some(oid))) => {
+                    subject.iter().find(|(attribute, _)| attribute == oid).map(|(_, value)| value.clone())
+                }
                 None => None,
             };
-            from_certificate
-                .or_else(|| self.defaults.get(name).cloned())
-                .ok_or_else(|| invalid(format!("the certificate has no value for the parameter {name}, and it has no default")))
+            from_certificate.or_else(|| self.defaults.get(name).cloned()).ok_or_else(|| {
+                invalid(format!("the certificate has no value for the parameter {name}, and it has no default"))
+            })
         };
         let thing = match &self.thing {
             None => None,
@@ -195,7 +205,10 @@ impl Template {
                     }
                 }
                 crate::things::check_attributes(&attributes)?;
-                let type_name = type_name.map(|text| ThingName::parse(&text)).transpose().map_err(|error| invalid(error.to_string()))?;
+                let type_name = type_name
+                    .map(|text| ThingName::parse(&text))
+                    .transpose()
+                    .map_err(|error| invalid(error.to_string()))?;
                 crate::things::check_attribute_count(&attributes, type_name.as_ref())?;
                 Some(ProvisionedThing {
                     name: ThingName::parse(&name).map_err(|error| invalid(error.to_string()))?,
@@ -210,7 +223,9 @@ impl Template {
                 let name = match (&policy.name, &policy.document) {
                     (Some(expr), _) => evaluate(expr, &parameter)?,
                     (None, Some(document)) => generated_policy_name(document),
-                    (None, None) => return Err(invalid("the policy resource needs a PolicyName or a PolicyDocument".into())),
+                    (None, None) => {
+                        return Err(invalid("the policy resource needs a PolicyName or a PolicyDocument".into()));
+                    }
                 };
                 Some(ProvisionedPolicy {
                     name: PolicyName::parse(&name).map_err(|error| invalid(error.to_string()))?,
@@ -246,7 +261,9 @@ fn parse_thing(logical_name: &str, properties: &Map<String, Value>) -> Result<Th
             "ThingGroups" | "BillingGroup" => {
                 return Err(invalid(format!("the thing property {key} is not supported (certfleet has no groups)")));
             }
-            other => return Err(invalid(format!("the thing resource {logical_name} has an unknown property {other:?}"))),
+            other => {
+                return Err(invalid(format!("the thing resource {logical_name} has an unknown property {other:?}")));
+            }
         }
     }
     let name = name.ok_or_else(|| invalid(format!("the thing resource {logical_name} needs a ThingName")))?;
@@ -268,7 +285,11 @@ fn parse_certificate(logical_name: &str, properties: &Map<String, Value>) -> Res
                     _ => return Err(invalid("the certificate Status must be ACTIVE or INACTIVE".into())),
                 }
             }
-            other => return Err(invalid(format!("the certificate resource {logical_name} has an unknown property {other:?}"))),
+            other => {
+                return Err(invalid(format!(
+                    "the certificate resource {logical_name} has an unknown property {other:?}"
+                )));
+            }
         }
     }
     Ok(CertificateResource { status })
@@ -282,11 +303,14 @@ fn parse_policy(logical_name: &str, properties: &Map<String, Value>) -> Result<P
             "PolicyName" => name = Some(parse_expr(value)?),
             "PolicyDocument" => {
                 let text = value.as_str().ok_or_else(|| invalid("PolicyDocument must be a string".into()))?;
-                certfleet_policy::Policy::parse(text)
-                    .map_err(|error| invalid(format!("the PolicyDocument of {logical_name} is not a valid policy: {error}")))?;
+                certfleet_policy::Policy::parse(text).map_err(|error| {
+                    invalid(format!("the PolicyDocument of {logical_name} is not a valid policy: {error}"))
+                })?;
                 document = Some(text.to_owned());
             }
-            other => return Err(invalid(format!("the policy resource {logical_name} has an unknown property {other:?}"))),
+            other => {
+                return Err(invalid(format!("the policy resource {logical_name} has an unknown property {other:?}")));
+            }
         }
     }
     if name.is_none() && document.is_none() {
@@ -316,7 +340,9 @@ fn parse_expr(value: &Value) -> Result<Expr, Error> {
                     Ok(Expr::Join(delimiter.to_owned(), parts))
                 }
                 "Fn::Sub" => {
-                    let text = argument.as_str().ok_or_else(|| invalid("Fn::Sub takes a string (the variable map form is not supported)".into()))?;
+                    let text = argument.as_str().ok_or_else(|| {
+                        invalid("Fn::Sub takes a string (the variable map form is not supported)".into())
+                    })?;
                     parse_sub(text)
                 }
                 other => Err(invalid(format!("the intrinsic function {other} is not supported"))),
@@ -354,7 +380,9 @@ fn evaluate(expr: &Expr, parameter: &dyn Fn(&str) -> Result<String, Error>) -> R
         Expr::Join(delimiter, parts) => {
             Ok(parts.iter().map(|part| evaluate(part, parameter)).collect::<Result<Vec<_>, _>>()?.join(delimiter))
         }
-        Expr::Sub(parts) => Ok(parts.iter().map(|part| evaluate(part, parameter)).collect::<Result<Vec<_>, _>>()?.concat()),
+        Expr::Sub(parts) => {
+            Ok(parts.iter().map(|part| evaluate(part, parameter)).collect::<Result<Vec<_>, _>>()?.concat())
+        }
     }
 }
 

@@ -34,7 +34,11 @@ impl Services {
     }
 
     /// CreateProvisioningTemplate.
-    pub fn create_provisioning_template(&self, caller: &Caller, definition: &TemplateDefinition) -> Result<ProvisioningTemplate, Error> {
+    pub fn create_provisioning_template(
+        &self,
+        caller: &Caller,
+        definition: &TemplateDefinition,
+    ) -> Result<ProvisioningTemplate, Error> {
         check_template_name(&definition.name)?;
         match definition.template_type.as_deref() {
             Some(JITP) => {}
@@ -89,7 +93,11 @@ impl Services {
     }
 
     /// ListProvisioningTemplates, by name.
-    pub fn list_provisioning_templates(&self, caller: &Caller, page: &KeyPageRequest) -> Result<KeyPage<ProvisioningTemplate>, Error> {
+    pub fn list_provisioning_templates(
+        &self,
+        caller: &Caller,
+        page: &KeyPageRequest,
+    ) -> Result<KeyPage<ProvisioningTemplate>, Error> {
         registry::read(self.store(), |tx| tx.list_provisioning_templates(&caller.account, page).map_err(Error::from))
     }
 
@@ -124,7 +132,8 @@ impl Services {
     /// Refuses a `templateName` in a registrationConfig that is not one of the caller's JITP
     /// templates.
     pub(crate) fn check_template_reference(&self, account: &AccountId, name: &str) -> Result<(), Error> {
-        let template = registry::read(self.store(), |tx| tx.get_provisioning_template(account, name).map_err(Error::from))?;
+        let template =
+            registry::read(self.store(), |tx| tx.get_provisioning_template(account, name).map_err(Error::from))?;
         match template {
             Some(template) if template.template_type == JITP => Ok(()),
             Some(_) => Err(Error::InvalidRequest(format!("the provisioning template {name} is not a JITP template"))),

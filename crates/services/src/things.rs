@@ -62,9 +62,16 @@ impl Services {
     }
 
     /// CreateThing: the thing, or the existing one when its definition is identical.
-    pub fn create_thing(&self, caller: &Caller, name: &ThingName, definition: &ThingDefinition) -> Result<Thing, Error> {
+    pub fn create_thing(
+        &self,
+        caller: &Caller,
+        name: &ThingName,
+        definition: &ThingDefinition,
+    ) -> Result<Thing, Error> {
         if let Some(group) = &definition.billing_group {
-            return Err(Error::NotFound(format!("the billing group {group} does not exist (certfleet has no billing groups)")));
+            return Err(Error::NotFound(format!(
+                "the billing group {group} does not exist (certfleet has no billing groups)"
+            )));
         }
         check_attributes(&definition.attributes)?;
         let attributes = without_empty_values(definition.attributes.clone());
@@ -171,7 +178,12 @@ impl Services {
     }
 
     /// ListThings, by name.
-    pub fn list_things(&self, caller: &Caller, filter: &ThingFilter, page: &KeyPageRequest) -> Result<KeyPage<Thing>, Error> {
+    pub fn list_things(
+        &self,
+        caller: &Caller,
+        filter: &ThingFilter,
+        page: &KeyPageRequest,
+    ) -> Result<KeyPage<Thing>, Error> {
         registry::read(self.store(), |tx| tx.list_things(&caller.account, filter, page).map_err(Error::from))
     }
 
@@ -189,14 +201,16 @@ impl Services {
         let changed = registry::write(self.store(), |tx| {
             tx.lock_account(&caller.account)?;
             find_thing(tx, &caller.account, name)?;
-            let found = tx.get_certificate(&caller.account, &certificate)?.ok_or_else(|| no_such_principal(principal))?;
+            let found =
+                tx.get_certificate(&caller.account, &certificate)?.ok_or_else(|| no_such_principal(principal))?;
             if found.status == CertificateStatus::PendingTransfer {
                 return Err(Error::CertificateState(
                     "the certificate is being transferred: cancel or complete the transfer first".into(),
                 ));
             }
             let attachments = tx.certificate_things(&caller.account, &certificate)?;
-            let (this, others): (Vec<_>, Vec<_>) = attachments.iter().partition(|attachment| &attachment.thing_name == name);
+            let (this, others): (Vec<_>, Vec<_>) =
+                attachments.iter().partition(|attachment| &attachment.thing_name == name);
             if let Some(exclusive) = others.iter().find(|other| other.principal_type == ThingPrincipalType::Exclusive) {
                 return Err(Error::InvalidRequest(format!(
                     "the principal is attached exclusively to the thing {}: detach it first",
@@ -329,7 +343,10 @@ pub(crate) fn check_attributes(attributes: &BTreeMap<String, String>) -> Result<
     Ok(())
 }
 
-pub(crate) fn check_attribute_count(attributes: &BTreeMap<String, String>, type_name: Option<&ThingName>) -> Result<(), Error> {
+pub(crate) fn check_attribute_count(
+    attributes: &BTreeMap<String, String>,
+    type_name: Option<&ThingName>,
+) -> Result<(), Error> {
     let (limit, kind) = match type_name {
         Some(_) => (MAX_TYPED_ATTRIBUTES, "a thing with a type"),
         None => (MAX_UNTYPED_ATTRIBUTES, "a thing without a type"),

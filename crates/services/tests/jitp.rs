@@ -8,7 +8,8 @@ use certfleet_services::*;
 use certfleet_testkit::{START, World, world};
 use time::Duration;
 
-const POLICY: &str = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"iot:Connect","Resource":"*"}]}"#;
+const POLICY: &str =
+    r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"iot:Connect","Resource":"*"}]}"#;
 
 fn root(name: &str) -> Issuer {
     Issuer::generate_root(name, "test", Duration::days(30), KeyAlgorithm::EcdsaP256, START).unwrap()
@@ -64,7 +65,10 @@ fn check_template(body: &str, refusal: Option<&str>) {
         (Ok(_), None) => {}
         (Err(Error::InvalidRequest(message)), Some(expected)) => {
             assert!(message.contains(expected), "{body}: {message:?} does not mention {expected:?}");
-            let cas = world.services.list_ca_certificates(&caller, &PageRequest { limit: 100, ascending: true, after: None }).unwrap();
+            let cas = world
+                .services
+                .list_ca_certificates(&caller, &PageRequest { limit: 100, ascending: true, after: None })
+                .unwrap();
             assert!(cas.items.is_empty(), "a refused template registers nothing");
         }
         (outcome, _) => panic!("{body}: unexpected {outcome:?}, expected refusal {refusal:?}"),
@@ -76,9 +80,15 @@ fn templates_are_checked_when_the_ca_is_registered() {
     let common_name = r#"{"Ref": "AWS::IoT::Certificate::CommonName"}"#;
     check_template(&template(common_name, &inline_policy()), None);
     check_template(&template(common_name, r#"{"PolicyName": "existing"}"#), None);
-    check_template(&template(r#"{"Fn::Join": ["-", ["x", {"Ref": "AWS::IoT::Certificate::Id"}]]}"#, &inline_policy()), None);
+    check_template(
+        &template(r#"{"Fn::Join": ["-", ["x", {"Ref": "AWS::IoT::Certificate::Id"}]]}"#, &inline_policy()),
+        None,
+    );
     check_template(&template(r#"{"Fn::Sub": "dev-${AWS::IoT::Certificate::SerialNumber}"}"#, &inline_policy()), None);
-    check_template(&template(r#"{"Ref": "AWS::IoT::Certificate::Nickname"}"#, &inline_policy()), Some("unknown parameter"));
+    check_template(
+        &template(r#"{"Ref": "AWS::IoT::Certificate::Nickname"}"#, &inline_policy()),
+        Some("unknown parameter"),
+    );
     check_template(&template(r#"{"Fn::Sub": "dev-${Nickname}"}"#, &inline_policy()), Some("unknown parameter"));
     check_template(&template(r#"{"Fn::If": ["c", "a", "b"]}"#, &inline_policy()), Some("Fn::If is not supported"));
     check_template(&template(r#"{"Fn::Join": ["-"]}"#, &inline_policy()), Some("Fn::Join takes"));
@@ -103,9 +113,16 @@ fn a_template_creates_and_attaches_the_thing_and_policy_and_activates_the_certif
         assert_eq!(record.status, CertificateStatus::Active);
         let thing = world.services.describe_thing(&caller, &ThingName::parse(common_name).unwrap()).unwrap();
         let arn = world.services.certificate_arn(&caller.account, device.id());
-        let things = world.services.list_principal_things(&caller, &arn, None, &KeyPageRequest { limit: 100, after: None }).unwrap();
-        assert_eq!(things.items.iter().map(|attachment| attachment.thing_name.clone()).collect::<Vec<_>>(), vec![thing.name]);
-        let policies = world.services.list_attached_policies(&caller, &arn, &KeyPageRequest { limit: 100, after: None }).unwrap();
+        let things = world
+            .services
+            .list_principal_things(&caller, &arn, None, &KeyPageRequest { limit: 100, after: None })
+            .unwrap();
+        assert_eq!(
+            things.items.iter().map(|attachment| attachment.thing_name.clone()).collect::<Vec<_>>(),
+            vec![thing.name]
+        );
+        let policies =
+            world.services.list_attached_policies(&caller, &arn, &KeyPageRequest { limit: 100, after: None }).unwrap();
         assert_eq!(policies.items.iter().map(|policy| policy.name.as_str()).collect::<Vec<_>>(), vec!["fleet"]);
     }
     let (_, version) = world.services.get_policy(&caller, &PolicyName::parse("fleet").unwrap()).unwrap();
@@ -126,7 +143,8 @@ fn fn_sub_and_defaults_fill_the_thing_and_its_attributes() {
               "policy": {policy}}}}}"#
     );
     register_ca(&world, &caller, &ca, Some(body)).unwrap();
-    let (record, _) = world.services.auto_register_certificate(&caller.account, &device(&ca, "m7"), true).unwrap().unwrap();
+    let (record, _) =
+        world.services.auto_register_certificate(&caller.account, &device(&ca, "m7"), true).unwrap().unwrap();
     assert_eq!(record.status, CertificateStatus::Active, "no certificate resource: ACTIVE");
     let thing = world.services.describe_thing(&caller, &ThingName::parse("FR_m7").unwrap()).unwrap();
     assert_eq!(thing.attributes.get("country").map(String::as_str), Some("FR"));
@@ -139,19 +157,27 @@ fn a_template_that_does_not_apply_to_a_certificate_leaves_it_pending_activation(
     let caller = world.caller();
     let ca = root("fallback root");
     // An existing policy by name that does not exist yet.
-    register_ca(&world, &caller, &ca, Some(template(r#"{"Ref": "AWS::IoT::Certificate::CommonName"}"#, r#"{"PolicyName": "missing"}"#)))
-        .unwrap();
-    let (record, _) = world.services.auto_register_certificate(&caller.account, &device(&ca, "d1"), true).unwrap().unwrap();
+    register_ca(
+        &world,
+        &caller,
+        &ca,
+        Some(template(r#"{"Ref": "AWS::IoT::Certificate::CommonName"}"#, r#"{"PolicyName": "missing"}"#)),
+    )
+    .unwrap();
+    let (record, _) =
+        world.services.auto_register_certificate(&caller.account, &device(&ca, "d1"), true).unwrap().unwrap();
     assert_eq!(record.status, CertificateStatus::PendingActivation);
     assert!(world.services.describe_thing(&caller, &ThingName::parse("d1").unwrap()).is_err(), "nothing created");
 
     // Once the policy exists the template applies.
     world.services.create_policy(&caller, &PolicyName::parse("missing").unwrap(), POLICY, &[]).unwrap();
-    let (record, _) = world.services.auto_register_certificate(&caller.account, &device(&ca, "d2"), true).unwrap().unwrap();
+    let (record, _) =
+        world.services.auto_register_certificate(&caller.account, &device(&ca, "d2"), true).unwrap().unwrap();
     assert_eq!(record.status, CertificateStatus::Active);
 
     // A common name that is not a valid thing name.
-    let (record, _) = world.services.auto_register_certificate(&caller.account, &device(&ca, "bad name!"), true).unwrap().unwrap();
+    let (record, _) =
+        world.services.auto_register_certificate(&caller.account, &device(&ca, "bad name!"), true).unwrap().unwrap();
     assert_eq!(record.status, CertificateStatus::PendingActivation);
 }
 
@@ -161,7 +187,10 @@ fn update_ca_certificate_refuses_a_bad_template_and_keeps_the_old_config() {
     let caller = world.caller();
     let id = register_ca(&world, &caller, &root("update root"), None).unwrap();
     let update = CaUpdate {
-        registration_config: Some(RegistrationConfig { template_body: Some(r#"{"Resources": {"x": {"Type": "AWS::S3::Bucket"}}}"#.into()), ..Default::default() }),
+        registration_config: Some(RegistrationConfig {
+            template_body: Some(r#"{"Resources": {"x": {"Type": "AWS::S3::Bucket"}}}"#.into()),
+            ..Default::default()
+        }),
         ..Default::default()
     };
     assert!(matches!(world.services.update_ca_certificate(&caller, &id, &update), Err(Error::InvalidRequest(_))));
@@ -185,7 +214,10 @@ fn provisioning_templates_are_created_listed_described_and_deleted() {
     let caller = world.caller();
     let body = template(r#"{"Ref": "AWS::IoT::Certificate::CommonName"}"#, &inline_policy());
     let created = world.services.create_provisioning_template(&caller, &definition("line-1", body.clone())).unwrap();
-    assert_eq!((created.body.as_str(), created.default_version, created.template_type.as_str()), (body.as_str(), 1, "JITP"));
+    assert_eq!(
+        (created.body.as_str(), created.default_version, created.template_type.as_str()),
+        (body.as_str(), 1, "JITP")
+    );
     assert!(matches!(
         world.services.create_provisioning_template(&caller, &definition("line-1", body.clone())),
         Err(Error::AlreadyExists { .. })
@@ -193,9 +225,13 @@ fn provisioning_templates_are_created_listed_described_and_deleted() {
     world.services.create_provisioning_template(&caller, &definition("line-2", body.clone())).unwrap();
     let first = world.services.list_provisioning_templates(&caller, &KeyPageRequest { limit: 1, after: None }).unwrap();
     assert_eq!(first.items.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["line-1"]);
-    let second = world.services.list_provisioning_templates(&caller, &KeyPageRequest { limit: 1, after: first.next }).unwrap();
+    let second =
+        world.services.list_provisioning_templates(&caller, &KeyPageRequest { limit: 1, after: first.next }).unwrap();
     assert_eq!((second.items[0].name.as_str(), second.next), ("line-2", None));
-    assert_eq!(world.services.describe_provisioning_template(&caller, "line-2").unwrap().description.as_deref(), Some("devices of the line"));
+    assert_eq!(
+        world.services.describe_provisioning_template(&caller, "line-2").unwrap().description.as_deref(),
+        Some("devices of the line")
+    );
 
     // Refusals: bad body, unknown parameter, fleet provisioning, bad name; nothing is stored.
     let unknown = template(r#"{"Ref": "AWS::IoT::Certificate::Nickname"}"#, &inline_policy());
@@ -205,7 +241,10 @@ fn provisioning_templates_are_created_listed_described_and_deleted() {
         TemplateDefinition { template_type: None, ..definition("bad", body.clone()) },
         definition("bad name", body.clone()),
     ] {
-        assert!(matches!(world.services.create_provisioning_template(&caller, &bad), Err(Error::InvalidRequest(_))), "{bad:?}");
+        assert!(
+            matches!(world.services.create_provisioning_template(&caller, &bad), Err(Error::InvalidRequest(_))),
+            "{bad:?}"
+        );
     }
     assert!(matches!(world.services.describe_provisioning_template(&caller, "bad"), Err(Error::NotFound(_))));
 
@@ -215,10 +254,15 @@ fn provisioning_templates_are_created_listed_described_and_deleted() {
     let key = GeneratedKeyPair::generate(KeyAlgorithm::EcdsaP256).unwrap();
     let request = |template_name: &str| CaRegistration {
         ca_certificate_pem: ca.certificate().to_pem(),
-        verification_certificate_pem: Some(ca.issue_for_key(key.public_key(), &code, Duration::days(1), START).unwrap().to_pem()),
+        verification_certificate_pem: Some(
+            ca.issue_for_key(key.public_key(), &code, Duration::days(1), START).unwrap().to_pem(),
+        ),
         set_as_active: true,
         allow_auto_registration: true,
-        registration_config: Some(RegistrationConfig { template_name: Some(template_name.into()), ..Default::default() }),
+        registration_config: Some(RegistrationConfig {
+            template_name: Some(template_name.into()),
+            ..Default::default()
+        }),
         ..Default::default()
     };
     assert!(matches!(world.services.register_ca_certificate(&caller, &request("nope")), Err(Error::InvalidRequest(_))));
@@ -228,7 +272,8 @@ fn provisioning_templates_are_created_listed_described_and_deleted() {
     assert!(matches!(world.services.delete_provisioning_template(&caller, "line-2"), Err(Error::NotFound(_))));
 
     // The named template applies at the first connection.
-    let (record, _) = world.services.auto_register_certificate(&caller.account, &device(&ca, "named-1"), true).unwrap().unwrap();
+    let (record, _) =
+        world.services.auto_register_certificate(&caller.account, &device(&ca, "named-1"), true).unwrap().unwrap();
     assert_eq!(record.status, CertificateStatus::Active);
     world.services.describe_thing(&caller, &ThingName::parse("named-1").unwrap()).unwrap();
 }

@@ -3,9 +3,7 @@
 //! concurrent one) registers nothing more.
 
 use certfleet_pki::{Certificate, CertificateId, GeneratedKeyPair, Issuer, KeyAlgorithm};
-use certfleet_registry::{
-    CaStatus, CertificateMode, CertificateStatus, ChangeKind, PageRequest, read,
-};
+use certfleet_registry::{CaStatus, CertificateMode, CertificateStatus, ChangeKind, PageRequest, read};
 use certfleet_services::*;
 use certfleet_testkit::{START, World, world};
 use time::Duration;
@@ -24,7 +22,14 @@ fn device(ca: &Issuer) -> Certificate {
 }
 
 /// Registers `ca` in `caller`'s account (DEFAULT mode with a verification certificate).
-fn register_ca(world: &World, caller: &Caller, ca: &Issuer, mode: CertificateMode, active: bool, auto: bool) -> CertificateId {
+fn register_ca(
+    world: &World,
+    caller: &Caller,
+    ca: &Issuer,
+    mode: CertificateMode,
+    active: bool,
+    auto: bool,
+) -> CertificateId {
     let verification_certificate_pem = (mode == CertificateMode::Default).then(|| {
         let code = world.services.get_registration_code(caller).unwrap();
         let key = GeneratedKeyPair::generate(KeyAlgorithm::EcdsaP256).unwrap();
@@ -75,14 +80,32 @@ fn only_an_active_ca_allowing_auto_registration_registers_what_it_signed() {
     // Same subject as the registered CA, another key: the signature does not verify.
     assert_eq!(check(&world, &alice, &device(&root("auto root"))), None, "forged issuer");
     assert_eq!(check(&world, &alice, &leaf(&auto, START - Duration::days(3), Duration::days(1))), None, "expired");
-    assert_eq!(check(&world, &alice, &leaf(&auto, START + Duration::days(1), Duration::days(1))), None, "not yet valid");
+    assert_eq!(
+        check(&world, &alice, &leaf(&auto, START + Duration::days(1), Duration::days(1))),
+        None,
+        "not yet valid"
+    );
 
     // Enabling auto-registration (or activating the CA) lets the next attempt through.
     let manual_id = manual.certificate().id().clone();
-    world.services.update_ca_certificate(&alice, &manual_id, &CaUpdate { new_auto_registration: Some(true), ..Default::default() }).unwrap();
+    world
+        .services
+        .update_ca_certificate(
+            &alice,
+            &manual_id,
+            &CaUpdate { new_auto_registration: Some(true), ..Default::default() },
+        )
+        .unwrap();
     assert_eq!(check(&world, &alice, &device(&manual)), Some(manual_id));
     let inactive_id = inactive.certificate().id().clone();
-    world.services.update_ca_certificate(&alice, &inactive_id, &CaUpdate { new_status: Some(CaStatus::Active), ..Default::default() }).unwrap();
+    world
+        .services
+        .update_ca_certificate(
+            &alice,
+            &inactive_id,
+            &CaUpdate { new_status: Some(CaStatus::Active), ..Default::default() },
+        )
+        .unwrap();
     assert_eq!(check(&world, &alice, &device(&inactive)), Some(inactive_id));
 }
 
@@ -95,7 +118,8 @@ fn the_certificate_is_stored_pending_activation_under_its_ca_once() {
     let certificate = device(&ca);
     let start = read(world.services.store(), |tx| tx.last_change_seq()).unwrap();
 
-    let (record, signer) = world.services.auto_register_certificate(&alice.account, &certificate, true).unwrap().unwrap();
+    let (record, signer) =
+        world.services.auto_register_certificate(&alice.account, &certificate, true).unwrap().unwrap();
     assert_eq!(signer, ca_id);
     assert_eq!(record.status, CertificateStatus::PendingActivation);
     assert_eq!(record.ca_certificate_id.as_ref(), Some(&ca_id));
@@ -107,12 +131,18 @@ fn the_certificate_is_stored_pending_activation_under_its_ca_once() {
 
     // Idempotent: a second attempt (another connection of the same device) registers nothing.
     assert!(world.services.auto_register_certificate(&alice.account, &certificate, true).unwrap().is_none());
-    let listed = world.services.list_certificates_by_ca(&alice, &ca_id, &PageRequest { limit: 250, ascending: true, after: None }).unwrap();
+    let listed = world
+        .services
+        .list_certificates_by_ca(&alice, &ca_id, &PageRequest { limit: 250, ascending: true, after: None })
+        .unwrap();
     assert_eq!(listed.items, vec![record.clone()]);
     // Nor once activated: activation is the operator's, and JITR never touches a known record.
     world.services.update_certificate(&alice, certificate.id(), CertificateStatus::Active).unwrap();
     assert!(world.services.auto_register_certificate(&alice.account, &certificate, true).unwrap().is_none());
-    assert_eq!(world.services.describe_certificate(&alice, certificate.id()).unwrap().status, CertificateStatus::Active);
+    assert_eq!(
+        world.services.describe_certificate(&alice, certificate.id()).unwrap().status,
+        CertificateStatus::Active
+    );
 }
 
 #[test]
@@ -124,7 +154,11 @@ fn concurrent_attempts_register_a_certificate_once() {
     let certificate = device(&ca);
     let registered = std::thread::scope(|scope| {
         let attempts: Vec<_> = (0..8)
-            .map(|_| scope.spawn(|| world.services.auto_register_certificate(&alice.account, &certificate, true).unwrap().is_some()))
+            .map(|_| {
+                scope.spawn(|| {
+                    world.services.auto_register_certificate(&alice.account, &certificate, true).unwrap().is_some()
+                })
+            })
             .collect();
         attempts.into_iter().map(|attempt| attempt.join().unwrap()).filter(|&won| won).count()
     });

@@ -5,12 +5,13 @@ use std::collections::BTreeMap;
 
 use certfleet_pki::CertificateId;
 use certfleet_registry::{
-    AttributeFilter, CertificateStatus, ChangeKind, KeyPageRequest, PageRequest, PolicyName, ThingFilter,
-    ThingName, ThingPrincipalType,
+    AttributeFilter, CertificateStatus, ChangeKind, KeyPageRequest, PageRequest, PolicyName, ThingFilter, ThingName,
+    ThingPrincipalType,
 };
 use certfleet_services::*;
 
-const ALLOW_ALL: &str = r#"{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "iot:*", "Resource": "*"}]}"#;
+const ALLOW_ALL: &str =
+    r#"{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "iot:*", "Resource": "*"}]}"#;
 
 use certfleet_testkit::{World, world};
 
@@ -48,7 +49,9 @@ fn attributes(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
 }
 
 fn document(resource: &str) -> String {
-    format!(r#"{{"Version": "2012-10-17", "Statement": [{{"Effect": "Allow", "Action": "iot:Connect", "Resource": "{resource}"}}]}}"#)
+    format!(
+        r#"{{"Version": "2012-10-17", "Statement": [{{"Effect": "Allow", "Action": "iot:Connect", "Resource": "{resource}"}}]}}"#
+    )
 }
 
 /// A new INACTIVE certificate of `caller`: (its ID, its ARN).
@@ -76,7 +79,11 @@ fn a_malformed_document_is_refused_and_not_stored() {
         ("valid", ALLOW_ALL.to_string(), "ok"),
         ("not-json", "this is not json".to_string(), "MalformedPolicy"),
         ("old-version", ALLOW_ALL.replace("2012-10-17", "2008-10-17"), "MalformedPolicy"),
-        ("no-effect", r#"{"Version": "2012-10-17", "Statement": {"Action": "iot:*", "Resource": "*"}}"#.to_string(), "MalformedPolicy"),
+        (
+            "no-effect",
+            r#"{"Version": "2012-10-17", "Statement": {"Action": "iot:*", "Resource": "*"}}"#.to_string(),
+            "MalformedPolicy",
+        ),
         ("unknown-variable", document("arn:aws:iot:us-east-1:1:client/${iot:Nope}"), "MalformedPolicy"),
         ("too-long", long, "MalformedPolicy"),
         ("empty", String::new(), "MalformedPolicy"),
@@ -126,7 +133,12 @@ fn policy_versions_follow_aws() {
     ];
     for (index, (step, expected, default, versions)) in cases.into_iter().enumerate() {
         let outcome = match step {
-            Create(set_as_default) => kind(world.services.create_policy_version(&alice, &name, &document(&format!("arn:aws:iot:us-east-1:1:client/v{index}")), set_as_default)),
+            Create(set_as_default) => kind(world.services.create_policy_version(
+                &alice,
+                &name,
+                &document(&format!("arn:aws:iot:us-east-1:1:client/v{index}")),
+                set_as_default,
+            )),
             SetDefault(version) => kind(world.services.set_default_policy_version(&alice, &name, version)),
             DeleteVersion(version) => kind(world.services.delete_policy_version(&alice, &name, version)),
             DeletePolicy => kind(world.services.delete_policy(&alice, &name)),
@@ -172,21 +184,37 @@ fn policies_attach_to_the_callers_certificates_only() {
     assert_eq!(targets.items, vec![mine.clone()]);
     assert_eq!(kind(world.services.list_attached_policies(&bob, &bobs_arn, &first_page())), "ok");
     assert!(world.services.list_attached_policies(&bob, &bobs_arn, &first_page()).unwrap().items.is_empty());
-    assert_eq!(kind(world.services.list_attached_policies(&bob, &my_arn, &first_page())), "NotFound", "tenants do not see each other");
+    assert_eq!(
+        kind(world.services.list_attached_policies(&bob, &my_arn, &first_page())),
+        "NotFound",
+        "tenants do not see each other"
+    );
 
     // At most ten policies per certificate.
     for index in 2..=10 {
         world.services.create_policy(&alice, &policy(&format!("p{index}")), ALLOW_ALL, &[]).unwrap();
-        assert_eq!(kind(world.services.attach_policy(&alice, &policy(&format!("p{index}")), &my_arn)), "ok", "policy {index}");
+        assert_eq!(
+            kind(world.services.attach_policy(&alice, &policy(&format!("p{index}")), &my_arn)),
+            "ok",
+            "policy {index}"
+        );
     }
     world.services.create_policy(&alice, &policy("p11"), ALLOW_ALL, &[]).unwrap();
     assert_eq!(kind(world.services.attach_policy(&alice, &policy("p11"), &my_arn)), "LimitExceeded");
-    assert_eq!(kind(world.services.attach_policy(&alice, &policy("p"), &my_arn)), "ok", "attaching again is no new attachment");
+    assert_eq!(
+        kind(world.services.attach_policy(&alice, &policy("p"), &my_arn)),
+        "ok",
+        "attaching again is no new attachment"
+    );
     assert_eq!(world.services.list_attached_policies(&alice, &my_arn, &first_page()).unwrap().items.len(), 10);
 
     assert_eq!(kind(world.services.delete_policy(&alice, &policy("p"))), "DeleteConflict");
     assert_eq!(kind(world.services.detach_policy(&alice, &policy("p"), &my_arn)), "ok");
-    assert_eq!(kind(world.services.detach_policy(&alice, &policy("p"), &my_arn)), "ok", "detaching again changes nothing");
+    assert_eq!(
+        kind(world.services.detach_policy(&alice, &policy("p"), &my_arn)),
+        "ok",
+        "detaching again changes nothing"
+    );
     assert_eq!(kind(world.services.detach_policy(&alice, &policy("p"), &bobs_arn)), "NotFound");
     assert_eq!(kind(world.services.delete_policy(&alice, &policy("p"))), "ok");
 }
@@ -236,24 +264,44 @@ fn certificates_with_attachments_resist_deletion_and_transfer() {
                 world.services.attach_policy(&alice, &policy("p"), &arn).unwrap();
             }
             if with_thing {
-                world.services.attach_thing_principal(&alice, &thing("t"), &arn, ThingPrincipalType::NonExclusive).unwrap();
+                world
+                    .services
+                    .attach_thing_principal(&alice, &thing("t"), &arn, ThingPrincipalType::NonExclusive)
+                    .unwrap();
             }
             if operation == "delete" {
                 assert_eq!(kind(world.services.delete_certificate(&alice, &id, force)), delete, "{label}");
                 let exists = world.services.describe_certificate(&alice, &id).is_ok();
                 assert_eq!(exists, delete != "ok", "{label}");
                 if delete == "ok" {
-                    assert!(world.services.principal_policies(&alice.account, &id).unwrap().is_empty(), "force detached the policies");
+                    assert!(
+                        world.services.principal_policies(&alice.account, &id).unwrap().is_empty(),
+                        "force detached the policies"
+                    );
                 }
             } else {
-                assert_eq!(kind(world.services.transfer_certificate(&alice, &id, &bob.account, None)), transfer, "{label}");
+                assert_eq!(
+                    kind(world.services.transfer_certificate(&alice, &id, &bob.account, None)),
+                    transfer,
+                    "{label}"
+                );
                 let status = world.services.describe_certificate(&alice, &id).unwrap().status;
-                let expected = if transfer == "ok" { CertificateStatus::PendingTransfer } else { CertificateStatus::Inactive };
+                let expected =
+                    if transfer == "ok" { CertificateStatus::PendingTransfer } else { CertificateStatus::Inactive };
                 assert_eq!(status, expected, "{label}");
                 if transfer == "ok" {
-                    assert_eq!(kind(world.services.attach_policy(&alice, &policy("p"), &arn)), "CertificateState", "{label}");
                     assert_eq!(
-                        kind(world.services.attach_thing_principal(&alice, &thing("t"), &arn, ThingPrincipalType::NonExclusive)),
+                        kind(world.services.attach_policy(&alice, &policy("p"), &arn)),
+                        "CertificateState",
+                        "{label}"
+                    );
+                    assert_eq!(
+                        kind(world.services.attach_thing_principal(
+                            &alice,
+                            &thing("t"),
+                            &arn,
+                            ThingPrincipalType::NonExclusive
+                        )),
                         "CertificateState"
                     );
                 }
@@ -273,8 +321,16 @@ fn create_thing_is_idempotent_and_counts_attributes() {
     let four = attributes(&[("a", "1"), ("b", "2"), ("c", "3"), ("d", "4")]);
     let fifty: BTreeMap<_, _> = (0..50).map(|index| (format!("k{index}"), "v".to_string())).collect();
     let fifty_one: BTreeMap<_, _> = (0..51).map(|index| (format!("k{index}"), "v".to_string())).collect();
-    let typed = |attributes: &BTreeMap<String, String>| ThingDefinition { type_name: Some(thing("sensor")), attributes: attributes.clone(), billing_group: None };
-    let untyped = |attributes: &BTreeMap<String, String>| ThingDefinition { type_name: None, attributes: attributes.clone(), billing_group: None };
+    let typed = |attributes: &BTreeMap<String, String>| ThingDefinition {
+        type_name: Some(thing("sensor")),
+        attributes: attributes.clone(),
+        billing_group: None,
+    };
+    let untyped = |attributes: &BTreeMap<String, String>| ThingDefinition {
+        type_name: None,
+        attributes: attributes.clone(),
+        billing_group: None,
+    };
     let cases = [
         ("t1", untyped(&three), "ok"),
         ("t1", untyped(&three), "ok"),
@@ -290,7 +346,11 @@ fn create_thing_is_idempotent_and_counts_attributes() {
         ("t9", ThingDefinition { billing_group: Some("group".into()), ..ThingDefinition::default() }, "NotFound"),
     ];
     for (name, definition, expected) in &cases {
-        assert_eq!(kind(world.services.create_thing(&alice, &thing(name), definition)), *expected, "{name} {definition:?}");
+        assert_eq!(
+            kind(world.services.create_thing(&alice, &thing(name), definition)),
+            *expected,
+            "{name} {definition:?}"
+        );
     }
     let listed = world.services.list_things(&alice, &ThingFilter::default(), &first_page()).unwrap();
     let names: Vec<_> = listed.items.iter().map(|thing| thing.name.to_string()).collect();
@@ -298,36 +358,107 @@ fn create_thing_is_idempotent_and_counts_attributes() {
     let first = world.services.describe_thing(&alice, &thing("t1")).unwrap();
     let again = world.services.create_thing(&alice, &thing("t1"), &untyped(&three)).unwrap();
     assert_eq!((again.id, again.version), (first.id, 1), "the identical thing comes back");
-    assert_eq!(world.services.describe_thing(&alice, &thing("t5")).unwrap().attributes.len(), 3, "an empty value is no attribute");
+    assert_eq!(
+        world.services.describe_thing(&alice, &thing("t5")).unwrap().attributes.len(),
+        3,
+        "an empty value is no attribute"
+    );
 }
 
 #[test]
 fn update_thing_merges_replaces_and_checks_versions() {
     let world = world();
     let alice = caller(&world);
-    world.services.create_thing(&alice, &thing("t"), &ThingDefinition { attributes: attributes(&[("a", "1"), ("b", "2")]), ..ThingDefinition::default() }).unwrap();
+    world
+        .services
+        .create_thing(
+            &alice,
+            &thing("t"),
+            &ThingDefinition { attributes: attributes(&[("a", "1"), ("b", "2")]), ..ThingDefinition::default() },
+        )
+        .unwrap();
     let merge = |pairs: &[(&str, &str)]| Some(AttributePayload { attributes: attributes(pairs), merge: true });
     let replace = |pairs: &[(&str, &str)]| Some(AttributePayload { attributes: attributes(pairs), merge: false });
     let sensor = Some(thing("sensor"));
     // (update, outcome, attributes after, type after, version after)
     let cases = [
         (ThingUpdate { attributes: merge(&[("c", "3")]), ..ThingUpdate::default() }, "ok", "a=1 b=2 c=3", None, 2),
-        (ThingUpdate { attributes: merge(&[("a", ""), ("b", "9")]), expected_version: Some(2), ..ThingUpdate::default() }, "ok", "b=9 c=3", None, 3),
-        (ThingUpdate { attributes: merge(&[("x", "1")]), expected_version: Some(2), ..ThingUpdate::default() }, "VersionConflict", "b=9 c=3", None, 3),
-        (ThingUpdate { attributes: merge(&[("x", "1"), ("y", "2")]), ..ThingUpdate::default() }, "InvalidRequest", "b=9 c=3", None, 3),
+        (
+            ThingUpdate {
+                attributes: merge(&[("a", ""), ("b", "9")]),
+                expected_version: Some(2),
+                ..ThingUpdate::default()
+            },
+            "ok",
+            "b=9 c=3",
+            None,
+            3,
+        ),
+        (
+            ThingUpdate { attributes: merge(&[("x", "1")]), expected_version: Some(2), ..ThingUpdate::default() },
+            "VersionConflict",
+            "b=9 c=3",
+            None,
+            3,
+        ),
+        (
+            ThingUpdate { attributes: merge(&[("x", "1"), ("y", "2")]), ..ThingUpdate::default() },
+            "InvalidRequest",
+            "b=9 c=3",
+            None,
+            3,
+        ),
         (ThingUpdate { attributes: replace(&[("z", "1")]), ..ThingUpdate::default() }, "ok", "z=1", None, 4),
-        (ThingUpdate { type_name: sensor.clone(), attributes: merge(&[("a", "1"), ("b", "2"), ("c", "3")]), ..ThingUpdate::default() }, "ok", "a=1 b=2 c=3 z=1", sensor.clone(), 5),
-        (ThingUpdate { remove_type: true, ..ThingUpdate::default() }, "InvalidRequest", "a=1 b=2 c=3 z=1", sensor.clone(), 5),
-        (ThingUpdate { remove_type: true, type_name: sensor.clone(), ..ThingUpdate::default() }, "InvalidRequest", "a=1 b=2 c=3 z=1", sensor.clone(), 5),
-        (ThingUpdate { remove_type: true, attributes: replace(&[("only", "1")]), ..ThingUpdate::default() }, "ok", "only=1", None, 6),
-        (ThingUpdate { attributes: replace(&[]), expected_version: Some(6), ..ThingUpdate::default() }, "ok", "", None, 7),
+        (
+            ThingUpdate {
+                type_name: sensor.clone(),
+                attributes: merge(&[("a", "1"), ("b", "2"), ("c", "3")]),
+                ..ThingUpdate::default()
+            },
+            "ok",
+            "a=1 b=2 c=3 z=1",
+            sensor.clone(),
+            5,
+        ),
+        (
+            ThingUpdate { remove_type: true, ..ThingUpdate::default() },
+            "InvalidRequest",
+            "a=1 b=2 c=3 z=1",
+            sensor.clone(),
+            5,
+        ),
+        (
+            ThingUpdate { remove_type: true, type_name: sensor.clone(), ..ThingUpdate::default() },
+            "InvalidRequest",
+            "a=1 b=2 c=3 z=1",
+            sensor.clone(),
+            5,
+        ),
+        (
+            ThingUpdate { remove_type: true, attributes: replace(&[("only", "1")]), ..ThingUpdate::default() },
+            "ok",
+            "only=1",
+            None,
+            6,
+        ),
+        (
+            ThingUpdate { attributes: replace(&[]), expected_version: Some(6), ..ThingUpdate::default() },
+            "ok",
+            "",
+            None,
+            7,
+        ),
         (ThingUpdate { attributes: merge(&[("bad!", "1")]), ..ThingUpdate::default() }, "InvalidRequest", "", None, 7),
     ];
     for (index, (update, expected, attributes_after, type_after, version_after)) in cases.into_iter().enumerate() {
         assert_eq!(kind(world.services.update_thing(&alice, &thing("t"), &update)), expected, "step {index}");
         let stored = world.services.describe_thing(&alice, &thing("t")).unwrap();
         let listed: Vec<_> = stored.attributes.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        assert_eq!((listed.join(" "), stored.type_name, stored.version), (attributes_after.to_string(), type_after, version_after), "step {index}");
+        assert_eq!(
+            (listed.join(" "), stored.type_name, stored.version),
+            (attributes_after.to_string(), type_after, version_after),
+            "step {index}"
+        );
     }
     assert_eq!(kind(world.services.update_thing(&alice, &thing("missing"), &ThingUpdate::default())), "NotFound");
 }
@@ -347,7 +478,11 @@ fn delete_thing_rules() {
         ("t", None, "InvalidRequest"),
     ];
     for (name, expected_version, expected) in cases {
-        assert_eq!(kind(world.services.delete_thing(&alice, &thing(name), expected_version)), expected, "{name} {expected_version:?}");
+        assert_eq!(
+            kind(world.services.delete_thing(&alice, &thing(name), expected_version)),
+            expected,
+            "{name} {expected_version:?}"
+        );
     }
     assert!(world.services.describe_thing(&alice, &thing("t")).is_ok());
     world.services.detach_thing_principal(&alice, &thing("t"), &arn).unwrap();
@@ -406,7 +541,14 @@ fn thing_principals_list_both_ways_and_feed_the_gateway() {
     let (_, other_arn) = certificate(&world, &alice);
     let (_, bobs_arn) = certificate(&world, &bob);
     for name in ["lamp", "switch"] {
-        world.services.create_thing(&alice, &thing(name), &ThingDefinition { attributes: attributes(&[("room", name)]), ..ThingDefinition::default() }).unwrap();
+        world
+            .services
+            .create_thing(
+                &alice,
+                &thing(name),
+                &ThingDefinition { attributes: attributes(&[("room", name)]), ..ThingDefinition::default() },
+            )
+            .unwrap();
     }
     world.services.attach_thing_principal(&alice, &thing("lamp"), &arn, ThingPrincipalType::NonExclusive).unwrap();
     world.services.attach_thing_principal(&alice, &thing("switch"), &arn, ThingPrincipalType::NonExclusive).unwrap();
@@ -417,11 +559,18 @@ fn thing_principals_list_both_ways_and_feed_the_gateway() {
         (&arn, "missing", ThingPrincipalType::NonExclusive, "NotFound"),
     ];
     for (principal, name, principal_type, expected) in cases {
-        assert_eq!(kind(world.services.attach_thing_principal(&alice, &thing(name), principal, principal_type)), expected, "{name}");
+        assert_eq!(
+            kind(world.services.attach_thing_principal(&alice, &thing(name), principal, principal_type)),
+            expected,
+            "{name}"
+        );
     }
     let of_lamp = world.services.list_thing_principals(&alice, &thing("lamp"), None, &first_page()).unwrap();
     assert_eq!(of_lamp.items.len(), 2);
-    let exclusive = world.services.list_thing_principals(&alice, &thing("lamp"), Some(ThingPrincipalType::Exclusive), &first_page()).unwrap();
+    let exclusive = world
+        .services
+        .list_thing_principals(&alice, &thing("lamp"), Some(ThingPrincipalType::Exclusive), &first_page())
+        .unwrap();
     assert_eq!(exclusive.items.len(), 1);
     assert_eq!(kind(world.services.list_thing_principals(&alice, &thing("missing"), None, &first_page())), "NotFound");
     assert_eq!(kind(world.services.list_principal_things(&bob, &arn, None, &first_page())), "NotFound");
@@ -438,8 +587,17 @@ fn thing_principals_list_both_ways_and_feed_the_gateway() {
             AttributeFilter::Equals { name: name.into(), value: value.into() }
         }),
     };
-    for (filter, expected) in [(filter("room", "lamp", false), 1), (filter("room", "s", true), 1), (filter("room", "", true), 2), (filter("floor", "1", false), 0)] {
-        assert_eq!(world.services.list_things(&alice, &filter, &first_page()).unwrap().items.len(), expected, "{filter:?}");
+    for (filter, expected) in [
+        (filter("room", "lamp", false), 1),
+        (filter("room", "s", true), 1),
+        (filter("room", "", true), 2),
+        (filter("floor", "1", false), 0),
+    ] {
+        assert_eq!(
+            world.services.list_things(&alice, &filter, &first_page()).unwrap().items.len(),
+            expected,
+            "{filter:?}"
+        );
     }
 }
 
@@ -460,7 +618,17 @@ fn attachments_and_defaults_reach_the_change_feed() {
     world.services.set_default_policy_version(&alice, &policy("p"), 1).unwrap();
     assert!(world.services.create_policy_version(&alice, &policy("p"), "{", true).is_err()); // refused: nothing
     world.services.attach_thing_principal(&alice, &thing("t"), &arn, ThingPrincipalType::Exclusive).unwrap();
-    world.services.update_thing(&alice, &thing("t"), &ThingUpdate { attributes: Some(AttributePayload { attributes: attributes(&[("a", "1")]), merge: true }), ..ThingUpdate::default() }).unwrap();
+    world
+        .services
+        .update_thing(
+            &alice,
+            &thing("t"),
+            &ThingUpdate {
+                attributes: Some(AttributePayload { attributes: attributes(&[("a", "1")]), merge: true }),
+                ..ThingUpdate::default()
+            },
+        )
+        .unwrap();
     world.services.detach_thing_principal(&alice, &thing("t"), &arn).unwrap();
     world.services.detach_policy(&alice, &policy("p"), &arn).unwrap();
     world.services.delete_policy_version(&alice, &policy("p"), 2).unwrap();

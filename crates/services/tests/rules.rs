@@ -99,7 +99,9 @@ fn verification_certificate_checks() {
     assert_eq!(check(None), "InvalidRequest");
     assert_eq!(check(Some(leaf(&ca, "not-the-code", Duration::days(1)))), "RegistrationCodeValidation");
     assert_eq!(check(Some(leaf(&other, &code, Duration::days(1)))), "CertificateValidation", "signed by another key");
-    let list = |world: &World| world.services.list_ca_certificates(&alice, &PageRequest { limit: 10, ascending: true, after: None }).unwrap();
+    let list = |world: &World| {
+        world.services.list_ca_certificates(&alice, &PageRequest { limit: 10, ascending: true, after: None }).unwrap()
+    };
     assert!(list(&world).items.is_empty(), "refusals leave nothing behind");
     assert_eq!(check(Some(leaf(&ca, &code, Duration::days(1)))), "ok");
     assert_eq!(list(&world).items.len(), 1);
@@ -144,11 +146,17 @@ fn register_certificate_finds_its_ca() {
 
     // A CA that is INACTIVE signs nothing new in; an expired device certificate is refused.
     let third = root("third");
-    world.services.register_ca_certificate(&alice, &CaRegistration {
-        ca_certificate_pem: third.certificate().to_pem(),
-        mode: Some(CertificateMode::SniOnly),
-        ..CaRegistration::default()
-    }).unwrap();
+    world
+        .services
+        .register_ca_certificate(
+            &alice,
+            &CaRegistration {
+                ca_certificate_pem: third.certificate().to_pem(),
+                mode: Some(CertificateMode::SniOnly),
+                ..CaRegistration::default()
+            },
+        )
+        .unwrap();
     assert_eq!(kind(register(Some(&third), &leaf(&third, "d", Duration::days(1)))), "CertificateState");
     let short = leaf(&first, "short-lived", Duration::hours(1));
     world.clock.advance(Duration::hours(2));
@@ -198,7 +206,14 @@ fn deletes_refuse_active_objects() {
     let ca = root("deletable");
     let (_, id) = register_sni_only(&world, &alice, &ca).unwrap();
     assert_eq!(kind(world.services.delete_ca_certificate(&alice, &id)), "CertificateState");
-    world.services.update_ca_certificate(&alice, &id, &CaUpdate { new_status: Some(certfleet_registry::CaStatus::Inactive), ..CaUpdate::default() }).unwrap();
+    world
+        .services
+        .update_ca_certificate(
+            &alice,
+            &id,
+            &CaUpdate { new_status: Some(certfleet_registry::CaStatus::Inactive), ..CaUpdate::default() },
+        )
+        .unwrap();
     assert_eq!(world.services.describe_ca_certificate(&alice, &id).unwrap().customer_version, 2);
     assert_eq!(kind(world.services.delete_ca_certificate(&alice, &id)), "ok");
 }
@@ -211,8 +226,14 @@ fn transfers_accept_reject_cancel() {
 
     let accepted = issue();
     world.services.transfer_certificate(&alice, &accepted, &bob.account, Some("yours".into())).unwrap();
-    assert_eq!(world.services.describe_certificate(&bob, &accepted).unwrap().status, CertificateStatus::PendingTransfer);
-    assert_eq!(kind(world.services.update_certificate(&alice, &accepted, CertificateStatus::Active)), "CertificateState");
+    assert_eq!(
+        world.services.describe_certificate(&bob, &accepted).unwrap().status,
+        CertificateStatus::PendingTransfer
+    );
+    assert_eq!(
+        kind(world.services.update_certificate(&alice, &accepted, CertificateStatus::Active)),
+        "CertificateState"
+    );
     world.services.accept_certificate_transfer(&bob, &accepted, true).unwrap();
     let moved = world.services.describe_certificate(&bob, &accepted).unwrap();
     assert_eq!((moved.status, moved.previous_owner.as_ref()), (CertificateStatus::Active, Some(&alice.account)));
@@ -250,7 +271,10 @@ fn tenants_do_not_see_each_other() {
     let page = PageRequest { limit: 250, ascending: true, after: None };
     assert!(world.services.list_certificates(&bob, &page).unwrap().items.is_empty());
     assert!(world.services.list_ca_certificates(&bob, &page).unwrap().items.is_empty());
-    assert_eq!(world.services.describe_certificate(&alice, &certificate.id).unwrap().status, CertificateStatus::Inactive);
+    assert_eq!(
+        world.services.describe_certificate(&alice, &certificate.id).unwrap().status,
+        CertificateStatus::Inactive
+    );
 }
 
 #[test]
@@ -283,7 +307,14 @@ fn state_changes_reach_the_change_feed_in_their_transaction() {
     // A refused update records nothing.
     assert!(world.services.update_certificate(&alice, &certificate.id, CertificateStatus::Active).is_err());
     let (_, ca) = register_sni_only(&world, &alice, &root("fed")).unwrap();
-    world.services.update_ca_certificate(&alice, &ca, &CaUpdate { new_status: Some(certfleet_registry::CaStatus::Inactive), ..CaUpdate::default() }).unwrap();
+    world
+        .services
+        .update_ca_certificate(
+            &alice,
+            &ca,
+            &CaUpdate { new_status: Some(certfleet_registry::CaStatus::Inactive), ..CaUpdate::default() },
+        )
+        .unwrap();
 
     let seen: Vec<_> = feed(start).into_iter().map(|change| (change.kind, change.entity_id)).collect();
     assert_eq!(

@@ -47,24 +47,18 @@ pub fn parse_authorization(header_value: &str) -> Result<Authorization, Error> {
     }
     for parameter in parameters.split(',').map(str::trim) {
         let Some((name, value)) = parameter.split_once('=') else {
-            return Err(malformed(format!(
-                "authorization parameter {parameter:?} is not name=value"
-            )));
+            return Err(malformed(format!("authorization parameter {parameter:?} is not name=value")));
         };
         let slot = match name {
             "Credential" => &mut credential,
             "SignedHeaders" => &mut signed_headers,
             "Signature" => &mut signature,
             _ => {
-                return Err(malformed(format!(
-                    "unknown authorization parameter {name:?}"
-                )));
+                return Err(malformed(format!("unknown authorization parameter {name:?}")));
             }
         };
         if slot.replace(value).is_some() {
-            return Err(malformed(format!(
-                "authorization parameter {name:?} appears twice"
-            )));
+            return Err(malformed(format!("authorization parameter {name:?} appears twice")));
         }
     }
     let credential = credential.ok_or_else(|| missing_parameter("Credential"))?;
@@ -78,14 +72,10 @@ pub fn parse_authorization(header_value: &str) -> Result<Authorization, Error> {
         )));
     };
     if access_key_id.is_empty() || region.is_empty() || service.is_empty() {
-        return Err(malformed(format!(
-            "credential {credential:?} has an empty part"
-        )));
+        return Err(malformed(format!("credential {credential:?} has an empty part")));
     }
     if parse_scope_date(date).is_none() {
-        return Err(malformed(format!(
-            "credential date {date:?} is not a yyyymmdd date"
-        )));
+        return Err(malformed(format!("credential date {date:?} is not a yyyymmdd date")));
     }
     if terminator != SCOPE_TERMINATOR {
         return Err(Error::WrongScope {
@@ -98,26 +88,14 @@ pub fn parse_authorization(header_value: &str) -> Result<Authorization, Error> {
     let signed_headers: Vec<String> = signed_headers.split(';').map(str::to_owned).collect();
     let well_formed = |name: &String| !name.is_empty() && name.bytes().all(is_lowercase_token_byte);
     if !signed_headers.iter().all(well_formed) {
-        return Err(malformed(format!(
-            "signed headers {:?} are not lowercase header names",
-            signed_headers.join(";")
-        )));
+        return Err(malformed(format!("signed headers {:?} are not lowercase header names", signed_headers.join(";"))));
     }
     if !signed_headers.windows(2).all(|pair| pair[0] < pair[1]) {
-        return Err(malformed(format!(
-            "signed headers {:?} are not sorted and unique",
-            signed_headers.join(";")
-        )));
+        return Err(malformed(format!("signed headers {:?} are not sorted and unique", signed_headers.join(";"))));
     }
 
-    if signature.len() != 64
-        || !signature
-            .bytes()
-            .all(|byte| matches!(byte, b'0'..=b'9' | b'a'..=b'f'))
-    {
-        return Err(malformed(
-            "signature is not 64 lowercase hex digits".to_owned(),
-        ));
+    if signature.len() != 64 || !signature.bytes().all(|byte| matches!(byte, b'0'..=b'9' | b'a'..=b'f')) {
+        return Err(malformed("signature is not 64 lowercase hex digits".to_owned()));
     }
 
     Ok(Authorization {
@@ -143,15 +121,11 @@ pub fn parse_request_auth(req: &Request<'_>) -> Result<(Authorization, OffsetDat
         None => return Err(Error::MissingAuthentication),
     };
     let request_time = if let Some(amz_date) = single_header(req, "x-amz-date")? {
-        parse_amz_date(amz_date)
-            .ok_or_else(|| malformed(format!("x-amz-date {amz_date:?} is not yyyymmddThhmmssZ")))?
+        parse_amz_date(amz_date).ok_or_else(|| malformed(format!("x-amz-date {amz_date:?} is not yyyymmddThhmmssZ")))?
     } else if let Some(http_date) = single_header(req, "date")? {
-        parse_http_date(http_date)
-            .ok_or_else(|| malformed(format!("date {http_date:?} is not an RFC 1123 date")))?
+        parse_http_date(http_date).ok_or_else(|| malformed(format!("date {http_date:?} is not an RFC 1123 date")))?
     } else {
-        return Err(malformed(
-            "the request has neither an x-amz-date nor a date header".to_owned(),
-        ));
+        return Err(malformed("the request has neither an x-amz-date nor a date header".to_owned()));
     };
     Ok((authorization, request_time))
 }
@@ -166,12 +140,7 @@ pub(crate) fn parse_amz_date(value: &str) -> Option<OffsetDateTime> {
     let hour = digits(&value[9..11])?;
     let minute = digits(&value[11..13])?;
     let second = digits(&value[13..15])?;
-    let time = Time::from_hms(
-        hour.try_into().ok()?,
-        minute.try_into().ok()?,
-        second.try_into().ok()?,
-    )
-    .ok()?;
+    let time = Time::from_hms(hour.try_into().ok()?, minute.try_into().ok()?, second.try_into().ok()?).ok()?;
     Some(PrimitiveDateTime::new(date, time).assume_utc())
 }
 
@@ -217,25 +186,17 @@ fn digits(value: &str) -> Option<u32> {
 
 /// Parses an RFC 1123 `Date` header, `Tue, 24 Nov 2026 20:59:07 GMT`.
 fn parse_http_date(value: &str) -> Option<OffsetDateTime> {
-    let format = format_description!(
-        "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
-    );
-    PrimitiveDateTime::parse(value.trim(), format)
-        .ok()
-        .map(PrimitiveDateTime::assume_utc)
+    let format =
+        format_description!("[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT");
+    PrimitiveDateTime::parse(value.trim(), format).ok().map(PrimitiveDateTime::assume_utc)
 }
 
 /// The value of a header that may appear at most once, `None` when absent.
 fn single_header<'a>(req: &Request<'a>, name: &str) -> Result<Option<&'a str>, Error> {
-    let mut matching = req
-        .headers
-        .iter()
-        .filter(|(header_name, _)| header_name.eq_ignore_ascii_case(name));
+    let mut matching = req.headers.iter().filter(|(header_name, _)| header_name.eq_ignore_ascii_case(name));
     let first = matching.next().map(|(_, value)| *value);
     if matching.next().is_some() {
-        return Err(malformed(format!(
-            "the {name} header appears more than once"
-        )));
+        return Err(malformed(format!("the {name} header appears more than once")));
     }
     Ok(first)
 }
@@ -250,7 +211,5 @@ fn malformed(message: String) -> Error {
 }
 
 fn missing_parameter(name: &str) -> Error {
-    malformed(format!(
-        "authorization header requires the {name:?} parameter"
-    ))
+    malformed(format!("authorization header requires the {name:?} parameter"))
 }

@@ -13,11 +13,7 @@ use crate::{Error, Request};
 const UNSIGNED_PAYLOAD: &str = "UNSIGNED-PAYLOAD";
 
 /// Everything but the SigV4 unreserved characters `A-Z a-z 0-9 - _ . ~` is percent-encoded.
-const ENCODE_QUERY: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'_')
-    .remove(b'.')
-    .remove(b'~');
+const ENCODE_QUERY: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
 
 /// As [`ENCODE_QUERY`], but `/` separates path segments and stays as it is.
 const ENCODE_PATH: &AsciiSet = &ENCODE_QUERY.remove(b'/');
@@ -36,11 +32,7 @@ pub fn canonical_request(req: &Request<'_>, signed_headers: &[String]) -> Result
     let body_hash = hex_sha256(req.body);
     let payload_hash = match header_value(req.headers, "x-amz-content-sha256") {
         None => body_hash,
-        Some(claimed)
-            if claimed == UNSIGNED_PAYLOAD || claimed.eq_ignore_ascii_case(&body_hash) =>
-        {
-            claimed
-        }
+        Some(claimed) if claimed == UNSIGNED_PAYLOAD || claimed.eq_ignore_ascii_case(&body_hash) => claimed,
         Some(_) => return Err(Error::PayloadHashMismatch),
     };
     canonical_request_with_payload_hash(req, signed_headers, &payload_hash)
@@ -60,8 +52,7 @@ pub(crate) fn canonical_request_with_payload_hash(
     canonical.push_str(&canonical_query(req.raw_query));
     canonical.push('\n');
     for name in signed_headers {
-        let value = header_value(req.headers, name)
-            .ok_or_else(|| Error::MissingSignedHeader(name.clone()))?;
+        let value = header_value(req.headers, name).ok_or_else(|| Error::MissingSignedHeader(name.clone()))?;
         canonical.push_str(name);
         canonical.push(':');
         canonical.push_str(&value);
@@ -83,10 +74,7 @@ pub(crate) fn hex_sha256(data: &[u8]) -> String {
 /// collapsed to one space, occurrences joined with `,`. `None` when the header is absent.
 pub(crate) fn header_value(headers: &[(&str, &str)], name: &str) -> Option<String> {
     let mut joined: Option<String> = None;
-    for (_, value) in headers
-        .iter()
-        .filter(|(header_name, _)| header_name.eq_ignore_ascii_case(name))
-    {
+    for (_, value) in headers.iter().filter(|(header_name, _)| header_name.eq_ignore_ascii_case(name)) {
         let trimmed = value.split_whitespace().collect::<Vec<_>>().join(" ");
         match &mut joined {
             None => joined = Some(trimmed),
@@ -116,11 +104,7 @@ fn canonical_uri(raw_path: &str) -> String {
         }
     }
     let leading = if raw_path.starts_with('/') { "/" } else { "" };
-    let trailing = if raw_path.ends_with('/') && !segments.is_empty() {
-        "/"
-    } else {
-        ""
-    };
+    let trailing = if raw_path.ends_with('/') && !segments.is_empty() { "/" } else { "" };
     let normalized = format!("{leading}{}{trailing}", segments.join("/"));
     percent_encode(normalized.as_bytes(), ENCODE_PATH).to_string()
 }

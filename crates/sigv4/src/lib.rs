@@ -55,16 +55,10 @@ impl SigningKey {
     /// `service` and `aws4_request`.
     #[must_use]
     pub fn derive(secret_access_key: &str, date: &str, region: &str, service: &str) -> Self {
-        let secret = hmac::Key::new(
-            hmac::HMAC_SHA256,
-            format!("AWS4{secret_access_key}").as_bytes(),
-        );
+        let secret = hmac::Key::new(hmac::HMAC_SHA256, format!("AWS4{secret_access_key}").as_bytes());
         let mut derived = hmac::sign(&secret, date.as_bytes());
         for scope_part in [region, service, SCOPE_TERMINATOR] {
-            derived = hmac::sign(
-                &hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref()),
-                scope_part.as_bytes(),
-            );
+            derived = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref()), scope_part.as_bytes());
         }
         Self(hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref()))
     }
@@ -164,23 +158,12 @@ pub enum Error {
 /// 20261124T205907Z is now earlier than 20261124T210907Z (20261124T211407Z - 5 min.)` or `Signature not
 /// yet current: … is still later than … (… + 5 min.)`.
 #[must_use]
-pub fn clock_skew_message(
-    request_time: OffsetDateTime,
-    now: OffsetDateTime,
-    max_clock_skew: Duration,
-) -> String {
-    format!(
-        "Signature {}",
-        skew_detail(request_time, now, max_clock_skew)
-    )
+pub fn clock_skew_message(request_time: OffsetDateTime, now: OffsetDateTime, max_clock_skew: Duration) -> String {
+    format!("Signature {}", skew_detail(request_time, now, max_clock_skew))
 }
 
 /// The clock skew message after its first word.
-fn skew_detail(
-    request_time: OffsetDateTime,
-    now: OffsetDateTime,
-    max_clock_skew: Duration,
-) -> String {
+fn skew_detail(request_time: OffsetDateTime, now: OffsetDateTime, max_clock_skew: Duration) -> String {
     let skew = if max_clock_skew.whole_seconds() % 60 == 0 {
         format!("{} min.", max_clock_skew.whole_minutes())
     } else {
@@ -223,27 +206,15 @@ pub fn verify(
         (ScopeComponent::Date, &auth.date, &request_date),
     ] {
         if found != expected {
-            return Err(Error::WrongScope {
-                component,
-                found: found.clone(),
-                expected: expected.to_owned(),
-            });
+            return Err(Error::WrongScope { component, found: found.clone(), expected: expected.to_owned() });
         }
     }
 
     if (now - request_time).abs() > policy.max_clock_skew {
-        return Err(Error::SignatureExpired {
-            request_time,
-            now,
-            max_clock_skew: policy.max_clock_skew,
-        });
+        return Err(Error::SignatureExpired { request_time, now, max_clock_skew: policy.max_clock_skew });
     }
 
-    let date_header = if header_value(req.headers, "x-amz-date").is_some() {
-        "x-amz-date"
-    } else {
-        "date"
-    };
+    let date_header = if header_value(req.headers, "x-amz-date").is_some() { "x-amz-date" } else { "date" };
     for required in ["host", date_header] {
         if !auth.signed_headers.iter().any(|signed| signed == required) {
             return Err(Error::HeaderNotSigned(required.to_owned()));
@@ -251,10 +222,7 @@ pub fn verify(
     }
 
     let canonical = canonical_request(req, &auth.signed_headers)?;
-    let scope = format!(
-        "{}/{}/{}/{SCOPE_TERMINATOR}",
-        auth.date, auth.region, auth.service
-    );
+    let scope = format!("{}/{}/{}/{SCOPE_TERMINATOR}", auth.date, auth.region, auth.service);
     let string_to_sign = string_to_sign(&format_amz_date(request_time), &scope, &canonical);
     let claimed = hex::decode(&auth.signature).map_err(|_| Error::SignatureMismatch)?;
     hmac::verify(&key.0, string_to_sign.as_bytes(), &claimed).map_err(|_| Error::SignatureMismatch)
@@ -281,29 +249,17 @@ pub fn sign(
         .headers
         .iter()
         .copied()
-        .filter(|(name, _)| {
-            !name.eq_ignore_ascii_case("authorization") && !name.eq_ignore_ascii_case("x-amz-date")
-        })
+        .filter(|(name, _)| !name.eq_ignore_ascii_case("authorization") && !name.eq_ignore_ascii_case("x-amz-date"))
         .collect();
     headers.push(("x-amz-date", &amz_date));
-    let mut signed_headers: Vec<String> = headers
-        .iter()
-        .map(|(name, _)| name.to_ascii_lowercase())
-        .collect();
+    let mut signed_headers: Vec<String> = headers.iter().map(|(name, _)| name.to_ascii_lowercase()).collect();
     signed_headers.sort_unstable();
     signed_headers.dedup();
 
-    let payload_hash =
-        header_value(&headers, "x-amz-content-sha256").unwrap_or_else(|| hex_sha256(req.body));
-    let canonical = canonical_request_with_payload_hash(
-        &Request {
-            headers: &headers,
-            ..*req
-        },
-        &signed_headers,
-        &payload_hash,
-    )
-    .expect("every signed header is taken from the request's own headers");
+    let payload_hash = header_value(&headers, "x-amz-content-sha256").unwrap_or_else(|| hex_sha256(req.body));
+    let canonical =
+        canonical_request_with_payload_hash(&Request { headers: &headers, ..*req }, &signed_headers, &payload_hash)
+            .expect("every signed header is taken from the request's own headers");
     let scope = format!("{date}/{region}/{service}/{SCOPE_TERMINATOR}");
     let string_to_sign = string_to_sign(&amz_date, &scope, &canonical);
     let key = SigningKey::derive(secret_access_key, &date, region, service);
@@ -312,16 +268,10 @@ pub fn sign(
         "{ALGORITHM} Credential={access_key_id}/{scope}, SignedHeaders={}, Signature={signature}",
         signed_headers.join(";")
     );
-    vec![
-        ("x-amz-date".to_owned(), amz_date),
-        ("authorization".to_owned(), authorization),
-    ]
+    vec![("x-amz-date".to_owned(), amz_date), ("authorization".to_owned(), authorization)]
 }
 
 /// The string to sign: algorithm, request time, scope and the hex SHA-256 of the canonical request.
 fn string_to_sign(amz_date: &str, scope: &str, canonical_request: &str) -> String {
-    format!(
-        "{ALGORITHM}\n{amz_date}\n{scope}\n{}",
-        hex_sha256(canonical_request.as_bytes())
-    )
+    format!("{ALGORITHM}\n{amz_date}\n{scope}\n{}", hex_sha256(canonical_request.as_bytes()))
 }

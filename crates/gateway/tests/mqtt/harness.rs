@@ -52,7 +52,14 @@ impl ConnectionObserver for Recorder {
         self.seen.lock().unwrap().push(("connected".into(), client_id.into()));
     }
 
-    fn disconnected(&self, _identity: &Identity, client_id: &str, _session_identifier: &str, _at: OffsetDateTime, reason: &str) {
+    fn disconnected(
+        &self,
+        _identity: &Identity,
+        client_id: &str,
+        _session_identifier: &str,
+        _at: OffsetDateTime,
+        reason: &str,
+    ) {
         self.seen.lock().unwrap().push((reason.into(), client_id.into()));
     }
 }

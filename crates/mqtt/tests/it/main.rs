@@ -14,10 +14,9 @@ use std::num::{NonZeroU16, NonZeroU32};
 
 use bytes::{Bytes, BytesMut};
 use certfleet_mqtt::{
-    Auth, ConnAck, Connect, Disconnect, Error, Packet, PacketId, PayloadFormat, Properties,
-    ProtocolVersion, PubAck, PubComp, PubRec, PubRel, Publish, QoS, ReasonCode, RetainHandling,
-    SubAck, Subscribe, Subscription, TopicFilter, TopicName, UnsubAck, Unsubscribe, Will, decode,
-    encode,
+    Auth, ConnAck, Connect, Disconnect, Error, Packet, PacketId, PayloadFormat, Properties, ProtocolVersion, PubAck,
+    PubComp, PubRec, PubRel, Publish, QoS, ReasonCode, RetainHandling, SubAck, Subscribe, Subscription, TopicFilter,
+    TopicName, UnsubAck, Unsubscribe, Will, decode, encode,
 };
 
 use ProtocolVersion::{V5, V311};
@@ -27,17 +26,12 @@ const MAX: usize = 1 << 20;
 
 /// Bytes from space-separated hex ("10 0d 00 04").
 fn hex(text: &str) -> Vec<u8> {
-    text.split_whitespace()
-        .map(|byte| u8::from_str_radix(byte, 16).expect("test hex"))
-        .collect()
+    text.split_whitespace().map(|byte| u8::from_str_radix(byte, 16).expect("test hex")).collect()
 }
 
 /// A frame with a one-byte Remaining Length around `body`.
 fn frame(first_byte: u8, body: &[u8]) -> Vec<u8> {
-    let mut bytes = vec![
-        first_byte,
-        u8::try_from(body.len()).expect("short test body"),
-    ];
+    let mut bytes = vec![first_byte, u8::try_from(body.len()).expect("short test body")];
     assert!(body.len() < 128);
     bytes.extend_from_slice(body);
     bytes
@@ -45,10 +39,7 @@ fn frame(first_byte: u8, body: &[u8]) -> Vec<u8> {
 
 /// A length-prefixed string (or binary) field.
 fn field(bytes: &[u8]) -> Vec<u8> {
-    let mut out = u16::try_from(bytes.len())
-        .expect("short field")
-        .to_be_bytes()
-        .to_vec();
+    let mut out = u16::try_from(bytes.len()).expect("short field").to_be_bytes().to_vec();
     out.extend_from_slice(bytes);
     out
 }
@@ -115,17 +106,11 @@ fn subscription(text: &str, qos: QoS) -> Subscription {
 }
 
 fn user_properties() -> Properties {
-    Properties {
-        user_properties: vec![("k".into(), "v".into()), ("k".into(), "w".into())],
-        ..Properties::default()
-    }
+    Properties { user_properties: vec![("k".into(), "v".into()), ("k".into(), "w".into())], ..Properties::default() }
 }
 
 fn reason_string(text: &str) -> Properties {
-    Properties {
-        reason_string: Some(text.into()),
-        ..user_properties()
-    }
+    Properties { reason_string: Some(text.into()), ..user_properties() }
 }
 
 /// Packets every version can carry, with no MQTT 5 field set.
@@ -144,23 +129,14 @@ fn samples_common(version: ProtocolVersion) -> Vec<Packet> {
         password: Some(Bytes::from_static(b"secret\0\xff")),
         ..connect(version)
     };
-    let anonymous = Connect {
-        client_id: String::new(),
-        ..connect(version)
-    };
+    let anonymous = Connect { client_id: String::new(), ..connect(version) };
     vec![
         Packet::Connect(Box::new(connect(version))),
         Packet::Connect(Box::new(full_connect)),
         Packet::Connect(Box::new(anonymous)),
         Packet::ConnAck(ConnAck::default()),
-        Packet::ConnAck(ConnAck {
-            session_present: true,
-            ..ConnAck::default()
-        }),
-        Packet::ConnAck(ConnAck {
-            reason_code: ReasonCode::NOT_AUTHORIZED,
-            ..ConnAck::default()
-        }),
+        Packet::ConnAck(ConnAck { session_present: true, ..ConnAck::default() }),
+        Packet::ConnAck(ConnAck { reason_code: ReasonCode::NOT_AUTHORIZED, ..ConnAck::default() }),
         Packet::Publish(publish(QoS::AtMostOnce, None, b"hello")),
         Packet::Publish(publish(QoS::AtLeastOnce, Some(10), b"")),
         Packet::Publish(Publish {
@@ -272,10 +248,7 @@ fn samples_v5() -> Vec<Packet> {
             ..user_properties()
         },
     }));
-    samples.push(Packet::ConnAck(ConnAck {
-        reason_code: ReasonCode::BANNED,
-        ..ConnAck::default()
-    }));
+    samples.push(Packet::ConnAck(ConnAck { reason_code: ReasonCode::BANNED, ..ConnAck::default() }));
     samples.push(Packet::Publish(Publish {
         properties: Properties {
             payload_format_indicator: Some(PayloadFormat::Unspecified),
@@ -294,38 +267,24 @@ fn samples_v5() -> Vec<Packet> {
     }));
     samples.push(Packet::Publish(Publish {
         topic: None,
-        properties: Properties {
-            topic_alias: NonZeroU16::new(3),
-            ..Properties::default()
-        },
+        properties: Properties { topic_alias: NonZeroU16::new(3), ..Properties::default() },
         ..publish(QoS::AtMostOnce, None, b"aliased")
     }));
-    samples.push(Packet::PubAck(PubAck {
-        reason_code: ReasonCode::NO_MATCHING_SUBSCRIBERS,
-        ..PubAck::new(pid(1))
-    }));
+    samples.push(Packet::PubAck(PubAck { reason_code: ReasonCode::NO_MATCHING_SUBSCRIBERS, ..PubAck::new(pid(1)) }));
     samples.push(Packet::PubAck(PubAck {
         reason_code: ReasonCode::NOT_AUTHORIZED,
         properties: reason_string("policy denies publish"),
         ..PubAck::new(pid(1))
     }));
-    samples.push(Packet::PubAck(PubAck {
-        properties: user_properties(),
-        ..PubAck::new(pid(1))
-    }));
+    samples.push(Packet::PubAck(PubAck { properties: user_properties(), ..PubAck::new(pid(1)) }));
     samples.push(Packet::PubRec(PubRec {
         reason_code: ReasonCode::QUOTA_EXCEEDED,
         properties: reason_string("quota"),
         ..PubRec::new(pid(2))
     }));
-    samples.push(Packet::PubRel(PubRel {
-        reason_code: ReasonCode::PACKET_IDENTIFIER_NOT_FOUND,
-        ..PubRel::new(pid(3))
-    }));
-    samples.push(Packet::PubComp(PubComp {
-        properties: reason_string("done"),
-        ..PubComp::new(pid(4))
-    }));
+    samples
+        .push(Packet::PubRel(PubRel { reason_code: ReasonCode::PACKET_IDENTIFIER_NOT_FOUND, ..PubRel::new(pid(3)) }));
+    samples.push(Packet::PubComp(PubComp { properties: reason_string("done"), ..PubComp::new(pid(4)) }));
     samples.push(Packet::Subscribe(Subscribe {
         packet_id: pid(9),
         subscriptions: vec![

@@ -54,10 +54,8 @@ fn check_reencodes(packet: &Packet, version: ProtocolVersion) {
 }
 
 /// A fixed header's first byte for each packet type, with valid flags.
-const VALID_FIRST_BYTES: [u8; 17] = [
-    0x10, 0x20, 0x30, 0x32, 0x34, 0x40, 0x50, 0x62, 0x70, 0x82, 0x90, 0xa2, 0xb0, 0xc0, 0xd0, 0xe0,
-    0xf0,
-];
+const VALID_FIRST_BYTES: [u8; 17] =
+    [0x10, 0x20, 0x30, 0x32, 0x34, 0x40, 0x50, 0x62, 0x70, 0x82, 0x90, 0xa2, 0xb0, 0xc0, 0xd0, 0xe0, 0xf0];
 
 #[test]
 fn random_bytes() {
@@ -81,10 +79,7 @@ fn random_bytes() {
 #[test]
 fn mutated_frames() {
     let mut rng = Rng(0x2545_F491_4F6C_DD1D);
-    let frames: Vec<Vec<u8>> = all_samples()
-        .iter()
-        .map(|(packet, version)| encode_to_vec(packet, *version))
-        .collect();
+    let frames: Vec<Vec<u8>> = all_samples().iter().map(|(packet, version)| encode_to_vec(packet, *version)).collect();
     let mut decoded = 0;
     for _ in 0..6000 {
         let mut bytes = frames[rng.below(frames.len())].clone();
