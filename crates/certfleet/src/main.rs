@@ -228,7 +228,7 @@ async fn gateway_sessions(
     match output {
         Output::Json => println!("{answer}"),
         Output::Text => {
-            println!("{:<24} {:<64} {:<8} {:<22} {}", "CLIENT ID", "CERTIFICATE", "TLS", "PEER", "CONNECTED AT");
+            println!("{:<24} {:<64} {:<8} {:<22} CONNECTED AT", "CLIENT ID", "CERTIFICATE", "TLS", "PEER");
             for session in answer["sessions"].as_array().into_iter().flatten() {
                 let connected = session["connectedAt"].as_f64().unwrap_or(0.0);
                 let since = time::OffsetDateTime::from_unix_timestamp(connected as i64)

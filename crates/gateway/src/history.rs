@@ -52,7 +52,7 @@ impl HistoryRecorder {
     fn enqueue(&self, event: Event) {
         if self.queue.try_send(event).is_err() {
             let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-            if dropped == 1 || dropped % 1000 == 0 {
+            if dropped == 1 || dropped.is_multiple_of(1000) {
                 tracing::warn!(dropped, "connection history queue full: records dropped");
             }
         }

@@ -117,13 +117,16 @@ pub struct Identity {
 /// The registry as the gateway sees it: cached, invalidated by the change feed.
 pub struct Registry {
     services: Arc<Services>,
-    certificates: Mutex<HashMap<(AccountId, CertificateId), Option<Arc<DeviceCertificate>>>>,
-    cas: Mutex<HashMap<(AccountId, CertificateId), Option<Arc<CaCertificate>>>>,
+    certificates: Mutex<Cache<DeviceCertificate>>,
+    cas: Mutex<Cache<CaCertificate>>,
     /// (device, CA) pairs whose signature verified; a certificate's bytes never change.
     verified: Mutex<HashMap<(CertificateId, CertificateId), ()>>,
     /// Where just-in-time registration events go (the broker, attached once it exists).
     events: OnceLock<Arc<dyn EventSink>>,
 }
+
+/// What the registry said of an account's certificate (or CA): `None` when it holds none.
+type Cache<T> = HashMap<(AccountId, CertificateId), Option<Arc<T>>>;
 
 /// Beyond this many entries a cache is emptied rather than grown (a crude but safe bound).
 const MAX_CACHED: usize = 1_000_000;

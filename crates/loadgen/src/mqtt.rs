@@ -459,7 +459,7 @@ async fn publisher(
     sent: &AtomicU64,
     budget: &AtomicU64,
 ) -> anyhow::Result<()> {
-    let topic = TopicName::new(&format!("loadgen/{index}"))?;
+    let topic = TopicName::new(format!("loadgen/{index}"))?;
     let Client { stream, buffer } = client;
     let (mut reader, mut writer) = tokio::io::split(stream);
     // QoS 1: at most 64 unacknowledged messages per publisher.
