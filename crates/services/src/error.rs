@@ -61,3 +61,27 @@ pub enum Error {
     #[error("internal failure: {0}")]
     Internal(String),
 }
+
+impl Error {
+    /// The refusal's name, for logs and tests (`"CertificateState"`, `"NotFound"`, ...).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::InvalidRequest(_) => "InvalidRequest",
+            Error::NotFound(_) => "NotFound",
+            Error::AlreadyExists { .. } => "AlreadyExists",
+            Error::CertificateState(_) => "CertificateState",
+            Error::CertificateValidation(_) => "CertificateValidation",
+            Error::RegistrationCodeValidation(_) => "RegistrationCodeValidation",
+            Error::CertificateConflict(_) => "CertificateConflict",
+            Error::DeleteConflict(_) => "DeleteConflict",
+            Error::TransferConflict(_) => "TransferConflict",
+            Error::TransferAlreadyCompleted(_) => "TransferAlreadyCompleted",
+            Error::LimitExceeded(_) => "LimitExceeded",
+            Error::MalformedPolicy(_) => "MalformedPolicy",
+            Error::VersionsLimitExceeded(_) => "VersionsLimitExceeded",
+            Error::VersionConflict(_) => "VersionConflict",
+            Error::Registry(_) => "Registry",
+            Error::Internal(_) => "Internal",
+        }
+    }
+}

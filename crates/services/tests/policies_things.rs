@@ -19,22 +19,7 @@ fn caller(world: &World) -> Caller {
     world.caller()
 }
 
-fn kind<T>(result: Result<T, Error>) -> &'static str {
-    match result {
-        Ok(_) => "ok",
-        Err(Error::InvalidRequest(_)) => "InvalidRequest",
-        Err(Error::NotFound(_)) => "NotFound",
-        Err(Error::AlreadyExists { .. }) => "AlreadyExists",
-        Err(Error::CertificateState(_)) => "CertificateState",
-        Err(Error::DeleteConflict(_)) => "DeleteConflict",
-        Err(Error::TransferConflict(_)) => "TransferConflict",
-        Err(Error::LimitExceeded(_)) => "LimitExceeded",
-        Err(Error::MalformedPolicy(_)) => "MalformedPolicy",
-        Err(Error::VersionsLimitExceeded(_)) => "VersionsLimitExceeded",
-        Err(Error::VersionConflict(_)) => "VersionConflict",
-        Err(other) => panic!("unexpected error {other:?}"),
-    }
-}
+use certfleet_testkit::outcome as kind;
 
 fn policy(name: &str) -> PolicyName {
     PolicyName::parse(name).unwrap()

@@ -47,21 +47,7 @@ fn register_sni_only(world: &World, caller: &Caller, ca: &Issuer) -> Result<(Str
     )
 }
 
-fn kind(result: Result<impl std::fmt::Debug, Error>) -> &'static str {
-    match result {
-        Ok(_) => "ok",
-        Err(Error::InvalidRequest(_)) => "InvalidRequest",
-        Err(Error::NotFound(_)) => "NotFound",
-        Err(Error::AlreadyExists { .. }) => "AlreadyExists",
-        Err(Error::CertificateState(_)) => "CertificateState",
-        Err(Error::CertificateValidation(_)) => "CertificateValidation",
-        Err(Error::RegistrationCodeValidation(_)) => "RegistrationCodeValidation",
-        Err(Error::CertificateConflict(_)) => "CertificateConflict",
-        Err(Error::TransferAlreadyCompleted(_)) => "TransferAlreadyCompleted",
-        Err(Error::LimitExceeded(_)) => "LimitExceeded",
-        Err(other) => panic!("unexpected error {other:?}"),
-    }
-}
+use certfleet_testkit::outcome as kind;
 
 #[test]
 fn a_ca_is_default_in_one_account_and_sni_only_in_any_number() {

@@ -67,3 +67,11 @@ impl World {
         Caller { account: self.services.create_account().expect("creating an account").id }
     }
 }
+
+/// `"ok"`, or the name of the refusal: one-line test cases compare outcomes as text.
+pub fn outcome<T>(result: Result<T, certfleet_services::Error>) -> &'static str {
+    match result {
+        Ok(_) => "ok",
+        Err(error) => error.kind(),
+    }
+}
