@@ -27,7 +27,8 @@ pub const KEY_CACHE_TTL: Duration = Duration::from_secs(5);
 /// Derived signing keys by (access key ID, scope date).
 #[derive(Default)]
 pub struct KeyCache {
-    keys: RwLock<HashMap<(String, String), CachedKey>>,
+    /// By access key, date, region and service: the derived key depends on all four.
+    keys: RwLock<HashMap<(String, String, String, String), CachedKey>>,
 }
 
 #[derive(Clone)]
@@ -132,7 +133,15 @@ async fn verify(state: &Arc<AppState>, parts: &http::request::Parts, body: &[u8]
     let (authorization, request_time) = sigv4::parse_request_auth(&request).map_err(|error| signature_error(&error))?;
     let cached = cached_key(state, &authorization).await?;
     let config = &state.config;
-    let policy = VerifyPolicy { region: &config.region, service: "iot", max_clock_skew: config.max_clock_skew };
+    // ACM's calls (awsJson1.1 on `POST /`) are signed for the service `acm`, the rest for `iot`.
+    let is_acm = parts.uri.path() == "/"
+        && parts
+            .headers
+            .get("x-amz-target")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|t| t.starts_with(crate::acm::TARGET_PREFIX));
+    let service = if is_acm { "acm" } else { "iot" };
+    let policy = VerifyPolicy { region: &config.region, service, max_clock_skew: config.max_clock_skew };
     let now = state.services.now();
     sigv4::verify(&request, &authorization, request_time, &cached.key, &policy, now)
         .map_err(|error| signature_error(&error))?;
@@ -140,7 +149,12 @@ async fn verify(state: &Arc<AppState>, parts: &http::request::Parts, body: &[u8]
 }
 
 async fn cached_key(state: &Arc<AppState>, authorization: &sigv4::Authorization) -> Result<CachedKey, ApiError> {
-    let cache_key = (authorization.access_key_id.clone(), authorization.date.clone());
+    let cache_key = (
+        authorization.access_key_id.clone(),
+        authorization.date.clone(),
+        authorization.region.clone(),
+        authorization.service.clone(),
+    );
     if let Ok(keys) = state.keys.keys.read()
         && let Some(cached) = keys.get(&cache_key)
         && cached.fetched.elapsed() < KEY_CACHE_TTL

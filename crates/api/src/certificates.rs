@@ -10,7 +10,7 @@ use axum::{Extension, body::Bytes};
 use certfleet_pki::CertificateId;
 use certfleet_registry::{AccountId, PageRequest};
 use certfleet_services::{
-    CaRegistration, CaUpdate, Caller, CertificateRegistration, EndpointType, Services, decode_marker, encode_marker,
+    CaRegistration, CaUpdate, Caller, CertificateRegistration, Services, decode_marker, encode_marker,
 };
 use serde_json::json;
 
@@ -418,9 +418,8 @@ pub async fn describe_endpoint(
     RawQuery(query): RawQuery,
 ) -> Reply {
     let query = Query::parse(query.as_deref())?;
-    let endpoint_type =
-        query.text("endpointType").filter(|text| !text.is_empty()).map(EndpointType::parse).transpose()?;
-    let address = call(&state, move |services| services.describe_endpoint(&caller, endpoint_type)).await?;
+    let endpoint_type = query.text("endpointType").filter(|text| !text.is_empty()).map(str::to_owned);
+    let address = call(&state, move |services| services.endpoint_address(&caller, endpoint_type.as_deref())).await?;
     json(json!({ "endpointAddress": address }))
 }
 

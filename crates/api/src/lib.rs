@@ -8,8 +8,10 @@
 //!
 //! **API Boundary:** the HTTP API itself, which the stock AWS CLI and SDKs drive.
 
+mod acm;
 mod auth;
 mod certificates;
+mod domains;
 mod error;
 mod policies;
 mod provisioning;
@@ -95,6 +97,19 @@ pub fn router(services: Arc<Services>, config: Config) -> Router {
         .route("/cancel-certificate-transfer/{id}", patch(c::cancel_certificate_transfer))
         .route("/endpoint", get(c::describe_endpoint))
         .route("/certfleet/sessions", get(c::list_connected_clients))
+        .route("/", post(acm::dispatch))
+        .route("/domainConfigurations", get(domains::list))
+        .route(
+            "/domainConfigurations/{name}",
+            post(domains::create).get(domains::describe).put(domains::update).delete(domains::delete),
+        )
+        .route("/certfleet/domain-configurations/{name}/chain", put(domains::set_chain))
+        .route("/certfleet/domain-configurations/{name}/next-chain", put(domains::set_next_chain))
+        .route("/certfleet/domain-configurations/{name}/migrate", post(domains::migrate))
+        .route("/certfleet/domain-configurations/{name}/revert", post(domains::revert))
+        .route("/certfleet/domain-configurations/{name}/finish", post(domains::finish))
+        .route("/certfleet/domain-configurations/{name}/migration", get(domains::status))
+        .route("/certfleet/test-endpoint-results", get(domains::test_results))
         .route("/policies", get(p::list_policies))
         .route("/policies/{policyName}", post(p::create_policy).get(p::get_policy).delete(p::delete_policy))
         .route("/policies/{policyName}/version", post(p::create_policy_version).get(p::list_policy_versions))

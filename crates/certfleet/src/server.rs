@@ -26,6 +26,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         _ => {}
     }
     let passphrase = datadir::passphrase(&config)?;
+    let key_passphrase = passphrase.clone();
     // Opening PostgreSQL blocks (its synchronous client runs a runtime of its own).
     let store = {
         let config = config.clone();
@@ -72,6 +73,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         },
         Some(device_issuer),
     ));
+    services.attach_key_passphrase(key_passphrase);
     first_account(&services, &config, &files).await?;
 
     let (server_chain, server_key) = server_certificate(&server_issuer, &config, clock.now())?;
@@ -89,7 +91,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("binding the gateway to {}", config.mqtt_addr))?;
     let mqtt_addr = mqtt_listener.local_addr()?;
     let (stop, stopped) = watch::channel(false);
-    let gateway = start_gateway(&services, &config, server_chain, server_key, mqtt_listener, stopped.clone()).await?;
+    let builtin = builtin_chains(&server_issuer, &config, server_chain, &server_key, clock.now())?;
+    let gateway = start_gateway(&services, &config, builtin, mqtt_listener, stopped.clone()).await?;
     let scheme = if tls.is_some() { "https" } else { "http" };
     let api_url = format!("{scheme}://{api_addr}");
     let endpoints = serde_json::json!({
@@ -166,6 +169,46 @@ fn server_certificate(
     ))
 }
 
+/// The gateway's built-in chains: the server certificate, and a chain of at least 16 KiB for
+/// the large-certificate test endpoint (a leaf padded with subject alternative names, the
+/// growth the seed warns devices about: OCSP URLs, more names, longer chains).
+fn builtin_chains(
+    server_issuer: &Issuer,
+    config: &Config,
+    server_chain: Vec<CertificateDer<'static>>,
+    server_key: &PrivateKeyDer<'static>,
+    now: time::OffsetDateTime,
+) -> anyhow::Result<certfleet_gateway::endpoints::BuiltinChains> {
+    let default = certfleet_gateway::tls::certified_key_der(server_chain, server_key)?;
+    let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+    names.push(format!("*.iot.{}.{}", config.region, config.endpoint_domain));
+    names.extend(config.server_names.iter().cloned());
+    let mut filler = 0;
+    while names.iter().map(|n| n.len() + 4).sum::<usize>() < 17 * 1024 {
+        names.push(format!("large-certificate-padding-{filler:05}.{}", config.endpoint_domain));
+        filler += 1;
+    }
+    let (certificate, key) = server_issuer
+        .issue_server_certificate(
+            "certfleet large certificate test",
+            &names,
+            time::Duration::days(365),
+            KeyAlgorithm::EcdsaP256,
+            now,
+        )
+        .context("issuing the large test certificate")?;
+    let chain = vec![
+        CertificateDer::from(certificate.der().to_vec()),
+        CertificateDer::from(server_issuer.certificate().der().to_vec()),
+    ];
+    let large = certfleet_gateway::tls::certified_key_der(
+        chain,
+        &PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.to_vec())),
+    )?;
+    tracing::debug!(bytes = certificate.der().len(), "large test certificate ready");
+    Ok(certfleet_gateway::endpoints::BuiltinChains { default, large })
+}
+
 /// The API's TLS settings: TLS 1.2 and 1.3 only.
 fn api_tls(
     chain: Vec<CertificateDer<'static>>,
@@ -185,8 +228,7 @@ fn api_tls(
 async fn start_gateway(
     services: &Arc<Services>,
     config: &Config,
-    chain: Vec<CertificateDer<'static>>,
-    key: PrivateKeyDer<'static>,
+    builtin: certfleet_gateway::endpoints::BuiltinChains,
     listener: TcpListener,
     stopped: watch::Receiver<bool>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
@@ -212,11 +254,10 @@ async fn start_gateway(
         connect_timeout: to_std(config.mqtt_connect_timeout),
         change_poll_interval: to_std(config.mqtt_change_poll_interval),
     };
-    let tls = certfleet_gateway::tls::server_config(chain, key)?;
     let authorizer = certfleet_gateway::PolicyAuthorizer::new(services.clone(), &config.region);
     let gateway =
-        certfleet_gateway::Gateway::with_authorizer(gateway_config, services.clone(), tls, authorizer.clone());
-    services.attach_data_plane(gateway.live.clone());
+        certfleet_gateway::Gateway::with_authorizer(gateway_config, services.clone(), builtin, authorizer.clone());
+    services.attach_data_plane(gateway.endpoints.clone());
     let broker_config = certfleet_gateway::BrokerConfig {
         connect_timeout: to_std(config.mqtt_connect_timeout),
         ..certfleet_gateway::BrokerConfig::default()

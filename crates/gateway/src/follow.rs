@@ -83,6 +83,7 @@ pub async fn follow(
     registry: Arc<Registry>,
     live: Arc<LiveSessions>,
     authorizer: Option<Arc<PolicyAuthorizer>>,
+    endpoints: Arc<crate::endpoints::Endpoints>,
     interval: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -114,11 +115,17 @@ pub async fn follow(
                 // Whatever changed meanwhile must not be served from the cache.
                 tracing::warn!(%error, "reading the change feed failed; forgetting the cache");
                 registry.forget_all();
+                endpoints.forget();
                 continue;
             }
             Err(_) => continue,
         };
         for change in cursor.take(batch, Instant::now()) {
+            match change.kind {
+                ChangeKind::DomainConfiguration => endpoints.changed(&change.account, &change.entity_id).await,
+                ChangeKind::Account => endpoints.forget(),
+                _ => {}
+            }
             apply_all(&registry, &live, authorizer.as_deref(), &change).await;
         }
         if let Some(authorizer) = &authorizer

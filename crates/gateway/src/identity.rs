@@ -55,11 +55,14 @@ pub enum Refusal {
     SniRequired,
     /// The registry could not be read: refused to stay safe.
     RegistryUnavailable,
+    /// Not a refusal of the device: its endpoint now serves another server chain, and the
+    /// session is closed so that the device handshakes again and sees it (a migration's drain).
+    ServerChainChanged,
 }
 
 impl Refusal {
     /// Every reason, for metrics.
-    pub const ALL: [Refusal; 15] = [
+    pub const ALL: [Refusal; 16] = [
         Refusal::NoClientCert,
         Refusal::BadCertificate,
         Refusal::Unregistered,
@@ -75,6 +78,7 @@ impl Refusal {
         Refusal::ChainInvalid,
         Refusal::SniRequired,
         Refusal::RegistryUnavailable,
+        Refusal::ServerChainChanged,
     ];
 
     /// The reason as logged and counted.
@@ -95,6 +99,7 @@ impl Refusal {
             Refusal::ChainInvalid => "ChainInvalid",
             Refusal::SniRequired => "SniRequired",
             Refusal::RegistryUnavailable => "RegistryUnavailable",
+            Refusal::ServerChainChanged => "ServerChainChanged",
         }
     }
 }

@@ -13,11 +13,13 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio_rustls::server::TlsStream;
 
+use certfleet_services::Purpose;
+
 use crate::authz::PolicyAuthorizer;
+use crate::endpoints::{BuiltinChains, Endpoint, Endpoints, alert_name};
 use crate::identity::{Identity, Refusal, Registry};
 use crate::live::{LiveSessions, Membership};
 use crate::metrics::Metrics;
-use crate::tls::endpoint_identifier;
 
 /// Settings of the gateway.
 #[derive(Clone, Debug)]
@@ -63,12 +65,12 @@ pub struct Gateway {
     /// The policy engine, loaded for each authenticated device before its session starts and
     /// told of the change feed; `None` when the broker decides without policies (`AllowAll`).
     pub authorizer: Option<Arc<PolicyAuthorizer>>,
-    tls: tokio_rustls::TlsAcceptor,
-    endpoints: std::sync::Mutex<std::collections::HashMap<String, Option<AccountId>>>,
+    /// The domain configurations: SNI routing, TLS settings, chains, migrations.
+    pub endpoints: Arc<Endpoints>,
 }
 
 impl Gateway {
-    pub fn new(config: Config, services: Arc<Services>, tls: Arc<rustls::ServerConfig>) -> Arc<Self> {
+    pub fn new(config: Config, services: Arc<Services>, tls: BuiltinChains) -> Arc<Self> {
         Self::build(config, services, tls, None)
     }
 
@@ -77,7 +79,7 @@ impl Gateway {
     pub fn with_authorizer(
         config: Config,
         services: Arc<Services>,
-        tls: Arc<rustls::ServerConfig>,
+        tls: BuiltinChains,
         authorizer: Arc<PolicyAuthorizer>,
     ) -> Arc<Self> {
         Self::build(config, services, tls, Some(authorizer))
@@ -86,17 +88,18 @@ impl Gateway {
     fn build(
         config: Config,
         services: Arc<Services>,
-        tls: Arc<rustls::ServerConfig>,
+        builtin: BuiltinChains,
         authorizer: Option<Arc<PolicyAuthorizer>>,
     ) -> Arc<Self> {
+        let live = Arc::new(LiveSessions::default());
+        let endpoints = Endpoints::new(services.clone(), live.clone(), builtin, config.default_account.clone());
         Arc::new(Gateway {
             config,
             registry: Arc::new(Registry::new(services)),
-            live: Arc::new(LiveSessions::default()),
+            live,
             metrics: Arc::new(Metrics::default()),
             authorizer,
-            tls: tokio_rustls::TlsAcceptor::from(tls),
-            endpoints: std::sync::Mutex::new(std::collections::HashMap::new()),
+            endpoints,
         })
     }
 
@@ -112,6 +115,7 @@ impl Gateway {
             self.registry.clone(),
             self.live.clone(),
             self.authorizer.clone(),
+            self.endpoints.clone(),
             self.config.change_poll_interval,
             shutdown.clone(),
         ));
@@ -147,18 +151,16 @@ impl Gateway {
         follower.abort();
     }
 
-    /// The TLS handshake, the account and the identity of one connection.
+    /// The TLS handshake (its settings picked by the ClientHello's SNI), the account and the
+    /// identity of one connection. Test endpoints are answered here and never reach `serve`.
     async fn handshake(&self, stream: TcpStream, peer: SocketAddr) -> Option<(TlsStream<TcpStream>, Connection)> {
-        let tls = match tokio::time::timeout(self.config.handshake_timeout, self.tls.accept(stream)).await {
-            Ok(Ok(tls)) => tls,
+        let started = tokio::time::Instant::now() + self.config.handshake_timeout;
+        let acceptor = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream);
+        let start = match tokio::time::timeout_at(started, acceptor).await {
+            Ok(Ok(start)) => start,
             Ok(Err(error)) => {
                 self.metrics.handshakes_failed.fetch_add(1, Ordering::Relaxed);
-                if is_missing_certificate(&error) {
-                    self.metrics.refused(Refusal::NoClientCert);
-                    tracing::warn!(%peer, reason = %Refusal::NoClientCert, "device refused");
-                } else {
-                    tracing::info!(%peer, %error, "gateway tls handshake failed");
-                }
+                tracing::info!(%peer, %error, "gateway tls handshake failed before the client hello");
                 return None;
             }
             Err(_) => {
@@ -167,17 +169,61 @@ impl Gateway {
                 return None;
             }
         };
+        let sni_name = start.client_hello().server_name().map(str::to_owned);
+        let endpoint = match self.endpoints.resolve(sni_name.as_deref()).await {
+            Ok(endpoint) => endpoint,
+            Err(error) => {
+                self.metrics.handshakes_failed.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(%peer, sni = sni_name.as_deref().unwrap_or(""), %error, "cannot resolve the endpoint");
+                return None;
+            }
+        };
+        if !endpoint.enabled {
+            self.metrics.handshakes_failed.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%peer, account = %endpoint.account, configuration = %endpoint.name,
+                sni = sni_name.as_deref().unwrap_or(""), "connection refused: the domain configuration is disabled or not served");
+            return None;
+        }
+        let tls = match tokio::time::timeout_at(started, start.into_stream(endpoint.tls.clone())).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(error)) => {
+                self.metrics.handshakes_failed.fetch_add(1, Ordering::Relaxed);
+                let alert = alert_name(&error);
+                self.endpoints.handshake_failed(&endpoint, &alert);
+                if is_missing_certificate(&error) {
+                    self.metrics.refused(Refusal::NoClientCert);
+                    tracing::warn!(%peer, reason = %Refusal::NoClientCert, "device refused");
+                } else {
+                    tracing::info!(%peer, %error, alert, configuration = %endpoint.name, chain = %endpoint.chain, "gateway tls handshake failed");
+                }
+                if endpoint.purpose == Purpose::Test {
+                    self.record_probe(&endpoint, peer, sni_name.as_deref(), None, None, "handshake_failed", &alert);
+                }
+                return None;
+            }
+            Err(_) => {
+                self.metrics.handshakes_failed.fetch_add(1, Ordering::Relaxed);
+                self.endpoints.handshake_failed(&endpoint, "timeout");
+                tracing::info!(%peer, "gateway tls handshake timed out");
+                return None;
+            }
+        };
         self.metrics.handshakes_completed.fetch_add(1, Ordering::Relaxed);
+        self.endpoints.handshake_completed(&endpoint);
         let (_, session) = tls.get_ref();
         let tls_version = match session.protocol_version() {
             Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
             Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
             _ => "unknown",
         };
-        let sni_name = session.server_name().map(str::to_owned);
         let presented = session.peer_certificates().and_then(|chain| chain.first()).map(|der| der.to_vec());
+        if endpoint.purpose == Purpose::Test {
+            self.test_endpoint(tls, &endpoint, peer, sni_name.as_deref(), tls_version, presented).await;
+            return None;
+        }
 
-        let (account, sni) = self.account_for(sni_name.as_deref()).await;
+        let account = endpoint.account.clone();
+        let sni = endpoint.sni.clone();
         let now = time::OffsetDateTime::now_utc();
         let auth = match presented.map(Certificate::from_der) {
             None => Err(Refusal::NoClientCert),
@@ -205,50 +251,125 @@ impl Gateway {
             }
         };
         let auth = auth.map(|identity| {
-            let membership = self.live.join(identity.clone(), sni.clone(), tls_version, peer, now);
+            let membership = self.live.join_endpoint(
+                identity.clone(),
+                sni.clone(),
+                tls_version,
+                peer,
+                now,
+                Some(endpoint.name.clone()),
+                Some(endpoint.chain.clone()),
+            );
             Authenticated { identity, membership }
         });
         Some((tls, Connection { peer, sni, tls_version, auth }))
     }
 
-    /// The account an SNI names, or the default account (then `None` for the SNI).
-    async fn account_for(&self, sni: Option<&str>) -> (AccountId, Option<String>) {
-        let default = (self.config.default_account.clone(), None);
-        let Some(name) = sni else { return default };
-        let Some(identifier) = endpoint_identifier(name, &self.config.region, &self.config.endpoint_domain) else {
-            return default;
-        };
-        let cached = self.endpoints.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(identifier).cloned();
-        let account = match cached {
-            Some(account) => account,
-            None => {
-                let services = self.registry.services().clone();
-                let lookup = identifier.to_owned();
-                let found = tokio::task::spawn_blocking(move || services.account_by_endpoint(&lookup))
-                    .await
-                    .ok()
-                    .and_then(Result::ok)
-                    .flatten()
-                    .map(|account| account.id);
-                // Only names that exist are kept: a new account's endpoint must work at once.
-                if let Some(account) = &found {
-                    self.endpoints
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .insert(identifier.to_owned(), Some(account.clone()));
-                }
-                found
+    /// A test endpoint: the handshake completed; read CONNECT, refuse it with a reason, record it.
+    async fn test_endpoint(
+        &self,
+        mut tls: TlsStream<TcpStream>,
+        endpoint: &Endpoint,
+        peer: SocketAddr,
+        sni: Option<&str>,
+        tls_version: &'static str,
+        presented: Option<Vec<u8>>,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let suite = tls.get_ref().1.negotiated_cipher_suite().map(|s| format!("{:?}", s.suite()));
+        let client_cert = presented.map(|der| certfleet_pki::CertificateId::of_der(&der).to_string());
+        let mut buffer = bytes::BytesMut::with_capacity(1024);
+        let deadline = tokio::time::Instant::now() + self.config.connect_timeout;
+        let connect = loop {
+            match certfleet_mqtt::decode_connect(&mut buffer, 64 * 1024) {
+                Ok(Some(connect)) => break Some(connect),
+                Ok(None) => {}
+                Err(_) => break None,
+            }
+            match tokio::time::timeout_at(deadline, tls.read_buf(&mut buffer)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => break None,
             }
         };
-        match account {
-            Some(account) => (account, Some(name.to_owned())),
-            None => default,
+        let detail = format!(
+            "certfleet test endpoint: TLS handshake succeeded ({tls_version}, {}); this endpoint accepts no MQTT session",
+            suite.as_deref().unwrap_or("unknown suite")
+        );
+        let client_id = connect.as_ref().map(|c| c.client_id.clone());
+        if let Some(connect) = connect {
+            let mut properties = certfleet_mqtt::Properties::default();
+            if connect.protocol_version == certfleet_mqtt::ProtocolVersion::V5 {
+                properties.reason_string = Some(detail.clone());
+            }
+            let connack = certfleet_mqtt::Packet::ConnAck(certfleet_mqtt::ConnAck {
+                session_present: false,
+                reason_code: certfleet_mqtt::ReasonCode::NOT_AUTHORIZED,
+                properties,
+            });
+            let mut out = bytes::BytesMut::new();
+            if certfleet_mqtt::encode(&connack, connect.protocol_version, &mut out).is_ok() {
+                let _ = tls.write_all(&out).await;
+                let _ = tls.shutdown().await;
+            }
         }
+        tracing::info!(%peer, configuration = %endpoint.name, client_id = client_id.as_deref().unwrap_or(""),
+            tls_version, "test endpoint: handshake completed, connect refused");
+        let outcome = if client_id.is_some() { "connect_refused" } else { "no_connect" };
+        self.record_probe_full(endpoint, peer, sni, client_id, client_cert, Some(tls_version), suite, outcome, &detail);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn record_probe(
+        &self,
+        endpoint: &Endpoint,
+        peer: SocketAddr,
+        sni: Option<&str>,
+        client_id: Option<String>,
+        client_cert: Option<String>,
+        outcome: &str,
+        detail: &str,
+    ) {
+        self.record_probe_full(endpoint, peer, sni, client_id, client_cert, None, None, outcome, detail);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn record_probe_full(
+        &self,
+        endpoint: &Endpoint,
+        peer: SocketAddr,
+        sni: Option<&str>,
+        client_id: Option<String>,
+        client_cert: Option<String>,
+        tls_version: Option<&str>,
+        cipher_suite: Option<String>,
+        outcome: &str,
+        detail: &str,
+    ) {
+        let probe = certfleet_registry::EndpointProbe {
+            seq: 0,
+            account: endpoint.account.clone(),
+            configuration: endpoint.name.clone(),
+            peer: peer.to_string(),
+            server_name: sni.map(str::to_owned),
+            client_id,
+            client_certificate_id: client_cert,
+            tls_version: tls_version.map(str::to_owned),
+            cipher_suite,
+            outcome: outcome.to_owned(),
+            detail: detail.to_owned(),
+            at: time::OffsetDateTime::now_utc(),
+        };
+        let services = self.registry.services().clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(error) = services.record_endpoint_probe(&probe) {
+                tracing::warn!(%error, "recording a test endpoint result failed");
+            }
+        });
     }
 
     /// Forgets the endpoint names cached (an account came or went).
     pub fn forget_endpoints(&self) {
-        self.endpoints.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clear();
+        self.endpoints.forget();
     }
 }
 

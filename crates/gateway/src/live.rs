@@ -23,6 +23,9 @@ pub struct SessionInfo {
     pub tls_version: &'static str,
     pub peer: SocketAddr,
     pub connected_at: OffsetDateTime,
+    /// The domain configuration the connection came through, and the server chain it saw.
+    pub endpoint: Option<String>,
+    pub chain: Option<Arc<str>>,
 }
 
 struct Entry {
@@ -61,9 +64,34 @@ impl LiveSessions {
         peer: SocketAddr,
         now: OffsetDateTime,
     ) -> Membership {
+        self.join_endpoint(identity, sni, tls_version, peer, now, None, None)
+    }
+
+    /// Adds a connection that came through a domain configuration and saw a server chain.
+    #[allow(clippy::too_many_arguments)]
+    pub fn join_endpoint(
+        self: &Arc<Self>,
+        identity: Identity,
+        sni: Option<String>,
+        tls_version: &'static str,
+        peer: SocketAddr,
+        now: OffsetDateTime,
+        endpoint: Option<String>,
+        chain: Option<Arc<str>>,
+    ) -> Membership {
         let session_id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let (close, closed) = watch::channel(None);
-        let info = SessionInfo { session_id, identity, client_id: None, sni, tls_version, peer, connected_at: now };
+        let info = SessionInfo {
+            session_id,
+            identity,
+            client_id: None,
+            sni,
+            tls_version,
+            peer,
+            connected_at: now,
+            endpoint,
+            chain,
+        };
         lock(&self.sessions).insert(session_id, Entry { info, close });
         Membership { live: self.clone(), session_id, closed }
     }
@@ -103,6 +131,22 @@ impl LiveSessions {
             closed += 1;
         }
         closed
+    }
+
+    /// Closes one connection, saying why in the log. Returns whether it was live.
+    pub fn close_session(&self, session_id: u64, reason: Refusal) -> bool {
+        let sessions = lock(&self.sessions);
+        let Some(entry) = sessions.get(&session_id) else { return false };
+        tracing::info!(
+            account = %entry.info.identity.account,
+            cert = %entry.info.identity.certificate_id,
+            client_id = entry.info.client_id.as_deref().unwrap_or(""),
+            session = session_id,
+            reason = %reason,
+            "closing a live session"
+        );
+        let _ = entry.close.send(Some(reason));
+        true
     }
 
     /// A snapshot of every connection, oldest first.

@@ -38,6 +38,137 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
+/// Who may present which client certificate on an endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// A client certificate is required; the registry decides after the handshake.
+    Registry,
+    /// Test endpoints: any certificate, or none, completes the handshake.
+    Anything,
+}
+
+/// The rustls settings of an AWS TLS security policy: protocol versions and cipher suites.
+/// rustls offers no CBC, static-RSA or DHE suites, and TLS 1.0/1.1 never, so the legacy policies
+/// get their AEAD + ECDHE subset (see docs/endpoints.md).
+pub fn security_policy(
+    name: &str,
+) -> (Vec<&'static rustls::SupportedProtocolVersion>, Vec<rustls::SupportedCipherSuite>) {
+    use rustls::crypto::aws_lc_rs::cipher_suite as cs;
+    let tls13_all =
+        vec![cs::TLS13_AES_128_GCM_SHA256, cs::TLS13_AES_256_GCM_SHA384, cs::TLS13_CHACHA20_POLY1305_SHA256];
+    let tls13_aes = vec![cs::TLS13_AES_128_GCM_SHA256, cs::TLS13_AES_256_GCM_SHA384];
+    let tls12 = vec![
+        cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        cs::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+        cs::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+    ];
+    let v13 = &rustls::version::TLS13;
+    let v12 = &rustls::version::TLS12;
+    match name {
+        "IoTSecurityPolicy_TLS13_1_3_2022_10" => (vec![v13], tls13_all),
+        "IoTSecurityPolicy_TLS12_1_2_2022_10"
+        | "IoTSecurityPolicy_TLS12_1_0_2016_01"
+        | "IoTSecurityPolicy_TLS12_1_0_2015_01" => (vec![v12], tls12),
+        "IoTSecurityPolicy_TLS13_1_2_2022_01" => (vec![v13, v12], [tls13_aes, tls12].concat()),
+        // IoTSecurityPolicy_TLS13_1_2_2022_10, the default.
+        _ => (vec![v13, v12], [tls13_all, tls12].concat()),
+    }
+}
+
+/// The TLS configuration of an endpoint: its security policy, its chain (resolved by the
+/// client's signature algorithms), its client authentication, and a shared session cache for
+/// resumption (no session tickets, as AWS IoT).
+pub fn endpoint_config(
+    policy: &str,
+    keys: Vec<Arc<rustls::sign::CertifiedKey>>,
+    client_auth: ClientAuth,
+    sessions: Arc<dyn rustls::server::StoresServerSessions>,
+) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
+    let (versions, suites) = security_policy(policy);
+    let provider = Arc::new(CryptoProvider { cipher_suites: suites, ..rustls::crypto::aws_lc_rs::default_provider() });
+    let algorithms = provider.signature_verification_algorithms;
+    let builder = rustls::ServerConfig::builder_with_provider(provider).with_protocol_versions(&versions)?;
+    let builder = match client_auth {
+        ClientAuth::Registry => builder.with_client_cert_verifier(Arc::new(RegistryDeferredVerifier { algorithms })),
+        ClientAuth::Anything => builder.with_client_cert_verifier(Arc::new(AnyClient { algorithms })),
+    };
+    let mut config = builder.with_cert_resolver(Arc::new(crate::endpoints::ChainResolver { keys }));
+    config.alpn_protocols = ALPN.iter().map(|protocol| protocol.to_vec()).collect();
+    config.session_storage = sessions;
+    config.send_tls13_tickets = 1;
+    Ok(Arc::new(config))
+}
+
+/// A rustls signing key for a server chain.
+pub fn certified_key(chain: &[Certificate], key: &pki::ServerKey) -> Result<rustls::sign::CertifiedKey, rustls::Error> {
+    let der = match key.format() {
+        pki::PrivateKeyFormat::Pkcs8 => PrivateKeyDer::Pkcs8(key.der().to_vec().into()),
+        pki::PrivateKeyFormat::Sec1 => PrivateKeyDer::Sec1(key.der().to_vec().into()),
+        pki::PrivateKeyFormat::Pkcs1 => PrivateKeyDer::Pkcs1(key.der().to_vec().into()),
+    };
+    let signing = rustls::crypto::aws_lc_rs::sign::any_supported_type(&der)?;
+    let certificates = chain.iter().map(|c| CertificateDer::from(c.der().to_vec())).collect();
+    Ok(rustls::sign::CertifiedKey::new(certificates, signing))
+}
+
+/// A rustls signing key from a DER chain and a PKCS#8 key (the built-in chains).
+pub fn certified_key_der(
+    chain: Vec<CertificateDer<'static>>,
+    key: &PrivateKeyDer<'_>,
+) -> Result<Arc<rustls::sign::CertifiedKey>, rustls::Error> {
+    let signing = rustls::crypto::aws_lc_rs::sign::any_supported_type(key)?;
+    Ok(Arc::new(rustls::sign::CertifiedKey::new(chain, signing)))
+}
+
+/// Accepts any client certificate, or none (test endpoints); the handshake signature is still
+/// checked.
+#[derive(Debug)]
+struct AnyClient {
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ClientCertVerifier for AnyClient {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
 /// Requires a client certificate, checks that it parses and that its key passes the key rules,
 /// and leaves trust to the registry (see the module documentation).
 #[derive(Debug)]

@@ -36,6 +36,7 @@ pub struct Certificate {
     subject_key_id: Option<Vec<u8>>,
     authority_key_id: Option<Vec<u8>>,
     public_key: PublicKey,
+    dns_names: Vec<String>,
 }
 
 impl Certificate {
@@ -67,6 +68,7 @@ impl Certificate {
             .map(|extension| extension.value.key_cert_sign());
         let mut subject_key_id = None;
         let mut authority_key_id = None;
+        let mut dns_names = Vec::new();
         for extension in tbs.extensions() {
             match extension.parsed_extension() {
                 ParsedExtension::SubjectKeyIdentifier(key_id) => {
@@ -74,6 +76,12 @@ impl Certificate {
                 }
                 ParsedExtension::AuthorityKeyIdentifier(aki) => {
                     authority_key_id = aki.key_identifier.as_ref().map(|key_id| key_id.0.to_vec());
+                }
+                ParsedExtension::SubjectAlternativeName(names) => {
+                    dns_names.extend(names.general_names.iter().filter_map(|name| match name {
+                        x509_parser::extensions::GeneralName::DNSName(dns) => Some((*dns).to_owned()),
+                        _ => None,
+                    }));
                 }
                 _ => {}
             }
@@ -96,8 +104,32 @@ impl Certificate {
             subject_key_id,
             authority_key_id,
             public_key: PublicKey::from_x509(&tbs.subject_pki)?,
+            dns_names,
             der,
         })
+    }
+
+    /// The DNS names of the subject alternative name extension, in order.
+    pub fn dns_names(&self) -> &[String] {
+        &self.dns_names
+    }
+
+    /// Whether the certificate names `host` (a DNS name): an exact SAN, or a `*.` wildcard SAN
+    /// covering one leftmost label; the common name only when there are no DNS SANs.
+    pub fn names_host(&self, host: &str) -> bool {
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        let matches = |name: &str| {
+            let name = name.to_ascii_lowercase();
+            match name.strip_prefix("*.") {
+                Some(parent) => host.split_once('.').is_some_and(|(label, rest)| !label.is_empty() && rest == parent),
+                None => name == host,
+            }
+        };
+        if self.dns_names.is_empty() {
+            self.subject_common_name.as_deref().is_some_and(matches)
+        } else {
+            self.dns_names.iter().any(|name| matches(name))
+        }
     }
 
     /// The certificate id (SHA-256 of the DER).

@@ -44,6 +44,7 @@ mod issuer;
 mod key;
 mod pem;
 pub mod sealed;
+mod server_key;
 
 #[cfg(test)]
 mod test_support;
@@ -57,6 +58,7 @@ pub use id::CertificateId;
 pub use issuer::Issuer;
 pub use key::{Curve, GeneratedKeyPair, KeyAlgorithm, KeyKind, PublicKey, check_key_rules};
 pub use pem::pem_encode;
+pub use server_key::{PrivateKeyFormat, ServerKey};
 
 #[cfg(test)]
 mod tests {

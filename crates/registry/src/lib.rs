@@ -12,6 +12,7 @@ mod model;
 mod postgres;
 mod sqlite;
 mod tx;
+mod tx_endpoints;
 mod tx_provisioning;
 mod tx_things;
 

@@ -191,6 +191,61 @@ CREATE TABLE provisioning_templates (
 );
 "#,
     ),
+    (
+        6,
+        r#"
+CREATE TABLE server_certificates (
+    account_id TEXT NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+    id TEXT NOT NULL,
+    certificate_pem TEXT NOT NULL,
+    chain_pem TEXT,
+    sealed_key TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    domain_name TEXT NOT NULL,
+    key_algorithm TEXT NOT NULL,
+    not_before BIGINT NOT NULL,
+    not_after BIGINT NOT NULL,
+    imported_at BIGINT NOT NULL,
+    PRIMARY KEY (account_id, id)
+);
+CREATE TABLE domain_configurations (
+    account_id TEXT NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    arn_id TEXT NOT NULL,
+    domain_name TEXT NOT NULL,
+    domain_type TEXT NOT NULL,
+    service_type TEXT NOT NULL,
+    status TEXT NOT NULL,
+    security_policy TEXT NOT NULL,
+    authentication_type TEXT,
+    application_protocol TEXT,
+    current_chain TEXT NOT NULL,
+    next_chain TEXT NOT NULL,
+    serving_next BIGINT NOT NULL,
+    migration TEXT,
+    last_status_change BIGINT NOT NULL,
+    created_at BIGINT NOT NULL,
+    last_modified BIGINT NOT NULL,
+    PRIMARY KEY (account_id, name)
+);
+CREATE UNIQUE INDEX domain_configurations_by_domain ON domain_configurations(domain_name);
+CREATE TABLE endpoint_probes (
+    seq {serial_primary_key},
+    account_id TEXT NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+    configuration TEXT NOT NULL,
+    peer TEXT NOT NULL,
+    server_name TEXT,
+    client_id TEXT,
+    client_certificate_id TEXT,
+    tls_version TEXT,
+    cipher_suite TEXT,
+    outcome TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    at BIGINT NOT NULL
+);
+CREATE INDEX endpoint_probes_by_account ON endpoint_probes(account_id, seq);
+"#,
+    ),
 ];
 
 /// The SQL dialect a migration is rendered for.

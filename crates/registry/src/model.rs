@@ -242,6 +242,9 @@ pub enum ChangeKind {
     Policy,
     /// A thing's type or attributes changed, or it was created or deleted (entity: the thing name).
     Thing,
+    /// A domain configuration or a server certificate it serves changed (entity: the
+    /// configuration's name, or `*` for every configuration of the account).
+    DomainConfiguration,
 }
 
 /// One entry of the change feed: "entity X of account A changed; reload it". Entries carry no
@@ -303,6 +306,7 @@ text_enum!(ChangeKind {
     Account = "account",
     Policy = "policy",
     Thing = "thing",
+    DomainConfiguration = "domain_configuration",
 });
 text_enum!(ThingPrincipalType { Exclusive = "EXCLUSIVE_THING", NonExclusive = "NON_EXCLUSIVE_THING" });
 
@@ -453,4 +457,91 @@ pub struct KeyPageRequest {
 pub struct KeyPage<T> {
     pub items: Vec<T>,
     pub next: Option<String>,
+}
+
+/// A server certificate imported through the ACM-compatible API: a leaf, its chain and its
+/// private key, sealed like the CA keys.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ServerCertificate {
+    pub account: AccountId,
+    /// The identifier in the ARN (`arn:aws:acm:<region>:<account>:certificate/<id>`).
+    pub id: String,
+    pub certificate_pem: String,
+    /// The intermediates (PEM), leaf first order excluded.
+    pub chain_pem: Option<String>,
+    /// The PKCS#8 private key sealed with `certfleet_pki::sealed`.
+    pub sealed_key: Vec<u8>,
+    /// SHA-256 of the leaf's DER, hex.
+    pub fingerprint: String,
+    /// The leaf's first DNS name (or common name).
+    pub domain_name: String,
+    /// ACM's spelling: `EC_prime256v1`, `RSA_2048`, ...
+    pub key_algorithm: String,
+    pub not_before: OffsetDateTime,
+    pub not_after: OffsetDateTime,
+    pub imported_at: OffsetDateTime,
+}
+
+impl fmt::Debug for ServerCertificate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerCertificate")
+            .field("account", &self.account)
+            .field("id", &self.id)
+            .field("fingerprint", &self.fingerprint)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether a domain configuration accepts connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DomainStatus {
+    Enabled,
+    Disabled,
+}
+
+text_enum!(DomainStatus { Enabled = "ENABLED", Disabled = "DISABLED" });
+
+/// A domain configuration: a domain name routed by SNI to an account, with its server chains
+/// and TLS policy. `current_chain` and `next_chain` list server certificate IDs (an ECDSA and an
+/// RSA leaf may serve side by side); `serving_next` says which one handshakes get.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DomainConfiguration {
+    pub account: AccountId,
+    pub name: String,
+    /// The random suffix of the ARN (empty for reserved configurations).
+    pub arn_id: String,
+    pub domain_name: String,
+    /// `ENDPOINT`, `AWS_MANAGED` or `CUSTOMER_MANAGED`.
+    pub domain_type: String,
+    pub service_type: String,
+    pub status: DomainStatus,
+    pub security_policy: String,
+    pub authentication_type: Option<String>,
+    pub application_protocol: Option<String>,
+    pub current_chain: Vec<String>,
+    pub next_chain: Vec<String>,
+    pub serving_next: bool,
+    /// The migration in progress, as the services wrote it (opaque here).
+    pub migration: Option<String>,
+    pub last_status_change: OffsetDateTime,
+    pub created_at: OffsetDateTime,
+    pub last_modified: OffsetDateTime,
+}
+
+/// What a test endpoint saw of one client: the TLS handshake and the CONNECT it refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndpointProbe {
+    pub seq: i64,
+    pub account: AccountId,
+    pub configuration: String,
+    pub peer: String,
+    pub server_name: Option<String>,
+    pub client_id: Option<String>,
+    pub client_certificate_id: Option<String>,
+    pub tls_version: Option<String>,
+    pub cipher_suite: Option<String>,
+    /// `handshake_failed`, `connect_refused`, `no_connect`.
+    pub outcome: String,
+    pub detail: String,
+    pub at: OffsetDateTime,
 }

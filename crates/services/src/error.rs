@@ -13,6 +13,16 @@ pub enum Error {
     /// The named resource does not exist (in the caller's account).
     #[error("{0}")]
     NotFound(String),
+    /// An ARN that does not name a resource of the caller's account and region (ACM's
+    /// InvalidArnException).
+    #[error("{0}")]
+    InvalidArn(String),
+    /// An imported certificate, key or chain is unusable (ACM's ValidationException).
+    #[error("{0}")]
+    Validation(String),
+    /// The resource is in use and cannot be deleted (ACM's ResourceInUseException).
+    #[error("{0}")]
+    InUse(String),
     /// The resource exists already.
     #[error("{message}")]
     AlreadyExists {
@@ -68,6 +78,9 @@ impl Error {
         match self {
             Error::InvalidRequest(_) => "InvalidRequest",
             Error::NotFound(_) => "NotFound",
+            Error::InvalidArn(_) => "InvalidArn",
+            Error::Validation(_) => "Validation",
+            Error::InUse(_) => "InUse",
             Error::AlreadyExists { .. } => "AlreadyExists",
             Error::CertificateState(_) => "CertificateState",
             Error::CertificateValidation(_) => "CertificateValidation",

@@ -9,6 +9,7 @@
 mod accounts;
 mod certificates;
 mod clock;
+mod endpoints;
 mod error;
 mod ids;
 mod issuers;
@@ -28,6 +29,11 @@ use certfleet_registry::{AccountId, Store};
 pub use accounts::NewAccessKey;
 pub use certificates::{CaRegistration, CaUpdate, CertificateRegistration, CreatedKeysAndCertificate, EndpointType};
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use endpoints::{
+    DEFAULT_SECURITY_POLICY, DomainConfigurationDefinition, DomainConfigurationUpdate, Migration, MigrationSettings,
+    Purpose, SECURITY_POLICIES, ServerCertificateDescription, ServerCertificateImport, ServingChain, is_reserved,
+    purpose,
+};
 pub use error::Error;
 pub use ids::{Marker, decode_marker, encode_marker};
 pub use issuers::load_or_create_issuer;
@@ -84,6 +90,49 @@ pub struct ConnectedClient {
 pub trait DataPlane: Send + Sync {
     /// The devices of `account` connected to this node, oldest first.
     fn connected_clients(&self, account: &AccountId) -> Vec<ConnectedClient>;
+
+    /// This node's view of a domain configuration: per chain, the devices connected and the
+    /// handshakes completed and failed, and the drain of the last migration or revert.
+    fn endpoint_report(&self, _account: &AccountId, _configuration: &str) -> Option<EndpointReport> {
+        None
+    }
+}
+
+/// One server chain of a domain configuration, as a gateway node saw it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ChainStats {
+    /// `builtin`, or the server certificate IDs joined by `+`.
+    pub chain: String,
+    /// Whether new handshakes get this chain.
+    pub serving: bool,
+    pub connected: u64,
+    pub handshakes_completed: u64,
+    /// Failed handshakes by the alert the client sent (`unknown_ca`, ...) or `other`.
+    pub handshakes_failed: std::collections::BTreeMap<String, u64>,
+}
+
+/// The drain after a migration or revert, on one gateway node.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DrainReport {
+    pub migration_id: String,
+    /// The chain sessions are moved to.
+    pub to_chain: String,
+    /// Sessions on other chains when the drain started, and how many were closed so far.
+    pub sessions: usize,
+    pub closed: usize,
+    /// Client IDs connected when the drain started that have connected again on `to_chain`.
+    pub came_back: Vec<String>,
+    /// Those that have not (yet).
+    pub not_back: Vec<String>,
+    /// Set when this node's guard reverted the migration, with its reason.
+    pub guard_tripped: Option<String>,
+}
+
+/// A node's report on a domain configuration.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EndpointReport {
+    pub chains: Vec<ChainStats>,
+    pub drain: Option<DrainReport>,
 }
 
 /// The services: the registry, a clock, the configuration and the device-issuing CA.
@@ -93,13 +142,21 @@ pub struct Services {
     config: Config,
     device_issuer: Option<Issuer>,
     data_plane: std::sync::OnceLock<Arc<dyn DataPlane>>,
+    key_passphrase: std::sync::OnceLock<zeroize::Zeroizing<Vec<u8>>>,
 }
 
 impl Services {
     /// Puts the services together. Without a device issuer (admin commands), operations that
     /// issue certificates fail.
     pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, config: Config, device_issuer: Option<Issuer>) -> Self {
-        Services { store, clock, config, device_issuer, data_plane: std::sync::OnceLock::new() }
+        Services {
+            store,
+            clock,
+            config,
+            device_issuer,
+            data_plane: std::sync::OnceLock::new(),
+            key_passphrase: std::sync::OnceLock::new(),
+        }
     }
 
     /// Connects the node's gateway, once it runs (the gateway is built from the services, so it
@@ -111,6 +168,11 @@ impl Services {
     /// The caller's devices connected to this node (none when no gateway runs here).
     pub fn connected_clients(&self, caller: &Caller) -> Vec<ConnectedClient> {
         self.data_plane.get().map(|plane| plane.connected_clients(&caller.account)).unwrap_or_default()
+    }
+
+    /// This node's gateway report on a domain configuration (none without a gateway here).
+    pub fn endpoint_report(&self, caller: &Caller, configuration: &str) -> Option<EndpointReport> {
+        self.data_plane.get().and_then(|plane| plane.endpoint_report(&caller.account, configuration))
     }
 
     /// The configuration.

@@ -42,6 +42,7 @@ impl Ending {
             Ending::ClientDisconnect { .. } | Ending::ConnectionLost => return None,
             Ending::KeepAliveTimeout => ReasonCode::KEEP_ALIVE_TIMEOUT,
             Ending::TakenOver => ReasonCode::SESSION_TAKEN_OVER,
+            Ending::Revoked(Refusal::ServerChainChanged) => ReasonCode::SERVER_SHUTTING_DOWN,
             Ending::Revoked(_) | Ending::CertificateExpired => ReasonCode::ADMINISTRATIVE_ACTION,
             Ending::Malformed(error) => match error.reason_code() {
                 // Only CONNECT yields these, and DISCONNECT may not carry them.
@@ -61,6 +62,7 @@ impl Ending {
             Ending::ConnectionLost => DisconnectReason::ConnectionLost,
             Ending::KeepAliveTimeout => DisconnectReason::MqttKeepAliveTimeout,
             Ending::TakenOver => DisconnectReason::DuplicateClientId,
+            Ending::Revoked(Refusal::ServerChainChanged) => DisconnectReason::ServerInitiatedDisconnect,
             Ending::Revoked(_) | Ending::CertificateExpired | Ending::NotAuthorized => DisconnectReason::AuthError,
             Ending::Malformed(_) | Ending::Violation { .. } | Ending::MessageTooLarge { .. } => {
                 DisconnectReason::ClientError
