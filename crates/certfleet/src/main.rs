@@ -79,6 +79,102 @@ enum Command {
         #[command(subcommand)]
         command: GatewayCommand,
     },
+    /// Server certificates for domain configurations (what `aws acm import-certificate` does,
+    /// offline).
+    ServerCert {
+        #[command(subcommand)]
+        command: ServerCertCommand,
+    },
+    /// Server-root migration of a running server's domain configurations.
+    Endpoint {
+        #[command(subcommand)]
+        command: EndpointCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ServerCertCommand {
+    /// Import a server certificate, its chain and its private key (sealed at rest).
+    Import {
+        #[command(flatten)]
+        common: Common,
+        /// The 12-digit account ID.
+        #[arg(long)]
+        account: String,
+        /// The leaf certificate (PEM).
+        #[arg(long)]
+        certificate: PathBuf,
+        /// Its private key (PEM: PKCS#8, SEC1 or PKCS#1).
+        #[arg(long)]
+        private_key: PathBuf,
+        /// The intermediates (PEM), leaf's issuer first.
+        #[arg(long)]
+        chain: Option<PathBuf>,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// List an account's server certificates.
+    List {
+        #[command(flatten)]
+        common: Common,
+        /// The 12-digit account ID.
+        #[arg(long)]
+        account: String,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+}
+
+#[derive(clap::Args)]
+struct Remote {
+    /// The running server's data directory (endpoints.json, credentials, server-root.pem).
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// The AWS CLI profile (in DIR/credentials) whose account to act for.
+    #[arg(long, default_value = "default")]
+    profile: String,
+    #[arg(long, default_value = "us-east-1")]
+    region: String,
+    #[arg(long, value_enum, default_value = "text")]
+    output: Output,
+}
+
+#[derive(Subcommand)]
+enum EndpointCommand {
+    /// Serve a configuration's next chain, and drain the sessions on the old one.
+    Migrate {
+        #[command(flatten)]
+        remote: Remote,
+        /// The domain configuration (`iot:Data-ATS`, or a custom name).
+        name: String,
+        /// Stage these server certificates (ACM ARNs) as the next chain first.
+        #[arg(long = "next-cert-arn")]
+        next_cert_arns: Vec<String>,
+        /// Sessions closed per second (per node), each after a jittered delay.
+        #[arg(long)]
+        drain_per_second: Option<f64>,
+        /// Revert by itself when this many handshakes fail on the new chain (per node).
+        #[arg(long)]
+        guard_max_failures: Option<u64>,
+    },
+    /// Go back to the current chain (sessions on the next one are drained back).
+    Revert {
+        #[command(flatten)]
+        remote: Remote,
+        name: String,
+    },
+    /// Make the next chain the current one, ending the migration.
+    Finish {
+        #[command(flatten)]
+        remote: Remote,
+        name: String,
+    },
+    /// The chains, per-chain counters and the drain report of this node.
+    Status {
+        #[command(flatten)]
+        remote: Remote,
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -206,6 +302,11 @@ fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Account { command } => account(command),
+        Command::ServerCert { command } => server_cert(command),
+        Command::Endpoint { command } => {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(endpoint(command))
+        }
         Command::Gateway { command: GatewayCommand::Sessions { data_dir, profile, region, output } } => {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             runtime.block_on(gateway_sessions(&data_dir, &profile, &region, output))
@@ -247,6 +348,181 @@ async fn gateway_sessions(
         }
     }
     Ok(())
+}
+
+fn server_cert(command: ServerCertCommand) -> anyhow::Result<()> {
+    let read =
+        |path: &std::path::Path| std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()));
+    match command {
+        ServerCertCommand::Import { common, account, certificate, private_key, chain, output } => {
+            let config = load(common, None, None)?;
+            let services = admin_services(&config)?;
+            services.attach_key_passphrase(datadir::passphrase(&config)?);
+            let caller = certfleet_services::Caller { account: AccountId::parse(&account)? };
+            let import = certfleet_services::ServerCertificateImport {
+                certificate_pem: read(&certificate)?,
+                private_key_pem: zeroize::Zeroizing::new(read(&private_key)?),
+                chain_pem: chain.as_deref().map(read).transpose()?,
+                certificate_arn: None,
+            };
+            let arn = services.import_server_certificate(&caller, &import)?;
+            match output {
+                Output::Json => println!("{}", serde_json::json!({ "CertificateArn": arn })),
+                Output::Text => println!("{arn}"),
+            }
+            Ok(())
+        }
+        ServerCertCommand::List { common, account, output } => {
+            let config = load(common, None, None)?;
+            let services = admin_services(&config)?;
+            let caller = certfleet_services::Caller { account: AccountId::parse(&account)? };
+            let mut after = None;
+            let mut all = Vec::new();
+            loop {
+                let (items, next) = services.list_server_certificates(&caller, after, 1000)?;
+                all.extend(items);
+                match next {
+                    Some(next) => after = Some(next),
+                    None => break,
+                }
+            }
+            let rfc3339 = |at: time::OffsetDateTime| {
+                at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+            };
+            match output {
+                Output::Json => {
+                    let items: Vec<_> = all
+                        .iter()
+                        .map(|c| {
+                            serde_json::json!({
+                                "CertificateArn": c.arn,
+                                "DomainName": c.record.domain_name,
+                                "KeyAlgorithm": c.record.key_algorithm,
+                                "NotAfter": rfc3339(c.record.not_after),
+                                "Sha256": c.record.fingerprint,
+                                "InUseBy": c.in_use_by,
+                            })
+                        })
+                        .collect();
+                    println!("{}", serde_json::json!({ "CertificateSummaryList": items }));
+                }
+                Output::Text => {
+                    println!("{:<90} {:<28} {:<14} {:<21} IN USE BY", "ARN", "DOMAIN", "KEY", "NOT AFTER");
+                    for c in &all {
+                        println!(
+                            "{:<90} {:<28} {:<14} {:<21} {}",
+                            c.arn,
+                            c.record.domain_name,
+                            c.record.key_algorithm,
+                            rfc3339(c.record.not_after),
+                            c.in_use_by.join(",")
+                        );
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn endpoint(command: EndpointCommand) -> anyhow::Result<()> {
+    let (remote, name) = match &command {
+        EndpointCommand::Migrate { remote, name, .. }
+        | EndpointCommand::Revert { remote, name }
+        | EndpointCommand::Finish { remote, name }
+        | EndpointCommand::Status { remote, name } => (remote, name),
+    };
+    let target = certfleet_client::Target::from_data_dir(&remote.data_dir, &remote.profile, &remote.region)?;
+    let mut connection = target.connect().await?;
+    let label: String = name
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") }
+        })
+        .collect();
+    let base = format!("/certfleet/domain-configurations/{label}");
+    let mut calls: Vec<(&'static str, String, serde_json::Value)> = Vec::new();
+    match &command {
+        EndpointCommand::Migrate { next_cert_arns, drain_per_second, guard_max_failures, .. } => {
+            if !next_cert_arns.is_empty() {
+                calls.push((
+                    "PUT",
+                    format!("{base}/next-chain"),
+                    serde_json::json!({ "serverCertificateArns": next_cert_arns }),
+                ));
+            }
+            let mut body = serde_json::json!({});
+            if let Some(rate) = drain_per_second {
+                body["drainPerSecond"] = (*rate).into();
+            }
+            if let Some(limit) = guard_max_failures {
+                body["guardMaxFailures"] = (*limit).into();
+            }
+            calls.push(("POST", format!("{base}/migrate"), body));
+        }
+        EndpointCommand::Revert { .. } => calls.push(("POST", format!("{base}/revert"), serde_json::json!({}))),
+        EndpointCommand::Finish { .. } => calls.push(("POST", format!("{base}/finish"), serde_json::json!({}))),
+        EndpointCommand::Status { .. } => calls.push(("GET", format!("{base}/migration"), serde_json::Value::Null)),
+    }
+    let mut answer = serde_json::Value::Null;
+    for (method, path, body) in calls {
+        let body = if body.is_null() { Default::default() } else { body.to_string().into() };
+        let call = certfleet_client::Call { method, path, body };
+        let (status, reply) = target.send(&mut connection, &call).await?;
+        anyhow::ensure!(status == 200, "the server answered {status}: {}", String::from_utf8_lossy(&reply));
+        answer = serde_json::from_slice(&reply)?;
+    }
+    match remote.output {
+        Output::Json => println!("{answer}"),
+        Output::Text => print_endpoint(&answer),
+    }
+    Ok(())
+}
+
+fn print_endpoint(answer: &serde_json::Value) {
+    let arns = |list: &serde_json::Value| -> String {
+        let items: Vec<&str> =
+            list.as_array().into_iter().flatten().filter_map(|c| c["serverCertificateArn"].as_str()).collect();
+        if items.is_empty() { "(built-in)".to_owned() } else { items.join(", ") }
+    };
+    println!(
+        "configuration: {} ({})",
+        answer["domainConfigurationName"].as_str().unwrap_or("-"),
+        answer["domainName"].as_str().unwrap_or("-")
+    );
+    println!("serving:       {}", answer["certfleet"]["serving"].as_str().unwrap_or("-"));
+    println!("current chain: {}", arns(&answer["serverCertificates"]));
+    println!("next chain:    {}", arns(&answer["certfleet"]["nextServerCertificates"]));
+    if let Some(chains) = answer["chains"].as_array() {
+        println!("{:<8} {:<10} {:>10} {:>10}  FAILED BY ALERT  CHAIN", "SERVING", "", "CONNECTED", "COMPLETED");
+        for chain in chains {
+            println!(
+                "{:<8} {:<10} {:>10} {:>10}  {}  {}",
+                if chain["serving"].as_bool() == Some(true) { "yes" } else { "" },
+                "",
+                chain["connected"],
+                chain["handshakesCompleted"],
+                chain["handshakesFailed"],
+                chain["chain"].as_str().unwrap_or("-"),
+            );
+        }
+    }
+    if let Some(drain) = answer.get("drain").filter(|d| !d.is_null()) {
+        let list = |key: &str| drain[key].as_array().map_or(0, Vec::len);
+        println!(
+            "drain: {} of {} sessions closed; came back on the new chain: {}; not back: {}",
+            drain["closed"],
+            drain["sessions"],
+            list("cameBack"),
+            list("notBack")
+        );
+        for id in drain["notBack"].as_array().into_iter().flatten() {
+            println!("  not back: {}", id.as_str().unwrap_or("-"));
+        }
+        if let Some(reason) = drain["guardTripped"].as_str() {
+            println!("guard: {reason}");
+        }
+    }
 }
 
 fn account(command: AccountCommand) -> anyhow::Result<()> {

@@ -405,7 +405,10 @@ impl ResolvesServerCert for ChainResolver {
 /// The name of a TLS alert as the operator reads it (`unknown_ca`, `bad_certificate`, ...).
 pub fn alert_name(error: &std::io::Error) -> String {
     let Some(error) = error.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) else {
-        return "connection_error".into();
+        return match error.kind() {
+            std::io::ErrorKind::UnexpectedEof => "closed_without_alert".into(),
+            _ => "connection_error".into(),
+        };
     };
     match error {
         rustls::Error::AlertReceived(alert) => {

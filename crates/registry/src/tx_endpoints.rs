@@ -116,13 +116,51 @@ impl<'a> Tx<'a> {
     /// Replaces a domain configuration's mutable fields (everything but account, name, ARN id,
     /// domain name and creation time).
     pub fn update_domain_configuration(&mut self, config: &DomainConfiguration) -> Result<(), Error> {
-        self.conn.execute(
-            "UPDATE domain_configurations SET domain_type = $5, service_type = $6, status = $7, \
-             security_policy = $8, authentication_type = $9, application_protocol = $10, current_chain = $11, \
-             next_chain = $12, serving_next = $13, migration = $14, last_status_change = $15, last_modified = $17 \
-             WHERE account_id = $1 AND name = $2 AND arn_id = $3 AND domain_name = $4 AND created_at = $16",
-            &domain_values(config),
+        let [
+            account,
+            name,
+            _,
+            _,
+            domain_type,
+            service_type,
+            status,
+            policy,
+            authentication,
+            protocol,
+            current,
+            next,
+            serving,
+            migration,
+            changed,
+            _,
+            modified,
+        ] = domain_values(config);
+        let updated = self.conn.execute(
+            // SQLite numbers parameters in order of appearance: keep `$n` in ascending order.
+            "UPDATE domain_configurations SET domain_type = $1, service_type = $2, status = $3, \
+             security_policy = $4, authentication_type = $5, application_protocol = $6, current_chain = $7, \
+             next_chain = $8, serving_next = $9, migration = $10, last_status_change = $11, last_modified = $12 \
+             WHERE account_id = $13 AND name = $14",
+            &[
+                domain_type,
+                service_type,
+                status,
+                policy,
+                authentication,
+                protocol,
+                current,
+                next,
+                serving,
+                migration,
+                changed,
+                modified,
+                account,
+                name,
+            ],
         )?;
+        if updated != 1 {
+            return Err(Error::InvalidValue(format!("domain configuration {} is not stored", config.name)));
+        }
         Ok(())
     }
 

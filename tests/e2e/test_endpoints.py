@@ -1,0 +1,506 @@
+"""Endpoints with real clients: server certificates through `aws acm`, domain configurations
+through `aws iot`, the chain and TLS policy per domain seen by `openssl s_client -servername`,
+mosquitto clients through a custom domain, server-root migration with drain, revert and the
+guard (200 TLS clients, half of them trusting only the old root), the test endpoint and the
+large-certificate endpoint."""
+
+from __future__ import annotations
+
+import json
+import socket
+import ssl
+import struct
+import subprocess
+import threading
+import time
+import uuid
+
+import pytest
+
+from test_gateway import allow_all_policy, connect_packet, gateway_addr, make_device
+
+
+# ------------------------------------------------------------------------------------------------
+# helpers
+# ------------------------------------------------------------------------------------------------
+def acm(server, profile="default"):
+    return server.boto3_client(profile, service="acm")
+
+
+def root_and_server_cert(openssl, domain: str, label: str, rsa: bool = False):
+    """A fresh root CA and a server certificate for `domain` signed by it: (root, cert, key)."""
+    root, root_key = openssl.self_signed_ca(f"root-{label}", cn=f"e2e root {label} {uuid.uuid4().hex[:6]}")
+    key = openssl.rsa_key(f"srv-{label}.key") if rsa else openssl.ec_key(f"srv-{label}.key")
+    csr = openssl.csr(f"srv-{label}", key, domain)
+    cert = openssl.sign(
+        csr, root, root_key, f"srv-{label}.pem",
+        ext=f"basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
+            f"extendedKeyUsage=serverAuth\nsubjectAltName=DNS:{domain}\n",
+    )
+    return str(openssl.path(root)), str(openssl.path(cert)), str(openssl.path(key))
+
+
+def import_cert(server, cert: str, key: str, chain: str | None = None, profile="default") -> str:
+    args = {"Certificate": open(cert, "rb").read(), "PrivateKey": open(key, "rb").read()}
+    if chain:
+        args["CertificateChain"] = open(chain, "rb").read()
+    return acm(server, profile).import_certificate(**args)["CertificateArn"]
+
+
+def s_client(server, servername: str, *flags: str, cafile: str | None = None, device=None) -> tuple[str, int]:
+    host, port = gateway_addr(server)
+    cmd = ["openssl", "s_client", "-connect", f"{host}:{port}", "-servername", servername, "-showcerts"]
+    if device is not None:
+        cmd += ["-cert", device.cert, "-key", device.key]
+    if cafile:
+        cmd += ["-CAfile", cafile, "-verify_return_error"]
+    proc = subprocess.run(cmd + list(flags), input=b"", capture_output=True, timeout=30)
+    return (proc.stdout + proc.stderr).decode(errors="replace"), proc.returncode
+
+
+def endpoint_cli(server, *args: str) -> dict:
+    proc = server.certfleet("endpoint", *args, "--data-dir", str(server.data_dir), "--output", "json")
+    return json.loads(proc.stdout)
+
+
+def status(server, name: str) -> dict:
+    return endpoint_cli(server, "status", name)
+
+
+def wait_for(predicate, what: str, timeout: float = 60, interval: float = 0.3):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+
+
+def connected_on(report: dict, chain: str) -> int:
+    return sum(c["connected"] for c in report.get("chains", []) if c["chain"] == chain)
+
+
+class Socks5Proxy:
+    """A minimal SOCKS5 proxy that sends every connection to the gateway, whatever host name the
+    client asked for: mosquitto clients set SNI from `-h`, and this lets them name a custom
+    domain without DNS."""
+
+    def __init__(self, target: tuple[str, int]):
+        self.target = target
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._handle, args=(client,), daemon=True).start()
+
+    def _handle(self, client):
+        try:
+            client.recv(262)  # greeting
+            client.sendall(b"\x05\x00")
+            head = client.recv(4)
+            kind = head[3]
+            if kind == 3:
+                length = client.recv(1)[0]
+                client.recv(length + 2)
+            elif kind == 1:
+                client.recv(6)
+            else:
+                client.recv(18)
+            upstream = socket.create_connection(self.target)
+            client.sendall(b"\x05\x00\x00\x01" + socket.inet_aton("127.0.0.1") + struct.pack("!H", 0))
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+        except OSError:
+            client.close()
+
+    @staticmethod
+    def _pipe(a, b):
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (a, b):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self):
+        self.listener.close()
+
+
+# ------------------------------------------------------------------------------------------------
+# ACM-compatible server certificates
+# ------------------------------------------------------------------------------------------------
+def test_acm_import_describe_list_get_delete_with_the_cli(server, openssl):
+    domain = f"acm-{uuid.uuid4().hex[:6]}.example.com"
+    root, cert, key = root_and_server_cert(openssl, domain, "acm")
+    imported = server.aws("import-certificate", "--certificate", f"fileb://{cert}", "--private-key", f"fileb://{key}",
+                          "--certificate-chain", f"fileb://{root}", service="acm")
+    arn = imported["CertificateArn"]
+    assert arn.startswith("arn:aws:acm:us-east-1:") and ":certificate/" in arn
+    described = server.aws("describe-certificate", "--certificate-arn", arn, service="acm")["Certificate"]
+    assert described["DomainName"] == domain and described["Type"] == "IMPORTED"
+    assert described["KeyAlgorithm"] == "EC_prime256v1" and described["Status"] == "ISSUED"
+    listed = server.aws("list-certificates", service="acm")["CertificateSummaryList"]
+    assert arn in [c["CertificateArn"] for c in listed]
+    got = server.aws("get-certificate", "--certificate-arn", arn, service="acm")
+    assert got["Certificate"].strip() == open(cert).read().strip()
+    assert "BEGIN CERTIFICATE" in got["CertificateChain"]
+    # In use by a domain configuration: not deletable.
+    name = f"dc-{uuid.uuid4().hex[:6]}"
+    server.aws("create-domain-configuration", "--domain-configuration-name", name, "--domain-name", domain,
+               "--server-certificate-arns", arn)
+    proc = server.aws("delete-certificate", "--certificate-arn", arn, service="acm", check=False)
+    assert proc.returncode == 255 and "ResourceInUseException" in proc.stderr, proc.stderr
+    server.aws("delete-domain-configuration", "--domain-configuration-name", name)
+    server.aws("delete-certificate", "--certificate-arn", arn, service="acm")
+    proc = server.aws("describe-certificate", "--certificate-arn", arn, service="acm", check=False)
+    assert "ResourceNotFoundException" in proc.stderr
+
+
+def test_acm_bad_input_is_refused_and_changes_nothing(server, openssl):
+    client = acm(server)
+    before = client.list_certificates()["CertificateSummaryList"]
+    _, cert, key = root_and_server_cert(openssl, "bad.example.com", "bad")
+    _, other_cert, other_key = root_and_server_cert(openssl, "other.example.com", "other")
+    cases = [
+        ({"Certificate": b"garbage", "PrivateKey": open(key, "rb").read()}, "ValidationException"),
+        ({"Certificate": open(cert, "rb").read(), "PrivateKey": open(other_key, "rb").read()}, "ValidationException"),
+        ({"Certificate": open(cert, "rb").read(), "PrivateKey": b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"},
+         "ValidationException"),
+        ({"Certificate": open(cert, "rb").read(), "PrivateKey": open(key, "rb").read(),
+          "CertificateChain": open(other_cert, "rb").read()}, "ValidationException"),
+        ({"Certificate": open(cert, "rb").read(), "PrivateKey": open(key, "rb").read(),
+          "CertificateArn": "arn:aws:acm:us-east-1:000000000000:certificate/nope"}, "InvalidArnException"),
+    ]
+    for args, code in cases:
+        with pytest.raises(client.exceptions.ClientError) as raised:
+            client.import_certificate(**args)
+        assert raised.value.response["Error"]["Code"] == code, (args.keys(), raised.value.response)
+    with pytest.raises(client.exceptions.ClientError) as raised:
+        client.describe_certificate(CertificateArn="arn:aws:acm:us-east-1:123:certificate/x")
+    assert raised.value.response["Error"]["Code"] == "InvalidArnException"
+    assert client.list_certificates()["CertificateSummaryList"] == before
+    # Keys are sealed at rest: no PEM key in the registry file.
+    db = (server.data_dir / "registry.db").read_bytes()
+    assert b"PRIVATE KEY" not in db
+
+
+def test_server_certificates_are_per_account(server, openssl):
+    other = server.create_account()
+    _, cert, key = root_and_server_cert(openssl, "mine.example.com", "mine")
+    arn = import_cert(server, cert, key)
+    with pytest.raises(acm(server).exceptions.ClientError) as raised:
+        acm(server, other.profile).describe_certificate(CertificateArn=arn)
+    assert raised.value.response["Error"]["Code"] in ("InvalidArnException", "ResourceNotFoundException")
+    assert arn not in [c["CertificateArn"] for c in acm(server, other.profile).list_certificates()["CertificateSummaryList"]]
+
+
+# ------------------------------------------------------------------------------------------------
+# domain configurations, TLS policies, chains per domain
+# ------------------------------------------------------------------------------------------------
+def test_custom_domain_serves_its_chain_and_policy(server, openssl):
+    domain = f"dev-{uuid.uuid4().hex[:6]}.example.com"
+    root, cert, key = root_and_server_cert(openssl, domain, "custom")
+    arn = import_cert(server, cert, key, chain=root)
+    name = f"custom-{uuid.uuid4().hex[:6]}"
+    created = server.aws("create-domain-configuration", "--domain-configuration-name", name, "--domain-name", domain,
+                         "--server-certificate-arns", arn, "--tls-config",
+                         "securityPolicy=IoTSecurityPolicy_TLS13_1_3_2022_10")
+    assert created["domainConfigurationName"] == name
+    assert created["domainConfigurationArn"].split(":domainconfiguration/")[1].startswith(f"{name}/")
+    described = server.aws("describe-domain-configuration", "--domain-configuration-name", name)
+    assert described["domainName"] == domain and described["domainType"] == "CUSTOMER_MANAGED"
+    assert described["serverCertificates"][0]["serverCertificateArn"] == arn
+    assert described["serverCertificates"][0]["serverCertificateStatus"] == "VALID"
+
+    device = make_device(server, openssl)
+    output, code = s_client(server, domain, "-tls1_3", cafile=root, device=device)
+    assert code == 0 and "Verification: OK" in output, output
+    assert f"CN = {domain}" in output or f"CN={domain}" in output
+    output, code = s_client(server, domain, "-tls1_2", cafile=root, device=device)
+    assert code != 0 and "alert protocol version" in output, output
+    # The default endpoint still serves the server's own chain.
+    output, code = s_client(server, "localhost", cafile=server.ca_bundle, device=device)
+    assert code == 0, output
+
+    # Policy change applies to the next handshake.
+    server.aws("update-domain-configuration", "--domain-configuration-name", name, "--tls-config",
+               "securityPolicy=IoTSecurityPolicy_TLS12_1_2_2022_10")
+    wait_for(lambda: s_client(server, domain, "-tls1_2", cafile=root, device=device)[1] == 0, "TLS 1.2 accepted")
+    output, code = s_client(server, domain, "-tls1_3", cafile=root, device=device)
+    assert code != 0, output
+
+    # Disabled: no handshake at all.
+    server.aws("update-domain-configuration", "--domain-configuration-name", name,
+               "--domain-configuration-status", "DISABLED")
+    wait_for(lambda: s_client(server, domain, cafile=root, device=device)[1] != 0, "disabled endpoint refused")
+    server.aws("delete-domain-configuration", "--domain-configuration-name", name)
+
+
+def test_mosquitto_clients_connect_through_a_custom_domain(server, openssl):
+    domain = f"mqtt-{uuid.uuid4().hex[:6]}.example.com"
+    root, cert, key = root_and_server_cert(openssl, domain, "mq")
+    arn = import_cert(server, cert, key)
+    name = f"mq-{uuid.uuid4().hex[:6]}"
+    server.aws("create-domain-configuration", "--domain-configuration-name", name, "--domain-name", domain,
+               "--server-certificate-arns", arn)
+    device = make_device(server, openssl)
+    proxy = Socks5Proxy(gateway_addr(server))
+    try:
+        port = str(gateway_addr(server)[1])
+        topic = f"e2e/{uuid.uuid4().hex[:8]}"
+        base = ["-h", domain, "-p", port, "--proxy", f"socks5h://127.0.0.1:{proxy.port}", "--cafile", root,
+                "--cert", device.cert, "--key", device.key]
+        sub = subprocess.Popen(["mosquitto_sub", *base, "-t", topic, "-C", "1", "-W", "20"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 15
+        while sub.poll() is None and time.monotonic() < deadline:
+            pub = subprocess.run(["mosquitto_pub", *base, "-t", topic, "-m", "through-custom-domain"],
+                                 capture_output=True, text=True, timeout=20)
+            assert pub.returncode == 0, pub.stderr
+            time.sleep(0.2)
+        out, err = sub.communicate(timeout=5)
+        assert out.strip() == "through-custom-domain", err
+        # The same client, trusting only the server's own root, refuses the custom chain.
+        pub = subprocess.run(["mosquitto_pub", *base[:-6], "--cafile", server.ca_bundle, "--cert", device.cert,
+                              "--key", device.key, "-t", topic, "-m", "x"], capture_output=True, text=True, timeout=20)
+        assert pub.returncode != 0
+    finally:
+        proxy.close()
+
+
+def test_domain_configuration_bad_input(server, openssl):
+    domain = f"bad-{uuid.uuid4().hex[:6]}.example.com"
+    _, cert, key = root_and_server_cert(openssl, domain, "badcfg")
+    arn = import_cert(server, cert, key)
+    _, wrong_cert, wrong_key = root_and_server_cert(openssl, "elsewhere.example.com", "wrong")
+    wrong_arn = import_cert(server, wrong_cert, wrong_key)
+    before = server.aws("list-domain-configurations")["domainConfigurations"]
+    cases = [
+        (["--domain-configuration-name", "bad name", "--domain-name", domain, "--server-certificate-arns", arn],
+         "InvalidRequestException"),
+        (["--domain-configuration-name", "iot:Data-ATS", "--domain-name", domain, "--server-certificate-arns", arn],
+         "InvalidRequestException"),
+        (["--domain-configuration-name", "x1", "--domain-name", domain, "--server-certificate-arns", arn,
+          "--tls-config", "securityPolicy=NoSuchPolicy"], "InvalidRequestException"),
+        (["--domain-configuration-name", "x2", "--domain-name", domain, "--server-certificate-arns", wrong_arn],
+         "CertificateValidationException"),
+        (["--domain-configuration-name", "x3", "--domain-name", "x.iot.us-east-1.certfleet.local",
+          "--server-certificate-arns", arn], "InvalidRequestException"),
+        (["--domain-configuration-name", "x4", "--domain-name", domain, "--server-certificate-arns", arn,
+          "--application-protocol", "MQTT_WSS"], "InvalidRequestException"),
+        (["--domain-configuration-name", "x5", "--domain-name", domain, "--server-certificate-arns",
+          arn.replace(arn.rsplit("/", 1)[1], "00000000-0000-4000-8000-000000000000")], "ResourceNotFoundException"),
+    ]
+    for args, code in cases:
+        server.aws_error("create-domain-configuration", *args, code=code)
+    server.aws_error("describe-domain-configuration", "--domain-configuration-name", "nope", code="ResourceNotFoundException")
+    server.aws_error("delete-domain-configuration", "--domain-configuration-name", "iot:Data-ATS", code="InvalidRequestException")
+    assert server.aws("list-domain-configurations")["domainConfigurations"] == before
+
+
+def test_reserved_configurations_and_endpoints(server):
+    listed = [c["domainConfigurationName"] for c in server.aws("list-domain-configurations")["domainConfigurations"]]
+    for name in ("iot:Data-ATS", "iot:Data", "iot:Jobs", "iot:CredentialProvider", "certfleet:Test", "certfleet:LargeCert"):
+        assert name in listed
+    ats = server.aws("describe-domain-configuration", "--domain-configuration-name", "iot:Data-ATS")
+    address = server.aws("describe-endpoint", "--endpoint-type", "iot:Data-ATS")["endpointAddress"]
+    assert ats["domainName"] == address and ats["domainType"] == "ENDPOINT"
+    assert ats["tlsConfig"]["securityPolicy"] == "IoTSecurityPolicy_TLS13_1_2_2022_10"
+    for kind in ("iot:Data", "iot:Jobs", "iot:CredentialProvider"):
+        assert server.aws("describe-endpoint", "--endpoint-type", kind)["endpointAddress"]
+    server.aws_error("describe-endpoint", "--endpoint-type", "iot:Nope", code="InvalidRequestException")
+
+
+# ------------------------------------------------------------------------------------------------
+# server-root migration
+# ------------------------------------------------------------------------------------------------
+class Fleet:
+    """TLS clients (one thread each, blocking sockets, so a refused chain is answered with a TLS
+    alert as devices do) that stay connected and reconnect when closed, each with its own trust
+    store; `leaf` records the server leaf each one saw on its last connection."""
+
+    def __init__(self, server, device, domain: str, trust: dict[str, str]):
+        self.addr = gateway_addr(server)
+        self.domain = domain
+        self.contexts = {}
+        for client_id, cafile in trust.items():
+            context = ssl.create_default_context(cafile=cafile)
+            context.load_cert_chain(device.cert, device.key)
+            self.contexts[client_id] = context
+        self.leaf: dict[str, bytes] = {}
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._client, args=(c,), daemon=True) for c in self.contexts]
+        for thread in self.threads:
+            thread.start()
+
+    def _client(self, client_id: str):
+        while not self.stop.is_set():
+            try:
+                with socket.create_connection(self.addr, timeout=10) as raw:
+                    with self.contexts[client_id].wrap_socket(raw, server_hostname=self.domain) as tls:
+                        self.leaf[client_id] = tls.getpeercert(binary_form=True)
+                        tls.sendall(connect_packet(client_id))
+                        head = tls.recv(4)
+                        if len(head) < 4 or head[3] != 0:
+                            raise ConnectionError(f"connack {head!r}")
+                        tls.settimeout(5)
+                        while not self.stop.is_set():
+                            try:
+                                if not tls.recv(1024):
+                                    break
+                            except socket.timeout:
+                                tls.sendall(b"\xc0\x00")  # PINGREQ
+            except (OSError, ssl.SSLError, ConnectionError):
+                pass
+            self.stop.wait(0.3 + (hash(client_id) % 100) / 200)
+
+    def close(self):
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(timeout=20)
+
+
+def test_migration_drain_report_revert_and_guard(server, openssl):
+    domain = f"mig-{uuid.uuid4().hex[:6]}.example.com"
+    root_a, cert_a, key_a = root_and_server_cert(openssl, domain, "A")
+    root_b, cert_b, key_b = root_and_server_cert(openssl, domain, "B")
+    both = openssl.write("both-roots.pem", open(root_a).read() + open(root_b).read())
+    arn_a, arn_b = import_cert(server, cert_a, key_a), import_cert(server, cert_b, key_b)
+    id_a, id_b = arn_a.rsplit("/", 1)[1], arn_b.rsplit("/", 1)[1]
+    name = f"mig-{uuid.uuid4().hex[:6]}"
+    server.aws("create-domain-configuration", "--domain-configuration-name", name, "--domain-name", domain,
+               "--server-certificate-arns", arn_a)
+    device = make_device(server, openssl)
+    old_only = [f"old-only-{i:03}" for i in range(100)]
+    trusting_both = [f"both-{i:03}" for i in range(100)]
+    trust = {c: root_a for c in old_only} | {c: str(both) for c in trusting_both}
+    fleet = Fleet(server, device, domain, trust)
+    try:
+        wait_for(lambda: connected_on(status(server, name), id_a) == 200, "200 clients on chain A", timeout=120)
+
+        migrated = endpoint_cli(server, "migrate", name, "--next-cert-arn", arn_b, "--drain-per-second", "200")
+        assert migrated["certfleet"]["serving"] == "next"
+
+        def drained():
+            report = status(server, name)
+            drain = report.get("drain") or {}
+            return report if drain.get("closed") == 200 and len(drain.get("cameBack", [])) == 100 else None
+        report = wait_for(drained, "the drain to finish with 100 back", timeout=120)
+        time.sleep(2)
+        report = status(server, name)
+        assert sorted(report["drain"]["notBack"]) == old_only
+        assert sorted(report["drain"]["cameBack"]) == trusting_both
+        chain_b = next(c for c in report["chains"] if c["chain"] == id_b)
+        assert chain_b["serving"] and chain_b["connected"] == 100
+        assert chain_b["handshakesFailed"].get("unknown_ca", 0) >= 100, chain_b
+        assert all(fleet.leaf[c] != fleet.leaf[old_only[0]] for c in trusting_both)
+
+        text = server.certfleet("endpoint", "status", name, "--data-dir", str(server.data_dir)).stdout
+        assert "not back: old-only-000" in text and "came back on the new chain: 100" in text
+
+        reverted = endpoint_cli(server, "revert", name)
+        assert reverted["certfleet"]["serving"] == "current"
+        wait_for(lambda: connected_on(status(server, name), id_a) == 200, "all 200 back on chain A", timeout=120)
+
+        # The guard: the same migration reverts by itself once 20 handshakes fail.
+        endpoint_cli(server, "migrate", name, "--drain-per-second", "200", "--guard-max-failures", "20")
+        report = wait_for(lambda: (lambda r: r if r["certfleet"]["serving"] == "current" else None)(status(server, name)),
+                          "the guard to revert", timeout=120)
+        assert "guard: 20 handshakes failed" in report["certfleet"]["migration"]["revertReason"]
+        assert report["drain"]["guardTripped"]
+        wait_for(lambda: connected_on(status(server, name), id_a) == 200, "all 200 back after the guard", timeout=120)
+    finally:
+        fleet.close()
+
+
+def test_migration_bad_input(server):
+    proc = server.certfleet("endpoint", "migrate", "iot:Data", "--data-dir", str(server.data_dir), check=False)
+    assert proc.returncode != 0 and "no next chain" in proc.stderr
+    proc = server.certfleet("endpoint", "revert", "iot:Data", "--data-dir", str(server.data_dir), check=False)
+    assert proc.returncode != 0 and "not migrating" in proc.stderr
+    proc = server.certfleet("endpoint", "status", "nope", "--data-dir", str(server.data_dir), check=False)
+    assert proc.returncode != 0 and "404" in proc.stderr and "does not exist" in proc.stderr
+
+
+# ------------------------------------------------------------------------------------------------
+# test endpoint and large-certificate endpoint
+# ------------------------------------------------------------------------------------------------
+def test_test_endpoint_completes_tls_and_refuses_connect_with_a_reason(server, openssl):
+    host = server.aws("describe-endpoint", "--endpoint-type", "certfleet:Test")["endpointAddress"]
+    # Any client certificate, even a self-signed one nobody registered.
+    stranger = openssl.self_signed_leaf("stranger")
+    key = str(openssl.path("stranger.key"))
+    client_id = f"probe-{uuid.uuid4().hex[:6]}"
+    context = ssl.create_default_context(cafile=server.ca_bundle)
+    context.check_hostname = False
+    context.load_cert_chain(str(openssl.path(stranger)), key)
+    with socket.create_connection(gateway_addr(server), timeout=10) as raw:
+        with context.wrap_socket(raw, server_hostname=host) as tls:
+            tls.sendall(connect_packet(client_id, level=5))
+            data = tls.recv(4096)
+    i = 1
+    while data[i] & 0x80:
+        i += 1
+    assert data[0] == 0x20 and data[i + 2] == 0x87, data  # flags, then reason code 0x87 not authorized
+    assert b"certfleet test endpoint" in data
+    # mosquitto_pub: handshake fine, CONNACK refused.
+    proxy = Socks5Proxy(gateway_addr(server))
+    try:
+        pub = subprocess.run(["mosquitto_pub", "-h", host, "-p", str(gateway_addr(server)[1]), "--proxy",
+                              f"socks5h://127.0.0.1:{proxy.port}", "--cafile", server.ca_bundle, "--cert",
+                              str(openssl.path(stranger)), "--key", key, "-i", client_id + "-mosq", "-t", "x", "-m", "x"],
+                             capture_output=True, text=True, timeout=20)
+    finally:
+        proxy.close()
+    assert pub.returncode != 0
+    results = wait_for(
+        lambda: [r for r in server_api_results(server) if r["clientId"] in (client_id, client_id + "-mosq")
+                 and r["outcome"] == "connect_refused"], "results recorded")
+    assert {r["clientId"] for r in results} >= {client_id}
+    assert all(r["tlsVersion"] for r in results)
+
+
+def server_api_results(server) -> list:
+    import urllib.request
+
+    import botocore.auth
+    import botocore.awsrequest
+    import botocore.credentials
+
+    akid, secret = server.credentials()
+    request = botocore.awsrequest.AWSRequest(method="GET", url=f"{server.url}/certfleet/test-endpoint-results")
+    botocore.auth.SigV4Auth(botocore.credentials.Credentials(akid, secret), "iot", "us-east-1").add_auth(request)
+    context = ssl.create_default_context(cafile=server.ca_bundle)
+    req = urllib.request.Request(request.url, headers=dict(request.headers.items()), method="GET")
+    with urllib.request.urlopen(req, context=context, timeout=10) as response:
+        return json.loads(response.read())["results"]
+
+
+def test_large_certificate_endpoint_serves_over_16_kib(server, openssl):
+    host = server.aws("describe-endpoint", "--endpoint-type", "certfleet:LargeCert")["endpointAddress"]
+    device = make_device(server, openssl)
+    output, code = s_client(server, host, cafile=server.ca_bundle, device=device)
+    assert code == 0 and "Verification: OK" in output, output
+    pems = [block for block in output.split("-----BEGIN CERTIFICATE-----")[1:]]
+    assert len("".join(pems)) * 3 // 4 >= 16 * 1024, "the served chain is at least 16 KiB"
+    # A device connects through it like through the data endpoint.
+    context = ssl.create_default_context(cafile=server.ca_bundle)
+    context.check_hostname = False
+    context.load_cert_chain(device.cert, device.key)
+    with socket.create_connection(gateway_addr(server), timeout=10) as raw:
+        with context.wrap_socket(raw, server_hostname=host) as tls:
+            tls.sendall(connect_packet(f"large-{uuid.uuid4().hex[:6]}"))
+            assert tls.recv(4)[3] == 0
