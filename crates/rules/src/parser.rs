@@ -278,10 +278,10 @@ impl<'s> Parser<'s> {
                     Expr::Literal(serde_json::Value::Null)
                 } else if word.eq_ignore_ascii_case("CASE") {
                     return self.case();
-                } else if *self.following() == Kind::Symbol(Symbol::OpenParen) {
-                    return self.call(word, offset);
                 } else if is_reserved(word) {
                     return Err(self.expected("an expression"));
+                } else if *self.following() == Kind::Symbol(Symbol::OpenParen) {
+                    return self.call(word, offset);
                 } else {
                     Expr::Field(word.to_owned())
                 }

@@ -466,6 +466,9 @@ fn malformed_statements() {
         ("SELECT 1e FROM 'a/b'", "expected ',' or FROM, found 'e'", 9),
         ("SELECT *\nFROM 'a/b'\nWHERE ~x", "unexpected character '~'", 7),
         ("SELECT 1 + + 2 FROM 'a/b'", "expected an expression, found '+'", 12),
+        ("SELECT where(x) FROM 'a/b'", "expected an expression, found 'where'", 8),
+        ("SELECT a.from FROM 'a/b'", "expected a member name after '.', found 'from'", 10),
+        ("SELECT 1e400 FROM 'a/b'", "invalid number 1e400", 8),
     ];
     for (sql, message, column) in cases {
         check_error(sql, message, *column);
@@ -473,6 +476,14 @@ fn malformed_statements() {
     let error = Rule::parse("SELECT *\nFROM 'a/b'\nWHERE ~x").err();
     assert_eq!(error.as_ref().map(|error| (error.line(), error.offset())), Some((3, 26)));
     assert!(matches!(error.map(|error| error.reason().clone()), Some(Reason::UnexpectedCharacter('~'))));
+}
+
+#[test]
+fn rules_can_be_shared_between_threads() {
+    fn shared<T: Send + Sync>() {}
+    shared::<Rule>();
+    shared::<Context<'_>>();
+    shared::<ParseError>();
 }
 
 #[test]
