@@ -139,7 +139,9 @@ pub fn rfc3339(at: OffsetDateTime) -> String {
     at.format(&Rfc3339).unwrap_or_else(|_| at.to_string())
 }
 
-fn is_self_signed(certificate: &Certificate) -> bool {
+/// Subject equals issuer and the own key verifies the signature (or cannot: see
+/// [`Description::self_signed`]).
+pub(crate) fn is_self_signed(certificate: &Certificate) -> bool {
     if !certificate.is_self_issued() {
         return false;
     }

@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 use time::{Duration, OffsetDateTime};
 
 use crate::danger::DangerRecordingVerifier;
-use crate::describe::{Description, rfc3339, same_anchor};
+use crate::describe::{Description, is_self_signed, rfc3339, same_anchor};
 use crate::values::{parse_duration, read_pem_certificates};
 use crate::{Error, Output};
 
@@ -226,9 +226,10 @@ fn read_identity(
     let key_der = PrivateKeyDer::from_pem_file(key)
         .map_err(|error| Error::BadKeyFile { path: key.to_owned(), reason: error.to_string() })?;
     let provider = rustls::crypto::aws_lc_rs::default_provider();
-    let certified = rustls::sign::CertifiedKey::from_der(chain.clone(), key_der.clone_key(), &provider)
+    // rustls refuses a key that does not match the certificate when it pairs them: do it now,
+    // so that a wrong key is an input error (exit 2), not a handshake failure.
+    rustls::sign::CertifiedKey::from_der(chain.clone(), key_der.clone_key(), &provider)
         .map_err(|error| Error::BadKeyFile { path: key.to_owned(), reason: error.to_string() })?;
-    drop(certified);
     Ok((chain, key_der))
 }
 
@@ -597,17 +598,13 @@ pub fn verify(
             .unwrap_or(0))
     };
     let all: Vec<usize> = (0..bundle.len()).collect();
-    let roots: Vec<usize> = all.iter().copied().filter(|&index| is_self_signed_root(&bundle[index])).collect();
+    let roots: Vec<usize> = all.iter().copied().filter(|&index| is_self_signed(&bundle[index])).collect();
     let anchor = path_to(&all);
     let trusted_by_roots_only = anchor.is_ok() && path_to(&roots).is_ok();
     let hostname = end_entity
         .verify_is_valid_for_subject_name(server_name)
         .map_err(|error| format!("the certificate is not valid for {}: {error:?}", server_name.to_str()));
     Verification { anchor, trusted_by_roots_only, hostname }
-}
-
-fn is_self_signed_root(certificate: &Certificate) -> bool {
-    Description::of(certificate, OffsetDateTime::UNIX_EPOCH).self_signed
 }
 
 fn chain_error(error: &webpki::Error) -> String {

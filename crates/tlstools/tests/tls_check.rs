@@ -2,7 +2,7 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use certfleet_tlstools::tls_check::{self, Failure, Status, TlsCheckArgs, Warning};
 use clap::Parser;
@@ -362,5 +362,22 @@ fn text_output_names_everything() {
     ] {
         assert!(text.contains(expected), "{expected:?} missing from\n{text}");
     }
-    let _ = Path::new(&ca);
+}
+
+#[test]
+fn a_large_chain_is_a_note_not_a_warning() {
+    let dir = Dir::new();
+    let base = chain(365);
+    let (from, to) = valid_for_days(365);
+    let mut names: Vec<String> = (0..800).map(|index| format!("device-endpoint-{index:04}.iot.example.com")).collect();
+    names.push("localhost".to_owned());
+    let leaf = make("localhost", Kind::Server(names), Some(&base.intermediate), from, to);
+    let port =
+        serve(vec![leaf.der.clone(), base.intermediate.der.clone()], leaf.private_key(), ServerOptions::default());
+    let ca = bundle(&dir, "root.pem", &[&base.root]);
+    let (code, json, _) = tls_check(&[&format!("localhost:{port}"), "--ca-file", &ca]);
+    assert_eq!(code, 0, "{json:#}");
+    assert!(json["chainBytes"].as_u64().unwrap_or(0) > 16 * 1024, "{}", json["chainBytes"]);
+    let notes = json["notes"].as_array().expect("notes");
+    assert!(notes[0].as_str().unwrap_or("").contains("more than 16384"), "{notes:?}");
 }
