@@ -90,6 +90,10 @@ enum Command {
         #[command(subcommand)]
         command: EndpointCommand,
     },
+    /// Connect to a TLS endpoint and check the chain it presents against a trust bundle.
+    TlsCheck(certfleet_tlstools::TlsCheckArgs),
+    /// Find every certificate in files, directories and firmware images, and flag what expires.
+    Scan(certfleet_tlstools::ScanArgs),
 }
 
 #[derive(Subcommand)]
@@ -253,6 +257,17 @@ enum ConfigCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
+    // The tools' exit codes are part of their contract (see their --help and docs/tools.md).
+    let (now, mut stdout, mut stderr) = (time::OffsetDateTime::now_utc(), std::io::stdout(), std::io::stderr());
+    match &cli.command {
+        Command::TlsCheck(args) => {
+            return ExitCode::from(certfleet_tlstools::tls_check::run(args, now, &mut stdout, &mut stderr).code());
+        }
+        Command::Scan(args) => {
+            return ExitCode::from(certfleet_tlstools::scan::run(args, now, &mut stdout, &mut stderr).code());
+        }
+        _ => {}
+    }
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -311,6 +326,8 @@ fn run(command: Command) -> anyhow::Result<()> {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             runtime.block_on(gateway_sessions(&data_dir, &profile, &region, output))
         }
+        // main runs the tools itself, for their exit codes.
+        Command::TlsCheck(_) | Command::Scan(_) => Ok(()),
     }
 }
 
