@@ -24,7 +24,7 @@ use crate::store::{Slot, State, Store};
 pub enum Event {
     /// A session is up (connected and subscribed) with this certificate.
     Connected { certificate_id: CertificateId, credential: Credential },
-    /// The session ended; the agent reconnects after a backoff.
+    /// The session ended, or a connection attempt failed; the agent retries after a backoff.
     Disconnected { reason: String },
     /// A `csr_req` started a rotation: a new key is made.
     RotationStarted,
@@ -68,7 +68,8 @@ enum Handled {
 }
 
 impl Agent {
-    /// An agent and the receiver of its events. Checks the settings; touches nothing yet.
+    /// An agent and the receiver of its events. Checks the settings and opens the credentials
+    /// directory (creating it, 0700, when missing); connects nothing yet.
     pub fn new(config: Config) -> Result<(Agent, mpsc::UnboundedReceiver<Event>), Error> {
         let bad = |reason: String| Error::Config { reason };
         if config.client_id.is_empty() || config.client_id.contains(['/', '+', '#']) {
@@ -395,8 +396,12 @@ impl Agent {
             (Credential::Pending, Some(pending)) => pending.slot(),
             _ => &state.current,
         };
-        let certificate = self.store.read_certificate(slot).map_err(|error| error.to_string())?;
-        let key = self.store.read_key(slot).map_err(|error| error.to_string())?;
+        let described = |error: Error| {
+            let source = std::error::Error::source(&error).map(|source| format!(": {source}")).unwrap_or_default();
+            format!("{error} in {}{source}", self.store.slot_dir(slot).display())
+        };
+        let certificate = self.store.read_certificate(slot).map_err(described)?;
+        let key = self.store.read_key(slot).map_err(described)?;
         Identity::from_pem(&certificate, &key)
     }
 

@@ -218,3 +218,58 @@ impl TrustBundle {
 fn is_self_signed(certificate: &certfleet_pki::Certificate) -> bool {
     certificate.is_self_issued() && certfleet_pki::verify_signature(certificate, certificate.public_key()).is_ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn certificate(name: &str, ca: bool, issuer: Option<(&rcgen::CertificateParams, &rcgen::KeyPair)>) -> String {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        if ca {
+            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        }
+        match issuer {
+            None => params.self_signed(&key).unwrap().pem(),
+            Some((issuer_params, issuer_key)) => {
+                params.signed_by(&key, &rcgen::Issuer::from_params(issuer_params, issuer_key)).unwrap().pem()
+            }
+        }
+    }
+
+    fn check(pem: &str, expected: Result<Vec<BundleWarning>, ()>) {
+        let got = TrustBundle::from_pem(pem.as_bytes()).map(|(_, warnings)| warnings).map_err(|_| ());
+        assert_eq!(got, expected, "{pem}");
+    }
+
+    #[test]
+    fn trust_bundles() {
+        let root_key = rcgen::KeyPair::generate().unwrap();
+        let mut root_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        root_params.distinguished_name.push(rcgen::DnType::CommonName, "root");
+        root_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let root = root_params.self_signed(&root_key).unwrap().pem();
+        let other_root = certificate("other root", true, None);
+        let intermediate = certificate("intermediate", true, Some((&root_params, &root_key)));
+        let leaf = certificate("leaf", false, None);
+
+        check(&root, Ok(vec![]));
+        check(&format!("{root}{other_root}"), Ok(vec![]));
+        check(
+            &format!("{root}{intermediate}"),
+            Ok(vec![BundleWarning::PinnedIntermediate { subject: "CN=intermediate".into() }]),
+        );
+        check(&leaf, Ok(vec![BundleWarning::NotACa { subject: "CN=leaf".into() }]));
+        check("", Err(()));
+        check("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n", Err(()));
+    }
+
+    #[test]
+    fn key_algorithm_names() {
+        for kind in [KeyAlgorithm::P256, KeyAlgorithm::Rsa2048, KeyAlgorithm::Rsa3072] {
+            assert_eq!(KeyAlgorithm::parse(kind.name()), Some(kind));
+        }
+        assert_eq!(KeyAlgorithm::parse("ed25519"), None);
+    }
+}

@@ -171,7 +171,12 @@ impl Session {
         };
         session.send(&Packet::Connect(Box::new(connect))).await.map_err(ConnectError::Unreachable)?;
         match session.read_packet().await? {
-            Packet::ConnAck(ack) if ack.reason_code == ReasonCode::SUCCESS => {}
+            Packet::ConnAck(ack) if ack.reason_code == ReasonCode::SUCCESS => {
+                // MQTT 5: a server keep-alive replaces ours.
+                if let Some(seconds) = ack.properties.server_keep_alive.filter(|seconds| *seconds > 0) {
+                    session.keep_alive = Duration::from_secs(u64::from(seconds));
+                }
+            }
             Packet::ConnAck(ack) => return Err(ConnectError::Refused(format!("connack {:?}", ack.reason_code))),
             other => return Err(ConnectError::Unreachable(format!("expected connack, got {}", other.packet_type()))),
         }

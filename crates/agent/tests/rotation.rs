@@ -574,3 +574,21 @@ async fn an_unreachable_gateway_is_retried_with_backoff() {
     }
     agent.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_session_is_kept_alive_with_pings() {
+    let mut fleet = Fleet::start(0).await;
+    let dir = TempDir::new("agent-keep-alive");
+    fleet.provision(dir.path(), "sensor-11");
+    let mut config = fleet.config(dir.path(), "sensor-11");
+    config.keep_alive = Duration::from_secs(1);
+    let mut agent = spawn(config);
+    agent.connected().await;
+    // The gateway closes a session silent for 1.5 keep-alives; pings keep this one up.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    fleet.csr("sensor-11").await;
+    let _ = agent.stop.send(true);
+    let events: Vec<Event> = std::iter::from_fn(|| agent.events.try_recv().ok()).collect();
+    assert!(!events.iter().any(|event| matches!(event, Event::Disconnected { .. })), "{events:?}");
+    tokio::time::timeout(PATIENCE, agent.task).await.unwrap().unwrap().unwrap();
+}
