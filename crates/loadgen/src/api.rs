@@ -9,9 +9,9 @@ use anyhow::{Context, bail};
 use bytes::Bytes;
 use certfleet_client::{Call, Target};
 
-use crate::proc_stats;
 use crate::report::Report;
 use crate::{ApiArgs, Scenario};
+use certfleet_loadgen::proc_stats;
 
 pub async fn run(args: &ApiArgs, duration: Duration) -> anyhow::Result<Report> {
     let target = Arc::new(match &args.data_dir {
@@ -62,6 +62,8 @@ pub async fn run(args: &ApiArgs, duration: Duration) -> anyhow::Result<Report> {
         latencies_us,
         server_cpu_seconds: cpu_before.zip(cpu_after).map(|(before, after)| after - before),
         server_peak_rss_kib: args.server_pid.and_then(proc_stats::peak_rss_kib),
+        details: Default::default(),
+        notes: Vec::new(),
     })
 }
 

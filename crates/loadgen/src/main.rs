@@ -1,13 +1,15 @@
-//! `certfleet-loadgen`: bounded load scenarios against an AWS IoT-compatible API, reporting
-//! rate, latency percentiles, and the server's CPU seconds and peak RSS (read from `/proc`).
+//! `certfleet-loadgen`: bounded load scenarios against an AWS IoT-compatible API and against
+//! MQTT brokers with client certificates, reporting rate, latency percentiles, and the server's
+//! CPU seconds and peak RSS (read from `/proc`); and the in-process ceiling of rustls mTLS
+//! handshakes on one core.
 //!
-//! Every scenario stops by itself: after `--duration` or `--requests`, whichever comes first.
+//! Every scenario stops by itself: after `--duration` or a count, whichever comes first.
 //! It speaks the AWS wire format with SigV4 like the AWS SDKs, so it measures any server of
-//! that API (certfleet, or a peer such as moto) with the same requests.
+//! that API (certfleet, or a peer such as moto) with the same requests, and plain MQTT over
+//! mutual TLS, so it measures any broker (certfleet, or Mosquitto) with the same certificates.
 
 mod api;
 mod mqtt;
-mod proc_stats;
 mod report;
 
 use std::path::PathBuf;
@@ -28,6 +30,24 @@ enum Command {
     Api(ApiArgs),
     /// Drive an MQTT broker over mutual TLS (certfleet's gateway, or a peer with the same certificates).
     Mqtt(mqtt::MqttArgs),
+    /// The in-process ceiling: rustls mutual-TLS 1.3 handshakes in memory on one thread (ECDSA
+    /// P-256, X25519), per core-second and per server-side core-second.
+    Ceiling(CeilingArgs),
+}
+
+#[derive(clap::Args)]
+pub struct CeilingArgs {
+    /// How long to run, seconds.
+    #[arg(long, default_value_t = 5.0)]
+    pub seconds: f64,
+    /// Stop after this many handshakes.
+    #[arg(long, default_value_t = 10_000_000)]
+    pub count: u64,
+    /// Full handshakes, or resumed ones (stateful session cache on the server).
+    #[arg(long, value_enum, default_value = "full")]
+    pub mode: certfleet_loadgen::ceiling::Mode,
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// The API scenarios.
@@ -82,6 +102,16 @@ pub struct ApiArgs {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Command::Ceiling(args) = &cli.command {
+        anyhow::ensure!(args.seconds > 0.0 && args.seconds <= 600.0, "--seconds must be in (0, 600]");
+        let ceiling = certfleet_loadgen::ceiling::run(args.mode, args.seconds, args.count)?;
+        if args.json {
+            println!("{}", ceiling.to_json());
+        } else {
+            println!("{}", ceiling.to_table());
+        }
+        return Ok(());
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {
         Command::Api(args) => {
@@ -98,6 +128,7 @@ fn main() -> anyhow::Result<()> {
             print(&report, args.json);
             Ok(())
         }
+        Command::Ceiling(_) => Ok(()),
     }
 }
 
