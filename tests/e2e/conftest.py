@@ -135,7 +135,8 @@ class Server:
     def start(self) -> None:
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [self.bin, "server", "--data-dir", str(self.data_dir), "--api-addr", "127.0.0.1:0", "--mqtt-addr", "127.0.0.1:0"],
+            [self.bin, "server", "--data-dir", str(self.data_dir), "--api-addr", "127.0.0.1:0", "--mqtt-addr", "127.0.0.1:0",
+             "--metrics-addr", "127.0.0.1:0"],
             stdout=self._log,
             stderr=self._log,
             stdin=subprocess.DEVNULL,

@@ -408,6 +408,13 @@ def test_migration_drain_report_revert_and_guard(server, openssl):
         assert chain_b["handshakesFailed"].get("unknown_ca", 0) >= 100, chain_b
         assert all(fleet.leaf[c] != fleet.leaf[old_only[0]] for c in trusting_both)
 
+        metrics = scrape_metrics(server)
+        failed = [line for line in metrics.splitlines() if line.startswith("certfleet_endpoint_handshakes_failed_total{")
+                  and f'configuration="{name}"' in line and f'chain="{id_b}"' in line and 'alert="unknown_ca"' in line]
+        assert failed and int(failed[0].rsplit(" ", 1)[1]) >= 100, failed
+        assert f'certfleet_endpoint_connected{{account="{report["domainConfigurationArn"].split(":")[4]}",configuration="{name}",chain="{id_b}"}} 100' in metrics
+        assert f'configuration="{name}",state="closed"}} 200' in metrics
+
         text = server.certfleet("endpoint", "status", name, "--data-dir", str(server.data_dir)).stdout
         assert "not back: old-only-000" in text and "came back on the new chain: 100" in text
 
@@ -424,6 +431,25 @@ def test_migration_drain_report_revert_and_guard(server, openssl):
         wait_for(lambda: connected_on(status(server, name), id_a) == 200, "all 200 back after the guard", timeout=120)
     finally:
         fleet.close()
+
+
+def scrape_metrics(server) -> str:
+    host, port = server.endpoints["metrics_addr"].rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 200"), head
+    return body.decode()
+
+
+def test_metrics_export_refusals_and_endpoints(server):
+    metrics = scrape_metrics(server)
+    assert "# TYPE certfleet_gateway_refusals_total counter" in metrics
+    assert 'certfleet_gateway_refusals_total{reason="Revoked"}' in metrics
+    assert "certfleet_gateway_handshakes_completed_total" in metrics
 
 
 def test_migration_bad_input(server):

@@ -49,6 +49,12 @@ change_poll_interval = "200ms"
 # DANGER, benchmarks only: let every authenticated device do anything, ignoring IoT policies.
 danger_authorize_everything = false
 
+[metrics]
+# Prometheus text metrics at http://<addr>/metrics (gateway counters, refusals by reason,
+# per-endpoint and per-chain handshakes, drains). Operator-only: keep it on loopback or a
+# private network; it carries every tenant's counters. Empty: off.
+addr = ""
+
 [database]
 # Empty: the embedded SQLite registry in data_dir. Otherwise a PostgreSQL URL,
 # e.g. "postgres://user@127.0.0.1:5432/certfleet".
@@ -80,6 +86,13 @@ struct FileConfig {
     database: DatabaseFile,
     pki: PkiFile,
     keys: KeysFile,
+    metrics: MetricsFile,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct MetricsFile {
+    addr: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -130,6 +143,8 @@ pub struct Config {
     pub region: String,
     pub endpoint_domain: String,
     pub api_addr: SocketAddr,
+    /// Where Prometheus metrics are served (none: off).
+    pub metrics_addr: Option<SocketAddr>,
     pub insecure_plain_http: bool,
     pub max_body_bytes: usize,
     pub max_clock_skew: time::Duration,
@@ -153,6 +168,7 @@ pub struct Overrides {
     pub data_dir: Option<PathBuf>,
     pub api_addr: Option<String>,
     pub mqtt_addr: Option<String>,
+    pub metrics_addr: Option<String>,
     pub database_url: Option<String>,
 }
 
@@ -182,6 +198,12 @@ impl Config {
             region,
             endpoint_domain: file.endpoint_domain.unwrap_or_else(|| "certfleet.local".into()),
             api_addr,
+            metrics_addr: overrides
+                .metrics_addr
+                .or(file.metrics.addr)
+                .filter(|addr| !addr.is_empty())
+                .map(|addr| parse_addr(&addr, "metrics.addr"))
+                .transpose()?,
             insecure_plain_http,
             max_body_bytes: file.api.max_body_bytes.unwrap_or(512 * 1024),
             max_clock_skew: parse_duration(file.api.max_clock_skew.as_deref().unwrap_or("5m"), "api.max_clock_skew")?,

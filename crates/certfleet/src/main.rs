@@ -60,9 +60,12 @@ enum Command {
         /// Where the API listens, HOST:PORT (port 0 picks one; see endpoints.json).
         #[arg(long)]
         api_addr: Option<String>,
-        /// Where the MQTT gateway listens, HOST:PORT (reserved: the gateway is not built yet).
+        /// Where the MQTT gateway listens, HOST:PORT (port 0 picks one; see endpoints.json).
         #[arg(long)]
         mqtt_addr: Option<String>,
+        /// Where Prometheus metrics are served, HOST:PORT (default: off).
+        #[arg(long)]
+        metrics_addr: Option<String>,
     },
     /// Manage accounts.
     Account {
@@ -290,7 +293,13 @@ fn init_logging(format: LogFormat) {
 fn load(common: Common, api_addr: Option<String>, mqtt_addr: Option<String>) -> anyhow::Result<Config> {
     Config::load(
         common.config.as_deref(),
-        Overrides { data_dir: common.data_dir, api_addr, mqtt_addr, database_url: common.database_url },
+        Overrides {
+            data_dir: common.data_dir,
+            api_addr,
+            mqtt_addr,
+            metrics_addr: None,
+            database_url: common.database_url,
+        },
     )
 }
 
@@ -307,8 +316,12 @@ fn admin_services(config: &Config) -> anyhow::Result<Services> {
 
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Server { common, api_addr, mqtt_addr } => {
-            let config = load(common, api_addr, mqtt_addr)?;
+        Command::Server { common, api_addr, mqtt_addr, metrics_addr } => {
+            let mut config = load(common, api_addr, mqtt_addr)?;
+            if let Some(addr) = metrics_addr.filter(|addr| !addr.is_empty()) {
+                config.metrics_addr =
+                    Some(addr.parse().with_context(|| format!("--metrics-addr {addr:?} is not an address"))?);
+            }
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             runtime.block_on(server::run(config))
         }

@@ -92,13 +92,25 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mqtt_addr = mqtt_listener.local_addr()?;
     let (stop, stopped) = watch::channel(false);
     let builtin = builtin_chains(&server_issuer, &config, server_chain, &server_key, clock.now())?;
-    let gateway = start_gateway(&services, &config, builtin, mqtt_listener, stopped.clone()).await?;
+    let (gateway, gateway_view) = start_gateway(&services, &config, builtin, mqtt_listener, stopped.clone()).await?;
+    let metrics_addr = match config.metrics_addr {
+        Some(addr) => {
+            let listener =
+                TcpListener::bind(addr).await.with_context(|| format!("binding the metrics listener to {addr}"))?;
+            let bound = listener.local_addr()?;
+            tokio::spawn(serve_metrics(listener, gateway_view, stopped.clone()));
+            tracing::info!(addr = %bound, "metrics listening");
+            Some(bound.to_string())
+        }
+        None => None,
+    };
     let scheme = if tls.is_some() { "https" } else { "http" };
     let api_url = format!("{scheme}://{api_addr}");
     let endpoints = serde_json::json!({
         "api": api_url,
         "api_addr": api_addr.to_string(),
         "mqtt_addr": mqtt_addr.to_string(),
+        "metrics_addr": metrics_addr,
         "region": config.region,
     });
     datadir::write_public(&files.endpoints, format!("{endpoints:#}\n").as_bytes())?;
@@ -231,7 +243,7 @@ async fn start_gateway(
     builtin: certfleet_gateway::endpoints::BuiltinChains,
     listener: TcpListener,
     stopped: watch::Receiver<bool>,
-) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+) -> anyhow::Result<(tokio::task::JoinHandle<()>, Arc<certfleet_gateway::Gateway>)> {
     let default_account = match &config.mqtt_default_account {
         Some(id) => AccountId::parse(id).context("mqtt.default_account")?,
         None => {
@@ -278,11 +290,66 @@ async fn start_gateway(
     // Just-in-time registration events are published into the account's topic space.
     gateway.registry.attach_events(broker.clone());
     tracing::info!(%default_account, "gateway ready");
-    Ok(tokio::spawn(gateway.run(
+    let view = gateway.clone();
+    let task = tokio::spawn(gateway.run(
         listener,
         move |tls, connection| certfleet_gateway::serve(broker.clone(), tls, connection),
         stopped,
-    )))
+    ));
+    Ok((task, view))
+}
+
+/// Serves `GET /metrics` (Prometheus text) over plain HTTP/1.1, one request per connection.
+async fn serve_metrics(
+    listener: TcpListener,
+    gateway: Arc<certfleet_gateway::Gateway>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    loop {
+        let (mut stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "metrics accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stopped.changed() => return,
+        };
+        let gateway = gateway.clone();
+        tokio::spawn(async move {
+            let mut request = Vec::with_capacity(1024);
+            let read = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+                let mut buffer = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 8192 {
+                    match stream.read(&mut buffer).await {
+                        Ok(0) | Err(_) => return false,
+                        Ok(n) => request.extend_from_slice(&buffer[..n]),
+                    }
+                }
+                true
+            })
+            .await;
+            if !matches!(read, Ok(true)) {
+                return;
+            }
+            let (status, body) = if request.starts_with(b"GET /metrics ") || request.starts_with(b"GET /metrics?") {
+                ("200 OK", certfleet_gateway::metrics::render(&gateway))
+            } else {
+                tracing::info!(%peer, "metrics: unknown request");
+                ("404 Not Found", "only GET /metrics is served here\n".to_owned())
+            };
+            let head = format!(
+                "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = stream.write_all(head.as_bytes()).await;
+            let _ = stream.write_all(body.as_bytes()).await;
+            let _ = stream.shutdown().await;
+        });
+    }
 }
 
 async fn shutdown_signal() {

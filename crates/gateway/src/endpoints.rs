@@ -73,6 +73,9 @@ struct Drain {
 
 type ConfigKey = (AccountId, String);
 
+/// A configuration's chain: the key of the per-chain counters.
+type ChainKey = (AccountId, String, Arc<str>);
+
 /// The endpoints of this node: resolution cache, counters, drains.
 pub struct Endpoints {
     services: Arc<Services>,
@@ -81,7 +84,7 @@ pub struct Endpoints {
     default_account: AccountId,
     sessions: Arc<dyn StoresServerSessions>,
     by_sni: Mutex<HashMap<String, Arc<Endpoint>>>,
-    counters: Mutex<HashMap<(AccountId, String, Arc<str>), Arc<Counters>>>,
+    counters: Mutex<HashMap<ChainKey, Arc<Counters>>>,
     drains: Mutex<HashMap<ConfigKey, Drain>>,
 }
 
@@ -385,6 +388,79 @@ impl Endpoints {
             })
             .collect();
         EndpointReport { chains, drain }
+    }
+}
+
+impl Endpoints {
+    /// Appends the per-endpoint metrics in the Prometheus text format.
+    pub fn render_metrics(&self, out: &mut String) {
+        use std::fmt::Write;
+        let label = |text: &str| text.replace('\\', "\\\\").replace('"', "\\\"");
+        let _ = writeln!(
+            out,
+            "# HELP certfleet_endpoint_handshakes_completed_total TLS handshakes completed, by endpoint and server chain.\n# TYPE certfleet_endpoint_handshakes_completed_total counter"
+        );
+        let counters: Vec<_> = lock(&self.counters).iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        for ((account, name, chain), counters) in &counters {
+            let _ = writeln!(
+                out,
+                "certfleet_endpoint_handshakes_completed_total{{account=\"{account}\",configuration=\"{}\",chain=\"{}\"}} {}",
+                label(name),
+                label(chain),
+                counters.completed.load(Ordering::Relaxed)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP certfleet_endpoint_handshakes_failed_total TLS handshakes failed, by endpoint, server chain and the alert the client sent.\n# TYPE certfleet_endpoint_handshakes_failed_total counter"
+        );
+        for ((account, name, chain), counters) in &counters {
+            for (alert, count) in lock(&counters.failed).iter() {
+                let _ = writeln!(
+                    out,
+                    "certfleet_endpoint_handshakes_failed_total{{account=\"{account}\",configuration=\"{}\",chain=\"{}\",alert=\"{}\"}} {count}",
+                    label(name),
+                    label(chain),
+                    label(alert)
+                );
+            }
+        }
+        let mut connected: BTreeMap<(String, String, String), u64> = BTreeMap::new();
+        for session in self.live.list() {
+            if let (Some(name), Some(chain)) = (&session.endpoint, &session.chain) {
+                *connected
+                    .entry((session.identity.account.to_string(), name.clone(), chain.to_string()))
+                    .or_default() += 1;
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP certfleet_endpoint_connected Devices connected, by endpoint and the server chain they saw.\n# TYPE certfleet_endpoint_connected gauge"
+        );
+        for ((account, name, chain), count) in connected {
+            let _ = writeln!(
+                out,
+                "certfleet_endpoint_connected{{account=\"{account}\",configuration=\"{}\",chain=\"{}\"}} {count}",
+                label(&name),
+                label(&chain)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP certfleet_endpoint_drain_sessions Sessions the last drain of an endpoint set out to close, and closed.\n# TYPE certfleet_endpoint_drain_sessions gauge"
+        );
+        for ((account, name), drain) in lock(&self.drains).iter() {
+            let closed = drain.closed.load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "certfleet_endpoint_drain_sessions{{account=\"{account}\",configuration=\"{}\",state=\"total\"}} {}\ncertfleet_endpoint_drain_sessions{{account=\"{account}\",configuration=\"{}\",state=\"closed\"}} {closed}\ncertfleet_endpoint_guard_tripped{{account=\"{account}\",configuration=\"{}\"}} {}",
+                label(name),
+                drain.sessions,
+                label(name),
+                label(name),
+                u8::from(drain.guard_tripped.is_some())
+            );
+        }
     }
 }
 

@@ -36,3 +36,49 @@ impl Metrics {
         self.refusals().into_iter().find(|(known, _)| *known == reason).map_or(0, |(_, count)| count)
     }
 }
+
+/// The gateway's metrics in the Prometheus text format: connections, handshakes, refusals by
+/// reason, and per endpoint and chain the devices connected, handshakes completed and failed by
+/// alert, and the last drain.
+pub fn render(gateway: &crate::Gateway) -> String {
+    use std::fmt::Write;
+    let metrics = &gateway.metrics;
+    let mut out = String::with_capacity(4096);
+    let mut counter = |name: &str, help: &str, value: u64| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
+    };
+    counter(
+        "certfleet_gateway_connections_accepted_total",
+        "TCP connections accepted.",
+        load(&metrics.connections_accepted),
+    );
+    counter(
+        "certfleet_gateway_connections_over_limit_total",
+        "TCP connections closed at accept: the gateway was full.",
+        load(&metrics.connections_over_limit),
+    );
+    counter(
+        "certfleet_gateway_handshakes_completed_total",
+        "TLS handshakes completed.",
+        load(&metrics.handshakes_completed),
+    );
+    counter("certfleet_gateway_handshakes_failed_total", "TLS handshakes failed.", load(&metrics.handshakes_failed));
+    let _ = writeln!(
+        out,
+        "# HELP certfleet_gateway_sessions Authenticated connections on this node.\n# TYPE certfleet_gateway_sessions gauge\ncertfleet_gateway_sessions {}",
+        gateway.live.count()
+    );
+    let _ = writeln!(
+        out,
+        "# HELP certfleet_gateway_refusals_total Devices refused, by reason.\n# TYPE certfleet_gateway_refusals_total counter"
+    );
+    for (reason, count) in metrics.refusals() {
+        let _ = writeln!(out, "certfleet_gateway_refusals_total{{reason=\"{reason}\"}} {count}");
+    }
+    gateway.endpoints.render_metrics(&mut out);
+    out
+}
+
+fn load(counter: &AtomicU64) -> u64 {
+    counter.load(Ordering::Relaxed)
+}
