@@ -311,6 +311,23 @@ def test_domain_configuration_bad_input(server, openssl):
     assert server.aws("list-domain-configurations")["domainConfigurations"] == before
 
 
+def test_legacy_data_endpoint_serves_a_different_chain(server, openssl):
+    account = server.create_account()
+    legacy = server.aws("describe-endpoint", "--endpoint-type", "iot:Data", profile=account)["endpointAddress"]
+    ats = server.aws("describe-endpoint", "--endpoint-type", "iot:Data-ATS", profile=account)["endpointAddress"]
+    root, cert, key = root_and_server_cert(openssl, legacy, "legacy")
+    arn = import_cert(server, cert, key, profile=account.profile)
+    proc = server.certfleet("endpoint", "set-chain", "iot:Data", "--cert-arn", arn, "--data-dir", str(server.data_dir),
+                            "--profile", account.profile, "--output", "json")
+    assert json.loads(proc.stdout)["serverCertificates"][0]["serverCertificateArn"] == arn
+    wait_for(lambda: "e2e root legacy" in s_client(server, legacy)[0], "the legacy endpoint to serve its own chain")
+    output, _ = s_client(server, ats)
+    assert "e2e root legacy" not in output and "certfleet server root CA" in output
+    # Back to the built-in chain.
+    server.certfleet("endpoint", "set-chain", "iot:Data", "--data-dir", str(server.data_dir), "--profile", account.profile)
+    wait_for(lambda: "certfleet server root CA" in s_client(server, legacy)[0], "the built-in chain again")
+
+
 def test_reserved_configurations_and_endpoints(server):
     listed = [c["domainConfigurationName"] for c in server.aws("list-domain-configurations")["domainConfigurations"]]
     for name in ("iot:Data-ATS", "iot:Data", "iot:Jobs", "iot:CredentialProvider", "certfleet:Test", "certfleet:LargeCert"):

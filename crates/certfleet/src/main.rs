@@ -164,6 +164,16 @@ enum EndpointCommand {
         #[arg(long)]
         guard_max_failures: Option<u64>,
     },
+    /// Set the chain a configuration serves now (new handshakes get it at once; live sessions
+    /// stay). With no --cert-arn, a reserved configuration goes back to the built-in chain.
+    SetChain {
+        #[command(flatten)]
+        remote: Remote,
+        name: String,
+        /// Server certificates (ACM ARNs): at most one ECDSA and one RSA.
+        #[arg(long = "cert-arn")]
+        cert_arns: Vec<String>,
+    },
     /// Go back to the current chain (sessions on the next one are drained back).
     Revert {
         #[command(flatten)]
@@ -458,6 +468,7 @@ fn server_cert(command: ServerCertCommand) -> anyhow::Result<()> {
 async fn endpoint(command: EndpointCommand) -> anyhow::Result<()> {
     let (remote, name) = match &command {
         EndpointCommand::Migrate { remote, name, .. }
+        | EndpointCommand::SetChain { remote, name, .. }
         | EndpointCommand::Revert { remote, name }
         | EndpointCommand::Finish { remote, name }
         | EndpointCommand::Status { remote, name } => (remote, name),
@@ -489,6 +500,9 @@ async fn endpoint(command: EndpointCommand) -> anyhow::Result<()> {
                 body["guardMaxFailures"] = (*limit).into();
             }
             calls.push(("POST", format!("{base}/migrate"), body));
+        }
+        EndpointCommand::SetChain { cert_arns, .. } => {
+            calls.push(("PUT", format!("{base}/chain"), serde_json::json!({ "serverCertificateArns": cert_arns })));
         }
         EndpointCommand::Revert { .. } => calls.push(("POST", format!("{base}/revert"), serde_json::json!({}))),
         EndpointCommand::Finish { .. } => calls.push(("POST", format!("{base}/finish"), serde_json::json!({}))),
