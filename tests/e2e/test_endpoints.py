@@ -197,6 +197,29 @@ def test_acm_bad_input_is_refused_and_changes_nothing(server, openssl):
     assert b"PRIVATE KEY" not in db
 
 
+def test_server_cert_import_and_list_offline(server, openssl):
+    account = server.create_account()
+    root, cert, key = root_and_server_cert(openssl, "offline.example.com", "offline")
+    proc = server.certfleet("server-cert", "import", "--data-dir", str(server.data_dir), "--account", account.id,
+                            "--certificate", cert, "--private-key", key, "--chain", root, "--output", "json")
+    arn = json.loads(proc.stdout)["CertificateArn"]
+    assert f":{account.id}:certificate/" in arn
+    listed = json.loads(server.certfleet("server-cert", "list", "--data-dir", str(server.data_dir), "--account",
+                                         account.id, "--output", "json").stdout)["CertificateSummaryList"]
+    assert [c["CertificateArn"] for c in listed] == [arn] and listed[0]["DomainName"] == "offline.example.com"
+    # The running server sees it through the ACM API.
+    assert acm(server, account.profile).describe_certificate(CertificateArn=arn)["Certificate"]["DomainName"] == \
+        "offline.example.com"
+    # Bad input: a key of another certificate; nothing is added.
+    _, other, other_key = root_and_server_cert(openssl, "other-offline.example.com", "other-offline")
+    proc = server.certfleet("server-cert", "import", "--data-dir", str(server.data_dir), "--account", account.id,
+                            "--certificate", cert, "--private-key", other_key, check=False)
+    assert proc.returncode != 0 and "does not match" in proc.stderr
+    listed = json.loads(server.certfleet("server-cert", "list", "--data-dir", str(server.data_dir), "--account",
+                                         account.id, "--output", "json").stdout)["CertificateSummaryList"]
+    assert len(listed) == 1
+
+
 def test_server_certificates_are_per_account(server, openssl):
     other = server.create_account()
     _, cert, key = root_and_server_cert(openssl, "mine.example.com", "mine")
