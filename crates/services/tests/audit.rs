@@ -362,6 +362,7 @@ fn bad_inputs_are_refused_and_change_nothing() {
         day_of_month: None,
         day_of_week: None,
         check_names: names(&["CA_CERTIFICATE_EXPIRING_CHECK"]),
+        tags: vec![],
     };
     services.create_scheduled_audit(&caller, "daily", &daily).unwrap();
     let before = audit_state(&world, &caller);
@@ -370,6 +371,7 @@ fn bad_inputs_are_refused_and_change_nothing() {
         day_of_month: month.map(str::to_owned),
         day_of_week: week.map(str::to_owned),
         check_names: names(checks),
+        tags: vec![],
     };
     let ca = ["CA_CERTIFICATE_EXPIRING_CHECK"];
     for (name, request, expected) in [
@@ -524,6 +526,7 @@ fn a_scheduled_audit_survives_a_restart_and_runs_once() {
                 day_of_month: None,
                 day_of_week: Some("WED".into()),
                 check_names: vec!["CA_CERTIFICATE_EXPIRING_CHECK".into()],
+                tags: vec![],
             },
         )
         .unwrap();

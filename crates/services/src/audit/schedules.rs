@@ -26,6 +26,7 @@ pub struct ScheduledAuditDefinition {
     pub day_of_month: Option<String>,
     pub day_of_week: Option<String>,
     pub check_names: Vec<String>,
+    pub tags: Vec<certfleet_registry::Tag>,
 }
 
 /// UpdateScheduledAudit's request: each member given replaces the stored one.
@@ -186,6 +187,7 @@ impl Services {
                 )));
             }
             tx.insert_scheduled_audit(&audit)?;
+            tx.put_tags(&arn, &definition.tags)?;
             Ok(())
         })?;
         tracing::info!(account = %caller.account, schedule = name, next_run = %audit.next_run_at, "scheduled audit created");
@@ -266,10 +268,12 @@ impl Services {
     /// DeleteScheduledAudit.
     pub fn delete_scheduled_audit(&self, caller: &Caller, name: &str) -> Result<(), Error> {
         check_name(name)?;
+        let arn = self.scheduled_audit_arn(&caller.account, name);
         registry::write(self.store(), |tx| {
             if !tx.delete_scheduled_audit(&caller.account, name)? {
                 return Err(Error::NotFound(format!("the scheduled audit {name} does not exist")));
             }
+            tx.delete_tags(&arn)?;
             Ok(())
         })?;
         tracing::info!(account = %caller.account, schedule = name, "scheduled audit deleted");
