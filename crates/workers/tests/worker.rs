@@ -154,3 +154,75 @@ async fn the_worker_runs_tasks_and_notifies_the_webhook_and_listeners() {
     let _ = stop.send(true);
     tokio::time::timeout(Duration::from_secs(5), running).await.unwrap().unwrap();
 }
+
+struct Topics(Mutex<Vec<(String, String, serde_json::Value)>>);
+
+impl certfleet_workers::MqttPublisher for Topics {
+    fn publish(&self, account: &certfleet_registry::AccountId, topic: &str, payload: bytes::Bytes) -> bool {
+        let body = serde_json::from_slice(&payload).unwrap();
+        self.0.lock().unwrap().push((account.to_string(), topic.to_owned(), body));
+        true
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mqtt_target_gets_the_notification_and_an_sns_arn_is_not_delivered() {
+    let world = world();
+    let caller = world.caller();
+    world
+        .services
+        .update_account_audit_configuration(
+            &caller,
+            &AuditConfigurationUpdate {
+                role_arn: Some("arn:aws:iam::123456789012:role/audit".into()),
+                targets: BTreeMap::from([(
+                    "SNS".to_owned(),
+                    AuditNotificationTarget {
+                        target_arn: Some("mqtt:ops/audits".into()),
+                        role_arn: None,
+                        enabled: true,
+                    },
+                )]),
+                checks: BTreeMap::from([(
+                    "CA_CERTIFICATE_EXPIRING_CHECK".to_owned(),
+                    AuditCheckConfiguration { enabled: true, configuration: BTreeMap::new() },
+                )]),
+            },
+        )
+        .unwrap();
+    let task_id =
+        world.services.start_on_demand_audit_task(&caller, &["CA_CERTIFICATE_EXPIRING_CHECK".into()]).unwrap();
+    let task = world.services.runnable_audit_tasks(1).unwrap().remove(0);
+    let summary = world.services.run_audit_task(&task, time::Duration::minutes(1)).unwrap().unwrap();
+    let topics = Arc::new(Topics(Mutex::new(Vec::new())));
+    let targets = NotificationTargets::with_mqtt(topics.clone());
+    targets.deliver(&world.services, &WebhookConfig::default(), &summary).await;
+    {
+        let published = topics.0.lock().unwrap();
+        assert_eq!(published.len(), 1);
+        let (account, topic, body) = &published[0];
+        assert_eq!((account.as_str(), topic.as_str()), (caller.account.to_string().as_str(), "ops/audits"));
+        assert_eq!(body["taskId"], task_id);
+    }
+
+    // A real SNS topic is stored but not delivered anywhere.
+    world
+        .services
+        .update_account_audit_configuration(
+            &caller,
+            &AuditConfigurationUpdate {
+                targets: BTreeMap::from([(
+                    "SNS".to_owned(),
+                    AuditNotificationTarget {
+                        target_arn: Some("arn:aws:sns:us-east-1:123456789012:audits".into()),
+                        role_arn: None,
+                        enabled: true,
+                    },
+                )]),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    targets.deliver(&world.services, &WebhookConfig::default(), &summary).await;
+    assert_eq!(topics.0.lock().unwrap().len(), 1);
+}
