@@ -6,11 +6,12 @@
 //!
 //! - `http://...` or `https://...`: a webhook, POSTed the body as `application/json`, retried
 //!   with exponential backoff on a network error or a non-2xx status, a bounded number of times.
-//!   (https needs no client certificate; the server's certificate is checked against the
-//!   system roots — not yet: see docs/audit.md, only http is delivered today.)
+//!   An https server's certificate is verified against [`WebhookConfig::ca_bundle`] when set,
+//!   the system's bundle otherwise (`SSL_CERT_FILE`, then the usual distribution paths).
 //! - `mqtt:<topic>`: published (QoS 0) to `<topic>` in the account's own topic space.
 //! - anything else (a real SNS ARN): accepted, stored, and logged as not delivered.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +20,8 @@ use certfleet_registry::{AccountId, AuditCheckRunStatus, AuditTaskType};
 use certfleet_services::{AuditTaskSummary, Services};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName};
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
 
@@ -35,12 +38,51 @@ pub struct WebhookConfig {
     pub attempts: u32,
     pub initial_backoff: Duration,
     pub timeout: Duration,
+    /// The roots https webhooks are verified against (PEM); the system's bundle when `None`.
+    pub ca_bundle: Option<PathBuf>,
 }
 
 impl Default for WebhookConfig {
     fn default() -> Self {
-        WebhookConfig { attempts: 5, initial_backoff: Duration::from_millis(500), timeout: Duration::from_secs(10) }
+        WebhookConfig {
+            attempts: 5,
+            initial_backoff: Duration::from_millis(500),
+            timeout: Duration::from_secs(10),
+            ca_bundle: None,
+        }
     }
+}
+
+/// Where distributions keep the system's CA bundle.
+const SYSTEM_BUNDLES: [&str; 4] = [
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/cert.pem",
+    "/etc/ssl/ca-bundle.pem",
+];
+
+/// A TLS client configuration trusting the roots of `bundle` (or of the system's bundle).
+fn tls_config(bundle: Option<&PathBuf>) -> Result<Arc<rustls::ClientConfig>, Error> {
+    let path = match bundle {
+        Some(path) => path.clone(),
+        None => std::env::var_os("SSL_CERT_FILE")
+            .map(PathBuf::from)
+            .or_else(|| SYSTEM_BUNDLES.iter().map(PathBuf::from).find(|path| path.is_file()))
+            .ok_or_else(|| Error::Request("no CA bundle to verify https webhooks with".into()))?,
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    let certificates = CertificateDer::pem_file_iter(&path)
+        .map_err(|error| Error::Request(format!("reading {}: {error}", path.display())))?;
+    for certificate in certificates.flatten() {
+        let _ = roots.add(certificate);
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|error| Error::Request(error.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
 }
 
 /// AWS's audit notification for a finished task (epoch milliseconds, as AWS sends them).
@@ -113,10 +155,10 @@ pub struct Webhook {
 }
 
 impl Webhook {
-    /// A webhook at `url` (`http://host[:port]/path`).
+    /// A webhook at `url` (`http://host[:port]/path` or `https://...`).
     pub fn parse(url: &str) -> Result<Self, Error> {
         let uri: http::Uri = url.parse().map_err(|_| Error::Url(url.to_owned()))?;
-        if uri.scheme_str() != Some("http") || uri.host().is_none() {
+        if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
             return Err(Error::Url(url.to_owned()));
         }
         Ok(Webhook { url: uri })
@@ -130,7 +172,7 @@ impl Webhook {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let outcome = match tokio::time::timeout(config.timeout, self.post(payload.clone())).await {
+            let outcome = match tokio::time::timeout(config.timeout, self.post(payload.clone(), config)).await {
                 Ok(result) => result,
                 Err(_) => Err(Error::Request("timed out".into())),
             };
@@ -148,27 +190,48 @@ impl Webhook {
         }
     }
 
-    async fn post(&self, payload: Bytes) -> Result<(), Error> {
-        let host = self.url.host().unwrap_or_default();
-        let port = self.url.port_u16().unwrap_or(80);
-        let stream = TcpStream::connect((host, port)).await.map_err(|error| Error::Request(error.to_string()))?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|error| Error::Request(error.to_string()))?;
-        tokio::spawn(connection);
+    async fn post(&self, payload: Bytes, config: &WebhookConfig) -> Result<(), Error> {
+        let host = self.url.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_owned();
+        let https = self.url.scheme_str() == Some("https");
+        let port = self.url.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let stream =
+            TcpStream::connect((host.as_str(), port)).await.map_err(|error| Error::Request(error.to_string()))?;
+        let request = self.request(payload)?;
+        let response = if https {
+            let connector = tokio_rustls::TlsConnector::from(tls_config(config.ca_bundle.as_ref())?);
+            let name = ServerName::try_from(host).map_err(|error| Error::Request(error.to_string()))?;
+            let tls = connector.connect(name, stream).await.map_err(|error| Error::Request(error.to_string()))?;
+            send(TokioIo::new(tls), request).await?
+        } else {
+            send(TokioIo::new(stream), request).await?
+        };
+        if response.is_success() { Ok(()) } else { Err(Error::Status(response.as_u16())) }
+    }
+
+    fn request(&self, payload: Bytes) -> Result<http::Request<Full<Bytes>>, Error> {
         let authority = self.url.authority().map(|authority| authority.to_string()).unwrap_or_default();
         let path = self.url.path_and_query().map_or("/", |path| path.as_str());
-        let request = http::Request::post(path)
+        http::Request::post(path)
             .header(http::header::HOST, authority)
             .header(http::header::CONTENT_TYPE, "application/json")
             .header(http::header::USER_AGENT, "certfleet-audit")
             .body(Full::new(payload))
-            .map_err(|error| Error::Request(error.to_string()))?;
-        let response = sender.send_request(request).await.map_err(|error| Error::Request(error.to_string()))?;
-        let status = response.status();
-        let _ = response.into_body().collect().await;
-        if status.is_success() { Ok(()) } else { Err(Error::Status(status.as_u16())) }
+            .map_err(|error| Error::Request(error.to_string()))
     }
+}
+
+/// Sends one request over a fresh HTTP/1.1 connection and returns the status.
+async fn send<T>(io: TokioIo<T>, request: http::Request<Full<Bytes>>) -> Result<http::StatusCode, Error>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(io).await.map_err(|error| Error::Request(error.to_string()))?;
+    tokio::spawn(connection);
+    let response = sender.send_request(request).await.map_err(|error| Error::Request(error.to_string()))?;
+    let status = response.status();
+    let _ = response.into_body().collect().await;
+    Ok(status)
 }
 
 /// Delivers finished tasks to the targets of their account's audit configuration.

@@ -62,8 +62,12 @@ async fn receiver(statuses: Vec<u16>) -> (String, mpsc::UnboundedReceiver<(u16, 
 async fn a_webhook_is_retried_with_backoff_until_it_accepts() {
     let (url, mut bodies) = receiver(vec![500, 500]).await;
     let hook = Webhook::parse(&url).unwrap();
-    let config =
-        WebhookConfig { attempts: 4, initial_backoff: Duration::from_millis(20), timeout: Duration::from_secs(5) };
+    let config = WebhookConfig {
+        attempts: 4,
+        initial_backoff: Duration::from_millis(20),
+        timeout: Duration::from_secs(5),
+        ..WebhookConfig::default()
+    };
     let started = std::time::Instant::now();
     let attempts = hook.deliver(&serde_json::json!({"taskId": "t1"}), &config).await.unwrap();
     assert_eq!(attempts, 3);
@@ -75,8 +79,12 @@ async fn a_webhook_is_retried_with_backoff_until_it_accepts() {
 
     // Bounded: a receiver that always fails is given up on.
     let (url, _bodies) = receiver(vec![500; 10]).await;
-    let config =
-        WebhookConfig { attempts: 2, initial_backoff: Duration::from_millis(1), timeout: Duration::from_secs(5) };
+    let config = WebhookConfig {
+        attempts: 2,
+        initial_backoff: Duration::from_millis(1),
+        timeout: Duration::from_secs(5),
+        ..WebhookConfig::default()
+    };
     let error = Webhook::parse(&url).unwrap().deliver(&serde_json::json!({}), &config).await.unwrap_err();
     assert!(error.to_string().contains("after 2 attempts"), "{error}");
     assert!(Webhook::parse("ftp://example.com/x").is_err());
@@ -118,6 +126,7 @@ async fn the_worker_runs_tasks_and_notifies_the_webhook_and_listeners() {
             attempts: 5,
             initial_backoff: Duration::from_millis(10),
             timeout: Duration::from_secs(5),
+            ..WebhookConfig::default()
         },
         ..Config::default()
     };
@@ -225,4 +234,73 @@ async fn an_mqtt_target_gets_the_notification_and_an_sns_arn_is_not_delivered() 
         .unwrap();
     targets.deliver(&world.services, &WebhookConfig::default(), &summary).await;
     assert_eq!(topics.0.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn an_https_webhook_is_verified_against_the_configured_roots() {
+    use certfleet_pki::{Issuer, KeyAlgorithm};
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+    let now = time::OffsetDateTime::now_utc();
+    let root =
+        Issuer::generate_root("webhook root", "test", time::Duration::days(1), KeyAlgorithm::EcdsaP256, now).unwrap();
+    let (certificate, key) = root
+        .issue_server_certificate(
+            "webhook",
+            &["127.0.0.1".to_owned()],
+            time::Duration::days(1),
+            KeyAlgorithm::EcdsaP256,
+            now,
+        )
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![CertificateDer::from(certificate.der().to_vec())],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.to_vec())),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://{}/hook", listener.local_addr().unwrap());
+    let (sender, mut bodies) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let Ok(mut tls) = acceptor.accept(stream).await else { continue };
+            let mut request = Vec::new();
+            let mut buffer = [0u8; 4096];
+            while !String::from_utf8_lossy(&request).contains("}") {
+                let read = tls.read(&mut buffer).await.unwrap();
+                if read == 0 {
+                    break;
+                }
+                request.extend_from_slice(&buffer[..read]);
+            }
+            let text = String::from_utf8_lossy(&request).to_string();
+            let _ = sender.send(text.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default());
+            let _ = tls.write_all(b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n").await;
+            let _ = tls.shutdown().await;
+        }
+    });
+
+    let dir = certfleet_testkit::TempDir::new("webhook-roots");
+    let bundle = dir.path().join("roots.pem");
+    std::fs::write(&bundle, root.certificate().to_pem()).unwrap();
+    let trusted = WebhookConfig { attempts: 1, ca_bundle: Some(bundle), ..WebhookConfig::default() };
+    let hook = Webhook::parse(&url).unwrap();
+    assert_eq!(hook.deliver(&serde_json::json!({"taskId": "t2"}), &trusted).await.unwrap(), 1);
+    assert_eq!(bodies.recv().await.unwrap(), r#"{"taskId":"t2"}"#);
+
+    // Against other roots the server is not trusted and nothing is sent.
+    let other =
+        Issuer::generate_root("other root", "test", time::Duration::days(1), KeyAlgorithm::EcdsaP256, now).unwrap();
+    let other_bundle = dir.path().join("other.pem");
+    std::fs::write(&other_bundle, other.certificate().to_pem()).unwrap();
+    let untrusted = WebhookConfig { attempts: 1, ca_bundle: Some(other_bundle), ..WebhookConfig::default() };
+    assert!(hook.deliver(&serde_json::json!({}), &untrusted).await.is_err());
+    assert!(bodies.try_recv().is_err());
 }
