@@ -547,3 +547,17 @@ fn a_scheduled_audit_survives_a_restart_and_runs_once() {
     let summary = second.run_audit_task(task, Duration::minutes(5)).unwrap().unwrap();
     assert_eq!(summary.task.status, AuditTaskStatus::Completed);
 }
+
+#[test]
+fn results_older_than_ninety_days_are_pruned() {
+    let world = world();
+    let caller = world.caller();
+    enable(&world, &caller, &[("CA_CERTIFICATE_EXPIRING_CHECK", &[])]);
+    let old = world.services.start_on_demand_audit_task(&caller, &["CA_CERTIFICATE_EXPIRING_CHECK".into()]).unwrap();
+    world.clock.advance(Duration::days(60));
+    let recent = world.services.start_on_demand_audit_task(&caller, &["CA_CERTIFICATE_EXPIRING_CHECK".into()]).unwrap();
+    world.clock.advance(Duration::days(31));
+    assert_eq!(world.services.prune_audit_results().unwrap(), 1);
+    assert_eq!(outcome(world.services.describe_audit_task(&caller, &old)), "NotFound");
+    assert_eq!(outcome(world.services.describe_audit_task(&caller, &recent)), "ok");
+}

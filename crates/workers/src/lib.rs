@@ -20,6 +20,9 @@ use tokio::sync::{Semaphore, broadcast, watch};
 
 pub use notify::{MqttPublisher, NotificationTargets, Webhook, notification_body};
 
+/// How often audit results older than AWS's 90-day retention are deleted.
+const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
+
 /// Settings of the audit worker.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -76,12 +79,20 @@ impl AuditWorker {
         let worker = Arc::new(self);
         let targets = Arc::new(targets);
         let slots = Arc::new(Semaphore::new(worker.config.max_concurrent_tasks.max(1)));
+        let mut last_prune: Option<std::time::Instant> = None;
         tracing::info!(poll_ms = worker.config.poll_interval.as_millis() as u64, "audit worker running");
         loop {
             if *stop.borrow() {
                 break;
             }
             worker.tick(&targets, &slots).await;
+            if last_prune.is_none_or(|at| at.elapsed() >= PRUNE_INTERVAL) {
+                last_prune = Some(std::time::Instant::now());
+                let services = worker.services.clone();
+                if let Ok(Err(error)) = tokio::task::spawn_blocking(move || services.prune_audit_results()).await {
+                    tracing::warn!(%error, "cannot prune old audit results");
+                }
+            }
             tokio::select! {
                 _ = tokio::time::sleep(worker.config.poll_interval) => {}
                 changed = stop.changed() => if changed.is_err() { break },

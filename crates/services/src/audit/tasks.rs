@@ -137,6 +137,20 @@ impl Services {
             .ok_or_else(|| Error::NotFound(format!("the audit finding {id} does not exist")))
     }
 
+    /// Deletes the tasks (with their check runs and findings) of every account started more than
+    /// [`RETENTION`] ago. Returns how many tasks went.
+    pub fn prune_audit_results(&self) -> Result<u64, Error> {
+        let before = self.now() - RETENTION;
+        let mut pruned = 0;
+        for account in self.list_accounts()? {
+            pruned += registry::write(self.store(), |tx| tx.prune_audit_tasks(&account.id, before))?;
+        }
+        if pruned > 0 {
+            tracing::info!(pruned, "old audit tasks deleted");
+        }
+        Ok(pruned)
+    }
+
     // ---- the runner -----------------------------------------------------------------------
 
     /// Tasks a worker may take now (in progress, with no live lease), any account.
