@@ -225,3 +225,89 @@ def test_scheduled_audits_with_the_cli(server):
     server.aws_error("describe-scheduled-audit", "--scheduled-audit-name", "weekly", code="ResourceNotFoundException", profile=acct)
     server.aws("delete-account-audit-configuration", "--delete-scheduled-audits", profile=acct)
     server.aws_error("delete-account-audit-configuration", code="ResourceNotFoundException", profile=acct)
+
+
+def certfleet_call(server, acct, method: str, path: str, body: bytes = b"") -> tuple[int, dict]:
+    """A SigV4-signed request to a certfleet extension route: (status, JSON body)."""
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    import botocore.auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    akid, secret = server.credentials(acct.profile)
+    request = AWSRequest(method=method, url=server.url + path, data=body)
+    botocore.auth.SigV4Auth(Credentials(akid, secret), "iot", "us-east-1").add_auth(request)
+    prepared = request.prepare()
+    raw = urllib.request.Request(prepared.url, data=body or None, method=method, headers=dict(prepared.headers))
+    context = ssl.create_default_context(cafile=server.ca_bundle)
+    try:
+        with urllib.request.urlopen(raw, context=context, timeout=30) as response:
+            return response.status, json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"{}")
+
+
+def test_uploaded_crls_and_overly_permissive_policies(server, openssl):
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+
+    acct = server.create_account()
+    ca, ca_key, ca_id = register_ca(server, acct, openssl, days=3000)
+    revoked = register_device(server, acct, openssl, ca, ca_key, days=3000)
+    register_device(server, acct, openssl, ca, ca_key, days=3000)
+    # The device registered first is audit-device<N> with the smallest N.
+    devices = sorted(openssl.dir.glob("audit-device*.pem"), key=lambda p: int(p.stem.removeprefix("audit-device")))
+    revoked_pem = devices[0]
+    issuer = x509.load_pem_x509_certificate(openssl.path(ca).read_bytes())
+    key = serialization.load_pem_private_key(openssl.path(ca_key).read_bytes(), password=None)
+    serial = x509.load_pem_x509_certificate(revoked_pem.read_bytes()).serial_number
+    now = datetime.datetime.now(datetime.timezone.utc)
+    crl = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(issuer.subject)
+        .last_update(now)
+        .next_update(now + datetime.timedelta(days=1))
+        .add_revoked_certificate(
+            x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now).build()
+        )
+        .sign(key, hashes.SHA256())
+    )
+
+    status, body = certfleet_call(server, acct, "PUT", "/certfleet/crls/root-ca", crl.public_bytes(serialization.Encoding.PEM))
+    assert status == 200, body
+    assert (body["signatureVerified"], body["revokedCount"], body["caCertificateId"]) == (True, 1, ca_id)
+    status, body = certfleet_call(server, acct, "PUT", "/certfleet/crls/bad", b"not a crl")
+    assert status == 400, body
+    status, body = certfleet_call(server, acct, "GET", "/certfleet/crls")
+    assert [entry["crlName"] for entry in body["crls"]] == ["root-ca"]
+
+    server.aws(
+        "create-policy", "--policy-name", "everything", "--policy-document",
+        json.dumps({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "iot:*", "Resource": "*"}]}),
+        profile=acct,
+    )
+    checks = ["REVOKED_DEVICE_CERTIFICATE_STILL_ACTIVE_CHECK", "IOT_POLICY_OVERLY_PERMISSIVE_CHECK"]
+    server.aws(
+        "update-account-audit-configuration", "--role-arn", ROLE,
+        "--audit-check-configurations", json.dumps({name: {"enabled": True} for name in checks}), profile=acct,
+    )
+    task_id = server.aws("start-on-demand-audit-task", "--target-check-names", *checks, profile=acct)["taskId"]
+    assert wait_for_completion(server, acct, task_id)["taskStatus"] == "COMPLETED"
+    findings = {f["checkName"]: f for f in server.aws("list-audit-findings", "--task-id", task_id, profile=acct)["findings"]}
+    device = findings["REVOKED_DEVICE_CERTIFICATE_STILL_ACTIVE_CHECK"]
+    assert device["nonCompliantResource"]["resourceIdentifier"] == {"deviceCertificateId": revoked}
+    assert device["reasonForNonComplianceCode"] == "CERTIFICATE_REVOKED_BY_ISSUER"
+    assert device["severity"] == "MEDIUM"
+    policy = findings["IOT_POLICY_OVERLY_PERMISSIVE_CHECK"]
+    assert policy["nonCompliantResource"] == {
+        "resourceType": "IOT_POLICY",
+        "resourceIdentifier": {"policyVersionIdentifier": {"policyName": "everything", "policyVersionId": "1"}},
+    }
+    assert policy["severity"] == "CRITICAL"
+    assert policy["reasonForNonComplianceCode"] == "ALLOWS_BROAD_ACCESS_TO_IOT_DATA_PLANE_ACTIONS"
+
+    assert certfleet_call(server, acct, "DELETE", "/certfleet/crls/root-ca")[0] == 200
+    assert certfleet_call(server, acct, "DELETE", "/certfleet/crls/root-ca")[0] == 404
