@@ -9,6 +9,7 @@
 //! **API Boundary:** the HTTP API itself, which the stock AWS CLI and SDKs drive.
 
 mod acm;
+mod audit;
 mod auth;
 mod certificates;
 mod domains;
@@ -144,6 +145,27 @@ pub fn router(services: Arc<Services>, config: Config) -> Router {
             "/provisioning-templates/{templateName}",
             get(provisioning::describe_provisioning_template).delete(provisioning::delete_provisioning_template),
         )
+        .route(
+            "/audit/configuration",
+            get(audit::describe_account_audit_configuration)
+                .patch(audit::update_account_audit_configuration)
+                .delete(audit::delete_account_audit_configuration),
+        )
+        .route("/audit/tasks", post(audit::start_on_demand_audit_task).get(audit::list_audit_tasks))
+        .route("/audit/tasks/{taskId}", get(audit::describe_audit_task))
+        .route("/audit/tasks/{taskId}/cancel", put(audit::cancel_audit_task))
+        .route("/audit/findings", post(audit::list_audit_findings))
+        .route("/audit/findings/{findingId}", get(audit::describe_audit_finding))
+        .route("/audit/scheduledaudits", get(audit::list_scheduled_audits))
+        .route(
+            "/audit/scheduledaudits/{scheduledAuditName}",
+            post(audit::create_scheduled_audit)
+                .get(audit::describe_scheduled_audit)
+                .patch(audit::update_scheduled_audit)
+                .delete(audit::delete_scheduled_audit),
+        )
+        .route("/certfleet/crls", get(audit::list_crls))
+        .route("/certfleet/crls/{crlName}", put(audit::put_crl).delete(audit::delete_crl))
         .fallback(unknown_operation)
         .method_not_allowed_fallback(unknown_operation)
         .layer(middleware::from_fn_with_state(state.clone(), auth::authenticate))

@@ -1,6 +1,7 @@
 //! The `certfleet` binary: the server and its admin commands. The only place that parses the
 //! command line and the configuration file, installs the log subscriber and picks exit codes.
 
+mod audit_worker;
 mod config;
 mod datadir;
 mod server;

@@ -289,6 +289,7 @@ async fn start_gateway(
     );
     // Just-in-time registration events are published into the account's topic space.
     gateway.registry.attach_events(broker.clone());
+    crate::audit_worker::start(services.clone(), broker.clone(), stopped.clone());
     tracing::info!(%default_account, "gateway ready");
     let view = gateway.clone();
     let task = tokio::spawn(gateway.run(

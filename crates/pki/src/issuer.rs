@@ -97,6 +97,33 @@ impl Issuer {
         Ok(Issuer { certificate, key_pair, pkcs8: Zeroizing::new(private_key_pkcs8_der.to_vec()), key_id })
     }
 
+    /// A CRL signed by this CA listing `revoked` (by serial), issued `now`, next update in a day.
+    /// certfleet does not publish CRLs; operators and tests make them (the audits read them).
+    pub fn issue_crl(&self, revoked: &[&Certificate], now: OffsetDateTime) -> Result<crate::Crl, Error> {
+        let der = rustls_pki_types::CertificateDer::from(self.certificate.der());
+        let issuer = rcgen::Issuer::from_ca_cert_der(&der, &self.key_pair).map_err(Error::Build)?;
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: now,
+            next_update: now + Duration::days(1),
+            crl_number: rcgen::SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: revoked
+                .iter()
+                .map(|certificate| rcgen::RevokedCertParams {
+                    serial_number: rcgen::SerialNumber::from_slice(
+                        &hex::decode(certificate.serial_hex()).unwrap_or_default(),
+                    ),
+                    revocation_time: now,
+                    reason_code: None,
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: KeyIdMethod::PreSpecified(self.key_id.clone()),
+        };
+        let crl = params.signed_by(&issuer).map_err(Error::Build)?;
+        crate::Crl::from_der(crl.der().to_vec())
+    }
+
     /// The CA certificate.
     pub fn certificate(&self) -> &Certificate {
         &self.certificate

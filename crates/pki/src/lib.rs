@@ -36,6 +36,7 @@
 mod algorithm;
 mod certificate;
 mod checks;
+mod crl;
 mod csr;
 mod der;
 mod error;
@@ -52,6 +53,7 @@ mod test_support;
 pub use algorithm::SignatureAlgorithm;
 pub use certificate::{Certificate, verify_signature};
 pub use checks::{check_ca_certificate, check_issued_by, check_verification_certificate};
+pub use crl::Crl;
 pub use csr::Csr;
 pub use error::{CertificateRole, Error};
 pub use id::CertificateId;

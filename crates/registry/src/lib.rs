@@ -9,14 +9,17 @@
 mod conn;
 mod migrations;
 mod model;
+mod model_audit;
 mod postgres;
 mod sqlite;
 mod tx;
+mod tx_audit;
 mod tx_endpoints;
 mod tx_provisioning;
 mod tx_things;
 
 pub use model::*;
+pub use model_audit::*;
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 pub use tx::Tx;

@@ -244,6 +244,97 @@ CREATE TABLE endpoint_probes (
     at BIGINT NOT NULL
 );
 CREATE INDEX endpoint_probes_by_account ON endpoint_probes(account_id, seq);
+    // 7: audits (Device Defender). Numbered 7 so it applies after migration 6 (server
+    // certificates, domain configurations) and independently of it: versions are applied one by
+    // one, not as a contiguous range.
+    (
+        7,
+        r#"
+CREATE TABLE audit_configurations (
+    account_id TEXT PRIMARY KEY,
+    role_arn TEXT,
+    updated_at BIGINT NOT NULL
+);
+CREATE TABLE audit_notification_targets (
+    account_id TEXT NOT NULL,
+    target_type TEXT NOT NULL,
+    target_arn TEXT,
+    role_arn TEXT,
+    enabled BIGINT NOT NULL,
+    PRIMARY KEY (account_id, target_type)
+);
+CREATE TABLE audit_check_configurations (
+    account_id TEXT NOT NULL,
+    check_name TEXT NOT NULL,
+    enabled BIGINT NOT NULL,
+    configuration TEXT NOT NULL,
+    PRIMARY KEY (account_id, check_name)
+);
+CREATE TABLE audit_tasks (
+    account_id TEXT NOT NULL,
+    id TEXT NOT NULL,
+    task_type TEXT NOT NULL,
+    status TEXT NOT NULL,
+    scheduled_audit_name TEXT,
+    started_at BIGINT NOT NULL,
+    finished_at BIGINT,
+    lease_until BIGINT,
+    PRIMARY KEY (account_id, id)
+);
+CREATE INDEX audit_tasks_started ON audit_tasks(account_id, started_at, id);
+CREATE INDEX audit_tasks_runnable ON audit_tasks(status, lease_until);
+CREATE TABLE audit_check_runs (
+    account_id TEXT NOT NULL,
+    task_id TEXT NOT NULL,
+    check_name TEXT NOT NULL,
+    status TEXT NOT NULL,
+    total_resources BIGINT NOT NULL,
+    non_compliant_resources BIGINT NOT NULL,
+    suppressed_resources BIGINT NOT NULL,
+    error_code TEXT,
+    message TEXT,
+    PRIMARY KEY (account_id, task_id, check_name)
+);
+CREATE TABLE audit_findings (
+    account_id TEXT NOT NULL,
+    id TEXT NOT NULL,
+    task_id TEXT NOT NULL,
+    check_name TEXT NOT NULL,
+    task_started_at BIGINT NOT NULL,
+    found_at BIGINT NOT NULL,
+    severity TEXT NOT NULL,
+    resource_type TEXT NOT NULL,
+    resource_key TEXT NOT NULL,
+    resource_info TEXT NOT NULL,
+    related TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    reason_code TEXT NOT NULL,
+    suppressed BIGINT NOT NULL,
+    PRIMARY KEY (account_id, id)
+);
+CREATE INDEX audit_findings_by_task ON audit_findings(account_id, task_id, id);
+CREATE INDEX audit_findings_by_time ON audit_findings(account_id, found_at, id);
+CREATE TABLE scheduled_audits (
+    account_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    frequency TEXT NOT NULL,
+    day_of_month TEXT,
+    day_of_week TEXT,
+    check_names TEXT NOT NULL,
+    next_run_at BIGINT NOT NULL,
+    created_at BIGINT NOT NULL,
+    PRIMARY KEY (account_id, name)
+);
+CREATE INDEX scheduled_audits_due ON scheduled_audits(next_run_at);
+CREATE TABLE audit_crls (
+    account_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    der TEXT NOT NULL,
+    issuer_ca_id TEXT,
+    uploaded_at BIGINT NOT NULL,
+    PRIMARY KEY (account_id, name)
+);
+CREATE INDEX certificates_audit_status ON certificates(account_id, status, id);
 "#,
     ),
 ];

@@ -87,6 +87,17 @@ impl<'a> Tx<'a> {
             "thing_attributes",
             "thing_principals",
             "provisioning_templates",
+            "server_certificates",
+            "domain_configurations",
+            "endpoint_probes",
+            "audit_configurations",
+            "audit_notification_targets",
+            "audit_check_configurations",
+            "audit_tasks",
+            "audit_check_runs",
+            "audit_findings",
+            "scheduled_audits",
+            "audit_crls",
         ] {
             self.conn.execute(&format!("DELETE FROM {table} WHERE account_id = $1"), &account)?;
         }

@@ -7,6 +7,7 @@
 //! known here: the api crate maps [`Error`] to AWS error shapes.
 
 mod accounts;
+mod audit;
 mod certificates;
 mod clock;
 mod endpoints;
@@ -27,6 +28,10 @@ use certfleet_pki::Issuer;
 use certfleet_registry::{AccountId, Store};
 
 pub use accounts::NewAccessKey;
+pub use audit::{
+    AUDIT_CHECKS, AuditCheck, AuditConfigurationUpdate, AuditListener, AuditTaskSummary, ScheduledAuditDefinition,
+    ScheduledAuditUpdate, audit_check, next_run_after,
+};
 pub use certificates::{CaRegistration, CaUpdate, CertificateRegistration, CreatedKeysAndCertificate, EndpointType};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use endpoints::{
