@@ -73,6 +73,9 @@ struct Drain {
 
 type ConfigKey = (AccountId, String);
 
+/// Handshake counters are kept per account, configuration and chain.
+type CounterKey = (AccountId, String, Arc<str>);
+
 /// The endpoints of this node: resolution cache, counters, drains.
 pub struct Endpoints {
     services: Arc<Services>,
@@ -81,7 +84,7 @@ pub struct Endpoints {
     default_account: AccountId,
     sessions: Arc<dyn StoresServerSessions>,
     by_sni: Mutex<HashMap<String, Arc<Endpoint>>>,
-    counters: Mutex<HashMap<(AccountId, String, Arc<str>), Arc<Counters>>>,
+    counters: Mutex<HashMap<CounterKey, Arc<Counters>>>,
     drains: Mutex<HashMap<ConfigKey, Drain>>,
 }
 

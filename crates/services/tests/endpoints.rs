@@ -139,7 +139,10 @@ fn import_checks_the_certificate_key_and_chain() {
 fn a_certificate_in_use_is_not_deleted() {
     let (world, caller) = setup();
     let arn = import_for(&world, &caller, &[DOMAIN], KeyAlgorithm::EcdsaP256);
-    world.services.create_domain_configuration(&caller, &definition("mine", DOMAIN, &[arn.clone()])).unwrap();
+    world
+        .services
+        .create_domain_configuration(&caller, &definition("mine", DOMAIN, std::slice::from_ref(&arn)))
+        .unwrap();
     let before = world.services.describe_domain_configuration(&caller, "mine").unwrap();
     assert_eq!(outcome(world.services.delete_server_certificate(&caller, &arn)), "InUse");
     assert!(world.services.describe_server_certificate(&caller, &arn).is_ok());
@@ -149,7 +152,7 @@ fn a_certificate_in_use_is_not_deleted() {
     assert!(described.in_use_by[0].contains("domainconfiguration/mine/"), "{:?}", described.in_use_by);
     // Staged as next also counts.
     let spare = import_for(&world, &caller, &[DOMAIN], KeyAlgorithm::EcdsaP256);
-    world.services.set_next_chain(&caller, "mine", &[spare.clone()]).unwrap();
+    world.services.set_next_chain(&caller, "mine", std::slice::from_ref(&spare)).unwrap();
     assert_eq!(outcome(world.services.delete_server_certificate(&caller, &spare)), "InUse");
     world.services.delete_domain_configuration(&caller, "mine").unwrap();
     world.services.delete_server_certificate(&caller, &arn).unwrap();
@@ -165,11 +168,12 @@ fn create_refuses_what_it_cannot_serve() {
     let rsa = import_for(&world, &caller, &[DOMAIN], KeyAlgorithm::Rsa2048);
     let elsewhere = import_for(&world, &caller, &["elsewhere.example.com"], KeyAlgorithm::EcdsaP256);
     let with = |change: &dyn Fn(&mut DomainConfigurationDefinition)| {
-        let mut d = definition("mine", DOMAIN, &[ec.clone()]);
+        let mut d = definition("mine", DOMAIN, std::slice::from_ref(&ec));
         change(&mut d);
         world.services.create_domain_configuration(&caller, &d)
     };
-    let cases: Vec<(&str, Box<dyn Fn(&mut DomainConfigurationDefinition)>, &str)> = vec![
+    type Change<'a> = Box<dyn Fn(&mut DomainConfigurationDefinition) + 'a>;
+    let cases: Vec<(&str, Change<'_>, &str)> = vec![
         ("empty name", Box::new(|d| d.name = String::new()), "InvalidRequest"),
         ("bad name", Box::new(|d| d.name = "has space".into()), "InvalidRequest"),
         ("colon", Box::new(|d| d.name = "my:config".into()), "InvalidRequest"),
@@ -243,10 +247,10 @@ fn an_account_holds_at_most_ten_custom_configurations() {
     let (world, caller) = setup();
     let arn = import_for(&world, &caller, &["*.example.com"], KeyAlgorithm::EcdsaP256);
     for i in 0..10 {
-        let d = definition(&format!("c{i:02}"), &format!("d{i}.example.com"), &[arn.clone()]);
+        let d = definition(&format!("c{i:02}"), &format!("d{i}.example.com"), std::slice::from_ref(&arn));
         world.services.create_domain_configuration(&caller, &d).unwrap();
     }
-    let eleventh = definition("c10", "d10.example.com", &[arn.clone()]);
+    let eleventh = definition("c10", "d10.example.com", std::slice::from_ref(&arn));
     assert_eq!(outcome(world.services.create_domain_configuration(&caller, &eleventh)), "LimitExceeded");
     assert_eq!(custom_names(&world, &caller).len(), 10);
     // Changing reserved configurations does not count against it.
@@ -293,7 +297,10 @@ fn reserved_configurations_are_synthesized_listed_and_stored_on_change() {
     let arn = import_for(&world, &caller, &["a.example.com", "z.example.com"], KeyAlgorithm::EcdsaP256);
     for name in ["zz-last", "AA-first"] {
         let domain = if name == "zz-last" { "z.example.com" } else { "a.example.com" };
-        world.services.create_domain_configuration(&caller, &definition(name, domain, &[arn.clone()])).unwrap();
+        world
+            .services
+            .create_domain_configuration(&caller, &definition(name, domain, std::slice::from_ref(&arn)))
+            .unwrap();
     }
     let (all, next) = world.services.list_domain_configurations(&caller, None, 250).unwrap();
     assert_eq!(next, None);
@@ -360,8 +367,10 @@ fn migration_moves_from_current_to_next() {
     let (world, caller) = setup();
     let first = import_for(&world, &caller, &[DOMAIN], KeyAlgorithm::EcdsaP256);
     let second = import_for(&world, &caller, &[DOMAIN], KeyAlgorithm::EcdsaP256);
-    let created =
-        world.services.create_domain_configuration(&caller, &definition("mine", DOMAIN, &[first.clone()])).unwrap();
+    let created = world
+        .services
+        .create_domain_configuration(&caller, &definition("mine", DOMAIN, std::slice::from_ref(&first)))
+        .unwrap();
     let settings = MigrationSettings { drain_per_second: 10.0, guard_max_failures: Some(3) };
     assert_eq!(
         outcome(world.services.migrate_domain_configuration(&caller, "mine", settings.clone())),
@@ -373,7 +382,7 @@ fn migration_moves_from_current_to_next() {
     );
     assert_eq!(outcome(world.services.finish_migration(&caller, "mine")), "InvalidRequest");
     let bad = MigrationSettings { drain_per_second: 0.0, guard_max_failures: None };
-    world.services.set_next_chain(&caller, "mine", &[second.clone()]).unwrap();
+    world.services.set_next_chain(&caller, "mine", std::slice::from_ref(&second)).unwrap();
     assert_eq!(outcome(world.services.migrate_domain_configuration(&caller, "mine", bad)), "InvalidRequest");
 
     world.clock.advance(Duration::seconds(7));
@@ -422,7 +431,10 @@ fn migration_moves_from_current_to_next() {
 fn migration_state_round_trips_through_its_stored_form() {
     let (world, caller) = setup();
     let first = import_for(&world, &caller, &[DOMAIN], KeyAlgorithm::EcdsaP256);
-    world.services.create_domain_configuration(&caller, &definition("mine", DOMAIN, &[first.clone()])).unwrap();
+    world
+        .services
+        .create_domain_configuration(&caller, &definition("mine", DOMAIN, std::slice::from_ref(&first)))
+        .unwrap();
     world.services.set_next_chain(&caller, "mine", &[first]).unwrap();
     for guard in [None, Some(5)] {
         let settings = MigrationSettings { drain_per_second: 2.5, guard_max_failures: guard };
