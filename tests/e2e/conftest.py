@@ -52,6 +52,26 @@ def _certfleet_bin() -> str:
     raise RuntimeError("set CERTFLEET_BIN to the certfleet binary (cargo build -p certfleet)")
 
 
+def _agent_bin() -> str:
+    """certfleet-agent: $CERTFLEET_AGENT_BIN, else next to the certfleet binary (both are built
+    into the same target directory by `cargo build -p certfleet -p certfleet-agent`)."""
+    explicit = os.environ.get("CERTFLEET_AGENT_BIN")
+    if explicit:
+        return explicit
+    beside = Path(_certfleet_bin()).resolve().parent / "certfleet-agent"
+    if beside.is_file():
+        return str(beside)
+    found = shutil.which("certfleet-agent")
+    if found:
+        return found
+    raise RuntimeError("build the device agent next to CERTFLEET_BIN (cargo build -p certfleet-agent)")
+
+
+@pytest.fixture(scope="session")
+def agent_bin() -> str:
+    return _agent_bin()
+
+
 def _aws_bin() -> str:
     # Prefer the `aws` next to the interpreter running pytest (the venv), then PATH.
     beside = Path(sys.executable).parent / "aws"

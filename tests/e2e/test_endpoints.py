@@ -7,6 +7,8 @@ large-certificate endpoint."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import ssl
 import struct
@@ -14,6 +16,7 @@ import subprocess
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -570,3 +573,206 @@ def test_large_certificate_endpoint_serves_over_16_kib(server, openssl):
         with context.wrap_socket(raw, server_hostname=host) as tls:
             tls.sendall(connect_packet(f"large-{uuid.uuid4().hex[:6]}"))
             assert tls.recv(4)[3] == 0
+
+
+# ------------------------------------------------------------------------------------------------
+# the test and large-certificate endpoints with real device software: the AWS IoT Device SDK v2
+# for Python and certfleet-agent
+# ------------------------------------------------------------------------------------------------
+class ConnectProxy:
+    """A minimal HTTP CONNECT proxy that tunnels every CONNECT to the gateway, whatever host the
+    client asked for (the SDK then sends the endpoint's host name as SNI without DNS). Records
+    the requested authorities."""
+
+    def __init__(self, target: tuple[str, int]):
+        self.target = target
+        self.requested: list[str] = []
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._handle, args=(client,), daemon=True).start()
+
+    def _handle(self, client):
+        try:
+            client.settimeout(10)
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = client.recv(4096)
+                if not chunk:
+                    raise OSError("closed before the request ended")
+                head += chunk
+            request, rest = head.split(b"\r\n\r\n", 1)
+            method, authority, _ = request.split(b"\r\n", 1)[0].decode().split(" ", 2)
+            if method != "CONNECT":
+                client.sendall(b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n")
+                client.close()
+                return
+            self.requested.append(authority)
+            upstream = socket.create_connection(self.target, timeout=10)
+            client.settimeout(None)
+            upstream.settimeout(None)
+            client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            if rest:
+                upstream.sendall(rest)
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=Socks5Proxy._pipe, args=(a, b), daemon=True).start()
+        except (OSError, ValueError):
+            client.close()
+
+    def close(self):
+        self.listener.close()
+
+
+def sdk_connection(server, device, host: str, client_id: str, proxy: ConnectProxy):
+    from awscrt import http
+    from awsiot import mqtt_connection_builder
+
+    return mqtt_connection_builder.mtls_from_path(
+        endpoint=host,
+        port=gateway_addr(server)[1],
+        cert_filepath=device.cert,
+        pri_key_filepath=device.key,
+        ca_filepath=server.ca_bundle,
+        client_id=client_id,
+        clean_session=True,
+        keep_alive_secs=30,
+        http_proxy_options=http.HttpProxyOptions(host_name="127.0.0.1", port=proxy.port),
+    )
+
+
+def test_device_sdk_connects_through_the_large_certificate_endpoint_and_is_refused_by_the_test_endpoint(
+    server, openssl
+):
+    from awscrt import mqtt
+
+    large = server.aws("describe-endpoint", "--endpoint-type", "certfleet:LargeCert")["endpointAddress"]
+    test = server.aws("describe-endpoint", "--endpoint-type", "certfleet:Test")["endpointAddress"]
+    device = make_device(server, openssl)
+    proxy = ConnectProxy(gateway_addr(server))
+    try:
+        # Large certificate endpoint: connects and publishes.
+        client_id = f"sdk-large-{uuid.uuid4().hex[:6]}"
+        connection = sdk_connection(server, device, large, client_id, proxy)
+        connection.connect().result(timeout=20)
+        try:
+            publish, _ = connection.publish(topic=f"e2e/sdk/{client_id}", payload=b"{}", qos=mqtt.QoS.AT_LEAST_ONCE)
+            publish.result(timeout=20)
+        finally:
+            connection.disconnect().result(timeout=20)
+        assert any(a.startswith(large) for a in proxy.requested), proxy.requested
+
+        # Test endpoint: the handshake completes, the CONNECT is refused.
+        probe_id = f"sdk-test-{uuid.uuid4().hex[:6]}"
+        connection = sdk_connection(server, device, test, probe_id, proxy)
+        with pytest.raises(Exception):
+            connection.connect().result(timeout=20)
+        assert any(a.startswith(test) for a in proxy.requested), proxy.requested
+    finally:
+        proxy.close()
+    results = wait_for(lambda: [r for r in server_api_results(server) if r["clientId"] == probe_id],
+                       "the test endpoint's record of the SDK client", timeout=20)
+    assert results[0]["outcome"] == "connect_refused", results
+    assert results[0]["tlsVersion"], results
+    assert not [r for r in server_api_results(server) if r["clientId"] == client_id]
+
+
+def write_agent_config(openssl, server, device, server_name: str, client_id: str) -> str:
+    import shutil as _shutil
+
+    base = openssl.path(f"agent-{client_id}")
+    current = base / "credentials" / "current"
+    current.mkdir(parents=True)
+    _shutil.copy(device.cert, current / "cert.pem")
+    _shutil.copy(device.key, current / "key.pem")
+    host, port = gateway_addr(server)
+    config = base / "agent.toml"
+    config.write_text(
+        f'endpoint = "{host}:{port}"\n'
+        f'server_name = "{server_name}"\n'
+        f'client_id = "{client_id}"\n'
+        f'credentials_dir = "{base / "credentials"}"\n'
+        f'server_trust_bundle = "{server.ca_bundle}"\n'
+        f'device_trust_bundle = "{server.device_root}"\n'
+        f'connect_timeout = "5s"\n'
+        "[backoff]\n"
+        'initial = "200ms"\n'
+        'max = "1s"\n'
+    )
+    return str(config)
+
+
+def run_agent_until(agent_bin: str, config: str, log_path, predicate, timeout: float = 30) -> str:
+    """Runs `certfleet-agent run` until its log satisfies `predicate` (or the timeout), stops it,
+    and returns the log."""
+    env = dict(os.environ, RUST_LOG="info", NO_COLOR="1")
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([agent_bin, "run", "--config", config, "--log-format", "json"],
+                                stdout=log, stderr=subprocess.STDOUT, env=env)
+        try:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and proc.poll() is None:
+                if predicate(Path(log_path).read_text(errors="replace")):
+                    break
+                time.sleep(0.2)
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(timeout=10)
+    return Path(log_path).read_text(errors="replace")
+
+
+def agent_events(log: str) -> list[dict]:
+    events = []
+    for line in log.splitlines():
+        try:
+            events.append(json.loads(line))
+        except ValueError:
+            pass
+    return events
+
+
+def event_message(event: dict) -> str:
+    fields = event.get("fields", {})
+    return str(fields.get("message", event.get("message", "")))
+
+
+def test_agent_connects_through_the_large_certificate_endpoint_and_is_refused_by_the_test_endpoint(
+    server, openssl, agent_bin
+):
+    large = server.aws("describe-endpoint", "--endpoint-type", "certfleet:LargeCert")["endpointAddress"]
+    test = server.aws("describe-endpoint", "--endpoint-type", "certfleet:Test")["endpointAddress"]
+    device = make_device(server, openssl)
+
+    client_id = f"agent-large-{uuid.uuid4().hex[:6]}"
+    config = write_agent_config(openssl, server, device, large, client_id)
+    log = run_agent_until(agent_bin, config, openssl.path(f"{client_id}.log"),
+                          lambda text: any(event_message(e) == "connected" for e in agent_events(text)))
+    connected = [e for e in agent_events(log) if event_message(e) == "connected"]
+    assert connected, log
+    assert client_id in json.dumps(connected[0]), connected[0]
+    status = subprocess.run([agent_bin, "status", "--config", config, "--output", "json"],
+                            capture_output=True, text=True, timeout=20)
+    assert status.returncode == 0, status.stderr
+    assert device.cert_id in status.stdout, status.stdout
+
+    probe_id = f"agent-test-{uuid.uuid4().hex[:6]}"
+    config = write_agent_config(openssl, server, device, test, probe_id)
+    log = run_agent_until(agent_bin, config, openssl.path(f"{probe_id}.log"),
+                          lambda text: any(event_message(e) == "connection failed" for e in agent_events(text)))
+    events = agent_events(log)
+    assert not [e for e in events if event_message(e) == "connected"], log
+    assert [e for e in events if event_message(e) == "connection failed"], log
+    results = wait_for(lambda: [r for r in server_api_results(server) if r["clientId"] == probe_id],
+                       "the test endpoint's record of the agent", timeout=20)
+    assert results[0]["outcome"] == "connect_refused", results

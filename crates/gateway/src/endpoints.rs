@@ -294,7 +294,15 @@ impl Endpoints {
         {
             let mut drains = lock(&self.drains);
             let previous = drains.remove(&(account.clone(), name.clone()));
+            // A revert gets a new migration id; when the guard caused it, the report must still
+            // say so (the trip belongs to the migration this revert ends).
+            let tripped_before = previous.as_ref().and_then(|d| d.guard_tripped.clone());
             let keep_guard = previous.filter(|d| d.migration_id == migration.id);
+            let guard_tripped = match keep_guard.as_ref() {
+                Some(kept) => kept.guard_tripped.clone(),
+                None if migration.reverted_at.is_some() => tripped_before,
+                None => None,
+            };
             drains.insert(
                 (account.clone(), name.clone()),
                 Drain {
@@ -304,7 +312,7 @@ impl Endpoints {
                     sessions: victims.len(),
                     closed: closed.clone(),
                     guard_failures: keep_guard.as_ref().map_or(0, |d| d.guard_failures),
-                    guard_tripped: keep_guard.and_then(|d| d.guard_tripped),
+                    guard_tripped,
                 },
             );
         }

@@ -231,8 +231,11 @@ impl<'a> Tx<'a> {
             ],
         )?;
         self.conn.execute(
+            // `seq` is shared by all accounts: keep this account's `keep` newest rows, whatever
+            // other accounts inserted in between (the subquery is NULL, deleting nothing, while
+            // the account has `keep` rows or fewer).
             "DELETE FROM endpoint_probes WHERE account_id = $1 AND seq <= \
-             (SELECT COALESCE(MAX(seq), 0) FROM endpoint_probes WHERE account_id = $1) - $2",
+             (SELECT seq FROM endpoint_probes WHERE account_id = $1 ORDER BY seq DESC LIMIT 1 OFFSET $2)",
             &[probe.account.as_str().into(), keep.into()],
         )?;
         Ok(())

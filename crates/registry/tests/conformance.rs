@@ -895,3 +895,271 @@ fn provisioning_templates_round_trip_page_and_go_with_their_account() {
         assert!(read(store, |tx| tx.get_provisioning_template(&bob.id, "a")).unwrap().is_some());
     });
 }
+
+// ---- endpoints: server certificates, domain configurations, test endpoint probes -------------
+
+fn server_cert(owner: &Account, id: &str, domain: &str) -> ServerCertificate {
+    ServerCertificate {
+        account: owner.id.clone(),
+        id: id.into(),
+        certificate_pem: format!("leaf {id}"),
+        chain_pem: Some(format!("chain {id}")),
+        sealed_key: vec![1, 2, 3, id.len() as u8],
+        fingerprint: format!("fp-{id}"),
+        domain_name: domain.into(),
+        key_algorithm: "EC_prime256v1".into(),
+        not_before: at(0),
+        not_after: at(86_400),
+        imported_at: at(5),
+    }
+}
+
+fn domain_config(owner: &Account, name: &str, domain: &str, current: &[&str], next: &[&str]) -> DomainConfiguration {
+    DomainConfiguration {
+        account: owner.id.clone(),
+        name: name.into(),
+        arn_id: format!("arn-{name}"),
+        domain_name: domain.into(),
+        domain_type: "CUSTOMER_MANAGED".into(),
+        service_type: "DATA".into(),
+        status: DomainStatus::Enabled,
+        security_policy: "IoTSecurityPolicy_TLS13_1_2_2022_10".into(),
+        authentication_type: Some("AWS_X509".into()),
+        application_protocol: Some("SECURE_MQTT".into()),
+        current_chain: current.iter().map(|s| s.to_string()).collect(),
+        next_chain: next.iter().map(|s| s.to_string()).collect(),
+        serving_next: false,
+        migration: None,
+        last_status_change: at(10),
+        created_at: at(10),
+        last_modified: at(10),
+    }
+}
+
+fn probe(owner: &Account, client_id: Option<&str>, at_seconds: i64) -> EndpointProbe {
+    EndpointProbe {
+        seq: 0,
+        account: owner.id.clone(),
+        configuration: "certfleet:Test".into(),
+        peer: "127.0.0.1:1234".into(),
+        server_name: Some("alice-test.iot.us-east-1.certfleet.local".into()),
+        client_id: client_id.map(str::to_owned),
+        client_certificate_id: Some("c".repeat(64)),
+        tls_version: Some("TLSv1_3".into()),
+        cipher_suite: Some("TLS13_AES_128_GCM_SHA256".into()),
+        outcome: "connect_refused".into(),
+        detail: format!("probe at {at_seconds}"),
+        at: at(at_seconds),
+    }
+}
+
+#[test]
+fn server_certificates_put_replace_page_and_delete() {
+    each_backend("server_certificates", |store| {
+        let alice = account("111111111111", "alice");
+        let bob = account("222222222222", "bob");
+        setup(store, &[&alice, &bob]);
+        write(store, |tx| {
+            for id in ["c-3", "c-1", "c-2", "c-5", "c-4"] {
+                tx.put_server_certificate(&server_cert(&alice, id, "a.example.com"))?;
+            }
+            tx.put_server_certificate(&server_cert(&bob, "c-1", "b.example.com"))
+        })
+        .unwrap();
+        assert_eq!(
+            read(store, |tx| tx.get_server_certificate(&alice.id, "c-1")).unwrap(),
+            Some(server_cert(&alice, "c-1", "a.example.com"))
+        );
+        assert_eq!(
+            read(store, |tx| tx.get_server_certificate(&bob.id, "c-1")).unwrap(),
+            Some(server_cert(&bob, "c-1", "b.example.com"))
+        );
+        // Re-import replaces every field under the same ID.
+        let mut replaced = server_cert(&alice, "c-1", "new.example.com");
+        replaced.certificate_pem = "leaf again".into();
+        replaced.chain_pem = None;
+        replaced.sealed_key = vec![9; 40];
+        replaced.fingerprint = "fp-new".into();
+        replaced.key_algorithm = "RSA_2048".into();
+        replaced.not_before = at(100);
+        replaced.not_after = at(200);
+        replaced.imported_at = at(150);
+        write(store, |tx| tx.put_server_certificate(&replaced)).unwrap();
+        assert_eq!(read(store, |tx| tx.get_server_certificate(&alice.id, "c-1")).unwrap(), Some(replaced));
+        let ids = all_keys(
+            |page| read(store, |tx| tx.list_server_certificates(&alice.id, page)).unwrap(),
+            |c| c.id.clone(),
+            2,
+        );
+        assert_eq!(ids, ["c-1", "c-2", "c-3", "c-4", "c-5"]);
+        let bob_ids = all_keys(
+            |page| read(store, |tx| tx.list_server_certificates(&bob.id, page)).unwrap(),
+            |c| c.id.clone(),
+            10,
+        );
+        assert_eq!(bob_ids, ["c-1"]);
+        assert!(write(store, |tx| tx.delete_server_certificate(&alice.id, "c-1")).unwrap());
+        assert!(!write(store, |tx| tx.delete_server_certificate(&alice.id, "c-1")).unwrap());
+        assert_eq!(read(store, |tx| tx.get_server_certificate(&alice.id, "c-1")).unwrap(), None);
+        assert!(read(store, |tx| tx.get_server_certificate(&bob.id, "c-1")).unwrap().is_some());
+    });
+}
+
+#[test]
+fn server_certificate_users_cover_both_chains_of_one_account() {
+    each_backend("server_certificate_users", |store| {
+        let alice = account("111111111111", "alice");
+        let bob = account("222222222222", "bob");
+        setup(store, &[&alice, &bob]);
+        write(store, |tx| {
+            tx.insert_domain_configuration(&domain_config(&alice, "zeta", "z.example.com", &["ec-1", "rsa-1"], &[]))?;
+            tx.insert_domain_configuration(&domain_config(&alice, "alpha", "a.example.com", &["ec-2"], &["ec-1"]))?;
+            tx.insert_domain_configuration(&domain_config(&alice, "other", "o.example.com", &["ec-10"], &["ec-11"]))?;
+            tx.insert_domain_configuration(&domain_config(&bob, "bobs", "b.example.com", &["ec-1"], &[]))
+        })
+        .unwrap();
+        let users = |owner: &Account, id: &str| read(store, |tx| tx.server_certificate_users(&owner.id, id)).unwrap();
+        assert_eq!(users(&alice, "ec-1"), ["alpha", "zeta"]);
+        assert_eq!(users(&alice, "rsa-1"), ["zeta"]);
+        assert_eq!(users(&alice, "ec-2"), ["alpha"]);
+        assert_eq!(users(&alice, "ec-11"), ["other"]);
+        assert!(users(&alice, "ec").is_empty());
+        assert!(users(&alice, "missing").is_empty());
+        assert_eq!(users(&bob, "ec-1"), ["bobs"]);
+        assert!(users(&bob, "rsa-1").is_empty());
+    });
+}
+
+#[test]
+fn domain_configurations_insert_update_route_and_page() {
+    each_backend("domain_configurations", |store| {
+        let alice = account("111111111111", "alice");
+        let bob = account("222222222222", "bob");
+        setup(store, &[&alice, &bob]);
+        write(store, |tx| {
+            for name in ["c", "a", "e", "b", "d"] {
+                tx.insert_domain_configuration(&domain_config(
+                    &alice,
+                    name,
+                    &format!("{name}.example.com"),
+                    &["x"],
+                    &[],
+                ))?;
+            }
+            Ok::<_, Error>(())
+        })
+        .unwrap();
+        // The domain name is unique across accounts.
+        let taken = write(store, |tx| {
+            tx.insert_domain_configuration(&domain_config(&bob, "mine", "a.example.com", &["y"], &[]))
+        });
+        assert!(matches!(taken, Err(Error::Conflict(_))), "{taken:?}");
+        let same_name = write(store, |tx| {
+            tx.insert_domain_configuration(&domain_config(&alice, "a", "fresh.example.com", &["y"], &[]))
+        });
+        assert!(same_name.is_err(), "{same_name:?}");
+        assert_eq!(read(store, |tx| tx.get_domain_configuration(&bob.id, "mine")).unwrap(), None);
+        assert_eq!(read(store, |tx| tx.domain_configuration_by_domain("fresh.example.com")).unwrap(), None);
+        // The same name in another account is fine.
+        write(store, |tx| tx.insert_domain_configuration(&domain_config(&bob, "a", "bob.example.com", &["y"], &[])))
+            .unwrap();
+
+        let original = domain_config(&alice, "a", "a.example.com", &["x"], &[]);
+        assert_eq!(read(store, |tx| tx.get_domain_configuration(&alice.id, "a")).unwrap(), Some(original.clone()));
+        assert_eq!(
+            read(store, |tx| tx.domain_configuration_by_domain("a.example.com")).unwrap(),
+            Some(original.clone())
+        );
+
+        // An update changes every mutable field and none of the immutable ones.
+        let mut changed = original.clone();
+        changed.domain_type = "ENDPOINT".into();
+        changed.service_type = "JOBS".into();
+        changed.status = DomainStatus::Disabled;
+        changed.security_policy = "IoTSecurityPolicy_TLS13_1_3_2022_10".into();
+        changed.authentication_type = None;
+        changed.application_protocol = Some("MQTT_WSS".into());
+        changed.current_chain = vec!["p".into(), "q".into()];
+        changed.next_chain = vec!["r".into()];
+        changed.serving_next = true;
+        changed.migration = Some("{\"phase\":\"draining\"}".into());
+        changed.last_status_change = at(500);
+        changed.last_modified = at(600);
+        let mut attempted = changed.clone();
+        attempted.arn_id = "other-arn".into();
+        attempted.domain_name = "hijack.example.com".into();
+        attempted.created_at = at(999);
+        write(store, |tx| tx.update_domain_configuration(&attempted)).unwrap();
+        assert_eq!(read(store, |tx| tx.get_domain_configuration(&alice.id, "a")).unwrap(), Some(changed.clone()));
+        assert_eq!(read(store, |tx| tx.domain_configuration_by_domain("hijack.example.com")).unwrap(), None);
+        assert_eq!(
+            read(store, |tx| tx.domain_configuration_by_domain("a.example.com")).unwrap(),
+            Some(changed.clone())
+        );
+        // Bob's configuration of the same name is untouched.
+        assert_eq!(
+            read(store, |tx| tx.get_domain_configuration(&bob.id, "a")).unwrap(),
+            Some(domain_config(&bob, "a", "bob.example.com", &["y"], &[]))
+        );
+        // Updating one that is not stored fails.
+        let missing = write(store, |tx| {
+            tx.update_domain_configuration(&domain_config(&alice, "nope", "nope.example.com", &[], &[]))
+        });
+        assert!(missing.is_err(), "{missing:?}");
+
+        let names = all_keys(
+            |page| read(store, |tx| tx.list_domain_configurations(&alice.id, page)).unwrap(),
+            |c| c.name.clone(),
+            2,
+        );
+        assert_eq!(names, ["a", "b", "c", "d", "e"]);
+        assert!(write(store, |tx| tx.delete_domain_configuration(&alice.id, "a")).unwrap());
+        assert!(!write(store, |tx| tx.delete_domain_configuration(&alice.id, "a")).unwrap());
+        assert_eq!(read(store, |tx| tx.domain_configuration_by_domain("a.example.com")).unwrap(), None);
+        // The domain name is free again, for anyone.
+        write(store, |tx| tx.insert_domain_configuration(&domain_config(&bob, "now-bobs", "a.example.com", &[], &[])))
+            .unwrap();
+        assert_eq!(
+            read(store, |tx| tx.domain_configuration_by_domain("a.example.com")).unwrap().map(|c| c.account),
+            Some(bob.id.clone())
+        );
+    });
+}
+
+#[test]
+fn endpoint_probes_keep_the_newest_per_account() {
+    each_backend("endpoint_probes", |store| {
+        let alice = account("111111111111", "alice");
+        let bob = account("222222222222", "bob");
+        setup(store, &[&alice, &bob]);
+        // Alice's probes interleave with many of Bob's: retention is per account.
+        write(store, |tx| {
+            for i in 0..6 {
+                let client = if i % 2 == 0 { "even" } else { "odd" };
+                tx.insert_endpoint_probe(&probe(&alice, Some(client), i), 4)?;
+                for j in 0..5 {
+                    tx.insert_endpoint_probe(&probe(&bob, None, 100 + i * 10 + j), 100)?;
+                }
+            }
+            Ok::<_, Error>(())
+        })
+        .unwrap();
+        let all = read(store, |tx| tx.endpoint_probes(&alice.id, None, at(0), 100)).unwrap();
+        let details: Vec<_> = all.iter().map(|p| p.detail.clone()).collect();
+        assert_eq!(details, ["probe at 5", "probe at 4", "probe at 3", "probe at 2"]);
+        assert!(all.windows(2).all(|w| w[0].seq > w[1].seq));
+        let mut expected = probe(&alice, Some("odd"), 5);
+        expected.seq = all[0].seq;
+        assert_eq!(all[0], expected);
+
+        let odd = read(store, |tx| tx.endpoint_probes(&alice.id, Some("odd"), at(0), 100)).unwrap();
+        assert_eq!(odd.iter().map(|p| p.at).collect::<Vec<_>>(), [at(5), at(3)]);
+        let limited = read(store, |tx| tx.endpoint_probes(&alice.id, None, at(0), 1)).unwrap();
+        assert_eq!(limited.len(), 1);
+        assert_eq!(limited[0].at, at(5));
+        let recent = read(store, |tx| tx.endpoint_probes(&alice.id, None, at(4), 100)).unwrap();
+        assert_eq!(recent.iter().map(|p| p.at).collect::<Vec<_>>(), [at(5), at(4)]);
+        assert_eq!(read(store, |tx| tx.endpoint_probes(&bob.id, None, at(0), 1000)).unwrap().len(), 30);
+        assert!(read(store, |tx| tx.endpoint_probes(&bob.id, Some("odd"), at(0), 100)).unwrap().is_empty());
+    });
+}
