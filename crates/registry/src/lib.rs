@@ -14,12 +14,14 @@ mod sqlite;
 mod tx;
 mod tx_endpoints;
 mod tx_provisioning;
+mod tx_rules;
 mod tx_things;
 
 pub use model::*;
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 pub use tx::Tx;
+pub use tx_rules::{TopicRule, TopicRuleFilter};
 
 /// Errors of the registry.
 #[derive(Debug, thiserror::Error)]

@@ -246,6 +246,28 @@ CREATE TABLE endpoint_probes (
 CREATE INDEX endpoint_probes_by_account ON endpoint_probes(account_id, seq);
 "#,
     ),
+    // 7 is the audit migration (another branch); versions are applied by number, not by position,
+    // so a gap is harmless.
+    (
+        8,
+        r#"
+CREATE TABLE topic_rules (
+    account_id TEXT NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    arn TEXT NOT NULL,
+    sql_text TEXT NOT NULL,
+    topic_pattern TEXT NOT NULL,
+    description TEXT,
+    aws_iot_sql_version TEXT NOT NULL,
+    rule_disabled BIGINT NOT NULL,
+    actions TEXT NOT NULL,
+    error_action TEXT,
+    created_at BIGINT NOT NULL,
+    last_modified BIGINT NOT NULL,
+    PRIMARY KEY (account_id, name)
+);
+"#,
+    ),
 ];
 
 /// The SQL dialect a migration is rendered for.
