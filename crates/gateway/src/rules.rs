@@ -126,6 +126,25 @@ pub struct RulesCounters {
     pub system_deliveries: AtomicU64,
 }
 
+/// The engine's counters in the Prometheus text format.
+pub fn render_metrics(counters: &RulesCounters, out: &mut String) {
+    use std::fmt::Write;
+    for (name, help, value) in [
+        ("queued", "Device messages queued for the rules.", &counters.queued),
+        ("dropped_queue_full", "Messages not run through the rules: the queue was full.", &counters.dropped_queue_full),
+        ("matched", "Rule evaluations that produced an output.", &counters.matched),
+        ("republished", "Messages republished by rules.", &counters.republished),
+        ("http_succeeded", "http actions answered with 2xx.", &counters.http_succeeded),
+        ("actions_failed", "Rule actions that failed.", &counters.actions_failed),
+        ("error_actions", "Error actions run.", &counters.error_actions),
+        ("loop_capped", "Republished messages not fed back: the loop cap was reached.", &counters.loop_capped),
+        ("system_deliveries", "Outputs handed to system rule sinks.", &counters.system_deliveries),
+    ] {
+        let name = format!("certfleet_rules_{name}_total");
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", value.load(Ordering::Relaxed));
+    }
+}
+
 /// A tenant rule as the runner holds it.
 struct LoadedRule {
     rule: RunnableRule,
@@ -143,6 +162,8 @@ type RuleSet = Arc<Vec<Arc<LoadedRule>>>;
 /// The rules of this node: per account, its enabled rules compiled (a cache kept true by the
 /// change feed), and the system rules.
 pub struct RuleBook {
+    /// The engine's counters (the metrics listener reads them through the gateway).
+    pub counters: Arc<RulesCounters>,
     services: Arc<Services>,
     accounts: Mutex<HashMap<AccountId, RuleSet>>,
     /// Bumped by every [`forget`](Self::forget), so that a load racing a change is not cached.
@@ -153,6 +174,7 @@ pub struct RuleBook {
 impl RuleBook {
     pub fn new(services: Arc<Services>) -> Arc<Self> {
         Arc::new(RuleBook {
+            counters: Arc::new(RulesCounters::default()),
             services,
             accounts: Mutex::new(HashMap::new()),
             generation: AtomicU64::new(0),
@@ -238,7 +260,7 @@ impl RulesEngine {
     /// tap.
     pub fn start(config: RulesConfig, book: Arc<RuleBook>, broker: &Arc<Broker>) -> Arc<Self> {
         let (queue, incoming) = mpsc::channel(config.queue_capacity.max(1));
-        let counters = Arc::new(RulesCounters::default());
+        let counters = book.counters.clone();
         let tls = config.tls_roots.as_ref().and_then(|roots| {
             let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
             rustls::ClientConfig::builder_with_provider(provider)
