@@ -4,7 +4,7 @@
 //! Create and Replace take the bare `TopicRulePayload` as the whole body. An `Action` on the
 //! wire is an object with exactly one member naming its type; `republish` and `http` become
 //! [`RuleAction`]s, any other type becomes [`RuleAction::Unsupported`] and the services refuse
-//! it by name.
+//! it by name. Faults are `InternalException`, as AWS's model names them for these operations.
 
 use std::sync::Arc;
 
@@ -82,7 +82,9 @@ pub async fn create_topic_rule(
     body: Bytes,
 ) -> Reply {
     let payload = payload_from_wire(json_body(&body)?)?;
-    call(&state, move |services| services.create_topic_rule(&caller, &name, &payload)).await?;
+    call(&state, move |services| services.create_topic_rule(&caller, &name, &payload))
+        .await
+        .map_err(internal_exception)?;
     empty()
 }
 
@@ -93,7 +95,9 @@ pub async fn replace_topic_rule(
     body: Bytes,
 ) -> Reply {
     let payload = payload_from_wire(json_body(&body)?)?;
-    call(&state, move |services| services.replace_topic_rule(&caller, &name, &payload)).await?;
+    call(&state, move |services| services.replace_topic_rule(&caller, &name, &payload))
+        .await
+        .map_err(internal_exception)?;
     empty()
 }
 
@@ -102,14 +106,21 @@ pub async fn get_topic_rule(
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
 ) -> Reply {
-    let rule = call(&state, move |services| services.get_topic_rule(&caller, &name)).await?;
-    let actions = decode_actions(&rule.actions).map_err(ApiError::from)?.iter().map(action_to_wire).collect();
+    let rule =
+        call(&state, move |services| services.get_topic_rule(&caller, &name)).await.map_err(internal_exception)?;
+    let actions = decode_actions(&rule.actions)
+        .map_err(ApiError::from)
+        .map_err(internal_exception)?
+        .iter()
+        .map(action_to_wire)
+        .collect();
     let error_action = rule
         .error_action
         .as_deref()
         .map(decode_error_action)
         .transpose()
-        .map_err(ApiError::from)?
+        .map_err(ApiError::from)
+        .map_err(internal_exception)?
         .as_ref()
         .map(action_to_wire);
     json(GetTopicRuleResponse {
@@ -141,7 +152,9 @@ pub async fn list_topic_rules(
         topic_pattern: query.text("topic").filter(|topic| !topic.is_empty()).map(str::to_owned),
         rule_disabled: query.text("ruleDisabled").map(|_| query.flag("ruleDisabled")).transpose()?,
     };
-    let page = call(&state, move |services| services.list_topic_rules(&caller, &filter, &page)).await?;
+    let page = call(&state, move |services| services.list_topic_rules(&caller, &filter, &page))
+        .await
+        .map_err(internal_exception)?;
     json(ListTopicRulesResponse {
         rules: page.items.iter().map(list_item).collect(),
         next_token: page.next.as_deref().map(encode_token),
@@ -153,7 +166,7 @@ pub async fn delete_topic_rule(
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
 ) -> Reply {
-    call(&state, move |services| services.delete_topic_rule(&caller, &name)).await?;
+    call(&state, move |services| services.delete_topic_rule(&caller, &name)).await.map_err(internal_exception)?;
     empty()
 }
 
@@ -162,7 +175,9 @@ pub async fn enable_topic_rule(
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
 ) -> Reply {
-    call(&state, move |services| services.set_topic_rule_disabled(&caller, &name, false)).await?;
+    call(&state, move |services| services.set_topic_rule_disabled(&caller, &name, false))
+        .await
+        .map_err(internal_exception)?;
     empty()
 }
 
@@ -171,8 +186,16 @@ pub async fn disable_topic_rule(
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
 ) -> Reply {
-    call(&state, move |services| services.set_topic_rule_disabled(&caller, &name, true)).await?;
+    call(&state, move |services| services.set_topic_rule_disabled(&caller, &name, true))
+        .await
+        .map_err(internal_exception)?;
     empty()
+}
+
+/// The topic rule operations name their fault `InternalException`, not the
+/// `InternalFailureException` of the other operations.
+fn internal_exception(error: ApiError) -> ApiError {
+    if error.code == "InternalFailureException" { ApiError { code: "InternalException", ..error } } else { error }
 }
 
 fn list_item(rule: &TopicRule) -> TopicRuleListItem {
