@@ -169,7 +169,13 @@ pub struct RuleBook {
     /// Bumped by every [`forget`](Self::forget), so that a load racing a change is not cached.
     generation: AtomicU64,
     system: Mutex<Vec<Arc<SystemRule>>>,
+    /// When loading an account's rules last failed: no new attempt for [`LOAD_RETRY`], so a
+    /// registry outage is not hammered once per message.
+    failed_loads: Mutex<HashMap<AccountId, std::time::Instant>>,
 }
+
+/// How long after a failed load an account's messages run no tenant rules before trying again.
+const LOAD_RETRY: Duration = Duration::from_secs(1);
 
 impl RuleBook {
     pub fn new(services: Arc<Services>) -> Arc<Self> {
@@ -179,6 +185,7 @@ impl RuleBook {
             accounts: Mutex::new(HashMap::new()),
             generation: AtomicU64::new(0),
             system: Mutex::new(Vec::new()),
+            failed_loads: Mutex::new(HashMap::new()),
         })
     }
 
@@ -217,6 +224,9 @@ impl RuleBook {
         if let Some(rules) = lock(&self.accounts).get(account) {
             return rules.clone();
         }
+        if lock(&self.failed_loads).get(account).is_some_and(|failed| failed.elapsed() < LOAD_RETRY) {
+            return Arc::new(Vec::new());
+        }
         let generation = self.generation.load(Ordering::SeqCst);
         let services = self.services.clone();
         let owner = account.clone();
@@ -224,11 +234,13 @@ impl RuleBook {
         let rules = match loaded {
             Ok(Ok(rules)) => rules,
             Ok(Err(error)) => {
-                tracing::warn!(%account, %error, "cannot load the account's topic rules");
+                tracing::warn!(%account, %error, "cannot load the account's topic rules; retrying in a second");
+                lock(&self.failed_loads).insert(account.clone(), std::time::Instant::now());
                 return Arc::new(Vec::new());
             }
             Err(_) => return Arc::new(Vec::new()),
         };
+        lock(&self.failed_loads).remove(account);
         let set: RuleSet = Arc::new(
             rules
                 .into_iter()
