@@ -329,7 +329,7 @@ impl Broker {
     }
 
     /// Publishes a message in `account`'s topic space, on every node.
-    pub fn publish(&self, account: &AccountId, message: Arc<Message>) {
+    pub(crate) fn publish(&self, account: &AccountId, message: Arc<Message>) {
         self.fabric.publish(RoutedMessage { account: account.clone(), message });
     }
 
