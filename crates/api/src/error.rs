@@ -65,6 +65,9 @@ impl From<certfleet_services::Error> for ApiError {
             E::MalformedPolicy(_) => ("MalformedPolicyException", StatusCode::BAD_REQUEST),
             E::VersionsLimitExceeded(_) => ("VersionsLimitExceededException", StatusCode::CONFLICT),
             E::VersionConflict(_) => ("VersionConflictException", StatusCode::CONFLICT),
+            E::SqlParse(_) => ("SqlParseException", StatusCode::BAD_REQUEST),
+            // AWS answers a rule the caller does not have with 401, not 404.
+            E::RuleNotFound(_) => ("UnauthorizedException", StatusCode::UNAUTHORIZED),
             _ => {
                 // Internal details go to the log, never to the caller.
                 tracing::error!(error = %error, source = ?std::error::Error::source(&error), "internal failure");

@@ -17,6 +17,7 @@ mod error;
 mod policies;
 mod provisioning;
 mod things;
+mod topic_rules;
 mod wire;
 mod wire_things;
 
@@ -166,6 +167,16 @@ pub fn router(services: Arc<Services>, config: Config) -> Router {
         )
         .route("/certfleet/crls", get(audit::list_crls))
         .route("/certfleet/crls/{crlName}", put(audit::put_crl).delete(audit::delete_crl))
+        .route("/rules", get(topic_rules::list_topic_rules))
+        .route(
+            "/rules/{ruleName}",
+            post(topic_rules::create_topic_rule)
+                .get(topic_rules::get_topic_rule)
+                .patch(topic_rules::replace_topic_rule)
+                .delete(topic_rules::delete_topic_rule),
+        )
+        .route("/rules/{ruleName}/enable", post(topic_rules::enable_topic_rule))
+        .route("/rules/{ruleName}/disable", post(topic_rules::disable_topic_rule))
         .fallback(unknown_operation)
         .method_not_allowed_fallback(unknown_operation)
         .layer(middleware::from_fn_with_state(state.clone(), auth::authenticate))

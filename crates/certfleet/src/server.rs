@@ -290,6 +290,12 @@ async fn start_gateway(
     // Just-in-time registration events are published into the account's topic space.
     gateway.registry.attach_events(broker.clone());
     crate::audit_worker::start(services.clone(), broker.clone(), stopped.clone());
+    // Topic rules run off the publish path, on this node's own queue (docs/rules.md).
+    let rules_config = certfleet_gateway::rules::RulesConfig {
+        tls_roots: system_roots(),
+        ..certfleet_gateway::rules::RulesConfig::default()
+    };
+    certfleet_gateway::rules::RulesEngine::start(rules_config, gateway.rules.clone(), &broker);
     tracing::info!(%default_account, "gateway ready");
     let view = gateway.clone();
     let task = tokio::spawn(gateway.run(
@@ -298,6 +304,25 @@ async fn start_gateway(
         stopped,
     ));
     Ok((task, view))
+}
+
+/// The roots https rule actions trust: the PEM bundle named by `SSL_CERT_FILE`, else the
+/// system's (`/etc/ssl/certs/ca-certificates.crt`); `None` (https actions fail) when neither
+/// loads.
+fn system_roots() -> Option<Arc<rustls::RootCertStore>> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let path = std::env::var_os("SSL_CERT_FILE")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| "/etc/ssl/certs/ca-certificates.crt".into());
+    let mut roots = rustls::RootCertStore::empty();
+    match CertificateDer::pem_file_iter(&path) {
+        Ok(certificates) => {
+            roots.add_parsable_certificates(certificates.flatten());
+        }
+        Err(error) => tracing::warn!(path = %path.display(), %error, "no trusted roots: https rule actions will fail"),
+    }
+    (!roots.is_empty()).then(|| Arc::new(roots))
 }
 
 /// Serves `GET /metrics` (Prometheus text) over plain HTTP/1.1, one request per connection.

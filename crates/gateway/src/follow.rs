@@ -84,6 +84,7 @@ pub async fn follow(
     live: Arc<LiveSessions>,
     authorizer: Option<Arc<PolicyAuthorizer>>,
     endpoints: Arc<crate::endpoints::Endpoints>,
+    rules: Arc<crate::rules::RuleBook>,
     interval: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -116,6 +117,7 @@ pub async fn follow(
                 tracing::warn!(%error, "reading the change feed failed; forgetting the cache");
                 registry.forget_all();
                 endpoints.forget();
+                rules.forget_all();
                 continue;
             }
             Err(_) => continue,
@@ -124,6 +126,7 @@ pub async fn follow(
             match change.kind {
                 ChangeKind::DomainConfiguration => endpoints.changed(&change.account, &change.entity_id).await,
                 ChangeKind::Account => endpoints.forget(),
+                ChangeKind::TopicRule => rules.forget(&change.account),
                 _ => {}
             }
             apply_all(&registry, &live, authorizer.as_deref(), &change).await;

@@ -67,6 +67,9 @@ pub struct Gateway {
     pub authorizer: Option<Arc<PolicyAuthorizer>>,
     /// The domain configurations: SNI routing, TLS settings, chains, migrations.
     pub endpoints: Arc<Endpoints>,
+    /// The topic rules this node runs (and where system rules are installed), kept true by the
+    /// change feed.
+    pub rules: Arc<crate::rules::RuleBook>,
 }
 
 impl Gateway {
@@ -95,6 +98,7 @@ impl Gateway {
         let endpoints = Endpoints::new(services.clone(), live.clone(), builtin, config.default_account.clone());
         Arc::new(Gateway {
             config,
+            rules: crate::rules::RuleBook::new(services.clone()),
             registry: Arc::new(Registry::new(services)),
             live,
             metrics: Arc::new(Metrics::default()),
@@ -116,6 +120,7 @@ impl Gateway {
             self.live.clone(),
             self.authorizer.clone(),
             self.endpoints.clone(),
+            self.rules.clone(),
             self.config.change_poll_interval,
             shutdown.clone(),
         ));

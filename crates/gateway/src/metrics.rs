@@ -76,6 +76,7 @@ pub fn render(gateway: &crate::Gateway) -> String {
         let _ = writeln!(out, "certfleet_gateway_refusals_total{{reason=\"{reason}\"}} {count}");
     }
     gateway.endpoints.render_metrics(&mut out);
+    crate::rules::render_metrics(&gateway.rules.counters, &mut out);
     out
 }
 

@@ -16,6 +16,7 @@ mod tx;
 mod tx_audit;
 mod tx_endpoints;
 mod tx_provisioning;
+mod tx_rules;
 mod tx_things;
 
 pub use model::*;
@@ -23,6 +24,7 @@ pub use model_audit::*;
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 pub use tx::Tx;
+pub use tx_rules::{TopicRule, TopicRuleFilter};
 
 /// Errors of the registry.
 #[derive(Debug, thiserror::Error)]

@@ -339,6 +339,26 @@ CREATE TABLE audit_crls (
 CREATE INDEX certificates_audit_status ON certificates(account_id, status, id);
 "#,
     ),
+    (
+        8,
+        r#"
+CREATE TABLE topic_rules (
+    account_id TEXT NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    arn TEXT NOT NULL,
+    sql_text TEXT NOT NULL,
+    topic_pattern TEXT NOT NULL,
+    description TEXT,
+    aws_iot_sql_version TEXT NOT NULL,
+    rule_disabled BIGINT NOT NULL,
+    actions TEXT NOT NULL,
+    error_action TEXT,
+    created_at BIGINT NOT NULL,
+    last_modified BIGINT NOT NULL,
+    PRIMARY KEY (account_id, name)
+);
+"#,
+    ),
 ];
 
 /// The SQL dialect a migration is rendered for.

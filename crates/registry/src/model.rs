@@ -245,6 +245,8 @@ pub enum ChangeKind {
     /// A domain configuration or a server certificate it serves changed (entity: the
     /// configuration's name, or `*` for every configuration of the account).
     DomainConfiguration,
+    /// A topic rule was created, replaced, enabled, disabled or deleted (entity: the rule name).
+    TopicRule,
 }
 
 /// One entry of the change feed: "entity X of account A changed; reload it". Entries carry no
@@ -307,6 +309,7 @@ text_enum!(ChangeKind {
     Policy = "policy",
     Thing = "thing",
     DomainConfiguration = "domain_configuration",
+    TopicRule = "topic_rule",
 });
 text_enum!(ThingPrincipalType { Exclusive = "EXCLUSIVE_THING", NonExclusive = "NON_EXCLUSIVE_THING" });
 

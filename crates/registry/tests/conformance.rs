@@ -1163,3 +1163,87 @@ fn endpoint_probes_keep_the_newest_per_account() {
         assert!(read(store, |tx| tx.endpoint_probes(&bob.id, Some("odd"), at(0), 100)).unwrap().is_empty());
     });
 }
+
+#[test]
+fn topic_rules_round_trip_filter_page_and_feed_changes() {
+    each_backend("topic_rules", |store| {
+        let alice = account("111111111111", "alice");
+        let bob = account("222222222222", "bob");
+        setup(store, &[&alice, &bob]);
+        let rule = |owner: &Account, name: &str, topic: &str, disabled: bool| TopicRule {
+            account: owner.id.clone(),
+            name: name.into(),
+            arn: format!("arn:aws:iot:us-east-1:{}:rule/{name}", owner.id),
+            sql: format!("SELECT * FROM '{topic}'"),
+            topic_pattern: topic.into(),
+            description: disabled.then(|| "off".to_owned()),
+            aws_iot_sql_version: "2016-03-23".into(),
+            rule_disabled: disabled,
+            actions: r#"[{"republish":{"topic":"out","qos":0}}]"#.into(),
+            error_action: (!disabled).then(|| r#"{"republish":{"topic":"errors","qos":1}}"#.to_owned()),
+            created_at: at(10),
+            last_modified: at(10),
+        };
+        let start = read(store, |tx| tx.last_change_seq()).unwrap();
+        write(store, |tx| {
+            tx.insert_topic_rule(&rule(&alice, "c", "a/+", false))?;
+            tx.insert_topic_rule(&rule(&alice, "a", "a/+", true))?;
+            tx.insert_topic_rule(&rule(&alice, "b", "b/#", false))?;
+            tx.insert_topic_rule(&rule(&bob, "a", "x", false))
+        })
+        .unwrap();
+        let duplicate = write(store, |tx| tx.insert_topic_rule(&rule(&alice, "a", "z", false)));
+        assert!(matches!(duplicate, Err(Error::Conflict(_))), "{duplicate:?}");
+        assert_eq!(read(store, |tx| tx.get_topic_rule(&alice.id, "a")).unwrap(), Some(rule(&alice, "a", "a/+", true)));
+        assert_eq!(read(store, |tx| tx.get_topic_rule(&bob.id, "c")).unwrap(), None);
+
+        let names = |filter: TopicRuleFilter, limit| {
+            all_keys(
+                |page| read(store, |tx| tx.list_topic_rules(&alice.id, &filter, page)).unwrap(),
+                |r| r.name.clone(),
+                limit,
+            )
+        };
+        assert_eq!(names(TopicRuleFilter::default(), 2), ["a", "b", "c"]);
+        assert_eq!(names(TopicRuleFilter { topic_pattern: Some("a/+".into()), rule_disabled: None }, 1), ["a", "c"]);
+        assert_eq!(names(TopicRuleFilter { topic_pattern: None, rule_disabled: Some(false) }, 1), ["b", "c"]);
+        assert_eq!(names(TopicRuleFilter { topic_pattern: Some("a/+".into()), rule_disabled: Some(true) }, 5), ["a"]);
+        let enabled = read(store, |tx| tx.enabled_topic_rules(&alice.id)).unwrap();
+        assert_eq!(enabled.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["b", "c"]);
+
+        let mut replaced = rule(&alice, "b", "b/new", true);
+        replaced.last_modified = at(20);
+        assert!(write(store, |tx| tx.replace_topic_rule(&replaced)).unwrap());
+        assert_eq!(read(store, |tx| tx.get_topic_rule(&alice.id, "b")).unwrap(), Some(replaced.clone()));
+        assert!(!write(store, |tx| tx.replace_topic_rule(&rule(&alice, "zz", "q", false))).unwrap());
+        assert!(write(store, |tx| tx.set_topic_rule_disabled(&alice.id, "b", false, at(30))).unwrap());
+        let enabled_again = read(store, |tx| tx.get_topic_rule(&alice.id, "b")).unwrap().unwrap();
+        assert!(!enabled_again.rule_disabled);
+        assert_eq!(enabled_again.last_modified, at(30));
+        assert!(!write(store, |tx| tx.set_topic_rule_disabled(&alice.id, "zz", false, at(30))).unwrap());
+        assert!(write(store, |tx| tx.delete_topic_rule(&alice.id, "b", at(40))).unwrap());
+        assert!(!write(store, |tx| tx.delete_topic_rule(&alice.id, "b", at(40))).unwrap());
+
+        let changes = read(store, |tx| tx.changes_after(start, 100)).unwrap();
+        let feed: Vec<(String, ChangeKind, String)> =
+            changes.iter().map(|c| (c.account.to_string(), c.kind, c.entity_id.clone())).collect();
+        let entry = |owner: &Account, name: &str| (owner.id.to_string(), ChangeKind::TopicRule, name.to_owned());
+        assert_eq!(
+            feed,
+            [
+                entry(&alice, "c"),
+                entry(&alice, "a"),
+                entry(&alice, "b"),
+                entry(&bob, "a"),
+                entry(&alice, "b"),
+                entry(&alice, "b"),
+                entry(&alice, "b"),
+            ],
+            "one entry per committed change, none for the refused ones"
+        );
+
+        write(store, |tx| tx.delete_account(&alice.id).map(drop)).unwrap();
+        assert_eq!(read(store, |tx| tx.get_topic_rule(&alice.id, "a")).unwrap(), None);
+        assert!(read(store, |tx| tx.get_topic_rule(&bob.id, "a")).unwrap().is_some());
+    });
+}

@@ -64,6 +64,14 @@ pub enum Error {
     /// The expected version of a thing is not its current version.
     #[error("{0}")]
     VersionConflict(String),
+    /// A rule's SQL statement does not parse (AWS's SqlParseException); the message says what
+    /// and where.
+    #[error("{0}")]
+    SqlParse(String),
+    /// The caller has no topic rule of that name. AWS answers UnauthorizedException (401) for
+    /// it, not ResourceNotFoundException.
+    #[error("{0}")]
+    RuleNotFound(String),
     /// The registry failed.
     #[error("registry failure")]
     Registry(#[from] certfleet_registry::Error),
@@ -93,6 +101,8 @@ impl Error {
             Error::MalformedPolicy(_) => "MalformedPolicy",
             Error::VersionsLimitExceeded(_) => "VersionsLimitExceeded",
             Error::VersionConflict(_) => "VersionConflict",
+            Error::SqlParse(_) => "SqlParse",
+            Error::RuleNotFound(_) => "RuleNotFound",
             Error::Registry(_) => "Registry",
             Error::Internal(_) => "Internal",
         }

@@ -21,6 +21,7 @@ mod provisioning;
 mod templates;
 mod things;
 mod tokens;
+mod topic_rules;
 
 use std::sync::Arc;
 
@@ -46,6 +47,9 @@ pub use provisioning::{ProvisionedPolicy, ProvisionedThing, Provisioning, Templa
 pub use templates::{JITP, TemplateDefinition};
 pub use things::{AttributePayload, ThingDefinition, ThingUpdate};
 pub use tokens::{decode_policy_marker, decode_token, encode_policy_marker, encode_token};
+pub use topic_rules::{
+    RuleAction, RunnableRule, SQL_VERSION, TopicRulePayload, decode_actions, decode_error_action, is_loopback,
+};
 
 /// Settings of the services, built by the binary from its configuration.
 #[derive(Clone, Debug)]

@@ -205,6 +205,8 @@ pub struct Broker {
     spaces: Mutex<HashMap<AccountId, Arc<Space>>>,
     next_connection: AtomicU64,
     this: Weak<Broker>,
+    /// Sees the messages devices publish on this node (the rules engine).
+    tap: std::sync::OnceLock<Arc<dyn crate::rules::PublishTap>>,
 }
 
 /// A connection asking for its session, once CONNECT is accepted.
@@ -272,6 +274,7 @@ impl Broker {
             spaces: Mutex::new(HashMap::new()),
             next_connection: AtomicU64::new(0),
             this: this.clone(),
+            tap: std::sync::OnceLock::new(),
         });
         let router: Weak<dyn Router> = broker.this.clone();
         broker.fabric.attach(router);
@@ -302,6 +305,27 @@ impl Broker {
 
     pub(crate) fn queue_limits(&self) -> QueueLimits {
         QueueLimits { queued: self.config.max_queued_messages, qos0: self.config.outbound_capacity }
+    }
+
+    /// Attaches the tap that sees every message a device publishes on this node (the rules
+    /// engine). A second call is ignored.
+    pub fn attach_tap(&self, tap: Arc<dyn crate::rules::PublishTap>) {
+        let _ = self.tap.set(tap);
+    }
+
+    /// Hands a device's message to the tap, if any: called once, on the node where the PUBLISH
+    /// arrived, never per fabric delivery.
+    pub(crate) fn tap(&self, identity: &Identity, client_id: &str, message: &Arc<Message>) {
+        if let Some(tap) = self.tap.get() {
+            tap.published(crate::rules::Published {
+                account: identity.account.clone(),
+                client_id: client_id.to_owned(),
+                principal: Some(identity.certificate_id.clone()),
+                message: message.clone(),
+                received_ms: crate::rules::now_ms(),
+                depth: 0,
+            });
+        }
     }
 
     /// Publishes a message in `account`'s topic space, on every node.

@@ -266,7 +266,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connected<S> {
             expires_at,
             publisher: Some(self.client_id.clone()),
         };
-        self.broker.publish(&self.identity.account, Arc::new(message));
+        let message = Arc::new(message);
+        self.broker.tap(&self.identity, &self.client_id, &message);
+        self.broker.publish(&self.identity.account, message);
         match (qos, packet_id) {
             (QoS::AtLeastOnce, Some(packet_id)) => self.send(Packet::PubAck(PubAck::new(packet_id))),
             (QoS::ExactlyOnce, Some(packet_id)) => {

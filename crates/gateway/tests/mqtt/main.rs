@@ -7,6 +7,7 @@ mod delivery;
 mod events;
 mod harness;
 mod limits;
+mod rules;
 mod security;
 mod sessions;
 mod v5;

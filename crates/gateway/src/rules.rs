@@ -1,0 +1,608 @@
+//! The rules engine of a gateway node: topic rules run off the publish path.
+//!
+//! 1. A device's PUBLISH, once authorized, is handed to the broker's [`PublishTap`] on the node
+//!    where it arrived (not once per node the fabric delivers to). The [`RulesEngine`]'s tap only
+//!    `try_send`s it into a bounded queue: when the queue is full the message is not run through
+//!    the rules and the drop is counted ([`RulesCounters::dropped_queue_full`]). The broker never
+//!    waits for the rules.
+//! 2. One runner task per node takes messages from the queue, finds the account's enabled rules
+//!    in the [`RuleBook`] (loaded from the services on first use, forgotten on every `TopicRule`
+//!    entry of the change feed, see `follow`) plus the [`system rules`](RuleBook::add_system_rule),
+//!    and evaluates each rule whose `FROM` filter matches (`certfleet-rules`).
+//! 3. Actions: `republish` publishes the output into the account's topic space through the broker
+//!    as a server-originated message (`publisher: None`) and feeds it back into the queue, as AWS
+//!    lets a republished message trigger rules; a message is fed back at most
+//!    [`RulesConfig::max_depth`] times (then counted in [`RulesCounters::loop_capped`] and logged).
+//!    `http` POSTs the output on its own task, at most [`HTTP_CONCURRENCY_PER_RULE`] at once
+//!    per rule, each bounded by [`RulesConfig::http_timeout`]: a slow webhook holds
+//!    neither the runner nor the broker.
+//! 4. An action that fails (a webhook answering other than 2xx, unreachable, too slow, too busy)
+//!    runs the rule's error action with AWS's error payload (`ruleName`, `topic`,
+//!    `cloudwatchTraceId`, `clientId`, `base64OriginalPayload`, `failures`).
+//!
+//! System rules are certfleet's own rules (the rotation service's): they match the topics of
+//! every account, are invisible to the API, and hand their output to an in-process
+//! [`SystemSink`] instead of running actions.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use certfleet_mqtt::{Properties, QoS, TopicName};
+use certfleet_pki::CertificateId;
+use certfleet_registry::AccountId;
+use certfleet_rules::{Context, Output, ParseError, Rule};
+use certfleet_services::{RuleAction, RunnableRule, Services};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use tokio::sync::{Semaphore, mpsc};
+
+use crate::broker::Broker;
+use crate::fabric::Message;
+
+/// A device's message as the broker hands it to its tap.
+#[derive(Clone, Debug)]
+pub struct Published {
+    pub account: AccountId,
+    /// The publisher's MQTT client id (`clientid()`).
+    pub client_id: String,
+    /// The publisher's certificate id (`principal()`).
+    pub principal: Option<CertificateId>,
+    pub message: Arc<Message>,
+    /// When the broker received it, in milliseconds since the Unix epoch (`timestamp()`).
+    pub received_ms: i64,
+    /// How many rules republished it on its way here: 0 for a device's message.
+    pub depth: u8,
+}
+
+/// Sees every message a device publishes on this node, on the publish path: it must not block.
+pub trait PublishTap: Send + Sync {
+    fn published(&self, published: Published);
+}
+
+/// What a system rule hands its sink for each message it matched.
+#[derive(Debug)]
+pub struct SystemDelivery<'a> {
+    pub account: &'a AccountId,
+    /// The system rule's name.
+    pub rule: &'a str,
+    /// The rule's output (JSON text, or raw bytes for `SELECT *` of a non-JSON payload).
+    pub output: &'a [u8],
+    pub topic: &'a str,
+    pub client_id: &'a str,
+    /// The publisher's certificate id.
+    pub principal: Option<&'a CertificateId>,
+}
+
+/// Where a system rule's output goes, in process. Called on the rules runner task: it must
+/// return quickly (hand the delivery to its own queue or task), or it holds up every rule of
+/// the node.
+pub trait SystemSink: Send + Sync {
+    fn deliver(&self, delivery: SystemDelivery<'_>);
+}
+
+/// http requests of one rule in flight at once on a node; past it the action fails (and the
+/// error action runs).
+pub const HTTP_CONCURRENCY_PER_RULE: usize = 16;
+
+/// Settings of the rules engine.
+#[derive(Clone, Debug)]
+pub struct RulesConfig {
+    /// Messages waiting for the runner; more are dropped and counted. Default 10,000.
+    pub queue_capacity: usize,
+    /// How many times a message republished by rules is fed back into the rules. Default 8.
+    pub max_depth: u8,
+    /// The longest an http action may take, connection included. Default 3 s.
+    pub http_timeout: Duration,
+    /// The roots https actions trust; `None` makes every https action fail.
+    pub tls_roots: Option<Arc<rustls::RootCertStore>>,
+}
+
+impl Default for RulesConfig {
+    fn default() -> Self {
+        RulesConfig { queue_capacity: 10_000, max_depth: 8, http_timeout: Duration::from_secs(3), tls_roots: None }
+    }
+}
+
+/// The engine's counters.
+#[derive(Debug, Default)]
+pub struct RulesCounters {
+    /// Messages taken into the queue.
+    pub queued: AtomicU64,
+    /// Messages not run through the rules because the queue was full.
+    pub dropped_queue_full: AtomicU64,
+    /// Rule evaluations that produced an output.
+    pub matched: AtomicU64,
+    pub republished: AtomicU64,
+    pub http_succeeded: AtomicU64,
+    /// Actions that failed (and ran the error action, if any).
+    pub actions_failed: AtomicU64,
+    pub error_actions: AtomicU64,
+    /// Republished messages not fed back into the rules: the depth cap was reached.
+    pub loop_capped: AtomicU64,
+    pub system_deliveries: AtomicU64,
+}
+
+/// The engine's counters in the Prometheus text format.
+pub fn render_metrics(counters: &RulesCounters, out: &mut String) {
+    use std::fmt::Write;
+    for (name, help, value) in [
+        ("queued", "Device messages queued for the rules.", &counters.queued),
+        ("dropped_queue_full", "Messages not run through the rules: the queue was full.", &counters.dropped_queue_full),
+        ("matched", "Rule evaluations that produced an output.", &counters.matched),
+        ("republished", "Messages republished by rules.", &counters.republished),
+        ("http_succeeded", "http actions answered with 2xx.", &counters.http_succeeded),
+        ("actions_failed", "Rule actions that failed.", &counters.actions_failed),
+        ("error_actions", "Error actions run.", &counters.error_actions),
+        ("loop_capped", "Republished messages not fed back: the loop cap was reached.", &counters.loop_capped),
+        ("system_deliveries", "Outputs handed to system rule sinks.", &counters.system_deliveries),
+    ] {
+        let name = format!("certfleet_rules_{name}_total");
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", value.load(Ordering::Relaxed));
+    }
+}
+
+/// A tenant rule as the runner holds it.
+struct LoadedRule {
+    rule: RunnableRule,
+    http_slots: Arc<Semaphore>,
+}
+
+struct SystemRule {
+    name: String,
+    statement: Rule,
+    sink: Arc<dyn SystemSink>,
+}
+
+type RuleSet = Arc<Vec<Arc<LoadedRule>>>;
+
+/// The rules of this node: per account, its enabled rules compiled (a cache kept true by the
+/// change feed), and the system rules.
+pub struct RuleBook {
+    /// The engine's counters (the metrics listener reads them through the gateway).
+    pub counters: Arc<RulesCounters>,
+    services: Arc<Services>,
+    accounts: Mutex<HashMap<AccountId, RuleSet>>,
+    /// Bumped by every [`forget`](Self::forget), so that a load racing a change is not cached.
+    generation: AtomicU64,
+    system: Mutex<Vec<Arc<SystemRule>>>,
+    /// When loading an account's rules last failed: no new attempt for [`LOAD_RETRY`], so a
+    /// registry outage is not hammered once per message.
+    failed_loads: Mutex<HashMap<AccountId, std::time::Instant>>,
+}
+
+/// How long after a failed load an account's messages run no tenant rules before trying again.
+const LOAD_RETRY: Duration = Duration::from_secs(1);
+
+impl RuleBook {
+    pub fn new(services: Arc<Services>) -> Arc<Self> {
+        Arc::new(RuleBook {
+            counters: Arc::new(RulesCounters::default()),
+            services,
+            accounts: Mutex::new(HashMap::new()),
+            generation: AtomicU64::new(0),
+            system: Mutex::new(Vec::new()),
+            failed_loads: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Installs a system rule: `sql` is evaluated for the messages of every account, and its
+    /// output handed to `sink`. A name used already replaces that rule.
+    pub fn add_system_rule(&self, name: &str, sql: &str, sink: Arc<dyn SystemSink>) -> Result<(), ParseError> {
+        let statement = Rule::parse(sql)?;
+        let mut system = lock(&self.system);
+        system.retain(|rule| rule.name != name);
+        system.push(Arc::new(SystemRule { name: name.to_owned(), statement, sink }));
+        tracing::info!(rule = name, sql, "system rule installed");
+        Ok(())
+    }
+
+    /// Removes a system rule. Returns whether it was there.
+    pub fn remove_system_rule(&self, name: &str) -> bool {
+        let mut system = lock(&self.system);
+        let before = system.len();
+        system.retain(|rule| rule.name != name);
+        system.len() != before
+    }
+
+    /// Forgets an account's rules (a `TopicRule` change-feed entry): reloaded on next use.
+    pub fn forget(&self, account: &AccountId) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        lock(&self.accounts).remove(account);
+    }
+
+    /// Forgets every account's rules.
+    pub fn forget_all(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        lock(&self.accounts).clear();
+    }
+
+    async fn rules_for(&self, account: &AccountId) -> RuleSet {
+        if let Some(rules) = lock(&self.accounts).get(account) {
+            return rules.clone();
+        }
+        if lock(&self.failed_loads).get(account).is_some_and(|failed| failed.elapsed() < LOAD_RETRY) {
+            return Arc::new(Vec::new());
+        }
+        let generation = self.generation.load(Ordering::SeqCst);
+        let services = self.services.clone();
+        let owner = account.clone();
+        let loaded = tokio::task::spawn_blocking(move || services.runnable_topic_rules(&owner)).await;
+        let rules = match loaded {
+            Ok(Ok(rules)) => rules,
+            Ok(Err(error)) => {
+                tracing::warn!(%account, %error, "cannot load the account's topic rules; retrying in a second");
+                lock(&self.failed_loads).insert(account.clone(), std::time::Instant::now());
+                return Arc::new(Vec::new());
+            }
+            Err(_) => return Arc::new(Vec::new()),
+        };
+        lock(&self.failed_loads).remove(account);
+        let set: RuleSet = Arc::new(
+            rules
+                .into_iter()
+                .map(|rule| {
+                    Arc::new(LoadedRule { rule, http_slots: Arc::new(Semaphore::new(HTTP_CONCURRENCY_PER_RULE)) })
+                })
+                .collect(),
+        );
+        let mut accounts = lock(&self.accounts);
+        if self.generation.load(Ordering::SeqCst) == generation {
+            accounts.insert(account.clone(), set.clone());
+        }
+        set
+    }
+
+    fn system_rules(&self) -> Vec<Arc<SystemRule>> {
+        lock(&self.system).clone()
+    }
+}
+
+/// The engine: the tap's queue and the runner task behind it.
+pub struct RulesEngine {
+    queue: mpsc::Sender<Published>,
+    pub counters: Arc<RulesCounters>,
+}
+
+impl RulesEngine {
+    /// Starts the runner (on the current runtime) and attaches the engine to `broker` as its
+    /// tap.
+    pub fn start(config: RulesConfig, book: Arc<RuleBook>, broker: &Arc<Broker>) -> Arc<Self> {
+        let (queue, incoming) = mpsc::channel(config.queue_capacity.max(1));
+        let counters = book.counters.clone();
+        let tls = config.tls_roots.as_ref().and_then(|roots| {
+            let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+            rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .ok()
+                .map(|builder| Arc::new(builder.with_root_certificates(roots.clone()).with_no_client_auth()))
+        });
+        let engine = Arc::new(RulesEngine { queue: queue.clone(), counters: counters.clone() });
+        let runner =
+            Runner { config, book, broker: Arc::downgrade(broker), feedback: queue.downgrade(), counters, tls };
+        tokio::spawn(runner.run(incoming));
+        broker.attach_tap(engine.clone());
+        engine
+    }
+}
+
+impl PublishTap for RulesEngine {
+    fn published(&self, published: Published) {
+        match self.queue.try_send(published) {
+            Ok(()) => {
+                self.counters.queued.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(_) => {
+                let dropped = self.counters.dropped_queue_full.fetch_add(1, Ordering::Relaxed) + 1;
+                if dropped % 1000 == 1 {
+                    tracing::warn!(dropped, "rules queue full: messages are not run through the rules");
+                }
+            }
+        }
+    }
+}
+
+struct Runner {
+    config: RulesConfig,
+    book: Arc<RuleBook>,
+    broker: Weak<Broker>,
+    /// Where republished messages go back in; weak, so the runner ends with the engine.
+    feedback: mpsc::WeakSender<Published>,
+    counters: Arc<RulesCounters>,
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+/// One action to run, with what its failure report needs.
+struct Firing {
+    rule: String,
+    published: Published,
+    output: Bytes,
+    error_action: Option<RuleAction>,
+    http_slots: Arc<Semaphore>,
+}
+
+impl Runner {
+    async fn run(self, mut incoming: mpsc::Receiver<Published>) {
+        let this = Arc::new(self);
+        while let Some(published) = incoming.recv().await {
+            this.handle(published).await;
+        }
+    }
+
+    async fn handle(self: &Arc<Self>, published: Published) {
+        let rules = self.book.rules_for(&published.account).await;
+        let system = if published.depth == 0 { self.book.system_rules() } else { Vec::new() };
+        let topic = published.message.topic.as_str();
+        let principal = published.principal.as_ref().map(CertificateId::as_str);
+        let new_uuid = new_uuid;
+        let context = Context {
+            topic,
+            client_id: &published.client_id,
+            principal,
+            timestamp_ms: published.received_ms,
+            new_uuid: &new_uuid,
+        };
+        let payload = &published.message.payload;
+        for system_rule in &system {
+            let Ok(output) = system_rule.statement.evaluate(&context, payload) else { continue };
+            self.counters.system_deliveries.fetch_add(1, Ordering::Relaxed);
+            system_rule.sink.deliver(SystemDelivery {
+                account: &published.account,
+                rule: &system_rule.name,
+                output: &output.to_bytes(),
+                topic,
+                client_id: &published.client_id,
+                principal: published.principal.as_ref(),
+            });
+        }
+        for loaded in rules.iter() {
+            let Ok(output) = loaded.rule.statement.evaluate(&context, payload) else { continue };
+            self.counters.matched.fetch_add(1, Ordering::Relaxed);
+            let output = Bytes::from(match output {
+                Output::Json(json) => json.to_string().into_bytes(),
+                Output::Raw(raw) => raw.to_vec(),
+            });
+            for action in &loaded.rule.actions {
+                let firing = Firing {
+                    rule: loaded.rule.name.clone(),
+                    published: published.clone(),
+                    output: output.clone(),
+                    error_action: loaded.rule.error_action.clone(),
+                    http_slots: loaded.http_slots.clone(),
+                };
+                self.fire(action, firing);
+            }
+        }
+    }
+
+    /// Runs one action; a failure runs the error action.
+    fn fire(self: &Arc<Self>, action: &RuleAction, firing: Firing) {
+        match action {
+            RuleAction::Republish { topic, qos, .. } => {
+                if let Err(why) = self.republish(&firing.published, topic, *qos, firing.output.clone(), true) {
+                    self.failed(firing, "RepublishAction", topic, why);
+                }
+            }
+            RuleAction::Http { url, headers } => {
+                let Ok(permit) = firing.http_slots.clone().try_acquire_owned() else {
+                    self.failed(firing, "HttpAction", url, "too many requests of this rule in flight".into());
+                    return;
+                };
+                let runner = self.clone();
+                let (url, headers) = (url.clone(), headers.clone());
+                tokio::spawn(async move {
+                    let sent =
+                        post(&url, &headers, firing.output.clone(), runner.tls.clone(), runner.config.http_timeout)
+                            .await;
+                    drop(permit);
+                    match sent {
+                        Ok(()) => {
+                            runner.counters.http_succeeded.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(why) => runner.failed(firing, "HttpAction", &url, why),
+                    }
+                });
+            }
+            other => tracing::warn!(rule = firing.rule, action = ?other, "action not supported by this node"),
+        }
+    }
+
+    /// Publishes `payload` to `topic` in the publisher's account and, below the depth cap,
+    /// feeds it back into the rules.
+    fn republish(&self, from: &Published, topic: &str, qos: u8, payload: Bytes, feed_back: bool) -> Result<(), String> {
+        if topic.starts_with('$') && !topic.starts_with("$aws/things/") {
+            return Err(format!("republishing to the reserved topic {topic} is not allowed"));
+        }
+        let topic = TopicName::new(topic).map_err(|error| format!("invalid republish topic {topic}: {error}"))?;
+        let Some(broker) = self.broker.upgrade() else { return Err("the broker is gone".into()) };
+        let message = Arc::new(Message {
+            topic,
+            payload,
+            qos: if qos == 0 { QoS::AtMostOnce } else { QoS::AtLeastOnce },
+            retain: false,
+            properties: Properties::default(),
+            expires_at: None,
+            publisher: None,
+        });
+        broker.publish(&from.account, message.clone());
+        self.counters.republished.fetch_add(1, Ordering::Relaxed);
+        if !feed_back {
+            return Ok(());
+        }
+        let depth = from.depth.saturating_add(1);
+        if depth > self.config.max_depth {
+            let capped = self.counters.loop_capped.fetch_add(1, Ordering::Relaxed) + 1;
+            if capped % 100 == 1 {
+                tracing::warn!(
+                    account = %from.account, topic = %message.topic, depth, capped,
+                    "republished message not run through the rules again: the loop cap is reached"
+                );
+            }
+            return Ok(());
+        }
+        if let Some(queue) = self.feedback.upgrade() {
+            let again = Published { message, depth, received_ms: now_ms(), ..from.clone() };
+            if queue.try_send(again).is_err() {
+                self.counters.dropped_queue_full.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    }
+
+    /// Counts a failed action and runs the rule's error action with AWS's error payload.
+    fn failed(self: &Arc<Self>, firing: Firing, failed_action: &str, failed_resource: &str, why: String) {
+        self.counters.actions_failed.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            account = %firing.published.account, rule = firing.rule, action = failed_action, error = %why,
+            "rule action failed"
+        );
+        let Some(error_action) = &firing.error_action else { return };
+        self.counters.error_actions.fetch_add(1, Ordering::Relaxed);
+        let report = serde_json::json!({
+            "ruleName": firing.rule,
+            "topic": firing.published.message.topic.as_str(),
+            "cloudwatchTraceId": uuid_text(new_uuid()),
+            "clientId": firing.published.client_id,
+            "base64OriginalPayload": base64::engine::general_purpose::STANDARD.encode(&firing.published.message.payload),
+            "failures": [{"failedAction": failed_action, "failedResource": failed_resource, "errorMessage": why}],
+        });
+        let report = Bytes::from(report.to_string().into_bytes());
+        match error_action {
+            RuleAction::Republish { topic, qos, .. } => {
+                // An error report is not run through the rules again.
+                if let Err(why) = self.republish(&firing.published, topic, *qos, report, false) {
+                    tracing::warn!(rule = firing.rule, error = %why, "error action failed");
+                }
+            }
+            RuleAction::Http { url, headers } => {
+                let Ok(permit) = firing.http_slots.clone().try_acquire_owned() else {
+                    tracing::warn!(rule = firing.rule, "error action not sent: too many requests in flight");
+                    return;
+                };
+                let runner = self.clone();
+                let (url, headers, rule) = (url.clone(), headers.clone(), firing.rule.clone());
+                tokio::spawn(async move {
+                    if let Err(why) = post(&url, &headers, report, runner.tls.clone(), runner.config.http_timeout).await
+                    {
+                        tracing::warn!(rule, error = %why, "error action failed");
+                    }
+                    drop(permit);
+                });
+            }
+            other => tracing::warn!(rule = firing.rule, action = ?other, "error action not supported by this node"),
+        }
+    }
+}
+
+/// POSTs `body` (JSON) to `url`; `Ok` for a 2xx answer within `timeout`.
+async fn post(
+    url: &str,
+    headers: &[(String, String)],
+    body: Bytes,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    timeout: Duration,
+) -> Result<(), String> {
+    match tokio::time::timeout(timeout, post_now(url, headers, body, tls)).await {
+        Ok(result) => result,
+        Err(_) => Err(format!("no answer within {} ms", timeout.as_millis())),
+    }
+}
+
+async fn post_now(
+    url: &str,
+    headers: &[(String, String)],
+    body: Bytes,
+    tls: Option<Arc<rustls::ClientConfig>>,
+) -> Result<(), String> {
+    let (secure, rest) = match (url.strip_prefix("https://"), url.strip_prefix("http://")) {
+        (Some(rest), _) => (true, rest),
+        (None, Some(rest)) => (false, rest),
+        _ => return Err("unsupported url scheme".into()),
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(slash) => (&rest[..slash], &rest[slash..]),
+        None => (rest, "/"),
+    };
+    let (host, port) = split_authority(authority, if secure { 443 } else { 80 })?;
+    if !secure && !certfleet_services::is_loopback(host) {
+        return Err("http:// is only allowed to loopback hosts".into());
+    }
+    let stream =
+        tokio::net::TcpStream::connect((host, port)).await.map_err(|error| format!("cannot connect: {error}"))?;
+    let mut request = http::Request::post(path)
+        .header(http::header::HOST, authority)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .header(http::header::USER_AGENT, "certfleet-rules");
+    for (key, value) in headers {
+        request = request.header(key.as_str(), value.as_str());
+    }
+    let request = request.body(Full::new(body)).map_err(|error| format!("invalid request: {error}"))?;
+    let status = if secure {
+        let Some(tls) = tls else { return Err("https actions are not configured (no trusted roots)".into()) };
+        let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+            .map_err(|_| format!("invalid server name {host}"))?;
+        let stream = tokio_rustls::TlsConnector::from(tls)
+            .connect(name, stream)
+            .await
+            .map_err(|error| format!("tls handshake failed: {error}"))?;
+        send(stream, request).await?
+    } else {
+        send(stream, request).await?
+    };
+    if status.is_success() { Ok(()) } else { Err(format!("the endpoint answered {}", status.as_u16())) }
+}
+
+async fn send<S>(stream: S, request: http::Request<Full<Bytes>>) -> Result<http::StatusCode, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|error| format!("http handshake failed: {error}"))?;
+    tokio::spawn(connection);
+    let response = sender.send_request(request).await.map_err(|error| format!("request failed: {error}"))?;
+    let status = response.status();
+    // Read (and drop) the body so the connection ends cleanly.
+    let _ = response.into_body().collect().await;
+    Ok(status)
+}
+
+fn split_authority(authority: &str, default_port: u16) -> Result<(&str, u16), String> {
+    let invalid = || format!("invalid host in url: {authority}");
+    if let Some(bracketed) = authority.strip_prefix('[') {
+        let (host, after) = bracketed.split_once(']').ok_or_else(invalid)?;
+        let port = match after.strip_prefix(':') {
+            Some(port) => port.parse().map_err(|_| invalid())?,
+            None => default_port,
+        };
+        return Ok((host, port));
+    }
+    match authority.rsplit_once(':') {
+        Some((host, port)) => Ok((host, port.parse().map_err(|_| invalid())?)),
+        None => Ok((authority, default_port)),
+    }
+}
+
+fn new_uuid() -> u128 {
+    let mut bytes = [0u8; 16];
+    // A failing system random source leaves zeros: ids are then not unique, nothing worse.
+    let _ = aws_lc_rs::rand::fill(&mut bytes);
+    u128::from_be_bytes(bytes)
+}
+
+fn uuid_text(bits: u128) -> String {
+    let hex = format!("{bits:032x}");
+    format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..])
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_millis() as i64)
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

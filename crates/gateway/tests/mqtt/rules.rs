@@ -1,0 +1,283 @@
+//! The rules engine on a broker: rules stored through the services (a real SQLite registry),
+//! device messages published through real sessions, webhooks served by a local HTTP server.
+//! These tests run in real time: the webhooks are real sockets.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use certfleet_gateway::identity::Identity;
+use certfleet_gateway::rules::{RuleBook, RulesConfig, RulesEngine, SystemDelivery, SystemSink};
+use certfleet_mqtt::QoS;
+use certfleet_pki::CertificateId;
+use certfleet_services::{Caller, RuleAction, TopicRulePayload};
+use certfleet_testkit::{World, world};
+use serde_json::{Value as Json, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+use crate::harness::*;
+
+struct Rig {
+    world: World,
+    caller: Caller,
+    harness: Harness,
+    book: Arc<RuleBook>,
+    engine: Arc<RulesEngine>,
+}
+
+fn rig(config: RulesConfig) -> Rig {
+    let world = world();
+    let caller = world.caller();
+    let harness = Harness::new();
+    let book = RuleBook::new(world.services.clone());
+    let engine = RulesEngine::start(config, book.clone(), &harness.broker);
+    Rig { world, caller, harness, book, engine }
+}
+
+impl Rig {
+    fn device(&self, certificate: u32) -> Identity {
+        Identity { account: self.caller.account.clone(), ..identity(ACCOUNT_A, certificate) }
+    }
+
+    fn rule(&self, name: &str, sql: &str, actions: Vec<RuleAction>, error_action: Option<RuleAction>) {
+        let payload = TopicRulePayload { sql: sql.into(), actions, error_action, ..TopicRulePayload::default() };
+        self.world.services.create_topic_rule(&self.caller, name, &payload).unwrap();
+        // What the change feed's TopicRule entry does on every node.
+        self.book.forget(&self.caller.account);
+    }
+}
+
+fn republish(topic: &str) -> RuleAction {
+    RuleAction::Republish { topic: topic.into(), qos: 0, role_arn: "arn:aws:iam::123456789012:role/r".into() }
+}
+
+fn http(url: &str) -> RuleAction {
+    RuleAction::Http { url: url.into(), headers: vec![("x-token".into(), "t1".into())] }
+}
+
+fn json_of(publish: &certfleet_mqtt::Publish) -> Json {
+    serde_json::from_slice(&publish.payload).unwrap()
+}
+
+/// A webhook on 127.0.0.1: every request's headers and body go to the channel; it answers
+/// `status` after `delay`. `answered` turns true once a first answer was sent.
+struct Webhook {
+    url: String,
+    requests: mpsc::UnboundedReceiver<(String, Json)>,
+    answered: Arc<AtomicBool>,
+}
+
+async fn webhook(status: u16, delay: Duration) -> Webhook {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let (sender, requests) = mpsc::unbounded_channel();
+    let answered = Arc::new(AtomicBool::new(false));
+    let done = answered.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else { return };
+            let sender = sender.clone();
+            let done = done.clone();
+            tokio::spawn(async move {
+                let mut buffer = Vec::new();
+                let (head, body) = loop {
+                    let mut chunk = [0u8; 4096];
+                    let read = stream.read(&mut chunk).await.unwrap_or(0);
+                    if read == 0 {
+                        return;
+                    }
+                    buffer.extend_from_slice(&chunk[..read]);
+                    let text = String::from_utf8_lossy(&buffer).into_owned();
+                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                        let length = head
+                            .lines()
+                            .find_map(|line| {
+                                line.to_ascii_lowercase().strip_prefix("content-length:").map(|n| n.trim().to_owned())
+                            })
+                            .and_then(|n| n.parse::<usize>().ok())
+                            .unwrap_or(0);
+                        if body.len() >= length {
+                            break (head.to_owned(), body[..length].to_owned());
+                        }
+                    }
+                };
+                let _ = sender.send((head, serde_json::from_str(&body).unwrap_or(Json::Null)));
+                tokio::time::sleep(delay).await;
+                let answer = format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+                let _ = stream.write_all(answer.as_bytes()).await;
+                done.store(true, Ordering::SeqCst);
+            });
+        }
+    });
+    Webhook { url, requests, answered }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn republish_sends_the_sql_output_and_where_filters() {
+    let rig = rig(RulesConfig::default());
+    rig.rule(
+        "hot",
+        "SELECT temp, clientid() AS device, topic(2) AS room FROM 'sensors/+' WHERE temp > 30",
+        vec![republish("alerts/hot")],
+        None,
+    );
+    let (mut subscriber, _) = rig.harness.connect(&rig.device(1), Options::v311("sub")).await;
+    subscriber.subscribe_to("alerts/#", QoS::AtMostOnce).await;
+    let (mut publisher, _) = rig.harness.connect(&rig.device(2), Options::v311("dev-2")).await;
+    publisher.publish(publish("sensors/kitchen", r#"{"temp": 20}"#, QoS::AtMostOnce, None)).await;
+    publisher.publish(publish("other/kitchen", r#"{"temp": 90}"#, QoS::AtMostOnce, None)).await;
+    publisher.publish(publish("sensors/attic", r#"{"temp": 41, "x": 1}"#, QoS::AtLeastOnce, Some(1))).await;
+    let alert = subscriber.receive().await;
+    assert_eq!(topic(&alert), "alerts/hot");
+    assert_eq!(json_of(&alert), json!({"temp": 41, "device": "dev-2", "room": "attic"}));
+    subscriber.nothing().await;
+
+    // A disabled rule no longer runs once the change feed says so.
+    rig.world.services.set_topic_rule_disabled(&rig.caller, "hot", true).unwrap();
+    rig.book.forget(&rig.caller.account);
+    publisher.publish(publish("sensors/attic", r#"{"temp": 50}"#, QoS::AtMostOnce, None)).await;
+    subscriber.nothing().await;
+    assert_eq!(rig.engine.counters.republished.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_posts_the_output_and_failures_run_the_error_action() {
+    let rig = rig(RulesConfig::default());
+    let mut ok = webhook(200, Duration::ZERO).await;
+    let failing = webhook(500, Duration::ZERO).await;
+    // A port nobody listens on: bind one, then close it.
+    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+    rig.rule("posted", "SELECT *, principal() AS cert FROM 'ok'", vec![http(&ok.url)], Some(republish("errors")));
+    rig.rule("refused", "SELECT * FROM 'fails'", vec![http(&failing.url)], Some(republish("errors")));
+    rig.rule(
+        "unreachable",
+        "SELECT * FROM 'nobody'",
+        vec![http(&format!("http://{closed}/x"))],
+        Some(republish("errors")),
+    );
+    let (mut subscriber, _) = rig.harness.connect(&rig.device(1), Options::v311("sub")).await;
+    subscriber.subscribe_to("errors", QoS::AtMostOnce).await;
+    let (mut publisher, _) = rig.harness.connect(&rig.device(7), Options::v311("dev-7")).await;
+
+    publisher.publish(publish("ok", r#"{"a": 1}"#, QoS::AtMostOnce, None)).await;
+    let (head, body) = tokio::time::timeout(Duration::from_secs(10), ok.requests.recv()).await.unwrap().unwrap();
+    assert!(head.starts_with("POST /hook HTTP/1.1"), "{head}");
+    assert!(head.to_ascii_lowercase().contains("x-token: t1"), "{head}");
+    let certificate = CertificateId::parse(&format!("{:064x}", 7)).unwrap();
+    assert_eq!(body, json!({"a": 1, "cert": certificate.as_str()}));
+    subscriber.nothing().await;
+
+    for (topic_name, resource) in [("fails", failing.url.clone()), ("nobody", format!("http://{closed}/x"))] {
+        publisher.publish(publish(topic_name, "not json", QoS::AtMostOnce, None)).await;
+        let report = json_of(&subscriber.receive().await);
+        assert_eq!(report["topic"], topic_name);
+        assert_eq!(report["clientId"], "dev-7");
+        assert_eq!(report["base64OriginalPayload"], "bm90IGpzb24=");
+        assert_eq!(report["failures"][0]["failedAction"], "HttpAction");
+        assert_eq!(report["failures"][0]["failedResource"], resource.as_str());
+        assert!(report["cloudwatchTraceId"].as_str().is_some_and(|id| id.len() == 36), "{report}");
+        let message = report["failures"][0]["errorMessage"].as_str().unwrap().to_owned();
+        if topic_name == "fails" {
+            assert_eq!(report["ruleName"], "refused");
+            assert!(message.contains("500"), "{message}");
+        } else {
+            assert_eq!(report["ruleName"], "unreachable");
+            assert!(message.contains("connect"), "{message}");
+        }
+    }
+    assert_eq!(rig.engine.counters.error_actions.load(Ordering::Relaxed), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_webhook_does_not_slow_the_broker() {
+    let rig = rig(RulesConfig { http_timeout: Duration::from_secs(10), ..RulesConfig::default() });
+    let mut slow = webhook(200, Duration::from_secs(5)).await;
+    rig.rule("slow", "SELECT * FROM 'telemetry'", vec![http(&slow.url)], None);
+    let (mut subscriber, _) = rig.harness.connect(&rig.device(1), Options::v311("sub")).await;
+    subscriber.subscribe_to("telemetry", QoS::AtMostOnce).await;
+    let (mut publisher, _) = rig.harness.connect(&rig.device(2), Options::v311("pub")).await;
+    let started = std::time::Instant::now();
+    for n in 0..100 {
+        publisher.publish(publish("telemetry", &format!("{{\"n\": {n}}}"), QoS::AtMostOnce, None)).await;
+        assert_eq!(json_of(&subscriber.receive().await), json!({"n": n}));
+    }
+    // Every message reached its subscriber while the webhook still held its first request.
+    assert!(!slow.answered.load(Ordering::SeqCst), "delivery waited for the webhook");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let (_, first) = tokio::time::timeout(Duration::from_secs(10), slow.requests.recv()).await.unwrap().unwrap();
+    assert!(first["n"].as_u64().is_some_and(|n| n < 100), "{first}");
+    // Past the per-rule concurrency, the action fails at once rather than queueing.
+    assert!(rig.engine.counters.actions_failed.load(Ordering::Relaxed) > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn republish_loops_are_capped() {
+    let rig = rig(RulesConfig { max_depth: 3, ..RulesConfig::default() });
+    rig.rule("echo", "SELECT * FROM 'loop'", vec![republish("loop")], None);
+    let (mut subscriber, _) = rig.harness.connect(&rig.device(1), Options::v311("sub")).await;
+    subscriber.subscribe_to("loop", QoS::AtMostOnce).await;
+    let (mut publisher, _) = rig.harness.connect(&rig.device(2), Options::v311("pub")).await;
+    publisher.publish(publish("loop", r#"{"x": 1}"#, QoS::AtMostOnce, None)).await;
+    // The device's message, then one republish per depth 0..=3.
+    for _ in 0..5 {
+        assert_eq!(json_of(&subscriber.receive().await), json!({"x": 1}));
+    }
+    subscriber.nothing().await;
+    assert_eq!(rig.engine.counters.loop_capped.load(Ordering::Relaxed), 1);
+    assert_eq!(rig.engine.counters.republished.load(Ordering::Relaxed), 4);
+}
+
+#[derive(Default)]
+struct Collected(Mutex<Vec<(String, String, String, String)>>, AtomicUsize);
+
+impl SystemSink for Collected {
+    fn deliver(&self, delivery: SystemDelivery<'_>) {
+        self.1.fetch_add(1, Ordering::SeqCst);
+        self.0.lock().unwrap().push((
+            delivery.account.to_string(),
+            String::from_utf8_lossy(delivery.output).into_owned(),
+            delivery.topic.to_owned(),
+            delivery.client_id.to_owned(),
+        ));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn system_rules_reach_their_sink_for_every_account_and_stay_invisible() {
+    let rig = rig(RulesConfig::default());
+    let sink = Arc::new(Collected::default());
+    rig.book
+        .add_system_rule("csr_res", "SELECT clientid() as clientid, * FROM 'management/topic/+/csr_res'", sink.clone())
+        .unwrap();
+    assert!(rig.book.add_system_rule("bad", "SELECT FROM", sink.clone()).is_err());
+    let (mut publisher, _) = rig.harness.connect(&rig.device(2), Options::v311("dev-2")).await;
+    publisher.publish(publish("management/topic/dev-2/csr_res", r#"{"CSR": "x"}"#, QoS::AtLeastOnce, Some(1))).await;
+    publisher.publish(publish("management/topic/dev-2/other", r#"{"CSR": "y"}"#, QoS::AtLeastOnce, Some(2))).await;
+    for _ in 0..100 {
+        if sink.1.load(Ordering::SeqCst) > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let delivered = sink.0.lock().unwrap().clone();
+    assert_eq!(
+        delivered,
+        [(
+            rig.caller.account.to_string(),
+            r#"{"CSR":"x","clientid":"dev-2"}"#.to_owned(),
+            "management/topic/dev-2/csr_res".to_owned(),
+            "dev-2".to_owned()
+        )]
+    );
+    let page = certfleet_registry::KeyPageRequest { limit: 10, after: None };
+    let listed = rig
+        .world
+        .services
+        .list_topic_rules(&rig.caller, &certfleet_registry::TopicRuleFilter::default(), &page)
+        .unwrap();
+    assert!(listed.items.is_empty(), "system rules are not the tenant's");
+    assert!(rig.book.remove_system_rule("csr_res"));
+}
