@@ -54,28 +54,6 @@ pub struct CreatedKeysAndCertificate {
     pub key_pair: GeneratedKeyPair,
 }
 
-/// The endpoint types of DescribeEndpoint.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum EndpointType {
-    Data,
-    DataAts,
-    CredentialProvider,
-    Jobs,
-}
-
-impl EndpointType {
-    /// Parses `iot:Data`, `iot:Data-ATS`, `iot:CredentialProvider` or `iot:Jobs`.
-    pub fn parse(text: &str) -> Result<Self, Error> {
-        match text {
-            "iot:Data" => Ok(EndpointType::Data),
-            "iot:Data-ATS" => Ok(EndpointType::DataAts),
-            "iot:CredentialProvider" => Ok(EndpointType::CredentialProvider),
-            "iot:Jobs" => Ok(EndpointType::Jobs),
-            other => Err(Error::InvalidRequest(format!("unknown endpoint type {other:?}"))),
-        }
-    }
-}
-
 impl Services {
     // ---- CA certificates ------------------------------------------------------------------
 
@@ -661,20 +639,6 @@ impl Services {
     }
 
     // ---- endpoints ------------------------------------------------------------------------
-
-    /// DescribeEndpoint: the account's endpoint host name of the given type (default
-    /// `iot:Data-ATS`, the only data endpoint certfleet serves a chain for today).
-    pub fn describe_endpoint(&self, caller: &Caller, endpoint_type: Option<EndpointType>) -> Result<String, Error> {
-        let account = self.account(caller)?;
-        let config = self.config();
-        let (identifier, service) = match endpoint_type.unwrap_or(EndpointType::DataAts) {
-            EndpointType::Data => (account.endpoint_identifier, "iot"),
-            EndpointType::DataAts => (format!("{}-ats", account.endpoint_identifier), "iot"),
-            EndpointType::CredentialProvider => (account.endpoint_identifier, "credentials.iot"),
-            EndpointType::Jobs => (account.endpoint_identifier, "jobs.iot"),
-        };
-        Ok(format!("{identifier}.{service}.{}.{}", config.region, config.endpoint_domain))
-    }
 }
 
 /// The certificate offered to the caller, or why there is none.

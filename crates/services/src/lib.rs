@@ -33,7 +33,7 @@ pub use audit::{
     AUDIT_CHECKS, AuditCheck, AuditConfigurationUpdate, AuditListener, AuditTaskSummary, ScheduledAuditDefinition,
     ScheduledAuditUpdate, audit_check, next_run_after,
 };
-pub use certificates::{CaRegistration, CaUpdate, CertificateRegistration, CreatedKeysAndCertificate, EndpointType};
+pub use certificates::{CaRegistration, CaUpdate, CertificateRegistration, CreatedKeysAndCertificate};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use endpoints::{
     DEFAULT_SECURITY_POLICY, DomainConfigurationDefinition, DomainConfigurationUpdate, Migration, MigrationSettings,

@@ -267,17 +267,17 @@ fn tenants_do_not_see_each_other() {
 fn endpoints_have_the_aws_shapes() {
     let world = world();
     let alice = caller(&world);
-    let data = world.services.describe_endpoint(&alice, None).unwrap();
+    let data = world.services.endpoint_address(&alice, None).unwrap();
     let identifier = data.strip_suffix("-ats.iot.us-east-1.certfleet.local").expect(&data);
     for (kind, expected) in [
-        (EndpointType::Data, format!("{identifier}.iot.us-east-1.certfleet.local")),
-        (EndpointType::DataAts, data.clone()),
-        (EndpointType::CredentialProvider, format!("{identifier}.credentials.iot.us-east-1.certfleet.local")),
-        (EndpointType::Jobs, format!("{identifier}.jobs.iot.us-east-1.certfleet.local")),
+        ("iot:Data", format!("{identifier}.iot.us-east-1.certfleet.local")),
+        ("iot:Data-ATS", data.clone()),
+        ("iot:CredentialProvider", format!("{identifier}.credentials.iot.us-east-1.certfleet.local")),
+        ("iot:Jobs", format!("{identifier}.jobs.iot.us-east-1.certfleet.local")),
     ] {
-        assert_eq!(world.services.describe_endpoint(&alice, Some(kind)).unwrap(), expected);
+        assert_eq!(world.services.endpoint_address(&alice, Some(kind)).unwrap(), expected);
     }
-    assert!(EndpointType::parse("iot:Nope").is_err());
+    assert_eq!(kind(world.services.endpoint_address(&alice, Some("iot:Nope"))), "InvalidRequest");
 }
 
 #[test]
