@@ -70,6 +70,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             endpoint_domain: config.endpoint_domain.clone(),
             device_certificate_validity: config.device_certificate_validity,
             max_cas_per_subject: 10,
+            rotation: certfleet_services::RotationConfig::default(),
         },
         Some(device_issuer),
     ));
