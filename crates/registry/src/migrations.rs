@@ -244,6 +244,8 @@ CREATE TABLE endpoint_probes (
     at BIGINT NOT NULL
 );
 CREATE INDEX endpoint_probes_by_account ON endpoint_probes(account_id, seq);
+"#,
+    ),
     // 7: audits (Device Defender). Numbered 7 so it applies after migration 6 (server
     // certificates, domain configurations) and independently of it: versions are applied one by
     // one, not as a contiguous range.
