@@ -1,6 +1,9 @@
 //! Starts the audit worker (certfleet-workers) beside the gateway: audit notifications whose
 //! target is `mqtt:<topic>` are published through the gateway's broker, into the account's
 //! topic space, as the broker publishes its own events (JSON, QoS 1, no retain).
+//!
+//! The rotation runner starts here too: it listens to the audit worker, sweeps rotation
+//! deadlines, and publishes `csr_req`/`crt_req` to devices through the same broker publisher.
 
 use std::sync::Arc;
 
@@ -10,7 +13,7 @@ use certfleet_gateway::fabric::Message;
 use certfleet_mqtt::{PayloadFormat, Properties, QoS, TopicName};
 use certfleet_registry::AccountId;
 use certfleet_services::Services;
-use certfleet_workers::{AuditWorker, MqttPublisher, NotificationTargets};
+use certfleet_workers::{AuditWorker, MqttPublisher, NotificationTargets, RotationPublisher, RotationRunner};
 use tokio::sync::watch;
 
 /// The broker, as the audit worker's MQTT publisher.
@@ -39,9 +42,25 @@ impl MqttPublisher for BrokerPublisher {
     }
 }
 
-/// Runs the audit worker until `stopped` turns true.
-pub fn start(services: Arc<Services>, broker: Arc<dyn EventSink>, stopped: watch::Receiver<bool>) {
-    let worker = AuditWorker::new(services, certfleet_workers::Config::default());
-    let targets = NotificationTargets::with_mqtt(Arc::new(BrokerPublisher(broker)));
-    tokio::spawn(worker.run(targets, stopped));
+impl RotationPublisher for BrokerPublisher {
+    fn publish(&self, account: &AccountId, topic: &str, payload: Bytes) -> bool {
+        MqttPublisher::publish(self, account, topic, payload)
+    }
+}
+
+/// Runs the audit worker and the rotation runner until `stopped` turns true. Returns the
+/// rotation runner: the rules engine's system rules hand it the devices' `csr_res`, `crt_ack`
+/// and `crt_err` (`RotationRunner::handle_device_message`, see docs/rotation.md).
+pub fn start(
+    services: Arc<Services>,
+    broker: Arc<dyn EventSink>,
+    stopped: watch::Receiver<bool>,
+) -> Arc<RotationRunner> {
+    let publisher = Arc::new(BrokerPublisher(broker));
+    let runner = RotationRunner::new(services.clone(), publisher.clone(), Default::default());
+    let mut worker = AuditWorker::new(services, certfleet_workers::Config::default());
+    worker.add_listener(runner.clone());
+    tokio::spawn(runner.clone().run(stopped.clone()));
+    tokio::spawn(worker.run(NotificationTargets::with_mqtt(publisher), stopped));
+    runner
 }
