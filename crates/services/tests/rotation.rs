@@ -203,7 +203,8 @@ fn happy_path_with_duplicates_and_a_wrong_principal() {
     let mut device = fleet.device("sensor-1");
     let bystander = fleet.device("sensor-2");
     let old = device.certificate.clone();
-    let campaign = fleet.services.start_rotation(&fleet.caller, &[old.clone()], RotationSource::Manual).unwrap();
+    let campaign =
+        fleet.services.start_rotation(&fleet.caller, std::slice::from_ref(&old), RotationSource::Manual).unwrap();
     assert_eq!(campaign.counts.get(&RotationState::Requested), Some(&1));
 
     let sent = fleet.services.sweep_rotations(fleet.services.now()).unwrap();
@@ -243,7 +244,10 @@ fn happy_path_with_duplicates_and_a_wrong_principal() {
 fn reordered_ack_before_issue_is_ignored() {
     let fleet = fleet(RotationConfig::default());
     let mut device = fleet.device("sensor-1");
-    fleet.services.start_rotation(&fleet.caller, &[device.certificate.clone()], RotationSource::Manual).unwrap();
+    fleet
+        .services
+        .start_rotation(&fleet.caller, std::slice::from_ref(&device.certificate), RotationSource::Manual)
+        .unwrap();
     fleet.services.sweep_rotations(fleet.services.now()).unwrap();
     let stranger = CertificateId::parse(&"ab".repeat(32)).unwrap();
     for principal in [device.certificate.clone(), stranger] {
@@ -265,7 +269,7 @@ fn refused_keys_fail_and_keep_the_old_certificate() {
     let fleet = fleet(RotationConfig::default());
     let device = fleet.device("weak");
     let old = device.certificate.clone();
-    fleet.services.start_rotation(&fleet.caller, &[old.clone()], RotationSource::Manual).unwrap();
+    fleet.services.start_rotation(&fleet.caller, std::slice::from_ref(&old), RotationSource::Manual).unwrap();
     fleet.services.sweep_rotations(fleet.services.now()).unwrap();
     let weak = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
     let effects = fleet.send(&device, &old, DeviceTopic::CsrRes, json!({ "CSR": csr(&weak, "weak") }));
@@ -279,7 +283,10 @@ fn refused_keys_fail_and_keep_the_old_certificate() {
 
     // The old key again: refused by default...
     let reused = fleet.device("reuse");
-    fleet.services.start_rotation(&fleet.caller, &[reused.certificate.clone()], RotationSource::Manual).unwrap();
+    fleet
+        .services
+        .start_rotation(&fleet.caller, std::slice::from_ref(&reused.certificate), RotationSource::Manual)
+        .unwrap();
     fleet.services.sweep_rotations(fleet.services.now()).unwrap();
     let effects =
         fleet.send(&reused, &reused.certificate, DeviceTopic::CsrRes, json!({ "CSR": csr(&reused.key, "reuse") }));
@@ -290,7 +297,10 @@ fn refused_keys_fail_and_keep_the_old_certificate() {
     // ...accepted when the operator allows it.
     let fleet = self::fleet(RotationConfig { danger_allow_key_reuse: true, ..Default::default() });
     let mut device = fleet.device("reuse");
-    fleet.services.start_rotation(&fleet.caller, &[device.certificate.clone()], RotationSource::Manual).unwrap();
+    fleet
+        .services
+        .start_rotation(&fleet.caller, std::slice::from_ref(&device.certificate), RotationSource::Manual)
+        .unwrap();
     fleet.services.sweep_rotations(fleet.services.now()).unwrap();
     device.pending = Some(rcgen::KeyPair::from_pem(&device.key.serialize_pem()).unwrap());
     let issued = fleet.csr_res(&mut device);
@@ -304,7 +314,7 @@ fn device_error_fails_deletes_the_new_certificate_and_retry_starts_over() {
     let fleet = fleet(RotationConfig::default());
     let mut device = fleet.device("sensor-1");
     let old = device.certificate.clone();
-    fleet.services.start_rotation(&fleet.caller, &[old.clone()], RotationSource::Manual).unwrap();
+    fleet.services.start_rotation(&fleet.caller, std::slice::from_ref(&old), RotationSource::Manual).unwrap();
     fleet.services.sweep_rotations(fleet.services.now()).unwrap();
     let issued = fleet.csr_res(&mut device);
     let new_id = certificate_id_of(&issued.publish[0]);
@@ -368,8 +378,10 @@ fn timeouts_resend_then_fail() {
     late.pending = None;
     fleet.check_invariants(&[&silent, &late]);
     // The next campaign may open a new rotation for the same certificate.
-    let campaign =
-        fleet.services.start_rotation(&fleet.caller, &[silent.certificate.clone()], RotationSource::Manual).unwrap();
+    let campaign = fleet
+        .services
+        .start_rotation(&fleet.caller, std::slice::from_ref(&silent.certificate), RotationSource::Manual)
+        .unwrap();
     assert_eq!(campaign.counts.get(&RotationState::Requested), Some(&1));
 }
 
@@ -378,7 +390,8 @@ fn survives_a_crash_between_every_step() {
     let mut fleet = fleet(RotationConfig::default());
     let mut device = fleet.device("sensor-1");
     let old = device.certificate.clone();
-    let campaign = fleet.services.start_rotation(&fleet.caller, &[old.clone()], RotationSource::Manual).unwrap();
+    let campaign =
+        fleet.services.start_rotation(&fleet.caller, std::slice::from_ref(&old), RotationSource::Manual).unwrap();
     // Crash before the first csr_req went out: the sweep sends it.
     fleet.crash();
     assert_eq!(fleet.services.sweep_rotations(fleet.services.now()).unwrap().publish.len(), 1);
