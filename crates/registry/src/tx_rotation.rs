@@ -127,8 +127,16 @@ impl Tx<'_> {
         Ok(())
     }
 
-    /// A rotation by ID, locked against concurrent writers until the transaction ends.
+    /// A rotation by ID.
     pub fn get_rotation(&mut self, account: &AccountId, id: &str) -> Result<Option<Rotation>, Error> {
+        let sql = format!("SELECT {ROTATION_COLUMNS} FROM rotations WHERE account_id = $1 AND id = $2");
+        let rows = self.conn.query(&sql, &[account.as_str().into(), id.into()])?;
+        rows.first().map(rotation_from_row).transpose()
+    }
+
+    /// A rotation by ID, locked against concurrent writers until the transaction ends (write
+    /// transactions only).
+    pub fn lock_rotation(&mut self, account: &AccountId, id: &str) -> Result<Option<Rotation>, Error> {
         let sql = format!(
             "SELECT {ROTATION_COLUMNS} FROM rotations WHERE account_id = $1 AND id = $2{}",
             self.conn.for_update()
@@ -137,7 +145,8 @@ impl Tx<'_> {
         rows.first().map(rotation_from_row).transpose()
     }
 
-    /// The open rotations of a client ID, oldest first, locked until the transaction ends.
+    /// The open rotations of a client ID, oldest first, locked until the transaction ends (write
+    /// transactions only).
     pub fn open_rotations_of_client(&mut self, account: &AccountId, client_id: &str) -> Result<Vec<Rotation>, Error> {
         let sql = format!(
             "SELECT {ROTATION_COLUMNS} FROM rotations WHERE account_id = $1 AND client_id = $2 AND open = 1 \
@@ -148,7 +157,8 @@ impl Tx<'_> {
         rows.iter().map(rotation_from_row).collect()
     }
 
-    /// The latest rotation of a client ID that issued `new_certificate`, in any state, locked.
+    /// The latest rotation of a client ID that issued `new_certificate`, in any state, locked
+    /// (write transactions only).
     pub fn rotation_of_new_certificate(
         &mut self,
         account: &AccountId,

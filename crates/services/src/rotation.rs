@@ -328,7 +328,7 @@ impl Services {
         let now = self.now();
         let rotation = registry::write(self.store(), |tx| {
             let mut rotation =
-                tx.get_rotation(&caller.account, id)?.ok_or_else(|| Error::NotFound(format!("no rotation {id}")))?;
+                tx.lock_rotation(&caller.account, id)?.ok_or_else(|| Error::NotFound(format!("no rotation {id}")))?;
             if rotation.state != RotationState::Failed {
                 return Err(Error::InvalidRequest(format!(
                     "only a failed rotation can be retried (this one is {})",
@@ -486,7 +486,7 @@ impl Services {
             transfer: TransferData::default(),
         };
         registry::write(self.store(), |tx| {
-            let Some(mut rotation) = tx.get_rotation(account, &rotation.id)? else {
+            let Some(mut rotation) = tx.lock_rotation(account, &rotation.id)? else {
                 return Ok(Step::Ignored("the rotation is gone"));
             };
             match rotation.state {
@@ -574,7 +574,7 @@ impl Services {
         let now = self.now();
         let arn_of = |old: &CertificateId| self.certificate_arn(account, old);
         registry::write(self.store(), |tx| {
-            let Some(mut rotation) = tx.get_rotation(account, id)? else { return Ok(()) };
+            let Some(mut rotation) = tx.lock_rotation(account, id)? else { return Ok(()) };
             if rotation.state != RotationState::Acknowledged {
                 return Ok(());
             }
