@@ -54,10 +54,12 @@ impl RotationPublisher for BrokerPublisher {
 pub fn start(
     services: Arc<Services>,
     broker: Arc<dyn EventSink>,
+    sweep_interval: std::time::Duration,
     stopped: watch::Receiver<bool>,
 ) -> Arc<RotationRunner> {
     let publisher = Arc::new(BrokerPublisher(broker));
-    let runner = RotationRunner::new(services.clone(), publisher.clone(), Default::default());
+    let rotation = certfleet_workers::RotationRunnerConfig { sweep_interval, ..Default::default() };
+    let runner = RotationRunner::new(services.clone(), publisher.clone(), rotation);
     let mut worker = AuditWorker::new(services, certfleet_workers::Config::default());
     worker.add_listener(runner.clone());
     tokio::spawn(runner.clone().run(stopped.clone()));

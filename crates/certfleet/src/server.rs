@@ -70,7 +70,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             endpoint_domain: config.endpoint_domain.clone(),
             device_certificate_validity: config.device_certificate_validity,
             max_cas_per_subject: 10,
-            rotation: certfleet_services::RotationConfig::default(),
+            rotation: config.rotation.clone(),
         },
         Some(device_issuer),
     ));
@@ -290,7 +290,12 @@ async fn start_gateway(
     );
     // Just-in-time registration events are published into the account's topic space.
     gateway.registry.attach_events(broker.clone());
-    crate::audit_worker::start(services.clone(), broker.clone(), stopped.clone());
+    crate::audit_worker::start(
+        services.clone(),
+        broker.clone(),
+        to_std(config.rotation_sweep_interval),
+        stopped.clone(),
+    );
     tracing::info!(%default_account, "gateway ready");
     let view = gateway.clone();
     let task = tokio::spawn(gateway.run(
