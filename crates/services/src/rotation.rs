@@ -214,7 +214,11 @@ impl Services {
         registry::write(self.store(), |tx| {
             tx.insert_rotation_campaign(&campaign)?;
             for id in &certificates {
-                self.add_rotations(tx, &campaign, id)?;
+                // Deleted or deactivated since the audit ran: nothing to rotate.
+                let current = tx.get_certificate(account, id)?;
+                if current.is_some_and(|certificate| certificate.status == CertificateStatus::Active) {
+                    self.add_rotations(tx, &campaign, id)?;
+                }
             }
             Ok::<_, Error>(())
         })?;
