@@ -221,6 +221,11 @@ fn happy_path_with_duplicates_and_a_wrong_principal() {
 
     // A duplicated csr_res (same key) gets the same crt_req; no second certificate.
     assert_eq!(fleet.csr_res(&mut device), issued);
+    // A CSR for another key while issued is ignored (the first key wins).
+    let other_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let other = fleet.send(&device, &old, DeviceTopic::CsrRes, json!({ "CSR": csr(&other_key, "sensor-1") }));
+    assert_eq!(other, RotationEffects::default());
+    assert_eq!(fleet.rotation_of(&device).new_certificate_id.as_ref(), Some(&new_id));
     // crt_ack from the old certificate's session is not proof of the new one.
     assert_eq!(fleet.send(&device, &old, DeviceTopic::CrtAck, json!({})), RotationEffects::default());
     assert_eq!(fleet.rotation_of(&device).state, RotationState::Issued);
