@@ -16,6 +16,7 @@ mod domains;
 mod error;
 mod policies;
 mod provisioning;
+mod rotation;
 mod things;
 mod topic_rules;
 mod wire;
@@ -165,6 +166,10 @@ pub fn router(services: Arc<Services>, config: Config) -> Router {
                 .patch(audit::update_scheduled_audit)
                 .delete(audit::delete_scheduled_audit),
         )
+        .route("/certfleet/rotations", post(rotation::start).get(rotation::list))
+        .route("/certfleet/rotations/{id}", get(rotation::describe))
+        .route("/certfleet/rotations/{id}/retry", post(rotation::retry))
+        .route("/certfleet/rotation-campaigns/{id}", get(rotation::describe_campaign))
         .route("/certfleet/crls", get(audit::list_crls))
         .route("/certfleet/crls/{crlName}", put(audit::put_crl).delete(audit::delete_crl))
         .route("/rules", get(topic_rules::list_topic_rules))

@@ -73,6 +73,16 @@ server_names = []
 # The environment variable CERTFLEET_KEY_PASSPHRASE wins over it. When neither is given,
 # certfleet generates a passphrase into <data_dir>/key-passphrase (0600) and warns.
 passphrase_file = ""
+
+[rotation]
+# Certificate rotation (docs/rotation.md): how long to wait for a device's answer to csr_req or
+# crt_req before sending it again, how many sends before the rotation fails as timed out, and
+# how often deadlines are swept.
+response_timeout = "10m"
+max_attempts = 5
+sweep_interval = "5s"
+# DANGER: accept a CSR for the old certificate's key (a rotation should replace the key too).
+danger_allow_key_reuse = false
 "#;
 
 #[derive(Deserialize, Default)]
@@ -87,6 +97,16 @@ struct FileConfig {
     pki: PkiFile,
     keys: KeysFile,
     metrics: MetricsFile,
+    rotation: RotationFile,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RotationFile {
+    response_timeout: Option<String>,
+    max_attempts: Option<u32>,
+    sweep_interval: Option<String>,
+    danger_allow_key_reuse: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -160,6 +180,8 @@ pub struct Config {
     pub root_validity: time::Duration,
     pub server_names: Vec<String>,
     pub passphrase_file: Option<PathBuf>,
+    pub rotation: certfleet_services::RotationConfig,
+    pub rotation_sweep_interval: time::Duration,
 }
 
 /// Values given on the command line, which win over the file.
@@ -234,6 +256,21 @@ impl Config {
             root_validity: parse_duration(file.pki.root_validity.as_deref().unwrap_or("3650d"), "pki.root_validity")?,
             server_names: file.pki.server_names.unwrap_or_default(),
             passphrase_file: file.keys.passphrase_file.filter(|path| !path.is_empty()).map(PathBuf::from),
+            rotation: certfleet_services::RotationConfig {
+                response_timeout: parse_duration(
+                    file.rotation.response_timeout.as_deref().unwrap_or("10m"),
+                    "rotation.response_timeout",
+                )?,
+                max_attempts: match file.rotation.max_attempts.unwrap_or(5) {
+                    0 => bail!("rotation.max_attempts must be at least 1"),
+                    attempts => i64::from(attempts),
+                },
+                danger_allow_key_reuse: file.rotation.danger_allow_key_reuse.unwrap_or(false),
+            },
+            rotation_sweep_interval: parse_duration(
+                file.rotation.sweep_interval.as_deref().unwrap_or("5s"),
+                "rotation.sweep_interval",
+            )?,
         })
     }
 }

@@ -4,6 +4,7 @@
 mod audit_worker;
 mod config;
 mod datadir;
+mod rotation_cli;
 mod server;
 
 use std::path::PathBuf;
@@ -93,6 +94,11 @@ enum Command {
     Endpoint {
         #[command(subcommand)]
         command: EndpointCommand,
+    },
+    /// Certificate rotation on a running server: start, list, show, retry.
+    Rotation {
+        #[command(subcommand)]
+        command: rotation_cli::RotationCommand,
     },
     /// Connect to a TLS endpoint and check the chain it presents against a trust bundle.
     TlsCheck(certfleet_tlstools::TlsCheckArgs),
@@ -345,6 +351,10 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Endpoint { command } => {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             runtime.block_on(endpoint(command))
+        }
+        Command::Rotation { command } => {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(rotation_cli::run(command))
         }
         Command::Gateway { command: GatewayCommand::Sessions { data_dir, profile, region, output } } => {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;

@@ -70,6 +70,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             endpoint_domain: config.endpoint_domain.clone(),
             device_certificate_validity: config.device_certificate_validity,
             max_cas_per_subject: 10,
+            rotation: config.rotation.clone(),
         },
         Some(device_issuer),
     ));
@@ -289,13 +290,33 @@ async fn start_gateway(
     );
     // Just-in-time registration events are published into the account's topic space.
     gateway.registry.attach_events(broker.clone());
-    crate::audit_worker::start(services.clone(), broker.clone(), stopped.clone());
+    let rotation = crate::audit_worker::start(
+        services.clone(),
+        broker.clone(),
+        to_std(config.rotation_sweep_interval),
+        stopped.clone(),
+    );
     // Topic rules run off the publish path, on this node's own queue (docs/rules.md).
     let rules_config = certfleet_gateway::rules::RulesConfig {
         tls_roots: system_roots(),
         ..certfleet_gateway::rules::RulesConfig::default()
     };
     certfleet_gateway::rules::RulesEngine::start(rules_config, gateway.rules.clone(), &broker);
+    // The rotation service hears devices through system rules (the seed's rule, and the same
+    // for the acknowledgement and the error): docs/rotation.md.
+    let sink = crate::audit_worker::RotationSink::start(rotation, stopped.clone());
+    for (name, topic) in
+        [("rotation_csr_res", "csr_res"), ("rotation_crt_ack", "crt_ack"), ("rotation_crt_err", "crt_err")]
+    {
+        gateway
+            .rules
+            .add_system_rule(
+                name,
+                &format!("SELECT clientid() as clientid, * FROM 'management/topic/+/{topic}'"),
+                sink.clone(),
+            )
+            .map_err(|error| anyhow::anyhow!("system rule {name}: {error}"))?;
+    }
     tracing::info!(%default_account, "gateway ready");
     let view = gateway.clone();
     let task = tokio::spawn(gateway.run(

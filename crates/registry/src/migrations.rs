@@ -359,6 +359,44 @@ CREATE TABLE topic_rules (
 );
 "#,
     ),
+    // 9: certificate rotation (campaigns and per-device rotations). Numbered 9 so it applies
+    // independently of the migrations other branches add (8 for topic rules).
+    (
+        9,
+        r#"
+CREATE TABLE rotation_campaigns (
+    account_id TEXT NOT NULL,
+    id TEXT NOT NULL,
+    source TEXT NOT NULL,
+    audit_task_id TEXT,
+    created_at BIGINT NOT NULL,
+    PRIMARY KEY (account_id, id)
+);
+CREATE INDEX rotation_campaigns_by_task ON rotation_campaigns(account_id, audit_task_id);
+CREATE TABLE rotations (
+    account_id TEXT NOT NULL,
+    id TEXT NOT NULL,
+    campaign_id TEXT NOT NULL,
+    client_id TEXT NOT NULL,
+    old_certificate_id TEXT NOT NULL,
+    new_certificate_id TEXT,
+    csr_key_fingerprint TEXT,
+    state TEXT NOT NULL,
+    attempts BIGINT NOT NULL,
+    error TEXT,
+    deadline BIGINT,
+    created_at BIGINT NOT NULL,
+    updated_at BIGINT NOT NULL,
+    open BIGINT NOT NULL,
+    PRIMARY KEY (account_id, id)
+);
+CREATE UNIQUE INDEX rotations_one_open ON rotations(account_id, old_certificate_id, client_id) WHERE open = 1;
+CREATE INDEX rotations_by_campaign ON rotations(account_id, campaign_id, id);
+CREATE INDEX rotations_by_client ON rotations(account_id, client_id, open);
+CREATE INDEX rotations_by_new_certificate ON rotations(account_id, new_certificate_id);
+CREATE INDEX rotations_by_deadline ON rotations(open, deadline);
+"#,
+    ),
 ];
 
 /// The SQL dialect a migration is rendered for.

@@ -98,6 +98,8 @@ impl<'a> Tx<'a> {
             "audit_findings",
             "scheduled_audits",
             "audit_crls",
+            "rotation_campaigns",
+            "rotations",
         ] {
             self.conn.execute(&format!("DELETE FROM {table} WHERE account_id = $1"), &account)?;
         }

@@ -18,6 +18,7 @@ mod jitr;
 mod lookups;
 mod policies;
 mod provisioning;
+mod rotation;
 mod templates;
 mod things;
 mod tokens;
@@ -44,6 +45,10 @@ pub use error::Error;
 pub use ids::{Marker, decode_marker, encode_marker};
 pub use issuers::load_or_create_issuer;
 pub use provisioning::{ProvisionedPolicy, ProvisionedThing, Provisioning, Template};
+pub use rotation::{
+    CampaignSummary, DeviceTopic, EXPIRING_CHECK, OutgoingMessage, RotationAlert, RotationConfig, RotationEffects,
+    device_topic,
+};
 pub use templates::{JITP, TemplateDefinition};
 pub use things::{AttributePayload, ThingDefinition, ThingUpdate};
 pub use tokens::{decode_policy_marker, decode_token, encode_policy_marker, encode_token};
@@ -64,6 +69,8 @@ pub struct Config {
     pub device_certificate_validity: time::Duration,
     /// At most this many CA certificates with the same subject per account (AWS: 10).
     pub max_cas_per_subject: usize,
+    /// Certificate rotation: timeouts, attempts, key reuse.
+    pub rotation: RotationConfig,
 }
 
 impl Default for Config {
@@ -74,6 +81,7 @@ impl Default for Config {
             endpoint_domain: "certfleet.local".into(),
             device_certificate_validity: time::Duration::days(365),
             max_cas_per_subject: 10,
+            rotation: RotationConfig::default(),
         }
     }
 }

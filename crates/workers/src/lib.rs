@@ -1,6 +1,9 @@
 //! certfleet's background workers (an L3 edge, beside the API and the gateway).
 //!
-//! Today one: the [`AuditWorker`], which polls the registry for due scheduled audits (turning
+//! The [`RotationRunner`] (`rotation.rs`) drives certificate rotations: it listens to audits,
+//! sweeps deadlines and publishes to devices through a [`RotationPublisher`].
+//!
+//! The [`AuditWorker`], which polls the registry for due scheduled audits (turning
 //! each into a task on exactly one node) and for audit tasks nobody runs (new ones, or ones whose
 //! worker died and whose lease expired), runs them through the services, and tells the
 //! [`AuditListener`]s when a task ends. The notification targets of an account's audit
@@ -11,6 +14,7 @@
 //! only through services. Knows one wire format: the body of AWS's audit notification.
 
 pub mod notify;
+pub mod rotation;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +23,7 @@ use certfleet_services::{AuditListener, AuditTaskSummary, Services};
 use tokio::sync::{Semaphore, broadcast, watch};
 
 pub use notify::{MqttPublisher, NotificationTargets, Webhook, notification_body};
+pub use rotation::{RotationPublisher, RotationRunner, RotationRunnerConfig};
 
 /// How often audit results older than AWS's 90-day retention are deleted.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
