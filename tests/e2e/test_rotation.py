@@ -53,3 +53,76 @@ def test_a_certificate_never_connected_fails_without_a_client_id(server, openssl
     assert rotation_cli(server, "retry", mine[0]["rotationId"], check=False).returncode != 0
     # Unknown certificates are refused.
     assert rotation_cli(server, "start", "ab" * 32, check=False).returncode != 0
+
+
+def test_agents_rotate_end_to_end_through_the_system_rules(server, openssl, agent_bin):
+    """Real certfleet-agent processes, each on its own certificate with the documented device
+    policy; `certfleet rotation start` for all of them; every rotation ends retired: the old
+    certificates are gone, the new ones ACTIVE with the same policy, each agent on its new one."""
+    import signal
+    from pathlib import Path
+
+    from test_endpoints import agent_events, event_message, write_agent_config
+
+    client = server.client()
+    policy_name = f"device-rotation-{uuid.uuid4().hex[:6]}"
+    document = (Path(__file__).resolve().parents[2] / "crates/agent/policy/device-policy.json").read_text()
+    client.create_policy(policyName=policy_name, policyDocument=document)
+    endpoint = client.describe_endpoint(endpointType="iot:Data-ATS")["endpointAddress"]
+    agents = []
+    for i in range(10):
+        device = make_device(server, openssl, policy=policy_name)
+        client_id = f"rotate-{i:02}-{uuid.uuid4().hex[:6]}"
+        config = write_agent_config(openssl, server, device, endpoint, client_id)
+        log_path = openssl.path(f"{client_id}.log")
+        log = open(log_path, "wb")
+        proc = subprocess.Popen([agent_bin, "run", "--config", config, "--log-format", "json"], stdout=log,
+                                stderr=subprocess.STDOUT, env={**__import__("os").environ, "RUST_LOG": "info"})
+        agents.append((device, client_id, config, log_path, proc, log))
+    try:
+        def all_connected():
+            return all(any(event_message(e) == "connected" for e in agent_events(Path(p).read_text(errors="replace")))
+                       for _, _, _, p, _, _ in agents)
+        deadline = time.monotonic() + 60
+        while not all_connected():
+            assert time.monotonic() < deadline, "agents did not connect"
+            time.sleep(0.3)
+        time.sleep(1.5)  # the connection history is written off the session's path
+        campaign = json.loads(rotation_cli(server, "start", *[a[0].cert_id for a in agents]).stdout)
+        assert campaign["total"] == 10, campaign
+
+        def retired():
+            listed = json.loads(rotation_cli(server, "list", "--campaign", campaign["campaignId"]).stdout)
+            states = [r["state"] for r in listed["rotations"]]
+            return listed if states.count("retired") == 10 else None
+        deadline = time.monotonic() + 120
+        listed = None
+        while listed is None:
+            assert time.monotonic() < deadline, rotation_cli(server, "list", "--campaign", campaign["campaignId"]).stdout
+            listed = retired()
+            time.sleep(0.5)
+        for rotation in listed["rotations"]:
+            old, new = rotation["oldCertificateId"], rotation["newCertificateId"]
+            try:
+                client.describe_certificate(certificateId=old)
+                raise AssertionError(f"the old certificate {old} still exists")
+            except client.exceptions.ResourceNotFoundException:
+                pass
+            assert client.describe_certificate(certificateId=new)["certificateDescription"]["status"] == "ACTIVE"
+            arn = client.describe_certificate(certificateId=new)["certificateDescription"]["certificateArn"]
+            assert [p["policyName"] for p in client.list_attached_policies(target=arn)["policies"]] == [policy_name]
+        for device, client_id, config, _, _, _ in agents:
+            status = subprocess.run([agent_bin, "status", "--config", config, "--output", "json"],
+                                    capture_output=True, text=True, timeout=20)
+            new = next(r["newCertificateId"] for r in listed["rotations"] if r["clientId"] == client_id)
+            assert new in status.stdout and device.cert_id not in status.stdout, status.stdout
+    finally:
+        for _, _, _, _, proc, log in agents:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for _, _, _, _, proc, log in agents:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            log.close()
