@@ -1,8 +1,8 @@
 """Certificate rotation through the CLI on a running server: a manual campaign sends csr_req to
 the client ID the certificate connected with (the gateway's connection history), shown by
 `certfleet rotation list|show`; a certificate never seen connected fails with "no client id
-known"; only failed rotations can be retried. (Device answers reach the service through the
-rules engine's system rules, integrated separately; the services tests drive them.)"""
+known"; only failed rotations can be retried; and real certfleet-agent processes rotated end to
+end, their answers reaching the service through the rules engine's system rules."""
 
 from __future__ import annotations
 
