@@ -17,8 +17,12 @@ working credential).
 A dedicated server (its own data dir, fixed ports picked by the test): the devices' certificates
 are issued under a configuration with `pki.device_certificate_validity = "10d"`; the server is
 then restarted with 365 days, so the rotated certificates are not themselves flagged by the
-second audit. Not covered here (services tests cover them): a CSR with a weak key (crt_err
-path) and a duplicated csr_res.
+second audit. Agents #0-#4 reach the gateway through a relay that stops accepting new
+connections once the campaign starts, so they install the new certificate and cannot reconnect
+with it: the kill always falls between storing and acking.
+
+The second test covers, with scripted devices on the shared server, a CSR with a weak key
+(refused: failed, nothing sent back, old certificate ACTIVE) and a duplicated csr_res.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -114,6 +119,65 @@ def fleet_server(tmp_path):
             srv.proc.wait(timeout=15)
 
 
+class GatedProxy:
+    """A TCP relay to the gateway; with `accepting` False it refuses new connections while the
+    ones already open keep flowing (so an agent receives crt_req, installs the new certificate,
+    and cannot reconnect with it: it is then killed, deterministically, before the ack)."""
+
+    def __init__(self, target_port: int):
+        self.target_port = target_port
+        self.accepting = True
+        self.closed = False
+        self.sockets: list[socket.socket] = []
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.closed:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            if not self.accepting:
+                conn.close()
+                continue
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
+                upstream.settimeout(None)
+            except OSError:
+                conn.close()
+                continue
+            self.sockets += [conn, upstream]
+            threading.Thread(target=self._pump, args=(conn, upstream), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, conn), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.closed = True
+        self.listener.close()
+        for sock in self.sockets:
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+
 class Agent:
     def __init__(self, index: int, base: Path, agent_bin: str):
         self.index = index
@@ -195,6 +259,7 @@ def test_a_hundred_agents_rotate_through_an_audit_with_faults(fleet_server, open
     srv = fleet_server
     started = time.monotonic()
     agents = [Agent(i, srv.base, agent_bin) for i in range(N_AGENTS)]
+    gates = {i: GatedProxy(srv.mqtt_port) for i in KILLED}
     try:
         # -- 100 devices whose certificates expire in 10 days --------------------------------------
         srv.start_with("10d")
@@ -214,7 +279,7 @@ def test_a_hundred_agents_rotate_through_an_audit_with_faults(fleet_server, open
             (current / "cert.pem").write_text(created["certificatePem"])
             (current / "key.pem").write_text(openssl.read(key))
             agent.config.write_text(
-                f'endpoint = "127.0.0.1:{srv.mqtt_port}"\n'
+                f'endpoint = "127.0.0.1:{gates[agent.index].port if agent.index in gates else srv.mqtt_port}"\n'
                 f'server_name = "{endpoint}"\n'
                 f'client_id = "{agent.client_id}"\n'
                 f'credentials_dir = "{agent.dir / "credentials"}"\n'
@@ -243,6 +308,8 @@ def test_a_hundred_agents_rotate_through_an_audit_with_faults(fleet_server, open
         time.sleep(1.5)  # the connection history is written off the session's path
         for i in SILENT:
             agents[i].stop()
+        for gate in gates.values():
+            gate.accepting = False  # #0-#4 keep their session, cannot open another
         print(f"[{time.monotonic() - started:5.1f}s] agents connected")
 
         # -- the audit opens the campaign ----------------------------------------------------------
@@ -254,20 +321,22 @@ def test_a_hundred_agents_rotate_through_an_audit_with_faults(fleet_server, open
             return next(iter(found)) if found else None
         first = wait_until(lambda: campaign_of(old_ids, set()), 60, "no campaign opened by the audit")
 
-        # -- agents #0-#4 killed once the new certificate is installed -----------------------------
-        before_ack = []
-        pending = {i for i in KILLED}
-        deadline = time.monotonic() + 60
-        while pending:
-            assert time.monotonic() < deadline, f"agents {sorted(pending)} never installed a new certificate"
-            for i in sorted(pending):
-                if agents[i].has("new certificate installed; reconnecting with it"):
-                    agents[i].proc.kill()
-                    agents[i].proc.wait()
-                    pending.discard(i)
-                    before_ack.append(not agents[i].has("crt_ack sent"))
-            time.sleep(0.01)
-        print(f"[{time.monotonic() - started:5.1f}s] killed #0-#4 after install; before the ack: {before_ack}")
+        # -- agents #0-#4 killed once the new certificate is installed, before the ack -------------
+        def stuck_with_the_new_certificate(agent: Agent) -> bool:
+            events = agent.events()
+            installed = [n for n, e in enumerate(events)
+                         if event_message(e) == "new certificate installed; reconnecting with it"]
+            return bool(installed) and any(event_message(e) == "connection failed" for e in events[installed[0]:])
+        for i in KILLED:
+            wait_until(lambda: stuck_with_the_new_certificate(agents[i]), 60,
+                       lambda: f"agent #{i} did not install its new certificate:\n{agents[i].log_path.read_text()[-3000:]}",
+                       interval=0.1)
+            agents[i].proc.kill()
+            agents[i].proc.wait()
+            assert not agents[i].has("crt_ack sent"), agents[i].log_path.read_text()[-3000:]
+        for gate in gates.values():
+            gate.accepting = True
+        print(f"[{time.monotonic() - started:5.1f}s] killed #0-#4 after install, before the ack")
 
         # -- the server killed mid-campaign, restarted on the same ports --------------------------
         states = [r["state"] for r in rotations(srv, campaign=first)]
@@ -296,6 +365,8 @@ def test_a_hundred_agents_rotate_through_an_audit_with_faults(fleet_server, open
         for r in first_rows:
             if r["state"] == "failed":
                 assert "time" in (r.get("error") or ""), r
+        for i in KILLED:  # restarted holding the unacknowledged certificate: acked it after the restart
+            assert agents[i].has("crt_ack sent", restart_marks[i]), agents[i].log_path.read_text()[-3000:]
         print(f"[{time.monotonic() - started:5.1f}s] first campaign: 97 retired, 3 silent failed")
 
         # -- the silent agents come back; a second audit rotates them -------------------------------
@@ -352,6 +423,8 @@ def test_a_hundred_agents_rotate_through_an_audit_with_faults(fleet_server, open
         assert active_certificates(client) == current_ids
         print(f"[{time.monotonic() - started:5.1f}s] done")
     finally:
+        for gate in gates.values():
+            gate.close()
         for agent in agents:
             if agent.proc is not None and agent.proc.poll() is None:
                 agent.proc.send_signal(signal.SIGTERM)
@@ -362,3 +435,105 @@ def test_a_hundred_agents_rotate_through_an_audit_with_faults(fleet_server, open
                 except subprocess.TimeoutExpired:
                     agent.proc.kill()
                     agent.proc.wait()
+
+
+def test_a_weak_key_csr_is_refused_and_a_duplicated_csr_res_gets_the_same_certificate(server, openssl):
+    """Two scripted devices (the AWS IoT device SDK, one MQTT session each) on the shared server,
+    one manual campaign: one answers csr_req with an Ed25519 CSR (refused by the key rules: the
+    rotation fails, nothing is sent back, the old certificate stays ACTIVE, no new one is left);
+    the other sends the same valid csr_res twice (the same crt_req twice), then connects with
+    the new certificate and acks: retired, the old certificate deleted."""
+    import queue
+
+    from awscrt import mqtt
+    from awsiot import mqtt_connection_builder
+    from test_gateway import gateway_addr, make_device
+    from test_rotation import rotation_cli
+
+    host, port = gateway_addr(server)
+    client = server.client()
+
+    def connect(cert: str, key: str, client_id: str):
+        inbox: queue.Queue = queue.Queue()
+        connection = mqtt_connection_builder.mtls_from_path(
+            endpoint=host, port=port, cert_filepath=cert, pri_key_filepath=key, ca_filepath=server.ca_bundle,
+            client_id=client_id, clean_session=True, keep_alive_secs=30)
+        connection.connect().result(timeout=15)
+        for step in ("csr_req", "crt_req"):
+            future, _ = connection.subscribe(
+                topic=f"management/topic/{client_id}/{step}", qos=mqtt.QoS.AT_LEAST_ONCE,
+                callback=lambda topic, payload, **kwargs: inbox.put((topic.rsplit("/", 1)[-1], json.loads(payload))))
+            future.result(timeout=10)
+        return connection, inbox
+
+    def publish(connection, client_id: str, step: str, body: dict) -> None:
+        future, _ = connection.publish(topic=f"management/topic/{client_id}/{step}", payload=json.dumps(body),
+                                       qos=mqtt.QoS.AT_LEAST_ONCE)
+        future.result(timeout=10)
+
+    def next_message(inbox: queue.Queue, step: str, timeout: float = 30) -> dict:
+        try:
+            got, body = inbox.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"no {step} within {timeout} s") from None
+        assert got == step, (got, body)
+        return body
+
+    weak, dup = make_device(server, openssl), make_device(server, openssl)
+    weak_id, dup_id = f"weak-{uuid.uuid4().hex[:6]}", f"dup-{uuid.uuid4().hex[:6]}"
+    connections = []
+    try:
+        weak_conn, weak_inbox = connect(weak.cert, weak.key, weak_id)
+        connections.append(weak_conn)
+        dup_conn, dup_inbox = connect(dup.cert, dup.key, dup_id)
+        connections.append(dup_conn)
+        time.sleep(1.5)  # the connection history is written off the session's path
+        campaign = json.loads(rotation_cli(server, "start", weak.cert_id, dup.cert_id).stdout)
+        assert campaign["total"] == 2, campaign
+
+        # The weak key: refused.
+        assert next_message(weak_inbox, "csr_req") == {}
+        openssl("genpkey", "-algorithm", "ed25519", "-out", f"{weak_id}.key")
+        openssl("req", "-new", "-key", f"{weak_id}.key", "-subj", f"/CN={weak_id}", "-out", f"{weak_id}.csr")
+        publish(weak_conn, weak_id, "csr_res", {"CSR": openssl.read(f"{weak_id}.csr")})
+
+        def rotation_of(client_id: str) -> dict:
+            rows = json.loads(rotation_cli(server, "list", "--campaign", campaign["campaignId"]).stdout)["rotations"]
+            return next(r for r in rows if r["clientId"] == client_id)
+        failed = wait_until(lambda: (lambda r: r if r["state"] == "failed" else None)(rotation_of(weak_id)), 30,
+                            lambda: rotation_of(weak_id))
+        assert "refused CSR" in failed["error"], failed
+        assert failed["newCertificateId"] is None, failed
+        assert client.describe_certificate(certificateId=weak.cert_id)["certificateDescription"]["status"] == "ACTIVE"
+
+        # The duplicated csr_res: the same crt_req twice, one certificate.
+        assert next_message(dup_inbox, "csr_req") == {}
+        key = openssl.ec_key(f"{dup_id}-new.key")
+        csr = openssl.csr(f"{dup_id}-new", key, dup_id)
+        publish(dup_conn, dup_id, "csr_res", {"CSR": openssl.read(csr)})
+        publish(dup_conn, dup_id, "csr_res", {"CSR": openssl.read(csr)})
+        first, second = next_message(dup_inbox, "crt_req"), next_message(dup_inbox, "crt_req")
+        assert first["certificateId"] == second["certificateId"], (first, second)
+        new_id = first["certificateId"]
+        assert rotation_of(dup_id)["newCertificateId"] == new_id
+        cert = openssl.write(f"{dup_id}-new.crt", first["certificatePem"])
+        dup_conn.disconnect().result(timeout=10)
+        connections.remove(dup_conn)
+        new_conn, _ = connect(str(cert), str(openssl.path(key)), dup_id)
+        connections.append(new_conn)
+        publish(new_conn, dup_id, "crt_ack", {"certificateId": new_id})
+        wait_until(lambda: rotation_of(dup_id)["state"] == "retired", 30, lambda: rotation_of(dup_id))
+        try:
+            client.describe_certificate(certificateId=dup.cert_id)
+            raise AssertionError(f"the old certificate {dup.cert_id} still exists")
+        except client.exceptions.ResourceNotFoundException:
+            pass
+        assert client.describe_certificate(certificateId=new_id)["certificateDescription"]["status"] == "ACTIVE"
+        # Nothing came back to the weak-key device.
+        assert weak_inbox.empty(), list(weak_inbox.queue)
+    finally:
+        for connection in connections:
+            try:
+                connection.disconnect().result(timeout=10)
+            except Exception:
+                pass
