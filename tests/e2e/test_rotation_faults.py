@@ -115,8 +115,7 @@ def fleet_server(tmp_path):
         yield srv
     finally:
         if srv.proc is not None and srv.proc.poll() is None:
-            srv.proc.kill()
-            srv.proc.wait(timeout=15)
+            srv.stop()  # SIGTERM; killed (and the test failed) if it does not stop within 15 s
 
 
 class GatedProxy:
