@@ -263,6 +263,19 @@ struct MigrateRequest {
     guard_max_failures: Option<u64>,
 }
 
+/// Runs a change of a configuration and answers with the configuration as it is now.
+async fn changed(
+    state: &Arc<AppState>,
+    change: impl FnOnce(&Services) -> Result<DomainConfiguration, certfleet_services::Error> + Send + 'static,
+) -> Reply {
+    let reply = call(state, move |services| {
+        let config = change(services)?;
+        Ok(describe_wire(services, &config, &services.domain_configuration_certificates(&config)?))
+    })
+    .await?;
+    json(reply)
+}
+
 /// `PUT /certfleet/domain-configurations/{name}/chain`: the current chain.
 pub async fn set_chain(
     State(state): State<Arc<AppState>>,
@@ -272,12 +285,7 @@ pub async fn set_chain(
 ) -> Reply {
     let request: ChainRequest = json_body(&body)?;
     let arns = request.server_certificate_arns.unwrap_or_default();
-    let reply = call(&state, move |services| {
-        let config = services.set_current_chain(&caller, &name, &arns)?;
-        Ok(describe_wire(services, &config, &services.domain_configuration_certificates(&config)?))
-    })
-    .await?;
-    json(reply)
+    changed(&state, move |services| services.set_current_chain(&caller, &name, &arns)).await
 }
 
 /// `PUT /certfleet/domain-configurations/{name}/next-chain`: the chain a migration moves to.
@@ -289,12 +297,7 @@ pub async fn set_next_chain(
 ) -> Reply {
     let request: ChainRequest = json_body(&body)?;
     let arns = request.server_certificate_arns.unwrap_or_default();
-    let reply = call(&state, move |services| {
-        let config = services.set_next_chain(&caller, &name, &arns)?;
-        Ok(describe_wire(services, &config, &services.domain_configuration_certificates(&config)?))
-    })
-    .await?;
-    json(reply)
+    changed(&state, move |services| services.set_next_chain(&caller, &name, &arns)).await
 }
 
 /// `POST /certfleet/domain-configurations/{name}/migrate`.
@@ -310,12 +313,7 @@ pub async fn migrate(
         drain_per_second: request.drain_per_second.unwrap_or(defaults.drain_per_second),
         guard_max_failures: request.guard_max_failures,
     };
-    let reply = call(&state, move |services| {
-        let config = services.migrate_domain_configuration(&caller, &name, settings)?;
-        Ok(describe_wire(services, &config, &services.domain_configuration_certificates(&config)?))
-    })
-    .await?;
-    json(reply)
+    changed(&state, move |services| services.migrate_domain_configuration(&caller, &name, settings)).await
 }
 
 /// `POST /certfleet/domain-configurations/{name}/revert`.
@@ -324,12 +322,10 @@ pub async fn revert(
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
 ) -> Reply {
-    let reply = call(&state, move |services| {
-        let config = services.revert_domain_configuration(&caller.account, &name, "reverted by the operator")?;
-        Ok(describe_wire(services, &config, &services.domain_configuration_certificates(&config)?))
+    changed(&state, move |services| {
+        services.revert_domain_configuration(&caller.account, &name, "reverted by the operator")
     })
-    .await?;
-    json(reply)
+    .await
 }
 
 /// `POST /certfleet/domain-configurations/{name}/finish`.
@@ -338,12 +334,7 @@ pub async fn finish(
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
 ) -> Reply {
-    let reply = call(&state, move |services| {
-        let config = services.finish_migration(&caller, &name)?;
-        Ok(describe_wire(services, &config, &services.domain_configuration_certificates(&config)?))
-    })
-    .await?;
-    json(reply)
+    changed(&state, move |services| services.finish_migration(&caller, &name)).await
 }
 
 /// `GET /certfleet/domain-configurations/{name}/migration`: the configuration, and this node's

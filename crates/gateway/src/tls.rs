@@ -29,7 +29,10 @@ pub fn server_config(
     key: PrivateKeyDer<'static>,
 ) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let verifier = Arc::new(RegistryDeferredVerifier { algorithms: provider.signature_verification_algorithms });
+    let verifier = Arc::new(RegistryDeferredVerifier {
+        algorithms: provider.signature_verification_algorithms,
+        mode: ClientAuth::Registry,
+    });
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_client_cert_verifier(verifier)
@@ -89,10 +92,8 @@ pub fn endpoint_config(
     let provider = Arc::new(CryptoProvider { cipher_suites: suites, ..rustls::crypto::aws_lc_rs::default_provider() });
     let algorithms = provider.signature_verification_algorithms;
     let builder = rustls::ServerConfig::builder_with_provider(provider).with_protocol_versions(&versions)?;
-    let builder = match client_auth {
-        ClientAuth::Registry => builder.with_client_cert_verifier(Arc::new(RegistryDeferredVerifier { algorithms })),
-        ClientAuth::Anything => builder.with_client_cert_verifier(Arc::new(AnyClient { algorithms })),
-    };
+    let builder =
+        builder.with_client_cert_verifier(Arc::new(RegistryDeferredVerifier { algorithms, mode: client_auth }));
     let mut config = builder.with_cert_resolver(Arc::new(crate::endpoints::ChainResolver { keys }));
     config.alpn_protocols = ALPN.iter().map(|protocol| protocol.to_vec()).collect();
     config.session_storage = sessions;
@@ -121,59 +122,14 @@ pub fn certified_key_der(
     Ok(Arc::new(rustls::sign::CertifiedKey::new(chain, signing)))
 }
 
-/// Accepts any client certificate, or none (test endpoints); the handshake signature is still
-/// checked.
-#[derive(Debug)]
-struct AnyClient {
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl ClientCertVerifier for AnyClient {
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        &[]
-    }
-
-    fn client_auth_mandatory(&self) -> bool {
-        false
-    }
-
-    fn verify_client_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _now: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        Ok(ClientCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
-}
-
-/// Requires a client certificate, checks that it parses and that its key passes the key rules,
-/// and leaves trust to the registry (see the module documentation).
+/// With [`ClientAuth::Registry`], requires a client certificate, checks that it parses and that
+/// its key passes the key rules, and leaves trust to the registry (see the module documentation);
+/// with [`ClientAuth::Anything`] (test endpoints), accepts any certificate or none. Either way the
+/// handshake signature is checked.
 #[derive(Debug)]
 struct RegistryDeferredVerifier {
     algorithms: WebPkiSupportedAlgorithms,
+    mode: ClientAuth,
 }
 
 impl ClientCertVerifier for RegistryDeferredVerifier {
@@ -182,7 +138,7 @@ impl ClientCertVerifier for RegistryDeferredVerifier {
     }
 
     fn client_auth_mandatory(&self) -> bool {
-        true
+        self.mode == ClientAuth::Registry
     }
 
     fn verify_client_cert(
@@ -191,6 +147,9 @@ impl ClientCertVerifier for RegistryDeferredVerifier {
         _intermediates: &[CertificateDer<'_>],
         _now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
+        if self.mode == ClientAuth::Anything {
+            return Ok(ClientCertVerified::assertion());
+        }
         let certificate = Certificate::from_der(end_entity.to_vec())
             .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
         pki::check_key_rules(certificate.public_key())
