@@ -177,6 +177,9 @@ pub struct PolicyAuthorizer {
     arn_prefix: String,
     principals: RwLock<Principals>,
     generations: AtomicU64,
+    /// Principals of this generation or older are re-read before a new session uses them (the
+    /// change feed could not be read, so they may have missed a change).
+    trusted_from: AtomicU64,
 }
 
 impl PolicyAuthorizer {
@@ -188,11 +191,25 @@ impl PolicyAuthorizer {
             arn_prefix,
             principals: RwLock::new(HashMap::new()),
             generations: AtomicU64::new(0),
+            trusted_from: AtomicU64::new(0),
         })
     }
 
-    /// Reads the policies and things of an authenticated device, before its session starts.
+    /// The change feed could not be read: every principal held may have missed a change, so the
+    /// next connection of each re-reads it (live sessions keep theirs until then).
+    pub fn distrust_held(&self) {
+        self.trusted_from.store(self.generations.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+
+    /// Makes sure the policies and things of an authenticated device are loaded, before its
+    /// session starts. A principal already held is as fresh as the live sessions using it (the
+    /// change feed re-reads every held principal a change touches), so a reconnecting device
+    /// costs no registry read; only the first connection of a certificate reads.
     pub async fn load(&self, identity: &Identity, certificate: &Certificate) -> Result<(), LoadError> {
+        let trusted_from = self.trusted_from.load(Ordering::Relaxed);
+        if self.principal(identity).is_some_and(|held| held.generation > trusted_from) {
+            return Ok(());
+        }
         self.read(&identity.account, &identity.certificate_id, certificate_attributes(certificate)).await
     }
 

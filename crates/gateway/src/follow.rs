@@ -118,6 +118,9 @@ pub async fn follow(
                 registry.forget_all();
                 endpoints.forget();
                 rules.forget_all();
+                if let Some(authorizer) = &authorizer {
+                    authorizer.distrust_held();
+                }
                 continue;
             }
             Err(_) => continue,

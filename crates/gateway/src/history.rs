@@ -6,42 +6,50 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use certfleet_registry::ConnectionRecord;
-use certfleet_services::Services;
+use certfleet_services::{ConnectionEvent, Services};
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 
 use crate::events::ConnectionObserver;
 use crate::identity::Identity;
 
-enum Event {
-    Connected(ConnectionRecord),
-    Disconnected { session_identifier: String, at: OffsetDateTime, reason: String },
-}
-
 /// Records connections in the registry through the services.
 pub struct HistoryRecorder {
-    queue: mpsc::Sender<Event>,
+    queue: mpsc::Sender<ConnectionEvent>,
     pub dropped: Arc<AtomicU64>,
 }
 
 /// How many history records may wait for the database.
 const QUEUE: usize = 10_000;
 
+/// The most records written in one transaction.
+const BATCH: usize = 1_000;
+
+/// How long the writer lets records gather before writing them.
+const GATHER: std::time::Duration = std::time::Duration::from_millis(100);
+
 impl HistoryRecorder {
-    /// Starts the writer task (on the current runtime).
+    /// Starts the writer task (on the current runtime). It writes whatever queued up while the
+    /// previous batch was written in one transaction, so a storm of connections costs a commit per
+    /// batch rather than one per connect and one per disconnect.
     pub fn start(services: Arc<Services>) -> Self {
-        let (queue, mut events) = mpsc::channel::<Event>(QUEUE);
+        let (queue, mut events) = mpsc::channel::<ConnectionEvent>(QUEUE);
         tokio::spawn(async move {
-            while let Some(event) = events.recv().await {
-                let services = services.clone();
-                let written = tokio::task::spawn_blocking(move || match &event {
-                    Event::Connected(record) => services.record_connection(record),
-                    Event::Disconnected { session_identifier, at, reason } => {
-                        services.record_disconnection(session_identifier, *at, reason)
+            let mut batch = Vec::with_capacity(BATCH);
+            while events.recv_many(&mut batch, BATCH).await > 0 {
+                // Let a storm gather into one transaction; a lone event waits at most this long.
+                if batch.len() < BATCH {
+                    tokio::time::sleep(GATHER).await;
+                    while batch.len() < BATCH
+                        && let Ok(event) = events.try_recv()
+                    {
+                        batch.push(event);
                     }
-                })
-                .await;
-                if let Ok(Err(error)) = written {
+                }
+                let services = services.clone();
+                let taken = std::mem::take(&mut batch);
+                let written = tokio::task::spawn_blocking(move || write(&services, &taken)).await;
+                if let Err(error) = written {
                     tracing::warn!(%error, "writing the connection history failed");
                 }
             }
@@ -49,7 +57,7 @@ impl HistoryRecorder {
         HistoryRecorder { queue, dropped: Arc::new(AtomicU64::new(0)) }
     }
 
-    fn enqueue(&self, event: Event) {
+    fn enqueue(&self, event: ConnectionEvent) {
         if self.queue.try_send(event).is_err() {
             let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             if dropped == 1 || dropped.is_multiple_of(1000) {
@@ -59,9 +67,22 @@ impl HistoryRecorder {
     }
 }
 
+/// Writes a batch in one transaction; if that fails, record by record, so one bad record does
+/// not lose its neighbours.
+fn write(services: &Services, batch: &[ConnectionEvent]) {
+    if batch.len() > 1 && services.record_connection_events(batch).is_ok() {
+        return;
+    }
+    for event in batch {
+        if let Err(error) = services.record_connection_events(std::slice::from_ref(event)) {
+            tracing::warn!(%error, "writing the connection history failed");
+        }
+    }
+}
+
 impl ConnectionObserver for HistoryRecorder {
     fn connected(&self, identity: &Identity, client_id: &str, session_identifier: &str, at: OffsetDateTime) {
-        self.enqueue(Event::Connected(ConnectionRecord {
+        self.enqueue(ConnectionEvent::Connected(ConnectionRecord {
             session_id: session_identifier.to_owned(),
             account: identity.account.clone(),
             certificate_id: identity.certificate_id.clone(),
@@ -80,8 +101,8 @@ impl ConnectionObserver for HistoryRecorder {
         at: OffsetDateTime,
         reason: &str,
     ) {
-        self.enqueue(Event::Disconnected {
-            session_identifier: session_identifier.to_owned(),
+        self.enqueue(ConnectionEvent::Disconnected {
+            session_id: session_identifier.to_owned(),
             at,
             reason: reason.to_owned(),
         });

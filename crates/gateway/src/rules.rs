@@ -60,6 +60,11 @@ pub struct Published {
 
 /// Sees every message a device publishes on this node, on the publish path: it must not block.
 pub trait PublishTap: Send + Sync {
+    /// Whether the tap wants messages on `topic` of `account` (asked before building one).
+    fn wants(&self, _account: &AccountId, _topic: &str) -> bool {
+        true
+    }
+
     fn published(&self, published: Published);
 }
 
@@ -256,6 +261,18 @@ impl RuleBook {
         set
     }
 
+    /// Whether a message on `topic` could fire a system rule or a rule of `account`: the tap's
+    /// filter, so that messages no rule reads never enter the queue. An account whose rules are
+    /// not loaded yet may (the runner loads them with its first message).
+    pub fn may_fire(&self, account: &AccountId, topic: &str) -> bool {
+        if lock(&self.system).iter().any(|rule| rule.statement.matches_topic(topic)) {
+            return true;
+        }
+        lock(&self.accounts)
+            .get(account)
+            .is_none_or(|rules| rules.iter().any(|loaded| loaded.rule.statement.matches_topic(topic)))
+    }
+
     fn system_rules(&self) -> Vec<Arc<SystemRule>> {
         lock(&self.system).clone()
     }
@@ -264,6 +281,7 @@ impl RuleBook {
 /// The engine: the tap's queue and the runner task behind it.
 pub struct RulesEngine {
     queue: mpsc::Sender<Published>,
+    book: Arc<RuleBook>,
     pub counters: Arc<RulesCounters>,
 }
 
@@ -280,7 +298,7 @@ impl RulesEngine {
                 .ok()
                 .map(|builder| Arc::new(builder.with_root_certificates(roots.clone()).with_no_client_auth()))
         });
-        let engine = Arc::new(RulesEngine { queue: queue.clone(), counters: counters.clone() });
+        let engine = Arc::new(RulesEngine { queue: queue.clone(), book: book.clone(), counters: counters.clone() });
         let runner =
             Runner { config, book, broker: Arc::downgrade(broker), feedback: queue.downgrade(), counters, tls };
         tokio::spawn(runner.run(incoming));
@@ -290,6 +308,10 @@ impl RulesEngine {
 }
 
 impl PublishTap for RulesEngine {
+    fn wants(&self, account: &AccountId, topic: &str) -> bool {
+        self.book.may_fire(account, topic)
+    }
+
     fn published(&self, published: Published) {
         match self.queue.try_send(published) {
             Ok(()) => {

@@ -44,6 +44,7 @@ pub use endpoints::{
 pub use error::Error;
 pub use ids::{Marker, decode_marker, encode_marker};
 pub use issuers::load_or_create_issuer;
+pub use lookups::ConnectionEvent;
 pub use provisioning::{ProvisionedPolicy, ProvisionedThing, Provisioning, Template};
 pub use rotation::{
     CampaignSummary, DeviceTopic, EXPIRING_CHECK, OutgoingMessage, RotationAlert, RotationConfig, RotationEffects,

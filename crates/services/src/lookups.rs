@@ -6,6 +6,15 @@ use certfleet_registry::{self as registry, Account, AccountId, CaCertificate, Ch
 
 use crate::{Error, Services};
 
+/// One entry of the connection history, as a gateway node records it.
+#[derive(Clone, Debug)]
+pub enum ConnectionEvent {
+    /// A device connected.
+    Connected(certfleet_registry::ConnectionRecord),
+    /// A connection ended, and why (AWS's disconnectReason values).
+    Disconnected { session_id: String, at: time::OffsetDateTime, reason: String },
+}
+
 impl Services {
     /// A device certificate of an account, as the gateway sees it.
     pub fn lookup_certificate(
@@ -66,6 +75,23 @@ impl Services {
     /// Records that a connection ended, and why (AWS's disconnectReason values).
     pub fn record_disconnection(&self, session_id: &str, at: time::OffsetDateTime, reason: &str) -> Result<(), Error> {
         registry::write(self.store(), |tx| tx.close_connection(session_id, at, reason).map_err(Error::from))
+    }
+
+    /// Records connections and disconnections in one transaction: a gateway node batches what
+    /// queued up while the previous batch was written, so a connect storm costs one commit per
+    /// batch, not two per connection. All or nothing; the caller may retry them one by one.
+    pub fn record_connection_events(&self, events: &[ConnectionEvent]) -> Result<(), Error> {
+        registry::write(self.store(), |tx| {
+            for event in events {
+                match event {
+                    ConnectionEvent::Connected(record) => tx.insert_connection(record)?,
+                    ConnectionEvent::Disconnected { session_id, at, reason } => {
+                        tx.close_connection(session_id, *at, reason)?;
+                    }
+                }
+            }
+            Ok::<_, Error>(())
+        })
     }
 
     /// Which client IDs used which certificates since `since` (of one certificate when given).

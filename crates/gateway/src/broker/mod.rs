@@ -184,6 +184,37 @@ struct SessionEntry {
     online: bool,
 }
 
+thread_local! {
+    /// The congested sessions a publish found, while [`Broker::publish_with_backpressure`] asks.
+    static CONGESTION: std::cell::RefCell<Option<Vec<Arc<Session>>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// How long a publisher waits for room in a congested session before counting its client as
+/// stalled (and dropping its messages past the bound, as without flow control).
+pub(crate) const ROOM_WAIT: Duration = Duration::from_secs(2);
+
+/// Waits until every session of `congested` has room again (its queue half empty, or its client
+/// gone), at most until `deadline`; a session still full then is marked stalled.
+pub(crate) async fn wait_for_room(congested: &[Arc<Session>], limits: QueueLimits, deadline: Instant) {
+    for session in congested {
+        loop {
+            let notified = session.room.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            session.pressured.store(true, Ordering::Relaxed);
+            if !session.lock().congested(limits) {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                if !session.stalled.swap(true, Ordering::Relaxed) {
+                    tracing::info!(client_id = %session.client_id, "subscriber reads too slowly: publishers stop waiting for it");
+                }
+                return;
+            }
+        }
+    }
+}
+
 /// Client IDs whose version numbers are remembered; past it, the map starts over (version
 /// numbers then restart for client IDs not seen since, a rare and harmless reordering hint).
 const MAX_VERSIONS: usize = 1_000_000;
@@ -316,7 +347,9 @@ impl Broker {
     /// Hands a device's message to the tap, if any: called once, on the node where the PUBLISH
     /// arrived, never per fabric delivery.
     pub(crate) fn tap(&self, identity: &Identity, client_id: &str, message: &Arc<Message>) {
-        if let Some(tap) = self.tap.get() {
+        if let Some(tap) = self.tap.get()
+            && tap.wants(&identity.account, message.topic.as_str())
+        {
             tap.published(crate::rules::Published {
                 account: identity.account.clone(),
                 client_id: client_id.to_owned(),
@@ -331,6 +364,19 @@ impl Broker {
     /// Publishes a message in `account`'s topic space, on every node.
     pub(crate) fn publish(&self, account: &AccountId, message: Arc<Message>) {
         self.fabric.publish(RoutedMessage { account: account.clone(), message });
+    }
+
+    /// Publishes a device's message, and returns the sessions on this node whose queues it
+    /// found three quarters full: the publisher's connection waits for room in them
+    /// ([`wait_for_room`]) before it reads its next packet. That is MQTT's flow control carried
+    /// across the broker: a subscriber that reads slower than publishers write slows them down
+    /// (TCP pushes back to the devices) instead of the broker accepting messages only to drop
+    /// them. Collected in the publisher's own thread while the fabric routes synchronously; a
+    /// fabric that routes elsewhere simply reports none.
+    pub(crate) fn publish_with_backpressure(&self, account: &AccountId, message: Arc<Message>) -> Vec<Arc<Session>> {
+        CONGESTION.with(|congestion| *congestion.borrow_mut() = Some(Vec::new()));
+        self.publish(account, message);
+        CONGESTION.with(|congestion| congestion.borrow_mut().take()).unwrap_or_default()
     }
 
     fn publish_wills(&self, account: &AccountId, wills: Vec<Arc<Message>>) {
@@ -457,6 +503,8 @@ impl Broker {
             let Some(attached) = state.attached.take() else { return };
             state.epoch += 1;
             state.went_offline();
+            // Publishers waiting for this client to read go on: it is gone.
+            session.room.notify_waiters();
             if let Some(expiry) = departure.expiry {
                 state.expiry = expiry;
             }
@@ -634,17 +682,29 @@ impl Broker {
     }
 
     /// Queues a message for a session if its owner may receive it, and wakes its connection.
-    fn deliver(&self, session: &Session, queued: Queued, now: Instant) {
+    /// A connected session whose queue is getting full is reported to the publisher (see
+    /// [`Broker::publish_with_backpressure`]) unless its client has stalled.
+    fn deliver(&self, session: &Arc<Session>, queued: Queued, now: Instant) {
         let identity = session.lock().identity.clone();
         if !self.authorizer.receive(&identity, &session.client_id, queued.message.topic.as_str()) {
             self.counters.dropped_not_authorized.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        let (result, wake) = {
+        let limits = self.queue_limits();
+        let (result, wake, congested) = {
             let mut state = session.lock();
-            let result = state.enqueue(queued, self.queue_limits(), now);
-            (result, state.attached.as_ref().map(|attached| attached.wake.clone()))
+            let result = state.enqueue(queued, limits, now);
+            (result, state.attached.as_ref().map(|attached| attached.wake.clone()), state.congested(limits))
         };
+        if congested && !session.stalled.load(Ordering::Relaxed) {
+            CONGESTION.with(|congestion| {
+                if let Some(list) = congestion.borrow_mut().as_mut()
+                    && !list.iter().any(|known| Arc::ptr_eq(known, session))
+                {
+                    list.push(session.clone());
+                }
+            });
+        }
         let dropped = match result {
             Ok(()) => {
                 self.counters.queued.fetch_add(1, Ordering::Relaxed);

@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::num::NonZeroU32;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -26,15 +26,43 @@ use crate::identity::Identity;
 pub(crate) struct Session {
     pub(crate) client_id: String,
     state: Mutex<SessionState>,
+    /// Flow control: publishers whose messages filled this session's queue wait here for room
+    /// (see [`Session::relieve`] and `broker::wait_for_room`).
+    pub(crate) room: Notify,
+    /// A publisher waits on `room`; the connection notifies it once the queue is half empty.
+    pub(crate) pressured: AtomicBool,
+    /// A publisher waited for room in vain: the client reads too slowly or not at all, so
+    /// publishers stop waiting for it (its messages are dropped past the bound) until it catches
+    /// up. One stuck subscriber never throttles a topic space.
+    pub(crate) stalled: AtomicBool,
 }
 
 impl Session {
     pub(crate) fn new(client_id: String, state: SessionState) -> Self {
-        Session { client_id, state: Mutex::new(state) }
+        Session {
+            client_id,
+            state: Mutex::new(state),
+            room: Notify::new(),
+            pressured: AtomicBool::new(false),
+            stalled: AtomicBool::new(false),
+        }
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, SessionState> {
         self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Called by the connection after taking messages (with `state` still locked): once the
+    /// queue is half empty, the publishers waiting for room go on and a stalled session is
+    /// waited for again.
+    pub(crate) fn relieve(&self, state: &SessionState, limits: QueueLimits) {
+        let pressured = self.pressured.load(Ordering::Relaxed);
+        if (pressured || self.stalled.load(Ordering::Relaxed)) && state.drained(limits) {
+            self.stalled.store(false, Ordering::Relaxed);
+            if self.pressured.swap(false, Ordering::Relaxed) {
+                self.room.notify_waiters();
+            }
+        }
     }
 }
 
@@ -204,6 +232,20 @@ impl SessionState {
         }
         self.pending.push_back(queued);
         Ok(())
+    }
+
+    /// Whether publishers should wait before adding to this session's queue: a connected
+    /// client's queue is three quarters full.
+    pub(crate) fn congested(&self, limits: QueueLimits) -> bool {
+        self.attached.is_some()
+            && (self.pending.len() >= limits.queued - limits.queued / 4
+                || self.pending_qos0.len() >= limits.qos0 - limits.qos0 / 4)
+    }
+
+    /// Whether the queue is back to half (or the client left): waiting publishers may go on.
+    pub(crate) fn drained(&self, limits: QueueLimits) -> bool {
+        self.attached.is_none()
+            || (self.pending.len() <= limits.queued / 2 && self.pending_qos0.len() <= limits.qos0 / 2)
     }
 
     /// Prepares the packets the client may be sent now, at most `budget` of them: first what a

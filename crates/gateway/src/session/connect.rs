@@ -292,6 +292,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ExpectConnect<S> {
             session_identifier,
             version_number: attachment.version_number,
             expiry_was_zero: grant.expiry_requested.is_zero(),
+            congestion: Vec::new(),
+            room_deadline: Instant::now(),
         }
     }
 }

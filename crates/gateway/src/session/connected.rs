@@ -20,8 +20,8 @@ use super::ending::Ending;
 use super::transport::{READ_BELOW, TAKE_BELOW, Transport};
 use super::{forwarded, reserved};
 use crate::broker::{
-    Broker, DeliveryLimits, Departure, Kick, Received, Session, SessionState, SubscribeRequest, Subscribed,
-    SubscriptionOptions,
+    Broker, DeliveryLimits, Departure, Kick, ROOM_WAIT, Received, Session, SessionState, SubscribeRequest, Subscribed,
+    SubscriptionOptions, wait_for_room,
 };
 use crate::events::{self, Lifecycle};
 use crate::fabric::Message;
@@ -55,6 +55,10 @@ pub(crate) struct Connected<S> {
     pub(super) version_number: u64,
     /// CONNECT's Session Expiry Interval was 0, so DISCONNECT may not raise it.
     pub(super) expiry_was_zero: bool,
+    /// Sessions this client's messages found congested: nothing more is read from the client
+    /// until they have room (or `room_deadline` passes).
+    pub(super) congestion: Vec<Arc<Session>>,
+    pub(super) room_deadline: Instant,
 }
 
 /// What woke the connection's task.
@@ -69,6 +73,8 @@ enum Event {
     Read(std::io::Result<usize>),
     /// Something was queued for the client.
     Woken,
+    /// The sessions this client's messages congested have room again.
+    Room,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Connected<S> {
@@ -90,18 +96,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connected<S> {
             let keep_alive_deadline = self.keep_alive.map(|period| self.last_heard + period);
             self.transport.reserve();
             let transport = &mut self.transport;
+            let congestion = &self.congestion;
+            let queue_limits = self.broker.queue_limits();
             let event = tokio::select! {
                 biased;
                 changed = self.membership.closed.changed(), if watching_revocation => Event::Revocation(changed.is_ok()),
                 _ = &mut self.kicked => Event::Kicked,
                 () = tokio::time::sleep_until(not_after.unwrap_or(now)), if not_after.is_some() => Event::CertificateExpired,
-                () = tokio::time::sleep_until(keep_alive_deadline.unwrap_or(now)), if keep_alive_deadline.is_some() => {
+                () = tokio::time::sleep_until(keep_alive_deadline.unwrap_or(now)),
+                    if keep_alive_deadline.is_some() && congestion.is_empty() => {
                     Event::KeepAliveExpired
                 }
                 drained = drain(&mut transport.writer, &transport.outbound),
                     if !transport.outbound.is_empty() || transport.unflushed => drained,
+                () = wait_for_room(congestion, queue_limits, self.room_deadline), if !congestion.is_empty() => Event::Room,
                 read = tokio::io::AsyncReadExt::read_buf(&mut transport.reader, &mut transport.inbound),
-                    if transport.outbound.len() < READ_BELOW => Event::Read(read),
+                    if transport.outbound.len() < READ_BELOW && congestion.is_empty() => Event::Read(read),
                 () = self.wake.notified() => Event::Woken,
             };
             match event {
@@ -123,13 +133,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connected<S> {
                     }
                 }
                 Event::Woken => {}
+                Event::Room => {
+                    self.congestion.clear();
+                    // The client was not read while it waited: its keep-alive runs from now.
+                    self.last_heard = Instant::now();
+                    // Packets read before the wait are handled before reading more.
+                    if let Err(ending) = self.read_packets() {
+                        return ending;
+                    }
+                }
             }
         }
     }
 
-    /// Handles every whole packet buffered.
+    /// Handles every whole packet buffered, or those before a PUBLISH that congested a
+    /// subscriber (the rest wait until it has room).
     fn read_packets(&mut self) -> Result<(), Ending> {
         loop {
+            if !self.congestion.is_empty() {
+                return Ok(());
+            }
             match decode(&mut self.transport.inbound, self.limits.version, self.broker.config.max_packet_size) {
                 Ok(Some(packet)) => {
                     self.last_heard = Instant::now();
@@ -268,7 +291,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connected<S> {
         };
         let message = Arc::new(message);
         self.broker.tap(&self.identity, &self.client_id, &message);
-        self.broker.publish(&self.identity.account, message);
+        let congested = self.broker.publish_with_backpressure(&self.identity.account, message);
+        if !congested.is_empty() {
+            if self.congestion.is_empty() {
+                self.room_deadline = Instant::now() + ROOM_WAIT;
+            }
+            self.congestion.extend(congested);
+        }
         match (qos, packet_id) {
             (QoS::AtLeastOnce, Some(packet_id)) => self.send(Packet::PubAck(PubAck::new(packet_id))),
             (QoS::ExactlyOnce, Some(packet_id)) => {
@@ -380,7 +409,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connected<S> {
                 if !state.serves(self.connection) {
                     return;
                 }
-                state.outgoing(self.limits, now, BATCH, self.broker.counters())
+                let packets = state.outgoing(self.limits, now, BATCH, self.broker.counters());
+                self.session.relieve(&state, self.broker.queue_limits());
+                packets
             };
             if packets.is_empty() {
                 return;

@@ -109,6 +109,60 @@ async fn a_slow_reader_loses_qos_0_messages_not_the_publisher() {
     assert_eq!(received + dropped, 1000, "every message either delivered or counted");
 }
 
+/// Publishers that outpace a subscriber which does read are slowed down (flow control through the
+/// broker) rather than having their messages dropped: QoS 0 1-to-1 and QoS 1 fan-in, with queues
+/// far smaller than the bursts.
+#[tokio::test(start_paused = true)]
+async fn publishers_wait_for_a_reader_slower_than_them_instead_of_losing_messages() {
+    let harness =
+        Harness::with_config(BrokerConfig { outbound_capacity: 8, max_queued_messages: 8, ..BrokerConfig::default() });
+    for qos in [QoS::AtMostOnce, QoS::AtLeastOnce] {
+        let topic = format!("burst/{qos:?}");
+        let (mut reader, _) = harness.connect(&identity(ACCOUNT_A, 1), Options::v5("reader")).await;
+        reader.subscribe_to(&format!("{topic}/#"), qos).await;
+        let publishers = if qos == QoS::AtMostOnce { 1 } else { 4 };
+        let per_publisher = 500;
+        let mut tasks = Vec::new();
+        for n in 0..publishers {
+            let (mut publisher, _) =
+                harness.connect(&identity(ACCOUNT_A, 2 + n), Options::v5(&format!("pub{n}"))).await;
+            let topic = format!("{topic}/{n}");
+            tasks.push(tokio::spawn(async move {
+                // The whole burst in one write, so the server reads far more than a queue holds.
+                let mut bytes = bytes::BytesMut::new();
+                for m in 0..per_publisher {
+                    let packet_id = (qos != QoS::AtMostOnce).then_some(m + 1);
+                    let packet = Packet::Publish(publish(&topic, &m.to_string(), qos, packet_id));
+                    certfleet_mqtt::encode(&packet, publisher.version, &mut bytes).unwrap();
+                }
+                publisher.send_raw(&bytes).await;
+                if qos != QoS::AtMostOnce {
+                    for _ in 0..per_publisher {
+                        assert!(matches!(publisher.recv().await, Packet::PubAck(_)));
+                    }
+                }
+                publisher
+            }));
+        }
+        let expected = publishers as usize * per_publisher as usize;
+        let mut received = 0;
+        while received < expected {
+            reader.receive().await;
+            received += 1;
+            if received % 50 == 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+        }
+        reader.nothing().await;
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let counters = harness.broker.counters();
+        assert_eq!(counters.dropped_slow_qos0.load(Ordering::Relaxed), 0, "{qos:?}");
+        assert_eq!(counters.dropped_queue_full.load(Ordering::Relaxed), 0, "{qos:?}");
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn the_subscription_quota() {
     let harness = Harness::with_config(BrokerConfig { max_subscriptions: 2, ..BrokerConfig::default() });
