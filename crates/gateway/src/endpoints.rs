@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use certfleet_registry::{AccountId, DomainConfiguration, DomainStatus};
 use certfleet_services::{ChainStats, DrainReport, EndpointReport, Migration, Purpose, Services};
-use rustls::server::{ClientHello, ResolvesServerCert, StoresServerSessions};
+use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
 use crate::identity::Refusal;
@@ -82,14 +82,12 @@ pub struct Endpoints {
     live: Arc<LiveSessions>,
     builtin: BuiltinChains,
     default_account: AccountId,
-    sessions: Arc<dyn StoresServerSessions>,
+    /// Encrypts this node's TLS session tickets (keys rotated by rustls every 6 hours).
+    tickets: Arc<dyn rustls::server::ProducesTickets>,
     by_sni: Mutex<HashMap<String, Arc<Endpoint>>>,
     counters: Mutex<HashMap<ChainKey, Arc<Counters>>>,
     drains: Mutex<HashMap<ConfigKey, Drain>>,
 }
-
-/// How many TLS sessions are kept for resumption (server-side state; no session tickets, as AWS).
-const SESSION_CACHE_SIZE: usize = 65_536;
 
 impl Endpoints {
     pub fn new(
@@ -103,7 +101,8 @@ impl Endpoints {
             live,
             builtin,
             default_account,
-            sessions: rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE_SIZE),
+            tickets: rustls::crypto::aws_lc_rs::Ticketer::new()
+                .expect("the system random generator works (aws-lc-rs seeds itself at start)"),
             by_sni: Mutex::new(HashMap::new()),
             counters: Mutex::new(HashMap::new()),
             drains: Mutex::new(HashMap::new()),
@@ -140,7 +139,7 @@ impl Endpoints {
         let (chain, keys) = self.chain_of(&config, purpose)?;
         let verifier = if purpose == Purpose::Test { tls::ClientAuth::Anything } else { tls::ClientAuth::Registry };
         let tls =
-            tls::endpoint_config(&config.security_policy, keys, verifier, self.sessions.clone()).map_err(|error| {
+            tls::endpoint_config(&config.security_policy, keys, verifier, self.tickets.clone()).map_err(|error| {
                 certfleet_services::Error::Internal(format!("tls settings of {}: {error}", config.name))
             })?;
         Ok(Endpoint {

@@ -159,8 +159,13 @@ fn event(kind: &str, client_id: &str, payload: serde_json::Value) -> Option<Mess
     if client_id.contains(['+', '#']) {
         return None;
     }
-    let topic = TopicName::new(format!("$aws/events/presence/{kind}/{client_id}")).ok()?;
+    let topic = TopicName::new(presence_topic(kind, client_id)).ok()?;
     Some(json_message(topic, payload))
+}
+
+/// The topic of a lifecycle event (`kind`: `connected` or `disconnected`).
+pub(crate) fn presence_topic(kind: &str, client_id: &str) -> String {
+    format!("$aws/events/presence/{kind}/{client_id}")
 }
 
 /// An event: JSON, QoS 1, published by the broker itself.

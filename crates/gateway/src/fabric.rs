@@ -92,6 +92,11 @@ pub trait Router: Send + Sync {
     /// `claim.node` took `claim.client_id`: if it is another node, a connection of this node
     /// using that client ID in that account closes (Session taken over).
     fn claimed(&self, claim: &ClientClaim);
+
+    /// Whether a message on `topic` of `account` would reach a subscriber of this node.
+    fn has_subscriber(&self, _account: &AccountId, _topic: &str) -> bool {
+        true
+    }
 }
 
 /// The message fabric between the gateway nodes.
@@ -104,6 +109,13 @@ pub trait Fabric: Send + Sync {
 
     /// Tells every node that `claim.node` now serves `claim.client_id` in `claim.account`.
     fn claim_client_id(&self, claim: ClientClaim);
+
+    /// Whether a message on `topic` of `account` would reach a subscriber on any node, so that
+    /// the broker need not build messages nobody reads (lifecycle events). A fabric that cannot
+    /// tell cheaply says yes.
+    fn has_subscriber(&self, _account: &AccountId, _topic: &str) -> bool {
+        true
+    }
 }
 
 /// The in-process fabric: every router attached to it is a node, and a publish reaches them all
@@ -148,5 +160,9 @@ impl Fabric for LocalFabric {
         for router in self.routers().iter().filter_map(Weak::upgrade) {
             router.claimed(&claim);
         }
+    }
+
+    fn has_subscriber(&self, account: &AccountId, topic: &str) -> bool {
+        self.routers().iter().filter_map(Weak::upgrade).any(|router| router.has_subscriber(account, topic))
     }
 }

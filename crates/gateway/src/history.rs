@@ -19,27 +19,32 @@ pub struct HistoryRecorder {
     pub dropped: Arc<AtomicU64>,
 }
 
-/// How many history records may wait for the database.
-const QUEUE: usize = 10_000;
+/// How many history records may wait for the database (about 150 bytes each).
+const QUEUE: usize = 50_000;
 
 /// The most records written in one transaction.
-const BATCH: usize = 1_000;
+const BATCH: usize = 5_000;
 
-/// How long the writer lets records gather before writing them.
-const GATHER: std::time::Duration = std::time::Duration::from_millis(100);
+/// The shortest time between two writes while records keep coming.
+const GATHER: std::time::Duration = std::time::Duration::from_millis(500);
 
 impl HistoryRecorder {
-    /// Starts the writer task (on the current runtime). It writes whatever queued up while the
-    /// previous batch was written in one transaction, so a storm of connections costs a commit per
-    /// batch rather than one per connect and one per disconnect.
+    /// Starts the writer task (on the current runtime). A record that comes while the writer is
+    /// idle is written at once; records that keep coming are written together, one transaction
+    /// per [`GATHER`], so a storm of connections costs a commit per batch rather than one per
+    /// connect and one per disconnect.
     pub fn start(services: Arc<Services>) -> Self {
         let (queue, mut events) = mpsc::channel::<ConnectionEvent>(QUEUE);
         tokio::spawn(async move {
             let mut batch = Vec::with_capacity(BATCH);
+            let now = tokio::time::Instant::now();
+            let mut last_write = now.checked_sub(GATHER).unwrap_or(now);
             while events.recv_many(&mut batch, BATCH).await > 0 {
-                // Let a storm gather into one transaction; a lone event waits at most this long.
-                if batch.len() < BATCH {
-                    tokio::time::sleep(GATHER).await;
+                // Written at once when the writer was idle; in a storm, at most one transaction
+                // per GATHER, holding what came meanwhile.
+                let due = last_write + GATHER;
+                if batch.len() < BATCH && tokio::time::Instant::now() < due {
+                    tokio::time::sleep_until(due).await;
                     while batch.len() < BATCH
                         && let Ok(event) = events.try_recv()
                     {
@@ -49,6 +54,7 @@ impl HistoryRecorder {
                 let services = services.clone();
                 let taken = std::mem::take(&mut batch);
                 let written = tokio::task::spawn_blocking(move || write(&services, &taken)).await;
+                last_write = tokio::time::Instant::now();
                 if let Err(error) = written {
                     tracing::warn!(%error, "writing the connection history failed");
                 }

@@ -80,13 +80,15 @@ pub fn security_policy(
 }
 
 /// The TLS configuration of an endpoint: its security policy, its chain (resolved by the
-/// client's signature algorithms), its client authentication, and a shared session cache for
-/// resumption (no session tickets, as AWS IoT).
+/// client's signature algorithms), its client authentication, and resumption by stateless
+/// session tickets (TLS 1.3 tickets, TLS 1.2 RFC 5077 tickets) sealed by the node's `tickets`:
+/// the server keeps no per-session memory, which matters with hundreds of thousands of devices.
+/// A resumed session still has its client certificate checked against the registry.
 pub fn endpoint_config(
     policy: &str,
     keys: Vec<Arc<rustls::sign::CertifiedKey>>,
     client_auth: ClientAuth,
-    sessions: Arc<dyn rustls::server::StoresServerSessions>,
+    tickets: Arc<dyn rustls::server::ProducesTickets>,
 ) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
     let (versions, suites) = security_policy(policy);
     let provider = Arc::new(CryptoProvider { cipher_suites: suites, ..rustls::crypto::aws_lc_rs::default_provider() });
@@ -96,7 +98,8 @@ pub fn endpoint_config(
         builder.with_client_cert_verifier(Arc::new(RegistryDeferredVerifier { algorithms, mode: client_auth }));
     let mut config = builder.with_cert_resolver(Arc::new(crate::endpoints::ChainResolver { keys }));
     config.alpn_protocols = ALPN.iter().map(|protocol| protocol.to_vec()).collect();
-    config.session_storage = sessions;
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.ticketer = tickets;
     config.send_tls13_tickets = 1;
     Ok(Arc::new(config))
 }

@@ -1,7 +1,7 @@
 //! The in-process ceiling of mutual-TLS 1.3 handshakes with certificates like ours (ECDSA P-256
 //! server and client certificates, X25519): a rustls client and server pumping bytes into each
-//! other in memory, no sockets, no MQTT. Full handshakes, and resumed ones (stateful session
-//! cache). Both sides run on the measuring thread; `certfleet-loadgen ceiling` runs the same
+//! other in memory, no sockets, no MQTT. Full handshakes, and resumed ones (stateless
+//! session tickets, as the gateway). Both sides run on the measuring thread; `certfleet-loadgen ceiling` runs the same
 //! loop and also reports the server side's share.
 
 use certfleet_loadgen::ceiling::{Fixture, Mode, handshake};

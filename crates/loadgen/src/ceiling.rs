@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use rustls::client::Resumption;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
-use rustls::server::{ServerSessionMemoryCache, WebPkiClientVerifier};
+use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, ClientConnection, HandshakeKind, ServerConfig, ServerConnection};
 
 use crate::proc_stats;
@@ -41,8 +41,8 @@ impl Fixture {
     /// A test CA issuing an ECDSA P-256 server certificate for `localhost` and a client
     /// certificate; the server requires and verifies client certificates (webpki). In
     /// [`Mode::Full`] the client keeps no sessions and the server sends no tickets; in
-    /// [`Mode::Resumed`] the server keeps a stateful session cache (no stateless tickets) and
-    /// the client an in-memory store.
+    /// [`Mode::Resumed`] the server sends stateless tickets (as the gateway does) and the client
+    /// keeps them in an in-memory store.
     pub fn new(mode: Mode) -> anyhow::Result<Fixture> {
         let algorithm = &rcgen::PKCS_ECDSA_P256_SHA256;
         let ca_key = rcgen::KeyPair::generate_for(algorithm)?;
@@ -82,7 +82,9 @@ impl Fixture {
             }
             Mode::Resumed => {
                 client.resumption = Resumption::in_memory_sessions(64);
-                server.session_storage = ServerSessionMemoryCache::new(1024);
+                server.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+                server.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
+                server.send_tls13_tickets = 1;
             }
         }
         Ok(Fixture { client: Arc::new(client), server: Arc::new(server), name: ServerName::try_from("localhost")? })

@@ -43,7 +43,7 @@ pub struct CeilingArgs {
     /// Stop after this many handshakes.
     #[arg(long, default_value_t = 10_000_000)]
     pub count: u64,
-    /// Full handshakes, or resumed ones (stateful session cache on the server).
+    /// Full handshakes, or resumed ones (stateless session tickets, as the gateway).
     #[arg(long, value_enum, default_value = "full")]
     pub mode: certfleet_loadgen::ceiling::Mode,
     #[arg(long)]

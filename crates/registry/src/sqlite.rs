@@ -26,6 +26,10 @@ impl SqliteStore {
         let writer = Connection::open(path).map_err(Error::Sqlite)?;
         configure(&writer, false)?;
         writer.pragma_update(None, "journal_mode", "WAL").map_err(Error::Sqlite)?;
+        // The one writer touches every table's indexes (the gateway's connection history among
+        // them): a page cache of up to 32 MiB rather than SQLite's 2 MiB keeps their hot pages in
+        // memory instead of re-reading them from the file for every batch.
+        writer.pragma_update(None, "cache_size", -32_768).map_err(Error::Sqlite)?;
         migrate(&writer)?;
         Ok(SqliteStore { path: path.to_owned(), writer: Mutex::new(writer), readers: Mutex::new(Vec::new()) })
     }

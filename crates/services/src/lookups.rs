@@ -80,15 +80,34 @@ impl Services {
     /// Records connections and disconnections in one transaction: a gateway node batches what
     /// queued up while the previous batch was written, so a connect storm costs one commit per
     /// batch, not two per connection. All or nothing; the caller may retry them one by one.
+    ///
+    /// A connection that ended within the batch is written as one closed row (one statement
+    /// rather than an insert and an update): in a reconnect storm that is most of them.
     pub fn record_connection_events(&self, events: &[ConnectionEvent]) -> Result<(), Error> {
-        registry::write(self.store(), |tx| {
-            for event in events {
-                match event {
-                    ConnectionEvent::Connected(record) => tx.insert_connection(record)?,
-                    ConnectionEvent::Disconnected { session_id, at, reason } => {
-                        tx.close_connection(session_id, *at, reason)?;
-                    }
+        let mut opened: Vec<certfleet_registry::ConnectionRecord> = Vec::new();
+        let mut by_session: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+        let mut closed_earlier = Vec::new();
+        for event in events {
+            match event {
+                ConnectionEvent::Connected(record) => {
+                    by_session.insert(&record.session_id, opened.len());
+                    opened.push(record.clone());
                 }
+                ConnectionEvent::Disconnected { session_id, at, reason } => match by_session.get(session_id.as_str()) {
+                    Some(&index) => {
+                        opened[index].disconnected_at = Some(*at);
+                        opened[index].disconnect_reason = Some(reason.clone());
+                    }
+                    None => closed_earlier.push((session_id, *at, reason)),
+                },
+            }
+        }
+        registry::write(self.store(), |tx| {
+            for record in &opened {
+                tx.insert_connection(record)?;
+            }
+            for (session_id, at, reason) in &closed_earlier {
+                tx.close_connection(session_id, *at, reason)?;
             }
             Ok::<_, Error>(())
         })

@@ -238,6 +238,50 @@ fn shared_certificates_and_conflicting_client_ids_from_the_connection_history() 
     );
 }
 
+/// The gateway writes the history in batches: a session opened and closed within one batch is
+/// one closed row, a session opened in an earlier batch is closed by the later one.
+#[test]
+fn connection_history_batches() {
+    let world = world();
+    let caller = world.caller();
+    let ca = root("batch root", Duration::days(3650));
+    register_ca(&world, &caller, &ca);
+    let device = register_device(&world, &caller, &leaf(&ca, Duration::days(100)));
+    let at = |minutes: i64| START + Duration::minutes(minutes);
+    let closed = |session: &str, minutes: i64| ConnectionEvent::Disconnected {
+        session_id: session.into(),
+        at: at(minutes),
+        reason: "CLIENT_INITIATED_DISCONNECT".into(),
+    };
+    let first = [
+        ConnectionEvent::Connected(connection(&caller, "b1", &device, "lamp", 0, None, None)),
+        ConnectionEvent::Connected(connection(&caller, "b2", &device, "lamp", 2, None, None)),
+        closed("b1", 1),
+    ];
+    world.services.record_connection_events(&first).unwrap();
+    world.services.record_connection_events(&[closed("b2", 3)]).unwrap();
+    let mut history = world.services.connection_history(&caller.account, Some(&device), START).unwrap();
+    history.sort_by(|a, b| a.session_id.cmp(&b.session_id));
+    let rows: Vec<_> = history
+        .iter()
+        .map(|row| (row.session_id.as_str(), row.disconnected_at, row.disconnect_reason.as_deref()))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("b1", Some(at(1)), Some("CLIENT_INITIATED_DISCONNECT")),
+            ("b2", Some(at(3)), Some("CLIENT_INITIATED_DISCONNECT"))
+        ]
+    );
+    // A batch that cannot be written (a session ID used twice) writes nothing.
+    let duplicate = [
+        ConnectionEvent::Connected(connection(&caller, "b3", &device, "lamp", 4, None, None)),
+        ConnectionEvent::Connected(connection(&caller, "b1", &device, "lamp", 5, None, None)),
+    ];
+    assert!(world.services.record_connection_events(&duplicate).is_err());
+    assert_eq!(world.services.connection_history(&caller.account, Some(&device), START).unwrap().len(), 2);
+}
+
 #[test]
 fn revoked_certificates_still_active_from_uploaded_crls() {
     let world = world();

@@ -361,6 +361,12 @@ impl Broker {
         }
     }
 
+    /// Whether anyone, on any node, subscribes to a filter matching `topic` in `account`: the
+    /// lifecycle events are built only when someone will read them.
+    pub(crate) fn has_subscriber(&self, account: &AccountId, topic: &str) -> bool {
+        self.fabric.has_subscriber(account, topic)
+    }
+
     /// Publishes a message in `account`'s topic space, on every node.
     pub(crate) fn publish(&self, account: &AccountId, message: Arc<Message>) {
         self.fabric.publish(RoutedMessage { account: account.clone(), message });
@@ -787,6 +793,10 @@ impl Router for Broker {
         for (session, queued) in deliveries {
             self.deliver(&session, queued, now);
         }
+    }
+
+    fn has_subscriber(&self, account: &AccountId, topic: &str) -> bool {
+        self.existing_space(account).is_some_and(|space| space.lock().subscriptions.any_subscriber(topic))
     }
 
     fn claimed(&self, claim: &ClientClaim) {

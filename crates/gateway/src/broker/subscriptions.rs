@@ -99,6 +99,24 @@ impl Subscriptions {
         collect_matches(&mut self.root, &levels, server_topic, &online, &mut targets);
         targets
     }
+
+    /// Whether a message on `topic` would go to anyone (online or not), without picking
+    /// shared-group members.
+    pub(crate) fn any_subscriber(&self, topic: &str) -> bool {
+        let levels: Vec<&str> = topic.split('/').collect();
+        any_match(&self.root, &levels, topic.starts_with('$'))
+    }
+}
+
+/// Whether any subscription (plain or shared) below `node` matches the levels left.
+fn any_match(node: &Node, levels: &[&str], server_topic: bool) -> bool {
+    let subscribed = |node: &Node| !node.subscribers.is_empty() || !node.shared.is_empty();
+    if !server_topic && node.children.get("#").is_some_and(subscribed) {
+        return true;
+    }
+    let Some((level, rest)) = levels.split_first() else { return subscribed(node) };
+    (!server_topic && node.children.get("+").is_some_and(|any| any_match(any, rest, false)))
+        || node.children.get(*level).is_some_and(|exact| any_match(exact, rest, false))
 }
 
 fn remove(node: &mut Node, levels: &[&str], client_id: &str, group: Option<&str>) -> bool {
@@ -195,6 +213,11 @@ mod tests {
     fn topic_matching() {
         let check = |filters: &[&str], topic: &str, expected: &[&str]| {
             assert_eq!(matching(filters, topic), expected, "{topic} against {filters:?}");
+            let mut subscriptions = Subscriptions::default();
+            for filter in filters {
+                subscriptions.insert(filter, &TopicFilter::new(*filter).unwrap(), options());
+            }
+            assert_eq!(subscriptions.any_subscriber(topic), !expected.is_empty(), "{topic} against {filters:?}");
         };
         let all = ["a/b", "a/+", "a/#", "#", "+/b", "+", "a/b/c", "/#", "+/+"];
         check(&all, "a/b", &["#", "+/+", "+/b", "a/#", "a/+", "a/b"]);

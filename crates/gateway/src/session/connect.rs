@@ -262,7 +262,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ExpectConnect<S> {
             peer,
             version_number: attachment.version_number,
         };
-        if let Some(event) = events::connected(&lifecycle, now) {
+        if broker.has_subscriber(&identity.account, &events::presence_topic("connected", &client_id))
+            && let Some(event) = events::connected(&lifecycle, now)
+        {
             broker.publish(&identity.account, Arc::new(event));
         }
         tracing::info!(

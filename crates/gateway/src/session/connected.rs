@@ -468,7 +468,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connected<S> {
             peer,
             version_number,
         };
-        if let Some(event) = events::disconnected(&lifecycle, now, reason) {
+        if broker.has_subscriber(&identity.account, &events::presence_topic("disconnected", &client_id))
+            && let Some(event) = events::disconnected(&lifecycle, now, reason)
+        {
             broker.publish(&identity.account, Arc::new(event));
         }
         match &ending {
