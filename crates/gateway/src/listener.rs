@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use certfleet_pki::Certificate;
 use certfleet_registry::AccountId;
 use certfleet_services::Services;
 use tokio::net::{TcpListener, TcpStream};
@@ -146,8 +145,10 @@ impl Gateway {
             let _ = stream.set_nodelay(true);
             let gateway = self.clone();
             let serve = serve.clone();
+            // The handshake's state (about 9 KiB) is boxed and freed when it is over; a
+            // connection then holds only its session's.
             tokio::spawn(async move {
-                if let Some((tls, connection)) = gateway.handshake(stream, peer).await {
+                if let Some((tls, connection)) = Box::pin(gateway.handshake(stream, peer)).await {
                     serve(tls, connection).await;
                 }
                 drop(permit);
@@ -221,16 +222,18 @@ impl Gateway {
             Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
             _ => "unknown",
         };
-        let presented = session.peer_certificates().and_then(|chain| chain.first()).map(|der| der.to_vec());
         if endpoint.purpose == Purpose::Test {
+            let presented = session.peer_certificates().and_then(|chain| chain.first()).map(|der| der.to_vec());
             self.test_endpoint(tls, &endpoint, peer, sni_name.as_deref(), tls_version, presented).await;
             return None;
         }
+        let presented =
+            session.peer_certificates().and_then(|chain| chain.first()).map(|der| crate::tls::take_parsed(der));
 
         let account = endpoint.account.clone();
         let sni = endpoint.sni.clone();
         let now = time::OffsetDateTime::now_utc();
-        let auth = match presented.map(Certificate::from_der) {
+        let auth = match presented {
             None => Err(Refusal::NoClientCert),
             Some(Err(_)) => Err(Refusal::BadCertificate),
             Some(Ok(certificate)) => {

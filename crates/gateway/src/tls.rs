@@ -157,6 +157,7 @@ impl ClientCertVerifier for RegistryDeferredVerifier {
             .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
         pki::check_key_rules(certificate.public_key())
             .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
+        hand_over(certificate);
         Ok(ClientCertVerified::assertion())
     }
 
@@ -180,6 +181,34 @@ impl ClientCertVerifier for RegistryDeferredVerifier {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.algorithms.supported_schemes()
+    }
+}
+
+/// Client certificates the verifier parsed, waiting for the listener to take them once their
+/// handshake completes, so that a connection parses its certificate once. Keyed by the DER;
+/// entries of handshakes that failed after verification are dropped when the map is full.
+static PARSED: std::sync::Mutex<Option<std::collections::HashMap<Vec<u8>, Certificate>>> = std::sync::Mutex::new(None);
+
+/// Most parsed certificates waiting at once (about the handshakes in flight).
+const MAX_PARSED: usize = 4096;
+
+fn hand_over(certificate: Certificate) {
+    let mut parsed = PARSED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let parsed = parsed.get_or_insert_with(std::collections::HashMap::new);
+    if parsed.len() >= MAX_PARSED {
+        parsed.clear();
+    }
+    parsed.insert(certificate.der().to_vec(), certificate);
+}
+
+/// The client certificate of a completed handshake: the verifier's parse if it is still there,
+/// else parsed now.
+pub(crate) fn take_parsed(der: &[u8]) -> Result<Certificate, pki::Error> {
+    let taken =
+        PARSED.lock().unwrap_or_else(std::sync::PoisonError::into_inner).as_mut().and_then(|parsed| parsed.remove(der));
+    match taken {
+        Some(certificate) => Ok(certificate),
+        None => Certificate::from_der(der.to_vec()),
     }
 }
 

@@ -81,7 +81,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connected<S> {
     /// Serves the connection to its end.
     pub(crate) async fn serve(mut self) {
         let ending = self.run().await;
-        self.end(ending).await;
+        // Boxed: what closing needs is allocated when closing, not held by every live session.
+        Box::pin(self.end(ending)).await;
     }
 
     async fn run(&mut self) -> Ending {
@@ -127,7 +128,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connected<S> {
                     self.transport.unflushed = true;
                 }
                 Event::Flushed(Ok(())) => self.transport.unflushed = false,
-                Event::Read(Ok(_)) => {
+                Event::Read(Ok(read)) => {
+                    self.transport.read_done(read);
                     if let Err(ending) = self.read_packets() {
                         return ending;
                     }

@@ -42,15 +42,18 @@ where
     match auth {
         Err(refusal) => {
             let span = tracing::debug_span!("mqtt", %peer, refused = %refusal);
-            async move {
-                let mut transport = transport;
-                if let Some(connect) = read_connect(&mut transport, &broker.config, false).await {
-                    refuse_connect(&mut transport, connect.protocol_version, ReasonCode::NOT_AUTHORIZED);
-                    tracing::debug!(client_id = %connect.client_id, "refused device answered: not authorized");
+            // Boxed: the rare path does not make every connection's task larger.
+            Box::pin(
+                async move {
+                    let mut transport = transport;
+                    if let Some(connect) = read_connect(&mut transport, &broker.config, false).await {
+                        refuse_connect(&mut transport, connect.protocol_version, ReasonCode::NOT_AUTHORIZED);
+                        tracing::debug!(client_id = %connect.client_id, "refused device answered: not authorized");
+                    }
+                    transport.close().await;
                 }
-                transport.close().await;
-            }
-            .instrument(span)
+                .instrument(span),
+            )
             .await;
         }
         Ok(authenticated) => {
@@ -63,8 +66,10 @@ where
                 %peer,
             );
             async move {
+                // Boxed, so that the memory of the CONNECT exchange is given back once it is
+                // over rather than held by every connection for its life.
                 let expect = ExpectConnect::new(broker, transport, peer, authenticated);
-                if let Some(connected) = expect.accept().await {
+                if let Some(connected) = Box::pin(expect.accept()).await {
                     connected.serve().await;
                 }
             }

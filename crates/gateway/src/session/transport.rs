@@ -8,8 +8,12 @@ use bytes::BytesMut;
 use certfleet_mqtt::{Packet, ProtocolVersion, encode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 
-/// How much room is made in the read buffer before each read.
+/// How much room is made in the read buffer before each read while the client sends a lot.
 const READ_CHUNK: usize = 8 * 1024;
+
+/// How much room is made while it sends little (a CONNECT, an idle device's PINGREQ): most of a
+/// large fleet is idle, and 8 KiB of read buffer per idle connection would be half its memory.
+const SMALL_READ: usize = 512;
 
 /// Above this many bytes waiting to be written, no more messages are taken from the session.
 pub(crate) const TAKE_BELOW: usize = 64 * 1024;
@@ -27,12 +31,22 @@ pub(crate) struct Transport<S> {
     pub(crate) outbound: BytesMut,
     /// Bytes were written since the last flush.
     pub(crate) unflushed: bool,
+    /// The room the next read gets: [`READ_CHUNK`] after a read that filled much of its room,
+    /// [`SMALL_READ`] otherwise.
+    read_chunk: usize,
 }
 
 impl<S: AsyncRead + AsyncWrite> Transport<S> {
     pub(crate) fn new(stream: S) -> Self {
         let (reader, writer) = tokio::io::split(stream);
-        Transport { reader, writer, inbound: BytesMut::new(), outbound: BytesMut::new(), unflushed: false }
+        Transport {
+            reader,
+            writer,
+            inbound: BytesMut::new(),
+            outbound: BytesMut::new(),
+            unflushed: false,
+            read_chunk: SMALL_READ,
+        }
     }
 
     /// Appends `packet` to what is to be written.
@@ -42,15 +56,26 @@ impl<S: AsyncRead + AsyncWrite> Transport<S> {
         }
     }
 
-    /// Makes room in the read buffer for the next read.
+    /// Makes room in the read buffer for the next read; a client gone quiet gives back a large
+    /// buffer once everything in it is handled.
     pub(crate) fn reserve(&mut self) {
-        self.inbound.reserve(READ_CHUNK);
+        if self.read_chunk == SMALL_READ && self.inbound.is_empty() && self.inbound.capacity() > 2 * SMALL_READ {
+            self.inbound = BytesMut::new();
+        }
+        self.inbound.reserve(self.read_chunk);
+    }
+
+    /// Sizes the next read after one that brought `read` bytes.
+    pub(crate) fn read_done(&mut self, read: usize) {
+        self.read_chunk = if read >= SMALL_READ / 2 { READ_CHUNK } else { SMALL_READ };
     }
 
     /// Reads more bytes into the read buffer; `Ok(0)` when the client closed.
     pub(crate) async fn read(&mut self) -> std::io::Result<usize> {
         self.reserve();
-        self.reader.read_buf(&mut self.inbound).await
+        let read = self.reader.read_buf(&mut self.inbound).await?;
+        self.read_done(read);
+        Ok(read)
     }
 
     /// Writes what is left, then closes; a client that does not read gets [`CLOSE_GRACE`].
