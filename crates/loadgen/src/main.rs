@@ -61,6 +61,10 @@ pub struct AuditArgs {
     /// Signing threads while seeding (default: one per core).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// On PostgreSQL, do not VACUUM (ANALYZE) the certificates after seeding (as a server with
+    /// autovacuum off would leave them).
+    #[arg(long)]
+    pub no_vacuum: bool,
     #[arg(long)]
     pub json: bool,
 }
@@ -175,6 +179,7 @@ fn audit(args: &AuditArgs) -> anyhow::Result<()> {
         expiring_fraction: args.expiring_fraction,
         reuse: args.reuse,
         threads,
+        no_vacuum: args.no_vacuum,
     };
     let report = audit::run(&options);
     if args.drop_schema

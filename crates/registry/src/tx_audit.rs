@@ -522,8 +522,7 @@ impl Tx<'_> {
         limit: u32,
     ) -> Result<Vec<CertificateValidityRow>, Error> {
         let rows = self.conn.query(
-            "SELECT id, ca_certificate_id, not_before, not_after, created_at FROM certificates \
-             WHERE account_id = $1 AND status IN ('ACTIVE', 'PENDING_TRANSFER') AND id > $2 ORDER BY id LIMIT $3",
+            &active_scan("id, ca_certificate_id, not_before, not_after, created_at"),
             &[account.as_str().into(), after.map_or("", CertificateId::as_str).into(), i64::from(limit).into()],
         )?;
         rows.iter()
@@ -548,8 +547,7 @@ impl Tx<'_> {
         limit: u32,
     ) -> Result<Vec<(CertificateId, String)>, Error> {
         let rows = self.conn.query(
-            "SELECT id, pem FROM certificates WHERE account_id = $1 AND status IN ('ACTIVE', 'PENDING_TRANSFER') \
-             AND id > $2 ORDER BY id LIMIT $3",
+            &active_scan("id, pem"),
             &[account.as_str().into(), after.map_or("", CertificateId::as_str).into(), i64::from(limit).into()],
         )?;
         rows.iter().map(|row| Ok((cert_id(&row.text(0)?)?, row.text(1)?))).collect()
@@ -612,6 +610,25 @@ impl Tx<'_> {
         params.push((i64::from(limit.max(1)) + 1).into());
         self.conn.query(&sql, &params)
     }
+}
+
+/// One page of the account's ACTIVE or PENDING_TRANSFER certificates after an ID, by ID, selecting
+/// `columns` (binding `$1` account, `$2` after, `$3` limit).
+///
+/// Written as one ordered range per status, merged, rather than `status IN (...)`: each range is
+/// a prefix of the index on (account, status, id), so it is read in order and stops after
+/// `limit` rows whatever the planner knows. With the IN list, PostgreSQL without fresh
+/// statistics (a table just bulk-loaded, autovacuum off) chose a bitmap scan of every row after
+/// the cursor and a sort for each page: a check over a million certificates became quadratic.
+fn active_scan(columns: &str) -> String {
+    let range = |status: &str| {
+        format!(
+            "SELECT * FROM (SELECT {columns} FROM certificates WHERE account_id = $1 AND status = '{status}' \
+             AND id > $2 ORDER BY id LIMIT $3) AS {}",
+            status.to_lowercase()
+        )
+    };
+    format!("{} UNION ALL {} ORDER BY id LIMIT $3", range("ACTIVE"), range("PENDING_TRANSFER"))
 }
 
 /// The cursor after the last row of a page when there is one more row than `limit`.
