@@ -286,29 +286,45 @@ impl Tx<'_> {
 
     /// Adds a finding.
     pub fn insert_audit_finding(&mut self, finding: &AuditFinding) -> Result<(), Error> {
-        let related: Vec<String> = finding.related.iter().map(encode_resource).collect();
-        self.conn.execute(
-            &format!(
-                "INSERT INTO audit_findings ({FINDING_COLUMNS}) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
-            ),
-            &[
-                finding.account.as_str().into(),
-                finding.id.as_str().into(),
-                finding.task_id.as_str().into(),
-                finding.check_name.as_str().into(),
-                millis(finding.task_started_at).into(),
-                millis(finding.found_at).into(),
-                finding.severity.as_str().into(),
-                finding.resource.id.resource_type().into(),
-                finding.resource.id.key().into(),
-                encode_map(&finding.resource.additional_info).into(),
-                related.join("\n").into(),
-                finding.reason.as_str().into(),
-                finding.reason_code.as_str().into(),
-                i64::from(finding.suppressed).into(),
-            ],
-        )?;
+        self.insert_audit_findings(std::slice::from_ref(finding))
+    }
+
+    /// Adds findings, up to 500 per multi-row INSERT: a check over a million certificates may
+    /// find tens of thousands, and one statement (one round trip to PostgreSQL) each would
+    /// cost more than finding them.
+    pub fn insert_audit_findings(&mut self, findings: &[AuditFinding]) -> Result<(), Error> {
+        const ROWS: usize = 500;
+        const WIDTH: usize = 14;
+        for chunk in findings.chunks(ROWS) {
+            let mut values: Vec<Value> = Vec::with_capacity(chunk.len() * WIDTH);
+            let mut rows = Vec::with_capacity(chunk.len());
+            for finding in chunk {
+                let first = values.len() + 1;
+                let placeholders: Vec<String> = (first..first + WIDTH).map(|index| format!("${index}")).collect();
+                rows.push(format!("({})", placeholders.join(", ")));
+                let related: Vec<String> = finding.related.iter().map(encode_resource).collect();
+                values.extend([
+                    finding.account.as_str().into(),
+                    finding.id.as_str().into(),
+                    finding.task_id.as_str().into(),
+                    finding.check_name.as_str().into(),
+                    millis(finding.task_started_at).into(),
+                    millis(finding.found_at).into(),
+                    finding.severity.as_str().into(),
+                    finding.resource.id.resource_type().into(),
+                    finding.resource.id.key().into(),
+                    encode_map(&finding.resource.additional_info).into(),
+                    related.join("\n").into(),
+                    finding.reason.as_str().into(),
+                    finding.reason_code.as_str().into(),
+                    i64::from(finding.suppressed).into(),
+                ]);
+            }
+            self.conn.execute(
+                &format!("INSERT INTO audit_findings ({FINDING_COLUMNS}) VALUES {}", rows.join(", ")),
+                &values,
+            )?;
+        }
         Ok(())
     }
 
