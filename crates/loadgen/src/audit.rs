@@ -301,6 +301,9 @@ pub fn seed(
             });
         }
         drop(sender);
+        // Owned here, so that returning early (a write failed) drops it and the signing threads,
+        // which the scope waits for, stop at their next send instead of blocking on a full channel.
+        let receiver = receiver;
         let mut pending: Vec<DeviceCertificate> = Vec::with_capacity(WRITE_BATCH + ISSUE_BATCH);
         for batch in receiver.iter() {
             pending.extend(batch?);

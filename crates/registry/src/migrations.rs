@@ -406,7 +406,9 @@ CREATE INDEX rotations_by_deadline ON rotations(open, deadline);
         10,
         r#"
 DROP INDEX certificates_audit_status;
-CREATE INDEX certificates_audit_scan ON certificates(account_id, status, id, not_after, not_before, created_at, ca_certificate_id);
+CREATE INDEX certificates_audit_scan ON certificates(
+    account_id, status, id, not_after, not_before, created_at, ca_certificate_id
+);
 "#,
     ),
 ];
