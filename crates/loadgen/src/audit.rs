@@ -35,7 +35,7 @@ use anyhow::Context;
 use certfleet_pki::{Certificate, GeneratedKeyPair, Issuer, KeyAlgorithm};
 use certfleet_registry::{
     self as registry, AccountId, AuditCheckConfiguration, CertificateMode, CertificateStatus, DeviceCertificate,
-    PostgresStore, SqliteStore, Store, TransferData,
+    PageRequest, PostgresStore, SqliteStore, Store, TransferData,
 };
 use certfleet_services::{AuditConfigurationUpdate, CaRegistration, Caller, Config, Services, SystemClock};
 use time::{Duration, OffsetDateTime};
@@ -90,7 +90,7 @@ pub struct Options {
     /// The share of them that have expired or expire within 30 days (half each).
     pub expiring_fraction: f64,
     /// Time the check over the store's newest account as a previous run left it, without seeding,
-    /// when there is one.
+    /// when it holds device certificates (otherwise seed as usual).
     pub reuse: bool,
     /// Signing threads (at least 1).
     pub threads: usize,
@@ -231,9 +231,14 @@ fn vacuum(store: &StoreSpec) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The most recently created account of the store, if any.
+/// The most recently created account of the store, if it holds device certificates.
 fn newest_account(services: &Services) -> anyhow::Result<Option<AccountId>> {
-    Ok(services.list_accounts()?.into_iter().max_by_key(|account| account.created_at).map(|account| account.id))
+    let Some(account) = services.list_accounts()?.into_iter().max_by_key(|account| account.created_at) else {
+        return Ok(None);
+    };
+    let first = PageRequest { limit: 1, ascending: true, after: None };
+    let page = registry::read(services.store(), |tx| tx.list_certificates(&account.id, &first))?;
+    Ok((!page.items.is_empty()).then_some(account.id))
 }
 
 /// Creates an account, registers `issuer` in it, and seeds `certificates` device certificates

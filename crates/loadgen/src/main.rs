@@ -55,7 +55,7 @@ pub struct AuditArgs {
     /// The share of them expired or expiring within 30 days (the findings expected).
     #[arg(long, default_value_t = 0.01)]
     pub expiring_fraction: f64,
-    /// Do not seed when the store already has an account: time the check over its newest one.
+    /// Do not seed when the store's newest account holds certificates: time the check over them again.
     #[arg(long)]
     pub reuse: bool,
     /// Signing threads while seeding (default: one per core).
