@@ -33,6 +33,40 @@ enum Command {
     /// The in-process ceiling: rustls mutual-TLS 1.3 handshakes in memory on one thread (ECDSA
     /// P-256, X25519), per core-second and per server-side core-second.
     Ceiling(CeilingArgs),
+    /// Seed one account of a registry with device certificates (a share of them expiring) and time
+    /// DEVICE_CERTIFICATE_EXPIRING_CHECK over them, run as an on-demand audit task runs.
+    Audit(AuditArgs),
+}
+
+#[derive(clap::Args)]
+pub struct AuditArgs {
+    /// The registry: `sqlite:<path>` or a `postgres://` URL.
+    #[arg(long)]
+    pub store: String,
+    /// With PostgreSQL, work in this schema (created if missing).
+    #[arg(long)]
+    pub schema: Option<String>,
+    /// With --schema, drop the schema when done.
+    #[arg(long, requires = "schema")]
+    pub drop_schema: bool,
+    /// Device certificates to seed into one new account.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub certificates: u64,
+    /// The share of them expired or expiring within 30 days (the findings expected).
+    #[arg(long, default_value_t = 0.01)]
+    pub expiring_fraction: f64,
+    /// Do not seed when the store's newest account holds certificates: time the check over them again.
+    #[arg(long)]
+    pub reuse: bool,
+    /// Signing threads while seeding (default: one per core).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// On PostgreSQL, do not VACUUM (ANALYZE) the certificates after seeding (as a server with
+    /// autovacuum off would leave them).
+    #[arg(long)]
+    pub no_vacuum: bool,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(clap::Args)]
@@ -112,6 +146,9 @@ fn main() -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    if let Command::Audit(args) = &cli.command {
+        return audit(args);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {
         Command::Api(args) => {
@@ -128,8 +165,35 @@ fn main() -> anyhow::Result<()> {
             print(&report, args.json);
             Ok(())
         }
-        Command::Ceiling(_) => Ok(()),
+        Command::Ceiling(_) | Command::Audit(_) => Ok(()),
     }
+}
+
+fn audit(args: &AuditArgs) -> anyhow::Result<()> {
+    use certfleet_loadgen::audit;
+    let store = audit::StoreSpec::parse(&args.store, args.schema.clone())?;
+    let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
+    let options = audit::Options {
+        store: store.clone(),
+        certificates: args.certificates,
+        expiring_fraction: args.expiring_fraction,
+        reuse: args.reuse,
+        threads,
+        no_vacuum: args.no_vacuum,
+    };
+    let report = audit::run(&options);
+    if args.drop_schema
+        && let audit::StoreSpec::Postgres { url, schema } = &store
+    {
+        certfleet_registry::PostgresStore::open(url, schema.as_deref())?.drop_schema()?;
+    }
+    let report = report?;
+    if args.json {
+        println!("{}", report.to_json());
+    } else {
+        println!("{}", report.to_table());
+    }
+    Ok(())
 }
 
 fn print(report: &report::Report, json: bool) {

@@ -21,6 +21,10 @@ const CERT_COLUMNS: &str = "account_id, id, pem, ca_certificate_id, status, mode
      transfer_pending_to, transfer_message, transfer_reject_reason, transfer_date, \
      transfer_accept_date, transfer_reject_date";
 
+/// Rows per multi-row INSERT of [`Tx::insert_certificates`]: 500 rows of 19 values stay well under
+/// SQLite's 32,766 and PostgreSQL's 65,535 bound parameters.
+const BULK_ROWS: usize = 500;
+
 impl<'a> Tx<'a> {
     pub(crate) fn new(conn: &'a mut dyn Conn) -> Self {
         Tx { conn }
@@ -276,6 +280,29 @@ impl<'a> Tx<'a> {
             ),
             &values,
         )?;
+        Ok(())
+    }
+
+    /// Adds many device certificates with multi-row INSERTs of up to 500 rows: the same
+    /// rows [`Tx::insert_certificate`] writes, one statement per chunk instead of one per
+    /// certificate. For bulk loads (the load tool seeds a million certificates with it), where a
+    /// round trip per row would dominate; the caller keeps the change feed up to date if it must.
+    pub fn insert_certificates(&mut self, certs: &[DeviceCertificate]) -> Result<(), Error> {
+        for chunk in certs.chunks(BULK_ROWS) {
+            let mut values = Vec::with_capacity(chunk.len() * 19);
+            let mut rows = Vec::with_capacity(chunk.len());
+            for cert in chunk {
+                let first = values.len() + 1;
+                let placeholders: Vec<String> = (first..first + 19).map(|index| format!("${index}")).collect();
+                rows.push(format!("({})", placeholders.join(", ")));
+                let mut row = cert_values(cert);
+                row.truncate(13);
+                row.extend(transfer_values(&cert.transfer));
+                values.extend(row);
+            }
+            self.conn
+                .execute(&format!("INSERT INTO certificates ({CERT_COLUMNS}) VALUES {}", rows.join(", ")), &values)?;
+        }
         Ok(())
     }
 

@@ -241,9 +241,7 @@ impl Services {
                         if current.status != AuditTaskStatus::InProgress {
                             return Ok(false);
                         }
-                        for finding in &findings {
-                            tx.insert_audit_finding(finding)?;
-                        }
+                        tx.insert_audit_findings(&findings)?;
                         tx.put_audit_check_run(&run)?;
                         Ok::<_, Error>(true)
                     })?;
