@@ -85,6 +85,8 @@ pub struct Endpoints {
     /// Encrypts this node's TLS session tickets (keys rotated by rustls every 6 hours).
     tickets: Arc<dyn rustls::server::ProducesTickets>,
     by_sni: Mutex<HashMap<String, Arc<Endpoint>>>,
+    /// Held while an endpoint is built (see [`Endpoints::resolve`]).
+    building: tokio::sync::Mutex<()>,
     counters: Mutex<HashMap<ChainKey, Arc<Counters>>>,
     drains: Mutex<HashMap<ConfigKey, Drain>>,
 }
@@ -104,6 +106,7 @@ impl Endpoints {
             tickets: rustls::crypto::aws_lc_rs::Ticketer::new()
                 .expect("the system random generator works (aws-lc-rs seeds itself at start)"),
             by_sni: Mutex::new(HashMap::new()),
+            building: tokio::sync::Mutex::new(()),
             counters: Mutex::new(HashMap::new()),
             drains: Mutex::new(HashMap::new()),
         })
@@ -113,6 +116,13 @@ impl Endpoints {
     /// or for a name that names nothing).
     pub async fn resolve(self: &Arc<Self>, sni: Option<&str>) -> Result<Arc<Endpoint>, certfleet_services::Error> {
         let key = sni.unwrap_or("").to_ascii_lowercase();
+        if let Some(found) = lock(&self.by_sni).get(&key) {
+            return Ok(found.clone());
+        }
+        // One build at a time: the connections of a storm that all miss the cache at once wait
+        // for the first one's build (unsealing keys, a rustls configuration) instead of each
+        // doing it on a blocking thread of its own.
+        let _building = self.building.lock().await;
         if let Some(found) = lock(&self.by_sni).get(&key) {
             return Ok(found.clone());
         }

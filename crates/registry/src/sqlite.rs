@@ -2,7 +2,7 @@
 //! read-only connections, so reads never wait for writes.
 
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
 
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, ErrorCode, OpenFlags, TransactionBehavior};
@@ -15,8 +15,21 @@ use crate::{Error, Store, Tx};
 pub struct SqliteStore {
     path: std::path::PathBuf,
     writer: Mutex<Connection>,
-    readers: Mutex<Vec<Connection>>,
+    readers: Mutex<Readers>,
+    /// Signalled when a reader is handed back.
+    reader_returned: Condvar,
 }
+
+/// The read-only connections: at most [`MAX_READERS`] exist, each with its own page cache, so a
+/// burst of concurrent reads (a reconnect storm's registry lookups, each on a blocking thread)
+/// waits for a connection instead of opening one per thread and keeping them all.
+struct Readers {
+    idle: Vec<Connection>,
+    open: usize,
+}
+
+/// The most read-only connections open at once.
+const MAX_READERS: usize = 8;
 
 impl SqliteStore {
     /// Opens (creating with 0600 permissions if needed) the database file at `path` and applies
@@ -31,17 +44,46 @@ impl SqliteStore {
         // memory instead of re-reading them from the file for every batch.
         writer.pragma_update(None, "cache_size", -32_768).map_err(Error::Sqlite)?;
         migrate(&writer)?;
-        Ok(SqliteStore { path: path.to_owned(), writer: Mutex::new(writer), readers: Mutex::new(Vec::new()) })
+        Ok(SqliteStore {
+            path: path.to_owned(),
+            writer: Mutex::new(writer),
+            readers: Mutex::new(Readers { idle: Vec::new(), open: 0 }),
+            reader_returned: Condvar::new(),
+        })
     }
 
+    /// An idle reader, a new one while fewer than [`MAX_READERS`] are open, or the next one
+    /// handed back.
     fn reader(&self) -> Result<Connection, Error> {
-        if let Some(connection) = self.readers.lock().map_err(poisoned)?.pop() {
-            return Ok(connection);
+        let mut readers = self.readers.lock().map_err(poisoned)?;
+        loop {
+            if let Some(connection) = readers.idle.pop() {
+                return Ok(connection);
+            }
+            if readers.open < MAX_READERS {
+                readers.open += 1;
+                break;
+            }
+            readers = self.reader_returned.wait(readers).map_err(poisoned)?;
         }
-        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
-        let connection = Connection::open_with_flags(&self.path, flags).map_err(Error::Sqlite)?;
-        configure(&connection, true)?;
-        Ok(connection)
+        drop(readers);
+        let opened = (|| {
+            let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
+            let connection = Connection::open_with_flags(&self.path, flags).map_err(Error::Sqlite)?;
+            configure(&connection, true)?;
+            Ok(connection)
+        })();
+        if opened.is_err() {
+            self.readers.lock().map_err(poisoned)?.open -= 1;
+            self.reader_returned.notify_one();
+        }
+        opened
+    }
+
+    fn hand_back(&self, connection: Connection) -> Result<(), Error> {
+        self.readers.lock().map_err(poisoned)?.idle.push(connection);
+        self.reader_returned.notify_one();
+        Ok(())
     }
 }
 
@@ -62,7 +104,7 @@ impl Store for SqliteStore {
             work(&mut Tx::new(&mut conn))?;
             transaction.commit().map_err(Error::Sqlite)
         })();
-        self.readers.lock().map_err(poisoned)?.push(connection);
+        self.hand_back(connection)?;
         result
     }
 

@@ -1247,3 +1247,29 @@ fn topic_rules_round_trip_filter_page_and_feed_changes() {
         assert!(read(store, |tx| tx.get_topic_rule(&bob.id, "a")).unwrap().is_some());
     });
 }
+
+/// Many threads reading at once share a bounded set of SQLite read connections: every read
+/// completes, none fails for want of a connection, and the writer is never blocked by them.
+#[test]
+fn concurrent_reads_share_a_bounded_reader_pool() {
+    let dir = std::env::temp_dir().join(format!("certfleet-registry-readers-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let store = SqliteStore::open(&dir.join("registry.db")).unwrap();
+    let alice = account("222222222222", "alice");
+    setup(&store, &[&alice]);
+    std::thread::scope(|scope| {
+        let readers: Vec<_> = (0..32)
+            .map(|_| {
+                scope.spawn(|| {
+                    for _ in 0..20 {
+                        assert_eq!(read(&store, |tx| tx.list_accounts()).unwrap(), vec![alice.clone()]);
+                    }
+                })
+            })
+            .collect();
+        for reader in readers {
+            reader.join().unwrap();
+        }
+    });
+    std::fs::remove_dir_all(&dir).unwrap();
+}
