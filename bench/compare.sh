@@ -252,8 +252,11 @@ w("shared machine. Mosquitto is single-threaded (one event loop, one core at mos
 w("where the load tool takes the other core, wall-clock rates favour neither much, but on bigger machines")
 w("certfleet's multi-threaded runtime can use cores Mosquitto cannot; the per-CPU-s figures compare the")
 w("work per unit of CPU regardless. Mosquitto is configured to drop nothing (`max_queued_messages`")
-w("10,000,000), certfleet keeps AWS's bound (1,000 queued messages per session) and drops past it; both")
-w("allow 100 QoS 1 messages in flight per client. certfleet's IoT policies: "
+w("10,000,000). certfleet keeps AWS's bound (1,000 queued messages per session) but applies flow control")
+w("through the broker: a publisher whose messages fill a connected subscriber's queue is not read from")
+w("until the queue is half empty (a subscriber that stays stuck for 2 s is dropped past the bound instead);")
+w("both allow 100 QoS 1 messages in flight per client. Both offer TLS 1.3 session tickets (certfleet:")
+w("stateless, one per full handshake). certfleet's IoT policies: "
   f"**{sizes['policies']}** (an allow-all policy on every device); Mosquitto has no ACL.")
 w("")
 
