@@ -17,7 +17,7 @@ cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; w
 trap cleanup EXIT
 
 cargo build --release --locked -q -p certfleet -p certfleet-loadgen
-bin=target/release
+bin=${CARGO_TARGET_DIR:-target}/release
 if [ ! -x .venv-bench/bin/moto_server ]; then
   python3 -m venv .venv-bench
   .venv-bench/bin/pip install --quiet --disable-pip-version-check 'moto[server]'

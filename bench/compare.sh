@@ -61,7 +61,7 @@ fi
 
 command -v mosquitto >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto; }
 cargo build --release --locked -q -p certfleet -p certfleet-loadgen
-bin=target/release
+bin=${CARGO_TARGET_DIR:-target}/release
 loadgen=$bin/certfleet-loadgen
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
@@ -291,8 +291,9 @@ cpu = ratio(get("FanOut", "certfleet", "requests_per_server_cpu_second"), get("F
 w(f"| fan-out 1-to-1000 ≥ 1x Mosquitto | 1 to {sizes['fanout_subscribers']}: {fmt(wall, 2)}x wall-clock, {fmt(cpu, 2)}x per CPU-s | {status(wall >= 1 if wall else None, int(sizes['fanout_subscribers']) >= 1000)} |")
 idle = runs("Idle", "certfleet")
 established = min((r["ok"] for r in idle), default=None)
-per_conn = median([detail(r, "server_rss_per_connection_kib") for r in idle])
-w(f"| 50,000 idle connections at ≤ 16 KiB server memory each | certfleet: {fmt(established)} of {sizes['idle_connections']} established (worst round), {fmt(per_conn, 1)} KiB RSS per connection | {status(per_conn <= 16 and established >= int(sizes['idle_connections']) if per_conn is not None and established is not None else None, int(sizes['idle_connections']) >= 50000)} |")
+# The worst round, not the median: a later round reuses memory an earlier one left behind.
+per_conn = max((detail(r, "server_rss_per_connection_kib") for r in idle if detail(r, "server_rss_per_connection_kib") is not None), default=None)
+w(f"| 50,000 idle connections at ≤ 16 KiB server memory each | certfleet: {fmt(established)} of {sizes['idle_connections']} established (worst round), {fmt(per_conn, 1)} KiB RSS per connection (worst round) | {status(per_conn <= 16 and established >= int(sizes['idle_connections']) if per_conn is not None and established is not None else None, int(sizes['idle_connections']) >= 50000)} |")
 revocation = runs("Revocation", "certfleet")
 p99 = get("Revocation", "certfleet", "p99_ms")
 not_closed = sum(detail(r, "not_closed") or 0 for r in revocation)

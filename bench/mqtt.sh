@@ -18,7 +18,7 @@ trap cleanup EXIT
 
 command -v mosquitto >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto; }
 cargo build --release --locked -q -p certfleet -p certfleet-loadgen
-bin=target/release
+bin=${CARGO_TARGET_DIR:-target}/release
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # certfleet, and 64 device identities made through its API (saved for Mosquitto).

@@ -14,7 +14,7 @@ pids=()
 cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 cargo build --release --locked -q -p certfleet -p certfleet-loadgen
-bin=target/release
+bin=${CARGO_TARGET_DIR:-target}/release
 
 start() { # name, extra config
   local name=$1 config=$2

@@ -457,6 +457,9 @@ def test_migration_drain_report_revert_and_guard(server, openssl):
         assert failed and int(failed[0].rsplit(" ", 1)[1]) >= 100, failed
         assert f'certfleet_endpoint_connected{{account="{report["domainConfigurationArn"].split(":")[4]}",configuration="{name}",chain="{id_b}"}} 100' in metrics
         assert f'configuration="{name}",state="closed"}} 200' in metrics
+        # The broker's delivery counters are exported too; nothing was dropped for a slow reader.
+        assert "# TYPE certfleet_broker_routed_total counter" in metrics
+        assert "certfleet_broker_dropped_queue_full_total 0" in metrics
 
         text = server.certfleet("endpoint", "status", name, "--data-dir", str(server.data_dir)).stdout
         assert "not back: old-only-000" in text and "came back on the new chain: 100" in text

@@ -290,6 +290,7 @@ async fn start_gateway(
     );
     // Just-in-time registration events are published into the account's topic space.
     gateway.registry.attach_events(broker.clone());
+    gateway.attach_broker(&broker);
     let rotation = crate::audit_worker::start(
         services.clone(),
         broker.clone(),

@@ -69,6 +69,8 @@ pub struct Gateway {
     /// The topic rules this node runs (and where system rules are installed), kept true by the
     /// change feed.
     pub rules: Arc<crate::rules::RuleBook>,
+    /// The broker built on this gateway, for its counters in the metrics (attached once built).
+    broker: std::sync::OnceLock<std::sync::Weak<crate::Broker>>,
 }
 
 impl Gateway {
@@ -103,7 +105,19 @@ impl Gateway {
             metrics: Arc::new(Metrics::default()),
             authorizer,
             endpoints,
+            broker: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Attaches the broker built on this gateway (its counters join the metrics). A second
+    /// call is ignored.
+    pub fn attach_broker(&self, broker: &Arc<crate::Broker>) {
+        let _ = self.broker.set(Arc::downgrade(broker));
+    }
+
+    /// The broker built on this gateway, if attached and alive.
+    pub fn broker(&self) -> Option<Arc<crate::Broker>> {
+        self.broker.get().and_then(std::sync::Weak::upgrade)
     }
 
     /// Accepts connections until `shutdown` turns true, handing each authenticated stream to

@@ -75,6 +75,45 @@ pub fn render(gateway: &crate::Gateway) -> String {
     for (reason, count) in metrics.refusals() {
         let _ = writeln!(out, "certfleet_gateway_refusals_total{{reason=\"{reason}\"}} {count}");
     }
+    if let Some(broker) = gateway.broker() {
+        let counters = broker.counters();
+        let mut broker_counter = |name: &str, help: &str, value: &AtomicU64| {
+            let _ = writeln!(
+                out,
+                "# HELP certfleet_broker_{name}_total {help}\n# TYPE certfleet_broker_{name}_total counter\ncertfleet_broker_{name}_total {}",
+                load(value)
+            );
+        };
+        broker_counter("routed", "Messages routed on this node.", &counters.routed);
+        broker_counter("queued", "Messages queued for a subscriber.", &counters.queued);
+        broker_counter(
+            "dropped_slow_qos0",
+            "QoS 0 messages dropped: a stalled subscriber's queue was full.",
+            &counters.dropped_slow_qos0,
+        );
+        broker_counter(
+            "dropped_queue_full",
+            "QoS 1 and 2 messages dropped: the session's queue was full (offline, or a stalled subscriber).",
+            &counters.dropped_queue_full,
+        );
+        broker_counter(
+            "dropped_offline_qos0",
+            "QoS 0 messages for offline sessions (never kept).",
+            &counters.dropped_offline_qos0,
+        );
+        broker_counter("dropped_expired", "Messages that expired before they were sent.", &counters.dropped_expired);
+        broker_counter(
+            "dropped_too_large",
+            "Messages over the subscriber's Maximum Packet Size.",
+            &counters.dropped_too_large,
+        );
+        broker_counter(
+            "dropped_not_authorized",
+            "Deliveries the subscriber's policies refused.",
+            &counters.dropped_not_authorized,
+        );
+        broker_counter("takeovers", "Connections closed because another took their client ID.", &counters.takeovers);
+    }
     gateway.endpoints.render_metrics(&mut out);
     crate::rules::render_metrics(&gateway.rules.counters, &mut out);
     out
