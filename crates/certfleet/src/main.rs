@@ -18,12 +18,6 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::{Config, Overrides};
 
-/// mimalloc rather than the C library's allocator: a connection's handshake, certificate parse and
-/// session allocate and free many small objects across two or more threads, where glibc's malloc
-/// cost about 12 % of the gateway's CPU in a connect storm (profile in docs/benchmarks.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(name = "certfleet", version, about = "A self-hosted, AWS IoT-compatible device-identity plane")]
 struct Cli {
