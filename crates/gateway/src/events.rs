@@ -6,6 +6,7 @@
 //! certificate, and when) for the audits.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use certfleet_mqtt::{PayloadFormat, Properties, QoS, TopicName};
@@ -13,6 +14,7 @@ use certfleet_pki::CertificateId;
 use certfleet_registry::{AccountId, DeviceCertificate};
 use time::OffsetDateTime;
 
+use crate::broker::Broker;
 use crate::fabric::Message;
 use crate::identity::Identity;
 
@@ -104,35 +106,63 @@ pub(crate) struct Lifecycle<'a> {
     pub(crate) version_number: u64,
 }
 
-/// The `connected` event, or `None` for a client ID that cannot be a topic level (AWS publishes no
-/// events for client IDs holding `+` or `#`).
-pub(crate) fn connected(lifecycle: &Lifecycle<'_>, at: OffsetDateTime) -> Option<Message> {
-    let payload = serde_json::json!({
-        "clientId": lifecycle.client_id,
-        "timestamp": millis(at),
-        "eventType": "connected",
-        "sessionIdentifier": lifecycle.session_identifier,
-        "principalIdentifier": lifecycle.identity.certificate_id.to_string(),
-        "ipAddress": lifecycle.peer.ip().to_string(),
-        "versionNumber": lifecycle.version_number,
+/// Publishes the `connected` event (see [`publish_presence`]).
+pub(crate) fn publish_connected(broker: &Broker, lifecycle: &Lifecycle<'_>, at: OffsetDateTime) {
+    publish_presence(broker, lifecycle, "connected", || {
+        serde_json::json!({
+            "clientId": lifecycle.client_id,
+            "timestamp": millis(at),
+            "eventType": "connected",
+            "sessionIdentifier": lifecycle.session_identifier,
+            "principalIdentifier": lifecycle.identity.certificate_id.to_string(),
+            "ipAddress": lifecycle.peer.ip().to_string(),
+            "versionNumber": lifecycle.version_number,
+        })
     });
-    event("connected", lifecycle.client_id, payload)
 }
 
-/// The `disconnected` event (see [`connected`]).
-pub(crate) fn disconnected(lifecycle: &Lifecycle<'_>, at: OffsetDateTime, reason: DisconnectReason) -> Option<Message> {
-    let payload = serde_json::json!({
-        "clientId": lifecycle.client_id,
-        "timestamp": millis(at),
-        "eventType": "disconnected",
-        "clientInitiatedDisconnect": reason == DisconnectReason::ClientInitiatedDisconnect,
-        "sessionIdentifier": lifecycle.session_identifier,
-        "principalIdentifier": lifecycle.identity.certificate_id.to_string(),
-        "ipAddress": lifecycle.peer.ip().to_string(),
-        "disconnectReason": reason.as_str(),
-        "versionNumber": lifecycle.version_number,
+/// Publishes the `disconnected` event (see [`publish_presence`]).
+pub(crate) fn publish_disconnected(
+    broker: &Broker,
+    lifecycle: &Lifecycle<'_>,
+    at: OffsetDateTime,
+    reason: DisconnectReason,
+) {
+    publish_presence(broker, lifecycle, "disconnected", || {
+        serde_json::json!({
+            "clientId": lifecycle.client_id,
+            "timestamp": millis(at),
+            "eventType": "disconnected",
+            "clientInitiatedDisconnect": reason == DisconnectReason::ClientInitiatedDisconnect,
+            "sessionIdentifier": lifecycle.session_identifier,
+            "principalIdentifier": lifecycle.identity.certificate_id.to_string(),
+            "ipAddress": lifecycle.peer.ip().to_string(),
+            "disconnectReason": reason.as_str(),
+            "versionNumber": lifecycle.version_number,
+        })
     });
-    event("disconnected", lifecycle.client_id, payload)
+}
+
+/// Publishes a lifecycle event on `$aws/events/presence/<kind>/<clientId>`, its payload built
+/// only when someone, on any node, subscribes to that topic. None for a client ID that cannot
+/// be a topic level (AWS publishes no events for client IDs holding `+` or `#`).
+fn publish_presence(
+    broker: &Broker,
+    lifecycle: &Lifecycle<'_>,
+    kind: &str,
+    payload: impl FnOnce() -> serde_json::Value,
+) {
+    if lifecycle.client_id.contains(['+', '#']) {
+        return;
+    }
+    let account = &lifecycle.identity.account;
+    let topic = format!("$aws/events/presence/{kind}/{}", lifecycle.client_id);
+    if !broker.has_subscriber(account, &topic) {
+        return;
+    }
+    if let Ok(topic) = TopicName::new(topic) {
+        broker.publish(account, Arc::new(json_message(topic, payload())));
+    }
 }
 
 /// AWS IoT's just-in-time registration event for `certificate`, registered PENDING_ACTIVATION
@@ -153,19 +183,6 @@ pub fn certificate_registered(
     });
     let topic = TopicName::new(format!("$aws/events/certificates/registered/{ca}")).ok()?;
     Some(json_message(topic, payload))
-}
-
-fn event(kind: &str, client_id: &str, payload: serde_json::Value) -> Option<Message> {
-    if client_id.contains(['+', '#']) {
-        return None;
-    }
-    let topic = TopicName::new(presence_topic(kind, client_id)).ok()?;
-    Some(json_message(topic, payload))
-}
-
-/// The topic of a lifecycle event (`kind`: `connected` or `disconnected`).
-pub(crate) fn presence_topic(kind: &str, client_id: &str) -> String {
-    format!("$aws/events/presence/{kind}/{client_id}")
 }
 
 /// An event: JSON, QoS 1, published by the broker itself.

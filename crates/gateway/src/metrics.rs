@@ -44,25 +44,20 @@ pub fn render(gateway: &crate::Gateway) -> String {
     use std::fmt::Write;
     let metrics = &gateway.metrics;
     let mut out = String::with_capacity(4096);
-    let mut counter = |name: &str, help: &str, value: u64| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
-    };
-    counter(
-        "certfleet_gateway_connections_accepted_total",
-        "TCP connections accepted.",
-        load(&metrics.connections_accepted),
+    counters(
+        &mut out,
+        "certfleet_gateway",
+        &[
+            ("connections_accepted", "TCP connections accepted.", &metrics.connections_accepted),
+            (
+                "connections_over_limit",
+                "TCP connections closed at accept: the gateway was full.",
+                &metrics.connections_over_limit,
+            ),
+            ("handshakes_completed", "TLS handshakes completed.", &metrics.handshakes_completed),
+            ("handshakes_failed", "TLS handshakes failed.", &metrics.handshakes_failed),
+        ],
     );
-    counter(
-        "certfleet_gateway_connections_over_limit_total",
-        "TCP connections closed at accept: the gateway was full.",
-        load(&metrics.connections_over_limit),
-    );
-    counter(
-        "certfleet_gateway_handshakes_completed_total",
-        "TLS handshakes completed.",
-        load(&metrics.handshakes_completed),
-    );
-    counter("certfleet_gateway_handshakes_failed_total", "TLS handshakes failed.", load(&metrics.handshakes_failed));
     let _ = writeln!(
         out,
         "# HELP certfleet_gateway_sessions Authenticated connections on this node.\n# TYPE certfleet_gateway_sessions gauge\ncertfleet_gateway_sessions {}",
@@ -76,47 +71,43 @@ pub fn render(gateway: &crate::Gateway) -> String {
         let _ = writeln!(out, "certfleet_gateway_refusals_total{{reason=\"{reason}\"}} {count}");
     }
     if let Some(broker) = gateway.broker() {
-        let counters = broker.counters();
-        let mut broker_counter = |name: &str, help: &str, value: &AtomicU64| {
-            let _ = writeln!(
-                out,
-                "# HELP certfleet_broker_{name}_total {help}\n# TYPE certfleet_broker_{name}_total counter\ncertfleet_broker_{name}_total {}",
-                load(value)
-            );
-        };
-        broker_counter("routed", "Messages routed on this node.", &counters.routed);
-        broker_counter("queued", "Messages queued for a subscriber.", &counters.queued);
-        broker_counter(
-            "dropped_slow_qos0",
-            "QoS 0 messages dropped: a stalled subscriber's queue was full.",
-            &counters.dropped_slow_qos0,
+        let c = broker.counters();
+        counters(
+            &mut out,
+            "certfleet_broker",
+            &[
+                ("routed", "Messages routed on this node.", &c.routed),
+                ("queued", "Messages queued for a subscriber.", &c.queued),
+                (
+                    "dropped_slow_qos0",
+                    "QoS 0 messages dropped: a stalled subscriber's queue was full.",
+                    &c.dropped_slow_qos0,
+                ),
+                (
+                    "dropped_queue_full",
+                    "QoS 1 and 2 messages dropped: the session's queue was full (offline, or a stalled subscriber).",
+                    &c.dropped_queue_full,
+                ),
+                ("dropped_offline_qos0", "QoS 0 messages for offline sessions (never kept).", &c.dropped_offline_qos0),
+                ("dropped_expired", "Messages that expired before they were sent.", &c.dropped_expired),
+                ("dropped_too_large", "Messages over the subscriber's Maximum Packet Size.", &c.dropped_too_large),
+                ("dropped_not_authorized", "Deliveries the subscriber's policies refused.", &c.dropped_not_authorized),
+                ("takeovers", "Connections closed because another took their client ID.", &c.takeovers),
+            ],
         );
-        broker_counter(
-            "dropped_queue_full",
-            "QoS 1 and 2 messages dropped: the session's queue was full (offline, or a stalled subscriber).",
-            &counters.dropped_queue_full,
-        );
-        broker_counter(
-            "dropped_offline_qos0",
-            "QoS 0 messages for offline sessions (never kept).",
-            &counters.dropped_offline_qos0,
-        );
-        broker_counter("dropped_expired", "Messages that expired before they were sent.", &counters.dropped_expired);
-        broker_counter(
-            "dropped_too_large",
-            "Messages over the subscriber's Maximum Packet Size.",
-            &counters.dropped_too_large,
-        );
-        broker_counter(
-            "dropped_not_authorized",
-            "Deliveries the subscriber's policies refused.",
-            &counters.dropped_not_authorized,
-        );
-        broker_counter("takeovers", "Connections closed because another took their client ID.", &counters.takeovers);
     }
     gateway.endpoints.render_metrics(&mut out);
     crate::rules::render_metrics(&gateway.rules.counters, &mut out);
     out
+}
+
+/// Counters in the Prometheus text format, each `<prefix>_<name>_total` with its help text.
+pub(crate) fn counters(out: &mut String, prefix: &str, table: &[(&str, &str, &AtomicU64)]) {
+    use std::fmt::Write;
+    for (name, help, value) in table {
+        let name = format!("{prefix}_{name}_total");
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", load(value));
+    }
 }
 
 fn load(counter: &AtomicU64) -> u64 {

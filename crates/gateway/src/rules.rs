@@ -133,21 +133,25 @@ pub struct RulesCounters {
 
 /// The engine's counters in the Prometheus text format.
 pub fn render_metrics(counters: &RulesCounters, out: &mut String) {
-    use std::fmt::Write;
-    for (name, help, value) in [
-        ("queued", "Device messages queued for the rules.", &counters.queued),
-        ("dropped_queue_full", "Messages not run through the rules: the queue was full.", &counters.dropped_queue_full),
-        ("matched", "Rule evaluations that produced an output.", &counters.matched),
-        ("republished", "Messages republished by rules.", &counters.republished),
-        ("http_succeeded", "http actions answered with 2xx.", &counters.http_succeeded),
-        ("actions_failed", "Rule actions that failed.", &counters.actions_failed),
-        ("error_actions", "Error actions run.", &counters.error_actions),
-        ("loop_capped", "Republished messages not fed back: the loop cap was reached.", &counters.loop_capped),
-        ("system_deliveries", "Outputs handed to system rule sinks.", &counters.system_deliveries),
-    ] {
-        let name = format!("certfleet_rules_{name}_total");
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", value.load(Ordering::Relaxed));
-    }
+    crate::metrics::counters(
+        out,
+        "certfleet_rules",
+        &[
+            ("queued", "Device messages queued for the rules.", &counters.queued),
+            (
+                "dropped_queue_full",
+                "Messages not run through the rules: the queue was full.",
+                &counters.dropped_queue_full,
+            ),
+            ("matched", "Rule evaluations that produced an output.", &counters.matched),
+            ("republished", "Messages republished by rules.", &counters.republished),
+            ("http_succeeded", "http actions answered with 2xx.", &counters.http_succeeded),
+            ("actions_failed", "Rule actions that failed.", &counters.actions_failed),
+            ("error_actions", "Error actions run.", &counters.error_actions),
+            ("loop_capped", "Republished messages not fed back: the loop cap was reached.", &counters.loop_capped),
+            ("system_deliveries", "Outputs handed to system rule sinks.", &counters.system_deliveries),
+        ],
+    );
 }
 
 /// A tenant rule as the runner holds it.

@@ -35,7 +35,7 @@ use anyhow::Context;
 use certfleet_pki::{Certificate, GeneratedKeyPair, Issuer, KeyAlgorithm};
 use certfleet_registry::{
     self as registry, AccountId, AuditCheckConfiguration, CertificateMode, CertificateStatus, DeviceCertificate,
-    PageRequest, PostgresStore, SqliteStore, Store, TransferData,
+    PageRequest, PostgresStore, SqliteStore, Store,
 };
 use certfleet_services::{AuditConfigurationUpdate, CaRegistration, Caller, Config, Services, SystemClock};
 use time::{Duration, OffsetDateTime};
@@ -333,22 +333,15 @@ fn row(
     certificate: &Certificate,
     now: OffsetDateTime,
 ) -> DeviceCertificate {
-    DeviceCertificate {
-        account: account.clone(),
-        id: certificate.id().clone(),
-        pem: certificate.to_pem(),
-        ca_certificate_id: Some(ca_id.clone()),
-        status: CertificateStatus::Active,
-        mode: CertificateMode::Default,
-        previous_owner: None,
-        generation_id: generation_id(certificate),
-        customer_version: 1,
-        not_before: certificate.not_before(),
-        not_after: certificate.not_after(),
-        created_at: now,
-        last_modified: now,
-        transfer: TransferData::default(),
-    }
+    DeviceCertificate::registered(
+        account.clone(),
+        certificate,
+        Some(ca_id.clone()),
+        CertificateStatus::Active,
+        CertificateMode::Default,
+        generation_id(certificate),
+        now,
+    )
 }
 
 /// A UUID version 4 in form, taken from the certificate's ID (itself a hash, so as good as random

@@ -181,6 +181,38 @@ pub struct DeviceCertificate {
     pub transfer: TransferData,
 }
 
+impl DeviceCertificate {
+    /// The record of `certificate` newly registered (or issued) in `account` at `now`: its ID,
+    /// PEM and validity from the certificate, version 1, no transfer. Every way a certificate
+    /// enters the registry builds its row here.
+    pub fn registered(
+        account: AccountId,
+        certificate: &certfleet_pki::Certificate,
+        ca_certificate_id: Option<CertificateId>,
+        status: CertificateStatus,
+        mode: CertificateMode,
+        generation_id: String,
+        now: OffsetDateTime,
+    ) -> Self {
+        DeviceCertificate {
+            account,
+            id: certificate.id().clone(),
+            pem: certificate.to_pem(),
+            ca_certificate_id,
+            status,
+            mode,
+            previous_owner: None,
+            generation_id,
+            customer_version: 1,
+            not_before: certificate.not_before(),
+            not_after: certificate.not_after(),
+            created_at: now,
+            last_modified: now,
+            transfer: TransferData::default(),
+        }
+    }
+}
+
 /// What an issuer (a CA whose key certfleet holds) is used for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IssuerPurpose {

@@ -266,22 +266,8 @@ impl Services {
         set_as_active: bool,
         now: OffsetDateTime,
     ) -> Result<DeviceCertificate, Error> {
-        let record = DeviceCertificate {
-            account: caller.account.clone(),
-            id: certificate.id().clone(),
-            pem: certificate.to_pem(),
-            ca_certificate_id: None,
-            status: if set_as_active { CertificateStatus::Active } else { CertificateStatus::Inactive },
-            mode: CertificateMode::Default,
-            previous_owner: None,
-            generation_id: uuid_v4()?,
-            customer_version: 1,
-            not_before: certificate.not_before(),
-            not_after: certificate.not_after(),
-            created_at: now,
-            last_modified: now,
-            transfer: TransferData::default(),
-        };
+        let status = if set_as_active { CertificateStatus::Active } else { CertificateStatus::Inactive };
+        let record = self.device_record(caller, certificate, None, status, CertificateMode::Default, now)?;
         registry::write(self.store(), |tx| {
             tx.insert_certificate(&record)?;
             certificate_changed(tx, &record.account, &record.id, now)
@@ -378,22 +364,15 @@ impl Services {
         mode: CertificateMode,
         now: OffsetDateTime,
     ) -> Result<DeviceCertificate, Error> {
-        Ok(DeviceCertificate {
-            account: caller.account.clone(),
-            id: device.id().clone(),
-            pem: device.to_pem(),
+        Ok(DeviceCertificate::registered(
+            caller.account.clone(),
+            device,
             ca_certificate_id,
             status,
             mode,
-            previous_owner: None,
-            generation_id: uuid_v4()?,
-            customer_version: 1,
-            not_before: device.not_before(),
-            not_after: device.not_after(),
-            created_at: now,
-            last_modified: now,
-            transfer: TransferData::default(),
-        })
+            uuid_v4()?,
+            now,
+        ))
     }
 
     /// DescribeCertificate: the caller's certificate, or one offered to it by a pending transfer.

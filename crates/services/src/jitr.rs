@@ -21,8 +21,7 @@
 use certfleet_pki::{self as pki, Certificate, CertificateId};
 use certfleet_registry::{
     self as registry, AccountId, CaCertificate, CaStatus, CertificateMode, CertificateStatus, ChangeKind,
-    DeviceCertificate, Policy, PolicyVersion, RegistrationConfig, Thing, ThingPrincipal, ThingPrincipalType,
-    TransferData, Tx,
+    DeviceCertificate, Policy, PolicyVersion, RegistrationConfig, Thing, ThingPrincipal, ThingPrincipalType, Tx,
 };
 
 use crate::ids::uuid_v4;
@@ -82,22 +81,15 @@ impl Services {
             };
             let status =
                 provisioning.as_ref().map_or(CertificateStatus::PendingActivation, |provisioning| provisioning.status);
-            let record = DeviceCertificate {
-                account: account.clone(),
-                id: device.id().clone(),
-                pem: device.to_pem(),
-                ca_certificate_id: Some(ca.id.clone()),
+            let record = DeviceCertificate::registered(
+                account.clone(),
+                device,
+                Some(ca.id.clone()),
                 status,
-                mode: ca.mode,
-                previous_owner: None,
-                generation_id: generation_id.clone(),
-                customer_version: 1,
-                not_before: device.not_before(),
-                not_after: device.not_after(),
-                created_at: now,
-                last_modified: now,
-                transfer: TransferData::default(),
-            };
+                ca.mode,
+                generation_id.clone(),
+                now,
+            );
             tx.insert_certificate(&record)?;
             if let Some(provisioning) = &provisioning {
                 apply(tx, account, &record.id, provisioning, now)?;

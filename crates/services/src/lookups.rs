@@ -67,16 +67,6 @@ impl Services {
 }
 
 impl Services {
-    /// Records that a device connected (the gateway calls it once CONNECT is accepted).
-    pub fn record_connection(&self, record: &certfleet_registry::ConnectionRecord) -> Result<(), Error> {
-        registry::write(self.store(), |tx| tx.insert_connection(record).map_err(Error::from))
-    }
-
-    /// Records that a connection ended, and why (AWS's disconnectReason values).
-    pub fn record_disconnection(&self, session_id: &str, at: time::OffsetDateTime, reason: &str) -> Result<(), Error> {
-        registry::write(self.store(), |tx| tx.close_connection(session_id, at, reason).map_err(Error::from))
-    }
-
     /// Records connections and disconnections in one transaction: a gateway node batches what
     /// queued up while the previous batch was written, so a connect storm costs one commit per
     /// batch, not two per connection. All or nothing; the caller may retry them one by one.

@@ -18,7 +18,7 @@ use certfleet_pki::{CertificateId, Csr};
 use certfleet_registry::{
     self as registry, AccountId, AuditFindingFilter, AuditResourceId, CertificateMode, CertificateStatus,
     DeviceCertificate, KeyPageRequest, Rotation, RotationCampaign, RotationFilter, RotationSource, RotationState,
-    ThingPrincipal, TransferData, Tx,
+    ThingPrincipal, Tx,
 };
 use time::{Duration, OffsetDateTime};
 
@@ -473,22 +473,15 @@ impl Services {
             .device_issuer()?
             .issue_from_csr(&csr, self.config().device_certificate_validity, now)
             .map_err(|error| Error::Internal(format!("issuing: {error}")))?;
-        let record = DeviceCertificate {
-            account: account.clone(),
-            id: issued.id().clone(),
-            pem: issued.to_pem(),
-            ca_certificate_id: None,
-            status: CertificateStatus::Active,
-            mode: CertificateMode::Default,
-            previous_owner: None,
-            generation_id: uuid_v4()?,
-            customer_version: 1,
-            not_before: issued.not_before(),
-            not_after: issued.not_after(),
-            created_at: now,
-            last_modified: now,
-            transfer: TransferData::default(),
-        };
+        let record = DeviceCertificate::registered(
+            account.clone(),
+            &issued,
+            None,
+            CertificateStatus::Active,
+            CertificateMode::Default,
+            uuid_v4()?,
+            now,
+        );
         registry::write(self.store(), |tx| {
             let Some(mut rotation) = tx.lock_rotation(account, &rotation.id)? else {
                 return Ok(Step::Ignored("the rotation is gone"));

@@ -202,7 +202,7 @@ fn shared_certificates_and_conflicting_client_ids_from_the_connection_history() 
         connection(&caller, "s5", &alone, "meter", 100, Some(110), Some("DUPLICATE_CLIENTID")),
         connection(&caller, "s6", &thief, "meter", 110, None, None),
     ] {
-        world.services.record_connection(&record).unwrap();
+        world.services.record_connection_events(&[ConnectionEvent::Connected(record)]).unwrap();
     }
     world.clock.advance(Duration::hours(3));
     enable(&world, &caller, &[("DEVICE_CERTIFICATE_SHARED_CHECK", &[]), ("CONFLICTING_CLIENT_IDS_CHECK", &[])]);

@@ -235,11 +235,11 @@ impl SessionState {
     }
 
     /// Whether publishers should wait before adding to this session's queue: a connected
-    /// client's queue is three quarters full.
+    /// client's queue is three quarters full (a queue configured to hold nothing never is).
     pub(crate) fn congested(&self, limits: QueueLimits) -> bool {
+        let high_water = |bound: usize| (bound - bound / 4).max(1);
         self.attached.is_some()
-            && (self.pending.len() >= limits.queued - limits.queued / 4
-                || self.pending_qos0.len() >= limits.qos0 - limits.qos0 / 4)
+            && (self.pending.len() >= high_water(limits.queued) || self.pending_qos0.len() >= high_water(limits.qos0))
     }
 
     /// Whether the queue is back to half (or the client left): waiting publishers may go on.

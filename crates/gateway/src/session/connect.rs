@@ -262,11 +262,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ExpectConnect<S> {
             peer,
             version_number: attachment.version_number,
         };
-        if broker.has_subscriber(&identity.account, &events::presence_topic("connected", &client_id))
-            && let Some(event) = events::connected(&lifecycle, now)
-        {
-            broker.publish(&identity.account, Arc::new(event));
-        }
+        events::publish_connected(&broker, &lifecycle, now);
         tracing::info!(
             ?version,
             clean_start = grant.clean_start,

@@ -470,11 +470,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connected<S> {
             peer,
             version_number,
         };
-        if broker.has_subscriber(&identity.account, &events::presence_topic("disconnected", &client_id))
-            && let Some(event) = events::disconnected(&lifecycle, now, reason)
-        {
-            broker.publish(&identity.account, Arc::new(event));
-        }
+        events::publish_disconnected(&broker, &lifecycle, now, reason);
         match &ending {
             Ending::ClientDisconnect { .. } | Ending::ConnectionLost | Ending::TakenOver => {
                 tracing::info!(reason = reason.as_str(), "device disconnected: {ending}");
