@@ -20,7 +20,6 @@ use crate::store::{Slot, State, Store};
 
 /// What an agent reports as it goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum Event {
     /// A session is up (connected and subscribed) with this certificate.
     Connected { certificate_id: CertificateId, credential: Credential },

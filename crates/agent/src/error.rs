@@ -5,7 +5,6 @@ use crate::config::Step;
 
 /// Why the agent stopped, or why reading its settings or its disk failed.
 #[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
 pub enum Error {
     /// A trust bundle is unreadable or empty.
     #[error("trust bundle: {reason}")]

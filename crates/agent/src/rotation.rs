@@ -220,7 +220,6 @@ pub struct CertificateRequest {
 
 /// Why a new certificate is refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
 pub enum CertificateProblem {
     /// The payload is not `{"certificatePem": "..."}`.
     #[error("the crt_req payload is not {{\"certificatePem\": \"...\"}}: {0}")]

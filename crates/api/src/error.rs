@@ -68,7 +68,13 @@ impl From<certfleet_services::Error> for ApiError {
             E::SqlParse(_) => ("SqlParseException", StatusCode::BAD_REQUEST),
             // AWS answers a rule the caller does not have with 401, not 404.
             E::RuleNotFound(_) => ("UnauthorizedException", StatusCode::UNAUTHORIZED),
-            _ => {
+            // An ACM ARN naming another account's or region's certificate, or an imported
+            // certificate the endpoint cannot use, is the caller's mistake: IoT answers
+            // InvalidRequestException (ACM's own routes map these in `acm.rs`).
+            E::InvalidArn(_) | E::Validation(_) => ("InvalidRequestException", StatusCode::BAD_REQUEST),
+            // IoT has no ResourceInUseException; a resource still referenced is a DeleteConflict.
+            E::InUse(_) => ("DeleteConflictException", StatusCode::CONFLICT),
+            E::Registry(_) | E::Internal(_) => {
                 // Internal details go to the log, never to the caller.
                 tracing::error!(error = %error, source = ?std::error::Error::source(&error), "internal failure");
                 return ApiError::internal();
@@ -95,5 +101,109 @@ impl IntoResponse for ApiError {
         }
         response.extensions_mut().insert(self);
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use certfleet_services::Error as E;
+
+    /// One of each variant. The exhaustive match makes a new variant fail to compile here until
+    /// it has a row in the table below.
+    fn every_variant() -> Vec<E> {
+        let all = vec![
+            E::InvalidRequest("x".into()),
+            E::NotFound("x".into()),
+            E::InvalidArn("x".into()),
+            E::Validation("x".into()),
+            E::InUse("x".into()),
+            E::AlreadyExists { message: "x".into(), resource_id: "id".into(), resource_arn: None },
+            E::CertificateState("x".into()),
+            E::CertificateValidation("x".into()),
+            E::RegistrationCodeValidation("x".into()),
+            E::CertificateConflict("x".into()),
+            E::DeleteConflict("x".into()),
+            E::TransferConflict("x".into()),
+            E::TransferAlreadyCompleted("x".into()),
+            E::LimitExceeded("x".into()),
+            E::MalformedPolicy("x".into()),
+            E::VersionsLimitExceeded("x".into()),
+            E::VersionConflict("x".into()),
+            E::SqlParse("x".into()),
+            E::RuleNotFound("x".into()),
+            E::Registry(certfleet_registry::Error::Aborted),
+            E::Internal("x".into()),
+        ];
+        for error in &all {
+            match error {
+                E::InvalidRequest(_)
+                | E::NotFound(_)
+                | E::InvalidArn(_)
+                | E::Validation(_)
+                | E::InUse(_)
+                | E::AlreadyExists { .. }
+                | E::CertificateState(_)
+                | E::CertificateValidation(_)
+                | E::RegistrationCodeValidation(_)
+                | E::CertificateConflict(_)
+                | E::DeleteConflict(_)
+                | E::TransferConflict(_)
+                | E::TransferAlreadyCompleted(_)
+                | E::LimitExceeded(_)
+                | E::MalformedPolicy(_)
+                | E::VersionsLimitExceeded(_)
+                | E::VersionConflict(_)
+                | E::SqlParse(_)
+                | E::RuleNotFound(_)
+                | E::Registry(_)
+                | E::Internal(_) => {}
+            }
+        }
+        all
+    }
+
+    fn expected(kind: &str) -> (&'static str, u16) {
+        match kind {
+            "InvalidRequest" | "InvalidArn" | "Validation" => ("InvalidRequestException", 400),
+            "NotFound" => ("ResourceNotFoundException", 404),
+            "InUse" | "DeleteConflict" => ("DeleteConflictException", 409),
+            "AlreadyExists" => ("ResourceAlreadyExistsException", 409),
+            "CertificateState" => ("CertificateStateException", 406),
+            "CertificateValidation" => ("CertificateValidationException", 400),
+            "RegistrationCodeValidation" => ("RegistrationCodeValidationException", 400),
+            "CertificateConflict" => ("CertificateConflictException", 409),
+            "TransferConflict" => ("TransferConflictException", 409),
+            "TransferAlreadyCompleted" => ("TransferAlreadyCompletedException", 410),
+            "LimitExceeded" => ("LimitExceededException", 410),
+            "MalformedPolicy" => ("MalformedPolicyException", 400),
+            "VersionsLimitExceeded" => ("VersionsLimitExceededException", 409),
+            "VersionConflict" => ("VersionConflictException", 409),
+            "SqlParse" => ("SqlParseException", 400),
+            "RuleNotFound" => ("UnauthorizedException", 401),
+            "Registry" | "Internal" => ("InternalFailureException", 500),
+            other => panic!("no expected mapping for {other}"),
+        }
+    }
+
+    #[test]
+    fn every_services_error_has_its_aws_shape() {
+        for error in every_variant() {
+            let kind = error.kind();
+            let mapped = ApiError::from(error);
+            assert_eq!((mapped.code, mapped.status.as_u16()), expected(kind), "{kind}");
+        }
+    }
+
+    #[test]
+    fn only_server_faults_are_500() {
+        let faults: Vec<&str> = every_variant()
+            .into_iter()
+            .filter_map(|error| {
+                let kind = error.kind();
+                ApiError::from(error).status.is_server_error().then_some(kind)
+            })
+            .collect();
+        assert_eq!(faults, ["Registry", "Internal"]);
     }
 }

@@ -283,6 +283,5 @@ fn action_to_wire(action: &RuleAction) -> Json {
             json!({"http": {"url": url, "headers": headers}})
         }
         RuleAction::Unsupported(kind) => json!({ kind.as_str(): {} }),
-        _ => json!({}),
     }
 }

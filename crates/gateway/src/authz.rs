@@ -45,7 +45,6 @@ const MAX_CONTEXTS: usize = 64;
 
 /// Why a principal's policies could not be loaded.
 #[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
 pub enum LoadError {
     /// The registry could not be read.
     #[error("reading the principal's policies and things failed")]

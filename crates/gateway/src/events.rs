@@ -64,7 +64,6 @@ pub trait EventSink: Send + Sync {
 
 /// Why a connection ended, in AWS IoT's words (the `disconnectReason` of the disconnected event).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
 pub enum DisconnectReason {
     /// The client sent DISCONNECT.
     ClientInitiatedDisconnect,

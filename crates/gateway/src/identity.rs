@@ -23,7 +23,6 @@ use crate::events::{EventSink, certificate_registered};
 
 /// Why a device is not let in. Logged and counted; never told to the device in detail.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-#[non_exhaustive]
 pub enum Refusal {
     /// The TLS client sent no certificate.
     NoClientCert,

@@ -9,7 +9,6 @@ use crate::{PacketType, ReasonCode};
 
 /// Everything that can go wrong decoding or encoding a packet.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
 pub enum Error {
     /// The fixed header's Remaining Length has a fifth continuation byte, or is not minimally
     /// encoded (spec 1.5.5, 2.1.4).

@@ -33,7 +33,6 @@ impl fmt::Display for CertificateRole {
 
 /// Everything that can go wrong in this crate.
 #[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
 pub enum Error {
     /// The text is not a single well-formed PEM block.
     #[error("not pem: {reason}")]

@@ -6,7 +6,6 @@
 
 /// Why a policy document was refused by [`Policy::parse`](crate::Policy::parse).
 #[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
 pub enum Error {
     /// The document is empty or holds only whitespace.
     #[error("policy document is empty")]

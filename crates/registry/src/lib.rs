@@ -31,7 +31,6 @@ pub use tx_rules::{TopicRule, TopicRuleFilter};
 
 /// Errors of the registry.
 #[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
 pub enum Error {
     /// A uniqueness rule of the schema refused the write.
     #[error("already exists: {0}")]

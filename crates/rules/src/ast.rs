@@ -8,7 +8,6 @@ use crate::functions::Function;
 
 /// The `SELECT` clause.
 #[derive(Clone, Debug, PartialEq)]
-#[non_exhaustive]
 pub enum Select {
     /// `SELECT item, item, ...`: the output is a JSON object.
     Items(Vec<SelectItem>),
@@ -18,7 +17,6 @@ pub enum Select {
 
 /// One item of a `SELECT` list.
 #[derive(Clone, Debug, PartialEq)]
-#[non_exhaustive]
 pub enum SelectItem {
     /// `*`: the members of the payload object.
     Wildcard,
@@ -34,7 +32,6 @@ pub enum SelectItem {
 
 /// An expression.
 #[derive(Clone, Debug, PartialEq)]
-#[non_exhaustive]
 pub enum Expr {
     /// A literal: a number, a string, `true`, `false` or `null`.
     Literal(serde_json::Value),
@@ -72,7 +69,6 @@ pub enum Expr {
 
 /// A prefix operator.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum UnaryOp {
     /// `-x`.
     Negate,
@@ -82,7 +78,6 @@ pub enum UnaryOp {
 
 /// An infix operator.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum BinaryOp {
     /// `+`: addition, or concatenation of two strings.
     Add,
@@ -114,7 +109,6 @@ pub enum BinaryOp {
 
 /// The target type of `cast`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum CastType {
     /// `Int`.
     Int,

@@ -56,7 +56,6 @@ impl std::error::Error for ParseError {}
 
 /// What is wrong with a statement.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
 pub enum Reason {
     /// The statement is empty or holds only whitespace.
     #[error("the sql statement is empty")]

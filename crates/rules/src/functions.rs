@@ -3,7 +3,6 @@
 
 /// A built-in function.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum Function {
     /// `abs(x)`: the absolute value of a number.
     Abs,

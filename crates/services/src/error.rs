@@ -5,7 +5,6 @@
 
 /// Why an operation was refused or failed.
 #[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
 pub enum Error {
     /// The request is malformed or asks for something the API does not allow.
     #[error("{0}")]

@@ -35,7 +35,6 @@ pub struct TopicRulePayload {
 
 /// One action of a rule.
 #[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum RuleAction {
     /// Publishes the output to `topic` in the account's topic space.
     Republish { topic: String, qos: u8, role_arn: String },

@@ -107,7 +107,6 @@ impl fmt::Display for ScopeComponent {
 
 /// Why a request's signature was not accepted.
 #[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum Error {
     /// The request has no `Authorization` header at all.
     #[error("missing authentication token")]

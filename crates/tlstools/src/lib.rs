@@ -42,7 +42,6 @@ pub enum Output {
 
 /// An input error: nothing was attempted (exit code 2).
 #[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
 pub enum Error {
     /// A PEM file of certificates could not be used.
     #[error("{path}: {reason}", path = path.display())]

@@ -381,7 +381,6 @@ pub struct Options {
 
 /// A reason a certificate is flagged.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum Flag {
     /// It has expired.
     Expired,

@@ -235,7 +235,6 @@ fn read_identity(
 
 /// Why the connection or the handshake failed.
 #[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum Failure {
     /// The host name does not resolve.
     Resolve(String),
@@ -340,7 +339,6 @@ impl Verification {
 
 /// Something that works today but will break, or is fragile.
 #[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum Warning {
     /// The bundle holds a CA certificate of the chain that is not a self-signed root.
     PinnedIntermediate {

@@ -132,7 +132,6 @@ pub fn notification_body(summary: &AuditTaskSummary) -> Value {
 
 /// Why a webhook delivery failed.
 #[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
 pub enum Error {
     /// The URL is not an http URL certfleet can deliver to.
     #[error("unsupported webhook url {0:?}")]
