@@ -56,10 +56,24 @@ pub async fn authenticate(State(state): State<Arc<AppState>>, request: Request, 
             Some(_) => {}
         }
     }
-    let bytes = match read_body(body, limit, drain_limit).await {
-        Ok(Some(bytes)) => bytes,
-        Ok(None) => return too_large(limit, &parts),
-        Err(error) => {
+    let body_timeout = state.config.limits.body_timeout;
+    let read = tokio::time::timeout(body_timeout, read_body(body, limit, drain_limit)).await;
+    let bytes = match read {
+        Ok(Ok(Some(bytes))) => bytes,
+        Ok(Ok(None)) => return too_large(limit, &parts),
+        Err(_) => {
+            state.listener_metrics.body_timed_out();
+            tracing::info!(method = %parts.method, path = parts.uri.path(), timeout = ?body_timeout, "request body not received in time");
+            let mut response = ApiError::new(
+                "RequestTimeoutException",
+                StatusCode::REQUEST_TIMEOUT,
+                "the request body was not received in time",
+            )
+            .into_response();
+            response.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+            return response;
+        }
+        Ok(Err(error)) => {
             tracing::info!(%error, "request body could not be read");
             return ApiError::invalid_request("the request body could not be read").into_response();
         }

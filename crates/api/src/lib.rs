@@ -14,6 +14,7 @@ mod auth;
 mod certificates;
 mod domains;
 mod error;
+mod listener;
 mod policies;
 mod provisioning;
 mod rotation;
@@ -22,9 +23,8 @@ mod topic_rules;
 mod wire;
 mod wire_things;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::Router;
 use axum::extract::Request;
@@ -33,12 +33,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch, post, put};
 use certfleet_services::{Caller, Services};
 use http::{HeaderValue, StatusCode};
-use hyper_util::rt::TokioIo;
-use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 pub use error::ApiError;
+pub use listener::{Limits, ListenerMetrics, serve};
 
 /// Settings of the HTTP API.
 #[derive(Clone, Debug)]
@@ -49,8 +46,8 @@ pub struct Config {
     pub max_clock_skew: time::Duration,
     /// The largest request body accepted.
     pub max_body_bytes: usize,
-    /// How long a TLS handshake may take before the connection is dropped.
-    pub handshake_timeout: Duration,
+    /// The listener's connection budget and deadlines.
+    pub limits: Limits,
 }
 
 impl Default for Config {
@@ -59,7 +56,7 @@ impl Default for Config {
             region: "us-east-1".into(),
             max_clock_skew: time::Duration::minutes(5),
             max_body_bytes: 512 * 1024,
-            handshake_timeout: Duration::from_secs(10),
+            limits: Limits::default(),
         }
     }
 }
@@ -69,14 +66,15 @@ pub struct AppState {
     pub services: Arc<Services>,
     pub config: Config,
     keys: auth::KeyCache,
+    listener_metrics: Arc<ListenerMetrics>,
 }
 
 /// The router with every operation, behind SigV4 authentication and request logging.
-pub fn router(services: Arc<Services>, config: Config) -> Router {
+pub fn router(services: Arc<Services>, config: Config, listener_metrics: Arc<ListenerMetrics>) -> Router {
     use certificates as c;
     use policies as p;
     use things as t;
-    let state = Arc::new(AppState { services, config, keys: auth::KeyCache::default() });
+    let state = Arc::new(AppState { services, config, keys: auth::KeyCache::default(), listener_metrics });
     Router::new()
         .route("/registrationcode", get(c::get_registration_code).delete(c::delete_registration_code))
         .route("/cacertificate", post(c::register_ca_certificate))
@@ -237,73 +235,4 @@ fn aws_lc_rs_fill(bytes: &mut [u8]) -> Result<(), ()> {
         .cloned()
         .unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()));
     provider.secure_random.fill(bytes).map_err(drop)
-}
-
-/// Serves `router` on `listener` until `shutdown` turns true, with TLS when `tls` is given.
-/// Connections in flight finish their current request before the function returns.
-pub async fn serve(
-    listener: TcpListener,
-    tls: Option<Arc<rustls::ServerConfig>>,
-    router: Router,
-    handshake_timeout: Duration,
-    mut shutdown: watch::Receiver<bool>,
-) -> std::io::Result<()> {
-    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = stop_requested(&mut shutdown) => break,
-        };
-        let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(router.clone());
-        let acceptor = acceptor.clone();
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let builder = hyper::server::conn::http1::Builder::new();
-            match acceptor {
-                Some(acceptor) => match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                    Ok(Ok(tls_stream)) => {
-                        let connection = builder.serve_connection(TokioIo::new(tls_stream), service);
-                        log_connection_end(peer, watcher.watch(connection).await);
-                    }
-                    Ok(Err(error)) => tracing::info!(%peer, %error, "api tls handshake failed"),
-                    Err(_) => tracing::info!(%peer, "api tls handshake timed out"),
-                },
-                None => {
-                    let connection = builder.serve_connection(TokioIo::new(stream), service);
-                    log_connection_end(peer, watcher.watch(connection).await);
-                }
-            }
-        });
-    }
-    drop(listener);
-    tokio::select! {
-        _ = graceful.shutdown() => {}
-        _ = tokio::time::sleep(Duration::from_secs(10)) => tracing::warn!("api connections still open after 10 s; closing"),
-    }
-    Ok(())
-}
-
-/// Resolves once `shutdown` holds `true` (or its sender is gone).
-async fn stop_requested(shutdown: &mut watch::Receiver<bool>) {
-    while !*shutdown.borrow_and_update() {
-        if shutdown.changed().await.is_err() {
-            return;
-        }
-    }
-}
-
-fn log_connection_end(peer: SocketAddr, result: Result<(), hyper::Error>) {
-    if let Err(error) = result {
-        tracing::debug!(%peer, %error, "api connection ended with an error");
-    }
 }

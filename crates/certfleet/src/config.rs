@@ -32,6 +32,16 @@ insecure_plain_http = false
 max_body_bytes = 524288
 # How far a request's SigV4 time may be from the server clock.
 max_clock_skew = "5m"
+# At most this many API connections at once, and at most this many from one IP address.
+# Together with mqtt.max_connections they must fit the process's open-files limit.
+max_connections = 1024
+max_connections_per_peer = 256
+# Deadlines: the TLS handshake; a request's headers (also the idle keep-alive timeout); a
+# request's body; a connection on which no byte moves either way.
+handshake_timeout = "10s"
+header_timeout = "20s"
+body_timeout = "30s"
+stall_timeout = "60s"
 
 [mqtt]
 # The device gateway: MQTT 3.1.1 and 5 over mutual TLS. Port 0 picks a free port.
@@ -39,8 +49,10 @@ addr = "127.0.0.1:8883"
 # The account that serves connections without SNI (or whose SNI names no endpoint), with
 # DEFAULT-mode certificates only. Empty: the oldest account.
 default_account = ""
-# At most this many device connections at once.
-max_connections = 100000
+# At most this many device connections at once. Unset: what the open-files limit leaves after
+# the API's connections and a reserve of 512 (at most 100000); a value that does not fit
+# refuses to start.
+# max_connections = 100000
 # A TLS handshake, or the CONNECT after it, taking longer is abandoned.
 handshake_timeout = "10s"
 connect_timeout = "10s"
@@ -122,6 +134,12 @@ struct ApiFile {
     insecure_plain_http: Option<bool>,
     max_body_bytes: Option<usize>,
     max_clock_skew: Option<String>,
+    max_connections: Option<usize>,
+    max_connections_per_peer: Option<usize>,
+    handshake_timeout: Option<String>,
+    header_timeout: Option<String>,
+    body_timeout: Option<String>,
+    stall_timeout: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -168,9 +186,12 @@ pub struct Config {
     pub insecure_plain_http: bool,
     pub max_body_bytes: usize,
     pub max_clock_skew: time::Duration,
+    /// The API listener's connection budget and deadlines (before the open-files split).
+    pub api_limits: certfleet_api::Limits,
     pub mqtt_addr: SocketAddr,
     pub mqtt_default_account: Option<String>,
-    pub mqtt_max_connections: usize,
+    /// Configured, or `None` for what the open-files limit leaves (see `budget`).
+    pub mqtt_max_connections: Option<usize>,
     pub mqtt_handshake_timeout: time::Duration,
     pub mqtt_connect_timeout: time::Duration,
     pub mqtt_change_poll_interval: time::Duration,
@@ -182,6 +203,32 @@ pub struct Config {
     pub passphrase_file: Option<PathBuf>,
     pub rotation: certfleet_services::RotationConfig,
     pub rotation_sweep_interval: time::Duration,
+}
+
+/// The API listener's bounds from the file, each with its safe default.
+fn api_limits(file: &ApiFile) -> anyhow::Result<certfleet_api::Limits> {
+    let defaults = certfleet_api::Limits::default();
+    let deadline = |value: &Option<String>, name: &str, default: std::time::Duration| -> anyhow::Result<_> {
+        let Some(value) = value else { return Ok(default) };
+        let parsed = std::time::Duration::try_from(parse_duration(value, name)?).unwrap_or_default();
+        if parsed.is_zero() {
+            bail!("{name} must be longer than zero");
+        }
+        Ok(parsed)
+    };
+    let max_connections_per_peer = file.max_connections_per_peer.unwrap_or(defaults.max_connections_per_peer);
+    if max_connections_per_peer == 0 {
+        bail!("api.max_connections_per_peer must be at least 1");
+    }
+    Ok(certfleet_api::Limits {
+        max_connections: file.max_connections.unwrap_or(defaults.max_connections),
+        max_connections_per_peer,
+        handshake_timeout: deadline(&file.handshake_timeout, "api.handshake_timeout", defaults.handshake_timeout)?,
+        header_timeout: deadline(&file.header_timeout, "api.header_timeout", defaults.header_timeout)?,
+        body_timeout: deadline(&file.body_timeout, "api.body_timeout", defaults.body_timeout)?,
+        stall_timeout: deadline(&file.stall_timeout, "api.stall_timeout", defaults.stall_timeout)?,
+        ..defaults
+    })
 }
 
 /// Values given on the command line, which win over the file.
@@ -204,6 +251,7 @@ impl Config {
             }
             None => FileConfig::default(),
         };
+        let api_limits = api_limits(&file.api)?;
         let api_addr =
             parse_addr(overrides.api_addr.or(file.api.addr).as_deref().unwrap_or("127.0.0.1:8443"), "api.addr")?;
         let insecure_plain_http = file.api.insecure_plain_http.unwrap_or(false);
@@ -229,12 +277,13 @@ impl Config {
             insecure_plain_http,
             max_body_bytes: file.api.max_body_bytes.unwrap_or(512 * 1024),
             max_clock_skew: parse_duration(file.api.max_clock_skew.as_deref().unwrap_or("5m"), "api.max_clock_skew")?,
+            api_limits,
             mqtt_addr: parse_addr(
                 overrides.mqtt_addr.or(file.mqtt.addr).as_deref().unwrap_or("127.0.0.1:8883"),
                 "mqtt.addr",
             )?,
             mqtt_default_account: file.mqtt.default_account.filter(|account| !account.is_empty()),
-            mqtt_max_connections: file.mqtt.max_connections.unwrap_or(100_000),
+            mqtt_max_connections: file.mqtt.max_connections,
             mqtt_handshake_timeout: parse_duration(
                 file.mqtt.handshake_timeout.as_deref().unwrap_or("10s"),
                 "mqtt.handshake_timeout",

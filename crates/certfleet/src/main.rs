@@ -2,6 +2,7 @@
 //! command line and the configuration file, installs the log subscriber and picks exit codes.
 
 mod audit_worker;
+mod budget;
 mod config;
 mod datadir;
 mod rotation_cli;

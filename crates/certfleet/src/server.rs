@@ -11,11 +11,13 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::budget;
 use crate::config::Config;
 use crate::datadir::{self, Files};
 
 /// Runs the server until a shutdown signal.
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    let budget = connection_budget(&config)?;
     datadir::create(&config.data_dir)?;
     let files = Files::of(&config.data_dir);
     // endpoints.json means "listening now": a stale one from an earlier run must not mislead.
@@ -93,13 +95,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mqtt_addr = mqtt_listener.local_addr()?;
     let (stop, stopped) = watch::channel(false);
     let builtin = builtin_chains(&server_issuer, &config, server_chain, &server_key, clock.now())?;
-    let (gateway, gateway_view) = start_gateway(&services, &config, builtin, mqtt_listener, stopped.clone()).await?;
+    let (gateway, gateway_view) =
+        start_gateway(&services, &config, budget, builtin, mqtt_listener, stopped.clone()).await?;
+    let api_metrics = Arc::new(certfleet_api::ListenerMetrics::default());
     let metrics_addr = match config.metrics_addr {
         Some(addr) => {
             let listener =
                 TcpListener::bind(addr).await.with_context(|| format!("binding the metrics listener to {addr}"))?;
             let bound = listener.local_addr()?;
-            tokio::spawn(serve_metrics(listener, gateway_view, stopped.clone()));
+            tokio::spawn(serve_metrics(listener, gateway_view, api_metrics.clone(), stopped.clone()));
             tracing::info!(addr = %bound, "metrics listening");
             Some(bound.to_string())
         }
@@ -130,10 +134,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         region: config.region.clone(),
         max_clock_skew: config.max_clock_skew,
         max_body_bytes: config.max_body_bytes,
-        ..certfleet_api::Config::default()
+        limits: certfleet_api::Limits { max_connections: budget.api_connections, ..config.api_limits.clone() },
     };
-    let router = certfleet_api::router(services, api_config.clone());
-    let server = tokio::spawn(certfleet_api::serve(listener, tls, router, api_config.handshake_timeout, stopped));
+    let router = certfleet_api::router(services, api_config.clone(), api_metrics.clone());
+    let server = tokio::spawn(certfleet_api::serve(listener, tls, router, api_config.limits, api_metrics, stopped));
     shutdown_signal().await;
     tracing::info!("shutting down");
     let _ = stop.send(true);
@@ -141,6 +145,37 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let _ = gateway.await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The listeners' connection limits, within the open-files limit (raised to its hard limit
+/// first). A configured limit that does not fit refuses to start; the gateway's default
+/// shrinks to fit, with a warning.
+fn connection_budget(config: &Config) -> anyhow::Result<budget::Budget> {
+    let api = config.api_limits.max_connections;
+    let Some((soft, hard)) = budget::raise_open_files_limit() else {
+        tracing::warn!("the open-files limit cannot be read; connection limits are not checked against it");
+        return Ok(budget::Budget {
+            api_connections: api,
+            mqtt_connections: config.mqtt_max_connections.unwrap_or(budget::DEFAULT_MQTT_MAX_CONNECTIONS as usize),
+        });
+    };
+    let split = budget::split(soft, api, config.mqtt_max_connections)?;
+    if config.mqtt_max_connections.is_none() && (split.mqtt_connections as u64) < budget::DEFAULT_MQTT_MAX_CONNECTIONS {
+        tracing::warn!(
+            open_files = soft,
+            hard_limit = hard,
+            mqtt_max_connections = split.mqtt_connections,
+            "the open-files limit leaves room for fewer device connections than the default 100000"
+        );
+    }
+    tracing::info!(
+        open_files = soft,
+        api_max_connections = split.api_connections,
+        mqtt_max_connections = split.mqtt_connections,
+        reserved = budget::RESERVED_DESCRIPTORS,
+        "connection budget"
+    );
+    Ok(split)
 }
 
 /// On first start (no account yet) creates an account and writes its `default` profile.
@@ -241,6 +276,7 @@ fn api_tls(
 async fn start_gateway(
     services: &Arc<Services>,
     config: &Config,
+    budget: budget::Budget,
     builtin: certfleet_gateway::endpoints::BuiltinChains,
     listener: TcpListener,
     stopped: watch::Receiver<bool>,
@@ -262,7 +298,7 @@ async fn start_gateway(
         region: config.region.clone(),
         endpoint_domain: config.endpoint_domain.clone(),
         default_account: default_account.clone(),
-        max_connections: config.mqtt_max_connections,
+        max_connections: budget.mqtt_connections,
         handshake_timeout: to_std(config.mqtt_handshake_timeout),
         connect_timeout: to_std(config.mqtt_connect_timeout),
         change_poll_interval: to_std(config.mqtt_change_poll_interval),
@@ -351,8 +387,11 @@ fn system_roots() -> Option<Arc<rustls::RootCertStore>> {
 async fn serve_metrics(
     listener: TcpListener,
     gateway: Arc<certfleet_gateway::Gateway>,
+    api: Arc<certfleet_api::ListenerMetrics>,
     mut stopped: watch::Receiver<bool>,
 ) {
+    // Operator-only, but still bounded: a few scrapes at once.
+    let slots = Arc::new(tokio::sync::Semaphore::new(16));
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     loop {
         let (mut stream, peer) = tokio::select! {
@@ -366,8 +405,14 @@ async fn serve_metrics(
             },
             _ = stopped.changed() => return,
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            drop(stream);
+            continue;
+        };
         let gateway = gateway.clone();
+        let api = api.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let mut request = Vec::with_capacity(1024);
             let read = tokio::time::timeout(std::time::Duration::from_secs(5), async {
                 let mut buffer = [0u8; 1024];
@@ -384,7 +429,9 @@ async fn serve_metrics(
                 return;
             }
             let (status, body) = if request.starts_with(b"GET /metrics ") || request.starts_with(b"GET /metrics?") {
-                ("200 OK", certfleet_gateway::metrics::render(&gateway))
+                let mut text = certfleet_gateway::metrics::render(&gateway);
+                api.render(&mut text);
+                ("200 OK", text)
             } else {
                 tracing::info!(%peer, "metrics: unknown request");
                 ("404 Not Found", "only GET /metrics is served here\n".to_owned())

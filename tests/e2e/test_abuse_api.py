@@ -1,0 +1,227 @@
+"""Strangers against the API listener (issue 13): slow or stalled peers are closed by their
+deadline, a flood of idle connections stops at the API's own connection budget, and none of it
+reaches the device gateway: a device of the fleet connects and round-trips a message while the
+API is saturated. Every case checks its counter in /metrics and that the server is alive.
+
+Sizes are small and every wait is bounded; the deadlines are shortened through the config file
+so each case takes seconds."""
+
+from __future__ import annotations
+
+import json
+import resource
+import socket
+import ssl
+import subprocess
+import time
+import uuid
+
+import pytest
+
+from test_gateway import ALLOW_ALL_DOCUMENT, ALLOW_ALL_POLICY
+from test_server import Node
+
+CONFIG = """
+[api]
+max_connections = 40
+max_connections_per_peer = 40
+handshake_timeout = "2s"
+header_timeout = "2s"
+body_timeout = "2s"
+stall_timeout = "5s"
+[mqtt]
+max_connections = 200
+"""
+
+
+@pytest.fixture
+def node(tmp_path):
+    config = tmp_path / "config.toml"
+    config.write_text(CONFIG)
+    node = Node(tmp_path / "abuse", "--config", str(config), "--metrics-addr", "127.0.0.1:0").wait_listening()
+    try:
+        yield node
+    finally:
+        assert node.stop() == 0, node.log.read_text()[-4000:]
+
+
+def endpoints(node) -> dict:
+    return json.loads((node.data_dir / "endpoints.json").read_text())
+
+
+def api_hostport(node) -> tuple[str, int]:
+    host, port = node.url.removeprefix("https://").rsplit(":", 1)
+    return host, int(port)
+
+
+def tls_connect(node) -> ssl.SSLSocket:
+    context = ssl.create_default_context(cafile=str(node.data_dir / "server-root.pem"))
+    context.check_hostname = False
+    raw = socket.create_connection(api_hostport(node), timeout=10)
+    return context.wrap_socket(raw)
+
+
+def metric(node, name: str) -> float:
+    host, port = endpoints(node)["metrics_addr"].rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    for line in data.decode().splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+def closed_within(sock, seconds: float) -> bool:
+    """Whether the peer closes `sock` within `seconds` (reads until EOF or a reset)."""
+    sock.settimeout(seconds)
+    deadline = time.monotonic() + seconds
+    try:
+        while time.monotonic() < deadline:
+            if not sock.recv(4096):
+                return True
+    except (ConnectionError, ssl.SSLError, OSError) as error:
+        return not isinstance(error, socket.timeout)
+    return False
+
+
+def make_device(node, tmp_path, tag: str) -> list:
+    """A device of the fleet (certificate, key, the allow-all policy): its mosquitto options."""
+    key = tmp_path / f"{tag}.key"
+    subprocess.run(["openssl", "ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", str(key)], check=True)
+    csr = tmp_path / f"{tag}.csr"
+    subprocess.run(["openssl", "req", "-new", "-key", str(key), "-subj", f"/CN={tag}", "-out", str(csr)], check=True)
+    created = node.aws("create-certificate-from-csr", "--certificate-signing-request", f"file://{csr}",
+                       "--set-as-active")
+    node.aws("attach-policy", "--policy-name", ALLOW_ALL_POLICY, "--target", created["certificateArn"])
+    cert = tmp_path / f"{tag}.crt"
+    cert.write_text(created["certificatePem"])
+    host, port = endpoints(node)["mqtt_addr"].rsplit(":", 1)
+    return ["-h", host, "-p", port, "--cafile", str(node.data_dir / "server-root.pem"), "--cert", str(cert),
+            "--key", str(key)]
+
+
+def device_round_trip(common: list, tag: str) -> None:
+    """The device connects to the gateway and gets its own message back."""
+    topic = f"e2e/abuse/{tag}"
+    sub = subprocess.Popen(["mosquitto_sub", *common, "-i", f"{tag}-sub", "-t", topic, "-C", "1", "-W", "20"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            pub = subprocess.run(["mosquitto_pub", *common, "-i", f"{tag}-pub", "-t", topic, "-m", tag, "-q", "1"],
+                                 capture_output=True, text=True, timeout=20)
+            assert pub.returncode == 0, pub.stderr
+            try:
+                out, err = sub.communicate(timeout=1)
+                break
+            except subprocess.TimeoutExpired:
+                assert time.monotonic() < deadline, "the subscriber never got the message"
+        assert sub.returncode == 0 and out.strip() == tag, (out, err)
+    finally:
+        if sub.poll() is None:
+            sub.kill()
+
+
+def test_slow_headers_and_stalled_bodies_are_closed_by_their_deadline(node):
+    before_headers = metric(node, 'certfleet_api_connections_closed_total{reason="header_timeout"}')
+    before_bodies = metric(node, 'certfleet_api_connections_closed_total{reason="body_timeout"}')
+    # Slowloris: a request line and one header, then a byte a second, never the blank line.
+    slow = tls_connect(node)
+    slow.sendall(b"GET /things HTTP/1.1\r\nHost: x\r\n")
+    started = time.monotonic()
+    slow.settimeout(0.5)
+    closed = False
+    while time.monotonic() - started < 8:
+        try:
+            slow.sendall(b"X")
+            if slow.recv(4096) == b"":
+                closed = True
+                break
+        except socket.timeout:
+            continue
+        except (ConnectionError, ssl.SSLError, OSError):
+            closed = True
+            break
+    assert closed, "a client trickling its headers was not closed within 8 s (header_timeout 2 s)"
+    # Idle after the handshake: nothing sent at all.
+    idle = tls_connect(node)
+    assert closed_within(idle, 6), "an idle connection was not closed (header_timeout 2 s)"
+    # A body announced and never sent in full: 408 within the body deadline, nothing done.
+    body = tls_connect(node)
+    body.sendall(b"POST /things/abuse-never HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: 1000\r\n\r\n{\"a\":")
+    body.settimeout(8)
+    answer = body.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert node.aws("list-things")["things"] == []
+    for sock in (slow, idle, body):
+        sock.close()
+    assert metric(node, 'certfleet_api_connections_closed_total{reason="header_timeout"}') >= before_headers + 2
+    assert metric(node, 'certfleet_api_connections_closed_total{reason="body_timeout"}') >= before_bodies + 1
+
+
+def test_an_idle_connection_flood_stops_at_the_api_budget_and_devices_still_connect(tmp_path):
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4096)), hard))
+    config = tmp_path / "config.toml"
+    # Long deadlines, so the flood holds the API's whole budget for the length of the test.
+    config.write_text(CONFIG.replace('handshake_timeout = "2s"', 'handshake_timeout = "60s"'))
+    node = Node(tmp_path / "flood", "--config", str(config), "--metrics-addr", "127.0.0.1:0").wait_listening()
+    try:
+        node.aws("create-policy", "--policy-name", ALLOW_ALL_POLICY, "--policy-document", ALLOW_ALL_DOCUMENT)
+        tag = f"flood-{uuid.uuid4().hex[:6]}"
+        device = make_device(node, tmp_path, tag)
+        refused_before = metric(node, 'certfleet_api_connections_total{outcome="refused_full"}')
+        host, port = api_hostport(node)
+        # Twice the budget of plain TCP connections that never say a word.
+        flood = [socket.create_connection((host, port), timeout=10) for _ in range(80)]
+        try:
+            deadline = time.monotonic() + 10
+            while metric(node, 'certfleet_api_connections_total{outcome="refused_full"}') < refused_before + 40:
+                assert time.monotonic() < deadline, "the connections over the budget were not refused"
+                time.sleep(0.1)
+            assert metric(node, "certfleet_api_connections_open") == 40
+            # The API is full: one more TLS client is closed at once.
+            with pytest.raises((ConnectionError, ssl.SSLError, OSError)):
+                tls_connect(node).sendall(b"GET /things HTTP/1.1\r\nHost: x\r\n\r\n")
+            # The gateway has its own budget: a device connects and round-trips meanwhile.
+            device_round_trip(device, tag)
+        finally:
+            for sock in flood:
+                sock.close()
+        # The flood's slots come back as soon as its sockets close; the API answers again.
+        deadline = time.monotonic() + 15
+        while metric(node, "certfleet_api_connections_open") > 0:
+            assert time.monotonic() < deadline, "flood connections still counted open"
+            time.sleep(0.2)
+        assert node.aws("list-things")["things"] == []
+        device_round_trip(device, tag + "-after")
+    finally:
+        assert node.stop() == 0, node.log.read_text()[-4000:]
+
+
+def test_one_peer_cannot_take_more_than_its_share(tmp_path):
+    config = tmp_path / "config.toml"
+    config.write_text(CONFIG.replace("max_connections_per_peer = 40", "max_connections_per_peer = 5"))
+    node = Node(tmp_path / "peer", "--config", str(config), "--metrics-addr", "127.0.0.1:0").wait_listening()
+    try:
+        host, port = api_hostport(node)
+        held = [socket.create_connection((host, port), timeout=10) for _ in range(5)]
+        extra = socket.create_connection((host, port), timeout=10)
+        assert closed_within(extra, 5), "a sixth connection from one peer was kept"
+        assert metric(node, 'certfleet_api_connections_total{outcome="refused_per_peer"}') >= 1
+        for sock in held + [extra]:
+            sock.close()
+    finally:
+        assert node.stop() == 0
+
+
+def test_a_budget_beyond_the_open_files_limit_refuses_to_start(tmp_path):
+    config = tmp_path / "config.toml"
+    config.write_text("[mqtt]\nmax_connections = 10000000\n")
+    node = Node(tmp_path / "toobig", "--config", str(config))
+    assert node.wait_exit() != 0
+    assert "mqtt.max_connections = 10000000" in node.log.read_text()
