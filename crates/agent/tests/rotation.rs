@@ -89,6 +89,7 @@ impl Fleet {
             handshake_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
             change_poll_interval: Duration::from_millis(50),
+            caches: Default::default(),
         };
         let gateway = Gateway::with_authorizer(config, services.clone(), tls, authorizer.clone());
         let broker = certfleet_gateway::Broker::new(

@@ -94,6 +94,7 @@ async fn the_agent_rotates_through_the_rotation_service() {
         handshake_timeout: Duration::from_secs(10),
         connect_timeout: Duration::from_secs(10),
         change_poll_interval: Duration::from_millis(50),
+        caches: Default::default(),
     };
     let gateway = Gateway::with_authorizer(config, services.clone(), tls, authorizer.clone());
     services.attach_data_plane(gateway.endpoints.clone());

@@ -61,6 +61,17 @@ change_poll_interval = "200ms"
 # DANGER, benchmarks only: let every authenticated device do anything, ignoring IoT policies.
 danger_authorize_everything = false
 
+[caches]
+# The most entries each cache holds; a full cache drops its least recently used half. Entries
+# for strangers (certificates and SNI names the registry does not know) have their own caches,
+# so they never evict a fleet's devices. Counted in certfleet_cache_{entries,evicted_total}.
+certificates = 200000
+unknown_certificates = 50000
+cas = 10000
+verified_chains = 200000
+sni_endpoints = 4096
+sni_unknown_names = 65536
+
 [metrics]
 # Prometheus text metrics at http://<addr>/metrics (gateway counters, refusals by reason,
 # per-endpoint and per-chain handshakes, drains). Operator-only: keep it on loopback or a
@@ -110,6 +121,18 @@ struct FileConfig {
     keys: KeysFile,
     metrics: MetricsFile,
     rotation: RotationFile,
+    caches: CachesFile,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct CachesFile {
+    certificates: Option<usize>,
+    unknown_certificates: Option<usize>,
+    cas: Option<usize>,
+    verified_chains: Option<usize>,
+    sni_endpoints: Option<usize>,
+    sni_unknown_names: Option<usize>,
 }
 
 #[derive(Deserialize, Default)]
@@ -196,6 +219,8 @@ pub struct Config {
     pub mqtt_connect_timeout: time::Duration,
     pub mqtt_change_poll_interval: time::Duration,
     pub mqtt_danger_authorize_everything: bool,
+    /// The bounds of the gateway's identity and SNI caches.
+    pub caches: certfleet_gateway::CacheLimits,
     pub database_url: Option<String>,
     pub device_certificate_validity: time::Duration,
     pub root_validity: time::Duration,
@@ -203,6 +228,20 @@ pub struct Config {
     pub passphrase_file: Option<PathBuf>,
     pub rotation: certfleet_services::RotationConfig,
     pub rotation_sweep_interval: time::Duration,
+}
+
+/// The gateway's cache bounds from the file, each with its default (at least 2 entries).
+fn cache_limits(file: &CachesFile) -> certfleet_gateway::CacheLimits {
+    let defaults = certfleet_gateway::CacheLimits::default();
+    let pick = |value: Option<usize>, default: usize| value.unwrap_or(default).max(2);
+    certfleet_gateway::CacheLimits {
+        certificates: pick(file.certificates, defaults.certificates),
+        unknown_certificates: pick(file.unknown_certificates, defaults.unknown_certificates),
+        cas: pick(file.cas, defaults.cas),
+        verified_chains: pick(file.verified_chains, defaults.verified_chains),
+        sni_endpoints: pick(file.sni_endpoints, defaults.sni_endpoints),
+        sni_unknown_names: pick(file.sni_unknown_names, defaults.sni_unknown_names),
+    }
 }
 
 /// The API listener's bounds from the file, each with its safe default.
@@ -278,6 +317,7 @@ impl Config {
             max_body_bytes: file.api.max_body_bytes.unwrap_or(512 * 1024),
             max_clock_skew: parse_duration(file.api.max_clock_skew.as_deref().unwrap_or("5m"), "api.max_clock_skew")?,
             api_limits,
+            caches: cache_limits(&file.caches),
             mqtt_addr: parse_addr(
                 overrides.mqtt_addr.or(file.mqtt.addr).as_deref().unwrap_or("127.0.0.1:8883"),
                 "mqtt.addr",

@@ -302,6 +302,7 @@ async fn start_gateway(
         handshake_timeout: to_std(config.mqtt_handshake_timeout),
         connect_timeout: to_std(config.mqtt_connect_timeout),
         change_poll_interval: to_std(config.mqtt_change_poll_interval),
+        caches: config.caches,
     };
     let authorizer = certfleet_gateway::PolicyAuthorizer::new(services.clone(), &config.region);
     let gateway =

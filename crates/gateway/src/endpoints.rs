@@ -16,6 +16,8 @@
 //! handshakes on the new chain fail too often (counted per node).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+
+use certfleet_cache::BoundedMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -84,7 +86,12 @@ pub struct Endpoints {
     default_account: AccountId,
     /// Encrypts this node's TLS session tickets (keys rotated by rustls every 6 hours).
     tickets: Arc<dyn rustls::server::ProducesTickets>,
-    by_sni: Mutex<HashMap<String, Arc<Endpoint>>>,
+    /// Endpoints by the SNI names that name a configuration (and `""`: the default one).
+    by_sni: Mutex<BoundedMap<String, Arc<Endpoint>>>,
+    /// Names that name no configuration, served the default endpoint: kept apart (and
+    /// sharing that one endpoint), so that a stranger's stream of made-up names costs one small
+    /// entry each, evicts only its own kind, and builds nothing.
+    unnamed: Mutex<BoundedMap<String, ()>>,
     /// Held while an endpoint is built (see [`Endpoints::resolve`]).
     building: tokio::sync::Mutex<()>,
     counters: Mutex<HashMap<ChainKey, Arc<Counters>>>,
@@ -97,6 +104,7 @@ impl Endpoints {
         live: Arc<LiveSessions>,
         builtin: BuiltinChains,
         default_account: AccountId,
+        limits: crate::identity::CacheLimits,
     ) -> Arc<Self> {
         Arc::new(Endpoints {
             services,
@@ -105,7 +113,8 @@ impl Endpoints {
             default_account,
             tickets: rustls::crypto::aws_lc_rs::Ticketer::new()
                 .expect("the system random generator works (aws-lc-rs seeds itself at start)"),
-            by_sni: Mutex::new(HashMap::new()),
+            by_sni: Mutex::new(BoundedMap::new(limits.sni_endpoints)),
+            unnamed: Mutex::new(BoundedMap::new(limits.sni_unknown_names)),
             building: tokio::sync::Mutex::new(()),
             counters: Mutex::new(HashMap::new()),
             drains: Mutex::new(HashMap::new()),
@@ -116,35 +125,92 @@ impl Endpoints {
     /// or for a name that names nothing).
     pub async fn resolve(self: &Arc<Self>, sni: Option<&str>) -> Result<Arc<Endpoint>, certfleet_services::Error> {
         let key = sni.unwrap_or("").to_ascii_lowercase();
-        if let Some(found) = lock(&self.by_sni).get(&key) {
-            return Ok(found.clone());
+        if let Some(found) = self.cached(&key) {
+            return Ok(found);
         }
         // One build at a time: the connections of a storm that all miss the cache at once wait
         // for the first one's build (unsealing keys, a rustls configuration) instead of each
         // doing it on a blocking thread of its own.
         let _building = self.building.lock().await;
-        if let Some(found) = lock(&self.by_sni).get(&key) {
-            return Ok(found.clone());
+        if let Some(found) = self.cached(&key) {
+            return Ok(found);
         }
         let this = self.clone();
-        let sni = sni.map(str::to_owned);
-        let endpoint = tokio::task::spawn_blocking(move || this.build(sni.as_deref()))
-            .await
-            .map_err(|_| certfleet_services::Error::Internal("endpoint resolution panicked".into()))??;
+        let name = (!key.is_empty()).then(|| key.clone());
+        let built = tokio::task::spawn_blocking(move || match this.build(name.as_deref())? {
+            Some(endpoint) => Ok((true, endpoint)),
+            None => this
+                .build(None)?
+                .map(|endpoint| (false, endpoint))
+                .ok_or_else(|| certfleet_services::Error::Internal("the default endpoint did not resolve".into())),
+        })
+        .await
+        .map_err(|_| certfleet_services::Error::Internal("endpoint resolution panicked".into()))??;
+        let (named, endpoint) = built;
         let endpoint = Arc::new(endpoint);
-        lock(&self.by_sni).insert(key, endpoint.clone());
+        if named {
+            lock(&self.by_sni).insert(key, endpoint.clone());
+        } else {
+            // The default endpoint, and the made-up name that led to it.
+            let mut by_sni = lock(&self.by_sni);
+            let shared = match by_sni.get("") {
+                Some(existing) => existing.clone(),
+                None => {
+                    by_sni.insert(String::new(), endpoint.clone());
+                    endpoint
+                }
+            };
+            drop(by_sni);
+            if !key.is_empty() {
+                lock(&self.unnamed).insert(key, ());
+            }
+            return Ok(shared);
+        }
         Ok(endpoint)
     }
 
-    fn build(&self, sni: Option<&str>) -> Result<Endpoint, certfleet_services::Error> {
-        let named = match sni {
-            Some(host) => self.services.resolve_endpoint(host)?,
-            None => None,
+    /// The cached endpoint of a (lowercased) SNI name, if known.
+    fn cached(&self, key: &str) -> Option<Arc<Endpoint>> {
+        if let Some(found) = lock(&self.by_sni).get(key) {
+            return Some(found.clone());
+        }
+        if key.is_empty() || lock(&self.unnamed).get(key).is_none() {
+            return None;
+        }
+        lock(&self.by_sni).get("").cloned()
+    }
+
+    /// The sizes and evictions of the SNI caches, for `/metrics`.
+    pub fn cache_stats(&self) -> [crate::identity::CacheStats; 2] {
+        let named = lock(&self.by_sni);
+        let unnamed = lock(&self.unnamed);
+        [
+            crate::identity::CacheStats {
+                name: "sni_endpoints",
+                entries: named.len(),
+                capacity: named.capacity(),
+                evicted: named.evicted(),
+            },
+            crate::identity::CacheStats {
+                name: "sni_unknown_names",
+                entries: unnamed.len(),
+                capacity: unnamed.capacity(),
+                evicted: unnamed.evicted(),
+            },
+        ]
+    }
+
+    /// The endpoint of `sni`, or `None` when the name names no configuration (then the caller
+    /// serves the default one).
+    fn build(&self, sni: Option<&str>) -> Result<Option<Endpoint>, certfleet_services::Error> {
+        let config = match sni {
+            Some(host) => match self.services.resolve_endpoint(host)? {
+                Some(config) => config,
+                None => return Ok(None),
+            },
+            None => self.services.default_endpoint(&self.default_account)?,
         };
-        let (config, sni) = match named {
-            Some(config) => (config, sni.map(str::to_owned)),
-            None => (self.services.default_endpoint(&self.default_account)?, None),
-        };
+        let sni = sni.map(str::to_owned);
         let purpose = certfleet_services::purpose(&config.name);
         let (chain, keys) = self.chain_of(&config, purpose)?;
         let verifier = if purpose == Purpose::Test { tls::ClientAuth::Anything } else { tls::ClientAuth::Registry };
@@ -152,7 +218,7 @@ impl Endpoints {
             tls::endpoint_config(&config.security_policy, keys, verifier, self.tickets.clone()).map_err(|error| {
                 certfleet_services::Error::Internal(format!("tls settings of {}: {error}", config.name))
             })?;
-        Ok(Endpoint {
+        Ok(Some(Endpoint {
             account: config.account.clone(),
             name: config.name.clone(),
             purpose,
@@ -162,7 +228,7 @@ impl Endpoints {
             tls,
             migration: config.migration.as_deref().and_then(Migration::parse),
             serving_next: config.serving_next,
-        })
+        }))
     }
 
     /// The serving chain's label and keys.
@@ -196,6 +262,7 @@ impl Endpoints {
     /// Forgets every resolved endpoint (a configuration, certificate or account changed).
     pub fn forget(&self) {
         lock(&self.by_sni).clear();
+        lock(&self.unnamed).clear();
     }
 
     fn counters(&self, endpoint: &Endpoint) -> Arc<Counters> {

@@ -10,7 +10,7 @@
 //! registered PENDING_ACTIVATION (`Services::auto_register_certificate`), AWS's registration
 //! event goes to the [`EventSink`], and the device is refused until an operator activates it.
 
-use std::collections::HashMap;
+use certfleet_cache::BoundedMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -121,29 +121,89 @@ pub struct Identity {
 /// The registry as the gateway sees it: cached, invalidated by the change feed.
 pub struct Registry {
     services: Arc<Services>,
-    certificates: Mutex<Cache<DeviceCertificate>>,
-    cas: Mutex<Cache<CaCertificate>>,
+    /// Certificates the registry holds (positive answers).
+    certificates: Mutex<BoundedMap<AccountCertificate, Arc<DeviceCertificate>>>,
+    /// Certificates it does not hold: kept apart, so that a stream of strangers evicts only
+    /// strangers, never a fleet's devices.
+    unknown: Mutex<BoundedMap<AccountCertificate, ()>>,
+    cas: Mutex<BoundedMap<AccountCertificate, Option<Arc<CaCertificate>>>>,
     /// (device, CA) pairs whose signature verified; a certificate's bytes never change.
-    verified: Mutex<HashMap<(CertificateId, CertificateId), ()>>,
+    verified: Mutex<BoundedMap<(CertificateId, CertificateId), ()>>,
     /// Where just-in-time registration events go (the broker, attached once it exists).
     events: OnceLock<Arc<dyn EventSink>>,
 }
 
-/// What the registry said of an account's certificate (or CA): `None` when it holds none.
-type Cache<T> = HashMap<(AccountId, CertificateId), Option<Arc<T>>>;
+/// A certificate (device or CA) as an account holds it: the caches' key.
+type AccountCertificate = (AccountId, CertificateId);
 
-/// Beyond this many entries a cache is emptied rather than grown (a crude but safe bound).
-const MAX_CACHED: usize = 1_000_000;
+/// How many entries each of the registry's caches holds at most. A full cache drops its least
+/// recently used half ([`BoundedMap`]), never everything.
+#[derive(Clone, Copy, Debug)]
+pub struct CacheLimits {
+    /// Registered certificates (about 1.5 KiB each).
+    pub certificates: usize,
+    /// Certificates the registry does not hold (strangers).
+    pub unknown_certificates: usize,
+    /// CA certificates.
+    pub cas: usize,
+    /// Verified (device, CA) signatures (about 150 bytes each).
+    pub verified_chains: usize,
+    /// SNI names that name a domain configuration, resolved (each holds a rustls configuration).
+    pub sni_endpoints: usize,
+    /// SNI names that name nothing (served the default endpoint).
+    pub sni_unknown_names: usize,
+}
+
+impl Default for CacheLimits {
+    fn default() -> Self {
+        CacheLimits {
+            certificates: 200_000,
+            unknown_certificates: 50_000,
+            cas: 10_000,
+            verified_chains: 200_000,
+            sni_endpoints: 4096,
+            sni_unknown_names: 65_536,
+        }
+    }
+}
+
+/// One cache's size and evictions, for `/metrics`.
+#[derive(Clone, Copy, Debug)]
+pub struct CacheStats {
+    pub name: &'static str,
+    pub entries: usize,
+    pub capacity: usize,
+    pub evicted: u64,
+}
 
 impl Registry {
     pub fn new(services: Arc<Services>) -> Self {
+        Registry::with_limits(services, CacheLimits::default())
+    }
+
+    pub fn with_limits(services: Arc<Services>, limits: CacheLimits) -> Self {
         Registry {
             services,
-            certificates: Mutex::new(HashMap::new()),
-            cas: Mutex::new(HashMap::new()),
-            verified: Mutex::new(HashMap::new()),
+            certificates: Mutex::new(BoundedMap::new(limits.certificates)),
+            unknown: Mutex::new(BoundedMap::new(limits.unknown_certificates)),
+            cas: Mutex::new(BoundedMap::new(limits.cas)),
+            verified: Mutex::new(BoundedMap::new(limits.verified_chains)),
             events: OnceLock::new(),
         }
+    }
+
+    /// The caches' sizes and evictions.
+    pub fn cache_stats(&self) -> [CacheStats; 4] {
+        fn stats<K: Eq + std::hash::Hash, V>(name: &'static str, map: &Mutex<BoundedMap<K, V>>) -> CacheStats {
+            let map = lock(map);
+            CacheStats { name, entries: map.len(), capacity: map.capacity(), evicted: map.evicted() }
+        }
+        [
+            stats("certificates", &self.certificates),
+            stats("unknown_certificates", &self.unknown),
+            stats("cas", &self.cas),
+            stats("verified_chains", &self.verified),
+        ]
     }
 
     /// Connects the sink of just-in-time registration events (the broker, which is built from the
@@ -248,7 +308,9 @@ impl Registry {
         let Some((record, ca)) = registered else { return Ok(false) };
         let event = certificate_registered(&record, &ca, self.services.now());
         // The cache said "unknown"; the change feed would correct it, but only at its next poll.
-        lock(&self.certificates).insert((account.clone(), record.id.clone()), Some(Arc::new(record)));
+        let key = (account.clone(), record.id.clone());
+        lock(&self.unknown).remove(&key);
+        lock(&self.certificates).insert(key, Arc::new(record));
         match (self.events.get(), event) {
             (Some(events), Some(event)) => events.publish_event(account, event),
             _ => {
@@ -260,7 +322,7 @@ impl Registry {
 
     fn check_chain(&self, certificate: &Certificate, ca: &CaCertificate, now: OffsetDateTime) -> Result<(), Refusal> {
         let key = (certificate.id().clone(), ca.id.clone());
-        if lock(&self.verified).contains_key(&key) {
+        if lock(&self.verified).get(&key).is_some() {
             return if ca.not_after >= now && ca.not_before <= now { Ok(()) } else { Err(Refusal::ChainInvalid) };
         }
         let ca_certificate = Certificate::from_pem(&ca.pem).map_err(|_| Refusal::ChainInvalid)?;
@@ -268,11 +330,7 @@ impl Registry {
             tracing::debug!(cert = %certificate.id(), ca = %ca.id, %error, "chain check failed");
             Refusal::ChainInvalid
         })?;
-        let mut verified = lock(&self.verified);
-        if verified.len() >= MAX_CACHED {
-            verified.clear();
-        }
-        verified.insert(key, ());
+        lock(&self.verified).insert(key, ());
         Ok(())
     }
 
@@ -283,7 +341,10 @@ impl Registry {
     ) -> Result<Option<Arc<DeviceCertificate>>, Refusal> {
         let key = (account.clone(), id.clone());
         if let Some(cached) = lock(&self.certificates).get(&key) {
-            return Ok(cached.clone());
+            return Ok(Some(cached.clone()));
+        }
+        if lock(&self.unknown).get(&key).is_some() {
+            return Ok(None);
         }
         let services = self.services.clone();
         let (lookup_account, lookup_id) = key.clone();
@@ -295,11 +356,10 @@ impl Registry {
                 Refusal::RegistryUnavailable
             })?
             .map(Arc::new);
-        let mut certificates = lock(&self.certificates);
-        if certificates.len() >= MAX_CACHED {
-            certificates.clear();
+        match &loaded {
+            Some(record) => lock(&self.certificates).insert(key, record.clone()),
+            None => lock(&self.unknown).insert(key, ()),
         }
-        certificates.insert(key, loaded.clone());
         Ok(loaded)
     }
 
@@ -321,7 +381,9 @@ impl Registry {
 
     /// Forgets what the cache knows of a certificate (a change-feed entry named it).
     pub fn forget_certificate(&self, account: &AccountId, id: &CertificateId) {
-        lock(&self.certificates).remove(&(account.clone(), id.clone()));
+        let key = (account.clone(), id.clone());
+        lock(&self.certificates).remove(&key);
+        lock(&self.unknown).remove(&key);
     }
 
     /// Forgets what the cache knows of a CA.
@@ -332,12 +394,14 @@ impl Registry {
     /// Forgets everything of an account.
     pub fn forget_account(&self, account: &AccountId) {
         lock(&self.certificates).retain(|(owner, _), _| owner != account);
+        lock(&self.unknown).retain(|(owner, _), _| owner != account);
         lock(&self.cas).retain(|(owner, _), _| owner != account);
     }
 
     /// Forgets everything (the change feed was lost and must be assumed to have missed entries).
     pub fn forget_all(&self) {
         lock(&self.certificates).clear();
+        lock(&self.unknown).clear();
         lock(&self.cas).clear();
     }
 }

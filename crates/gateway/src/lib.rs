@@ -35,7 +35,7 @@ pub use authz::PolicyAuthorizer;
 pub use broker::{AllowAll, Authorizer, Broker, BrokerConfig};
 pub use events::{ConnectionObserver, DisconnectReason, EventSink, IgnoreConnections};
 pub use fabric::{Fabric, LocalFabric, NodeId};
-pub use identity::{Identity, Refusal};
+pub use identity::{CacheLimits, CacheStats, Identity, Refusal};
 pub use listener::{Config, Gateway};
 pub use live::SessionInfo;
 pub use session::serve;

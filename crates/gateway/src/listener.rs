@@ -16,7 +16,7 @@ use certfleet_services::Purpose;
 
 use crate::authz::PolicyAuthorizer;
 use crate::endpoints::{BuiltinChains, Endpoint, Endpoints, alert_name};
-use crate::identity::{Identity, Refusal, Registry};
+use crate::identity::{CacheLimits, Identity, Refusal, Registry};
 use crate::live::{LiveSessions, Membership};
 use crate::metrics::Metrics;
 
@@ -37,6 +37,8 @@ pub struct Config {
     pub connect_timeout: Duration,
     /// How often the registry's change feed is read.
     pub change_poll_interval: Duration,
+    /// The bounds of the identity and SNI caches.
+    pub caches: CacheLimits,
 }
 
 /// What the session layer learns of a connection before its first packet.
@@ -96,11 +98,12 @@ impl Gateway {
         authorizer: Option<Arc<PolicyAuthorizer>>,
     ) -> Arc<Self> {
         let live = Arc::new(LiveSessions::default());
-        let endpoints = Endpoints::new(services.clone(), live.clone(), builtin, config.default_account.clone());
+        let caches = config.caches;
+        let endpoints = Endpoints::new(services.clone(), live.clone(), builtin, config.default_account.clone(), caches);
         Arc::new(Gateway {
             config,
             rules: crate::rules::RuleBook::new(services.clone()),
-            registry: Arc::new(Registry::new(services)),
+            registry: Arc::new(Registry::with_limits(services, caches)),
             live,
             metrics: Arc::new(Metrics::default()),
             authorizer,

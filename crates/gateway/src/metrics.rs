@@ -70,6 +70,29 @@ pub fn render(gateway: &crate::Gateway) -> String {
     for (reason, count) in metrics.refusals() {
         let _ = writeln!(out, "certfleet_gateway_refusals_total{{reason=\"{reason}\"}} {count}");
     }
+    let _ = writeln!(
+        out,
+        "# HELP certfleet_cache_entries Entries held by a bounded cache.\n# TYPE certfleet_cache_entries gauge"
+    );
+    let caches: Vec<crate::CacheStats> =
+        gateway.registry.cache_stats().into_iter().chain(gateway.endpoints.cache_stats()).collect();
+    for cache in &caches {
+        let _ = writeln!(out, "certfleet_cache_entries{{cache=\"{}\"}} {}", cache.name, cache.entries);
+    }
+    let _ = writeln!(
+        out,
+        "# HELP certfleet_cache_capacity The most entries a cache holds.\n# TYPE certfleet_cache_capacity gauge"
+    );
+    for cache in &caches {
+        let _ = writeln!(out, "certfleet_cache_capacity{{cache=\"{}\"}} {}", cache.name, cache.capacity);
+    }
+    let _ = writeln!(
+        out,
+        "# HELP certfleet_cache_evicted_total Entries dropped to stay within a cache's bound.\n# TYPE certfleet_cache_evicted_total counter"
+    );
+    for cache in &caches {
+        let _ = writeln!(out, "certfleet_cache_evicted_total{{cache=\"{}\"}} {}", cache.name, cache.evicted);
+    }
     if let Some(broker) = gateway.broker() {
         let c = broker.counters();
         counters(

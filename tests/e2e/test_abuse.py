@@ -225,3 +225,50 @@ def test_a_budget_beyond_the_open_files_limit_refuses_to_start(tmp_path):
     node = Node(tmp_path / "toobig", "--config", str(config))
     assert node.wait_exit() != 0
     assert "mqtt.max_connections = 10000000" in node.log.read_text()
+
+
+def test_made_up_sni_names_and_strangers_fill_only_their_own_bounded_caches(tmp_path):
+    config = tmp_path / "config.toml"
+    config.write_text(CONFIG + "[caches]\nsni_unknown_names = 50\nunknown_certificates = 20\n")
+    node = Node(tmp_path / "sni", "--config", str(config), "--metrics-addr", "127.0.0.1:0").wait_listening()
+    try:
+        node.aws("create-policy", "--policy-name", ALLOW_ALL_POLICY, "--policy-document", ALLOW_ALL_DOCUMENT)
+        tag = f"sni-{uuid.uuid4().hex[:6]}"
+        device = make_device(node, tmp_path, tag)
+        device_round_trip(device, tag)
+        host, port = endpoints(node)["mqtt_addr"].rsplit(":", 1)
+        context = ssl.create_default_context(cafile=str(node.data_dir / "server-root.pem"))
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        # 300 ClientHellos, each naming a different made-up host, no client certificate.
+        for index in range(300):
+            raw = socket.create_connection((host, int(port)), timeout=10)
+            try:
+                with context.wrap_socket(raw, server_hostname=f"x{index}-{uuid.uuid4().hex[:8]}.invalid") as tls:
+                    tls.recv(1)
+            except (ssl.SSLError, ConnectionError, OSError):
+                pass  # refused for want of a client certificate, after SNI resolution
+            finally:
+                raw.close()
+        # Strangers with self-signed certificates the registry does not hold.
+        for index in range(60):
+            key = tmp_path / f"stranger{index}.key"
+            cert = tmp_path / f"stranger{index}.crt"
+            subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                            "-nodes", "-keyout", str(key), "-out", str(cert), "-subj", f"/CN=stranger{index}",
+                            "-days", "1"], check=True, capture_output=True)
+            result = subprocess.run(["mosquitto_pub", "-h", host, "-p", port, "--cafile",
+                                     str(node.data_dir / "server-root.pem"), "--cert", str(cert), "--key", str(key),
+                                     "-t", "x", "-m", "x", "-i", f"stranger{index}"],
+                                    capture_output=True, text=True, timeout=20)
+            assert result.returncode != 0
+        assert metric(node, 'certfleet_cache_entries{cache="sni_unknown_names"}') <= 50
+        assert metric(node, 'certfleet_cache_evicted_total{cache="sni_unknown_names"}') > 0
+        assert metric(node, 'certfleet_cache_entries{cache="sni_endpoints"}') <= 2
+        assert metric(node, 'certfleet_cache_entries{cache="unknown_certificates"}') <= 20
+        assert metric(node, 'certfleet_cache_evicted_total{cache="unknown_certificates"}') > 0
+        # The device's own entry was not flushed by the strangers, and it still round-trips.
+        assert metric(node, 'certfleet_cache_entries{cache="certificates"}') >= 1
+        device_round_trip(device, tag + "-after")
+    finally:
+        assert node.stop() == 0, node.log.read_text()[-4000:]
