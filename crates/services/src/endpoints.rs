@@ -14,6 +14,8 @@ use certfleet_registry::{
     self as registry, AccountId, ChangeKind, DomainConfiguration, DomainStatus, EndpointProbe, KeyPageRequest,
     ServerCertificate, Tx,
 };
+use std::collections::HashMap;
+
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
@@ -75,6 +77,54 @@ pub fn is_reserved(name: &str) -> bool {
     RESERVED.iter().any(|(reserved, ..)| *reserved == name)
 }
 
+/// Who may claim which custom domain names. A claim needs proof of control: the domain is
+/// under a suffix the operator allows the account, or a certificate of the account that names
+/// it chains to the trust store (see docs/endpoints.md, "Domain claims").
+#[derive(Clone, Debug, Default)]
+pub struct DomainClaims {
+    /// Per account, the domain suffixes the operator allows it to claim (lowercase, no trailing
+    /// dot, at least two labels): a suffix covers itself and every name under it.
+    pub allowed_suffixes: HashMap<AccountId, Vec<String>>,
+    /// The roots a validation certificate (or a server certificate) must chain to.
+    pub trust_anchors: Vec<Certificate>,
+    /// The server's own host names (the API's and the gateway's), which no account may claim
+    /// (lowercase; a `*.` name reserves the names it covers).
+    pub reserved_names: Vec<String>,
+}
+
+/// How a claim of a custom domain was proven.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DomainProof {
+    /// The domain is under this suffix, which the operator allows the account.
+    AllowedSuffix(String),
+    /// The validation certificate (this ACM ID) names the domain and chains to the trust store.
+    ValidationCertificate(String),
+    /// A server certificate of the configuration (this ACM ID) names the domain and chains to
+    /// the trust store (AWS needs no validation certificate then either).
+    ServerCertificate(String),
+}
+
+/// Why a certificate does not prove control of a domain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum NotProven {
+    /// No subject alternative name (dNSName) of it names the domain.
+    DoesNotName,
+    /// It does not chain to the trust store.
+    Untrusted,
+    /// It is not valid now.
+    NotValidNow,
+}
+
+impl NotProven {
+    fn as_str(self) -> &'static str {
+        match self {
+            NotProven::DoesNotName => "no subject alternative name (dNSName) of it names the domain",
+            NotProven::Untrusted => "it does not chain to the trust store",
+            NotProven::NotValidNow => "it is not valid now",
+        }
+    }
+}
+
 /// ImportCertificate's input.
 pub struct ServerCertificateImport {
     pub certificate_pem: String,
@@ -100,6 +150,8 @@ pub struct DomainConfigurationDefinition {
     pub name: String,
     pub domain_name: Option<String>,
     pub server_certificate_arns: Vec<String>,
+    /// An ACM certificate of the caller's account proving control of the domain.
+    pub validation_certificate_arn: Option<String>,
     pub service_type: Option<String>,
     pub security_policy: Option<String>,
     pub authentication_type: Option<String>,
@@ -529,6 +581,9 @@ impl Services {
                 self.config().endpoint_domain
             )));
         }
+        if self.config().domain_claims.reserved_names.iter().any(|reserved| host_covered_by(&domain_name, reserved)) {
+            return Err(Error::InvalidRequest(format!("{domain_name} is a name of this server and cannot be claimed")));
+        }
         match definition.service_type.as_deref() {
             None | Some("DATA") => {}
             Some(other) => {
@@ -548,6 +603,11 @@ impl Services {
             return Err(Error::InvalidRequest("serverCertificateArns is required for a custom domain".into()));
         }
         let chain = self.check_chain_arns(caller, &definition.server_certificate_arns, Some(&domain_name))?;
+        // Proof before the uniqueness check: an account that cannot prove control of a domain
+        // does not learn whether another account holds it.
+        let proof =
+            self.prove_domain_control(caller, &domain_name, definition.validation_certificate_arn.as_deref(), &chain)?;
+        tracing::info!(account = %caller.account, domain = %domain_name, ?proof, "custom domain claim proven");
         let now = self.now();
         let config = DomainConfiguration {
             account: caller.account.clone(),
@@ -600,6 +660,60 @@ impl Services {
             Ok(())
         })?;
         Ok(config)
+    }
+
+    /// Whether the caller controls `domain`: an allowed suffix of the account, else the
+    /// validation certificate when one is named (it must prove it: no fallback), else a server
+    /// certificate of the new chain (`chain`, IDs in the caller's account).
+    fn prove_domain_control(
+        &self,
+        caller: &Caller,
+        domain: &str,
+        validation_certificate_arn: Option<&str>,
+        chain: &[String],
+    ) -> Result<DomainProof, Error> {
+        let claims = &self.config().domain_claims;
+        if let Some(suffix) = claims
+            .allowed_suffixes
+            .get(&caller.account)
+            .and_then(|suffixes| suffixes.iter().find(|suffix| under_suffix(domain, suffix)))
+        {
+            return Ok(DomainProof::AllowedSuffix(suffix.clone()));
+        }
+        let now = self.now();
+        let check = |id: &str| -> Result<Result<(), NotProven>, Error> {
+            let record = registry::read(self.store(), |tx| tx.get_server_certificate(&caller.account, id))?;
+            let Some(record) = record else { return Ok(Err(NotProven::Untrusted)) };
+            let leaf = Certificate::from_pem(&record.certificate_pem)
+                .map_err(|error| Error::Internal(format!("stored server certificate: {error}")))?;
+            let intermediates = match &record.chain_pem {
+                Some(pem) => split_pem_certificates(pem)?,
+                None => Vec::new(),
+            };
+            Ok(proves_control(&leaf, &intermediates, &claims.trust_anchors, domain, now))
+        };
+        if let Some(arn) = validation_certificate_arn {
+            let id = self.server_certificate_id(caller, arn)?;
+            if registry::read(self.store(), |tx| tx.get_server_certificate(&caller.account, &id))?.is_none() {
+                return Err(Error::NotFound(format!("certificate {arn} not found")));
+            }
+            return match check(&id)? {
+                Ok(()) => Ok(DomainProof::ValidationCertificate(id)),
+                Err(why) => Err(Error::CertificateValidation(format!(
+                    "validationCertificateArn {arn} does not prove control of {domain}: {}",
+                    why.as_str()
+                ))),
+            };
+        }
+        for id in chain {
+            if check(id)?.is_ok() {
+                return Ok(DomainProof::ServerCertificate(id.clone()));
+            }
+        }
+        Err(Error::CertificateValidation(format!(
+            "this account has not proven control of {domain}: give a validationCertificateArn naming it and \
+             chaining to the trust store, or ask the operator to allow the domain for this account"
+        )))
     }
 
     /// Changes a configuration (stored, or a reserved one stored on its first change) in one
@@ -940,6 +1054,21 @@ fn acm_key_algorithm(kind: &KeyKind) -> String {
     }
 }
 
+/// The certificates of a trust store's PEM text (an OS bundle): those that parse, and how many
+/// blocks did not.
+pub fn parse_trust_store(text: &str) -> (Vec<Certificate>, usize) {
+    const END: &str = "-----END CERTIFICATE-----";
+    let mut anchors = Vec::new();
+    let mut skipped = 0;
+    for block in text.split_inclusive(END).filter(|block| block.contains(END)) {
+        match block.find("-----BEGIN CERTIFICATE-----").map(|start| Certificate::from_pem(&block[start..])) {
+            Some(Ok(certificate)) => anchors.push(certificate),
+            Some(Err(_)) | None => skipped += 1,
+        }
+    }
+    (anchors, skipped)
+}
+
 /// Every CERTIFICATE block of a PEM text, in order.
 fn split_pem_certificates(text: &str) -> Result<Vec<Certificate>, Error> {
     const END: &str = "-----END CERTIFICATE-----";
@@ -971,6 +1100,64 @@ fn check_chain(leaf: &Certificate, chain: &[Certificate], now: OffsetDateTime) -
         child = parent;
     }
     Ok(())
+}
+
+/// Whether `domain` is `suffix` or a name under it (label boundaries; both lowercase).
+fn under_suffix(domain: &str, suffix: &str) -> bool {
+    domain == suffix || domain.strip_suffix(suffix).is_some_and(|head| head.ends_with('.'))
+}
+
+/// Whether `host` is `name`, or covered by it when `name` is a `*.` wildcard (one label).
+fn host_covered_by(host: &str, name: &str) -> bool {
+    match name.strip_prefix("*.") {
+        Some(parent) => host.split_once('.').is_some_and(|(label, rest)| !label.is_empty() && rest == parent),
+        None => host == name,
+    }
+}
+
+/// Whether a certificate names `domain` in a dNSName subject alternative name, as RFC 6125
+/// matches: case-insensitive, a wildcard only as the whole leftmost label, covering exactly one
+/// label, and not directly under a public-suffix-like single label (`*.com` proves nothing).
+/// The common name is not looked at.
+fn san_names_domain(certificate: &Certificate, domain: &str) -> bool {
+    certificate.dns_names().iter().any(|name| {
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        match name.strip_prefix("*.") {
+            Some(parent) => {
+                !parent.contains('*') && parent.contains('.') && host_covered_by(domain, &format!("*.{parent}"))
+            }
+            None => !name.contains('*') && name == domain,
+        }
+    })
+}
+
+/// Whether `leaf` proves control of `domain`: valid now, naming it (`san_names_domain`), and
+/// chaining through `intermediates` (in order, each issuing the one before) to one of
+/// `anchors`.
+fn proves_control(
+    leaf: &Certificate,
+    intermediates: &[Certificate],
+    anchors: &[Certificate],
+    domain: &str,
+    now: OffsetDateTime,
+) -> Result<(), NotProven> {
+    if !leaf.is_valid_at(now) {
+        return Err(NotProven::NotValidNow);
+    }
+    if !san_names_domain(leaf, domain) {
+        return Err(NotProven::DoesNotName);
+    }
+    let mut child = leaf;
+    for step in 0..=intermediates.len() {
+        if anchors.iter().any(|anchor| pki::check_issued_by(child, anchor, now).is_ok()) {
+            return Ok(());
+        }
+        match intermediates.get(step) {
+            Some(parent) if pki::check_issued_by(child, parent, now).is_ok() => child = parent,
+            _ => return Err(NotProven::Untrusted),
+        }
+    }
+    Err(NotProven::Untrusted)
 }
 
 fn check_name(name: &str, reserved_allowed: bool) -> Result<(), Error> {
@@ -1037,4 +1224,48 @@ fn check_options(
         return Err(Error::InvalidRequest("OCSP stapling (enableOCSPCheck) is not supported".into()));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suffixes_and_reserved_names_match_on_label_boundaries() {
+        for (domain, suffix, expected) in [
+            ("fleet.example.com", "fleet.example.com", true),
+            ("a.fleet.example.com", "fleet.example.com", true),
+            ("a.b.fleet.example.com", "fleet.example.com", true),
+            ("evilfleet.example.com", "fleet.example.com", false),
+            ("example.com", "fleet.example.com", false),
+            ("fleet.example.com.evil", "fleet.example.com", false),
+        ] {
+            assert_eq!(under_suffix(domain, suffix), expected, "{domain} under {suffix}");
+        }
+        for (host, name, expected) in [
+            ("api.example.com", "api.example.com", true),
+            ("x.example.com", "*.example.com", true),
+            ("example.com", "*.example.com", false),
+            ("a.x.example.com", "*.example.com", false),
+            ("api.example.com", "example.com", false),
+        ] {
+            assert_eq!(host_covered_by(host, name), expected, "{host} by {name}");
+        }
+    }
+
+    #[test]
+    fn a_trust_store_keeps_the_certificates_that_parse() {
+        let now = OffsetDateTime::UNIX_EPOCH + time::Duration::days(20_000);
+        let root = |name: &str| {
+            pki::Issuer::generate_root(name, "test", time::Duration::days(30), pki::KeyAlgorithm::EcdsaP256, now)
+                .unwrap()
+                .certificate()
+                .clone()
+        };
+        let (first, second) = (root("first"), root("second"));
+        let garbage = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+        let text = format!("# a bundle\n{}{garbage}{}trailing text", first.to_pem(), second.to_pem());
+        assert_eq!(parse_trust_store(&text), (vec![first, second], 1));
+        assert_eq!(parse_trust_store(""), (Vec::new(), 0));
+    }
 }
