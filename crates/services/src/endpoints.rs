@@ -662,9 +662,9 @@ impl Services {
         Ok(config)
     }
 
-    /// Whether the caller controls `domain`: an allowed suffix of the account, else the
-    /// validation certificate when one is named (it must prove it: no fallback), else a server
-    /// certificate of the new chain (`chain`, IDs in the caller's account).
+    /// Whether the caller controls `domain`: the validation certificate when one is named (it
+    /// must prove it: a bad one is refused, never passed over), else an allowed suffix of the
+    /// account, else a server certificate of the new chain (`chain`, IDs in the caller's account).
     fn prove_domain_control(
         &self,
         caller: &Caller,
@@ -673,6 +673,29 @@ impl Services {
         chain: &[String],
     ) -> Result<DomainProof, Error> {
         let claims = &self.config().domain_claims;
+        let now = self.now();
+        let check = |id: &str| -> Result<Option<Result<(), NotProven>>, Error> {
+            let record = registry::read(self.store(), |tx| tx.get_server_certificate(&caller.account, id))?;
+            let Some(record) = record else { return Ok(None) };
+            let leaf = Certificate::from_pem(&record.certificate_pem)
+                .map_err(|error| Error::Internal(format!("stored server certificate: {error}")))?;
+            let intermediates = match &record.chain_pem {
+                Some(pem) => split_pem_certificates(pem)?,
+                None => Vec::new(),
+            };
+            Ok(Some(proves_control(&leaf, &intermediates, &claims.trust_anchors, domain, now)))
+        };
+        if let Some(arn) = validation_certificate_arn {
+            let id = self.server_certificate_id(caller, arn)?;
+            return match check(&id)? {
+                None => Err(Error::NotFound(format!("certificate {arn} not found"))),
+                Some(Ok(())) => Ok(DomainProof::ValidationCertificate(id)),
+                Some(Err(why)) => Err(Error::CertificateValidation(format!(
+                    "validationCertificateArn {arn} does not prove control of {domain}: {}",
+                    why.as_str()
+                ))),
+            };
+        }
         if let Some(suffix) = claims
             .allowed_suffixes
             .get(&caller.account)
@@ -680,33 +703,8 @@ impl Services {
         {
             return Ok(DomainProof::AllowedSuffix(suffix.clone()));
         }
-        let now = self.now();
-        let check = |id: &str| -> Result<Result<(), NotProven>, Error> {
-            let record = registry::read(self.store(), |tx| tx.get_server_certificate(&caller.account, id))?;
-            let Some(record) = record else { return Ok(Err(NotProven::Untrusted)) };
-            let leaf = Certificate::from_pem(&record.certificate_pem)
-                .map_err(|error| Error::Internal(format!("stored server certificate: {error}")))?;
-            let intermediates = match &record.chain_pem {
-                Some(pem) => split_pem_certificates(pem)?,
-                None => Vec::new(),
-            };
-            Ok(proves_control(&leaf, &intermediates, &claims.trust_anchors, domain, now))
-        };
-        if let Some(arn) = validation_certificate_arn {
-            let id = self.server_certificate_id(caller, arn)?;
-            if registry::read(self.store(), |tx| tx.get_server_certificate(&caller.account, &id))?.is_none() {
-                return Err(Error::NotFound(format!("certificate {arn} not found")));
-            }
-            return match check(&id)? {
-                Ok(()) => Ok(DomainProof::ValidationCertificate(id)),
-                Err(why) => Err(Error::CertificateValidation(format!(
-                    "validationCertificateArn {arn} does not prove control of {domain}: {}",
-                    why.as_str()
-                ))),
-            };
-        }
         for id in chain {
-            if check(id)?.is_ok() {
+            if let Some(Ok(())) = check(id)? {
                 return Ok(DomainProof::ServerCertificate(id.clone()));
             }
         }

@@ -588,6 +588,14 @@ fn a_claim_needs_proof_of_control() {
         let d = definition(&format!("c-{}", domain.replace('.', "-")), domain, &[private_for(domain)]);
         assert_eq!(outcome(world.services.create_domain_configuration(allowed, &d)), expected, "{domain}");
     }
+    // A validation certificate given under an allowed suffix must still prove the claim.
+    let domain = "named.fleet.example.com";
+    let mut d = definition("named", domain, &[private_for(domain)]);
+    d.validation_certificate_arn = Some(import_from(&world, allowed, &private, &[domain], KeyAlgorithm::EcdsaP256));
+    assert_eq!(outcome(world.services.create_domain_configuration(allowed, &d)), "CertificateValidation");
+    d.validation_certificate_arn = Some(world.services.server_certificate_arn(&allowed.account, "abc-123"));
+    assert_eq!(outcome(world.services.create_domain_configuration(allowed, &d)), "NotFound");
+    assert_eq!(world.services.resolve_endpoint(domain).unwrap(), None);
     // The other account is not allowed the suffix.
     let d = definition(
         "theirs",
