@@ -19,8 +19,57 @@ import uuid
 from pathlib import Path
 
 import pytest
+from botocore.exceptions import ClientError
 
+from conftest import OpenSSL, Server
 from test_gateway import allow_all_policy, connect_packet, gateway_addr, make_device
+
+
+# ------------------------------------------------------------------------------------------------
+# the server of this module: domain claims need proof of control
+# ------------------------------------------------------------------------------------------------
+class ConfiguredServer(Server):
+    """A `certfleet server` (and its admin commands) reading a configuration file."""
+
+    def __init__(self, data_dir: Path, log_path: Path, config: Path):
+        super().__init__(data_dir, log_path)
+        self.config_path = config
+
+    def _certfleet_env(self) -> dict:
+        env = super()._certfleet_env()
+        env["CERTFLEET_CONFIG"] = str(self.config_path)
+        return env
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """This module's own server: its domain claims trust a root made here (`server.trust_root`,
+    `server.trust_key`), and its default account may claim any name under example.com (the
+    other accounts must prove control with a certificate)."""
+    base = tmp_path_factory.mktemp("certfleet-domains")
+    data_dir, log_path = base / "data", base / "server.log"
+    first = Server(data_dir, log_path)
+    first.start()  # makes the data directory and the default account
+    default_id = first.default_account.id
+    assert first.stop() == 0
+    (data_dir / "endpoints.json").unlink()  # the restarted server writes its own addresses
+    trust = base / "trust"
+    trust.mkdir()
+    trust_openssl = OpenSSL(trust)
+    root, root_key = trust_openssl.self_signed_ca("public-root", cn=f"e2e public root {uuid.uuid4().hex[:6]}")
+    config = base / "config.toml"
+    config.write_text(
+        f'[domains]\ntrust_store = "{trust / root}"\n[domains.claims]\n"{default_id}" = ["example.com"]\n'
+    )
+    srv = ConfiguredServer(data_dir, log_path, config)
+    srv.trust_root, srv.trust_key = str(trust / root), str(trust / root_key)
+    srv.start()
+    try:
+        yield srv
+    finally:
+        code = srv.stop()
+        if code != 0:
+            pytest.fail(f"certfleet server exited {code} after SIGTERM (expected 0)\n{srv.log_tail()}")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -779,3 +828,153 @@ def test_agent_connects_through_the_large_certificate_endpoint_and_is_refused_by
     results = wait_for(lambda: [r for r in server_api_results(server) if r["clientId"] == probe_id],
                        "the test endpoint's record of the agent", timeout=20)
     assert results[0]["outcome"] == "connect_refused", results
+
+
+# ------------------------------------------------------------------------------------------------
+# domain claims
+# ------------------------------------------------------------------------------------------------
+LEAF_EXT = ("basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
+            "extendedKeyUsage=serverAuth\nsubjectAltName=DNS:{names}\n")
+
+
+def trusted_cert(server, openssl, names: str, label: str, intermediate: bool = False):
+    """A certificate for `names` (comma-separated SAN text) chaining to the server's trust
+    store, directly or through an intermediate: (cert, key, chain or None)."""
+    ca, ca_key, chain = server.trust_root, server.trust_key, None
+    if intermediate:
+        ca_key = openssl.ec_key(f"int-{label}.key")
+        csr = openssl.csr(f"int-{label}", ca_key, f"e2e intermediate {label}")
+        ca = openssl.sign(csr, server.trust_root, server.trust_key, f"int-{label}.pem",
+                          ext="basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n")
+        chain = str(openssl.path(ca))
+        ca, ca_key = str(openssl.path(ca)), str(openssl.path(ca_key))
+    key = openssl.ec_key(f"v-{label}.key")
+    csr = openssl.csr(f"v-{label}", key, names.split(",")[0])
+    cert = openssl.sign(csr, ca, ca_key, f"v-{label}.pem", ext=LEAF_EXT.format(names=",DNS:".join(names.split(","))))
+    return str(openssl.path(cert)), str(openssl.path(key)), chain
+
+
+def served_leaf(server, domain: str, cafile: str, device) -> str:
+    """The leaf certificate a handshake with SNI `domain` gets (PEM), verified against `cafile`."""
+    output, _ = s_client(server, domain, cafile=cafile, device=device)
+    assert "Verification: OK" in output, output
+    start = output.index("-----BEGIN CERTIFICATE-----")
+    end = output.index("-----END CERTIFICATE-----", start) + len("-----END CERTIFICATE-----")
+    return output[start:end]
+
+
+def claim_error(call, code: str, **kwargs) -> ClientError:
+    try:
+        result = call(**kwargs)
+    except ClientError as e:
+        assert e.response["Error"]["Code"] == code, e.response
+        assert e.response["ResponseMetadata"]["HTTPStatusCode"] in (400, 404, 409), e.response
+        assert e.response["Error"]["Message"], e.response
+        return e
+    pytest.fail(f"expected {code}, but the call succeeded: {result}")
+
+
+def test_another_account_cannot_take_change_or_delete_a_claimed_domain(server, openssl):
+    """Tenant B against the domain tenant A's devices use: every attempt is refused with the
+    AWS error, A's configuration is intact, and A's devices still get A's certificate."""
+    domain = f"victim-{uuid.uuid4().hex[:6]}.example.com"
+    a = server.client("default")
+    # A claims it under the suffix the operator allows A, with a private root's certificate.
+    a_root, a_cert, a_key = root_and_server_cert(openssl, domain, "victim")
+    a_arn = import_cert(server, a_cert, a_key, chain=a_root)
+    name = f"devices-{uuid.uuid4().hex[:6]}"
+    a.create_domain_configuration(domainConfigurationName=name, domainName=domain, serverCertificateArns=[a_arn])
+    before = a.describe_domain_configuration(domainConfigurationName=name)
+    before.pop("ResponseMetadata")
+    device = make_device(server, openssl)
+    a_leaf = open(a_cert).read().strip()
+    assert served_leaf(server, domain, a_root, device) == a_leaf
+
+    b_account = server.create_account()
+    b = server.client(b_account)
+    # B with no proof (a certificate of its own private root naming the domain).
+    b_root, b_cert, b_key = root_and_server_cert(openssl, domain, "attacker")
+    b_private = import_cert(server, b_cert, b_key, chain=b_root, profile=b_account.profile)
+    for claim_name in (name, "takeover"):
+        claim_error(b.create_domain_configuration, "CertificateValidationException",
+                    domainConfigurationName=claim_name, domainName=domain, serverCertificateArns=[b_private])
+    # B with a proof (a publicly trusted certificate for the name), as a server certificate or
+    # as validationCertificateArn: the name is taken; the answer does not say by whom.
+    v_cert, v_key, _ = trusted_cert(server, openssl, domain, "attacker-proof")
+    b_trusted = import_cert(server, v_cert, v_key, profile=b_account.profile)
+    for extra in ({"serverCertificateArns": [b_trusted]},
+                  {"serverCertificateArns": [b_private], "validationCertificateArn": b_trusted}):
+        error = claim_error(b.create_domain_configuration, "ResourceAlreadyExistsException",
+                            domainConfigurationName="takeover", domainName=domain.upper() + ".", **extra)
+        assert server.default_account.id not in json.dumps(error.response, default=str), error.response
+    # B changing or deleting A's configuration by its name only reaches B's own (none).
+    claim_error(b.update_domain_configuration, "ResourceNotFoundException", domainConfigurationName=name,
+                domainConfigurationStatus="DISABLED")
+    claim_error(b.delete_domain_configuration, "ResourceNotFoundException", domainConfigurationName=name)
+    claim_error(b.describe_domain_configuration, "ResourceNotFoundException", domainConfigurationName=name)
+    assert [c["domainConfigurationName"] for c in b.list_domain_configurations()["domainConfigurations"]
+            if ":" not in c["domainConfigurationName"]] == []
+
+    after = a.describe_domain_configuration(domainConfigurationName=name)
+    after.pop("ResponseMetadata")
+    assert after == before
+    assert served_leaf(server, domain, a_root, device) == a_leaf
+
+    # A lets it go: B, still without proof, cannot take it while A's devices keep connecting.
+    a.delete_domain_configuration(domainConfigurationName=name)
+    claim_error(b.create_domain_configuration, "CertificateValidationException",
+                domainConfigurationName="takeover", domainName=domain, serverCertificateArns=[b_private])
+
+
+def test_a_claim_is_proven_by_a_validation_certificate_chaining_to_the_trust_store(server, openssl):
+    account = server.create_account()
+    client = server.client(account)
+    domain = f"b-{uuid.uuid4().hex[:6]}.example.net"
+    root, cert, key = root_and_server_cert(openssl, domain, "b")
+    served = import_cert(server, cert, key, chain=root, profile=account.profile)
+
+    def claim(name, **extra):
+        return client.create_domain_configuration(domainConfigurationName=name, domainName=domain,
+                                                  serverCertificateArns=[served], **extra)
+
+    def custom():
+        return [c["domainConfigurationName"] for c in client.list_domain_configurations()["domainConfigurations"]
+                if ":" not in c["domainConfigurationName"]]
+
+    other_cert, other_key, _ = trusted_cert(server, openssl, f"other-{domain}", "other")
+    names_other = import_cert(server, other_cert, other_key, profile=account.profile)
+    _, private_cert, private_key = root_and_server_cert(openssl, domain, "private")
+    untrusted = import_cert(server, private_cert, private_key, profile=account.profile)
+    for label, extra in [
+        ("no proof", {}),
+        ("names another domain", {"validationCertificateArn": names_other}),
+        ("does not chain to the trust store", {"validationCertificateArn": untrusted}),
+    ]:
+        e = claim_error(claim, "CertificateValidationException", name="b", **extra)
+        assert custom() == [], label
+        assert "validation" in e.response["Error"]["Message"] or "proven" in e.response["Error"]["Message"], label
+    # An allowed suffix of another account (the default one's example.com) is no proof here.
+    ex_domain = f"b.{uuid.uuid4().hex[:6]}.example.com"
+    ex_root, ex_cert, ex_key = root_and_server_cert(openssl, ex_domain, "ex")
+    ex_arn = import_cert(server, ex_cert, ex_key, chain=ex_root, profile=account.profile)
+    claim_error(client.create_domain_configuration, "CertificateValidationException", domainConfigurationName="ex",
+                domainName=ex_domain, serverCertificateArns=[ex_arn])
+    assert custom() == []
+
+    # Through an intermediate (the chain imported with it), naming the domain by a wildcard.
+    v_cert, v_key, chain = trusted_cert(server, openssl, f"*.example.net,{domain}", "proof", intermediate=True)
+    proof = import_cert(server, v_cert, v_key, chain=chain, profile=account.profile)
+    claim("b", validationCertificateArn=proof)
+    assert custom() == ["b"]
+    # The handshake for the domain gets this account's server certificate.
+    assert served_leaf(server, domain, root, make_device(server, openssl)) == open(cert).read().strip()
+    client.delete_domain_configuration(domainConfigurationName="b")
+
+
+def test_reserved_names_cannot_be_claimed(server, openssl):
+    a = server.client("default")
+    for domain, label in [("x.iot.us-east-1.certfleet.local", "endpoint"), ("certfleet.local", "endpoint-domain")]:
+        v_cert, v_key, _ = trusted_cert(server, openssl, domain, label)
+        arn = import_cert(server, v_cert, v_key)
+        claim_error(a.create_domain_configuration, "InvalidRequestException",
+                    domainConfigurationName=f"r-{label}", domainName=domain, serverCertificateArns=[arn])

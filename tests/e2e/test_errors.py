@@ -466,6 +466,31 @@ def test_oversized_body_is_413_through_boto3(acct):
                      caCertificate=ONE_MIB_CA, certificateMode="SNI_ONLY")
 
 
+@pytest.mark.parametrize("query", [
+    "newStatus=REVOKED&newStatus=INACTIVE",
+    "newStatus=INACTIVE&newStatus=REVOKED",
+    "newStatus=REVOKED&new%53tatus=INACTIVE",
+])
+def test_a_repeated_query_parameter_is_refused_and_changes_nothing(server, acct, query):
+    """SigV4 sorts repeated query values, so both orders carry one signature: a request signed
+    (by the account itself, with botocore) with newStatus twice is refused before any work,
+    and the certificate keeps its status."""
+    cert_id = acct.client.create_keys_and_certificate(setAsActive=True)["certificateId"]
+    with unchanged(acct.client, cert_ids=[cert_id]):
+        status, headers, payload = _signed_raw_exchange(
+            server, acct.account.profile, "PUT", f"/certificates/{cert_id}?{query}", b"")
+    assert status == 400, (status, headers, payload)
+    assert headers.get("x-amzn-errortype", "").split(":", 1)[0] == "InvalidRequestException", headers
+    assert headers.get("x-amzn-requestid"), headers
+    assert "newStatus" in json.loads(payload)["message"], payload
+    assert acct.client.describe_certificate(certificateId=cert_id)["certificateDescription"]["status"] == "ACTIVE"
+    # The same request with the parameter once is served (the refusal is the repetition's).
+    status, _, payload = _signed_raw_exchange(
+        server, acct.account.profile, "PUT", f"/certificates/{cert_id}?newStatus=INACTIVE", b"")
+    assert status == 200, (status, payload)
+    assert acct.client.describe_certificate(certificateId=cert_id)["certificateDescription"]["status"] == "INACTIVE"
+
+
 @pytest.mark.parametrize("op", ["list_certificates", "list_ca_certificates", "list_certificates_by_ca"])
 @pytest.mark.parametrize("marker", ["bm90IGEgbWFya2Vy", "not-base64!"])
 def test_invalid_marker(acct, openssl, op, marker):

@@ -38,7 +38,6 @@ struct WireServerCertificateConfig {
 struct CreateRequest {
     domain_name: Option<String>,
     server_certificate_arns: Option<Vec<String>>,
-    #[allow(dead_code)]
     validation_certificate_arn: Option<String>,
     authorizer_config: Option<Value>,
     service_type: Option<String>,
@@ -86,6 +85,7 @@ pub async fn create(
         name,
         domain_name: request.domain_name,
         server_certificate_arns: request.server_certificate_arns.unwrap_or_default(),
+        validation_certificate_arn: request.validation_certificate_arn,
         service_type: request.service_type,
         security_policy: request.tls_config.and_then(|tls| tls.security_policy),
         authentication_type: request.authentication_type,

@@ -183,6 +183,7 @@ pub fn router(services: Arc<Services>, config: Config, listener_metrics: Arc<Lis
         .fallback(unknown_operation)
         .method_not_allowed_fallback(unknown_operation)
         .layer(middleware::from_fn_with_state(state.clone(), auth::authenticate))
+        .layer(middleware::from_fn(refuse_repeated_query_parameters))
         .layer(middleware::from_fn(log_request))
         .with_state(state)
 }
@@ -194,6 +195,18 @@ async fn unknown_operation(request: Request) -> Response {
         format!("no operation at {} {}", request.method(), request.uri().path()),
     )
     .into_response()
+}
+
+/// Refuses a query string that repeats a parameter (or is not UTF-8) before the signature is
+/// checked and before any handler runs: SigV4's canonical query sorts repeated values, so
+/// `?a=1&a=2` and `?a=2&a=1` carry the same signature, and whichever value a handler took would
+/// be unsigned. The refusal depends on the request's text alone, so checking it first costs no
+/// key lookup and tells a stranger nothing.
+async fn refuse_repeated_query_parameters(request: Request, next: Next) -> Response {
+    match wire::Query::parse(request.uri().query()) {
+        Ok(_) => next.run(request).await,
+        Err(error) => error.into_response(),
+    }
 }
 
 /// Gives every response a request ID and logs each request with its outcome.

@@ -335,6 +335,9 @@ pub fn certificate_description(cert: &DeviceCertificate, arn: String) -> Describ
 pub struct Query(HashMap<String, String>);
 
 impl Query {
+    /// Decodes a query string. A parameter given twice (after decoding its name) is refused:
+    /// no AWS IoT operation takes a list in its query string, and SigV4's canonical query sorts
+    /// repeated values, so their order (which one would win) is not signed.
     pub fn parse(raw: Option<&str>) -> Result<Self, ApiError> {
         let mut params = HashMap::new();
         for pair in raw.unwrap_or("").split('&').filter(|pair| !pair.is_empty()) {
@@ -347,7 +350,13 @@ impl Query {
                     .map(|text| text.into_owned())
                     .map_err(|_| ApiError::invalid_request("the query string is not valid UTF-8"))
             };
-            params.insert(decode(key)?, decode(value)?);
+            let key = decode(key)?;
+            if params.contains_key(&key) {
+                return Err(ApiError::invalid_request(format!(
+                    "the query parameter {key:?} is given more than once; each is taken once"
+                )));
+            }
+            params.insert(key, decode(value)?);
         }
         Ok(Query(params))
     }
@@ -387,4 +396,32 @@ pub fn json_body<T: for<'de> Deserialize<'de> + Default>(body: &[u8]) -> Result<
     }
     serde_json::from_slice(body)
         .map_err(|error| ApiError::invalid_request(format!("the request body is not valid: {error}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Query;
+
+    #[test]
+    fn a_query_parameter_is_taken_once() {
+        let check = |raw: &str, expected: Option<(&str, Option<&str>)>| {
+            let parsed = Query::parse(Some(raw));
+            match expected {
+                Some((name, value)) => assert_eq!(parsed.ok().as_ref().and_then(|q| q.text(name)), value, "{raw}"),
+                None => {
+                    let error = parsed.err().unwrap_or_else(|| panic!("{raw} was accepted"));
+                    assert_eq!((error.code, error.status.as_u16()), ("InvalidRequestException", 400), "{raw}");
+                }
+            }
+        };
+        check("newStatus=REVOKED", Some(("newStatus", Some("REVOKED"))));
+        check("newStatus=REVOKED&marker=x", Some(("marker", Some("x"))));
+        check("a=1&&b=2", Some(("b", Some("2"))));
+        check("newStatus=REVOKED&newStatus=INACTIVE", None);
+        check("newStatus=INACTIVE&newStatus=REVOKED", None);
+        check("newStatus=REVOKED&new%53tatus=INACTIVE", None);
+        check("flag&flag=true", None);
+        check("a=1&b=2&a=1", None);
+        check("%FF=1", None);
+    }
 }

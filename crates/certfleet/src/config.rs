@@ -4,6 +4,7 @@
 //! `"5m"`), addresses are `host:port`, and unknown keys are refused. `certfleet config default`
 //! prints [`DEFAULT_CONFIG`], which documents every key.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -97,6 +98,18 @@ server_names = []
 # certfleet generates a passphrase into <data_dir>/key-passphrase (0600) and warns.
 passphrase_file = ""
 
+[domains]
+# Custom domain claims (CreateDomainConfiguration with domainName) need proof of control
+# (docs/endpoints.md, "Domain claims"). A validationCertificateArn, or a server certificate of the
+# configuration, proves it when it names the domain and chains to this trust store (PEM
+# certificates; empty: no certificate proves anything). A missing file is warned about at start.
+trust_store = "/etc/ssl/certs/ca-certificates.crt"
+
+# Per account ID, the domain suffixes the operator allows it to claim without a certificate:
+# a suffix covers itself and every name under it, e.g.
+# [domains.claims]
+# "123456789012" = ["fleet.example.com"]
+
 [rotation]
 # Certificate rotation (docs/rotation.md): how long to wait for a device's answer to csr_req or
 # crt_req before sending it again, how many sends before the rotation fails as timed out, and
@@ -122,6 +135,7 @@ struct FileConfig {
     metrics: MetricsFile,
     rotation: RotationFile,
     caches: CachesFile,
+    domains: DomainsFile,
 }
 
 #[derive(Deserialize, Default)]
@@ -133,6 +147,13 @@ struct CachesFile {
     verified_chains: Option<usize>,
     sni_endpoints: Option<usize>,
     sni_unknown_names: Option<usize>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct DomainsFile {
+    trust_store: Option<PathBuf>,
+    claims: Option<BTreeMap<String, Vec<String>>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -228,6 +249,10 @@ pub struct Config {
     pub passphrase_file: Option<PathBuf>,
     pub rotation: certfleet_services::RotationConfig,
     pub rotation_sweep_interval: time::Duration,
+    /// The PEM file of roots that domain-claim certificates must chain to (none: no roots).
+    pub domain_trust_store: Option<PathBuf>,
+    /// Per account, the domain suffixes it may claim (lowercase, no trailing dot).
+    pub domain_claims: BTreeMap<certfleet_registry::AccountId, Vec<String>>,
 }
 
 /// The gateway's cache bounds from the file, each with its default (at least 2 entries).
@@ -302,6 +327,17 @@ impl Config {
             bail!("region {region:?} is not a region name");
         }
         let database_url = overrides.database_url.or(file.database.url).filter(|url| !url.is_empty());
+        let mut domain_claims = BTreeMap::new();
+        for (account, suffixes) in file.domains.claims.unwrap_or_default() {
+            let id = certfleet_registry::AccountId::parse(&account)
+                .with_context(|| format!("domains.claims: {account:?} is not an account ID"))?;
+            let suffixes = suffixes
+                .iter()
+                .map(|suffix| parse_domain_suffix(suffix))
+                .collect::<anyhow::Result<Vec<_>>>()
+                .with_context(|| format!("domains.claims.{account}"))?;
+            domain_claims.insert(id, suffixes);
+        }
         Ok(Config {
             data_dir: overrides.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("certfleet-data")),
             region,
@@ -360,8 +396,30 @@ impl Config {
                 file.rotation.sweep_interval.as_deref().unwrap_or("5s"),
                 "rotation.sweep_interval",
             )?,
+            domain_trust_store: Some(
+                file.domains.trust_store.unwrap_or_else(|| PathBuf::from("/etc/ssl/certs/ca-certificates.crt")),
+            )
+            .filter(|path| !path.as_os_str().is_empty()),
+            domain_claims,
         })
     }
+}
+
+/// A domain suffix an account may claim: lowercase, no trailing dot, at least two labels of
+/// letters, digits and hyphens (a bare top-level domain would hand out every name under it).
+fn parse_domain_suffix(text: &str) -> anyhow::Result<String> {
+    let suffix = text.trim_end_matches('.').to_ascii_lowercase();
+    let labels_valid = suffix.split('.').all(|label| {
+        !label.is_empty()
+            && label.len() <= 63
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    });
+    if !labels_valid || !suffix.contains('.') || suffix.len() > 253 {
+        bail!("{text:?} is not a domain suffix of at least two labels, like \"fleet.example.com\"");
+    }
+    Ok(suffix)
 }
 
 fn parse_addr(text: &str, key: &str) -> anyhow::Result<SocketAddr> {
@@ -415,6 +473,33 @@ mod tests {
         for bad in ["", "5", "m", "5w", "-5m", "0s", "5 m"] {
             assert!(parse_duration(bad, "k").is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn domain_claims_are_checked_once() {
+        let dir = std::env::temp_dir().join(format!("certfleet-config-domains-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("config.toml");
+        let load = |text: &str| {
+            std::fs::write(&path, text).unwrap();
+            Config::load(Some(&path), Overrides::default())
+        };
+        let config =
+            load("[domains]\ntrust_store = \"\"\n[domains.claims]\n\"123456789012\" = [\"Fleet.Example.com.\"]")
+                .unwrap();
+        assert_eq!(config.domain_trust_store, None);
+        let id = certfleet_registry::AccountId::parse("123456789012").unwrap();
+        assert_eq!(config.domain_claims.get(&id), Some(&vec!["fleet.example.com".to_owned()]));
+        for bad in [
+            "[domains.claims]\n\"12345\" = [\"fleet.example.com\"]",
+            "[domains.claims]\n\"123456789012\" = [\"com\"]",
+            "[domains.claims]\n\"123456789012\" = [\"*.example.com\"]",
+            "[domains.claims]\n\"123456789012\" = [\"\"]",
+            "[domains]\nsuffixes = []",
+        ] {
+            assert!(load(bad).is_err(), "{bad}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -44,7 +44,7 @@ enum Output {
 #[derive(clap::Args)]
 struct Common {
     /// A TOML configuration file (see `certfleet config default`).
-    #[arg(long)]
+    #[arg(long, env = "CERTFLEET_CONFIG")]
     config: Option<PathBuf>,
     /// The data directory (overrides the file).
     #[arg(long)]

@@ -73,6 +73,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             device_certificate_validity: config.device_certificate_validity,
             max_cas_per_subject: 10,
             rotation: config.rotation.clone(),
+            domain_claims: domain_claims(&config)?,
         },
         Some(device_issuer),
     ));
@@ -195,6 +196,33 @@ async fn first_account(services: &Arc<Services>, config: &Config, files: &Files)
         tracing::info!(account = %account.id, credentials = %files.credentials.display(), "created the first account");
     }
     Ok(())
+}
+
+/// Who may claim which custom domains: the configured suffixes, the trust store's roots (a
+/// missing file is warned about and proves nothing), and the server's own names.
+fn domain_claims(config: &Config) -> anyhow::Result<certfleet_services::DomainClaims> {
+    let trust_anchors = match &config.domain_trust_store {
+        None => Vec::new(),
+        Some(path) => match std::fs::read_to_string(path) {
+            Ok(text) => {
+                let (anchors, skipped) = certfleet_services::parse_trust_store(&text);
+                tracing::info!(path = %path.display(), roots = anchors.len(), skipped, "domain claim trust store loaded");
+                anchors
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                tracing::warn!(path = %path.display(), "no domain claim trust store: only allowed suffixes prove a claim");
+                Vec::new()
+            }
+            Err(error) => return Err(error).with_context(|| format!("reading the trust store {}", path.display())),
+        },
+    };
+    let mut reserved_names = vec!["localhost".to_owned()];
+    reserved_names.extend(config.server_names.iter().map(|name| name.trim_end_matches('.').to_ascii_lowercase()));
+    Ok(certfleet_services::DomainClaims {
+        allowed_suffixes: config.domain_claims.clone().into_iter().collect(),
+        trust_anchors,
+        reserved_names,
+    })
 }
 
 /// A fresh server certificate from the server root, for the API and the gateway: SANs

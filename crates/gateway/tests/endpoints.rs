@@ -40,13 +40,23 @@ struct Fleet {
 }
 
 async fn start() -> Fleet {
-    let world = certfleet_testkit::world();
+    let now = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
+    let server_root =
+        Issuer::generate_root("server root", "example", time::Duration::days(30), KeyAlgorithm::EcdsaP256, now)
+            .unwrap();
+    // The server root proves control of the custom domain (it is in the claims' trust store).
+    let world = certfleet_testkit::world_with(certfleet_services::Config {
+        domain_claims: certfleet_services::DomainClaims {
+            trust_anchors: vec![server_root.certificate().clone()],
+            ..Default::default()
+        },
+        ..Default::default()
+    });
     // The gateway checks validity against the system clock.
     world.clock.advance(time::OffsetDateTime::now_utc() - START);
     world.services.attach_key_passphrase(Zeroizing::new(b"gateway test".to_vec()));
     let caller = world.caller();
     let services = world.services.clone();
-    let now = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
 
     // The built-in chains (not served to the custom domain).
     let builtin_root =
@@ -98,9 +108,6 @@ async fn start() -> Fleet {
     ));
 
     // Two server certificates for the custom domain: ECDSA and RSA.
-    let server_root =
-        Issuer::generate_root("server root", "example", time::Duration::days(30), KeyAlgorithm::EcdsaP256, now)
-            .unwrap();
     let mut arns = Vec::new();
     let mut leaves = Vec::new();
     let next_root =

@@ -37,9 +37,9 @@ pub use audit::{
 pub use certificates::{CaRegistration, CaUpdate, CertificateRegistration, CreatedKeysAndCertificate};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use endpoints::{
-    DEFAULT_SECURITY_POLICY, DomainConfigurationDefinition, DomainConfigurationUpdate, Migration, MigrationSettings,
-    Purpose, SECURITY_POLICIES, ServerCertificateDescription, ServerCertificateImport, ServingChain, is_reserved,
-    purpose,
+    DEFAULT_SECURITY_POLICY, DomainClaims, DomainConfigurationDefinition, DomainConfigurationUpdate, Migration,
+    MigrationSettings, Purpose, SECURITY_POLICIES, ServerCertificateDescription, ServerCertificateImport, ServingChain,
+    is_reserved, parse_trust_store, purpose,
 };
 pub use error::Error;
 pub use ids::{Marker, decode_marker, encode_marker};
@@ -72,6 +72,8 @@ pub struct Config {
     pub max_cas_per_subject: usize,
     /// Certificate rotation: timeouts, attempts, key reuse.
     pub rotation: RotationConfig,
+    /// Who may claim which custom domain names (docs/endpoints.md, "Domain claims").
+    pub domain_claims: DomainClaims,
 }
 
 impl Default for Config {
@@ -83,6 +85,7 @@ impl Default for Config {
             device_certificate_validity: time::Duration::days(365),
             max_cas_per_subject: 10,
             rotation: RotationConfig::default(),
+            domain_claims: DomainClaims::default(),
         }
     }
 }

@@ -1,10 +1,13 @@
 //! Server certificates, domain configurations, endpoint resolution and migration through the
 //! typed services, on a real SQLite registry.
 
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock};
+
 use certfleet_pki::{Certificate, Issuer, KeyAlgorithm, pem_encode};
-use certfleet_registry::DomainStatus;
+use certfleet_registry::{AccountId, DomainStatus, SqliteStore};
 use certfleet_services::*;
-use certfleet_testkit::{START, World, outcome, world};
+use certfleet_testkit::{START, TempDir, outcome};
 use time::Duration;
 use zeroize::Zeroizing;
 
@@ -13,6 +16,10 @@ const DOMAIN: &str = "iot.example.com";
 fn root(name: &str) -> Issuer {
     Issuer::generate_root(name, "test", Duration::days(30), KeyAlgorithm::EcdsaP256, START).unwrap()
 }
+
+/// The root in the services' domain-claim trust store: a server certificate it issued proves
+/// control of the domains it names.
+static TRUSTED: LazyLock<Issuer> = LazyLock::new(|| root("trusted public root"));
 
 /// A server certificate for `names` (leaf PEM, PKCS#8 key PEM).
 fn server(ca: &Issuer, names: &[&str], key: KeyAlgorithm) -> (String, String) {
@@ -25,9 +32,48 @@ fn issued(ca: &Issuer, names: &[&str], key: KeyAlgorithm, at: time::OffsetDateTi
     (certificate.to_pem(), pem_encode("PRIVATE KEY", &der))
 }
 
+/// Services over a fresh SQLite registry whose domain claims trust [`TRUSTED`], reserve the
+/// name `api.certfleet.example`, and allow the accounts made first their suffixes.
+struct World {
+    services: Arc<Services>,
+    clock: Arc<ManualClock>,
+    _dir: TempDir,
+}
+
+impl World {
+    fn caller(&self) -> Caller {
+        Caller { account: self.services.create_account().unwrap().id }
+    }
+}
+
+/// A world with one account per entry of `suffixes`, each allowed those domain suffixes.
+fn world_with_claims(suffixes: &[&[&str]]) -> (World, Vec<Caller>) {
+    let dir = TempDir::new("endpoints");
+    let store = Arc::new(SqliteStore::open(&dir.path().join("registry.db")).unwrap());
+    let clock = Arc::new(ManualClock::new(START));
+    let bootstrap = Services::new(store.clone(), clock.clone(), Config::default(), None);
+    let callers: Vec<Caller> =
+        suffixes.iter().map(|_| Caller { account: bootstrap.create_account().unwrap().id }).collect();
+    let allowed_suffixes: HashMap<AccountId, Vec<String>> = callers
+        .iter()
+        .zip(suffixes)
+        .map(|(caller, suffixes)| (caller.account.clone(), suffixes.iter().map(|s| s.to_string()).collect()))
+        .collect();
+    let config = Config {
+        domain_claims: DomainClaims {
+            allowed_suffixes,
+            trust_anchors: vec![TRUSTED.certificate().clone()],
+            reserved_names: vec!["api.certfleet.example".into()],
+        },
+        ..Config::default()
+    };
+    let services = Arc::new(Services::new(store, clock.clone(), config, None));
+    services.attach_key_passphrase(Zeroizing::new(b"test passphrase".to_vec()));
+    (World { services, clock, _dir: dir }, callers)
+}
+
 fn setup() -> (World, Caller) {
-    let world = world();
-    world.services.attach_key_passphrase(Zeroizing::new(b"test passphrase".to_vec()));
+    let (world, _) = world_with_claims(&[]);
     let caller = world.caller();
     (world, caller)
 }
@@ -44,9 +90,13 @@ fn import(world: &World, caller: &Caller, leaf: &str, key: &str, chain: Option<&
     )
 }
 
+/// A server certificate from the trusted root: it proves control of the names it holds.
 fn import_for(world: &World, caller: &Caller, names: &[&str], key: KeyAlgorithm) -> String {
-    let ca = root("server root");
-    let (leaf, key) = server(&ca, names, key);
+    import_from(world, caller, &TRUSTED, names, key)
+}
+
+fn import_from(world: &World, caller: &Caller, ca: &Issuer, names: &[&str], key: KeyAlgorithm) -> String {
+    let (leaf, key) = server(ca, names, key);
     import(world, caller, &leaf, &key, Some(&ca.certificate().to_pem())).unwrap()
 }
 
@@ -472,4 +522,133 @@ fn endpoint_addresses_name_each_reserved_type() {
     assert_eq!(address(Some("certfleet:LargeCert")).unwrap(), format!("{id}-large.iot.us-east-1.certfleet.local"));
     assert_eq!(outcome(address(Some("iot:Nope"))), "InvalidRequest");
     assert_eq!(outcome(address(Some("mine"))), "InvalidRequest");
+}
+
+#[test]
+fn a_claim_needs_proof_of_control() {
+    let (world, callers) = world_with_claims(&[&["fleet.example.com"], &[]]);
+    let (allowed, caller) = (&callers[0], &callers[1]);
+    let private = root("private root");
+    let validation = |names: &[&str], ca: &Issuer| import_from(&world, caller, ca, names, KeyAlgorithm::EcdsaP256);
+    let naming_it = validation(&[DOMAIN], &TRUSTED);
+    let wildcard = validation(&["*.example.com"], &TRUSTED);
+    let naming_other = validation(&["other.example.com"], &TRUSTED);
+    let untrusted_naming_it = validation(&[DOMAIN], &private);
+    let too_wide = validation(&["*.com"], &TRUSTED);
+    let (expired_leaf, expired_key) =
+        issued(&TRUSTED, &[DOMAIN], KeyAlgorithm::EcdsaP256, START - Duration::days(9) - Duration::hours(23));
+    let expiring = import(&world, caller, &expired_leaf, &expired_key, None).unwrap();
+    world.clock.advance(Duration::hours(2));
+    // Each claim serves a certificate of the private root naming the domain (so only the proof
+    // can be missing).
+    let claim = |domain: &str, validation: Option<&String>| {
+        let untrusted = import_from(&world, caller, &private, &[domain], KeyAlgorithm::EcdsaP256);
+        let mut d = definition("claim", domain, &[untrusted]);
+        d.validation_certificate_arn = validation.cloned();
+        world.services.create_domain_configuration(caller, &d)
+    };
+    let elsewhere = world_with_claims(&[]).0.caller();
+    let foreign = world.services.server_certificate_arn(&elsewhere.account, "abc-123");
+    let cases: Vec<(&str, &str, Option<&String>, &str)> = vec![
+        ("no proof", DOMAIN, None, "CertificateValidation"),
+        ("names another domain", DOMAIN, Some(&naming_other), "CertificateValidation"),
+        ("does not chain", DOMAIN, Some(&untrusted_naming_it), "CertificateValidation"),
+        ("a wildcard covers one label only", "a.iot.example.com", Some(&wildcard), "CertificateValidation"),
+        ("a wildcard under a single label", "example.com", Some(&too_wide), "CertificateValidation"),
+        ("expired", DOMAIN, Some(&expiring), "CertificateValidation"),
+        ("another account's certificate", DOMAIN, Some(&foreign), "InvalidArn"),
+        ("a server name", "api.certfleet.example", Some(&naming_it), "InvalidRequest"),
+    ];
+    for (label, domain, validation, expected) in cases {
+        assert_eq!(outcome(claim(domain, validation)), expected, "{label}");
+        assert!(custom_names(&world, caller).is_empty(), "{label}");
+        assert_eq!(world.services.resolve_endpoint(domain).unwrap(), None, "{label}");
+    }
+
+    // A validation certificate naming the domain (exactly, or by a wildcard) proves it.
+    let created = claim(DOMAIN, Some(&naming_it)).unwrap();
+    assert_eq!(world.services.resolve_endpoint(DOMAIN).unwrap(), Some(created));
+    world.services.delete_domain_configuration(caller, "claim").unwrap();
+    claim(DOMAIN, Some(&wildcard)).unwrap();
+    world.services.delete_domain_configuration(caller, "claim").unwrap();
+    // So does a server certificate chaining to the trust store, with no validation certificate.
+    let trusted_server = import_for(&world, caller, &[DOMAIN], KeyAlgorithm::EcdsaP256);
+    world.services.create_domain_configuration(caller, &definition("claim", DOMAIN, &[trusted_server])).unwrap();
+    world.services.delete_domain_configuration(caller, "claim").unwrap();
+
+    // Under an allowed suffix, any server certificate naming the domain will do.
+    let private_for = |domain: &str| import_from(&world, allowed, &private, &[domain], KeyAlgorithm::EcdsaP256);
+    for (domain, expected) in [
+        ("fleet.example.com", "ok"),
+        ("devices.fleet.example.com", "ok"),
+        ("a.b.fleet.example.com", "ok"),
+        ("evilfleet.example.com", "CertificateValidation"),
+        ("example.com", "CertificateValidation"),
+    ] {
+        let d = definition(&format!("c-{}", domain.replace('.', "-")), domain, &[private_for(domain)]);
+        assert_eq!(outcome(world.services.create_domain_configuration(allowed, &d)), expected, "{domain}");
+    }
+    // A validation certificate given under an allowed suffix must still prove the claim.
+    let domain = "named.fleet.example.com";
+    let mut d = definition("named", domain, &[private_for(domain)]);
+    d.validation_certificate_arn = Some(import_from(&world, allowed, &private, &[domain], KeyAlgorithm::EcdsaP256));
+    assert_eq!(outcome(world.services.create_domain_configuration(allowed, &d)), "CertificateValidation");
+    d.validation_certificate_arn = Some(world.services.server_certificate_arn(&allowed.account, "abc-123"));
+    assert_eq!(outcome(world.services.create_domain_configuration(allowed, &d)), "NotFound");
+    assert_eq!(world.services.resolve_endpoint(domain).unwrap(), None);
+    // The other account is not allowed the suffix.
+    let d = definition(
+        "theirs",
+        "x.fleet.example.com",
+        &[import_from(&world, caller, &private, &["x.fleet.example.com"], KeyAlgorithm::EcdsaP256)],
+    );
+    assert_eq!(outcome(world.services.create_domain_configuration(caller, &d)), "CertificateValidation");
+}
+
+#[test]
+fn another_account_cannot_take_change_or_delete_a_claimed_domain() {
+    let (world, callers) = world_with_claims(&[&[], &["example.com"], &[]]);
+    let (owner, proven, stranger) = (&callers[0], &callers[1], &callers[2]);
+    let ours = import_for(&world, owner, &[DOMAIN], KeyAlgorithm::EcdsaP256);
+    let created = world.services.create_domain_configuration(owner, &definition("devices", DOMAIN, &[ours])).unwrap();
+    let served = |world: &World| {
+        let config = world.services.resolve_endpoint(DOMAIN).unwrap().unwrap();
+        (config.account.clone(), world.services.serving_chain(&config).unwrap().ids)
+    };
+    let before = served(&world);
+    assert_eq!(before.0, owner.account);
+
+    // An account with no proof is refused as unproven: it does not learn the domain is held.
+    let private = root("private root");
+    let stranger_cert = import_from(&world, stranger, &private, &[DOMAIN], KeyAlgorithm::EcdsaP256);
+    let attempt =
+        world.services.create_domain_configuration(stranger, &definition("devices", DOMAIN, &[stranger_cert]));
+    assert_eq!(outcome(attempt), "CertificateValidation");
+    // An account that proves control too (allowed suffix, trusted certificate) is told the name
+    // is taken, without the owner.
+    for caller in [proven, stranger] {
+        let theirs = import_for(&world, caller, &[DOMAIN], KeyAlgorithm::EcdsaP256);
+        let error =
+            world.services.create_domain_configuration(caller, &definition("takeover", DOMAIN, &[theirs])).unwrap_err();
+        assert_eq!(error.kind(), "AlreadyExists");
+        assert!(!error.to_string().contains(owner.account.as_str()), "{error}");
+        assert!(custom_names(&world, caller).is_empty());
+    }
+    // Changing or deleting it by name works on the caller's own configurations only.
+    let disable = DomainConfigurationUpdate { status: Some(DomainStatus::Disabled), ..Default::default() };
+    for caller in [proven, stranger] {
+        assert_eq!(outcome(world.services.update_domain_configuration(caller, "devices", &disable)), "NotFound");
+        assert_eq!(outcome(world.services.delete_domain_configuration(caller, "devices")), "NotFound");
+        assert_eq!(outcome(world.services.describe_domain_configuration(caller, "devices")), "NotFound");
+    }
+    assert_eq!(world.services.describe_domain_configuration(owner, "devices").unwrap(), created);
+    assert_eq!(served(&world), before);
+
+    // Once the owner lets it go, an unproven account still cannot take it.
+    world.services.delete_domain_configuration(owner, "devices").unwrap();
+    let stranger_cert = import_from(&world, stranger, &private, &[DOMAIN], KeyAlgorithm::EcdsaP256);
+    let attempt =
+        world.services.create_domain_configuration(stranger, &definition("devices", DOMAIN, &[stranger_cert]));
+    assert_eq!(outcome(attempt), "CertificateValidation");
+    assert_eq!(world.services.resolve_endpoint(DOMAIN).unwrap(), None);
 }

@@ -51,13 +51,18 @@ pub struct World {
 
 /// A fresh [`World`].
 pub fn world() -> World {
+    world_with(Config::default())
+}
+
+/// A fresh [`World`] whose services have `config`.
+pub fn world_with(config: Config) -> World {
     let dir = TempDir::new("world");
     let store = Arc::new(SqliteStore::open(&dir.path().join("registry.db")).expect("opening the registry"));
     let clock = Arc::new(ManualClock::new(START));
     let issuer =
         Issuer::generate_root("test device root", "certfleet", Duration::days(3650), KeyAlgorithm::EcdsaP256, START)
             .expect("generating the device root");
-    let services = Arc::new(Services::new(store, clock.clone(), Config::default(), Some(issuer)));
+    let services = Arc::new(Services::new(store, clock.clone(), config, Some(issuer)));
     World { services, clock, _dir: dir }
 }
 
