@@ -301,6 +301,38 @@ def test_revoking_a_certificate_closes_its_session_within_a_second(server, opens
 
 
 # ------------------------------------------------------------------------------------------------
+# sessions belong to a certificate
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("version", ["mqttv311", "mqttv5"])
+def test_another_certificate_never_resumes_a_persistent_session(server, openssl, version):
+    """The attacker's certificate may use the victim's client ID (allow-all policy), yet the
+    victim's persistent session and the message queued in it are not its to take: it receives
+    nothing. The victim's own certificate, before the attack, does get its queued message."""
+    victim, attacker, operator = make_device(server, openssl), make_device(server, openssl), make_device(server, openssl)
+    client_id = f"persistent-{uuid.uuid4().hex[:8]}"
+    topic = f"e2e/{client_id}/inbox"
+    keep = ["-c", "-i", client_id, "-q", "1", *(["-x", "600"] if version == "mqttv5" else [])]
+
+    def queue_for_victim(message: str) -> None:
+        # The victim's session subscribes, then goes offline; a QoS 1 message is queued in it.
+        offline = mosquitto("mosquitto_sub", server, victim, *keep, "-t", topic, "-W", "1", version=version)
+        assert offline.stdout == "", offline
+        sent = mosquitto("mosquitto_pub", server, operator, "-t", topic, "-m", message, "-q", "1", version=version)
+        assert sent.returncode == 0, sent.stderr
+
+    queue_for_victim("for the victim")
+    resumed = mosquitto("mosquitto_sub", server, victim, *keep, "-t", topic, "-C", "1", "-W", "5", "-v",
+                        version=version)
+    assert resumed.stdout.strip() == f"{topic} for the victim", resumed
+
+    queue_for_victim("secret")
+    stolen = mosquitto("mosquitto_sub", server, attacker, *keep, "-t", f"e2e/{client_id}/elsewhere", "-W", "3", "-v",
+                       version=version)
+    assert stolen.stdout == "", f"the attacker got the victim's queued message: {stolen}"
+    assert "session not resumed" in server.log_tail(400)
+
+
+# ------------------------------------------------------------------------------------------------
 # protocol abuse
 # ------------------------------------------------------------------------------------------------
 ABUSE = {

@@ -207,3 +207,100 @@ def test_retained_publish_needs_retain_publish(server, openssl):
     rest = read_exactly(sock, head[1])
     assert head[0] == 0x40 and rest[2] == 0x87, "iot:RetainPublish is missing"
     sock.close()
+
+
+def connack_v5(sock) -> int | None:
+    """The CONNACK reason code of an MQTT 5 connection, or None if it closed first."""
+    head = read_exactly(sock, 2)
+    if len(head) < 2 or head[0] != 0x20:
+        return None
+    body = read_exactly(sock, head[1])
+    return body[1] if len(body) > 1 else None
+
+
+def test_client_ids_with_mqtt_wildcards_are_refused(server, openssl):
+    """`+` and `#` would stand for other clients once substituted into a policy or a topic, and
+    AWS reserves a leading `$`: CONNACK "identifier rejected", 2 in MQTT 3.1.1 and 0x85 in MQTT 5,
+    logged with the reason. `/` is accepted, as in AWS."""
+    device = make_device(server, openssl)  # allowed everything: only the client ID is refused
+    for client_id in ["+", "#", "clients/+", "x#", "$aws"]:
+        sock = tls_socket(server, device, None)
+        sock.sendall(connect_packet(client_id))
+        assert connack(sock) == 2, f"{client_id!r}: MQTT 3.1.1 return code 2"
+        assert closed_by_peer(sock), client_id
+        sock.close()
+        sock = tls_socket(server, device, None)
+        sock.sendall(connect_packet(client_id, level=5))
+        assert connack_v5(sock) == 0x85, f"{client_id!r}: MQTT 5 reason 0x85"
+        assert closed_by_peer(sock), client_id
+        sock.close()
+    # NUL is no MQTT string character: the codec refuses the CONNECT as malformed.
+    sock = tls_socket(server, device, None)
+    sock.sendall(connect_packet("a\x00b", level=5))
+    assert connack_v5(sock) == 0x81, "MQTT 5: malformed packet"
+    sock.close()
+    sock = tls_socket(server, device, None)
+    sock.sendall(connect_packet("a\x00b"))
+    assert connack(sock) is None, "MQTT 3.1.1: closed"
+    sock.close()
+    for version in ["mqttv311", "mqttv5"]:
+        for client_id in ["+", "#"]:
+            result = mosquitto("mosquitto_pub", server, device, "-i", client_id, "-t", "t", "-m", "x", "-q", "1",
+                               version=version)
+            assert result.returncode != 0, (client_id, version, result)
+    assert "client_id_wildcard" in server.log_tail(400), "the refusal is logged with its reason"
+    ok = mosquitto("mosquitto_pub", server, device, "-i", unique("site/device"), "-t", "t", "-m", "x", "-q", "1")
+    assert ok.returncode == 0, ok.stderr
+
+
+# The policy of the finding: each client its own `clients/<clientId>/...` topics.
+CLIENT_POLICY = document(
+    allow("iot:Connect", "client/${iot:ClientId}"),
+    allow(["iot:Publish", "iot:Receive", "iot:RetainPublish"], "topic/clients/${iot:ClientId}/*"),
+    allow("iot:Subscribe", "topicfilter/clients/${iot:ClientId}/#"),
+)
+
+
+def test_a_client_id_cannot_reach_into_another_clients_topics(server, openssl):
+    """The attacker holds a valid certificate under the same policy as the victim and connects
+    as `<victim>/x`: it may connect (AWS allows `/`), but it can neither subscribe to nor publish
+    into `clients/<victim>/...`, and the victim receives nothing from it."""
+    policy = unique("clients")
+    create_policy(server, policy, CLIENT_POLICY)
+    victim_device = make_device(server, openssl, policy=policy)
+    attacker = make_device(server, openssl, policy=policy)
+    victim = unique("victim")
+    intruder = f"{victim}/x"
+
+    for version in ["mqttv311", "mqttv5"]:
+        for topic in [f"clients/{intruder}/#", f"clients/{victim}/#", "clients/+/#"]:
+            result = mosquitto("mosquitto_sub", server, attacker, "-i", intruder, "-t", topic, "-C", "1", "-W", "3",
+                               version=version)
+            assert "subscription requests were denied" in result.stderr, (topic, version, result)
+        wildcard = mosquitto("mosquitto_sub", server, attacker, "-i", "+", "-t", "clients/+/#", "-C", "1", "-W", "3",
+                             version=version)
+        assert wildcard.returncode != 0 and "denied" not in wildcard.stderr, (version, wildcard)
+
+    sock = connected_v5(server, attacker, intruder)
+    assert publish_v5(sock, f"clients/{intruder}/cmd", 1) == 0x87, "inside the victim's topics"
+    assert publish_v5(sock, f"clients/{victim}/cmd", 2) == 0x87
+    sock.close()
+
+    # The victim, subscribed to its topics, gets the operator's marker and nothing of the attacker.
+    sub = start_sub(server, victim_device, f"clients/{victim}/#", "-i", victim)
+    operator = make_device(server, openssl)
+    deadline = time.monotonic() + 15
+    while sub.poll() is None and time.monotonic() < deadline:
+        # MQTT 3.1.1: the refused QoS 1 publish closes the connection (MQTT 5's PUBACK 0x87 above).
+        intrusion = mosquitto("mosquitto_pub", server, attacker, "-i", intruder, "-t", f"clients/{intruder}/cmd",
+                              "-m", "intrusion", "-q", "1")
+        assert intrusion.returncode != 0, f"a publish into the victim's topics must fail: {intrusion}"
+        marker = mosquitto("mosquitto_pub", server, operator, "-t", f"clients/{victim}/marker", "-m", "marker", "-q", "1")
+        assert marker.returncode == 0 or sub.poll() is not None, marker.stderr
+        try:
+            sub.wait(timeout=0.3)
+        except Exception:
+            pass
+    stdout, stderr = sub.communicate(timeout=5)
+    assert sub.returncode == 0, stderr
+    assert stdout.strip() == f"clients/{victim}/marker marker", stdout

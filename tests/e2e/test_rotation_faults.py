@@ -263,8 +263,10 @@ def test_a_hundred_agents_rotate_through_an_audit_with_faults(fleet_server, open
         # -- 100 devices whose certificates expire in 10 days --------------------------------------
         srv.start_with("10d")
         client = srv.client()
-        policy = "device-policy"
-        document = (Path(__file__).resolve().parents[2] / "crates/agent/policy/device-policy.json").read_text()
+        # The strict template: each agent's client ID is the name of the thing attached to its
+        # certificate (the rotation gives the new certificate the old one's things and policies).
+        policy = "device-policy-strict"
+        document = (Path(__file__).resolve().parents[2] / "crates/agent/policy/device-policy-strict.json").read_text()
         client.create_policy(policyName=policy, policyDocument=document)
         endpoint = client.describe_endpoint(endpointType="iot:Data-ATS")["endpointAddress"]
         for agent in agents:
@@ -274,6 +276,8 @@ def test_a_hundred_agents_rotate_through_an_audit_with_faults(fleet_server, open
             csr = openssl.csr(agent.client_id, key, agent.client_id)
             created = client.create_certificate_from_csr(certificateSigningRequest=openssl.read(csr), setAsActive=True)
             client.attach_policy(policyName=policy, target=created["certificateArn"])
+            client.create_thing(thingName=agent.client_id)
+            client.attach_thing_principal(thingName=agent.client_id, principal=created["certificateArn"])
             agent.old_cert_id = created["certificateId"]
             (current / "cert.pem").write_text(created["certificatePem"])
             (current / "key.pem").write_text(openssl.read(key))

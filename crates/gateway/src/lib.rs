@@ -38,4 +38,4 @@ pub use fabric::{Fabric, LocalFabric, NodeId};
 pub use identity::{CacheLimits, CacheStats, Identity, Refusal};
 pub use listener::{Config, Gateway};
 pub use live::SessionInfo;
-pub use session::serve;
+pub use session::{ConnectRefusal, serve};

@@ -118,6 +118,13 @@ pub fn render(gateway: &crate::Gateway) -> String {
                 ("takeovers", "Connections closed because another took their client ID.", &c.takeovers),
             ],
         );
+        let _ = writeln!(
+            out,
+            "# HELP certfleet_broker_connect_refusals_total CONNECTs of authenticated devices refused, by reason.\n# TYPE certfleet_broker_connect_refusals_total counter"
+        );
+        for (reason, count) in c.connect_refusals() {
+            let _ = writeln!(out, "certfleet_broker_connect_refusals_total{{reason=\"{reason}\"}} {count}");
+        }
     }
     gateway.endpoints.render_metrics(&mut out);
     crate::rules::render_metrics(&gateway.rules.counters, &mut out);

@@ -282,3 +282,64 @@ fn thing_changes_reach_the_connections_context() {
     check(&world.authorizer, &identity, Ask::Publish("meter", "hall"), false);
     check(&world.authorizer, &identity, Ask::Publish("meter", "cellar"), true);
 }
+
+/// An attacker holding one valid certificate chooses its client ID to borrow another device's
+/// thing: `iot:Connection.Thing.*` name only a thing attached to the connection's own
+/// certificate (exclusively, or non-exclusively and named by the client ID), so neither the
+/// shipped strict policy nor a looser one without the `IsAttached` condition lets it through.
+#[test]
+fn a_device_cannot_borrow_a_thing_not_attached_to_its_certificate() {
+    let world = world();
+    world.policy("strict", include_str!("../../agent/policy/device-policy-strict.json"));
+    world.policy(
+        "loose",
+        &document(&format!(
+            r#"{{"Effect":"Allow","Action":"iot:Connect","Resource":"{ARN}client/${{iot:Connection.Thing.ThingName}}"}},
+               {{"Effect":"Allow","Action":["iot:Publish","iot:Receive"],"Resource":"{ARN}topic/things/${{iot:Connection.Thing.ThingName}}/*"}}"#
+        )),
+    );
+    let thing = |name: &str, arn: Option<&str>, kind: ThingPrincipalType| {
+        let name = ThingName::parse(name).unwrap();
+        world.services.create_thing(&world.alice, &name, &ThingDefinition::default()).unwrap();
+        if let Some(arn) = arn {
+            world.services.attach_thing_principal(&world.alice, &name, arn, kind).unwrap();
+        }
+    };
+    let (mallory, mallory_certificate, mallory_arn) = world.device();
+    let (_, _, victim_arn) = world.device();
+    let (eve, eve_certificate, eve_arn) = world.device();
+    let (solo, solo_certificate, solo_arn) = world.device();
+    thing("mallory-thing", Some(&mallory_arn), ThingPrincipalType::NonExclusive);
+    thing("victim-thing", Some(&victim_arn), ThingPrincipalType::NonExclusive);
+    thing("orphan", None, ThingPrincipalType::NonExclusive);
+    thing("solo-thing", Some(&solo_arn), ThingPrincipalType::Exclusive);
+    for arn in [&mallory_arn, &victim_arn, &solo_arn] {
+        world.attach("strict", arn);
+    }
+    world.attach("loose", &eve_arn);
+    world.load(&mallory, &mallory_certificate);
+    world.load(&eve, &eve_certificate);
+    world.load(&solo, &solo_certificate);
+    let authorizer = &world.authorizer;
+
+    check(authorizer, &mallory, Ask::Connect("mallory-thing"), true);
+    check(authorizer, &mallory, Ask::Connect("victim-thing"), false);
+    check(authorizer, &mallory, Ask::Connect("orphan"), false);
+    check(authorizer, &mallory, Ask::Subscribe("victim-thing", "management/topic/victim-thing/crt_req"), false);
+    check(authorizer, &mallory, Ask::Receive("victim-thing", "management/topic/victim-thing/crt_req"), false);
+    check(authorizer, &mallory, Ask::Publish("victim-thing", "management/topic/victim-thing/csr_res"), false);
+    check(authorizer, &mallory, Ask::Publish("mallory-thing", "management/topic/victim-thing/csr_res"), false);
+    check(authorizer, &mallory, Ask::Publish("mallory-thing", "management/topic/mallory-thing/csr_res"), true);
+    check(authorizer, &mallory, Ask::Receive("mallory-thing", "management/topic/mallory-thing/crt_req"), true);
+
+    // No thing attached: the thing variables have no value, whatever the client ID names.
+    check(authorizer, &eve, Ask::Connect("victim-thing"), false);
+    check(authorizer, &eve, Ask::Connect("orphan"), false);
+    check(authorizer, &eve, Ask::Publish("victim-thing", "things/victim-thing/state"), false);
+    check(authorizer, &eve, Ask::Receive("victim-thing", "things/victim-thing/cmd"), false);
+
+    // An exclusive thing is the connection's thing; the client ID must still be its name.
+    check(authorizer, &solo, Ask::Connect("solo-thing"), true);
+    check(authorizer, &solo, Ask::Connect("victim-thing"), false);
+    check(authorizer, &solo, Ask::Publish("victim-thing", "management/topic/victim-thing/csr_res"), false);
+}

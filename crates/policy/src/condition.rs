@@ -178,7 +178,7 @@ impl Condition {
                 };
                 let mut unresolved = false;
                 for pattern in values {
-                    match pattern.matches(value, context, case) {
+                    match pattern.matches(value, context, case, Usage::Substitution) {
                         Match::Yes => return Outcome::from(!negated),
                         Match::Unresolved => unresolved = true,
                         Match::No => {}

@@ -75,9 +75,18 @@
 //! Substituted values are literal: a `*` or `?` in a client id or a thing attribute is that
 //! character, never a wildcard. For certificate attributes certfleet follows AWS IoT further:
 //! a value holding `*`, `$`, `+`, `?` or `#`, or longer than 1024 characters, is not substituted,
-//! so the variable has no value (below). AWS IoT applies no such rule to the client id: a client
-//! that may connect as `+` and may subscribe to `topicfilter/${iot:ClientId}/...` can subscribe
-//! with an MQTT wildcard. Restrict `iot:Connect` as AWS advises.
+//! so the variable has no value (below).
+//!
+//! **A substituted value is one topic level.** In a `topic/...` or `topicfilter/...` resource
+//! (the resources of `iot:Publish`, `iot:Receive`, `iot:RetainPublish` and `iot:Subscribe`), a
+//! value holding `/`, `+`, `#` or NUL is not substituted either, whichever variable it comes
+//! from (client id, thing name or attribute, certificate field): the variable has no value.
+//! Otherwise a client id `+` under `topicfilter/clients/${iot:ClientId}/#` could subscribe to
+//! every client's topics, and a client id `victim/x` under `topic/clients/${iot:ClientId}/*`
+//! could publish inside `clients/victim/`. AWS IoT substitutes such values as they are (its
+//! documentation only advises restricting `iot:Connect`); certfleet's gateway also refuses
+//! client ids holding `+`, `#` or NUL at CONNECT. In a `client/...` resource the client id is
+//! substituted as it is, `/` included.
 //!
 //! # Variables without a value
 //!

@@ -134,10 +134,12 @@ impl Pattern {
         glob(text, &self.pieces, &[], case)
     }
 
-    /// Matches `text` with the pattern's variables resolved from `context`.
+    /// Matches `text` with the pattern's variables resolved from `context` for `usage`
+    /// ([`Usage::Substitution`] or [`Usage::TopicSubstitution`]).
     ///
-    /// A multi-valued variable (at most one per pattern) matches if any of its values does.
-    pub(crate) fn matches(&self, text: &str, context: &Context, case: Case) -> Match {
+    /// A multi-valued variable (at most one per pattern) matches if any of its values does. A
+    /// variable with a value `usage` does not admit has no value (`Match::Unresolved`).
+    pub(crate) fn matches(&self, text: &str, context: &Context, case: Case, usage: Usage) -> Match {
         if self.variable_count == 0 {
             return Match::from(glob(text, &self.pieces, &[], case));
         }
@@ -154,8 +156,8 @@ impl Pattern {
             let Piece::Variable { variable, slot } = piece else {
                 continue;
             };
-            let resolved = variable.resolve(context, Usage::Substitution);
-            if resolved.is_empty() {
+            let resolved = variable.resolve(context, usage);
+            if resolved.is_empty() || !(0..resolved.len()).all(|index| usage.admits(resolved.get(index))) {
                 return Match::Unresolved;
             }
             if variable.is_multi_valued() {

@@ -8,6 +8,7 @@ use crate::condition::Condition;
 use crate::context::Context;
 use crate::outcome::Outcome;
 use crate::pattern::{Case, Match, Pattern};
+use crate::variable::Usage;
 
 /// A data-plane action a gateway asks about.
 ///
@@ -50,6 +51,15 @@ impl Action {
             Action::Connect => "client",
             Action::Publish | Action::Receive | Action::RetainPublish => "topic",
             Action::Subscribe => "topicfilter",
+        }
+    }
+
+    /// How variables are substituted into the action's resource: inside a topic or a topic
+    /// filter a value must be one literal level.
+    pub(crate) fn substitution(self) -> Usage {
+        match self {
+            Action::Connect => Usage::Substitution,
+            Action::Publish | Action::Receive | Action::RetainPublish | Action::Subscribe => Usage::TopicSubstitution,
         }
     }
 
@@ -193,7 +203,8 @@ impl Statement {
     /// Whether the statement applies to a request whose action it covers.
     fn applies(&self, request: &Request<'_>) -> Outcome {
         let context = request.context;
-        let matches = |pattern: &Pattern| pattern.matches(request.resource, context, Case::Sensitive);
+        let usage = request.action.substitution();
+        let matches = |pattern: &Pattern| pattern.matches(request.resource, context, Case::Sensitive, usage);
         let resource = if self.not_resource {
             // A pattern whose variable has no value excludes an unknown set: fail closed.
             !self.resource_patterns.iter().fold(Outcome::No, |outcome, pattern| {

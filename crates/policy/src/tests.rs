@@ -285,15 +285,95 @@ fn substituted_values_are_literal() {
     check(client, Publish, "topic/aXXb", &with_client_id("a*b"), ImplicitDeny);
     check(client, Publish, "topic/a?b", &with_client_id("a?b"), Allow);
     check(client, Publish, "topic/aXb", &with_client_id("a?b"), ImplicitDeny);
-    check(client, Publish, "topic/a/b", &with_client_id("a/b"), Allow);
     check(client, Publish, "topic/a", &with_client_id("*"), ImplicitDeny);
-    let site = r#"{"Effect": "Allow", "Action": "iot:Publish", "Resource": "~topic/${iot:Connection.Thing.Attributes[site]}"}"#;
-    check(site, Publish, "topic/a*b?c/d", &device(), Allow);
-    check(site, Publish, "topic/aXXbYc/d", &device(), ImplicitDeny);
+    let site = r#"{"Effect": "Allow", "Action": "iot:Connect", "Resource": "~client/${iot:Connection.Thing.Attributes[site]}"}"#;
+    check(site, Connect, "client/a*b?c/d", &device(), Allow);
+    check(site, Connect, "client/aXXbYc/d", &device(), ImplicitDeny);
     let prefix = r#"{"Effect": "Allow", "Action": "iot:Publish", "Resource": "~topic/${iot:ClientId}/*"}"#;
     check(prefix, Publish, "topic/sensor-1/x/y", &device(), Allow);
     check(prefix, Publish, "topic/sensor-10/x", &device(), ImplicitDeny);
     check(prefix, Publish, "topic/sensor-1", &device(), ImplicitDeny);
+}
+
+/// A value substituted into a topic or topic filter is one literal level: a value holding `/`,
+/// `+`, `#` or NUL has no value there (so it grants nothing, and fails a NotResource closed),
+/// whichever variable it comes from. A `client` resource takes the client ID as it is.
+#[test]
+#[rustfmt::skip]
+fn substituted_values_stay_in_their_topic_level() {
+    let filter = r#"{"Effect": "Allow", "Action": "iot:Subscribe", "Resource": "~topicfilter/clients/${iot:ClientId}/#"}"#;
+    check(filter, Subscribe, "topicfilter/clients/sensor-1/#", &device(), Allow);
+    check(filter, Subscribe, "topicfilter/clients/+/#", &with_client_id("+"), ImplicitDeny);
+    check(filter, Subscribe, "topicfilter/clients/#/#", &with_client_id("#"), ImplicitDeny);
+    check(filter, Subscribe, "topicfilter/clients/a+/#", &with_client_id("a+"), ImplicitDeny);
+    check(filter, Subscribe, "topicfilter/clients/victim/x/#", &with_client_id("victim/x"), ImplicitDeny);
+    check(filter, Subscribe, "topicfilter/clients/a\u{0}b/#", &with_client_id("a\u{0}b"), ImplicitDeny);
+    let topic = r#"{"Effect": "Allow", "Action": ["iot:Publish", "iot:Receive", "iot:RetainPublish"], "Resource": "~topic/clients/${iot:ClientId}/*"}"#;
+    for action in [Publish, Receive, RetainPublish] {
+        check(topic, action, "topic/clients/sensor-1/t", &device(), Allow);
+        check(topic, action, "topic/clients/victim/x/t", &with_client_id("victim/x"), ImplicitDeny);
+        check(topic, action, "topic/clients/victim/t", &with_client_id("victim/"), ImplicitDeny);
+        check(topic, action, "topic/clients/+/t", &with_client_id("+"), ImplicitDeny);
+        check(topic, action, "topic/clients/#/t", &with_client_id("#"), ImplicitDeny);
+    }
+    // Other literal characters stay literal, and a `client` resource takes `/` as it is.
+    check(topic, Publish, "topic/clients/a*b/t", &with_client_id("a*b"), Allow);
+    check(topic, Publish, "topic/clients/a b:c/t", &with_client_id("a b:c"), Allow);
+    let connect = r#"{"Effect": "Allow", "Action": "iot:Connect", "Resource": "~client/${iot:ClientId}"}"#;
+    check(connect, Connect, "client/victim/x", &with_client_id("victim/x"), Allow);
+    // Thing attributes and certificate fields too.
+    let site = r#"{"Effect": "Allow", "Action": "iot:Publish", "Resource": "~topic/${iot:Connection.Thing.Attributes[site]}/*"}"#;
+    check(site, Publish, "topic/a*b?c/d/x", &device(), ImplicitDeny);
+    let common_name = r#"{"Effect": "Allow", "Action": ["iot:Publish", "iot:Subscribe"], "Resource": ["~topic/cn/${iot:Certificate.Subject.CommonName}/*", "~topicfilter/cn/${iot:Certificate.Subject.CommonName}/*"]}"#;
+    check(common_name, Publish, "topic/cn/sensor-1/x", &device(), Allow);
+    check(common_name, Publish, "topic/cn/victim/x/y", &with_common_name("victim/x"), ImplicitDeny);
+    check(common_name, Subscribe, "topicfilter/cn/victim/x/y", &with_common_name("victim/x"), ImplicitDeny);
+    check(common_name, Connect, "client/x", &with_common_name("victim/x"), ImplicitDeny);
+    let units = r#"{"Effect": "Allow", "Action": "iot:Publish", "Resource": "~topic/ou/${iot:Certificate.Subject.OrganizationalUnit.List}"}"#;
+    let mut slashed = device();
+    slashed.certificate.subject.organizational_unit = strings(&["line-1", "line/2"]);
+    check(units, Publish, "topic/ou/line-1", &device(), Allow);
+    check(units, Publish, "topic/ou/line-1", &slashed, ImplicitDeny);
+    // NotResource fails closed: the Allow does not apply, a Deny does.
+    let not_resource = r#"{"Effect": "Allow", "Action": "iot:Publish", "NotResource": "~topic/clients/${iot:ClientId}/*"}"#;
+    check(not_resource, Publish, "topic/elsewhere", &with_client_id("a/b"), ImplicitDeny);
+    check(not_resource, Publish, "topic/elsewhere", &device(), Allow);
+    let deny_others = r#"{"Effect": "Deny", "Action": "iot:Publish", "NotResource": "~topic/clients/${iot:ClientId}/*"}"#;
+    let allow_all = r#"{"Effect": "Allow", "Action": "iot:Publish", "Resource": "*"}"#;
+    check_policies(&[allow_all, deny_others], Publish, "topic/clients/victim/x/t", &with_client_id("victim/x"), ExplicitDeny);
+    check_policies(&[allow_all, deny_others], Publish, "topic/clients/sensor-1/t", &device(), Allow);
+}
+
+/// The strict device policy certfleet ships (`crates/agent/policy/device-policy-strict.json`,
+/// written for any region and account): the client ID must be the name of a thing attached to
+/// the certificate, and the topics are that thing's.
+#[test]
+fn the_strict_device_policy() {
+    let document = include_str!("../../agent/policy/device-policy-strict.json");
+    let policy = Policy::parse(document).expect("the strict device policy compiles");
+    let decide = |action: Action, resource: &str, context: &Context| {
+        let resource = format!("{ARN}{resource}");
+        evaluate(std::slice::from_ref(&policy), &Request { action, resource: &resource, context })
+    };
+    let cases: [(Action, &str, Context, Decision); 14] = [
+        (Connect, "client/sensor-1", device(), Allow),
+        (Connect, "client/sensor-1", unattached(), ImplicitDeny),
+        (Connect, "client/sensor-2", with_client_id("sensor-2"), ImplicitDeny),
+        (Subscribe, "topicfilter/management/topic/sensor-1/csr_req", device(), Allow),
+        (Subscribe, "topicfilter/management/topic/sensor-1/crt_req", device(), Allow),
+        (Subscribe, "topicfilter/management/topic/+/crt_req", device(), ImplicitDeny),
+        (Subscribe, "topicfilter/management/topic/sensor-1/csr_req", unattached(), ImplicitDeny),
+        (Receive, "topic/management/topic/sensor-1/crt_req", device(), Allow),
+        (Receive, "topic/management/topic/sensor-2/crt_req", device(), ImplicitDeny),
+        (Publish, "topic/management/topic/sensor-1/csr_res", device(), Allow),
+        (Publish, "topic/management/topic/sensor-1/crt_ack", device(), Allow),
+        (Publish, "topic/management/topic/sensor-1/crt_err", device(), Allow),
+        (Publish, "topic/management/topic/sensor-2/csr_res", device(), ImplicitDeny),
+        (Publish, "topic/management/topic/sensor-1/crt_req", device(), ImplicitDeny),
+    ];
+    for (action, resource, context, expected) in cases {
+        assert_eq!(decide(action, resource, &context), expected, "{action} on {resource}");
+    }
 }
 
 #[test]

@@ -44,13 +44,42 @@ pub(crate) enum Selection {
     All,
 }
 
+/// Characters a value substituted into a topic or topic filter resource may not hold: the
+/// MQTT level separator and wildcards (and NUL, which no topic may hold). Such a value would
+/// name more than its own literal level (`victim/x` inside `clients/victim/`, `+` standing for
+/// every client in a filter), so the variable has no value there.
+const TOPIC_LEVEL_FORBIDDEN: [char; 4] = ['/', '+', '#', '\0'];
+
 /// How a resolved value will be used.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Usage {
-    /// Substituted into a resource or condition value.
+    /// Substituted into a `client` resource or a condition value.
     Substitution,
+    /// Substituted into a `topic` or `topicfilter` resource: the value must be one literal topic
+    /// level (see [`Usage::admits`]).
+    TopicSubstitution,
     /// Compared by a condition operator.
     ConditionKey,
+}
+
+impl Usage {
+    /// Whether the value is written into a string (rather than compared).
+    fn substitutes(self) -> bool {
+        match self {
+            Usage::Substitution | Usage::TopicSubstitution => true,
+            Usage::ConditionKey => false,
+        }
+    }
+
+    /// Whether a resolved value may be used this way: inside a topic or topic filter a value
+    /// holding `/`, `+`, `#` or NUL is not substituted (the variable then has no value, which
+    /// never widens access), whatever variable it comes from.
+    pub(crate) fn admits(self, value: &str) -> bool {
+        match self {
+            Usage::TopicSubstitution => !value.contains(TOPIC_LEVEL_FORBIDDEN),
+            Usage::Substitution | Usage::ConditionKey => true,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -207,9 +236,7 @@ impl Variable {
                     Selection::All => Some(values),
                 };
                 match selected {
-                    Some(selected)
-                        if usage == Usage::Substitution && !selected.iter().all(|value| substitutable(value)) =>
-                    {
+                    Some(selected) if usage.substitutes() && !selected.iter().all(|value| substitutable(value)) => {
                         Values::None
                     }
                     Some(selected) if !selected.is_empty() => Values::Many(selected),

@@ -30,6 +30,7 @@ use crate::events::{ConnectionObserver, EventSink};
 use crate::fabric::{ClientClaim, Fabric, Message, NodeId, RoutedMessage, Router};
 use crate::identity::Identity;
 use crate::live::LiveSessions;
+use crate::session::ConnectRefusal;
 use retained::{Kept, Retained};
 pub(crate) use state::{
     Attached, DeliveryLimits, Dropped, Kick, QueueLimits, Queued, Received, Session, SessionState, Will,
@@ -164,6 +165,26 @@ pub struct Counters {
     pub takeovers: AtomicU64,
     /// Wills published.
     pub wills: AtomicU64,
+    /// CONNECTs of authenticated devices refused, one counter per [`ConnectRefusal::ALL`].
+    connect_refusals: [AtomicU64; ConnectRefusal::ALL.len()],
+}
+
+impl Counters {
+    /// Counts a refused CONNECT.
+    pub(crate) fn connect_refused(&self, refusal: ConnectRefusal) {
+        if let Some(index) = ConnectRefusal::ALL.iter().position(|known| *known == refusal) {
+            self.connect_refusals[index].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// How many CONNECTs were refused for each reason so far.
+    pub fn connect_refusals(&self) -> Vec<(ConnectRefusal, u64)> {
+        ConnectRefusal::ALL
+            .iter()
+            .zip(&self.connect_refusals)
+            .map(|(refusal, count)| (*refusal, count.load(Ordering::Relaxed)))
+            .collect()
+    }
 }
 
 /// One account's topic space.
@@ -414,7 +435,7 @@ impl Broker {
     }
 
     /// Gives a connection its session: a new one, or the existing one resumed (unless clean
-    /// start or expired). A connection already attached is closed (Session taken over), and wills
+    /// start, expired, or made by another certificate). A connection already attached is closed (Session taken over), and wills
     /// are settled the way MQTT 5 3.1.3.2.2 says: the old connection's will is published unless the
     /// new connection resumes the session and the will had a delay; a will whose delay runs is
     /// cancelled by the resumption, or published if the session ends.
@@ -443,24 +464,31 @@ impl Broker {
             if let Some(session) = existing {
                 let mut state = session.lock();
                 state.epoch += 1;
+                // A session is resumed by the certificate that made it only: its queue and
+                // subscriptions were authorized for that certificate's policies, not another's.
+                let other_certificate = state.identity.certificate_id != request.identity.certificate_id;
+                if other_certificate && !request.clean_start {
+                    tracing::info!(client_id, "session not resumed: another certificate owns it; started afresh");
+                }
+                let fresh = request.clean_start || other_certificate;
                 if let Some(mut old) = state.attached.take() {
                     self.counters.takeovers.fetch_add(1, Ordering::Relaxed);
                     if let Some(kick) = old.kick.take() {
                         let _ = kick.send(Kick::TakenOver);
                     }
                     if let Some(will) = old.will.take()
-                        && (request.clean_start || will.delay.is_zero())
+                        && (fresh || will.delay.is_zero())
                     {
                         wills.push(will.publish(now));
                     }
                 }
                 let expired = state.expires_at.is_some_and(|deadline| deadline <= now);
                 if let Some((will, _)) = state.pending_will.take()
-                    && (request.clean_start || expired)
+                    && (fresh || expired)
                 {
                     wills.push(will.publish(now));
                 }
-                if request.clean_start || expired {
+                if fresh || expired {
                     for filter in state.subscriptions.values() {
                         space_state.subscriptions.remove(client_id, filter);
                     }

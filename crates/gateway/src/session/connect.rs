@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use super::connected::Connected;
 use super::transport::Transport;
-use super::{forwarded, refuse_connect, reserved};
+use super::{ConnectRefusal, forwarded, refuse_connect, reserved};
 use crate::broker::{Attach, Broker, BrokerConfig, DeliveryLimits, Will};
 use crate::events::{self, Lifecycle};
 use crate::fabric::Message;
@@ -124,8 +124,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ExpectConnect<S> {
         let version = connect.protocol_version;
         let grant = match self.check(connect) {
             Ok(grant) => grant,
-            Err((reason_code, client_id)) => {
-                tracing::info!(%client_id, %reason_code, "connect refused");
+            Err((refusal, client_id)) => {
+                let reason_code = refusal.reason_code();
+                // `?`: the client ID is the peer's bytes (it may hold control characters).
+                tracing::info!(client_id = ?client_id, reason = %refusal, %reason_code, "connect refused");
+                self.broker.counters().connect_refused(refusal);
                 refuse_connect(&mut self.transport, version, reason_code);
                 self.transport.close().await;
                 return None;
@@ -134,40 +137,40 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ExpectConnect<S> {
         Some(self.attach(grant))
     }
 
-    /// The checks of CONNECT, in the order AWS IoT applies them; a refusal says its reason code
-    /// and the client ID (for the log).
-    fn check(&self, connect: Connect) -> Result<Grant, (ReasonCode, String)> {
+    /// The checks of CONNECT, in the order AWS IoT applies them; a refusal says why and the
+    /// client ID (for the log).
+    fn check(&self, connect: Connect) -> Result<Grant, (ConnectRefusal, String)> {
         let config = &self.broker.config;
         let version = connect.protocol_version;
         let Connect { clean_start, keep_alive: keep_alive_requested, client_id, will, properties, .. } = connect;
-        let refuse = |reason_code: ReasonCode, client_id: &str| Err((reason_code, client_id.to_owned()));
+        let refuse = |refusal: ConnectRefusal, client_id: &str| Err((refusal, client_id.to_owned()));
         if properties.authentication_method.is_some() {
-            return refuse(ReasonCode::BAD_AUTHENTICATION_METHOD, &client_id);
+            return refuse(ConnectRefusal::AuthenticationMethod, &client_id);
         }
         if self.membership.closed.borrow().is_some() {
-            return refuse(ReasonCode::NOT_AUTHORIZED, &client_id);
+            return refuse(ConnectRefusal::IdentityClosed, &client_id);
         }
         if client_id.is_empty() && version == ProtocolVersion::V311 && !clean_start {
-            return refuse(ReasonCode::CLIENT_IDENTIFIER_NOT_VALID, &client_id);
+            return refuse(ConnectRefusal::EmptyClientIdWithSession, &client_id);
         }
-        if client_id.len() > config.max_client_id_len {
-            return refuse(ReasonCode::CLIENT_IDENTIFIER_NOT_VALID, &client_id);
+        if let Some(refusal) = ConnectRefusal::of_client_id(&client_id, config.max_client_id_len) {
+            return refuse(refusal, &client_id);
         }
         let assigned = client_id.is_empty();
         let client_id = if assigned { format!("auto-{}", events::session_identifier()) } else { client_id };
         if !self.broker.authorizer.connect(&self.identity, &client_id) {
-            return refuse(ReasonCode::NOT_AUTHORIZED, &client_id);
+            return refuse(ConnectRefusal::ConnectNotAuthorized, &client_id);
         }
         let will = match will {
             None => None,
             Some(will) => {
                 if will.payload.len() > config.message_size_limit {
-                    return refuse(ReasonCode::PACKET_TOO_LARGE, &client_id);
+                    return refuse(ConnectRefusal::WillTooLarge, &client_id);
                 }
                 if reserved(&will.topic)
                     || !self.broker.authorizer.publish(&self.identity, &client_id, will.topic.as_str(), will.retain)
                 {
-                    return refuse(ReasonCode::NOT_AUTHORIZED, &client_id);
+                    return refuse(ConnectRefusal::WillNotAuthorized, &client_id);
                 }
                 let delay = Duration::from_secs(u64::from(will.properties.will_delay_interval.unwrap_or(0)));
                 let expiry_interval = will.properties.message_expiry_interval;

@@ -1,5 +1,6 @@
 //! CONNECT and CONNACK: versions, what the server grants, client IDs, and the first packet's rules.
 
+use certfleet_gateway::ConnectRefusal;
 use certfleet_mqtt::{Packet, ProtocolVersion, QoS, ReasonCode};
 use std::num::{NonZeroU16, NonZeroU32};
 
@@ -81,6 +82,83 @@ async fn empty_client_ids() {
     let connack = client.connect(Options::v5(&"x".repeat(129))).await;
     assert_eq!(connack.reason_code, ReasonCode::CLIENT_IDENTIFIER_NOT_VALID, "AWS allows 128 bytes");
     client.closed().await;
+}
+
+/// The attacker picks a client ID that would stand for other clients once substituted into a
+/// policy or a topic: refused with "identifier rejected" in both versions, counted, and nothing
+/// of the broker changes (no session, no lifecycle event, the victim undisturbed).
+#[tokio::test(start_paused = true)]
+async fn client_ids_that_could_name_other_clients_are_refused() {
+    let harness = Harness::new();
+    let victim = identity(ACCOUNT_A, 1);
+    let (mut watcher, _) = harness.connect(&victim, Options::v5("victim")).await;
+    watcher.subscribe_to("$aws/events/#", QoS::AtMostOnce).await;
+    watcher.subscribe_to("clients/#", QoS::AtMostOnce).await;
+    let attacker = identity(ACCOUNT_A, 2);
+    let cases = [
+        ("+", "client_id_wildcard"),
+        ("#", "client_id_wildcard"),
+        ("clients/+", "client_id_wildcard"),
+        ("victim#", "client_id_wildcard"),
+        ("$aws", "client_id_reserved"),
+    ];
+    for (client_id, _) in cases {
+        for version in [ProtocolVersion::V311, ProtocolVersion::V5] {
+            let mut client = harness.open(&attacker, version);
+            let options = match version {
+                ProtocolVersion::V311 => Options::v311(client_id),
+                ProtocolVersion::V5 => Options::v5(client_id),
+            };
+            // 3.1.1 reads it as return code 2 (identifier rejected), MQTT 5 as 0x85.
+            let connack = client.connect(options).await;
+            assert_eq!(connack.reason_code, ReasonCode::CLIENT_IDENTIFIER_NOT_VALID, "{client_id:?} {version:?}");
+            assert!(!connack.session_present);
+            assert!(client.closed().await.is_empty(), "{client_id:?}: closed after the CONNACK");
+        }
+    }
+    let counts = harness.broker.counters().connect_refusals();
+    for reason in ["client_id_wildcard", "client_id_reserved"] {
+        let expected = 2 * cases.iter().filter(|(_, why)| *why == reason).count() as u64;
+        let counted = counts.iter().find(|(refusal, _)| refusal.as_str() == reason).map(|(_, count)| *count);
+        assert_eq!(counted, Some(expected), "{reason}");
+    }
+    assert_eq!(harness.broker.session_count(&attacker.account), 1, "only the victim's session");
+    let seen = harness.recorder.seen.lock().unwrap().clone();
+    assert_eq!(seen, vec![("connected".to_owned(), "victim".to_owned())], "no refused client ever connected");
+    watcher.nothing().await;
+    watcher.send(Packet::PingReq).await;
+    assert_eq!(watcher.recv().await, Packet::PingResp, "the victim is not taken over");
+
+    // `/` is a client ID character (AWS allows it); the policies keep it in its level.
+    let (client, _) = harness.connect(&attacker, Options::v311("victim/x")).await;
+    client.disconnect().await;
+}
+
+/// The client-ID rule by itself (NUL never reaches it over the wire: the codec refuses any
+/// string holding U+0000 as malformed).
+#[test]
+fn which_client_ids_are_refused() {
+    let check = |client_id: &str, expected: Option<&str>| {
+        let refusal = ConnectRefusal::of_client_id(client_id, 128);
+        assert_eq!(refusal.map(ConnectRefusal::as_str), expected, "{client_id:?}");
+        if let Some(refusal) = refusal {
+            assert_eq!(refusal.reason_code(), ReasonCode::CLIENT_IDENTIFIER_NOT_VALID);
+            assert_eq!(refusal.reason_code().to_v311_connack(), Some(2), "identifier rejected");
+        }
+    };
+    check("sensor-1", None);
+    check("site/sensor-1", None);
+    check("a b*c?d:e", None);
+    check("+", Some("client_id_wildcard"));
+    check("#", Some("client_id_wildcard"));
+    check("a/+/b", Some("client_id_wildcard"));
+    check("a#", Some("client_id_wildcard"));
+    check("a\0b", Some("client_id_nul"));
+    check("$aws", Some("client_id_reserved"));
+    check("a$", None);
+    check(&"x".repeat(128), None);
+    check(&"x".repeat(129), Some("client_id_too_long"));
+    check(&"+".repeat(129), Some("client_id_too_long"));
 }
 
 #[tokio::test(start_paused = true)]

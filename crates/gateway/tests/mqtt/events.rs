@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use certfleet_gateway::broker::{AllowAll, BrokerConfig};
 use certfleet_gateway::fabric::{LocalFabric, NodeId};
-use certfleet_mqtt::{QoS, ReasonCode};
+use certfleet_mqtt::{ProtocolVersion, QoS, ReasonCode};
 use serde_json::Value;
 
 use crate::harness::*;
@@ -51,9 +51,11 @@ async fn lifecycle_events_are_published_in_the_account() {
         (&"CONNECTION_LOST".into(), &false.into())
     );
 
-    // Client IDs that cannot be a topic level get no events (as on AWS).
-    let (client, _) = harness.connect(&device, Options::v5("odd+id")).await;
-    client.disconnect().await;
+    // Client IDs that cannot be a topic level are refused (AWS accepts them and sends no
+    // events): no event either.
+    let mut client = harness.open(&device, ProtocolVersion::V5);
+    assert_eq!(client.connect(Options::v5("odd+id")).await.reason_code, ReasonCode::CLIENT_IDENTIFIER_NOT_VALID);
+    client.closed().await;
     watcher.nothing().await;
 
     let seen = harness.recorder.seen.lock().unwrap().clone();

@@ -85,6 +85,48 @@ impl Authorizer for DenyPrefix {
     }
 }
 
+/// The policy engine over one policy document, with only the client ID in the context (what the
+/// gateway's `PolicyAuthorizer` does per certificate, without a registry).
+pub struct PolicyOnly {
+    policy: certfleet_policy::Policy,
+}
+
+impl PolicyOnly {
+    /// `statements` with `~` standing for `arn:aws:iot:us-east-1:111111111111:`.
+    pub fn new(statements: &str) -> Self {
+        let document = format!(r#"{{"Version":"2012-10-17","Statement":[{}]}}"#, statements.replace('~', ARN));
+        PolicyOnly { policy: certfleet_policy::Policy::parse(&document).unwrap() }
+    }
+
+    fn allows(&self, client_id: &str, action: certfleet_policy::Action, name: &str) -> bool {
+        let context = certfleet_policy::Context { client_id: client_id.into(), ..Default::default() };
+        let resource = format!("{ARN}{}/{name}", action.resource_type());
+        let request = certfleet_policy::Request { action, resource: &resource, context: &context };
+        certfleet_policy::evaluate(std::slice::from_ref(&self.policy), &request).is_allowed()
+    }
+}
+
+const ARN: &str = "arn:aws:iot:us-east-1:111111111111:";
+
+impl Authorizer for PolicyOnly {
+    fn connect(&self, _identity: &Identity, client_id: &str) -> bool {
+        self.allows(client_id, certfleet_policy::Action::Connect, client_id)
+    }
+
+    fn publish(&self, _identity: &Identity, client_id: &str, topic: &str, retain: bool) -> bool {
+        self.allows(client_id, certfleet_policy::Action::Publish, topic)
+            && (!retain || self.allows(client_id, certfleet_policy::Action::RetainPublish, topic))
+    }
+
+    fn subscribe(&self, _identity: &Identity, client_id: &str, filter: &str) -> bool {
+        self.allows(client_id, certfleet_policy::Action::Subscribe, filter)
+    }
+
+    fn receive(&self, _identity: &Identity, client_id: &str, topic: &str) -> bool {
+        self.allows(client_id, certfleet_policy::Action::Receive, topic)
+    }
+}
+
 pub struct Harness {
     pub broker: Arc<Broker>,
     pub live: Arc<LiveSessions>,

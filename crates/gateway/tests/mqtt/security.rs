@@ -149,3 +149,66 @@ async fn accounts_are_isolated() {
     assert_eq!(harness.broker.retained_count(&in_b.account), 0);
     assert_eq!(harness.broker.retained_count(&in_a.account), 1);
 }
+
+/// The finding of issue 12: under the common `clients/${iot:ClientId}/...` policy, an attacker
+/// holding a valid certificate picks a client ID that names the victim's topics (`victim/x`) or
+/// all of them (`+`). The `+` is refused at CONNECT; `victim/x` connects (AWS allows `/`) but
+/// can neither subscribe to nor publish into `clients/victim/...`, and the victim gets nothing.
+#[tokio::test(start_paused = true)]
+async fn a_client_id_cannot_reach_into_another_clients_topics() {
+    let policy = PolicyOnly::new(
+        r#"{"Effect":"Allow","Action":"iot:Connect","Resource":"~client/${iot:ClientId}"},
+           {"Effect":"Allow","Action":["iot:Publish","iot:Receive","iot:RetainPublish"],"Resource":"~topic/clients/${iot:ClientId}/*"},
+           {"Effect":"Allow","Action":"iot:Subscribe","Resource":"~topicfilter/clients/${iot:ClientId}/#"}"#,
+    );
+    let harness = Harness::with(BrokerConfig::default(), Arc::new(policy));
+    let (mut victim, _) = harness.connect(&identity(ACCOUNT_A, 1), Options::v5("victim")).await;
+    victim.subscribe_to("clients/victim/#", QoS::AtLeastOnce).await;
+    let attacker = identity(ACCOUNT_A, 2);
+
+    for (version, options) in [(ProtocolVersion::V311, Options::v311("+")), (ProtocolVersion::V5, Options::v5("+"))] {
+        let mut wildcard = harness.open(&attacker, version);
+        assert_eq!(wildcard.connect(options).await.reason_code, ReasonCode::CLIENT_IDENTIFIER_NOT_VALID);
+    }
+
+    let (mut intruder, _) = harness.connect(&attacker, Options::v5("victim/x")).await;
+    let suback = intruder
+        .subscribe(
+            1,
+            vec![
+                subscription("clients/victim/x/#", QoS::AtLeastOnce),
+                subscription("clients/victim/#", QoS::AtLeastOnce),
+                subscription("clients/+/#", QoS::AtLeastOnce),
+            ],
+        )
+        .await;
+    assert_eq!(suback.reason_codes, [ReasonCode::NOT_AUTHORIZED; 3]);
+    for (packet_id, topic) in [(1, "clients/victim/x/cmd"), (2, "clients/victim/cmd")] {
+        intruder.send(Packet::Publish(publish(topic, "forged", QoS::AtLeastOnce, Some(packet_id)))).await;
+        match intruder.recv().await {
+            Packet::PubAck(PubAck { reason_code, .. }) => {
+                assert_eq!(reason_code, ReasonCode::NOT_AUTHORIZED, "{topic}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    let mut retained = publish("clients/victim/x/state", "forged", QoS::AtMostOnce, None);
+    retained.retain = true;
+    intruder.publish(retained).await;
+    victim.nothing().await;
+    assert_eq!(harness.broker.retained_count(&attacker.account), 0, "nothing retained for the victim to find");
+
+    // The victim's own traffic still flows, and never to the intruder.
+    let (mut peer, _) = harness.connect(&identity(ACCOUNT_A, 3), Options::v5("victim-peer")).await;
+    peer.send(Packet::Publish(publish("clients/victim/cmd", "x", QoS::AtLeastOnce, Some(1)))).await;
+    match peer.recv().await {
+        Packet::PubAck(PubAck { reason_code, .. }) => assert_eq!(reason_code, ReasonCode::NOT_AUTHORIZED),
+        other => panic!("{other:?}"),
+    }
+    let (mut victim_publisher, _) = harness.connect(&identity(ACCOUNT_A, 1), Options::v5("victim")).await;
+    assert_eq!(victim.disconnected().await, Some(ReasonCode::SESSION_TAKEN_OVER));
+    victim_publisher.subscribe_to("clients/victim/#", QoS::AtLeastOnce).await;
+    victim_publisher.publish(publish("clients/victim/x/state", "mine", QoS::AtLeastOnce, Some(1))).await;
+    assert_eq!(text(&victim_publisher.receive().await), "mine");
+    intruder.nothing().await;
+}

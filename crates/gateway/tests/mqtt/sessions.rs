@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use certfleet_gateway::broker::BrokerConfig;
-use certfleet_mqtt::{Disconnect, Packet, Properties, PubAck, PubRec, PubRel, QoS, ReasonCode};
+use certfleet_mqtt::{Disconnect, Packet, Properties, ProtocolVersion, PubAck, PubRec, PubRel, QoS, ReasonCode};
 
 use crate::harness::*;
 
@@ -136,7 +136,7 @@ async fn a_second_connection_takes_the_client_id_over() {
     let device = identity(ACCOUNT_A, 1);
     let (mut first, _) = harness.connect(&device, Options::v5("dup").persistent(600)).await;
     first.subscribe_to("t", QoS::AtLeastOnce).await;
-    let (mut second, connack) = harness.connect(&identity(ACCOUNT_A, 2), Options::v5("dup").persistent(600)).await;
+    let (mut second, connack) = harness.connect(&device, Options::v5("dup").persistent(600)).await;
     assert!(connack.session_present, "the session passes to the new connection");
     assert_eq!(first.disconnected().await, Some(ReasonCode::SESSION_TAKEN_OVER));
 
@@ -153,6 +153,39 @@ async fn a_second_connection_takes_the_client_id_over() {
     let seen = harness.recorder.seen.lock().unwrap().clone();
     assert!(seen.contains(&("DUPLICATE_CLIENTID".into(), "dup".into())), "{seen:?}");
     assert_eq!(harness.broker.counters().takeovers.load(Ordering::Relaxed), 2);
+}
+
+/// The attacker's certificate may connect with the victim's client ID (a loose `client/*`
+/// policy), but the victim's persistent session is not its to resume: no queued message, no
+/// subscription, `session_present` false; the session starts afresh.
+#[tokio::test(start_paused = true)]
+async fn another_certificate_never_resumes_a_session() {
+    let harness = Harness::new();
+    let victim = identity(ACCOUNT_A, 1);
+    let (mut subscriber, _) = harness.connect(&victim, Options::v5("victim").persistent(600)).await;
+    subscriber.subscribe_to("victim/secret", QoS::AtLeastOnce).await;
+    subscriber.drop_connection().await;
+    let (mut publisher, _) = harness.connect(&identity(ACCOUNT_A, 3), Options::v5("pub")).await;
+    publisher.publish(publish("victim/secret", "queued for the victim", QoS::AtLeastOnce, Some(1))).await;
+
+    for (version, certificate) in [(ProtocolVersion::V5, 2), (ProtocolVersion::V311, 4)] {
+        let attacker = identity(ACCOUNT_A, certificate);
+        let options = match version {
+            ProtocolVersion::V5 => Options::v5("victim").persistent(600),
+            ProtocolVersion::V311 => Options::v311("victim").persistent(0),
+        };
+        let (mut thief, connack) = harness.connect(&attacker, options).await;
+        assert!(!connack.session_present, "{version:?}: not the attacker's session");
+        thief.nothing().await;
+        publisher.publish(publish("victim/secret", "sent after the takeover", QoS::AtLeastOnce, Some(2))).await;
+        thief.nothing().await;
+        thief.disconnect().await;
+    }
+
+    // The victim's own certificate gets a fresh session back, never the attacker's.
+    let (mut victim_again, connack) = harness.connect(&victim, Options::v5("victim").persistent(600)).await;
+    assert!(!connack.session_present, "the attacker's session is not the victim's either");
+    victim_again.nothing().await;
 }
 
 #[tokio::test(start_paused = true)]
