@@ -12,7 +12,7 @@
 //! (not at all when the statement never reads it), and values borrow from it.
 //!
 //! ```
-//! use certfleet_rules::{Context, Output, Rule};
+//! use certfleet_rules::{Context, Limits, Output, Rule};
 //!
 //! let rule = Rule::parse("SELECT clientid() AS clientid, * FROM 'management/topic/+/csr_res'")?;
 //! let new_uuid = || 0;
@@ -22,6 +22,7 @@
 //!     principal: None,
 //!     timestamp_ms: 1_700_000_000_000,
 //!     new_uuid: &new_uuid,
+//!     limits: Limits::default(),
 //! };
 //! let output = rule.evaluate(&context, br#"{"CSR": "..."}"#);
 //! assert_eq!(output, Ok(Output::Json(serde_json::json!({"clientid": "dev-1", "CSR": "..."}))));
@@ -114,6 +115,6 @@ mod value;
 mod tests;
 
 pub use ast::{BinaryOp, CastType, Expr, Select, SelectItem, UnaryOp};
-pub use error::{ParseError, Reason};
+pub use error::{EvalError, ParseError, Reason};
 pub use functions::Function;
-pub use rule::{Context, Output, Rule, Skipped};
+pub use rule::{Context, Limits, NoOutput, Output, Rule, Skipped};

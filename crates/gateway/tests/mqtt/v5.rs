@@ -186,6 +186,37 @@ async fn no_local_retain_handling_and_retain_as_published() {
     assert!(client.receive().await.retain, "retain as published");
 }
 
+/// A message larger than the server's own packet limit (one the server publishes itself, as rules
+/// and events do) reaches no subscriber: not a 3.1.1 client, which cannot state a limit, nor an
+/// MQTT 5 client that states none. Each drop is counted; a small message still gets through.
+#[tokio::test(start_paused = true)]
+async fn server_messages_over_the_servers_packet_limit_reach_no_subscriber() {
+    let harness = Harness::new();
+    let (mut old, _) = harness.connect(&identity(ACCOUNT_A, 1), Options::v311("old")).await;
+    old.subscribe_to("size", QoS::AtLeastOnce).await;
+    let (mut new, _) = harness.connect(&identity(ACCOUNT_A, 2), Options::v5("new")).await;
+    new.subscribe_to("size", QoS::AtMostOnce).await;
+    let limit = harness.broker.config().max_packet_size;
+    let message = |payload: Bytes| certfleet_gateway::fabric::Message {
+        topic: TopicName::new("size").unwrap(),
+        payload,
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        properties: Properties::default(),
+        expires_at: None,
+        publisher: None,
+    };
+    let account = identity(ACCOUNT_A, 1).account;
+    let sink: &dyn certfleet_gateway::EventSink = &*harness.broker;
+    sink.publish_event(&account, message(Bytes::from(vec![b'x'; limit + 1])));
+    sink.publish_event(&account, message(Bytes::from_static(b"small")));
+    assert_eq!(text(&old.receive().await), "small");
+    assert_eq!(text(&new.receive().await), "small");
+    old.nothing().await;
+    new.nothing().await;
+    assert_eq!(harness.broker.counters().dropped_too_large.load(Ordering::Relaxed), 2);
+}
+
 #[tokio::test(start_paused = true)]
 async fn messages_over_the_clients_maximum_packet_size_are_dropped_for_it() {
     let harness = Harness::new();
