@@ -60,6 +60,16 @@
 //! - Expressions nest at most 100 deep (operator chains count), so no statement can exhaust the
 //!   stack.
 //!
+//! # Bounds
+//!
+//! Evaluation runs within the [`Limits`] the [`Context`] carries, whatever the statement and the
+//! payload: no value is built larger than [`Limits::max_value_bytes`] (its size is computed from
+//! its parts first: `concat`, `+` of strings, `encode`, `upper`/`lower`, array and object
+//! literals, the `SELECT` list, the output), evaluation takes at most [`Limits::max_steps`] (one
+//! per expression evaluated, one more per KiB built) and recurses at most [`Limits::max_depth`],
+//! and a payload nesting deeper than [`Limits::max_payload_depth`] is refused before it is
+//! parsed. Past a bound, [`Rule::evaluate`] gives [`NoOutput::Failed`] with the [`EvalError`].
+//!
 //! # Evaluation
 //!
 //! Values are AWS's: Int, Decimal, Boolean, String, Array, Object, Null, and Undefined (a member
