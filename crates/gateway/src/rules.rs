@@ -687,16 +687,8 @@ impl Runner {
     async fn handle(self: &Arc<Self>, item: Item, budgets: &mut Budgets) {
         let Item { published, chain } = item;
         let rules = self.book.rules_for(&published.account).await;
-        {
-            let bucket = budgets.refilled(&published.account, Instant::now());
-            if bucket.messages < 1.0 {
-                return self.over_budget(&published.account, OverBudget::Messages);
-            }
-            if bucket.steps <= 0.0 {
-                return self.over_budget(&published.account, OverBudget::Steps);
-            }
-            bucket.messages -= 1.0;
-        }
+        // System rules (certfleet's own: rotation) are not charged to the account, so a tenant
+        // over its budget still has its devices' certificates rotated.
         let system = if published.depth == 0 { self.book.system_rules() } else { Vec::new() };
         let topic = published.message.topic.as_str();
         let principal = published.principal.as_ref().map(CertificateId::as_str);
@@ -721,6 +713,16 @@ impl Runner {
                 client_id: &published.client_id,
                 principal: published.principal.as_ref(),
             });
+        }
+        if !rules.is_empty() {
+            let bucket = budgets.refilled(&published.account, Instant::now());
+            if bucket.messages < 1.0 {
+                return self.over_budget(&published.account, OverBudget::Messages);
+            }
+            if bucket.steps <= 0.0 {
+                return self.over_budget(&published.account, OverBudget::Steps);
+            }
+            bucket.messages -= 1.0;
         }
         for loaded in rules.iter() {
             let (evaluated, steps) = loaded.rule.statement.evaluate_counting_steps(&context, payload);
