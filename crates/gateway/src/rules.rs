@@ -1037,3 +1037,56 @@ pub fn now_ms() -> i64 {
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(account: &str, n: u8) -> Item {
+        let message = Arc::new(Message {
+            topic: TopicName::new("t").unwrap(),
+            payload: Bytes::from(vec![n]),
+            qos: QoS::AtMostOnce,
+            retain: false,
+            properties: Properties::default(),
+            expires_at: None,
+            publisher: None,
+        });
+        let published = Published {
+            account: AccountId::parse(account).unwrap(),
+            client_id: "c".into(),
+            principal: None,
+            message,
+            received_ms: 0,
+            depth: 0,
+        };
+        Item { published, chain: Arc::new(AtomicUsize::new(0)) }
+    }
+
+    fn order(queue: &mut FairQueue) -> Vec<(String, u8)> {
+        std::iter::from_fn(|| queue.pop())
+            .map(|item| (item.published.account.to_string(), item.published.message.payload[0]))
+            .collect()
+    }
+
+    /// A backlog of one account delays another's message by one message, not by the backlog;
+    /// an account's sub-queue and the whole queue are bounded.
+    #[test]
+    fn the_queue_serves_accounts_in_turn_within_their_bounds() {
+        let (a, b, c) = ("111111111111", "222222222222", "333333333333");
+        let mut queue =
+            FairQueue { capacity: 6, account_capacity: 4, len: 0, waiting: HashMap::new(), turns: VecDeque::new() };
+        for n in 0..4 {
+            assert_eq!(queue.push(item(a, n)), Ok(()));
+        }
+        assert_eq!(queue.push(item(a, 4)), Err(NoRoom::AccountFull));
+        assert_eq!(queue.push(item(b, 0)), Ok(()));
+        assert_eq!(queue.push(item(b, 1)), Ok(()));
+        assert_eq!(queue.push(item(c, 0)), Err(NoRoom::Full));
+        let served = order(&mut queue);
+        let expected = [(a, 0), (b, 0), (a, 1), (b, 1), (a, 2), (a, 3)];
+        assert_eq!(served, expected.map(|(account, n)| (account.to_owned(), n)).to_vec());
+        assert_eq!((queue.len, queue.waiting.len(), queue.turns.len()), (0, 0, 0));
+        assert_eq!(queue.push(item(c, 0)), Ok(()));
+    }
+}
