@@ -251,3 +251,30 @@ async fn message_properties_are_forwarded() {
     publisher.publish(message).await;
     assert_eq!(subscriber.receive().await.properties, sent);
 }
+
+/// A message in flight when a persistent session resumes with a smaller Maximum Packet Size is
+/// dropped for it (counted), not resent past the client's limit; a small one still is.
+#[tokio::test(start_paused = true)]
+async fn in_flight_messages_over_a_resumed_sessions_maximum_packet_size_are_dropped() {
+    let harness = Harness::new();
+    let device = identity(ACCOUNT_A, 1);
+    let (mut subscriber, _) = harness.connect(&device, Options::v5("shrinking").persistent(600)).await;
+    subscriber.subscribe_to("size", QoS::AtLeastOnce).await;
+    let (mut publisher, _) = harness.connect(&identity(ACCOUNT_A, 2), Options::v5("pub")).await;
+    publisher.publish(publish("size", &"x".repeat(200), QoS::AtLeastOnce, Some(1))).await;
+    publisher.publish(publish("size", "small", QoS::AtLeastOnce, Some(2))).await;
+    // Both arrive, neither is acknowledged, and the connection breaks.
+    assert_eq!(subscriber.message().await.payload.len(), 200);
+    assert_eq!(text(&subscriber.message().await), "small");
+    subscriber.drop_connection().await;
+
+    let mut options = Options::v5("shrinking").persistent(600);
+    options.properties.maximum_packet_size = NonZeroU32::new(100);
+    let (mut subscriber, connack) = harness.connect(&device, options).await;
+    assert!(connack.session_present);
+    let again = subscriber.receive().await;
+    assert!(again.dup);
+    assert_eq!(text(&again), "small");
+    subscriber.nothing().await;
+    assert_eq!(harness.broker.counters().dropped_too_large.load(Ordering::Relaxed), 1);
+}
