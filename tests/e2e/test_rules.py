@@ -11,7 +11,7 @@ import time
 import uuid
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
-from test_gateway import make_device, mosquitto, start_sub
+from test_gateway import make_device, mosquitto, publish_until_received, start_sub
 
 ROLE = "arn:aws:iam::123456789012:role/rules"
 
@@ -149,3 +149,53 @@ def test_http_action_posts_the_output_to_a_python_server(server, openssl, tmp_pa
         server.aws("delete-topic-rule", "--rule-name", name)
     finally:
         httpd.shutdown()
+
+
+def _peak_rss_mib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) // 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_a_self_republishing_concat_rule_cannot_hurt_the_server(server, openssl, tmp_path):
+    """Issue 13's finding, through the real binary: a 60-byte rule republishing concat(x, x, ...)
+    to its own topic and one 13-byte publish once aborted the process for every tenant. Now the
+    generation that would pass 128 KiB fails, the error action reports it with AWS's payload,
+    the server's memory stays bounded, and a device still round-trips a message."""
+    attacker = make_device(server, openssl)
+    tag = uuid.uuid4().hex[:8]
+    name = unique("grow")
+    loop = f"loop/{tag}"
+    payload = {
+        "sql": f"SELECT concat(x, x, x, x, x, x, x, x, x, x) AS x FROM '{loop}'",
+        "actions": [{"republish": {"topic": loop, "roleArn": ROLE}}],
+        "errorAction": {"republish": {"topic": f"errors/{tag}", "roleArn": ROLE}},
+    }
+    server.aws("create-topic-rule", "--rule-name", name, "--topic-rule-payload", rule_file(tmp_path, payload))
+    errors = start_sub(server, attacker, f"errors/{tag}")
+    seed = '{"x":"abcde"}'
+    assert len(seed) == 13
+    publish_until_received(server, attacker, errors, loop, seed)
+    stdout, stderr = errors.communicate(timeout=5)
+    assert errors.returncode == 0, stderr
+    topic, message = stdout.strip().split(" ", 1)
+    report = json.loads(message)
+    assert topic == f"errors/{tag}"
+    assert report["ruleName"] == name
+    assert report["topic"] == loop
+    assert report["failures"][0]["failedAction"] == "RepublishAction"
+    assert "larger than 131072 bytes" in report["failures"][0]["errorMessage"]
+
+    # Alive: the API answers and a device round-trips a message.
+    assert server.proc.poll() is None
+    server.aws("get-topic-rule", "--rule-name", name)
+    other = make_device(server, openssl)
+    echo = start_sub(server, other, f"echo/{tag}")
+    publish_until_received(server, other, echo, f"echo/{tag}", "still here")
+    stdout, _ = echo.communicate(timeout=5)
+    assert stdout.strip() == f"echo/{tag} still here"
+    # The bug allocated 1.6 GB in one go.
+    assert _peak_rss_mib(server.proc.pid) < 512
+    server.aws("delete-topic-rule", "--rule-name", name)

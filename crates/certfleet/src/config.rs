@@ -61,6 +61,28 @@ connect_timeout = "10s"
 change_poll_interval = "200ms"
 # DANGER, benchmarks only: let every authenticated device do anything, ignoring IoT policies.
 danger_authorize_everything = false
+# The largest message payload (AWS IoT: 128 KiB). A device publishing more is disconnected; no
+# rule builds or republishes more; nothing larger than it (plus 18 KiB for topic and
+# properties) is delivered to any subscriber.
+max_message_bytes = 131072
+
+[rules]
+# Topic rules (docs/rules.md, docs/operations.md). Messages waiting for the rules runner, all
+# accounts together.
+queue_capacity = 10000
+# How many times a republished message is run through the rules again.
+max_republish_depth = 8
+# Bytes a device message and everything republished from it may feed back into the rules.
+max_chain_bytes = 1048576
+# Steps one rule evaluation may take (each expression evaluated is one, each KiB built one more).
+max_steps = 10000
+# How deep a payload's JSON may nest when a rule reads it (at most 128).
+max_payload_depth = 64
+# Per account on each node: messages run through the rules per second, evaluation steps per
+# second (at least max_steps), and messages waiting. Past them messages are dropped and counted.
+account_messages_per_second = 1000
+account_steps_per_second = 1000000
+account_queue_capacity = 1000
 
 [caches]
 # The most entries each cache holds; a full cache drops its least recently used half. Entries
@@ -136,6 +158,7 @@ struct FileConfig {
     rotation: RotationFile,
     caches: CachesFile,
     domains: DomainsFile,
+    rules: RulesFile,
 }
 
 #[derive(Deserialize, Default)]
@@ -154,6 +177,19 @@ struct CachesFile {
 struct DomainsFile {
     trust_store: Option<PathBuf>,
     claims: Option<BTreeMap<String, Vec<String>>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RulesFile {
+    queue_capacity: Option<usize>,
+    max_republish_depth: Option<u8>,
+    max_chain_bytes: Option<usize>,
+    max_steps: Option<u64>,
+    max_payload_depth: Option<usize>,
+    account_messages_per_second: Option<u32>,
+    account_steps_per_second: Option<u64>,
+    account_queue_capacity: Option<usize>,
 }
 
 #[derive(Deserialize, Default)]
@@ -196,6 +232,7 @@ struct MqttFile {
     connect_timeout: Option<String>,
     change_poll_interval: Option<String>,
     danger_authorize_everything: Option<bool>,
+    max_message_bytes: Option<usize>,
 }
 
 #[derive(Deserialize, Default)]
@@ -242,6 +279,10 @@ pub struct Config {
     pub mqtt_danger_authorize_everything: bool,
     /// The bounds of the gateway's identity and SNI caches.
     pub caches: certfleet_gateway::CacheLimits,
+    /// The largest message payload: the broker's limit and the rules' value bound.
+    pub mqtt_max_message_bytes: usize,
+    /// The rules engine's bounds (`tls_roots` is filled in by the server).
+    pub rules: certfleet_gateway::rules::RulesConfig,
     pub database_url: Option<String>,
     pub device_certificate_validity: time::Duration,
     pub root_validity: time::Duration,
@@ -338,6 +379,11 @@ impl Config {
                 .with_context(|| format!("domains.claims.{account}"))?;
             domain_claims.insert(id, suffixes);
         }
+        let max_message_bytes = file.mqtt.max_message_bytes.unwrap_or(128 * 1024);
+        if !(1024..=certfleet_mqtt::MAX_PACKET_SIZE / 2).contains(&max_message_bytes) {
+            bail!("mqtt.max_message_bytes must be between 1024 and {}", certfleet_mqtt::MAX_PACKET_SIZE / 2);
+        }
+        let rules = rules_config(&file.rules, max_message_bytes)?;
         Ok(Config {
             data_dir: overrides.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("certfleet-data")),
             region,
@@ -373,6 +419,8 @@ impl Config {
                 "mqtt.change_poll_interval",
             )?,
             mqtt_danger_authorize_everything: file.mqtt.danger_authorize_everything.unwrap_or(false),
+            mqtt_max_message_bytes: max_message_bytes,
+            rules,
             database_url,
             device_certificate_validity: parse_duration(
                 file.pki.device_certificate_validity.as_deref().unwrap_or("365d"),
@@ -420,6 +468,49 @@ fn parse_domain_suffix(text: &str) -> anyhow::Result<String> {
         bail!("{text:?} is not a domain suffix of at least two labels, like \"fleet.example.com\"");
     }
     Ok(suffix)
+}
+
+/// The rules engine's settings from the `[rules]` section, its value bound the message size.
+fn rules_config(file: &RulesFile, max_message_bytes: usize) -> anyhow::Result<certfleet_gateway::rules::RulesConfig> {
+    use certfleet_gateway::rules::{AccountBudget, RulesConfig};
+    let defaults = RulesConfig::default();
+    let limits = certfleet_rules::Limits {
+        max_value_bytes: max_message_bytes,
+        max_steps: file.max_steps.unwrap_or(defaults.limits.max_steps),
+        max_payload_depth: file.max_payload_depth.unwrap_or(defaults.limits.max_payload_depth),
+        ..defaults.limits
+    };
+    let account_budget = AccountBudget {
+        messages_per_second: file.account_messages_per_second.unwrap_or(defaults.account_budget.messages_per_second),
+        steps_per_second: file.account_steps_per_second.unwrap_or(defaults.account_budget.steps_per_second),
+        queue_capacity: file.account_queue_capacity.unwrap_or(defaults.account_budget.queue_capacity),
+    };
+    let config = RulesConfig {
+        queue_capacity: file.queue_capacity.unwrap_or(defaults.queue_capacity),
+        max_depth: file.max_republish_depth.unwrap_or(defaults.max_depth),
+        max_chain_bytes: file.max_chain_bytes.unwrap_or(defaults.max_chain_bytes),
+        limits,
+        account_budget,
+        ..defaults
+    };
+    for (key, value) in [
+        ("rules.queue_capacity", config.queue_capacity as u64),
+        ("rules.max_steps", limits.max_steps),
+        ("rules.max_payload_depth", limits.max_payload_depth as u64),
+        ("rules.account_messages_per_second", u64::from(account_budget.messages_per_second)),
+        ("rules.account_queue_capacity", account_budget.queue_capacity as u64),
+    ] {
+        if value == 0 {
+            bail!("{key} must be at least 1");
+        }
+    }
+    if limits.max_payload_depth > 128 {
+        bail!("rules.max_payload_depth must be at most 128");
+    }
+    if account_budget.steps_per_second < limits.max_steps {
+        bail!("rules.account_steps_per_second must be at least rules.max_steps ({})", limits.max_steps);
+    }
+    Ok(config)
 }
 
 fn parse_addr(text: &str, key: &str) -> anyhow::Result<SocketAddr> {
@@ -507,7 +598,15 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("certfleet-config-bad-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("config.toml");
-        for bad in ["colour = \"red\"", "[api]\naddr = \"0.0.0.0:8443\"\ninsecure_plain_http = true"] {
+        for bad in [
+            "colour = \"red\"",
+            "[api]\naddr = \"0.0.0.0:8443\"\ninsecure_plain_http = true",
+            "[mqtt]\nmax_message_bytes = 10",
+            "[rules]\nmax_steps = 0",
+            "[rules]\nmax_payload_depth = 1000",
+            "[rules]\nmax_steps = 100\naccount_steps_per_second = 99",
+            "[rules]\ncolour = 1",
+        ] {
             std::fs::write(&path, bad).unwrap();
             assert!(Config::load(Some(&path), Overrides::default()).is_err(), "{bad}");
         }

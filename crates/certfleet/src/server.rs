@@ -338,6 +338,9 @@ async fn start_gateway(
     services.attach_data_plane(gateway.endpoints.clone());
     let broker_config = certfleet_gateway::BrokerConfig {
         connect_timeout: to_std(config.mqtt_connect_timeout),
+        // The default packet limit leaves 18 KiB for the topic and properties past the message.
+        max_packet_size: config.mqtt_max_message_bytes + 18 * 1024,
+        message_size_limit: config.mqtt_max_message_bytes,
         ..certfleet_gateway::BrokerConfig::default()
     };
     let broker_authorizer: Arc<dyn certfleet_gateway::Authorizer> = if config.mqtt_danger_authorize_everything {
@@ -363,10 +366,7 @@ async fn start_gateway(
         stopped.clone(),
     );
     // Topic rules run off the publish path, on this node's own queue (docs/rules.md).
-    let rules_config = certfleet_gateway::rules::RulesConfig {
-        tls_roots: system_roots(),
-        ..certfleet_gateway::rules::RulesConfig::default()
-    };
+    let rules_config = certfleet_gateway::rules::RulesConfig { tls_roots: system_roots(), ..config.rules.clone() };
     certfleet_gateway::rules::RulesEngine::start(rules_config, gateway.rules.clone(), &broker);
     // The rotation service hears devices through system rules (the seed's rule, and the same
     // for the acknowledgement and the error): docs/rotation.md.

@@ -122,3 +122,36 @@ pub enum Reason {
     #[error("the expression nests deeper than {0} levels")]
     TooDeep(usize),
 }
+
+/// Why evaluating a rule for a message failed: a bound of the evaluation's
+/// [`Limits`](crate::Limits) would have been exceeded. Nothing was built past the bound; the
+/// caller runs the rule's error action.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum EvalError {
+    /// A value (a function's result, a literal array or object, the output) would be larger
+    /// than [`Limits::max_value_bytes`](crate::Limits::max_value_bytes).
+    #[error("the rule's output would be larger than {limit} bytes")]
+    OutputTooLarge {
+        /// The bound, in bytes.
+        limit: usize,
+    },
+    /// The evaluation took more steps than [`Limits::max_steps`](crate::Limits::max_steps).
+    #[error("the rule's evaluation took more than {budget} steps")]
+    StepBudgetExceeded {
+        /// The budget, in steps.
+        budget: u64,
+    },
+    /// Expressions nest deeper than [`Limits::max_depth`](crate::Limits::max_depth).
+    #[error("the rule's expressions nest deeper than {limit} levels")]
+    TooDeep {
+        /// The bound, in levels.
+        limit: usize,
+    },
+    /// The payload's JSON nests deeper than
+    /// [`Limits::max_payload_depth`](crate::Limits::max_payload_depth).
+    #[error("the payload's JSON nests deeper than {limit} levels")]
+    PayloadTooDeep {
+        /// The bound, in levels.
+        limit: usize,
+    },
+}

@@ -12,7 +12,7 @@
 //! (not at all when the statement never reads it), and values borrow from it.
 //!
 //! ```
-//! use certfleet_rules::{Context, Output, Rule};
+//! use certfleet_rules::{Context, Limits, Output, Rule};
 //!
 //! let rule = Rule::parse("SELECT clientid() AS clientid, * FROM 'management/topic/+/csr_res'")?;
 //! let new_uuid = || 0;
@@ -22,6 +22,7 @@
 //!     principal: None,
 //!     timestamp_ms: 1_700_000_000_000,
 //!     new_uuid: &new_uuid,
+//!     limits: Limits::default(),
 //! };
 //! let output = rule.evaluate(&context, br#"{"CSR": "..."}"#);
 //! assert_eq!(output, Ok(Output::Json(serde_json::json!({"clientid": "dev-1", "CSR": "..."}))));
@@ -58,6 +59,16 @@
 //!   as AWS refuses them when the rule is created.
 //! - Expressions nest at most 100 deep (operator chains count), so no statement can exhaust the
 //!   stack.
+//!
+//! # Bounds
+//!
+//! Evaluation runs within the [`Limits`] the [`Context`] carries, whatever the statement and the
+//! payload: no value is built larger than [`Limits::max_value_bytes`] (its size is computed from
+//! its parts first: `concat`, `+` of strings, `encode`, `upper`/`lower`, array and object
+//! literals, the `SELECT` list, the output), evaluation takes at most [`Limits::max_steps`] (one
+//! per expression evaluated, one more per KiB built) and recurses at most [`Limits::max_depth`],
+//! and a payload nesting deeper than [`Limits::max_payload_depth`] is refused before it is
+//! parsed. Past a bound, [`Rule::evaluate`] gives [`NoOutput::Failed`] with the [`EvalError`].
 //!
 //! # Evaluation
 //!
@@ -114,6 +125,6 @@ mod value;
 mod tests;
 
 pub use ast::{BinaryOp, CastType, Expr, Select, SelectItem, UnaryOp};
-pub use error::{ParseError, Reason};
+pub use error::{EvalError, ParseError, Reason};
 pub use functions::Function;
-pub use rule::{Context, Output, Rule, Skipped};
+pub use rule::{Context, Limits, NoOutput, Output, Rule, Skipped};

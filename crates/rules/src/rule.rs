@@ -1,12 +1,13 @@
 //! A parsed rule and its evaluation against one message.
 
+use std::cell::Cell;
 use std::fmt;
 
 use serde_json::{Map, Value as Json};
 
 use crate::ast::{Expr, Select, SelectItem};
-use crate::error::ParseError;
-use crate::eval::{Scope, eval};
+use crate::error::{EvalError, ParseError};
+use crate::eval::{Scope, eval, json_size, size};
 use crate::value::Value;
 use crate::{parser, topic};
 
@@ -36,6 +37,36 @@ pub struct Context<'a> {
     /// 128 random bits per call (`newuuid()`, which sets the version and variant bits). `Sync`
     /// so that a context can live in a task that moves between threads.
     pub new_uuid: &'a (dyn Fn() -> u128 + Sync),
+    /// The bounds of the evaluation.
+    pub limits: Limits,
+}
+
+/// The bounds of one evaluation: whatever a statement and a payload ask, evaluating them builds
+/// no value larger than `max_value_bytes`, takes at most `max_steps`, and recurses at most
+/// `max_depth` (statement) and `max_payload_depth` (payload JSON) levels. Past a bound the
+/// evaluation ends with an [`EvalError`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// The largest value built during an evaluation, the output included, in bytes (a string's
+    /// UTF-8 length, an array's or object's JSON text). Default 128 KiB, AWS IoT's message
+    /// size limit: no rule can produce a message a device could not have sent.
+    pub max_value_bytes: usize,
+    /// Steps one evaluation may take: each node of the statement evaluated costs one, and each
+    /// KiB a node builds one more. Default 10,000.
+    pub max_steps: u64,
+    /// How deep evaluation may recurse. Default 128 (the parser already refuses statements
+    /// nesting deeper than 100).
+    pub max_depth: usize,
+    /// How deep the payload's JSON may nest (arrays and objects) when the statement reads it;
+    /// deeper is [`EvalError::PayloadTooDeep`]. Default 64; values above 128 act as 128 (the
+    /// JSON reader's own bound, past which the payload reads as not JSON).
+    pub max_payload_depth: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_value_bytes: 128 * 1024, max_steps: 10_000, max_depth: 128, max_payload_depth: 64 }
+    }
 }
 
 impl fmt::Debug for Context<'_> {
@@ -45,6 +76,7 @@ impl fmt::Debug for Context<'_> {
             .field("client_id", &self.client_id)
             .field("principal", &self.principal)
             .field("timestamp_ms", &self.timestamp_ms)
+            .field("limits", &self.limits)
             .finish_non_exhaustive()
     }
 }
@@ -78,6 +110,36 @@ pub enum Skipped {
     ConditionFalse,
     /// `WHERE` is Undefined (it reads a member the payload lacks, say) or not a Boolean.
     ConditionUndefined,
+}
+
+/// Why a rule gave its actions nothing for a message: it did not apply, or its evaluation failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NoOutput {
+    /// The rule does not apply to the message: nothing to report.
+    Skipped(Skipped),
+    /// The evaluation hit a bound: the caller reports it (AWS runs the error action).
+    Failed(EvalError),
+}
+
+impl From<Skipped> for NoOutput {
+    fn from(skipped: Skipped) -> Self {
+        NoOutput::Skipped(skipped)
+    }
+}
+
+impl From<EvalError> for NoOutput {
+    fn from(error: EvalError) -> Self {
+        NoOutput::Failed(error)
+    }
+}
+
+impl fmt::Display for NoOutput {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NoOutput::Skipped(skipped) => skipped.fmt(f),
+            NoOutput::Failed(error) => error.fmt(f),
+        }
+    }
 }
 
 impl fmt::Display for Skipped {
@@ -137,48 +199,130 @@ impl Rule {
     }
 
     /// Evaluates the rule for one message: checks the topic, reads the payload as JSON (when the
-    /// statement reads it at all), evaluates `WHERE` and builds the output.
-    pub fn evaluate<'p>(&self, context: &Context<'_>, payload: &'p [u8]) -> Result<Output<'p>, Skipped> {
+    /// statement reads it at all), evaluates `WHERE` and builds the output, within the context's
+    /// [`Limits`].
+    pub fn evaluate<'p>(&self, context: &Context<'_>, payload: &'p [u8]) -> Result<Output<'p>, NoOutput> {
+        self.evaluate_counting_steps(context, payload).0
+    }
+
+    /// [`evaluate`](Self::evaluate), and the steps it took (for a caller that budgets them).
+    pub fn evaluate_counting_steps<'p>(
+        &self,
+        context: &Context<'_>,
+        payload: &'p [u8],
+    ) -> (Result<Output<'p>, NoOutput>, u64) {
         if !self.matches_topic(context.topic) {
-            return Err(Skipped::TopicMismatch);
+            return (Err(Skipped::TopicMismatch.into()), 0);
         }
-        let json = if self.reads_payload { serde_json::from_slice::<Json>(payload).ok() } else { None };
-        let scope = Scope { context, raw: payload, payload: json.as_ref() };
+        let limits = context.limits;
+        let json = if self.reads_payload {
+            if nests_deeper(payload, limits.max_payload_depth) {
+                return (Err(EvalError::PayloadTooDeep { limit: limits.max_payload_depth }.into()), 0);
+            }
+            serde_json::from_slice::<Json>(payload).ok()
+        } else {
+            None
+        };
+        let (evaluated, steps) = {
+            let scope =
+                Scope { context, raw: payload, payload: json.as_ref(), steps: Cell::new(0), depth: Cell::new(0) };
+            (self.evaluate_in(&scope, payload), scope.steps.get())
+        };
+        let output = match evaluated {
+            Ok(Some(output)) => output,
+            // `SELECT *` alone: the payload as it was read, or as it was received.
+            Ok(None) => json.map_or(Output::Raw(payload), Output::Json),
+            Err(error) => return (Err(error), steps),
+        };
+        let size = match &output {
+            Output::Json(json) => json_size(json, limits.max_value_bytes),
+            Output::Raw(bytes) => bytes.len(),
+        };
+        if size > limits.max_value_bytes {
+            return (Err(EvalError::OutputTooLarge { limit: limits.max_value_bytes }.into()), steps);
+        }
+        (Ok(output), steps)
+    }
+
+    /// `WHERE` and `SELECT`; `None` for `SELECT *` alone, which is the payload itself.
+    fn evaluate_in<'p>(&self, scope: &Scope<'_>, payload: &'p [u8]) -> Result<Option<Output<'p>>, NoOutput> {
         if let Some(condition) = &self.condition {
-            match eval(condition, &scope) {
+            match eval(condition, scope)? {
                 Value::Bool(true) => {}
-                Value::Bool(false) => return Err(Skipped::ConditionFalse),
-                _ => return Err(Skipped::ConditionUndefined),
+                Value::Bool(false) => return Err(Skipped::ConditionFalse.into()),
+                _ => return Err(Skipped::ConditionUndefined.into()),
             }
         }
-        let items = match &self.select {
-            Select::Value(Expr::Payload) if scope.payload.is_none() => return Ok(Output::Raw(payload)),
-            Select::Value(expr) => return Ok(eval(expr, &scope).into_json().map_or(Output::Raw(&[]), Output::Json)),
-            Select::Items(items) => items,
-        };
-        if let [SelectItem::Wildcard] = items.as_slice() {
-            return Ok(match json {
-                Some(json) => Output::Json(json),
-                None => Output::Raw(payload),
-            });
-        }
+        Ok(Some(match &self.select {
+            Select::Value(Expr::Payload) if scope.payload.is_none() => Output::Raw(payload),
+            Select::Value(expr) => eval(expr, scope)?.into_json().map_or(Output::Raw(&[]), Output::Json),
+            Select::Items(items) => match items.as_slice() {
+                [SelectItem::Wildcard] => return Ok(None),
+                items => Output::Json(Json::Object(self.object(items, scope)?)),
+            },
+        }))
+    }
+
+    /// The output object of `SELECT items`, its size summed as the items are evaluated.
+    fn object(&self, items: &[SelectItem], scope: &Scope<'_>) -> Result<Map<String, Json>, EvalError> {
+        let limit = scope.context.limits.max_value_bytes;
         let mut object = Map::new();
+        let mut total = 1usize;
         for item in items {
             match item {
                 SelectItem::Wildcard => {
                     if let Some(Json::Object(members)) = scope.payload {
+                        total = total.saturating_add(json_size(members, limit));
+                        scope.check(total)?;
                         object.extend(members.iter().map(|(key, value)| (key.clone(), value.clone())));
                     }
                 }
                 SelectItem::Field { expr, name } => {
-                    if let Some(value) = eval(expr, &scope).into_json() {
+                    let value = eval(expr, scope)?;
+                    total = total.saturating_add(name.len()).saturating_add(size(&value, limit)).saturating_add(4);
+                    scope.check(total)?;
+                    if let Some(value) = value.into_json() {
                         object.insert(name.clone(), value);
                     }
                 }
             }
         }
-        Ok(Output::Json(Json::Object(object)))
+        scope.bound(total)?;
+        Ok(object)
     }
+}
+
+/// Whether `payload`, if it is JSON (its first non-blank byte opens an array or an object), nests
+/// arrays and objects deeper than `max`: a scan of the bytes, before the JSON reader recurses.
+fn nests_deeper(payload: &[u8], max: usize) -> bool {
+    let Some(first) = payload.iter().find(|byte| !byte.is_ascii_whitespace()) else { return false };
+    if !matches!(first, b'[' | b'{') {
+        return false;
+    }
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for byte in payload {
+        if in_string {
+            match (escaped, byte) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                (false, _) => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
 }
 
 /// Whether evaluating `expr` may read the payload.

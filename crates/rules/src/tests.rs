@@ -24,6 +24,7 @@ fn context<'a>(topic: &'a str, new_uuid: &'a (dyn Fn() -> u128 + Sync)) -> Conte
         principal: Some("9f1c2c41d62cdc0ba4ed5e4fb5e0ef2cd18b2fa6ad0e1ed1da7d1f80db3cc8c2"),
         timestamp_ms: TIMESTAMP,
         new_uuid,
+        limits: Limits::default(),
     }
 }
 
@@ -37,9 +38,10 @@ enum Expect<'e> {
     Json(Json),
     Raw(&'e [u8]),
     Skip(Skipped),
+    Fail(EvalError),
 }
 
-fn run(sql: &str, topic: &str, payload: &[u8]) -> Result<Vec<u8>, Skipped> {
+fn run(sql: &str, topic: &str, payload: &[u8]) -> Result<Vec<u8>, NoOutput> {
     let new_uuid = counter();
     let rule = parse(sql);
     rule.evaluate(&context(topic, &new_uuid), payload).map(|output| output.to_bytes())
@@ -51,7 +53,8 @@ fn check(sql: &str, topic: &str, payload: &str, expected: Expect<'_>) {
     let found = match rule.evaluate(&context(topic, &new_uuid), payload.as_bytes()) {
         Ok(Output::Json(json)) => Expect::Json(json),
         Ok(Output::Raw(bytes)) => Expect::Raw(bytes),
-        Err(skipped) => Expect::Skip(skipped),
+        Err(NoOutput::Skipped(skipped)) => Expect::Skip(skipped),
+        Err(NoOutput::Failed(error)) => Expect::Fail(error),
     };
     assert_eq!(found, expected, "{sql} on {topic} with {payload}");
 }
@@ -398,7 +401,7 @@ fn newuuid_is_fresh_per_call_and_shaped_like_a_uuid() {
 #[test]
 #[rustfmt::skip]
 fn binary_and_garbage_payloads() {
-    type Case<'c> = (&'c str, &'c [u8], Result<&'c [u8], Skipped>);
+    type Case<'c> = (&'c str, &'c [u8], Result<&'c [u8], NoOutput>);
     let cases: &[Case<'_>] = &[
         ("SELECT * FROM 'a/b'", b"\x00\x01\xff binary", Ok(b"\x00\x01\xff binary")),
         ("SELECT * FROM 'a/b'", b"", Ok(b"")),
@@ -409,7 +412,7 @@ fn binary_and_garbage_payloads() {
         ("SELECT encode(*, 'base64') AS data, timestamp() AS ts FROM 'a/b'", b"\x00\x01\x02", Ok(br#"{"data":"AAEC","ts":1700000000123}"#)),
         ("SELECT encode(*, 'base64') AS data FROM 'a/b'", b"{\"a\": 1}", Ok(br#"{"data":"eyJhIjogMX0="}"#)),
         ("SELECT a.b FROM 'a/b'", b"\xc3\x28 not utf-8", Ok(b"{}")),
-        ("SELECT * FROM 'a/b' WHERE device_type = 'thermostat'", b"\x00binary", Err(Skipped::ConditionUndefined)),
+        ("SELECT * FROM 'a/b' WHERE device_type = 'thermostat'", b"\x00binary", Err(NoOutput::Skipped(Skipped::ConditionUndefined))),
         ("SELECT * FROM 'a/b' WHERE timestamp() % 2 = 1", b"\x00binary", Ok(b"\x00binary")),
         ("SELECT get(*, 0) AS first FROM 'a/b'", b"[\"x\"]", Ok(br#"{"first":"x"}"#)),
         ("SELECT VALUE * FROM 'a/b'", b"\"text\"", Ok(br#""text""#)),
@@ -620,4 +623,160 @@ fn random_input_never_panics() {
         }
     }
     assert!(parsed > 100, "only {parsed} random statements parsed: the generator is too weak");
+}
+
+/// `SELECT VALUE expr` on `payload` within `limits`: the output's JSON text, or the error.
+fn check_limited(expr: &str, payload: &str, limits: Limits, expected: Result<&str, EvalError>) {
+    let sql = format!("SELECT VALUE ({expr}) FROM 'a/b'");
+    let new_uuid = counter();
+    let rule = parse(&sql);
+    let context = Context { limits, ..context("a/b", &new_uuid) };
+    let found = match rule.evaluate(&context, payload.as_bytes()) {
+        Ok(output) => Ok(String::from_utf8(output.to_bytes()).unwrap()),
+        Err(NoOutput::Failed(error)) => Err(error),
+        Err(NoOutput::Skipped(skipped)) => panic!("{sql}: skipped ({skipped})"),
+    };
+    assert_eq!(found.as_deref().map_err(|error| *error), expected, "{sql} on {payload} within {limits:?}");
+}
+
+fn bytes(max_value_bytes: usize) -> Limits {
+    Limits { max_value_bytes, ..Limits::default() }
+}
+
+#[test]
+#[rustfmt::skip]
+fn every_growing_function_is_bounded_at_the_limit() {
+    let over = |limit| Err(EvalError::OutputTooLarge { limit });
+    let cases: &[(&str, &str, usize, Result<&str, EvalError>)] = &[
+        // concat of strings: the output "abcdefgh" is 10 bytes of JSON text.
+        ("concat('abcd', 'efgh')", "{}", 10, Ok(r#""abcdefgh""#)),
+        ("concat('abcd', 'efgh')", "{}", 9, over(9)),
+        ("concat('abcd', 'efgh')", "{}", 7, over(7)),
+        ("concat(s, s, s)", r#"{"s": "xyz"}"#, 11, Ok(r#""xyzxyzxyz""#)),
+        ("concat(s, s, s)", r#"{"s": "xyz"}"#, 10, over(10)),
+        // concat of arrays.
+        ("concat(a, a)", r#"{"a": [1, 2]}"#, 10, Ok("[1,2,1,2]")),
+        ("concat(a, a)", r#"{"a": [1, 2]}"#, 8, over(8)),
+        ("concat(a, 3)", r#"{"a": [1, 2]}"#, 7, Ok("[1,2,3]")),
+        ("concat(a, 3)", r#"{"a": [1, 2]}"#, 5, over(5)),
+        // + on strings.
+        ("'abcd' + 'efgh'", "{}", 10, Ok(r#""abcdefgh""#)),
+        ("'abcd' + 'efgh'", "{}", 9, over(9)),
+        ("'abcd' + 'efgh'", "{}", 7, over(7)),
+        // encode: a string, the raw payload, a JSON value.
+        ("encode('abc', 'base64')", "{}", 6, Ok(r#""YWJj""#)),
+        ("encode('abc', 'base64')", "{}", 5, over(5)),
+        ("encode('abc', 'base64')", "{}", 3, over(3)),
+        ("encode(*, 'base64')", r#"{"a":1}"#, 14, Ok(r#""eyJhIjoxfQ==""#)),
+        ("encode(*, 'base64')", r#"{"a":1}"#, 13, over(13)),
+        ("encode(a, 'base64')", r#"{"a": [1]}"#, 6, Ok(r#""WzFd""#)),
+        ("encode(a, 'base64')", r#"{"a": [1]}"#, 3, over(3)),
+        // upper and lower can grow a string's bytes (ß -> SS, İ -> i̇).
+        ("upper('ßß')", "{}", 6, Ok(r#""SSSS""#)),
+        ("upper('ßß')", "{}", 5, over(5)),
+        ("upper('ßß')", "{}", 3, over(3)),
+        ("lower('İ')", "{}", 5, Ok("\"i\u{307}\"")),
+        ("lower('İ')", "{}", 2, over(2)),
+        // array and object literals.
+        ("[1, 'ab', s]", r#"{"s": "xyz"}"#, 14, Ok(r#"[1,"ab","xyz"]"#)),
+        ("[1, 'ab', s]", r#"{"s": "xyz"}"#, 13, over(13)),
+        ("[1, 'ab', s]", r#"{"s": "xyz"}"#, 8, over(8)),
+        ("{'k': s, 'n': 12}", r#"{"s": "xyz"}"#, 18, Ok(r#"{"k":"xyz","n":12}"#)),
+        ("{'k': s, 'n': 12}", r#"{"s": "xyz"}"#, 17, over(17)),
+        ("{'k': s, 'n': 12}", r#"{"s": "xyz"}"#, 9, over(9)),
+        // Values read from the payload, and the output itself.
+        ("*", r#"{"s": "xyz"}"#, 12, Ok(r#"{"s":"xyz"}"#)),
+        ("s", r#"{"s": "xyz"}"#, 5, Ok(r#""xyz""#)),
+        ("s", r#"{"s": "xyz"}"#, 4, over(4)),
+        ("newuuid()", "{}", 38, Ok(r#""00000000-0000-4000-8000-000000000001""#)),
+        ("newuuid()", "{}", 37, over(37)),
+        // Shrinking functions never fail below the bound of their input.
+        ("substring(s, 1)", r#"{"s": "xyz"}"#, 4, Ok(r#""yz""#)),
+        ("length(s)", r#"{"s": "xyz"}"#, 1, Ok("3")),
+    ];
+    for (expr, payload, limit, expected) in cases {
+        check_limited(expr, payload, bytes(*limit), *expected);
+    }
+}
+
+#[test]
+fn select_items_and_raw_outputs_are_bounded() {
+    let limited = |limit| Context { limits: bytes(limit), ..context("a/b", &|| 0) };
+    let run_limited = |sql: &str, limit: usize, payload: &[u8]| {
+        parse(sql).evaluate(&limited(limit), payload).map(|output| output.to_bytes())
+    };
+    let over = |limit| Err(NoOutput::Failed(EvalError::OutputTooLarge { limit }));
+    // {"a":"xyz","s":"xyz"}: 21 bytes.
+    let sql = "SELECT s, s AS a FROM 'a/b'";
+    assert_eq!(run_limited(sql, 21, br#"{"s": "xyz"}"#), Ok(br#"{"a":"xyz","s":"xyz"}"#.to_vec()));
+    assert_eq!(run_limited(sql, 20, br#"{"s": "xyz"}"#), over(20));
+    assert_eq!(run_limited("SELECT *, 1 AS b FROM 'a/b'", 8, br#"{"s": "xyz"}"#), over(8));
+    // A binary payload passed through as is.
+    assert_eq!(run_limited("SELECT * FROM 'a/b'", 4, b"\x00\x01\x02\x03"), Ok(b"\x00\x01\x02\x03".to_vec()));
+    assert_eq!(run_limited("SELECT * FROM 'a/b'", 3, b"\x00\x01\x02\x03"), over(3));
+    // A bound hit in WHERE fails the evaluation too.
+    assert_eq!(run_limited("SELECT 1 AS x FROM 'a/b' WHERE concat(s, s) = 'x'", 5, br#"{"s": "xyz"}"#), over(5));
+}
+
+#[test]
+fn the_self_republishing_concat_rule_fails_at_the_default_bound() {
+    // What a rule republishing concat(x, x, ...) to its own topic reaches within a few
+    // generations: each generation is refused once it would pass 128 KiB.
+    let rule = parse("SELECT concat(x, x, x, x, x, x, x, x, x, x) AS x FROM 'loop'");
+    let new_uuid = counter();
+    let mut payload = br#"{"x": "0123456789abc"}"#.to_vec();
+    let mut generations = 0;
+    loop {
+        match rule.evaluate(&context("loop", &new_uuid), &payload) {
+            Ok(output) => {
+                payload = output.to_bytes();
+                assert!(payload.len() <= 128 * 1024);
+                generations += 1;
+            }
+            Err(error) => {
+                assert_eq!(error, NoOutput::Failed(EvalError::OutputTooLarge { limit: 128 * 1024 }));
+                break;
+            }
+        }
+    }
+    assert_eq!(generations, 4);
+    // Many arguments each at the bound are refused as soon as the sum passes it, not once built.
+    let wide = format!("SELECT VALUE concat({}) FROM 'a/b'", vec!["x"; 10_000].join(", "));
+    let big = format!(r#"{{"x": "{}"}}"#, "y".repeat(100 * 1024));
+    assert_eq!(
+        parse(&wide).evaluate(&context("a/b", &new_uuid), big.as_bytes()),
+        Err(NoOutput::Failed(EvalError::OutputTooLarge { limit: 128 * 1024 }))
+    );
+}
+
+#[test]
+fn deep_payloads_and_deep_evaluation_are_refused() {
+    let payload_too_deep = |limit| Err(NoOutput::Failed(EvalError::PayloadTooDeep { limit }));
+    let nested = |depth: usize| format!("{}1{}", "[".repeat(depth), "]".repeat(depth));
+    assert_eq!(run("SELECT * FROM 'a/b'", "a/b", nested(64).as_bytes()), Ok(nested(64).into_bytes()));
+    assert_eq!(run("SELECT * FROM 'a/b'", "a/b", nested(65).as_bytes()), payload_too_deep(64));
+    // Far past the JSON reader's own recursion: refused by the scan, no stack overflow.
+    assert_eq!(run("SELECT * FROM 'a/b'", "a/b", "{\"a\":".repeat(1_000_000).as_bytes()), payload_too_deep(64));
+    assert_eq!(run("SELECT a FROM 'a/b'", "a/b", "[".repeat(1_000_000).as_bytes()), payload_too_deep(64));
+    // Brackets inside strings do not nest; a statement that never reads the payload never scans it.
+    let in_string = format!(r#"{{"a": "{}\"{}"}}"#, "[".repeat(100), "{".repeat(100));
+    assert!(run("SELECT a FROM 'a/b'", "a/b", in_string.as_bytes()).is_ok());
+    assert_eq!(run("SELECT 1 AS one FROM 'a/b'", "a/b", nested(1000).as_bytes()), Ok(br#"{"one":1}"#.to_vec()));
+    // Evaluation depth: five negations and a literal are six levels.
+    let depth = |max_depth| Limits { max_depth, ..Limits::default() };
+    check_limited("-(-(-(-(-1))))", "{}", depth(6), Ok("-1"));
+    check_limited("-(-(-(-(-1))))", "{}", depth(5), Err(EvalError::TooDeep { limit: 5 }));
+}
+
+#[test]
+fn the_step_budget_counts_every_node() {
+    // 50 ones and 49 additions: 99 nodes.
+    let sum = vec!["1"; 50].join(" + ");
+    let steps = |max_steps| Limits { max_steps, ..Limits::default() };
+    check_limited(&sum, "{}", steps(99), Ok("50"));
+    check_limited(&sum, "{}", steps(98), Err(EvalError::StepBudgetExceeded { budget: 98 }));
+    // Each KiB built costs a step more: 8 KiB of concat is 8 steps past its 3 nodes.
+    let big = format!(r#"{{"x": "{}"}}"#, "y".repeat(4 * 1024));
+    check_limited("length(concat(x, x))", &big, steps(12), Ok("8192"));
+    check_limited("length(concat(x, x))", &big, steps(11), Err(EvalError::StepBudgetExceeded { budget: 11 }));
 }

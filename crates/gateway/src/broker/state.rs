@@ -260,14 +260,22 @@ impl SessionState {
         counters: &Counters,
     ) -> Vec<Packet> {
         let mut packets = Vec::new();
+        // Messages in flight when a persistent session resumes with a smaller Maximum Packet
+        // Size are dropped for it too (their packet ids freed).
+        let mut too_large = Vec::new();
         for (packet_id, inflight) in self.inflight.iter_mut() {
             if packets.len() >= budget {
-                return packets;
+                break;
             }
             match inflight {
                 Inflight::Publish { queued, sent: sent @ false, dup } => {
-                    *sent = true;
-                    packets.push(Packet::Publish(publish(queued, Some(*packet_id), *dup, limits.version, now)));
+                    let packet = Packet::Publish(publish(queued, Some(*packet_id), *dup, limits.version, now));
+                    if fits(&packet, limits, counters) {
+                        *sent = true;
+                        packets.push(packet);
+                    } else {
+                        too_large.push(*packet_id);
+                    }
                 }
                 Inflight::Release { sent: sent @ false } => {
                     *sent = true;
@@ -275,6 +283,9 @@ impl SessionState {
                 }
                 _ => {}
             }
+        }
+        for packet_id in too_large {
+            self.inflight.remove(&packet_id);
         }
         while packets.len() < budget {
             let Some(queued) = self.pending_qos0.pop_front() else { break };

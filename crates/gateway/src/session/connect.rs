@@ -194,7 +194,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ExpectConnect<S> {
             0 => max_keep_alive,
             requested => requested.min(max_keep_alive),
         };
-        let (expiry_requested, receive_maximum, maximum_packet_size) = match version {
+        let (expiry_requested, receive_maximum, client_maximum_packet_size) = match version {
             ProtocolVersion::V311 => {
                 let expiry = if clean_start { Duration::ZERO } else { config.max_session_expiry };
                 (expiry, config.client_receive_maximum.max(1), certfleet_mqtt::MAX_PACKET_SIZE)
@@ -207,6 +207,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ExpectConnect<S> {
                     .map_or(certfleet_mqtt::MAX_PACKET_SIZE, |size| usize::try_from(size.get()).unwrap_or(usize::MAX)),
             ),
         };
+        // Nothing larger than the server accepts is ever delivered either, whatever the client
+        // allows (an MQTT 3.1.1 client cannot say): a message past it is dropped for the client
+        // and counted (`dropped_too_large`).
+        let maximum_packet_size = client_maximum_packet_size.min(config.max_packet_size);
         Ok(Grant {
             client_id,
             assigned,

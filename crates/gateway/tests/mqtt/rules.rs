@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use certfleet_gateway::identity::Identity;
-use certfleet_gateway::rules::{RuleBook, RulesConfig, RulesEngine, SystemDelivery, SystemSink};
+use certfleet_gateway::rules::{
+    AccountBudget, OverBudget, RuleBook, RulesConfig, RulesEngine, SystemDelivery, SystemSink,
+};
 use certfleet_mqtt::QoS;
 use certfleet_pki::CertificateId;
 use certfleet_services::{Caller, RuleAction, TopicRulePayload};
@@ -280,4 +282,151 @@ async fn system_rules_reach_their_sink_for_every_account_and_stay_invisible() {
         .unwrap();
     assert!(listed.items.is_empty(), "system rules are not the tenant's");
     assert!(rig.book.remove_system_rule("csr_res"));
+}
+
+/// Waits until `done` holds (the runner works on its own task), giving up after 30 s.
+async fn until(done: impl Fn() -> bool) {
+    for _ in 0..3000 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the runner did not get through its queue");
+}
+
+/// The peak resident memory of this process, in KiB (`VmHWM`).
+fn peak_rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|line| line.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// The finding of issue 13: a 60-byte rule republishing `concat(x, x, ...)` to its own topic,
+/// and one 13-byte publish, once grew each generation tenfold until the process aborted for
+/// every tenant. Now the generation that would pass 128 KiB fails, the error action reports it,
+/// the process's memory stays put, and another account's device is served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_self_republishing_concat_rule_cannot_hurt_the_server() {
+    let peak_before = peak_rss_kib();
+    let rig = rig(RulesConfig::default());
+    rig.rule(
+        "grow",
+        "SELECT concat(x, x, x, x, x, x, x, x, x, x) AS x FROM 'loop'",
+        vec![republish("loop")],
+        Some(republish("errors")),
+    );
+    let (mut watcher, _) = rig.harness.connect(&rig.device(1), Options::v311("watcher")).await;
+    watcher.subscribe_to("loop", QoS::AtMostOnce).await;
+    let (mut errors, _) = rig.harness.connect(&rig.device(2), Options::v311("errors")).await;
+    errors.subscribe_to("errors", QoS::AtMostOnce).await;
+    let (mut attacker, _) = rig.harness.connect(&rig.device(3), Options::v311("attacker")).await;
+    let seed = r#"{"x":"abcde"}"#;
+    assert_eq!(seed.len(), 13);
+    attacker.publish(publish("loop", seed, QoS::AtMostOnce, None)).await;
+
+    // The device's message, then four generations (5 x 10^n characters), the last under 128 KiB.
+    let mut sizes = Vec::new();
+    for _ in 0..5 {
+        let message = watcher.receive().await;
+        assert!(message.payload.len() <= 128 * 1024);
+        sizes.push(json_of(&message)["x"].as_str().unwrap().len());
+    }
+    assert_eq!(sizes, vec![5, 50, 500, 5_000, 50_000]);
+    let report = json_of(&errors.receive().await);
+    assert_eq!(report["ruleName"], "grow");
+    assert_eq!(report["topic"], "loop");
+    assert_eq!(report["failures"][0]["failedAction"], "RepublishAction");
+    assert_eq!(report["failures"][0]["failedResource"], "loop");
+    let message = report["failures"][0]["errorMessage"].as_str().unwrap();
+    assert!(message.contains("larger than 131072 bytes"), "{message}");
+    watcher.nothing().await;
+    errors.nothing().await;
+    assert_eq!(rig.engine.counters.evaluation_failed.load(Ordering::Relaxed), 1);
+    assert_eq!(rig.engine.counters.error_actions.load(Ordering::Relaxed), 1);
+    assert_eq!(rig.engine.counters.republished.load(Ordering::Relaxed), 5);
+
+    // Another account's device connects and round-trips a message.
+    let other = identity(ACCOUNT_B, 9);
+    let (mut neighbour, _) = rig.harness.connect(&other, Options::v311("neighbour")).await;
+    neighbour.subscribe_to("echo", QoS::AtLeastOnce).await;
+    neighbour.publish(publish("echo", "still here", QoS::AtLeastOnce, Some(1))).await;
+    assert_eq!(text(&neighbour.receive().await), "still here");
+    // The bug allocated 1.6 GB; what a bounded evaluation needs is a few copies of 128 KiB.
+    let grown_mib = peak_rss_kib().saturating_sub(peak_before) / 1024;
+    assert!(grown_mib < 128, "peak memory grew by {grown_mib} MiB");
+}
+
+/// Account A floods its rules past its budget; account B's rule still runs, A's drops are
+/// counted per account and cause (and shown in /metrics), and none are charged to B.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_over_its_budget_does_not_starve_another() {
+    let budget = AccountBudget { messages_per_second: 1, ..AccountBudget::default() };
+    let rig = rig(RulesConfig { account_budget: budget, ..RulesConfig::default() });
+    rig.rule("a", "SELECT * FROM 'flood'", vec![republish("a/out")], None);
+    let account_b = rig.world.caller();
+    let payload = TopicRulePayload {
+        sql: "SELECT *, 'b' AS by FROM 'in'".into(),
+        actions: vec![republish("b/out")],
+        ..TopicRulePayload::default()
+    };
+    rig.world.services.create_topic_rule(&account_b, "b", &payload).unwrap();
+    rig.book.forget(&account_b.account);
+    let device_b = |certificate| Identity { account: account_b.account.clone(), ..identity(ACCOUNT_A, certificate) };
+
+    let (mut a_out, _) = rig.harness.connect(&rig.device(1), Options::v311("a-out")).await;
+    a_out.subscribe_to("a/out", QoS::AtMostOnce).await;
+    let (mut b_out, _) = rig.harness.connect(&device_b(2), Options::v311("b-out")).await;
+    b_out.subscribe_to("b/out", QoS::AtMostOnce).await;
+    let (mut flooder, _) = rig.harness.connect(&rig.device(3), Options::v311("flooder")).await;
+    for n in 0..40 {
+        flooder.publish(publish("flood", &format!(r#"{{"n": {n}}}"#), QoS::AtMostOnce, None)).await;
+    }
+    let (mut b_device, _) = rig.harness.connect(&device_b(4), Options::v311("b-device")).await;
+    b_device.publish(publish("in", r#"{"v": 1}"#, QoS::AtLeastOnce, Some(1))).await;
+    assert_eq!(json_of(&b_out.receive().await), json!({"v": 1, "by": "b"}));
+
+    // The flood's first message ran; most of the rest were over A's budget.
+    assert_eq!(json_of(&a_out.receive().await), json!({"n": 0}));
+    let counters = &rig.engine.counters;
+    let dropped_a = || {
+        counters.over_budget(&rig.caller.account, OverBudget::Messages)
+            + counters.over_budget(&rig.caller.account, OverBudget::QueueFull)
+    };
+    // Every message of A either ran (matched, besides B's one) or was dropped.
+    until(|| dropped_a() + counters.matched.load(Ordering::Relaxed) == 41).await;
+    assert!(dropped_a() >= 30, "{} of A's 40 messages dropped", dropped_a());
+    for cause in OverBudget::ALL {
+        assert_eq!(counters.over_budget(&account_b.account, cause), 0);
+    }
+    let mut metrics = String::new();
+    certfleet_gateway::rules::render_metrics(counters, &mut metrics);
+    let line =
+        format!("certfleet_rules_dropped_over_budget_total{{account=\"{}\",cause=\"messages\"}} ", rig.caller.account);
+    assert!(metrics.contains(&line), "{metrics}");
+    assert!(!metrics.contains(&format!("account=\"{}\"", account_b.account)), "{metrics}");
+}
+
+/// An account whose rules spend their steps per second has its next messages dropped, counted
+/// as `steps`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_over_its_step_budget_is_dropped() {
+    // One step per second: after the first message's seven, the bucket stays below zero for
+    // seven seconds, far longer than the test publishes.
+    let budget = AccountBudget { steps_per_second: 1, ..AccountBudget::default() };
+    let rig = rig(RulesConfig { account_budget: budget, ..RulesConfig::default() });
+    // Seven nodes per evaluation: one message spends the bucket.
+    rig.rule("costly", "SELECT VALUE concat(a, a, a, a, a, a) FROM 'costly'", vec![republish("costly/out")], None);
+    let (mut out, _) = rig.harness.connect(&rig.device(1), Options::v311("out")).await;
+    out.subscribe_to("costly/out", QoS::AtMostOnce).await;
+    let (mut publisher, _) = rig.harness.connect(&rig.device(2), Options::v311("pub")).await;
+    for _ in 0..20 {
+        publisher.publish(publish("costly", r#"{"a": "x"}"#, QoS::AtMostOnce, None)).await;
+    }
+    assert_eq!(json_of(&out.receive().await), json!("xxxxxx"));
+    let counters = &rig.engine.counters;
+    let steps = || counters.over_budget(&rig.caller.account, OverBudget::Steps);
+    // Every message either ran (matched) or was dropped, once the runner is through them.
+    until(|| steps() + counters.matched.load(Ordering::Relaxed) == 20).await;
+    assert!(steps() >= 15, "{} of 20 messages dropped", steps());
 }

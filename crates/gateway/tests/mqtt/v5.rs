@@ -186,6 +186,37 @@ async fn no_local_retain_handling_and_retain_as_published() {
     assert!(client.receive().await.retain, "retain as published");
 }
 
+/// A message larger than the server's own packet limit (one the server publishes itself, as rules
+/// and events do) reaches no subscriber: not a 3.1.1 client, which cannot state a limit, nor an
+/// MQTT 5 client that states none. Each drop is counted; a small message still gets through.
+#[tokio::test(start_paused = true)]
+async fn server_messages_over_the_servers_packet_limit_reach_no_subscriber() {
+    let harness = Harness::new();
+    let (mut old, _) = harness.connect(&identity(ACCOUNT_A, 1), Options::v311("old")).await;
+    old.subscribe_to("size", QoS::AtLeastOnce).await;
+    let (mut new, _) = harness.connect(&identity(ACCOUNT_A, 2), Options::v5("new")).await;
+    new.subscribe_to("size", QoS::AtMostOnce).await;
+    let limit = harness.broker.config().max_packet_size;
+    let message = |payload: Bytes| certfleet_gateway::fabric::Message {
+        topic: TopicName::new("size").unwrap(),
+        payload,
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        properties: Properties::default(),
+        expires_at: None,
+        publisher: None,
+    };
+    let account = identity(ACCOUNT_A, 1).account;
+    let sink: &dyn certfleet_gateway::EventSink = &*harness.broker;
+    sink.publish_event(&account, message(Bytes::from(vec![b'x'; limit + 1])));
+    sink.publish_event(&account, message(Bytes::from_static(b"small")));
+    assert_eq!(text(&old.receive().await), "small");
+    assert_eq!(text(&new.receive().await), "small");
+    old.nothing().await;
+    new.nothing().await;
+    assert_eq!(harness.broker.counters().dropped_too_large.load(Ordering::Relaxed), 2);
+}
+
 #[tokio::test(start_paused = true)]
 async fn messages_over_the_clients_maximum_packet_size_are_dropped_for_it() {
     let harness = Harness::new();
@@ -219,4 +250,31 @@ async fn message_properties_are_forwarded() {
     let sent = message.properties.clone();
     publisher.publish(message).await;
     assert_eq!(subscriber.receive().await.properties, sent);
+}
+
+/// A message in flight when a persistent session resumes with a smaller Maximum Packet Size is
+/// dropped for it (counted), not resent past the client's limit; a small one still is.
+#[tokio::test(start_paused = true)]
+async fn in_flight_messages_over_a_resumed_sessions_maximum_packet_size_are_dropped() {
+    let harness = Harness::new();
+    let device = identity(ACCOUNT_A, 1);
+    let (mut subscriber, _) = harness.connect(&device, Options::v5("shrinking").persistent(600)).await;
+    subscriber.subscribe_to("size", QoS::AtLeastOnce).await;
+    let (mut publisher, _) = harness.connect(&identity(ACCOUNT_A, 2), Options::v5("pub")).await;
+    publisher.publish(publish("size", &"x".repeat(200), QoS::AtLeastOnce, Some(1))).await;
+    publisher.publish(publish("size", "small", QoS::AtLeastOnce, Some(2))).await;
+    // Both arrive, neither is acknowledged, and the connection breaks.
+    assert_eq!(subscriber.message().await.payload.len(), 200);
+    assert_eq!(text(&subscriber.message().await), "small");
+    subscriber.drop_connection().await;
+
+    let mut options = Options::v5("shrinking").persistent(600);
+    options.properties.maximum_packet_size = NonZeroU32::new(100);
+    let (mut subscriber, connack) = harness.connect(&device, options).await;
+    assert!(connack.session_present);
+    let again = subscriber.receive().await;
+    assert!(again.dup);
+    assert_eq!(text(&again), "small");
+    subscriber.nothing().await;
+    assert_eq!(harness.broker.counters().dropped_too_large.load(Ordering::Relaxed), 1);
 }
