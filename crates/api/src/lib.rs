@@ -68,7 +68,7 @@ impl Default for Config {
 pub struct AppState {
     pub services: Arc<Services>,
     pub config: Config,
-    keys: auth::KeyCache,
+    keys: Arc<auth::KeyCache>,
 }
 
 /// The router with every operation, behind SigV4 authentication and request logging.
@@ -76,7 +76,8 @@ pub fn router(services: Arc<Services>, config: Config) -> Router {
     use certificates as c;
     use policies as p;
     use things as t;
-    let state = Arc::new(AppState { services, config, keys: auth::KeyCache::default() });
+    let keys = auth::KeyCache::following(services.clone());
+    let state = Arc::new(AppState { services, config, keys });
     Router::new()
         .route("/registrationcode", get(c::get_registration_code).delete(c::delete_registration_code))
         .route("/cacertificate", post(c::register_ca_certificate))
