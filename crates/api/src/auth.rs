@@ -142,12 +142,15 @@ async fn follow_feed(cache: Weak<KeyCache>, services: Arc<Services>, interval: D
                 live.mark_feed_read(Some(started));
             }
             Ok(Ok(Ok(batch))) => {
+                // A full batch may not be all there is: until the follower has caught up, what
+                // is cached may already be revoked.
+                let caught_up = batch.len() < FEED_BATCH as usize;
                 if let Some(cursor) = cursor.as_mut() {
                     for change in cursor.take(batch, Instant::now()) {
                         live.apply(&change);
                     }
                 }
-                live.mark_feed_read(Some(started));
+                live.mark_feed_read(caught_up.then_some(started));
             }
             Ok(Err(error)) => {
                 if live.trusted() {
@@ -348,5 +351,71 @@ fn signature_error(error: &sigv4::Error) -> ApiError {
              Check your AWS Secret Access Key and signing method. Consult the service documentation for details.",
         )
         .with_log_reason(error.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::OffsetDateTime;
+
+    fn cache_holding(keys: &[(&str, &str)]) -> KeyCache {
+        let cache =
+            KeyCache { keys: RwLock::new(HashMap::new()), epoch: AtomicU64::new(0), feed_read_at: Mutex::new(None) };
+        for (access_key_id, account) in keys {
+            let entry = CachedKey {
+                account: AccountId::parse(account).unwrap(),
+                key: SigningKey::derive("secret", "20260601", "us-east-1", "iot"),
+                fetched: Instant::now(),
+            };
+            let id = ((*access_key_id).to_owned(), "20260601".into(), "us-east-1".into(), "iot".into());
+            cache.keys.write().unwrap().insert(id, entry);
+        }
+        cache
+    }
+
+    fn cached(cache: &KeyCache) -> Vec<String> {
+        let mut ids: Vec<String> = cache.keys.read().unwrap().keys().map(|id| id.0.clone()).collect();
+        ids.sort();
+        ids
+    }
+
+    fn change(kind: ChangeKind, account: &str, entity: &str) -> Change {
+        Change {
+            seq: 1,
+            account: AccountId::parse(account).unwrap(),
+            kind,
+            entity_id: entity.into(),
+            created_at: OffsetDateTime::UNIX_EPOCH,
+        }
+    }
+
+    #[test]
+    fn the_cache_is_trusted_only_after_a_recent_read_of_the_feed() {
+        let cache = cache_holding(&[]);
+        assert!(!cache.trusted(), "never read: nothing cached is trusted");
+        cache.mark_feed_read(Some(Instant::now()));
+        assert!(cache.trusted());
+        cache.mark_feed_read(None);
+        assert!(!cache.trusted(), "a failed read: nothing cached is trusted");
+        cache.mark_feed_read(Instant::now().checked_sub(FEED_STALE_AFTER));
+        assert!(!cache.trusted(), "a follower that stopped reading: nothing cached is trusted");
+    }
+
+    #[test]
+    fn feed_entries_forget_the_keys_they_name() {
+        let cache =
+            cache_holding(&[("AKIAA1", "111111111111"), ("AKIAA2", "111111111111"), ("AKIAB1", "222222222222")]);
+        let epoch = cache.epoch.load(Ordering::SeqCst);
+        cache.apply(&change(ChangeKind::Certificate, "111111111111", "AKIAA1"));
+        assert_eq!(cached(&cache), ["AKIAA1", "AKIAA2", "AKIAB1"], "other entries name no key");
+        assert_eq!(cache.epoch.load(Ordering::SeqCst), epoch);
+        cache.apply(&change(ChangeKind::AccessKey, "111111111111", "AKIAA1"));
+        assert_eq!(cached(&cache), ["AKIAA2", "AKIAB1"]);
+        cache.apply(&change(ChangeKind::Account, "111111111111", "111111111111"));
+        assert_eq!(cached(&cache), ["AKIAB1"]);
+        assert!(cache.epoch.load(Ordering::SeqCst) > epoch, "a lookup in flight must not cache what it read");
+        cache.forget_all();
+        assert!(cached(&cache).is_empty());
     }
 }
