@@ -32,6 +32,15 @@ impl ApiError {
         self
     }
 
+    /// What AWS answers for an access key it does not know (deleted, or its account deleted).
+    pub fn unrecognized_client() -> Self {
+        ApiError::new(
+            "UnrecognizedClientException",
+            StatusCode::FORBIDDEN,
+            "The security token included in the request is invalid.",
+        )
+    }
+
     pub fn internal() -> Self {
         ApiError::new("InternalFailureException", StatusCode::INTERNAL_SERVER_ERROR, "internal failure")
     }
@@ -66,6 +75,10 @@ impl From<certfleet_services::Error> for ApiError {
             E::VersionsLimitExceeded(_) => ("VersionsLimitExceededException", StatusCode::CONFLICT),
             E::VersionConflict(_) => ("VersionConflictException", StatusCode::CONFLICT),
             E::SqlParse(_) => ("SqlParseException", StatusCode::BAD_REQUEST),
+            // A deleted account is answered as its unknown access key would be.
+            E::AccountGone(_) => {
+                return ApiError::unrecognized_client().with_log_reason(message);
+            }
             // AWS answers a rule the caller does not have with 401, not 404.
             E::RuleNotFound(_) => ("UnauthorizedException", StatusCode::UNAUTHORIZED),
             // An ACM ARN naming another account's or region's certificate, or an imported
@@ -134,6 +147,7 @@ mod tests {
             E::RuleNotFound("x".into()),
             E::Registry(certfleet_registry::Error::Aborted),
             E::Internal("x".into()),
+            E::AccountGone(certfleet_registry::AccountId::parse("123456789012").expect("an account id")),
         ];
         for error in &all {
             match error {
@@ -157,7 +171,8 @@ mod tests {
                 | E::SqlParse(_)
                 | E::RuleNotFound(_)
                 | E::Registry(_)
-                | E::Internal(_) => {}
+                | E::Internal(_)
+                | E::AccountGone(_) => {}
             }
         }
         all
@@ -182,6 +197,7 @@ mod tests {
             "SqlParse" => ("SqlParseException", 400),
             "RuleNotFound" => ("UnauthorizedException", 401),
             "Registry" | "Internal" => ("InternalFailureException", 500),
+            "AccountGone" => ("UnrecognizedClientException", 403),
             other => panic!("no expected mapping for {other}"),
         }
     }

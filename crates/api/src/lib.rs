@@ -65,7 +65,7 @@ impl Default for Config {
 pub struct AppState {
     pub services: Arc<Services>,
     pub config: Config,
-    keys: auth::KeyCache,
+    keys: Arc<auth::KeyCache>,
     listener_metrics: Arc<ListenerMetrics>,
 }
 
@@ -74,7 +74,8 @@ pub fn router(services: Arc<Services>, config: Config, listener_metrics: Arc<Lis
     use certificates as c;
     use policies as p;
     use things as t;
-    let state = Arc::new(AppState { services, config, keys: auth::KeyCache::default(), listener_metrics });
+    let keys = auth::KeyCache::following(services.clone());
+    let state = Arc::new(AppState { services, config, keys, listener_metrics });
     Router::new()
         .route("/registrationcode", get(c::get_registration_code).delete(c::delete_registration_code))
         .route("/cacertificate", post(c::register_ca_certificate))

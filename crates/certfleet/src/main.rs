@@ -267,6 +267,28 @@ enum KeysCommand {
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
+    /// List an account's access keys (their IDs and creation dates, never their secrets).
+    List {
+        #[command(flatten)]
+        common: Common,
+        /// The 12-digit account ID.
+        #[arg(long)]
+        account: String,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Delete an access key: every API node refuses it within a second.
+    Delete {
+        #[command(flatten)]
+        common: Common,
+        /// The 12-digit account ID the key belongs to.
+        #[arg(long)]
+        account: String,
+        /// The access key ID (AKIA...).
+        access_key_id: String,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
 }
 
 #[derive(Subcommand)]
@@ -624,6 +646,42 @@ fn account(command: AccountCommand) -> anyhow::Result<()> {
             let key = admin_services(&config)?.create_access_key(&id)?;
             datadir::add_profile(&config.data_dir, &profile, &key, &config.region)?;
             print_key(&id, &key.access_key_id, &profile, output);
+            Ok(())
+        }
+        AccountCommand::Keys { command: KeysCommand::List { common, account, output } } => {
+            let config = load(common, None, None)?;
+            let id = AccountId::parse(&account).context("the account ID")?;
+            let keys = admin_services(&config)?.list_access_keys(&id)?;
+            let created = |key: &certfleet_services::AccessKeySummary| {
+                key.created_at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+            };
+            match output {
+                Output::Json => {
+                    let list: Vec<_> = keys
+                        .iter()
+                        .map(|key| serde_json::json!({"accessKeyId": key.access_key_id, "accountId": key.account.to_string(), "createDate": created(key)}))
+                        .collect();
+                    println!("{}", serde_json::json!({ "accessKeys": list }));
+                }
+                Output::Text => {
+                    for key in &keys {
+                        println!("{}\t{}", key.access_key_id, created(key));
+                    }
+                }
+            }
+            Ok(())
+        }
+        AccountCommand::Keys { command: KeysCommand::Delete { common, account, access_key_id, output } } => {
+            let config = load(common, None, None)?;
+            let id = AccountId::parse(&account).context("the account ID")?;
+            admin_services(&config)?.delete_access_key(&id, &access_key_id)?;
+            match output {
+                Output::Json => println!(
+                    "{}",
+                    serde_json::json!({"accountId": id.to_string(), "accessKeyId": access_key_id, "deleted": true})
+                ),
+                Output::Text => println!("deleted access key {access_key_id} of account {id}"),
+            }
             Ok(())
         }
     }

@@ -5,12 +5,9 @@
 //! certificate entries also reload the policies of the principals they touch (`authz`), so a
 //! policy attached, detached or given a new default version reaches live sessions as quickly.
 //!
-//! Sequence numbers may commit out of order on PostgreSQL (two transactions take 10 and 11,
-//! 11 commits first). The follower therefore remembers what it saw above a watermark and only
-//! moves the watermark over a gap once the gap is older than [`GAP_PATIENCE`] (the transaction
-//! that took it rolled back). Entries carry no state, so seeing one twice is harmless.
+//! Sequence numbers may commit out of order on PostgreSQL: [`Cursor`] (in services, shared with
+//! the API's access-key cache) waits for gaps.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,58 +19,7 @@ use crate::authz::PolicyAuthorizer;
 use crate::identity::Registry;
 use crate::live::{LiveSessions, uses};
 
-/// How long a gap in sequence numbers is waited for before it is taken for a rollback.
-pub const GAP_PATIENCE: Duration = Duration::from_secs(10);
-
-/// Where a follower is in the feed.
-#[derive(Debug)]
-pub struct Cursor {
-    watermark: i64,
-    seen: BTreeSet<i64>,
-    gap_since: Option<Instant>,
-}
-
-impl Cursor {
-    /// A cursor after `seq` (everything up to it is considered handled).
-    pub fn after(seq: i64) -> Self {
-        Cursor { watermark: seq, seen: BTreeSet::new(), gap_since: None }
-    }
-
-    /// Where to read from.
-    pub fn watermark(&self) -> i64 {
-        self.watermark
-    }
-
-    /// Takes a batch read after the watermark; returns the entries not seen before.
-    pub fn take(&mut self, batch: Vec<Change>, now: Instant) -> Vec<Change> {
-        let fresh: Vec<Change> =
-            batch.into_iter().filter(|change| change.seq > self.watermark && self.seen.insert(change.seq)).collect();
-        loop {
-            if self.seen.remove(&(self.watermark + 1)) {
-                self.watermark += 1;
-                self.gap_since = None;
-                continue;
-            }
-            let Some(&next) = self.seen.iter().next() else {
-                self.gap_since = None;
-                break;
-            };
-            // A gap below `next`: wait for it, then give up on it.
-            match self.gap_since {
-                None => {
-                    self.gap_since = Some(now);
-                    break;
-                }
-                Some(since) if now.duration_since(since) >= GAP_PATIENCE => {
-                    self.watermark = next - 1;
-                    self.gap_since = None;
-                }
-                Some(_) => break,
-            }
-        }
-        fresh
-    }
-}
+use certfleet_services::feed::Cursor;
 
 /// How often the authorizer forgets the principals no session uses any more.
 const FORGET_UNUSED_EVERY: Duration = Duration::from_secs(60);
@@ -186,42 +132,5 @@ pub async fn apply(registry: &Registry, live: &LiveSessions, change: &Change) {
         if let Err(reason) = registry.recheck(&identity, now).await {
             live.close_identity(&identity, reason);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use certfleet_registry::AccountId;
-
-    fn change(seq: i64) -> Change {
-        Change {
-            seq,
-            account: AccountId::parse("111111111111").unwrap(),
-            kind: ChangeKind::Certificate,
-            entity_id: "x".into(),
-            created_at: time::OffsetDateTime::UNIX_EPOCH,
-        }
-    }
-
-    fn seqs(changes: &[Change]) -> Vec<i64> {
-        changes.iter().map(|change| change.seq).collect()
-    }
-
-    #[test]
-    fn the_cursor_waits_for_gaps_then_gives_up_on_them() {
-        let start = Instant::now();
-        let mut cursor = Cursor::after(10);
-        assert_eq!(seqs(&cursor.take(vec![change(11), change(13)], start)), vec![11, 13]);
-        assert_eq!(cursor.watermark(), 11, "12 is missing: wait for it");
-        // 12 commits late: it is delivered, and the watermark passes both.
-        assert_eq!(seqs(&cursor.take(vec![change(12), change(13)], start + Duration::from_secs(1))), vec![12]);
-        assert_eq!(cursor.watermark(), 13);
-        // 14 never commits (rolled back): after the patience, the watermark moves past it.
-        assert_eq!(seqs(&cursor.take(vec![change(15)], start + Duration::from_secs(2))), vec![15]);
-        assert_eq!(cursor.watermark(), 13);
-        assert!(cursor.take(vec![change(15)], start + Duration::from_secs(3)).is_empty(), "no entry twice");
-        cursor.take(vec![], start + Duration::from_secs(2) + GAP_PATIENCE);
-        assert_eq!(cursor.watermark(), 15);
     }
 }

@@ -47,6 +47,10 @@ pub enum Error {
     /// The database could not be opened or prepared.
     #[error("cannot open the registry: {0}")]
     Open(String),
+    /// The account a write acts for does not exist (deleted, possibly by a concurrent
+    /// transaction): the write must not land.
+    #[error("the account {0} does not exist")]
+    AccountNotFound(AccountId),
     /// The transaction's closure returned an error, so the transaction was rolled back.
     #[error("transaction aborted by its caller")]
     Aborted,

@@ -279,6 +279,8 @@ pub enum ChangeKind {
     DomainConfiguration,
     /// A topic rule was created, replaced, enabled, disabled or deleted (entity: the rule name).
     TopicRule,
+    /// An access key was deleted (entity: the access key ID): API nodes forget its signing keys.
+    AccessKey,
 }
 
 /// One entry of the change feed: "entity X of account A changed; reload it". Entries carry no
@@ -342,6 +344,7 @@ text_enum!(ChangeKind {
     Thing = "thing",
     DomainConfiguration = "domain_configuration",
     TopicRule = "topic_rule",
+    AccessKey = "access_key",
 });
 text_enum!(ThingPrincipalType { Exclusive = "EXCLUSIVE_THING", NonExclusive = "NON_EXCLUSIVE_THING" });
 

@@ -53,9 +53,18 @@ impl<'a> Tx<'a> {
         rows.first().map(account_from_row).transpose()
     }
 
-    /// An account by ID, locked against concurrent writers until the transaction ends.
-    /// Every write that checks a per-account rule takes this lock first.
-    pub fn lock_account(&mut self, id: &AccountId) -> Result<Option<Account>, Error> {
+    /// An account by ID, locked against concurrent writers and its deletion until the
+    /// transaction ends. Every write made for an account takes this lock first: it serialises the
+    /// per-account rules, and it is how a write learns, inside its own transaction, that the
+    /// account is gone ([`Error::AccountNotFound`]), so that nothing lands for a deleted account.
+    pub fn lock_account(&mut self, id: &AccountId) -> Result<Account, Error> {
+        self.lock_account_if_present(id)?.ok_or_else(|| Error::AccountNotFound(id.clone()))
+    }
+
+    /// [`Tx::lock_account`] for batches spanning accounts (connection history, sweeps), which skip
+    /// the rows of a deleted account instead of failing: `None` when the account is gone. Lock
+    /// several accounts in ascending ID order, as every multi-account write does.
+    pub fn lock_account_if_present(&mut self, id: &AccountId) -> Result<Option<Account>, Error> {
         let sql = format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = $1{}", self.conn.for_update());
         let rows = self.conn.query(&sql, &[id.as_str().into()])?;
         rows.first().map(account_from_row).transpose()
@@ -77,7 +86,14 @@ impl<'a> Tx<'a> {
     }
 
     /// Deletes an account with everything it owns. Returns whether it existed.
+    ///
+    /// The account row is locked first: a write for the account that took its lock earlier has
+    /// committed by then, so its rows are deleted below; one that comes later finds the account
+    /// gone ([`Tx::lock_account`]). Either way no row is left owned by no account.
     pub fn delete_account(&mut self, id: &AccountId) -> Result<bool, Error> {
+        if self.lock_account_if_present(id)?.is_none() {
+            return Ok(false);
+        }
         let account = [Value::from(id.as_str())];
         for table in [
             "access_keys",
@@ -104,6 +120,7 @@ impl<'a> Tx<'a> {
             "audit_crls",
             "rotation_campaigns",
             "rotations",
+            "topic_rules",
         ] {
             self.conn.execute(&format!("DELETE FROM {table} WHERE account_id = $1"), &account)?;
         }
@@ -156,9 +173,12 @@ impl<'a> Tx<'a> {
         rows.iter().map(access_key_from_row).collect()
     }
 
-    /// Deletes an access key. Returns whether it existed.
-    pub fn delete_access_key(&mut self, access_key_id: &str) -> Result<bool, Error> {
-        Ok(self.conn.execute("DELETE FROM access_keys WHERE access_key_id = $1", &[access_key_id.into()])? == 1)
+    /// Deletes an account's access key. Returns whether the account had it.
+    pub fn delete_access_key(&mut self, account: &AccountId, access_key_id: &str) -> Result<bool, Error> {
+        Ok(self.conn.execute(
+            "DELETE FROM access_keys WHERE account_id = $1 AND access_key_id = $2",
+            &[account.as_str().into(), access_key_id.into()],
+        )? == 1)
     }
 
     // ---- CA certificates ------------------------------------------------------------------

@@ -12,7 +12,6 @@ use certfleet_registry::{
 };
 use time::OffsetDateTime;
 
-use crate::accounts::missing_account;
 use crate::ids::uuid_v4;
 use crate::{Caller, Error, Services};
 
@@ -102,7 +101,7 @@ impl Services {
         };
 
         registry::write(self.store(), |tx| {
-            let account = tx.lock_account(&caller.account)?.ok_or_else(|| missing_account(caller))?;
+            let account = tx.lock_account(&caller.account)?;
             if let Some(verification) = &verification {
                 let code = account.registration_code.as_deref().ok_or_else(|| {
                     Error::RegistrationCodeValidation(
@@ -269,6 +268,7 @@ impl Services {
         let status = if set_as_active { CertificateStatus::Active } else { CertificateStatus::Inactive };
         let record = self.device_record(caller, certificate, None, status, CertificateMode::Default, now)?;
         registry::write(self.store(), |tx| {
+            tx.lock_account(&record.account)?;
             tx.insert_certificate(&record)?;
             certificate_changed(tx, &record.account, &record.id, now)
         })?;
@@ -552,8 +552,14 @@ impl Services {
             // Lock both accounts in a fixed order so two transfers cannot deadlock.
             let (first, second) =
                 if source < caller.account { (&source, &caller.account) } else { (&caller.account, &source) };
-            tx.lock_account(first)?;
-            tx.lock_account(second)?;
+            let first_present = tx.lock_account_if_present(first)?.is_some();
+            let second_present = tx.lock_account_if_present(second)?.is_some();
+            if !(first_present && second_present) {
+                // The caller's own account gone is AccountGone; the offering account gone took
+                // its certificate with it.
+                tx.lock_account(&caller.account)?;
+                return Err(Error::NotFound(format!("certificate {id} is no longer offered")));
+            }
             if tx.get_certificate(&caller.account, id)?.is_some() {
                 return Err(Error::InvalidRequest("the certificate is already registered in this account".into()));
             }

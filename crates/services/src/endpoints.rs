@@ -329,6 +329,7 @@ impl Services {
             imported_at: now,
         };
         registry::write(self.store(), |tx| {
+            tx.lock_account(&caller.account)?;
             if import.certificate_arn.is_some() && tx.get_server_certificate(&caller.account, &id)?.is_none() {
                 return Err(Error::NotFound(format!(
                     "certificate {} not found",
@@ -1017,9 +1018,14 @@ impl Services {
 
     // ---- test endpoints ------------------------------------------------------------------
 
-    /// Records what a test endpoint saw of a client.
+    /// Records what a test endpoint saw of a client (nothing when its account is gone).
     pub fn record_endpoint_probe(&self, probe: &EndpointProbe) -> Result<(), Error> {
-        registry::write(self.store(), |tx| tx.insert_endpoint_probe(probe, PROBES_KEPT).map_err(Error::from))
+        registry::write(self.store(), |tx| {
+            if tx.lock_account_if_present(&probe.account)?.is_none() {
+                return Ok(());
+            }
+            tx.insert_endpoint_probe(probe, PROBES_KEPT).map_err(Error::from)
+        })
     }
 
     /// The test endpoints' newest records of the caller's account.

@@ -71,12 +71,25 @@ pub enum Error {
     /// it, not ResourceNotFoundException.
     #[error("{0}")]
     RuleNotFound(String),
+    /// The caller's account does not exist (any more): it was deleted, possibly while the
+    /// request was in flight. The write did not land.
+    #[error("the account {0} does not exist")]
+    AccountGone(certfleet_registry::AccountId),
     /// The registry failed.
     #[error("registry failure")]
-    Registry(#[from] certfleet_registry::Error),
+    Registry(#[source] certfleet_registry::Error),
     /// Something certfleet itself got wrong (a key that cannot be opened, a broken invariant).
     #[error("internal failure: {0}")]
     Internal(String),
+}
+
+impl From<certfleet_registry::Error> for Error {
+    fn from(error: certfleet_registry::Error) -> Self {
+        match error {
+            certfleet_registry::Error::AccountNotFound(account) => Error::AccountGone(account),
+            other => Error::Registry(other),
+        }
+    }
 }
 
 impl Error {
@@ -102,6 +115,7 @@ impl Error {
             Error::VersionConflict(_) => "VersionConflict",
             Error::SqlParse(_) => "SqlParse",
             Error::RuleNotFound(_) => "RuleNotFound",
+            Error::AccountGone(_) => "AccountGone",
             Error::Registry(_) => "Registry",
             Error::Internal(_) => "Internal",
         }

@@ -65,7 +65,7 @@ impl Services {
         let generation_id = uuid_v4()?;
 
         let registered = registry::write(self.store(), |tx| {
-            if tx.lock_account(account)?.is_none() || tx.get_certificate(account, device.id())?.is_some() {
+            if tx.lock_account_if_present(account)?.is_none() || tx.get_certificate(account, device.id())?.is_some() {
                 return Ok(None);
             }
             let Some(ca) = tx.get_ca(account, &signer_id)?.filter(|ca| allowed(ca)) else {

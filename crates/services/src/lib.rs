@@ -12,6 +12,7 @@ mod certificates;
 mod clock;
 mod endpoints;
 mod error;
+pub mod feed;
 mod ids;
 mod issuers;
 mod jitr;
@@ -29,7 +30,7 @@ use std::sync::Arc;
 use certfleet_pki::Issuer;
 use certfleet_registry::{AccountId, Store};
 
-pub use accounts::NewAccessKey;
+pub use accounts::{AccessKeySummary, NewAccessKey};
 pub use audit::{
     AUDIT_CHECKS, AuditCheck, AuditConfigurationUpdate, AuditListener, AuditTaskSummary, ScheduledAuditDefinition,
     ScheduledAuditUpdate, audit_check, next_run_after,

@@ -159,6 +159,7 @@ impl Services {
         }
         let campaign = self.new_campaign(&caller.account, source, None)?;
         registry::write(self.store(), |tx| {
+            tx.lock_account(&caller.account)?;
             for id in certificate_ids {
                 let certificate = tx
                     .get_certificate(&caller.account, id)?
@@ -212,6 +213,7 @@ impl Services {
         }
         let campaign = self.new_campaign(account, RotationSource::Audit, Some(task_id))?;
         registry::write(self.store(), |tx| {
+            tx.lock_account(account)?;
             tx.insert_rotation_campaign(&campaign)?;
             for id in &certificates {
                 // Deleted or deactivated since the audit ran: nothing to rotate.
@@ -331,6 +333,7 @@ impl Services {
     pub fn retry_rotation(&self, caller: &Caller, id: &str) -> Result<Rotation, Error> {
         let now = self.now();
         let rotation = registry::write(self.store(), |tx| {
+            tx.lock_account(&caller.account)?;
             let mut rotation =
                 tx.lock_rotation(&caller.account, id)?.ok_or_else(|| Error::NotFound(format!("no rotation {id}")))?;
             if rotation.state != RotationState::Failed {
@@ -407,6 +410,7 @@ impl Services {
         let fingerprint = csr.as_ref().ok().map(|csr| CertificateId::of_der(csr.public_key().spki_der()).to_string());
         // Step 1: pin the key (requested -> csr_received), or find the rotation already past it.
         let pinned = registry::write(self.store(), |tx| {
+            tx.lock_account(account)?;
             let Some(mut rotation) =
                 pick(tx.open_rotations_of_client(account, client_id)?, |r| &r.old_certificate_id == principal)
             else {
@@ -483,6 +487,7 @@ impl Services {
             now,
         );
         registry::write(self.store(), |tx| {
+            tx.lock_account(account)?;
             let Some(mut rotation) = tx.lock_rotation(account, &rotation.id)? else {
                 return Ok(Step::Ignored("the rotation is gone"));
             };
@@ -542,6 +547,7 @@ impl Services {
     fn on_ack(&self, account: &AccountId, client_id: &str, principal: &CertificateId) -> Result<Step, Error> {
         let now = self.now();
         let acknowledged = registry::write(self.store(), |tx| {
+            tx.lock_account(account)?;
             let Some(mut rotation) = tx.rotation_of_new_certificate(account, client_id, principal)? else {
                 return Ok(Err("not from a session of a certificate this service issued (or not yet issued)"));
             };
@@ -571,6 +577,7 @@ impl Services {
         let now = self.now();
         let arn_of = |old: &CertificateId| self.certificate_arn(account, old);
         registry::write(self.store(), |tx| {
+            tx.lock_account(account)?;
             let Some(mut rotation) = tx.lock_rotation(account, id)? else { return Ok(()) };
             if rotation.state != RotationState::Acknowledged {
                 return Ok(());
@@ -592,6 +599,7 @@ impl Services {
         let reason = payload.get("error").and_then(serde_json::Value::as_str).unwrap_or("(no reason given)").to_owned();
         let now = self.now();
         registry::write(self.store(), |tx| {
+            tx.lock_account(account)?;
             let open = tx.open_rotations_of_client(account, client_id)?;
             let Some(mut rotation) = open.into_iter().find(|r| &r.old_certificate_id == principal) else {
                 return Ok(Step::Ignored("no open rotation of this certificate (a late duplicate?)"));
@@ -639,8 +647,21 @@ impl Services {
         loop {
             let batch = registry::write(self.store(), |tx| {
                 let due = tx.due_rotations(now, 200)?;
+                // Lock the accounts in ID order (as every multi-account write does); the rotations
+                // of an account deleted meanwhile are gone with it.
+                let mut accounts: Vec<AccountId> = due.iter().map(|rotation| rotation.account.clone()).collect();
+                accounts.sort();
+                accounts.dedup();
+                let mut present = std::collections::HashSet::new();
+                for account in accounts {
+                    if tx.lock_account_if_present(&account)?.is_some() {
+                        present.insert(account);
+                    }
+                }
                 let mut effects = RotationEffects::default();
-                for mut rotation in due.iter().cloned() {
+                let live: Vec<Rotation> =
+                    due.iter().filter(|rotation| present.contains(&rotation.account)).cloned().collect();
+                for mut rotation in live.iter().cloned() {
                     let arn = self.certificate_arn(&rotation.account, &rotation.old_certificate_id);
                     if rotation.state == RotationState::Acknowledged {
                         retire_in(tx, &mut rotation, &arn, now)?;
@@ -677,7 +698,9 @@ impl Services {
                     tx.update_rotation(&rotation)?;
                     effects.publish.push(message);
                 }
-                Ok::<_, Error>((due.len(), effects))
+                // A full page of live rotations means there may be more; a row of a deleted account
+                // (left by an older version) must not keep the loop going.
+                Ok::<_, Error>((if due.len() == live.len() { due.len() } else { 0 }, effects))
             })?;
             effects.extend(batch.1);
             if batch.0 < 200 {

@@ -116,6 +116,7 @@ impl Services {
         let checked = check_payload(payload)?;
         let now = self.now();
         registry::write(self.store(), |tx| {
+            tx.lock_account(&caller.account)?;
             let existing = tx.get_topic_rule(&caller.account, name)?.ok_or_else(|| missing(name))?;
             let replaced = TopicRule {
                 sql: payload.sql.clone(),
@@ -139,7 +140,10 @@ impl Services {
     pub fn delete_topic_rule(&self, caller: &Caller, name: &str) -> Result<(), Error> {
         check_rule_name(name)?;
         let now = self.now();
-        let deleted = registry::write(self.store(), |tx| tx.delete_topic_rule(&caller.account, name, now))?;
+        let deleted = registry::write(self.store(), |tx| {
+            tx.lock_account(&caller.account)?;
+            tx.delete_topic_rule(&caller.account, name, now).map_err(Error::from)
+        })?;
         if !deleted {
             return Err(missing(name));
         }
@@ -151,8 +155,10 @@ impl Services {
     pub fn set_topic_rule_disabled(&self, caller: &Caller, name: &str, disabled: bool) -> Result<(), Error> {
         check_rule_name(name)?;
         let now = self.now();
-        let updated =
-            registry::write(self.store(), |tx| tx.set_topic_rule_disabled(&caller.account, name, disabled, now))?;
+        let updated = registry::write(self.store(), |tx| {
+            tx.lock_account(&caller.account)?;
+            tx.set_topic_rule_disabled(&caller.account, name, disabled, now).map_err(Error::from)
+        })?;
         if !updated {
             return Err(missing(name));
         }

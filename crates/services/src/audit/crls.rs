@@ -82,6 +82,7 @@ impl Services {
     /// Deletes a CRL.
     pub fn delete_crl(&self, caller: &Caller, name: &str) -> Result<(), Error> {
         registry::write(self.store(), |tx| {
+            tx.lock_account(&caller.account)?;
             if !tx.delete_crl(&caller.account, name)? {
                 return Err(Error::NotFound(format!("the CRL {name} does not exist")));
             }

@@ -270,6 +270,7 @@ impl Services {
         check_name(name)?;
         let arn = self.scheduled_audit_arn(&caller.account, name);
         registry::write(self.store(), |tx| {
+            tx.lock_account(&caller.account)?;
             if !tx.delete_scheduled_audit(&caller.account, name)? {
                 return Err(Error::NotFound(format!("the scheduled audit {name} does not exist")));
             }
@@ -290,6 +291,9 @@ impl Services {
         for audit in due {
             let next = following_run(&audit, audit.next_run_at, now);
             let task = registry::write(self.store(), |tx| {
+                if tx.lock_account_if_present(&audit.account)?.is_none() {
+                    return Ok(None);
+                }
                 if !tx.advance_scheduled_audit(&audit.account, &audit.name, audit.next_run_at, next)? {
                     return Ok(None);
                 }

@@ -80,6 +80,7 @@ impl Services {
     pub fn cancel_audit_task(&self, caller: &Caller, id: &str) -> Result<(), Error> {
         let now = self.now();
         registry::write(self.store(), |tx| {
+            tx.lock_account(&caller.account)?;
             let task = find_task(tx, &caller.account, id)?;
             if task.status != AuditTaskStatus::InProgress {
                 return Err(Error::InvalidRequest(format!(
@@ -143,7 +144,12 @@ impl Services {
         let before = self.now() - RETENTION;
         let mut pruned = 0;
         for account in self.list_accounts()? {
-            pruned += registry::write(self.store(), |tx| tx.prune_audit_tasks(&account.id, before))?;
+            pruned += registry::write(self.store(), |tx| {
+                if tx.lock_account_if_present(&account.id)?.is_none() {
+                    return Ok(0);
+                }
+                tx.prune_audit_tasks(&account.id, before)
+            })?;
         }
         if pruned > 0 {
             tracing::info!(pruned, "old audit tasks deleted");
@@ -169,7 +175,13 @@ impl Services {
         let renew = |held: &mut Option<OffsetDateTime>| -> Result<bool, Error> {
             let now = self.now();
             let until = now + lease;
-            let won = registry::write(self.store(), |tx| tx.claim_audit_task(account, &task.id, now, *held, until))?;
+            // A deleted account's task is lost like a canceled one.
+            let won = registry::write(self.store(), |tx| {
+                Ok::<_, Error>(
+                    tx.lock_account_if_present(account)?.is_some()
+                        && tx.claim_audit_task(account, &task.id, now, *held, until)?,
+                )
+            })?;
             if won {
                 *held = Some(until);
             }
@@ -196,7 +208,10 @@ impl Services {
                 run.status = AuditCheckRunStatus::Failed;
                 run.error_code = Some("AUDIT_CHECK_DISABLED".into());
                 run.message = Some("the check is not enabled in the audit configuration".into());
-                registry::write(self.store(), |tx| tx.put_audit_check_run(&run))?;
+                registry::write(self.store(), |tx| {
+                    tx.lock_account(account)?;
+                    tx.put_audit_check_run(&run).map_err(Error::from)
+                })?;
                 continue;
             };
             let context = CheckContext {
@@ -237,6 +252,7 @@ impl Services {
                         AuditCheckRunStatus::CompletedNonCompliant
                     };
                     let written = registry::write(self.store(), |tx| {
+                        tx.lock_account(account)?;
                         let current = find_task(tx, account, &task.id)?;
                         if current.status != AuditTaskStatus::InProgress {
                             return Ok(false);
@@ -258,13 +274,17 @@ impl Services {
                     run.status = AuditCheckRunStatus::Failed;
                     run.error_code = Some("INTERNAL_ERROR".into());
                     run.message = Some("the check failed; see the server log".into());
-                    registry::write(self.store(), |tx| tx.put_audit_check_run(&run))?;
+                    registry::write(self.store(), |tx| {
+                        tx.lock_account(account)?;
+                        tx.put_audit_check_run(&run).map_err(Error::from)
+                    })?;
                 }
             }
         }
         let now = self.now();
         let finished = registry::write(self.store(), |tx| {
-            tx.finish_audit_task(account, &task.id, AuditTaskStatus::Completed, now)
+            tx.lock_account(account)?;
+            tx.finish_audit_task(account, &task.id, AuditTaskStatus::Completed, now).map_err(Error::from)
         })?;
         if finished {
             tracing::info!(account = %account, task = %task.id, "audit task completed");
