@@ -147,6 +147,20 @@ impl Issuer {
         self.sign(&params, Some(csr.subject_der()), csr.public_key())
     }
 
+    /// A device certificate like [`issue_from_csr`](Self::issue_from_csr)'s for `key`, with a
+    /// subject chosen by the caller (`subject_der`, an X.509 Name, written byte for byte): a
+    /// rotation issues the old certificate's subject whatever the CSR asked for.
+    pub fn issue_for_subject(
+        &self,
+        key: &PublicKey,
+        subject_der: &[u8],
+        validity: Duration,
+        now: OffsetDateTime,
+    ) -> Result<Certificate, Error> {
+        let params = device_params(key, validity, now)?;
+        self.sign(&params, Some(subject_der), key)
+    }
+
     /// A device certificate like [`issue_from_csr`](Self::issue_from_csr)'s for a bare public
     /// key, with subject "CN=`common_name`" (AWS IoT uses "AWS IoT Certificate").
     pub fn issue_for_key(
