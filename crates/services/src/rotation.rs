@@ -324,15 +324,21 @@ fn crt_req(rotation: &Rotation, certificate: &DeviceCertificate) -> OutgoingMess
     }
 }
 
+/// What an issued certificate is named: the old certificate's subject and subjectAltName.
+struct IssuedSubject {
+    subject_der: Vec<u8>,
+    alt_names: Option<certfleet_pki::SubjectAltNames>,
+}
+
 /// What step 1 of a `csr_res` (pinning the key) decided.
 enum Pin {
     Ignored(Ignored),
     /// The rotation failed (its effects).
     Failed(RotationEffects),
-    /// The key is pinned (now or before): the rotation and the subject to issue.
+    /// The key is pinned (now or before): the rotation and the names to issue.
     Pinned {
         rotation: Box<Rotation>,
-        subject_der: Vec<u8>,
+        subject: Box<IssuedSubject>,
     },
 }
 
@@ -620,19 +626,22 @@ impl Services {
             };
             let old = certfleet_pki::Certificate::from_pem(&old.pem)
                 .map_err(|error| Error::Internal(format!("a stored certificate does not parse: {error}")))?;
-            let subject_der = old.subject_der().to_vec();
+            let subject = Box::new(IssuedSubject {
+                subject_der: old.subject_der().to_vec(),
+                alt_names: old.subject_alt_names().cloned(),
+            });
             let fingerprint = fingerprint.clone().unwrap_or_default();
             if let Some(pinned) = &rotation.csr_key_fingerprint {
                 if pinned != &fingerprint {
                     return Ok(Pin::Ignored(Ignored::DifferentKey));
                 }
-                return Ok(Pin::Pinned { rotation: Box::new(rotation), subject_der });
+                return Ok(Pin::Pinned { rotation: Box::new(rotation), subject });
             }
             if old.public_key().spki_der() == csr.public_key().spki_der() && !config.danger_allow_key_reuse {
                 let error = "refused CSR: the key is the old certificate's".to_owned();
                 return Ok(Pin::Failed(self.fail(tx, &mut rotation, error, now)?));
             }
-            if csr.subject_der() != subject_der.as_slice() {
+            if csr.subject_der() != subject.subject_der.as_slice() {
                 let rule = tx
                     .get_rotation_campaign(account, &rotation.campaign_id)?
                     .map_or(SubjectRule::KeepOld, |campaign| campaign.subject_rule);
@@ -650,12 +659,12 @@ impl Services {
             rotation.state = RotationState::CsrReceived;
             rotation.updated_at = now;
             tx.update_rotation(&rotation)?;
-            Ok::<_, Error>(Pin::Pinned { rotation: Box::new(rotation), subject_der })
+            Ok::<_, Error>(Pin::Pinned { rotation: Box::new(rotation), subject })
         })?;
-        let (rotation, subject_der) = match pinned {
+        let (rotation, subject) = match pinned {
             Pin::Ignored(why) => return Ok(DeviceMessageOutcome::Ignored(why)),
             Pin::Failed(effects) => return Ok(DeviceMessageOutcome::Applied(effects)),
-            Pin::Pinned { rotation, subject_der } => (*rotation, subject_der),
+            Pin::Pinned { rotation, subject } => (*rotation, subject),
         };
         if rotation.state == RotationState::Issued {
             // A duplicate CSR for the same key: send the same certificate again.
@@ -677,7 +686,13 @@ impl Services {
         // subject, never the CSR's; then store, attach and move to issued in one transaction.
         let issued = self
             .device_issuer()?
-            .issue_for_subject(csr.public_key(), &subject_der, self.config().device_certificate_validity, now)
+            .issue_for_subject(
+                csr.public_key(),
+                &subject.subject_der,
+                subject.alt_names.as_ref(),
+                self.config().device_certificate_validity,
+                now,
+            )
             .map_err(|error| Error::Internal(format!("issuing: {error}")))?;
         let record = DeviceCertificate::registered(
             account.clone(),

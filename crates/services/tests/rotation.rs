@@ -820,3 +820,33 @@ fn device_errors_are_decided_on_their_code() {
     device.pending = None;
     fleet.check_invariants(&[&device]);
 }
+
+#[test]
+fn the_issued_subject_alt_names_are_the_old_certificates() {
+    let fleet = fleet(RotationConfig::default());
+    // A certificate of the device's own CA, with subject alternative names, registered without CA.
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["san-device.example".to_owned()]).unwrap();
+    params.distinguished_name.push(rcgen::DnType::CommonName, "san-device");
+    let pem = params.self_signed(&key).unwrap().pem();
+    let registration = CertificateRegistration {
+        certificate_pem: pem,
+        ca_certificate_pem: None,
+        status: Some(CertificateStatus::Active),
+        set_as_active: false,
+    };
+    let old = fleet.services.register_certificate_without_ca(&fleet.caller, &registration).unwrap();
+    fleet.connected("san-device", &old.id);
+    let mut device = Device { client_id: "san-device".into(), key, certificate: old.id.clone(), pending: None };
+    start(&fleet, &device, SubjectRule::KeepOld);
+    let issued = fleet.csr_res(&mut device);
+    let new_id = certificate_id_of(&issued.publish[0]);
+    let parsed = |id: &CertificateId| {
+        let stored = read(fleet.services.store(), |tx| tx.get_certificate(&fleet.caller.account, id)).unwrap().unwrap();
+        certfleet_pki::Certificate::from_pem(&stored.pem).unwrap()
+    };
+    let (old, new) = (parsed(&old.id), parsed(&new_id));
+    assert_eq!(new.dns_names(), ["san-device.example"]);
+    assert_eq!(new.subject_alt_names(), old.subject_alt_names());
+    assert_eq!(new.subject_der(), old.subject_der());
+}
