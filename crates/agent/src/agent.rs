@@ -15,7 +15,7 @@ use crate::backoff::random_unit;
 use crate::config::{Config, KeyAlgorithm, Step};
 use crate::connection::{ConnectError, Identity, Incoming, Session, Settings};
 use crate::error::Error;
-use crate::rotation::{self, CertificateDecision, Credential, CsrDecision, Topics};
+use crate::rotation::{self, CertificateDecision, Credential, CsrDecision, ErrorCode, Report, Topics};
 use crate::store::{Slot, State, Store};
 
 /// What an agent reports as it goes.
@@ -120,7 +120,12 @@ impl Agent {
             let identity = match self.identity(&state, credential) {
                 Ok(identity) => identity,
                 Err(reason) if credential == Credential::Pending => {
-                    state = self.abandon(&state, &format!("the new credentials do not load: {reason}"))?;
+                    let report = Report::new(
+                        ErrorCode::CredentialsUnusable,
+                        format!("the new credentials do not load: {reason}"),
+                        pending_certificate(&state),
+                    );
+                    state = self.abandon(&state, report)?;
                     continue;
                 }
                 Err(reason) => return Err(Error::Credentials { reason }),
@@ -136,7 +141,8 @@ impl Agent {
                         let reason = format!(
                             "the new certificate got no answer in {unanswered_pending} attempts while the old one connects: {last_pending_error}"
                         );
-                        state = self.abandon(&state, &reason)?;
+                        let report = Report::new(ErrorCode::Unreachable, reason, pending_certificate(&state));
+                        state = self.abandon(&state, report)?;
                     }
                     unanswered_pending = 0;
                     match self.serve(session, credential, &mut state, &mut shutdown).await? {
@@ -148,7 +154,8 @@ impl Agent {
                 Err(ConnectError::Refused(reason)) if credential == Credential::Pending => {
                     tracing::warn!(cert = %identity.certificate_id, %reason, "the new certificate was refused; back to the old one");
                     let reason = format!("the new certificate was refused at connect: {reason}");
-                    state = self.abandon(&state, &reason)?;
+                    let report = Report::new(ErrorCode::ConnectRefused, reason, pending_certificate(&state));
+                    state = self.abandon(&state, report)?;
                     continue;
                 }
                 Err(error) => {
@@ -200,8 +207,8 @@ impl Agent {
             self.crash_point(Step::AckSent)?;
         }
         let mut error_in_flight = None;
-        if let Some(reason) = state.unreported_error.clone() {
-            match self.publish_error(&mut session, &reason).await {
+        if let Some(report) = state.unreported_error.clone() {
+            match self.publish_error(&mut session, &report).await {
                 Ok(packet_id) => error_in_flight = Some(packet_id),
                 Err(reason) => return Ok(Leave::Lost(reason)),
             }
@@ -279,7 +286,10 @@ impl Agent {
                 let loaded = self.store.read_key(&slot).ok().and_then(|pem| rcgen::KeyPair::from_pem(&pem).ok());
                 match loaded {
                     Some(key) => (slot, key),
-                    None => return self.fail(session, state, "the pending key does not load").await,
+                    None => {
+                        let report = Report::new(ErrorCode::KeyUnavailable, "the pending key does not load", None);
+                        return self.fail(session, state, report).await;
+                    }
                 }
             }
         };
@@ -302,7 +312,10 @@ impl Agent {
     ) -> Result<Handled, Error> {
         let request = match rotation::parse_certificate_request(payload) {
             Ok(request) => request,
-            Err(problem) => return Ok(self.report(session, &problem.to_string()).await),
+            Err(problem) => {
+                let report = Report::new(problem.code(), problem.to_string(), None);
+                return Ok(self.report(session, &report).await);
+            }
         };
         let offered = first_certificate_id(&request.certificate_pem);
         let decision = match &offered {
@@ -323,13 +336,17 @@ impl Agent {
             }
             CertificateDecision::Refuse(refusal) => {
                 tracing::warn!(reason = %refusal, "crt_req refused");
-                return Ok(self.report(session, &refusal.to_string()).await);
+                let report = Report::new(refusal.code(), refusal.to_string(), offered.clone());
+                return Ok(self.report(session, &report).await);
             }
             CertificateDecision::Check { slot } => slot,
         };
         let key = match self.store.read_key(&slot).ok().and_then(|pem| rcgen::KeyPair::from_pem(&pem).ok()) {
             Some(key) => key,
-            None => return self.fail(session, state, "the pending key does not load").await,
+            None => {
+                let report = Report::new(ErrorCode::KeyUnavailable, "the pending key does not load", offered.clone());
+                return self.fail(session, state, report).await;
+            }
         };
         let checked = match rotation::check_certificate(
             &request,
@@ -338,7 +355,10 @@ impl Agent {
             UnixTime::now(),
         ) {
             Ok(checked) => checked,
-            Err(problem) => return self.fail(session, state, &problem.to_string()).await,
+            Err(problem) => {
+                let report = Report::new(problem.code(), problem.to_string(), offered.clone());
+                return self.fail(session, state, report).await;
+            }
         };
         self.store.write_certificate(&slot, &checked.pem)?;
         let next = rotation::installed(state, &slot, &checked.certificate_id);
@@ -350,26 +370,27 @@ impl Agent {
         Ok(Handled::Rotate)
     }
 
-    /// Abandons the rotation (committed, with the reason to report) and reports it now.
-    async fn fail(&self, session: &mut Session, state: &mut State, reason: &str) -> Result<Handled, Error> {
-        *state = self.abandon(state, reason)?;
-        Ok(self.report(session, reason).await)
+    /// Abandons the rotation (committed, with the report) and reports it now.
+    async fn fail(&self, session: &mut Session, state: &mut State, report: Report) -> Result<Handled, Error> {
+        *state = self.abandon(state, report.clone())?;
+        Ok(self.report(session, &report).await)
     }
 
-    /// Commits the abandoned state (the reason kept for `crt_err`) and removes the pending slot.
-    fn abandon(&self, state: &State, reason: &str) -> Result<State, Error> {
-        tracing::warn!(%reason, "rotation failed; keeping the old credentials");
-        let (next, gone) = rotation::abandoned(state, reason);
+    /// Commits the abandoned state (the report kept for `crt_err`) and removes the pending slot.
+    fn abandon(&self, state: &State, report: Report) -> Result<State, Error> {
+        let reason = report.reason.clone();
+        tracing::warn!(%reason, code = report.code.map(ErrorCode::as_str), "rotation failed; keeping the old credentials");
+        let (next, gone) = rotation::abandoned(state, report);
         self.store.commit(&next)?;
         if let Some(slot) = gone {
             self.store.remove_slot(&slot);
         }
-        self.emit(Event::Failed { reason: reason.to_owned() });
+        self.emit(Event::Failed { reason });
         Ok(next)
     }
 
-    async fn report(&self, session: &mut Session, reason: &str) -> Handled {
-        match self.publish_error(session, reason).await {
+    async fn report(&self, session: &mut Session, report: &Report) -> Handled {
+        match self.publish_error(session, report).await {
             Ok(packet_id) => Handled::Reported(packet_id),
             Err(reason) => Handled::Lost(reason),
         }
@@ -382,10 +403,10 @@ impl Agent {
         Ok(packet_id)
     }
 
-    async fn publish_error(&self, session: &mut Session, reason: &str) -> Result<PacketId, String> {
-        let payload = serde_json::json!({ "error": reason }).to_string().into_bytes();
+    async fn publish_error(&self, session: &mut Session, report: &Report) -> Result<PacketId, String> {
+        let payload = report.payload().to_string().into_bytes();
         let packet_id = session.publish(&self.topics.crt_err, payload).await?;
-        tracing::info!(%reason, "crt_err sent");
+        tracing::info!(reason = %report.reason, code = report.code.map(ErrorCode::as_str), "crt_err sent");
         Ok(packet_id)
     }
 
@@ -434,6 +455,14 @@ pub fn build_csr(key: &rcgen::KeyPair, client_id: &str) -> Result<String, Error>
     params.distinguished_name = rcgen::DistinguishedName::new();
     params.distinguished_name.push(rcgen::DnType::CommonName, client_id);
     params.serialize_request(key).map_err(bad)?.pem().map_err(bad)
+}
+
+/// The pending certificate's ID, if one is installed.
+fn pending_certificate(state: &State) -> Option<CertificateId> {
+    match &state.pending {
+        Some(crate::store::Pending::Certificate { certificate_id, .. }) => Some(certificate_id.clone()),
+        Some(crate::store::Pending::Key { .. }) | None => None,
+    }
 }
 
 /// The ID of the first certificate of a PEM text, if its first block reads.

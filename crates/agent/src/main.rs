@@ -199,7 +199,7 @@ fn status(settings: &Settings, output: Output) -> anyhow::Result<()> {
                 "rotation": phase,
                 "pending": pending_slot.as_ref().map(|slot| serde_json::json!({ "slot": slot, "certificateId": pending_id })),
                 "nextConnectionUses": next_connection,
-                "unreportedError": state.unreported_error,
+                "unreportedError": state.unreported_error.as_ref().map(|report| report.payload()),
             })
         ),
         Output::Text => {
@@ -215,8 +215,9 @@ fn status(settings: &Settings, output: Output) -> anyhow::Result<()> {
                 println!("pending:              {slot} ({})", pending_id.as_deref().unwrap_or("no certificate yet"));
             }
             println!("next connection uses: {next_connection}");
-            if let Some(error) = &state.unreported_error {
-                println!("unreported error:     {error}");
+            if let Some(report) = &state.unreported_error {
+                let code = report.code.map_or("no code", |code| code.as_str());
+                println!("unreported error:     {} ({code})", report.reason);
             }
         }
     }

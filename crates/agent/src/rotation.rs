@@ -30,7 +30,8 @@ pub struct Topics {
     pub crt_req: String,
     /// Device → server, from the session using the new certificate: `{"certificateId": "..."}`.
     pub crt_ack: String,
-    /// Device → server, from the session using the old certificate: `{"error": "..."}`.
+    /// Device → server, from the session using the old certificate:
+    /// `{"error": "...", "code": "...", "certificateId": "..."}` ([`Report`]).
     pub crt_err: String,
 }
 
@@ -44,6 +45,109 @@ impl Topics {
             crt_ack: topic("crt_ack"),
             crt_err: topic("crt_err"),
         }
+    }
+}
+
+/// The `code` of a `crt_err`: what went wrong, for the service to decide on (the `error` text
+/// is for humans). The service's `DeviceErrorCode` has the same names (`docs/rotation.md`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// A `crt_req` came while no rotation was under way (no key made).
+    NoRotationInProgress,
+    /// A `crt_req` came while another certificate was installed and pending.
+    AnotherCertificatePending,
+    /// The `crt_req` payload is not `{"certificatePem": ...}`.
+    MalformedRequest,
+    /// The offered certificate does not parse.
+    CertificateUnparsable,
+    /// `certificateId` is not the offered certificate's ID.
+    IdMismatch,
+    /// The offered certificate is not for the pending key.
+    KeyMismatch,
+    /// The offered certificate is expired or not yet valid.
+    Expired,
+    /// The offered certificate does not chain to the device roots.
+    ChainInvalid,
+    /// The pending key does not load.
+    KeyUnavailable,
+    /// The new certificate and key do not load.
+    CredentialsUnusable,
+    /// The new certificate was refused at CONNECT.
+    ConnectRefused,
+    /// The new certificate got no answer while the old one connects.
+    Unreachable,
+}
+
+impl ErrorCode {
+    /// Every code.
+    pub const ALL: [ErrorCode; 12] = [
+        ErrorCode::NoRotationInProgress,
+        ErrorCode::AnotherCertificatePending,
+        ErrorCode::MalformedRequest,
+        ErrorCode::CertificateUnparsable,
+        ErrorCode::IdMismatch,
+        ErrorCode::KeyMismatch,
+        ErrorCode::Expired,
+        ErrorCode::ChainInvalid,
+        ErrorCode::KeyUnavailable,
+        ErrorCode::CredentialsUnusable,
+        ErrorCode::ConnectRefused,
+        ErrorCode::Unreachable,
+    ];
+
+    /// The code as sent (and stored in `state.json`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::NoRotationInProgress => "no-rotation-in-progress",
+            ErrorCode::AnotherCertificatePending => "another-certificate-pending",
+            ErrorCode::MalformedRequest => "malformed-request",
+            ErrorCode::CertificateUnparsable => "certificate-unparsable",
+            ErrorCode::IdMismatch => "id-mismatch",
+            ErrorCode::KeyMismatch => "key-mismatch",
+            ErrorCode::Expired => "expired",
+            ErrorCode::ChainInvalid => "chain-invalid",
+            ErrorCode::KeyUnavailable => "key-unavailable",
+            ErrorCode::CredentialsUnusable => "credentials-unusable",
+            ErrorCode::ConnectRefused => "connect-refused",
+            ErrorCode::Unreachable => "unreachable",
+        }
+    }
+
+    /// The code of a stored name.
+    pub fn parse(text: &str) -> Option<Self> {
+        ErrorCode::ALL.into_iter().find(|code| code.as_str() == text)
+    }
+}
+
+/// A failure to report on `crt_err`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Report {
+    /// What went wrong. `None` only for a failure committed by an agent from before codes
+    /// existed (`state.json` without `unreported_error_code`); sent without a code.
+    pub code: Option<ErrorCode>,
+    /// For humans.
+    pub reason: String,
+    /// The certificate the failure is about, when one was offered: the service ignores a report
+    /// about a certificate its rotation did not issue.
+    pub certificate_id: Option<CertificateId>,
+}
+
+impl Report {
+    pub fn new(code: ErrorCode, reason: impl Into<String>, certificate_id: Option<CertificateId>) -> Self {
+        Report { code: Some(code), reason: reason.into(), certificate_id }
+    }
+
+    /// The `crt_err` payload: `{"error": "<text>", "code": "<code>", "certificateId": "<id>"}`
+    /// (`code` and `certificateId` when known).
+    pub fn payload(&self) -> serde_json::Value {
+        let mut payload = serde_json::json!({ "error": self.reason });
+        if let Some(code) = self.code {
+            payload["code"] = code.as_str().into();
+        }
+        if let Some(id) = &self.certificate_id {
+            payload["certificateId"] = id.as_str().into();
+        }
+        payload
     }
 }
 
@@ -126,6 +230,16 @@ pub enum Refusal {
     AnotherCertificatePending { pending: CertificateId },
 }
 
+impl Refusal {
+    /// The `crt_err` code.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Refusal::NoRotation => ErrorCode::NoRotationInProgress,
+            Refusal::AnotherCertificatePending { .. } => ErrorCode::AnotherCertificatePending,
+        }
+    }
+}
+
 impl std::fmt::Display for Refusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -202,11 +316,11 @@ pub fn promoted(state: &State) -> Option<(State, Slot)> {
     }
 }
 
-/// The state once the rotation failed for `reason`: back to the current credentials, the
+/// The state once the rotation failed (`report`): back to the current credentials, the
 /// failure to be reported on `crt_err`. Returns the new state and the slot that can go.
-pub fn abandoned(state: &State, reason: &str) -> (State, Option<Slot>) {
+pub fn abandoned(state: &State, report: Report) -> (State, Option<Slot>) {
     let slot = state.pending.as_ref().map(|pending| pending.slot().clone());
-    (State { pending: None, unreported_error: Some(reason.to_owned()), ..state.clone() }, slot)
+    (State { pending: None, unreported_error: Some(report), ..state.clone() }, slot)
 }
 
 /// The `crt_req` payload.
@@ -239,6 +353,20 @@ pub enum CertificateProblem {
     /// It does not chain to a trusted device CA (or is not for client authentication).
     #[error("the certificate does not chain to a trusted device ca: {0}")]
     Untrusted(String),
+}
+
+impl CertificateProblem {
+    /// The `crt_err` code.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            CertificateProblem::Malformed(_) => ErrorCode::MalformedRequest,
+            CertificateProblem::Unparsable(_) => ErrorCode::CertificateUnparsable,
+            CertificateProblem::IdMismatch { .. } => ErrorCode::IdMismatch,
+            CertificateProblem::WrongKey => ErrorCode::KeyMismatch,
+            CertificateProblem::NotValidNow(_) => ErrorCode::Expired,
+            CertificateProblem::Untrusted(_) => ErrorCode::ChainInvalid,
+        }
+    }
 }
 
 /// A certificate that passed [`check_certificate`]: its chain as sent (leaf first) and ID.
@@ -324,6 +452,10 @@ mod tests {
         proven(&with_certificate()).unwrap()
     }
 
+    fn refused() -> Report {
+        Report::new(ErrorCode::ConnectRefused, "refused", Some(id(2)))
+    }
+
     #[test]
     fn recovery_decision_table() {
         // (state on disk, unanswered attempts with the pending certificate, credentials tried)
@@ -337,7 +469,7 @@ mod tests {
             (connected(), 0, Credential::Pending),
             (connected(), 3, Credential::Pending),
             (connected(), 100, Credential::Pending),
-            (abandoned(&with_certificate(), "refused").0, 0, Credential::Current),
+            (abandoned(&with_certificate(), refused()).0, 0, Credential::Current),
             (promoted(&with_certificate()).unwrap().0, 0, Credential::Current),
         ];
         for (state, unanswered, expected) in table {
@@ -394,12 +526,37 @@ mod tests {
         assert_eq!(promoted(&with_key()), None);
         assert_eq!(promoted(&idle()), None);
 
-        let (failed, gone) = abandoned(&with_certificate(), "refused");
+        let (failed, gone) = abandoned(&with_certificate(), refused());
         assert_eq!(failed.current, Slot::bootstrap());
         assert_eq!(failed.pending, None);
-        assert_eq!(failed.unreported_error.as_deref(), Some("refused"));
+        assert_eq!(failed.unreported_error, Some(refused()));
         assert_eq!(gone, Some(Slot::numbered(1)));
         assert_eq!(failed.next_slot, 2);
+    }
+
+    #[test]
+    fn error_codes_and_reports() {
+        for code in ErrorCode::ALL {
+            assert_eq!(ErrorCode::parse(code.as_str()), Some(code));
+        }
+        assert_eq!(ErrorCode::parse("no rotation in progress"), None);
+        assert_eq!(Refusal::NoRotation.code(), ErrorCode::NoRotationInProgress);
+        assert_eq!(Refusal::AnotherCertificatePending { pending: id(2) }.code(), ErrorCode::AnotherCertificatePending);
+        assert_eq!(CertificateProblem::WrongKey.code(), ErrorCode::KeyMismatch);
+        assert_eq!(CertificateProblem::Untrusted("x".into()).code(), ErrorCode::ChainInvalid);
+        assert_eq!(CertificateProblem::NotValidNow("x".into()).code(), ErrorCode::Expired);
+        // The seed's text stays for humans; the code and the certificate go beside it.
+        let report = Report::new(ErrorCode::NoRotationInProgress, Refusal::NoRotation.to_string(), Some(id(7)));
+        assert_eq!(
+            report.payload(),
+            serde_json::json!({
+                "error": "no rotation in progress: send csr_req first",
+                "code": "no-rotation-in-progress",
+                "certificateId": id(7).as_str(),
+            })
+        );
+        let legacy = Report { code: None, reason: "old".into(), certificate_id: None };
+        assert_eq!(legacy.payload(), serde_json::json!({ "error": "old" }));
     }
 
     #[test]

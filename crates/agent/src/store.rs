@@ -90,7 +90,7 @@ pub struct State {
     /// The rotation in progress.
     pub pending: Option<Pending>,
     /// A failure not yet reported on `crt_err` (reported, then cleared, on the next session).
-    pub unreported_error: Option<String>,
+    pub unreported_error: Option<crate::rotation::Report>,
     /// The number of the next rotation slot.
     pub next_slot: u64,
 }
@@ -111,6 +111,12 @@ struct StateFile {
     pending: Option<PendingFile>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     unreported_error: Option<String>,
+    /// The code of `unreported_error` (absent in files of agents from before codes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    unreported_error_code: Option<String>,
+    /// The certificate `unreported_error` is about, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    unreported_error_certificate: Option<String>,
     next_slot: u64,
 }
 
@@ -141,7 +147,17 @@ pub fn encode_state(state: &State) -> String {
                 proven: *proven,
             },
         }),
-        unreported_error: state.unreported_error.clone(),
+        unreported_error: state.unreported_error.as_ref().map(|report| report.reason.clone()),
+        unreported_error_code: state
+            .unreported_error
+            .as_ref()
+            .and_then(|report| report.code)
+            .map(|code| code.as_str().to_owned()),
+        unreported_error_certificate: state
+            .unreported_error
+            .as_ref()
+            .and_then(|report| report.certificate_id.as_ref())
+            .map(|id| id.as_str().to_owned()),
         next_slot: state.next_slot,
     };
     let mut text = serde_json::to_string_pretty(&file).unwrap_or_default();
@@ -176,7 +192,26 @@ pub fn decode_state(text: &str) -> Result<State, Error> {
             })
         }
     };
-    Ok(State { current, pending, unreported_error: file.unreported_error, next_slot: file.next_slot })
+    let unreported_error = match (file.unreported_error, file.unreported_error_code, file.unreported_error_certificate)
+    {
+        (None, None, None) => None,
+        (None, _, _) => return Err(bad("an error code or certificate without an error".to_owned())),
+        (Some(reason), code, certificate) => Some(crate::rotation::Report {
+            code: match code {
+                None => None,
+                Some(code) => Some(
+                    crate::rotation::ErrorCode::parse(&code)
+                        .ok_or_else(|| bad(format!("unknown error code {code:?}")))?,
+                ),
+            },
+            reason,
+            certificate_id: match certificate {
+                None => None,
+                Some(id) => Some(CertificateId::parse(&id).map_err(|error| bad(error.to_string()))?),
+            },
+        }),
+    };
+    Ok(State { current, pending, unreported_error, next_slot: file.next_slot })
 }
 
 /// The credentials directory.
@@ -341,8 +376,20 @@ mod tests {
         round_trip(State {
             current: Slot::numbered(3),
             pending: Some(Pending::Certificate { slot: Slot::numbered(4), certificate_id: id(9), proven: true }),
-            unreported_error: Some("the certificate is expired".into()),
+            unreported_error: Some(crate::rotation::Report::new(
+                crate::rotation::ErrorCode::Expired,
+                "the certificate is expired",
+                Some(id(8)),
+            )),
             next_slot: 5,
+        });
+        round_trip(State {
+            unreported_error: Some(crate::rotation::Report {
+                code: None,
+                reason: "written by an agent from before codes".into(),
+                certificate_id: None,
+            }),
+            ..State::provisioned()
         });
     }
 
@@ -362,6 +409,12 @@ mod tests {
             r#"{"version":1,"current":"current","pending":{"slot":"slot-1","certificate_id":"xyz"},"next_slot":2}"#,
         );
         check_refused(r#"{"version":1,"current":"current","pending":null,"next_slot":1,"extra":true}"#);
+        check_refused(
+            r#"{"version":1,"current":"current","pending":null,"unreported_error":"x","unreported_error_code":"nope","next_slot":1}"#,
+        );
+        check_refused(
+            r#"{"version":1,"current":"current","pending":null,"unreported_error_code":"expired","next_slot":1}"#,
+        );
         check_refused(r#"{"version":1,"current":"current","pending":{"slot":"slot-1","proven":true},"next_slot":2}"#);
     }
 

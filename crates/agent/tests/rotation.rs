@@ -361,6 +361,8 @@ async fn a_certificate_for_another_key_is_refused_and_the_old_one_kept() {
 
     let error = fleet.expect("sensor-2", "crt_err").await;
     assert_eq!(error["error"], "the certificate is not for the key of the csr", "{error}");
+    assert_eq!(error["code"], "key-mismatch", "{error}");
+    assert_eq!(error["certificateId"], other_key.as_str(), "{error}");
     agent.until("failure", |event| matches!(event, Event::Failed { .. })).await;
     let committed = state(dir.path());
     assert_eq!(committed.current, Slot::bootstrap());
@@ -371,6 +373,8 @@ async fn a_certificate_for_another_key_is_refused_and_the_old_one_kept() {
     fleet.send_certificate("sensor-2", &other_key).await;
     let error = fleet.expect("sensor-2", "crt_err").await;
     assert!(error["error"].as_str().unwrap().contains("no rotation in progress"), "{error}");
+    assert_eq!(error["code"], "no-rotation-in-progress", "{error}");
+    assert_eq!(error["certificateId"], other_key.as_str(), "{error}");
 
     // The old credentials still connect.
     agent.stop().await;
@@ -402,6 +406,7 @@ async fn an_untrusted_certificate_is_refused() {
     fleet.publish("sensor-3", "crt_req", serde_json::json!({ "certificatePem": forged.to_pem() })).await;
     let error = fleet.expect("sensor-3", "crt_err").await;
     assert!(error["error"].as_str().unwrap().contains("does not chain to a trusted device ca"), "{error}");
+    assert_eq!(error["code"], "chain-invalid", "{error}");
     agent.until("failure", |event| matches!(event, Event::Failed { .. })).await;
     assert_eq!(state(dir.path()).pending, None);
     agent.stop().await;
@@ -527,6 +532,10 @@ async fn a_pending_certificate_refused_at_restart_falls_back_to_the_old_one() {
     assert_eq!(agent.connected().await, (old.clone(), Credential::Current));
     let error = fleet.expect("sensor-8", "crt_err").await;
     assert!(error["error"].as_str().unwrap().contains("refused at connect"), "{error}");
+    assert_eq!(
+        (error["code"].as_str(), error["certificateId"].as_str()),
+        (Some("connect-refused"), Some(new.as_str()))
+    );
     let committed = state(dir.path());
     assert_eq!((committed.current, committed.pending), (Slot::bootstrap(), None));
     // Once the crt_err is delivered, it is no longer pending a report.

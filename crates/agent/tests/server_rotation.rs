@@ -16,7 +16,7 @@ use certfleet_gateway::fabric::Message;
 use certfleet_gateway::{BrokerConfig, EventSink, Gateway, LocalFabric, PolicyAuthorizer};
 use certfleet_mqtt::{PayloadFormat, Properties, ProtocolVersion, QoS, TopicFilter, TopicName};
 use certfleet_pki::{CertificateId, Issuer};
-use certfleet_registry::{AccountId, PolicyName, RotationSource, RotationState};
+use certfleet_registry::{AccountId, PolicyName, RotationSource, RotationState, SubjectRule};
 use certfleet_services::DeviceTopic;
 use certfleet_testkit::{START, TempDir};
 use certfleet_workers::{RotationPublisher, RotationRunner};
@@ -228,7 +228,9 @@ async fn the_agent_rotates_through_the_rotation_service() {
     tokio::time::timeout(PATIENCE, history_has_it).await.unwrap();
 
     // The operator starts a campaign; the sweep sends csr_req.
-    let campaign = services.start_rotation(&caller, std::slice::from_ref(&old.id), RotationSource::Manual).unwrap();
+    let campaign = services
+        .start_rotation(&caller, std::slice::from_ref(&old.id), RotationSource::Manual, SubjectRule::KeepOld)
+        .unwrap();
     let sweeper = runner.clone();
     tokio::task::spawn_blocking(move || sweeper.sweep()).await.unwrap().unwrap();
 
@@ -255,4 +257,15 @@ async fn the_agent_rotates_through_the_rotation_service() {
 
 fn outcome<T>(result: Result<T, certfleet_services::Error>) -> &'static str {
     certfleet_testkit::outcome(result)
+}
+
+/// The agent's `crt_err` codes are the service's, name for name: a code the agent sends is
+/// never "unknown" to the service (which would decide as for an old agent).
+#[test]
+fn the_agents_error_codes_are_the_services() {
+    use certfleet_agent::rotation::ErrorCode;
+    use certfleet_services::DeviceErrorCode;
+    let agent: Vec<&str> = ErrorCode::ALL.iter().map(|code| code.as_str()).collect();
+    let service: Vec<&str> = DeviceErrorCode::ALL.iter().map(|code| code.as_str()).collect();
+    assert_eq!(agent, service);
 }

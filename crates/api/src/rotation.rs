@@ -1,6 +1,7 @@
 //! Handlers of the certfleet rotation extension (SigV4 like every operation):
 //!
-//! - `POST /certfleet/rotations` `{"certificateIds": [...]}`: a manual campaign.
+//! - `POST /certfleet/rotations` `{"certificateIds": [...], "subject": "keep-old"}`: a manual
+//!   campaign (`subject`: `keep-old`, the default, or `require-csr-match`).
 //! - `GET /certfleet/rotations?campaignId=&state=&clientId=&nextToken=&maxResults=`.
 //! - `GET /certfleet/rotations/{id}`, `POST /certfleet/rotations/{id}/retry`.
 //! - `GET /certfleet/rotation-campaigns/{id}`: the campaign with its counts per state.
@@ -11,7 +12,7 @@ use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use certfleet_pki::CertificateId;
-use certfleet_registry::{Rotation, RotationFilter, RotationSource, RotationState};
+use certfleet_registry::{Rotation, RotationFilter, RotationSource, RotationState, SubjectRule};
 use certfleet_services::{Caller, CampaignSummary};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -26,6 +27,8 @@ use crate::wire::{Query, epoch_seconds, json_body};
 struct StartRequest {
     #[serde(default)]
     certificate_ids: Vec<String>,
+    #[serde(default)]
+    subject: Option<String>,
 }
 
 fn rotation_to_wire(rotation: &Rotation) -> Value {
@@ -54,6 +57,7 @@ fn campaign_to_wire(summary: &CampaignSummary) -> Value {
         "campaignId": summary.campaign.id,
         "source": summary.campaign.source.as_str(),
         "auditTaskId": summary.campaign.audit_task_id,
+        "subject": summary.campaign.subject_rule.as_str(),
         "createdAt": epoch_seconds(summary.campaign.created_at),
         "total": summary.counts.values().sum::<i64>(),
         "counts": counts,
@@ -69,7 +73,15 @@ pub async fn start(State(state): State<Arc<AppState>>, Extension(caller): Extens
             CertificateId::parse(id).map_err(|_| ApiError::invalid_request(format!("{id:?} is not a certificate ID")))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let summary = call(&state, move |services| services.start_rotation(&caller, &ids, RotationSource::Manual)).await?;
+    let subject_rule = match request.subject.as_deref() {
+        None => SubjectRule::KeepOld,
+        Some(text) => SubjectRule::parse(text).ok_or_else(|| {
+            ApiError::invalid_request(format!("subject {text:?} is neither keep-old nor require-csr-match"))
+        })?,
+    };
+    let summary =
+        call(&state, move |services| services.start_rotation(&caller, &ids, RotationSource::Manual, subject_rule))
+            .await?;
     reply_json(campaign_to_wire(&summary))
 }
 

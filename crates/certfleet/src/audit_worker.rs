@@ -121,19 +121,41 @@ impl RotationSink {
     }
 }
 
+/// Why the sink drops a system rule's delivery before the rotation service sees it.
+#[derive(Clone, Copy, Debug)]
+enum Dropped {
+    /// The topic's client ID is not the publishing session's: a device speaks for itself only.
+    AnotherClientsTopic,
+    /// The topic is not `management/topic/{clientId}/{csr_res|crt_ack|crt_err}`.
+    NotARotationTopic,
+    /// The publisher has no authenticated certificate (not a device session).
+    NoCertificate,
+}
+
 impl certfleet_gateway::rules::SystemSink for RotationSink {
     fn deliver(&self, delivery: certfleet_gateway::rules::SystemDelivery<'_>) {
-        // management/topic/{clientId}/{csr_res|crt_ack|crt_err}: a device speaks for itself only.
+        // management/topic/{clientId}/{csr_res|crt_ack|crt_err}. The certificate handed on is the
+        // one the publishing session authenticated with (the broker's `principal()`), never one
+        // the payload or the topic names: the services bind rotations to it.
         let mut levels = delivery.topic.split('/');
-        let (Some(topic_client), Some(suffix)) = (levels.nth(2), levels.next()) else { return };
-        if topic_client != delivery.client_id {
-            tracing::warn!(account = %delivery.account, client_id = delivery.client_id, topic = delivery.topic,
-                "rotation: a device published on another client's management topic; ignored");
-            return;
-        }
-        let (Some(topic), Some(principal)) = (certfleet_services::DeviceTopic::parse(suffix), delivery.principal)
-        else {
-            return;
+        let parsed =
+            match (levels.nth(2), levels.next().and_then(certfleet_services::DeviceTopic::parse), levels.next()) {
+                (Some(topic_client), Some(topic), None) if topic_client == delivery.client_id => {
+                    match delivery.principal {
+                        Some(principal) => Ok((topic, principal)),
+                        None => Err(Dropped::NoCertificate),
+                    }
+                }
+                (Some(_), Some(_), None) => Err(Dropped::AnotherClientsTopic),
+                _ => Err(Dropped::NotARotationTopic),
+            };
+        let (topic, principal) = match parsed {
+            Ok(parsed) => parsed,
+            Err(why) => {
+                tracing::warn!(account = %delivery.account, client_id = delivery.client_id, topic = delivery.topic, ?why,
+                    "rotation: device message dropped");
+                return;
+            }
         };
         let message = DeviceMessage {
             account: delivery.account.clone(),

@@ -15,6 +15,10 @@ pub enum RotationCommand {
         /// Certificate IDs (64 hex digits).
         #[arg(required = true)]
         certificate_ids: Vec<String>,
+        /// The subject rule: the issued certificates carry the old certificate's subject;
+        /// `require-csr-match` also refuses a CSR asking for another one (docs/rotation.md).
+        #[arg(long, value_enum, default_value_t = SubjectArg::KeepOld)]
+        subject: SubjectArg,
     },
     /// List rotations, or show a campaign's counts per state with --campaign alone.
     List {
@@ -40,13 +44,29 @@ pub enum RotationCommand {
     },
 }
 
+/// `--subject` of `rotation start`: the campaign's subject rule.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum SubjectArg {
+    KeepOld,
+    RequireCsrMatch,
+}
+
+impl SubjectArg {
+    fn rule(self) -> certfleet_registry::SubjectRule {
+        match self {
+            SubjectArg::KeepOld => certfleet_registry::SubjectRule::KeepOld,
+            SubjectArg::RequireCsrMatch => certfleet_registry::SubjectRule::RequireCsrMatch,
+        }
+    }
+}
+
 pub async fn run(command: RotationCommand) -> anyhow::Result<()> {
     let (remote, method, path, body) = match &command {
-        RotationCommand::Start { remote, certificate_ids } => (
+        RotationCommand::Start { remote, certificate_ids, subject } => (
             remote,
             "POST",
             "/certfleet/rotations".to_owned(),
-            serde_json::json!({ "certificateIds": certificate_ids }).to_string(),
+            serde_json::json!({ "certificateIds": certificate_ids, "subject": subject.rule().as_str() }).to_string(),
         ),
         RotationCommand::List { remote, campaign, state } => {
             let mut query = Vec::new();
@@ -128,9 +148,10 @@ async fn send(
 
 fn print_campaign(campaign: &Value) {
     println!(
-        "campaign {} ({}, {} rotations)",
+        "campaign {} ({}, subject {}, {} rotations)",
         campaign["campaignId"].as_str().unwrap_or("-"),
         campaign["source"].as_str().unwrap_or("-"),
+        campaign["subject"].as_str().unwrap_or("-"),
         campaign["total"]
     );
     for (state, count) in campaign["counts"].as_object().into_iter().flatten() {

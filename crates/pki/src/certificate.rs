@@ -15,6 +15,14 @@ use x509_parser::x509::X509Name;
 use crate::algorithm::{self, Refusal};
 use crate::{CertificateId, Error, PublicKey, SignatureAlgorithm, pem};
 
+/// A certificate's subjectAltName extension as written: its criticality and its value (the DER
+/// of the GeneralNames), to carry over to another certificate unchanged.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SubjectAltNames {
+    pub critical: bool,
+    pub value_der: Vec<u8>,
+}
+
 /// A parsed X.509 certificate.
 #[derive(Clone)]
 pub struct Certificate {
@@ -37,6 +45,7 @@ pub struct Certificate {
     authority_key_id: Option<Vec<u8>>,
     public_key: PublicKey,
     dns_names: Vec<String>,
+    subject_alt_names: Option<SubjectAltNames>,
 }
 
 impl Certificate {
@@ -69,6 +78,7 @@ impl Certificate {
         let mut subject_key_id = None;
         let mut authority_key_id = None;
         let mut dns_names = Vec::new();
+        let mut subject_alt_names = None;
         for extension in tbs.extensions() {
             match extension.parsed_extension() {
                 ParsedExtension::SubjectKeyIdentifier(key_id) => {
@@ -78,6 +88,8 @@ impl Certificate {
                     authority_key_id = aki.key_identifier.as_ref().map(|key_id| key_id.0.to_vec());
                 }
                 ParsedExtension::SubjectAlternativeName(names) => {
+                    subject_alt_names =
+                        Some(SubjectAltNames { critical: extension.critical, value_der: extension.value.to_vec() });
                     dns_names.extend(names.general_names.iter().filter_map(|name| match name {
                         x509_parser::extensions::GeneralName::DNSName(dns) => Some((*dns).to_owned()),
                         _ => None,
@@ -105,8 +117,14 @@ impl Certificate {
             authority_key_id,
             public_key: PublicKey::from_x509(&tbs.subject_pki)?,
             dns_names,
+            subject_alt_names,
             der,
         })
+    }
+
+    /// The subjectAltName extension as written, if present.
+    pub fn subject_alt_names(&self) -> Option<&SubjectAltNames> {
+        self.subject_alt_names.as_ref()
     }
 
     /// The DNS names of the subject alternative name extension, in order.

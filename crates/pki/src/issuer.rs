@@ -147,6 +147,27 @@ impl Issuer {
         self.sign(&params, Some(csr.subject_der()), csr.public_key())
     }
 
+    /// A device certificate like [`issue_from_csr`](Self::issue_from_csr)'s for `key`, with a
+    /// subject and subject alternative names chosen by the caller (`subject_der`, an X.509 Name,
+    /// and `subject_alt_names`, both written byte for byte): a rotation issues the old
+    /// certificate's whatever the CSR asked for.
+    pub fn issue_for_subject(
+        &self,
+        key: &PublicKey,
+        subject_der: &[u8],
+        subject_alt_names: Option<&crate::SubjectAltNames>,
+        validity: Duration,
+        now: OffsetDateTime,
+    ) -> Result<Certificate, Error> {
+        let mut params = device_params(key, validity, now)?;
+        if let Some(names) = subject_alt_names {
+            let mut extension = rcgen::CustomExtension::from_oid_content(&[2, 5, 29, 17], names.value_der.clone());
+            extension.set_criticality(names.critical);
+            params.custom_extensions.push(extension);
+        }
+        self.sign(&params, Some(subject_der), key)
+    }
+
     /// A device certificate like [`issue_from_csr`](Self::issue_from_csr)'s for a bare public
     /// key, with subject "CN=`common_name`" (AWS IoT uses "AWS IoT Certificate").
     pub fn issue_for_key(
@@ -379,6 +400,36 @@ mod tests {
         let rsa = matches!(csr.public_key().kind(), KeyKind::Rsa { .. });
         assert!(key_usage.critical && key_usage.value.digital_signature() && !key_usage.value.key_cert_sign());
         assert_eq!(key_usage.value.key_encipherment(), rsa);
+    }
+
+    #[test]
+    fn issues_for_a_chosen_subject_and_subject_alt_names() {
+        let ca = p256_ca();
+        let (old, _) = ca
+            .issue_server_certificate(
+                "old-device",
+                &["a.example".into(), "b.example".into()],
+                DEVICE_VALIDITY,
+                KeyAlgorithm::EcdsaP256,
+                NOW,
+            )
+            .expect("old");
+        let csr = Csr::from_pem(&rcgen_csr(&rcgen::PKCS_ECDSA_P256_SHA256, "asked-for")).expect("csr");
+        let issued = ca
+            .issue_for_subject(csr.public_key(), old.subject_der(), old.subject_alt_names(), DEVICE_VALIDITY, NOW)
+            .expect("issues");
+        check_issued_by(&issued, ca.certificate(), NOW).expect("chains to the issuer");
+        assert_eq!(issued.subject_der(), old.subject_der());
+        assert_eq!(issued.subject_common_name().as_deref(), Some("old-device"));
+        assert_eq!(issued.dns_names(), ["a.example", "b.example"]);
+        assert_eq!(issued.subject_alt_names(), old.subject_alt_names());
+        assert_eq!(issued.public_key(), csr.public_key());
+        let (_, parsed) = X509Certificate::from_der(issued.der()).expect("parses");
+        assert!(parsed.extended_key_usage().expect("one eku").expect("has eku").value.client_auth);
+        // Without names: none.
+        let bare =
+            ca.issue_for_subject(csr.public_key(), old.subject_der(), None, DEVICE_VALIDITY, NOW).expect("issues");
+        assert_eq!(bare.subject_alt_names(), None);
     }
 
     #[test]

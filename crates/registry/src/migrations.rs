@@ -411,6 +411,14 @@ CREATE INDEX certificates_audit_scan ON certificates(
 );
 "#,
     ),
+    // 11: a rotation campaign's subject rule (issue 12): which subject the certificates it
+    // issues carry. Existing campaigns keep the old certificate's subject.
+    (
+        11,
+        r#"
+ALTER TABLE rotation_campaigns ADD COLUMN subject_rule TEXT NOT NULL DEFAULT 'keep-old';
+"#,
+    ),
 ];
 
 /// The SQL dialect a migration is rendered for.

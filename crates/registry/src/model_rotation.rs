@@ -36,6 +36,17 @@ stored_enum!(
 );
 
 stored_enum!(
+    /// Which subject the certificates a campaign issues carry (`docs/rotation.md`). Either way
+    /// it is the old certificate's subject, byte for byte: a device never chooses it.
+    ///
+    /// - `keep-old`: a CSR asking for another subject is still answered (the subject it asked
+    ///   for is ignored, logged at info once).
+    /// - `require-csr-match`: a CSR whose subject is not the old certificate's, byte for byte,
+    ///   is refused and the rotation fails (`refused CSR: csr-subject-mismatch`).
+    SubjectRule { KeepOld = "keep-old", RequireCsrMatch = "require-csr-match" }
+);
+
+stored_enum!(
     /// Where a rotation stands. `Retired` and `Failed` are closed; the others are open.
     RotationState {
         Requested = "requested",
@@ -72,6 +83,8 @@ pub struct RotationCampaign {
     pub source: RotationSource,
     /// The audit task whose findings started it (source `audit`).
     pub audit_task_id: Option<String>,
+    /// Which subject its certificates carry.
+    pub subject_rule: SubjectRule,
     pub created_at: OffsetDateTime,
 }
 

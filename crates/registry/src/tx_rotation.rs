@@ -17,7 +17,7 @@ use crate::model::AccountId;
 use crate::model_rotation::*;
 use crate::tx::{Tx, cert_id, from_millis, millis, parse_text};
 
-const CAMPAIGN_COLUMNS: &str = "account_id, id, source, audit_task_id, created_at";
+const CAMPAIGN_COLUMNS: &str = "account_id, id, source, audit_task_id, created_at, subject_rule";
 const ROTATION_COLUMNS: &str = "account_id, id, campaign_id, client_id, old_certificate_id, new_certificate_id, \
      csr_key_fingerprint, state, attempts, error, deadline, created_at, updated_at";
 
@@ -27,13 +27,14 @@ impl Tx<'_> {
     /// Adds a campaign.
     pub fn insert_rotation_campaign(&mut self, campaign: &RotationCampaign) -> Result<(), Error> {
         self.conn.execute(
-            &format!("INSERT INTO rotation_campaigns ({CAMPAIGN_COLUMNS}) VALUES ($1, $2, $3, $4, $5)"),
+            &format!("INSERT INTO rotation_campaigns ({CAMPAIGN_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6)"),
             &[
                 campaign.account.as_str().into(),
                 campaign.id.as_str().into(),
                 campaign.source.as_str().into(),
                 campaign.audit_task_id.as_deref().into(),
                 millis(campaign.created_at).into(),
+                campaign.subject_rule.as_str().into(),
             ],
         )?;
         Ok(())
@@ -245,6 +246,7 @@ fn campaign_from_row(row: &Row) -> Result<RotationCampaign, Error> {
         source: parse_text(&row.text(2)?, RotationSource::parse)?,
         audit_task_id: row.opt_text(3)?,
         created_at: from_millis(row.int(4)?)?,
+        subject_rule: parse_text(&row.text(5)?, SubjectRule::parse)?,
     })
 }
 

@@ -79,6 +79,7 @@ fn campaigns_rotations_and_their_lookups() {
             id: "c1".into(),
             source: RotationSource::Audit,
             audit_task_id: Some("task-1".into()),
+            subject_rule: SubjectRule::RequireCsrMatch,
             created_at: at(0),
         };
         write(store, |tx| {

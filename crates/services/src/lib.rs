@@ -48,8 +48,8 @@ pub use issuers::load_or_create_issuer;
 pub use lookups::ConnectionEvent;
 pub use provisioning::{ProvisionedPolicy, ProvisionedThing, Provisioning, Template};
 pub use rotation::{
-    CampaignSummary, DeviceTopic, EXPIRING_CHECK, OutgoingMessage, RotationAlert, RotationConfig, RotationEffects,
-    device_topic,
+    CampaignSummary, DeviceErrorCode, DeviceMessageOutcome, DeviceTopic, EXPIRING_CHECK, Ignored, OutgoingMessage,
+    RotationAlert, RotationConfig, RotationEffects, device_topic,
 };
 pub use templates::{JITP, TemplateDefinition};
 pub use things::{AttributePayload, ThingDefinition, ThingUpdate};

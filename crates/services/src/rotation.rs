@@ -10,7 +10,14 @@
 //! why a crash between a commit and a publish loses nothing (the device side is idempotent).
 //!
 //! Duplicates and reordering are decisions, not errors: a message that does not fit the state is
-//! ignored and logged, and the caller gets no message to publish.
+//! ignored and logged with its reason ([`Ignored`]), and the caller gets no message to publish.
+//!
+//! A rotation is bound to certificates, never to a client ID alone: `csr_res` and `crt_err`
+//! count only from a session authenticated with the rotation's old certificate, `crt_ack` only
+//! from one authenticated with the certificate it issued. The issued certificate's subject is the
+//! old certificate's (the campaign's [`SubjectRule`] says whether a CSR asking for another one is
+//! refused), and a device's `crt_err` is decided on its `code` ([`DeviceErrorCode`]), never on
+//! its text.
 
 use std::collections::BTreeMap;
 
@@ -18,7 +25,7 @@ use certfleet_pki::{CertificateId, Csr};
 use certfleet_registry::{
     self as registry, AccountId, AuditFindingFilter, AuditResourceId, CertificateMode, CertificateStatus,
     DeviceCertificate, KeyPageRequest, Rotation, RotationCampaign, RotationFilter, RotationSource, RotationState,
-    ThingPrincipal, Tx,
+    SubjectRule, ThingPrincipal, Tx,
 };
 use time::{Duration, OffsetDateTime};
 
@@ -76,6 +83,186 @@ impl DeviceTopic {
             DeviceTopic::CrtAck => "crt_ack",
             DeviceTopic::CrtErr => "crt_err",
         }
+    }
+}
+
+/// The `code` of a device's `crt_err` (`{"error": "<text>", "code": "<code>"}`): what went
+/// wrong, machine-readable. The text is for humans and never decides anything. The agent's
+/// `ErrorCode` has the same names (`crates/agent/src/rotation.rs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceErrorCode {
+    /// A `crt_req` came while the device had no rotation under way (no key made).
+    NoRotationInProgress,
+    /// A `crt_req` came while another certificate was installed and pending on the device.
+    AnotherCertificatePending,
+    /// The `crt_req` payload is not `{"certificatePem": ...}`.
+    MalformedRequest,
+    /// The offered certificate does not parse.
+    CertificateUnparsable,
+    /// The `crt_req`'s `certificateId` is not the offered certificate's ID.
+    IdMismatch,
+    /// The offered certificate is not for the device's new key.
+    KeyMismatch,
+    /// The offered certificate is expired or not yet valid.
+    Expired,
+    /// The offered certificate does not chain to the device's trusted CAs.
+    ChainInvalid,
+    /// The device's new key does not load.
+    KeyUnavailable,
+    /// The new certificate and key do not load.
+    CredentialsUnusable,
+    /// The new certificate was refused at CONNECT.
+    ConnectRefused,
+    /// The new certificate got no answer while the old one connects.
+    Unreachable,
+}
+
+impl DeviceErrorCode {
+    /// Every code.
+    pub const ALL: [DeviceErrorCode; 12] = [
+        DeviceErrorCode::NoRotationInProgress,
+        DeviceErrorCode::AnotherCertificatePending,
+        DeviceErrorCode::MalformedRequest,
+        DeviceErrorCode::CertificateUnparsable,
+        DeviceErrorCode::IdMismatch,
+        DeviceErrorCode::KeyMismatch,
+        DeviceErrorCode::Expired,
+        DeviceErrorCode::ChainInvalid,
+        DeviceErrorCode::KeyUnavailable,
+        DeviceErrorCode::CredentialsUnusable,
+        DeviceErrorCode::ConnectRefused,
+        DeviceErrorCode::Unreachable,
+    ];
+
+    /// The code as sent.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceErrorCode::NoRotationInProgress => "no-rotation-in-progress",
+            DeviceErrorCode::AnotherCertificatePending => "another-certificate-pending",
+            DeviceErrorCode::MalformedRequest => "malformed-request",
+            DeviceErrorCode::CertificateUnparsable => "certificate-unparsable",
+            DeviceErrorCode::IdMismatch => "id-mismatch",
+            DeviceErrorCode::KeyMismatch => "key-mismatch",
+            DeviceErrorCode::Expired => "expired",
+            DeviceErrorCode::ChainInvalid => "chain-invalid",
+            DeviceErrorCode::KeyUnavailable => "key-unavailable",
+            DeviceErrorCode::CredentialsUnusable => "credentials-unusable",
+            DeviceErrorCode::ConnectRefused => "connect-refused",
+            DeviceErrorCode::Unreachable => "unreachable",
+        }
+    }
+
+    /// The code of a sent name (`None`: unknown).
+    pub fn parse(text: &str) -> Option<Self> {
+        DeviceErrorCode::ALL.into_iter().find(|code| code.as_str() == text)
+    }
+}
+
+/// Why a device message changed nothing: logged once with the message, and answered with
+/// nothing (the device, or whoever sent it, learns nothing).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ignored {
+    /// `csr_res` or `crt_err`: no open rotation of this client ID replaces the certificate the
+    /// publishing session authenticated with.
+    NotFromRotatedCertificate,
+    /// `crt_ack`: no rotation of this client ID issued the certificate the publishing session
+    /// authenticated with.
+    NotFromIssuedCertificate,
+    /// `csr_res` without a `CSR` string.
+    NoCsr,
+    /// `csr_res` that does not parse, after a usable CSR was received.
+    UnusableCsrAfterUsable,
+    /// `csr_res` for another key than the one already received.
+    DifferentKey,
+    /// The new certificate was acknowledged already.
+    AlreadyAcknowledged,
+    /// `crt_ack` while no certificate waits for one (reordered, or late).
+    NothingToAcknowledge,
+    /// `crt_err` naming a certificate this rotation did not issue (an earlier one's report).
+    AboutAnotherCertificate,
+    /// `crt_err` whose code is about an offered certificate while this rotation offered none
+    /// yet (a late answer to an earlier `crt_req`).
+    NothingOffered,
+    /// The rotation moved on meanwhile (another node, a concurrent duplicate).
+    MovedOn,
+    /// The issued certificate is no longer stored.
+    NewCertificateGone,
+}
+
+impl Ignored {
+    /// The reason, for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Ignored::NotFromRotatedCertificate => "not from a session of the certificate being rotated",
+            Ignored::NotFromIssuedCertificate => "not from a session of the certificate this rotation issued",
+            Ignored::NoCsr => "no CSR member in the payload",
+            Ignored::UnusableCsrAfterUsable => "an unusable CSR after a usable one was received",
+            Ignored::DifferentKey => "a CSR for a different key than the one already received",
+            Ignored::AlreadyAcknowledged => "the new certificate was acknowledged already",
+            Ignored::NothingToAcknowledge => "no certificate waits for an acknowledgement (late or reordered)",
+            Ignored::AboutAnotherCertificate => "the error is about a certificate this rotation did not issue",
+            Ignored::NothingOffered => "the error cannot be about this rotation: no certificate offered yet",
+            Ignored::MovedOn => "the rotation moved on meanwhile",
+            Ignored::NewCertificateGone => "the new certificate is gone",
+        }
+    }
+}
+
+/// What a device message did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DeviceMessageOutcome {
+    /// A step was taken (committed): publish and report what it asks for.
+    Applied(RotationEffects),
+    /// Nothing changed, for this reason.
+    Ignored(Ignored),
+}
+
+impl DeviceMessageOutcome {
+    /// What to publish and report (nothing when ignored).
+    pub fn into_effects(self) -> RotationEffects {
+        match self {
+            DeviceMessageOutcome::Applied(effects) => effects,
+            DeviceMessageOutcome::Ignored(_) => RotationEffects::default(),
+        }
+    }
+}
+
+/// What a `crt_err` does to an open rotation in `state`: `names_another_certificate` when its
+/// `certificateId` is not the certificate this rotation issued (or it issued none), `code` as
+/// sent (`None`: missing or unknown, from an older agent or another device: handled as a
+/// failure, as before codes existed). The table is in `docs/rotation.md`.
+fn decide_device_error(
+    state: RotationState,
+    code: Option<DeviceErrorCode>,
+    names_another_certificate: bool,
+) -> Result<(), Ignored> {
+    if names_another_certificate {
+        return Err(Ignored::AboutAnotherCertificate);
+    }
+    match state {
+        // No certificate offered yet: a report about a certificate is about an earlier
+        // rotation's. Losing the key, or a report without a (known) code, still fails it.
+        RotationState::Requested | RotationState::CsrReceived => match code {
+            Some(DeviceErrorCode::KeyUnavailable) | None => Ok(()),
+            Some(
+                DeviceErrorCode::NoRotationInProgress
+                | DeviceErrorCode::AnotherCertificatePending
+                | DeviceErrorCode::MalformedRequest
+                | DeviceErrorCode::CertificateUnparsable
+                | DeviceErrorCode::IdMismatch
+                | DeviceErrorCode::KeyMismatch
+                | DeviceErrorCode::Expired
+                | DeviceErrorCode::ChainInvalid
+                | DeviceErrorCode::CredentialsUnusable
+                | DeviceErrorCode::ConnectRefused
+                | DeviceErrorCode::Unreachable,
+            ) => Err(Ignored::NothingOffered),
+        },
+        // A certificate was offered and the device reports it cannot use it, whatever the code:
+        // failing withdraws the new certificate and leaves the old one ACTIVE.
+        RotationState::Issued => Ok(()),
+        RotationState::Acknowledged => Err(Ignored::AlreadyAcknowledged),
+        RotationState::Retired | RotationState::Failed => Err(Ignored::MovedOn),
     }
 }
 
@@ -137,27 +324,39 @@ fn crt_req(rotation: &Rotation, certificate: &DeviceCertificate) -> OutgoingMess
     }
 }
 
-/// A refused or failed step, recorded on the rotation.
-enum Step {
-    /// Nothing to do (a duplicate, a late or misrouted message): logged with its reason.
-    Ignored(&'static str),
-    Done(RotationEffects),
+/// What an issued certificate is named: the old certificate's subject and subjectAltName.
+struct IssuedSubject {
+    subject_der: Vec<u8>,
+    alt_names: Option<certfleet_pki::SubjectAltNames>,
+}
+
+/// What step 1 of a `csr_res` (pinning the key) decided.
+enum Pin {
+    Ignored(Ignored),
+    /// The rotation failed (its effects).
+    Failed(RotationEffects),
+    /// The key is pinned (now or before): the rotation and the names to issue.
+    Pinned {
+        rotation: Box<Rotation>,
+        subject: Box<IssuedSubject>,
+    },
 }
 
 impl Services {
     /// Starts a manual campaign: one rotation per certificate and client ID that used it (see
-    /// [`Services::rotation_from_audit`] for how client IDs are found). The first `csr_req`
-    /// goes out with the next [`Services::sweep_rotations`].
+    /// [`Services::rotation_from_audit`] for how client IDs are found), issuing subjects by
+    /// `subject_rule`. The first `csr_req` goes out with the next [`Services::sweep_rotations`].
     pub fn start_rotation(
         &self,
         caller: &Caller,
         certificate_ids: &[CertificateId],
         source: RotationSource,
+        subject_rule: SubjectRule,
     ) -> Result<CampaignSummary, Error> {
         if certificate_ids.is_empty() {
             return Err(Error::InvalidRequest("give at least one certificate ID".into()));
         }
-        let campaign = self.new_campaign(&caller.account, source, None)?;
+        let campaign = self.new_campaign(&caller.account, source, None, subject_rule)?;
         registry::write(self.store(), |tx| {
             tx.lock_account(&caller.account)?;
             for id in certificate_ids {
@@ -211,7 +410,7 @@ impl Services {
         if certificates.is_empty() {
             return Ok(None);
         }
-        let campaign = self.new_campaign(account, RotationSource::Audit, Some(task_id))?;
+        let campaign = self.new_campaign(account, RotationSource::Audit, Some(task_id), SubjectRule::KeepOld)?;
         registry::write(self.store(), |tx| {
             tx.lock_account(account)?;
             tx.insert_rotation_campaign(&campaign)?;
@@ -233,12 +432,14 @@ impl Services {
         account: &AccountId,
         source: RotationSource,
         audit_task_id: Option<&str>,
+        subject_rule: SubjectRule,
     ) -> Result<RotationCampaign, Error> {
         Ok(RotationCampaign {
             account: account.clone(),
             id: uuid_v4()?,
             source,
             audit_task_id: audit_task_id.map(str::to_owned),
+            subject_rule,
             created_at: self.now(),
         })
     }
@@ -369,9 +570,10 @@ impl Services {
 
     /// A device's `csr_res`, `crt_ack` or `crt_err`: the seam the rules engine's system rule
     /// (`SELECT clientid() as clientid, * FROM 'management/topic/+/csr_res'`, and the same for
-    /// `crt_ack` and `crt_err`) calls, with the publishing session's client ID and certificate.
-    /// Returns what to publish (after this call returned, i.e. after the commit) and failures to
-    /// report. A message that does not fit the rotation's state is ignored and logged.
+    /// `crt_ack` and `crt_err`) calls, with the publishing session's client ID and the
+    /// certificate that session authenticated with (`principal`; never one named in the payload
+    /// or the topic). Returns what to publish (after this call returned, i.e. after the commit)
+    /// and failures to report, or why nothing changed (logged here, once).
     pub fn handle_device_message(
         &self,
         account: &AccountId,
@@ -379,19 +581,16 @@ impl Services {
         principal: &CertificateId,
         topic: DeviceTopic,
         payload: &serde_json::Value,
-    ) -> Result<RotationEffects, Error> {
-        let step = match topic {
+    ) -> Result<DeviceMessageOutcome, Error> {
+        let outcome = match topic {
             DeviceTopic::CsrRes => self.on_csr(account, client_id, principal, payload)?,
             DeviceTopic::CrtAck => self.on_ack(account, client_id, principal)?,
             DeviceTopic::CrtErr => self.on_error(account, client_id, principal, payload)?,
         };
-        Ok(match step {
-            Step::Ignored(why) => {
-                tracing::info!(%account, client_id, cert = %principal, topic = topic.as_str(), why, "rotation message ignored");
-                RotationEffects::default()
-            }
-            Step::Done(effects) => effects,
-        })
+        if let DeviceMessageOutcome::Ignored(why) = outcome {
+            tracing::info!(%account, client_id, cert = %principal, topic = topic.as_str(), why = why.as_str(), "rotation message ignored");
+        }
+        Ok(outcome)
     }
 
     fn on_csr(
@@ -400,9 +599,9 @@ impl Services {
         client_id: &str,
         principal: &CertificateId,
         payload: &serde_json::Value,
-    ) -> Result<Step, Error> {
+    ) -> Result<DeviceMessageOutcome, Error> {
         let Some(pem) = payload.get("CSR").and_then(serde_json::Value::as_str) else {
-            return Ok(Step::Ignored("no CSR member in the payload"));
+            return Ok(DeviceMessageOutcome::Ignored(Ignored::NoCsr));
         };
         let now = self.now();
         let config = &self.config().rotation;
@@ -411,71 +610,93 @@ impl Services {
         // Step 1: pin the key (requested -> csr_received), or find the rotation already past it.
         let pinned = registry::write(self.store(), |tx| {
             tx.lock_account(account)?;
-            let Some(mut rotation) =
-                pick(tx.open_rotations_of_client(account, client_id)?, |r| &r.old_certificate_id == principal)
-            else {
-                return Ok(Err("no open rotation for this client id"));
+            let Some(mut rotation) = rotation_of_old_certificate(tx, account, client_id, principal)? else {
+                return Ok(Pin::Ignored(Ignored::NotFromRotatedCertificate));
             };
+            if rotation.state == RotationState::Acknowledged {
+                return Ok(Pin::Ignored(Ignored::AlreadyAcknowledged));
+            }
             let csr = match &csr {
                 Ok(csr) => csr,
                 Err(_) if rotation.csr_key_fingerprint.is_some() => {
-                    return Ok(Err("an unusable CSR after a usable one was received"));
+                    return Ok(Pin::Ignored(Ignored::UnusableCsrAfterUsable));
                 }
                 Err(error) => {
-                    let effects = self.fail(tx, &mut rotation, format!("refused CSR: {error}"), now)?;
-                    return Ok(Ok((rotation, Some(effects))));
+                    return Ok(Pin::Failed(self.fail(tx, &mut rotation, format!("refused CSR: {error}"), now)?));
                 }
             };
+            let Some(old) = tx.get_certificate(account, &rotation.old_certificate_id)? else {
+                return Ok(Pin::Failed(self.fail(tx, &mut rotation, "the old certificate is gone".into(), now)?));
+            };
+            let old = certfleet_pki::Certificate::from_pem(&old.pem)
+                .map_err(|error| Error::Internal(format!("a stored certificate does not parse: {error}")))?;
+            let subject = Box::new(IssuedSubject {
+                subject_der: old.subject_der().to_vec(),
+                alt_names: old.subject_alt_names().cloned(),
+            });
             let fingerprint = fingerprint.clone().unwrap_or_default();
             if let Some(pinned) = &rotation.csr_key_fingerprint {
                 if pinned != &fingerprint {
-                    return Ok(Err("a CSR for a different key than the one already received"));
+                    return Ok(Pin::Ignored(Ignored::DifferentKey));
                 }
-                return Ok(Ok((rotation, None)));
+                return Ok(Pin::Pinned { rotation: Box::new(rotation), subject });
             }
-            let old = tx.get_certificate(account, &rotation.old_certificate_id)?;
-            let reused = old
-                .as_ref()
-                .and_then(|old| certfleet_pki::Certificate::from_pem(&old.pem).ok())
-                .is_some_and(|old| old.public_key().spki_der() == csr.public_key().spki_der());
-            if reused && !config.danger_allow_key_reuse {
-                let effects =
-                    self.fail(tx, &mut rotation, "refused CSR: the key is the old certificate's".into(), now)?;
-                return Ok(Ok((rotation, Some(effects))));
+            if old.public_key().spki_der() == csr.public_key().spki_der() && !config.danger_allow_key_reuse {
+                let error = "refused CSR: the key is the old certificate's".to_owned();
+                return Ok(Pin::Failed(self.fail(tx, &mut rotation, error, now)?));
             }
-            if csr.subject_common_name().as_deref() != Some(client_id) {
-                tracing::info!(%account, client_id, "rotation CSR subject is not CN=<clientId>; issuing anyway");
+            if csr.subject_der() != subject.subject_der.as_slice() {
+                let rule = tx
+                    .get_rotation_campaign(account, &rotation.campaign_id)?
+                    .map_or(SubjectRule::KeepOld, |campaign| campaign.subject_rule);
+                match rule {
+                    SubjectRule::KeepOld => {
+                        tracing::info!(%account, client_id, rotation = rotation.id, old = %rotation.old_certificate_id, "rotation CSR asks for another subject; the old certificate's is issued");
+                    }
+                    SubjectRule::RequireCsrMatch => {
+                        let error = "refused CSR: csr-subject-mismatch (not the old certificate's subject)".to_owned();
+                        return Ok(Pin::Failed(self.fail(tx, &mut rotation, error, now)?));
+                    }
+                }
             }
             rotation.csr_key_fingerprint = Some(fingerprint);
             rotation.state = RotationState::CsrReceived;
             rotation.updated_at = now;
             tx.update_rotation(&rotation)?;
-            Ok::<_, Error>(Ok((rotation, None)))
+            Ok::<_, Error>(Pin::Pinned { rotation: Box::new(rotation), subject })
         })?;
-        let rotation = match pinned {
-            Err(why) => return Ok(Step::Ignored(why)),
-            Ok((_, Some(effects))) => return Ok(Step::Done(effects)),
-            Ok((rotation, None)) => rotation,
+        let (rotation, subject) = match pinned {
+            Pin::Ignored(why) => return Ok(DeviceMessageOutcome::Ignored(why)),
+            Pin::Failed(effects) => return Ok(DeviceMessageOutcome::Applied(effects)),
+            Pin::Pinned { rotation, subject } => (*rotation, subject),
         };
-        if rotation.state == RotationState::Issued || rotation.state == RotationState::Acknowledged {
+        if rotation.state == RotationState::Issued {
             // A duplicate CSR for the same key: send the same certificate again.
             return registry::read(self.store(), |tx| {
-                let Some(new_id) = &rotation.new_certificate_id else { return Ok(Step::Ignored("issued without id")) };
-                match tx.get_certificate(account, new_id)? {
-                    Some(certificate) if rotation.state == RotationState::Issued => Ok(Step::Done(RotationEffects {
+                let Some(new_id) = &rotation.new_certificate_id else {
+                    return Ok(DeviceMessageOutcome::Ignored(Ignored::NewCertificateGone));
+                };
+                Ok(match tx.get_certificate(account, new_id)? {
+                    Some(certificate) => DeviceMessageOutcome::Applied(RotationEffects {
                         publish: vec![crt_req(&rotation, &certificate)],
                         alerts: Vec::new(),
-                    })),
-                    _ => Ok(Step::Ignored("the new certificate is already acknowledged")),
-                }
+                    }),
+                    None => DeviceMessageOutcome::Ignored(Ignored::NewCertificateGone),
+                })
             });
         }
-        let Ok(csr) = csr else { return Ok(Step::Ignored("refused CSR")) };
-        // Step 2: issue (outside the transaction: signing is slow), then store, attach and
-        // move to issued in one transaction.
+        let Ok(csr) = csr else { return Ok(DeviceMessageOutcome::Ignored(Ignored::UnusableCsrAfterUsable)) };
+        // Step 2: issue (outside the transaction: signing is slow) with the old certificate's
+        // subject, never the CSR's; then store, attach and move to issued in one transaction.
         let issued = self
             .device_issuer()?
-            .issue_from_csr(&csr, self.config().device_certificate_validity, now)
+            .issue_for_subject(
+                csr.public_key(),
+                &subject.subject_der,
+                subject.alt_names.as_ref(),
+                self.config().device_certificate_validity,
+                now,
+            )
             .map_err(|error| Error::Internal(format!("issuing: {error}")))?;
         let record = DeviceCertificate::registered(
             account.clone(),
@@ -489,29 +710,34 @@ impl Services {
         registry::write(self.store(), |tx| {
             tx.lock_account(account)?;
             let Some(mut rotation) = tx.lock_rotation(account, &rotation.id)? else {
-                return Ok(Step::Ignored("the rotation is gone"));
+                return Ok(DeviceMessageOutcome::Ignored(Ignored::MovedOn));
             };
             match rotation.state {
                 RotationState::CsrReceived => {}
                 RotationState::Issued => {
                     // Another node or a concurrent duplicate issued first: send its certificate.
-                    let Some(new_id) = &rotation.new_certificate_id else { return Ok(Step::Ignored("no id")) };
+                    let Some(new_id) = &rotation.new_certificate_id else {
+                        return Ok(DeviceMessageOutcome::Ignored(Ignored::NewCertificateGone));
+                    };
                     return Ok(match tx.get_certificate(account, new_id)? {
-                        Some(certificate) => Step::Done(RotationEffects {
+                        Some(certificate) => DeviceMessageOutcome::Applied(RotationEffects {
                             publish: vec![crt_req(&rotation, &certificate)],
                             alerts: Vec::new(),
                         }),
-                        None => Step::Ignored("the new certificate is gone"),
+                        None => DeviceMessageOutcome::Ignored(Ignored::NewCertificateGone),
                     });
                 }
-                _ => return Ok(Step::Ignored("the rotation moved on while issuing")),
+                RotationState::Requested
+                | RotationState::Acknowledged
+                | RotationState::Retired
+                | RotationState::Failed => return Ok(DeviceMessageOutcome::Ignored(Ignored::MovedOn)),
             }
             let Some(old) = tx.get_certificate(account, &rotation.old_certificate_id)? else {
                 let effects = self.fail(tx, &mut rotation, "the old certificate is gone".into(), now)?;
-                return Ok(Step::Done(effects));
+                return Ok(DeviceMessageOutcome::Applied(effects));
             };
             if tx.get_certificate(account, &record.id)?.is_some() {
-                return Ok(Step::Ignored("a certificate with this id exists already"));
+                return Ok(DeviceMessageOutcome::Ignored(Ignored::MovedOn));
             }
             tx.insert_certificate(&record)?;
             let mut page = KeyPageRequest { limit: 250, after: None };
@@ -540,21 +766,33 @@ impl Services {
             rotation.updated_at = now;
             tx.update_rotation(&rotation)?;
             tracing::info!(%account, client_id, rotation = rotation.id, old = %old.id, new = %record.id, "rotation: certificate issued");
-            Ok(Step::Done(RotationEffects { publish: vec![crt_req(&rotation, &record)], alerts: Vec::new() }))
+            Ok(DeviceMessageOutcome::Applied(RotationEffects {
+                publish: vec![crt_req(&rotation, &record)],
+                alerts: Vec::new(),
+            }))
         })
     }
 
-    fn on_ack(&self, account: &AccountId, client_id: &str, principal: &CertificateId) -> Result<Step, Error> {
+    fn on_ack(
+        &self,
+        account: &AccountId,
+        client_id: &str,
+        principal: &CertificateId,
+    ) -> Result<DeviceMessageOutcome, Error> {
         let now = self.now();
         let acknowledged = registry::write(self.store(), |tx| {
             tx.lock_account(account)?;
+            // Bound to the issued certificate: only its own session can acknowledge it.
             let Some(mut rotation) = tx.rotation_of_new_certificate(account, client_id, principal)? else {
-                return Ok(Err("not from a session of a certificate this service issued (or not yet issued)"));
+                return Ok(Err(Ignored::NotFromIssuedCertificate));
             };
             match rotation.state {
                 RotationState::Issued => {}
                 RotationState::Acknowledged => return Ok(Ok(rotation)),
-                _ => return Ok(Err("a late or duplicate acknowledgement")),
+                RotationState::Requested
+                | RotationState::CsrReceived
+                | RotationState::Retired
+                | RotationState::Failed => return Ok(Err(Ignored::NothingToAcknowledge)),
             }
             rotation.state = RotationState::Acknowledged;
             rotation.attempts = 0;
@@ -564,11 +802,11 @@ impl Services {
             Ok::<_, Error>(Ok(rotation))
         })?;
         let rotation = match acknowledged {
-            Err(why) => return Ok(Step::Ignored(why)),
+            Err(why) => return Ok(DeviceMessageOutcome::Ignored(why)),
             Ok(rotation) => rotation,
         };
         self.retire(&rotation.account, &rotation.id)?;
-        Ok(Step::Done(RotationEffects::default()))
+        Ok(DeviceMessageOutcome::Applied(RotationEffects::default()))
     }
 
     /// acknowledged -> retired: the old certificate INACTIVE, detached and deleted, in one
@@ -595,25 +833,34 @@ impl Services {
         client_id: &str,
         principal: &CertificateId,
         payload: &serde_json::Value,
-    ) -> Result<Step, Error> {
-        let reason = payload.get("error").and_then(serde_json::Value::as_str).unwrap_or("(no reason given)").to_owned();
+    ) -> Result<DeviceMessageOutcome, Error> {
+        let sent_code = payload.get("code").and_then(serde_json::Value::as_str);
+        let code = sent_code.and_then(DeviceErrorCode::parse);
+        if sent_code.is_some() && code.is_none() {
+            tracing::info!(%account, client_id, "rotation: crt_err with an unknown code (treated as no code)");
+        }
+        let named = payload.get("certificateId").and_then(serde_json::Value::as_str);
+        let reason = payload.get("error").and_then(serde_json::Value::as_str).unwrap_or("(no reason given)");
+        // Kept for humans in the rotation's error; bounded, as every stored text.
+        let reason: String = reason.chars().take(512).collect();
         let now = self.now();
         registry::write(self.store(), |tx| {
             tx.lock_account(account)?;
-            let open = tx.open_rotations_of_client(account, client_id)?;
-            let Some(mut rotation) = open.into_iter().find(|r| &r.old_certificate_id == principal) else {
-                return Ok(Step::Ignored("no open rotation of this certificate (a late duplicate?)"));
+            // Bound to the old certificate: only its own session can report for the rotation.
+            let Some(mut rotation) = rotation_of_old_certificate(tx, account, client_id, principal)? else {
+                return Ok(DeviceMessageOutcome::Ignored(Ignored::NotFromRotatedCertificate));
             };
-            match rotation.state {
-                RotationState::Acknowledged => {
-                    return Ok(Step::Ignored("the new certificate was acknowledged already"));
-                }
-                RotationState::Requested if reason == "no rotation in progress" => {
-                    return Ok(Step::Ignored("a late answer to an earlier crt_req"));
-                }
-                _ => {}
+            let names_another_certificate = named.is_some_and(|named| {
+                rotation.new_certificate_id.as_ref().is_none_or(|new| !new.as_str().eq_ignore_ascii_case(named))
+            });
+            if let Err(why) = decide_device_error(rotation.state, code, names_another_certificate) {
+                return Ok(DeviceMessageOutcome::Ignored(why));
             }
-            Ok(Step::Done(self.fail(tx, &mut rotation, format!("device reported: {reason}"), now)?))
+            let error = match code {
+                Some(code) => format!("device reported {}: {reason}", code.as_str()),
+                None => format!("device reported: {reason}"),
+            };
+            Ok(DeviceMessageOutcome::Applied(self.fail(tx, &mut rotation, error, now)?))
         })
     }
 
@@ -711,14 +958,17 @@ impl Services {
     }
 }
 
-/// The open rotation a message of `client_id` is about: the one whose old certificate matches,
-/// else the newest.
-fn pick(open: Vec<Rotation>, matches: impl Fn(&Rotation) -> bool) -> Option<Rotation> {
-    let matching = open.iter().position(&matches);
-    match matching {
-        Some(index) => open.into_iter().nth(index),
-        None => open.into_iter().last(),
-    }
+/// The open rotation of `client_id` that replaces `old` (the certificate the publishing
+/// session authenticated with), locked; at most one (a unique index). There is no fallback: a
+/// message from any other certificate's session is about no rotation.
+fn rotation_of_old_certificate(
+    tx: &mut Tx<'_>,
+    account: &AccountId,
+    client_id: &str,
+    old: &CertificateId,
+) -> Result<Option<Rotation>, Error> {
+    let open = tx.open_rotations_of_client(account, client_id)?;
+    Ok(open.into_iter().find(|rotation| &rotation.old_certificate_id == old))
 }
 
 /// Retires the old certificate of an acknowledged rotation and closes it.
@@ -755,4 +1005,41 @@ fn withdraw(
     tx.delete_certificate(account, id)?;
     tx.delete_tags(arn)?;
     certificate_changed(tx, account, id, now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_error_decisions() {
+        use DeviceErrorCode::*;
+        use RotationState::*;
+        let check =
+            |state: RotationState, code: Option<DeviceErrorCode>, another: bool, expected: Result<(), Ignored>| {
+                assert_eq!(decide_device_error(state, code, another), expected, "{state:?} {code:?} another={another}");
+            };
+        // (state, code, names another certificate, decision)
+        check(Requested, Some(NoRotationInProgress), false, Err(Ignored::NothingOffered));
+        check(CsrReceived, Some(NoRotationInProgress), false, Err(Ignored::NothingOffered));
+        check(Issued, Some(NoRotationInProgress), false, Ok(()));
+        check(Issued, Some(NoRotationInProgress), true, Err(Ignored::AboutAnotherCertificate));
+        check(Requested, Some(ChainInvalid), false, Err(Ignored::NothingOffered));
+        check(Issued, Some(ChainInvalid), false, Ok(()));
+        check(Issued, Some(KeyMismatch), true, Err(Ignored::AboutAnotherCertificate));
+        check(Requested, Some(KeyUnavailable), false, Ok(()));
+        check(CsrReceived, Some(KeyUnavailable), false, Ok(()));
+        check(Requested, None, false, Ok(()));
+        check(CsrReceived, None, false, Ok(()));
+        check(Issued, None, false, Ok(()));
+        check(Issued, None, true, Err(Ignored::AboutAnotherCertificate));
+        check(Acknowledged, Some(ChainInvalid), false, Err(Ignored::AlreadyAcknowledged));
+        check(Acknowledged, None, false, Err(Ignored::AlreadyAcknowledged));
+        check(Retired, None, false, Err(Ignored::MovedOn));
+        check(Failed, None, false, Err(Ignored::MovedOn));
+        for code in DeviceErrorCode::ALL {
+            assert_eq!(DeviceErrorCode::parse(code.as_str()), Some(code));
+        }
+        assert_eq!(DeviceErrorCode::parse("no rotation in progress"), None);
+    }
 }

@@ -104,14 +104,22 @@ impl Fleet {
         topic: DeviceTopic,
         payload: serde_json::Value,
     ) -> RotationEffects {
-        let effects = self
-            .services
-            .handle_device_message(&self.caller.account, &device.client_id, principal, topic, &payload)
-            .unwrap();
+        let effects = self.deliver(&device.client_id, principal, topic, payload).into_effects();
         for message in &effects.publish {
             assert_eq!(message.account, self.caller.account);
         }
         effects
+    }
+
+    /// A message on `client_id`'s topic from a session authenticated with `principal`.
+    fn deliver(
+        &self,
+        client_id: &str,
+        principal: &CertificateId,
+        topic: DeviceTopic,
+        payload: serde_json::Value,
+    ) -> DeviceMessageOutcome {
+        self.services.handle_device_message(&self.caller.account, client_id, principal, topic, &payload).unwrap()
     }
 
     /// The device answers a `csr_req`: a CSR for its pending key (made on the first request).
@@ -203,8 +211,10 @@ fn happy_path_with_duplicates_and_a_wrong_principal() {
     let mut device = fleet.device("sensor-1");
     let bystander = fleet.device("sensor-2");
     let old = device.certificate.clone();
-    let campaign =
-        fleet.services.start_rotation(&fleet.caller, std::slice::from_ref(&old), RotationSource::Manual).unwrap();
+    let campaign = fleet
+        .services
+        .start_rotation(&fleet.caller, std::slice::from_ref(&old), RotationSource::Manual, SubjectRule::KeepOld)
+        .unwrap();
     assert_eq!(campaign.counts.get(&RotationState::Requested), Some(&1));
 
     let sent = fleet.services.sweep_rotations(fleet.services.now()).unwrap();
@@ -251,7 +261,12 @@ fn reordered_ack_before_issue_is_ignored() {
     let mut device = fleet.device("sensor-1");
     fleet
         .services
-        .start_rotation(&fleet.caller, std::slice::from_ref(&device.certificate), RotationSource::Manual)
+        .start_rotation(
+            &fleet.caller,
+            std::slice::from_ref(&device.certificate),
+            RotationSource::Manual,
+            SubjectRule::KeepOld,
+        )
         .unwrap();
     fleet.services.sweep_rotations(fleet.services.now()).unwrap();
     let stranger = CertificateId::parse(&"ab".repeat(32)).unwrap();
@@ -274,7 +289,10 @@ fn refused_keys_fail_and_keep_the_old_certificate() {
     let fleet = fleet(RotationConfig::default());
     let device = fleet.device("weak");
     let old = device.certificate.clone();
-    fleet.services.start_rotation(&fleet.caller, std::slice::from_ref(&old), RotationSource::Manual).unwrap();
+    fleet
+        .services
+        .start_rotation(&fleet.caller, std::slice::from_ref(&old), RotationSource::Manual, SubjectRule::KeepOld)
+        .unwrap();
     fleet.services.sweep_rotations(fleet.services.now()).unwrap();
     let weak = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
     let effects = fleet.send(&device, &old, DeviceTopic::CsrRes, json!({ "CSR": csr(&weak, "weak") }));
@@ -290,7 +308,12 @@ fn refused_keys_fail_and_keep_the_old_certificate() {
     let reused = fleet.device("reuse");
     fleet
         .services
-        .start_rotation(&fleet.caller, std::slice::from_ref(&reused.certificate), RotationSource::Manual)
+        .start_rotation(
+            &fleet.caller,
+            std::slice::from_ref(&reused.certificate),
+            RotationSource::Manual,
+            SubjectRule::KeepOld,
+        )
         .unwrap();
     fleet.services.sweep_rotations(fleet.services.now()).unwrap();
     let effects =
@@ -304,7 +327,12 @@ fn refused_keys_fail_and_keep_the_old_certificate() {
     let mut device = fleet.device("reuse");
     fleet
         .services
-        .start_rotation(&fleet.caller, std::slice::from_ref(&device.certificate), RotationSource::Manual)
+        .start_rotation(
+            &fleet.caller,
+            std::slice::from_ref(&device.certificate),
+            RotationSource::Manual,
+            SubjectRule::KeepOld,
+        )
         .unwrap();
     fleet.services.sweep_rotations(fleet.services.now()).unwrap();
     device.pending = Some(rcgen::KeyPair::from_pem(&device.key.serialize_pem()).unwrap());
@@ -319,7 +347,10 @@ fn device_error_fails_deletes_the_new_certificate_and_retry_starts_over() {
     let fleet = fleet(RotationConfig::default());
     let mut device = fleet.device("sensor-1");
     let old = device.certificate.clone();
-    fleet.services.start_rotation(&fleet.caller, std::slice::from_ref(&old), RotationSource::Manual).unwrap();
+    fleet
+        .services
+        .start_rotation(&fleet.caller, std::slice::from_ref(&old), RotationSource::Manual, SubjectRule::KeepOld)
+        .unwrap();
     fleet.services.sweep_rotations(fleet.services.now()).unwrap();
     let issued = fleet.csr_res(&mut device);
     let new_id = certificate_id_of(&issued.publish[0]);
@@ -356,7 +387,12 @@ fn timeouts_resend_then_fail() {
     let mut late = fleet.device("late");
     fleet
         .services
-        .start_rotation(&fleet.caller, &[silent.certificate.clone(), late.certificate.clone()], RotationSource::Manual)
+        .start_rotation(
+            &fleet.caller,
+            &[silent.certificate.clone(), late.certificate.clone()],
+            RotationSource::Manual,
+            SubjectRule::KeepOld,
+        )
         .unwrap();
     assert_eq!(fleet.services.sweep_rotations(fleet.services.now()).unwrap().publish.len(), 2);
     // Nothing is due before the deadline.
@@ -387,7 +423,12 @@ fn timeouts_resend_then_fail() {
     // The next campaign may open a new rotation for the same certificate.
     let campaign = fleet
         .services
-        .start_rotation(&fleet.caller, std::slice::from_ref(&silent.certificate), RotationSource::Manual)
+        .start_rotation(
+            &fleet.caller,
+            std::slice::from_ref(&silent.certificate),
+            RotationSource::Manual,
+            SubjectRule::KeepOld,
+        )
         .unwrap();
     assert_eq!(campaign.counts.get(&RotationState::Requested), Some(&1));
 }
@@ -397,8 +438,10 @@ fn survives_a_crash_between_every_step() {
     let mut fleet = fleet(RotationConfig::default());
     let mut device = fleet.device("sensor-1");
     let old = device.certificate.clone();
-    let campaign =
-        fleet.services.start_rotation(&fleet.caller, std::slice::from_ref(&old), RotationSource::Manual).unwrap();
+    let campaign = fleet
+        .services
+        .start_rotation(&fleet.caller, std::slice::from_ref(&old), RotationSource::Manual, SubjectRule::KeepOld)
+        .unwrap();
     // Crash before the first csr_req went out: the sweep sends it.
     fleet.crash();
     assert_eq!(fleet.services.sweep_rotations(fleet.services.now()).unwrap().publish.len(), 1);
@@ -532,7 +575,8 @@ fn ten_thousand_certificates_in_one_campaign() {
     };
     let total = Instant::now();
     let started = Instant::now();
-    let campaign = fleet.services.start_rotation(&fleet.caller, &ids, RotationSource::Manual).unwrap();
+    let campaign =
+        fleet.services.start_rotation(&fleet.caller, &ids, RotationSource::Manual, SubjectRule::KeepOld).unwrap();
     eprintln!("start_rotation: {:?}", started.elapsed());
     let started = Instant::now();
     let requests = fleet.services.sweep_rotations(fleet.services.now()).unwrap();
@@ -549,7 +593,8 @@ fn ten_thousand_certificates_in_one_campaign() {
         let effects = fleet
             .services
             .handle_device_message(&fleet.caller.account, client_id, old, DeviceTopic::CsrRes, &json!({ "CSR": pem }))
-            .unwrap();
+            .unwrap()
+            .into_effects();
         time_step("csr_res", started);
         assert_eq!(effects.publish.len(), 1, "{client_id}");
         crt_reqs.push(certificate_id_of(&effects.publish[0]));
@@ -573,4 +618,235 @@ fn ten_thousand_certificates_in_one_campaign() {
         slowest.1,
         slowest.0
     );
+}
+
+/// Every certificate ID of the account, with its status.
+fn all_certificates(fleet: &Fleet) -> Vec<(CertificateId, CertificateStatus)> {
+    let mut all = Vec::new();
+    let mut page = PageRequest { limit: 250, ascending: true, after: None };
+    loop {
+        let listed = fleet.services.list_certificates(&fleet.caller, &page).unwrap();
+        all.extend(listed.items.iter().map(|certificate| (certificate.id.clone(), certificate.status)));
+        match listed.next {
+            Some(next) => page.after = Some(next),
+            None => break,
+        }
+    }
+    all
+}
+
+fn start(fleet: &Fleet, device: &Device, rule: SubjectRule) {
+    fleet
+        .services
+        .start_rotation(&fleet.caller, std::slice::from_ref(&device.certificate), RotationSource::Manual, rule)
+        .unwrap();
+    fleet.services.sweep_rotations(fleet.services.now()).unwrap();
+}
+
+#[test]
+fn another_certificate_cannot_take_over_a_rotation() {
+    let fleet = fleet(RotationConfig::default());
+    let mut victim = fleet.device("victim");
+    let attacker = fleet.device("attacker");
+    let victim_old = victim.certificate.clone();
+    start(&fleet, &victim, SubjectRule::KeepOld);
+    let before = fleet.rotation_of(&victim);
+    let certificates = all_certificates(&fleet);
+
+    // The attacker's session (its own certificate) uses the victim's client ID and topics.
+    let attacker_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let attacks = [
+        (DeviceTopic::CsrRes, json!({ "CSR": csr(&attacker_key, "victim") }), Ignored::NotFromRotatedCertificate),
+        (
+            DeviceTopic::CrtErr,
+            json!({ "error": "x", "code": "chain-invalid", "certificateId": victim_old.as_str() }),
+            Ignored::NotFromRotatedCertificate,
+        ),
+        (DeviceTopic::CrtErr, json!({ "error": "x" }), Ignored::NotFromRotatedCertificate),
+        (DeviceTopic::CrtAck, json!({ "certificateId": victim_old.as_str() }), Ignored::NotFromIssuedCertificate),
+    ];
+    for (topic, payload, why) in &attacks {
+        let outcome = fleet.deliver("victim", &attacker.certificate, *topic, payload.clone());
+        assert_eq!(outcome, DeviceMessageOutcome::Ignored(*why), "{topic:?} {payload}");
+        assert_eq!(fleet.rotation_of(&victim), before, "{topic:?}: the rotation is unchanged");
+        assert_eq!(all_certificates(&fleet), certificates, "{topic:?}: nothing issued, nothing retired");
+    }
+
+    // The victim's own rotation goes on; once issued, the attacker still cannot ack nor fail it,
+    // and the victim's old certificate cannot ack it either (only the issued one's session can).
+    let issued = fleet.csr_res(&mut victim);
+    let new_id = certificate_id_of(&issued.publish[0]);
+    let during = fleet.rotation_of(&victim);
+    let certificates = all_certificates(&fleet);
+    let late = [
+        (
+            &attacker.certificate,
+            DeviceTopic::CrtAck,
+            json!({ "certificateId": new_id.as_str() }),
+            Ignored::NotFromIssuedCertificate,
+        ),
+        (
+            &attacker.certificate,
+            DeviceTopic::CrtErr,
+            json!({ "error": "x", "code": "key-mismatch", "certificateId": new_id.as_str() }),
+            Ignored::NotFromRotatedCertificate,
+        ),
+        (
+            &attacker.certificate,
+            DeviceTopic::CsrRes,
+            json!({ "CSR": csr(&attacker_key, "victim") }),
+            Ignored::NotFromRotatedCertificate,
+        ),
+        (
+            &victim_old,
+            DeviceTopic::CrtAck,
+            json!({ "certificateId": new_id.as_str() }),
+            Ignored::NotFromIssuedCertificate,
+        ),
+    ];
+    for (principal, topic, payload, why) in &late {
+        let outcome = fleet.deliver("victim", principal, *topic, payload.clone());
+        assert_eq!(outcome, DeviceMessageOutcome::Ignored(*why), "{topic:?} {payload}");
+        assert_eq!(fleet.rotation_of(&victim), during, "{topic:?}: the rotation is unchanged");
+        assert_eq!(all_certificates(&fleet), certificates, "{topic:?}: nothing issued, nothing retired");
+    }
+    assert_eq!(fleet.status(&victim_old), Some(CertificateStatus::Active));
+
+    // The issued certificate on another client ID's topic is not the rotation's either.
+    let outcome = fleet.deliver("attacker", &new_id, DeviceTopic::CrtAck, json!({}));
+    assert_eq!(outcome, DeviceMessageOutcome::Ignored(Ignored::NotFromIssuedCertificate));
+
+    fleet.install_and_ack(&mut victim, &issued.publish[0]);
+    assert_eq!(fleet.rotation_of(&victim).state, RotationState::Retired);
+    fleet.check_invariants(&[&victim, &attacker]);
+}
+
+#[test]
+fn the_issued_subject_is_the_old_certificates() {
+    let fleet = fleet(RotationConfig::default());
+    let subject_of = |id: &CertificateId| {
+        let stored = read(fleet.services.store(), |tx| tx.get_certificate(&fleet.caller.account, id)).unwrap().unwrap();
+        let parsed = certfleet_pki::Certificate::from_pem(&stored.pem).unwrap();
+        (parsed.subject_der().to_vec(), parsed.subject_common_name())
+    };
+
+    // keep-old: a CSR asking for CN=another-device gets the old certificate's subject.
+    let mut device = fleet.device("sensor-1");
+    let old_subject = subject_of(&device.certificate);
+    start(&fleet, &device, SubjectRule::KeepOld);
+    let key = device.pending.insert(rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap());
+    let pem = csr(key, "another-device");
+    let principal = device.certificate.clone();
+    let issued = fleet.send(&device, &principal, DeviceTopic::CsrRes, json!({ "CSR": pem }));
+    let new_id = certificate_id_of(&issued.publish[0]);
+    assert_eq!(subject_of(&new_id), old_subject);
+    assert_eq!(subject_of(&new_id).1.as_deref(), Some("sensor-1"));
+    fleet.install_and_ack(&mut device, &issued.publish[0]);
+    fleet.check_invariants(&[&device]);
+
+    // require-csr-match: the same CSR is refused, nothing is issued, the old certificate stays.
+    let mut strict = fleet.device("sensor-2");
+    let strict_old = strict.certificate.clone();
+    start(&fleet, &strict, SubjectRule::RequireCsrMatch);
+    let certificates = all_certificates(&fleet);
+    let refused_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let effects =
+        fleet.send(&strict, &strict_old, DeviceTopic::CsrRes, json!({ "CSR": csr(&refused_key, "another-device") }));
+    assert!(effects.publish.is_empty());
+    assert_eq!(effects.alerts.len(), 1);
+    let rotation = fleet.rotation_of(&strict);
+    assert_eq!(rotation.state, RotationState::Failed);
+    assert!(rotation.error.as_deref().unwrap().contains("csr-subject-mismatch"), "{:?}", rotation.error);
+    assert_eq!(all_certificates(&fleet), certificates, "nothing issued");
+    assert_eq!(fleet.status(&strict_old), Some(CertificateStatus::Active));
+    // Retried (same campaign, same rule), a CSR with the old subject goes through.
+    fleet.services.retry_rotation(&fleet.caller, &rotation.id).unwrap();
+    fleet.services.sweep_rotations(fleet.services.now()).unwrap();
+    let issued = fleet.csr_res(&mut strict);
+    let strict_new = certificate_id_of(&issued.publish[0]);
+    assert_eq!(subject_of(&strict_new).1.as_deref(), Some("sensor-2"));
+    fleet.install_and_ack(&mut strict, &issued.publish[0]);
+    fleet.check_invariants(&[&device, &strict]);
+
+    // No certificate of the account carries the subject a CSR asked for.
+    for (id, _) in all_certificates(&fleet) {
+        assert_ne!(subject_of(&id).1.as_deref(), Some("another-device"));
+    }
+}
+
+#[test]
+fn device_errors_are_decided_on_their_code() {
+    let fleet = fleet(RotationConfig::default());
+    let mut device = fleet.device("sensor-1");
+    let old = device.certificate.clone();
+    start(&fleet, &device, SubjectRule::KeepOld);
+    let stranger = CertificateId::parse(&"cd".repeat(32)).unwrap();
+
+    // A late answer to an earlier crt_req (the agent has no rotation under way): ignored, in
+    // requested as in csr_received, whatever its text says.
+    let late = json!({
+        "error": "no rotation in progress: send csr_req first",
+        "code": "no-rotation-in-progress",
+        "certificateId": stranger.as_str(),
+    });
+    let requested = fleet.rotation_of(&device);
+    for payload in [late.clone(), json!({ "error": "anything", "code": "no-rotation-in-progress" })] {
+        let outcome = fleet.deliver("sensor-1", &old, DeviceTopic::CrtErr, payload);
+        assert!(matches!(outcome, DeviceMessageOutcome::Ignored(_)), "{outcome:?}");
+        assert_eq!(fleet.rotation_of(&device), requested);
+    }
+
+    // Issued: a report about another certificate is ignored, whatever its code.
+    let issued = fleet.csr_res(&mut device);
+    let new_id = certificate_id_of(&issued.publish[0]);
+    let during = fleet.rotation_of(&device);
+    for code in ["no-rotation-in-progress", "key-mismatch", "chain-invalid"] {
+        let payload = json!({ "error": "x", "code": code, "certificateId": stranger.as_str() });
+        let outcome = fleet.deliver("sensor-1", &old, DeviceTopic::CrtErr, payload);
+        assert_eq!(outcome, DeviceMessageOutcome::Ignored(Ignored::AboutAnotherCertificate), "{code}");
+        assert_eq!(fleet.rotation_of(&device), during);
+    }
+    assert_eq!(fleet.status(&new_id), Some(CertificateStatus::Active));
+
+    // About the issued certificate: the rotation fails on the code, the text kept for humans.
+    let payload = json!({ "error": "does not chain", "code": "chain-invalid", "certificateId": new_id.as_str() });
+    let effects = fleet.send(&device, &old, DeviceTopic::CrtErr, payload);
+    assert_eq!(effects.alerts.len(), 1);
+    let rotation = fleet.rotation_of(&device);
+    assert_eq!(rotation.state, RotationState::Failed);
+    assert_eq!(rotation.error.as_deref(), Some("device reported chain-invalid: does not chain"));
+    assert_eq!(fleet.status(&new_id), None, "the new certificate is withdrawn");
+    assert_eq!(fleet.status(&old), Some(CertificateStatus::Active));
+    device.pending = None;
+    fleet.check_invariants(&[&device]);
+}
+
+#[test]
+fn the_issued_subject_alt_names_are_the_old_certificates() {
+    let fleet = fleet(RotationConfig::default());
+    // A certificate of the device's own CA, with subject alternative names, registered without CA.
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["san-device.example".to_owned()]).unwrap();
+    params.distinguished_name.push(rcgen::DnType::CommonName, "san-device");
+    let pem = params.self_signed(&key).unwrap().pem();
+    let registration = CertificateRegistration {
+        certificate_pem: pem,
+        ca_certificate_pem: None,
+        status: Some(CertificateStatus::Active),
+        set_as_active: false,
+    };
+    let old = fleet.services.register_certificate_without_ca(&fleet.caller, &registration).unwrap();
+    fleet.connected("san-device", &old.id);
+    let mut device = Device { client_id: "san-device".into(), key, certificate: old.id.clone(), pending: None };
+    start(&fleet, &device, SubjectRule::KeepOld);
+    let issued = fleet.csr_res(&mut device);
+    let new_id = certificate_id_of(&issued.publish[0]);
+    let parsed = |id: &CertificateId| {
+        let stored = read(fleet.services.store(), |tx| tx.get_certificate(&fleet.caller.account, id)).unwrap().unwrap();
+        certfleet_pki::Certificate::from_pem(&stored.pem).unwrap()
+    };
+    let (old, new) = (parsed(&old.id), parsed(&new_id));
+    assert_eq!(new.dns_names(), ["san-device.example"]);
+    assert_eq!(new.subject_alt_names(), old.subject_alt_names());
+    assert_eq!(new.subject_der(), old.subject_der());
 }

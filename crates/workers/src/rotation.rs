@@ -21,7 +21,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use certfleet_registry::{AccountId, RotationState};
 use certfleet_services::{
-    AuditListener, AuditTaskSummary, DeviceTopic, EXPIRING_CHECK, RotationAlert, RotationEffects, Services,
+    AuditListener, AuditTaskSummary, DeviceMessageOutcome, DeviceTopic, EXPIRING_CHECK, RotationAlert, RotationEffects,
+    Services,
 };
 use serde_json::json;
 use tokio::sync::watch;
@@ -69,7 +70,10 @@ impl RotationRunner {
 
     /// A device's `csr_res`, `crt_ack` or `crt_err` (blocking: call it from a blocking context):
     /// decided by [`Services::handle_device_message`] in its transaction, then what it asks for
-    /// is published, and failures are reported.
+    /// is published, and failures are reported. `principal` is the certificate the publishing
+    /// session authenticated with (the rules engine's `principal()`), never one a payload or a
+    /// topic names: rotations are bound to it. Returns what was decided (an ignored message was
+    /// logged by the services).
     pub fn handle_device_message(
         &self,
         account: &AccountId,
@@ -77,10 +81,12 @@ impl RotationRunner {
         principal: &certfleet_pki::CertificateId,
         topic: DeviceTopic,
         payload: &serde_json::Value,
-    ) -> Result<(), certfleet_services::Error> {
-        let effects = self.services.handle_device_message(account, client_id, principal, topic, payload)?;
-        self.apply(effects);
-        Ok(())
+    ) -> Result<DeviceMessageOutcome, certfleet_services::Error> {
+        let outcome = self.services.handle_device_message(account, client_id, principal, topic, payload)?;
+        if let DeviceMessageOutcome::Applied(effects) = &outcome {
+            self.apply(effects.clone());
+        }
+        Ok(outcome)
     }
 
     /// One sweep at the services' current time (blocking).
