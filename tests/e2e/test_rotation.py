@@ -66,13 +66,18 @@ def test_agents_rotate_end_to_end_through_the_system_rules(server, openssl, agen
 
     client = server.client()
     policy_name = f"device-rotation-{uuid.uuid4().hex[:6]}"
-    document = (Path(__file__).resolve().parents[2] / "crates/agent/policy/device-policy.json").read_text()
+    document = (Path(__file__).resolve().parents[2] / "crates/agent/policy/device-policy-strict.json").read_text()
     client.create_policy(policyName=policy_name, policyDocument=document)
     endpoint = client.describe_endpoint(endpointType="iot:Data-ATS")["endpointAddress"]
     agents = []
     for i in range(10):
         device = make_device(server, openssl, policy=policy_name)
         client_id = f"rotate-{i:02}-{uuid.uuid4().hex[:6]}"
+        # The strict device policy: the client ID is the name of the thing attached to the certificate.
+        client.create_thing(thingName=client_id)
+        client.attach_thing_principal(thingName=client_id,
+                                      principal=client.describe_certificate(certificateId=device.cert_id)
+                                      ["certificateDescription"]["certificateArn"])
         config = write_agent_config(openssl, server, device, endpoint, client_id)
         log_path = openssl.path(f"{client_id}.log")
         log = open(log_path, "wb")

@@ -14,7 +14,7 @@ use certfleet_agent::{Agent, Config, Credential, Error, Event, KeyAlgorithm, Mqt
 use certfleet_gateway::{BrokerConfig, Gateway, IgnoreConnections, LocalFabric, PolicyAuthorizer};
 use certfleet_mqtt::{ProtocolVersion, TopicFilter};
 use certfleet_pki::{CertificateId, Csr, Issuer};
-use certfleet_registry::{CertificateStatus, PolicyName};
+use certfleet_registry::{CertificateStatus, PolicyName, ThingName, ThingPrincipalType};
 use certfleet_services::Caller;
 use certfleet_testkit::{START, TempDir, World};
 use rustls_pki_types::pem::PemObject;
@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 /// The device policy documented in docs/agent.md.
-const DEVICE_POLICY: &str = include_str!("../policy/device-policy.json");
+const DEVICE_POLICY: &str = include_str!("../policy/device-policy-strict.json");
 const SERVICE_POLICY: &str =
     r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"iot:*","Resource":"*"}]}"#;
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -157,13 +157,21 @@ impl Fleet {
         id
     }
 
-    /// What the rotation service does with a CSR: an ACTIVE certificate with the device policy.
+    /// What the rotation service does with a CSR: an ACTIVE certificate with the device policy,
+    /// attached to the device's thing (named as the CSR's common name, the client ID), as the
+    /// strict device policy requires.
     fn issue(&self, csr: &str) -> CertificateId {
         let services = &self.world.services;
         let issued = services.create_certificate_from_csr(&self.caller, csr, true).unwrap();
-        services
-            .attach_policy(&self.caller, &device_policy(), &services.certificate_arn(&self.caller.account, &issued.id))
-            .unwrap();
+        let arn = services.certificate_arn(&self.caller.account, &issued.id);
+        services.attach_policy(&self.caller, &device_policy(), &arn).unwrap();
+        let thing = Csr::from_pem(csr).unwrap().subject_common_name().expect("the CSR names its client ID");
+        let thing = ThingName::parse(&thing).unwrap();
+        match services.create_thing(&self.caller, &thing, &Default::default()) {
+            Ok(_) | Err(certfleet_services::Error::AlreadyExists { .. }) => {}
+            Err(error) => panic!("creating the thing {thing}: {error}"),
+        }
+        services.attach_thing_principal(&self.caller, &thing, &arn, ThingPrincipalType::NonExclusive).unwrap();
         issued.id
     }
 

@@ -16,14 +16,16 @@ use certfleet_gateway::fabric::Message;
 use certfleet_gateway::{BrokerConfig, EventSink, Gateway, LocalFabric, PolicyAuthorizer};
 use certfleet_mqtt::{PayloadFormat, Properties, ProtocolVersion, QoS, TopicFilter, TopicName};
 use certfleet_pki::{CertificateId, Issuer};
-use certfleet_registry::{AccountId, PolicyName, RotationSource, RotationState, SubjectRule};
+use certfleet_registry::{
+    AccountId, PolicyName, RotationSource, RotationState, SubjectRule, ThingName, ThingPrincipalType,
+};
 use certfleet_services::DeviceTopic;
 use certfleet_testkit::{START, TempDir};
 use certfleet_workers::{RotationPublisher, RotationRunner};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use tokio::sync::watch;
 
-const DEVICE_POLICY: &str = include_str!("../policy/device-policy.json");
+const DEVICE_POLICY: &str = include_str!("../policy/device-policy-strict.json");
 const BRIDGE_POLICY: &str =
     r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"iot:*","Resource":"*"}]}"#;
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -130,7 +132,12 @@ async fn the_agent_rotates_through_the_rotation_service() {
     let old = services
         .create_certificate_from_csr(&caller, &certfleet_agent::build_csr(&device_key, "sensor-1").unwrap(), true)
         .unwrap();
-    services.attach_policy(&caller, &device_policy, &services.certificate_arn(&caller.account, &old.id)).unwrap();
+    let old_arn = services.certificate_arn(&caller.account, &old.id);
+    services.attach_policy(&caller, &device_policy, &old_arn).unwrap();
+    // The strict device policy: the client ID is the name of the thing attached to the certificate.
+    let thing = ThingName::parse("sensor-1").unwrap();
+    services.create_thing(&caller, &thing, &Default::default()).unwrap();
+    services.attach_thing_principal(&caller, &thing, &old_arn, ThingPrincipalType::NonExclusive).unwrap();
     let store = Store::open(dir.path()).unwrap();
     store.create_slot(&Slot::bootstrap()).unwrap();
     store.write_certificate(&Slot::bootstrap(), &old.pem).unwrap();
