@@ -51,6 +51,8 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// How long a TLS handshake may take before the connection is dropped.
     pub handshake_timeout: Duration,
+    /// Where the destination confirmations go out (and which http URLs are accepted).
+    pub egress: Arc<certfleet_egress::Egress>,
 }
 
 impl Default for Config {
@@ -60,6 +62,7 @@ impl Default for Config {
             max_clock_skew: time::Duration::minutes(5),
             max_body_bytes: 512 * 1024,
             handshake_timeout: Duration::from_secs(10),
+            egress: Arc::new(certfleet_egress::Egress::default()),
         }
     }
 }
@@ -182,6 +185,17 @@ pub fn router(services: Arc<Services>, config: Config) -> Router {
         )
         .route("/rules/{ruleName}/enable", post(topic_rules::enable_topic_rule))
         .route("/rules/{ruleName}/disable", post(topic_rules::disable_topic_rule))
+        .route(
+            "/destinations",
+            get(topic_rules::list_topic_rule_destinations)
+                .post(topic_rules::create_topic_rule_destination)
+                .patch(topic_rules::update_topic_rule_destination),
+        )
+        .route(
+            "/destinations/{*arn}",
+            get(topic_rules::get_topic_rule_destination).delete(topic_rules::delete_topic_rule_destination),
+        )
+        .route("/confirmdestination/{*confirmationToken}", get(topic_rules::confirm_topic_rule_destination))
         .fallback(unknown_operation)
         .method_not_allowed_fallback(unknown_operation)
         .layer(middleware::from_fn_with_state(state.clone(), auth::authenticate))
