@@ -215,8 +215,10 @@ impl Services {
     }
 }
 
+/// AWS's model gives these operations no ResourceNotFoundException: a destination the caller
+/// does not have is answered like a rule it does not have, `UnauthorizedException`.
 fn missing(arn: &str) -> Error {
-    Error::NotFound(format!("the topic rule destination {arn} does not exist"))
+    Error::RuleNotFound(format!("the topic rule destination {arn} does not exist"))
 }
 
 /// A confirmation URL: `https://` or `http://` (the egress policy decides which may be sent

@@ -210,7 +210,7 @@ fn destinations_are_confirmed_before_http_actions_run_and_stop_them_when_disable
     }
     // Another account can neither see nor confirm it.
     let stranger = world.caller();
-    assert_eq!(world.services.get_topic_rule_destination(&stranger, &arn).unwrap_err().kind(), "NotFound");
+    assert_eq!(world.services.get_topic_rule_destination(&stranger, &arn).unwrap_err().kind(), "RuleNotFound");
     let error = world.services.confirm_topic_rule_destination(&stranger, &pending.confirmation_token).unwrap_err();
     assert_eq!(error.kind(), "InvalidRequest");
     assert_eq!(destinations(&world, &caller), [(arn.clone(), DestinationStatus::InProgress)]);
@@ -264,7 +264,7 @@ fn destinations_are_confirmed_before_http_actions_run_and_stop_them_when_disable
     world.services.delete_topic_rule_destination(&caller, &arn).unwrap();
     assert!(destinations(&world, &caller).is_empty());
     assert!(!covers());
-    assert_eq!(world.services.delete_topic_rule_destination(&caller, &arn).unwrap_err().kind(), "NotFound");
+    assert_eq!(world.services.delete_topic_rule_destination(&caller, &arn).unwrap_err().kind(), "RuleNotFound");
 
     for bad in ["ftp://x/", "https://", "https://user@host/", "https://a.example/#frag", "https://a b/"] {
         let error = world.services.create_topic_rule_destination(&caller, bad).unwrap_err();
