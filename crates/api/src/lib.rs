@@ -216,7 +216,7 @@ async fn unknown_operation(request: Request) -> Response {
 async fn log_request(request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = request.method().clone();
-    let path = request.uri().path().to_owned();
+    let path = loggable_path(request.uri().path());
     let request_id = new_request_id();
     let mut response = next.run(request).await;
     if let Ok(value) = HeaderValue::from_str(&request_id) {
@@ -234,6 +234,14 @@ async fn log_request(request: Request, next: Next) -> Response {
         }
     }
     response
+}
+
+/// The path as logged: a destination's confirmation token is a secret, so it is not.
+fn loggable_path(path: &str) -> String {
+    match path.strip_prefix("/confirmdestination/") {
+        Some(_) => "/confirmdestination/<token>".to_owned(),
+        None => path.to_owned(),
+    }
 }
 
 fn new_request_id() -> String {
