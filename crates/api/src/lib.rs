@@ -329,3 +329,18 @@ fn log_connection_end(peer: SocketAddr, result: Result<(), hyper::Error>) {
         tracing::debug!(%peer, %error, "api connection ended with an error");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn confirmation_tokens_are_not_logged() {
+        for (path, logged) in [
+            ("/confirmdestination/0123abcd", "/confirmdestination/<token>"),
+            ("/confirmdestination/", "/confirmdestination/<token>"),
+            ("/destinations/arn%3Aaws", "/destinations/arn%3Aaws"),
+            ("/rules/r1", "/rules/r1"),
+        ] {
+            assert_eq!(super::loggable_path(path), logged, "{path}");
+        }
+    }
+}
