@@ -322,9 +322,27 @@ impl Egress {
         headers: &[(String, String)],
         body: Bytes,
     ) -> Result<u16, Failure> {
+        let whole = self.policy.connect_timeout.saturating_add(self.policy.response_timeout);
+        self.post_within(whole, account, purpose, url, headers, body).await
+    }
+
+    /// [`post`](Self::post) within `total` as well (the caller's own bound, e.g. a rule
+    /// action's 3 s), so that a caller's deadline is logged and counted like the policy's.
+    pub async fn post_within(
+        &self,
+        total: Duration,
+        account: &AccountId,
+        purpose: Purpose,
+        url: &str,
+        headers: &[(String, String)],
+        body: Bytes,
+    ) -> Result<u16, Failure> {
         let outcome = match self.slot(account) {
             Some(permit) => {
-                let outcome = self.post_checked(url, headers, body).await;
+                let outcome = match tokio::time::timeout(total, self.post_checked(url, headers, body)).await {
+                    Ok(outcome) => outcome,
+                    Err(_) => Err((Failure::Refused(Refusal::Timeout), format!("no answer within {total:?}"))),
+                };
                 drop(permit);
                 outcome
             }
@@ -638,5 +656,29 @@ mod tests {
             Err(Failure::Status(302))
         );
         assert_eq!(egress.counters.non_2xx.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn a_caller_deadline_is_a_counted_timeout() {
+        // A receiver that accepts and never answers.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                held.push(stream);
+            }
+        });
+        let policy =
+            Policy { allow_http: true, allow: vec![Cidr::parse("127.0.0.1/32").unwrap()], ..Policy::default() };
+        let egress = Egress::new(policy, None);
+        let url = format!("http://127.0.0.1:{port}/");
+        let failure = egress
+            .post_within(Duration::from_millis(50), &account(), Purpose::RuleAction, &url, &[], Bytes::new())
+            .await
+            .unwrap_err();
+        assert_eq!(failure, Failure::Refused(Refusal::Timeout));
+        assert_eq!(failure.tenant_message(), UNREACHABLE);
+        assert_eq!(egress.counters.refused(Refusal::Timeout), 1);
     }
 }

@@ -558,13 +558,9 @@ impl Runner {
         body: Bytes,
     ) -> Result<(), String> {
         let egress = &self.config.egress;
-        match tokio::time::timeout(self.config.http_timeout, egress.post(account, purpose, url, headers, body)).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(failure)) => Err(failure.tenant_message()),
-            Err(_) => {
-                tracing::info!(%account, purpose = purpose.as_str(), reason = "timeout", "outbound request not delivered");
-                Err(certfleet_egress::UNREACHABLE.into())
-            }
+        match egress.post_within(self.config.http_timeout, account, purpose, url, headers, body).await {
+            Ok(_) => Ok(()),
+            Err(failure) => Err(failure.tenant_message()),
         }
     }
 }

@@ -142,12 +142,9 @@ impl Webhook {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let sent = config.egress.post(account, purpose, &self.url, &[], payload.clone());
-            let outcome = match tokio::time::timeout(config.timeout, sent).await {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err(failure)) => Err(failure),
-                Err(_) => Err(Failure::Refused(Refusal::Timeout)),
-            };
+            let sent =
+                config.egress.post_within(config.timeout, account, purpose, &self.url, &[], payload.clone()).await;
+            let outcome = sent.map(drop);
             match outcome {
                 Ok(()) => return Ok(attempt),
                 Err(failure @ Failure::Refused(Refusal::PlainHttp | Refusal::InvalidUrl)) => {
