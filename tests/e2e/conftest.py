@@ -105,7 +105,8 @@ class Account:
 class Server:
     """A running `certfleet server` and the helpers to talk to it."""
 
-    def __init__(self, data_dir: Path, log_path: Path):
+    def __init__(self, data_dir: Path, log_path: Path, extra_args: tuple = ()):
+        self.extra_args = tuple(extra_args)  # e.g. ("--config", path)
         self.bin = _certfleet_bin()
         self.aws_bin = _aws_bin()
         self.data_dir = data_dir
@@ -156,7 +157,7 @@ class Server:
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [self.bin, "server", "--data-dir", str(self.data_dir), "--api-addr", "127.0.0.1:0", "--mqtt-addr", "127.0.0.1:0",
-             "--metrics-addr", "127.0.0.1:0"],
+             "--metrics-addr", "127.0.0.1:0", *self.extra_args],
             stdout=self._log,
             stderr=self._log,
             stdin=subprocess.DEVNULL,
@@ -323,6 +324,24 @@ def server(tmp_path_factory):
     data_dir = base / "data"  # the server creates it on first start
     log_path = base / "server.log"
     srv = Server(data_dir, log_path)
+    srv.start()
+    try:
+        yield srv
+    finally:
+        code = srv.stop()
+        if code != 0:
+            pytest.fail(f"certfleet server exited {code} after SIGTERM (expected 0)\n{srv.log_tail()}")
+
+
+@pytest.fixture(scope="session")
+def open_egress_server(tmp_path_factory):
+    """A second server whose operator allows plain http and allow-lists 127.0.0.1/32, so the
+    tests' receivers (webhooks, rule destinations) get requests; the rest of the default egress
+    deny list stays (docs/egress.md). The session `server` keeps the default policy."""
+    base = tmp_path_factory.mktemp("certfleet-open-egress")
+    config = base / "certfleet.toml"
+    config.write_text('[egress]\nallow_http = true\nallow = ["127.0.0.1/32"]\n')
+    srv = Server(base / "data", base / "server.log", extra_args=("--config", str(config)))
     srv.start()
     try:
         yield srv

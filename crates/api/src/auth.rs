@@ -213,7 +213,7 @@ pub async fn authenticate(State(state): State<Arc<AppState>>, request: Request, 
         Err(error) => {
             tracing::warn!(
                 method = %parts.method,
-                path = parts.uri.path(),
+                path = %crate::loggable_path(parts.uri.path()),
                 code = error.code,
                 message = %error.message,
                 reason = error.log_reason.as_deref().unwrap_or(""),
@@ -249,7 +249,7 @@ async fn read_body(mut body: Body, limit: usize, drain_limit: usize) -> Result<O
 }
 
 fn too_large(limit: usize, parts: &http::request::Parts) -> Response {
-    tracing::warn!(method = %parts.method, path = parts.uri.path(), limit, "request body too large");
+    tracing::warn!(method = %parts.method, path = %crate::loggable_path(parts.uri.path()), limit, "request body too large");
     ApiError::new(
         "RequestEntityTooLargeException",
         StatusCode::PAYLOAD_TOO_LARGE,

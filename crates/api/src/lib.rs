@@ -48,6 +48,8 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// The listener's connection budget and deadlines.
     pub limits: Limits,
+    /// Where the destination confirmations go out (and which http URLs are accepted).
+    pub egress: Arc<certfleet_egress::Egress>,
 }
 
 impl Default for Config {
@@ -57,6 +59,7 @@ impl Default for Config {
             max_clock_skew: time::Duration::minutes(5),
             max_body_bytes: 512 * 1024,
             limits: Limits::default(),
+            egress: Arc::new(certfleet_egress::Egress::default()),
         }
     }
 }
@@ -181,6 +184,17 @@ pub fn router(services: Arc<Services>, config: Config, listener_metrics: Arc<Lis
         )
         .route("/rules/{ruleName}/enable", post(topic_rules::enable_topic_rule))
         .route("/rules/{ruleName}/disable", post(topic_rules::disable_topic_rule))
+        .route(
+            "/destinations",
+            get(topic_rules::list_topic_rule_destinations)
+                .post(topic_rules::create_topic_rule_destination)
+                .patch(topic_rules::update_topic_rule_destination),
+        )
+        .route(
+            "/destinations/{*arn}",
+            get(topic_rules::get_topic_rule_destination).delete(topic_rules::delete_topic_rule_destination),
+        )
+        .route("/confirmdestination/{*confirmationToken}", get(topic_rules::confirm_topic_rule_destination))
         .fallback(unknown_operation)
         .method_not_allowed_fallback(unknown_operation)
         .layer(middleware::from_fn_with_state(state.clone(), auth::authenticate))
@@ -214,7 +228,7 @@ async fn refuse_repeated_query_parameters(request: Request, next: Next) -> Respo
 async fn log_request(request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = request.method().clone();
-    let path = request.uri().path().to_owned();
+    let path = loggable_path(request.uri().path());
     let request_id = new_request_id();
     let mut response = next.run(request).await;
     if let Ok(value) = HeaderValue::from_str(&request_id) {
@@ -234,6 +248,14 @@ async fn log_request(request: Request, next: Next) -> Response {
     response
 }
 
+/// The path as logged: a destination's confirmation token is a secret, so it is not.
+fn loggable_path(path: &str) -> String {
+    match path.strip_prefix("/confirmdestination/") {
+        Some(_) => "/confirmdestination/<token>".to_owned(),
+        None => path.to_owned(),
+    }
+}
+
 fn new_request_id() -> String {
     let mut bytes = [0u8; 16];
     if aws_lc_rs_fill(&mut bytes).is_err() {
@@ -249,4 +271,19 @@ fn aws_lc_rs_fill(bytes: &mut [u8]) -> Result<(), ()> {
         .cloned()
         .unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()));
     provider.secure_random.fill(bytes).map_err(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn confirmation_tokens_are_not_logged() {
+        for (path, logged) in [
+            ("/confirmdestination/0123abcd", "/confirmdestination/<token>"),
+            ("/confirmdestination/", "/confirmdestination/<token>"),
+            ("/destinations/arn%3Aaws", "/destinations/arn%3Aaws"),
+            ("/rules/r1", "/rules/r1"),
+        ] {
+            assert_eq!(super::loggable_path(path), logged, "{path}");
+        }
+    }
 }

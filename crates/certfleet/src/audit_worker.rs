@@ -55,12 +55,15 @@ pub fn start(
     services: Arc<Services>,
     broker: Arc<dyn EventSink>,
     sweep_interval: std::time::Duration,
+    egress: Arc<certfleet_egress::Egress>,
     stopped: watch::Receiver<bool>,
 ) -> Arc<RotationRunner> {
     let publisher = Arc::new(BrokerPublisher(broker));
-    let rotation = certfleet_workers::RotationRunnerConfig { sweep_interval, ..Default::default() };
+    // Webhooks (audit notifications, rotation alerts) go out through the node's egress policy.
+    let webhook = certfleet_workers::notify::WebhookConfig { egress, ..Default::default() };
+    let rotation = certfleet_workers::RotationRunnerConfig { sweep_interval, webhook: webhook.clone() };
     let runner = RotationRunner::new(services.clone(), publisher.clone(), rotation);
-    let mut worker = AuditWorker::new(services, certfleet_workers::Config::default());
+    let mut worker = AuditWorker::new(services, certfleet_workers::Config { webhook, ..Default::default() });
     worker.add_listener(runner.clone());
     tokio::spawn(runner.clone().run(stopped.clone()));
     tokio::spawn(worker.run(NotificationTargets::with_mqtt(publisher), stopped));

@@ -141,6 +141,31 @@ max_attempts = 5
 sweep_interval = "5s"
 # DANGER: accept a CSR for the old certificate's key (a rotation should replace the key too).
 danger_allow_key_reuse = false
+
+[egress]
+# Every outbound request a tenant can cause (topic rule http actions, topic rule destination
+# confirmations, audit webhooks and rotation alerts) goes through this policy (docs/egress.md).
+# Allow http:// URLs at all (https only when false).
+allow_http = false
+# Never connect to these addresses (CIDR blocks), checked on every resolved address, IPv6
+# forms of IPv4 addresses included. Setting this key replaces the whole list.
+deny = [
+    "0.0.0.0/8", "127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10",
+    "169.254.0.0/16", "192.0.0.0/24", "198.18.0.0/15", "224.0.0.0/4", "240.0.0.0/4",
+    "::/128", "::1/128", "fe80::/10", "fc00::/7", "fec0::/10", "ff00::/8",
+]
+# Exceptions to deny (a receiver on your own network), e.g. ["10.1.2.3/32"].
+allow = []
+# Resolution and connection together; then TLS, request and answer together.
+connect_timeout = "3s"
+response_timeout = "5s"
+# At most this much of an answer is read (and discarded).
+max_response_bytes = 65536
+# Requests of one account in flight at once on a node; more fail at once.
+max_in_flight_per_account = 32
+# The roots https servers are verified against (PEM). Empty: SSL_CERT_FILE, else
+# /etc/ssl/certs/ca-certificates.crt.
+ca_bundle = ""
 "#;
 
 #[derive(Deserialize, Default)]
@@ -159,6 +184,7 @@ struct FileConfig {
     caches: CachesFile,
     domains: DomainsFile,
     rules: RulesFile,
+    egress: EgressFile,
 }
 
 #[derive(Deserialize, Default)]
@@ -190,6 +216,19 @@ struct RulesFile {
     account_messages_per_second: Option<u32>,
     account_steps_per_second: Option<u64>,
     account_queue_capacity: Option<usize>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct EgressFile {
+    allow_http: Option<bool>,
+    deny: Option<Vec<String>>,
+    allow: Option<Vec<String>>,
+    connect_timeout: Option<String>,
+    response_timeout: Option<String>,
+    max_response_bytes: Option<usize>,
+    max_in_flight_per_account: Option<usize>,
+    ca_bundle: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -290,6 +329,10 @@ pub struct Config {
     pub passphrase_file: Option<PathBuf>,
     pub rotation: certfleet_services::RotationConfig,
     pub rotation_sweep_interval: time::Duration,
+    /// The egress policy of outbound requests tenants cause.
+    pub egress: certfleet_egress::Policy,
+    /// The roots the egress verifies https servers against (none: `SSL_CERT_FILE` or the system's).
+    pub egress_ca_bundle: Option<PathBuf>,
     /// The PEM file of roots that domain-claim certificates must chain to (none: no roots).
     pub domain_trust_store: Option<PathBuf>,
     /// Per account, the domain suffixes it may claim (lowercase, no trailing dot).
@@ -384,6 +427,7 @@ impl Config {
             bail!("mqtt.max_message_bytes must be between 1024 and {}", certfleet_mqtt::MAX_PACKET_SIZE / 2);
         }
         let rules = rules_config(&file.rules, max_message_bytes)?;
+        let egress = egress_policy(&file.egress)?;
         Ok(Config {
             data_dir: overrides.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("certfleet-data")),
             region,
@@ -449,6 +493,8 @@ impl Config {
             )
             .filter(|path| !path.as_os_str().is_empty()),
             domain_claims,
+            egress,
+            egress_ca_bundle: file.egress.ca_bundle.filter(|path| !path.is_empty()).map(PathBuf::from),
         })
     }
 }
@@ -511,6 +557,36 @@ fn rules_config(file: &RulesFile, max_message_bytes: usize) -> anyhow::Result<ce
         bail!("rules.account_steps_per_second must be at least rules.max_steps ({})", limits.max_steps);
     }
     Ok(config)
+}
+
+/// The `[egress]` section as the egress's typed policy.
+fn egress_policy(file: &EgressFile) -> anyhow::Result<certfleet_egress::Policy> {
+    let blocks = |texts: &[String], key: &str| -> anyhow::Result<Vec<certfleet_egress::Cidr>> {
+        texts.iter().map(|text| certfleet_egress::Cidr::parse(text).with_context(|| format!("egress.{key}"))).collect()
+    };
+    let to_std = |duration: time::Duration| std::time::Duration::try_from(duration).unwrap_or_default();
+    let defaults = certfleet_egress::Policy::default();
+    Ok(certfleet_egress::Policy {
+        allow_http: file.allow_http.unwrap_or(false),
+        deny: match &file.deny {
+            Some(deny) => blocks(deny, "deny")?,
+            None => defaults.deny,
+        },
+        allow: blocks(file.allow.as_deref().unwrap_or_default(), "allow")?,
+        connect_timeout: to_std(parse_duration(
+            file.connect_timeout.as_deref().unwrap_or("3s"),
+            "egress.connect_timeout",
+        )?),
+        response_timeout: to_std(parse_duration(
+            file.response_timeout.as_deref().unwrap_or("5s"),
+            "egress.response_timeout",
+        )?),
+        max_response_bytes: file.max_response_bytes.unwrap_or(defaults.max_response_bytes),
+        max_in_flight_per_account: match file.max_in_flight_per_account.unwrap_or(32) {
+            0 => bail!("egress.max_in_flight_per_account must be at least 1"),
+            bound => bound,
+        },
+    })
 }
 
 fn parse_addr(text: &str, key: &str) -> anyhow::Result<SocketAddr> {

@@ -95,16 +95,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("binding the gateway to {}", config.mqtt_addr))?;
     let mqtt_addr = mqtt_listener.local_addr()?;
     let (stop, stopped) = watch::channel(false);
+    // Every outbound request a tenant can cause goes through this one egress (docs/egress.md).
+    let egress = Arc::new(certfleet_egress::Egress::new(
+        config.egress.clone(),
+        trusted_roots(config.egress_ca_bundle.as_deref()),
+    ));
     let builtin = builtin_chains(&server_issuer, &config, server_chain, &server_key, clock.now())?;
     let (gateway, gateway_view) =
-        start_gateway(&services, &config, budget, builtin, mqtt_listener, stopped.clone()).await?;
+        start_gateway(&services, &config, budget, builtin, mqtt_listener, egress.clone(), stopped.clone()).await?;
     let api_metrics = Arc::new(certfleet_api::ListenerMetrics::default());
     let metrics_addr = match config.metrics_addr {
         Some(addr) => {
             let listener =
                 TcpListener::bind(addr).await.with_context(|| format!("binding the metrics listener to {addr}"))?;
             let bound = listener.local_addr()?;
-            tokio::spawn(serve_metrics(listener, gateway_view, api_metrics.clone(), stopped.clone()));
+            tokio::spawn(serve_metrics(listener, gateway_view, api_metrics.clone(), egress.clone(), stopped.clone()));
             tracing::info!(addr = %bound, "metrics listening");
             Some(bound.to_string())
         }
@@ -136,6 +141,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         max_clock_skew: config.max_clock_skew,
         max_body_bytes: config.max_body_bytes,
         limits: certfleet_api::Limits { max_connections: budget.api_connections, ..config.api_limits.clone() },
+        egress,
     };
     let router = certfleet_api::router(services, api_config.clone(), api_metrics.clone());
     let server = tokio::spawn(certfleet_api::serve(listener, tls, router, api_config.limits, api_metrics, stopped));
@@ -307,6 +313,7 @@ async fn start_gateway(
     budget: budget::Budget,
     builtin: certfleet_gateway::endpoints::BuiltinChains,
     listener: TcpListener,
+    egress: Arc<certfleet_egress::Egress>,
     stopped: watch::Receiver<bool>,
 ) -> anyhow::Result<(tokio::task::JoinHandle<()>, Arc<certfleet_gateway::Gateway>)> {
     let default_account = match &config.mqtt_default_account {
@@ -363,10 +370,11 @@ async fn start_gateway(
         services.clone(),
         broker.clone(),
         to_std(config.rotation_sweep_interval),
+        egress.clone(),
         stopped.clone(),
     );
     // Topic rules run off the publish path, on this node's own queue (docs/rules.md).
-    let rules_config = certfleet_gateway::rules::RulesConfig { tls_roots: system_roots(), ..config.rules.clone() };
+    let rules_config = certfleet_gateway::rules::RulesConfig { egress, ..config.rules.clone() };
     certfleet_gateway::rules::RulesEngine::start(rules_config, gateway.rules.clone(), &broker);
     // The rotation service hears devices through system rules (the seed's rule, and the same
     // for the acknowledgement and the error): docs/rotation.md.
@@ -393,21 +401,25 @@ async fn start_gateway(
     Ok((task, view))
 }
 
-/// The roots https rule actions trust: the PEM bundle named by `SSL_CERT_FILE`, else the
-/// system's (`/etc/ssl/certs/ca-certificates.crt`); `None` (https actions fail) when neither
-/// loads.
-fn system_roots() -> Option<Arc<rustls::RootCertStore>> {
+/// The roots the egress verifies https servers against: `egress.ca_bundle` when set, else the
+/// PEM bundle named by `SSL_CERT_FILE`, else the system's
+/// (`/etc/ssl/certs/ca-certificates.crt`); `None` (https requests fail) when none loads.
+fn trusted_roots(bundle: Option<&std::path::Path>) -> Option<Arc<rustls::RootCertStore>> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
-    let path = std::env::var_os("SSL_CERT_FILE")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| "/etc/ssl/certs/ca-certificates.crt".into());
+    let path = bundle.map(std::path::Path::to_path_buf).unwrap_or_else(|| {
+        std::env::var_os("SSL_CERT_FILE")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| "/etc/ssl/certs/ca-certificates.crt".into())
+    });
     let mut roots = rustls::RootCertStore::empty();
     match CertificateDer::pem_file_iter(&path) {
         Ok(certificates) => {
             roots.add_parsable_certificates(certificates.flatten());
         }
-        Err(error) => tracing::warn!(path = %path.display(), %error, "no trusted roots: https rule actions will fail"),
+        Err(error) => {
+            tracing::warn!(path = %path.display(), %error, "no trusted roots: outbound https requests will fail")
+        }
     }
     (!roots.is_empty()).then(|| Arc::new(roots))
 }
@@ -417,6 +429,7 @@ async fn serve_metrics(
     listener: TcpListener,
     gateway: Arc<certfleet_gateway::Gateway>,
     api: Arc<certfleet_api::ListenerMetrics>,
+    egress: Arc<certfleet_egress::Egress>,
     mut stopped: watch::Receiver<bool>,
 ) {
     // Operator-only, but still bounded: a few scrapes at once.
@@ -438,8 +451,7 @@ async fn serve_metrics(
             drop(stream);
             continue;
         };
-        let gateway = gateway.clone();
-        let api = api.clone();
+        let (gateway, api, egress) = (gateway.clone(), api.clone(), egress.clone());
         tokio::spawn(async move {
             let _slot = slot;
             let mut request = Vec::with_capacity(1024);
@@ -460,6 +472,7 @@ async fn serve_metrics(
             let (status, body) = if request.starts_with(b"GET /metrics ") || request.starts_with(b"GET /metrics?") {
                 let mut text = certfleet_gateway::metrics::render(&gateway);
                 api.render(&mut text);
+                certfleet_egress::render_metrics(&egress.counters, &mut text);
                 ("200 OK", text)
             } else {
                 tracing::info!(%peer, "metrics: unknown request");

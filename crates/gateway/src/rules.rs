@@ -23,12 +23,17 @@
 //!    message is fed back at most [`RulesConfig::max_depth`] times, and a device message and all
 //!    the messages republished from it at most [`RulesConfig::max_chain_bytes`] (then counted in
 //!    [`RulesCounters::loop_capped`] or [`RulesCounters::loop_bytes_capped`] and logged).
-//!    `http` POSTs the output on its own task, at most [`HTTP_CONCURRENCY_PER_RULE`] at once
-//!    per rule, each bounded by [`RulesConfig::http_timeout`]: a slow webhook holds
-//!    neither the runner nor the broker.
+//!    `http` POSTs the output on its own task through the node's egress policy
+//!    (`certfleet-egress`: https only unless allowed, the deny list checked on the resolved
+//!    address, per-account bounds), at most [`HTTP_CONCURRENCY_PER_RULE`] at once per rule, each
+//!    bounded by [`RulesConfig::http_timeout`] too, and only when its URL is under an ENABLED
+//!    topic rule destination of the account: a slow webhook holds neither the runner nor the
+//!    broker.
 //! 4. An action that fails (a webhook answering other than 2xx, unreachable, too slow, too busy)
 //!    runs the rule's error action with AWS's error payload (`ruleName`, `topic`,
-//!    `cloudwatchTraceId`, `clientId`, `base64OriginalPayload`, `failures`).
+//!    `cloudwatchTraceId`, `clientId`, `base64OriginalPayload`, `failures`). An http failure's
+//!    `errorMessage` is the egress's tenant message: one generic text for refused, closed,
+//!    unreachable and slow, so the error action does not map the network.
 //!
 //! System rules are certfleet's own rules (the rotation service's): they match the topics of
 //! every account, are invisible to the API, and hand their output to an in-process
@@ -41,13 +46,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use bytes::Bytes;
+use certfleet_egress::{Egress, Purpose};
 use certfleet_mqtt::{Properties, QoS, TopicName};
 use certfleet_pki::CertificateId;
 use certfleet_registry::AccountId;
 use certfleet_rules::{Context, Limits, NoOutput, Output, ParseError, Rule};
 use certfleet_services::{RuleAction, RunnableRule, Services};
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
 use tokio::sync::{Notify, Semaphore};
 
 use crate::broker::Broker;
@@ -120,10 +124,11 @@ pub struct RulesConfig {
     pub limits: Limits,
     /// What one account's rules may spend on this node.
     pub account_budget: AccountBudget,
-    /// The longest an http action may take, connection included. Default 3 s.
+    /// The longest an http action may take, connection included (the egress policy's own
+    /// bounds apply too). Default 3 s.
     pub http_timeout: Duration,
-    /// The roots https actions trust; `None` makes every https action fail.
-    pub tls_roots: Option<Arc<rustls::RootCertStore>>,
+    /// Where http actions go out: the node's egress policy.
+    pub egress: Arc<Egress>,
 }
 
 impl Default for RulesConfig {
@@ -135,7 +140,7 @@ impl Default for RulesConfig {
             limits: Limits::default(),
             account_budget: AccountBudget::default(),
             http_timeout: Duration::from_secs(3),
-            tls_roots: None,
+            egress: Arc::new(Egress::default()),
         }
     }
 }
@@ -556,13 +561,6 @@ impl RulesEngine {
             ready: Notify::new(),
         });
         let counters = book.counters.clone();
-        let tls = config.tls_roots.as_ref().and_then(|roots| {
-            let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-            rustls::ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .ok()
-                .map(|builder| Arc::new(builder.with_root_certificates(roots.clone()).with_no_client_auth()))
-        });
         let engine = Arc::new(RulesEngine {
             queue: queue.clone(),
             chain_bytes: config.max_chain_bytes,
@@ -570,7 +568,7 @@ impl RulesEngine {
             counters: counters.clone(),
         });
         let runner =
-            Runner { config, book, broker: Arc::downgrade(broker), feedback: Arc::downgrade(&queue), counters, tls };
+            Runner { config, book, broker: Arc::downgrade(broker), feedback: Arc::downgrade(&queue), counters };
         tokio::spawn(runner.run());
         broker.attach_tap(engine.clone());
         engine
@@ -605,7 +603,6 @@ struct Runner {
     /// with the engine.
     feedback: Weak<Queue>,
     counters: Arc<RulesCounters>,
-    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// One action to run, with what its failure report needs.
@@ -616,6 +613,8 @@ struct Firing {
     output: Bytes,
     error_action: Option<RuleAction>,
     http_slots: Arc<Semaphore>,
+    /// The ENABLED destinations' confirmation URLs when the rule was loaded.
+    destinations: Arc<[String]>,
 }
 
 /// An account's token buckets: what is left of this second's messages and steps.
@@ -760,6 +759,7 @@ impl Runner {
                     output: output.clone(),
                     error_action: loaded.rule.error_action.clone(),
                     http_slots: loaded.http_slots.clone(),
+                    destinations: loaded.rule.destinations.clone(),
                 };
                 match failure {
                     None => self.fire(action, firing),
@@ -782,6 +782,10 @@ impl Runner {
                 }
             }
             RuleAction::Http { url, headers } => {
+                if !covered(&firing.destinations, url) {
+                    self.failed(firing, "HttpAction", url, NOT_COVERED.into());
+                    return;
+                }
                 let Ok(permit) = firing.http_slots.clone().try_acquire_owned() else {
                     self.failed(firing, "HttpAction", url, "too many requests of this rule in flight".into());
                     return;
@@ -789,9 +793,8 @@ impl Runner {
                 let runner = self.clone();
                 let (url, headers) = (url.clone(), headers.clone());
                 tokio::spawn(async move {
-                    let sent =
-                        post(&url, &headers, firing.output.clone(), runner.tls.clone(), runner.config.http_timeout)
-                            .await;
+                    let account = firing.published.account.clone();
+                    let sent = runner.post(&account, Purpose::RuleAction, &url, &headers, firing.output.clone()).await;
                     drop(permit);
                     match sent {
                         Ok(()) => {
@@ -801,7 +804,9 @@ impl Runner {
                     }
                 });
             }
-            other => tracing::warn!(rule = firing.rule, action = ?other, "action not supported by this node"),
+            RuleAction::Unsupported(kind) => {
+                tracing::warn!(rule = firing.rule, action = kind, "action not supported by this node")
+            }
         }
     }
 
@@ -898,21 +903,28 @@ impl Runner {
                 }
             }
             RuleAction::Http { url, headers } => {
+                if !covered(&firing.destinations, url) {
+                    tracing::warn!(rule = firing.rule, "error action not sent: {NOT_COVERED}");
+                    return;
+                }
                 let Ok(permit) = firing.http_slots.clone().try_acquire_owned() else {
                     tracing::warn!(rule = firing.rule, "error action not sent: too many requests in flight");
                     return;
                 };
                 let runner = self.clone();
                 let (url, headers, rule) = (url.clone(), headers.clone(), firing.rule.clone());
+                let account = firing.published.account.clone();
                 tokio::spawn(async move {
-                    if let Err(why) = post(&url, &headers, report, runner.tls.clone(), runner.config.http_timeout).await
-                    {
-                        tracing::warn!(rule, error = %why, "error action failed");
+                    // A failure was logged by the egress with its reason.
+                    if runner.post(&account, Purpose::RuleErrorAction, &url, &headers, report).await.is_err() {
+                        tracing::info!(rule, "error action failed");
                     }
                     drop(permit);
                 });
             }
-            other => tracing::warn!(rule = firing.rule, action = ?other, "error action not supported by this node"),
+            RuleAction::Unsupported(kind) => {
+                tracing::warn!(rule = firing.rule, action = kind, "error action not supported by this node")
+            }
         }
     }
 }
@@ -923,96 +935,32 @@ fn action_target(action: &RuleAction) -> (&'static str, &str) {
         RuleAction::Republish { topic, .. } => ("RepublishAction", topic),
         RuleAction::Http { url, .. } => ("HttpAction", url),
         RuleAction::Unsupported(kind) => ("UnsupportedAction", kind),
-        // RuleAction is #[non_exhaustive] in services (as `fire` and `failed` already handle).
     }
 }
 
-/// POSTs `body` (JSON) to `url`; `Ok` for a 2xx answer within `timeout`.
-async fn post(
-    url: &str,
-    headers: &[(String, String)],
-    body: Bytes,
-    tls: Option<Arc<rustls::ClientConfig>>,
-    timeout: Duration,
-) -> Result<(), String> {
-    match tokio::time::timeout(timeout, post_now(url, headers, body, tls)).await {
-        Ok(result) => result,
-        Err(_) => Err(format!("no answer within {} ms", timeout.as_millis())),
-    }
+/// Why an http action whose destination is gone or disabled is not sent.
+const NOT_COVERED: &str = "no ENABLED topic rule destination covers this url";
+
+fn covered(destinations: &[String], url: &str) -> bool {
+    destinations.iter().any(|prefix| certfleet_services::url_under(url, prefix))
 }
 
-async fn post_now(
-    url: &str,
-    headers: &[(String, String)],
-    body: Bytes,
-    tls: Option<Arc<rustls::ClientConfig>>,
-) -> Result<(), String> {
-    let (secure, rest) = match (url.strip_prefix("https://"), url.strip_prefix("http://")) {
-        (Some(rest), _) => (true, rest),
-        (None, Some(rest)) => (false, rest),
-        _ => return Err("unsupported url scheme".into()),
-    };
-    let (authority, path) = match rest.find('/') {
-        Some(slash) => (&rest[..slash], &rest[slash..]),
-        None => (rest, "/"),
-    };
-    let (host, port) = split_authority(authority, if secure { 443 } else { 80 })?;
-    if !secure && !certfleet_services::is_loopback(host) {
-        return Err("http:// is only allowed to loopback hosts".into());
-    }
-    let stream =
-        tokio::net::TcpStream::connect((host, port)).await.map_err(|error| format!("cannot connect: {error}"))?;
-    let mut request = http::Request::post(path)
-        .header(http::header::HOST, authority)
-        .header(http::header::CONTENT_TYPE, "application/json")
-        .header(http::header::USER_AGENT, "certfleet-rules");
-    for (key, value) in headers {
-        request = request.header(key.as_str(), value.as_str());
-    }
-    let request = request.body(Full::new(body)).map_err(|error| format!("invalid request: {error}"))?;
-    let status = if secure {
-        let Some(tls) = tls else { return Err("https actions are not configured (no trusted roots)".into()) };
-        let name = rustls::pki_types::ServerName::try_from(host.to_owned())
-            .map_err(|_| format!("invalid server name {host}"))?;
-        let stream = tokio_rustls::TlsConnector::from(tls)
-            .connect(name, stream)
-            .await
-            .map_err(|error| format!("tls handshake failed: {error}"))?;
-        send(stream, request).await?
-    } else {
-        send(stream, request).await?
-    };
-    if status.is_success() { Ok(()) } else { Err(format!("the endpoint answered {}", status.as_u16())) }
-}
-
-async fn send<S>(stream: S, request: http::Request<Full<Bytes>>) -> Result<http::StatusCode, String>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|error| format!("http handshake failed: {error}"))?;
-    tokio::spawn(connection);
-    let response = sender.send_request(request).await.map_err(|error| format!("request failed: {error}"))?;
-    let status = response.status();
-    // Read (and drop) the body so the connection ends cleanly.
-    let _ = response.into_body().collect().await;
-    Ok(status)
-}
-
-fn split_authority(authority: &str, default_port: u16) -> Result<(&str, u16), String> {
-    let invalid = || format!("invalid host in url: {authority}");
-    if let Some(bracketed) = authority.strip_prefix('[') {
-        let (host, after) = bracketed.split_once(']').ok_or_else(invalid)?;
-        let port = match after.strip_prefix(':') {
-            Some(port) => port.parse().map_err(|_| invalid())?,
-            None => default_port,
-        };
-        return Ok((host, port));
-    }
-    match authority.rsplit_once(':') {
-        Some((host, port)) => Ok((host, port.parse().map_err(|_| invalid())?)),
-        None => Ok((authority, default_port)),
+impl Runner {
+    /// POSTs `body` (JSON) to `url` through the egress, within [`RulesConfig::http_timeout`].
+    /// The error is the tenant's message (the egress logged the detail).
+    async fn post(
+        &self,
+        account: &AccountId,
+        purpose: Purpose,
+        url: &str,
+        headers: &[(String, String)],
+        body: Bytes,
+    ) -> Result<(), String> {
+        let egress = &self.config.egress;
+        match egress.post_within(self.config.http_timeout, account, purpose, url, headers, body).await {
+            Ok(_) => Ok(()),
+            Err(failure) => Err(failure.tenant_message()),
+        }
     }
 }
 

@@ -27,7 +27,7 @@ pub use model_rotation::*;
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 pub use tx::Tx;
-pub use tx_rules::{TopicRule, TopicRuleFilter};
+pub use tx_rules::{DestinationStatus, TopicRule, TopicRuleDestination, TopicRuleFilter};
 
 /// Errors of the registry.
 #[derive(Debug, thiserror::Error)]

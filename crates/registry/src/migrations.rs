@@ -419,6 +419,28 @@ CREATE INDEX certificates_audit_scan ON certificates(
 ALTER TABLE rotation_campaigns ADD COLUMN subject_rule TEXT NOT NULL DEFAULT 'keep-old';
 "#,
     ),
+    // 12: topic rule destinations (issue 12): the confirmation URLs an account proved it
+    // controls; an http action runs only under an ENABLED one. The confirmation token is kept
+    // as its SHA-256 (hex), looked up by ConfirmTopicRuleDestination.
+    (
+        12,
+        r#"
+CREATE TABLE topic_rule_destinations (
+    account_id TEXT NOT NULL,
+    arn TEXT NOT NULL,
+    confirmation_url TEXT NOT NULL,
+    status TEXT NOT NULL,
+    status_reason TEXT,
+    token_sha256 TEXT NOT NULL,
+    confirmed BIGINT NOT NULL,
+    created_at BIGINT NOT NULL,
+    last_updated_at BIGINT NOT NULL,
+    PRIMARY KEY (account_id, arn)
+);
+CREATE INDEX topic_rule_destinations_by_token ON topic_rule_destinations(account_id, token_sha256);
+CREATE INDEX topic_rule_destinations_by_url ON topic_rule_destinations(account_id, confirmation_url);
+"#,
+    ),
 ];
 
 /// The SQL dialect a migration is rendered for.

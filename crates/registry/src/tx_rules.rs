@@ -182,3 +182,213 @@ fn rule_from_row(row: &Row) -> Result<TopicRule, Error> {
         last_modified: from_millis(row.int(11)?)?,
     })
 }
+
+// ---- topic rule destinations ---------------------------------------------------------------------
+
+/// The status of a topic rule destination (AWS's `TopicRuleDestinationStatus`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DestinationStatus {
+    /// Created (or asked to confirm again); the confirmation was sent, not yet answered.
+    InProgress,
+    /// Confirmed and enabled: http actions under its URL run.
+    Enabled,
+    /// Disabled by the account: http actions under its URL fail.
+    Disabled,
+    /// The confirmation could not be delivered.
+    Error,
+}
+
+impl DestinationStatus {
+    /// The stored (and AWS) spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DestinationStatus::InProgress => "IN_PROGRESS",
+            DestinationStatus::Enabled => "ENABLED",
+            DestinationStatus::Disabled => "DISABLED",
+            DestinationStatus::Error => "ERROR",
+        }
+    }
+
+    /// Parses the stored (and AWS) spelling.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "IN_PROGRESS" => Some(DestinationStatus::InProgress),
+            "ENABLED" => Some(DestinationStatus::Enabled),
+            "DISABLED" => Some(DestinationStatus::Disabled),
+            "ERROR" => Some(DestinationStatus::Error),
+            _ => None,
+        }
+    }
+}
+
+/// A topic rule destination of an account (an http URL prefix it confirmed it controls).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TopicRuleDestination {
+    pub account: AccountId,
+    pub arn: String,
+    pub confirmation_url: String,
+    pub status: DestinationStatus,
+    pub status_reason: Option<String>,
+    /// SHA-256 (lowercase hex) of the confirmation token last sent.
+    pub token_sha256: String,
+    /// Whether the token was ever confirmed (then DISABLED may go back to ENABLED).
+    pub confirmed: bool,
+    pub created_at: OffsetDateTime,
+    pub last_updated_at: OffsetDateTime,
+}
+
+const DESTINATION_COLUMNS: &str =
+    "account_id, arn, confirmation_url, status, status_reason, token_sha256, confirmed, created_at, last_updated_at";
+
+impl<'a> Tx<'a> {
+    /// Adds a destination and records a `TopicRule` change (entity: its ARN).
+    pub fn insert_topic_rule_destination(&mut self, destination: &TopicRuleDestination) -> Result<(), Error> {
+        self.conn.execute(
+            &format!("INSERT INTO topic_rule_destinations ({DESTINATION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"),
+            &[
+                destination.account.as_str().into(),
+                destination.arn.as_str().into(),
+                destination.confirmation_url.as_str().into(),
+                destination.status.as_str().into(),
+                destination.status_reason.as_deref().into(),
+                destination.token_sha256.as_str().into(),
+                i64::from(destination.confirmed).into(),
+                millis(destination.created_at).into(),
+                millis(destination.last_updated_at).into(),
+            ],
+        )?;
+        self.record_change(&destination.account, ChangeKind::TopicRule, &destination.arn, destination.last_updated_at)
+    }
+
+    /// Writes a destination's status, reason, token and confirmation, and records a `TopicRule`
+    /// change. Returns whether it existed.
+    pub fn update_topic_rule_destination(&mut self, destination: &TopicRuleDestination) -> Result<bool, Error> {
+        let updated = self.conn.execute(
+            "UPDATE topic_rule_destinations SET status = $1, status_reason = $2, token_sha256 = $3, confirmed = $4, \
+             last_updated_at = $5 WHERE account_id = $6 AND arn = $7",
+            &[
+                destination.status.as_str().into(),
+                destination.status_reason.as_deref().into(),
+                destination.token_sha256.as_str().into(),
+                i64::from(destination.confirmed).into(),
+                millis(destination.last_updated_at).into(),
+                destination.account.as_str().into(),
+                destination.arn.as_str().into(),
+            ],
+        )? == 1;
+        if updated {
+            self.record_change(
+                &destination.account,
+                ChangeKind::TopicRule,
+                &destination.arn,
+                destination.last_updated_at,
+            )?;
+        }
+        Ok(updated)
+    }
+
+    /// A destination of an account, by ARN.
+    pub fn get_topic_rule_destination(
+        &mut self,
+        account: &AccountId,
+        arn: &str,
+    ) -> Result<Option<TopicRuleDestination>, Error> {
+        let rows = self.conn.query(
+            &format!("SELECT {DESTINATION_COLUMNS} FROM topic_rule_destinations WHERE account_id = $1 AND arn = $2"),
+            &[account.as_str().into(), arn.into()],
+        )?;
+        rows.first().map(destination_from_row).transpose()
+    }
+
+    /// The destination of an account whose last confirmation token hashes to `token_sha256`.
+    pub fn topic_rule_destination_by_token(
+        &mut self,
+        account: &AccountId,
+        token_sha256: &str,
+    ) -> Result<Option<TopicRuleDestination>, Error> {
+        let rows = self.conn.query(
+            &format!(
+                "SELECT {DESTINATION_COLUMNS} FROM topic_rule_destinations WHERE account_id = $1 AND token_sha256 = $2"
+            ),
+            &[account.as_str().into(), token_sha256.into()],
+        )?;
+        rows.first().map(destination_from_row).transpose()
+    }
+
+    /// The destination of an account with this confirmation URL, if any.
+    pub fn topic_rule_destination_by_url(
+        &mut self,
+        account: &AccountId,
+        confirmation_url: &str,
+    ) -> Result<Option<TopicRuleDestination>, Error> {
+        let rows = self.conn.query(
+            &format!(
+                "SELECT {DESTINATION_COLUMNS} FROM topic_rule_destinations WHERE account_id = $1 AND confirmation_url = $2"
+            ),
+            &[account.as_str().into(), confirmation_url.into()],
+        )?;
+        rows.first().map(destination_from_row).transpose()
+    }
+
+    /// How many destinations an account has.
+    pub fn count_topic_rule_destinations(&mut self, account: &AccountId) -> Result<i64, Error> {
+        let rows = self
+            .conn
+            .query("SELECT COUNT(*) FROM topic_rule_destinations WHERE account_id = $1", &[account.as_str().into()])?;
+        rows.first().map_or(Ok(0), |row| row.int(0))
+    }
+
+    /// A page of an account's destinations, by ARN.
+    pub fn list_topic_rule_destinations(
+        &mut self,
+        account: &AccountId,
+        page: &KeyPageRequest,
+    ) -> Result<KeyPage<TopicRuleDestination>, Error> {
+        let select = format!("SELECT {DESTINATION_COLUMNS} FROM topic_rule_destinations WHERE account_id = $1");
+        let (rows, next) = self.key_page(&select, vec![account.as_str().into()], "arn", 1, page)?;
+        Ok(KeyPage { items: rows.iter().map(destination_from_row).collect::<Result<_, _>>()?, next })
+    }
+
+    /// The confirmation URLs of an account's ENABLED destinations.
+    pub fn enabled_destination_urls(&mut self, account: &AccountId) -> Result<Vec<String>, Error> {
+        let rows = self.conn.query(
+            "SELECT confirmation_url FROM topic_rule_destinations WHERE account_id = $1 AND status = $2 \
+             ORDER BY confirmation_url",
+            &[account.as_str().into(), DestinationStatus::Enabled.as_str().into()],
+        )?;
+        rows.iter().map(|row| row.text(0)).collect()
+    }
+
+    /// Deletes a destination and records a `TopicRule` change. Returns whether it existed.
+    pub fn delete_topic_rule_destination(
+        &mut self,
+        account: &AccountId,
+        arn: &str,
+        at: OffsetDateTime,
+    ) -> Result<bool, Error> {
+        let deleted = self.conn.execute(
+            "DELETE FROM topic_rule_destinations WHERE account_id = $1 AND arn = $2",
+            &[account.as_str().into(), arn.into()],
+        )? == 1;
+        if deleted {
+            self.record_change(account, ChangeKind::TopicRule, arn, at)?;
+        }
+        Ok(deleted)
+    }
+}
+
+fn destination_from_row(row: &Row) -> Result<TopicRuleDestination, Error> {
+    let status = row.text(3)?;
+    Ok(TopicRuleDestination {
+        account: AccountId::parse(&row.text(0)?)?,
+        arn: row.text(1)?,
+        confirmation_url: row.text(2)?,
+        status: DestinationStatus::parse(&status)
+            .ok_or_else(|| Error::InvalidValue(format!("unknown destination status {status:?}")))?,
+        status_reason: row.opt_text(4)?,
+        token_sha256: row.text(5)?,
+        confirmed: row.int(6)? != 0,
+        created_at: from_millis(row.int(7)?)?,
+        last_updated_at: from_millis(row.int(8)?)?,
+    })
+}

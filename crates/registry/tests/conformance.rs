@@ -1407,3 +1407,87 @@ fn an_account_deleted_while_a_write_holds_it_takes_the_write_along() {
         assert_eq!(left, None);
     });
 }
+
+#[test]
+fn topic_rule_destinations_round_trip_by_token_and_url_page_and_feed_changes() {
+    each_backend("topic_rule_destinations", |store| {
+        let alice = account("111111111111", "alice");
+        let bob = account("222222222222", "bob");
+        setup(store, &[&alice, &bob]);
+        let destination = |owner: &Account, n: u32, status: DestinationStatus| TopicRuleDestination {
+            account: owner.id.clone(),
+            arn: format!("arn:aws:iot:us-east-1:{}:ruledestination/http/{n:04}", owner.id),
+            confirmation_url: format!("https://hooks.example.com/{n}"),
+            status,
+            status_reason: None,
+            token_sha256: format!("{n:064x}"),
+            confirmed: status == DestinationStatus::Enabled,
+            created_at: at(10),
+            last_updated_at: at(10),
+        };
+        let start = read(store, |tx| tx.last_change_seq()).unwrap();
+        write(store, |tx| {
+            tx.insert_topic_rule_destination(&destination(&alice, 1, DestinationStatus::InProgress))?;
+            tx.insert_topic_rule_destination(&destination(&alice, 2, DestinationStatus::Enabled))?;
+            tx.insert_topic_rule_destination(&destination(&alice, 3, DestinationStatus::Enabled))?;
+            tx.insert_topic_rule_destination(&destination(&bob, 4, DestinationStatus::Enabled))
+        })
+        .unwrap();
+        let first = destination(&alice, 1, DestinationStatus::InProgress);
+        assert_eq!(
+            read(store, |tx| tx.get_topic_rule_destination(&alice.id, &first.arn)).unwrap(),
+            Some(first.clone())
+        );
+        assert_eq!(read(store, |tx| tx.get_topic_rule_destination(&bob.id, &first.arn)).unwrap(), None);
+        let by_token = read(store, |tx| tx.topic_rule_destination_by_token(&alice.id, &first.token_sha256)).unwrap();
+        assert_eq!(by_token, Some(first.clone()));
+        assert_eq!(read(store, |tx| tx.topic_rule_destination_by_token(&bob.id, &first.token_sha256)).unwrap(), None);
+        let by_url =
+            read(store, |tx| tx.topic_rule_destination_by_url(&alice.id, "https://hooks.example.com/2")).unwrap();
+        assert_eq!(by_url.map(|d| d.status), Some(DestinationStatus::Enabled));
+        assert_eq!(read(store, |tx| tx.count_topic_rule_destinations(&alice.id)).unwrap(), 3);
+        let arns = all_keys(
+            |page| read(store, |tx| tx.list_topic_rule_destinations(&alice.id, page)).unwrap(),
+            |d| d.arn.clone(),
+            2,
+        );
+        assert_eq!(arns.len(), 3);
+        assert_eq!(
+            read(store, |tx| tx.enabled_destination_urls(&alice.id)).unwrap(),
+            ["https://hooks.example.com/2", "https://hooks.example.com/3"]
+        );
+
+        let confirmed = TopicRuleDestination {
+            status: DestinationStatus::Enabled,
+            status_reason: Some("why".into()),
+            confirmed: true,
+            last_updated_at: at(20),
+            ..first.clone()
+        };
+        assert!(write(store, |tx| tx.update_topic_rule_destination(&confirmed)).unwrap());
+        assert_eq!(read(store, |tx| tx.get_topic_rule_destination(&alice.id, &first.arn)).unwrap(), Some(confirmed));
+        assert_eq!(read(store, |tx| tx.enabled_destination_urls(&alice.id)).unwrap().len(), 3);
+        assert!(
+            !write(store, |tx| tx.update_topic_rule_destination(&destination(&alice, 9, DestinationStatus::Error)))
+                .unwrap()
+        );
+        assert!(write(store, |tx| tx.delete_topic_rule_destination(&alice.id, &first.arn, at(30))).unwrap());
+        assert!(!write(store, |tx| tx.delete_topic_rule_destination(&alice.id, &first.arn, at(30))).unwrap());
+        assert_eq!(read(store, |tx| tx.count_topic_rule_destinations(&alice.id)).unwrap(), 2);
+
+        let changes = read(store, |tx| tx.changes_after(start, 100)).unwrap();
+        let feed: Vec<(String, ChangeKind, String)> =
+            changes.iter().map(|c| (c.account.to_string(), c.kind, c.entity_id.clone())).collect();
+        let entry = |owner: &Account, n: u32| {
+            (
+                owner.id.to_string(),
+                ChangeKind::TopicRule,
+                format!("arn:aws:iot:us-east-1:{}:ruledestination/http/{n:04}", owner.id),
+            )
+        };
+        assert_eq!(
+            feed,
+            [entry(&alice, 1), entry(&alice, 2), entry(&alice, 3), entry(&bob, 4), entry(&alice, 1), entry(&alice, 1)]
+        );
+    });
+}

@@ -10,6 +10,7 @@ mod accounts;
 mod audit;
 mod certificates;
 mod clock;
+mod destinations;
 mod endpoints;
 mod error;
 pub mod feed;
@@ -37,6 +38,7 @@ pub use audit::{
 };
 pub use certificates::{CaRegistration, CaUpdate, CertificateRegistration, CreatedKeysAndCertificate};
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use destinations::{MAX_DESTINATIONS, PendingConfirmation, url_under};
 pub use endpoints::{
     DEFAULT_SECURITY_POLICY, DomainClaims, DomainConfigurationDefinition, DomainConfigurationUpdate, Migration,
     MigrationSettings, Purpose, SECURITY_POLICIES, ServerCertificateDescription, ServerCertificateImport, ServingChain,
@@ -54,9 +56,7 @@ pub use rotation::{
 pub use templates::{JITP, TemplateDefinition};
 pub use things::{AttributePayload, ThingDefinition, ThingUpdate};
 pub use tokens::{decode_policy_marker, decode_token, encode_policy_marker, encode_token};
-pub use topic_rules::{
-    RuleAction, RunnableRule, SQL_VERSION, TopicRulePayload, decode_actions, decode_error_action, is_loopback,
-};
+pub use topic_rules::{RuleAction, RunnableRule, SQL_VERSION, TopicRulePayload, decode_actions, decode_error_action};
 
 /// Settings of the services, built by the binary from its configuration.
 #[derive(Clone, Debug)]

@@ -8,10 +8,16 @@
 //! shape) and decoded back by [`Services::runnable_topic_rules`], which the gateway's rules
 //! engine loads.
 //!
+//! An http action (or error action) is accepted only when its URL is under an ENABLED topic rule
+//! destination of the account (`destinations.rs`), as AWS requires; the rules engine checks it
+//! again before each request ([`RunnableRule::destination_covers`]), so disabling or deleting a
+//! destination stops its actions. Where certfleet may connect at all is the egress policy's
+//! decision (`certfleet-egress`), not this module's.
+//!
 //! AWS answers `UnauthorizedException` (401) for a rule the caller does not have: a missing rule
 //! is [`Error::RuleNotFound`], which the api crate maps to that.
 
-use std::net::IpAddr;
+use std::sync::Arc;
 
 use certfleet_registry::{self as registry, AccountId, KeyPage, KeyPageRequest, TopicRule, TopicRuleFilter};
 use serde_json::{Value as Json, json};
@@ -51,6 +57,15 @@ pub struct RunnableRule {
     pub statement: certfleet_rules::Rule,
     pub actions: Vec<RuleAction>,
     pub error_action: Option<RuleAction>,
+    /// The confirmation URLs of the account's ENABLED destinations when the rules were loaded.
+    pub destinations: Arc<[String]>,
+}
+
+impl RunnableRule {
+    /// Whether an http action's `url` is under an ENABLED destination of the account.
+    pub fn destination_covers(&self, url: &str) -> bool {
+        self.destinations.iter().any(|prefix| crate::destinations::url_under(url, prefix))
+    }
 }
 
 impl Services {
@@ -80,6 +95,7 @@ impl Services {
         };
         registry::write(self.store(), |tx| {
             tx.lock_account(&caller.account)?;
+            check_destinations(&tx.enabled_destination_urls(&caller.account)?, payload)?;
             if tx.get_topic_rule(&caller.account, name)?.is_some() {
                 return Err(Error::AlreadyExists {
                     message: format!("the topic rule {name} already exists"),
@@ -118,6 +134,7 @@ impl Services {
         registry::write(self.store(), |tx| {
             tx.lock_account(&caller.account)?;
             let existing = tx.get_topic_rule(&caller.account, name)?.ok_or_else(|| missing(name))?;
+            check_destinations(&tx.enabled_destination_urls(&caller.account)?, payload)?;
             let replaced = TopicRule {
                 sql: payload.sql.clone(),
                 topic_pattern: checked.topic_pattern.clone(),
@@ -170,10 +187,13 @@ impl Services {
     /// stored rule that no longer parses (it cannot happen through this module) is left out and
     /// logged.
     pub fn runnable_topic_rules(&self, account: &AccountId) -> Result<Vec<RunnableRule>, Error> {
-        let stored = registry::read(self.store(), |tx| tx.enabled_topic_rules(account).map_err(Error::from))?;
+        let (stored, destinations) = registry::read(self.store(), |tx| {
+            Ok::<_, Error>((tx.enabled_topic_rules(account)?, tx.enabled_destination_urls(account)?))
+        })?;
+        let destinations: Arc<[String]> = destinations.into();
         let mut runnable = Vec::with_capacity(stored.len());
         for rule in stored {
-            match decode(&rule) {
+            match decode(&rule, &destinations) {
                 Ok(decoded) => runnable.push(decoded),
                 Err(error) => tracing::error!(%account, rule = rule.name, %error, "stored topic rule is unusable"),
             }
@@ -197,13 +217,14 @@ pub fn decode_error_action(stored: &str) -> Result<RuleAction, Error> {
     decode_action(&json)
 }
 
-fn decode(rule: &TopicRule) -> Result<RunnableRule, Error> {
+fn decode(rule: &TopicRule, destinations: &Arc<[String]>) -> Result<RunnableRule, Error> {
     let statement = certfleet_rules::Rule::parse(&rule.sql).map_err(|error| Error::SqlParse(error.to_string()))?;
     Ok(RunnableRule {
         name: rule.name.clone(),
         statement,
         actions: decode_actions(&rule.actions)?,
         error_action: rule.error_action.as_deref().map(decode_error_action).transpose()?,
+        destinations: destinations.clone(),
     })
 }
 
@@ -256,6 +277,25 @@ fn check_payload(payload: &TopicRulePayload) -> Result<Checked, Error> {
     })
 }
 
+/// Every http action (and error action) of `payload` must be under one of `destinations`, the
+/// confirmation URLs of the account's ENABLED destinations.
+fn check_destinations(destinations: &[String], payload: &TopicRulePayload) -> Result<(), Error> {
+    for action in payload.actions.iter().chain(payload.error_action.as_ref()) {
+        match action {
+            RuleAction::Http { url, .. } => {
+                if !destinations.iter().any(|prefix| crate::destinations::url_under(url, prefix)) {
+                    return Err(Error::InvalidRequest(format!(
+                        "http url {url:?} is not under an ENABLED topic rule destination: create one \
+                         (CreateTopicRuleDestination) and confirm it first"
+                    )));
+                }
+            }
+            RuleAction::Republish { .. } | RuleAction::Unsupported(_) => {}
+        }
+    }
+    Ok(())
+}
+
 /// Checks one action and gives its stored form.
 fn check_action(action: &RuleAction) -> Result<Json, Error> {
     match action {
@@ -270,7 +310,7 @@ fn check_action(action: &RuleAction) -> Result<Json, Error> {
             Ok(json!({"republish": {"topic": topic, "qos": qos, "roleArn": role_arn}}))
         }
         RuleAction::Http { url, headers } => {
-            check_http_url(url)?;
+            check_url_syntax(url, "http url")?;
             if headers.len() > 100 {
                 return Err(Error::InvalidRequest("an http action has at most 100 headers".into()));
             }
@@ -308,37 +348,24 @@ fn check_republish_topic(topic: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// An http action's URL: `https://` to any host, `http://` only to a loopback host (a webhook
-/// on the same machine), so that rule output never crosses a network in clear text.
-fn check_http_url(url: &str) -> Result<(), Error> {
-    let refuse = |why: &str| Err(Error::InvalidRequest(format!("http url {url:?} {why}")));
+/// An http URL's syntax: `https://` or `http://`, a host, no user information, at most 2000
+/// characters. Whether certfleet may connect there is the egress policy's decision, at send time.
+pub(crate) fn check_url_syntax(url: &str, what: &str) -> Result<(), Error> {
+    let refuse = |why: &str| Err(Error::InvalidRequest(format!("{what} {url:?} {why}")));
     if url.len() > 2000 {
         return refuse("is longer than 2000 characters");
     }
-    let (rest, plain) = if let Some(rest) = url.strip_prefix("https://") {
-        (rest, false)
-    } else if let Some(rest) = url.strip_prefix("http://") {
-        (rest, true)
-    } else {
-        return refuse("must start with https:// (or http:// to a loopback host)");
+    let Some(rest) = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://")) else {
+        return refuse("must start with https://");
     };
     let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
     if authority.is_empty() || authority.contains('@') {
         return refuse("must name a host (and no user information)");
     }
-    let host = match authority.strip_prefix('[') {
-        Some(bracketed) => bracketed.split(']').next().unwrap_or_default(),
-        None => authority.rsplit_once(':').map_or(authority, |(host, _)| host),
-    };
-    if plain && !is_loopback(host) {
-        return refuse("uses http:// to a host that is not loopback; use https://");
+    if url.contains('#') || url.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+        return refuse("must not contain a fragment, spaces or control characters");
     }
     Ok(())
-}
-
-/// Whether `host` is `localhost` or a loopback address.
-pub fn is_loopback(host: &str) -> bool {
-    host.eq_ignore_ascii_case("localhost") || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 fn decode_action(json: &Json) -> Result<RuleAction, Error> {

@@ -1,7 +1,7 @@
 //! Topic rules through the typed services on a real SQLite registry: every refusal leaves the
 //! registry as it was.
 
-use certfleet_registry::{KeyPageRequest, TopicRuleFilter};
+use certfleet_registry::{DestinationStatus, KeyPageRequest, TopicRuleFilter};
 use certfleet_services::*;
 use certfleet_testkit::{World, world};
 
@@ -15,6 +15,14 @@ fn payload(sql: &str, actions: Vec<RuleAction>) -> TopicRulePayload {
 
 fn good() -> TopicRulePayload {
     payload("SELECT temp FROM 'sensors/+/data' WHERE temp > 30", vec![republish("alerts/hot")])
+}
+
+/// Creates and confirms a destination for `url` in the caller's account; returns its ARN.
+fn enabled_destination(world: &World, caller: &Caller, url: &str) -> String {
+    let pending = world.services.create_topic_rule_destination(caller, url).unwrap();
+    assert_eq!(pending.destination.status, DestinationStatus::InProgress);
+    world.services.confirm_topic_rule_destination(caller, &pending.confirmation_token).unwrap();
+    pending.destination.arn
 }
 
 /// Every rule of the caller's account, as (name, sql, disabled).
@@ -45,6 +53,7 @@ fn create_get_list_replace_switch_delete() {
     assert_eq!(decode_actions(&stored.actions).unwrap(), vec![republish("alerts/hot")]);
     assert!(stored.arn.ends_with(":rule/hot"), "{}", stored.arn);
 
+    enabled_destination(&world, &caller, "https://example.com/");
     let mut replaced = payload(
         "SELECT * FROM 'other'",
         vec![RuleAction::Http { url: "https://example.com/hook".into(), headers: vec![("x-a".into(), "1".into())] }],
@@ -117,7 +126,22 @@ fn bad_requests_change_nothing() {
         let http = RuleAction::Http { url: url.into(), headers: vec![] };
         check_create_refused(&world, &caller, "r", payload("SELECT * FROM 'a'", vec![http]), "InvalidRequest", "url");
     }
-    for url in ["http://127.0.0.1:8080/x", "http://localhost/x", "http://[::1]:9/", "https://example.com"] {
+    // An http action runs only under an ENABLED destination, at a path boundary.
+    enabled_destination(&world, &caller, "https://example.com");
+    for url in
+        ["https://example.com.evil.net/x", "https://example.comx/", "http://example.com/", "https://example.org/"]
+    {
+        let http = RuleAction::Http { url: url.into(), headers: vec![] };
+        check_create_refused(
+            &world,
+            &caller,
+            "r",
+            payload("SELECT * FROM 'a'", vec![http]),
+            "InvalidRequest",
+            "destination",
+        );
+    }
+    for url in ["https://example.com", "https://example.com/x?y=1", "https://example.com?q"] {
         let http = RuleAction::Http { url: url.into(), headers: vec![] };
         world.services.create_topic_rule(&caller, "ok", &payload("SELECT * FROM 'a'", vec![http])).unwrap();
         world.services.delete_topic_rule(&caller, "ok").unwrap();
@@ -149,4 +173,102 @@ fn missing_rules_are_rule_not_found_and_accounts_are_apart() {
     missing(world.services.get_topic_rule(&stranger, "mine").unwrap_err());
     missing(world.services.delete_topic_rule(&stranger, "mine").unwrap_err());
     assert_eq!(rules(&world, &caller).len(), 1);
+}
+
+/// Every destination of the caller's account, as (ARN, status).
+fn destinations(world: &World, caller: &Caller) -> Vec<(String, DestinationStatus)> {
+    let page = KeyPageRequest { limit: 100, after: None };
+    let listed = world.services.list_topic_rule_destinations(caller, &page).unwrap();
+    listed.items.into_iter().map(|destination| (destination.arn, destination.status)).collect()
+}
+
+#[test]
+fn destinations_are_confirmed_before_http_actions_run_and_stop_them_when_disabled_or_deleted() {
+    let world = world();
+    let caller = world.caller();
+    let url = "https://hooks.example.com/iot";
+    let http = || RuleAction::Http { url: format!("{url}/alerts"), headers: vec![] };
+    let pending = world.services.create_topic_rule_destination(&caller, url).unwrap();
+    let arn = pending.destination.arn.clone();
+    assert!(arn.contains(":ruledestination/http/"), "{arn}");
+    assert_eq!(destinations(&world, &caller), [(arn.clone(), DestinationStatus::InProgress)]);
+
+    // Not confirmed: refused, and nothing changes.
+    check_create_refused(
+        &world,
+        &caller,
+        "r",
+        payload("SELECT * FROM 'a'", vec![http()]),
+        "InvalidRequest",
+        "destination",
+    );
+    let error = world.services.update_topic_rule_destination(&caller, &arn, DestinationStatus::Enabled).unwrap_err();
+    assert_eq!(error.kind(), "InvalidRequest");
+    for wrong in ["", "0000", &pending.confirmation_token[1..]] {
+        let error = world.services.confirm_topic_rule_destination(&caller, wrong).unwrap_err();
+        assert_eq!(error.kind(), "InvalidRequest", "{wrong}");
+    }
+    // Another account can neither see nor confirm it.
+    let stranger = world.caller();
+    assert_eq!(world.services.get_topic_rule_destination(&stranger, &arn).unwrap_err().kind(), "RuleNotFound");
+    let error = world.services.confirm_topic_rule_destination(&stranger, &pending.confirmation_token).unwrap_err();
+    assert_eq!(error.kind(), "InvalidRequest");
+    assert_eq!(destinations(&world, &caller), [(arn.clone(), DestinationStatus::InProgress)]);
+    // The same URL twice is refused.
+    let error = world.services.create_topic_rule_destination(&caller, url).unwrap_err();
+    assert_eq!(error.kind(), "AlreadyExists");
+
+    // Confirmed: the rule is accepted and its action covered.
+    world.services.confirm_topic_rule_destination(&caller, &pending.confirmation_token).unwrap();
+    assert_eq!(destinations(&world, &caller), [(arn.clone(), DestinationStatus::Enabled)]);
+    world.services.create_topic_rule(&caller, "r", &payload("SELECT * FROM 'a'", vec![http()])).unwrap();
+    let covers = || {
+        let runnable = world.services.runnable_topic_rules(&caller.account).unwrap();
+        runnable[0].destination_covers(&format!("{url}/alerts"))
+    };
+    assert!(covers());
+    // A late failure report of the confirmation changes nothing once confirmed.
+    world.services.topic_rule_destination_unreachable(&pending, "unreachable").unwrap();
+    assert_eq!(destinations(&world, &caller), [(arn.clone(), DestinationStatus::Enabled)]);
+
+    // Disabled: the stored rule's action is no longer covered, and new ones are refused.
+    world.services.update_topic_rule_destination(&caller, &arn, DestinationStatus::Disabled).unwrap();
+    assert!(!covers());
+    check_create_refused(
+        &world,
+        &caller,
+        "r2",
+        payload("SELECT * FROM 'a'", vec![http()]),
+        "InvalidRequest",
+        "destination",
+    );
+    world.services.update_topic_rule_destination(&caller, &arn, DestinationStatus::Enabled).unwrap();
+    assert!(covers());
+    let error = world.services.update_topic_rule_destination(&caller, &arn, DestinationStatus::Error).unwrap_err();
+    assert_eq!(error.kind(), "InvalidRequest");
+
+    // IN_PROGRESS again: a new token; the old one no longer confirms, and an undeliverable
+    // confirmation puts it in ERROR with the (generic) reason.
+    let again =
+        world.services.update_topic_rule_destination(&caller, &arn, DestinationStatus::InProgress).unwrap().unwrap();
+    assert_ne!(again.confirmation_token, pending.confirmation_token);
+    assert!(!covers());
+    assert!(world.services.confirm_topic_rule_destination(&caller, &pending.confirmation_token).is_err());
+    world.services.topic_rule_destination_unreachable(&again, "the destination could not be reached").unwrap();
+    let failed = world.services.get_topic_rule_destination(&caller, &arn).unwrap();
+    assert_eq!(failed.status, DestinationStatus::Error);
+    assert!(failed.status_reason.unwrap().contains("could not be reached"));
+    assert!(world.services.confirm_topic_rule_destination(&caller, &again.confirmation_token).is_err());
+
+    // Deleted: gone, and the rule's action is not covered.
+    world.services.delete_topic_rule_destination(&caller, &arn).unwrap();
+    assert!(destinations(&world, &caller).is_empty());
+    assert!(!covers());
+    assert_eq!(world.services.delete_topic_rule_destination(&caller, &arn).unwrap_err().kind(), "RuleNotFound");
+
+    for bad in ["ftp://x/", "https://", "https://user@host/", "https://a.example/#frag", "https://a b/"] {
+        let error = world.services.create_topic_rule_destination(&caller, bad).unwrap_err();
+        assert_eq!(error.kind(), "InvalidRequest", "{bad}");
+    }
+    assert!(destinations(&world, &caller).is_empty());
 }

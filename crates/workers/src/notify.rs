@@ -4,26 +4,23 @@
 //! AWS sends the body to an SNS topic (`auditNotificationTargetConfigurations.SNS.targetArn`).
 //! certfleet reads the same `targetArn` as where to deliver it (a certfleet extension):
 //!
-//! - `http://...` or `https://...`: a webhook, POSTed the body as `application/json`, retried
-//!   with exponential backoff on a network error or a non-2xx status, a bounded number of times.
-//!   An https server's certificate is verified against [`WebhookConfig::ca_bundle`] when set,
-//!   the system's bundle otherwise (`SSL_CERT_FILE`, then the usual distribution paths).
+//! - `https://...` (or `http://...` when the operator allows it): a webhook, POSTed the body as
+//!   `application/json` through the node's egress policy (`certfleet-egress`: the deny list
+//!   checked on the resolved address, the server's certificate verified against the egress's
+//!   roots, bounded time and answer), retried with exponential backoff on a failure or a non-2xx
+//!   status, a bounded number of times ([`WebhookConfig::attempts`]). A target the policy
+//!   refuses outright (`http://` while https only) is not retried.
 //! - `mqtt:<topic>`: published (QoS 0) to `<topic>` in the account's own topic space.
 //! - anything else (a real SNS ARN): accepted, stored, and logged as not delivered.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use certfleet_egress::{Egress, Failure, Purpose, Refusal};
 use certfleet_registry::{AccountId, AuditCheckRunStatus, AuditTaskType};
 use certfleet_services::{AuditTaskSummary, Services};
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName};
 use serde_json::{Value, json};
-use tokio::net::TcpStream;
 
 /// Publishes into an account's MQTT topic space (the gateway's broker implements it).
 pub trait MqttPublisher: Send + Sync {
@@ -32,14 +29,17 @@ pub trait MqttPublisher: Send + Sync {
     fn publish(&self, account: &AccountId, topic: &str, payload: Bytes) -> bool;
 }
 
-/// Webhook retries.
+/// Webhook retries, and where webhooks go out.
 #[derive(Clone, Debug)]
 pub struct WebhookConfig {
+    /// At most this many attempts per delivery. Default 5.
     pub attempts: u32,
+    /// The wait after the first failure, doubled after each. Default 500 ms.
     pub initial_backoff: Duration,
+    /// The longest one attempt may take (the egress's own bounds apply too). Default 10 s.
     pub timeout: Duration,
-    /// The roots https webhooks are verified against (PEM); the system's bundle when `None`.
-    pub ca_bundle: Option<PathBuf>,
+    /// The node's egress policy (https only and the default deny list unless configured).
+    pub egress: Arc<Egress>,
 }
 
 impl Default for WebhookConfig {
@@ -48,41 +48,9 @@ impl Default for WebhookConfig {
             attempts: 5,
             initial_backoff: Duration::from_millis(500),
             timeout: Duration::from_secs(10),
-            ca_bundle: None,
+            egress: Arc::new(Egress::default()),
         }
     }
-}
-
-/// Where distributions keep the system's CA bundle.
-const SYSTEM_BUNDLES: [&str; 4] = [
-    "/etc/ssl/certs/ca-certificates.crt",
-    "/etc/pki/tls/certs/ca-bundle.crt",
-    "/etc/ssl/cert.pem",
-    "/etc/ssl/ca-bundle.pem",
-];
-
-/// A TLS client configuration trusting the roots of `bundle` (or of the system's bundle).
-fn tls_config(bundle: Option<&PathBuf>) -> Result<Arc<rustls::ClientConfig>, Error> {
-    let path = match bundle {
-        Some(path) => path.clone(),
-        None => std::env::var_os("SSL_CERT_FILE")
-            .map(PathBuf::from)
-            .or_else(|| SYSTEM_BUNDLES.iter().map(PathBuf::from).find(|path| path.is_file()))
-            .ok_or_else(|| Error::Request("no CA bundle to verify https webhooks with".into()))?,
-    };
-    let mut roots = rustls::RootCertStore::empty();
-    let certificates = CertificateDer::pem_file_iter(&path)
-        .map_err(|error| Error::Request(format!("reading {}: {error}", path.display())))?;
-    for certificate in certificates.flatten() {
-        let _ = roots.add(certificate);
-    }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|error| Error::Request(error.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Arc::new(config))
 }
 
 /// AWS's audit notification for a finished task (epoch milliseconds, as AWS sends them).
@@ -136,12 +104,10 @@ pub enum Error {
     /// The URL is not an http URL certfleet can deliver to.
     #[error("unsupported webhook url {0:?}")]
     Url(String),
-    /// The connection or the request failed.
-    #[error("webhook request failed: {0}")]
-    Request(String),
-    /// The receiver answered with a non-2xx status.
-    #[error("webhook answered {0}")]
-    Status(u16),
+    /// The egress did not deliver it (its message says nothing about the network; the egress
+    /// logged the detail).
+    #[error("webhook not delivered: {0}")]
+    Egress(Failure),
     /// Every attempt failed; the last error.
     #[error("webhook delivery gave up after {attempts} attempts: {last}")]
     GaveUp { attempts: u32, last: Box<Error> },
@@ -150,87 +116,51 @@ pub enum Error {
 /// An HTTP webhook.
 #[derive(Clone, Debug)]
 pub struct Webhook {
-    url: http::Uri,
+    url: String,
 }
 
 impl Webhook {
-    /// A webhook at `url` (`http://host[:port]/path` or `https://...`).
+    /// A webhook at `url` (`https://host[:port]/path`, or `http://...`).
     pub fn parse(url: &str) -> Result<Self, Error> {
-        let uri: http::Uri = url.parse().map_err(|_| Error::Url(url.to_owned()))?;
-        if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
-            return Err(Error::Url(url.to_owned()));
-        }
-        Ok(Webhook { url: uri })
+        certfleet_egress::Target::parse(url).map_err(|_| Error::Url(url.to_owned()))?;
+        Ok(Webhook { url: url.to_owned() })
     }
 
-    /// POSTs `body`, retrying with exponential backoff; returns the number of attempts made.
-    pub async fn deliver(&self, body: &Value, config: &WebhookConfig) -> Result<u32, Error> {
+    /// POSTs `body` for `account` through the egress, retrying with exponential backoff;
+    /// returns the number of attempts made. A refusal of the policy itself (a plain `http://`
+    /// target while https only, an invalid URL) is not retried.
+    pub async fn deliver(
+        &self,
+        account: &AccountId,
+        purpose: Purpose,
+        body: &Value,
+        config: &WebhookConfig,
+    ) -> Result<u32, Error> {
         let payload = Bytes::from(body.to_string());
         let mut backoff = config.initial_backoff;
         let attempts = config.attempts.max(1);
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let outcome = match tokio::time::timeout(config.timeout, self.post(payload.clone(), config)).await {
-                Ok(result) => result,
-                Err(_) => Err(Error::Request("timed out".into())),
-            };
+            let sent =
+                config.egress.post_within(config.timeout, account, purpose, &self.url, &[], payload.clone()).await;
+            let outcome = sent.map(drop);
             match outcome {
                 Ok(()) => return Ok(attempt),
-                Err(error) if attempt >= attempts => {
-                    return Err(Error::GaveUp { attempts: attempt, last: Box::new(error) });
+                Err(failure @ Failure::Refused(Refusal::PlainHttp | Refusal::InvalidUrl)) => {
+                    return Err(Error::Egress(failure));
                 }
-                Err(error) => {
-                    tracing::info!(url = %self.url, attempt, %error, backoff_ms = backoff.as_millis() as u64, "webhook delivery failed; retrying");
+                Err(failure) if attempt >= attempts => {
+                    return Err(Error::GaveUp { attempts: attempt, last: Box::new(Error::Egress(failure)) });
+                }
+                Err(failure) => {
+                    tracing::info!(%account, attempt, %failure, backoff_ms = backoff.as_millis() as u64, "webhook delivery failed; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = backoff.saturating_mul(2);
                 }
             }
         }
     }
-
-    async fn post(&self, payload: Bytes, config: &WebhookConfig) -> Result<(), Error> {
-        let host = self.url.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_owned();
-        let https = self.url.scheme_str() == Some("https");
-        let port = self.url.port_u16().unwrap_or(if https { 443 } else { 80 });
-        let stream =
-            TcpStream::connect((host.as_str(), port)).await.map_err(|error| Error::Request(error.to_string()))?;
-        let request = self.request(payload)?;
-        let response = if https {
-            let connector = tokio_rustls::TlsConnector::from(tls_config(config.ca_bundle.as_ref())?);
-            let name = ServerName::try_from(host).map_err(|error| Error::Request(error.to_string()))?;
-            let tls = connector.connect(name, stream).await.map_err(|error| Error::Request(error.to_string()))?;
-            send(TokioIo::new(tls), request).await?
-        } else {
-            send(TokioIo::new(stream), request).await?
-        };
-        if response.is_success() { Ok(()) } else { Err(Error::Status(response.as_u16())) }
-    }
-
-    fn request(&self, payload: Bytes) -> Result<http::Request<Full<Bytes>>, Error> {
-        let authority = self.url.authority().map(|authority| authority.to_string()).unwrap_or_default();
-        let path = self.url.path_and_query().map_or("/", |path| path.as_str());
-        http::Request::post(path)
-            .header(http::header::HOST, authority)
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .header(http::header::USER_AGENT, "certfleet-audit")
-            .body(Full::new(payload))
-            .map_err(|error| Error::Request(error.to_string()))
-    }
-}
-
-/// Sends one request over a fresh HTTP/1.1 connection and returns the status.
-async fn send<T>(io: TokioIo<T>, request: http::Request<Full<Bytes>>) -> Result<http::StatusCode, Error>
-where
-    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(io).await.map_err(|error| Error::Request(error.to_string()))?;
-    tokio::spawn(connection);
-    let response = sender.send_request(request).await.map_err(|error| Error::Request(error.to_string()))?;
-    let status = response.status();
-    let _ = response.into_body().collect().await;
-    Ok(status)
 }
 
 /// Delivers finished tasks to the targets of their account's audit configuration.
@@ -276,7 +206,7 @@ impl NotificationTargets {
                 }
             } else if arn.starts_with("http://") || arn.starts_with("https://") {
                 match Webhook::parse(arn) {
-                    Ok(hook) => match hook.deliver(&body, webhook).await {
+                    Ok(hook) => match hook.deliver(account, Purpose::AuditNotification, &body, webhook).await {
                         Ok(attempts) => {
                             tracing::info!(%account, task = %summary.task.id, attempts, "audit notification delivered")
                         }

@@ -28,6 +28,7 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use crate::notify::{Webhook, WebhookConfig};
+use certfleet_egress::Purpose;
 
 /// Publishes a message to a device at QoS 1 in an account's topic space (the gateway's broker
 /// implements it in the server).
@@ -207,7 +208,7 @@ async fn deliver_alert(
         } else if arn.starts_with("http://") || arn.starts_with("https://") {
             match Webhook::parse(arn) {
                 Ok(hook) => {
-                    if let Err(error) = hook.deliver(&body, webhook).await {
+                    if let Err(error) = hook.deliver(&account, Purpose::RotationAlert, &body, webhook).await {
                         tracing::warn!(%account, %error, "rotation alert lost");
                     }
                 }

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use certfleet_egress::{Cidr, Egress, Policy, Purpose};
 use certfleet_registry::{AuditCheckConfiguration, AuditNotificationTarget, AuditTaskStatus};
 use certfleet_services::{AuditConfigurationUpdate, AuditListener, AuditTaskSummary};
 use certfleet_testkit::world;
@@ -14,6 +15,21 @@ use certfleet_workers::{AuditWorker, Config, NotificationTargets, Webhook};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
+
+/// Webhook settings whose egress lets the tests' receivers on 127.0.0.1 get requests (plain
+/// http allowed, 127.0.0.1/32 allow-listed).
+fn local() -> WebhookConfig {
+    WebhookConfig { egress: local_egress(None), ..WebhookConfig::default() }
+}
+
+fn local_egress(roots: Option<Arc<rustls::RootCertStore>>) -> Arc<Egress> {
+    let policy = Policy { allow_http: true, allow: vec![Cidr::parse("127.0.0.1/32").unwrap()], ..Policy::default() };
+    Arc::new(Egress::new(policy, roots))
+}
+
+fn account() -> certfleet_registry::AccountId {
+    certfleet_registry::AccountId::parse("123456789012").unwrap()
+}
 
 /// An HTTP server on 127.0.0.1:0 answering each POST with the next status of `statuses` (200
 /// once they run out) and sending every request body to the returned channel.
@@ -66,10 +82,13 @@ async fn a_webhook_is_retried_with_backoff_until_it_accepts() {
         attempts: 4,
         initial_backoff: Duration::from_millis(20),
         timeout: Duration::from_secs(5),
-        ..WebhookConfig::default()
+        ..local()
     };
     let started = std::time::Instant::now();
-    let attempts = hook.deliver(&serde_json::json!({"taskId": "t1"}), &config).await.unwrap();
+    let attempts = hook
+        .deliver(&account(), Purpose::AuditNotification, &serde_json::json!({"taskId": "t1"}), &config)
+        .await
+        .unwrap();
     assert_eq!(attempts, 3);
     assert!(started.elapsed() >= Duration::from_millis(60), "backoff 20 ms then 40 ms");
     for expected in [500, 500, 200] {
@@ -83,9 +102,13 @@ async fn a_webhook_is_retried_with_backoff_until_it_accepts() {
         attempts: 2,
         initial_backoff: Duration::from_millis(1),
         timeout: Duration::from_secs(5),
-        ..WebhookConfig::default()
+        ..local()
     };
-    let error = Webhook::parse(&url).unwrap().deliver(&serde_json::json!({}), &config).await.unwrap_err();
+    let error = Webhook::parse(&url)
+        .unwrap()
+        .deliver(&account(), Purpose::AuditNotification, &serde_json::json!({}), &config)
+        .await
+        .unwrap_err();
     assert!(error.to_string().contains("after 2 attempts"), "{error}");
     assert!(Webhook::parse("ftp://example.com/x").is_err());
 }
@@ -126,7 +149,7 @@ async fn the_worker_runs_tasks_and_notifies_the_webhook_and_listeners() {
             attempts: 5,
             initial_backoff: Duration::from_millis(10),
             timeout: Duration::from_secs(5),
-            ..WebhookConfig::default()
+            ..local()
         },
         ..Config::default()
     };
@@ -205,7 +228,7 @@ async fn an_mqtt_target_gets_the_notification_and_an_sns_arn_is_not_delivered() 
     let summary = world.services.run_audit_task(&task, time::Duration::minutes(1)).unwrap().unwrap();
     let topics = Arc::new(Topics(Mutex::new(Vec::new())));
     let targets = NotificationTargets::with_mqtt(topics.clone());
-    targets.deliver(&world.services, &WebhookConfig::default(), &summary).await;
+    targets.deliver(&world.services, &local(), &summary).await;
     {
         let published = topics.0.lock().unwrap();
         assert_eq!(published.len(), 1);
@@ -232,7 +255,7 @@ async fn an_mqtt_target_gets_the_notification_and_an_sns_arn_is_not_delivered() 
             },
         )
         .unwrap();
-    targets.deliver(&world.services, &WebhookConfig::default(), &summary).await;
+    targets.deliver(&world.services, &local(), &summary).await;
     assert_eq!(topics.0.lock().unwrap().len(), 1);
 }
 
@@ -290,9 +313,20 @@ async fn an_https_webhook_is_verified_against_the_configured_roots() {
     let dir = certfleet_testkit::TempDir::new("webhook-roots");
     let bundle = dir.path().join("roots.pem");
     std::fs::write(&bundle, root.certificate().to_pem()).unwrap();
-    let trusted = WebhookConfig { attempts: 1, ca_bundle: Some(bundle), ..WebhookConfig::default() };
+    let roots = |path: &std::path::Path| {
+        use rustls_pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add_parsable_certificates(CertificateDer::pem_file_iter(path).unwrap().flatten());
+        Some(Arc::new(roots))
+    };
+    let trusted = WebhookConfig { attempts: 1, egress: local_egress(roots(&bundle)), ..WebhookConfig::default() };
     let hook = Webhook::parse(&url).unwrap();
-    assert_eq!(hook.deliver(&serde_json::json!({"taskId": "t2"}), &trusted).await.unwrap(), 1);
+    assert_eq!(
+        hook.deliver(&account(), Purpose::AuditNotification, &serde_json::json!({"taskId": "t2"}), &trusted)
+            .await
+            .unwrap(),
+        1
+    );
     assert_eq!(bodies.recv().await.unwrap(), r#"{"taskId":"t2"}"#);
 
     // Against other roots the server is not trusted and nothing is sent.
@@ -300,7 +334,41 @@ async fn an_https_webhook_is_verified_against_the_configured_roots() {
         Issuer::generate_root("other root", "test", time::Duration::days(1), KeyAlgorithm::EcdsaP256, now).unwrap();
     let other_bundle = dir.path().join("other.pem");
     std::fs::write(&other_bundle, other.certificate().to_pem()).unwrap();
-    let untrusted = WebhookConfig { attempts: 1, ca_bundle: Some(other_bundle), ..WebhookConfig::default() };
-    assert!(hook.deliver(&serde_json::json!({}), &untrusted).await.is_err());
+    let untrusted =
+        WebhookConfig { attempts: 1, egress: local_egress(roots(&other_bundle)), ..WebhookConfig::default() };
+    assert!(hook.deliver(&account(), Purpose::AuditNotification, &serde_json::json!({}), &untrusted).await.is_err());
     assert!(bodies.try_recv().is_err());
+}
+
+#[tokio::test]
+async fn under_the_default_policy_a_webhook_never_reaches_loopback_and_is_not_retried_for_plain_http() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(stream);
+        }
+    });
+    let config = WebhookConfig { initial_backoff: Duration::from_millis(1), ..WebhookConfig::default() };
+    let body = serde_json::json!({"taskId": "t"});
+    // https only: a plain http target fails at once, without retries.
+    let hook = Webhook::parse(&format!("http://127.0.0.1:{port}/x")).unwrap();
+    let error = hook.deliver(&account(), Purpose::AuditNotification, &body, &config).await.unwrap_err();
+    assert!(matches!(error, certfleet_workers::notify::Error::Egress(_)), "{error}");
+    // https to loopback, by address or by name: denied on the resolved address, retried a
+    // bounded number of times, with the generic message.
+    for url in [format!("https://127.0.0.1:{port}/x"), format!("https://localhost:{port}/x")] {
+        let error = Webhook::parse(&url)
+            .unwrap()
+            .deliver(&account(), Purpose::AuditNotification, &body, &config)
+            .await
+            .unwrap_err();
+        assert!(error.to_string().contains("after 5 attempts"), "{error}");
+        assert!(error.to_string().contains(certfleet_egress::UNREACHABLE), "{error}");
+    }
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert_eq!(config.egress.counters.refused(certfleet_egress::Refusal::DeniedAddress), 10);
 }

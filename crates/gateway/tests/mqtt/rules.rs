@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use certfleet_egress::{Cidr, Egress, Policy};
 use certfleet_gateway::identity::Identity;
 use certfleet_gateway::rules::{
     AccountBudget, OverBudget, RuleBook, RulesConfig, RulesEngine, SystemDelivery, SystemSink,
@@ -29,7 +30,23 @@ struct Rig {
     engine: Arc<RulesEngine>,
 }
 
+/// An egress that lets the tests' webhooks on 127.0.0.1 receive (over plain http).
+fn local_egress() -> Arc<Egress> {
+    let policy = Policy {
+        allow_http: true,
+        allow: vec![Cidr::parse("127.0.0.1/32").unwrap()],
+        response_timeout: Duration::from_secs(10),
+        ..Policy::default()
+    };
+    Arc::new(Egress::new(policy, None))
+}
+
+/// A rig whose http actions may reach 127.0.0.1 (the tests' webhooks).
 fn rig(config: RulesConfig) -> Rig {
+    rig_with(RulesConfig { egress: local_egress(), ..config })
+}
+
+fn rig_with(config: RulesConfig) -> Rig {
     let world = world();
     let caller = world.caller();
     let harness = Harness::new();
@@ -44,10 +61,29 @@ impl Rig {
     }
 
     fn rule(&self, name: &str, sql: &str, actions: Vec<RuleAction>, error_action: Option<RuleAction>) {
+        for action in actions.iter().chain(error_action.as_ref()) {
+            if let RuleAction::Http { url, .. } = action {
+                self.destination(url);
+            }
+        }
         let payload = TopicRulePayload { sql: sql.into(), actions, error_action, ..TopicRulePayload::default() };
         self.world.services.create_topic_rule(&self.caller, name, &payload).unwrap();
         // What the change feed's TopicRule entry does on every node.
         self.book.forget(&self.caller.account);
+    }
+}
+
+impl Rig {
+    /// Creates and confirms a destination for `url` (as the API's confirmation flow would).
+    fn destination(&self, url: &str) -> String {
+        let pending = match self.world.services.create_topic_rule_destination(&self.caller, url) {
+            Ok(pending) => pending,
+            // Created for another rule of the test already.
+            Err(certfleet_services::Error::AlreadyExists { resource_id, .. }) => return resource_id,
+            Err(error) => panic!("{error}"),
+        };
+        self.world.services.confirm_topic_rule_destination(&self.caller, &pending.confirmation_token).unwrap();
+        pending.destination.arn
     }
 }
 
@@ -186,7 +222,7 @@ async fn http_posts_the_output_and_failures_run_the_error_action() {
             assert!(message.contains("500"), "{message}");
         } else {
             assert_eq!(report["ruleName"], "unreachable");
-            assert!(message.contains("connect"), "{message}");
+            assert_eq!(message, certfleet_egress::UNREACHABLE);
         }
     }
     assert_eq!(rig.engine.counters.error_actions.load(Ordering::Relaxed), 2);
@@ -429,4 +465,92 @@ async fn an_account_over_its_step_budget_is_dropped() {
     // Every message either ran (matched) or was dropped, once the runner is through them.
     until(|| steps() + counters.matched.load(Ordering::Relaxed) == 20).await;
     assert!(steps() >= 15, "{} of 20 messages dropped", steps());
+}
+
+/// A listener on 127.0.0.1 counting the connections it accepts (and answering none).
+async fn counting_listener() -> (String, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            drop(stream);
+        }
+    });
+    (format!("127.0.0.1:{port}"), accepted)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_the_default_deny_list_a_tenant_cannot_reach_loopback_nor_tell_open_from_closed() {
+    // The operator allows plain http, but keeps the default deny list.
+    let egress = Arc::new(Egress::new(Policy { allow_http: true, ..Policy::default() }, None));
+    let rig = rig_with(RulesConfig { egress: egress.clone(), ..RulesConfig::default() });
+    let (open, accepted) = counting_listener().await;
+    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().to_string();
+    let open_port = open.rsplit_once(':').unwrap().1.to_owned();
+    let targets = [
+        format!("http://{open}/x"),
+        format!("http://{closed}/x"),
+        format!("http://localhost:{open_port}/x"),
+        format!("https://localhost:{open_port}/x"),
+        format!("http://[::ffff:127.0.0.1]:{open_port}/x"),
+    ];
+    for (n, url) in targets.iter().enumerate() {
+        rig.rule(
+            &format!("probe{n}"),
+            &format!("SELECT * FROM 'probe/{n}'"),
+            vec![http(url)],
+            Some(republish("errors")),
+        );
+    }
+    let (mut subscriber, _) = rig.harness.connect(&rig.device(1), Options::v311("sub")).await;
+    subscriber.subscribe_to("errors", QoS::AtMostOnce).await;
+    let (mut attacker, _) = rig.harness.connect(&rig.device(2), Options::v311("attacker")).await;
+    let mut messages = Vec::new();
+    for n in 0..targets.len() {
+        attacker.publish(publish(&format!("probe/{n}"), "{}", QoS::AtMostOnce, None)).await;
+        let report = json_of(&subscriber.receive().await);
+        messages.push(report["failures"][0]["errorMessage"].as_str().unwrap().to_owned());
+    }
+    // One generic message for open, closed, a name and an IPv4-mapped form; nothing connected.
+    assert!(messages.iter().all(|message| message == certfleet_egress::UNREACHABLE), "{messages:?}");
+    assert_eq!(accepted.load(Ordering::SeqCst), 0);
+    assert_eq!(egress.counters.refused(certfleet_egress::Refusal::DeniedAddress), targets.len() as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disabled_or_deleted_destination_stops_its_http_actions() {
+    let rig = rig(RulesConfig::default());
+    let mut hook = webhook(200, Duration::ZERO).await;
+    let arn = rig.destination(&hook.url);
+    let payload = TopicRulePayload {
+        sql: "SELECT * FROM 'd'".into(),
+        actions: vec![http(&hook.url)],
+        error_action: Some(republish("errors")),
+        ..TopicRulePayload::default()
+    };
+    rig.world.services.create_topic_rule(&rig.caller, "d", &payload).unwrap();
+    rig.book.forget(&rig.caller.account);
+    let (mut subscriber, _) = rig.harness.connect(&rig.device(1), Options::v311("sub")).await;
+    subscriber.subscribe_to("errors", QoS::AtMostOnce).await;
+    let (mut publisher, _) = rig.harness.connect(&rig.device(2), Options::v311("pub")).await;
+    publisher.publish(publish("d", r#"{"n": 1}"#, QoS::AtMostOnce, None)).await;
+    let (_, body) = tokio::time::timeout(Duration::from_secs(10), hook.requests.recv()).await.unwrap().unwrap();
+    assert_eq!(body, json!({"n": 1}));
+
+    let disabled = certfleet_registry::DestinationStatus::Disabled;
+    rig.world.services.update_topic_rule_destination(&rig.caller, &arn, disabled).unwrap();
+    rig.book.forget(&rig.caller.account);
+    publisher.publish(publish("d", r#"{"n": 2}"#, QoS::AtMostOnce, None)).await;
+    let report = json_of(&subscriber.receive().await);
+    assert!(report["failures"][0]["errorMessage"].as_str().unwrap().contains("destination"), "{report}");
+
+    rig.world.services.delete_topic_rule_destination(&rig.caller, &arn).unwrap();
+    rig.book.forget(&rig.caller.account);
+    publisher.publish(publish("d", r#"{"n": 3}"#, QoS::AtMostOnce, None)).await;
+    let report = json_of(&subscriber.receive().await);
+    assert!(report["failures"][0]["errorMessage"].as_str().unwrap().contains("destination"), "{report}");
+    assert!(hook.requests.try_recv().is_err(), "nothing sent once the destination was disabled");
 }
