@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -19,6 +19,7 @@ use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 
 use super::Counters;
+use super::retained::message_bytes;
 use crate::fabric::Message;
 use crate::identity::Identity;
 
@@ -116,10 +117,32 @@ pub(crate) struct Queued {
     pub(crate) identifiers: Vec<NonZeroU32>,
 }
 
+/// The bytes ([`message_bytes`]) a message waiting for the client holds against its session's
+/// and its account's byte bounds, given back when it is dropped however it leaves (sent and
+/// acknowledged, expired, too large, the session ended): the accounting cannot drift.
+pub(crate) struct Charge {
+    bytes: usize,
+    session: Arc<AtomicUsize>,
+    account: Arc<AtomicUsize>,
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.session.fetch_sub(self.bytes, Ordering::Relaxed);
+        self.account.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
+
+/// A message waiting for the client, with its charge.
+struct Waiting {
+    queued: Queued,
+    _charge: Charge,
+}
+
 /// An outgoing QoS 1 or 2 exchange.
 enum Inflight {
     /// PUBLISH sent (or to resend), waiting for PUBACK or PUBREC.
-    Publish { queued: Queued, sent: bool, dup: bool },
+    Publish { queued: Queued, _charge: Charge, sent: bool, dup: bool },
     /// PUBREC received; PUBREL sent (or to resend), waiting for PUBCOMP.
     Release { sent: bool },
 }
@@ -141,6 +164,10 @@ pub(crate) struct QueueLimits {
     pub(crate) queued: usize,
     /// QoS 0 messages for a connected client that reads slower than they come.
     pub(crate) qos0: usize,
+    /// Bytes of the messages waiting for one session (queued and in flight, every QoS).
+    pub(crate) bytes: usize,
+    /// Bytes of the messages waiting for all the sessions of one account.
+    pub(crate) account_bytes: usize,
 }
 
 /// Why a message was not queued.
@@ -152,6 +179,10 @@ pub(crate) enum Dropped {
     SlowQos0,
     /// The session holds the maximum of QoS 1 and 2 messages.
     QueueFull,
+    /// The session's messages would exceed its byte bound (after dropping its QoS 0 ones).
+    SessionBytes,
+    /// The account's sessions' messages would exceed its byte bound.
+    AccountBytes,
 }
 
 /// What a client's PUBREC answered.
@@ -182,14 +213,23 @@ pub(crate) struct SessionState {
     pub(crate) incoming_qos2: HashSet<PacketId>,
     /// A will whose delay runs, with when it is due.
     pub(crate) pending_will: Option<(Will, Instant)>,
-    pending_qos0: VecDeque<Queued>,
-    pending: VecDeque<Queued>,
+    pending_qos0: VecDeque<Waiting>,
+    pending: VecDeque<Waiting>,
     inflight: BTreeMap<PacketId, Inflight>,
     next_packet_id: u16,
+    /// Bytes of every message waiting (queued or in flight), the sum of their charges.
+    bytes: Arc<AtomicUsize>,
+    /// The same, for every session of the account.
+    account_bytes: Arc<AtomicUsize>,
 }
 
 impl SessionState {
-    pub(crate) fn new(identity: Arc<Identity>, attached: Option<Attached>, expiry: Duration) -> Self {
+    pub(crate) fn new(
+        identity: Arc<Identity>,
+        attached: Option<Attached>,
+        expiry: Duration,
+        account_bytes: Arc<AtomicUsize>,
+    ) -> Self {
         SessionState {
             epoch: 0,
             identity,
@@ -203,6 +243,8 @@ impl SessionState {
             pending: VecDeque::new(),
             inflight: BTreeMap::new(),
             next_packet_id: 1,
+            bytes: Arc::new(AtomicUsize::new(0)),
+            account_bytes,
         }
     }
 
@@ -213,7 +255,11 @@ impl SessionState {
 
     /// Queues a message for the client. QoS 0 messages are only queued for a connected client, up
     /// to `limits.qos0`; QoS 1 and 2 messages up to `limits.queued` (expired ones make room).
-    pub(crate) fn enqueue(&mut self, queued: Queued, limits: QueueLimits, now: Instant) -> Result<(), Dropped> {
+    /// Every message also within the byte bounds of the session and of its account: a QoS 1 or 2
+    /// message makes room by dropping the session's queued QoS 0 messages first (counted in
+    /// `Ok`: how many were dropped).
+    pub(crate) fn enqueue(&mut self, queued: Queued, limits: QueueLimits, now: Instant) -> Result<usize, Dropped> {
+        let size = message_bytes(&queued.message);
         if queued.qos == QoS::AtMostOnce {
             if self.attached.is_none() {
                 return Err(Dropped::OfflineQos0);
@@ -221,17 +267,44 @@ impl SessionState {
             if self.pending_qos0.len() >= limits.qos0 {
                 return Err(Dropped::SlowQos0);
             }
-            self.pending_qos0.push_back(queued);
-            return Ok(());
+            let charge = self.charge(size, limits)?;
+            self.pending_qos0.push_back(Waiting { queued, _charge: charge });
+            return Ok(0);
         }
-        if self.pending.len() >= limits.queued {
-            self.pending.retain(|waiting| !waiting.message.expired(now));
+        let over_bytes = |state: &Self| state.bytes.load(Ordering::Relaxed) + size > limits.bytes;
+        if self.pending.len() >= limits.queued || over_bytes(self) {
+            self.pending.retain(|waiting| !waiting.queued.message.expired(now));
         }
         if self.pending.len() >= limits.queued {
             return Err(Dropped::QueueFull);
         }
-        self.pending.push_back(queued);
-        Ok(())
+        let mut qos0_dropped = 0;
+        while over_bytes(self) && self.pending_qos0.pop_front().is_some() {
+            qos0_dropped += 1;
+        }
+        let charge = self.charge(size, limits)?;
+        self.pending.push_back(Waiting { queued, _charge: charge });
+        Ok(qos0_dropped)
+    }
+
+    /// Charges `size` bytes to the session and its account, if both stay within their bounds.
+    /// The account's total is shared by sessions locked separately: it is added first and taken
+    /// back if over, so concurrent charges never pass the bound together.
+    fn charge(&self, size: usize, limits: QueueLimits) -> Result<Charge, Dropped> {
+        if self.bytes.load(Ordering::Relaxed) + size > limits.bytes {
+            return Err(Dropped::SessionBytes);
+        }
+        if self.account_bytes.fetch_add(size, Ordering::Relaxed) + size > limits.account_bytes {
+            self.account_bytes.fetch_sub(size, Ordering::Relaxed);
+            return Err(Dropped::AccountBytes);
+        }
+        self.bytes.fetch_add(size, Ordering::Relaxed);
+        Ok(Charge { bytes: size, session: self.bytes.clone(), account: self.account_bytes.clone() })
+    }
+
+    /// Bytes of the messages waiting for the client (queued and in flight).
+    pub(crate) fn queued_bytes(&self) -> usize {
+        self.bytes.load(Ordering::Relaxed)
     }
 
     /// Whether publishers should wait before adding to this session's queue: a connected
@@ -268,7 +341,7 @@ impl SessionState {
                 break;
             }
             match inflight {
-                Inflight::Publish { queued, sent: sent @ false, dup } => {
+                Inflight::Publish { queued, sent: sent @ false, dup, .. } => {
                     let packet = Packet::Publish(publish(queued, Some(*packet_id), *dup, limits.version, now));
                     if fits(&packet, limits, counters) {
                         *sent = true;
@@ -288,7 +361,7 @@ impl SessionState {
             self.inflight.remove(&packet_id);
         }
         while packets.len() < budget {
-            let Some(queued) = self.pending_qos0.pop_front() else { break };
+            let Some(Waiting { queued, _charge }) = self.pending_qos0.pop_front() else { break };
             if queued.message.expired(now) {
                 counters.dropped_expired.fetch_add(1, Ordering::Relaxed);
                 continue;
@@ -299,19 +372,20 @@ impl SessionState {
             }
         }
         while packets.len() < budget && self.inflight.len() < limits.receive_maximum {
-            let Some(queued) = self.pending.pop_front() else { break };
-            if queued.message.expired(now) {
+            let Some(waiting) = self.pending.pop_front() else { break };
+            if waiting.queued.message.expired(now) {
                 counters.dropped_expired.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
             let Some(packet_id) = self.allocate_packet_id() else {
-                self.pending.push_front(queued);
+                self.pending.push_front(waiting);
                 break;
             };
+            let Waiting { queued, _charge: charge } = waiting;
             let packet = Packet::Publish(publish(&queued, Some(packet_id), false, limits.version, now));
             if fits(&packet, limits, counters) {
                 packets.push(packet);
-                self.inflight.insert(packet_id, Inflight::Publish { queued, sent: true, dup: false });
+                self.inflight.insert(packet_id, Inflight::Publish { queued, _charge: charge, sent: true, dup: false });
             }
         }
         packets
