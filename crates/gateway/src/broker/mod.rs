@@ -534,7 +534,13 @@ impl Broker {
     /// message within the bounds and deleting one (empty payload) are always admitted. Asked on
     /// the node the PUBLISH arrived at, before routing; every node's store checks again.
     pub(crate) fn admit_retained(&self, account: &AccountId, message: &Message) -> Result<(), Kept> {
-        let admitted = self.space(account).lock().retained.admits(message);
+        let space = self.space(account);
+        let mut state = space.lock();
+        let mut admitted = state.retained.admits(message);
+        if admitted.is_err() && state.retained.purge_expired(Instant::now()) {
+            admitted = state.retained.admits(message);
+        }
+        drop(state);
         if let Err(refused) = admitted {
             self.retained_refused(account, refused);
         }
@@ -1058,7 +1064,10 @@ impl Router for Broker {
             if message.retain {
                 // Refused at the publisher's node already, unless another publisher got there
                 // first or this node holds more than the publisher's.
-                let kept = space_state.retained.keep(message);
+                let mut kept = space_state.retained.keep(message);
+                if matches!(kept, Kept::TooMany | Kept::TooLarge) && space_state.retained.purge_expired(now) {
+                    kept = space_state.retained.keep(message);
+                }
                 self.retained_refused(&routed.account, kept);
             }
             let sessions = &space_state.sessions;

@@ -15,7 +15,12 @@ pub(crate) struct Retained {
     messages: BTreeMap<String, Arc<Message>>,
     limits: RetainedLimits,
     bytes: usize,
+    /// When expired messages were last swept out (see [`Retained::purge_expired`]).
+    last_purge: Option<Instant>,
 }
+
+/// How often a refusal may sweep expired messages out, at most.
+const PURGE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// How much one account may retain.
 #[derive(Clone, Copy, Debug)]
@@ -51,7 +56,7 @@ pub(crate) enum Kept {
 
 impl Retained {
     pub(crate) fn new(limits: RetainedLimits) -> Self {
-        Retained { messages: BTreeMap::new(), limits, bytes: 0 }
+        Retained { messages: BTreeMap::new(), limits, bytes: 0, last_purge: None }
     }
 
     /// Whether keeping `message` would stay within the bounds (deleting always does; replacing a
@@ -86,6 +91,22 @@ impl Retained {
         self.bytes += message_bytes(message);
         self.messages.insert(topic.to_owned(), message.clone());
         Kept::Stored
+    }
+
+    /// Drops the expired messages (otherwise dropped only when a subscription matches them), so
+    /// that they do not hold an account's quota; at most once per [`PURGE_INTERVAL`], since it
+    /// walks every message. Returns whether it swept.
+    pub(crate) fn purge_expired(&mut self, now: Instant) -> bool {
+        if self.last_purge.is_some_and(|last| now.saturating_duration_since(last) < PURGE_INTERVAL) {
+            return false;
+        }
+        self.last_purge = Some(now);
+        let expired: Vec<String> =
+            self.messages.iter().filter(|(_, message)| message.expired(now)).map(|(topic, _)| topic.clone()).collect();
+        for topic in expired {
+            self.remove(&topic);
+        }
+        true
     }
 
     fn remove(&mut self, topic: &str) {
@@ -213,5 +234,14 @@ mod tests {
         assert_eq!(retained.keep(&message("t/4", &payload, None)), Kept::Stored);
         assert_eq!(retained.len(), 3);
         assert_eq!(retained.bytes(), 30);
+
+        // Expired messages give their room back when a refusal sweeps them out.
+        let now = Instant::now();
+        assert_eq!(retained.keep(&message("t/1", &payload, Some(now))), Kept::Stored);
+        assert_eq!(retained.keep(&message("t/5", &payload, None)), Kept::TooLarge);
+        assert!(retained.purge_expired(now));
+        assert_eq!(retained.bytes(), 20);
+        assert_eq!(retained.keep(&message("t/5", &payload, None)), Kept::Stored);
+        assert!(!retained.purge_expired(now), "not twice within the interval");
     }
 }

@@ -308,17 +308,22 @@ impl SessionState {
     }
 
     /// Whether publishers should wait before adding to this session's queue: a connected
-    /// client's queue is three quarters full (a queue configured to hold nothing never is).
+    /// client's queue is three quarters full, in messages or in bytes (a queue configured to
+    /// hold nothing never is).
     pub(crate) fn congested(&self, limits: QueueLimits) -> bool {
         let high_water = |bound: usize| (bound - bound / 4).max(1);
         self.attached.is_some()
-            && (self.pending.len() >= high_water(limits.queued) || self.pending_qos0.len() >= high_water(limits.qos0))
+            && (self.pending.len() >= high_water(limits.queued)
+                || self.pending_qos0.len() >= high_water(limits.qos0)
+                || self.queued_bytes() >= high_water(limits.bytes))
     }
 
     /// Whether the queue is back to half (or the client left): waiting publishers may go on.
     pub(crate) fn drained(&self, limits: QueueLimits) -> bool {
         self.attached.is_none()
-            || (self.pending.len() <= limits.queued / 2 && self.pending_qos0.len() <= limits.qos0 / 2)
+            || (self.pending.len() <= limits.queued / 2
+                && self.pending_qos0.len() <= limits.qos0 / 2
+                && self.queued_bytes() <= limits.bytes / 2)
     }
 
     /// Prepares the packets the client may be sent now, at most `budget` of them: first what a
