@@ -523,3 +523,79 @@ fn fits(packet: &Packet, limits: DeliveryLimits, counters: &Counters) -> bool {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use certfleet_mqtt::TopicName;
+    use certfleet_pki::CertificateId;
+    use certfleet_registry::AccountId;
+
+    fn queued(qos: QoS, size: usize) -> Queued {
+        Queued {
+            message: Arc::new(Message {
+                topic: TopicName::new("t").unwrap(),
+                payload: Bytes::from(vec![b'x'; size - 1]),
+                qos,
+                retain: false,
+                properties: Properties::default(),
+                expires_at: None,
+                publisher: None,
+            }),
+            qos,
+            retain: false,
+            identifiers: Vec::new(),
+        }
+    }
+
+    fn connected_session(account_bytes: Arc<AtomicUsize>) -> SessionState {
+        let identity = Arc::new(Identity {
+            account: AccountId::parse("111111111111").unwrap(),
+            certificate_id: CertificateId::parse(&format!("{:064x}", 1)).unwrap(),
+            ca_certificate_id: None,
+            not_after: time::OffsetDateTime::now_utc(),
+        });
+        let (kick, _) = oneshot::channel();
+        let attached = Attached { connection: 1, kick: Some(kick), will: None, wake: Arc::new(Notify::new()) };
+        SessionState::new(identity, Some(attached), Duration::from_secs(60), account_bytes)
+    }
+
+    #[test]
+    fn qos0_messages_make_room_first_and_every_byte_is_given_back() {
+        let now = Instant::now();
+        let account = Arc::new(AtomicUsize::new(0));
+        let limits = QueueLimits { queued: 100, qos0: 100, bytes: 300, account_bytes: 500 };
+        let mut state = connected_session(account.clone());
+        for _ in 0..3 {
+            assert_eq!(state.enqueue(queued(QoS::AtMostOnce, 100), limits, now), Ok(0));
+        }
+        assert_eq!(state.enqueue(queued(QoS::AtMostOnce, 100), limits, now), Err(Dropped::SessionBytes));
+        // Each QoS 1 message pushes out one QoS 0 message; once none is left, it is dropped.
+        for _ in 0..3 {
+            assert_eq!(state.enqueue(queued(QoS::AtLeastOnce, 100), limits, now), Ok(1));
+        }
+        assert_eq!(state.enqueue(queued(QoS::AtLeastOnce, 100), limits, now), Err(Dropped::SessionBytes));
+        assert_eq!((state.queued_bytes(), account.load(Ordering::Relaxed)), (300, 300));
+
+        // Another session of the account runs into the account's bound.
+        let mut other = connected_session(account.clone());
+        assert_eq!(other.enqueue(queued(QoS::AtLeastOnce, 200), limits, now), Ok(0));
+        assert_eq!(other.enqueue(queued(QoS::AtLeastOnce, 1), limits, now), Err(Dropped::AccountBytes));
+        assert_eq!(other.queued_bytes(), 200);
+
+        // Sent, in flight, acknowledged or ended: the bytes come back exactly.
+        let delivery =
+            DeliveryLimits { version: ProtocolVersion::V5, receive_maximum: 10, maximum_packet_size: 1 << 20 };
+        let packets = state.outgoing(delivery, now, 10, &Counters::default());
+        assert_eq!(packets.len(), 3);
+        assert_eq!(state.queued_bytes(), 300, "in flight still counts");
+        let Packet::Publish(first) = &packets[0] else { panic!("{:?}", packets[0]) };
+        assert!(state.acknowledged(first.packet_id.unwrap()));
+        assert_eq!(state.queued_bytes(), 200);
+        drop(state);
+        assert_eq!(account.load(Ordering::Relaxed), 200, "an ended session gives back all it held");
+        drop(other);
+        assert_eq!(account.load(Ordering::Relaxed), 0);
+    }
+}
