@@ -518,7 +518,8 @@ impl Broker {
 
     /// Whether a warning of this cause may be logged now (at most once per [`WARN_INTERVAL`]).
     fn warn_now(&self, warning: Warning) -> bool {
-        let gate = &self.gates[warning as usize];
+        // One gate per variant; a variant without one is simply not rate-limited.
+        let Some(gate) = self.gates.get(warning as usize) else { return true };
         let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         let next = gate.next.load(Ordering::Relaxed);
         let interval = u64::try_from(WARN_INTERVAL.as_millis()).unwrap_or(u64::MAX);
