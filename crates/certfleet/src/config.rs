@@ -66,6 +66,30 @@ danger_authorize_everything = false
 # properties) is delivered to any subscriber.
 max_message_bytes = 131072
 
+[broker]
+# Bounds on what the MQTT broker keeps in memory (docs/operations.md, "Broker"). Bytes are a
+# message's payload, topic and properties. Past a bound the message or session is refused or
+# dropped, counted in certfleet_broker_* and logged once a minute per cause.
+# Retained messages per account: a retained PUBLISH past either bound is refused (MQTT 5:
+# PUBACK/PUBREC 0x97 Quota exceeded; MQTT 3.1.1: disconnected). Replacing within the bound and
+# deleting always work.
+max_retained_messages = 10000
+max_retained_bytes = 67108864
+# Messages waiting for one session (offline, or behind a slow reader; queued or in flight):
+# QoS 1 and 2 messages, and bytes of every QoS (at least the largest packet, 18 KiB over
+# mqtt.max_message_bytes). A QoS 1 or 2 message past the bytes first drops queued QoS 0 ones.
+max_queued_messages = 1000
+max_queued_bytes = 8388608
+# Bytes waiting for all the sessions of one account on this node (at least max_queued_bytes).
+max_account_queued_bytes = 268435456
+# Persistent sessions one account may keep offline on this node; past it the session offline
+# longest ends (its will is published).
+max_offline_sessions = 10000
+# QoS 1 and 2 messages sent to one client unacknowledged (MQTT 5 clients may ask for fewer).
+max_inflight_messages = 100
+# The longest Session Expiry Interval granted (MQTT 3.1.1 persistent sessions get it), at most 7d.
+max_session_expiry = "1h"
+
 [rules]
 # Topic rules (docs/rules.md, docs/operations.md). Messages waiting for the rules runner, all
 # accounts together.
@@ -185,6 +209,64 @@ struct FileConfig {
     domains: DomainsFile,
     rules: RulesFile,
     egress: EgressFile,
+    broker: BrokerFile,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct BrokerFile {
+    max_retained_messages: Option<usize>,
+    max_retained_bytes: Option<usize>,
+    max_queued_messages: Option<usize>,
+    max_queued_bytes: Option<usize>,
+    max_account_queued_bytes: Option<usize>,
+    max_offline_sessions: Option<usize>,
+    max_inflight_messages: Option<u16>,
+    max_session_expiry: Option<String>,
+}
+
+/// The broker's bounds from `[broker]` (docs/operations.md, "Broker"), copied into the
+/// gateway's `BrokerConfig` by the server.
+#[derive(Clone, Copy, Debug)]
+pub struct BrokerBounds {
+    pub max_retained_messages: usize,
+    pub max_retained_bytes: usize,
+    pub max_queued_messages: usize,
+    pub max_queued_bytes: usize,
+    pub max_account_queued_bytes: usize,
+    pub max_offline_sessions: usize,
+    pub max_inflight_messages: u16,
+    pub max_session_expiry: std::time::Duration,
+}
+
+/// The broker's bounds from the file, each with its default; `max_packet_size` is the largest
+/// packet accepted, which one session's queue must be able to hold.
+fn broker_bounds(file: &BrokerFile, max_packet_size: usize) -> anyhow::Result<BrokerBounds> {
+    let defaults = certfleet_gateway::BrokerConfig::default();
+    let expiry = parse_duration(file.max_session_expiry.as_deref().unwrap_or("1h"), "broker.max_session_expiry")?;
+    if expiry > time::Duration::days(7) {
+        bail!("broker.max_session_expiry must be at most 7d");
+    }
+    let bounds = BrokerBounds {
+        max_retained_messages: file.max_retained_messages.unwrap_or(defaults.max_retained_messages),
+        max_retained_bytes: file.max_retained_bytes.unwrap_or(defaults.max_retained_bytes),
+        max_queued_messages: file.max_queued_messages.unwrap_or(defaults.max_queued_messages),
+        max_queued_bytes: file.max_queued_bytes.unwrap_or(defaults.max_queued_bytes),
+        max_account_queued_bytes: file.max_account_queued_bytes.unwrap_or(defaults.max_account_queued_bytes),
+        max_offline_sessions: file.max_offline_sessions.unwrap_or(defaults.max_offline_sessions),
+        max_inflight_messages: file.max_inflight_messages.unwrap_or(defaults.client_receive_maximum),
+        max_session_expiry: std::time::Duration::try_from(expiry).unwrap_or(defaults.max_session_expiry),
+    };
+    if bounds.max_queued_bytes < max_packet_size {
+        bail!("broker.max_queued_bytes must be at least {max_packet_size} (mqtt.max_message_bytes + 18 KiB)");
+    }
+    if bounds.max_account_queued_bytes < bounds.max_queued_bytes {
+        bail!("broker.max_account_queued_bytes must be at least broker.max_queued_bytes");
+    }
+    if bounds.max_inflight_messages == 0 {
+        bail!("broker.max_inflight_messages must be at least 1");
+    }
+    Ok(bounds)
 }
 
 #[derive(Deserialize, Default)]
@@ -320,6 +402,8 @@ pub struct Config {
     pub caches: certfleet_gateway::CacheLimits,
     /// The largest message payload: the broker's limit and the rules' value bound.
     pub mqtt_max_message_bytes: usize,
+    /// The broker's bounds: retained messages, session queues, offline sessions, in flight.
+    pub broker: BrokerBounds,
     /// The rules engine's bounds (`tls_roots` is filled in by the server).
     pub rules: certfleet_gateway::rules::RulesConfig,
     pub database_url: Option<String>,
@@ -428,6 +512,7 @@ impl Config {
         }
         let rules = rules_config(&file.rules, max_message_bytes)?;
         let egress = egress_policy(&file.egress)?;
+        let broker = broker_bounds(&file.broker, max_message_bytes + 18 * 1024)?;
         Ok(Config {
             data_dir: overrides.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("certfleet-data")),
             region,
@@ -464,6 +549,7 @@ impl Config {
             )?,
             mqtt_danger_authorize_everything: file.mqtt.danger_authorize_everything.unwrap_or(false),
             mqtt_max_message_bytes: max_message_bytes,
+            broker,
             rules,
             database_url,
             device_certificate_validity: parse_duration(
@@ -682,6 +768,11 @@ mod tests {
             "[rules]\nmax_payload_depth = 1000",
             "[rules]\nmax_steps = 100\naccount_steps_per_second = 99",
             "[rules]\ncolour = 1",
+            "[broker]\nmax_queued_bytes = 1024",
+            "[broker]\nmax_queued_bytes = 8388608\nmax_account_queued_bytes = 1048576",
+            "[broker]\nmax_inflight_messages = 0",
+            "[broker]\nmax_session_expiry = \"8d\"",
+            "[broker]\ncolour = 1",
         ] {
             std::fs::write(&path, bad).unwrap();
             assert!(Config::load(Some(&path), Overrides::default()).is_err(), "{bad}");

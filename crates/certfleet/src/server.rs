@@ -348,6 +348,14 @@ async fn start_gateway(
         // The default packet limit leaves 18 KiB for the topic and properties past the message.
         max_packet_size: config.mqtt_max_message_bytes + 18 * 1024,
         message_size_limit: config.mqtt_max_message_bytes,
+        max_session_expiry: config.broker.max_session_expiry,
+        max_queued_messages: config.broker.max_queued_messages,
+        max_queued_bytes: config.broker.max_queued_bytes,
+        max_account_queued_bytes: config.broker.max_account_queued_bytes,
+        max_offline_sessions: config.broker.max_offline_sessions,
+        client_receive_maximum: config.broker.max_inflight_messages,
+        max_retained_messages: config.broker.max_retained_messages,
+        max_retained_bytes: config.broker.max_retained_bytes,
         ..certfleet_gateway::BrokerConfig::default()
     };
     let broker_authorizer: Arc<dyn certfleet_gateway::Authorizer> = if config.mqtt_danger_authorize_everything {

@@ -116,8 +116,55 @@ pub fn render(gateway: &crate::Gateway) -> String {
                 ("dropped_too_large", "Messages over the subscriber's Maximum Packet Size.", &c.dropped_too_large),
                 ("dropped_not_authorized", "Deliveries the subscriber's policies refused.", &c.dropped_not_authorized),
                 ("takeovers", "Connections closed because another took their client ID.", &c.takeovers),
+                (
+                    "refused_retain_count",
+                    "Retained PUBLISHes refused: the account held the maximum number of retained messages.",
+                    &c.retained_refused_count,
+                ),
+                (
+                    "refused_retain_bytes",
+                    "Retained PUBLISHes refused: the account held the maximum bytes of retained messages.",
+                    &c.retained_refused_bytes,
+                ),
+                (
+                    "dropped_session_bytes",
+                    "Messages dropped: the session's queue held its maximum bytes.",
+                    &c.dropped_session_bytes,
+                ),
+                (
+                    "dropped_account_bytes",
+                    "Messages dropped: the account's session queues held their maximum bytes.",
+                    &c.dropped_account_bytes,
+                ),
+                (
+                    "dropped_qos0_for_room",
+                    "Queued QoS 0 messages dropped to make room for a QoS 1 or 2 message.",
+                    &c.dropped_qos0_for_room,
+                ),
+                (
+                    "dropped_queue_bytes",
+                    "Bytes of the messages dropped for a session (queue full, byte bounds, slow reader).",
+                    &c.dropped_queue_bytes,
+                ),
+                (
+                    "offline_sessions_evicted",
+                    "Offline sessions ended early: the account kept the maximum number offline.",
+                    &c.offline_sessions_evicted,
+                ),
             ],
         );
+        let totals = broker.totals();
+        for (name, help, value) in [
+            ("retained_messages", "Retained messages kept on this node, every account.", totals.retained_messages),
+            ("retained_bytes", "Bytes of the retained messages kept on this node.", totals.retained_bytes),
+            ("offline_sessions", "Persistent sessions kept offline on this node.", totals.offline_sessions),
+            ("queued_bytes", "Bytes of the messages waiting in session queues on this node.", totals.queued_bytes),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP certfleet_broker_{name} {help}\n# TYPE certfleet_broker_{name} gauge\ncertfleet_broker_{name} {value}"
+            );
+        }
         let _ = writeln!(
             out,
             "# HELP certfleet_broker_connect_refusals_total CONNECTs of authenticated devices refused, by reason.\n# TYPE certfleet_broker_connect_refusals_total counter"

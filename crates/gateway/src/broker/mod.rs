@@ -16,8 +16,8 @@ mod retained;
 mod state;
 mod subscriptions;
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
@@ -31,12 +31,22 @@ use crate::fabric::{ClientClaim, Fabric, Message, NodeId, RoutedMessage, Router}
 use crate::identity::Identity;
 use crate::live::LiveSessions;
 use crate::session::ConnectRefusal;
-use retained::{Kept, Retained};
+pub(crate) use retained::Kept;
+use retained::{Retained, RetainedLimits};
 pub(crate) use state::{
     Attached, DeliveryLimits, Dropped, Kick, QueueLimits, Queued, Received, Session, SessionState, Will,
 };
 pub(crate) use subscriptions::SubscriptionOptions;
 use subscriptions::Subscriptions;
+
+/// This node's broker totals over every account (gauges in `/metrics`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BrokerTotals {
+    pub retained_messages: usize,
+    pub retained_bytes: usize,
+    pub offline_sessions: usize,
+    pub queued_bytes: usize,
+}
 
 /// Settings of the broker and its MQTT sessions. The defaults are AWS IoT Core's where it has one.
 #[derive(Clone, Debug)]
@@ -61,14 +71,24 @@ pub struct BrokerConfig {
     /// QoS 1 and 2 messages one session may queue, offline or behind a slow connection; more are
     /// dropped and counted. Default 1000.
     pub max_queued_messages: usize,
+    /// Bytes (payload, topic and properties) of the messages waiting for one session, queued or
+    /// in flight; a QoS 1 or 2 message past it first drops the session's queued QoS 0 messages,
+    /// then is dropped and counted. Default 8 MiB.
+    pub max_queued_bytes: usize,
+    /// Bytes of the messages waiting for all the sessions of one account on this node; more are
+    /// dropped and counted. Default 256 MiB.
+    pub max_account_queued_bytes: usize,
+    /// Persistent sessions one account may keep offline on this node; past it, the one offline
+    /// longest ends (its will published) and is counted. Default 10,000.
+    pub max_offline_sessions: usize,
     /// QoS 0 messages queued for a connected client that reads slower than they come; more are
     /// dropped and counted. Default 1000.
     pub outbound_capacity: usize,
     /// The server's Receive Maximum: QoS 2 messages a client may have unreleased at once
     /// (exceeding it is DISCONNECT 0x93). Default 100.
     pub receive_maximum: u16,
-    /// How many QoS 1 and 2 messages are sent unacknowledged to an MQTT 3.1.1 client (MQTT 5
-    /// clients say it with their Receive Maximum). Default 100.
+    /// How many QoS 1 and 2 messages are sent unacknowledged to a client: MQTT 3.1.1 clients get
+    /// this many, MQTT 5 clients the lower of this and their Receive Maximum. Default 100.
     pub client_receive_maximum: u16,
     /// Topic aliases an MQTT 5 client may set (Topic Alias Maximum). Default 10.
     pub topic_alias_maximum: u16,
@@ -76,8 +96,12 @@ pub struct BrokerConfig {
     pub max_client_id_len: usize,
     /// Subscriptions one session may hold; more are refused in SUBACK. Default 50.
     pub max_subscriptions: usize,
-    /// Retained messages one account may hold; more are not kept. Default 500,000.
+    /// Retained messages one account may hold; a retained PUBLISH past it is refused (MQTT 5:
+    /// 0x97 Quota exceeded) unless it replaces or deletes one. Default 10,000.
     pub max_retained_messages: usize,
+    /// Bytes (payload, topic and properties) of the retained messages one account may hold; a
+    /// retained PUBLISH past it is refused the same way. Default 64 MiB.
+    pub max_retained_bytes: usize,
 }
 
 impl Default for BrokerConfig {
@@ -90,13 +114,17 @@ impl Default for BrokerConfig {
             max_keep_alive: Duration::from_secs(1200),
             max_session_expiry: Duration::from_secs(3600),
             max_queued_messages: 1000,
+            max_queued_bytes: 8 * 1024 * 1024,
+            max_account_queued_bytes: 256 * 1024 * 1024,
+            max_offline_sessions: 10_000,
             outbound_capacity: 1000,
             receive_maximum: 100,
             client_receive_maximum: 100,
             topic_alias_maximum: 10,
             max_client_id_len: 128,
             max_subscriptions: 50,
-            max_retained_messages: 500_000,
+            max_retained_messages: 10_000,
+            max_retained_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -159,8 +187,20 @@ pub struct Counters {
     pub dropped_too_large: AtomicU64,
     /// Deliveries the authorizer refused.
     pub dropped_not_authorized: AtomicU64,
-    /// Retained messages not kept: the account holds the maximum.
-    pub retained_refused: AtomicU64,
+    /// Retained messages refused: the account holds the maximum number.
+    pub retained_refused_count: AtomicU64,
+    /// Retained messages refused: the account holds the maximum bytes.
+    pub retained_refused_bytes: AtomicU64,
+    /// Messages dropped: the session's queue held its maximum bytes.
+    pub dropped_session_bytes: AtomicU64,
+    /// Messages dropped: the account's sessions held their maximum bytes.
+    pub dropped_account_bytes: AtomicU64,
+    /// Queued QoS 0 messages dropped to make room for a QoS 1 or 2 message.
+    pub dropped_qos0_for_room: AtomicU64,
+    /// Bytes of the messages dropped by any byte bound of a session's queue.
+    pub dropped_queue_bytes: AtomicU64,
+    /// Offline sessions ended early: the account kept the maximum number offline.
+    pub offline_sessions_evicted: AtomicU64,
     /// Connections closed because another took their client ID.
     pub takeovers: AtomicU64,
     /// Wills published.
@@ -190,14 +230,95 @@ impl Counters {
 /// One account's topic space.
 struct Space {
     state: Mutex<SpaceState>,
+    /// Bytes of the messages waiting for the account's sessions (the sum of their charges).
+    queued_bytes: Arc<AtomicUsize>,
 }
 
 struct SpaceState {
     subscriptions: Subscriptions,
     sessions: HashMap<String, SessionEntry>,
+    /// How many entries of `sessions` are offline.
+    offline: usize,
+    /// The sessions in the order they went offline, with the epoch they went offline in; an entry
+    /// whose session came back (or ended) since is stale and skipped. Compacted when stale
+    /// entries dominate, so it stays within a small multiple of `offline`.
+    offline_order: VecDeque<(Weak<Session>, u64)>,
     retained: Retained,
     /// The lifecycle events' `versionNumber`, per client ID.
     versions: HashMap<String, u64>,
+}
+
+impl SpaceState {
+    /// Adds or replaces a session's entry, keeping `offline` exact.
+    fn insert_session(&mut self, client_id: &str, entry: SessionEntry) {
+        let online = entry.online;
+        if let Some(old) = self.sessions.insert(client_id.to_owned(), entry)
+            && !old.online
+        {
+            self.offline -= 1;
+        }
+        if !online {
+            self.offline += 1;
+        }
+    }
+
+    /// Removes a session's entry, keeping `offline` exact.
+    fn remove_session(&mut self, client_id: &str) {
+        if let Some(old) = self.sessions.remove(client_id)
+            && !old.online
+        {
+            self.offline -= 1;
+        }
+    }
+
+    /// Marks a session's entry offline, keeping `offline` exact.
+    fn mark_offline(&mut self, client_id: &str) {
+        if let Some(entry) = self.sessions.get_mut(client_id)
+            && entry.online
+        {
+            entry.online = false;
+            self.offline += 1;
+        }
+    }
+
+    /// Whether `session`, offline since `epoch`, is still this space's offline session.
+    fn offline_since(&self, session: &Arc<Session>, epoch: u64) -> bool {
+        self.sessions.get(&session.client_id).is_some_and(|entry| Arc::ptr_eq(&entry.session, session) && !entry.online)
+            && session.lock().epoch == epoch
+    }
+
+    /// Ends an offline session (its expiry came, or it was evicted): subscriptions and entry
+    /// removed, its pending will returned to be published.
+    fn end_offline(&mut self, session: &Arc<Session>, state: &mut SessionState) -> Option<Will> {
+        for filter in state.subscriptions.values() {
+            self.subscriptions.remove(&session.client_id, filter);
+        }
+        if self.sessions.get(&session.client_id).is_some_and(|entry| Arc::ptr_eq(&entry.session, session)) {
+            self.remove_session(&session.client_id);
+        }
+        state.pending_will.take().map(|(will, _)| will)
+    }
+}
+
+/// Why the broker logs a warning; each is logged at most once per [`WARN_INTERVAL`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Warning {
+    RetainedCount = 0,
+    RetainedBytes,
+    SlowQos0,
+    QueueFull,
+    SessionBytes,
+    AccountBytes,
+    OfflineEvicted,
+}
+
+/// How often one cause of warning is logged at most (the counters count every occurrence).
+const WARN_INTERVAL: Duration = Duration::from_secs(60);
+
+/// One warning's gate: when it may be logged next, in milliseconds since the broker started.
+#[derive(Debug, Default)]
+struct Gate {
+    next: AtomicU64,
 }
 
 struct SessionEntry {
@@ -254,6 +375,9 @@ pub struct Broker {
     pub(crate) authorizer: Arc<dyn Authorizer>,
     pub(crate) live: Arc<LiveSessions>,
     counters: Counters,
+    /// When the broker started: the clock of `gates`.
+    started: Instant,
+    gates: [Gate; 7],
     spaces: Mutex<HashMap<AccountId, Arc<Space>>>,
     next_connection: AtomicU64,
     this: Weak<Broker>,
@@ -323,6 +447,8 @@ impl Broker {
             authorizer,
             live,
             counters: Counters::default(),
+            started: Instant::now(),
+            gates: Default::default(),
             spaces: Mutex::new(HashMap::new()),
             next_connection: AtomicU64::new(0),
             this: this.clone(),
@@ -351,12 +477,104 @@ impl Broker {
         self.existing_space(account).map_or(0, |space| space.lock().retained.len())
     }
 
+    /// The bytes of the retained messages this node keeps for an account.
+    pub fn retained_bytes(&self, account: &AccountId) -> usize {
+        self.existing_space(account).map_or(0, |space| space.lock().retained.bytes())
+    }
+
+    /// How many sessions of an account this node keeps offline.
+    pub fn offline_session_count(&self, account: &AccountId) -> usize {
+        self.existing_space(account).map_or(0, |space| space.lock().offline)
+    }
+
+    /// The bytes of the messages waiting for an account's sessions on this node.
+    pub fn queued_bytes(&self, account: &AccountId) -> usize {
+        self.existing_space(account).map_or(0, |space| space.queued_bytes.load(Ordering::Relaxed))
+    }
+
+    /// The bytes of the messages waiting for one session (queued and in flight), if it exists.
+    pub fn session_queued_bytes(&self, account: &AccountId, client_id: &str) -> Option<usize> {
+        let space = self.existing_space(account)?;
+        let session = space.lock().sessions.get(client_id).map(|entry| entry.session.clone())?;
+        let bytes = session.lock().queued_bytes();
+        Some(bytes)
+    }
+
+    /// This node's totals over every account: retained messages, their bytes, offline
+    /// sessions, and the bytes waiting in session queues.
+    pub fn totals(&self) -> BrokerTotals {
+        let spaces: Vec<Arc<Space>> =
+            self.spaces.lock().unwrap_or_else(std::sync::PoisonError::into_inner).values().cloned().collect();
+        let mut totals = BrokerTotals::default();
+        for space in spaces {
+            totals.queued_bytes += space.queued_bytes.load(Ordering::Relaxed);
+            let state = space.lock();
+            totals.retained_messages += state.retained.len();
+            totals.retained_bytes += state.retained.bytes();
+            totals.offline_sessions += state.offline;
+        }
+        totals
+    }
+
+    /// Whether a warning of this cause may be logged now (at most once per [`WARN_INTERVAL`]).
+    fn warn_now(&self, warning: Warning) -> bool {
+        // One gate per variant; a variant without one is simply not rate-limited.
+        let Some(gate) = self.gates.get(warning as usize) else { return true };
+        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let next = gate.next.load(Ordering::Relaxed);
+        let interval = u64::try_from(WARN_INTERVAL.as_millis()).unwrap_or(u64::MAX);
+        now >= next
+            && gate
+                .next
+                .compare_exchange(next, now.saturating_add(interval), Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+
+    /// Whether `account` may retain `message` now: `Err` with why not (the account's count or
+    /// bytes of retained messages would pass the bound), counted and logged. Replacing a
+    /// message within the bounds and deleting one (empty payload) are always admitted. Asked on
+    /// the node the PUBLISH arrived at, before routing; every node's store checks again.
+    pub(crate) fn admit_retained(&self, account: &AccountId, message: &Message) -> Result<(), Kept> {
+        let space = self.space(account);
+        let mut state = space.lock();
+        let mut admitted = state.retained.admits(message);
+        if admitted.is_err() && state.retained.purge_expired(Instant::now()) {
+            admitted = state.retained.admits(message);
+        }
+        drop(state);
+        if let Err(refused) = admitted {
+            self.retained_refused(account, refused);
+        }
+        admitted
+    }
+
+    fn retained_refused(&self, account: &AccountId, refused: Kept) {
+        let (counter, warning, limit) = match refused {
+            Kept::TooMany => {
+                (&self.counters.retained_refused_count, Warning::RetainedCount, self.config.max_retained_messages)
+            }
+            Kept::TooLarge => {
+                (&self.counters.retained_refused_bytes, Warning::RetainedBytes, self.config.max_retained_bytes)
+            }
+            Kept::Stored | Kept::Deleted => return,
+        };
+        let refused_so_far = counter.fetch_add(1, Ordering::Relaxed) + 1;
+        if self.warn_now(warning) {
+            tracing::warn!(%account, why = ?refused, limit, refused_so_far, "retained message refused: the account holds the maximum");
+        }
+    }
+
     pub(crate) fn connection_number(&self) -> u64 {
         self.next_connection.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     pub(crate) fn queue_limits(&self) -> QueueLimits {
-        QueueLimits { queued: self.config.max_queued_messages, qos0: self.config.outbound_capacity }
+        QueueLimits {
+            queued: self.config.max_queued_messages,
+            qos0: self.config.outbound_capacity,
+            bytes: self.config.max_queued_bytes,
+            account_bytes: self.config.max_account_queued_bytes,
+        }
     }
 
     /// Attaches the tap that sees every message a device publishes on this node (the rules
@@ -422,9 +640,15 @@ impl Broker {
             state: Mutex::new(SpaceState {
                 subscriptions: Subscriptions::default(),
                 sessions: HashMap::new(),
-                retained: Retained::new(self.config.max_retained_messages),
+                offline: 0,
+                offline_order: VecDeque::new(),
+                retained: Retained::new(RetainedLimits {
+                    messages: self.config.max_retained_messages,
+                    bytes: self.config.max_retained_bytes,
+                }),
                 versions: HashMap::new(),
             }),
+            queued_bytes: Arc::new(AtomicUsize::new(0)),
         });
         spaces.insert(account.clone(), space.clone());
         space
@@ -504,10 +728,15 @@ impl Broker {
             }
             let session_present = resumed.is_some();
             let session = resumed.unwrap_or_else(|| {
-                let state = SessionState::new(request.identity.clone(), attached.take(), request.expiry);
+                let state = SessionState::new(
+                    request.identity.clone(),
+                    attached.take(),
+                    request.expiry,
+                    space.queued_bytes.clone(),
+                );
                 Arc::new(Session::new(client_id.to_owned(), state))
             });
-            space_state.sessions.insert(client_id.to_owned(), SessionEntry { session: session.clone(), online: true });
+            space_state.insert_session(client_id, SessionEntry { session: session.clone(), online: true });
             (session, session_present, version_number)
         };
         self.publish_wills(account, wills);
@@ -550,12 +779,13 @@ impl Broker {
                     space_state.subscriptions.remove(&session.client_id, filter);
                 }
                 if current {
-                    space_state.sessions.remove(&session.client_id);
+                    space_state.remove_session(&session.client_id);
                 }
                 wills.extend(will.map(|will| will.publish(now)));
             } else {
-                if let Some(entry) = space_state.sessions.get_mut(&session.client_id).filter(|_| current) {
-                    entry.online = false;
+                if current {
+                    space_state.mark_offline(&session.client_id);
+                    space_state.offline_order.push_back((Arc::downgrade(session), state.epoch));
                 }
                 let expires_at = now + state.expiry;
                 state.expires_at = Some(expires_at);
@@ -569,6 +799,8 @@ impl Broker {
                 }
                 timer = Some((state.epoch, state.pending_will.as_ref().map(|(_, due)| *due), expires_at));
             }
+            drop(state);
+            self.evict_offline(account, space_state, &mut wills, now);
         }
         self.publish_wills(account, wills);
         if let Some((epoch, will_due, expires_at)) = timer {
@@ -608,6 +840,45 @@ impl Broker {
         });
     }
 
+    /// Ends the sessions offline longest while the account keeps more offline than
+    /// `max_offline_sessions` (no session lock may be held: each is locked here). Their pending
+    /// wills go to `wills`.
+    fn evict_offline(
+        &self,
+        account: &AccountId,
+        space_state: &mut SpaceState,
+        wills: &mut Vec<Arc<Message>>,
+        now: Instant,
+    ) {
+        let limit = self.config.max_offline_sessions;
+        while space_state.offline > limit {
+            let Some((session, epoch)) = space_state.offline_order.pop_front() else { break };
+            let Some(session) = session.upgrade() else { continue };
+            if !space_state.offline_since(&session, epoch) {
+                continue;
+            }
+            let mut state = session.lock();
+            // The epoch moves so that the session's offline timer finds it ended already.
+            state.epoch += 1;
+            wills.extend(space_state.end_offline(&session, &mut state).map(|will| will.publish(now)));
+            drop(state);
+            let evicted = self.counters.offline_sessions_evicted.fetch_add(1, Ordering::Relaxed) + 1;
+            if self.warn_now(Warning::OfflineEvicted) {
+                tracing::warn!(%account, client_id = %session.client_id, limit, evicted_so_far = evicted, "offline session ended early: the account keeps the maximum offline");
+            }
+        }
+        // Stale entries (sessions that came back or ended) are dropped once they dominate.
+        if space_state.offline_order.len() > 2 * space_state.offline + 64 {
+            let order = std::mem::take(&mut space_state.offline_order);
+            space_state.offline_order = order
+                .into_iter()
+                .filter(|(session, epoch)| {
+                    session.upgrade().is_some_and(|session| space_state.offline_since(&session, *epoch))
+                })
+                .collect();
+        }
+    }
+
     /// Ends an offline session whose expiry has come.
     fn expire(&self, account: &AccountId, session: &Arc<Session>, epoch: u64) {
         let mut wills = Vec::new();
@@ -619,13 +890,7 @@ impl Broker {
             if state.epoch != epoch || state.attached.is_some() {
                 return;
             }
-            for filter in state.subscriptions.values() {
-                space_state.subscriptions.remove(&session.client_id, filter);
-            }
-            if space_state.sessions.get(&session.client_id).is_some_and(|entry| Arc::ptr_eq(&entry.session, session)) {
-                space_state.sessions.remove(&session.client_id);
-            }
-            if let Some((will, _)) = state.pending_will.take() {
+            if let Some(will) = space_state.end_offline(session, &mut state) {
                 wills.push(will.publish(Instant::now()));
             }
             let (queued, inflight) = state.backlog();
@@ -725,6 +990,7 @@ impl Broker {
             return;
         }
         let limits = self.queue_limits();
+        let queued_message = queued.message.clone();
         let (result, wake, congested) = {
             let mut state = session.lock();
             let result = state.enqueue(queued, limits, now);
@@ -739,25 +1005,40 @@ impl Broker {
                 }
             });
         }
-        let dropped = match result {
-            Ok(()) => {
+        let why = match result {
+            Ok(qos0_dropped) => {
                 self.counters.queued.fetch_add(1, Ordering::Relaxed);
+                if qos0_dropped > 0 {
+                    self.counters.dropped_qos0_for_room.fetch_add(qos0_dropped as u64, Ordering::Relaxed);
+                }
                 if let Some(wake) = wake {
                     wake.notify_one();
                 }
                 return;
             }
-            Err(Dropped::OfflineQos0) => &self.counters.dropped_offline_qos0,
-            Err(Dropped::SlowQos0) => &self.counters.dropped_slow_qos0,
-            Err(Dropped::QueueFull) => &self.counters.dropped_queue_full,
+            Err(why) => why,
+        };
+        let (dropped, warning) = match why {
+            Dropped::OfflineQos0 => (&self.counters.dropped_offline_qos0, None),
+            Dropped::SlowQos0 => (&self.counters.dropped_slow_qos0, Some(Warning::SlowQos0)),
+            Dropped::QueueFull => (&self.counters.dropped_queue_full, Some(Warning::QueueFull)),
+            Dropped::SessionBytes => (&self.counters.dropped_session_bytes, Some(Warning::SessionBytes)),
+            Dropped::AccountBytes => (&self.counters.dropped_account_bytes, Some(Warning::AccountBytes)),
         };
         let count = dropped.fetch_add(1, Ordering::Relaxed) + 1;
-        // Logged on the first drop and every thousandth after, not once per message.
-        if count % 1000 == 1 && result != Err(Dropped::OfflineQos0) {
+        if why != Dropped::OfflineQos0 {
+            self.counters
+                .dropped_queue_bytes
+                .fetch_add(retained::message_bytes(&queued_message) as u64, Ordering::Relaxed);
+        }
+        // Logged once per cause and interval, not once per message.
+        if let Some(warning) = warning
+            && self.warn_now(warning)
+        {
             tracing::warn!(
                 account = %identity.account,
                 client_id = %session.client_id,
-                why = ?result,
+                why = ?why,
                 dropped_so_far = count,
                 "message dropped for a subscriber"
             );
@@ -781,15 +1062,14 @@ impl Router for Broker {
         let deliveries: Vec<(Arc<Session>, Queued)> = {
             let mut guard = space.lock();
             let space_state = &mut *guard;
-            if message.retain && space_state.retained.keep(message) == Kept::Full {
-                let refused = self.counters.retained_refused.fetch_add(1, Ordering::Relaxed) + 1;
-                if refused % 1000 == 1 {
-                    tracing::warn!(
-                        account = %routed.account,
-                        limit = self.config.max_retained_messages,
-                        "retained message not kept: the account holds the maximum"
-                    );
+            if message.retain {
+                // Refused at the publisher's node already, unless another publisher got there
+                // first or this node holds more than the publisher's.
+                let mut kept = space_state.retained.keep(message);
+                if matches!(kept, Kept::TooMany | Kept::TooLarge) && space_state.retained.purge_expired(now) {
+                    kept = space_state.retained.keep(message);
                 }
+                self.retained_refused(&routed.account, kept);
             }
             let sessions = &space_state.sessions;
             let targets = space_state

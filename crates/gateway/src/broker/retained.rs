@@ -9,10 +9,37 @@ use tokio::time::Instant;
 
 use crate::fabric::Message;
 
-/// Retained messages by topic, in topic order (so that a filter's literal prefix is a range).
+/// Retained messages by topic, in topic order (so that a filter's literal prefix is a range),
+/// bounded in count and in bytes ([`message_bytes`]); `bytes` is always the sum over `messages`.
 pub(crate) struct Retained {
     messages: BTreeMap<String, Arc<Message>>,
-    limit: usize,
+    limits: RetainedLimits,
+    bytes: usize,
+    /// When expired messages were last swept out (see [`Retained::purge_expired`]).
+    last_purge: Option<Instant>,
+}
+
+/// How often a refusal may sweep expired messages out, at most.
+const PURGE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How much one account may retain.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RetainedLimits {
+    pub(crate) messages: usize,
+    pub(crate) bytes: usize,
+}
+
+/// The bytes a message holds in the broker: payload, topic and forwarded properties (the
+/// accounting unit of every byte bound; the `Arc` and map overheads are not counted).
+pub(crate) fn message_bytes(message: &Message) -> usize {
+    let properties = &message.properties;
+    let user: usize = properties.user_properties.iter().map(|(key, value)| key.len() + value.len()).sum();
+    message.payload.len()
+        + message.topic.as_str().len()
+        + user
+        + properties.content_type.as_ref().map_or(0, String::len)
+        + properties.response_topic.as_ref().map_or(0, |topic| topic.as_str().len())
+        + properties.correlation_data.as_ref().map_or(0, bytes::Bytes::len)
 }
 
 /// What keeping a retained message did.
@@ -21,27 +48,71 @@ pub(crate) enum Kept {
     Stored,
     /// An empty payload removed the topic's retained message.
     Deleted,
-    /// The account holds the maximum number of retained messages already.
-    Full,
+    /// Keeping it would take the account past its count of retained messages.
+    TooMany,
+    /// Keeping it would take the account past its bytes of retained messages.
+    TooLarge,
 }
 
 impl Retained {
-    pub(crate) fn new(limit: usize) -> Self {
-        Retained { messages: BTreeMap::new(), limit }
+    pub(crate) fn new(limits: RetainedLimits) -> Self {
+        Retained { messages: BTreeMap::new(), limits, bytes: 0, last_purge: None }
     }
 
-    /// Keeps `message` as its topic's retained message; an empty payload deletes it instead.
+    /// Whether keeping `message` would stay within the bounds (deleting always does; replacing a
+    /// topic's message counts only the difference). Checking changes nothing.
+    pub(crate) fn admits(&self, message: &Message) -> Result<(), Kept> {
+        if message.payload.is_empty() {
+            return Ok(());
+        }
+        let replaced = self.messages.get(message.topic.as_str()).map(|old| message_bytes(old));
+        if replaced.is_none() && self.messages.len() >= self.limits.messages {
+            return Err(Kept::TooMany);
+        }
+        let after = self.bytes - replaced.unwrap_or(0) + message_bytes(message);
+        if after > self.limits.bytes {
+            return Err(Kept::TooLarge);
+        }
+        Ok(())
+    }
+
+    /// Keeps `message` as its topic's retained message if the bounds allow; an empty payload
+    /// deletes it instead.
     pub(crate) fn keep(&mut self, message: &Arc<Message>) -> Kept {
         let topic = message.topic.as_str();
         if message.payload.is_empty() {
-            self.messages.remove(topic);
+            self.remove(topic);
             return Kept::Deleted;
         }
-        if self.messages.len() >= self.limit && !self.messages.contains_key(topic) {
-            return Kept::Full;
+        if let Err(refused) = self.admits(message) {
+            return refused;
         }
+        self.remove(topic);
+        self.bytes += message_bytes(message);
         self.messages.insert(topic.to_owned(), message.clone());
         Kept::Stored
+    }
+
+    /// Drops the expired messages (otherwise dropped only when a subscription matches them), so
+    /// that they do not hold an account's quota; at most once per [`PURGE_INTERVAL`], since it
+    /// walks every message. Returns whether it swept.
+    pub(crate) fn purge_expired(&mut self, now: Instant) -> bool {
+        if self.last_purge.is_some_and(|last| now.saturating_duration_since(last) < PURGE_INTERVAL) {
+            return false;
+        }
+        self.last_purge = Some(now);
+        let expired: Vec<String> =
+            self.messages.iter().filter(|(_, message)| message.expired(now)).map(|(topic, _)| topic.clone()).collect();
+        for topic in expired {
+            self.remove(&topic);
+        }
+        true
+    }
+
+    fn remove(&mut self, topic: &str) {
+        if let Some(old) = self.messages.remove(topic) {
+            self.bytes -= message_bytes(&old);
+        }
     }
 
     /// The unexpired retained messages `filter` matches (a shared subscription's filter without
@@ -51,7 +122,7 @@ impl Retained {
         if !filter.has_wildcards() {
             return match self.messages.get(text) {
                 Some(message) if message.expired(now) => {
-                    self.messages.remove(text);
+                    self.remove(text);
                     Vec::new()
                 }
                 Some(message) => vec![message.clone()],
@@ -76,13 +147,18 @@ impl Retained {
             }
         }
         for topic in expired {
-            self.messages.remove(&topic);
+            self.remove(&topic);
         }
         found
     }
 
     pub(crate) fn len(&self) -> usize {
         self.messages.len()
+    }
+
+    /// The bytes held ([`message_bytes`] summed).
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
     }
 }
 
@@ -112,11 +188,11 @@ mod tests {
     #[test]
     fn keep_match_delete_expire() {
         let now = Instant::now();
-        let mut retained = Retained::new(4);
+        let mut retained = Retained::new(RetainedLimits { messages: 4, bytes: 1 << 20 });
         for topic in ["a/b", "a/c", "a/b/c", "$SYS/x"] {
             assert_eq!(retained.keep(&message(topic, "x", None)), Kept::Stored);
         }
-        assert_eq!(retained.keep(&message("b", "x", None)), Kept::Full);
+        assert_eq!(retained.keep(&message("b", "x", None)), Kept::TooMany);
         assert_eq!(retained.keep(&message("a/b", "y", None)), Kept::Stored, "replacing is not growing");
         let check = |retained: &mut Retained, filter: &str, expected: &[&str]| {
             assert_eq!(topics(retained.matching(&TopicFilter::new(filter).unwrap(), now)), expected, "{filter}");
@@ -135,5 +211,37 @@ mod tests {
         check(&mut retained, "a/+", &["a/c", "a/d"]);
         check(&mut retained, "a/e", &[]);
         assert_eq!(retained.len(), 3, "the expired message is gone");
+        assert_eq!(retained.bytes(), "a/cx".len() + "a/b/cx".len() + "a/dx".len());
+    }
+
+    #[test]
+    fn the_byte_bound_counts_replacements_and_deletions_exactly() {
+        // Topic "t/N" (3 bytes) + payload: 10 bytes each.
+        let payload = "x".repeat(7);
+        let mut retained = Retained::new(RetainedLimits { messages: 100, bytes: 30 });
+        for topic in ["t/1", "t/2", "t/3"] {
+            assert_eq!(retained.keep(&message(topic, &payload, None)), Kept::Stored);
+        }
+        assert_eq!(retained.bytes(), 30);
+        assert_eq!(retained.keep(&message("t/4", &payload, None)), Kept::TooLarge);
+        assert_eq!(retained.keep(&message("t/1", &"y".repeat(8), None)), Kept::TooLarge, "a larger replacement");
+        assert_eq!(retained.keep(&message("t/1", "yy", None)), Kept::Stored, "a smaller replacement");
+        assert_eq!(retained.bytes(), 25);
+        assert_eq!(retained.keep(&message("t/1", &payload, None)), Kept::Stored, "the same size again");
+        assert_eq!(retained.keep(&message("t/2", "", None)), Kept::Deleted);
+        assert_eq!(retained.keep(&message("t/9", "", None)), Kept::Deleted, "deleting nothing");
+        assert_eq!(retained.bytes(), 20);
+        assert_eq!(retained.keep(&message("t/4", &payload, None)), Kept::Stored);
+        assert_eq!(retained.len(), 3);
+        assert_eq!(retained.bytes(), 30);
+
+        // Expired messages give their room back when a refusal sweeps them out.
+        let now = Instant::now();
+        assert_eq!(retained.keep(&message("t/1", &payload, Some(now))), Kept::Stored);
+        assert_eq!(retained.keep(&message("t/5", &payload, None)), Kept::TooLarge);
+        assert!(retained.purge_expired(now));
+        assert_eq!(retained.bytes(), 20);
+        assert_eq!(retained.keep(&message("t/5", &payload, None)), Kept::Stored);
+        assert!(!retained.purge_expired(now), "not twice within the interval");
     }
 }

@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -19,6 +19,7 @@ use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 
 use super::Counters;
+use super::retained::message_bytes;
 use crate::fabric::Message;
 use crate::identity::Identity;
 
@@ -116,10 +117,32 @@ pub(crate) struct Queued {
     pub(crate) identifiers: Vec<NonZeroU32>,
 }
 
+/// The bytes ([`message_bytes`]) a message waiting for the client holds against its session's
+/// and its account's byte bounds, given back when it is dropped however it leaves (sent and
+/// acknowledged, expired, too large, the session ended): the accounting cannot drift.
+pub(crate) struct Charge {
+    bytes: usize,
+    session: Arc<AtomicUsize>,
+    account: Arc<AtomicUsize>,
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.session.fetch_sub(self.bytes, Ordering::Relaxed);
+        self.account.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
+
+/// A message waiting for the client, with its charge.
+struct Waiting {
+    queued: Queued,
+    _charge: Charge,
+}
+
 /// An outgoing QoS 1 or 2 exchange.
 enum Inflight {
     /// PUBLISH sent (or to resend), waiting for PUBACK or PUBREC.
-    Publish { queued: Queued, sent: bool, dup: bool },
+    Publish { queued: Queued, _charge: Charge, sent: bool, dup: bool },
     /// PUBREC received; PUBREL sent (or to resend), waiting for PUBCOMP.
     Release { sent: bool },
 }
@@ -141,6 +164,10 @@ pub(crate) struct QueueLimits {
     pub(crate) queued: usize,
     /// QoS 0 messages for a connected client that reads slower than they come.
     pub(crate) qos0: usize,
+    /// Bytes of the messages waiting for one session (queued and in flight, every QoS).
+    pub(crate) bytes: usize,
+    /// Bytes of the messages waiting for all the sessions of one account.
+    pub(crate) account_bytes: usize,
 }
 
 /// Why a message was not queued.
@@ -152,6 +179,10 @@ pub(crate) enum Dropped {
     SlowQos0,
     /// The session holds the maximum of QoS 1 and 2 messages.
     QueueFull,
+    /// The session's messages would exceed its byte bound (after dropping its QoS 0 ones).
+    SessionBytes,
+    /// The account's sessions' messages would exceed its byte bound.
+    AccountBytes,
 }
 
 /// What a client's PUBREC answered.
@@ -182,14 +213,23 @@ pub(crate) struct SessionState {
     pub(crate) incoming_qos2: HashSet<PacketId>,
     /// A will whose delay runs, with when it is due.
     pub(crate) pending_will: Option<(Will, Instant)>,
-    pending_qos0: VecDeque<Queued>,
-    pending: VecDeque<Queued>,
+    pending_qos0: VecDeque<Waiting>,
+    pending: VecDeque<Waiting>,
     inflight: BTreeMap<PacketId, Inflight>,
     next_packet_id: u16,
+    /// Bytes of every message waiting (queued or in flight), the sum of their charges.
+    bytes: Arc<AtomicUsize>,
+    /// The same, for every session of the account.
+    account_bytes: Arc<AtomicUsize>,
 }
 
 impl SessionState {
-    pub(crate) fn new(identity: Arc<Identity>, attached: Option<Attached>, expiry: Duration) -> Self {
+    pub(crate) fn new(
+        identity: Arc<Identity>,
+        attached: Option<Attached>,
+        expiry: Duration,
+        account_bytes: Arc<AtomicUsize>,
+    ) -> Self {
         SessionState {
             epoch: 0,
             identity,
@@ -203,6 +243,8 @@ impl SessionState {
             pending: VecDeque::new(),
             inflight: BTreeMap::new(),
             next_packet_id: 1,
+            bytes: Arc::new(AtomicUsize::new(0)),
+            account_bytes,
         }
     }
 
@@ -213,7 +255,11 @@ impl SessionState {
 
     /// Queues a message for the client. QoS 0 messages are only queued for a connected client, up
     /// to `limits.qos0`; QoS 1 and 2 messages up to `limits.queued` (expired ones make room).
-    pub(crate) fn enqueue(&mut self, queued: Queued, limits: QueueLimits, now: Instant) -> Result<(), Dropped> {
+    /// Every message also within the byte bounds of the session and of its account: a QoS 1 or 2
+    /// message makes room by dropping the session's queued QoS 0 messages first (counted in
+    /// `Ok`: how many were dropped).
+    pub(crate) fn enqueue(&mut self, queued: Queued, limits: QueueLimits, now: Instant) -> Result<usize, Dropped> {
+        let size = message_bytes(&queued.message);
         if queued.qos == QoS::AtMostOnce {
             if self.attached.is_none() {
                 return Err(Dropped::OfflineQos0);
@@ -221,31 +267,63 @@ impl SessionState {
             if self.pending_qos0.len() >= limits.qos0 {
                 return Err(Dropped::SlowQos0);
             }
-            self.pending_qos0.push_back(queued);
-            return Ok(());
+            let charge = self.charge(size, limits)?;
+            self.pending_qos0.push_back(Waiting { queued, _charge: charge });
+            return Ok(0);
         }
-        if self.pending.len() >= limits.queued {
-            self.pending.retain(|waiting| !waiting.message.expired(now));
+        let over_bytes = |state: &Self| state.bytes.load(Ordering::Relaxed) + size > limits.bytes;
+        if self.pending.len() >= limits.queued || over_bytes(self) {
+            self.pending.retain(|waiting| !waiting.queued.message.expired(now));
         }
         if self.pending.len() >= limits.queued {
             return Err(Dropped::QueueFull);
         }
-        self.pending.push_back(queued);
-        Ok(())
+        let mut qos0_dropped = 0;
+        while over_bytes(self) && self.pending_qos0.pop_front().is_some() {
+            qos0_dropped += 1;
+        }
+        let charge = self.charge(size, limits)?;
+        self.pending.push_back(Waiting { queued, _charge: charge });
+        Ok(qos0_dropped)
+    }
+
+    /// Charges `size` bytes to the session and its account, if both stay within their bounds.
+    /// The account's total is shared by sessions locked separately: it is added first and taken
+    /// back if over, so concurrent charges never pass the bound together.
+    fn charge(&self, size: usize, limits: QueueLimits) -> Result<Charge, Dropped> {
+        if self.bytes.load(Ordering::Relaxed) + size > limits.bytes {
+            return Err(Dropped::SessionBytes);
+        }
+        if self.account_bytes.fetch_add(size, Ordering::Relaxed) + size > limits.account_bytes {
+            self.account_bytes.fetch_sub(size, Ordering::Relaxed);
+            return Err(Dropped::AccountBytes);
+        }
+        self.bytes.fetch_add(size, Ordering::Relaxed);
+        Ok(Charge { bytes: size, session: self.bytes.clone(), account: self.account_bytes.clone() })
+    }
+
+    /// Bytes of the messages waiting for the client (queued and in flight).
+    pub(crate) fn queued_bytes(&self) -> usize {
+        self.bytes.load(Ordering::Relaxed)
     }
 
     /// Whether publishers should wait before adding to this session's queue: a connected
-    /// client's queue is three quarters full (a queue configured to hold nothing never is).
+    /// client's queue is three quarters full, in messages or in bytes (a queue configured to
+    /// hold nothing never is).
     pub(crate) fn congested(&self, limits: QueueLimits) -> bool {
         let high_water = |bound: usize| (bound - bound / 4).max(1);
         self.attached.is_some()
-            && (self.pending.len() >= high_water(limits.queued) || self.pending_qos0.len() >= high_water(limits.qos0))
+            && (self.pending.len() >= high_water(limits.queued)
+                || self.pending_qos0.len() >= high_water(limits.qos0)
+                || self.queued_bytes() >= high_water(limits.bytes))
     }
 
     /// Whether the queue is back to half (or the client left): waiting publishers may go on.
     pub(crate) fn drained(&self, limits: QueueLimits) -> bool {
         self.attached.is_none()
-            || (self.pending.len() <= limits.queued / 2 && self.pending_qos0.len() <= limits.qos0 / 2)
+            || (self.pending.len() <= limits.queued / 2
+                && self.pending_qos0.len() <= limits.qos0 / 2
+                && self.queued_bytes() <= limits.bytes / 2)
     }
 
     /// Prepares the packets the client may be sent now, at most `budget` of them: first what a
@@ -268,7 +346,7 @@ impl SessionState {
                 break;
             }
             match inflight {
-                Inflight::Publish { queued, sent: sent @ false, dup } => {
+                Inflight::Publish { queued, sent: sent @ false, dup, .. } => {
                     let packet = Packet::Publish(publish(queued, Some(*packet_id), *dup, limits.version, now));
                     if fits(&packet, limits, counters) {
                         *sent = true;
@@ -288,7 +366,7 @@ impl SessionState {
             self.inflight.remove(&packet_id);
         }
         while packets.len() < budget {
-            let Some(queued) = self.pending_qos0.pop_front() else { break };
+            let Some(Waiting { queued, _charge }) = self.pending_qos0.pop_front() else { break };
             if queued.message.expired(now) {
                 counters.dropped_expired.fetch_add(1, Ordering::Relaxed);
                 continue;
@@ -299,19 +377,20 @@ impl SessionState {
             }
         }
         while packets.len() < budget && self.inflight.len() < limits.receive_maximum {
-            let Some(queued) = self.pending.pop_front() else { break };
-            if queued.message.expired(now) {
+            let Some(waiting) = self.pending.pop_front() else { break };
+            if waiting.queued.message.expired(now) {
                 counters.dropped_expired.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
             let Some(packet_id) = self.allocate_packet_id() else {
-                self.pending.push_front(queued);
+                self.pending.push_front(waiting);
                 break;
             };
+            let Waiting { queued, _charge: charge } = waiting;
             let packet = Packet::Publish(publish(&queued, Some(packet_id), false, limits.version, now));
             if fits(&packet, limits, counters) {
                 packets.push(packet);
-                self.inflight.insert(packet_id, Inflight::Publish { queued, sent: true, dup: false });
+                self.inflight.insert(packet_id, Inflight::Publish { queued, _charge: charge, sent: true, dup: false });
             }
         }
         packets
@@ -442,5 +521,81 @@ fn fits(packet: &Packet, limits: DeliveryLimits, counters: &Counters) -> bool {
             counters.dropped_too_large.fetch_add(1, Ordering::Relaxed);
             false
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use certfleet_mqtt::TopicName;
+    use certfleet_pki::CertificateId;
+    use certfleet_registry::AccountId;
+
+    fn queued(qos: QoS, size: usize) -> Queued {
+        Queued {
+            message: Arc::new(Message {
+                topic: TopicName::new("t").unwrap(),
+                payload: Bytes::from(vec![b'x'; size - 1]),
+                qos,
+                retain: false,
+                properties: Properties::default(),
+                expires_at: None,
+                publisher: None,
+            }),
+            qos,
+            retain: false,
+            identifiers: Vec::new(),
+        }
+    }
+
+    fn connected_session(account_bytes: Arc<AtomicUsize>) -> SessionState {
+        let identity = Arc::new(Identity {
+            account: AccountId::parse("111111111111").unwrap(),
+            certificate_id: CertificateId::parse(&format!("{:064x}", 1)).unwrap(),
+            ca_certificate_id: None,
+            not_after: time::OffsetDateTime::now_utc(),
+        });
+        let (kick, _) = oneshot::channel();
+        let attached = Attached { connection: 1, kick: Some(kick), will: None, wake: Arc::new(Notify::new()) };
+        SessionState::new(identity, Some(attached), Duration::from_secs(60), account_bytes)
+    }
+
+    #[test]
+    fn qos0_messages_make_room_first_and_every_byte_is_given_back() {
+        let now = Instant::now();
+        let account = Arc::new(AtomicUsize::new(0));
+        let limits = QueueLimits { queued: 100, qos0: 100, bytes: 300, account_bytes: 500 };
+        let mut state = connected_session(account.clone());
+        for _ in 0..3 {
+            assert_eq!(state.enqueue(queued(QoS::AtMostOnce, 100), limits, now), Ok(0));
+        }
+        assert_eq!(state.enqueue(queued(QoS::AtMostOnce, 100), limits, now), Err(Dropped::SessionBytes));
+        // Each QoS 1 message pushes out one QoS 0 message; once none is left, it is dropped.
+        for _ in 0..3 {
+            assert_eq!(state.enqueue(queued(QoS::AtLeastOnce, 100), limits, now), Ok(1));
+        }
+        assert_eq!(state.enqueue(queued(QoS::AtLeastOnce, 100), limits, now), Err(Dropped::SessionBytes));
+        assert_eq!((state.queued_bytes(), account.load(Ordering::Relaxed)), (300, 300));
+
+        // Another session of the account runs into the account's bound.
+        let mut other = connected_session(account.clone());
+        assert_eq!(other.enqueue(queued(QoS::AtLeastOnce, 200), limits, now), Ok(0));
+        assert_eq!(other.enqueue(queued(QoS::AtLeastOnce, 1), limits, now), Err(Dropped::AccountBytes));
+        assert_eq!(other.queued_bytes(), 200);
+
+        // Sent, in flight, acknowledged or ended: the bytes come back exactly.
+        let delivery =
+            DeliveryLimits { version: ProtocolVersion::V5, receive_maximum: 10, maximum_packet_size: 1 << 20 };
+        let packets = state.outgoing(delivery, now, 10, &Counters::default());
+        assert_eq!(packets.len(), 3);
+        assert_eq!(state.queued_bytes(), 300, "in flight still counts");
+        let Packet::Publish(first) = &packets[0] else { panic!("{:?}", packets[0]) };
+        assert!(state.acknowledged(first.packet_id.unwrap()));
+        assert_eq!(state.queued_bytes(), 200);
+        drop(state);
+        assert_eq!(account.load(Ordering::Relaxed), 200, "an ended session gives back all it held");
+        drop(other);
+        assert_eq!(account.load(Ordering::Relaxed), 0);
     }
 }

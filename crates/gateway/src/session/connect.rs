@@ -201,7 +201,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ExpectConnect<S> {
             }
             ProtocolVersion::V5 => (
                 Duration::from_secs(u64::from(properties.session_expiry_interval.unwrap_or(0))),
-                properties.receive_maximum.map_or(u16::MAX, NonZeroU16::get),
+                // Never more in flight to one client than the server's bound, whatever it asks.
+                properties.receive_maximum.map_or(u16::MAX, NonZeroU16::get).min(config.client_receive_maximum.max(1)),
                 properties
                     .maximum_packet_size
                     .map_or(certfleet_mqtt::MAX_PACKET_SIZE, |size| usize::try_from(size.get()).unwrap_or(usize::MAX)),

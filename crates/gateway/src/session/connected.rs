@@ -291,6 +291,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connected<S> {
             expires_at,
             publisher: Some(self.client_id.clone()),
         };
+        if retain && let Err(refused) = self.broker.admit_retained(&self.identity.account, &message) {
+            // Refused whole (not routed either), counted and logged by the broker: MQTT 5 hears
+            // Quota exceeded for QoS 1 and 2 (QoS 0 is dropped); an MQTT 3.1.1 client, which
+            // has no negative acknowledgement, is disconnected.
+            tracing::debug!(why = ?refused, "retained publish refused");
+            if self.limits.version == ProtocolVersion::V311 {
+                return Err(Ending::Violation {
+                    reason_code: ReasonCode::QUOTA_EXCEEDED,
+                    what: "a retained message past the account's retained quota",
+                });
+            }
+            let reason_code = ReasonCode::QUOTA_EXCEEDED;
+            match (qos, packet_id) {
+                (QoS::AtLeastOnce, Some(packet_id)) => {
+                    self.send(Packet::PubAck(PubAck { packet_id, reason_code, properties: Properties::default() }));
+                }
+                (QoS::ExactlyOnce, Some(packet_id)) => {
+                    self.send(Packet::PubRec(PubRec { packet_id, reason_code, properties: Properties::default() }));
+                }
+                _ => {}
+            }
+            return Ok(());
+        }
         let message = Arc::new(message);
         self.broker.tap(&self.identity, &self.client_id, &message);
         let congested = self.broker.publish_with_backpressure(&self.identity.account, message);

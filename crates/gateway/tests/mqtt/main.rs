@@ -2,6 +2,7 @@
 //! client on the shared codec. Time is paused: keep-alive, expiry and will delays advance only
 //! when every task waits.
 
+mod bounds;
 mod connect;
 mod delivery;
 mod events;
