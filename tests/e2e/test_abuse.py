@@ -149,10 +149,11 @@ def test_slow_headers_and_stalled_bodies_are_closed_by_their_deadline(node):
     # Idle after the handshake: nothing sent at all.
     idle = tls_connect(node)
     assert closed_within(idle, 6), "an idle connection was not closed (header_timeout 2 s)"
-    # A body announced and never sent in full: 408 within the body deadline, nothing done.
+    # A signed request (a stranger's is refused before its body is read) whose body is announced
+    # and never sent in full: 408 within the body deadline, nothing done.
+    akid, secret = node_credentials(node)
     body = tls_connect(node)
-    body.sendall(b"POST /things/abuse-never HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                 b"Content-Length: 1000\r\n\r\n{\"a\":")
+    body.sendall(signed_head(node, akid, secret, "/things/abuse-never", 1000) + b"{\"a\":")
     body.settimeout(8)
     answer = body.recv(4096)
     assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
@@ -281,23 +282,38 @@ def rss_bytes(node) -> int:
     raise AssertionError("no VmRSS")
 
 
-def stranger_request(node, access_key_id: str, body_length: int, sent: int) -> bytes:
-    """A POST signed with a made-up access key, announcing `body_length` bytes and sending only
-    `sent` of them: the answer (status line and headers), read until the server closes."""
+def node_credentials(node) -> tuple[str, str]:
+    """The node's default access key (access key id, secret)."""
+    import configparser
+
+    parser = configparser.ConfigParser()
+    parser.read(node.data_dir / "credentials")
+    return parser["default"]["aws_access_key_id"], parser["default"]["aws_secret_access_key"]
+
+
+def signed_head(node, access_key_id: str, secret: str, path: str, body_length: int) -> bytes:
+    """The head of a POST to `path` signed with this key (over a body of `body_length` bytes
+    `x`), announcing `body_length` bytes."""
     import botocore.auth
     from botocore.awsrequest import AWSRequest
     from botocore.credentials import Credentials
 
-    path = f"/things/abuse-{access_key_id[-6:].lower()}"
     request = AWSRequest(method="POST", url=node.url + path, data=b"x" * body_length,
                          headers={"Content-Type": "application/json"})
-    botocore.auth.SigV4Auth(Credentials(access_key_id, uuid.uuid4().hex), "iot", "us-east-1").add_auth(request)
+    botocore.auth.SigV4Auth(Credentials(access_key_id, secret), "iot", "us-east-1").add_auth(request)
     host, port = api_hostport(node)
     head = f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Length: {body_length}\r\n"
     head += "".join(f"{k}: {v}\r\n" for k, v in request.headers.items() if k.lower() not in ("host", "content-length"))
+    return (head + "\r\n").encode()
+
+
+def stranger_request(node, access_key_id: str, body_length: int, sent: int) -> bytes:
+    """A POST signed with a made-up access key, announcing `body_length` bytes and sending only
+    `sent` of them: the answer (status line and headers), read until the server closes."""
+    path = f"/things/abuse-{access_key_id[-6:].lower()}"
     sock = tls_connect(node)
     try:
-        sock.sendall((head + "\r\n").encode() + b"x" * sent)
+        sock.sendall(signed_head(node, access_key_id, uuid.uuid4().hex, path, body_length) + b"x" * sent)
         sock.settimeout(10)
         answer = b""
         try:
