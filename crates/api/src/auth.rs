@@ -59,6 +59,10 @@ const FEED_BATCH: u32 = 1000;
 /// quoting them) a log line carries.
 pub const LOG_INPUT_MAX: usize = 128;
 
+/// The most access key IDs remembered as unknown (each a short string; a flood of made-up IDs
+/// evicts only its own kind, and each of them is looked up once per generation).
+const UNKNOWN_KEYS_CACHED: usize = 4096;
+
 /// The longest access key ID looked up (AWS: 16 to 128 characters, letters and digits).
 const MAX_ACCESS_KEY_ID: usize = 128;
 
@@ -68,6 +72,9 @@ type CacheKey = (String, String, String, String);
 /// Derived signing keys of verified signatures, trusted only while the change feed is followed.
 pub struct KeyCache {
     keys: Mutex<BoundedMap<CacheKey, CachedKey>>,
+    /// Access key IDs the registry did not hold, and when that was read: a map of their own, so
+    /// strangers evict only strangers. Creating a key records a feed entry that drops its ID.
+    unknown: Mutex<BoundedMap<String, Instant>>,
     /// Bumped by every invalidation: a lookup that read the registry before one does not cache
     /// what it read (the key may have been deleted since).
     epoch: AtomicU64,
@@ -103,6 +110,7 @@ impl KeyCache {
     fn new(capacity: usize, metrics: Arc<ListenerMetrics>) -> KeyCache {
         KeyCache {
             keys: Mutex::new(BoundedMap::new(capacity)),
+            unknown: Mutex::new(BoundedMap::new(UNKNOWN_KEYS_CACHED)),
             epoch: AtomicU64::new(0),
             feed_read_at: Mutex::new(None),
             metrics,
@@ -128,6 +136,41 @@ impl KeyCache {
         self.metrics.auth.keys_cached.store(keys.len() as u64, Ordering::Relaxed);
         self.metrics.auth.keys_evicted.store(keys.evicted(), Ordering::Relaxed);
         answer
+    }
+
+    /// Runs `change` on the unknown IDs under their lock, then exports their size and evictions.
+    fn with_unknown<T>(&self, change: impl FnOnce(&mut BoundedMap<String, Instant>) -> T) -> T {
+        let mut unknown = self.unknown.lock().unwrap_or_else(PoisonError::into_inner);
+        let answer = change(&mut unknown);
+        self.metrics.auth.unknown_cached.store(unknown.len() as u64, Ordering::Relaxed);
+        self.metrics.auth.unknown_evicted.store(unknown.evicted(), Ordering::Relaxed);
+        answer
+    }
+
+    /// Whether `id` was found unknown a moment ago (and the feed says nothing created it since).
+    fn known_unknown(&self, id: &str) -> bool {
+        self.trusted()
+            && self.with_unknown(|unknown| match unknown.get(id) {
+                Some(read_at) if read_at.elapsed() < KEY_CACHE_TTL => true,
+                Some(_) => {
+                    unknown.remove(id);
+                    false
+                }
+                None => false,
+            })
+    }
+
+    /// Remembers that the registry holds no key `id`, unless the cache is not trusted or an
+    /// invalidation happened since the lookup (`epoch`, read before it).
+    fn remember_unknown(&self, id: &str, epoch: u64) {
+        if !self.trusted() {
+            return;
+        }
+        self.with_unknown(|unknown| {
+            if self.epoch.load(Ordering::SeqCst) == epoch {
+                unknown.insert(id.to_owned(), Instant::now());
+            }
+        });
     }
 
     /// The cached key, if trusted and fresh.
@@ -172,18 +215,27 @@ impl KeyCache {
             | ChangeKind::TopicRule => false,
         };
         if matches!(change.kind, ChangeKind::AccessKey | ChangeKind::Account) {
-            self.with_keys(|keys| {
-                self.epoch.fetch_add(1, Ordering::SeqCst);
-                keys.retain(|cached, entry| !forget(cached, entry));
+            // Both locks, the epoch bumped under them: a lookup in flight caches nothing.
+            self.with_unknown(|unknown| {
+                self.with_keys(|keys| {
+                    self.epoch.fetch_add(1, Ordering::SeqCst);
+                    keys.retain(|cached, entry| !forget(cached, entry));
+                    if change.kind == ChangeKind::AccessKey {
+                        unknown.remove(change.entity_id.as_str());
+                    }
+                });
             });
         }
     }
 
     /// Forgets everything (the feed could not be read: whatever changed must not be served).
     fn forget_all(&self) {
-        self.with_keys(|keys| {
-            self.epoch.fetch_add(1, Ordering::SeqCst);
-            keys.clear();
+        self.with_unknown(|unknown| {
+            self.with_keys(|keys| {
+                self.epoch.fetch_add(1, Ordering::SeqCst);
+                keys.clear();
+                unknown.clear();
+            });
         });
     }
 }
@@ -330,6 +382,8 @@ pub(crate) struct AuthMetrics {
     refused: [AtomicU64; Cause::COUNT],
     keys_cached: AtomicU64,
     keys_evicted: AtomicU64,
+    unknown_cached: AtomicU64,
+    unknown_evicted: AtomicU64,
     /// Per cause: when a refusal was last logged, and how many were not logged since.
     logged: Mutex<[(Option<Instant>, u64); Cause::COUNT]>,
 }
@@ -376,9 +430,17 @@ impl AuthMetrics {
              certfleet_api_signing_keys_cached {}\n\
              # HELP certfleet_api_signing_keys_evicted_total Signing keys dropped to keep the cache within its capacity.\n\
              # TYPE certfleet_api_signing_keys_evicted_total counter\n\
-             certfleet_api_signing_keys_evicted_total {}",
+             certfleet_api_signing_keys_evicted_total {}\n\
+             # HELP certfleet_api_unknown_access_keys_cached Access key IDs remembered as unknown.\n\
+             # TYPE certfleet_api_unknown_access_keys_cached gauge\n\
+             certfleet_api_unknown_access_keys_cached {}\n\
+             # HELP certfleet_api_unknown_access_keys_evicted_total Unknown access key IDs dropped to stay within capacity.\n\
+             # TYPE certfleet_api_unknown_access_keys_evicted_total counter\n\
+             certfleet_api_unknown_access_keys_evicted_total {}",
             self.keys_cached.load(Ordering::Relaxed),
-            self.keys_evicted.load(Ordering::Relaxed)
+            self.keys_evicted.load(Ordering::Relaxed),
+            self.unknown_cached.load(Ordering::Relaxed),
+            self.unknown_evicted.load(Ordering::Relaxed)
         );
     }
 }
@@ -641,6 +703,9 @@ async fn authenticate_head(
     if let Some(key) = state.keys.get(&cache_key) {
         return Ok(Head { authorization, request_time, service, key, looked_up_at_epoch: None });
     }
+    if state.keys.known_unknown(id) {
+        return Err(unknown_access_key(id));
+    }
     let epoch = state.keys.epoch.load(Ordering::SeqCst);
     let services = state.services.clone();
     let lookup = id.clone();
@@ -652,7 +717,10 @@ async fn authenticate_head(
         }
         Err(_) => return Err(Refusal::new(Cause::KeyLookupFailed, ApiError::internal())),
     };
-    let Some(found) = found else { return Err(unknown_access_key(id)) };
+    let Some(found) = found else {
+        state.keys.remember_unknown(id, epoch);
+        return Err(unknown_access_key(id));
+    };
     let key = CachedKey {
         account: found.account,
         key: SigningKey::derive(
@@ -774,6 +842,27 @@ mod tests {
         assert!(cache.epoch.load(Ordering::SeqCst) > epoch, "a lookup in flight must not cache what it read");
         cache.forget_all();
         assert!(cached(&cache).is_empty());
+    }
+
+    #[test]
+    fn a_created_key_is_no_longer_remembered_as_unknown() {
+        let cache = cache_holding(&[]);
+        cache.mark_feed_read(Some(Instant::now()));
+        let epoch = cache.epoch.load(Ordering::SeqCst);
+        cache.remember_unknown("AKIASTRANGER0000", epoch);
+        cache.remember_unknown("AKIASTRANGER0001", epoch);
+        assert!(cache.known_unknown("AKIASTRANGER0000"));
+        // Another kind of entry, or a key of another ID: still unknown.
+        cache.apply(&change(ChangeKind::Certificate, "111111111111", "AKIASTRANGER0000"));
+        cache.apply(&change(ChangeKind::AccessKey, "111111111111", "AKIASTRANGER0001"));
+        assert!(cache.known_unknown("AKIASTRANGER0000"));
+        assert!(!cache.known_unknown("AKIASTRANGER0001"), "created: must be looked up again");
+        // A lookup that started before an invalidation does not remember its answer.
+        cache.remember_unknown("AKIASTRANGER0002", epoch);
+        assert!(!cache.known_unknown("AKIASTRANGER0002"));
+        // Not trusted: nothing remembered is used.
+        cache.mark_feed_read(None);
+        assert!(!cache.known_unknown("AKIASTRANGER0000"));
     }
 
     #[test]

@@ -70,6 +70,9 @@ async fn ten_thousand_made_up_key_ids_fill_nothing_and_real_keys_stay_within_the
     eprintln!("resident memory grew by {} KiB over 10,000 made-up key IDs", grown / 1024);
     assert!(grown < 16 * 1024 * 1024, "resident memory grew by {grown} bytes");
     assert_eq!(metric(&metrics, "certfleet_api_auth_refused_total{cause=\"unknown_access_key\"}"), 10_200);
+    // Remembered as unknown in a bounded map of their own.
+    assert!(metric(&metrics, "certfleet_api_unknown_access_keys_cached") <= 4096);
+    assert!(metric(&metrics, "certfleet_api_unknown_access_keys_evicted_total") > 0);
 
     // 250 real keys, each verified: the cache holds at most 100 of them, the rest evicted.
     let keys: Vec<NewAccessKey> = (0..250).map(|_| services.create_access_key(&account).unwrap()).collect();
