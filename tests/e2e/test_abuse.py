@@ -149,10 +149,11 @@ def test_slow_headers_and_stalled_bodies_are_closed_by_their_deadline(node):
     # Idle after the handshake: nothing sent at all.
     idle = tls_connect(node)
     assert closed_within(idle, 6), "an idle connection was not closed (header_timeout 2 s)"
-    # A body announced and never sent in full: 408 within the body deadline, nothing done.
+    # A signed request (a stranger's is refused before its body is read) whose body is announced
+    # and never sent in full: 408 within the body deadline, nothing done.
+    akid, secret = node_credentials(node)
     body = tls_connect(node)
-    body.sendall(b"POST /things/abuse-never HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                 b"Content-Length: 1000\r\n\r\n{\"a\":")
+    body.sendall(signed_head(node, akid, secret, "/things/abuse-never", 1000) + b"{\"a\":")
     body.settimeout(8)
     answer = body.recv(4096)
     assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
@@ -271,3 +272,91 @@ def test_made_up_sni_names_and_strangers_fill_only_their_own_bounded_caches(tmp_
         device_round_trip(device, tag + "-after")
     finally:
         assert node.stop() == 0, node.log.read_text()[-4000:]
+
+
+def rss_bytes(node) -> int:
+    for line in open(f"/proc/{node.proc.pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def node_credentials(node) -> tuple[str, str]:
+    """The node's default access key (access key id, secret)."""
+    import configparser
+
+    parser = configparser.ConfigParser()
+    parser.read(node.data_dir / "credentials")
+    return parser["default"]["aws_access_key_id"], parser["default"]["aws_secret_access_key"]
+
+
+def signed_head(node, access_key_id: str, secret: str, path: str, body_length: int) -> bytes:
+    """The head of a POST to `path` signed with this key (over a body of `body_length` bytes
+    `x`), announcing `body_length` bytes."""
+    import botocore.auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    request = AWSRequest(method="POST", url=node.url + path, data=b"x" * body_length,
+                         headers={"Content-Type": "application/json"})
+    botocore.auth.SigV4Auth(Credentials(access_key_id, secret), "iot", "us-east-1").add_auth(request)
+    host, port = api_hostport(node)
+    head = f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Length: {body_length}\r\n"
+    head += "".join(f"{k}: {v}\r\n" for k, v in request.headers.items() if k.lower() not in ("host", "content-length"))
+    return (head + "\r\n").encode()
+
+
+def stranger_request(node, access_key_id: str, body_length: int, sent: int) -> bytes:
+    """A POST signed with a made-up access key, announcing `body_length` bytes and sending only
+    `sent` of them: the answer (status line and headers), read until the server closes."""
+    path = f"/things/abuse-{access_key_id[-6:].lower()}"
+    sock = tls_connect(node)
+    try:
+        sock.sendall(signed_head(node, access_key_id, uuid.uuid4().hex, path, body_length) + b"x" * sent)
+        sock.settimeout(10)
+        answer = b""
+        try:
+            while chunk := sock.recv(65536):
+                answer += chunk
+        except TimeoutError:
+            raise AssertionError(f"the server kept the connection of a refused stranger open: {answer[:300]!r}")
+        except (ConnectionError, ssl.SSLError):
+            pass  # closed with the rest of the body unread: a reset is a close too
+        return answer
+    finally:
+        sock.close()
+
+
+def test_strangers_with_made_up_keys_and_large_bodies_are_refused_before_their_bodies(node):
+    """The finding: an access key ID alone filled the signing-key cache (+648 MiB) and each
+    refusal logged ~128 KiB, after a 512 KiB body was buffered. Now a stranger is answered from
+    the request's head alone, its body unread (the answer comes although most of the body is
+    never sent: body_timeout would answer 408), nothing is cached, memory and log stay flat."""
+    node.aws("list-things")  # warm up: the legitimate key is looked up and cached
+    refused = 'certfleet_api_auth_refused_total{cause="unknown_access_key"}'
+    refused_before = metric(node, refused)
+    rss_before = rss_bytes(node)
+    log_before = node.log.stat().st_size
+    strangers = 300
+    for index in range(strangers):
+        access_key_id = "AKIA" + uuid.uuid4().hex[:16].upper()
+        answer = stranger_request(node, access_key_id, body_length=400 * 1024, sent=16 * 1024)
+        assert answer.startswith(b"HTTP/1.1 403"), answer[:300]
+        assert b"UnrecognizedClientException" in answer, answer[:300]
+        assert b"connection: close" in answer.lower(), answer[:300]
+    grown = rss_bytes(node) - rss_before
+    log_grown = node.log.stat().st_size - log_before
+    print(f"{strangers} strangers: RSS grew by {grown // 1024} KiB (now {rss_bytes(node) // 1024 // 1024} MiB), "
+          f"log by {log_grown} bytes")
+    # Stated bounds: well under one body per stranger (300 x 400 KiB = 117 MiB), and a log line
+    # a second at most rather than one per request.
+    assert grown < 32 * 1024 * 1024, f"RSS grew by {grown} bytes"
+    assert rss_bytes(node) < 256 * 1024 * 1024
+    assert log_grown < 64 * 1024, f"the log grew by {log_grown} bytes for {strangers} refusals"
+    assert metric(node, refused) >= refused_before + strangers
+    assert metric(node, "certfleet_api_signing_keys_cached") <= 2, "a made-up key was cached"
+    assert metric(node, "certfleet_api_signing_keys_evicted_total") == 0
+    # Nothing was created, and the legitimate AWS CLI still works.
+    assert node.aws("list-things")["things"] == []
+    node.aws("create-thing", "--thing-name", "still-served")
+    assert [thing["thingName"] for thing in node.aws("list-things")["things"]] == ["still-served"]

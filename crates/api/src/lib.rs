@@ -77,7 +77,7 @@ pub fn router(services: Arc<Services>, config: Config, listener_metrics: Arc<Lis
     use certificates as c;
     use policies as p;
     use things as t;
-    let keys = auth::KeyCache::following(services.clone());
+    let keys = auth::KeyCache::following(services.clone(), config.limits.signing_key_cache, listener_metrics.clone());
     let state = Arc::new(AppState { services, config, keys, listener_metrics });
     Router::new()
         .route("/registrationcode", get(c::get_registration_code).delete(c::delete_registration_code))
@@ -228,7 +228,7 @@ async fn refuse_repeated_query_parameters(request: Request, next: Next) -> Respo
 async fn log_request(request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = request.method().clone();
-    let path = loggable_path(request.uri().path());
+    let path = auth::clip(&loggable_path(request.uri().path())).into_owned();
     let request_id = new_request_id();
     let mut response = next.run(request).await;
     if let Ok(value) = HeaderValue::from_str(&request_id) {
@@ -237,9 +237,11 @@ async fn log_request(request: Request, next: Next) -> Response {
     let account = response.extensions().get::<Caller>().map(|caller| caller.account.to_string());
     let elapsed_us = started.elapsed().as_micros() as u64;
     match response.extensions().get::<ApiError>() {
+        // Authentication logged it already, at most once a second per cause.
+        Some(_) if response.extensions().get::<auth::Refused>().is_some() => {}
         Some(error) => tracing::info!(
             %method, path, request_id, ?account, status = error.status.as_u16(), code = error.code,
-            message = %error.message, elapsed_us, "request refused"
+            message = %auth::clip(&error.message), elapsed_us, "request refused"
         ),
         None => {
             tracing::debug!(%method, path, request_id, status = response.status().as_u16(), ?account, elapsed_us, "request")

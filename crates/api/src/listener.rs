@@ -44,6 +44,8 @@ pub struct Limits {
     pub stall_timeout: Duration,
     /// The largest request head (start line and headers) accepted.
     pub max_header_bytes: usize,
+    /// At most this many derived signing keys are cached (only keys of verified signatures).
+    pub signing_key_cache: usize,
 }
 
 impl Default for Limits {
@@ -56,6 +58,7 @@ impl Default for Limits {
             body_timeout: Duration::from_secs(30),
             stall_timeout: Duration::from_secs(60),
             max_header_bytes: 64 * 1024,
+            signing_key_cache: 10_000,
         }
     }
 }
@@ -72,6 +75,8 @@ pub struct ListenerMetrics {
     stalled: AtomicU64,
     header_timeouts: AtomicU64,
     body_timeouts: AtomicU64,
+    /// Authentication's refusals and signing-key cache (`auth.rs`).
+    pub(crate) auth: crate::auth::AuthMetrics,
 }
 
 impl ListenerMetrics {
@@ -121,6 +126,7 @@ impl ListenerMetrics {
                 counter.load(Ordering::Relaxed)
             );
         }
+        self.auth.render(out);
     }
 }
 

@@ -144,3 +144,20 @@ async fn a_key_of_another_account_cannot_be_deleted_by_naming_it() {
     let (status, _) = send(&node, signed(services, &alice_key, "GET", "/things", b"")).await;
     assert_eq!(status, StatusCode::OK);
 }
+
+#[test]
+fn creating_a_key_records_it_in_the_change_feed() {
+    // What makes every node forget that it found the new key's ID unknown.
+    let world = certfleet_testkit::world();
+    let services = &world.services;
+    let account = services.create_account().unwrap().id;
+    let start = services.last_change_seq().unwrap();
+    let key = services.create_access_key(&account).unwrap();
+    let changes = services.changes_after(start, 10).unwrap();
+    assert!(
+        changes.iter().any(|change| change.kind == registry::ChangeKind::AccessKey
+            && change.entity_id == key.access_key_id
+            && change.account == account),
+        "{changes:?}"
+    );
+}

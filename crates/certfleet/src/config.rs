@@ -43,6 +43,9 @@ handshake_timeout = "10s"
 header_timeout = "20s"
 body_timeout = "30s"
 stall_timeout = "60s"
+# At most this many SigV4 signing keys are cached (one per access key and day; only keys whose
+# signature was verified; the least recently used are dropped first).
+signing_key_cache = 10000
 
 [mqtt]
 # The device gateway: MQTT 3.1.1 and 5 over mutual TLS. Port 0 picks a free port.
@@ -341,6 +344,7 @@ struct ApiFile {
     header_timeout: Option<String>,
     body_timeout: Option<String>,
     stall_timeout: Option<String>,
+    signing_key_cache: Option<usize>,
 }
 
 #[derive(Deserialize, Default)]
@@ -452,8 +456,13 @@ fn api_limits(file: &ApiFile) -> anyhow::Result<certfleet_api::Limits> {
     if max_connections_per_peer == 0 {
         bail!("api.max_connections_per_peer must be at least 1");
     }
+    let signing_key_cache = file.signing_key_cache.unwrap_or(defaults.signing_key_cache);
+    if signing_key_cache < 2 {
+        bail!("api.signing_key_cache must be at least 2");
+    }
     Ok(certfleet_api::Limits {
         max_connections: file.max_connections.unwrap_or(defaults.max_connections),
+        signing_key_cache,
         max_connections_per_peer,
         handshake_timeout: deadline(&file.handshake_timeout, "api.handshake_timeout", defaults.handshake_timeout)?,
         header_timeout: deadline(&file.header_timeout, "api.header_timeout", defaults.header_timeout)?,

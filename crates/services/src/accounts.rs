@@ -78,7 +78,8 @@ impl Services {
         Ok(())
     }
 
-    /// Creates an access key for an account.
+    /// Creates an access key for an account. The change-feed entry, in the same transaction,
+    /// makes every API node forget that it found no key of this ID.
     pub fn create_access_key(&self, account: &AccountId) -> Result<NewAccessKey, Error> {
         let key = AccessKey {
             access_key_id: format!("AKIA{}", random_string(KEY_ID_ALPHABET, 16)?),
@@ -90,7 +91,9 @@ impl Services {
             if tx.lock_account_if_present(account)?.is_none() {
                 return Err(Error::NotFound(format!("account {account} does not exist")));
             }
-            tx.insert_access_key(&key).map_err(Error::from)
+            tx.insert_access_key(&key)?;
+            // API nodes that remember the ID as unknown forget that.
+            tx.record_change(account, ChangeKind::AccessKey, &key.access_key_id, key.created_at).map_err(Error::from)
         })?;
         tracing::info!(%account, access_key_id = %key.access_key_id, "access key created");
         Ok(NewAccessKey {

@@ -29,7 +29,16 @@ const ENCODE_PATH: &AsciiSet = &ENCODE_QUERY.remove(b'/');
 /// [`Error::MissingSignedHeader`] when a signed header is absent from the request, and
 /// [`Error::PayloadHashMismatch`] when `x-amz-content-sha256` does not match the body.
 pub fn canonical_request(req: &Request<'_>, signed_headers: &[String]) -> Result<String, Error> {
-    let body_hash = hex_sha256(req.body);
+    canonical_request_for_body_hash(req, signed_headers, hex_sha256(req.body))
+}
+
+/// As [`canonical_request`], with the body's lowercase hex SHA-256 computed by the caller (while
+/// the body streamed in); `req.body` is not read.
+pub(crate) fn canonical_request_for_body_hash(
+    req: &Request<'_>,
+    signed_headers: &[String],
+    body_hash: String,
+) -> Result<String, Error> {
     let payload_hash = match header_value(req.headers, "x-amz-content-sha256") {
         None => body_hash,
         Some(claimed) if claimed == UNSIGNED_PAYLOAD || claimed.eq_ignore_ascii_case(&body_hash) => claimed,
@@ -64,6 +73,44 @@ pub(crate) fn canonical_request_with_payload_hash(
     canonical.push_str(payload_hash);
     Ok(canonical)
 }
+
+/// The SHA-256 of a body fed in pieces as it arrives, for [`crate::verify_streamed`].
+pub struct PayloadHasher(digest::Context);
+
+impl PayloadHasher {
+    /// A hasher that has seen nothing yet.
+    #[must_use]
+    pub fn new() -> Self {
+        PayloadHasher(digest::Context::new(&digest::SHA256))
+    }
+
+    /// Feeds the next piece of the body.
+    pub fn update(&mut self, piece: &[u8]) {
+        self.0.update(piece);
+    }
+
+    /// The digest of everything fed.
+    #[must_use]
+    pub fn finish(self) -> PayloadDigest {
+        PayloadDigest(hex::encode(self.0.finish()))
+    }
+}
+
+impl Default for PayloadHasher {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for PayloadHasher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PayloadHasher(..)")
+    }
+}
+
+/// The lowercase hex SHA-256 of a whole body, from [`PayloadHasher::finish`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PayloadDigest(pub(crate) String);
 
 /// Lowercase hex SHA-256 of `data`.
 pub(crate) fn hex_sha256(data: &[u8]) -> String {

@@ -18,10 +18,10 @@ use aws_lc_rs::hmac;
 use time::{Duration, OffsetDateTime};
 
 pub use authorization::{Authorization, parse_authorization, parse_request_auth};
-pub use canonical::canonical_request;
+pub use canonical::{PayloadDigest, PayloadHasher, canonical_request};
 
 use authorization::{format_amz_date, format_scope_date};
-use canonical::{canonical_request_with_payload_hash, header_value, hex_sha256};
+use canonical::{canonical_request_for_body_hash, canonical_request_with_payload_hash, header_value, hex_sha256};
 
 /// The only signing algorithm supported.
 const ALGORITHM: &str = "AWS4-HMAC-SHA256";
@@ -180,10 +180,8 @@ fn skew_detail(request_time: OffsetDateTime, now: OffsetDateTime, max_clock_skew
 
 /// Verifies a request's SigV4 signature.
 ///
-/// Checks, in order: the scope's region and service are the policy's and its date is the request
-/// time's day; the request time is within `max_clock_skew` of `now`; `host` and the date header
-/// (`x-amz-date`, or `date` when there is no `x-amz-date`) are signed; the signature recomputed with
-/// `key` equals the given one (compared in constant time).
+/// Checks, in order: everything [`check_head`] checks; the signature recomputed with `key` over
+/// `req.body` equals the given one (compared in constant time).
 ///
 /// # Errors
 ///
@@ -195,6 +193,27 @@ pub fn verify(
     auth: &Authorization,
     request_time: OffsetDateTime,
     key: &SigningKey,
+    policy: &VerifyPolicy<'_>,
+    now: OffsetDateTime,
+) -> Result<(), Error> {
+    check_head(req, auth, request_time, policy, now)?;
+    check_signature(req, auth, request_time, key, hex_sha256(req.body))
+}
+
+/// Checks what the request's head alone decides, before its body is read (a server refuses a
+/// request failing these without holding its body): the scope's region and service are the
+/// policy's and its date is the request time's day; the request time is within
+/// `max_clock_skew` of `now`; `host` and the date header (`x-amz-date`, or `date` when there is
+/// no `x-amz-date`) are signed; every signed header is present. `req.body` is not read.
+///
+/// # Errors
+///
+/// [`Error::WrongScope`], [`Error::SignatureExpired`], [`Error::HeaderNotSigned`] or
+/// [`Error::MissingSignedHeader`].
+pub fn check_head(
+    req: &Request<'_>,
+    auth: &Authorization,
+    request_time: OffsetDateTime,
     policy: &VerifyPolicy<'_>,
     now: OffsetDateTime,
 ) -> Result<(), Error> {
@@ -219,8 +238,41 @@ pub fn verify(
             return Err(Error::HeaderNotSigned(required.to_owned()));
         }
     }
+    if let Some(missing) = auth.signed_headers.iter().find(|name| header_value(req.headers, name).is_none()) {
+        return Err(Error::MissingSignedHeader(missing.clone()));
+    }
+    Ok(())
+}
 
-    let canonical = canonical_request(req, &auth.signed_headers)?;
+/// [`verify`] for a body that was hashed as it streamed in: `body` is the [`PayloadHasher`]'s
+/// digest of it, and `req.body` is not read (pass `&[]`).
+///
+/// # Errors
+///
+/// As [`verify`].
+pub fn verify_streamed(
+    req: &Request<'_>,
+    auth: &Authorization,
+    request_time: OffsetDateTime,
+    key: &SigningKey,
+    policy: &VerifyPolicy<'_>,
+    now: OffsetDateTime,
+    body: PayloadDigest,
+) -> Result<(), Error> {
+    check_head(req, auth, request_time, policy, now)?;
+    check_signature(req, auth, request_time, key, body.0)
+}
+
+/// The signature recomputed over the request (with `body_hash` as the body's hex SHA-256)
+/// against the given one, in constant time.
+fn check_signature(
+    req: &Request<'_>,
+    auth: &Authorization,
+    request_time: OffsetDateTime,
+    key: &SigningKey,
+    body_hash: String,
+) -> Result<(), Error> {
+    let canonical = canonical_request_for_body_hash(req, &auth.signed_headers, body_hash)?;
     let scope = format!("{}/{}/{}/{SCOPE_TERMINATOR}", auth.date, auth.region, auth.service);
     let string_to_sign = string_to_sign(&format_amz_date(request_time), &scope, &canonical);
     let claimed = hex::decode(&auth.signature).map_err(|_| Error::SignatureMismatch)?;

@@ -3,8 +3,8 @@
 
 use aws_lc_rs::digest;
 use certfleet_sigv4::{
-    Authorization, Error, Request, ScopeComponent, SigningKey, VerifyPolicy, canonical_request, clock_skew_message,
-    parse_authorization, parse_request_auth, sign, verify,
+    Authorization, Error, PayloadHasher, Request, ScopeComponent, SigningKey, VerifyPolicy, canonical_request,
+    check_head, clock_skew_message, parse_authorization, parse_request_auth, sign, verify, verify_streamed,
 };
 use time::macros::datetime;
 use time::{Duration, OffsetDateTime};
@@ -18,11 +18,22 @@ const IOT_POLICY: VerifyPolicy<'static> =
     VerifyPolicy { region: "us-east-1", service: "iot", max_clock_skew: FIVE_MINUTES };
 const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 
-/// Parses the auth headers of a received request and verifies it with `SECRET`.
+/// Parses the auth headers of a received request and verifies it with `SECRET`, both whole and
+/// as a server does it while the body streams in (the head checked first, the body hashed in
+/// pieces): the two must agree on every request.
 fn parse_and_verify(req: &Request<'_>, policy: &VerifyPolicy<'_>, now: OffsetDateTime) -> Result<(), Error> {
     let (auth, request_time) = parse_request_auth(req)?;
     let key = SigningKey::derive(SECRET, &auth.date, &auth.region, &auth.service);
-    verify(req, &auth, request_time, &key, policy, now)
+    let whole = verify(req, &auth, request_time, &key, policy, now);
+    let streamed = check_head(&Request { body: &[], ..*req }, &auth, request_time, policy, now).and_then(|()| {
+        let mut hasher = PayloadHasher::new();
+        let (first, rest) = req.body.split_at(req.body.len() / 2);
+        hasher.update(first);
+        hasher.update(rest);
+        verify_streamed(&Request { body: &[], ..*req }, &auth, request_time, &key, policy, now, hasher.finish())
+    });
+    assert_eq!(whole, streamed, "verified whole and streamed, a request must get one answer");
+    whole
 }
 
 /// `headers` with the signing output replacing any header of the same name, as the server receives them.
