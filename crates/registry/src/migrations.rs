@@ -411,6 +411,22 @@ CREATE INDEX certificates_audit_scan ON certificates(
 );
 "#,
     ),
+    // 11: bounded registry growth (issue 13). The claim row of the registry prune (one node at a
+    // time across a cluster, a conditional UPDATE on its lease), and the time indexes that make
+    // each prune batch an index range scan on both backends instead of a table scan.
+    (
+        11,
+        r#"
+CREATE TABLE maintenance_claims (
+    job TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    lease_until BIGINT NOT NULL
+);
+INSERT INTO maintenance_claims (job, holder, lease_until) VALUES ('registry_prune', '', 0);
+CREATE INDEX connections_by_time ON connections(connected_at);
+CREATE INDEX endpoint_probes_by_time ON endpoint_probes(at);
+"#,
+    ),
 ];
 
 /// The SQL dialect a migration is rendered for.
