@@ -68,13 +68,15 @@ impl Services {
             return Ok(None);
         };
         let signer_id = signer.id.clone();
-        self.admit_registration(account, device.id())?;
         let generation_id = uuid_v4()?;
 
         let registered = registry::write(self.store(), |tx| {
             if tx.lock_account_if_present(account)?.is_none() || tx.get_certificate(account, device.id())?.is_some() {
                 return Ok(None);
             }
+            // Charged only for a certificate about to be registered: a device's concurrent
+            // retries, and strangers no CA signed, cost the account nothing.
+            self.admit_registration(account, device.id())?;
             let Some(ca) = tx.get_ca(account, &signer_id)?.filter(|ca| allowed(ca)) else {
                 return Ok(None);
             };
