@@ -90,6 +90,7 @@ impl Fleet {
             connect_timeout: Duration::from_secs(10),
             change_poll_interval: Duration::from_millis(50),
             caches: Default::default(),
+            test_endpoint_records_per_second: 10,
         };
         let gateway = Gateway::with_authorizer(config, services.clone(), tls, authorizer.clone());
         let broker = certfleet_gateway::Broker::new(

@@ -97,13 +97,14 @@ async fn the_agent_rotates_through_the_rotation_service() {
         connect_timeout: Duration::from_secs(10),
         change_poll_interval: Duration::from_millis(50),
         caches: Default::default(),
+        test_endpoint_records_per_second: 10,
     };
     let gateway = Gateway::with_authorizer(config, services.clone(), tls, authorizer.clone());
     services.attach_data_plane(gateway.endpoints.clone());
     let broker = certfleet_gateway::Broker::new(
         BrokerConfig::default(),
         LocalFabric::new(),
-        Arc::new(certfleet_gateway::history::HistoryRecorder::start(services.clone())),
+        Arc::new(certfleet_gateway::history::HistoryRecorder::start(services.clone(), 60)),
         authorizer,
         gateway.live.clone(),
     );

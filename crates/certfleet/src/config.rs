@@ -159,6 +159,27 @@ trust_store = "/etc/ssl/certs/ca-certificates.crt"
 # [domains.claims]
 # "123456789012" = ["fleet.example.com"]
 
+[registry]
+# What peers can make the registry hold (docs/operations.md, "Registry"). Rows past their
+# retention are deleted by one node of the cluster at a time, once per prune_interval, at most
+# prune_batch_rows per transaction with prune_pause between two transactions.
+# Connection history: at least 31d, the window of the audit's connection checks.
+connection_history_retention = "90d"
+test_endpoint_retention = "90d"
+# Change-feed entries: every node follows the feed within seconds (at least 1h).
+change_feed_retention = "1d"
+prune_interval = "1h"
+prune_batch_rows = 10000
+prune_pause = "100ms"
+# Per node: sessions of one certificate recorded in the connection history per hour (a device
+# reconnecting in a loop is recorded this often, the rest counted); test endpoint results
+# recorded per account per second; just-in-time registrations per account per second (past
+# it the device is refused, RegistrationThrottled). Past each bound: counted in /metrics and
+# logged once per key and window.
+history_sessions_per_certificate_per_hour = 60
+test_endpoint_records_per_second = 10
+jitr_registrations_per_second = 100
+
 [rotation]
 # Certificate rotation (docs/rotation.md): how long to wait for a device's answer to csr_req or
 # crt_req before sending it again, how many sends before the rotation fails as timed out, and
@@ -213,6 +234,7 @@ struct FileConfig {
     rules: RulesFile,
     egress: EgressFile,
     broker: BrokerFile,
+    registry: RegistryFile,
 }
 
 #[derive(Deserialize, Default)]
@@ -270,6 +292,20 @@ fn broker_bounds(file: &BrokerFile, max_packet_size: usize) -> anyhow::Result<Br
         bail!("broker.max_inflight_messages must be at least 1");
     }
     Ok(bounds)
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RegistryFile {
+    connection_history_retention: Option<String>,
+    test_endpoint_retention: Option<String>,
+    change_feed_retention: Option<String>,
+    prune_interval: Option<String>,
+    prune_batch_rows: Option<u32>,
+    prune_pause: Option<String>,
+    history_sessions_per_certificate_per_hour: Option<u32>,
+    test_endpoint_records_per_second: Option<u32>,
+    jitr_registrations_per_second: Option<u32>,
 }
 
 #[derive(Deserialize, Default)]
@@ -425,6 +461,66 @@ pub struct Config {
     pub domain_trust_store: Option<PathBuf>,
     /// Per account, the domain suffixes it may claim (lowercase, no trailing dot).
     pub domain_claims: BTreeMap<certfleet_registry::AccountId, Vec<String>>,
+    /// The bounds on registry growth (`[registry]`).
+    pub registry: RegistryBounds,
+}
+
+/// The `[registry]` section, validated: retention and the prune, and the per-node write rates
+/// a peer can drive.
+#[derive(Clone, Debug)]
+pub struct RegistryBounds {
+    pub prune: certfleet_workers::PruneConfig,
+    pub history_sessions_per_certificate_per_hour: u32,
+    pub test_endpoint_records_per_second: u32,
+    pub jitr_registrations_per_second: u32,
+}
+
+/// The `[registry]` section with its defaults; every rate and batch at least 1.
+fn registry_bounds(file: &RegistryFile) -> anyhow::Result<RegistryBounds> {
+    let duration =
+        |value: &Option<String>, key: &str, default: &str| parse_duration(value.as_deref().unwrap_or(default), key);
+    let change_feed = duration(&file.change_feed_retention, "registry.change_feed_retention", "1d")?;
+    if change_feed < time::Duration::hours(1) {
+        bail!("registry.change_feed_retention must be at least 1h (every node follows the feed)");
+    }
+    let history = duration(&file.connection_history_retention, "registry.connection_history_retention", "90d")?;
+    if history < time::Duration::days(31) {
+        bail!(
+            "registry.connection_history_retention must be at least 31d (the audit's connection checks read 31 days)"
+        );
+    }
+    let settings = certfleet_services::PruneSettings {
+        retention: certfleet_services::Retention {
+            connection_history: history,
+            endpoint_probes: duration(&file.test_endpoint_retention, "registry.test_endpoint_retention", "90d")?,
+            change_feed,
+        },
+        batch_rows: file.prune_batch_rows.unwrap_or(10_000),
+        interval: duration(&file.prune_interval, "registry.prune_interval", "1h")?,
+        ..certfleet_services::PruneSettings::default()
+    };
+    let bounds = RegistryBounds {
+        prune: certfleet_workers::PruneConfig {
+            settings,
+            pause: std::time::Duration::try_from(duration(&file.prune_pause, "registry.prune_pause", "100ms")?)
+                .unwrap_or_default(),
+            ..certfleet_workers::PruneConfig::default()
+        },
+        history_sessions_per_certificate_per_hour: file.history_sessions_per_certificate_per_hour.unwrap_or(60),
+        test_endpoint_records_per_second: file.test_endpoint_records_per_second.unwrap_or(10),
+        jitr_registrations_per_second: file.jitr_registrations_per_second.unwrap_or(100),
+    };
+    for (key, value) in [
+        ("registry.prune_batch_rows", bounds.prune.settings.batch_rows),
+        ("registry.history_sessions_per_certificate_per_hour", bounds.history_sessions_per_certificate_per_hour),
+        ("registry.test_endpoint_records_per_second", bounds.test_endpoint_records_per_second),
+        ("registry.jitr_registrations_per_second", bounds.jitr_registrations_per_second),
+    ] {
+        if value == 0 {
+            bail!("{key} must be at least 1");
+        }
+    }
+    Ok(bounds)
 }
 
 /// The gateway's cache bounds from the file, each with its default (at least 2 entries).
@@ -522,6 +618,7 @@ impl Config {
         let rules = rules_config(&file.rules, max_message_bytes)?;
         let egress = egress_policy(&file.egress)?;
         let broker = broker_bounds(&file.broker, max_message_bytes + 18 * 1024)?;
+        let registry = registry_bounds(&file.registry)?;
         Ok(Config {
             data_dir: overrides.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("certfleet-data")),
             region,
@@ -590,6 +687,7 @@ impl Config {
             domain_claims,
             egress,
             egress_ca_bundle: file.egress.ca_bundle.filter(|path| !path.is_empty()).map(PathBuf::from),
+            registry,
         })
     }
 }
@@ -782,6 +880,14 @@ mod tests {
             "[broker]\nmax_inflight_messages = 0",
             "[broker]\nmax_session_expiry = \"8d\"",
             "[broker]\ncolour = 1",
+            "[registry]\nprune_batch_rows = 0",
+            "[registry]\ntest_endpoint_records_per_second = 0",
+            "[registry]\njitr_registrations_per_second = 0",
+            "[registry]\nhistory_sessions_per_certificate_per_hour = 0",
+            "[registry]\nchange_feed_retention = \"10m\"",
+            "[registry]\nconnection_history_retention = \"0d\"",
+            "[registry]\nconnection_history_retention = \"30d\"",
+            "[registry]\ncolour = 1",
         ] {
             std::fs::write(&path, bad).unwrap();
             assert!(Config::load(Some(&path), Overrides::default()).is_err(), "{bad}");

@@ -74,6 +74,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             max_cas_per_subject: 10,
             rotation: config.rotation.clone(),
             domain_claims: domain_claims(&config)?,
+            max_registrations_per_second: config.registry.jitr_registrations_per_second,
         },
         Some(device_issuer),
     ));
@@ -101,15 +102,33 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         trusted_roots(config.egress_ca_bundle.as_deref()),
     ));
     let builtin = builtin_chains(&server_issuer, &config, server_chain, &server_key, clock.now())?;
-    let (gateway, gateway_view) =
+    let (gateway, gateway_view, history) =
         start_gateway(&services, &config, budget, builtin, mqtt_listener, egress.clone(), stopped.clone()).await?;
+    // The registry prune: every node tries, one node of the cluster at a time does it.
+    let prune_metrics = Arc::new(certfleet_workers::PruneMetrics::default());
+    let node = format!("pid{}-{}", std::process::id(), time::OffsetDateTime::now_utc().unix_timestamp_nanos());
+    tokio::spawn(certfleet_workers::run_prune(
+        services.clone(),
+        node,
+        config.registry.prune.clone(),
+        prune_metrics.clone(),
+        stopped.clone(),
+    ));
+    let registry_metrics = RegistryMetrics { prune: prune_metrics, history };
     let api_metrics = Arc::new(certfleet_api::ListenerMetrics::default());
     let metrics_addr = match config.metrics_addr {
         Some(addr) => {
             let listener =
                 TcpListener::bind(addr).await.with_context(|| format!("binding the metrics listener to {addr}"))?;
             let bound = listener.local_addr()?;
-            tokio::spawn(serve_metrics(listener, gateway_view, api_metrics.clone(), egress.clone(), stopped.clone()));
+            tokio::spawn(serve_metrics(
+                listener,
+                gateway_view,
+                api_metrics.clone(),
+                egress.clone(),
+                Arc::new(registry_metrics),
+                stopped.clone(),
+            ));
             tracing::info!(addr = %bound, "metrics listening");
             Some(bound.to_string())
         }
@@ -315,7 +334,11 @@ async fn start_gateway(
     listener: TcpListener,
     egress: Arc<certfleet_egress::Egress>,
     stopped: watch::Receiver<bool>,
-) -> anyhow::Result<(tokio::task::JoinHandle<()>, Arc<certfleet_gateway::Gateway>)> {
+) -> anyhow::Result<(
+    tokio::task::JoinHandle<()>,
+    Arc<certfleet_gateway::Gateway>,
+    Arc<certfleet_gateway::history::HistoryRecorder>,
+)> {
     let default_account = match &config.mqtt_default_account {
         Some(id) => AccountId::parse(id).context("mqtt.default_account")?,
         None => {
@@ -338,6 +361,7 @@ async fn start_gateway(
         connect_timeout: to_std(config.mqtt_connect_timeout),
         change_poll_interval: to_std(config.mqtt_change_poll_interval),
         caches: config.caches,
+        test_endpoint_records_per_second: config.registry.test_endpoint_records_per_second,
     };
     let authorizer = certfleet_gateway::PolicyAuthorizer::new(services.clone(), &config.region);
     let gateway =
@@ -364,10 +388,14 @@ async fn start_gateway(
     } else {
         authorizer
     };
+    let history = Arc::new(certfleet_gateway::history::HistoryRecorder::start(
+        services.clone(),
+        config.registry.history_sessions_per_certificate_per_hour,
+    ));
     let broker = certfleet_gateway::Broker::new(
         broker_config,
         certfleet_gateway::LocalFabric::new(),
-        Arc::new(certfleet_gateway::history::HistoryRecorder::start(services.clone())),
+        history.clone(),
         broker_authorizer,
         gateway.live.clone(),
     );
@@ -406,7 +434,13 @@ async fn start_gateway(
         move |tls, connection| certfleet_gateway::serve(broker.clone(), tls, connection),
         stopped,
     ));
-    Ok((task, view))
+    Ok((task, view, history))
+}
+
+/// The counters of what bounds the registry's growth, for `/metrics`.
+struct RegistryMetrics {
+    prune: Arc<certfleet_workers::PruneMetrics>,
+    history: Arc<certfleet_gateway::history::HistoryRecorder>,
 }
 
 /// The roots the egress verifies https servers against: `egress.ca_bundle` when set, else the
@@ -438,6 +472,7 @@ async fn serve_metrics(
     gateway: Arc<certfleet_gateway::Gateway>,
     api: Arc<certfleet_api::ListenerMetrics>,
     egress: Arc<certfleet_egress::Egress>,
+    registry: Arc<RegistryMetrics>,
     mut stopped: watch::Receiver<bool>,
 ) {
     // Operator-only, but still bounded: a few scrapes at once.
@@ -459,7 +494,7 @@ async fn serve_metrics(
             drop(stream);
             continue;
         };
-        let (gateway, api, egress) = (gateway.clone(), api.clone(), egress.clone());
+        let (gateway, api, egress, registry) = (gateway.clone(), api.clone(), egress.clone(), registry.clone());
         tokio::spawn(async move {
             let _slot = slot;
             let mut request = Vec::with_capacity(1024);
@@ -481,6 +516,8 @@ async fn serve_metrics(
                 let mut text = certfleet_gateway::metrics::render(&gateway);
                 api.render(&mut text);
                 certfleet_egress::render_metrics(&egress.counters, &mut text);
+                registry.prune.render(&mut text);
+                registry.history.render_metrics(&mut text);
                 ("200 OK", text)
             } else {
                 tracing::info!(%peer, "metrics: unknown request");

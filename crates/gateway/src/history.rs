@@ -1,11 +1,21 @@
 //! The connection history kept in the registry: which client IDs used which certificate, and
 //! when. Written off the session's path by one background task, so a slow database never slows
 //! a CONNECT; if the queue is full, records are dropped and counted rather than blocking.
+//!
+//! A device reconnecting in a loop must not grow the history without bound between two prunes:
+//! each certificate gets at most `sessions_per_certificate_per_hour` sessions recorded per hour
+//! on this node; the sessions past it (and their disconnections) are counted in `coalesced`
+//! and not written. Per certificate rather than per client ID, so a loop that changes its client
+//! ID each time is bounded too; the audit's connection checks still see the first sessions of
+//! every hour, which is where a second device sharing the certificate shows.
 
-use std::sync::Arc;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
+use certfleet_pki::CertificateId;
 use certfleet_registry::ConnectionRecord;
+use certfleet_services::rate::{Admission, WindowedRate};
 use certfleet_services::{ConnectionEvent, Services};
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
@@ -16,8 +26,19 @@ use crate::identity::Identity;
 /// Records connections in the registry through the services.
 pub struct HistoryRecorder {
     queue: mpsc::Sender<ConnectionEvent>,
+    /// Records dropped because the queue was full.
     pub dropped: Arc<AtomicU64>,
+    /// Sessions not recorded: their certificate had its hour's sessions already.
+    pub coalesced: Arc<AtomicU64>,
+    per_certificate: Mutex<WindowedRate<CertificateId>>,
+    /// The live sessions not recorded, so their disconnections are not written either.
+    skipped: Mutex<HashSet<String>>,
 }
+
+/// The most certificates whose hourly sessions are counted at once, and the most unrecorded
+/// live sessions remembered (past it, a disconnection may be written for a session never
+/// recorded: an UPDATE that matches nothing).
+const MAX_TRACKED: usize = 200_000;
 
 /// How many history records may wait for the database (about 150 bytes each).
 const QUEUE: usize = 50_000;
@@ -33,7 +54,10 @@ impl HistoryRecorder {
     /// idle is written at once; records that keep coming are written together, one transaction
     /// per [`GATHER`], so a storm of connections costs a commit per batch rather than one per
     /// connect and one per disconnect.
-    pub fn start(services: Arc<Services>) -> Self {
+    ///
+    /// At most `sessions_per_certificate_per_hour` sessions of a certificate are recorded per
+    /// hour on this node.
+    pub fn start(services: Arc<Services>, sessions_per_certificate_per_hour: u32) -> Self {
         let (queue, mut events) = mpsc::channel::<ConnectionEvent>(QUEUE);
         tokio::spawn(async move {
             let mut batch = Vec::with_capacity(BATCH);
@@ -60,7 +84,33 @@ impl HistoryRecorder {
                 }
             }
         });
-        HistoryRecorder { queue, dropped: Arc::new(AtomicU64::new(0)) }
+        HistoryRecorder {
+            queue,
+            dropped: Arc::new(AtomicU64::new(0)),
+            coalesced: Arc::new(AtomicU64::new(0)),
+            per_certificate: Mutex::new(WindowedRate::new(
+                sessions_per_certificate_per_hour,
+                time::Duration::hours(1),
+                MAX_TRACKED,
+            )),
+            skipped: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// Appends the history's counters in the Prometheus text format.
+    pub fn render_metrics(&self, out: &mut String) {
+        crate::metrics::counters(
+            out,
+            "certfleet_connection_history",
+            &[
+                ("dropped", "Connection history records dropped: the write queue was full.", &*self.dropped),
+                (
+                    "coalesced",
+                    "Sessions not recorded: their certificate had its hourly sessions recorded already.",
+                    &*self.coalesced,
+                ),
+            ],
+        );
     }
 
     fn enqueue(&self, event: ConnectionEvent) {
@@ -88,6 +138,20 @@ fn write(services: &Services, batch: &[ConnectionEvent]) {
 
 impl ConnectionObserver for HistoryRecorder {
     fn connected(&self, identity: &Identity, client_id: &str, session_identifier: &str, at: OffsetDateTime) {
+        let admission =
+            self.per_certificate.lock().unwrap_or_else(PoisonError::into_inner).admit(&identity.certificate_id, at);
+        if let Admission::Refused { first_in_window } = admission {
+            let coalesced = self.coalesced.fetch_add(1, Ordering::Relaxed) + 1;
+            if first_in_window {
+                tracing::info!(cert = %identity.certificate_id, account = %identity.account, coalesced,
+                    "a certificate reconnects more than its hourly history allows: further sessions not recorded");
+            }
+            let mut skipped = self.skipped.lock().unwrap_or_else(PoisonError::into_inner);
+            if skipped.len() < MAX_TRACKED {
+                skipped.insert(session_identifier.to_owned());
+            }
+            return;
+        }
         self.enqueue(ConnectionEvent::Connected(ConnectionRecord {
             session_id: session_identifier.to_owned(),
             account: identity.account.clone(),
@@ -107,6 +171,9 @@ impl ConnectionObserver for HistoryRecorder {
         at: OffsetDateTime,
         reason: &str,
     ) {
+        if self.skipped.lock().unwrap_or_else(PoisonError::into_inner).remove(session_identifier) {
+            return;
+        }
         self.enqueue(ConnectionEvent::Disconnected {
             session_id: session_identifier.to_owned(),
             at,

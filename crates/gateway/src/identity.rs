@@ -54,6 +54,10 @@ pub enum Refusal {
     SniRequired,
     /// The registry could not be read: refused to stay safe.
     RegistryUnavailable,
+    /// The certificate could be registered just in time, but the account registers more per
+    /// second than this node allows (`Services::auto_register_certificate`); nothing was
+    /// written, and the device may retry.
+    RegistrationThrottled,
     /// Not a refusal of the device: its endpoint now serves another server chain, and the
     /// session is closed so that the device handshakes again and sees it (a migration's drain).
     ServerChainChanged,
@@ -61,7 +65,7 @@ pub enum Refusal {
 
 impl Refusal {
     /// Every reason, for metrics.
-    pub const ALL: [Refusal; 16] = [
+    pub const ALL: [Refusal; 17] = [
         Refusal::NoClientCert,
         Refusal::BadCertificate,
         Refusal::Unregistered,
@@ -77,6 +81,7 @@ impl Refusal {
         Refusal::ChainInvalid,
         Refusal::SniRequired,
         Refusal::RegistryUnavailable,
+        Refusal::RegistrationThrottled,
         Refusal::ServerChainChanged,
     ];
 
@@ -98,6 +103,7 @@ impl Refusal {
             Refusal::ChainInvalid => "ChainInvalid",
             Refusal::SniRequired => "SniRequired",
             Refusal::RegistryUnavailable => "RegistryUnavailable",
+            Refusal::RegistrationThrottled => "RegistrationThrottled",
             Refusal::ServerChainChanged => "ServerChainChanged",
         }
     }
@@ -302,6 +308,10 @@ impl Registry {
                 .await
                 .map_err(|_| Refusal::RegistryUnavailable)?
                 .map_err(|error| {
+                    // The services logged the first refusal of each second themselves.
+                    if matches!(error, certfleet_services::Error::LimitExceeded(_)) {
+                        return Refusal::RegistrationThrottled;
+                    }
                     tracing::warn!(%error, cert = %certificate.id(), %account, "just-in-time registration failed");
                     Refusal::RegistryUnavailable
                 })?;

@@ -27,6 +27,7 @@ pub mod identity;
 pub mod listener;
 pub mod live;
 pub mod metrics;
+pub mod probes;
 pub mod rules;
 pub mod session;
 pub mod tls;

@@ -39,6 +39,9 @@ pub struct Config {
     pub change_poll_interval: Duration,
     /// The bounds of the identity and SNI caches.
     pub caches: CacheLimits,
+    /// Test endpoint records written per account per second on this node; past it they are
+    /// counted and dropped (`crate::probes`).
+    pub test_endpoint_records_per_second: u32,
 }
 
 /// What the session layer learns of a connection before its first packet.
@@ -71,6 +74,8 @@ pub struct Gateway {
     /// The topic rules this node runs (and where system rules are installed), kept true by the
     /// change feed.
     pub rules: Arc<crate::rules::RuleBook>,
+    /// The test endpoints' records, bounded per account and written in batches.
+    pub probes: Arc<crate::probes::ProbeRecorder>,
     /// The broker built on this gateway, for its counters in the metrics (attached once built).
     broker: std::sync::OnceLock<std::sync::Weak<crate::Broker>>,
 }
@@ -100,8 +105,10 @@ impl Gateway {
         let live = Arc::new(LiveSessions::default());
         let caches = config.caches;
         let endpoints = Endpoints::new(services.clone(), live.clone(), builtin, config.default_account.clone(), caches);
+        let probes = crate::probes::ProbeRecorder::new(services.clone(), config.test_endpoint_records_per_second);
         Arc::new(Gateway {
             config,
+            probes,
             rules: crate::rules::RuleBook::new(services.clone()),
             registry: Arc::new(Registry::with_limits(services, caches)),
             live,
@@ -384,12 +391,7 @@ impl Gateway {
             detail: detail.to_owned(),
             at: time::OffsetDateTime::now_utc(),
         };
-        let services = self.registry.services().clone();
-        tokio::task::spawn_blocking(move || {
-            if let Err(error) = services.record_endpoint_probe(&probe) {
-                tracing::warn!(%error, "recording a test endpoint result failed");
-            }
-        });
+        self.probes.record(probe);
     }
 
     /// Forgets the endpoint names cached (an account came or went).

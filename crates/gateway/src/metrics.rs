@@ -173,6 +173,28 @@ pub fn render(gateway: &crate::Gateway) -> String {
             let _ = writeln!(out, "certfleet_broker_connect_refusals_total{{reason=\"{reason}\"}} {count}");
         }
     }
+    counters(
+        &mut out,
+        "certfleet_gateway",
+        &[
+            (
+                "test_endpoint_records_written",
+                "Test endpoint results written to the registry.",
+                &gateway.probes.written,
+            ),
+            (
+                "test_endpoint_records_dropped",
+                "Test endpoint results dropped: over the account's rate, or too many waiting.",
+                &gateway.probes.dropped,
+            ),
+        ],
+    );
+    let _ = writeln!(
+        out,
+        "# HELP certfleet_jitr_throttled_total Just-in-time registrations refused by the per-account rate.\n\
+         # TYPE certfleet_jitr_throttled_total counter\ncertfleet_jitr_throttled_total {}",
+        gateway.registry.services().registrations_throttled()
+    );
     gateway.endpoints.render_metrics(&mut out);
     crate::rules::render_metrics(&gateway.rules.counters, &mut out);
     out

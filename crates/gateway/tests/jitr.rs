@@ -180,3 +180,39 @@ fn a_hundred_devices_at_once_are_each_registered_and_announced_once() {
     assert_eq!(by_ca.items.len(), 100);
     assert!(by_ca.items.iter().all(|record| record.status == CertificateStatus::PendingActivation));
 }
+
+#[test]
+fn a_registration_flood_is_refused_past_the_accounts_rate_and_counted() {
+    let world = certfleet_testkit::world_with(Config { max_registrations_per_second: 2, ..Config::default() });
+    let alice = world.caller();
+    let (registry, events) = gateway_registry(&world);
+    let ca = root("flooded root");
+    register_ca(&world, &alice, &ca, true);
+    let rt = runtime();
+    let check = |certificate: &Certificate| {
+        rt.block_on(registry.authenticate(&alice.account, true, certificate, START))
+            .map(|identity| identity.certificate_id)
+    };
+    // Whoever holds the CA's key mints devices in a loop: two are registered, the rest refused
+    // with their own reason, nothing written for them and nothing announced.
+    let flood: Vec<Certificate> = (0..5).map(|_| device(&ca)).collect();
+    let refusals: Vec<_> = flood.iter().map(|certificate| check(certificate).unwrap_err()).collect();
+    assert_eq!(
+        refusals,
+        [
+            Refusal::PendingActivation,
+            Refusal::PendingActivation,
+            Refusal::RegistrationThrottled,
+            Refusal::RegistrationThrottled,
+            Refusal::RegistrationThrottled
+        ]
+    );
+    assert_eq!(events.take().len(), 2);
+    assert_eq!(world.services.registrations_throttled(), 3);
+    for certificate in &flood[2..] {
+        assert!(world.services.lookup_certificate(&alice.account, certificate.id()).unwrap().is_none());
+    }
+    // A refused device retries the next second and is registered.
+    world.clock.advance(Duration::seconds(1));
+    assert_eq!(check(&flood[2]), Err(Refusal::PendingActivation));
+}

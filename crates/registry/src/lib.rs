@@ -16,6 +16,7 @@ mod sqlite;
 mod tx;
 mod tx_audit;
 mod tx_endpoints;
+mod tx_maintenance;
 mod tx_provisioning;
 mod tx_rotation;
 mod tx_rules;
@@ -27,6 +28,7 @@ pub use model_rotation::*;
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 pub use tx::Tx;
+pub use tx_maintenance::{MaintenanceJob, PruneTarget};
 pub use tx_rules::{DestinationStatus, TopicRule, TopicRuleDestination, TopicRuleFilter};
 
 /// Errors of the registry.

@@ -441,6 +441,22 @@ CREATE INDEX topic_rule_destinations_by_token ON topic_rule_destinations(account
 CREATE INDEX topic_rule_destinations_by_url ON topic_rule_destinations(account_id, confirmation_url);
 "#,
     ),
+    // 13: bounded registry growth (issue 13). The claim row of the registry prune (one node at a
+    // time across a cluster, a conditional UPDATE on its lease), and the time indexes that make
+    // each prune batch an index range scan on both backends instead of a table scan.
+    (
+        13,
+        r#"
+CREATE TABLE maintenance_claims (
+    job TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    lease_until BIGINT NOT NULL
+);
+INSERT INTO maintenance_claims (job, holder, lease_until) VALUES ('registry_prune', '', 0);
+CREATE INDEX connections_by_time ON connections(connected_at);
+CREATE INDEX endpoint_probes_by_time ON endpoint_probes(at);
+"#,
+    ),
 ];
 
 /// The SQL dialect a migration is rendered for.

@@ -1491,3 +1491,80 @@ fn topic_rule_destinations_round_trip_by_token_and_url_page_and_feed_changes() {
         );
     });
 }
+
+#[test]
+fn maintenance_claim_one_node_at_a_time() {
+    each_backend("maintenance_claim", |store| {
+        let job = MaintenanceJob::RegistryPrune;
+        // Two nodes claim at once: exactly one wins.
+        let first = write(store, |tx| tx.claim_maintenance(job, "node-a", at(100), at(160))).unwrap();
+        let second = write(store, |tx| tx.claim_maintenance(job, "node-b", at(100), at(160))).unwrap();
+        assert_eq!((first, second), (true, false));
+        // The holder renews; the other still cannot take it while the lease runs.
+        assert!(write(store, |tx| tx.claim_maintenance(job, "node-a", at(150), at(210))).unwrap());
+        assert!(!write(store, |tx| tx.claim_maintenance(job, "node-b", at(200), at(260))).unwrap());
+        // A holder that died: its lease expires and another node takes over; the dead one's
+        // release then changes nothing.
+        assert!(write(store, |tx| tx.claim_maintenance(job, "node-b", at(211), at(270))).unwrap());
+        assert!(!write(store, |tx| tx.release_maintenance(job, "node-a", at(1000))).unwrap());
+        assert!(!write(store, |tx| tx.claim_maintenance(job, "node-a", at(212), at(270))).unwrap());
+        // Released until a due time: nobody, not even the last holder, claims before it.
+        assert!(write(store, |tx| tx.release_maintenance(job, "node-b", at(1000))).unwrap());
+        assert!(!write(store, |tx| tx.claim_maintenance(job, "node-b", at(999), at(1060))).unwrap());
+        assert!(!write(store, |tx| tx.claim_maintenance(job, "", at(999), at(1060))).unwrap());
+        assert!(write(store, |tx| tx.claim_maintenance(job, "node-a", at(1001), at(1060))).unwrap());
+    });
+}
+
+#[test]
+fn prune_batches_delete_old_rows_only_and_at_most_the_limit() {
+    each_backend("prune_batches", |store| {
+        let alice = account("111111111111", "alice");
+        setup(store, &[&alice]);
+        let connection = |session: &str, connected: i64, disconnected: Option<i64>| ConnectionRecord {
+            session_id: session.into(),
+            account: alice.id.clone(),
+            certificate_id: id('a'),
+            client_id: "sensor".into(),
+            connected_at: at(connected),
+            disconnected_at: disconnected.map(at),
+            disconnect_reason: disconnected.map(|_| "CLIENT_INITIATED_DISCONNECT".to_owned()),
+        };
+        write(store, |tx| {
+            for index in 0..5 {
+                tx.insert_connection(&connection(&format!("old-{index}"), index, Some(index + 1)))?;
+            }
+            // Never closed (its node died) and long ago: pruned too.
+            tx.insert_connection(&connection("orphan", 6, None))?;
+            // Connected before the cutoff but ended after it: kept.
+            tx.insert_connection(&connection("straddles", 8, Some(60)))?;
+            tx.insert_connection(&connection("new", 70, None))?;
+            for seconds in [1, 2, 3, 80] {
+                tx.insert_endpoint_probe(&probe(&alice, None, seconds), 100)?;
+            }
+            for seconds in [1, 2, 90] {
+                tx.record_change(&alice.id, ChangeKind::Certificate, "c", at(seconds))?;
+            }
+            Ok::<_, Error>(())
+        })
+        .unwrap();
+        let before = at(50);
+        let batch = |target| write(store, |tx| tx.prune_batch(target, before, 4)).unwrap();
+        assert_eq!(batch(PruneTarget::ConnectionHistory), 4);
+        assert_eq!(batch(PruneTarget::ConnectionHistory), 2);
+        assert_eq!(batch(PruneTarget::ConnectionHistory), 0);
+        let kept = read(store, |tx| tx.connections_since(&alice.id, None, at(0))).unwrap();
+        let sessions: Vec<_> = kept.iter().map(|record| record.session_id.as_str()).collect();
+        assert_eq!(sessions, ["straddles", "new"]);
+
+        assert_eq!(batch(PruneTarget::EndpointProbes), 3);
+        assert_eq!(batch(PruneTarget::EndpointProbes), 0);
+        let probes = read(store, |tx| tx.endpoint_probes(&alice.id, None, at(0), 10)).unwrap();
+        assert_eq!(probes.iter().map(|probe| probe.at).collect::<Vec<_>>(), [at(80)]);
+
+        let start = read(store, |tx| tx.last_change_seq()).unwrap() - 3;
+        assert_eq!(batch(PruneTarget::ChangeFeed), 2);
+        let changes = read(store, |tx| tx.changes_after(start, 10)).unwrap();
+        assert_eq!(changes.iter().map(|change| change.created_at).collect::<Vec<_>>(), [at(90)]);
+    });
+}

@@ -18,6 +18,8 @@
 //! transaction then checks again, under the account lock, that the certificate is still unknown
 //! and its CA still ACTIVE with auto-registration enabled.
 
+use std::sync::atomic::Ordering;
+
 use certfleet_pki::{self as pki, Certificate, CertificateId};
 use certfleet_registry::{
     self as registry, AccountId, CaCertificate, CaStatus, CertificateMode, CertificateStatus, ChangeKind,
@@ -26,6 +28,7 @@ use certfleet_registry::{
 
 use crate::ids::uuid_v4;
 use crate::provisioning::{Provisioning, Template};
+use crate::rate::Admission;
 use crate::{Error, Services};
 
 impl Services {
@@ -44,6 +47,9 @@ impl Services {
     /// record gets `Some`, so the registration event is published once. A certificate held by
     /// another account is registered here too: JITR is per account, and the device named this
     /// account (by SNI, or the default account without SNI).
+    ///
+    /// `Err(LimitExceeded)` past `Config::max_registrations_per_second` for the account on this
+    /// node: nothing is written, the device may retry.
     pub fn auto_register_certificate(
         &self,
         account: &AccountId,
@@ -68,6 +74,9 @@ impl Services {
             if tx.lock_account_if_present(account)?.is_none() || tx.get_certificate(account, device.id())?.is_some() {
                 return Ok(None);
             }
+            // Charged only for a certificate about to be registered: a device's concurrent
+            // retries, and strangers no CA signed, cost the account nothing.
+            self.admit_registration(account, device.id())?;
             let Some(ca) = tx.get_ca(account, &signer_id)?.filter(|ca| allowed(ca)) else {
                 return Ok(None);
             };
@@ -101,6 +110,37 @@ impl Services {
             tracing::info!(%account, cert = %record.id, %ca, status = record.status.as_str(), "certificate registered just in time");
         }
         Ok(registered)
+    }
+}
+
+impl Services {
+    /// Charges one just-in-time registration to `account`'s bound on this node; past it the
+    /// registration is refused with `LimitExceeded` (logged once per account and second) and
+    /// counted in [`Services::registrations_throttled`].
+    fn admit_registration(&self, account: &AccountId, certificate: &CertificateId) -> Result<(), Error> {
+        let now = self.now();
+        let admission =
+            self.registrations.lock().unwrap_or_else(std::sync::PoisonError::into_inner).admit(account, now);
+        match admission {
+            Admission::Admitted => Ok(()),
+            Admission::Refused { first_in_window } => {
+                let throttled = self.registrations_throttled.fetch_add(1, Ordering::Relaxed) + 1;
+                if first_in_window {
+                    tracing::warn!(%account, cert = %certificate, throttled,
+                        per_second = self.config().max_registrations_per_second,
+                        "just-in-time registrations over the account's rate: refused");
+                }
+                Err(Error::LimitExceeded(format!(
+                    "account {account} registers more than {} certificates per second just in time",
+                    self.config().max_registrations_per_second
+                )))
+            }
+        }
+    }
+
+    /// Just-in-time registrations refused by the per-account rate on this node, so far.
+    pub fn registrations_throttled(&self) -> u64 {
+        self.registrations_throttled.load(Ordering::Relaxed)
     }
 }
 

@@ -18,8 +18,10 @@ mod ids;
 mod issuers;
 mod jitr;
 mod lookups;
+mod maintenance;
 mod policies;
 mod provisioning;
+pub mod rate;
 mod rotation;
 mod templates;
 mod things;
@@ -48,6 +50,7 @@ pub use error::Error;
 pub use ids::{Marker, decode_marker, encode_marker};
 pub use issuers::load_or_create_issuer;
 pub use lookups::ConnectionEvent;
+pub use maintenance::{NotPruned, PruneReport, PruneSettings, Retention};
 pub use provisioning::{ProvisionedPolicy, ProvisionedThing, Provisioning, Template};
 pub use rotation::{
     CampaignSummary, DeviceErrorCode, DeviceMessageOutcome, DeviceTopic, EXPIRING_CHECK, Ignored, OutgoingMessage,
@@ -75,6 +78,9 @@ pub struct Config {
     pub rotation: RotationConfig,
     /// Who may claim which custom domain names (docs/endpoints.md, "Domain claims").
     pub domain_claims: DomainClaims,
+    /// Just-in-time registrations per account per second on this node (AWS has a per-account
+    /// registration rate too); past it a device is refused, counted and may retry.
+    pub max_registrations_per_second: u32,
 }
 
 impl Default for Config {
@@ -87,6 +93,7 @@ impl Default for Config {
             max_cas_per_subject: 10,
             rotation: RotationConfig::default(),
             domain_claims: DomainClaims::default(),
+            max_registrations_per_second: 100,
         }
     }
 }
@@ -165,16 +172,26 @@ pub struct Services {
     device_issuer: Option<Issuer>,
     data_plane: std::sync::OnceLock<Arc<dyn DataPlane>>,
     key_passphrase: std::sync::OnceLock<zeroize::Zeroizing<Vec<u8>>>,
+    /// Just-in-time registrations per account in the current second, and those refused.
+    registrations: std::sync::Mutex<rate::WindowedRate<AccountId>>,
+    registrations_throttled: std::sync::atomic::AtomicU64,
 }
+
+/// The most accounts a per-account rate bound tracks at once.
+const MAX_RATE_KEYS: usize = 100_000;
 
 impl Services {
     /// Puts the services together. Without a device issuer (admin commands), operations that
     /// issue certificates fail.
     pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, config: Config, device_issuer: Option<Issuer>) -> Self {
+        let registrations =
+            rate::WindowedRate::new(config.max_registrations_per_second, time::Duration::seconds(1), MAX_RATE_KEYS);
         Services {
             store,
             clock,
             config,
+            registrations: std::sync::Mutex::new(registrations),
+            registrations_throttled: std::sync::atomic::AtomicU64::new(0),
             device_issuer,
             data_plane: std::sync::OnceLock::new(),
             key_passphrase: std::sync::OnceLock::new(),

@@ -164,3 +164,48 @@ fn concurrent_attempts_register_a_certificate_once() {
     });
     assert_eq!(registered, 1);
 }
+
+#[test]
+fn registrations_past_the_accounts_rate_are_refused_counted_and_write_nothing() {
+    let world = certfleet_testkit::world_with(Config { max_registrations_per_second: 3, ..Config::default() });
+    let (alice, bob) = (world.caller(), world.caller());
+    let alice_ca = root("alice flood root");
+    register_ca(&world, &alice, &alice_ca, CertificateMode::SniOnly, true, true);
+    let bob_ca = root("bob root");
+    register_ca(&world, &bob, &bob_ca, CertificateMode::SniOnly, true, true);
+    let registered = |caller: &Caller| {
+        read(world.services.store(), |tx| {
+            tx.list_certificates(&caller.account, &PageRequest { limit: 100, ascending: true, after: None })
+        })
+        .unwrap()
+        .items
+        .len()
+    };
+    let feed_before = world.services.last_change_seq().unwrap();
+
+    // The attacker holds alice's auto-registration CA and mints devices in a loop.
+    let outcomes: Vec<&str> = (0..5)
+        .map(|_| {
+            certfleet_testkit::outcome(world.services.auto_register_certificate(
+                &alice.account,
+                &device(&alice_ca),
+                true,
+            ))
+        })
+        .collect();
+    assert_eq!(outcomes, ["ok", "ok", "ok", "LimitExceeded", "LimitExceeded"]);
+    assert_eq!(registered(&alice), 3);
+    assert_eq!(world.services.registrations_throttled(), 2);
+    assert_eq!(world.services.last_change_seq().unwrap(), feed_before + 3, "refusals record no change");
+
+    // Another account is not charged for alice's flood.
+    assert!(check(&world, &bob, &device(&bob_ca)).is_some());
+    // A stranger whose certificate no CA signed costs nothing, not even a slot of the bound.
+    assert_eq!(check(&world, &alice, &device(&root("nobody"))), None);
+    assert_eq!(world.services.registrations_throttled(), 2);
+
+    // The next second, alice registers again.
+    world.clock.advance(Duration::seconds(1));
+    assert!(check(&world, &alice, &device(&alice_ca)).is_some());
+    assert_eq!(registered(&alice), 4);
+}

@@ -1,5 +1,8 @@
 //! certfleet's background workers (an L3 edge, beside the API and the gateway).
 //!
+//! [`run_prune`] (`prune.rs`) deletes registry rows past their retention (connection history,
+//! test endpoint records, the change feed), on one node of the cluster at a time.
+//!
 //! The [`RotationRunner`] (`rotation.rs`) drives certificate rotations: it listens to audits,
 //! sweeps deadlines and publishes to devices through a [`RotationPublisher`].
 //!
@@ -14,6 +17,7 @@
 //! only through services. Knows one wire format: the body of AWS's audit notification.
 
 pub mod notify;
+pub mod prune;
 pub mod rotation;
 
 use std::sync::Arc;
@@ -23,6 +27,7 @@ use certfleet_services::{AuditListener, AuditTaskSummary, Services};
 use tokio::sync::{Semaphore, broadcast, watch};
 
 pub use notify::{MqttPublisher, NotificationTargets, Webhook, notification_body};
+pub use prune::{PruneConfig, PruneMetrics, run_prune};
 pub use rotation::{RotationPublisher, RotationRunner, RotationRunnerConfig};
 
 /// How often audit results older than AWS's 90-day retention are deleted.
