@@ -321,8 +321,11 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(format: LogFormat) {
+    // rustls logs what any peer sends wrong (an IP address as SNI, as mosquitto clients do, is
+    // a WARN per handshake): a stranger must not decide the log's volume, and the gateway logs
+    // its own refusals with their reason. RUST_LOG overrides this.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rustls=error"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
