@@ -114,3 +114,30 @@ impl Mutator {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Mutator;
+
+    fn run(seed: u64, corpus: &[Vec<u8>]) -> Vec<Vec<u8>> {
+        let mut mutator = Mutator::new(seed);
+        (0..200).map(|_| mutator.mutate(corpus)).collect()
+    }
+
+    #[test]
+    fn a_seed_always_gives_the_same_inputs_and_seeds_differ() {
+        let corpus = vec![b"{\"a\":1}".to_vec(), Vec::new(), vec![0x30, 0x82, 0x01, 0x00]];
+        assert_eq!(run(7, &corpus), run(7, &corpus));
+        assert_ne!(run(7, &corpus), run(8, &corpus));
+    }
+
+    #[test]
+    fn mutations_change_the_inputs_and_reach_every_length_class() {
+        let corpus = vec![b"SELECT * FROM 'a/b'".to_vec()];
+        let inputs = run(1, &corpus);
+        let changed = inputs.iter().filter(|input| **input != corpus[0]).count();
+        assert!(changed > 150, "{changed} of 200 inputs differ from the seed");
+        assert!(inputs.iter().any(|input| input.len() < corpus[0].len()));
+        assert!(inputs.iter().any(|input| input.len() > corpus[0].len()));
+    }
+}
