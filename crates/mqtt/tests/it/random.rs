@@ -1,6 +1,6 @@
-//! The stable-Rust stand-in for the fuzz target (`fuzz/fuzz_targets/decode.rs`), run in CI: random
-//! bytes and mutated valid frames never make the decoder panic, and whatever decodes re-encodes
-//! and decodes again to the same packet.
+//! A stable-Rust companion of the fuzz target (`Target::MqttDecode` in `crates/fuzzing`), run in
+//! CI: random bytes and mutated valid frames never make the decoder panic, and whatever decodes
+//! re-encodes and decodes again to the same packet.
 
 use bytes::BytesMut;
 use certfleet_mqtt::{MAX_PACKET_SIZE, Packet, ProtocolVersion, decode, encode};
