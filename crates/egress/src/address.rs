@@ -28,6 +28,10 @@ pub const DEFAULT_DENY: &[&str] = &[
     "fc00::/7",       // unique local
     "fec0::/10",      // site-local (deprecated)
     "ff00::/8",       // multicast
+    "2002::/16",      // 6to4: carries any IPv4 address, private ones included
+    "2001::/32",      // Teredo: carries an (obfuscated) IPv4 address
+    "64:ff9b:1::/48", // local-use NAT64 (RFC 8215): the IPv4 address is not at a fixed place
+    "100::/64",       // discard-only
 ];
 
 /// A CIDR block (`10.0.0.0/8`, `fc00::/7`; a bare address is a /32 or /128).
@@ -201,6 +205,12 @@ mod tests {
             ("::10.0.0.1", "10.0.0.0/8"),
             ("64:ff9b::127.0.0.1", "127.0.0.0/8"),
             ("64:ff9b::a9fe:a9fe", "169.254.0.0/16"),
+            // Tunnels that carry an IPv4 address are refused whole: 6to4 of 127.0.0.1 and of
+            // 10.0.0.1, Teredo, local-use NAT64.
+            ("2002:7f00:1::1", "2002::/16"),
+            ("2002:a00:1::", "2002::/16"),
+            ("2001:0:4136:e378:8000:63bf:3fff:fdd2", "2001::/32"),
+            ("64:ff9b:1::7f00:1", "64:ff9b:1::/48"),
         ] {
             check(address, &[], Some(block));
         }
