@@ -484,6 +484,11 @@ def test_a_repeated_query_parameter_is_refused_and_changes_nothing(server, acct,
     assert headers.get("x-amzn-requestid"), headers
     assert "newStatus" in json.loads(payload)["message"], payload
     assert acct.client.describe_certificate(certificateId=cert_id)["certificateDescription"]["status"] == "ACTIVE"
+    # Counted with authentication's refusals (and logged through the same once-a-second throttle).
+    from test_endpoints import scrape_metrics
+    counted = [line for line in scrape_metrics(server).splitlines()
+               if line.startswith('certfleet_api_auth_refused_total{cause="repeated_query_parameter"}')]
+    assert counted and float(counted[0].split()[-1]) >= 1, counted
     # The same request with the parameter once is served (the refusal is the repetition's).
     status, _, payload = _signed_raw_exchange(
         server, acct.account.profile, "PUT", f"/certificates/{cert_id}?newStatus=INACTIVE", b"")

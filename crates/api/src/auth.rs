@@ -319,10 +319,13 @@ pub(crate) enum Cause {
     PayloadHashMismatch,
     /// The signature is not the one the key makes.
     SignatureMismatch,
+    /// A query parameter appears twice (refused before authentication: SigV4 does not sign
+    /// the order of repeated values).
+    RepeatedQueryParameter,
 }
 
 impl Cause {
-    const COUNT: usize = 13;
+    const COUNT: usize = 14;
     const ALL: [Cause; Cause::COUNT] = [
         Cause::MissingAuthentication,
         Cause::Malformed,
@@ -337,6 +340,7 @@ impl Cause {
         Cause::BodyUnreadable,
         Cause::PayloadHashMismatch,
         Cause::SignatureMismatch,
+        Cause::RepeatedQueryParameter,
     ];
 
     fn label(self) -> &'static str {
@@ -354,6 +358,7 @@ impl Cause {
             Cause::BodyUnreadable => "body_unreadable",
             Cause::PayloadHashMismatch => "payload_hash_mismatch",
             Cause::SignatureMismatch => "signature_mismatch",
+            Cause::RepeatedQueryParameter => "repeated_query_parameter",
         }
     }
 
@@ -372,6 +377,7 @@ impl Cause {
             Cause::BodyUnreadable => 10,
             Cause::PayloadHashMismatch => 11,
             Cause::SignatureMismatch => 12,
+            Cause::RepeatedQueryParameter => 13,
         }
     }
 }
@@ -581,6 +587,13 @@ pub async fn authenticate(State(state): State<Arc<AppState>>, request: Request, 
     let mut response = next.run(Request::from_parts(parts, Body::from(bytes))).await;
     response.extensions_mut().insert(caller);
     response
+}
+
+/// Refuses a request whose query repeats a parameter, before authentication, through the same
+/// counted and throttled path as authentication's refusals.
+pub(crate) fn refuse_repeated_query_parameter(state: &AppState, request: Request, error: ApiError) -> Response {
+    let (parts, _body) = request.into_parts();
+    refuse(state, &parts, true, Refusal::new(Cause::RepeatedQueryParameter, error))
 }
 
 /// Answers a refusal: counted, logged at most once a second per cause (client input clipped),

@@ -198,7 +198,7 @@ pub fn router(services: Arc<Services>, config: Config, listener_metrics: Arc<Lis
         .fallback(unknown_operation)
         .method_not_allowed_fallback(unknown_operation)
         .layer(middleware::from_fn_with_state(state.clone(), auth::authenticate))
-        .layer(middleware::from_fn(refuse_repeated_query_parameters))
+        .layer(middleware::from_fn_with_state(state.clone(), refuse_repeated_query_parameters))
         .layer(middleware::from_fn(log_request))
         .with_state(state)
 }
@@ -217,10 +217,14 @@ async fn unknown_operation(request: Request) -> Response {
 /// `?a=1&a=2` and `?a=2&a=1` carry the same signature, and whichever value a handler took would
 /// be unsigned. The refusal depends on the request's text alone, so checking it first costs no
 /// key lookup and tells a stranger nothing.
-async fn refuse_repeated_query_parameters(request: Request, next: Next) -> Response {
+async fn refuse_repeated_query_parameters(
+    axum::extract::State(state): axum::extract::State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
     match wire::Query::parse(request.uri().query()) {
         Ok(_) => next.run(request).await,
-        Err(error) => error.into_response(),
+        Err(error) => auth::refuse_repeated_query_parameter(&state, request, error),
     }
 }
 
