@@ -97,6 +97,8 @@ max_session_expiry = "1h"
 # Topic rules (docs/rules.md, docs/operations.md). Messages waiting for the rules runner, all
 # accounts together.
 queue_capacity = 10000
+# Bytes (payloads and topics) waiting for the rules runner, all accounts together.
+queue_bytes = 67108864
 # How many times a republished message is run through the rules again.
 max_republish_depth = 8
 # Bytes a device message and everything republished from it may feed back into the rules.
@@ -331,6 +333,7 @@ struct DomainsFile {
 #[serde(deny_unknown_fields, default)]
 struct RulesFile {
     queue_capacity: Option<usize>,
+    queue_bytes: Option<usize>,
     max_republish_depth: Option<u8>,
     max_chain_bytes: Option<usize>,
     max_steps: Option<u64>,
@@ -727,6 +730,7 @@ fn rules_config(file: &RulesFile, max_message_bytes: usize) -> anyhow::Result<ce
     };
     let config = RulesConfig {
         queue_capacity: file.queue_capacity.unwrap_or(defaults.queue_capacity),
+        queue_bytes: file.queue_bytes.unwrap_or(defaults.queue_bytes),
         max_depth: file.max_republish_depth.unwrap_or(defaults.max_depth),
         max_chain_bytes: file.max_chain_bytes.unwrap_or(defaults.max_chain_bytes),
         limits,
@@ -746,6 +750,9 @@ fn rules_config(file: &RulesFile, max_message_bytes: usize) -> anyhow::Result<ce
     }
     if limits.max_payload_depth > 128 {
         bail!("rules.max_payload_depth must be at most 128");
+    }
+    if config.queue_bytes < 2 * max_message_bytes {
+        bail!("rules.queue_bytes must be at least twice mqtt.max_message_bytes ({})", 2 * max_message_bytes);
     }
     if account_budget.steps_per_second < limits.max_steps {
         bail!("rules.account_steps_per_second must be at least rules.max_steps ({})", limits.max_steps);

@@ -113,6 +113,9 @@ pub struct RulesConfig {
     /// Messages waiting for the runner, all accounts together; more are dropped and counted.
     /// Default 10,000.
     pub queue_capacity: usize,
+    /// Bytes (payloads and topics) waiting for the runner, all accounts together; more are
+    /// dropped and counted as a full queue. Default 64 MiB.
+    pub queue_bytes: usize,
     /// How many times a message republished by rules is fed back into the rules. Default 8.
     pub max_depth: u8,
     /// Bytes a device message and the messages republished from it may feed back into the
@@ -135,6 +138,7 @@ impl Default for RulesConfig {
     fn default() -> Self {
         RulesConfig {
             queue_capacity: 10_000,
+            queue_bytes: 64 * 1024 * 1024,
             max_depth: 8,
             max_chain_bytes: 1024 * 1024,
             limits: Limits::default(),
@@ -461,6 +465,13 @@ struct Item {
     chain: Arc<AtomicUsize>,
 }
 
+impl Item {
+    /// What the item holds while it waits: its payload and topic.
+    fn size(&self) -> usize {
+        self.published.message.payload.len() + self.published.message.topic.as_str().len()
+    }
+}
+
 /// The runner's queue: one sub-queue per account, served in turn.
 struct Queue {
     fair: Mutex<FairQueue>,
@@ -479,6 +490,9 @@ enum NoRoom {
 struct FairQueue {
     capacity: usize,
     account_capacity: usize,
+    /// The most bytes waiting (`Item::size`), and how many wait now.
+    max_bytes: usize,
+    bytes: usize,
     len: usize,
     waiting: HashMap<AccountId, VecDeque<Item>>,
     /// The accounts with waiting messages, in the order they are served next.
@@ -487,7 +501,8 @@ struct FairQueue {
 
 impl FairQueue {
     fn push(&mut self, item: Item) -> Result<(), NoRoom> {
-        if self.len >= self.capacity {
+        let size = item.size();
+        if self.len >= self.capacity || self.bytes.saturating_add(size) > self.max_bytes {
             return Err(NoRoom::Full);
         }
         let account = item.published.account.clone();
@@ -500,6 +515,7 @@ impl FairQueue {
         }
         waiting.push_back(item);
         self.len += 1;
+        self.bytes += size;
         Ok(())
     }
 
@@ -509,6 +525,7 @@ impl FairQueue {
         let waiting = self.waiting.get_mut(&account)?;
         let item = waiting.pop_front()?;
         self.len -= 1;
+        self.bytes -= item.size();
         if waiting.is_empty() {
             self.waiting.remove(&account);
         } else {
@@ -554,6 +571,8 @@ impl RulesEngine {
             fair: Mutex::new(FairQueue {
                 capacity: config.queue_capacity.max(1),
                 account_capacity: config.account_budget.queue_capacity.max(1),
+                max_bytes: config.queue_bytes,
+                bytes: 0,
                 len: 0,
                 waiting: HashMap::new(),
                 turns: VecDeque::new(),
@@ -1021,8 +1040,15 @@ mod tests {
     #[test]
     fn the_queue_serves_accounts_in_turn_within_their_bounds() {
         let (a, b, c) = ("111111111111", "222222222222", "333333333333");
-        let mut queue =
-            FairQueue { capacity: 6, account_capacity: 4, len: 0, waiting: HashMap::new(), turns: VecDeque::new() };
+        let mut queue = FairQueue {
+            capacity: 6,
+            account_capacity: 4,
+            max_bytes: usize::MAX,
+            bytes: 0,
+            len: 0,
+            waiting: HashMap::new(),
+            turns: VecDeque::new(),
+        };
         for n in 0..4 {
             assert_eq!(queue.push(item(a, n)), Ok(()));
         }
@@ -1033,7 +1059,33 @@ mod tests {
         let served = order(&mut queue);
         let expected = [(a, 0), (b, 0), (a, 1), (b, 1), (a, 2), (a, 3)];
         assert_eq!(served, expected.map(|(account, n)| (account.to_owned(), n)).to_vec());
-        assert_eq!((queue.len, queue.waiting.len(), queue.turns.len()), (0, 0, 0));
+        assert_eq!((queue.len, queue.bytes, queue.waiting.len(), queue.turns.len()), (0, 0, 0, 0));
         assert_eq!(queue.push(item(c, 0)), Ok(()));
+    }
+
+    /// The queue is bounded in bytes too: items of 2 bytes (topic "t", one payload byte)
+    /// against 5 bytes: two fit, the third is refused as a full queue, and popping gives the
+    /// room back exactly.
+    #[test]
+    fn the_queue_is_bounded_in_bytes() {
+        let a = "111111111111";
+        let mut queue = FairQueue {
+            capacity: 100,
+            account_capacity: 100,
+            max_bytes: 5,
+            bytes: 0,
+            len: 0,
+            waiting: HashMap::new(),
+            turns: VecDeque::new(),
+        };
+        assert_eq!(queue.push(item(a, 0)), Ok(()));
+        assert_eq!(queue.push(item(a, 1)), Ok(()));
+        assert_eq!(queue.push(item(a, 2)), Err(NoRoom::Full));
+        assert_eq!(queue.bytes, 4);
+        assert!(queue.pop().is_some());
+        assert_eq!(queue.bytes, 2);
+        assert_eq!(queue.push(item(a, 3)), Ok(()));
+        assert!(queue.pop().is_some() && queue.pop().is_some() && queue.pop().is_none());
+        assert_eq!((queue.len, queue.bytes), (0, 0));
     }
 }
