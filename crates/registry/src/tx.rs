@@ -70,6 +70,25 @@ impl<'a> Tx<'a> {
         rows.first().map(account_from_row).transpose()
     }
 
+    /// Locks the accounts a batch's rows belong to, in ascending ID order (so two batches cannot
+    /// deadlock), and answers those still present, sorted: the caller writes only their rows
+    /// and drops those of an account deleted meanwhile.
+    pub fn lock_accounts_present<'id>(
+        &mut self,
+        accounts: impl IntoIterator<Item = &'id AccountId>,
+    ) -> Result<Vec<AccountId>, Error> {
+        let mut accounts: Vec<&AccountId> = accounts.into_iter().collect();
+        accounts.sort();
+        accounts.dedup();
+        let mut present = Vec::with_capacity(accounts.len());
+        for account in accounts {
+            if self.lock_account_if_present(account)?.is_some() {
+                present.push(account.clone());
+            }
+        }
+        Ok(present)
+    }
+
     /// The account whose data endpoint has this identifier.
     pub fn account_by_endpoint(&mut self, endpoint_identifier: &str) -> Result<Option<Account>, Error> {
         let rows = self.conn.query(

@@ -1031,17 +1031,9 @@ impl Services {
     /// Records what test endpoints saw, in one transaction (the gateway batches them): the
     /// accounts are locked in ID order, and the records of an account gone meanwhile dropped.
     pub fn record_endpoint_probes(&self, probes: &[EndpointProbe]) -> Result<(), Error> {
-        let mut accounts: Vec<&AccountId> = probes.iter().map(|probe| &probe.account).collect();
-        accounts.sort();
-        accounts.dedup();
         registry::write(self.store(), |tx| {
-            let mut present = Vec::with_capacity(accounts.len());
-            for account in &accounts {
-                if tx.lock_account_if_present(account)?.is_some() {
-                    present.push(*account);
-                }
-            }
-            for probe in probes.iter().filter(|probe| present.binary_search(&&probe.account).is_ok()) {
+            let present = tx.lock_accounts_present(probes.iter().map(|probe| &probe.account))?;
+            for probe in probes.iter().filter(|probe| present.binary_search(&probe.account).is_ok()) {
                 tx.insert_endpoint_probe(probe, PROBES_KEPT)?;
             }
             Ok::<_, Error>(())

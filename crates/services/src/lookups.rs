@@ -92,18 +92,10 @@ impl Services {
                 },
             }
         }
-        let mut accounts: Vec<&AccountId> = opened.iter().map(|record| &record.account).collect();
-        accounts.sort();
-        accounts.dedup();
         registry::write(self.store(), |tx| {
-            // Lock the accounts in ID order; the connections of an account deleted meanwhile go.
-            let mut present = Vec::with_capacity(accounts.len());
-            for account in &accounts {
-                if tx.lock_account_if_present(account)?.is_some() {
-                    present.push(*account);
-                }
-            }
-            for record in opened.iter().filter(|record| present.binary_search(&&record.account).is_ok()) {
+            // The connections of an account deleted meanwhile go.
+            let present = tx.lock_accounts_present(opened.iter().map(|record| &record.account))?;
+            for record in opened.iter().filter(|record| present.binary_search(&record.account).is_ok()) {
                 tx.insert_connection(record)?;
             }
             for (session_id, at, reason) in &closed_earlier {
