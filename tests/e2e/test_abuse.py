@@ -241,6 +241,9 @@ def test_made_up_sni_names_and_strangers_fill_only_their_own_bounded_caches(tmp_
         context = ssl.create_default_context(cafile=str(node.data_dir / "server-root.pem"))
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
+        failed_before = metric(node, "certfleet_gateway_handshakes_failed_total")
+        unknown_before = metric(node, 'certfleet_gateway_refusals_total{reason="Unregistered"}')
+        started = time.monotonic()
         # 300 ClientHellos, each naming a different made-up host, no client certificate.
         for index in range(300):
             raw = socket.create_connection((host, int(port)), timeout=10)
@@ -263,6 +266,16 @@ def test_made_up_sni_names_and_strangers_fill_only_their_own_bounded_caches(tmp_
                                      "-t", "x", "-m", "x", "-i", f"stranger{index}"],
                                     capture_output=True, text=True, timeout=20)
             assert result.returncode != 0
+        elapsed = time.monotonic() - started
+        # Every stranger is counted, but the log holds at most a line a second per kind of
+        # refusal (the rest are summed in `suppressed`): strangers cannot flood the log.
+        assert metric(node, "certfleet_gateway_handshakes_failed_total") - failed_before >= 300
+        assert metric(node, 'certfleet_gateway_refusals_total{reason="Unregistered"}') - unknown_before == 60
+        log = node.log.read_text(errors="replace")
+        for reason in ("NoClientCert", "Unregistered"):
+            lines = sum(1 for entry in log.splitlines() if "device refused" in entry and reason in entry)
+            assert 1 <= lines <= elapsed + 2, (reason, lines, elapsed)
+        assert "suppressed" in log
         assert metric(node, 'certfleet_cache_entries{cache="sni_unknown_names"}') <= 50
         assert metric(node, 'certfleet_cache_evicted_total{cache="sni_unknown_names"}') > 0
         assert metric(node, 'certfleet_cache_entries{cache="sni_endpoints"}') <= 2

@@ -30,7 +30,7 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use certfleet_cache::BoundedMap;
+use certfleet_cache::{BoundedMap, LogGate};
 use certfleet_registry::{AccountId, Change, ChangeKind};
 use certfleet_services::feed::Cursor;
 use certfleet_services::{Caller, Services};
@@ -390,8 +390,8 @@ pub(crate) struct AuthMetrics {
     keys_evicted: AtomicU64,
     unknown_cached: AtomicU64,
     unknown_evicted: AtomicU64,
-    /// Per cause: when a refusal was last logged, and how many were not logged since.
-    logged: Mutex<[(Option<Instant>, u64); Cause::COUNT]>,
+    /// At most one line a second per cause.
+    logged: Mutex<LogGate<{ Cause::COUNT }>>,
 }
 
 impl AuthMetrics {
@@ -399,18 +399,7 @@ impl AuthMetrics {
     /// cause), with how many of its cause were not logged since the last line.
     fn refused(&self, cause: Cause, now: Instant) -> Option<u64> {
         self.refused[cause.index()].fetch_add(1, Ordering::Relaxed);
-        let mut logged = self.logged.lock().unwrap_or_else(PoisonError::into_inner);
-        let (last, suppressed) = &mut logged[cause.index()];
-        match last {
-            Some(at) if now.duration_since(*at) < Duration::from_secs(1) => {
-                *suppressed += 1;
-                None
-            }
-            _ => {
-                *last = Some(now);
-                Some(std::mem::take(suppressed))
-            }
-        }
+        self.logged.lock().unwrap_or_else(PoisonError::into_inner).admit(cause.index(), now)
     }
 
     /// Appends the counters in Prometheus text format.

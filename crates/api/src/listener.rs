@@ -20,6 +20,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::Router;
+use certfleet_cache::LogGate;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -77,9 +78,32 @@ pub struct ListenerMetrics {
     body_timeouts: AtomicU64,
     /// Authentication's refusals and signing-key cache (`auth.rs`).
     pub(crate) auth: crate::auth::AuthMetrics,
+    /// Lines about connections strangers can open and abandon: one a second per kind.
+    closed_log: Mutex<LogGate<{ Closed::COUNT }>>,
+}
+
+/// Why the listener refused or closed a connection before any request: anyone can cause these, so they are
+/// logged at most once a second each (`suppressed` says how many were not).
+#[derive(Clone, Copy, Debug)]
+enum Closed {
+    Full,
+    PeerShare,
+    HandshakeFailed,
+    HandshakeTimedOut,
+    HeadersTimedOut,
+    Stalled,
+}
+
+impl Closed {
+    const COUNT: usize = 6;
 }
 
 impl ListenerMetrics {
+    /// `Some(suppressed)` when a line about `closed` is to be logged now.
+    fn quiet(&self, closed: Closed) -> Option<u64> {
+        self.closed_log.lock().unwrap_or_else(std::sync::PoisonError::into_inner).admit(closed as usize, Instant::now())
+    }
+
     /// Counts a body that did not arrive in time (called by the authentication middleware).
     pub(crate) fn body_timed_out(&self) {
         self.body_timeouts.fetch_add(1, Ordering::Relaxed);
@@ -193,7 +217,6 @@ pub async fn serve(
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let peers = Arc::new(Peers::default());
-    let mut refusals = RefusalLog::default();
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -209,13 +232,18 @@ pub async fn serve(
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             metrics.refused_full.fetch_add(1, Ordering::Relaxed);
-            refusals.note("the api connection limit is reached", limits.max_connections, peer);
+            if let Some(suppressed) = metrics.quiet(Closed::Full) {
+                tracing::warn!(%peer, limit = limits.max_connections, suppressed, "api connection refused: the api connection limit is reached");
+            }
             drop(stream);
             continue;
         };
         let Some(peer_slot) = peers.try_take(peer.ip(), limits.max_connections_per_peer) else {
             metrics.refused_peer.fetch_add(1, Ordering::Relaxed);
-            refusals.note("one peer holds its whole api connection share", limits.max_connections_per_peer, peer);
+            if let Some(suppressed) = metrics.quiet(Closed::PeerShare) {
+                tracing::warn!(%peer, limit = limits.max_connections_per_peer, suppressed,
+                    "api connection refused: one peer holds its whole api connection share");
+            }
             drop(stream);
             continue;
         };
@@ -247,11 +275,15 @@ pub async fn serve(
                             }
                             Ok(Err(error)) => {
                                 metrics.handshake_failures.fetch_add(1, Ordering::Relaxed);
-                                tracing::info!(%peer, %error, "api tls handshake failed");
+                                if let Some(suppressed) = metrics.quiet(Closed::HandshakeFailed) {
+                                    tracing::info!(%peer, %error, suppressed, "api tls handshake failed");
+                                }
                             }
                             Err(_) => {
                                 metrics.handshake_timeouts.fetch_add(1, Ordering::Relaxed);
-                                tracing::info!(%peer, "api tls handshake timed out");
+                                if let Some(suppressed) = metrics.quiet(Closed::HandshakeTimedOut) {
+                                    tracing::info!(%peer, suppressed, "api tls handshake timed out");
+                                }
                             }
                         }
                     }
@@ -265,7 +297,9 @@ pub async fn serve(
                 () = served => {}
                 () = activity.stalled(limits.stall_timeout) => {
                     metrics.stalled.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(%peer, timeout = ?limits.stall_timeout, "api connection closed: nothing moved");
+                    if let Some(suppressed) = metrics.quiet(Closed::Stalled) {
+                        tracing::info!(%peer, timeout = ?limits.stall_timeout, suppressed, "api connection closed: nothing moved");
+                    }
                 }
             }
         });
@@ -276,25 +310,6 @@ pub async fn serve(
         _ = tokio::time::sleep(Duration::from_secs(10)) => tracing::warn!("api connections still open after 10 s; closing"),
     }
     Ok(())
-}
-
-/// Logs a refusal at accept at most once per second per cause, with how many were refused
-/// since, so a flood cannot flood the log.
-#[derive(Default)]
-struct RefusalLog {
-    last: HashMap<&'static str, (Instant, u64)>,
-}
-
-impl RefusalLog {
-    fn note(&mut self, reason: &'static str, limit: usize, peer: SocketAddr) {
-        let now = Instant::now();
-        let entry = self.last.entry(reason).or_insert((now - Duration::from_secs(2), 0));
-        entry.1 += 1;
-        if now.duration_since(entry.0) >= Duration::from_secs(1) {
-            tracing::warn!(%peer, limit, refused = entry.1, reason, "api connection refused");
-            *entry = (now, 0);
-        }
-    }
 }
 
 /// Resolves once `shutdown` holds `true` (or its sender is gone).
@@ -310,7 +325,9 @@ fn connection_end(peer: SocketAddr, result: Result<(), hyper::Error>, metrics: &
     if let Err(error) = result {
         if error.is_timeout() {
             metrics.header_timeouts.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(%peer, "api connection closed: request headers not received in time");
+            if let Some(suppressed) = metrics.quiet(Closed::HeadersTimedOut) {
+                tracing::info!(%peer, suppressed, "api connection closed: request headers not received in time");
+            }
         } else {
             tracing::debug!(%peer, %error, "api connection ended with an error");
         }

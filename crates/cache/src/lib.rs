@@ -10,8 +10,15 @@
 //! strangers (negative answers) in a map of their own, so they evict each other and not the good
 //! ones.
 //!
-//! **Architecture Invariant:** no IO, no clock, no locking: callers wrap a map in their own
-//! `Mutex` and count [`BoundedMap::evicted`] in their metrics.
+//! [`LogGate`] bounds the other thing peers fill: the log. At most one line per second per
+//! cause, with the count held back.
+//!
+//! **Architecture Invariant:** no IO, no clock, no locking: callers wrap a map or a gate in their
+//! own `Mutex`, pass the time in, and count [`BoundedMap::evicted`] in their metrics.
+
+mod gate;
+
+pub use gate::LogGate;
 
 use std::borrow::Borrow;
 use std::collections::HashMap;

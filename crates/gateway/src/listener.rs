@@ -18,7 +18,7 @@ use crate::authz::PolicyAuthorizer;
 use crate::endpoints::{BuiltinChains, Endpoint, Endpoints, alert_name};
 use crate::identity::{CacheLimits, Identity, Refusal, Registry};
 use crate::live::{LiveSessions, Membership};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Stranger};
 
 /// Settings of the gateway.
 #[derive(Clone, Debug)]
@@ -162,7 +162,9 @@ impl Gateway {
             };
             let Ok(permit) = permits.clone().try_acquire_owned() else {
                 self.metrics.connections_over_limit.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(%peer, limit = self.config.max_connections, "connection refused: the gateway is full");
+                if let Some(suppressed) = self.metrics.quiet(Stranger::Full) {
+                    tracing::warn!(%peer, limit = self.config.max_connections, suppressed, "connection refused: the gateway is full");
+                }
                 continue;
             };
             self.metrics.connections_accepted.fetch_add(1, Ordering::Relaxed);
@@ -190,12 +192,16 @@ impl Gateway {
             Ok(Ok(start)) => start,
             Ok(Err(error)) => {
                 self.metrics.handshakes_failed.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(%peer, %error, "gateway tls handshake failed before the client hello");
+                if let Some(suppressed) = self.metrics.quiet(Stranger::HelloFailed) {
+                    tracing::info!(%peer, %error, suppressed, "gateway tls handshake failed before the client hello");
+                }
                 return None;
             }
             Err(_) => {
                 self.metrics.handshakes_failed.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(%peer, "gateway tls handshake timed out");
+                if let Some(suppressed) = self.metrics.quiet(Stranger::TimedOut) {
+                    tracing::info!(%peer, suppressed, "gateway tls handshake timed out");
+                }
                 return None;
             }
         };
@@ -210,8 +216,10 @@ impl Gateway {
         };
         if !endpoint.enabled {
             self.metrics.handshakes_failed.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(%peer, account = %endpoint.account, configuration = %endpoint.name,
-                sni = sni_name.as_deref().unwrap_or(""), "connection refused: the domain configuration is disabled or not served");
+            if let Some(suppressed) = self.metrics.quiet(Stranger::Disabled) {
+                tracing::warn!(%peer, account = %endpoint.account, configuration = %endpoint.name, suppressed,
+                    sni = sni_name.as_deref().unwrap_or(""), "connection refused: the domain configuration is disabled or not served");
+            }
             return None;
         }
         let tls = match tokio::time::timeout_at(started, start.into_stream(endpoint.tls.clone())).await {
@@ -221,10 +229,12 @@ impl Gateway {
                 let alert = alert_name(&error);
                 self.endpoints.handshake_failed(&endpoint, &alert);
                 if is_missing_certificate(&error) {
-                    self.metrics.refused(Refusal::NoClientCert);
-                    tracing::warn!(%peer, reason = %Refusal::NoClientCert, "device refused");
-                } else {
-                    tracing::info!(%peer, %error, alert, configuration = %endpoint.name, chain = %endpoint.chain, "gateway tls handshake failed");
+                    if let Some(suppressed) = self.metrics.refused(Refusal::NoClientCert) {
+                        tracing::warn!(%peer, reason = %Refusal::NoClientCert, suppressed, "device refused");
+                    }
+                } else if let Some(suppressed) = self.metrics.quiet(Stranger::HandshakeFailed) {
+                    tracing::info!(%peer, %error, alert, configuration = %endpoint.name, chain = %endpoint.chain, suppressed,
+                        "gateway tls handshake failed");
                 }
                 if endpoint.purpose == Purpose::Test {
                     self.record_probe(&endpoint, peer, sni_name.as_deref(), None, None, "handshake_failed", &alert);
@@ -234,7 +244,9 @@ impl Gateway {
             Err(_) => {
                 self.metrics.handshakes_failed.fetch_add(1, Ordering::Relaxed);
                 self.endpoints.handshake_failed(&endpoint, "timeout");
-                tracing::info!(%peer, "gateway tls handshake timed out");
+                if let Some(suppressed) = self.metrics.quiet(Stranger::TimedOut) {
+                    tracing::info!(%peer, suppressed, "gateway tls handshake timed out");
+                }
                 return None;
             }
         };
@@ -269,15 +281,17 @@ impl Gateway {
                     decided = Err(Refusal::RegistryUnavailable);
                 }
                 if let Err(reason) = decided {
-                    self.metrics.refused(reason);
-                    tracing::warn!(
-                        %peer,
-                        cert = %certificate.id(),
-                        %account,
-                        sni = sni_name.as_deref().unwrap_or(""),
-                        reason = %reason,
-                        "device refused"
-                    );
+                    if let Some(suppressed) = self.metrics.refused(reason) {
+                        tracing::warn!(
+                            %peer,
+                            cert = %certificate.id(),
+                            %account,
+                            sni = sni_name.as_deref().unwrap_or(""),
+                            reason = %reason,
+                            suppressed,
+                            "device refused (at most one line a second per reason)"
+                        );
+                    }
                 }
                 decided
             }

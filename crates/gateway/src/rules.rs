@@ -208,6 +208,7 @@ enum LogCause {
     LoopDepth,
     LoopBytes,
     EvaluationFailed,
+    ActionFailed,
 }
 
 /// The engine's counters.
@@ -898,11 +899,14 @@ impl Runner {
 
     /// Counts a failed action and runs the rule's error action with AWS's error payload.
     fn failed(self: &Arc<Self>, firing: Firing, failed_action: &str, failed_resource: &str, why: String) {
-        self.counters.actions_failed.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(
-            account = %firing.published.account, rule = firing.rule, action = failed_action, error = %why,
-            "rule action failed"
-        );
+        let failed = self.counters.actions_failed.fetch_add(1, Ordering::Relaxed) + 1;
+        // A tenant's rule can fail on every message: one line a second, the counter counts all.
+        if self.counters.may_log(LogCause::ActionFailed) {
+            tracing::info!(
+                account = %firing.published.account, rule = firing.rule, action = failed_action, error = %why, failed,
+                "rule action failed (at most one line a second; `failed` counts them all)"
+            );
+        }
         let Some(error_action) = &firing.error_action else { return };
         self.counters.error_actions.fetch_add(1, Ordering::Relaxed);
         let report = serde_json::json!({

@@ -11,6 +11,7 @@
 mod api;
 mod mqtt;
 mod report;
+mod soak;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -36,6 +37,10 @@ enum Command {
     /// Seed one account of a registry with device certificates (a share of them expiring) and time
     /// DEVICE_CERTIFICATE_EXPIRING_CHECK over them, run as an on-demand audit task runs.
     Audit(AuditArgs),
+    /// An hour (or --duration) of mixed legitimate traffic with an attacker rotating through
+    /// the attacks in parallel; samples the server's RSS, file descriptors and the legitimate
+    /// clients' latencies every --sample seconds (docs/benchmarks.md, "Soak").
+    Soak(soak::SoakArgs),
 }
 
 #[derive(clap::Args)]
@@ -165,6 +170,7 @@ fn main() -> anyhow::Result<()> {
             print(&report, args.json);
             Ok(())
         }
+        Command::Soak(args) => runtime.block_on(soak::run(&args)),
         Command::Ceiling(_) | Command::Audit(_) => Ok(()),
     }
 }

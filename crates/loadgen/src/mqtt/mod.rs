@@ -135,18 +135,18 @@ pub struct MqttArgs {
 
 /// A device identity: its certificate chain and key, its certificate ID when it was made
 /// through the API, and a client configuration of full handshakes built once.
-struct Identity {
-    chain: Vec<CertificateDer<'static>>,
-    key: PrivateKeyDer<'static>,
-    certificate_id: Option<String>,
-    full_handshakes: Arc<rustls::ClientConfig>,
+pub(crate) struct Identity {
+    pub(crate) chain: Vec<CertificateDer<'static>>,
+    pub(crate) key: PrivateKeyDer<'static>,
+    pub(crate) certificate_id: Option<String>,
+    pub(crate) full_handshakes: Arc<rustls::ClientConfig>,
 }
 
-struct Broker {
-    addr: String,
+pub(crate) struct Broker {
+    pub(crate) addr: String,
     name: ServerName<'static>,
-    roots: Arc<rustls::RootCertStore>,
-    identities: Vec<Identity>,
+    pub(crate) roots: Arc<rustls::RootCertStore>,
+    pub(crate) identities: Vec<Identity>,
 }
 
 /// What a scenario measured, before the common figures are added.
@@ -164,7 +164,7 @@ struct Outcome {
 }
 
 /// A duration in microseconds for latency samples (saturating at `u32::MAX`, about 71 minutes).
-fn micros(duration: Duration) -> u32 {
+pub(crate) fn micros(duration: Duration) -> u32 {
     duration.as_micros().min(u128::from(u32::MAX)) as u32
 }
 
@@ -273,7 +273,7 @@ async fn broker(args: &MqttArgs, devices: usize) -> anyhow::Result<Broker> {
     let made = match (&args.data_dir, &args.identities) {
         (None, Some(dir)) => load_identities(dir, devices)?,
         (Some(data_dir), save) => {
-            let made = make_identities(data_dir, devices, args.policy_file.as_deref()).await?;
+            let made = make_identities(data_dir, "default", devices, args.policy_file.as_deref()).await?;
             if let Some(dir) = save {
                 save_identities(dir, &made)?;
             }
@@ -295,10 +295,59 @@ async fn broker(args: &MqttArgs, devices: usize) -> anyhow::Result<Broker> {
     Ok(Broker { addr, name: ServerName::try_from(args.server_name.clone())?, roots, identities })
 }
 
+/// A broker for the account of `profile` in a certfleet data directory: `count` identities made
+/// through its API (allow-all policy), the gateway reached by the account's own endpoint name
+/// (DescribeEndpoint iot:Data-ATS) as SNI.
+pub(crate) async fn broker_for(data_dir: &Path, profile: &str, count: usize) -> anyhow::Result<Broker> {
+    let endpoints: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(data_dir.join("endpoints.json")).context("reading endpoints.json")?,
+    )?;
+    let addr = endpoints["mqtt_addr"].as_str().context("endpoints.json has no mqtt_addr")?.to_owned();
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in CertificateDer::pem_file_iter(data_dir.join("server-root.pem"))? {
+        roots.add(certificate?)?;
+    }
+    let roots = Arc::new(roots);
+    let target = Target::from_data_dir(data_dir, profile, "us-east-1")?;
+    let mut connection = target.connect().await?;
+    let call = Call { method: "GET", path: "/endpoint?endpointType=iot%3AData-ATS".into(), body: Bytes::new() };
+    let (status, body) = target.send(&mut connection, &call).await?;
+    anyhow::ensure!(status == 200, "DescribeEndpoint answered {status}: {}", String::from_utf8_lossy(&body));
+    let endpoint: serde_json::Value = serde_json::from_slice(&body)?;
+    let name = endpoint["endpointAddress"].as_str().context("no endpointAddress")?.to_owned();
+    let identities = make_identities(data_dir, profile, count, None)
+        .await?
+        .into_iter()
+        .map(|made| {
+            let chain = CertificateDer::pem_slice_iter(made.cert.as_bytes()).collect::<Result<Vec<_>, _>>()?;
+            let key = PrivateKeyDer::from_pem_slice(made.key.as_bytes())?;
+            let full_handshakes =
+                Arc::new(client_config(&roots, &chain, &key, rustls::client::Resumption::disabled())?);
+            Ok(Identity { chain, key, certificate_id: made.certificate_id, full_handshakes })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    Ok(Broker { addr, name: ServerName::try_from(name)?, roots, identities })
+}
+
+/// A SUBSCRIBE of one filter.
+pub(crate) fn subscribe_packet(packet_id: u16, filter: &str, qos: mqtt::QoS) -> Packet {
+    Packet::Subscribe(mqtt::Subscribe {
+        packet_id: mqtt::PacketId::new(packet_id.max(1)).expect("not zero"),
+        subscriptions: vec![mqtt::Subscription {
+            filter: mqtt::TopicFilter::new(filter).expect("a valid filter"),
+            qos,
+            no_local: false,
+            retain_as_published: false,
+            retain_handling: Default::default(),
+        }],
+        properties: Default::default(),
+    })
+}
+
 /// The client side of every scenario: aws-lc-rs, TLS 1.3 or 1.2 (the server picks; both
 /// brokers here pick 1.3), key exchange X25519 only so that certfleet and Mosquitto do the same
 /// work (and the same as the in-process ceiling).
-fn client_config(
+pub(crate) fn client_config(
     roots: &Arc<rustls::RootCertStore>,
     chain: &[CertificateDer<'static>],
     key: &PrivateKeyDer<'static>,
@@ -334,10 +383,11 @@ const MAKING_CONNECTIONS: usize = 8;
 /// over a few API connections at once.
 async fn make_identities(
     data_dir: &Path,
+    profile: &str,
     count: usize,
     policy_file: Option<&Path>,
 ) -> anyhow::Result<Vec<MadeIdentity>> {
-    let target = Arc::new(Target::from_data_dir(data_dir, "default", "us-east-1")?);
+    let target = Arc::new(Target::from_data_dir(data_dir, profile, "us-east-1")?);
     let mut connection = target.connect().await?;
     let (policy_name, document) = match policy_file {
         Some(path) => {
@@ -424,7 +474,7 @@ fn load_identities(dir: &Path, count: usize) -> anyhow::Result<Vec<MadeIdentity>
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One MQTT connection over TLS with its read buffer.
-struct Client {
+pub(crate) struct Client {
     stream: TlsStream<TcpStream>,
     buffer: BytesMut,
     /// Full or resumed handshake.
@@ -434,14 +484,28 @@ struct Client {
 impl Client {
     /// Connects from `source` (an address to bind before connecting) or from the default
     /// address, over TLS with `config`, and sends CONNECT with `keep_alive` seconds.
-    async fn connect(
+    pub(crate) async fn connect(
         broker: &Broker,
         config: &Arc<rustls::ClientConfig>,
         source: Option<IpAddr>,
         client_id: &str,
         keep_alive: u16,
     ) -> anyhow::Result<Client> {
-        tokio::time::timeout(CONNECT_TIMEOUT, Client::connect_unbounded(broker, config, source, client_id, keep_alive))
+        tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            Client::connect_unbounded(broker, config, source, client_id, keep_alive, true),
+        )
+        .await
+        .context("connect timed out")?
+    }
+
+    /// A connection that keeps its session (clean session 0) when it goes.
+    pub(crate) async fn connect_persistent(
+        broker: &Broker,
+        config: &Arc<rustls::ClientConfig>,
+        client_id: &str,
+    ) -> anyhow::Result<Client> {
+        tokio::time::timeout(CONNECT_TIMEOUT, Client::connect_unbounded(broker, config, None, client_id, 30, false))
             .await
             .context("connect timed out")?
     }
@@ -452,6 +516,7 @@ impl Client {
         source: Option<IpAddr>,
         client_id: &str,
         keep_alive: u16,
+        clean_start: bool,
     ) -> anyhow::Result<Client> {
         let tcp = match source {
             None => TcpStream::connect(&broker.addr).await?,
@@ -469,7 +534,7 @@ impl Client {
         let mut client = Client { stream, buffer: BytesMut::with_capacity(4096), handshake };
         let connect = mqtt::Connect {
             protocol_version: ProtocolVersion::V311,
-            clean_start: true,
+            clean_start,
             keep_alive,
             client_id: client_id.to_owned(),
             will: None,
@@ -485,14 +550,14 @@ impl Client {
         }
     }
 
-    async fn send(&mut self, packet: &Packet) -> anyhow::Result<()> {
+    pub(crate) async fn send(&mut self, packet: &Packet) -> anyhow::Result<()> {
         let mut out = BytesMut::new();
         mqtt::encode(packet, ProtocolVersion::V311, &mut out)?;
         self.stream.write_all(&out).await?;
         Ok(())
     }
 
-    async fn receive(&mut self) -> anyhow::Result<Packet> {
+    pub(crate) async fn receive(&mut self) -> anyhow::Result<Packet> {
         loop {
             if let Some(packet) = mqtt::decode(&mut self.buffer, ProtocolVersion::V311, mqtt::MAX_PACKET_SIZE)? {
                 return Ok(packet);
@@ -504,7 +569,7 @@ impl Client {
     }
 
     /// Sends DISCONNECT and closes TLS, ignoring errors (the broker may be gone).
-    async fn disconnect(mut self) {
+    pub(crate) async fn disconnect(mut self) {
         let _ = self.send(&Packet::Disconnect(Default::default())).await;
         let _ = self.stream.shutdown().await;
     }
