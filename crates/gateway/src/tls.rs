@@ -3,8 +3,11 @@
 //! handshake to pick the account.
 //!
 //! **Where trust is decided.** The handshake proves that the client holds the private key of the
-//! certificate it presents (rustls checks its CertificateVerify signature) and the verifier below
-//! refuses certificates that do not parse or use refused keys. Whether the certificate is
+//! certificate it presents (its CertificateVerify signature, checked with the certificate's raw
+//! public key) and the verifier below refuses certificates that do not parse or use refused keys,
+//! and nothing more: X.509 version 1 certificates (what `openssl x509 -req` without an extension
+//! file makes, as AWS's own instructions do), certificates without key identifiers and other
+//! well-formed certificates a web PKI verifier refuses complete the handshake. Whether the certificate is
 //! *trusted* is not a question of chains to a fixed root here: it is whether the registry of the
 //! endpoint's account holds it ACTIVE (and its CA ACTIVE, and the chain verifies). That check,
 //! [`crate::identity::Registry::authenticate`], runs right after the handshake and before any
@@ -16,7 +19,7 @@ use certfleet_pki::{self as pki, Certificate};
 use rustls::DistinguishedName;
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, SubjectPublicKeyInfoDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
 
@@ -167,7 +170,7 @@ impl ClientCertVerifier for RegistryDeferredVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+        verify_with_raw_key(message, cert, dss, &self.algorithms, false)
     }
 
     fn verify_tls13_signature(
@@ -176,12 +179,48 @@ impl ClientCertVerifier for RegistryDeferredVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+        verify_with_raw_key(message, cert, dss, &self.algorithms, true)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.algorithms.supported_schemes()
     }
+}
+
+/// Verifies a handshake signature with the certificate's SubjectPublicKeyInfo, whatever its X.509
+/// version (rustls's own functions parse the certificate with webpki, which refuses version 1).
+/// TLS 1.3: rustls's raw-key check (the scheme must be one TLS 1.3 allows). TLS 1.2: as rustls's
+/// `verify_tls12_signature`, every algorithm the scheme maps to is tried on the key.
+fn verify_with_raw_key(
+    message: &[u8],
+    cert: &CertificateDer<'_>,
+    dss: &DigitallySignedStruct,
+    algorithms: &WebPkiSupportedAlgorithms,
+    tls13: bool,
+) -> Result<HandshakeSignatureValid, rustls::Error> {
+    let spki = pki::subject_public_key_info(cert.as_ref())
+        .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
+    let spki = SubjectPublicKeyInfoDer::from(spki);
+    if tls13 {
+        return rustls::crypto::verify_tls13_signature_with_raw_key(message, &spki, dss, algorithms);
+    }
+    let key = webpki::RawPublicKeyEntity::try_from(&spki)
+        .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
+    let candidates = algorithms
+        .mapping
+        .iter()
+        .find(|(scheme, _)| *scheme == dss.scheme)
+        .map(|(_, candidates)| *candidates)
+        .ok_or(rustls::PeerMisbehaved::SignedHandshakeWithUnadvertisedSigScheme)?;
+    for algorithm in candidates {
+        match key.verify_signature(*algorithm, message, dss.signature()) {
+            Ok(()) => return Ok(HandshakeSignatureValid::assertion()),
+            // This algorithm of the scheme is for another kind of key: try the next.
+            Err(webpki::Error::UnsupportedSignatureAlgorithmForPublicKeyContext(_)) => {}
+            Err(_) => return Err(rustls::Error::InvalidCertificate(CertificateError::BadSignature)),
+        }
+    }
+    Err(rustls::Error::InvalidCertificate(CertificateError::BadSignature))
 }
 
 /// Client certificates the verifier parsed, waiting for the listener to take them once their
@@ -245,5 +284,151 @@ mod tests {
         check("localhost", None);
         check("iot.us-east-1.certfleet.local", None);
         check("ABC-ats.iot.us-east-1.certfleet.local", None);
+    }
+
+    /// A client certificate and the key the client signs the handshake with (the same one, or
+    /// another to play a client that does not hold the certificate's key).
+    #[derive(Debug)]
+    struct Present(Arc<rustls::sign::CertifiedKey>);
+
+    impl rustls::client::ResolvesClientCert for Present {
+        fn resolve(&self, _: &[&[u8]], _: &[SignatureScheme]) -> Option<Arc<rustls::sign::CertifiedKey>> {
+            Some(self.0.clone())
+        }
+
+        fn has_certs(&self) -> bool {
+            true
+        }
+    }
+
+    fn key(algorithm: &'static rcgen::SignatureAlgorithm) -> rcgen::KeyPair {
+        rcgen::KeyPair::generate_for(algorithm).unwrap()
+    }
+
+    fn signing(key: &rcgen::KeyPair) -> Arc<dyn rustls::sign::SigningKey> {
+        let der = PrivateKeyDer::Pkcs8(key.serialize_der().into());
+        rustls::crypto::aws_lc_rs::sign::any_supported_type(&der).unwrap()
+    }
+
+    /// A handshake in memory between the gateway's TLS configuration and a client presenting
+    /// `certificate` and signing with `signer`, over `version`: the server's error, if any.
+    fn handshake(
+        certificate: CertificateDer<'static>,
+        signer: &rcgen::KeyPair,
+        version: &'static rustls::SupportedProtocolVersion,
+    ) -> Result<(), rustls::Error> {
+        let server_key = key(&rcgen::PKCS_ECDSA_P256_SHA256);
+        let server_certificate =
+            rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap().self_signed(&server_key).unwrap();
+        let server = server_config(
+            vec![server_certificate.der().clone()],
+            PrivateKeyDer::Pkcs8(server_key.serialize_der().into()),
+        )
+        .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(server_certificate.der().clone()).unwrap();
+        let present = Present(Arc::new(rustls::sign::CertifiedKey::new(vec![certificate], signing(signer))));
+        let client =
+            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+                .with_protocol_versions(&[version])
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_client_cert_resolver(Arc::new(present));
+        let mut client = rustls::ClientConnection::new(Arc::new(client), "localhost".try_into().unwrap()).unwrap();
+        let mut server = rustls::ServerConnection::new(server).unwrap();
+        for _ in 0..16 {
+            let mut flight = Vec::new();
+            client.write_tls(&mut flight).unwrap();
+            server.read_tls(&mut flight.as_slice()).unwrap();
+            server.process_new_packets()?;
+            let mut flight = Vec::new();
+            server.write_tls(&mut flight).unwrap();
+            client.read_tls(&mut flight.as_slice()).unwrap();
+            client.process_new_packets().expect("the client accepts the gateway");
+            if !client.is_handshaking() && !server.is_handshaking() {
+                return Ok(());
+            }
+        }
+        panic!("the handshake made no progress");
+    }
+
+    #[test]
+    fn the_handshake_proves_possession_of_the_certificates_key_and_nothing_more() {
+        let versions = [&rustls::version::TLS13, &rustls::version::TLS12];
+        for algorithm in [&rcgen::PKCS_ECDSA_P256_SHA256, &rcgen::PKCS_ECDSA_P384_SHA384, &rcgen::PKCS_RSA_SHA256] {
+            let device = key(algorithm);
+            // Self-signed, from nobody the gateway knows: trust is the registry's question.
+            let certificate =
+                rcgen::CertificateParams::new(Vec::<String>::new()).unwrap().self_signed(&device).unwrap();
+            let other = key(algorithm);
+            for version in versions {
+                let case = format!("{algorithm:?} over {:?}", version.version);
+                assert_eq!(handshake(certificate.der().clone(), &device, version), Ok(()), "{case}");
+                // A client that has the certificate but not its key cannot complete the handshake.
+                let refused = handshake(certificate.der().clone(), &other, version);
+                assert_eq!(refused, Err(rustls::Error::InvalidCertificate(CertificateError::BadSignature)), "{case}");
+            }
+        }
+        // X.509 version 1, as `openssl x509 -req` without an extension file makes it (AWS's
+        // documented command): webpki refuses it, the gateway checks the signature with its key.
+        let directory = std::env::temp_dir().join(format!("certfleet-tls-v1-{}", std::process::id()));
+        std::fs::create_dir_all(&directory).unwrap();
+        let openssl = |args: &[&str]| {
+            let status = std::process::Command::new("openssl")
+                .args(args)
+                .current_dir(&directory)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .unwrap();
+            assert!(status.success(), "openssl {args:?}");
+        };
+        openssl(&["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "sec1.key"]);
+        openssl(&["pkcs8", "-topk8", "-nocrypt", "-in", "sec1.key", "-out", "device.key"]);
+        openssl(&["req", "-new", "-key", "device.key", "-subj", "/CN=v1-device", "-out", "device.csr"]);
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "device.csr",
+            "-signkey",
+            "device.key",
+            "-days",
+            "2",
+            "-outform",
+            "DER",
+            "-out",
+            "device.der",
+        ]);
+        let text = std::process::Command::new("openssl")
+            .args(["x509", "-inform", "DER", "-in", "device.der", "-noout", "-text"])
+            .current_dir(&directory)
+            .output()
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&text.stdout).contains("Version: 1 (0x0)"),
+            "openssl made a version 1 certificate"
+        );
+        let der = std::fs::read(directory.join("device.der")).unwrap();
+        let device = rcgen::KeyPair::from_pem(&std::fs::read_to_string(directory.join("device.key")).unwrap()).unwrap();
+        std::fs::remove_dir_all(&directory).unwrap();
+        let parsed = Certificate::from_der(der.clone()).unwrap();
+        assert!(parsed.subject_key_id().is_none());
+        for version in versions {
+            assert_eq!(
+                handshake(CertificateDer::from(der.clone()), &device, version),
+                Ok(()),
+                "v1 over {:?}",
+                version.version
+            );
+            let refused = handshake(CertificateDer::from(der.clone()), &key(&rcgen::PKCS_ECDSA_P256_SHA256), version);
+            assert_eq!(refused, Err(rustls::Error::InvalidCertificate(CertificateError::BadSignature)));
+        }
+
+        // Bytes that are not a certificate are refused before any signature is looked at.
+        let device = key(&rcgen::PKCS_ECDSA_P256_SHA256);
+        let refused =
+            handshake(CertificateDer::from(vec![0x30, 0x03, 0x02, 0x01, 0x01]), &device, &rustls::version::TLS13);
+        assert_eq!(refused, Err(rustls::Error::InvalidCertificate(CertificateError::BadEncoding)));
     }
 }

@@ -48,6 +48,18 @@ pub struct Certificate {
     subject_alt_names: Option<SubjectAltNames>,
 }
 
+/// The SubjectPublicKeyInfo (DER) of a certificate, and nothing else checked: what a TLS
+/// handshake signature is verified with. Any X.509 version (1, 2 or 3) and any extensions;
+/// trailing bytes are refused as [`Certificate::from_der`] refuses them.
+pub fn subject_public_key_info(der: &[u8]) -> Result<&[u8], Error> {
+    let malformed = |reason: String| Error::BadDer { what: "certificate", reason };
+    let (rest, parsed) = X509Certificate::from_der(der).map_err(|error| malformed(error.to_string()))?;
+    if !rest.is_empty() {
+        return Err(malformed("trailing bytes after the certificate".to_owned()));
+    }
+    Ok(parsed.tbs_certificate.subject_pki.raw)
+}
+
 impl Certificate {
     /// Parses a text holding exactly one "CERTIFICATE" PEM block (and optional whitespace).
     pub fn from_pem(text: &str) -> Result<Self, Error> {

@@ -51,7 +51,7 @@ mod server_key;
 mod test_support;
 
 pub use algorithm::SignatureAlgorithm;
-pub use certificate::{Certificate, SubjectAltNames, verify_signature};
+pub use certificate::{Certificate, SubjectAltNames, subject_public_key_info, verify_signature};
 pub use checks::{check_ca_certificate, check_issued_by, check_verification_certificate};
 pub use crl::Crl;
 pub use csr::Csr;
