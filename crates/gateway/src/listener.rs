@@ -280,18 +280,18 @@ impl Gateway {
                     tracing::error!(%peer, cert = %certificate.id(), %account, %error, "loading the device's policies failed");
                     decided = Err(Refusal::RegistryUnavailable);
                 }
-                if let Err(reason) = decided {
-                    if let Some(suppressed) = self.metrics.refused(reason) {
-                        tracing::warn!(
-                            %peer,
-                            cert = %certificate.id(),
-                            %account,
-                            sni = sni_name.as_deref().unwrap_or(""),
-                            reason = %reason,
-                            suppressed,
-                            "device refused (at most one line a second per reason)"
-                        );
-                    }
+                if let Err(reason) = decided
+                    && let Some(suppressed) = self.metrics.refused(reason)
+                {
+                    tracing::warn!(
+                        %peer,
+                        cert = %certificate.id(),
+                        %account,
+                        sni = sni_name.as_deref().unwrap_or(""),
+                        reason = %reason,
+                        suppressed,
+                        "device refused (at most one line a second per reason)"
+                    );
                 }
                 decided
             }
