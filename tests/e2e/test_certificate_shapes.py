@@ -13,12 +13,14 @@ even try.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 
 import pytest
 
 from test_gateway import Device, allow_all_policy, mosquitto, publish_until_received, start_sub
+from test_jitp import template
 
 # name -> (key kind, extension file text or None for the documented no-extension command, the
 # X.509 version openssl makes)
@@ -115,3 +117,27 @@ def test_a_version_1_certificate_is_registered_just_in_time_and_then_admitted(se
         assert time.monotonic() < deadline, "the activated certificate was not admitted"
         time.sleep(0.5)
     round_trip(server, device, "jitr-v1")
+
+
+def test_a_version_1_certificate_is_provisioned_just_in_time(server, openssl):
+    """JITP with the documented command's version 1 certificate: the first connection registers
+    and provisions it (thing named by its CN, the template's policy), the retry connects."""
+    client = server.client()
+    ca, ca_key, ca_id = registered_ca(server, openssl)
+    policy_name = openssl.unique("shapes-jitp-policy")
+    config = openssl.write(openssl.unique("shapes-jitp") + ".json", json.dumps({"templateBody": template(policy_name)}))
+    server.aws("update-ca-certificate", "--certificate-id", ca_id, "--registration-config",
+               f"file://{openssl.path(config.name)}")
+    cert, key = device_of_shape(openssl, "aws-docs-rsa-v1", ca, ca_key)
+    name = cert.rsplit("/", 1)[1].removesuffix(".pem")  # device_of_shape's subject is /CN=<file stem>
+    device = Device(cert, key, openssl.fingerprint(cert))
+
+    def publish():
+        return mosquitto("mosquitto_pub", server, device, "-i", name, "-t", f"jitp/{name}/data", "-m", "hi", "-q", "1")
+
+    first = publish()
+    assert first.returncode != 0 and "not authori" in (first.stderr + first.stdout).lower(), first
+    retry = publish()
+    assert retry.returncode == 0, retry.stderr
+    assert client.describe_certificate(certificateId=device.cert_id)["certificateDescription"]["status"] == "ACTIVE"
+    assert server.aws("describe-thing", "--thing-name", name)["thingName"] == name
