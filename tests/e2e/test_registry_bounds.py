@@ -18,13 +18,15 @@ from test_endpoints import ConfiguredServer, scrape_metrics, server_api_results
 from test_gateway import connect_packet, gateway_addr
 
 PER_SECOND = 2
+SESSIONS_PER_HOUR = 5
 
 
 @pytest.fixture(scope="module")
 def bounded(tmp_path_factory):
     base = tmp_path_factory.mktemp("certfleet-bounds")
     config = base / "config.toml"
-    config.write_text(f"[registry]\ntest_endpoint_records_per_second = {PER_SECOND}\n")
+    config.write_text(f"[registry]\ntest_endpoint_records_per_second = {PER_SECOND}\n"
+                      f"history_sessions_per_certificate_per_hour = {SESSIONS_PER_HOUR}\n")
     srv = ConfiguredServer(base / "data", base / "server.log", config)
     srv.start()
     try:
@@ -82,3 +84,40 @@ def test_a_handshake_flood_to_the_test_endpoint_is_recorded_at_most_at_the_accou
     log = bounded.log_path.read_text(errors="replace")
     warnings = log.count("test endpoint records over the account's rate")
     assert 1 <= warnings <= windows, warnings
+
+
+def test_a_device_reconnecting_in_a_loop_is_on_record_only_up_to_its_hourly_budget(bounded, openssl):
+    """A device of a tenant reconnecting in a loop (a new client ID each time) is served every time,
+    but only its first SESSIONS_PER_HOUR sessions are on record: history rows and INFO log lines;
+    the rest are counted in /metrics and summarised by one log line, so a tenant's device cannot
+    flood the operator's log."""
+    from test_gateway import Device, allow_all_policy, mosquitto
+
+    client = bounded.client()
+    tag = f"loop-{uuid.uuid4().hex[:6]}"
+    key = openssl.ec_key(f"{tag}.key")
+    created = client.create_certificate_from_csr(
+        certificateSigningRequest=openssl.read(openssl.csr(tag, key, tag)), setAsActive=True)
+    client.attach_policy(policyName=allow_all_policy(client), target=created["certificateArn"])
+    device = Device(str(openssl.write(f"{tag}.crt", created["certificatePem"])), str(openssl.path(key)),
+                    created["certificateId"])
+    coalesced_before = metric(scrape_metrics(bounded), "certfleet_connection_history_coalesced_total")
+    loops = 4 * SESSIONS_PER_HOUR
+    for index in range(loops):
+        result = mosquitto("mosquitto_pub", bounded, device, "-i", f"{tag}-{index}", "-t", f"{tag}/x", "-m", "x")
+        assert result.returncode == 0, result.stderr
+    assert metric(scrape_metrics(bounded), "certfleet_connection_history_coalesced_total") - coalesced_before \
+        == loops - SESSIONS_PER_HOUR
+    deadline = time.monotonic() + 10
+    while True:
+        log = bounded.log_path.read_text(errors="replace")
+        lines = [line for line in log.splitlines() if tag in line]
+        disconnected = sum(1 for line in lines if "device disconnected" in line)
+        if disconnected >= SESSIONS_PER_HOUR or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert sum(1 for line in lines if "device connected" in line) == SESSIONS_PER_HOUR
+    assert disconnected == SESSIONS_PER_HOUR
+    summary = [line for line in log.splitlines()
+               if "reconnects more than its hourly history allows" in line and created["certificateId"] in line]
+    assert len(summary) == 1, summary

@@ -19,10 +19,24 @@ use crate::fabric::Message;
 use crate::identity::Identity;
 
 /// Told of every accepted connection and of its end.
+/// Whether a connection is on the record (its history row, its connect and disconnect log
+/// lines), or one of a certificate's reconnections past the hourly budget: counted in
+/// `certfleet_history_coalesced_total`, summarised by one log line per certificate and hour,
+/// and logged at DEBUG only, so that a device in a reconnect loop cannot flood the log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use = "log the connection at INFO only when it is on record"]
+pub enum OnRecord {
+    Yes,
+    Coalesced,
+}
+
 pub trait ConnectionObserver: Send + Sync {
     /// A connection of `identity` was accepted with `client_id`; `session_identifier` names this
-    /// connection (the lifecycle events' `sessionIdentifier`).
-    fn connected(&self, identity: &Identity, client_id: &str, session_identifier: &str, at: OffsetDateTime);
+    /// connection (the lifecycle events' `sessionIdentifier`). Says whether the connection is on
+    /// the record: a certificate reconnecting past its budget is counted and summarised instead,
+    /// in the connection history and in the log alike.
+    fn connected(&self, identity: &Identity, client_id: &str, session_identifier: &str, at: OffsetDateTime)
+    -> OnRecord;
 
     /// That connection ended; `reason` is AWS IoT's `disconnectReason` (see [`DisconnectReason`]).
     fn disconnected(
@@ -40,7 +54,15 @@ pub trait ConnectionObserver: Send + Sync {
 pub struct IgnoreConnections;
 
 impl ConnectionObserver for IgnoreConnections {
-    fn connected(&self, _identity: &Identity, _client_id: &str, _session_identifier: &str, _at: OffsetDateTime) {}
+    fn connected(
+        &self,
+        _identity: &Identity,
+        _client_id: &str,
+        _session_identifier: &str,
+        _at: OffsetDateTime,
+    ) -> OnRecord {
+        OnRecord::Yes
+    }
 
     fn disconnected(
         &self,

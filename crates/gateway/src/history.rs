@@ -20,7 +20,7 @@ use certfleet_services::{ConnectionEvent, Services};
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 
-use crate::events::ConnectionObserver;
+use crate::events::{ConnectionObserver, OnRecord};
 use crate::identity::Identity;
 
 /// Records connections in the registry through the services.
@@ -137,20 +137,26 @@ fn write(services: &Services, batch: &[ConnectionEvent]) {
 }
 
 impl ConnectionObserver for HistoryRecorder {
-    fn connected(&self, identity: &Identity, client_id: &str, session_identifier: &str, at: OffsetDateTime) {
+    fn connected(
+        &self,
+        identity: &Identity,
+        client_id: &str,
+        session_identifier: &str,
+        at: OffsetDateTime,
+    ) -> OnRecord {
         let admission =
             self.per_certificate.lock().unwrap_or_else(PoisonError::into_inner).admit(&identity.certificate_id, at);
         if let Admission::Refused { first_in_window } = admission {
             let coalesced = self.coalesced.fetch_add(1, Ordering::Relaxed) + 1;
             if first_in_window {
                 tracing::info!(cert = %identity.certificate_id, account = %identity.account, coalesced,
-                    "a certificate reconnects more than its hourly history allows: further sessions not recorded");
+                    "a certificate reconnects more than its hourly history allows: further sessions not recorded, logged at DEBUG only");
             }
             let mut skipped = self.skipped.lock().unwrap_or_else(PoisonError::into_inner);
             if skipped.len() < MAX_TRACKED {
                 skipped.insert(session_identifier.to_owned());
             }
-            return;
+            return OnRecord::Coalesced;
         }
         self.enqueue(ConnectionEvent::Connected(ConnectionRecord {
             session_id: session_identifier.to_owned(),
@@ -161,6 +167,7 @@ impl ConnectionObserver for HistoryRecorder {
             disconnected_at: None,
             disconnect_reason: None,
         }));
+        OnRecord::Yes
     }
 
     fn disconnected(

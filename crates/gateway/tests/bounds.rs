@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use certfleet_gateway::events::ConnectionObserver;
+use certfleet_gateway::events::{ConnectionObserver, OnRecord};
 use certfleet_gateway::history::HistoryRecorder;
 use certfleet_gateway::{Gateway, Identity};
 use certfleet_pki::{CertificateId, Issuer, KeyAlgorithm};
@@ -208,14 +208,18 @@ async fn a_device_reconnecting_in_a_loop_is_recorded_at_most_its_hourly_bound() 
     };
     let (looping, neighbour) = (identity(b"looping"), identity(b"neighbour"));
     let mut at = START;
+    let mut on_record = Vec::new();
     for index in 0..50 {
         let session = format!("loop-{index}");
         // A loop that changes its client ID each time is bounded per certificate all the same.
-        recorder.connected(&looping, &format!("client-{index}"), &session, at);
+        on_record.push(recorder.connected(&looping, &format!("client-{index}"), &session, at));
         recorder.disconnected(&looping, &format!("client-{index}"), &session, at, "CLIENT_INITIATED_DISCONNECT");
         at += time::Duration::seconds(1);
     }
-    recorder.connected(&neighbour, "neighbour", "neighbour-1", at);
+    // The sessions past the bound are off the record: not written, and logged at DEBUG only.
+    assert_eq!(on_record[..4], [OnRecord::Yes; 4]);
+    assert!(on_record[4..].iter().all(|decided| *decided == OnRecord::Coalesced));
+    assert_eq!(recorder.connected(&neighbour, "neighbour", "neighbour-1", at), OnRecord::Yes);
     assert_eq!(recorder.coalesced.load(std::sync::atomic::Ordering::Relaxed), 46);
 
     let history = || world.services.connection_history(&caller.account, None, START).unwrap();
@@ -232,7 +236,10 @@ async fn a_device_reconnecting_in_a_loop_is_recorded_at_most_its_hourly_bound() 
     assert_eq!(written.iter().filter(|record| record.certificate_id == neighbour.certificate_id).count(), 1);
 
     // An hour later the device is recorded again.
-    recorder.connected(&looping, "client-again", "loop-again", START + time::Duration::hours(2));
+    assert_eq!(
+        recorder.connected(&looping, "client-again", "loop-again", START + time::Duration::hours(2)),
+        OnRecord::Yes
+    );
     assert_eq!(recorder.coalesced.load(std::sync::atomic::Ordering::Relaxed), 46);
     let mut text = String::new();
     recorder.render_metrics(&mut text);

@@ -18,7 +18,7 @@ use super::connected::Connected;
 use super::transport::Transport;
 use super::{ConnectRefusal, forwarded, refuse_connect, reserved};
 use crate::broker::{Attach, Broker, BrokerConfig, DeliveryLimits, Will};
-use crate::events::{self, Lifecycle};
+use crate::events::{self, Lifecycle, OnRecord};
 use crate::fabric::Message;
 use crate::identity::Identity;
 use crate::listener::Authenticated;
@@ -262,7 +262,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ExpectConnect<S> {
         broker.live.set_client_id(membership.session_id, &client_id);
         let now = OffsetDateTime::now_utc();
         let session_identifier = events::session_identifier();
-        broker.observer.connected(&identity, &client_id, &session_identifier, now);
+        let on_record = broker.observer.connected(&identity, &client_id, &session_identifier, now);
         let lifecycle = Lifecycle {
             client_id: &client_id,
             identity: &identity,
@@ -271,14 +271,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ExpectConnect<S> {
             version_number: attachment.version_number,
         };
         events::publish_connected(&broker, &lifecycle, now);
-        tracing::info!(
-            ?version,
-            clean_start = grant.clean_start,
-            session_present = attachment.session_present,
-            keep_alive = grant.keep_alive,
-            session_expiry = grant.expiry.as_secs(),
-            "device connected"
-        );
+        if on_record == OnRecord::Yes {
+            tracing::info!(
+                ?version,
+                clean_start = grant.clean_start,
+                session_present = attachment.session_present,
+                keep_alive = grant.keep_alive,
+                session_expiry = grant.expiry.as_secs(),
+                "device connected"
+            );
+        } else {
+            tracing::debug!(?version, "device connected (past its certificate's hourly budget: not on record)");
+        }
         let keep_alive = (grant.keep_alive > 0).then(|| Duration::from_millis(u64::from(grant.keep_alive) * 1500));
         Connected {
             broker,
@@ -296,6 +300,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ExpectConnect<S> {
             limits: grant.limits,
             topic_aliases: HashMap::new(),
             session_identifier,
+            on_record,
             version_number: attachment.version_number,
             expiry_was_zero: grant.expiry_requested.is_zero(),
             congestion: Vec::new(),

@@ -52,6 +52,8 @@ pub(crate) struct Connected<S> {
     /// MQTT 5 topic aliases the client set (client to server only).
     pub(super) topic_aliases: HashMap<u16, TopicName>,
     pub(super) session_identifier: String,
+    /// Whether this connection is logged at INFO (see [`crate::events::OnRecord`]).
+    pub(super) on_record: crate::events::OnRecord,
     pub(super) version_number: u64,
     /// CONNECT's Session Expiry Interval was 0, so DISCONNECT may not raise it.
     pub(super) expiry_was_zero: bool,
@@ -472,6 +474,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connected<S> {
             session,
             limits,
             session_identifier,
+            on_record,
             version_number,
             ..
         } = self;
@@ -494,8 +497,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connected<S> {
             version_number,
         };
         events::publish_disconnected(&broker, &lifecycle, now, reason);
-        match &ending {
-            Ending::ClientDisconnect { .. } | Ending::ConnectionLost | Ending::TakenOver => {
+        match (&ending, on_record) {
+            (_, crate::events::OnRecord::Coalesced) => {
+                tracing::debug!(reason = reason.as_str(), "device disconnected (not on record): {ending}");
+            }
+            (Ending::ClientDisconnect { .. } | Ending::ConnectionLost | Ending::TakenOver, _) => {
                 tracing::info!(reason = reason.as_str(), "device disconnected: {ending}");
             }
             _ => tracing::info!(reason = reason.as_str(), "device disconnected by the gateway: {ending}"),

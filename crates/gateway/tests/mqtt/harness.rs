@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use certfleet_gateway::broker::{AllowAll, Authorizer, Broker, BrokerConfig};
-use certfleet_gateway::events::ConnectionObserver;
+use certfleet_gateway::events::{ConnectionObserver, OnRecord};
 use certfleet_gateway::fabric::{Fabric, LocalFabric};
 use certfleet_gateway::identity::{Identity, Refusal};
 use certfleet_gateway::listener::{Authenticated, Connection};
@@ -48,8 +48,15 @@ pub struct Recorder {
 }
 
 impl ConnectionObserver for Recorder {
-    fn connected(&self, _identity: &Identity, client_id: &str, _session_identifier: &str, _at: OffsetDateTime) {
+    fn connected(
+        &self,
+        _identity: &Identity,
+        client_id: &str,
+        _session_identifier: &str,
+        _at: OffsetDateTime,
+    ) -> OnRecord {
         self.seen.lock().unwrap().push(("connected".into(), client_id.into()));
+        OnRecord::Yes
     }
 
     fn disconnected(
