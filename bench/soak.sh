@@ -3,7 +3,8 @@
 # one hour) of mixed legitimate traffic (connects, QoS 0/1 publishes, API calls, certificate
 # rotations) while an attacker of another account rotates through the attacks, one per
 # ATTACK_PERIOD seconds; certfleet-loadgen samples the server's RSS, open file descriptors and
-# the legitimate clients' latencies every 10 s. Writes OUT/soak.csv, OUT/soak.md (the table) and
+# the legitimate clients' latencies every 10 s. Writes OUT/soak.csv, OUT/soak.md (the table),
+# OUT/soak.svg (bench/soak-plot.py), OUT/metrics.txt (the server's /metrics at the end) and
 # OUT/server.log; prints the summary. Not a test: it runs for an hour.
 #
 #   bench/soak.sh [DURATION seconds] [OUT directory] [ATTACK_PERIOD seconds]
@@ -24,16 +25,20 @@ bin=${CARGO_TARGET_DIR:-target}/release
 # The rules engine's republish loop and the broker's bounds are the defaults; only the egress
 # and metrics listeners are left out (nothing here needs them).
 CERTFLEET_KEY_PASSPHRASE=soak RUST_LOG=info "$bin/certfleet" server --data-dir "$work/cf" --api-addr 127.0.0.1:0 \
-  --mqtt-addr 127.0.0.1:0 >"$out/server.log" 2>&1 &
+  --mqtt-addr 127.0.0.1:0 --metrics-addr 127.0.0.1:0 >"$out/server.log" 2>&1 &
 server_pid=$!
 for _ in $(seq 300); do [ -s "$work/cf/endpoints.json" ] && break; sleep 0.1; done
 [ -s "$work/cf/endpoints.json" ] || { echo "the server did not start"; tail -20 "$out/server.log"; exit 1; }
-CERTFLEET_KEY_PASSPHRASE=soak "$bin/certfleet" account create --data-dir "$work/cf" --profile attacker --output json >/dev/null
+CERTFLEET_KEY_PASSPHRASE=soak RUST_LOG=warn "$bin/certfleet" account create --data-dir "$work/cf" --profile attacker \
+  --output json >/dev/null
 
 status=0
 "$bin/certfleet-loadgen" soak --data-dir "$work/cf" --server-pid "$server_pid" --duration "$duration" \
   --attack-period "$period" --csv "$out/soak.csv" --markdown "$out/soak.md" >"$out/loadgen.out" 2>"$out/loadgen.err" || status=$?
 tail -1 "$out/loadgen.err"
+metrics=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["metrics_addr"])' "$work/cf/endpoints.json")
+curl -s "http://$metrics/metrics" >"$out/metrics.txt" || echo "no /metrics"
+python3 bench/soak-plot.py "$out/soak.csv" "$out/soak.svg"
 kill -TERM "$server_pid"
 wait "$server_pid" || { echo "the server exited $? after SIGTERM"; status=1; }
 server_pid=""

@@ -914,6 +914,61 @@ async fn declared_huge_body(addr: &str, tls: &Arc<rustls::ClientConfig>, key: &s
     Ok(())
 }
 
+/// A stranger's TLS client: it accepts whatever server certificate it is shown (its made-up SNI
+/// name matches none), so that its handshakes reach the gateway's client-certificate checks.
+/// Only the load tool's attacker uses it.
+fn stranger_config(
+    certificate: Option<(CertificateDer<'static>, PrivateKeyDer<'static>)>,
+) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    let builder = rustls::ClientConfig::builder_with_provider(certfleet_loadgen::ceiling::provider())
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(DangerAcceptAnyServer));
+    Ok(Arc::new(match certificate {
+        Some((certificate, key)) => builder.with_client_auth_cert(vec![certificate], key)?,
+        None => builder.with_no_client_auth(),
+    }))
+}
+
+/// Accepts any server certificate (and checks no handshake signature): the attacker's client.
+#[derive(Debug)]
+struct DangerAcceptAnyServer;
+
+impl rustls::client::danger::ServerCertVerifier for DangerAcceptAnyServer {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        certfleet_loadgen::ceiling::provider().signature_verification_algorithms.supported_schemes()
+    }
+}
+
 /// Handshakes to the gateway with made-up SNI names, half with a self-signed client certificate
 /// (a fresh one every 8 handshakes), half with none.
 async fn strangers(context: &AttackContext) -> anyhow::Result<()> {
@@ -930,14 +985,9 @@ async fn strangers(context: &AttackContext) -> anyhow::Result<()> {
             let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
             let certificate = rcgen::CertificateParams::new(vec![noise.word(12)])?.self_signed(&key)?;
             let key = PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes())?;
-            config = Some(Arc::new(crate::mqtt::client_config(
-                &context.attacker.roots,
-                &[certificate.der().clone()],
-                &key,
-                rustls::client::Resumption::disabled(),
-            )?));
+            config = Some(stranger_config(Some((certificate.der().clone(), key)))?);
         }
-        let tls = if with_certificate { config.clone().expect("made above") } else { context.api_tls.clone() };
+        let tls = if with_certificate { config.clone().expect("made above") } else { stranger_config(None)? };
         let name = ServerName::try_from(format!("{}.example", noise.word(20)))?;
         let addr = context.attacker.addr.clone();
         context.count();
