@@ -1009,36 +1009,7 @@ async fn strangers(context: &AttackContext) -> anyhow::Result<()> {
 
 /// Retained 60 KiB messages on fresh topics, QoS 1, as fast as the broker acknowledges.
 async fn retained_flood(context: &AttackContext) -> anyhow::Result<()> {
-    let payload = Bytes::from(vec![b'r'; 60 * 1024]);
-    let mut topic = 0u64;
-    let broker = &context.attacker;
-    while context.going() {
-        let Ok(mut client) =
-            Client::connect(broker, &broker.identities[0].full_handshakes, None, "attacker-retain", 30).await
-        else {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            continue;
-        };
-        while context.going() {
-            topic += 1;
-            context.count();
-            let packet = publish(
-                &format!("flood/{topic}"),
-                QoS::AtLeastOnce,
-                (topic % 60_000 + 1) as u16,
-                true,
-                payload.clone(),
-            )?;
-            // 3.1.1 has no negative PUBACK: past the bound the broker disconnects; reconnect.
-            if client.send(&packet).await.is_err()
-                || tokio::time::timeout(Duration::from_secs(5), client.receive()).await.is_err()
-            {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    }
-    Ok(())
+    flood(context, 0, "attacker-retain", true, Duration::from_millis(5), |sent| format!("flood/{sent}")).await
 }
 
 /// Eight persistent sessions subscribe to `fill/#` and go offline; another device of the tenant
@@ -1054,11 +1025,26 @@ async fn queue_fill(context: &AttackContext) -> anyhow::Result<()> {
         let _ = tokio::time::timeout(Duration::from_secs(5), client.receive()).await;
         client.disconnect().await;
     }
-    let payload = Bytes::from(vec![b'q'; 60 * 1024]);
+    flood(context, 3, "attacker-filler", false, Duration::from_millis(10), |_| "fill/x".to_owned()).await
+}
+
+/// 60 KiB QoS 1 messages from the attacker's identity `identity` on `topic(n)`, one per PUBACK
+/// and `pause`, reconnecting whenever the broker closes the connection (MQTT 3.1.1 has no
+/// negative PUBACK: past a bound the broker disconnects), until the phase ends.
+async fn flood(
+    context: &AttackContext,
+    identity: usize,
+    client_id: &str,
+    retain: bool,
+    pause: Duration,
+    topic: impl Fn(u64) -> String,
+) -> anyhow::Result<()> {
+    let broker = &context.attacker;
+    let payload = Bytes::from(vec![b'f'; 60 * 1024]);
     let mut sent = 0u64;
     while context.going() {
         let Ok(mut client) =
-            Client::connect(broker, &broker.identities[3].full_handshakes, None, "attacker-filler", 30).await
+            Client::connect(broker, &broker.identities[identity].full_handshakes, None, client_id, 30).await
         else {
             tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
@@ -1066,13 +1052,13 @@ async fn queue_fill(context: &AttackContext) -> anyhow::Result<()> {
         while context.going() {
             sent += 1;
             context.count();
-            let packet = publish("fill/x", QoS::AtLeastOnce, (sent % 60_000 + 1) as u16, false, payload.clone())?;
+            let packet = publish(&topic(sent), QoS::AtLeastOnce, (sent % 60_000 + 1) as u16, retain, payload.clone())?;
             if client.send(&packet).await.is_err()
                 || tokio::time::timeout(Duration::from_secs(5), client.receive()).await.is_err()
             {
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            tokio::time::sleep(pause).await;
         }
     }
     Ok(())

@@ -282,16 +282,7 @@ async fn broker(args: &MqttArgs, devices: usize) -> anyhow::Result<Broker> {
         (None, None) => bail!("give --data-dir or --identities"),
     };
     anyhow::ensure!(!made.is_empty(), "no identities");
-    let identities = made
-        .into_iter()
-        .map(|made| {
-            let chain = CertificateDer::pem_slice_iter(made.cert.as_bytes()).collect::<Result<Vec<_>, _>>()?;
-            let key = PrivateKeyDer::from_pem_slice(made.key.as_bytes())?;
-            let full_handshakes =
-                Arc::new(client_config(&roots, &chain, &key, rustls::client::Resumption::disabled())?);
-            Ok(Identity { chain, key, certificate_id: made.certificate_id, full_handshakes })
-        })
-        .collect::<anyhow::Result<_>>()?;
+    let identities = identities_from(made, &roots)?;
     Ok(Broker { addr, name: ServerName::try_from(args.server_name.clone())?, roots, identities })
 }
 
@@ -315,18 +306,20 @@ pub(crate) async fn broker_for(data_dir: &Path, profile: &str, count: usize) -> 
     anyhow::ensure!(status == 200, "DescribeEndpoint answered {status}: {}", String::from_utf8_lossy(&body));
     let endpoint: serde_json::Value = serde_json::from_slice(&body)?;
     let name = endpoint["endpointAddress"].as_str().context("no endpointAddress")?.to_owned();
-    let identities = make_identities(data_dir, profile, count, None)
-        .await?
-        .into_iter()
+    let identities = identities_from(make_identities(data_dir, profile, count, None).await?, &roots)?;
+    Ok(Broker { addr, name: ServerName::try_from(name)?, roots, identities })
+}
+
+/// Identities from PEM text, each with a client configuration of full handshakes.
+fn identities_from(made: Vec<MadeIdentity>, roots: &Arc<rustls::RootCertStore>) -> anyhow::Result<Vec<Identity>> {
+    made.into_iter()
         .map(|made| {
             let chain = CertificateDer::pem_slice_iter(made.cert.as_bytes()).collect::<Result<Vec<_>, _>>()?;
             let key = PrivateKeyDer::from_pem_slice(made.key.as_bytes())?;
-            let full_handshakes =
-                Arc::new(client_config(&roots, &chain, &key, rustls::client::Resumption::disabled())?);
+            let full_handshakes = Arc::new(client_config(roots, &chain, &key, rustls::client::Resumption::disabled())?);
             Ok(Identity { chain, key, certificate_id: made.certificate_id, full_handshakes })
         })
-        .collect::<anyhow::Result<_>>()?;
-    Ok(Broker { addr, name: ServerName::try_from(name)?, roots, identities })
+        .collect()
 }
 
 /// A SUBSCRIBE of one filter.
