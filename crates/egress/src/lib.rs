@@ -193,6 +193,8 @@ pub enum Purpose {
     DestinationConfirmation,
     AuditNotification,
     RotationAlert,
+    /// A fleet provisioning template's pre-provisioning hook (its answer is read).
+    ProvisioningHook,
 }
 
 impl Purpose {
@@ -203,8 +205,24 @@ impl Purpose {
             Purpose::DestinationConfirmation => "destination_confirmation",
             Purpose::AuditNotification => "audit_notification",
             Purpose::RotationAlert => "rotation_alert",
+            Purpose::ProvisioningHook => "provisioning_hook",
         }
     }
+}
+
+/// A 2xx answer: its status, and its body when the caller asked to keep it (else empty).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Answer {
+    pub status: u16,
+    pub body: Bytes,
+}
+
+/// What of an answer's body a request keeps.
+#[derive(Clone, Copy, Debug)]
+enum Keep {
+    Nothing,
+    /// At most this many bytes (more is a failure).
+    Body(usize),
 }
 
 /// A parsed request URL.
@@ -337,9 +355,41 @@ impl Egress {
         headers: &[(String, String)],
         body: Bytes,
     ) -> Result<u16, Failure> {
+        let answer = self.exchange_within(total, account, purpose, url, headers, body, Keep::Nothing).await?;
+        Ok(answer.status)
+    }
+
+    /// [`post_within`](Self::post_within), keeping the answer's body: a 2xx answer of at most
+    /// `max_body` bytes (and at most the policy's `max_response_bytes`); a longer one is a
+    /// failure ([`Refusal::Protocol`]), never truncated. For callers that must read what the
+    /// destination decided (a pre-provisioning hook).
+    pub async fn post_for_answer(
+        &self,
+        total: Duration,
+        account: &AccountId,
+        purpose: Purpose,
+        url: &str,
+        body: Bytes,
+        max_body: usize,
+    ) -> Result<Answer, Failure> {
+        let keep = Keep::Body(max_body.min(self.policy.max_response_bytes));
+        self.exchange_within(total, account, purpose, url, &[], body, keep).await
+    }
+
+    #[allow(clippy::too_many_arguments)] // one private body behind the two public forms
+    async fn exchange_within(
+        &self,
+        total: Duration,
+        account: &AccountId,
+        purpose: Purpose,
+        url: &str,
+        headers: &[(String, String)],
+        body: Bytes,
+        keep: Keep,
+    ) -> Result<Answer, Failure> {
         let outcome = match self.slot(account) {
             Some(permit) => {
-                let outcome = match tokio::time::timeout(total, self.post_checked(url, headers, body)).await {
+                let outcome = match tokio::time::timeout(total, self.post_checked(url, headers, body, keep)).await {
                     Ok(outcome) => outcome,
                     Err(_) => Err((Failure::Refused(Refusal::Timeout), format!("no answer within {total:?}"))),
                 };
@@ -349,9 +399,9 @@ impl Egress {
             None => Err((Failure::Refused(Refusal::Busy), String::new())),
         };
         match outcome {
-            Ok(status) => {
+            Ok(answer) => {
                 self.counters.delivered.fetch_add(1, Ordering::Relaxed);
-                Ok(status)
+                Ok(answer)
             }
             Err((failure, detail)) => {
                 match failure {
@@ -399,7 +449,8 @@ impl Egress {
         url: &str,
         headers: &[(String, String)],
         body: Bytes,
-    ) -> Result<u16, (Failure, String)> {
+        keep: Keep,
+    ) -> Result<Answer, (Failure, String)> {
         let refused = |reason: Refusal, detail: String| (Failure::Refused(reason), detail);
         let target = self.check_url(url).map_err(|reason| refused(reason, String::new()))?;
         let mut request = http::Request::post(target.path.as_str())
@@ -415,10 +466,15 @@ impl Egress {
         let stream = tokio::time::timeout(self.policy.connect_timeout, self.connect(&target))
             .await
             .map_err(|_| refused(Refusal::Timeout, "connecting".into()))??;
-        let status = tokio::time::timeout(self.policy.response_timeout, self.exchange(&target, stream, request))
-            .await
-            .map_err(|_| refused(Refusal::Timeout, "waiting for the answer".into()))??;
-        if (200..300).contains(&status) { Ok(status) } else { Err((Failure::Status(status), String::new())) }
+        let answer =
+            tokio::time::timeout(self.policy.response_timeout, self.exchange(&target, stream, request, keep))
+                .await
+                .map_err(|_| refused(Refusal::Timeout, "waiting for the answer".into()))??;
+        if (200..300).contains(&answer.status) {
+            Ok(answer)
+        } else {
+            Err((Failure::Status(answer.status), String::new()))
+        }
     }
 
     /// Resolves the host once, keeps the addresses the policy allows, and connects to the first
@@ -463,10 +519,11 @@ impl Egress {
         target: &Target,
         (stream, address): (TcpStream, SocketAddr),
         request: http::Request<Full<Bytes>>,
-    ) -> Result<u16, (Failure, String)> {
+        keep: Keep,
+    ) -> Result<Answer, (Failure, String)> {
         let refused = |reason: Refusal, detail: String| (Failure::Refused(reason), detail);
         if !target.secure {
-            return self.send(stream, request).await;
+            return self.send(stream, request, keep).await;
         }
         let Some(tls) = self.tls.clone() else {
             return Err(refused(Refusal::TlsFailed, "no trusted roots are configured".into()));
@@ -477,12 +534,18 @@ impl Egress {
             .connect(name, stream)
             .await
             .map_err(|error| refused(Refusal::TlsFailed, format!("{address}: {error}")))?;
-        self.send(stream, request).await
+        self.send(stream, request, keep).await
     }
 
     /// One request over a fresh HTTP/1.1 connection; at most `max_response_bytes` of the answer
-    /// are read, then the connection is dropped.
-    async fn send<S>(&self, stream: S, request: http::Request<Full<Bytes>>) -> Result<u16, (Failure, String)>
+    /// are read (kept when the caller asked for the body, else discarded), then the connection
+    /// is dropped.
+    async fn send<S>(
+        &self,
+        stream: S,
+        request: http::Request<Full<Bytes>>,
+        keep: Keep,
+    ) -> Result<Answer, (Failure, String)>
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
@@ -495,13 +558,29 @@ impl Egress {
             let status = response.status().as_u16();
             let mut body = response.into_body();
             let mut read = 0usize;
+            let mut kept = Vec::new();
             while read <= self.policy.max_response_bytes {
                 match body.frame().await {
-                    Some(Ok(frame)) => read += frame.data_ref().map_or(0, Bytes::len),
+                    Some(Ok(frame)) => {
+                        let data = frame.data_ref().map_or(&[][..], |data| &data[..]);
+                        read += data.len();
+                        if let Keep::Body(limit) = keep {
+                            if read > limit {
+                                return Err((
+                                    Failure::Refused(Refusal::Protocol),
+                                    format!("an answer longer than {limit} bytes"),
+                                ));
+                            }
+                            kept.extend_from_slice(data);
+                        }
+                    }
+                    Some(Err(error)) if matches!(keep, Keep::Body(_)) => {
+                        return Err((Failure::Refused(Refusal::Protocol), error.to_string()));
+                    }
                     Some(Err(_)) | None => break,
                 }
             }
-            Ok(status)
+            Ok(Answer { status, body: Bytes::from(kept) })
         }
         .await;
         // Whatever is left of the answer is not read: the connection ends here.
