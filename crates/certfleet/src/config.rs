@@ -113,6 +113,16 @@ account_messages_per_second = 1000
 account_steps_per_second = 1000000
 account_queue_capacity = 1000
 
+[provisioning]
+# Fleet provisioning by claim (docs/provisioning.md), per node. How long a certificate ownership
+# token is valid; tokens held at once (each holds its certificate, about 1 KiB); requests served
+# at once; certificates issued per account per second; how long a pre-provisioning hook has.
+token_lifetime = "5m"
+max_tokens = 10000
+max_in_flight = 16
+certificates_per_second = 20
+hook_timeout = "5s"
+
 [caches]
 # The most entries each cache holds; a full cache drops its least recently used half. Entries
 # for strangers (certificates and SNI names the registry does not know) have their own caches,
@@ -238,6 +248,46 @@ struct FileConfig {
     egress: EgressFile,
     broker: BrokerFile,
     registry: RegistryFile,
+    provisioning: ProvisioningFile,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct ProvisioningFile {
+    token_lifetime: Option<String>,
+    max_tokens: Option<usize>,
+    max_in_flight: Option<usize>,
+    certificates_per_second: Option<u32>,
+    hook_timeout: Option<String>,
+}
+
+/// The fleet provisioning API's bounds from `[provisioning]` (docs/provisioning.md).
+fn fleet_config(file: &ProvisioningFile) -> anyhow::Result<certfleet_gateway::fleet::FleetConfig> {
+    let defaults = certfleet_gateway::fleet::FleetConfig::default();
+    let duration = |text: &Option<String>, default: std::time::Duration, key: &str| -> anyhow::Result<_> {
+        match text {
+            None => Ok(default),
+            Some(text) => std::time::Duration::try_from(parse_duration(text, key)?)
+                .map_err(|_| anyhow::anyhow!("{key} must be positive")),
+        }
+    };
+    let config = certfleet_gateway::fleet::FleetConfig {
+        token_lifetime: duration(&file.token_lifetime, defaults.token_lifetime, "provisioning.token_lifetime")?,
+        max_tokens: file.max_tokens.unwrap_or(defaults.max_tokens),
+        max_in_flight: file.max_in_flight.unwrap_or(defaults.max_in_flight),
+        certificates_per_second: file.certificates_per_second.unwrap_or(defaults.certificates_per_second),
+        hook_timeout: duration(&file.hook_timeout, defaults.hook_timeout, "provisioning.hook_timeout")?,
+    };
+    if config.token_lifetime.is_zero() || config.token_lifetime > std::time::Duration::from_secs(3600) {
+        bail!("provisioning.token_lifetime must be between 1s and 1h");
+    }
+    if config.hook_timeout.is_zero() || config.hook_timeout > std::time::Duration::from_secs(30) {
+        bail!("provisioning.hook_timeout must be between 1ms and 30s");
+    }
+    if config.max_in_flight == 0 {
+        bail!("provisioning.max_in_flight must be at least 1");
+    }
+    Ok(config)
 }
 
 #[derive(Deserialize, Default)]
@@ -467,6 +517,8 @@ pub struct Config {
     pub domain_claims: BTreeMap<certfleet_registry::AccountId, Vec<String>>,
     /// The bounds on registry growth (`[registry]`).
     pub registry: RegistryBounds,
+    /// The fleet provisioning API's bounds (`[provisioning]`).
+    pub fleet: certfleet_gateway::fleet::FleetConfig,
 }
 
 /// The `[registry]` section, validated: retention and the prune, and the per-node write rates
@@ -623,6 +675,7 @@ impl Config {
         let egress = egress_policy(&file.egress)?;
         let broker = broker_bounds(&file.broker, max_message_bytes + 18 * 1024)?;
         let registry = registry_bounds(&file.registry)?;
+        let fleet = fleet_config(&file.provisioning)?;
         Ok(Config {
             data_dir: overrides.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("certfleet-data")),
             region,
@@ -692,6 +745,7 @@ impl Config {
             egress,
             egress_ca_bundle: file.egress.ca_bundle.filter(|path| !path.is_empty()).map(PathBuf::from),
             registry,
+            fleet,
         })
     }
 }
@@ -896,6 +950,10 @@ mod tests {
             "[registry]\nconnection_history_retention = \"0d\"",
             "[registry]\nconnection_history_retention = \"30d\"",
             "[registry]\ncolour = 1",
+            "[provisioning]\nmax_in_flight = 0",
+            "[provisioning]\ntoken_lifetime = \"2h\"",
+            "[provisioning]\nhook_timeout = \"1m\"",
+            "[provisioning]\ncolour = 1",
         ] {
             std::fs::write(&path, bad).unwrap();
             assert!(Config::load(Some(&path), Overrides::default()).is_err(), "{bad}");

@@ -102,7 +102,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         trusted_roots(config.egress_ca_bundle.as_deref()),
     ));
     let builtin = builtin_chains(&server_issuer, &config, server_chain, &server_key, clock.now())?;
-    let (gateway, gateway_view, history) =
+    let (gateway, gateway_view, history, fleet) =
         start_gateway(&services, &config, budget, builtin, mqtt_listener, egress.clone(), stopped.clone()).await?;
     // The registry prune: every node tries, one node of the cluster at a time does it.
     let prune_metrics = Arc::new(certfleet_workers::PruneMetrics::default());
@@ -114,7 +114,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         prune_metrics.clone(),
         stopped.clone(),
     ));
-    let registry_metrics = RegistryMetrics { prune: prune_metrics, history };
+    let registry_metrics = NodeMetrics { prune: prune_metrics, history, fleet };
     let api_metrics = Arc::new(certfleet_api::ListenerMetrics::default());
     let metrics_addr = match config.metrics_addr {
         Some(addr) => {
@@ -338,6 +338,7 @@ async fn start_gateway(
     tokio::task::JoinHandle<()>,
     Arc<certfleet_gateway::Gateway>,
     Arc<certfleet_gateway::history::HistoryRecorder>,
+    Arc<certfleet_gateway::fleet::FleetProvisioning>,
 )> {
     let default_account = match &config.mqtt_default_account {
         Some(id) => AccountId::parse(id).context("mqtt.default_account")?,
@@ -410,7 +411,7 @@ async fn start_gateway(
         stopped.clone(),
     );
     // Topic rules run off the publish path, on this node's own queue (docs/rules.md).
-    let rules_config = certfleet_gateway::rules::RulesConfig { egress, ..config.rules.clone() };
+    let rules_config = certfleet_gateway::rules::RulesConfig { egress: egress.clone(), ..config.rules.clone() };
     certfleet_gateway::rules::RulesEngine::start(rules_config, gateway.rules.clone(), &broker);
     // The rotation service hears devices through system rules (the seed's rule, and the same
     // for the acknowledgement and the error): docs/rotation.md.
@@ -428,19 +429,26 @@ async fn start_gateway(
             .map_err(|error| anyhow::anyhow!("system rule {name}: {error}"))?;
     }
     tracing::info!(%default_account, "gateway ready");
+    // Fleet provisioning by claim answers its reserved topics (docs/provisioning.md).
+    let fleet =
+        certfleet_gateway::fleet::FleetProvisioning::new(config.fleet.clone(), services.clone(), egress.clone());
     let view = gateway.clone();
+    let serving = fleet.clone();
     let task = tokio::spawn(gateway.run(
         listener,
-        move |tls, connection| certfleet_gateway::serve(broker.clone(), tls, connection),
+        move |tls, connection| {
+            certfleet_gateway::serve_with_fleet(broker.clone(), Some(serving.clone()), tls, connection)
+        },
         stopped,
     ));
-    Ok((task, view, history))
+    Ok((task, view, history, fleet))
 }
 
 /// The counters of what bounds the registry's growth, for `/metrics`.
-struct RegistryMetrics {
+struct NodeMetrics {
     prune: Arc<certfleet_workers::PruneMetrics>,
     history: Arc<certfleet_gateway::history::HistoryRecorder>,
+    fleet: Arc<certfleet_gateway::fleet::FleetProvisioning>,
 }
 
 /// The roots the egress verifies https servers against: `egress.ca_bundle` when set, else the
@@ -472,7 +480,7 @@ async fn serve_metrics(
     gateway: Arc<certfleet_gateway::Gateway>,
     api: Arc<certfleet_api::ListenerMetrics>,
     egress: Arc<certfleet_egress::Egress>,
-    registry: Arc<RegistryMetrics>,
+    registry: Arc<NodeMetrics>,
     mut stopped: watch::Receiver<bool>,
 ) {
     // Operator-only, but still bounded: a few scrapes at once.
@@ -518,6 +526,7 @@ async fn serve_metrics(
                 certfleet_egress::render_metrics(&egress.counters, &mut text);
                 registry.prune.render(&mut text);
                 registry.history.render_metrics(&mut text);
+                registry.fleet.render_metrics(&mut text);
                 ("200 OK", text)
             } else {
                 tracing::info!(%peer, "metrics: unknown request");

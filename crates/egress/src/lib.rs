@@ -466,10 +466,9 @@ impl Egress {
         let stream = tokio::time::timeout(self.policy.connect_timeout, self.connect(&target))
             .await
             .map_err(|_| refused(Refusal::Timeout, "connecting".into()))??;
-        let answer =
-            tokio::time::timeout(self.policy.response_timeout, self.exchange(&target, stream, request, keep))
-                .await
-                .map_err(|_| refused(Refusal::Timeout, "waiting for the answer".into()))??;
+        let answer = tokio::time::timeout(self.policy.response_timeout, self.exchange(&target, stream, request, keep))
+            .await
+            .map_err(|_| refused(Refusal::Timeout, "waiting for the answer".into()))??;
         if (200..300).contains(&answer.status) {
             Ok(answer)
         } else {

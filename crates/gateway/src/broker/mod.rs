@@ -980,6 +980,49 @@ impl Broker {
         Some(existed)
     }
 
+    /// Answers one connection: queues `message` for `session` alone, through the subscriptions
+    /// it holds that match the topic (none: the answer is dropped, as AWS drops an answer nobody
+    /// subscribed to), and only while `connection` still serves the session. Never routed: no
+    /// other client, node or rule sees it (the fleet provisioning API's answers carry private
+    /// keys). Returns whether it was queued.
+    pub(crate) fn reply(
+        &self,
+        account: &AccountId,
+        session: &Arc<Session>,
+        connection: u64,
+        message: Arc<Message>,
+    ) -> bool {
+        let queued = {
+            let space = self.space(account);
+            let mut guard = space.lock();
+            if !session.lock().serves(connection) {
+                return false;
+            }
+            let client_id = session.client_id.as_str();
+            let targets = guard.subscriptions.matches(&message.topic, |candidate| candidate == client_id);
+            let mut queued: Option<Queued> = None;
+            for target in targets.into_iter().filter(|target| target.client_id == client_id) {
+                let options = target.options;
+                let entry = queued.get_or_insert_with(|| Queued {
+                    message: message.clone(),
+                    qos: options.qos.min(message.qos),
+                    retain: false,
+                    identifiers: Vec::new(),
+                });
+                entry.qos = entry.qos.max(options.qos.min(message.qos));
+                entry.identifiers.extend(options.identifier);
+            }
+            queued
+        };
+        match queued {
+            Some(queued) => {
+                self.deliver(session, queued, Instant::now());
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Queues a message for a session if its owner may receive it, and wakes its connection.
     /// A connected session whose queue is getting full is reported to the publisher (see
     /// [`Broker::publish_with_backpressure`]) unless its client has stalled.

@@ -20,6 +20,8 @@ use super::{ConnectRefusal, forwarded, refuse_connect, reserved};
 use crate::broker::{Attach, Broker, BrokerConfig, DeliveryLimits, Will};
 use crate::events::{self, Lifecycle, OnRecord};
 use crate::fabric::Message;
+use crate::fleet::FleetProvisioning;
+use crate::fleet::service::ConnectionFleet;
 use crate::identity::Identity;
 use crate::listener::Authenticated;
 use crate::live::Membership;
@@ -82,6 +84,7 @@ fn answer_invalid_connect<S: AsyncRead + AsyncWrite>(transport: &mut Transport<S
 /// An authenticated connection that has not sent CONNECT yet.
 pub(crate) struct ExpectConnect<S> {
     broker: Arc<Broker>,
+    fleet: Option<Arc<FleetProvisioning>>,
     transport: Transport<S>,
     peer: SocketAddr,
     identity: Arc<Identity>,
@@ -107,12 +110,13 @@ struct Grant {
 impl<S: AsyncRead + AsyncWrite + Unpin> ExpectConnect<S> {
     pub(crate) fn new(
         broker: Arc<Broker>,
+        fleet: Option<Arc<FleetProvisioning>>,
         transport: Transport<S>,
         peer: SocketAddr,
         authenticated: Authenticated,
     ) -> Self {
         let Authenticated { identity, membership } = authenticated;
-        ExpectConnect { broker, transport, peer, identity: Arc::new(identity), membership }
+        ExpectConnect { broker, fleet, transport, peer, identity: Arc::new(identity), membership }
     }
 
     /// Reads and answers CONNECT; `None` when the connection was refused or closed.
@@ -228,7 +232,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ExpectConnect<S> {
     /// Attaches the session, answers CONNACK and tells the observer, the operator view and the
     /// lifecycle-event subscribers.
     fn attach(self, grant: Grant) -> Connected<S> {
-        let ExpectConnect { broker, mut transport, peer, identity, membership } = self;
+        let ExpectConnect { broker, fleet, mut transport, peer, identity, membership } = self;
         let config = &broker.config;
         let version = grant.limits.version;
         let connection = broker.connection_number();
@@ -286,6 +290,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ExpectConnect<S> {
         let keep_alive = (grant.keep_alive > 0).then(|| Duration::from_millis(u64::from(grant.keep_alive) * 1500));
         Connected {
             broker,
+            fleet,
+            fleet_connection: ConnectionFleet::default(),
             transport,
             identity,
             membership,

@@ -6,10 +6,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Buf;
+use bytes::{Buf, Bytes};
 use certfleet_mqtt::{
-    Disconnect, Packet, Properties, ProtocolVersion, PubAck, PubComp, PubRec, PubRel, Publish, QoS, ReasonCode, SubAck,
-    Subscribe, TopicName, UnsubAck, Unsubscribe, decode,
+    Disconnect, Packet, PacketId, Properties, ProtocolVersion, PubAck, PubComp, PubRec, PubRel, Publish, QoS,
+    ReasonCode, SubAck, Subscribe, TopicName, UnsubAck, Unsubscribe, decode,
 };
 use time::OffsetDateTime;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -25,6 +25,8 @@ use crate::broker::{
 };
 use crate::events::{self, Lifecycle};
 use crate::fabric::Message;
+use crate::fleet::service::{Caller, ConnectionFleet};
+use crate::fleet::{FleetProvisioning, Request};
 use crate::identity::Identity;
 use crate::live::Membership;
 
@@ -34,6 +36,10 @@ const BATCH: usize = 64;
 /// A connection whose CONNECT was accepted.
 pub(crate) struct Connected<S> {
     pub(super) broker: Arc<Broker>,
+    /// The fleet provisioning API, when this gateway serves it.
+    pub(super) fleet: Option<Arc<FleetProvisioning>>,
+    /// This connection's ownership tokens and in-flight request.
+    pub(super) fleet_connection: ConnectionFleet,
     pub(super) transport: Transport<S>,
     pub(super) identity: Arc<Identity>,
     pub(super) membership: Membership,
@@ -282,6 +288,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connected<S> {
             }
             return Ok(());
         }
+        if let Some(request) = Request::parse(topic.as_str()) {
+            match self.fleet.clone() {
+                Some(fleet) => self.fleet_request(fleet, request, (qos, packet_id, payload)),
+                // This gateway does not serve the API: nobody may answer there in its stead.
+                None => self.acknowledge(qos, packet_id),
+            }
+            return Ok(());
+        }
         let expires_at =
             properties.message_expiry_interval.map(|seconds| Instant::now() + Duration::from_secs(u64::from(seconds)));
         let message = Message {
@@ -325,6 +339,33 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connected<S> {
             }
             self.congestion.extend(congested);
         }
+        self.acknowledge(qos, packet_id);
+        Ok(())
+    }
+
+    /// Hands a fleet provisioning request to the API (its answer comes back to this connection
+    /// alone) and acknowledges the PUBLISH: never routed, retained or seen by rules.
+    fn fleet_request(
+        &mut self,
+        fleet: Arc<FleetProvisioning>,
+        request: Request,
+        publish: (QoS, Option<PacketId>, Bytes),
+    ) {
+        let (qos, packet_id, payload) = publish;
+        let caller = Caller {
+            broker: self.broker.clone(),
+            identity: self.identity.clone(),
+            client_id: self.client_id.clone(),
+            session: self.session.clone(),
+            connection: self.connection,
+            fleet: self.fleet_connection.clone(),
+        };
+        fleet.submit(caller, request, payload);
+        self.acknowledge(qos, packet_id);
+    }
+
+    /// The PUBACK or PUBREC of an accepted PUBLISH.
+    fn acknowledge(&mut self, qos: QoS, packet_id: Option<PacketId>) {
         match (qos, packet_id) {
             (QoS::AtLeastOnce, Some(packet_id)) => self.send(Packet::PubAck(PubAck::new(packet_id))),
             (QoS::ExactlyOnce, Some(packet_id)) => {
@@ -333,7 +374,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connected<S> {
             }
             _ => {}
         }
-        Ok(())
     }
 
     /// The topic a PUBLISH goes to: its topic name, or the one its MQTT 5 Topic Alias stands for

@@ -27,14 +27,28 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::Instrument;
 
 use crate::broker::Broker;
+use crate::fleet::FleetProvisioning;
 use crate::listener::Connection;
 use connect::{ExpectConnect, read_connect};
 use transport::Transport;
 
 /// Serves one connection: the MQTT session of an authenticated device, or the refusal of a
-/// device the registry does not accept.
+/// device the registry does not accept. Without the fleet provisioning API: its request topics
+/// are acknowledged and dropped (see [`serve_with_fleet`]).
 pub async fn serve<S>(broker: Arc<Broker>, stream: S, connection: Connection)
 where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    serve_with_fleet(broker, None, stream, connection).await;
+}
+
+/// [`serve`], with the fleet provisioning API answering its reserved topics when given.
+pub async fn serve_with_fleet<S>(
+    broker: Arc<Broker>,
+    fleet: Option<Arc<FleetProvisioning>>,
+    stream: S,
+    connection: Connection,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let transport = Transport::new(stream);
@@ -68,7 +82,7 @@ where
             async move {
                 // Boxed, so that the memory of the CONNECT exchange is given back once it is
                 // over rather than held by every connection for its life.
-                let expect = ExpectConnect::new(broker, transport, peer, authenticated);
+                let expect = ExpectConnect::new(broker, fleet, transport, peer, authenticated);
                 if let Some(connected) = Box::pin(expect.accept()).await {
                     connected.serve().await;
                 }
@@ -193,7 +207,7 @@ fn refuse_connect<S: AsyncRead + AsyncWrite>(
 
 /// Topics clients may not publish to: the broker's own lifecycle events.
 fn reserved(topic: &TopicName) -> bool {
-    topic.as_str().starts_with("$aws/events/")
+    topic.as_str().starts_with("$aws/events/") || crate::fleet::is_reserved(topic.as_str())
 }
 
 /// The properties of a PUBLISH (or will) forwarded to subscribers (MQTT 5 3.3.2.3).
