@@ -1,0 +1,424 @@
+"""Fleet provisioning by claim (docs/provisioning.md): a device connected with a shared claim
+certificate gets its own certificate over MQTT and registers itself through a FLEET_PROVISIONING
+template, driven by the AWS IoT Device SDK v2 for Python's identity clients (the one of the SDK's
+current fleet-provisioning sample, over MQTT 5, and the classic one over MQTT 3.1.1) and by
+mosquitto clients with JSON and CBOR payloads. Then every way it is refused."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import subprocess
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import cbor2
+import pytest
+
+from test_gateway import Device, allow_all_policy, gateway_addr, make_device, mosquitto, mqtt_string, packet, read_exactly
+from test_policy_enforcement import connected_v5, publish_v5
+
+ROLE_ARN = "arn:aws:iam::123456789012:role/certfleet-provisioning"
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def subscribe_v5(sock, topic_filter: str, packet_id: int) -> int:
+    """Subscribes at QoS 1 on an MQTT 5 connection; returns the SUBACK reason code."""
+    body = packet_id.to_bytes(2, "big") + b"\x00" + mqtt_string(topic_filter) + b"\x01"
+    sock.sendall(packet(0x82, body))
+    head = read_exactly(sock, 2)
+    assert len(head) == 2 and head[0] == 0x90, f"expected SUBACK, got {head!r}"
+    rest = read_exactly(sock, head[1])
+    assert int.from_bytes(rest[:2], "big") == packet_id
+    return rest[-1]
+
+
+def claim_policy_document(template: str) -> str:
+    """The claim policy docs/provisioning.md recommends: connect, and the provisioning topics of
+    one template, nothing else."""
+    topics = [
+        "$aws/certificates/create/*",
+        "$aws/certificates/create-from-csr/*",
+        f"$aws/provisioning-templates/{template}/provision/*",
+    ]
+    return json.dumps({
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Effect": "Allow", "Action": "iot:Connect", "Resource": "*"},
+            {"Effect": "Allow", "Action": ["iot:Publish", "iot:Receive"],
+             "Resource": [f"arn:aws:iot:*:*:topic/{topic}" for topic in topics]},
+            {"Effect": "Allow", "Action": "iot:Subscribe",
+             "Resource": [f"arn:aws:iot:*:*:topicfilter/{topic}" for topic in topics]},
+        ],
+    })
+
+
+def fleet_template(device_policy: str, prefix: str, **extra_thing) -> str:
+    thing = {
+        "ThingName": {"Fn::Join": ["", [prefix, {"Ref": "SerialNumber"}]]},
+        "AttributePayload": {"model": {"Ref": "Model"}},
+        **extra_thing,
+    }
+    return json.dumps({
+        "Parameters": {
+            "SerialNumber": {"Type": "String"},
+            "Model": {"Type": "String", "Default": "m1"},
+            "AWS::IoT::Certificate::Id": {"Type": "String"},
+        },
+        "Resources": {
+            "thing": {"Type": "AWS::IoT::Thing", "Properties": thing},
+            "certificate": {"Type": "AWS::IoT::Certificate",
+                            "Properties": {"CertificateId": {"Ref": "AWS::IoT::Certificate::Id"}, "Status": "ACTIVE"}},
+            "policy": {"Type": "AWS::IoT::Policy", "Properties": {"PolicyName": device_policy}},
+        },
+        "DeviceConfiguration": {"FallbackUrl": "https://www.example.com/fallback", "Serial": {"Ref": "SerialNumber"}},
+    })
+
+
+class Fleet:
+    """A FLEET_PROVISIONING template and a claim certificate allowed to use it."""
+
+    def __init__(self, server, openssl, *, enabled: bool = True, hook: str | None = None, **extra_thing):
+        self.server = server
+        client = server.client()
+        self.device_policy = allow_all_policy(client)
+        self.template = unique("fleet")
+        self.prefix = f"{self.template}-"
+        args = ["create-provisioning-template", "--template-name", self.template,
+                "--template-body", fleet_template(self.device_policy, self.prefix, **extra_thing),
+                "--provisioning-role-arn", ROLE_ARN, "--enabled" if enabled else "--no-enabled"]
+        if hook is not None:
+            args += ["--pre-provisioning-hook", json.dumps({"targetArn": hook})]
+        server.aws(*args)
+        self.claim_policy = unique("claim")
+        server.aws("create-policy", "--policy-name", self.claim_policy,
+                   "--policy-document", claim_policy_document(self.template))
+        self.claim = make_device(server, openssl, policy=self.claim_policy)
+
+
+def mqtt5_identity_client(server, device: Device, client_id: str):
+    """The SDK's current sample: an MQTT 5 client and IotIdentityClientV2 (request-response)."""
+    from awscrt import mqtt_request_response
+    from awsiot import iotidentity, mqtt5_client_builder
+
+    host, port = gateway_addr(server)
+    connected = concurrent.futures.Future()
+    client = mqtt5_client_builder.mtls_from_path(
+        endpoint=host, port=port, cert_filepath=device.cert, pri_key_filepath=device.key,
+        ca_filepath=server.ca_bundle, client_id=client_id,
+        on_lifecycle_connection_success=lambda data: connected.done() or connected.set_result(True),
+    )
+    client.start()
+    assert connected.result(timeout=15)
+    options = mqtt_request_response.ClientOptions(
+        max_request_response_subscriptions=2, max_streaming_subscriptions=2, operation_timeout_in_seconds=15)
+    return client, iotidentity.IotIdentityClientV2(client, options)
+
+
+def mqtt311_connection(server, device: Device, client_id: str):
+    from awsiot import mqtt_connection_builder
+
+    host, port = gateway_addr(server)
+    connection = mqtt_connection_builder.mtls_from_path(
+        endpoint=host, port=port, cert_filepath=device.cert, pri_key_filepath=device.key,
+        ca_filepath=server.ca_bundle, client_id=client_id, clean_session=True, keep_alive_secs=30,
+    )
+    connection.connect().result(timeout=15)
+    return connection
+
+
+class ClassicIdentity:
+    """The classic IotIdentityClient over MQTT 3.1.1: subscribe to accepted and rejected, then
+    publish, and wait for whichever answers."""
+
+    def __init__(self, connection):
+        from awsiot import iotidentity
+
+        self.iotidentity = iotidentity
+        self.client = iotidentity.IotIdentityClient(connection)
+
+    def _call(self, subscribe_accepted, subscribe_rejected, subscription, publish, request):
+        from awscrt import mqtt
+
+        answer = concurrent.futures.Future()
+        subscribe_accepted(subscription, mqtt.QoS.AT_LEAST_ONCE,
+                           lambda response: answer.done() or answer.set_result(("accepted", response)))[0].result(10)
+        subscribe_rejected(subscription, mqtt.QoS.AT_LEAST_ONCE,
+                           lambda error: answer.done() or answer.set_result(("rejected", error)))[0].result(10)
+        publish(request, mqtt.QoS.AT_LEAST_ONCE).result(10)
+        return answer.result(timeout=20)
+
+    def create_from_csr(self, csr_pem: str):
+        identity = self.iotidentity
+        return self._call(self.client.subscribe_to_create_certificate_from_csr_accepted,
+                          self.client.subscribe_to_create_certificate_from_csr_rejected,
+                          identity.CreateCertificateFromCsrSubscriptionRequest(),
+                          self.client.publish_create_certificate_from_csr,
+                          identity.CreateCertificateFromCsrRequest(certificate_signing_request=csr_pem))
+
+    def create_keys(self):
+        identity = self.iotidentity
+        return self._call(self.client.subscribe_to_create_keys_and_certificate_accepted,
+                          self.client.subscribe_to_create_keys_and_certificate_rejected,
+                          identity.CreateKeysAndCertificateSubscriptionRequest(),
+                          self.client.publish_create_keys_and_certificate,
+                          identity.CreateKeysAndCertificateRequest())
+
+    def register(self, template: str, token: str, parameters: dict):
+        identity = self.iotidentity
+        return self._call(self.client.subscribe_to_register_thing_accepted,
+                          self.client.subscribe_to_register_thing_rejected,
+                          identity.RegisterThingSubscriptionRequest(template_name=template),
+                          self.client.publish_register_thing,
+                          identity.RegisterThingRequest(template_name=template, certificate_ownership_token=token,
+                                                        parameters=parameters))
+
+
+def assert_provisioned(server, fleet: Fleet, thing_name: str, certificate_id: str, serial: str):
+    client = server.client()
+    thing = client.describe_thing(thingName=thing_name)
+    assert thing["attributes"] == {"model": "m1"}
+    assert client.list_thing_principals(thingName=thing_name)["principals"] == [
+        client.describe_certificate(certificateId=certificate_id)["certificateDescription"]["certificateArn"]]
+    description = client.describe_certificate(certificateId=certificate_id)["certificateDescription"]
+    assert description["status"] == "ACTIVE"
+    policies = client.list_attached_policies(target=description["certificateArn"])["policies"]
+    assert [policy["policyName"] for policy in policies] == [fleet.device_policy]
+    assert thing_name == f"{fleet.prefix}{serial}"
+
+
+def publish_with(server, device: Device, version="mqttv311") -> None:
+    """The provisioned device connects with its new certificate and publishes."""
+    result = mosquitto("mosquitto_pub", server, device, "-t", f"e2e/fleet/{uuid.uuid4().hex[:6]}", "-m", "hello",
+                       "-q", "1", version=version)
+    assert result.returncode == 0, result.stderr
+
+
+# ------------------------------------------------------------------------------------------------
+# the AWS IoT Device SDK v2 for Python
+# ------------------------------------------------------------------------------------------------
+def test_sdk_v2_create_keys_and_certificate_then_register_thing(server, openssl):
+    from awsiot import iotidentity
+
+    fleet = Fleet(server, openssl)
+    client, identity = mqtt5_identity_client(server, fleet.claim, unique("claim5"))
+    try:
+        created = identity.create_keys_and_certificate(iotidentity.CreateKeysAndCertificateRequest()).result(20)
+        assert created.certificate_pem.startswith("-----BEGIN CERTIFICATE-----")
+        assert "PRIVATE KEY-----" in created.private_key
+        serial = uuid.uuid4().hex[:10]
+        registered = identity.register_thing(iotidentity.RegisterThingRequest(
+            template_name=fleet.template, certificate_ownership_token=created.certificate_ownership_token,
+            parameters={"SerialNumber": serial})).result(20)
+    finally:
+        client.stop()
+    assert registered.thing_name == f"{fleet.prefix}{serial}"
+    assert registered.device_configuration == {"FallbackUrl": "https://www.example.com/fallback", "Serial": serial}
+    assert_provisioned(server, fleet, registered.thing_name, created.certificate_id, serial)
+    cert = openssl.write(f"{serial}.crt", created.certificate_pem)
+    key = openssl.write(f"{serial}.key", created.private_key)
+    publish_with(server, Device(str(cert), str(key), created.certificate_id), version="mqttv5")
+
+
+def test_sdk_classic_create_certificate_from_csr_then_register_thing(server, openssl):
+    fleet = Fleet(server, openssl)
+    key = openssl.ec_key(unique("csr") + ".key")
+    csr = openssl.csr(unique("csr"), key, "fleet-device")
+    connection = mqtt311_connection(server, fleet.claim, unique("claim311"))
+    try:
+        identity = ClassicIdentity(connection)
+        outcome, created = identity.create_from_csr(openssl.read(csr))
+        assert outcome == "accepted", created
+        serial = uuid.uuid4().hex[:10]
+        outcome, registered = identity.register(fleet.template, created.certificate_ownership_token,
+                                                {"SerialNumber": serial})
+        assert outcome == "accepted", registered
+        # The token was used: a second RegisterThing with it is refused.
+        outcome, again = identity.register(fleet.template, created.certificate_ownership_token,
+                                           {"SerialNumber": serial + "x"})
+        assert outcome == "rejected"
+        assert (again.status_code, again.error_code) == (400, "InvalidCertificateOwnershipToken")
+    finally:
+        connection.disconnect().result(10)
+    assert_provisioned(server, fleet, registered.thing_name, created.certificate_id, serial)
+    assert server.client().list_things(attributeName="model", attributeValue="m1")  # visible to the account
+    cert = openssl.write(f"{serial}.crt", created.certificate_pem)
+    publish_with(server, Device(str(cert), str(openssl.path(key)), created.certificate_id))
+    # No thing was made for the refused second attempt.
+    with pytest.raises(server.client().exceptions.ResourceNotFoundException):
+        server.client().describe_thing(thingName=f"{fleet.prefix}{serial}x")
+
+
+# ------------------------------------------------------------------------------------------------
+# mosquitto clients, JSON and CBOR
+# ------------------------------------------------------------------------------------------------
+def request(server, device: Device, topic: str, payload: bytes, answer: str = "+") -> tuple[str, bytes]:
+    """One request with mosquitto_rr (MQTT 5) on one connection: subscribes to the answer topics,
+    publishes, prints the first answer. Returns (accepted|rejected, payload bytes)."""
+    host, port = gateway_addr(server)
+    result = subprocess.run(
+        ["mosquitto_rr", "-h", host, "-p", str(port), "--cafile", server.ca_bundle, "--cert", device.cert,
+         "--key", device.key, "-t", topic, "-e", f"{topic}/{answer}", "-s", "-W", "15", "-v", "-N"],
+        input=payload, capture_output=True, timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    answer_topic, _, body = result.stdout.partition(b" ")
+    return answer_topic.decode().rsplit("/", 1)[1], body
+
+
+def test_mosquitto_json_and_cbor(server, openssl):
+    fleet = Fleet(server, openssl)
+    outcome, body = request(server, fleet.claim, "$aws/certificates/create/cbor", b"")
+    assert outcome == "accepted"
+    created = cbor2.loads(body)
+    assert set(created) == {"certificateId", "certificatePem", "privateKey", "certificateOwnershipToken"}
+
+    # The token is bound to the connection that asked: from a new connection (same claim
+    # certificate) it is refused, and the certificate is never registered.
+    serial = uuid.uuid4().hex[:10]
+    register = {"certificateOwnershipToken": created["certificateOwnershipToken"], "parameters": {"SerialNumber": serial}}
+    outcome, body = request(server, fleet.claim, f"$aws/provisioning-templates/{fleet.template}/provision/cbor",
+                            cbor2.dumps(register))
+    assert outcome == "rejected"
+    rejected = cbor2.loads(body)
+    assert (rejected["statusCode"], rejected["errorCode"]) == (400, "InvalidCertificateOwnershipToken")
+    with pytest.raises(server.client().exceptions.ResourceNotFoundException):
+        server.client().describe_certificate(certificateId=created["certificateId"])
+
+    # JSON: a bad CSR is rejected with AWS's error shape.
+    outcome, body = request(server, fleet.claim, "$aws/certificates/create-from-csr/json",
+                            json.dumps({"certificateSigningRequest": "not a csr"}).encode())
+    assert outcome == "rejected"
+    assert json.loads(body)["errorCode"] == "InvalidCSR"
+    outcome, body = request(server, fleet.claim, "$aws/certificates/create-from-csr/json", b"{not json")
+    assert (outcome, json.loads(body)["statusCode"]) == ("rejected", 400)
+
+
+# ------------------------------------------------------------------------------------------------
+# refusals
+# ------------------------------------------------------------------------------------------------
+def register_with_fresh_token(server, fleet: Fleet, template: str, parameters: dict, device: Device | None = None):
+    """CreateKeysAndCertificate then RegisterThing on one classic SDK connection."""
+    connection = mqtt311_connection(server, device or fleet.claim, unique("claim"))
+    try:
+        identity = ClassicIdentity(connection)
+        outcome, created = identity.create_keys()
+        assert outcome == "accepted", created
+        outcome, answer = identity.register(template, created.certificate_ownership_token, parameters)
+        return outcome, answer, created
+    finally:
+        connection.disconnect().result(10)
+
+
+def thing_count(server) -> int:
+    return len(server.client().list_things(maxResults=250)["things"])
+
+
+def test_unknown_or_disabled_templates_and_missing_parameters_are_refused(server, openssl):
+    fleet = Fleet(server, openssl)
+    before = thing_count(server)
+    outcome, error, created = register_with_fresh_token(server, fleet, "no-such-template", {"SerialNumber": "1"})
+    assert (outcome, error.status_code, error.error_code) == ("rejected", 404, "ResourceNotFound")
+
+    server.aws("update-provisioning-template", "--template-name", fleet.template, "--no-enabled")
+    outcome, error, _ = register_with_fresh_token(server, fleet, fleet.template, {"SerialNumber": "2"})
+    assert (outcome, error.status_code) == ("rejected", 400)
+    server.aws("update-provisioning-template", "--template-name", fleet.template, "--enabled")
+
+    outcome, error, created = register_with_fresh_token(server, fleet, fleet.template, {})
+    assert (outcome, error.error_code) == ("rejected", "InvalidParameters")
+    assert thing_count(server) == before
+    with pytest.raises(server.client().exceptions.ResourceNotFoundException):
+        server.client().describe_certificate(certificateId=created.certificate_id)
+
+
+def test_a_claim_certificate_can_do_nothing_else(server, openssl):
+    """The claim policy confines the claim certificate to the provisioning topics: anything else
+    is refused (MQTT 5: PUBACK 0x87, SUBACK 0x87), and the answer topics are the server's alone,
+    whatever a policy allows."""
+    fleet = Fleet(server, openssl)
+    other = Fleet(server, openssl)
+    sock = connected_v5(server, fleet.claim, unique("claim"))
+    packet_ids = iter(range(1, 1000))
+    for topic in ["devices/anything", f"$aws/provisioning-templates/{other.template}/provision/json",
+                  "$aws/certificates/create/json/accepted", f"$aws/things/{unique('t')}/shadow/update"]:
+        assert publish_v5(sock, topic, next(packet_ids)) == 0x87, topic
+    for topic_filter in ["#", "devices/+", f"$aws/provisioning-templates/{other.template}/provision/json/accepted"]:
+        assert subscribe_v5(sock, topic_filter, next(packet_ids)) == 0x87, topic_filter
+    assert publish_v5(sock, "$aws/certificates/create/json", next(packet_ids)) == 0, "its own topics are allowed"
+    sock.close()
+
+    # Even a device allowed everything cannot forge an answer.
+    anyone = make_device(server, openssl)
+    sock = connected_v5(server, anyone, unique("forger"))
+    assert publish_v5(sock, "$aws/certificates/create/json/accepted", 1) == 0x87
+    assert publish_v5(sock, f"$aws/provisioning-templates/{fleet.template}/provision/json/rejected", 2) == 0x87
+    sock.close()
+
+
+# ------------------------------------------------------------------------------------------------
+# the pre-provisioning hook
+# ------------------------------------------------------------------------------------------------
+class Hook(BaseHTTPRequestHandler):
+    """A pre-provisioning hook: allows serials starting with "ok", refuses others, and answers
+    "slow" ones after 3 s (past the test server's 1 s hook timeout)."""
+
+    calls: list = []
+
+    def do_POST(self):  # noqa: N802 (the http.server API)
+        body = json.loads(self.rfile.read(int(self.headers.get("content-length", "0"))))
+        Hook.calls.append(body)
+        serial = body["parameters"].get("SerialNumber", "")
+        if serial.startswith("slow"):
+            time.sleep(3)
+        answer = {"allowProvisioning": serial.startswith("ok") or serial.startswith("slow"),
+                  "parameterOverrides": {"Model": "from-hook"}}
+        data = json.dumps(answer).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def hook_url():
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/hook"
+    finally:
+        httpd.shutdown()
+
+
+def test_the_hook_decides_and_overrides_parameters(open_egress_server, openssl, hook_url):
+    server = open_egress_server
+    fleet = Fleet(server, openssl, hook=hook_url)
+    serial = f"ok{uuid.uuid4().hex[:8]}"
+    outcome, registered, created = register_with_fresh_token(server, fleet, fleet.template, {"SerialNumber": serial})
+    assert outcome == "accepted", registered
+    call = next(call for call in Hook.calls if call["parameters"].get("SerialNumber") == serial)
+    assert call["claimCertificateId"] == fleet.claim.cert_id
+    assert call["certificateId"] == created.certificate_id
+    assert call["templateArn"].endswith(f":provisioningtemplate/{fleet.template}")
+    assert call["certificatePem"].startswith("-----BEGIN CERTIFICATE-----")
+    # The hook's override won over the template's default.
+    assert server.client().describe_thing(thingName=registered.thing_name)["attributes"] == {"model": "from-hook"}
+
+    before = thing_count(server)
+    outcome, error, created = register_with_fresh_token(server, fleet, fleet.template, {"SerialNumber": "no-1"})
+    assert (outcome, error.status_code, error.error_code) == ("rejected", 403, "AccessDenied")
+    outcome, error, _ = register_with_fresh_token(server, fleet, fleet.template, {"SerialNumber": "slow-1"})
+    assert (outcome, error.status_code, error.error_code) == ("rejected", 403, "AccessDenied")
+    assert thing_count(server) == before
+    with pytest.raises(server.client().exceptions.ResourceNotFoundException):
+        server.client().describe_certificate(certificateId=created.certificate_id)
