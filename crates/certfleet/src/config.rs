@@ -161,6 +161,11 @@ trust_store = "/etc/ssl/certs/ca-certificates.crt"
 # [domains.claims]
 # "123456789012" = ["fleet.example.com"]
 
+[things]
+# How long a thing type must have been deprecated before DeleteThingType accepts it (AWS: 5
+# minutes). "0s" lets tests deprecate and delete at once.
+thing_type_deletion_wait = "5m"
+
 [registry]
 # What peers can make the registry hold (docs/operations.md, "Registry"). Rows past their
 # retention are deleted by one node of the cluster at a time, once per prune_interval, at most
@@ -238,6 +243,13 @@ struct FileConfig {
     egress: EgressFile,
     broker: BrokerFile,
     registry: RegistryFile,
+    things: ThingsFile,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct ThingsFile {
+    thing_type_deletion_wait: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -467,6 +479,8 @@ pub struct Config {
     pub domain_claims: BTreeMap<certfleet_registry::AccountId, Vec<String>>,
     /// The bounds on registry growth (`[registry]`).
     pub registry: RegistryBounds,
+    /// How long a thing type must have been deprecated before it may be deleted (`[things]`).
+    pub thing_type_deletion_wait: time::Duration,
 }
 
 /// The `[registry]` section, validated: retention and the prune, and the per-node write rates
@@ -692,6 +706,10 @@ impl Config {
             egress,
             egress_ca_bundle: file.egress.ca_bundle.filter(|path| !path.is_empty()).map(PathBuf::from),
             registry,
+            thing_type_deletion_wait: parse_duration(
+                file.things.thing_type_deletion_wait.as_deref().unwrap_or("5m"),
+                "things.thing_type_deletion_wait",
+            )?,
         })
     }
 }
