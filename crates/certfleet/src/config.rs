@@ -706,10 +706,11 @@ impl Config {
             egress,
             egress_ca_bundle: file.egress.ca_bundle.filter(|path| !path.is_empty()).map(PathBuf::from),
             registry,
-            thing_type_deletion_wait: parse_duration(
-                file.things.thing_type_deletion_wait.as_deref().unwrap_or("5m"),
-                "things.thing_type_deletion_wait",
-            )?,
+            // Zero is allowed here: no wait at all (tests).
+            thing_type_deletion_wait: match file.things.thing_type_deletion_wait.as_deref().unwrap_or("5m") {
+                "0" | "0s" => time::Duration::ZERO,
+                text => parse_duration(text, "things.thing_type_deletion_wait")?,
+            },
         })
     }
 }
