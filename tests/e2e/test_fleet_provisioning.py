@@ -273,10 +273,23 @@ def request(server, device: Device, topic: str, payload: bytes, answer: str = "+
 
 def test_mosquitto_json_and_cbor(server, openssl):
     fleet = Fleet(server, openssl)
+    # Another device of the account, allowed everything, listens on every answer topic: the
+    # answers (private keys among them) go to the asking connection only.
+    eavesdropper = make_device(server, openssl)
+    host, port = gateway_addr(server)
+    listener = subprocess.Popen(
+        ["mosquitto_sub", "-h", host, "-p", str(port), "--cafile", server.ca_bundle, "--cert", eavesdropper.cert,
+         "--key", eavesdropper.key, "-t", "$aws/certificates/#", "-t", "$aws/provisioning-templates/#",
+         "-W", "6", "-v"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    time.sleep(1)
     outcome, body = request(server, fleet.claim, "$aws/certificates/create/cbor", b"")
     assert outcome == "accepted"
     created = cbor2.loads(body)
     assert set(created) == {"certificateId", "certificatePem", "privateKey", "certificateOwnershipToken"}
+    heard, _ = listener.communicate(timeout=15)
+    assert heard == b"", "an answer reached another connection"
 
     # The token is bound to the connection that asked: from a new connection (same claim
     # certificate) it is refused, and the certificate is never registered.

@@ -207,6 +207,9 @@ def test_things_with_the_cli(server, acct):
     assert (described["attributes"], described["version"]) == ({"room": "kitchen", "colour": "red"}, 2)
     server.aws_error("update-thing", "--thing-name", "lamp-1", "--attribute-payload", merge, "--expected-version", "1",
                      code="VersionConflictException", profile=p)
+    server.aws_error("update-thing", "--thing-name", "lamp-1", "--thing-type-name", "lamp",
+                     code="ResourceNotFoundException", profile=p)  # a type must exist first
+    server.aws("create-thing-type", "--thing-type-name", "lamp", profile=p)
     server.aws("update-thing", "--thing-name", "lamp-1", "--thing-type-name", "lamp", profile=p)
     assert server.aws("describe-thing", "--thing-name", "lamp-1", profile=p)["thingTypeName"] == "lamp"
     replace = json.dumps({"attributes": {"room": "hall"}})
@@ -236,6 +239,8 @@ def test_things_with_the_cli(server, acct):
 
 def test_list_things_filters_and_pages_with_boto3(acct):
     iot = acct.iot
+    for thing_type in ("sensor", "lamp"):
+        iot.create_thing_type(thingTypeName=thing_type)
     for index in range(7):
         iot.create_thing(thingName=f"t{index}", thingTypeName="sensor" if index % 2 else "lamp",
                          attributePayload={"attributes": {"serial": f"sn-{index:03d}", "group": "a_b" if index < 3 else "axb"}})
@@ -350,7 +355,6 @@ def test_attachment_targets_must_be_the_callers_certificates(acct, acct_b):
         (theirs, "ResourceNotFoundException", 404),
         (unknown, "ResourceNotFoundException", 404),
         (mine.replace("us-east-1", "eu-west-1"), "ResourceNotFoundException", 404),
-        (f"arn:aws:iot:us-east-1:{acct.id}:thinggroup/group", "InvalidRequestException", 400),
         ("us-east-1:2a0d6f52-7f7e-4b1f-9d3c-0123456789ab", "InvalidRequestException", 400),
         (f"arn:aws:iot:us-east-1:{acct.id}:cert/not-an-id", "InvalidRequestException", 400),
         ("garbage", "InvalidRequestException", 400),
@@ -360,6 +364,10 @@ def test_attachment_targets_must_be_the_callers_certificates(acct, acct_b):
             expect_error(iot.attach_policy, code, status, policyName="p", target=target)
             expect_error(iot.attach_thing_principal, code, status, thingName="t", principal=target)
             expect_error(iot.list_attached_policies, code, status, target=target)
+        # A thing group is a policy target (test_thing_groups.py), never a thing's principal.
+        group = f"arn:aws:iot:us-east-1:{acct.id}:thinggroup/group"
+        expect_error(iot.attach_policy, "ResourceNotFoundException", 404, policyName="p", target=group)
+        expect_error(iot.attach_thing_principal, "InvalidRequestException", 400, thingName="t", principal=group)
         expect_error(iot.attach_policy, "ResourceNotFoundException", 404, policyName="missing", target=mine)
         expect_error(iot.attach_thing_principal, "ResourceNotFoundException", 404, thingName="missing", principal=mine)
         expect_error(acct_b.iot.get_policy, "ResourceNotFoundException", 404, policyName="p")
@@ -399,6 +407,7 @@ def test_thing_refusals_change_nothing(acct):
         expect_error(iot.list_things, "InvalidRequestException", 400, attributeValue="1")
         expect_error(iot.list_things, "InvalidRequestException", 400, nextToken="!!!")
         expect_error(iot.describe_thing, "ResourceNotFoundException", 404, thingName="missing")
+    iot.create_thing_type(thingTypeName="sensor")
     iot.create_thing(thingName="typed", thingTypeName="sensor",
                      attributePayload={"attributes": {f"k{i}": "v" for i in range(50)}})
     expect_error(iot.update_thing, "InvalidRequestException", 400, thingName="typed", removeThingType=True)

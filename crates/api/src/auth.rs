@@ -212,7 +212,8 @@ impl KeyCache {
             | ChangeKind::Policy
             | ChangeKind::Thing
             | ChangeKind::DomainConfiguration
-            | ChangeKind::TopicRule => false,
+            | ChangeKind::TopicRule
+            | ChangeKind::ThingGroup => false,
         };
         if matches!(change.kind, ChangeKind::AccessKey | ChangeKind::Account) {
             // Both locks, the epoch bumped under them: a lookup in flight caches nothing.

@@ -14,6 +14,7 @@ mod auth;
 mod certificates;
 mod domains;
 mod error;
+mod groups;
 mod listener;
 mod policies;
 mod provisioning;
@@ -21,6 +22,7 @@ mod rotation;
 mod things;
 mod topic_rules;
 mod wire;
+mod wire_groups;
 mod wire_things;
 
 use std::sync::Arc;
@@ -139,6 +141,28 @@ pub fn router(services: Arc<Services>, config: Config, listener_metrics: Arc<Lis
             put(t::attach_thing_principal).delete(t::detach_thing_principal).get(t::list_thing_principals),
         )
         .route("/things/{thingName}/principals-v2", get(t::list_thing_principals_v2))
+        .route("/things/{thingName}/thing-groups", get(groups::list_thing_groups_for_thing))
+        .route("/thing-types", get(groups::list_thing_types))
+        .route(
+            "/thing-types/{thingTypeName}",
+            post(groups::create_thing_type)
+                .get(groups::describe_thing_type)
+                .patch(groups::update_thing_type)
+                .delete(groups::delete_thing_type),
+        )
+        .route("/thing-types/{thingTypeName}/deprecate", post(groups::deprecate_thing_type))
+        .route("/thing-groups", get(groups::list_thing_groups))
+        .route(
+            "/thing-groups/{thingGroupName}",
+            post(groups::create_thing_group)
+                .get(groups::describe_thing_group)
+                .patch(groups::update_thing_group)
+                .delete(groups::delete_thing_group),
+        )
+        .route("/thing-groups/addThingToThingGroup", put(groups::add_thing_to_thing_group))
+        .route("/thing-groups/removeThingFromThingGroup", put(groups::remove_thing_from_thing_group))
+        .route("/thing-groups/updateThingGroupsForThing", put(groups::update_thing_groups_for_thing))
+        .route("/thing-groups/{thingGroupName}/things", get(groups::list_things_in_thing_group))
         .route("/principals/things", get(t::list_principal_things))
         .route("/principals/things-v2", get(t::list_principal_things_v2))
         .route(

@@ -227,15 +227,22 @@ pub async fn list_attached_policies(
     RawQuery(query): RawQuery,
 ) -> Reply {
     let query = Query::parse(query.as_deref())?;
-    // Without thing groups there is nothing to recurse into; the flag is still checked.
-    query.flag("recursive")?;
+    // For a thing group, the policies of its ancestors too.
+    let recursive = query.flag("recursive")?;
     let page = key_page(&query)?;
-    attached_policies(state, caller, target, page).await
+    attached_policies(state, caller, target, recursive, page).await
 }
 
-async fn attached_policies(state: Arc<AppState>, caller: Caller, target: String, page: KeyPageRequest) -> Reply {
+async fn attached_policies(
+    state: Arc<AppState>,
+    caller: Caller,
+    target: String,
+    recursive: bool,
+    page: KeyPageRequest,
+) -> Reply {
     let listed_for = caller.clone();
-    let page = call(&state, move |services| services.list_attached_policies(&caller, &target, &page)).await?;
+    let page =
+        call(&state, move |services| services.list_attached_policies(&caller, &target, recursive, &page)).await?;
     json(ListPoliciesResponse {
         policies: policy_list(&state, &listed_for, &page.items),
         next_marker: page.next.as_deref().map(encode_token),
@@ -254,7 +261,8 @@ pub async fn list_targets_for_policy(
     json(ListTargetsResponse { targets, next_marker })
 }
 
-/// The certificate ARNs a policy is attached to, and the marker of the next page.
+/// The ARNs of the certificates and thing groups a policy is attached to, and the marker of the
+/// next page.
 async fn targets(
     state: &Arc<AppState>,
     caller: Caller,
@@ -263,7 +271,7 @@ async fn targets(
 ) -> Result<(Vec<String>, Option<String>), ApiError> {
     let account = caller.account.clone();
     let page: KeyPage<_> = call(state, move |services| services.list_targets_for_policy(&caller, &name, &page)).await?;
-    let arns = page.items.iter().map(|id| state.services.certificate_arn(&account, id)).collect();
+    let arns = page.items.iter().map(|target| state.services.policy_target_arn(&account, target)).collect();
     Ok((arns, page.next.as_deref().map(encode_token)))
 }
 
@@ -335,7 +343,7 @@ pub async fn list_principal_policies(
     let query = Query::parse(query.as_deref())?;
     query.flag("isAscendingOrder")?;
     let page = key_page(&query)?;
-    attached_policies(state, caller, principal, page).await
+    attached_policies(state, caller, principal, false, page).await
 }
 
 pub async fn list_policy_principals(

@@ -18,7 +18,7 @@ use crate::policies::header;
 use crate::wire::{Query, json_body};
 use crate::wire_things::*;
 
-fn thing_name(text: &str, member: &str) -> Result<ThingName, ApiError> {
+pub(crate) fn thing_name(text: &str, member: &str) -> Result<ThingName, ApiError> {
     ThingName::parse(text).map_err(|_| {
         ApiError::invalid_request(format!("{member} must match [a-zA-Z0-9:_-]+ (1 to 128 characters), got {text:?}"))
     })
@@ -38,14 +38,14 @@ fn principal_type(query: &Query) -> Result<Option<ThingPrincipalType>, ApiError>
 }
 
 /// `nextToken`/`maxResults` of the thing listings.
-fn token_page(query: &Query) -> Result<KeyPageRequest, ApiError> {
+pub(crate) fn token_page(query: &Query) -> Result<KeyPageRequest, ApiError> {
     Ok(KeyPageRequest {
         limit: query.int("maxResults", 1..=250)?.unwrap_or(50),
         after: query.text("nextToken").filter(|token| !token.is_empty()).map(decode_token).transpose()?,
     })
 }
 
-fn attribute_payload(payload: WireAttributePayload) -> AttributePayload {
+pub(crate) fn attribute_payload(payload: WireAttributePayload) -> AttributePayload {
     AttributePayload { attributes: payload.attributes.unwrap_or_default(), merge: payload.merge.unwrap_or(false) }
 }
 

@@ -171,6 +171,11 @@ trust_store = "/etc/ssl/certs/ca-certificates.crt"
 # [domains.claims]
 # "123456789012" = ["fleet.example.com"]
 
+[things]
+# How long a thing type must have been deprecated before DeleteThingType accepts it (AWS: 5
+# minutes). "0s" lets tests deprecate and delete at once.
+thing_type_deletion_wait = "5m"
+
 [registry]
 # What peers can make the registry hold (docs/operations.md, "Registry"). Rows past their
 # retention are deleted by one node of the cluster at a time, once per prune_interval, at most
@@ -249,6 +254,7 @@ struct FileConfig {
     broker: BrokerFile,
     registry: RegistryFile,
     provisioning: ProvisioningFile,
+    things: ThingsFile,
 }
 
 #[derive(Deserialize, Default)]
@@ -288,6 +294,12 @@ fn fleet_config(file: &ProvisioningFile) -> anyhow::Result<certfleet_gateway::fl
         bail!("provisioning.max_in_flight must be at least 1");
     }
     Ok(config)
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct ThingsFile {
+    thing_type_deletion_wait: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -519,6 +531,8 @@ pub struct Config {
     pub registry: RegistryBounds,
     /// The fleet provisioning API's bounds (`[provisioning]`).
     pub fleet: certfleet_gateway::fleet::FleetConfig,
+    /// How long a thing type must have been deprecated before it may be deleted (`[things]`).
+    pub thing_type_deletion_wait: time::Duration,
 }
 
 /// The `[registry]` section, validated: retention and the prune, and the per-node write rates
@@ -746,6 +760,11 @@ impl Config {
             egress_ca_bundle: file.egress.ca_bundle.filter(|path| !path.is_empty()).map(PathBuf::from),
             registry,
             fleet,
+            // Zero is allowed here: no wait at all (tests).
+            thing_type_deletion_wait: match file.things.thing_type_deletion_wait.as_deref().unwrap_or("5m") {
+                "0" | "0s" => time::Duration::ZERO,
+                text => parse_duration(text, "things.thing_type_deletion_wait")?,
+            },
         })
     }
 }

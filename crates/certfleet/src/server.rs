@@ -75,6 +75,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             rotation: config.rotation.clone(),
             domain_claims: domain_claims(&config)?,
             max_registrations_per_second: config.registry.jitr_registrations_per_second,
+            thing_type_deletion_wait: config.thing_type_deletion_wait,
         },
         Some(device_issuer),
     ));

@@ -2,7 +2,8 @@
 //! will), SUBSCRIBE and delivery.
 //!
 //! **No database and no JSON per packet.** When a device has authenticated, the listener awaits
-//! [`PolicyAuthorizer::load`]: the policies attached to its certificate (default versions,
+//! [`PolicyAuthorizer::load`]: the policies that apply to its certificate, its own and those
+//! inherited from the thing groups of its things and their ancestors (default versions,
 //! compiled once with `certfleet_policy::Policy::parse`), the things attached to it and the
 //! certificate's attributes are kept per (account, certificate) as one immutable [`Principal`].
 //! Loading failed means the connection is refused (as `RegistryUnavailable`). The synchronous
@@ -12,8 +13,10 @@
 //!
 //! **Live changes.** The change feed's follower (`follow::apply_all`) hands each entry to
 //! [`PolicyAuthorizer::changed`], which re-reads the principals it touches — those holding the
-//! policy (`Policy`), attached to the thing (`Thing`) or using the certificate (`Certificate`,
-//! which attach and detach record) — and swaps their snapshots, so the next packet of a live
+//! policy (`Policy`), attached to the thing (`Thing`, which a thing's group membership changes
+//! record too), loaded with the thing group (`ThingGroup`: a policy attached to or detached from
+//! it, or the group deleted) or using the certificate (`Certificate`, which attach and detach
+//! record) — and swaps their snapshots, so the next packet of a live
 //! session is decided by the new policies without a reconnect. A principal that cannot be
 //! re-read is forgotten: its sessions are then refused everything (fail closed) until they
 //! reconnect.
@@ -64,8 +67,11 @@ pub enum LoadError {
 
 /// What a certificate may do: its policies, its things and its attributes, read at one moment.
 pub struct Principal {
-    /// The names of the attached policies (to know which principals a policy change touches).
+    /// The names of the policies that apply (to know which principals a policy change touches).
     policy_names: Vec<String>,
+    /// The thing groups (with their ancestors) whose policies were read: a change to one of them
+    /// (a policy attached or detached, the group deleted) re-reads this principal.
+    groups: Vec<String>,
     policies: Vec<Policy>,
     things: Vec<(Thing, ThingPrincipalType)>,
     certificate: CertificateAttributes,
@@ -226,6 +232,7 @@ impl PolicyAuthorizer {
                     ChangeKind::Thing => {
                         principal.things.iter().any(|(thing, _)| thing.name.as_str() == change.entity_id)
                     }
+                    ChangeKind::ThingGroup => principal.groups.contains(&change.entity_id),
                     _ => false,
                 })
                 .map(|(id, principal)| (id.clone(), principal.certificate.clone()))
@@ -269,14 +276,15 @@ impl PolicyAuthorizer {
         let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
         let services = self.services.clone();
         let (lookup_account, lookup_id) = (account.clone(), id.clone());
-        let (documents, things) = tokio::task::spawn_blocking(move || {
-            let documents = services.principal_policies(&lookup_account, &lookup_id)?;
+        let (applying, things) = tokio::task::spawn_blocking(move || {
+            let applying = services.principal_policies(&lookup_account, &lookup_id)?;
             let things = services.principal_thing_attachments(&lookup_account, &lookup_id)?;
-            Ok::<_, certfleet_services::Error>((documents, things))
+            Ok::<_, certfleet_services::Error>((applying, things))
         })
         .await
         .map_err(|_| LoadError::Task)?
         .map_err(LoadError::Registry)?;
+        let documents = applying.policies;
         let mut policy_names = Vec::with_capacity(documents.len());
         let mut policies = Vec::with_capacity(documents.len());
         for (name, document) in documents {
@@ -286,6 +294,7 @@ impl PolicyAuthorizer {
         }
         let principal = Arc::new(Principal {
             policy_names,
+            groups: applying.groups,
             policies,
             things,
             certificate,

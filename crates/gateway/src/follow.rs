@@ -1,9 +1,11 @@
 //! Following the registry's change feed: every committed change to a certificate, CA or account
 //! invalidates this node's cache and re-checks the live sessions it touches, closing those whose
 //! identity is no longer accepted. Polling a few times a second keeps revocation under a second
-//! on every node sharing the registry. With a [`PolicyAuthorizer`], policy, thing and
-//! certificate entries also reload the policies of the principals they touch (`authz`), so a
-//! policy attached, detached or given a new default version reaches live sessions as quickly.
+//! on every node sharing the registry. With a [`PolicyAuthorizer`], policy, thing, thing group
+//! and certificate entries also reload the policies of the principals they touch (`authz`), so
+//! a policy attached (to a certificate or a thing group), detached or given a new default
+//! version, a thing added to or removed from a group, or a group deleted reaches live sessions
+//! as quickly. The work is bounded by the principals this node holds for the entry's account.
 //!
 //! Sequence numbers may commit out of order on PostgreSQL: [`Cursor`] (in services, shared with
 //! the API's access-key cache) waits for gaps.

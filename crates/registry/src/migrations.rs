@@ -457,6 +457,64 @@ CREATE INDEX connections_by_time ON connections(connected_at);
 CREATE INDEX endpoint_probes_by_time ON endpoint_probes(at);
 "#,
     ),
+    // 14: thing types and static thing groups (issue 15). A thing names an existing type; a
+    // group names its parent (set at creation, never changed); things are members of groups;
+    // policies are attached to groups as well as to certificates. The types things already
+    // name are created, so every stored thing names an existing type (IDs of those start with
+    // `migrated-`). Searchable attribute names are kept joined by newlines (a name holds none).
+    (
+        14,
+        r#"
+CREATE TABLE thing_types (
+    account_id TEXT NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    id TEXT NOT NULL,
+    description TEXT,
+    searchable_attributes TEXT NOT NULL,
+    deprecated_at BIGINT,
+    created_at BIGINT NOT NULL,
+    PRIMARY KEY (account_id, name)
+);
+INSERT INTO thing_types (account_id, name, id, description, searchable_attributes, deprecated_at, created_at)
+    SELECT account_id, type_name, 'migrated-' || type_name, NULL, '', NULL, MIN(created_at)
+    FROM things WHERE type_name IS NOT NULL GROUP BY account_id, type_name;
+CREATE INDEX things_by_type ON things(account_id, type_name, name);
+CREATE TABLE thing_groups (
+    account_id TEXT NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    id TEXT NOT NULL,
+    parent_name TEXT,
+    description TEXT,
+    version BIGINT NOT NULL,
+    created_at BIGINT NOT NULL,
+    PRIMARY KEY (account_id, name)
+);
+CREATE INDEX thing_groups_by_parent ON thing_groups(account_id, parent_name, name);
+CREATE TABLE thing_group_attributes (
+    account_id TEXT NOT NULL,
+    group_name TEXT NOT NULL,
+    name TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (account_id, group_name, name)
+);
+CREATE TABLE thing_group_members (
+    account_id TEXT NOT NULL,
+    group_name TEXT NOT NULL,
+    thing_name TEXT NOT NULL,
+    added_at BIGINT NOT NULL,
+    PRIMARY KEY (account_id, group_name, thing_name)
+);
+CREATE INDEX thing_group_members_by_thing ON thing_group_members(account_id, thing_name, group_name);
+CREATE TABLE group_policy_attachments (
+    account_id TEXT NOT NULL,
+    policy_name TEXT NOT NULL,
+    group_name TEXT NOT NULL,
+    attached_at BIGINT NOT NULL,
+    PRIMARY KEY (account_id, policy_name, group_name)
+);
+CREATE INDEX group_policy_attachments_by_group ON group_policy_attachments(account_id, group_name, policy_name);
+"#,
+    ),
 ];
 
 /// The SQL dialect a migration is rendered for.

@@ -281,6 +281,9 @@ pub enum ChangeKind {
     TopicRule,
     /// An access key was deleted (entity: the access key ID): API nodes forget its signing keys.
     AccessKey,
+    /// What a thing group grants changed: a policy attached to or detached from it, or the
+    /// group deleted (entity: the group name). Membership changes are `Thing` entries.
+    ThingGroup,
 }
 
 /// One entry of the change feed: "entity X of account A changed; reload it". Entries carry no
@@ -345,6 +348,7 @@ text_enum!(ChangeKind {
     DomainConfiguration = "domain_configuration",
     TopicRule = "topic_rule",
     AccessKey = "access_key",
+    ThingGroup = "thing_group",
 });
 text_enum!(ThingPrincipalType { Exclusive = "EXCLUSIVE_THING", NonExclusive = "NON_EXCLUSIVE_THING" });
 

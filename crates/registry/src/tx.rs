@@ -140,6 +140,11 @@ impl<'a> Tx<'a> {
             "rotation_campaigns",
             "rotations",
             "topic_rules",
+            "thing_types",
+            "thing_groups",
+            "thing_group_attributes",
+            "thing_group_members",
+            "group_policy_attachments",
         ] {
             self.conn.execute(&format!("DELETE FROM {table} WHERE account_id = $1"), &account)?;
         }

@@ -262,23 +262,6 @@ impl<'a> Tx<'a> {
         Ok(KeyPage { items: rows.iter().map(|row| cert_id(&row.text(0)?)).collect::<Result<_, _>>()?, next })
     }
 
-    /// The name and default-version document of every policy attached to a certificate, by
-    /// name: what a gateway evaluates for a device.
-    pub fn certificate_policy_documents(
-        &mut self,
-        account: &AccountId,
-        certificate: &CertificateId,
-    ) -> Result<Vec<(PolicyName, String)>, Error> {
-        let rows = self.conn.query(
-            "SELECT p.name, v.document FROM policy_attachments a \
-             JOIN policies p ON p.account_id = a.account_id AND p.name = a.policy_name \
-             JOIN policy_versions v ON v.account_id = p.account_id AND v.policy_name = p.name AND v.version = p.default_version \
-             WHERE a.account_id = $1 AND a.certificate_id = $2 ORDER BY p.name",
-            &[account.as_str().into(), certificate.as_str().into()],
-        )?;
-        rows.iter().map(|row| Ok((PolicyName::parse(&row.text(0)?)?, row.text(1)?))).collect()
-    }
-
     // ---- things ---------------------------------------------------------------------------
 
     /// Adds a thing with its attributes.
@@ -570,7 +553,7 @@ impl<'a> Tx<'a> {
     }
 }
 
-fn policy_from_row(row: &Row) -> Result<Policy, Error> {
+pub(crate) fn policy_from_row(row: &Row) -> Result<Policy, Error> {
     Ok(Policy {
         account: AccountId::parse(&row.text(0)?)?,
         name: PolicyName::parse(&row.text(1)?)?,

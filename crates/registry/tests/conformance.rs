@@ -1568,3 +1568,121 @@ fn prune_batches_delete_old_rows_only_and_at_most_the_limit() {
         assert_eq!(changes.iter().map(|change| change.created_at).collect::<Vec<_>>(), [at(90)]);
     });
 }
+
+fn group_name(text: &str) -> ThingGroupName {
+    ThingGroupName::parse(text).unwrap()
+}
+
+fn thing_group(owner: &Account, name: &str, parent: Option<&str>) -> ThingGroup {
+    ThingGroup {
+        account: owner.id.clone(),
+        name: group_name(name),
+        id: format!("id-{name}"),
+        parent: parent.map(group_name),
+        description: Some(format!("the {name}")),
+        attributes: [("k".to_string(), name.to_string())].into_iter().collect(),
+        version: 1,
+        created_at: at(2),
+    }
+}
+
+#[test]
+fn thing_types_groups_members_and_group_policies() {
+    each_backend("thing_groups", |store| {
+        let (alice, bob) = (account("111111111111", "alice"), account("222222222222", "bob"));
+        setup(store, &[&alice, &bob]);
+        let sensor = ThingType {
+            account: alice.id.clone(),
+            name: thing_name("sensor"),
+            id: "type-id".into(),
+            description: Some("a sensor".into()),
+            searchable_attributes: vec!["a".into(), "b".into()],
+            deprecated_at: None,
+            created_at: at(1),
+        };
+        write(store, |tx| {
+            tx.insert_thing_type(&sensor)?;
+            for (name, parent) in [("root", None), ("mid", Some("root")), ("leaf", Some("mid")), ("other", None)] {
+                tx.insert_thing_group(&thing_group(&alice, name, parent))?;
+            }
+            tx.insert_thing_group(&thing_group(&bob, "root", None))?;
+            tx.insert_thing(&thing(&alice, "t1", Some("sensor"), &[]))?;
+            tx.insert_thing(&thing(&alice, "t2", None, &[]))?;
+            for (index, name) in ["on-root", "on-mid", "on-other", "own"].into_iter().enumerate() {
+                tx.insert_policy(&policy(&alice, name, index as i64))?;
+                tx.insert_policy_version(&version(&alice, name, 1))?;
+            }
+            tx.put_thing_principal(&ThingPrincipal {
+                account: alice.id.clone(),
+                thing_name: thing_name("t1"),
+                certificate_id: id('a'),
+                principal_type: ThingPrincipalType::NonExclusive,
+                attached_at: at(3),
+            })?;
+            tx.attach_policy(&alice.id, &policy_name("own"), &id('a'), at(3))?;
+            tx.attach_group_policy(&alice.id, &policy_name("on-root"), &group_name("root"), at(3))?;
+            tx.attach_group_policy(&alice.id, &policy_name("on-mid"), &group_name("mid"), at(3))?;
+            tx.attach_group_policy(&alice.id, &policy_name("on-other"), &group_name("other"), at(3))?;
+            assert!(tx.add_thing_to_group(&alice.id, &group_name("leaf"), &thing_name("t1"), at(4))?);
+            assert!(!tx.add_thing_to_group(&alice.id, &group_name("leaf"), &thing_name("t1"), at(4))?);
+            tx.add_thing_to_group(&alice.id, &group_name("root"), &thing_name("t2"), at(4))
+        })
+        .unwrap();
+
+        // Types: round trip, deprecation, things counted.
+        let mut stored = read(store, |tx| tx.get_thing_type(&alice.id, &thing_name("sensor"))).unwrap().unwrap();
+        assert_eq!(stored, sensor);
+        stored.deprecated_at = Some(at(9));
+        write(store, |tx| tx.update_thing_type(&stored)).unwrap();
+        assert_eq!(read(store, |tx| tx.get_thing_type(&alice.id, &thing_name("sensor"))).unwrap().unwrap(), stored);
+        assert_eq!(read(store, |tx| tx.count_things_of_type(&alice.id, &thing_name("sensor"))).unwrap(), 1);
+        assert!(read(store, |tx| tx.get_thing_type(&bob.id, &thing_name("sensor"))).unwrap().is_none());
+
+        // Groups: attributes, ancestors, listings; bob's group of the same name stays apart.
+        let leaf = read(store, |tx| tx.get_thing_group(&alice.id, &group_name("leaf"))).unwrap().unwrap();
+        assert_eq!(leaf, thing_group(&alice, "leaf", Some("mid")));
+        let ancestors = read(store, |tx| tx.thing_group_ancestors(&alice.id, &group_name("leaf"), 7)).unwrap();
+        assert_eq!(ancestors, vec![group_name("mid"), group_name("root")]);
+        let list = |filter: ThingGroupFilter| {
+            read(store, |tx| tx.list_thing_groups(&alice.id, &filter, &first_page(10))).unwrap().items
+        };
+        assert_eq!(list(ThingGroupFilter::default()), vec![group_name("other"), group_name("root")]);
+        let every = ThingGroupFilter { recursive: true, ..ThingGroupFilter::default() };
+        assert_eq!(list(every.clone()).len(), 4);
+        let under_root = ThingGroupFilter { parent: Some(group_name("root")), recursive: true, name_prefix: None };
+        assert_eq!(list(under_root), vec![group_name("leaf"), group_name("mid")]);
+        let prefixed = ThingGroupFilter { name_prefix: Some("m_".into()), ..every.clone() };
+        assert!(list(prefixed).is_empty(), "_ is no wildcard");
+        let prefixed = ThingGroupFilter { name_prefix: Some("mi".into()), ..every };
+        assert_eq!(list(prefixed), vec![group_name("mid")]);
+        let recursive =
+            read(store, |tx| tx.things_in_group(&alice.id, &group_name("root"), true, &first_page(10))).unwrap();
+        assert_eq!(recursive.items, vec![thing_name("t1"), thing_name("t2")]);
+        let direct =
+            read(store, |tx| tx.things_in_group(&alice.id, &group_name("root"), false, &first_page(10))).unwrap();
+        assert_eq!(direct.items, vec![thing_name("t2")]);
+        assert_eq!(read(store, |tx| tx.count_child_groups(&alice.id, &group_name("root"))).unwrap(), 1);
+
+        // What applies to certificate a: its own policy and those of leaf's ancestors.
+        let documents = read(store, |tx| tx.certificate_policy_documents(&alice.id, &id('a'))).unwrap();
+        let names: Vec<_> = documents.iter().map(|(name, _)| name.to_string()).collect();
+        assert_eq!(names, ["on-mid", "on-root", "own"]);
+        let groups = read(store, |tx| tx.certificate_groups(&alice.id, &id('a'))).unwrap();
+        assert_eq!(groups, vec![group_name("leaf"), group_name("mid"), group_name("root")]);
+        assert!(read(store, |tx| tx.certificate_policy_documents(&bob.id, &id('a'))).unwrap().is_empty());
+        let targets =
+            read(store, |tx| tx.policy_targets_all(&alice.id, &policy_name("on-root"), &first_page(1))).unwrap();
+        assert_eq!(targets.items, vec![PolicyTarget::ThingGroup(group_name("root"))]);
+        let inherited =
+            read(store, |tx| tx.group_policies(&alice.id, &[group_name("mid"), group_name("root")], &first_page(10)))
+                .unwrap();
+        assert_eq!(inherited.items.iter().map(|p| p.name.to_string()).collect::<Vec<_>>(), ["on-mid", "on-root"]);
+
+        // Deleting a group takes its members and policies along; the account takes everything.
+        write(store, |tx| tx.delete_thing_group(&alice.id, &group_name("other")).map(drop)).unwrap();
+        assert_eq!(read(store, |tx| tx.count_policy_group_targets(&alice.id, &policy_name("on-other"))).unwrap(), 0);
+        write(store, |tx| tx.delete_account(&alice.id).map(drop)).unwrap();
+        assert!(read(store, |tx| tx.get_thing_group(&alice.id, &group_name("root"))).unwrap().is_none());
+        assert!(read(store, |tx| tx.get_thing_group(&bob.id, &group_name("root"))).unwrap().is_some());
+    });
+}

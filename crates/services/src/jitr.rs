@@ -29,6 +29,7 @@ use certfleet_registry::{
 use crate::ids::uuid_v4;
 use crate::provisioning::{Provisioning, Template};
 use crate::rate::Admission;
+use crate::thing_types::check_thing_type_usable;
 use crate::{Error, Services};
 
 impl Services {
@@ -177,8 +178,22 @@ fn provisioning_for(body: &str, device: &Certificate) -> Option<Provisioning> {
 }
 
 /// `provisioning` if the account's state allows it: its named policy exists, or a policy it
-/// creates does not exist with another document. Looks only, so a refusal changes nothing.
+/// creates does not exist with another document; a thing it creates names a thing type that
+/// exists and is not deprecated. Looks only, so a refusal changes nothing.
 fn applicable(tx: &mut Tx<'_>, account: &AccountId, provisioning: Provisioning) -> Result<Option<Provisioning>, Error> {
+    if let Some(thing) = &provisioning.thing
+        && let Some(type_name) = &thing.type_name
+        && tx.get_thing(account, &thing.name)?.is_none()
+    {
+        match check_thing_type_usable(tx, account, type_name) {
+            Ok(()) => {}
+            Err(Error::NotFound(reason) | Error::InvalidRequest(reason)) => {
+                tracing::warn!(%account, thing = %thing.name, thing_type = %type_name, reason, "the CA's template does not apply: registered pending activation");
+                return Ok(None);
+            }
+            Err(other) => return Err(other),
+        }
+    }
     if let Some(policy) = &provisioning.policy {
         let existing = match tx.get_policy(account, &policy.name)? {
             None => None,

@@ -14,6 +14,7 @@ mod destinations;
 mod endpoints;
 mod error;
 pub mod feed;
+mod groups;
 mod ids;
 mod issuers;
 mod jitr;
@@ -24,6 +25,7 @@ mod provisioning;
 pub mod rate;
 mod rotation;
 mod templates;
+mod thing_types;
 mod things;
 mod tokens;
 mod topic_rules;
@@ -47,16 +49,22 @@ pub use endpoints::{
     is_reserved, parse_trust_store, purpose,
 };
 pub use error::Error;
+pub use groups::{
+    GroupMembership, MAX_GROUP_ATTRIBUTES, MAX_GROUP_DEPTH, MAX_GROUPS_PER_THING, ThingGroupDefinition,
+    ThingGroupDescription, ThingGroupUpdate,
+};
 pub use ids::{Marker, decode_marker, encode_marker};
 pub use issuers::load_or_create_issuer;
 pub use lookups::ConnectionEvent;
 pub use maintenance::{NotPruned, PruneReport, PruneSettings, Retention};
+pub use policies::PrincipalPolicies;
 pub use provisioning::{ProvisionedPolicy, ProvisionedThing, Provisioning, Template};
 pub use rotation::{
     CampaignSummary, DeviceErrorCode, DeviceMessageOutcome, DeviceTopic, EXPIRING_CHECK, Ignored, OutgoingMessage,
     RotationAlert, RotationConfig, RotationEffects, device_topic,
 };
 pub use templates::{JITP, TemplateDefinition};
+pub use thing_types::{MAX_DESCRIPTION_CHARS, MAX_SEARCHABLE_ATTRIBUTES, ThingTypeProperties};
 pub use things::{AttributePayload, ThingDefinition, ThingUpdate};
 pub use tokens::{decode_policy_marker, decode_token, encode_policy_marker, encode_token};
 pub use topic_rules::{RuleAction, RunnableRule, SQL_VERSION, TopicRulePayload, decode_actions, decode_error_action};
@@ -81,6 +89,8 @@ pub struct Config {
     /// Just-in-time registrations per account per second on this node (AWS has a per-account
     /// registration rate too); past it a device is refused, counted and may retry.
     pub max_registrations_per_second: u32,
+    /// How long a thing type must have been deprecated before DeleteThingType (AWS: 5 minutes).
+    pub thing_type_deletion_wait: time::Duration,
 }
 
 impl Default for Config {
@@ -94,6 +104,7 @@ impl Default for Config {
             rotation: RotationConfig::default(),
             domain_claims: DomainClaims::default(),
             max_registrations_per_second: 100,
+            thing_type_deletion_wait: time::Duration::minutes(5),
         }
     }
 }

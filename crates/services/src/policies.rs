@@ -1,5 +1,6 @@
-//! Policies: their versions (at most five, one the default), their attachment to certificates,
-//! and the read the gateway evaluates.
+//! Policies: their versions (at most five, one the default), their attachment to certificates
+//! and thing groups, and the read the gateway evaluates (a certificate's own policies and those
+//! its things inherit from their groups and the groups' ancestors).
 //!
 //! A document is compiled with `certfleet_policy` before anything is stored, so the registry
 //! only ever holds documents the gateway can evaluate. A certificate carries at most
@@ -10,17 +11,28 @@
 use certfleet_pki::CertificateId;
 use certfleet_registry::{
     self as registry, AccountId, CertificateStatus, ChangeKind, KeyPage, KeyPageRequest, Page, PageRequest, Policy,
-    PolicyName, PolicyVersion, Tag, Tx,
+    PolicyName, PolicyTarget, PolicyVersion, Tag, Tx,
 };
 use time::OffsetDateTime;
 
+use crate::groups::{MAX_GROUP_DEPTH, find_group, group_changed};
 use crate::ids::uuid_v4;
 use crate::{Caller, Error, Services};
 
 /// The most versions a policy has (AWS: 5).
 pub const MAX_POLICY_VERSIONS: usize = 5;
 
-/// The most policies attached to one certificate (AWS: 10).
+/// What applies to a device's certificate ([`Services::principal_policies`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PrincipalPolicies {
+    /// Each policy's name and default-version document, by name.
+    pub policies: Vec<(String, String)>,
+    /// The thing groups (and their ancestors) of the things attached to the certificate: a
+    /// change to one of them changes what the device may do.
+    pub groups: Vec<String>,
+}
+
+/// The most policies attached to one certificate or thing group (AWS: 10).
 pub const MAX_POLICIES_PER_TARGET: i64 = 10;
 
 impl Services {
@@ -90,7 +102,9 @@ impl Services {
         registry::write(self.store(), |tx| {
             tx.lock_account(&caller.account)?;
             find_policy(tx, &caller.account, name)?;
-            if tx.count_policy_targets(&caller.account, name)? > 0 {
+            if tx.count_policy_targets(&caller.account, name)? + tx.count_policy_group_targets(&caller.account, name)?
+                > 0
+            {
                 return Err(Error::DeleteConflict(format!(
                     "the policy cannot be deleted as it is attached to one or more principals (name={name})"
                 )));
@@ -224,35 +238,47 @@ impl Services {
     }
 
     /// AttachPolicy (and the deprecated AttachPrincipalPolicy): `target` is the ARN of one of
-    /// the caller's certificates. Attaching twice changes nothing.
+    /// the caller's certificates or thing groups. Attaching twice changes nothing.
     pub fn attach_policy(&self, caller: &Caller, name: &PolicyName, target: &str) -> Result<(), Error> {
-        let certificate = self.certificate_principal(&caller.account, target)?;
+        let target = self.policy_target(&caller.account, target)?;
         let now = self.now();
         let attached = registry::write(self.store(), |tx| {
             tx.lock_account(&caller.account)?;
             find_policy(tx, &caller.account, name)?;
-            let found = tx.get_certificate(&caller.account, &certificate)?.ok_or_else(|| no_such_principal(target))?;
-            if found.status == CertificateStatus::PendingTransfer {
-                return Err(Error::CertificateState(
-                    "the certificate is being transferred: cancel or complete the transfer first".into(),
-                ));
-            }
-            let count = tx.count_certificate_policies(&caller.account, &certificate)?;
-            if !tx.attach_policy(&caller.account, name, &certificate, now)? {
+            let (count, attached) = match &target {
+                PolicyTarget::Certificate(certificate) => {
+                    let found = tx
+                        .get_certificate(&caller.account, certificate)?
+                        .ok_or_else(|| no_such_certificate(certificate))?;
+                    if found.status == CertificateStatus::PendingTransfer {
+                        return Err(Error::CertificateState(
+                            "the certificate is being transferred: cancel or complete the transfer first".into(),
+                        ));
+                    }
+                    let count = tx.count_certificate_policies(&caller.account, certificate)?;
+                    (count, tx.attach_policy(&caller.account, name, certificate, now)?)
+                }
+                PolicyTarget::ThingGroup(group) => {
+                    find_group(tx, &caller.account, group)?;
+                    let count = tx.count_group_policies(&caller.account, group)?;
+                    (count, tx.attach_group_policy(&caller.account, name, group, now)?)
+                }
+            };
+            if !attached {
                 return Ok(false);
             }
             // Counted before attaching, so that attaching again never hits the limit; the
             // refusal rolls the attachment back.
             if count >= MAX_POLICIES_PER_TARGET {
                 return Err(Error::LimitExceeded(format!(
-                    "at most {MAX_POLICIES_PER_TARGET} policies may be attached to a certificate"
+                    "at most {MAX_POLICIES_PER_TARGET} policies may be attached to a certificate or thing group"
                 )));
             }
-            certificate_changed(tx, &caller.account, &certificate, now)?;
+            target_changed(tx, &caller.account, &target, now)?;
             Ok(true)
         })?;
         if attached {
-            tracing::info!(account = %caller.account, policy = %name, cert = %certificate, "policy attached");
+            tracing::info!(account = %caller.account, policy = %name, target = ?target, "policy attached");
         }
         Ok(())
     }
@@ -260,55 +286,98 @@ impl Services {
     /// DetachPolicy (and the deprecated DetachPrincipalPolicy). Detaching a policy that is not
     /// attached changes nothing.
     pub fn detach_policy(&self, caller: &Caller, name: &PolicyName, target: &str) -> Result<(), Error> {
-        let certificate = self.certificate_principal(&caller.account, target)?;
+        let target = self.policy_target(&caller.account, target)?;
         let now = self.now();
         let detached = registry::write(self.store(), |tx| {
             tx.lock_account(&caller.account)?;
             find_policy(tx, &caller.account, name)?;
-            tx.get_certificate(&caller.account, &certificate)?.ok_or_else(|| no_such_principal(target))?;
-            if !tx.detach_policy(&caller.account, name, &certificate)? {
+            let detached = match &target {
+                PolicyTarget::Certificate(certificate) => {
+                    tx.get_certificate(&caller.account, certificate)?
+                        .ok_or_else(|| no_such_certificate(certificate))?;
+                    tx.detach_policy(&caller.account, name, certificate)?
+                }
+                PolicyTarget::ThingGroup(group) => {
+                    find_group(tx, &caller.account, group)?;
+                    tx.detach_group_policy(&caller.account, name, group)?
+                }
+            };
+            if !detached {
                 return Ok::<_, Error>(false);
             }
-            certificate_changed(tx, &caller.account, &certificate, now)?;
+            target_changed(tx, &caller.account, &target, now)?;
             Ok(true)
         })?;
         if detached {
-            tracing::info!(account = %caller.account, policy = %name, cert = %certificate, "policy detached");
+            tracing::info!(account = %caller.account, policy = %name, target = ?target, "policy detached");
         }
         Ok(())
     }
 
-    /// ListAttachedPolicies (and the deprecated ListPrincipalPolicies), by name.
+    /// ListAttachedPolicies (and the deprecated ListPrincipalPolicies), by name. For a thing
+    /// group, `recursive` adds the policies of its ancestors (what its members inherit).
     pub fn list_attached_policies(
         &self,
         caller: &Caller,
         target: &str,
+        recursive: bool,
         page: &KeyPageRequest,
     ) -> Result<KeyPage<Policy>, Error> {
-        let certificate = self.certificate_principal(&caller.account, target)?;
-        registry::read(self.store(), |tx| {
-            tx.get_certificate(&caller.account, &certificate)?.ok_or_else(|| no_such_principal(target))?;
-            tx.certificate_policies(&caller.account, &certificate, page).map_err(Error::from)
+        let target = self.policy_target(&caller.account, target)?;
+        registry::read(self.store(), |tx| match &target {
+            PolicyTarget::Certificate(certificate) => {
+                tx.get_certificate(&caller.account, certificate)?.ok_or_else(|| no_such_certificate(certificate))?;
+                tx.certificate_policies(&caller.account, certificate, page).map_err(Error::from)
+            }
+            PolicyTarget::ThingGroup(group) => {
+                find_group(tx, &caller.account, group)?;
+                let mut groups = vec![group.clone()];
+                if recursive {
+                    groups.extend(tx.thing_group_ancestors(&caller.account, group, MAX_GROUP_DEPTH)?);
+                }
+                tx.group_policies(&caller.account, &groups, page).map_err(Error::from)
+            }
         })
     }
 
-    /// ListTargetsForPolicy (and the deprecated ListPolicyPrincipals): the certificates a policy
-    /// is attached to, by ID.
+    /// ListTargetsForPolicy (and the deprecated ListPolicyPrincipals): the certificates (by ID)
+    /// then the thing groups (by name) a policy is attached to.
     pub fn list_targets_for_policy(
         &self,
         caller: &Caller,
         name: &PolicyName,
         page: &KeyPageRequest,
-    ) -> Result<KeyPage<CertificateId>, Error> {
+    ) -> Result<KeyPage<PolicyTarget>, Error> {
         registry::read(self.store(), |tx| {
             find_policy(tx, &caller.account, name)?;
-            tx.policy_targets(&caller.account, name, page).map_err(Error::from)
+            tx.policy_targets_all(&caller.account, name, page).map_err(Error::from)
         })
     }
 
-    /// GetEffectivePolicies: the policies attached to the principal (certfleet has no thing
-    /// groups, so a thing adds none; it must exist all the same). Returns each policy's name and
-    /// default-version document.
+    /// The ARN of a policy target.
+    pub fn policy_target_arn(&self, account: &AccountId, target: &PolicyTarget) -> String {
+        match target {
+            PolicyTarget::Certificate(id) => self.certificate_arn(account, id),
+            PolicyTarget::ThingGroup(group) => self.thing_group_arn(account, group),
+        }
+    }
+
+    /// What a policy target ARN names: one of the caller's certificates
+    /// (`arn:aws:iot:<region>:<account>:cert/<id>`) or thing groups (`...:thinggroup/<name>`).
+    /// Another account's or region's does not exist here (`NotFound`).
+    pub(crate) fn policy_target(&self, account: &AccountId, target: &str) -> Result<PolicyTarget, Error> {
+        let is_group = target.starts_with("arn:")
+            && target.splitn(6, ':').nth(5).is_some_and(|resource| resource.starts_with("thinggroup/"));
+        if is_group {
+            return self.thing_group_from_arn(account, target).map(PolicyTarget::ThingGroup);
+        }
+        self.certificate_principal(account, target).map(PolicyTarget::Certificate)
+    }
+
+    /// GetEffectivePolicies: the policies that apply to the principal (attached to it, or
+    /// inherited from the thing groups of the things attached to it); the thing must exist,
+    /// and adds nothing beyond the principal's. Returns each policy's name and default-version
+    /// document.
     pub fn effective_policies(
         &self,
         caller: &Caller,
@@ -329,22 +398,28 @@ impl Services {
         })
     }
 
-    /// The name and default-version document of every policy attached to a certificate, by
-    /// name: what the gateway evaluates for a device (one read, no JSON).
+    /// What the gateway evaluates for a device, in one read: the name and default-version
+    /// document of every policy that applies to a certificate (attached to it, or to a group of
+    /// a thing attached to it, or to an ancestor of such a group), by name, and those groups.
     pub fn principal_policies(
         &self,
         account: &AccountId,
         certificate: &CertificateId,
-    ) -> Result<Vec<(String, String)>, Error> {
-        let documents = registry::read(self.store(), |tx| {
-            tx.certificate_policy_documents(account, certificate).map_err(Error::from)
+    ) -> Result<PrincipalPolicies, Error> {
+        let (documents, groups) = registry::read(self.store(), |tx| {
+            let documents = tx.certificate_policy_documents(account, certificate)?;
+            let groups = tx.certificate_groups(account, certificate)?;
+            Ok::<_, Error>((documents, groups))
         })?;
-        Ok(documents.into_iter().map(|(name, document)| (name.to_string(), document)).collect())
+        Ok(PrincipalPolicies {
+            policies: documents.into_iter().map(|(name, document)| (name.to_string(), document)).collect(),
+            groups: groups.into_iter().map(|group| group.to_string()).collect(),
+        })
     }
 
     /// The certificate a principal names: `arn:<partition>:iot:<region>:<account>:cert/<id>`
     /// of this deployment and account. Another account's or region's certificate does not
-    /// exist here; thing groups and Cognito identities are not supported.
+    /// exist here; Cognito identities are not supported.
     pub(crate) fn certificate_principal(&self, account: &AccountId, principal: &str) -> Result<CertificateId, Error> {
         let invalid = || {
             Error::InvalidRequest(format!(
@@ -361,9 +436,6 @@ impl Services {
         let [partition, service, region, owner, resource] = parts[..] else { return Err(invalid()) };
         if service != "iot" {
             return Err(invalid());
-        }
-        if resource.starts_with("thinggroup/") {
-            return Err(Error::InvalidRequest("thing groups are not supported as policy targets".into()));
         }
         let id = resource.strip_prefix("cert/").ok_or_else(invalid)?;
         let id = CertificateId::parse(id).map_err(|_| invalid())?;
@@ -386,6 +458,23 @@ fn find_policy(tx: &mut Tx<'_>, account: &AccountId, name: &PolicyName) -> Resul
 fn find_version(tx: &mut Tx<'_>, policy: &Policy, version: i64) -> Result<PolicyVersion, Error> {
     tx.get_policy_version(&policy.account, &policy.name, version)?
         .ok_or_else(|| Error::NotFound(format!("the policy {} has no version {version}", policy.name)))
+}
+
+fn no_such_certificate(certificate: &CertificateId) -> Error {
+    Error::NotFound(format!("the certificate {certificate} does not exist"))
+}
+
+/// Tells the change feed what an attachment changed: a certificate's policies, or a group's.
+fn target_changed(
+    tx: &mut Tx<'_>,
+    account: &AccountId,
+    target: &PolicyTarget,
+    now: OffsetDateTime,
+) -> Result<(), Error> {
+    match target {
+        PolicyTarget::Certificate(certificate) => certificate_changed(tx, account, certificate, now),
+        PolicyTarget::ThingGroup(group) => group_changed(tx, account, group, now),
+    }
 }
 
 pub(crate) fn no_such_principal(principal: &str) -> Error {

@@ -7,7 +7,8 @@
 //! the attribute); `expectedVersion` must match; a thing with certificates attached cannot be
 //! deleted. A certificate attached to a thing EXCLUSIVE_THING is attached to that thing only:
 //! it cannot be attached to another, and it cannot be attached exclusively while it has another.
-//! certfleet has no thing-type registry: any well-formed type name is accepted as given.
+//! A thing names an existing thing type that is not deprecated (`thing_types`); deleting a
+//! thing removes it from its groups.
 
 use std::collections::BTreeMap;
 
@@ -20,6 +21,7 @@ use time::OffsetDateTime;
 
 use crate::ids::uuid_v4;
 use crate::policies::{certificate_changed, no_such_principal};
+use crate::thing_types::check_thing_type_usable;
 use crate::{Caller, Error, Services};
 
 /// The most attributes of a thing without a type (AWS: 3).
@@ -98,6 +100,9 @@ impl Services {
                     resource_arn: Some(self.thing_arn(&caller.account, name)),
                 });
             }
+            if let Some(type_name) = &record.type_name {
+                check_thing_type_usable(tx, &caller.account, type_name)?;
+            }
             tx.insert_thing(&record)?;
             thing_changed(tx, &caller.account, name, now)?;
             Ok((record.clone(), true))
@@ -129,6 +134,9 @@ impl Services {
             if update.remove_type {
                 thing.type_name = None;
             } else if let Some(type_name) = &update.type_name {
+                if thing.type_name.as_ref() != Some(type_name) {
+                    check_thing_type_usable(tx, &caller.account, type_name)?;
+                }
                 thing.type_name = Some(type_name.clone());
             }
             match &update.attributes {
@@ -167,6 +175,7 @@ impl Services {
                     "cannot delete: the thing {name} is still attached to one or more principals"
                 )));
             }
+            tx.remove_thing_from_all_groups(&caller.account, name)?;
             tx.delete_thing(&caller.account, name)?;
             thing_changed(tx, &caller.account, name, now)?;
             Ok(true)

@@ -121,8 +121,10 @@ fn a_template_creates_and_attaches_the_thing_and_policy_and_activates_the_certif
             things.items.iter().map(|attachment| attachment.thing_name.clone()).collect::<Vec<_>>(),
             vec![thing.name]
         );
-        let policies =
-            world.services.list_attached_policies(&caller, &arn, &KeyPageRequest { limit: 100, after: None }).unwrap();
+        let policies = world
+            .services
+            .list_attached_policies(&caller, &arn, false, &KeyPageRequest { limit: 100, after: None })
+            .unwrap();
         assert_eq!(policies.items.iter().map(|policy| policy.name.as_str()).collect::<Vec<_>>(), vec!["fleet"]);
     }
     let (_, version) = world.services.get_policy(&caller, &PolicyName::parse("fleet").unwrap()).unwrap();
@@ -276,4 +278,46 @@ fn provisioning_templates_are_created_listed_described_and_deleted() {
         world.services.auto_register_certificate(&caller.account, &device(&ca, "named-1"), true).unwrap().unwrap();
     assert_eq!(record.status, CertificateStatus::Active);
     world.services.describe_thing(&caller, &ThingName::parse("named-1").unwrap()).unwrap();
+}
+
+#[test]
+fn a_template_naming_a_missing_or_deprecated_thing_type_provisions_nothing() {
+    let world = world();
+    let caller = world.caller();
+    let ca = root("typed root");
+    let body = template(r#"{"Ref": "AWS::IoT::Certificate::CommonName"}"#, &inline_policy())
+        .replace(r#""Properties": {"ThingName""#, r#""Properties": {"ThingTypeName": "meter", "ThingName""#);
+    assert!(body.contains("meter"), "{body}");
+    register_ca(&world, &caller, &ca, Some(body)).unwrap();
+    let page = KeyPageRequest { limit: 100, after: None };
+    for (common_name, setup) in [("meter-1", "missing"), ("meter-2", "deprecated"), ("meter-3", "usable")] {
+        match setup {
+            "deprecated" => {
+                let properties = ThingTypeProperties::default();
+                world
+                    .services
+                    .create_thing_type(&caller, &ThingName::parse("meter").unwrap(), &properties, &[])
+                    .unwrap();
+                world.services.deprecate_thing_type(&caller, &ThingName::parse("meter").unwrap(), false).unwrap();
+            }
+            "usable" => {
+                world.services.deprecate_thing_type(&caller, &ThingName::parse("meter").unwrap(), true).unwrap()
+            }
+            _ => {}
+        }
+        let device = device(&ca, common_name);
+        let (record, _) = world.services.auto_register_certificate(&caller.account, &device, true).unwrap().unwrap();
+        let thing = world.services.describe_thing(&caller, &ThingName::parse(common_name).unwrap());
+        let arn = world.services.certificate_arn(&caller.account, device.id());
+        let policies = world.services.list_attached_policies(&caller, &arn, false, &page).unwrap().items;
+        if setup == "usable" {
+            assert_eq!(record.status, CertificateStatus::Active);
+            assert_eq!(thing.unwrap().type_name.unwrap().as_str(), "meter");
+            assert_eq!(policies.len(), 1);
+        } else {
+            assert_eq!(record.status, CertificateStatus::PendingActivation, "{setup}: registered as JITR would");
+            assert!(thing.is_err(), "{setup}: no thing created");
+            assert!(policies.is_empty(), "{setup}: no policy attached");
+        }
+    }
 }

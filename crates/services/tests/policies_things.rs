@@ -155,7 +155,7 @@ fn policies_attach_to_the_callers_certificates_only() {
         (bobs_arn.as_str(), "NotFound"),
         (unknown.as_str(), "NotFound"),
         (other_region.as_str(), "NotFound"),
-        ("arn:aws:iot:us-east-1:111111111111:thinggroup/g", "InvalidRequest"),
+        ("arn:aws:iot:us-east-1:111111111111:thinggroup/g", "NotFound"),
         ("us-east-1:0b5a8a4c-1111-2222-3333-444455556666", "InvalidRequest"),
         ("arn:aws:iot:us-east-1:111111111111:cert/not-hex", "InvalidRequest"),
         ("arn:aws:s3:::bucket", "InvalidRequest"),
@@ -166,11 +166,11 @@ fn policies_attach_to_the_callers_certificates_only() {
     }
     assert_eq!(kind(world.services.attach_policy(&alice, &policy("nope"), &my_arn)), "NotFound");
     let targets = world.services.list_targets_for_policy(&alice, &policy("p"), &first_page()).unwrap();
-    assert_eq!(targets.items, vec![mine.clone()]);
-    assert_eq!(kind(world.services.list_attached_policies(&bob, &bobs_arn, &first_page())), "ok");
-    assert!(world.services.list_attached_policies(&bob, &bobs_arn, &first_page()).unwrap().items.is_empty());
+    assert_eq!(targets.items, vec![certfleet_registry::PolicyTarget::Certificate(mine.clone())]);
+    assert_eq!(kind(world.services.list_attached_policies(&bob, &bobs_arn, false, &first_page())), "ok");
+    assert!(world.services.list_attached_policies(&bob, &bobs_arn, false, &first_page()).unwrap().items.is_empty());
     assert_eq!(
-        kind(world.services.list_attached_policies(&bob, &my_arn, &first_page())),
+        kind(world.services.list_attached_policies(&bob, &my_arn, false, &first_page())),
         "NotFound",
         "tenants do not see each other"
     );
@@ -191,7 +191,7 @@ fn policies_attach_to_the_callers_certificates_only() {
         "ok",
         "attaching again is no new attachment"
     );
-    assert_eq!(world.services.list_attached_policies(&alice, &my_arn, &first_page()).unwrap().items.len(), 10);
+    assert_eq!(world.services.list_attached_policies(&alice, &my_arn, false, &first_page()).unwrap().items.len(), 10);
 
     assert_eq!(kind(world.services.delete_policy(&alice, &policy("p"))), "DeleteConflict");
     assert_eq!(kind(world.services.detach_policy(&alice, &policy("p"), &my_arn)), "ok");
@@ -216,7 +216,7 @@ fn effective_policies_are_the_principals_default_documents() {
     let newer = document("arn:aws:iot:us-east-1:1:client/newer");
     world.services.create_policy_version(&alice, &policy("b"), &newer, false).unwrap();
     let expected = vec![("a".to_string(), ALLOW_ALL.to_string()), ("b".to_string(), document("*"))];
-    assert_eq!(world.services.principal_policies(&alice.account, &id).unwrap(), expected);
+    assert_eq!(world.services.principal_policies(&alice.account, &id).unwrap().policies, expected);
     world.services.set_default_policy_version(&alice, &policy("b"), 2).unwrap();
     let effective = world.services.effective_policies(&alice, Some(&arn), None).unwrap();
     assert_eq!(effective, vec![(policy("a"), ALLOW_ALL.to_string()), (policy("b"), newer)]);
@@ -260,7 +260,7 @@ fn certificates_with_attachments_resist_deletion_and_transfer() {
                 assert_eq!(exists, delete != "ok", "{label}");
                 if delete == "ok" {
                     assert!(
-                        world.services.principal_policies(&alice.account, &id).unwrap().is_empty(),
+                        world.services.principal_policies(&alice.account, &id).unwrap().policies.is_empty(),
                         "force detached the policies"
                     );
                 }
@@ -302,6 +302,7 @@ fn certificates_with_attachments_resist_deletion_and_transfer() {
 fn create_thing_is_idempotent_and_counts_attributes() {
     let world = world();
     let alice = caller(&world);
+    world.services.create_thing_type(&alice, &thing("sensor"), &ThingTypeProperties::default(), &[]).unwrap();
     let three = attributes(&[("a", "1"), ("b", "2"), ("c", "3")]);
     let four = attributes(&[("a", "1"), ("b", "2"), ("c", "3"), ("d", "4")]);
     let fifty: BTreeMap<_, _> = (0..50).map(|index| (format!("k{index}"), "v".to_string())).collect();
@@ -354,6 +355,7 @@ fn create_thing_is_idempotent_and_counts_attributes() {
 fn update_thing_merges_replaces_and_checks_versions() {
     let world = world();
     let alice = caller(&world);
+    world.services.create_thing_type(&alice, &thing("sensor"), &ThingTypeProperties::default(), &[]).unwrap();
     world
         .services
         .create_thing(
