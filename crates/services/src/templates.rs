@@ -68,6 +68,8 @@ impl Services {
             template_type: JITP.into(),
             role_arn: definition.role_arn.clone(),
             default_version: 1,
+            next_version: 2,
+            pre_provisioning_hook: None,
             created_at: now,
             last_modified: now,
         };
