@@ -23,11 +23,12 @@ use std::sync::atomic::Ordering;
 use certfleet_pki::{self as pki, Certificate, CertificateId};
 use certfleet_registry::{
     self as registry, AccountId, CaCertificate, CaStatus, CertificateMode, CertificateStatus, ChangeKind,
-    DeviceCertificate, Policy, PolicyVersion, RegistrationConfig, Thing, ThingPrincipal, ThingPrincipalType, Tx,
+    DeviceCertificate, Policy, PolicyName, PolicyVersion, RegistrationConfig, Thing, ThingName, ThingPrincipal,
+    ThingPrincipalType, Tx,
 };
 
 use crate::ids::uuid_v4;
-use crate::provisioning::{Provisioning, Template};
+use crate::provisioning::{Override, ProvisionedThing, Provisioning, Template};
 use crate::rate::Admission;
 use crate::{Error, Services};
 
@@ -176,40 +177,108 @@ fn provisioning_for(body: &str, device: &Certificate) -> Option<Provisioning> {
     }
 }
 
-/// `provisioning` if the account's state allows it: its named policy exists, or a policy it
-/// creates does not exist with another document. Looks only, so a refusal changes nothing.
+/// `provisioning` if the account's state allows it (see [`not_applicable`]). Looks only, so a
+/// refusal changes nothing.
 fn applicable(tx: &mut Tx<'_>, account: &AccountId, provisioning: Provisioning) -> Result<Option<Provisioning>, Error> {
-    if let Some(policy) = &provisioning.policy {
+    if let Some(why) = not_applicable(tx, account, &provisioning)? {
+        tracing::warn!(%account, reason = %why, "the CA's template does not apply: registered pending activation");
+        return Ok(None);
+    }
+    Ok(Some(provisioning))
+}
+
+/// Why a resolved template cannot be applied in the account's current state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum NotApplicable {
+    /// The template attaches a policy by name that does not exist.
+    MissingPolicy(PolicyName),
+    /// The template creates a policy whose name an existing policy with another document has.
+    PolicyDocumentDiffers(PolicyName),
+    /// The thing exists, its `field` differs from the template's, and OverrideSettings say FAIL.
+    OverrideFails { thing: ThingName, field: &'static str },
+}
+
+impl std::fmt::Display for NotApplicable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotApplicable::MissingPolicy(name) => write!(f, "the template's policy {name} does not exist"),
+            NotApplicable::PolicyDocumentDiffers(name) => {
+                write!(f, "a policy named {name} exists with another document than the template's")
+            }
+            NotApplicable::OverrideFails { thing, field } => {
+                write!(f, "the thing {thing} exists with another {field} and the template's OverrideSettings say FAIL")
+            }
+        }
+    }
+}
+
+impl NotApplicable {
+    /// The refusal of a fleet provisioning (or RegisterThing) that meets it.
+    pub(crate) fn into_error(self) -> Error {
+        match self {
+            NotApplicable::OverrideFails { .. } => Error::ConflictingResourceUpdate(self.to_string()),
+            NotApplicable::MissingPolicy(_) | NotApplicable::PolicyDocumentDiffers(_) => {
+                Error::ResourceRegistrationFailure(self.to_string())
+            }
+        }
+    }
+}
+
+/// Why `provisioning` cannot be applied now, if it cannot: a named policy is missing, a policy
+/// to create exists with another document, or an existing thing conflicts with the template
+/// where its OverrideSettings say FAIL. Reads only.
+pub(crate) fn not_applicable(
+    tx: &mut Tx<'_>,
+    account: &AccountId,
+    provisioning: &Provisioning,
+) -> Result<Option<NotApplicable>, Error> {
+    for policy in &provisioning.policies {
         let existing = match tx.get_policy(account, &policy.name)? {
             None => None,
             Some(found) => {
                 tx.get_policy_version(account, &policy.name, found.default_version)?.map(|version| version.document)
             }
         };
-        let refusal = match (&policy.document, existing) {
-            (None, None) => Some("the template's policy does not exist"),
+        match (&policy.document, existing) {
+            (None, None) => return Ok(Some(NotApplicable::MissingPolicy(policy.name.clone()))),
             (Some(document), Some(existing)) if *document != existing => {
-                Some("a policy with the template's policy name exists with another document")
+                return Ok(Some(NotApplicable::PolicyDocumentDiffers(policy.name.clone())));
             }
-            _ => None,
-        };
-        if let Some(reason) = refusal {
-            tracing::warn!(%account, policy = %policy.name, reason, "the CA's template does not apply: registered pending activation");
-            return Ok(None);
+            _ => {}
         }
     }
-    Ok(Some(provisioning))
+    if let Some(thing) = &provisioning.thing {
+        if let Some(existing) = tx.get_thing(account, &thing.name)? {
+            let fails = |setting: Override, differs: bool| setting == Override::Fail && differs;
+            let field = if fails(thing.overrides.attributes, existing.attributes != thing.attributes) {
+                Some("AttributePayload")
+            } else if fails(
+                thing.overrides.type_name,
+                thing.type_name.is_some() && existing.type_name != thing.type_name,
+            ) {
+                Some("ThingTypeName")
+            } else {
+                None
+            };
+            if let Some(field) = field {
+                return Ok(Some(NotApplicable::OverrideFails { thing: thing.name.clone(), field }));
+            }
+        }
+    }
+    Ok(None)
 }
 
-/// Creates what `provisioning` needs that does not exist yet and attaches it to `certificate`.
-fn apply(
+/// Creates what `provisioning` needs that does not exist yet, updates an existing thing as its
+/// OverrideSettings say, and attaches the thing and policies to `certificate` (already
+/// inserted). The caller checked [`not_applicable`] in the same transaction.
+pub(crate) fn apply(
     tx: &mut Tx<'_>,
     account: &AccountId,
     certificate: &CertificateId,
     provisioning: &Provisioning,
     now: time::OffsetDateTime,
 ) -> Result<(), Error> {
-    if let Some(policy) = &provisioning.policy {
+    for policy in &provisioning.policies {
         if let (Some(document), None) = (&policy.document, tx.get_policy(account, &policy.name)?) {
             tx.insert_policy(&Policy {
                 account: account.clone(),
@@ -233,19 +302,41 @@ fn apply(
         tx.attach_policy(account, &policy.name, certificate, now)?;
     }
     if let Some(thing) = &provisioning.thing {
-        if tx.get_thing(account, &thing.name)?.is_none() {
-            tx.insert_thing(&Thing {
-                account: account.clone(),
-                name: thing.name.clone(),
-                id: uuid_v4()?,
-                type_name: thing.type_name.clone(),
-                attributes: thing.attributes.clone(),
-                version: 1,
-                created_at: now,
-            })?;
-            tx.record_change(account, ChangeKind::Thing, thing.name.as_str(), now)?;
-            tracing::info!(%account, thing = %thing.name, "thing created by a provisioning template");
+        match tx.get_thing(account, &thing.name)? {
+            None => {
+                tx.insert_thing(&Thing {
+                    account: account.clone(),
+                    name: thing.name.clone(),
+                    id: uuid_v4()?,
+                    type_name: thing.type_name.clone(),
+                    attributes: thing.attributes.clone(),
+                    version: 1,
+                    created_at: now,
+                })?;
+                tx.record_change(account, ChangeKind::Thing, thing.name.as_str(), now)?;
+                tracing::info!(%account, thing = %thing.name, "thing created by a provisioning template");
+            }
+            Some(existing) => {
+                let mut updated = existing.clone();
+                match thing.overrides.attributes {
+                    Override::Merge => updated.attributes.extend(thing.attributes.clone()),
+                    Override::Replace => updated.attributes.clone_from(&thing.attributes),
+                    Override::DoNothing | Override::Fail => {}
+                }
+                match thing.overrides.type_name {
+                    Override::Replace if thing.type_name.is_some() => updated.type_name.clone_from(&thing.type_name),
+                    Override::Replace | Override::Merge | Override::DoNothing | Override::Fail => {}
+                }
+                if updated != existing {
+                    crate::things::check_attribute_count(&updated.attributes, updated.type_name.as_ref())?;
+                    updated.version += 1;
+                    tx.update_thing(&updated)?;
+                    tx.record_change(account, ChangeKind::Thing, thing.name.as_str(), now)?;
+                    tracing::info!(%account, thing = %thing.name, "thing updated by a provisioning template");
+                }
+            }
         }
+        apply_thing_groups(thing)?;
         tx.put_thing_principal(&ThingPrincipal {
             account: account.clone(),
             thing_name: thing.name.clone(),
@@ -255,6 +346,21 @@ fn apply(
         })?;
     }
     Ok(())
+}
+
+/// Puts the provisioned thing in its template's `ThingGroups` (as its `OverrideSettings`
+/// say). Thing groups are being built on another branch: until the lead wires this to them, a
+/// thing with groups is refused (the whole provisioning transaction rolls back) and one
+/// without passes.
+fn apply_thing_groups(thing: &ProvisionedThing) -> Result<(), Error> {
+    if thing.groups.is_empty() {
+        return Ok(());
+    }
+    Err(Error::InvalidRequest(format!(
+        "thing groups are not supported yet: the template puts the thing {} in {}",
+        thing.name,
+        thing.groups.join(", ")
+    )))
 }
 
 /// Whether a CA may register the certificates it signed on their first connection.

@@ -14,6 +14,7 @@ mod destinations;
 mod endpoints;
 mod error;
 pub mod feed;
+mod fleet;
 mod ids;
 mod issuers;
 mod jitr;
@@ -47,16 +48,26 @@ pub use endpoints::{
     is_reserved, parse_trust_store, purpose,
 };
 pub use error::Error;
+pub use fleet::{
+    CLAIM_VALIDITY, FleetTemplate, IssuedCertificate, IssuedKeys, ProvisioningClaimCertificate, ProvisioningOutcome,
+    TemplateRefusal,
+};
 pub use ids::{Marker, decode_marker, encode_marker};
 pub use issuers::load_or_create_issuer;
 pub use lookups::ConnectionEvent;
 pub use maintenance::{NotPruned, PruneReport, PruneSettings, Retention};
-pub use provisioning::{ProvisionedPolicy, ProvisionedThing, Provisioning, Template};
+pub use provisioning::{
+    CERTIFICATE_ID_PARAMETER, CertificateSource, MAX_PARAMETERS, Override, OverrideSettings, ProvisionedPolicy,
+    ProvisionedThing, Provisioning, Template, TemplateKind,
+};
 pub use rotation::{
     CampaignSummary, DeviceErrorCode, DeviceMessageOutcome, DeviceTopic, EXPIRING_CHECK, Ignored, OutgoingMessage,
     RotationAlert, RotationConfig, RotationEffects, device_topic,
 };
-pub use templates::{JITP, TemplateDefinition};
+pub use templates::{
+    FLEET_PROVISIONING, HOOK_PAYLOAD_VERSION, HookDefinition, JITP, MAX_TEMPLATE_VERSIONS, TemplateDefinition,
+    TemplateUpdate,
+};
 pub use things::{AttributePayload, ThingDefinition, ThingUpdate};
 pub use tokens::{decode_policy_marker, decode_token, encode_policy_marker, encode_token};
 pub use topic_rules::{RuleAction, RunnableRule, SQL_VERSION, TopicRulePayload, decode_actions, decode_error_action};
