@@ -1277,3 +1277,405 @@ fn check_parameter_name(name: &str) -> Result<(), Error> {
 fn invalid(message: String) -> Error {
     Error::InvalidRequest(message)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POLICY: &str = r#"{\"Version\":\"2012-10-17\",\"Statement\":[{\"Effect\":\"Allow\",\"Action\":\"iot:Connect\",\"Resource\":\"*\"}]}"#;
+
+    /// A fleet template with `parameters`, `conditions`, the thing's `properties` and a certificate.
+    fn fleet(parameters: &str, conditions: &str, thing: &str) -> String {
+        format!(
+            r#"{{"Parameters": {{{parameters}}}, "Conditions": {{{conditions}}},
+                "Mappings": {{"Region": {{"eu": {{"Endpoint": "eu.example", "Zone": "1"}}}}}},
+                "Resources": {{
+                  "thing": {{"Type": "AWS::IoT::Thing", "Properties": {thing}}},
+                  "certificate": {{"Type": "AWS::IoT::Certificate",
+                    "Properties": {{"CertificateId": {{"Ref": "AWS::IoT::Certificate::Id"}}, "Status": "ACTIVE"}}}}}}}}"#
+        )
+    }
+
+    /// One line per resolved resource, so a case states its whole outcome.
+    fn summary(provisioning: &Provisioning) -> String {
+        let mut lines = Vec::new();
+        if let Some(thing) = &provisioning.thing {
+            let attributes: Vec<String> = thing.attributes.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            lines.push(format!(
+                "thing {} type={} attrs=[{}] groups=[{}] overrides={}/{}/{}",
+                thing.name,
+                thing.type_name.as_ref().map_or("-", ThingName::as_str),
+                attributes.join(","),
+                thing.groups.join(","),
+                thing.overrides.attributes.as_str(),
+                thing.overrides.type_name.as_str(),
+                thing.overrides.groups.as_str(),
+            ));
+        }
+        let source = match &provisioning.certificate {
+            CertificateSource::Provisioned => "provisioned".to_owned(),
+            CertificateSource::SigningRequest(csr) => format!("csr:{csr}"),
+            CertificateSource::Pem(pem) => format!("pem:{pem}"),
+        };
+        lines.push(format!("certificate {} {source}", provisioning.status.as_str()));
+        for policy in &provisioning.policies {
+            lines.push(format!(
+                "policy {} {}",
+                policy.name,
+                if policy.document.is_some() { "created" } else { "named" }
+            ));
+        }
+        if !provisioning.device_configuration.is_empty() {
+            let entries: Vec<String> =
+                provisioning.device_configuration.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            lines.push(format!("config {}", entries.join(",")));
+        }
+        lines.join("\n")
+    }
+
+    /// Parses `template` as a fleet template and resolves it with `parameters` (`k=v` pairs) and
+    /// the certificate ID `c0ffee..`; `expected` is the [`summary`], or `Err(kind: text)` of the
+    /// refusal (at parse or resolution).
+    fn check(template: &str, parameters: &[(&str, &str)], expected: Result<&str, &str>) {
+        let parameters: BTreeMap<String, String> =
+            parameters.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        let id = CertificateId::parse(&"c0ffee".repeat(11)[..64]).unwrap();
+        let outcome = Template::parse_as(TemplateKind::FleetProvisioning, template)
+            .and_then(|parsed| parsed.resolve_fleet(&parameters, Some(&id)));
+        match (outcome, expected) {
+            (Ok(provisioning), Ok(expected)) => {
+                assert_eq!(summary(&provisioning), expected.replace("\n            ", "\n"), "{template}")
+            }
+            (Err(error), Err(expected)) => {
+                let (kind, text) = expected.split_once(": ").unwrap_or((expected, ""));
+                assert_eq!(error.kind(), kind, "{template}: {error}");
+                assert!(error.to_string().contains(text), "{template}: {error:?} does not mention {text:?}");
+            }
+            (outcome, expected) => panic!("{template}: {outcome:?}, expected {expected:?}"),
+        }
+    }
+
+    const NAME: &str = r#""ThingName": {"Type": "String"}"#;
+    const CERT: &str = "certificate ACTIVE provisioned";
+
+    #[test]
+    fn intrinsics() {
+        let plain = |value: &str| fleet(NAME, "", &format!(r#"{{"ThingName": {value}}}"#));
+        let ok = |thing: &str| {
+            format!("thing {thing} type=- attrs=[] groups=[] overrides=DO_NOTHING/DO_NOTHING/DO_NOTHING\n{CERT}")
+        };
+        check(&plain(r#"{"Ref": "ThingName"}"#), &[("ThingName", "dev-1")], Ok(&ok("dev-1")));
+        check(&plain(r#""literal""#), &[], Ok(&ok("literal")));
+        check(
+            &plain(r#"{"Fn::Join": ["-", ["a", {"Ref": "ThingName"}, "b"]]}"#),
+            &[("ThingName", "x")],
+            Ok(&ok("a-x-b")),
+        );
+        check(
+            &plain(r#"{"Fn::Sub": "dev-${ThingName}-${!literal}"}"#),
+            &[("ThingName", "7")],
+            Err("InvalidRequest: got \"dev-7-${literal}\""),
+        );
+        check(&plain(r#"{"Fn::Sub": "dev-${ThingName}"}"#), &[("ThingName", "7")], Ok(&ok("dev-7")));
+        check(&plain(r#"{"Fn::Select": ["1", ["a", "b", "c"]]}"#), &[], Ok(&ok("b")));
+        check(
+            &plain(r#"{"Fn::Select": [2, {"Fn::Split": [":", {"Ref": "ThingName"}]}]}"#),
+            &[("ThingName", "x:y:z")],
+            Ok(&ok("z")),
+        );
+        check(
+            &plain(r#"{"Fn::Join": ["", {"Fn::Split": [".", {"Ref": "ThingName"}]}]}"#),
+            &[("ThingName", "a.b.c")],
+            Ok(&ok("abc")),
+        );
+        check(
+            &plain(r#"{"Fn::FindInMap": ["Region", {"Ref": "ThingName"}, "Zone"]}"#),
+            &[("ThingName", "eu")],
+            Ok(&ok("1")),
+        );
+        check(
+            &plain(r#"{"Fn::FindInMap": ["Region", {"Ref": "ThingName"}, "Zone"]}"#),
+            &[("ThingName", "us")],
+            Err("InvalidParameters: finds nothing"),
+        );
+        check(&plain(r#"{"Fn::FindInMap": ["Nope", "eu", "Zone"]}"#), &[], Err("InvalidRequest: names no mapping"));
+        check(&plain(r#"{"Fn::Select": ["5", ["a"]]}"#), &[], Err("InvalidParameters: past the list's end"));
+        check(&plain(r#"{"Fn::Select": ["x", ["a"]]}"#), &[], Err("InvalidParameters: not a number"));
+        check(&plain(r#"{"Fn::Split": [",", "a,b"]}"#), &[], Err("InvalidRequest: gives a list"));
+        check(&plain(r#"{"Fn::Base64": "a"}"#), &[], Err("InvalidRequest: Fn::Base64 is not supported"));
+        check(&plain(r#"{"Fn::GetAtt": ["a", "b"]}"#), &[], Err("InvalidRequest: Fn::GetAtt is not supported"));
+        check(&plain(r#"{"Fn::Join": ["-"]}"#), &[], Err("InvalidRequest: Fn::Join takes"));
+        check(&plain(r#"{"Ref": "Undeclared"}"#), &[], Err("InvalidRequest: unknown parameter"));
+        check(&plain(r#"{"Ref": "AWS::IoT::Certificate::Id"}"#), &[], Ok(&ok(&"c0ffee".repeat(11)[..64])));
+        check(&plain(r#"{"Ref": "AWS::NoValue"}"#), &[], Err("InvalidRequest: ThingName cannot be AWS::NoValue"));
+    }
+
+    #[test]
+    fn parameters_defaults_and_types() {
+        let thing = r#"{"ThingName": {"Fn::Join": ["-", [{"Ref": "Prefix"}, {"Ref": "Serial"}]]}}"#;
+        let declared = r#""Prefix": {"Type": "String", "Default": "dev"}, "Serial": {"Type": "Number"}"#;
+        let ok = |thing: &str| {
+            format!("thing {thing} type=- attrs=[] groups=[] overrides=DO_NOTHING/DO_NOTHING/DO_NOTHING\n{CERT}")
+        };
+        check(&fleet(declared, "", thing), &[("Serial", "42")], Ok(&ok("dev-42")));
+        check(&fleet(declared, "", thing), &[("Serial", "42"), ("Prefix", "s")], Ok(&ok("s-42")));
+        check(&fleet(declared, "", thing), &[("Serial", "42"), ("Extra", "ignored")], Ok(&ok("dev-42")));
+        check(&fleet(declared, "", thing), &[], Err("InvalidParameters: the parameter Serial has no value"));
+        check(&fleet(declared, "", thing), &[("Serial", "forty")], Err("InvalidParameters: must be a number"));
+        // The device cannot choose the certificate ID.
+        let by_id = fleet(
+            r#""AWS::IoT::Certificate::Id": {"Type": "String"}"#,
+            "",
+            r#"{"ThingName": {"Ref": "AWS::IoT::Certificate::Id"}}"#,
+        );
+        check(&by_id, &[("AWS::IoT::Certificate::Id", "mine")], Ok(&ok(&"c0ffee".repeat(11)[..64])));
+        check(&fleet(r#""X": {"Type": "List"}"#, "", thing), &[], Err("InvalidRequest: String or Number"));
+        check(&fleet(r#""AWS::Region": {"Type": "String"}"#, "", thing), &[], Err("InvalidRequest: reserved"));
+        check(
+            &fleet(r#""X": {"Type": "Number", "Default": "many"}"#, "", thing),
+            &[],
+            Err("InvalidRequest: not a number"),
+        );
+    }
+
+    #[test]
+    fn conditions_and_no_value() {
+        let declared = r#""ThingName": {"Type": "String"}, "Env": {"Type": "String", "Default": "prod"}"#;
+        let conditions = r#""IsProd": {"Fn::Equals": [{"Ref": "Env"}, "prod"]},
+            "IsTest": {"Fn::Not": [{"Condition": "IsProd"}]},
+            "Both": {"Fn::And": [{"Condition": "IsProd"}, {"Fn::Equals": ["a", "a"]}]},
+            "Either": {"Fn::Or": [{"Condition": "IsTest"}, {"Fn::Equals": [{"Ref": "ThingName"}, "special"]}]}"#;
+        let thing = r#"{"ThingName": {"Fn::If": ["Both", {"Ref": "ThingName"}, "test-thing"]},
+            "ThingTypeName": {"Fn::If": ["IsTest", "tester", {"Ref": "AWS::NoValue"}]},
+            "AttributePayload": {"env": {"Ref": "Env"}, "flag": {"Fn::If": ["Either", "yes", {"Ref": "AWS::NoValue"}]}}}"#;
+        let template = fleet(declared, conditions, thing);
+        check(
+            &template,
+            &[("ThingName", "d1")],
+            Ok(&format!(
+                "thing d1 type=- attrs=[env=prod] groups=[] overrides=DO_NOTHING/DO_NOTHING/DO_NOTHING\n{CERT}"
+            )),
+        );
+        check(
+            &template,
+            &[("ThingName", "special")],
+            Ok(&format!(
+                "thing special type=- attrs=[env=prod,flag=yes] groups=[] overrides=DO_NOTHING/DO_NOTHING/DO_NOTHING\n{CERT}"
+            )),
+        );
+        check(
+            &template,
+            &[("ThingName", "d1"), ("Env", "test")],
+            Ok(&format!(
+                "thing test-thing type=tester attrs=[env=test,flag=yes] groups=[] overrides=DO_NOTHING/DO_NOTHING/DO_NOTHING\n{CERT}"
+            )),
+        );
+        // A resource under a false condition is not provisioned, and its parameters are not needed.
+        let conditional = r#"{"Parameters": {"Make": {"Type": "String"}, "Name": {"Type": "String"}},
+            "Conditions": {"Wanted": {"Fn::Equals": [{"Ref": "Make"}, "yes"]}},
+            "Resources": {"thing": {"Type": "AWS::IoT::Thing", "Condition": "Wanted", "Properties": {"ThingName": {"Ref": "Name"}}},
+              "certificate": {"Type": "AWS::IoT::Certificate", "Properties": {"CertificateId": {"Ref": "AWS::IoT::Certificate::Id"}}}}}"#;
+        check(conditional, &[("Make", "no")], Ok(CERT));
+        check(conditional, &[("Make", "yes")], Err("InvalidParameters: the parameter Name has no value"));
+        check(
+            conditional,
+            &[("Make", "yes"), ("Name", "n")],
+            Ok(&format!("thing n type=- attrs=[] groups=[] overrides=DO_NOTHING/DO_NOTHING/DO_NOTHING\n{CERT}")),
+        );
+        // Refusals.
+        let name_thing = r#"{"ThingName": "x"}"#;
+        check(
+            &fleet("", r#""A": {"Condition": "B"}, "B": {"Condition": "A"}"#, name_thing),
+            &[],
+            Err("InvalidRequest: refers to itself"),
+        );
+        check(&fleet("", r#""A": {"Condition": "A"}"#, name_thing), &[], Err("InvalidRequest: refers to itself"));
+        check(
+            &fleet("", r#""A": {"Condition": "Missing"}"#, name_thing),
+            &[],
+            Err("InvalidRequest: no condition is named"),
+        );
+        check(&fleet("", r#""A": {"Fn::Equals": ["a"]}"#, name_thing), &[], Err("InvalidRequest: Fn::Equals takes"));
+        check(
+            &fleet("", r#""A": {"Fn::And": [{"Fn::Equals": ["a", "a"]}]}"#, name_thing),
+            &[],
+            Err("InvalidRequest: 2 to 10"),
+        );
+        check(&fleet("", r#""A": {"Fn::Xor": []}"#, name_thing), &[], Err("InvalidRequest: a condition is"));
+        check(
+            &fleet("", "", r#"{"ThingName": {"Fn::If": ["Nope", "a", "b"]}}"#),
+            &[],
+            Err("InvalidRequest: names no condition"),
+        );
+        let chain: Vec<String> = (0..20).map(|i| format!(r#""C{i}": {{"Condition": "C{}"}}"#, i + 1)).collect();
+        let chain = format!(r#"{}, "C20": {{"Fn::Equals": ["a", "a"]}}"#, chain.join(", "));
+        check(&fleet("", &chain, name_thing), &[], Err("InvalidRequest: more than 16 deep"));
+    }
+
+    #[test]
+    fn resources_override_settings_policies_and_device_configuration() {
+        let thing = r#"{"ThingName": "t", "ThingGroups": ["g1", {"Ref": "Group"}, {"Ref": "AWS::NoValue"}], "AttributePayload": {"a": "1"}}"#;
+        let template = format!(
+            r#"{{"Parameters": {{"Group": {{"Type": "String"}}, "Region": {{"Type": "String", "Default": "eu"}}}},
+                "Mappings": {{"Region": {{"eu": {{"Endpoint": "eu.example"}}}}}},
+                "Resources": {{
+                  "thing": {{"Type": "AWS::IoT::Thing", "Properties": {thing},
+                    "OverrideSettings": {{"AttributePayload": "MERGE", "ThingTypeName": "REPLACE", "ThingGroups": "FAIL"}}}},
+                  "cert": {{"Type": "AWS::IoT::Certificate", "Properties": {{"CertificateId": {{"Ref": "AWS::IoT::Certificate::Id"}}, "Status": "INACTIVE"}}}},
+                  "p1": {{"Type": "AWS::IoT::Policy", "Properties": {{"PolicyName": "existing"}}}},
+                  "p2": {{"Type": "AWS::IoT::Policy", "Properties": {{"PolicyName": "created", "PolicyDocument": "{POLICY}"}}}}}},
+                "DeviceConfiguration": {{"Endpoint": {{"Fn::FindInMap": ["Region", {{"Ref": "Region"}}, "Endpoint"]}}, "Plain": "x", "Dropped": {{"Ref": "AWS::NoValue"}}}}}}"#
+        );
+        check(
+            &template,
+            &[("Group", "g2")],
+            Ok("thing t type=- attrs=[a=1] groups=[g1,g2] overrides=MERGE/REPLACE/FAIL
+            certificate INACTIVE provisioned
+            policy existing named
+            policy created created
+            config Endpoint=eu.example,Plain=x"),
+        );
+        let with = |resources: &str| {
+            format!(r#"{{"Parameters": {{"Csr": {{"Type": "String"}}}}, "Resources": {{{resources}}}}}"#)
+        };
+        let certificate = r#""c": {"Type": "AWS::IoT::Certificate", "Properties": {"CertificateId": {"Ref": "AWS::IoT::Certificate::Id"}}}"#;
+        check(&with(""), &[], Err("InvalidRequest: needs an AWS::IoT::Certificate resource"));
+        check(
+            &with(&format!(
+                r#"{certificate}, "t": {{"Type": "AWS::IoT::Thing", "Properties": {{"ThingName": "t"}}, "OverrideSettings": {{"ThingTypeName": "MERGE"}}}}"#
+            )),
+            &[],
+            Err("InvalidRequest: cannot be MERGE"),
+        );
+        check(
+            &with(&format!(
+                r#"{certificate}, "t": {{"Type": "AWS::IoT::Thing", "Properties": {{"ThingName": "t"}}, "OverrideSettings": {{"AttributePayload": "SOMETIMES"}}}}"#
+            )),
+            &[],
+            Err("InvalidRequest: MERGE, REPLACE, DO_NOTHING or FAIL"),
+        );
+        check(
+            &with(&format!(
+                r#"{certificate}, "t": {{"Type": "AWS::IoT::Thing", "Properties": {{"ThingName": "t", "BillingGroup": "b"}}}}"#
+            )),
+            &[],
+            Err("InvalidRequest: BillingGroup"),
+        );
+        check(
+            &with(&format!(
+                r#"{certificate}, "t": {{"Type": "AWS::IoT::Thing", "Properties": {{"ThingName": "bad name"}}}}"#
+            )),
+            &[],
+            Err("InvalidRequest: thing name"),
+        );
+        check(
+            &with(&format!(
+                r#"{certificate}, "p": {{"Type": "AWS::IoT::Policy", "Properties": {{"PolicyDocument": "{{}}"}}}}"#
+            )),
+            &[],
+            Err("InvalidRequest: not a valid policy"),
+        );
+        check(
+            &with(&format!(r#"{certificate}, "r": {{"Type": "AWS::IAM::Role"}}"#)),
+            &[],
+            Err("InvalidRequest: unsupported type"),
+        );
+        check(
+            &with(
+                r#""c": {"Type": "AWS::IoT::Certificate", "Properties": {"Status": "REVOKED", "CertificateId": {"Ref": "AWS::IoT::Certificate::Id"}}}"#,
+            ),
+            &[],
+            Err("InvalidRequest: ACTIVE or INACTIVE"),
+        );
+        // RegisterThing's certificate sources: not usable for a provisioned certificate.
+        check(
+            &with(
+                r#""c": {"Type": "AWS::IoT::Certificate", "Properties": {"CertificateSigningRequest": {"Ref": "Csr"}}}"#,
+            ),
+            &[("Csr", "x")],
+            Err("InvalidRequest: only RegisterThing"),
+        );
+        check(
+            &with(
+                r#""c": {"Type": "AWS::IoT::Certificate", "Properties": {"CertificateSigningRequest": {"Ref": "Csr"}, "CertificateId": {"Ref": "AWS::IoT::Certificate::Id"}}}"#,
+            ),
+            &[],
+            Err("InvalidRequest: names its certificate twice"),
+        );
+        let register = Template::parse_as(TemplateKind::FleetProvisioning, &with(r#""c": {"Type": "AWS::IoT::Certificate", "Properties": {"CertificateSigningRequest": {"Ref": "Csr"}}}"#)).unwrap();
+        let resolved = register.resolve_fleet(&BTreeMap::from([("Csr".to_owned(), "PEM".to_owned())]), None).unwrap();
+        assert_eq!(summary(&resolved), "certificate ACTIVE csr:PEM");
+        let missing = register.resolve_fleet(&BTreeMap::new(), None).unwrap_err();
+        assert_eq!(missing.kind(), "InvalidParameters");
+        // Eleven policies are refused; sections JITP does not know are refused as before.
+        let policies: Vec<String> = (0..11)
+            .map(|i| format!(r#""p{i}": {{"Type": "AWS::IoT::Policy", "Properties": {{"PolicyName": "p{i}"}}}}"#))
+            .collect();
+        check(&with(&format!("{certificate}, {}", policies.join(", "))), &[], Err("InvalidRequest: at most 10 policy"));
+        check(r#"{"Resources": {}, "Outputs": {}}"#, &[], Err("InvalidRequest: unknown template section"));
+    }
+
+    #[test]
+    fn bounds() {
+        let thing =
+            r#"{"ThingName": "t", "AttributePayload": {"a": {"Fn::Join": ["", [{"Ref": "P"}, {"Ref": "P"}]]}}}"#;
+        let template = fleet(r#""P": {"Type": "String"}"#, "", thing);
+        check(&template, &[("P", &"x".repeat(4097))], Err("InvalidParameters: at most 4096"));
+        check(&template, &[("P", &"x".repeat(2500))], Err("InvalidParameters: longer than 4096"));
+        let long_name = "k".repeat(2049);
+        check(&template, &[(&long_name, "v")], Err("InvalidParameters: at most 2048"));
+        let many: Vec<(String, String)> = (0..101).map(|i| (format!("k{i}"), "v".to_owned())).collect();
+        let many: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        check(&template, &many, Err("InvalidParameters: at most 100 parameters"));
+        let split = fleet(
+            r#""P": {"Type": "String"}"#,
+            "",
+            r#"{"ThingName": {"Fn::Select": [0, {"Fn::Split": [",", {"Ref": "P"}]}]}}"#,
+        );
+        check(&split, &[("P", &",".repeat(100))], Err("InvalidParameters: more than 100 items"));
+        check(
+            &split,
+            &[("P", "a,b")],
+            Ok(&format!("thing a type=- attrs=[] groups=[] overrides=DO_NOTHING/DO_NOTHING/DO_NOTHING\n{CERT}")),
+        );
+        let mut deep = r#""t""#.to_owned();
+        for _ in 0..20 {
+            deep = format!(r#"{{"Fn::Join": ["", [{deep}]]}}"#);
+        }
+        check(
+            &fleet("", "", &format!(r#"{{"ThingName": {deep}}}"#)),
+            &[],
+            Err("InvalidRequest: nest more than 16 deep"),
+        );
+        check(
+            &format!(r#"{{"Resources": {{}}, "Description": "{}"}}"#, "x".repeat(10240)),
+            &[],
+            Err("InvalidRequest: longer than 10240"),
+        );
+    }
+
+    /// JITP templates keep their language: fleet-only features are refused there.
+    #[test]
+    fn jitp_templates_refuse_fleet_features() {
+        for (body, refusal) in [
+            (r#"{"Resources": {}, "Conditions": {}}"#, "Conditions are not supported"),
+            (r#"{"Resources": {}, "DeviceConfiguration": {}}"#, "unknown template section"),
+            (
+                r#"{"Resources": {"t": {"Type": "AWS::IoT::Thing", "Properties": {"ThingName": {"Fn::If": ["c", "a", "b"]}}}}}"#,
+                "Fn::If is not supported",
+            ),
+            (
+                r#"{"Resources": {"t": {"Type": "AWS::IoT::Thing", "Properties": {"ThingName": "t", "ThingGroups": ["g"]}}}}"#,
+                "ThingGroups is not supported",
+            ),
+            (
+                r#"{"Resources": {"t": {"Type": "AWS::IoT::Thing", "Condition": "c", "Properties": {"ThingName": "t"}}}}"#,
+                "unsupported key",
+            ),
+            (r#"{"Parameters": {"Zone": {"Type": "String"}}, "Resources": {}}"#, "unknown parameter"),
+        ] {
+            let error = Template::parse(body).unwrap_err();
+            assert!(error.to_string().contains(refusal), "{body}: {error}");
+        }
+    }
+}
