@@ -247,22 +247,19 @@ pub(crate) fn not_applicable(
             _ => {}
         }
     }
-    if let Some(thing) = &provisioning.thing {
-        if let Some(existing) = tx.get_thing(account, &thing.name)? {
-            let fails = |setting: Override, differs: bool| setting == Override::Fail && differs;
-            let field = if fails(thing.overrides.attributes, existing.attributes != thing.attributes) {
-                Some("AttributePayload")
-            } else if fails(
-                thing.overrides.type_name,
-                thing.type_name.is_some() && existing.type_name != thing.type_name,
-            ) {
-                Some("ThingTypeName")
-            } else {
-                None
-            };
-            if let Some(field) = field {
-                return Ok(Some(NotApplicable::OverrideFails { thing: thing.name.clone(), field }));
-            }
+    if let Some(thing) = &provisioning.thing
+        && let Some(existing) = tx.get_thing(account, &thing.name)?
+    {
+        let fails = |setting: Override, differs: bool| setting == Override::Fail && differs;
+        let field = if fails(thing.overrides.attributes, existing.attributes != thing.attributes) {
+            Some("AttributePayload")
+        } else if fails(thing.overrides.type_name, thing.type_name.is_some() && existing.type_name != thing.type_name) {
+            Some("ThingTypeName")
+        } else {
+            None
+        };
+        if let Some(field) = field {
+            return Ok(Some(NotApplicable::OverrideFails { thing: thing.name.clone(), field }));
         }
     }
     Ok(None)

@@ -57,8 +57,8 @@ pub use issuers::load_or_create_issuer;
 pub use lookups::ConnectionEvent;
 pub use maintenance::{NotPruned, PruneReport, PruneSettings, Retention};
 pub use provisioning::{
-    CERTIFICATE_ID_PARAMETER, CertificateSource, MAX_PARAMETERS, Override, OverrideSettings, ProvisionedPolicy,
-    ProvisionedThing, Provisioning, Template, TemplateKind,
+    CERTIFICATE_ID_PARAMETER, CertificateSource, MAX_PARAMETERS, MAX_VALUE_CHARS, Override, OverrideSettings,
+    ProvisionedPolicy, ProvisionedThing, Provisioning, Template, TemplateKind,
 };
 pub use rotation::{
     CampaignSummary, DeviceErrorCode, DeviceMessageOutcome, DeviceTopic, EXPIRING_CHECK, Ignored, OutgoingMessage,

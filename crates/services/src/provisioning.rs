@@ -103,13 +103,16 @@ impl TemplateKind {
 pub struct Template {
     kind: TemplateKind,
     parameters: BTreeMap<String, Declaration>,
-    mappings: BTreeMap<String, BTreeMap<String, BTreeMap<String, String>>>,
+    mappings: Mappings,
     conditions: BTreeMap<String, Condition>,
     thing: Option<Resource<ThingResource>>,
     certificate: Option<Resource<CertificateResource>>,
     policies: Vec<Resource<PolicyResource>>,
     device_configuration: BTreeMap<String, Expr>,
 }
+
+/// `Mappings`: map name, then top-level key, then second-level key, to a value.
+type Mappings = BTreeMap<String, BTreeMap<String, BTreeMap<String, String>>>;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Declaration {
@@ -649,12 +652,11 @@ fn parse_parameters(kind: TemplateKind, parameters: &Value) -> Result<BTreeMap<S
                 )));
             }
         };
-        if kind == TemplateKind::FleetProvisioning {
-            if let Some(other) =
+        if kind == TemplateKind::FleetProvisioning
+            && let Some(other) =
                 declaration.keys().find(|key| !["Type", "Default", "Description"].contains(&key.as_str()))
-            {
-                return Err(invalid(format!("the parameter {name} has an unsupported key {other:?}")));
-            }
+        {
+            return Err(invalid(format!("the parameter {name} has an unsupported key {other:?}")));
         }
         let default = match declaration.get("Default") {
             None => None,
@@ -670,7 +672,7 @@ fn parse_parameters(kind: TemplateKind, parameters: &Value) -> Result<BTreeMap<S
     Ok(declared)
 }
 
-fn parse_mappings(mappings: &Value) -> Result<BTreeMap<String, BTreeMap<String, BTreeMap<String, String>>>, Error> {
+fn parse_mappings(mappings: &Value) -> Result<Mappings, Error> {
     let shape = || invalid("Mappings must be {map: {key: {key: string}}}".into());
     let mut parsed = BTreeMap::new();
     for (map, keys) in mappings.as_object().ok_or_else(shape)? {
@@ -967,10 +969,10 @@ impl Parser<'_> {
                             return Err(shape());
                         };
                         let map = self.expr(map, depth + 1)?;
-                        if let Expr::Text(name) = &map {
-                            if !self.template.mappings.contains_key(name) {
-                                return Err(invalid(format!("Fn::FindInMap names no mapping: {name:?}")));
-                            }
+                        if let Expr::Text(name) = &map
+                            && !self.template.mappings.contains_key(name)
+                        {
+                            return Err(invalid(format!("Fn::FindInMap names no mapping: {name:?}")));
                         }
                         Ok(Expr::FindInMap(Box::new([
                             map,
