@@ -801,9 +801,12 @@ impl Parser<'_> {
                     groups = list.iter().map(|group| self.expr(group, 0)).collect::<Result<_, _>>()?;
                 }
                 "ThingGroups" | "BillingGroup" | "PackageVersions" => {
-                    return Err(invalid(format!(
-                        "the thing property {key} is not supported (certfleet has no groups)"
-                    )));
+                    let why = match key.as_str() {
+                        "ThingGroups" => "a JITP template cannot name thing groups",
+                        "BillingGroup" => "certfleet has no billing groups",
+                        _ => "certfleet has no software package catalog",
+                    };
+                    return Err(invalid(format!("the thing property {key} is not supported ({why})")));
                 }
                 other => {
                     return Err(invalid(format!(

@@ -406,3 +406,43 @@ fn register_thing_and_provisioning_claims() {
     assert_eq!(services.provisioning_claim(&caller.account, &outcome.certificate_id).unwrap(), None);
     assert_eq!(services.create_provisioning_claim(&caller, "missing").err().map(|e| e.kind()), Some("NotFound"));
 }
+
+#[test]
+fn register_thing_with_a_certificate_of_a_registered_ca() {
+    use certfleet_pki::Issuer;
+    use certfleet_testkit::START;
+    let world = world();
+    let caller = world.caller();
+    let services = &world.services;
+    let ca =
+        Issuer::generate_root("fleet ca", "test", time::Duration::days(30), KeyAlgorithm::EcdsaP256, START).unwrap();
+    let device_key = GeneratedKeyPair::generate(KeyAlgorithm::EcdsaP256).unwrap();
+    let device = ca.issue_for_key(device_key.public_key(), "device", time::Duration::days(1), START).unwrap();
+    let body = r#"{"Parameters": {"Pem": {"Type": "String"}},
+        "Resources": {"certificate": {"Type": "AWS::IoT::Certificate", "Properties": {"CertificatePem": {"Ref": "Pem"}, "Status": "INACTIVE"}}}}"#;
+    let pem = BTreeMap::from([("Pem".to_owned(), device.to_pem())]);
+    // The CA is not registered: refused, nothing written.
+    assert_eq!(services.register_thing(&caller, body, &pem).unwrap_err().kind(), "ResourceRegistrationFailure");
+    assert!(holdings(&world, &caller).0.is_empty());
+
+    let code = services.get_registration_code(&caller).unwrap();
+    let verification_key = GeneratedKeyPair::generate(KeyAlgorithm::EcdsaP256).unwrap();
+    let verification = ca.issue_for_key(verification_key.public_key(), &code, time::Duration::days(1), START).unwrap();
+    let (_, ca_id) = services
+        .register_ca_certificate(
+            &caller,
+            &CaRegistration {
+                ca_certificate_pem: ca.certificate().to_pem(),
+                verification_certificate_pem: Some(verification.to_pem()),
+                set_as_active: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let outcome = services.register_thing(&caller, body, &pem).unwrap();
+    assert_eq!(&outcome.certificate_id, device.id());
+    let registered = services.describe_certificate(&caller, device.id()).unwrap();
+    assert_eq!((registered.status, registered.ca_certificate_id), (CertificateStatus::Inactive, Some(ca_id)));
+    // Registering it again is refused.
+    assert_eq!(services.register_thing(&caller, body, &pem).unwrap_err().kind(), "ResourceRegistrationFailure");
+}
