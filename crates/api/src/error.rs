@@ -46,6 +46,8 @@ impl ApiError {
     }
 }
 
+use certfleet_services::TemplateRefusal;
+
 impl From<certfleet_services::Error> for ApiError {
     fn from(error: certfleet_services::Error) -> Self {
         use certfleet_services::Error as E;
@@ -74,6 +76,17 @@ impl From<certfleet_services::Error> for ApiError {
             E::MalformedPolicy(_) => ("MalformedPolicyException", StatusCode::BAD_REQUEST),
             E::VersionsLimitExceeded(_) => ("VersionsLimitExceededException", StatusCode::CONFLICT),
             E::VersionConflict(_) => ("VersionConflictException", StatusCode::CONFLICT),
+            // AWS's RegisterThing answers a template that does not resolve with
+            // InvalidRequestException.
+            E::InvalidParameters(_) => ("InvalidRequestException", StatusCode::BAD_REQUEST),
+            E::ResourceRegistrationFailure(_) => ("ResourceRegistrationFailureException", StatusCode::BAD_REQUEST),
+            E::ConflictingResourceUpdate(_) => ("ConflictingResourceUpdateException", StatusCode::CONFLICT),
+            E::TemplateNotUsable { why, .. } => match why {
+                TemplateRefusal::NotFound => ("ResourceNotFoundException", StatusCode::NOT_FOUND),
+                TemplateRefusal::Disabled | TemplateRefusal::NotFleetProvisioning => {
+                    ("InvalidRequestException", StatusCode::BAD_REQUEST)
+                }
+            },
             E::SqlParse(_) => ("SqlParseException", StatusCode::BAD_REQUEST),
             // A deleted account is answered as its unknown access key would be.
             E::AccountGone(_) => {
@@ -143,6 +156,10 @@ mod tests {
             E::MalformedPolicy("x".into()),
             E::VersionsLimitExceeded("x".into()),
             E::VersionConflict("x".into()),
+            E::InvalidParameters("x".into()),
+            E::ResourceRegistrationFailure("x".into()),
+            E::ConflictingResourceUpdate("x".into()),
+            E::TemplateNotUsable { template: "t".into(), why: TemplateRefusal::Disabled },
             E::SqlParse("x".into()),
             E::RuleNotFound("x".into()),
             E::Registry(certfleet_registry::Error::Aborted),
@@ -168,6 +185,10 @@ mod tests {
                 | E::MalformedPolicy(_)
                 | E::VersionsLimitExceeded(_)
                 | E::VersionConflict(_)
+                | E::InvalidParameters(_)
+                | E::ResourceRegistrationFailure(_)
+                | E::ConflictingResourceUpdate(_)
+                | E::TemplateNotUsable { .. }
                 | E::SqlParse(_)
                 | E::RuleNotFound(_)
                 | E::Registry(_)
@@ -180,7 +201,10 @@ mod tests {
 
     fn expected(kind: &str) -> (&'static str, u16) {
         match kind {
-            "InvalidRequest" | "InvalidArn" | "Validation" => ("InvalidRequestException", 400),
+            "InvalidRequest" | "InvalidArn" | "Validation" | "InvalidParameters" => ("InvalidRequestException", 400),
+            "ResourceRegistrationFailure" => ("ResourceRegistrationFailureException", 400),
+            "ConflictingResourceUpdate" => ("ConflictingResourceUpdateException", 409),
+            "TemplateNotUsable" => ("InvalidRequestException", 400),
             "NotFound" => ("ResourceNotFoundException", 404),
             "InUse" | "DeleteConflict" => ("DeleteConflictException", 409),
             "AlreadyExists" => ("ResourceAlreadyExistsException", 409),

@@ -131,7 +131,7 @@ pub fn router(services: Arc<Services>, config: Config, listener_metrics: Arc<Lis
         .route("/principal-policies", get(p::list_principal_policies))
         .route("/principal-policies/{policyName}", put(p::attach_principal_policy).delete(p::detach_principal_policy))
         .route("/policy-principals", get(p::list_policy_principals))
-        .route("/things", get(t::list_things))
+        .route("/things", get(t::list_things).post(provisioning::register_thing))
         .route(
             "/things/{thingName}",
             post(t::create_thing).get(t::describe_thing).patch(t::update_thing).delete(t::delete_thing),
@@ -171,7 +171,23 @@ pub fn router(services: Arc<Services>, config: Config, listener_metrics: Arc<Lis
         )
         .route(
             "/provisioning-templates/{templateName}",
-            get(provisioning::describe_provisioning_template).delete(provisioning::delete_provisioning_template),
+            get(provisioning::describe_provisioning_template)
+                .patch(provisioning::update_provisioning_template)
+                .delete(provisioning::delete_provisioning_template),
+        )
+        .route(
+            "/provisioning-templates/{templateName}/versions",
+            post(provisioning::create_provisioning_template_version)
+                .get(provisioning::list_provisioning_template_versions),
+        )
+        .route(
+            "/provisioning-templates/{templateName}/versions/{versionId}",
+            get(provisioning::describe_provisioning_template_version)
+                .delete(provisioning::delete_provisioning_template_version),
+        )
+        .route(
+            "/provisioning-templates/{templateName}/provisioning-claim",
+            post(provisioning::create_provisioning_claim),
         )
         .route(
             "/audit/configuration",

@@ -37,13 +37,16 @@ pub enum Target {
     Rules,
     /// `Template::parse` (JITP) and `Template::resolve` for a fixed device certificate.
     JitpTemplate,
+    /// `Template::parse_as` (FLEET_PROVISIONING) and `Template::resolve_fleet` with the
+    /// request's parameters (the input's lines after the first NUL, `name=value`).
+    FleetTemplate,
     /// SigV4: `parse_request_auth`, `parse_authorization` and `canonical_request`.
     Sigv4,
 }
 
 impl Target {
     /// Every target, in the order `scripts/fuzz` and the replay run them.
-    pub const ALL: [Target; 8] = [
+    pub const ALL: [Target; 9] = [
         Target::MqttDecode,
         Target::Certificate,
         Target::Csr,
@@ -51,6 +54,7 @@ impl Target {
         Target::Policy,
         Target::Rules,
         Target::JitpTemplate,
+        Target::FleetTemplate,
         Target::Sigv4,
     ];
 
@@ -64,6 +68,7 @@ impl Target {
             Target::Policy => "policy",
             Target::Rules => "rules",
             Target::JitpTemplate => "jitp_template",
+            Target::FleetTemplate => "fleet_template",
             Target::Sigv4 => "sigv4",
         }
     }
@@ -79,6 +84,7 @@ impl Target {
             Target::Policy => targets::policy(data),
             Target::Rules => targets::rules(data),
             Target::JitpTemplate => targets::jitp_template(data),
+            Target::FleetTemplate => targets::fleet_template(data),
             Target::Sigv4 => targets::sigv4(data),
         }
     }

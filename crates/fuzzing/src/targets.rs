@@ -8,7 +8,7 @@ use certfleet_mqtt::{MAX_PACKET_SIZE, Packet, ProtocolVersion, decode, encode};
 use certfleet_pki::{Certificate, CertificateId, Crl, Csr, Issuer, KeyAlgorithm};
 use certfleet_policy::{Action, Context as PolicyContext, Policy, Request as PolicyRequest, Thing, evaluate};
 use certfleet_rules::{Context as RuleContext, Limits, Output, Rule};
-use certfleet_services::Template;
+use certfleet_services::{Template, TemplateKind};
 use certfleet_sigv4::{
     Request as SigRequest, SigningKey, VerifyPolicy, canonical_request, parse_authorization, parse_request_auth, verify,
 };
@@ -168,6 +168,25 @@ pub(crate) fn jitp_template(data: &[u8]) -> bool {
     let body = String::from_utf8_lossy(data);
     let Ok(template) = Template::parse(&body) else { return false };
     let _ = template.resolve(&DEVICE, DEVICE.id());
+    true
+}
+
+/// The input is a fleet provisioning template body, a NUL, then the request's parameters, one
+/// `name=value` per line; resolved for a fixed certificate ID and for RegisterThing (none).
+pub(crate) fn fleet_template(data: &[u8]) -> bool {
+    let [body, parameters] = parts::<2>(data);
+    let Ok(template) = Template::parse_as(TemplateKind::FleetProvisioning, &body) else { return false };
+    let parameters: std::collections::BTreeMap<String, String> = parameters
+        .lines()
+        .map(|line| line.split_once('=').unwrap_or((line, "")))
+        .map(|(name, value)| (name.to_owned(), value.to_owned()))
+        .collect();
+    if let Ok(provisioning) = template.resolve_fleet(&parameters, Some(DEVICE.id())) {
+        for value in provisioning.device_configuration.values() {
+            assert!(value.chars().count() <= certfleet_services::MAX_VALUE_CHARS, "an unbounded value");
+        }
+    }
+    let _ = template.resolve_fleet(&parameters, None);
     true
 }
 

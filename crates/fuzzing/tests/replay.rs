@@ -59,6 +59,11 @@ fn jitp_template() {
 }
 
 #[test]
+fn fleet_template() {
+    replay_target(Target::FleetTemplate);
+}
+
+#[test]
 fn sigv4() {
     replay_target(Target::Sigv4);
 }

@@ -515,6 +515,38 @@ CREATE TABLE group_policy_attachments (
 CREATE INDEX group_policy_attachments_by_group ON group_policy_attachments(account_id, group_name, policy_name);
 "#,
     ),
+    // 15: fleet provisioning (issue 15). Template versions (the bodies; existing templates get
+    // their body as their one version, so the same SQL migrates both backends), the next
+    // version's ID and the pre-provisioning hook on the template row, and provisioning claims:
+    // which template a claim certificate may provision with. Independent of migration 14.
+    (
+        15,
+        r#"
+ALTER TABLE provisioning_templates ADD COLUMN next_version BIGINT NOT NULL DEFAULT 2;
+ALTER TABLE provisioning_templates ADD COLUMN hook_target TEXT;
+ALTER TABLE provisioning_templates ADD COLUMN hook_payload_version TEXT;
+CREATE TABLE provisioning_template_versions (
+    account_id TEXT NOT NULL,
+    template_name TEXT NOT NULL,
+    version_id BIGINT NOT NULL,
+    body TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    PRIMARY KEY (account_id, template_name, version_id)
+);
+INSERT INTO provisioning_template_versions (account_id, template_name, version_id, body, created_at)
+    SELECT account_id, name, default_version, body, created_at FROM provisioning_templates;
+UPDATE provisioning_templates SET next_version = default_version + 1;
+CREATE TABLE provisioning_claims (
+    account_id TEXT NOT NULL,
+    certificate_id TEXT NOT NULL,
+    template_name TEXT NOT NULL,
+    expires_at BIGINT NOT NULL,
+    created_at BIGINT NOT NULL,
+    PRIMARY KEY (account_id, certificate_id)
+);
+CREATE INDEX provisioning_claims_by_expiry ON provisioning_claims(expires_at);
+"#,
+    ),
 ];
 
 /// The SQL dialect a migration is rendered for.
@@ -536,4 +568,41 @@ pub(crate) fn statements(sql: &str, dialect: Dialect) -> Vec<String> {
         .filter(|statement| !statement.is_empty())
         .map(str::to_owned)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Migration 15 gives every template made before it its body as its one version.
+    #[test]
+    fn migration_15_copies_existing_bodies_into_version_1() {
+        let connection = rusqlite::Connection::open_in_memory().unwrap();
+        let apply = |version: i64| {
+            let (_, sql) = MIGRATIONS.iter().find(|(number, _)| *number == version).unwrap();
+            for statement in statements(sql, Dialect::Sqlite) {
+                connection.execute_batch(&statement).unwrap();
+            }
+        };
+        for (version, _) in MIGRATIONS.iter().filter(|(version, _)| *version < 15) {
+            apply(*version);
+        }
+        connection
+            .execute_batch(
+                "INSERT INTO provisioning_templates VALUES ('111111111111', 'old', 'id', NULL, '{\"Resources\": {}}', 1, 'JITP', 'arn:aws:iam::111111111111:role/r', 1, 5000, 6000)",
+            )
+            .unwrap();
+        apply(15);
+        let version: (String, i64, String, i64) = connection
+            .query_row(
+                "SELECT template_name, version_id, body, created_at FROM provisioning_template_versions",
+                [],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
+            )
+            .unwrap();
+        assert_eq!(version, ("old".to_owned(), 1, "{\"Resources\": {}}".to_owned(), 5000));
+        let next: i64 =
+            connection.query_row("SELECT next_version FROM provisioning_templates", [], |row| row.get(0)).unwrap();
+        assert_eq!(next, 2);
+    }
 }

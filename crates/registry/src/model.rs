@@ -103,8 +103,8 @@ pub struct RegistrationConfig {
     pub template_name: Option<String>,
 }
 
-/// A provisioning template of an account (CreateProvisioningTemplate); only JITP templates,
-/// which a CA's registrationConfig names, are applied.
+/// A provisioning template of an account (CreateProvisioningTemplate): a JITP template, which a
+/// CA's registrationConfig names, or a FLEET_PROVISIONING one, which devices provision with.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProvisioningTemplate {
     pub account: AccountId,
@@ -112,14 +112,49 @@ pub struct ProvisioningTemplate {
     /// The templateId, a UUID.
     pub id: String,
     pub description: Option<String>,
+    /// The default version's body (a copy the writes that change the default version keep;
+    /// every version is in [`ProvisioningTemplateVersion`]).
     pub body: String,
     pub enabled: bool,
     /// `JITP` or `FLEET_PROVISIONING`.
     pub template_type: String,
     pub role_arn: String,
     pub default_version: i64,
+    /// The ID the next version gets (IDs are never reused).
+    pub next_version: i64,
+    /// The pre-provisioning hook (FLEET_PROVISIONING only).
+    pub pre_provisioning_hook: Option<ProvisioningHook>,
     pub created_at: OffsetDateTime,
     pub last_modified: OffsetDateTime,
+}
+
+/// A template's pre-provisioning hook: where the gateway asks whether a device may provision.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProvisioningHook {
+    /// An `https://` URL (AWS: a Lambda function's ARN).
+    pub target: String,
+    pub payload_version: String,
+}
+
+/// One version of a provisioning template's body.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProvisioningTemplateVersion {
+    pub account: AccountId,
+    pub template_name: String,
+    pub version_id: i64,
+    pub body: String,
+    pub created_at: OffsetDateTime,
+}
+
+/// A provisioning claim certificate (CreateProvisioningClaim) and the one template it may
+/// provision with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProvisioningClaim {
+    pub account: AccountId,
+    pub certificate_id: CertificateId,
+    pub template_name: String,
+    pub expires_at: OffsetDateTime,
+    pub created_at: OffsetDateTime,
 }
 
 /// A resource tag.

@@ -126,6 +126,8 @@ impl<'a> Tx<'a> {
             "thing_attributes",
             "thing_principals",
             "provisioning_templates",
+            "provisioning_template_versions",
+            "provisioning_claims",
             "server_certificates",
             "domain_configurations",
             "endpoint_probes",

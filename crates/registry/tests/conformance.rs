@@ -866,6 +866,8 @@ fn provisioning_templates_round_trip_page_and_go_with_their_account() {
             template_type: "JITP".into(),
             role_arn: "arn:aws:iam::111111111111:role/JITPRole".into(),
             default_version: 1,
+            next_version: 2,
+            pre_provisioning_hook: None,
             created_at: at(10),
             last_modified: at(20),
         };
@@ -893,6 +895,94 @@ fn provisioning_templates_round_trip_page_and_go_with_their_account() {
         write(store, |tx| tx.delete_account(&alice.id).map(drop)).unwrap();
         assert_eq!(read(store, |tx| tx.get_provisioning_template(&alice.id, "a")).unwrap(), None);
         assert!(read(store, |tx| tx.get_provisioning_template(&bob.id, "a")).unwrap().is_some());
+    });
+}
+
+#[test]
+fn provisioning_template_versions_hooks_and_claims() {
+    each_backend("provisioning_template_versions", |store| {
+        let alice = account("111111111111", "alice");
+        let bob = account("222222222222", "bob");
+        setup(store, &[&alice, &bob]);
+        let mut template = ProvisioningTemplate {
+            account: alice.id.clone(),
+            name: "fleet".into(),
+            id: "id-fleet".into(),
+            description: None,
+            body: "v1".into(),
+            enabled: true,
+            template_type: "FLEET_PROVISIONING".into(),
+            role_arn: "arn:aws:iam::111111111111:role/Provisioning".into(),
+            default_version: 1,
+            next_version: 2,
+            pre_provisioning_hook: Some(ProvisioningHook {
+                target: "https://hooks.example/check".into(),
+                payload_version: "2020-04-01".into(),
+            }),
+            created_at: at(10),
+            last_modified: at(10),
+        };
+        let version = |owner: &Account, id: i64| ProvisioningTemplateVersion {
+            account: owner.id.clone(),
+            template_name: "fleet".into(),
+            version_id: id,
+            body: format!("v{id}"),
+            created_at: at(10 + id),
+        };
+        write(store, |tx| {
+            tx.insert_provisioning_template(&template)?;
+            for id in [1, 2, 3] {
+                tx.insert_provisioning_template_version(&version(&alice, id))?;
+            }
+            tx.insert_provisioning_template_version(&version(&bob, 1))
+        })
+        .unwrap();
+        assert_eq!(read(store, |tx| tx.get_provisioning_template(&alice.id, "fleet")).unwrap(), Some(template.clone()));
+        let ids = |owner: &Account| -> Vec<i64> {
+            read(store, |tx| tx.provisioning_template_versions(&owner.id, "fleet"))
+                .unwrap()
+                .iter()
+                .map(|version| version.version_id)
+                .collect()
+        };
+        assert_eq!(ids(&alice), [1, 2, 3]);
+        assert_eq!(
+            read(store, |tx| tx.get_provisioning_template_version(&alice.id, "fleet", 2)).unwrap(),
+            Some(version(&alice, 2))
+        );
+        assert!(write(store, |tx| tx.delete_provisioning_template_version(&alice.id, "fleet", 2)).unwrap());
+        assert!(!write(store, |tx| tx.delete_provisioning_template_version(&alice.id, "fleet", 2)).unwrap());
+        assert_eq!(ids(&alice), [1, 3]);
+
+        template.default_version = 3;
+        template.next_version = 4;
+        template.body = "v3".into();
+        template.enabled = false;
+        template.description = Some("second".into());
+        template.pre_provisioning_hook = None;
+        template.last_modified = at(30);
+        write(store, |tx| tx.update_provisioning_template(&template)).unwrap();
+        assert_eq!(read(store, |tx| tx.get_provisioning_template(&alice.id, "fleet")).unwrap(), Some(template.clone()));
+
+        let claim_id = CertificateId::of_der(b"claim");
+        let claim = ProvisioningClaim {
+            account: alice.id.clone(),
+            certificate_id: claim_id.clone(),
+            template_name: "fleet".into(),
+            expires_at: at(310),
+            created_at: at(10),
+        };
+        write(store, |tx| tx.insert_provisioning_claim(&claim)).unwrap();
+        assert_eq!(read(store, |tx| tx.get_provisioning_claim(&alice.id, &claim_id)).unwrap(), Some(claim));
+        assert_eq!(read(store, |tx| tx.get_provisioning_claim(&bob.id, &claim_id)).unwrap(), None);
+
+        assert!(write(store, |tx| tx.delete_provisioning_template(&alice.id, "fleet")).unwrap());
+        assert!(ids(&alice).is_empty(), "a template's versions go with it");
+        assert_eq!(ids(&bob), [1]);
+        write(store, |tx| tx.delete_account(&bob.id).map(drop)).unwrap();
+        assert!(ids(&bob).is_empty());
+        write(store, |tx| tx.delete_account(&alice.id).map(drop)).unwrap();
+        assert_eq!(read(store, |tx| tx.get_provisioning_claim(&alice.id, &claim_id)).unwrap(), None);
     });
 }
 

@@ -60,6 +60,22 @@ pub enum Error {
     /// A policy has the most versions it may have (5).
     #[error("{0}")]
     VersionsLimitExceeded(String),
+    /// A provisioning template cannot be resolved with the parameters given: one it uses has no
+    /// value and no default, a value is too long, not a number where the template says Number,
+    /// or makes a function fail (an index past a list's end, a mapping without the key).
+    #[error("{0}")]
+    InvalidParameters(String),
+    /// A provisioning template's resources cannot be registered (a policy it names does not
+    /// exist, or exists with another document; the certificate is registered already).
+    #[error("{0}")]
+    ResourceRegistrationFailure(String),
+    /// A provisioned resource exists and the template's `OverrideSettings` say FAIL.
+    #[error("{0}")]
+    ConflictingResourceUpdate(String),
+    /// A provisioning template cannot be provisioned with (missing, disabled, not
+    /// FLEET_PROVISIONING).
+    #[error("{}: {template}", why.as_str())]
+    TemplateNotUsable { template: String, why: crate::fleet::TemplateRefusal },
     /// The expected version of a thing is not its current version.
     #[error("{0}")]
     VersionConflict(String),
@@ -112,6 +128,10 @@ impl Error {
             Error::LimitExceeded(_) => "LimitExceeded",
             Error::MalformedPolicy(_) => "MalformedPolicy",
             Error::VersionsLimitExceeded(_) => "VersionsLimitExceeded",
+            Error::InvalidParameters(_) => "InvalidParameters",
+            Error::ResourceRegistrationFailure(_) => "ResourceRegistrationFailure",
+            Error::ConflictingResourceUpdate(_) => "ConflictingResourceUpdate",
+            Error::TemplateNotUsable { .. } => "TemplateNotUsable",
             Error::VersionConflict(_) => "VersionConflict",
             Error::SqlParse(_) => "SqlParse",
             Error::RuleNotFound(_) => "RuleNotFound",

@@ -23,11 +23,13 @@ use std::sync::atomic::Ordering;
 use certfleet_pki::{self as pki, Certificate, CertificateId};
 use certfleet_registry::{
     self as registry, AccountId, CaCertificate, CaStatus, CertificateMode, CertificateStatus, ChangeKind,
-    DeviceCertificate, Policy, PolicyVersion, RegistrationConfig, Thing, ThingPrincipal, ThingPrincipalType, Tx,
+    DeviceCertificate, Policy, PolicyName, PolicyVersion, RegistrationConfig, Thing, ThingName, ThingPrincipal,
+    ThingPrincipalType, Tx,
 };
 
+use crate::groups::{GroupMembership, put_thing_in_groups};
 use crate::ids::uuid_v4;
-use crate::provisioning::{Provisioning, Template};
+use crate::provisioning::{Override, ProvisionedThing, Provisioning, Template};
 use crate::rate::Admission;
 use crate::thing_types::check_thing_type_usable;
 use crate::{Error, Services};
@@ -177,54 +179,146 @@ fn provisioning_for(body: &str, device: &Certificate) -> Option<Provisioning> {
     }
 }
 
-/// `provisioning` if the account's state allows it: its named policy exists, or a policy it
-/// creates does not exist with another document; a thing it creates names a thing type that
-/// exists and is not deprecated. Looks only, so a refusal changes nothing.
+/// `provisioning` if the account's state allows it (see [`not_applicable`]). Looks only, so a
+/// refusal changes nothing.
 fn applicable(tx: &mut Tx<'_>, account: &AccountId, provisioning: Provisioning) -> Result<Option<Provisioning>, Error> {
-    if let Some(thing) = &provisioning.thing
-        && let Some(type_name) = &thing.type_name
-        && tx.get_thing(account, &thing.name)?.is_none()
-    {
-        match check_thing_type_usable(tx, account, type_name) {
-            Ok(()) => {}
-            Err(Error::NotFound(reason) | Error::InvalidRequest(reason)) => {
-                tracing::warn!(%account, thing = %thing.name, thing_type = %type_name, reason, "the CA's template does not apply: registered pending activation");
-                return Ok(None);
+    if let Some(why) = not_applicable(tx, account, &provisioning)? {
+        tracing::warn!(%account, reason = %why, "the CA's template does not apply: registered pending activation");
+        return Ok(None);
+    }
+    Ok(Some(provisioning))
+}
+
+/// Why a resolved template cannot be applied in the account's current state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum NotApplicable {
+    /// The template attaches a policy by name that does not exist.
+    MissingPolicy(PolicyName),
+    /// The template creates a policy whose name an existing policy with another document has.
+    PolicyDocumentDiffers(PolicyName),
+    /// The thing exists, its `field` differs from the template's, and OverrideSettings say FAIL.
+    OverrideFails { thing: ThingName, field: &'static str },
+    /// The thing type the template gives the thing does not exist or is deprecated.
+    ThingType { type_name: ThingName, reason: String },
+    /// A thing group the template puts the thing in does not exist.
+    MissingGroup(String),
+}
+
+impl std::fmt::Display for NotApplicable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotApplicable::MissingPolicy(name) => write!(f, "the template's policy {name} does not exist"),
+            NotApplicable::PolicyDocumentDiffers(name) => {
+                write!(f, "a policy named {name} exists with another document than the template's")
             }
-            Err(other) => return Err(other),
+            NotApplicable::OverrideFails { thing, field } => {
+                write!(f, "the thing {thing} exists with another {field} and the template's OverrideSettings say FAIL")
+            }
+            NotApplicable::ThingType { type_name, reason } => {
+                write!(f, "the template's thing type {type_name} cannot be used: {reason}")
+            }
+            NotApplicable::MissingGroup(name) => write!(f, "the template's thing group {name} does not exist"),
         }
     }
-    if let Some(policy) = &provisioning.policy {
+}
+
+impl NotApplicable {
+    /// The refusal of a fleet provisioning (or RegisterThing) that meets it.
+    pub(crate) fn into_error(self) -> Error {
+        match self {
+            NotApplicable::OverrideFails { .. } => Error::ConflictingResourceUpdate(self.to_string()),
+            NotApplicable::MissingPolicy(_)
+            | NotApplicable::PolicyDocumentDiffers(_)
+            | NotApplicable::ThingType { .. }
+            | NotApplicable::MissingGroup(_) => Error::ResourceRegistrationFailure(self.to_string()),
+        }
+    }
+}
+
+/// Why `provisioning` cannot be applied now, if it cannot: a named policy is missing, a policy
+/// to create exists with another document, or an existing thing conflicts with the template
+/// where its OverrideSettings say FAIL. Reads only.
+pub(crate) fn not_applicable(
+    tx: &mut Tx<'_>,
+    account: &AccountId,
+    provisioning: &Provisioning,
+) -> Result<Option<NotApplicable>, Error> {
+    for policy in &provisioning.policies {
         let existing = match tx.get_policy(account, &policy.name)? {
             None => None,
             Some(found) => {
                 tx.get_policy_version(account, &policy.name, found.default_version)?.map(|version| version.document)
             }
         };
-        let refusal = match (&policy.document, existing) {
-            (None, None) => Some("the template's policy does not exist"),
+        match (&policy.document, existing) {
+            (None, None) => return Ok(Some(NotApplicable::MissingPolicy(policy.name.clone()))),
             (Some(document), Some(existing)) if *document != existing => {
-                Some("a policy with the template's policy name exists with another document")
+                return Ok(Some(NotApplicable::PolicyDocumentDiffers(policy.name.clone())));
             }
-            _ => None,
-        };
-        if let Some(reason) = refusal {
-            tracing::warn!(%account, policy = %policy.name, reason, "the CA's template does not apply: registered pending activation");
-            return Ok(None);
+            _ => {}
         }
     }
-    Ok(Some(provisioning))
+    let Some(thing) = &provisioning.thing else { return Ok(None) };
+    let existing = tx.get_thing(account, &thing.name)?;
+    // The type is given to a new thing, or to an existing one when OverrideSettings say REPLACE.
+    if let Some(type_name) = &thing.type_name
+        && (existing.is_none() || thing.overrides.type_name == Override::Replace)
+    {
+        match check_thing_type_usable(tx, account, type_name) {
+            Ok(()) => {}
+            Err(Error::NotFound(reason) | Error::InvalidRequest(reason)) => {
+                return Ok(Some(NotApplicable::ThingType { type_name: type_name.clone(), reason }));
+            }
+            Err(other) => return Err(other),
+        }
+    }
+    for group in &thing.groups {
+        let exists = match certfleet_registry::ThingGroupName::parse(group) {
+            Ok(name) => tx.get_thing_group(account, &name)?.is_some(),
+            Err(_) => false,
+        };
+        if !exists {
+            return Ok(Some(NotApplicable::MissingGroup(group.clone())));
+        }
+    }
+    if let Some(existing) = existing {
+        let fails = |setting: Override, differs: bool| setting == Override::Fail && differs;
+        let mut groups_differ = || -> Result<bool, Error> {
+            let mut current: Vec<String> =
+                tx.groups_of_thing(account, &thing.name)?.iter().map(|name| name.as_str().to_owned()).collect();
+            let mut wanted = thing.groups.clone();
+            current.sort();
+            wanted.sort();
+            wanted.dedup();
+            Ok(current != wanted)
+        };
+        let field = if fails(thing.overrides.attributes, existing.attributes != thing.attributes) {
+            Some("AttributePayload")
+        } else if fails(thing.overrides.type_name, thing.type_name.is_some() && existing.type_name != thing.type_name) {
+            Some("ThingTypeName")
+        } else if thing.overrides.groups == Override::Fail && !thing.groups.is_empty() && groups_differ()? {
+            Some("ThingGroups")
+        } else {
+            None
+        };
+        if let Some(field) = field {
+            return Ok(Some(NotApplicable::OverrideFails { thing: thing.name.clone(), field }));
+        }
+    }
+    Ok(None)
 }
 
-/// Creates what `provisioning` needs that does not exist yet and attaches it to `certificate`.
-fn apply(
+/// Creates what `provisioning` needs that does not exist yet, updates an existing thing as its
+/// OverrideSettings say, and attaches the thing and policies to `certificate` (already
+/// inserted). The caller checked [`not_applicable`] in the same transaction.
+pub(crate) fn apply(
     tx: &mut Tx<'_>,
     account: &AccountId,
     certificate: &CertificateId,
     provisioning: &Provisioning,
     now: time::OffsetDateTime,
 ) -> Result<(), Error> {
-    if let Some(policy) = &provisioning.policy {
+    for policy in &provisioning.policies {
         if let (Some(document), None) = (&policy.document, tx.get_policy(account, &policy.name)?) {
             tx.insert_policy(&Policy {
                 account: account.clone(),
@@ -248,19 +342,43 @@ fn apply(
         tx.attach_policy(account, &policy.name, certificate, now)?;
     }
     if let Some(thing) = &provisioning.thing {
-        if tx.get_thing(account, &thing.name)?.is_none() {
-            tx.insert_thing(&Thing {
-                account: account.clone(),
-                name: thing.name.clone(),
-                id: uuid_v4()?,
-                type_name: thing.type_name.clone(),
-                attributes: thing.attributes.clone(),
-                version: 1,
-                created_at: now,
-            })?;
-            tx.record_change(account, ChangeKind::Thing, thing.name.as_str(), now)?;
-            tracing::info!(%account, thing = %thing.name, "thing created by a provisioning template");
-        }
+        let created = match tx.get_thing(account, &thing.name)? {
+            None => {
+                tx.insert_thing(&Thing {
+                    account: account.clone(),
+                    name: thing.name.clone(),
+                    id: uuid_v4()?,
+                    type_name: thing.type_name.clone(),
+                    attributes: thing.attributes.clone(),
+                    version: 1,
+                    created_at: now,
+                })?;
+                tx.record_change(account, ChangeKind::Thing, thing.name.as_str(), now)?;
+                tracing::info!(%account, thing = %thing.name, "thing created by a provisioning template");
+                true
+            }
+            Some(existing) => {
+                let mut updated = existing.clone();
+                match thing.overrides.attributes {
+                    Override::Merge => updated.attributes.extend(thing.attributes.clone()),
+                    Override::Replace => updated.attributes.clone_from(&thing.attributes),
+                    Override::DoNothing | Override::Fail => {}
+                }
+                match thing.overrides.type_name {
+                    Override::Replace if thing.type_name.is_some() => updated.type_name.clone_from(&thing.type_name),
+                    Override::Replace | Override::Merge | Override::DoNothing | Override::Fail => {}
+                }
+                if updated != existing {
+                    crate::things::check_attribute_count(&updated.attributes, updated.type_name.as_ref())?;
+                    updated.version += 1;
+                    tx.update_thing(&updated)?;
+                    tx.record_change(account, ChangeKind::Thing, thing.name.as_str(), now)?;
+                    tracing::info!(%account, thing = %thing.name, "thing updated by a provisioning template");
+                }
+                false
+            }
+        };
+        apply_thing_groups(tx, account, thing, created, now)?;
         tx.put_thing_principal(&ThingPrincipal {
             account: account.clone(),
             thing_name: thing.name.clone(),
@@ -270,6 +388,34 @@ fn apply(
         })?;
     }
     Ok(())
+}
+
+/// Puts the provisioned thing in its template's `ThingGroups`: a new thing in all of them; an
+/// existing one as its `OverrideSettings` say (MERGE adds them, REPLACE makes them its only
+/// groups, DO_NOTHING and FAIL, checked by [`not_applicable`], leave it as it is). A missing
+/// group or an eleventh one fails the whole transaction.
+fn apply_thing_groups(
+    tx: &mut Tx<'_>,
+    account: &AccountId,
+    thing: &ProvisionedThing,
+    created: bool,
+    now: time::OffsetDateTime,
+) -> Result<(), Error> {
+    if thing.groups.is_empty() {
+        return Ok(());
+    }
+    let mode = match (created, thing.overrides.groups) {
+        (true, _) | (false, Override::Merge) => GroupMembership::Merge,
+        (false, Override::Replace) => GroupMembership::Replace,
+        (false, Override::DoNothing | Override::Fail) => return Ok(()),
+    };
+    let groups = thing
+        .groups
+        .iter()
+        .map(|name| certfleet_registry::ThingGroupName::parse(name))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| Error::ResourceRegistrationFailure(error.to_string()))?;
+    put_thing_in_groups(tx, account, &thing.name, &groups, mode, now)
 }
 
 /// Whether a CA may register the certificates it signed on their first connection.

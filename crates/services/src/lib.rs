@@ -14,6 +14,7 @@ mod destinations;
 mod endpoints;
 mod error;
 pub mod feed;
+mod fleet;
 mod groups;
 mod ids;
 mod issuers;
@@ -49,6 +50,10 @@ pub use endpoints::{
     is_reserved, parse_trust_store, purpose,
 };
 pub use error::Error;
+pub use fleet::{
+    CLAIM_VALIDITY, FleetTemplate, IssuedCertificate, IssuedKeys, ProvisioningClaimCertificate, ProvisioningOutcome,
+    TemplateRefusal,
+};
 pub use groups::{
     GroupMembership, MAX_GROUP_ATTRIBUTES, MAX_GROUP_DEPTH, MAX_GROUPS_PER_THING, ThingGroupDefinition,
     ThingGroupDescription, ThingGroupUpdate,
@@ -58,12 +63,18 @@ pub use issuers::load_or_create_issuer;
 pub use lookups::ConnectionEvent;
 pub use maintenance::{NotPruned, PruneReport, PruneSettings, Retention};
 pub use policies::PrincipalPolicies;
-pub use provisioning::{ProvisionedPolicy, ProvisionedThing, Provisioning, Template};
+pub use provisioning::{
+    CERTIFICATE_ID_PARAMETER, CertificateSource, MAX_PARAMETERS, MAX_VALUE_CHARS, Override, OverrideSettings,
+    ProvisionedPolicy, ProvisionedThing, Provisioning, Template, TemplateKind,
+};
 pub use rotation::{
     CampaignSummary, DeviceErrorCode, DeviceMessageOutcome, DeviceTopic, EXPIRING_CHECK, Ignored, OutgoingMessage,
     RotationAlert, RotationConfig, RotationEffects, device_topic,
 };
-pub use templates::{JITP, TemplateDefinition};
+pub use templates::{
+    FLEET_PROVISIONING, HOOK_PAYLOAD_VERSION, HookDefinition, JITP, MAX_TEMPLATE_VERSIONS, TemplateDefinition,
+    TemplateUpdate,
+};
 pub use thing_types::{MAX_DESCRIPTION_CHARS, MAX_SEARCHABLE_ATTRIBUTES, ThingTypeProperties};
 pub use things::{AttributePayload, ThingDefinition, ThingUpdate};
 pub use tokens::{decode_policy_marker, decode_token, encode_policy_marker, encode_token};

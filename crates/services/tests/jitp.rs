@@ -207,6 +207,7 @@ fn definition(name: &str, body: String) -> TemplateDefinition {
         enabled: true,
         role_arn: "arn:aws:iam::123456789012:role/JITPRole".into(),
         template_type: Some(JITP.into()),
+        pre_provisioning_hook: None,
     }
 }
 
