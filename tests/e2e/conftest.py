@@ -336,11 +336,12 @@ def server(tmp_path_factory):
 @pytest.fixture(scope="session")
 def open_egress_server(tmp_path_factory):
     """A second server whose operator allows plain http and allow-lists 127.0.0.1/32, so the
-    tests' receivers (webhooks, rule destinations) get requests; the rest of the default egress
-    deny list stays (docs/egress.md). The session `server` keeps the default policy."""
+    tests' receivers (webhooks, rule destinations, pre-provisioning hooks) get requests; the rest
+    of the default egress deny list stays (docs/egress.md). The session `server` keeps the default policy."""
     base = tmp_path_factory.mktemp("certfleet-open-egress")
     config = base / "certfleet.toml"
-    config.write_text('[egress]\nallow_http = true\nallow = ["127.0.0.1/32"]\n')
+    # A short pre-provisioning hook timeout, so the fleet provisioning test of a slow hook is quick.
+    config.write_text('[egress]\nallow_http = true\nallow = ["127.0.0.1/32"]\n[provisioning]\nhook_timeout = "1s"\n')
     srv = Server(base / "data", base / "server.log", extra_args=("--config", str(config)))
     srv.start()
     try:

@@ -205,7 +205,10 @@ def publish_with(server, device: Device, version="mqttv311") -> None:
 def test_sdk_v2_create_keys_and_certificate_then_register_thing(server, openssl):
     from awsiot import iotidentity
 
-    fleet = Fleet(server, openssl)
+    thing_type, group = unique("type"), unique("group")
+    server.aws("create-thing-type", "--thing-type-name", thing_type)
+    server.aws("create-thing-group", "--thing-group-name", group)
+    fleet = Fleet(server, openssl, ThingTypeName=thing_type, ThingGroups=[group])
     client, identity = mqtt5_identity_client(server, fleet.claim, unique("claim5"))
     try:
         created = identity.create_keys_and_certificate(iotidentity.CreateKeysAndCertificateRequest()).result(20)
@@ -220,6 +223,10 @@ def test_sdk_v2_create_keys_and_certificate_then_register_thing(server, openssl)
     assert registered.thing_name == f"{fleet.prefix}{serial}"
     assert registered.device_configuration == {"FallbackUrl": "https://www.example.com/fallback", "Serial": serial}
     assert_provisioned(server, fleet, registered.thing_name, created.certificate_id, serial)
+    described = server.client().describe_thing(thingName=registered.thing_name)
+    assert described["thingTypeName"] == thing_type
+    groups = server.client().list_thing_groups_for_thing(thingName=registered.thing_name)["thingGroups"]
+    assert [entry["groupName"] for entry in groups] == [group]
     cert = openssl.write(f"{serial}.crt", created.certificate_pem)
     key = openssl.write(f"{serial}.key", created.private_key)
     publish_with(server, Device(str(cert), str(key), created.certificate_id), version="mqttv5")
@@ -257,18 +264,22 @@ def test_sdk_classic_create_certificate_from_csr_then_register_thing(server, ope
 # ------------------------------------------------------------------------------------------------
 # mosquitto clients, JSON and CBOR
 # ------------------------------------------------------------------------------------------------
-def request(server, device: Device, topic: str, payload: bytes, answer: str = "+") -> tuple[str, bytes]:
-    """One request with mosquitto_rr (MQTT 5) on one connection: subscribes to the answer topics,
-    publishes, prints the first answer. Returns (accepted|rejected, payload bytes)."""
+def request(server, device: Device, topic: str, payload: bytes, answer: str) -> bytes:
+    """One request with mosquitto_rr (MQTT 5) on one connection: subscribes to `<topic>/<answer>`
+    (accepted or rejected: mosquitto_rr takes no wildcard), publishes, and returns the first
+    answer's payload; fails when no answer comes there within 10 s."""
     host, port = gateway_addr(server)
+    # mosquitto_rr 2.0.11 sends an empty message for -f and -s: the payload goes in -m (bytes,
+    # which CBOR without a NUL byte can be).
+    assert b"\0" not in payload
     result = subprocess.run(
-        ["mosquitto_rr", "-h", host, "-p", str(port), "--cafile", server.ca_bundle, "--cert", device.cert,
-         "--key", device.key, "-t", topic, "-e", f"{topic}/{answer}", "-s", "-W", "15", "-v", "-N"],
-        input=payload, capture_output=True, timeout=30,
+        [b"mosquitto_rr", b"-h", host.encode(), b"-p", str(port).encode(), b"--cafile", server.ca_bundle.encode(),
+         b"--cert", device.cert.encode(), b"--key", device.key.encode(), b"-t", topic.encode(),
+         b"-e", f"{topic}/{answer}".encode(), b"-W", b"10", b"-N"] + ([b"-m", payload] if payload else [b"-n"]),
+        capture_output=True, timeout=30,
     )
-    assert result.returncode == 0, result.stderr
-    answer_topic, _, body = result.stdout.partition(b" ")
-    return answer_topic.decode().rsplit("/", 1)[1], body
+    assert result.returncode == 0, (answer, result.stderr)
+    return result.stdout
 
 
 def test_mosquitto_json_and_cbor(server, openssl):
@@ -284,9 +295,7 @@ def test_mosquitto_json_and_cbor(server, openssl):
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
     time.sleep(1)
-    outcome, body = request(server, fleet.claim, "$aws/certificates/create/cbor", b"")
-    assert outcome == "accepted"
-    created = cbor2.loads(body)
+    created = cbor2.loads(request(server, fleet.claim, "$aws/certificates/create/cbor", b"", "accepted"))
     assert set(created) == {"certificateId", "certificatePem", "privateKey", "certificateOwnershipToken"}
     heard, _ = listener.communicate(timeout=15)
     assert heard == b"", "an answer reached another connection"
@@ -295,21 +304,22 @@ def test_mosquitto_json_and_cbor(server, openssl):
     # certificate) it is refused, and the certificate is never registered.
     serial = uuid.uuid4().hex[:10]
     register = {"certificateOwnershipToken": created["certificateOwnershipToken"], "parameters": {"SerialNumber": serial}}
-    outcome, body = request(server, fleet.claim, f"$aws/provisioning-templates/{fleet.template}/provision/cbor",
-                            cbor2.dumps(register))
-    assert outcome == "rejected"
-    rejected = cbor2.loads(body)
+    rejected = cbor2.loads(request(server, fleet.claim, f"$aws/provisioning-templates/{fleet.template}/provision/cbor",
+                                   cbor2.dumps(register), "rejected"))
     assert (rejected["statusCode"], rejected["errorCode"]) == (400, "InvalidCertificateOwnershipToken")
     with pytest.raises(server.client().exceptions.ResourceNotFoundException):
         server.client().describe_certificate(certificateId=created["certificateId"])
 
     # JSON: a bad CSR is rejected with AWS's error shape.
-    outcome, body = request(server, fleet.claim, "$aws/certificates/create-from-csr/json",
-                            json.dumps({"certificateSigningRequest": "not a csr"}).encode())
-    assert outcome == "rejected"
+    body = request(server, fleet.claim, "$aws/certificates/create-from-csr/json",
+                   json.dumps({"certificateSigningRequest": "not a csr"}).encode(), "rejected")
     assert json.loads(body)["errorCode"] == "InvalidCSR"
-    outcome, body = request(server, fleet.claim, "$aws/certificates/create-from-csr/json", b"{not json")
-    assert (outcome, json.loads(body)["statusCode"]) == ("rejected", 400)
+    body = request(server, fleet.claim, "$aws/certificates/create-from-csr/json", b"{not json", "rejected")
+    assert (json.loads(body)["statusCode"], json.loads(body)["errorCode"]) == (400, "InvalidPayload")
+    # And JSON all the way through: a CSR, then RegisterThing on the same connection is the SDK's
+    # job (above); here a JSON CreateKeysAndCertificate answers in JSON.
+    created = json.loads(request(server, fleet.claim, "$aws/certificates/create/json", b"{}", "accepted"))
+    assert created["certificatePem"].startswith("-----BEGIN CERTIFICATE-----")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -335,7 +345,9 @@ def thing_count(server) -> int:
 def test_unknown_or_disabled_templates_and_missing_parameters_are_refused(server, openssl):
     fleet = Fleet(server, openssl)
     before = thing_count(server)
-    outcome, error, created = register_with_fresh_token(server, fleet, "no-such-template", {"SerialNumber": "1"})
+    # A claim allowed every template (its policy allows everything) asks for one that does not exist.
+    outcome, error, created = register_with_fresh_token(server, fleet, "no-such-template", {"SerialNumber": "1"},
+                                                        device=make_device(server, openssl))
     assert (outcome, error.status_code, error.error_code) == ("rejected", 404, "ResourceNotFound")
 
     server.aws("update-provisioning-template", "--template-name", fleet.template, "--no-enabled")
@@ -435,3 +447,36 @@ def test_the_hook_decides_and_overrides_parameters(open_egress_server, openssl, 
     assert thing_count(server) == before
     with pytest.raises(server.client().exceptions.ResourceNotFoundException):
         server.client().describe_certificate(certificateId=created.certificate_id)
+
+
+# ------------------------------------------------------------------------------------------------
+# trusted-user provisioning: CreateProvisioningClaim
+# ------------------------------------------------------------------------------------------------
+def test_a_provisioning_claim_provisions_with_its_template_only(server, openssl):
+    fleet = Fleet(server, openssl)
+    other = Fleet(server, openssl)
+    claim = server.aws("create-provisioning-claim", "--template-name", fleet.template)
+    name = unique("claim")
+    cert = openssl.write(f"{name}.crt", claim["certificatePem"])
+    key = openssl.write(f"{name}.key", claim["keyPair"]["PrivateKey"])
+    device = Device(str(cert), str(key), claim["certificateId"])
+    # No policy is attached to it: its rights are the built-in claim policy of its template.
+    assert server.client().list_attached_policies(
+        target=server.client().describe_certificate(certificateId=claim["certificateId"])
+        ["certificateDescription"]["certificateArn"])["policies"] == []
+    serial = uuid.uuid4().hex[:10]
+    outcome, registered, created = register_with_fresh_token(server, fleet, fleet.template, {"SerialNumber": serial},
+                                                             device=device)
+    assert outcome == "accepted", registered
+    assert_provisioned(server, fleet, registered.thing_name, created.certificate_id, serial)
+
+    # Even with a policy allowing everything attached, it reaches nothing else.
+    server.client().attach_policy(policyName=allow_all_policy(server.client()),
+                                  target=server.client().describe_certificate(
+                                      certificateId=claim["certificateId"])["certificateDescription"]["certificateArn"])
+    time.sleep(1)
+    sock = connected_v5(server, device, unique("claim"))
+    assert publish_v5(sock, "devices/anything", 1) == 0x87
+    assert publish_v5(sock, f"$aws/provisioning-templates/{other.template}/provision/json", 2) == 0x87
+    assert publish_v5(sock, f"$aws/provisioning-templates/{fleet.template}/provision/json", 3) == 0
+    sock.close()

@@ -407,6 +407,11 @@ impl Services {
         certificate: &CertificateId,
     ) -> Result<PrincipalPolicies, Error> {
         let (documents, groups) = registry::read(self.store(), |tx| {
+            // A claim certificate made by CreateProvisioningClaim may do one thing: provision
+            // with its template. Whatever is attached to it or its things is not looked at.
+            if let Some(claim) = tx.get_provisioning_claim(account, certificate)? {
+                return Ok((vec![(claim_policy_name(), claim_policy_document(&claim.template_name))], Vec::new()));
+            }
             let documents = tx.certificate_policy_documents(account, certificate)?;
             let groups = tx.certificate_groups(account, certificate)?;
             Ok::<_, Error>((documents, groups))
@@ -494,4 +499,66 @@ pub(crate) fn certificate_changed(
     now: OffsetDateTime,
 ) -> Result<(), Error> {
     tx.record_change(account, ChangeKind::Certificate, certificate.as_str(), now).map_err(Error::from)
+}
+
+/// The name the built-in policy of provisioning claims is known by in the gateway's snapshot.
+fn claim_policy_name() -> PolicyName {
+    PolicyName::parse("certfleet-provisioning-claim").expect("a valid policy name")
+}
+
+/// The policy of a claim certificate made by CreateProvisioningClaim (docs/provisioning.md):
+/// connect, and the fleet provisioning topics of its one template. `template` is a template name
+/// (`[0-9A-Za-z_-]+`), which holds no policy wildcard.
+pub(crate) fn claim_policy_document(template: &str) -> String {
+    let topics = [
+        "$aws/certificates/create/*".to_owned(),
+        "$aws/certificates/create-from-csr/*".to_owned(),
+        format!("$aws/provisioning-templates/{template}/provision/*"),
+    ];
+    let resources =
+        |kind: &str| -> Vec<String> { topics.iter().map(|topic| format!("arn:aws:iot:*:*:{kind}/{topic}")).collect() };
+    serde_json::json!({
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Effect": "Allow", "Action": "iot:Connect", "Resource": "*"},
+            {"Effect": "Allow", "Action": ["iot:Publish", "iot:Receive"], "Resource": resources("topic")},
+            {"Effect": "Allow", "Action": "iot:Subscribe", "Resource": resources("topicfilter")},
+        ],
+    })
+    .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use certfleet_policy::{Action, Context, Policy, Request, evaluate};
+
+    use super::*;
+
+    /// A claim made by CreateProvisioningClaim reaches its template's provisioning topics and
+    /// nothing else.
+    #[test]
+    fn the_claim_policy_allows_only_its_templates_topics() {
+        let policies = [Policy::parse(&claim_policy_document("Fleet_1")).unwrap()];
+        let context = Context::default();
+        let arn = |kind: &str, topic: &str| format!("arn:aws:iot:us-east-1:123456789012:{kind}/{topic}");
+        let check = |action: Action, resource: String, allowed: bool| {
+            let request = Request { action, resource: &resource, context: &context };
+            assert_eq!(evaluate(&policies, &request).is_allowed(), allowed, "{action:?} {resource}");
+        };
+        check(Action::Connect, arn("client", "anything"), true);
+        for topic in [
+            "$aws/certificates/create/json",
+            "$aws/certificates/create-from-csr/cbor",
+            "$aws/provisioning-templates/Fleet_1/provision/json",
+        ] {
+            check(Action::Publish, arn("topic", topic), true);
+            check(Action::Receive, arn("topic", &format!("{topic}/accepted")), true);
+            check(Action::Subscribe, arn("topicfilter", &format!("{topic}/rejected")), true);
+        }
+        for topic in ["$aws/provisioning-templates/Other/provision/json", "devices/x", "$aws/things/t/shadow/update"] {
+            check(Action::Publish, arn("topic", topic), false);
+            check(Action::Subscribe, arn("topicfilter", topic), false);
+            check(Action::Receive, arn("topic", topic), false);
+        }
+    }
 }

@@ -393,14 +393,16 @@ fn check_body(kind: TemplateKind, body: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// A pre-provisioning hook: an `https://` URL with a host and no user information, at most
-/// 2048 characters (AWS's `targetArn`); payload version `2020-04-01`, the one AWS defines.
-/// Whether the gateway may connect there is the egress policy's decision when it POSTs.
+/// A pre-provisioning hook: an `https://` (or `http://`) URL with a host and no user
+/// information, at most 2048 characters (AWS's `targetArn`); payload version `2020-04-01`, the
+/// one AWS defines. Whether `http://` is allowed is the operator's egress policy
+/// (`egress.allow_http`, checked by the api), and whether the gateway may connect there is the
+/// egress policy's decision when it POSTs.
 fn check_hook(hook: &HookDefinition) -> Result<ProvisioningHook, Error> {
     if hook.target.chars().count() > 2048 {
         return Err(Error::InvalidRequest("preProvisioningHook targetArn is at most 2048 characters".into()));
     }
-    if !hook.target.starts_with("https://") {
+    if !hook.target.starts_with("https://") && !hook.target.starts_with("http://") {
         return Err(Error::InvalidRequest(format!(
             "preProvisioningHook targetArn {:?} must be an https:// URL (certfleet calls a webhook, not a Lambda function)",
             hook.target

@@ -246,7 +246,7 @@ fn template_versions_updates_and_hooks() {
         (
             TemplateUpdate {
                 pre_provisioning_hook: Some(HookDefinition {
-                    target: "http://hooks.example/".into(),
+                    target: "ftp://hooks.example/".into(),
                     payload_version: None,
                 }),
                 ..Default::default()

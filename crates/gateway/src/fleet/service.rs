@@ -238,21 +238,21 @@ impl FleetProvisioning {
             (Rejection::InvalidCertificateOwnershipToken, "no such live token on this connection".to_owned())
         })?;
         if let Some(hook) = template.hook.as_ref() {
-            let overrides = self.call_hook(caller, &template, hook, &pending, &parameters).await?;
+            let overrides = self.call_hook(caller, &template, &hook.target, &pending, &parameters).await?;
             parameters.extend(overrides);
         }
         let services = self.services.clone();
         let account = caller.identity.account.clone();
         let claim = caller.identity.certificate_id.clone();
-        let client_id = caller.client_id.clone();
-        let provisioned = blocking(move || {
-            backend::provision(&services, &account, &template, parameters, &pending, &claim, &client_id)
-        })
-        .await??;
-        Ok(json!({
-            "deviceConfiguration": provisioned.device_configuration,
-            "thingName": provisioned.thing_name,
-        }))
+        let provisioned =
+            blocking(move || backend::provision(&services, &account, &template, parameters, &pending, &claim))
+                .await??;
+        let mut answer = Map::new();
+        answer.insert("deviceConfiguration".into(), Value::Object(provisioned.device_configuration));
+        if let Some(thing_name) = provisioned.thing_name {
+            answer.insert("thingName".into(), Value::String(thing_name));
+        }
+        Ok(Value::Object(answer))
     }
 
     /// POSTs AWS's pre-provisioning hook input to the template's hook and reads its answer:
@@ -396,7 +396,7 @@ pub(crate) struct Issued {
 
 /// What RegisterThing gave.
 pub(crate) struct Provisioned {
-    pub(crate) thing_name: String,
+    pub(crate) thing_name: Option<String>,
     pub(crate) device_configuration: Map<String, Value>,
 }
 
@@ -443,46 +443,95 @@ fn parameters_checked(value: &Value) -> Result<Map<String, Value>, String> {
     Ok(map.clone())
 }
 
-/// The calls into the services.
+/// The calls into the services, and the mapping of their refusals to the API's.
 mod backend {
+    use std::collections::BTreeMap;
+
+    use certfleet_pki::CertificateId;
+    pub(crate) use certfleet_services::FleetTemplate;
+    use certfleet_services::{Error, TemplateRefusal};
+
     use super::*;
 
-    /// A FLEET_PROVISIONING template as RegisterThing uses it.
-    pub(crate) struct FleetTemplate {
-        pub(crate) arn: String,
-        pub(crate) hook: Option<String>,
-    }
-
     pub(crate) fn create_keys_and_certificate(
-        _services: &Services,
-        _account: &AccountId,
+        services: &Services,
+        account: &AccountId,
     ) -> Result<(Issued, String), String> {
-        Err("not built".into())
+        let keys = services.issue_keys_and_certificate(account).map_err(|error| error.to_string())?;
+        let private_key = keys.key_pair.private_key_pem().to_string();
+        Ok((issued(keys.certificate), private_key))
     }
 
-    pub(crate) fn issue_from_csr(_services: &Services, _account: &AccountId, _csr: &str) -> Result<Issued, String> {
-        Err("not built".into())
+    pub(crate) fn issue_from_csr(services: &Services, account: &AccountId, csr: &str) -> Result<Issued, String> {
+        services.issue_certificate_from_csr(account, csr).map(issued).map_err(|error| error.to_string())
     }
 
+    fn issued(certificate: certfleet_services::IssuedCertificate) -> Issued {
+        Issued { id: certificate.id, der: certificate.der, pem: certificate.pem }
+    }
+
+    /// The template RegisterThing provisions with, if the caller may use it: a claim certificate
+    /// made by CreateProvisioningClaim provisions with its own template only.
     pub(crate) fn template(
-        _services: &Services,
-        _account: &AccountId,
-        _claim: &certfleet_pki::CertificateId,
-        _name: &str,
+        services: &Services,
+        account: &AccountId,
+        claim: &CertificateId,
+        name: &str,
     ) -> Result<FleetTemplate, (Rejection, String)> {
-        Err((Rejection::TemplateNotFound, "not built".into()))
+        let template = services.fleet_template_for_provisioning(account, name).map_err(|error| match error {
+            Error::TemplateNotUsable { why: TemplateRefusal::Disabled, .. } => {
+                (Rejection::TemplateDisabled, format!("the template {name} is disabled"))
+            }
+            Error::TemplateNotUsable { why, .. } => (Rejection::TemplateNotFound, format!("{name}: {}", why.as_str())),
+            other => (Rejection::InternalFailure, other.to_string()),
+        })?;
+        match services.provisioning_claim(account, claim) {
+            Ok(Some(bound)) if bound.template_name != name => Err((
+                Rejection::ClaimNotForTemplate,
+                format!("the claim certificate is bound to the template {}", bound.template_name),
+            )),
+            Ok(_) => Ok(template),
+            Err(error) => Err((Rejection::InternalFailure, error.to_string())),
+        }
     }
 
+    /// Resolves the template with the parameters and the pending certificate's ID, and applies
+    /// it in one registry transaction.
     pub(crate) fn provision(
-        _services: &Services,
-        _account: &AccountId,
-        _template: &FleetTemplate,
-        _parameters: Map<String, Value>,
-        _pending: &Pending,
-        _claim: &certfleet_pki::CertificateId,
-        _client_id: &str,
+        services: &Services,
+        account: &AccountId,
+        template: &FleetTemplate,
+        parameters: Map<String, Value>,
+        pending: &Pending,
+        claim: &CertificateId,
     ) -> Result<Provisioned, (Rejection, String)> {
-        Err((Rejection::InternalFailure, "not built".into()))
+        let parameters: BTreeMap<String, String> = parameters
+            .into_iter()
+            .filter_map(|(name, value)| value.as_str().map(|text| (name, text.to_owned())))
+            .collect();
+        let provisioning = template
+            .template
+            .resolve_fleet(&parameters, Some(&pending.certificate_id))
+            .map_err(|error| (Rejection::InvalidParameters, error.to_string()))?;
+        let outcome = services
+            .apply_fleet_provisioning(account, &provisioning, &pending.certificate_der, Some(claim))
+            .map_err(|error| match error {
+                Error::InvalidParameters(_) | Error::InvalidRequest(_) => {
+                    (Rejection::InvalidParameters, error.to_string())
+                }
+                Error::ResourceRegistrationFailure(_) | Error::ConflictingResourceUpdate(_) => {
+                    (Rejection::RegistrationFailed, error.to_string())
+                }
+                other => (Rejection::InternalFailure, other.to_string()),
+            })?;
+        Ok(Provisioned {
+            thing_name: outcome.thing_name.map(|name| name.to_string()),
+            device_configuration: outcome
+                .device_configuration
+                .into_iter()
+                .map(|(key, value)| (key, Value::String(value)))
+                .collect(),
+        })
     }
 }
 
