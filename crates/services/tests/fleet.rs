@@ -102,8 +102,10 @@ fn apply_creates_updates_and_attaches_or_writes_nothing() {
     let certificate = world.services.describe_certificate(&caller, &outcome.certificate_id).unwrap();
     assert_eq!(certificate.status, CertificateStatus::Active);
     let arn = world.services.certificate_arn(&caller.account, &outcome.certificate_id);
-    let policies =
-        world.services.list_attached_policies(&caller, &arn, &KeyPageRequest { limit: 10, after: None }).unwrap();
+    let policies = world
+        .services
+        .list_attached_policies(&caller, &arn, false, &KeyPageRequest { limit: 10, after: None })
+        .unwrap();
     assert_eq!(policies.items.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["fleet"]);
     let things =
         world.services.list_principal_things(&caller, &arn, None, &KeyPageRequest { limit: 10, after: None }).unwrap();
