@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use certfleet_pki::{CertificateId, GeneratedKeyPair, KeyAlgorithm};
-use certfleet_registry::{CertificateStatus, KeyPageRequest, PageRequest, ThingFilter, ThingName};
+use certfleet_registry::{CertificateStatus, KeyPageRequest, PageRequest, ThingFilter, ThingGroupName, ThingName};
 use certfleet_services::*;
 use certfleet_testkit::{World, world};
 
@@ -112,7 +112,7 @@ fn apply_creates_updates_and_attaches_or_writes_nothing() {
     assert_eq!(things.items.len(), 1);
 
     // Refusals write nothing: a named policy that does not exist, a policy name taken by
-    // another document, thing groups (not yet), an OverrideSettings FAIL.
+    // another document, a thing group that does not exist, an OverrideSettings FAIL.
     let missing = r#", "p": {"Type": "AWS::IoT::Policy", "Properties": {"PolicyName": "nope"}}"#;
     check_apply(
         &world,
@@ -128,8 +128,20 @@ fn apply_creates_updates_and_attaches_or_writes_nothing() {
         &caller,
         &template(r#", "ThingGroups": ["g1"]"#, "", &created_policy()),
         "2",
-        Err("InvalidRequest"),
+        Err("ResourceRegistrationFailure"),
     );
+    // With the group, the new thing joins it.
+    let group = ThingGroupName::parse("g1").unwrap();
+    world.services.create_thing_group(&caller, &group, &ThingGroupDefinition::default(), &[]).unwrap();
+    let outcome =
+        check_apply(&world, &caller, &template(r#", "ThingGroups": ["g1"]"#, "", &created_policy()), "3", Ok(()))
+            .unwrap();
+    let thing = outcome.thing_name.unwrap();
+    let groups = world
+        .services
+        .list_thing_groups_for_thing(&caller, &thing, &KeyPageRequest { limit: 10, after: None })
+        .unwrap();
+    assert_eq!(groups.items, [group]);
     check_apply(
         &world,
         &caller,
@@ -154,6 +166,15 @@ fn apply_creates_updates_and_attaches_or_writes_nothing() {
         Ok(()),
     );
     assert_eq!(thing(&world).attributes.len(), 2);
+    // REPLACE gives the thing a type, which must exist.
+    let replace_type = template(
+        r#", "AttributePayload": {"zone": "y"}, "ThingTypeName": "sensor""#,
+        r#""AttributePayload": "REPLACE", "ThingTypeName": "REPLACE""#,
+        "",
+    );
+    check_apply(&world, &caller, &replace_type, "1", Err("ResourceRegistrationFailure"));
+    let sensor = ThingName::parse("sensor").unwrap();
+    world.services.create_thing_type(&caller, &sensor, &ThingTypeProperties::default(), &[]).unwrap();
     check_apply(
         &world,
         &caller,
