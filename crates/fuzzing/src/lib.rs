@@ -42,11 +42,14 @@ pub enum Target {
     FleetTemplate,
     /// SigV4: `parse_request_auth`, `parse_authorization` and `canonical_request`.
     Sigv4,
+    /// The fleet provisioning API's CBOR decoder (`certfleet_cbor::decode`); what it reads
+    /// re-encodes and reads back to the same value.
+    Cbor,
 }
 
 impl Target {
     /// Every target, in the order `scripts/fuzz` and the replay run them.
-    pub const ALL: [Target; 9] = [
+    pub const ALL: [Target; 10] = [
         Target::MqttDecode,
         Target::Certificate,
         Target::Csr,
@@ -56,6 +59,7 @@ impl Target {
         Target::JitpTemplate,
         Target::FleetTemplate,
         Target::Sigv4,
+        Target::Cbor,
     ];
 
     /// The target's name: its libFuzzer binary and its corpus directory.
@@ -70,6 +74,7 @@ impl Target {
             Target::JitpTemplate => "jitp_template",
             Target::FleetTemplate => "fleet_template",
             Target::Sigv4 => "sigv4",
+            Target::Cbor => "cbor",
         }
     }
 
@@ -86,6 +91,7 @@ impl Target {
             Target::JitpTemplate => targets::jitp_template(data),
             Target::FleetTemplate => targets::fleet_template(data),
             Target::Sigv4 => targets::sigv4(data),
+            Target::Cbor => targets::cbor(data),
         }
     }
 }

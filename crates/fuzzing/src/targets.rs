@@ -218,3 +218,15 @@ pub(crate) fn sigv4(data: &[u8]) -> bool {
     let _ = verify(&request, &authorization, time, &key, &policy, time);
     true
 }
+
+/// The input is a CBOR payload: decoded under the bounds; a value read writes back to bytes that
+/// read to the same value.
+pub(crate) fn cbor(data: &[u8]) -> bool {
+    let Ok(value) = certfleet_cbor::decode(data) else { return false };
+    assert_eq!(
+        certfleet_cbor::decode(&certfleet_cbor::encode(&value)),
+        Ok(value),
+        "a decoded value re-encodes to itself"
+    );
+    true
+}

@@ -68,6 +68,11 @@ fn sigv4() {
     replay_target(Target::Sigv4);
 }
 
+#[test]
+fn cbor() {
+    replay_target(Target::Cbor);
+}
+
 /// Every target has a test above and a corpus directory.
 #[test]
 fn every_target_has_a_corpus() {

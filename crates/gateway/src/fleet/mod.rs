@@ -13,16 +13,16 @@
 //!   template applied to the certificate a `certificateOwnershipToken` stands for
 //!   ([`tokens`]).
 //!
-//! `<format>` is `json` or `cbor` ([`cbor`]), for the request and its answer alike. Every other
+//! `<format>` is `json` or `cbor` (`certfleet-cbor`), for the request and its answer alike. Every other
 //! topic under `$aws/certificates/` and `$aws/provisioning-templates/` is the server's: devices
 //! may not publish there ([`is_reserved`]), so no device can forge an answer.
 //!
 //! The requests are served by [`service::FleetProvisioning`], off the connection's task.
 
-pub mod cbor;
 pub mod service;
 pub(crate) mod tokens;
 
+use certfleet_cbor as cbor;
 use serde_json::{Value, json};
 
 pub use service::{FleetConfig, FleetProvisioning};

@@ -1,5 +1,8 @@
-//! The CBOR (RFC 8949) the fleet provisioning API speaks on its `.../cbor` topics, read into and
-//! written from the same JSON values its `.../json` topics carry.
+//! The CBOR (RFC 8949) the fleet provisioning API speaks on its `.../cbor` topics (the gateway's
+//! `fleet` module), read into and written from the same JSON values its `.../json` topics carry.
+//!
+//! **Architecture Invariant:** pure: bytes in, a `serde_json::Value` out (and back); no IO, no
+//! knowledge of MQTT or provisioning. Its decoder is a fuzz target (`crates/fuzzing`).
 //!
 //! Only the part of CBOR a JSON document maps to: unsigned and negative integers, text strings,
 //! arrays, maps with text keys, `false`, `true`, `null` (and `undefined`, read as `null`),
