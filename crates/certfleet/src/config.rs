@@ -185,6 +185,8 @@ connection_history_retention = "90d"
 test_endpoint_retention = "90d"
 # Change-feed entries: every node follows the feed within seconds (at least 1h).
 change_feed_retention = "1d"
+# Provisioning claims (CreateProvisioningClaim) are forgotten this long after they expire.
+provisioning_claim_retention = "1d"
 prune_interval = "1h"
 prune_batch_rows = 10000
 prune_pause = "100ms"
@@ -365,6 +367,7 @@ struct RegistryFile {
     connection_history_retention: Option<String>,
     test_endpoint_retention: Option<String>,
     change_feed_retention: Option<String>,
+    provisioning_claim_retention: Option<String>,
     prune_interval: Option<String>,
     prune_batch_rows: Option<u32>,
     prune_pause: Option<String>,
@@ -564,6 +567,11 @@ fn registry_bounds(file: &RegistryFile) -> anyhow::Result<RegistryBounds> {
             connection_history: history,
             endpoint_probes: duration(&file.test_endpoint_retention, "registry.test_endpoint_retention", "90d")?,
             change_feed,
+            provisioning_claims: duration(
+                &file.provisioning_claim_retention,
+                "registry.provisioning_claim_retention",
+                "1d",
+            )?,
         },
         batch_rows: file.prune_batch_rows.unwrap_or(10_000),
         interval: duration(&file.prune_interval, "registry.prune_interval", "1h")?,

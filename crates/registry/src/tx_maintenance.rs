@@ -39,12 +39,20 @@ pub enum PruneTarget {
     EndpointProbes,
     /// `changes`: change-feed entries recorded before the cutoff.
     ChangeFeed,
+    /// `provisioning_claims`: claims (CreateProvisioningClaim) that expired before the cutoff.
+    /// Their certificates expired with them (a claim is valid as long as its certificate) and
+    /// stay, as any expired certificate does.
+    ProvisioningClaims,
 }
 
 impl PruneTarget {
     /// Every target, in the order the prune runs them.
-    pub const ALL: [PruneTarget; 3] =
-        [PruneTarget::ConnectionHistory, PruneTarget::EndpointProbes, PruneTarget::ChangeFeed];
+    pub const ALL: [PruneTarget; 4] = [
+        PruneTarget::ConnectionHistory,
+        PruneTarget::EndpointProbes,
+        PruneTarget::ChangeFeed,
+        PruneTarget::ProvisioningClaims,
+    ];
 
     /// The name used in logs and metrics.
     pub fn as_str(self) -> &'static str {
@@ -52,6 +60,7 @@ impl PruneTarget {
             PruneTarget::ConnectionHistory => "connection_history",
             PruneTarget::EndpointProbes => "endpoint_probes",
             PruneTarget::ChangeFeed => "change_feed",
+            PruneTarget::ProvisioningClaims => "provisioning_claims",
         }
     }
 
@@ -66,6 +75,10 @@ impl PruneTarget {
             }
             PruneTarget::ChangeFeed => {
                 "DELETE FROM changes WHERE seq IN (SELECT seq FROM changes WHERE created_at < $1 LIMIT $2)"
+            }
+            PruneTarget::ProvisioningClaims => {
+                "DELETE FROM provisioning_claims WHERE (account_id, certificate_id) IN \
+                 (SELECT account_id, certificate_id FROM provisioning_claims WHERE expires_at < $1 LIMIT $2)"
             }
         }
     }

@@ -1635,6 +1635,15 @@ fn prune_batches_delete_old_rows_only_and_at_most_the_limit() {
             for seconds in [1, 2, 90] {
                 tx.record_change(&alice.id, ChangeKind::Certificate, "c", at(seconds))?;
             }
+            for (fill, expires) in [('b', 20), ('c', 30), ('d', 100)] {
+                tx.insert_provisioning_claim(&ProvisioningClaim {
+                    account: alice.id.clone(),
+                    certificate_id: id(fill),
+                    template_name: "fleet".into(),
+                    expires_at: at(expires),
+                    created_at: at(0),
+                })?;
+            }
             Ok::<_, Error>(())
         })
         .unwrap();
@@ -1656,6 +1665,14 @@ fn prune_batches_delete_old_rows_only_and_at_most_the_limit() {
         assert_eq!(batch(PruneTarget::ChangeFeed), 2);
         let changes = read(store, |tx| tx.changes_after(start, 10)).unwrap();
         assert_eq!(changes.iter().map(|change| change.created_at).collect::<Vec<_>>(), [at(90)]);
+
+        assert_eq!(batch(PruneTarget::ProvisioningClaims), 2);
+        assert_eq!(batch(PruneTarget::ProvisioningClaims), 0);
+        let claims: Vec<bool> = ['b', 'c', 'd']
+            .iter()
+            .map(|fill| read(store, |tx| tx.get_provisioning_claim(&alice.id, &id(*fill))).unwrap().is_some())
+            .collect();
+        assert_eq!(claims, [false, false, true]);
     });
 }
 

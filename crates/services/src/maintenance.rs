@@ -23,6 +23,8 @@ pub struct Retention {
     pub endpoint_probes: Duration,
     /// Change-feed entries: followers read them within seconds; a day is ample slack.
     pub change_feed: Duration,
+    /// Provisioning claims, after they expired (their certificates expired with them).
+    pub provisioning_claims: Duration,
 }
 
 impl Default for Retention {
@@ -31,6 +33,7 @@ impl Default for Retention {
             connection_history: Duration::days(90),
             endpoint_probes: Duration::days(90),
             change_feed: Duration::days(1),
+            provisioning_claims: Duration::days(1),
         }
     }
 }
@@ -42,6 +45,7 @@ impl Retention {
             PruneTarget::ConnectionHistory => self.connection_history,
             PruneTarget::EndpointProbes => self.endpoint_probes,
             PruneTarget::ChangeFeed => self.change_feed,
+            PruneTarget::ProvisioningClaims => self.provisioning_claims,
         }
     }
 }

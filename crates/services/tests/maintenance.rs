@@ -145,6 +145,18 @@ fn test_endpoint_records_and_change_feed_entries_are_pruned_too() {
         at,
     };
     world.services.record_endpoint_probe(&probe(world.services.now())).unwrap();
+    // A provisioning claim: forgotten a day after it expired (5 minutes after it was made).
+    let template = TemplateDefinition {
+        name: "fleet".into(),
+        body: r#"{"Parameters": {"AWS::IoT::Certificate::Id": {"Type": "String"}}, "Resources": {"certificate": {"Type": "AWS::IoT::Certificate", "Properties": {"CertificateId": {"Ref": "AWS::IoT::Certificate::Id"}}}}}"#.into(),
+        enabled: true,
+        role_arn: "arn:aws:iam::123456789012:role/provisioning".into(),
+        ..Default::default()
+    };
+    world.services.create_provisioning_template(&caller, &template).unwrap();
+    let claim = world.services.create_provisioning_claim(&caller, "fleet").unwrap();
+    let claim_id = claim.certificate.id.clone();
+    assert!(world.services.provisioning_claim(&caller.account, &claim_id).unwrap().is_some());
     let feed_before = world.services.last_change_seq().unwrap();
     assert!(feed_before > 0, "creating the account recorded a change");
     world.clock.advance(Duration::days(91));
@@ -156,8 +168,10 @@ fn test_endpoint_records_and_change_feed_entries_are_pruned_too() {
             (PruneTarget::ConnectionHistory, 0),
             (PruneTarget::EndpointProbes, 1),
             (PruneTarget::ChangeFeed, feed_before as u64),
+            (PruneTarget::ProvisioningClaims, 1),
         ]
     );
+    assert!(world.services.provisioning_claim(&caller.account, &claim_id).unwrap().is_none());
     assert_eq!(world.services.endpoint_probes(&caller, None, 10).unwrap().len(), 1);
     assert!(world.services.changes_after(0, 10).unwrap().is_empty());
 }
