@@ -202,13 +202,18 @@ def test_a_provisioning_claim_connects(server, openssl):
     assert (validity["notAfter"] - validity["notBefore"]).total_seconds() == 300
     assert abs(claim["expiration"] - validity["notAfter"].timestamp()) < 1
 
-    # Registered ACTIVE, the claim certificate authenticates (with a policy to connect).
-    client.attach_policy(policyName=allow_all_policy(client), target=described["certificateArn"])
+    # Registered ACTIVE, the claim certificate authenticates with no policy attached: its rights
+    # are the built-in claim policy of its template (docs/provisioning.md), so it may publish on
+    # its template's provisioning topics and nowhere else, even with a policy allowing all.
     cert = openssl.write(f"{name}.crt", claim["certificatePem"])
     key = openssl.write(f"{name}.key", claim["keyPair"]["PrivateKey"])
     device = Device(str(cert), str(key), claim["certificateId"])
-    out = mosquitto("mosquitto_pub", server, device, "-i", name, "-t", "claims/x", "-m", "hi", "-q", "1")
+    out = mosquitto("mosquitto_pub", server, device, "-i", name, "-t", "$aws/certificates/create/json", "-m", "{}",
+                    "-q", "1", version="mqttv5")
     assert out.returncode == 0, out.stderr
+    client.attach_policy(policyName=allow_all_policy(client), target=described["certificateArn"])
+    out = mosquitto("mosquitto_pub", server, device, "-i", name, "-t", "claims/x", "-m", "hi", "-q", "1")
+    assert out.returncode != 0, "MQTT 3.1.1: a publish outside the claim policy closes the connection"
 
     assert error_code(lambda: client.create_provisioning_claim(templateName=f"{name}-missing")) == \
         "ResourceNotFoundException"
