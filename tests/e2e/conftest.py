@@ -333,15 +333,13 @@ def server(tmp_path_factory):
             pytest.fail(f"certfleet server exited {code} after SIGTERM (expected 0)\n{srv.log_tail()}")
 
 
-@pytest.fixture(scope="session")
-def open_egress_server(tmp_path_factory):
-    """A second server whose operator allows plain http and allow-lists 127.0.0.1/32, so the
-    tests' receivers (webhooks, rule destinations, pre-provisioning hooks) get requests; the rest
-    of the default egress deny list stays (docs/egress.md). The session `server` keeps the default policy."""
-    base = tmp_path_factory.mktemp("certfleet-open-egress")
+def configured_server(tmp_path_factory, name: str, config_text: str):
+    """A server of its own with a configuration file, for the tests that need other settings
+    than the session `server`'s (a fixture generator: yield from it); fails the test when it
+    does not exit 0 on SIGTERM."""
+    base = tmp_path_factory.mktemp(name)
     config = base / "certfleet.toml"
-    # A short pre-provisioning hook timeout, so the fleet provisioning test of a slow hook is quick.
-    config.write_text('[egress]\nallow_http = true\nallow = ["127.0.0.1/32"]\n[provisioning]\nhook_timeout = "1s"\n')
+    config.write_text(config_text)
     srv = Server(base / "data", base / "server.log", extra_args=("--config", str(config)))
     srv.start()
     try:
@@ -350,6 +348,19 @@ def open_egress_server(tmp_path_factory):
         code = srv.stop()
         if code != 0:
             pytest.fail(f"certfleet server exited {code} after SIGTERM (expected 0)\n{srv.log_tail()}")
+
+
+@pytest.fixture(scope="session")
+def open_egress_server(tmp_path_factory):
+    """A second server whose operator allows plain http and allow-lists 127.0.0.1/32, so the
+    tests' receivers (webhooks, rule destinations, pre-provisioning hooks) get requests; the rest
+    of the default egress deny list stays (docs/egress.md). The session `server` keeps the default
+    policy. A short pre-provisioning hook timeout, so the fleet provisioning test of a slow hook
+    is quick."""
+    yield from configured_server(
+        tmp_path_factory, "certfleet-open-egress",
+        '[egress]\nallow_http = true\nallow = ["127.0.0.1/32"]\n[provisioning]\nhook_timeout = "1s"\n',
+    )
 
 
 @pytest.hookimpl(hookwrapper=True)

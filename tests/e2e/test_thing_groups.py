@@ -15,24 +15,15 @@ import uuid
 import pytest
 from botocore.exceptions import ClientError
 
-from conftest import Server
+from conftest import configured_server
 from test_gateway import make_device, mosquitto, refused
 from test_policy_enforcement import allow, cert_arn, connected_v5, document, publish_v5, until
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    base = tmp_path_factory.mktemp("certfleet-groups")
-    config = base / "certfleet.toml"
-    config.write_text('[things]\nthing_type_deletion_wait = "0s"\n')
-    srv = Server(base / "data", base / "server.log", extra_args=("--config", str(config)))
-    srv.start()
-    try:
-        yield srv
-    finally:
-        code = srv.stop()
-        if code != 0:
-            pytest.fail(f"certfleet server exited {code} after SIGTERM (expected 0)\n{srv.log_tail()}")
+    """A server of its own whose thing types may be deleted right after their deprecation."""
+    yield from configured_server(tmp_path_factory, "certfleet-groups", '[things]\nthing_type_deletion_wait = "0s"\n')
 
 
 class Acct:
