@@ -480,3 +480,61 @@ def test_a_provisioning_claim_provisions_with_its_template_only(server, openssl)
     assert publish_v5(sock, f"$aws/provisioning-templates/{other.template}/provision/json", 2) == 0x87
     assert publish_v5(sock, f"$aws/provisioning-templates/{fleet.template}/provision/json", 3) == 0
     sock.close()
+
+
+# ------------------------------------------------------------------------------------------------
+# bounds
+# ------------------------------------------------------------------------------------------------
+def read_publish(sock) -> tuple[str, bytes]:
+    """The next PUBLISH on an MQTT 5 connection (QoS 0 or 1; a QoS 1 one is acknowledged)."""
+    while True:
+        first = read_exactly(sock, 1)[0]
+        length, shift = 0, 0
+        while True:
+            byte = read_exactly(sock, 1)[0]
+            length |= (byte & 0x7F) << shift
+            shift += 7
+            if byte < 0x80:
+                break
+        body = read_exactly(sock, length)
+        if first >> 4 != 3:
+            continue
+        topic_length = int.from_bytes(body[:2], "big")
+        topic = body[2:2 + topic_length].decode()
+        at = 2 + topic_length
+        if (first >> 1) & 3:
+            packet_id = body[at:at + 2]
+            at += 2
+            sock.sendall(packet(0x40, packet_id))
+        properties_length, shift = 0, 0
+        while True:
+            byte = body[at]
+            at += 1
+            properties_length |= (byte & 0x7F) << shift
+            shift += 7
+            if byte < 0x80:
+                break
+        return topic, body[at + properties_length:]
+
+
+def test_a_claim_in_a_loop_is_throttled_and_holds_nothing(server, openssl):
+    """One request in flight per connection, a certificate rate per account: a claim holder
+    firing requests gets Throttling (429) answers for the excess, no registry row, and the
+    server answers every request."""
+    fleet = Fleet(server, openssl)
+    sock = connected_v5(server, fleet.claim, unique("loop"))
+    assert subscribe_v5(sock, "$aws/certificates/create/json/+", 1) == 1
+    requests = 30
+    for _ in range(requests):
+        sock.sendall(packet(0x30, mqtt_string("$aws/certificates/create/json") + b"\x00" + b"{}"))
+    answers = [read_publish(sock) for _ in range(requests)]
+    sock.close()
+    outcomes = [topic.rsplit("/", 1)[1] for topic, _ in answers]
+    throttled = [json.loads(body) for topic, body in answers if topic.endswith("/rejected")]
+    assert "accepted" in outcomes and throttled, outcomes
+    assert all((error["statusCode"], error["errorCode"]) == (429, "Throttling") for error in throttled), throttled
+    # Nothing was registered for the certificates handed out: no RegisterThing came.
+    issued = [json.loads(body)["certificateId"] for topic, body in answers if topic.endswith("/accepted")]
+    for certificate_id in issued:
+        with pytest.raises(server.client().exceptions.ResourceNotFoundException):
+            server.client().describe_certificate(certificateId=certificate_id)
