@@ -105,6 +105,15 @@ pub(crate) struct ConnectionFleet {
     busy: Arc<AtomicBool>,
 }
 
+/// Marks a connection as having no request in flight when dropped.
+struct Idle(Arc<AtomicBool>);
+
+impl Drop for Idle {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
 /// A request's outcome: the accepted payload, or why not (with the detail for the log only).
 type Outcome = Result<Value, (Rejection, String)>;
 
@@ -145,9 +154,10 @@ impl FleetProvisioning {
         };
         let this = self.clone();
         tokio::spawn(async move {
+            // Whatever happens to the task (a panic included), the connection is free again.
+            let _idle = Idle(caller.fleet.busy.clone());
             let outcome = this.serve(&caller, &request, payload).await;
             this.answer(&caller, &request, outcome);
-            caller.fleet.busy.store(false, Ordering::Release);
             drop(permit);
         });
     }
