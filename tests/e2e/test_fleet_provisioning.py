@@ -538,3 +538,32 @@ def test_a_claim_in_a_loop_is_throttled_and_holds_nothing(server, openssl):
     for certificate_id in issued:
         with pytest.raises(server.client().exceptions.ResourceNotFoundException):
             server.client().describe_certificate(certificateId=certificate_id)
+
+
+def test_the_whole_flow_over_a_plain_mqtt5_connection_with_json(server, openssl):
+    """What mosquitto_rr cannot do (a token is worth something on its own connection only, and
+    mosquitto_rr makes one request per connection): the whole flow over one plain MQTT 5
+    connection, JSON payloads, CreateCertificateFromCsr then RegisterThing."""
+    fleet = Fleet(server, openssl)
+    key = openssl.ec_key(unique("plain") + ".key")
+    csr = openssl.csr(unique("plain"), key, "plain-device")
+    sock = connected_v5(server, fleet.claim, unique("plain"))
+    assert subscribe_v5(sock, "$aws/certificates/create-from-csr/json/+", 1) == 1
+    assert subscribe_v5(sock, f"$aws/provisioning-templates/{fleet.template}/provision/json/+", 2) == 1
+    request = json.dumps({"certificateSigningRequest": openssl.read(csr)}).encode()
+    sock.sendall(packet(0x30, mqtt_string("$aws/certificates/create-from-csr/json") + b"\x00" + request))
+    topic, body = read_publish(sock)
+    assert topic == "$aws/certificates/create-from-csr/json/accepted", body
+    created = json.loads(body)
+    serial = uuid.uuid4().hex[:10]
+    register = json.dumps({"certificateOwnershipToken": created["certificateOwnershipToken"],
+                           "parameters": {"SerialNumber": serial}}).encode()
+    sock.sendall(packet(0x30, mqtt_string(f"$aws/provisioning-templates/{fleet.template}/provision/json") + b"\x00"
+                        + register))
+    topic, body = read_publish(sock)
+    sock.close()
+    assert topic.endswith("/provision/json/accepted"), body
+    assert json.loads(body)["thingName"] == f"{fleet.prefix}{serial}"
+    assert_provisioned(server, fleet, f"{fleet.prefix}{serial}", created["certificateId"], serial)
+    cert = openssl.write(f"{serial}.crt", created["certificatePem"])
+    publish_with(server, Device(str(cert), str(openssl.path(key)), created["certificateId"]))
