@@ -1568,3 +1568,104 @@ fn prune_batches_delete_old_rows_only_and_at_most_the_limit() {
         assert_eq!(changes.iter().map(|change| change.created_at).collect::<Vec<_>>(), [at(90)]);
     });
 }
+
+#[test]
+fn console_read_models_group_count_and_page() {
+    each_backend("console_read_models", |store| {
+        let a = account("111111111111", "console-a");
+        let b = account("222222222222", "console-b");
+        setup(store, &[&a, &b]);
+        let now = at(0);
+        let day = 86_400;
+        // (fill, days to expiry, status, CA)
+        let specs: [(char, i64, CertificateStatus, Option<char>); 7] = [
+            ('1', -3, CertificateStatus::Active, None),
+            ('2', 3, CertificateStatus::Active, None),
+            ('3', 20, CertificateStatus::Active, Some('c')),
+            ('4', 20, CertificateStatus::Revoked, Some('c')),
+            ('5', 60, CertificateStatus::Active, Some('c')),
+            ('6', 200, CertificateStatus::Inactive, None),
+            ('7', 800, CertificateStatus::Active, None),
+        ];
+        write(store, |tx| {
+            tx.insert_ca(&ca(&a, 'c', CertificateMode::Default))?;
+            for (fill, days, status, ca_fill) in specs {
+                let mut certificate = cert(&a, fill, 1);
+                certificate.not_after = at(days * day);
+                certificate.status = status;
+                certificate.ca_certificate_id = ca_fill.map(id);
+                tx.insert_certificate(&certificate)?;
+            }
+            // Another account's certificate never shows.
+            let mut other = cert(&b, '2', 1);
+            other.not_after = at(3 * day);
+            tx.insert_certificate(&other)
+        })
+        .unwrap();
+        let windows = [time::Duration::days(7), time::Duration::days(30), time::Duration::days(90)];
+        let groups = read(store, |tx| tx.fleet_groups(&a.id, now, windows)).unwrap();
+        assert_eq!(groups.iter().map(|g| g.count).sum::<u64>(), 7);
+        let has = |status: CertificateStatus, ca_fill: Option<char>, week: i64| {
+            groups.iter().any(|g| g.status == status && g.ca == ca_fill.map(id) && g.week == week && g.count == 1)
+        };
+        assert!(has(CertificateStatus::Active, None, -1));
+        assert!(has(CertificateStatus::Active, None, 0));
+        assert!(has(CertificateStatus::Active, Some('c'), 2));
+        assert!(has(CertificateStatus::Revoked, Some('c'), 2));
+        assert!(has(CertificateStatus::Inactive, None, 28));
+        assert!(has(CertificateStatus::Active, None, TIMELINE_WEEKS));
+        let expiring: Vec<u64> = (0..3).map(|w| groups.iter().map(|g| g.expiring[w]).sum()).collect();
+        assert_eq!(expiring, vec![1, 3, 4]); // 3 days; + two at 20 days; + 60 days (any status here)
+
+        let soon = read(store, |tx| tx.expiring_groups(&a.id, now, windows)).unwrap();
+        let total = |w: usize| soon.iter().map(|g| g.within[w]).sum::<u64>();
+        assert_eq!((total(0), total(1), total(2)), (1, 2, 3)); // ACTIVE only: '2'; '3'; '5'
+        let of_ca = soon.iter().find(|g| g.ca == Some(id('c'))).unwrap();
+        assert_eq!(of_ca.within, [0, 1, 2]);
+
+        let search = |search: CertificateSearch| read(store, |tx| tx.search_certificates(&a.id, &search)).unwrap();
+        let ids =
+            |rows: &[CertificateRow]| rows.iter().map(|r| r.id.as_str().chars().next().unwrap()).collect::<String>();
+        let (rows, next) = search(CertificateSearch { limit: 3, ..Default::default() });
+        assert_eq!(ids(&rows), "123");
+        let (rows, next) = search(CertificateSearch { limit: 3, after: next, ..Default::default() });
+        assert_eq!(ids(&rows), "456");
+        let (rows, next) = search(CertificateSearch { limit: 3, after: next, ..Default::default() });
+        assert_eq!((ids(&rows).as_str(), next), ("7", None));
+        let (rows, _) = search(CertificateSearch { id_prefix: Some("55".into()), limit: 10, ..Default::default() });
+        assert_eq!(ids(&rows), "5");
+        let (rows, _) = search(CertificateSearch {
+            status: Some(CertificateStatus::Active),
+            ca: Some(CaFilter::Ca(id('c'))),
+            limit: 10,
+            ..Default::default()
+        });
+        assert_eq!(ids(&rows), "35");
+        let (rows, _) = search(CertificateSearch { ca: Some(CaFilter::None), limit: 10, ..Default::default() });
+        assert_eq!(ids(&rows), "1267");
+        // By expiry: soonest first, paged by (not_after, id).
+        let before = Some(at(100 * day));
+        let (rows, next) = search(CertificateSearch { expiring_before: before, limit: 2, ..Default::default() });
+        assert_eq!(ids(&rows), "12");
+        let (rows, next) =
+            search(CertificateSearch { expiring_before: before, limit: 2, after: next, ..Default::default() });
+        assert_eq!(ids(&rows), "34");
+        let (rows, next) =
+            search(CertificateSearch { expiring_before: before, limit: 2, after: next, ..Default::default() });
+        assert_eq!((ids(&rows).as_str(), next), ("5", None));
+        // The PEMs here do not parse: their CN is empty, not unknown.
+        let (rows, _) = search(CertificateSearch { cn_prefix: Some(String::new()), limit: 10, ..Default::default() });
+        assert_eq!(rows.len(), 7);
+        assert!(rows.iter().all(|row| row.subject_cn.as_deref() == Some("")));
+        assert!(read(store, |tx| tx.certificates_without_subject_cn(10)).unwrap().is_empty());
+        // A marker of another order is refused.
+        let wrong = CertificateSearch {
+            after: Some(SearchAfter::Id("1".into())),
+            cn_prefix: Some("x".into()),
+            limit: 1,
+            ..Default::default()
+        };
+        assert!(read(store, |tx| tx.search_certificates(&a.id, &wrong)).is_err());
+        assert!(read(store, |tx| tx.open_campaign_counts(&a.id, 10)).unwrap().is_empty());
+    });
+}
