@@ -19,6 +19,7 @@ mod issuers;
 mod jitr;
 mod lookups;
 mod maintenance;
+mod overview;
 mod policies;
 mod provisioning;
 pub mod rate;
@@ -51,6 +52,9 @@ pub use ids::{Marker, decode_marker, encode_marker};
 pub use issuers::load_or_create_issuer;
 pub use lookups::ConnectionEvent;
 pub use maintenance::{NotPruned, PruneReport, PruneSettings, Retention};
+pub use overview::{
+    EXPIRY_WINDOWS_DAYS, ExpiringCount, FleetOverview, OpenCampaign, TIMELINE_WEEK_COUNT, TimelineSeries,
+};
 pub use provisioning::{ProvisionedPolicy, ProvisionedThing, Provisioning, Template};
 pub use rotation::{
     CampaignSummary, DeviceErrorCode, DeviceMessageOutcome, DeviceTopic, EXPIRING_CHECK, Ignored, OutgoingMessage,
