@@ -772,10 +772,11 @@ impl Config {
         let registry = registry_bounds(&file.registry)?;
         let fleet = fleet_config(&file.provisioning)?;
         let console = console_config(&file.console)?;
-        if let Some((addr, _)) = &console {
-            if insecure_plain_http && !addr.ip().is_loopback() {
-                bail!("console.addr must be a loopback address while the API serves plain HTTP, not {addr}");
-            }
+        if let Some((addr, _)) = &console
+            && insecure_plain_http
+            && !addr.ip().is_loopback()
+        {
+            bail!("console.addr must be a loopback address while the API serves plain HTTP, not {addr}");
         }
         Ok(Config {
             data_dir: overrides.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("certfleet-data")),

@@ -175,15 +175,15 @@ impl SignInLimiter {
     /// Whether a sign-in from `peer` may be checked now, or which bound refuses it.
     pub fn check(&mut self, peer: IpAddr, now: Instant) -> Result<(), Refusal> {
         let window = self.limits.window;
-        if let Some(global) = &mut self.global {
-            if global.current(now, window).failures >= self.limits.global {
-                return Err(Refusal::ThrottledGlobal);
-            }
+        if let Some(global) = &mut self.global
+            && global.current(now, window).failures >= self.limits.global
+        {
+            return Err(Refusal::ThrottledGlobal);
         }
-        if let Some(entry) = self.peers.get_mut(&peer) {
-            if entry.current(now, window).failures >= self.limits.per_peer {
-                return Err(Refusal::ThrottledPeer);
-            }
+        if let Some(entry) = self.peers.get_mut(&peer)
+            && entry.current(now, window).failures >= self.limits.per_peer
+        {
+            return Err(Refusal::ThrottledPeer);
         }
         Ok(())
     }

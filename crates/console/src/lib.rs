@@ -172,12 +172,11 @@ impl Console {
     /// The account's overview, computed at most once per `overview_cache` per account.
     async fn overview(&self, caller: &Caller) -> Result<Arc<FleetOverview>, certfleet_services::Error> {
         let now = Instant::now();
-        if let Ok(cache) = self.overviews.lock() {
-            if let Some((at, overview)) = cache.get(&caller.account) {
-                if now.saturating_duration_since(*at) < self.config.overview_cache {
-                    return Ok(overview.clone());
-                }
-            }
+        if let Ok(cache) = self.overviews.lock()
+            && let Some((at, overview)) = cache.get(&caller.account)
+            && now.saturating_duration_since(*at) < self.config.overview_cache
+        {
+            return Ok(overview.clone());
         }
         let services = self.services.clone();
         let owner = caller.clone();
@@ -254,22 +253,21 @@ impl Console {
             "# HELP certfleet_certificates_expiring ACTIVE certificates expiring within a window, per account and issuing CA (none: no registered CA)."
         );
         let _ = writeln!(out, "# TYPE certfleet_certificates_expiring gauge");
-        if let Ok(expiring) = self.expiring.lock() {
-            if let Some((at, counts)) = expiring.as_ref() {
-                for count in counts {
-                    let ca = count.ca.as_ref().map_or("none", |id| id.as_str());
-                    for (days, value) in certfleet_services::EXPIRY_WINDOWS_DAYS.iter().zip(count.within) {
-                        let _ = writeln!(
-                            out,
-                            "certfleet_certificates_expiring{{account=\"{}\",ca=\"{ca}\",within=\"{days}d\"}} {value}",
-                            count.account
-                        );
-                    }
+        if let Ok(expiring) = self.expiring.lock()
+            && let Some((at, counts)) = expiring.as_ref()
+        {
+            for count in counts {
+                let ca = count.ca.as_ref().map_or("none", |id| id.as_str());
+                for (days, value) in certfleet_services::EXPIRY_WINDOWS_DAYS.iter().zip(count.within) {
+                    let _ = writeln!(
+                        out,
+                        "certfleet_certificates_expiring{{account=\"{}\",ca=\"{ca}\",within=\"{days}d\"}} {value}",
+                        count.account
+                    );
                 }
-                let _ = writeln!(out, "# TYPE certfleet_certificates_expiring_computed_timestamp_seconds gauge");
-                let _ =
-                    writeln!(out, "certfleet_certificates_expiring_computed_timestamp_seconds {}", at.unix_timestamp());
             }
+            let _ = writeln!(out, "# TYPE certfleet_certificates_expiring_computed_timestamp_seconds gauge");
+            let _ = writeln!(out, "certfleet_certificates_expiring_computed_timestamp_seconds {}", at.unix_timestamp());
         }
         let _ = writeln!(out, "# TYPE certfleet_certificates_expiring_series_dropped gauge");
         let _ = writeln!(

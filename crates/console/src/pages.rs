@@ -265,10 +265,10 @@ async fn sign_in(
     let now = Instant::now();
     let refused = |refusal: Refusal, detail: String, message: &str| {
         console.refusals.refuse(refusal, &format!("peer {} {detail}", peer.ip()));
-        if refusal.is_failed_sign_in() {
-            if let Ok(mut limiter) = console.sign_in.lock() {
-                limiter.failed(peer.ip(), now);
-            }
+        if refusal.is_failed_sign_in()
+            && let Ok(mut limiter) = console.sign_in.lock()
+        {
+            limiter.failed(peer.ip(), now);
         }
         let status = match refusal {
             Refusal::ThrottledPeer | Refusal::ThrottledGlobal => StatusCode::TOO_MANY_REQUESTS,
@@ -673,7 +673,7 @@ async fn certificate(State(console): State<Arc<Console>>, Path(id): Path<String>
         let things = services.list_principal_things(&owner, &arn, None, &first)?.items;
         let since = services.now() - time::Duration::days(31);
         let mut history = services.connection_history(&owner.account, Some(&wanted), since)?;
-        history.sort_by(|a, b| b.connected_at.cmp(&a.connected_at));
+        history.sort_by_key(|record| std::cmp::Reverse(record.connected_at));
         history.truncate(20);
         let rotations = services.certificate_rotations(&owner, &wanted, 20)?;
         let filter = AuditFindingFilter {

@@ -96,11 +96,11 @@ impl Sessions {
             .filter(|(_, session)| &session.account == account)
             .map(|(digest, session)| (*digest, session.created))
             .collect();
-        if of_account.len() >= self.limits.max_per_account {
-            if let Some((oldest, _)) = of_account.iter().min_by_key(|(_, created)| *created) {
-                self.by_digest.remove(oldest);
-                opened.evicted_oldest_of_account = true;
-            }
+        if of_account.len() >= self.limits.max_per_account
+            && let Some((oldest, _)) = of_account.iter().min_by_key(|(_, created)| *created)
+        {
+            self.by_digest.remove(oldest);
+            opened.evicted_oldest_of_account = true;
         }
         if self.by_digest.len() >= self.limits.max_sessions {
             self.prune(now);

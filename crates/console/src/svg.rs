@@ -83,7 +83,7 @@ pub fn timeline(overview: &FleetOverview) -> String {
                 w = (step - 1.0).max(1.0),
             );
         }
-        if column == 0 || column % 13 == 1 {
+        if column == 0 || (column > 1 && column % 13 == 1) {
             let label = if column == 0 { "expired".to_owned() } else { format!("+{}w", column - 1) };
             let _ =
                 write!(svg, "<text x=\"{x:.1}\" y=\"{y}\" font-size=\"11\">{label}</text>", y = HEIGHT - BOTTOM + 16);
