@@ -277,3 +277,38 @@ impl Console {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every certfleet metric the shipped Grafana dashboard queries is one the console exports.
+    #[test]
+    fn the_dashboard_queries_metrics_the_console_exports() {
+        let world = certfleet_testkit::world();
+        let console = Console::new(world.services.clone(), Config::default());
+        let account = world.caller().account;
+        *console.expiring.lock().unwrap() = Some((
+            certfleet_testkit::START,
+            vec![ExpiringCount { account: account.clone(), ca: None, within: [1, 2, 3] }],
+        ));
+        let mut text = String::new();
+        console.render_metrics(&mut text);
+        assert!(text.contains(&format!(
+            "certfleet_certificates_expiring{{account=\"{account}\",ca=\"none\",within=\"30d\"}} 2"
+        )));
+        let dashboard = include_str!("../../../docs/grafana/certfleet.json");
+        let used: std::collections::BTreeSet<&str> = dashboard
+            .match_indices("certfleet_")
+            .map(|(start, _)| {
+                let rest = &dashboard[start..];
+                &rest[..rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(rest.len())]
+            })
+            .filter(|name| name.len() > "certfleet_".len())
+            .collect();
+        assert!(used.len() >= 5, "{used:?}");
+        for name in used {
+            assert!(text.contains(&format!("\n{name}")) || text.starts_with(name), "{name} is not exported");
+        }
+    }
+}
