@@ -126,6 +126,7 @@ mod tests {
             expiring: [0; 3],
             expired_active: lines as u64,
             timeline,
+            by_ca: Default::default(),
             computed_at: time::OffsetDateTime::UNIX_EPOCH,
         }
     }

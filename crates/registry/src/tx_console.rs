@@ -19,9 +19,9 @@ use time::OffsetDateTime;
 use crate::Error;
 use crate::conn::Value;
 use crate::model::{AccountId, CertificateStatus};
-use crate::model_rotation::{Rotation, RotationState};
+use crate::model_rotation::{Rotation, RotationCampaign, RotationState};
 use crate::tx::{Tx, cert_id, from_millis, millis, parse_text};
-use crate::tx_rotation::{ROTATION_COLUMNS, rotation_from_row};
+use crate::tx_rotation::{CAMPAIGN_COLUMNS, ROTATION_COLUMNS, campaign_from_row, rotation_from_row};
 
 /// Milliseconds in a week: the timeline's bucket.
 const WEEK_MS: i64 = 7 * 24 * 3600 * 1000;
@@ -366,5 +366,21 @@ impl Tx<'_> {
             campaigns.entry(row.text(0)?).or_default().insert(state, row.int(2)?);
         }
         Ok(campaigns)
+    }
+
+    /// The account's newest `limit` rotation campaigns, newest first.
+    pub fn newest_rotation_campaigns(
+        &mut self,
+        account: &AccountId,
+        limit: u32,
+    ) -> Result<Vec<RotationCampaign>, Error> {
+        let rows = self.conn.query(
+            &format!(
+                "SELECT {CAMPAIGN_COLUMNS} FROM rotation_campaigns WHERE account_id = $1 \
+                 ORDER BY created_at DESC, id DESC LIMIT $2"
+            ),
+            &[account.as_str().into(), i64::from(limit).into()],
+        )?;
+        rows.iter().map(campaign_from_row).collect()
     }
 }

@@ -38,7 +38,24 @@ pub struct FleetOverview {
     /// ACTIVE certificates by week of expiry, one series per issuing CA (`None`: no CA of the
     /// account, such as certfleet's own issuer), largest first.
     pub timeline: Vec<TimelineSeries>,
+    /// Per issuing CA: its certificates by status, and its ACTIVE ones expiring within each
+    /// of [`EXPIRY_WINDOWS_DAYS`].
+    pub by_ca: BTreeMap<Option<CertificateId>, CaCounts>,
     pub computed_at: OffsetDateTime,
+}
+
+/// The certificates chaining to one CA.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CaCounts {
+    pub by_status: BTreeMap<&'static str, u64>,
+    pub expiring: [u64; 3],
+}
+
+impl CaCounts {
+    /// Every certificate of the CA.
+    pub fn total(&self) -> u64 {
+        self.by_status.values().sum()
+    }
 }
 
 /// One CA's ACTIVE certificates on the timeline.
@@ -96,16 +113,22 @@ impl Services {
             expiring: [0; 3],
             expired_active: 0,
             timeline: Vec::new(),
+            by_ca: BTreeMap::new(),
             computed_at: now,
         };
         let mut series: BTreeMap<Option<CertificateId>, TimelineSeries> = BTreeMap::new();
         for group in groups {
             overview.total += group.count;
             *overview.by_status.entry(group.status.as_str()).or_default() += group.count;
+            let of_ca = overview.by_ca.entry(group.ca.clone()).or_default();
+            *of_ca.by_status.entry(group.status.as_str()).or_default() += group.count;
             if group.status != CertificateStatus::Active {
                 continue;
             }
             for (total, count) in overview.expiring.iter_mut().zip(group.expiring) {
+                *total += count;
+            }
+            for (total, count) in of_ca.expiring.iter_mut().zip(group.expiring) {
                 *total += count;
             }
             let line = series.entry(group.ca.clone()).or_insert_with(|| TimelineSeries {
@@ -171,6 +194,19 @@ impl Services {
         let campaigns =
             registry::read(self.store(), |tx| tx.open_campaign_counts(&caller.account, limit.clamp(1, 100)))?;
         Ok(campaigns.into_iter().map(|(id, counts)| OpenCampaign { id, counts }).collect())
+    }
+
+    /// The caller's newest `limit` rotation campaigns, with their rotations per state.
+    pub fn rotation_campaigns(&self, caller: &Caller, limit: u32) -> Result<Vec<crate::CampaignSummary>, Error> {
+        registry::read(self.store(), |tx| {
+            let campaigns = tx.newest_rotation_campaigns(&caller.account, limit.clamp(1, 100))?;
+            let mut summaries = Vec::with_capacity(campaigns.len());
+            for campaign in campaigns {
+                let counts = tx.rotation_campaign_counts(&caller.account, &campaign.id)?;
+                summaries.push(crate::CampaignSummary { campaign, counts });
+            }
+            Ok::<_, Error>(summaries)
+        })
     }
 
     /// Fills the subject CN of up to `batch` certificates written before the console's

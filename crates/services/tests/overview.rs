@@ -1,7 +1,9 @@
 //! The console's read models: the fleet overview's counts and timeline, the certificate search
 //! by CN, the subject backfill and the expiring counts, against a real registry.
 
-use certfleet_registry::{CertificateSearch, CertificateStatus, SearchAfter};
+use certfleet_registry::{
+    CertificateSearch, CertificateStatus, RotationSource, RotationState, SearchAfter, SubjectRule,
+};
 use certfleet_services::{Caller, Services};
 use certfleet_testkit::world;
 
@@ -45,6 +47,8 @@ fn the_overview_counts_what_the_registry_holds_for_the_caller_only() {
     assert_eq!(series.weeks[3], 2, "25 days from now is the fourth week");
     assert_eq!(series.later, 1, "365 days is past the 52 weeks shown");
     assert_eq!(series.total(), 3, "ACTIVE only");
+    let of_issuer = &overview.by_ca[&None];
+    assert_eq!((of_issuer.total(), of_issuer.by_status["REVOKED"], of_issuer.expiring), (4, 1, [0, 2, 2]));
 
     let (found, _) = names(
         services,
@@ -92,4 +96,18 @@ fn the_overview_counts_what_the_registry_holds_for_the_caller_only() {
     assert_eq!(services.fill_subject_names(100).unwrap(), 0, "new rows carry their CN already");
     assert!(services.open_rotation_campaigns(&caller, 10).unwrap().is_empty());
     assert!(services.certificate_rotations(&caller, &old_a, 10).unwrap().is_empty());
+    assert!(services.rotation_campaigns(&caller, 10).unwrap().is_empty());
+
+    // A certificate never seen connected: its rotation fails at once ("no client id known").
+    let started =
+        services.start_rotation(&caller, &[old_a.clone()], RotationSource::Manual, SubjectRule::KeepOld).unwrap();
+    let campaigns = services.rotation_campaigns(&caller, 10).unwrap();
+    assert_eq!(campaigns.len(), 1);
+    assert_eq!(campaigns[0].campaign.id, started.campaign.id);
+    assert_eq!(campaigns[0].counts.get(&RotationState::Failed), Some(&1));
+    assert!(services.open_rotation_campaigns(&caller, 10).unwrap().is_empty(), "nothing open");
+    let rotations = services.certificate_rotations(&caller, &old_a, 10).unwrap();
+    assert_eq!(rotations.len(), 1);
+    assert!(services.rotation_campaigns(&other, 10).unwrap().is_empty());
+    assert!(services.certificate_rotations(&other, &old_a, 10).unwrap().is_empty());
 }
