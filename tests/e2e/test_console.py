@@ -7,6 +7,7 @@ Screenshots of each page go to docs/console/ (docs/console.md shows them)."""
 from __future__ import annotations
 
 import http.client
+import json
 import ssl
 import time
 import uuid
@@ -14,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from test_endpoints import ConfiguredServer, scrape_metrics
-from test_gateway import make_device, start_sub
+from test_endpoints import ConfiguredServer, Fleet, connected_on, endpoint_cli, import_cert, root_and_server_cert, \
+    scrape_metrics, status, wait_for
+from test_gateway import allow_all_policy, make_device, start_sub
 
 playwright_sync = pytest.importorskip("playwright.sync_api")
 
@@ -27,6 +29,7 @@ def console_config(path: Path, extra: str = "") -> Path:
     # Certificates valid 60 days: every one expires within 90 days, none within 30.
     path.write_text(
         "[pki]\ndevice_certificate_validity = \"60d\"\n"
+        "[rotation]\nresponse_timeout = \"2s\"\nmax_attempts = 1\nsweep_interval = \"1s\"\n"
         "[console]\naddr = \"127.0.0.1:0\"\nexpiring_gauges_interval = \"1s\"\n" + extra
     )
     return path
@@ -296,6 +299,149 @@ def test_pages_carry_the_security_headers_and_escape_tenant_strings(server, open
     assert page.goto(console_url(server) + "certificates?limit=100000").status == 400
     assert page.goto(console_url(server) + "certificates?id=ab&id=cd").status == 400
     assert page.goto(console_url(server) + "certificates?cn=" + "x" * 5000).status == 400
+
+
+def test_the_ca_pages_count_their_devices_and_deactivate_a_ca(server, openssl, browser):
+    tenant = server.create_account()
+    client = server.client(tenant.profile)
+    ca, ca_key = openssl.self_signed_ca(f"console-ca-{uuid.uuid4().hex[:6]}")
+    code = client.get_registration_code()["registrationCode"]
+    verification = openssl.verification_cert(f"console-ver-{uuid.uuid4().hex[:6]}", ca, ca_key, code)
+    ca_id = client.register_ca_certificate(caCertificate=openssl.read(ca), verificationCertificate=openssl.read(verification),
+                                           setAsActive=True)["certificateId"]
+    for n in range(3):
+        cert = openssl.device_cert(f"console-dev-{n}-{uuid.uuid4().hex[:6]}", ca, ca_key)
+        client.register_certificate(certificatePem=openssl.read(cert), caCertificatePem=openssl.read(ca), status="ACTIVE")
+    context = browser.new_context(ignore_https_errors=True, viewport={"width": 1280, "height": 900})
+    try:
+        page = context.new_page()
+        sign_in(page, server, tenant.profile)
+        page.click("text=CAs")
+        page.wait_for_url("**/cas")
+        rows = page.locator("#cas tbody tr")
+        assert rows.count() == 1
+        assert rows.locator("td.devices").text_content().strip() == "3"
+        shot(page, "cas")
+        page.click("a.ca-link")
+        page.wait_for_url(f"**/cas/{ca_id}")
+        assert number(page, "#ca-devices") == 3
+        assert page.text_content("#ca-status").strip() == "ACTIVE"
+        shot(page, "ca")
+        page.click("#ca-certificates")
+        assert page.locator("#certificates tbody tr").count() == 3
+        page.go_back()
+        page.click("#ca-deactivate")
+        page.click("#confirm")
+        page.wait_for_selector("#changed")
+        assert page.text_content("#ca-status").strip() == "INACTIVE"
+        described = client.describe_ca_certificate(certificateId=ca_id)["certificateDescription"]
+        assert described["status"] == "INACTIVE"
+    finally:
+        context.close()
+
+
+def test_a_failed_rotation_is_retried_from_its_campaign(server, openssl, context):
+    device = make_device(server, openssl)
+    client_id = f"console-rot-{uuid.uuid4().hex[:8]}"
+    # The device never answers: its rotation times out (2 s, one attempt) and fails.
+    sub = start_sub(server, device, f"management/topic/{client_id}/csr_req", "-i", client_id, "-q", "1", count=2)
+    try:
+        time.sleep(1.5)  # the gateway records the session in the background
+        out = server.certfleet("rotation", "start", device.cert_id, "--data-dir", str(server.data_dir), "--output", "json")
+        campaign = json.loads(out.stdout)["campaignId"]
+        page = context.new_page()
+        sign_in(page, server)
+        page.goto(console_url(server) + "rotations")
+        link = page.locator(f"a.campaign-link[href='/rotations/{campaign}']")
+        assert link.count() == 1
+        link.click()
+        page.wait_for_url(f"**/rotations/{campaign}")
+        deadline = time.monotonic() + 20
+        while page.text_content("#rotations tbody td.state").strip() != "failed":
+            assert time.monotonic() < deadline, page.text_content("#rotations")
+            time.sleep(0.5)
+            page.reload()
+        assert "1 / 1 closed" in page.text_content("#campaign-progress")
+        shot(page, "campaign")
+        page.click("#rotations tbody button")
+        page.click("#confirm")
+        page.wait_for_selector("#changed")
+        assert page.text_content("#rotations tbody td.state").strip() in ("requested", "failed")
+        # The retried rotation asks the device for a CSR again.
+        stdout, stderr = sub.communicate(timeout=30)
+        assert sub.returncode == 0, stderr
+        assert stdout.count(f"management/topic/{client_id}/csr_req") == 2, stdout
+        page.goto(console_url(server) + "rotations")
+        shot(page, "rotations")
+    finally:
+        if sub.poll() is None:
+            sub.kill()
+            sub.wait()
+
+
+def test_a_root_migration_shows_who_came_back_and_reverts_from_the_console(server, openssl, browser):
+    tenant = server.create_account()
+    host = server.aws("describe-endpoint", "--endpoint-type", "iot:Data-ATS", profile=tenant.profile)["endpointAddress"]
+    root_b, cert_b, key_b = root_and_server_cert(openssl, host, "console-B")
+    arn_b = import_cert(server, cert_b, key_b, profile=tenant.profile)
+    id_b = arn_b.rsplit("/", 1)[1]
+    both = openssl.write("console-both-roots.pem", open(server.ca_bundle).read() + open(root_b).read())
+    device = make_device(server, openssl, profile=tenant.profile)
+    old_only = [f"old-only-{i}" for i in range(3)]
+    trusting_both = [f"both-{i}" for i in range(3)]
+    fleet = Fleet(server, device, host, {c: server.ca_bundle for c in old_only} | {c: str(both) for c in trusting_both})
+    name = "iot:Data-ATS"
+    tenant_server = TenantView(server, tenant)
+    context = browser.new_context(ignore_https_errors=True, viewport={"width": 1280, "height": 900})
+    try:
+        wait_for(lambda: connected_on(tenant_server.status(name), "builtin") == 6, "6 clients on the built-in chain")
+        tenant_server.cli("migrate", name, "--next-cert-arn", arn_b, "--drain-per-second", "100")
+        wait_for(lambda: len((tenant_server.status(name).get("drain") or {}).get("cameBack", [])) == 3, "3 back")
+        page = context.new_page()
+        sign_in(page, server, tenant.profile)
+        page.goto(console_url(server) + "endpoints")
+        page.click("a.endpoint-link[href='/endpoints/iot%3AData%2DATS']")
+        assert page.text_content("#endpoint-serving").strip() == "next chain"
+        assert page.text_content("#came-back-count").strip() == "3"
+        assert page.text_content("#not-back-count").strip() == "3"
+        assert sorted(page.locator("#not-back li").all_text_contents()) == old_only
+        assert id_b in page.text_content("#chains")
+        shot(page, "endpoint")
+        # The list of who has not come back, as CSV.
+        cookie = session_cookie(context)
+        answer = raw_request(server, "GET", "/endpoints/iot%3AData%2DATS/devices.csv?which=not_back", cookie=cookie)
+        assert answer.status == 200 and answer.getheader("Content-Type").startswith("text/csv")
+        with page.expect_download() as download:
+            page.click("#csv-not-back")
+        lines = Path(download.value.path()).read_text().splitlines()
+        assert lines[0] == "client_id,state,migration_id,to_chain"
+        assert sorted(line.split(",")[0].strip('"') for line in lines[1:]) == old_only
+        # Revert from the console, confirmed: everyone is back on the built-in chain.
+        page.click("#endpoint-revert")
+        assert "Go back to the current chain" in page.text_content("main")
+        page.click("#confirm")
+        page.wait_for_selector("#changed")
+        assert page.text_content("#endpoint-serving").strip() == "current chain"
+        assert "reverted" in page.text_content("#endpoint-migration")
+        wait_for(lambda: connected_on(tenant_server.status(name), "builtin") == 6, "all 6 back on the built-in chain")
+    finally:
+        context.close()
+        fleet.close()
+
+
+class TenantView:
+    """`certfleet endpoint ...` for another account's profile."""
+
+    def __init__(self, server, tenant):
+        self.server, self.tenant = server, tenant
+
+    def cli(self, *args: str) -> dict:
+        proc = self.server.certfleet("endpoint", *args, "--data-dir", str(self.server.data_dir), "--profile",
+                                     self.tenant.profile, "--output", "json")
+        return json.loads(proc.stdout)
+
+    def status(self, name: str) -> dict:
+        return self.cli("status", name)
 
 
 def test_failed_sign_ins_are_rate_limited(tmp_path_factory, browser):

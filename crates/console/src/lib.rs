@@ -13,6 +13,7 @@
 //! elsewhere, so the console works on an air-gapped network, and the Content-Security-Policy
 //! allows scripts and styles from the console's own origin only.
 
+mod fleet_pages;
 mod guard;
 mod html;
 mod listener;

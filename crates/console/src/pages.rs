@@ -48,6 +48,16 @@ pub fn router(console: Arc<Console>) -> Router {
         .route("/certificates/{id}", get(certificate))
         .route("/certificates/{id}/status", post(change_status))
         .route("/api/live", get(live))
+        .route("/cas", get(crate::fleet_pages::cas))
+        .route("/cas/{id}", get(crate::fleet_pages::ca))
+        .route("/cas/{id}/update", post(crate::fleet_pages::update_ca))
+        .route("/rotations", get(crate::fleet_pages::campaigns))
+        .route("/rotations/{id}", get(crate::fleet_pages::campaign))
+        .route("/rotations/{id}/retry", post(crate::fleet_pages::retry))
+        .route("/endpoints", get(crate::fleet_pages::endpoints))
+        .route("/endpoints/{name}", get(crate::fleet_pages::endpoint))
+        .route("/endpoints/{name}/devices.csv", get(crate::fleet_pages::devices_csv))
+        .route("/endpoints/{name}/migration", post(crate::fleet_pages::migration))
         .route("/assets/console.css", get(|| async { asset("text/css; charset=utf-8", CSS) }))
         .route("/assets/console.js", get(|| async { asset("text/javascript; charset=utf-8", JS) }))
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n").into_response() })
@@ -85,11 +95,11 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
     ([(header::CONTENT_TYPE, content_type)], body).into_response()
 }
 
-fn html_response(status: StatusCode, body: String) -> Response {
+pub(crate) fn html_response(status: StatusCode, body: String) -> Response {
     (status, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], body).into_response()
 }
 
-fn redirect(to: &str) -> Response {
+pub(crate) fn redirect(to: &str) -> Response {
     let mut response = StatusCode::SEE_OTHER.into_response();
     if let Ok(location) = HeaderValue::from_str(to) {
         response.headers_mut().insert(header::LOCATION, location);
@@ -108,12 +118,30 @@ pub(crate) async fn blocking<T: Send + 'static>(
 
 /// The page for a services error: 404 for what the account does not hold, 400 with the
 /// refusal for a rule it broke, 500 (logged, nothing said) for the rest.
-fn error_page(session: Option<&Session>, error: certfleet_services::Error) -> Response {
+pub(crate) fn error_page(session: Option<&Session>, error: certfleet_services::Error) -> Response {
     use certfleet_services::Error;
     let (status, message) = match &error {
-        Error::NotFound(_) => (StatusCode::NOT_FOUND, "Not found in this account.".to_owned()),
-        Error::InvalidRequest(_) | Error::CertificateState(_) => (StatusCode::BAD_REQUEST, error.to_string()),
-        _ => {
+        Error::NotFound(_) | Error::RuleNotFound(_) => (StatusCode::NOT_FOUND, "Not found in this account.".to_owned()),
+        // A rule of the operation refused it: say which (the text names the account's own
+        // resources only).
+        Error::InvalidRequest(_)
+        | Error::Validation(_)
+        | Error::InvalidArn(_)
+        | Error::InUse(_)
+        | Error::CertificateState(_)
+        | Error::CertificateValidation(_)
+        | Error::RegistrationCodeValidation(_)
+        | Error::CertificateConflict(_)
+        | Error::DeleteConflict(_)
+        | Error::TransferConflict(_)
+        | Error::TransferAlreadyCompleted(_)
+        | Error::LimitExceeded(_)
+        | Error::MalformedPolicy(_)
+        | Error::VersionsLimitExceeded(_)
+        | Error::VersionConflict(_)
+        | Error::SqlParse(_)
+        | Error::AlreadyExists { .. } => (StatusCode::BAD_REQUEST, error.to_string()),
+        Error::AccountGone(_) | Error::Registry(_) | Error::Internal(_) => {
             tracing::warn!(%error, "console: a query failed");
             (StatusCode::INTERNAL_SERVER_ERROR, "The registry could not answer; try again.".to_owned())
         }
@@ -124,7 +152,7 @@ fn error_page(session: Option<&Session>, error: certfleet_services::Error) -> Re
     html_response(status, html::page("Error", signed_in, &body.into_string()))
 }
 
-fn bad_input(console: &Console, session: Option<&Session>, why: &str) -> Response {
+pub(crate) fn bad_input(console: &Console, session: Option<&Session>, why: &str) -> Response {
     console.refusals.refuse(Refusal::BadInput, why);
     let mut body = Html::default();
     body.raw("<p class=\"error\">The request was refused: ").text(why).raw(".</p>");
@@ -168,7 +196,7 @@ async fn session_of(console: &Console, headers: &HeaderMap) -> Option<Session> {
 }
 
 /// The session, or the answer for a request without one: a redirect to the sign-in page.
-fn require_session<'a>(
+pub(crate) fn require_session<'a>(
     console: &'a Console,
     request: &Request,
 ) -> impl Future<Output = Result<Session, Response>> + Send + 'a {
@@ -187,12 +215,12 @@ async fn session_or_redirect(console: &Console, headers: &HeaderMap, path: &str)
     }
 }
 
-fn caller(session: &Session) -> Caller {
+pub(crate) fn caller(session: &Session) -> Caller {
     Caller { account: session.account.clone() }
 }
 
 /// The form body of a POST, at most [`MAX_FORM_BYTES`].
-async fn form(request: Request) -> Result<(HeaderMap, Fields), String> {
+pub(crate) async fn form(request: Request) -> Result<(HeaderMap, Fields), String> {
     let (parts, body) = request.into_parts();
     let bytes = axum::body::to_bytes(body, MAX_FORM_BYTES).await.map_err(|_| "a form larger than 4 KiB".to_owned())?;
     let text = std::str::from_utf8(&bytes).map_err(|_| "a form that is not UTF-8".to_owned())?;
@@ -202,7 +230,7 @@ async fn form(request: Request) -> Result<(HeaderMap, Fields), String> {
 
 /// Whether a state change carries the session's CSRF token (form field `csrf` or header
 /// `X-CSRF-Token`), compared in constant time.
-fn csrf_holds(session: &Session, headers: &HeaderMap, fields: &Fields) -> bool {
+pub(crate) fn csrf_holds(session: &Session, headers: &HeaderMap, fields: &Fields) -> bool {
     let sent = fields
         .get("csrf")
         .map(str::to_owned)
@@ -210,7 +238,7 @@ fn csrf_holds(session: &Session, headers: &HeaderMap, fields: &Fields) -> bool {
     sent.is_some_and(|token| same_secret(&token, &session.csrf))
 }
 
-fn csrf_refused(console: &Console, session: &Session, path: &str) -> Response {
+pub(crate) fn csrf_refused(console: &Console, session: &Session, path: &str) -> Response {
     console.refusals.refuse(Refusal::CsrfMismatch, &format!("account {} {path}", session.account));
     let mut body = Html::default();
     body.raw(
@@ -417,7 +445,11 @@ async fn overview(State(console): State<Arc<Console>>, request: Request) -> Resp
             body.raw("<table id=\"campaigns\"><thead><tr><th>Campaign</th><th>Progress</th><th>By state</th></tr></thead><tbody>");
             for campaign in campaigns {
                 let (total, closed) = campaign.progress();
-                body.raw("<tr><td><code>").text(&campaign.id).raw("</code></td><td><progress max=\"");
+                body.raw("<tr><td><a href=\"/rotations/")
+                    .text(&campaign.id)
+                    .raw("\"><code>")
+                    .text(&campaign.id)
+                    .raw("</code></a></td><td><progress max=\"");
                 body.number(total.max(1)).raw("\" value=\"").number(closed).raw("\"></progress> ");
                 body.number(closed).raw(" / ").number(total).raw("</td><td>");
                 for (state, count) in &campaign.counts {
@@ -447,9 +479,15 @@ async fn overview(State(console): State<Arc<Console>>, request: Request) -> Resp
                 for configuration in migrating {
                     let report = console.services.endpoint_report(&caller, &configuration.name);
                     let drain = report.and_then(|report| report.drain);
-                    body.raw("<tr><td>").text(&configuration.name).raw("</td><td>");
+                    body.raw("<tr><td><a href=\"/endpoints/")
+                        .text(&url_component(&configuration.name))
+                        .raw("\">")
+                        .text(&configuration.name)
+                        .raw("</a></td><td>");
                     body.raw(if configuration.serving_next { "next chain" } else { "current chain" });
-                    body.raw("</td><td>").text(configuration.migration.as_deref().unwrap_or("-")).raw("</td><td>");
+                    body.raw("</td><td>")
+                        .text(&crate::fleet_pages::migration_summary(configuration.migration.as_deref()))
+                        .raw("</td><td>");
                     match &drain {
                         Some(drain) => {
                             body.number(drain.came_back.len()).raw("</td><td>").number(drain.not_back.len());
@@ -474,7 +512,7 @@ async fn overview(State(console): State<Arc<Console>>, request: Request) -> Resp
     )
 }
 
-fn card(body: &mut Html, id: &str, label: &str, value: u64) {
+pub(crate) fn card(body: &mut Html, id: &str, label: &str, value: u64) {
     body.raw("<div class=\"card\"><span class=\"label\">")
         .text(label)
         .raw("</span><span class=\"value\" id=\"")

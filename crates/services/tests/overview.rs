@@ -99,8 +99,9 @@ fn the_overview_counts_what_the_registry_holds_for_the_caller_only() {
     assert!(services.rotation_campaigns(&caller, 10).unwrap().is_empty());
 
     // A certificate never seen connected: its rotation fails at once ("no client id known").
-    let started =
-        services.start_rotation(&caller, &[old_a.clone()], RotationSource::Manual, SubjectRule::KeepOld).unwrap();
+    let started = services
+        .start_rotation(&caller, std::slice::from_ref(&old_a), RotationSource::Manual, SubjectRule::KeepOld)
+        .unwrap();
     let campaigns = services.rotation_campaigns(&caller, 10).unwrap();
     assert_eq!(campaigns.len(), 1);
     assert_eq!(campaigns[0].campaign.id, started.campaign.id);
