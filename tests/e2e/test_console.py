@@ -19,7 +19,7 @@ from test_endpoints import ConfiguredServer, Fleet, connected_on, endpoint_cli, 
     scrape_metrics, status, wait_for
 from test_gateway import allow_all_policy, make_device, start_sub
 
-playwright_sync = pytest.importorskip("playwright.sync_api")
+from playwright.sync_api import sync_playwright  # noqa: E402 (tests/e2e/requirements.txt)
 
 CHROMIUM = "/usr/bin/chromium"
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "console"
@@ -62,7 +62,7 @@ def server(tmp_path_factory):
 def browser():
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium package (.ci/run does)")
-    with playwright_sync.sync_playwright() as playwright:
+    with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         try:
             yield browser

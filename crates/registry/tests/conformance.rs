@@ -1669,3 +1669,62 @@ fn console_read_models_group_count_and_page() {
         assert!(read(store, |tx| tx.open_campaign_counts(&a.id, 10)).unwrap().is_empty());
     });
 }
+
+#[test]
+fn console_rotation_read_models_list_campaigns_and_a_certificates_rotations() {
+    each_backend("console_rotation_read_models", |store| {
+        let a = account("333333333333", "console-rot-a");
+        let b = account("444444444444", "console-rot-b");
+        setup(store, &[&a, &b]);
+        let campaign = |owner: &Account, name: &str, created: i64| RotationCampaign {
+            account: owner.id.clone(),
+            id: name.into(),
+            source: RotationSource::Manual,
+            audit_task_id: None,
+            subject_rule: SubjectRule::KeepOld,
+            created_at: at(created),
+        };
+        let rotation =
+            |owner: &Account, name: &str, campaign: &str, old: char, new: Option<char>, state: RotationState| {
+                Rotation {
+                    account: owner.id.clone(),
+                    id: name.into(),
+                    campaign_id: campaign.into(),
+                    client_id: format!("client-{name}"),
+                    old_certificate_id: id(old),
+                    new_certificate_id: new.map(id),
+                    csr_key_fingerprint: None,
+                    state,
+                    attempts: 1,
+                    error: None,
+                    deadline: state.is_open().then(|| at(100)),
+                    created_at: at(10),
+                    updated_at: at(10),
+                }
+            };
+        write(store, |tx| {
+            tx.insert_rotation_campaign(&campaign(&a, "c-old", 1))?;
+            tx.insert_rotation_campaign(&campaign(&a, "c-new", 2))?;
+            tx.insert_rotation_campaign(&campaign(&b, "c-b", 3))?;
+            tx.insert_rotation(&rotation(&a, "r1", "c-old", '1', Some('9'), RotationState::Retired))?;
+            tx.insert_rotation(&rotation(&a, "r2", "c-new", '9', None, RotationState::Requested))?;
+            tx.insert_rotation(&rotation(&a, "r3", "c-new", '2', None, RotationState::Failed))?;
+            tx.insert_rotation(&rotation(&b, "r4", "c-b", '9', None, RotationState::Requested))?;
+            Ok::<_, Error>(())
+        })
+        .unwrap();
+        let newest = read(store, |tx| tx.newest_rotation_campaigns(&a.id, 10)).unwrap();
+        assert_eq!(newest.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(), ["c-new", "c-old"]);
+        assert_eq!(read(store, |tx| tx.newest_rotation_campaigns(&a.id, 1)).unwrap().len(), 1);
+        let open = read(store, |tx| tx.open_campaign_counts(&a.id, 10)).unwrap();
+        assert_eq!(open.len(), 1, "only c-new has a rotation open: {open:?}");
+        assert_eq!(open["c-new"].get(&RotationState::Requested), Some(&1));
+        assert_eq!(open["c-new"].get(&RotationState::Failed), Some(&1));
+        // Certificate 9 was issued by r1 and is rotated by r2; account b's r4 does not show.
+        let of_nine = read(store, |tx| tx.rotations_of_certificate(&a.id, &id('9'), 10)).unwrap();
+        let mut names: Vec<_> = of_nine.iter().map(|r| r.id.as_str()).collect();
+        names.sort();
+        assert_eq!(names, ["r1", "r2"]);
+        assert!(read(store, |tx| tx.rotations_of_certificate(&a.id, &id('5'), 10)).unwrap().is_empty());
+    });
+}
