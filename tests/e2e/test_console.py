@@ -379,6 +379,43 @@ def test_a_failed_rotation_is_retried_from_its_campaign(server, openssl, context
             sub.wait()
 
 
+def test_an_on_demand_audit_started_from_the_console_finds_the_expiring_certificates(server, openssl, browser):
+    tenant = server.create_account()
+    devices = [make_device(server, openssl, profile=tenant.profile) for _ in range(2)]
+    # 60-day certificates are within a 90-day threshold: both are findings.
+    server.aws(
+        "update-account-audit-configuration", "--role-arn", "arn:aws:iam::123456789012:role/audit",
+        "--audit-check-configurations",
+        json.dumps({"DEVICE_CERTIFICATE_EXPIRING_CHECK": {
+            "enabled": True, "configuration": {"CERT_EXPIRATION_THRESHOLD_IN_DAYS": "90"}}}),
+        profile=tenant.profile,
+    )
+    context = browser.new_context(ignore_https_errors=True, viewport={"width": 1280, "height": 900})
+    try:
+        page = context.new_page()
+        sign_in(page, server, tenant.profile)
+        page.goto(console_url(server) + "audits")
+        page.click("#start-audit-submit")
+        page.wait_for_selector("#started")
+        page.click("a.task-link")
+        deadline = time.monotonic() + 30
+        while page.text_content("#task-status").strip() != "COMPLETED":
+            assert time.monotonic() < deadline, page.text_content("main")
+            time.sleep(0.5)
+            page.reload()
+        assert page.text_content("#runs td.non-compliant").strip() == "2"
+        links = sorted(a.get_attribute("href").rsplit("/", 1)[1] for a in page.locator("a.finding-certificate").all())
+        assert links == sorted(d.cert_id for d in devices)
+        shot(page, "audit")
+        page.click("a.finding-certificate >> nth=0")
+        page.wait_for_url("**/certificates/*")
+        assert "DEVICE_CERTIFICATE_EXPIRING_CHECK" in page.text_content("#findings")
+        page.goto(console_url(server) + "audits")
+        shot(page, "audits")
+    finally:
+        context.close()
+
+
 def test_a_root_migration_shows_who_came_back_and_reverts_from_the_console(server, openssl, browser):
     tenant = server.create_account()
     host = server.aws("describe-endpoint", "--endpoint-type", "iot:Data-ATS", profile=tenant.profile)["endpointAddress"]

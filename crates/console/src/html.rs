@@ -76,7 +76,7 @@ pub fn page(title: &str, signed_in: Option<(&str, &str)>, body: &str) -> String 
     }
     html.raw("</head><body><header><span class=\"brand\">certfleet</span>");
     if let Some((account, csrf)) = signed_in {
-        html.raw("<nav><a href=\"/overview\">Overview</a><a href=\"/certificates\">Certificates</a><a href=\"/cas\">CAs</a><a href=\"/rotations\">Rotations</a><a href=\"/endpoints\">Endpoints</a></nav>")
+        html.raw("<nav><a href=\"/overview\">Overview</a><a href=\"/certificates\">Certificates</a><a href=\"/cas\">CAs</a><a href=\"/rotations\">Rotations</a><a href=\"/audits\">Audits</a><a href=\"/endpoints\">Endpoints</a></nav>")
             .raw("<span class=\"account\">account <b id=\"account-id\">")
             .text(account)
             .raw("</b></span><form method=\"post\" action=\"/signout\" class=\"inline\">")

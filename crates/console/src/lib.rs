@@ -6,13 +6,14 @@
 //! - `session`: the server-side session table (random IDs, per-session CSRF tokens, bounded).
 //! - `guard`: the failed sign-in bound and the refusals (counted, logged once a second).
 //! - `html` / `svg`: escaped output, bounded form input, the expiry timeline.
-//! - `pages`: the routes and pages; `listener`: the accept loop (TLS, connection bound,
+//! - `pages`, `fleet_pages`, `audit_pages`: the routes and pages; `listener`: the accept loop (TLS, connection bound,
 //!   deadlines).
 //!
 //! Assets (one stylesheet, one script) are compiled into the binary: nothing is fetched from
 //! elsewhere, so the console works on an air-gapped network, and the Content-Security-Policy
 //! allows scripts and styles from the console's own origin only.
 
+mod audit_pages;
 mod fleet_pages;
 mod guard;
 mod html;
