@@ -379,6 +379,29 @@ def test_a_failed_rotation_is_retried_from_its_campaign(server, openssl, context
             sub.wait()
 
 
+def test_a_rotation_campaign_starts_from_a_search(server, openssl, browser):
+    tenant = server.create_account()
+    devices = [make_device(server, openssl, profile=tenant.profile) for _ in range(2)]
+    inactive = make_device(server, openssl, profile=tenant.profile, active=False)
+    context = browser.new_context(ignore_https_errors=True, viewport={"width": 1280, "height": 900})
+    try:
+        page = context.new_page()
+        sign_in(page, server, tenant.profile)
+        page.goto(console_url(server) + "certificates?before=2099-01-01")
+        assert page.locator("#certificates tbody tr").count() == 3
+        page.click("#rotate-found-submit")
+        assert page.text_content("#rotate-count").strip() == "2", "ACTIVE ones only"
+        page.click("#confirm")
+        page.wait_for_url("**/rotations/*?changed=1")
+        olds = sorted(a.get_attribute("href").rsplit("/", 1)[1] for a in page.locator("#rotations a").all())
+        assert olds == sorted(d.cert_id for d in devices)
+        assert inactive.cert_id not in olds
+        # Never connected: each fails at once, and the campaign is closed.
+        assert "2 / 2 closed" in page.text_content("#campaign-progress")
+    finally:
+        context.close()
+
+
 def test_an_on_demand_audit_started_from_the_console_finds_the_expiring_certificates(server, openssl, browser):
     tenant = server.create_account()
     devices = [make_device(server, openssl, profile=tenant.profile) for _ in range(2)]

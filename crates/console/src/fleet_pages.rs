@@ -359,6 +359,79 @@ pub(crate) async fn campaigns(State(console): State<Arc<Console>>, request: Requ
     signed_in_page(&session, "Rotation campaigns", body)
 }
 
+/// The most certificates one campaign started from a search rotates.
+const MAX_ROTATED: u32 = 1000;
+
+/// Starts a rotation campaign for what a certificate search finds (its ACTIVE certificates, at
+/// most [`MAX_ROTATED`]): the first post shows how many, the confirmed one starts it.
+pub(crate) async fn start_rotation(State(console): State<Arc<Console>>, request: Request) -> Response {
+    let session = match require_session(&console, &request).await {
+        Ok(session) => session,
+        Err(response) => return response,
+    };
+    let path = request.uri().path().to_owned();
+    let (headers, fields) = match form(request).await {
+        Ok(form) => form,
+        Err(why) => return bad_input(&console, Some(&session), &why),
+    };
+    if !csrf_holds(&session, &headers, &fields) {
+        return csrf_refused(&console, &session, &path);
+    }
+    let kept: Vec<(&str, String)> = ["id", "cn", "ca", "before"]
+        .into_iter()
+        .filter_map(|name| fields.get(name).map(|v| (name, v.to_owned())))
+        .collect();
+    let query: Vec<String> = kept.iter().map(|(name, value)| format!("{name}={}", url_component(value))).collect();
+    let mut search = match crate::pages::parse_search(&query.join("&")) {
+        Ok((search, _)) => search,
+        Err(why) => return bad_input(&console, Some(&session), &why),
+    };
+    search.status = Some(certfleet_registry::CertificateStatus::Active);
+    search.limit = MAX_ROTATED;
+    search.after = None;
+    let services = console.services.clone();
+    let owner = caller(&session);
+    let found = match blocking(move || services.search_certificates(&owner, &search)).await {
+        Ok((rows, more)) => (rows.into_iter().map(|row| row.id).collect::<Vec<_>>(), more.is_some()),
+        Err(error) => return error_page(Some(&session), error),
+    };
+    let (ids, more) = found;
+    if ids.is_empty() {
+        return bad_input(&console, Some(&session), "the search finds no ACTIVE certificate");
+    }
+    if fields.get("confirm") != Some("yes") {
+        let mut body = Html::default();
+        body.raw("<p>Start a rotation campaign for <b id=\"rotate-count\">")
+            .number(ids.len())
+            .raw("</b> ACTIVE certificates");
+        if more {
+            body.raw(" (the first ").number(MAX_ROTATED).raw(" the search finds; start another campaign for the rest)");
+        }
+        body.raw("? Each device connected with them is asked for a CSR (docs/rotation.md); a certificate never seen connected fails at once.</p>");
+        let hidden: Vec<(&str, &str)> = kept.iter().map(|(name, value)| (*name, value.as_str())).collect();
+        return confirm_page(&session, body, &path, &hidden, "/certificates");
+    }
+    let services = console.services.clone();
+    let owner = caller(&session);
+    let count = ids.len();
+    let started = blocking(move || {
+        services.start_rotation(
+            &owner,
+            &ids,
+            certfleet_registry::RotationSource::Manual,
+            certfleet_registry::SubjectRule::KeepOld,
+        )
+    })
+    .await;
+    let summary = match started {
+        Ok(summary) => summary,
+        Err(error) => return error_page(Some(&session), error),
+    };
+    console.counters.status_changes.fetch_add(1, Ordering::Relaxed);
+    tracing::info!(account = %session.account, access_key_id = %session.access_key_id, campaign = %summary.campaign.id, certificates = count, "console: rotation campaign started");
+    redirect(&format!("/rotations/{}?changed=1", summary.campaign.id))
+}
+
 fn valid_rotation_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }

@@ -52,6 +52,7 @@ pub fn router(console: Arc<Console>) -> Router {
         .route("/cas/{id}", get(crate::fleet_pages::ca))
         .route("/cas/{id}/update", post(crate::fleet_pages::update_ca))
         .route("/rotations", get(crate::fleet_pages::campaigns))
+        .route("/rotations/start", post(crate::fleet_pages::start_rotation))
         .route("/rotations/{id}", get(crate::fleet_pages::campaign))
         .route("/rotations/{id}/retry", post(crate::fleet_pages::retry))
         .route("/audits", get(crate::audit_pages::audits))
@@ -540,7 +541,7 @@ async fn live(State(console): State<Arc<Console>>, request: Request) -> Response
 // ---- certificates -------------------------------------------------------------------------------
 
 /// The search a query string asks for, validated.
-fn parse_search(query: &str) -> Result<(CertificateSearch, Fields), String> {
+pub(crate) fn parse_search(query: &str) -> Result<(CertificateSearch, Fields), String> {
     let fields = Fields::parse(query).map_err(|error| format!("a query {error}"))?;
     let mut search = CertificateSearch { limit: 50, ..Default::default() };
     if let Some(id) = fields.get("id") {
@@ -674,6 +675,19 @@ async fn certificates(State(console): State<Arc<Console>>, request: Request) -> 
             .raw("</td></tr>");
     }
     body.raw("</tbody></table>");
+    if !rows.is_empty() {
+        // Rotate what this search finds (its ACTIVE certificates, at most 1,000), confirmed.
+        body.raw("<form method=\"post\" action=\"/rotations/start\" class=\"inline\" id=\"rotate-found\">");
+        body.raw("<input type=\"hidden\" name=\"csrf\" value=\"").text(&session.csrf).raw("\">");
+        for name in ["id", "cn", "ca", "before"] {
+            if let Some(value) = fields.get(name) {
+                body.raw("<input type=\"hidden\" name=\"").text(name).raw("\" value=\"").text(value).raw("\">");
+            }
+        }
+        body.raw(
+            "<button type=\"submit\" id=\"rotate-found-submit\">Rotate the ACTIVE certificates found…</button></form>",
+        );
+    }
     if let Some(next) = next {
         let mut link = String::from("/certificates?");
         for name in ["id", "cn", "status", "ca", "before", "limit"] {
