@@ -310,20 +310,40 @@ pub(crate) async fn update_ca(
 
 // ---- rotations ----------------------------------------------------------------------------------
 
-fn progress(body: &mut Html, counts: &std::collections::BTreeMap<RotationState, i64>) {
+/// Rotations of a campaign, and how many are closed (retired or failed).
+fn closed_of(counts: &std::collections::BTreeMap<RotationState, i64>) -> (i64, i64) {
     let total: i64 = counts.values().sum();
     let closed: i64 = counts.iter().filter(|(state, _)| !state.is_open()).map(|(_, count)| *count).sum();
-    body.raw("<progress max=\"").number(total.max(1)).raw("\" value=\"").number(closed).raw("\"></progress> ");
-    body.number(closed).raw(" / ").number(total).raw(" closed");
+    (closed, total)
+}
+
+/// A progress bar and `closed / total closed`, with the hooks the script refreshes.
+fn progress(body: &mut Html, counts: &std::collections::BTreeMap<RotationState, i64>) {
+    let (closed, total) = closed_of(counts);
+    body.raw("<progress data-live-max=\"total\" data-live-value=\"closed\" max=\"")
+        .number(total.max(1))
+        .raw("\" value=\"")
+        .number(closed)
+        .raw("\"></progress> <span data-live=\"closed\">")
+        .number(closed)
+        .raw("</span> / <span data-live=\"total\">")
+        .number(total)
+        .raw("</span> closed");
+}
+
+/// `requested 2 failed 1 ...`, in protocol order.
+fn states_text(counts: &std::collections::BTreeMap<RotationState, i64>) -> String {
+    RotationState::ALL
+        .iter()
+        .filter_map(|state| {
+            counts.get(state).filter(|count| **count > 0).map(|count| format!("{} {count}", state.as_str()))
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn state_counts(body: &mut Html, counts: &std::collections::BTreeMap<RotationState, i64>) {
-    for state in RotationState::ALL {
-        let count = counts.get(&state).copied().unwrap_or(0);
-        if count > 0 {
-            body.raw("<span class=\"state\">").text(state.as_str()).raw(" ").number(count).raw("</span> ");
-        }
-    }
+    body.raw("<span data-live=\"states\">").text(&states_text(counts)).raw("</span>");
 }
 
 pub(crate) async fn campaigns(State(console): State<Arc<Console>>, request: Request) -> Response {
@@ -472,7 +492,9 @@ pub(crate) async fn campaign(
         .text(summary.campaign.subject_rule.as_str())
         .raw("</dd><dt>Started</dt><dd>")
         .text(&when(summary.campaign.created_at))
-        .raw("</dd><dt>Progress</dt><dd id=\"campaign-progress\">");
+        .raw("</dd><dt>Progress</dt><dd id=\"campaign-progress\" data-live-source=\"/api/rotations/")
+        .text(&summary.campaign.id)
+        .raw("\">");
     progress(&mut body, &summary.counts);
     body.raw("</dd><dt>By state</dt><dd id=\"campaign-states\">");
     state_counts(&mut body, &summary.counts);
@@ -652,7 +674,9 @@ pub(crate) async fn endpoint(
             if configuration.next_chain.is_empty() { "none".into() } else { chain_label(&configuration.next_chain) }
                 .as_str(),
         )
-        .raw("</code></dd><dt>Serving</dt><dd id=\"endpoint-serving\">")
+        .raw("</code></dd><dt>Serving</dt><dd id=\"endpoint-serving\" data-live=\"serving\" data-live-source=\"/api/endpoints/")
+        .text(&url_component(&configuration.name))
+        .raw("\">")
         .raw(if configuration.serving_next { "next chain" } else { "current chain" })
         .raw("</dd><dt>Migration</dt><dd id=\"endpoint-migration\">")
         .text(&migration_summary(configuration.migration.as_deref()))
@@ -675,19 +699,19 @@ pub(crate) async fn endpoint(
     }
     body.raw("</tbody></table><h2>Who came back</h2>");
     let csv = format!("/endpoints/{}/devices.csv", url_component(&configuration.name));
+    let live = drain_numbers(report.drain.as_ref());
+    body.raw("<p id=\"drain\">Drained <b data-live=\"closed\">")
+        .text(&live.closed)
+        .raw("</b> of <b data-live=\"sessions\">")
+        .text(&live.sessions)
+        .raw("</b> sessions; <b id=\"came-back-count\" data-live=\"came_back\">")
+        .text(&live.came_back)
+        .raw("</b> came back on the new chain, <b id=\"not-back-count\" data-live=\"not_back\">")
+        .text(&live.not_back)
+        .raw("</b> not (yet). These refresh by themselves; reload for the lists.</p>");
     match &report.drain {
         Some(drain) => {
-            body.raw("<p id=\"drain\">Drain to <code>")
-                .text(&drain.to_chain)
-                .raw("</code>: ")
-                .number(drain.closed)
-                .raw(" of ")
-                .number(drain.sessions)
-                .raw(" sessions closed; <b id=\"came-back-count\">")
-                .number(drain.came_back.len())
-                .raw("</b> came back on the new chain, <b id=\"not-back-count\">")
-                .number(drain.not_back.len())
-                .raw("</b> not (yet).");
+            body.raw("<p>Drain to <code>").text(&drain.to_chain).raw("</code>.");
             if let Some(reason) = &drain.guard_tripped {
                 body.raw(" The guard reverted the migration: ").text(reason).raw(".");
             }
@@ -719,6 +743,89 @@ pub(crate) async fn endpoint(
     }
     body.raw("</div>");
     signed_in_page(&session, "Endpoint", body)
+}
+
+/// The drain's numbers as shown (`-` before any drain on this node).
+struct DrainNumbers {
+    closed: String,
+    sessions: String,
+    came_back: String,
+    not_back: String,
+}
+
+fn drain_numbers(drain: Option<&certfleet_services::DrainReport>) -> DrainNumbers {
+    match drain {
+        Some(drain) => DrainNumbers {
+            closed: drain.closed.to_string(),
+            sessions: drain.sessions.to_string(),
+            came_back: drain.came_back.len().to_string(),
+            not_back: drain.not_back.len().to_string(),
+        },
+        None => DrainNumbers { closed: "-".into(), sessions: "-".into(), came_back: "-".into(), not_back: "-".into() },
+    }
+}
+
+fn json_response(status: StatusCode, value: serde_json::Value) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], value.to_string()).into_response()
+}
+
+fn signed_out() -> Response {
+    json_response(StatusCode::UNAUTHORIZED, serde_json::json!({ "error": "signed out" }))
+}
+
+/// A campaign's progress for the page's script: `{closed, total, states}`.
+pub(crate) async fn live_campaign(
+    State(console): State<Arc<Console>>,
+    Path(id): Path<String>,
+    request: Request,
+) -> Response {
+    let Ok(session) = require_session(&console, &request).await else { return signed_out() };
+    if !valid_rotation_id(&id) {
+        return json_response(StatusCode::BAD_REQUEST, serde_json::json!({ "error": "bad campaign ID" }));
+    }
+    let services = console.services.clone();
+    let owner = caller(&session);
+    match blocking(move || services.describe_rotation_campaign(&owner, &id)).await {
+        Ok(summary) => {
+            let (closed, total) = closed_of(&summary.counts);
+            json_response(
+                StatusCode::OK,
+                serde_json::json!({ "closed": closed, "total": total, "states": states_text(&summary.counts) }),
+            )
+        }
+        Err(_) => json_response(StatusCode::NOT_FOUND, serde_json::json!({ "error": "not found" })),
+    }
+}
+
+/// A configuration's migration for the page's script: `{serving, closed, sessions, came_back, not_back}`.
+pub(crate) async fn live_endpoint(
+    State(console): State<Arc<Console>>,
+    Path(name): Path<String>,
+    request: Request,
+) -> Response {
+    let Ok(session) = require_session(&console, &request).await else { return signed_out() };
+    if !valid_configuration_name(&name) {
+        return json_response(StatusCode::BAD_REQUEST, serde_json::json!({ "error": "bad name" }));
+    }
+    let services = console.services.clone();
+    let owner = caller(&session);
+    let wanted = name.clone();
+    let configuration = match blocking(move || services.describe_domain_configuration(&owner, &wanted)).await {
+        Ok(configuration) => configuration,
+        Err(_) => return json_response(StatusCode::NOT_FOUND, serde_json::json!({ "error": "not found" })),
+    };
+    let drain = console.services.endpoint_report(&caller(&session), &name).and_then(|report| report.drain);
+    let numbers = drain_numbers(drain.as_ref());
+    json_response(
+        StatusCode::OK,
+        serde_json::json!({
+            "serving": if configuration.serving_next { "next chain" } else { "current chain" },
+            "closed": numbers.closed,
+            "sessions": numbers.sessions,
+            "came_back": numbers.came_back,
+            "not_back": numbers.not_back,
+        }),
+    )
 }
 
 /// A CSV field: quoted, quotes doubled, and a leading `= + - @` (or tab, CR) defused with an

@@ -48,6 +48,8 @@ pub fn router(console: Arc<Console>) -> Router {
         .route("/certificates/{id}", get(certificate))
         .route("/certificates/{id}/status", post(change_status))
         .route("/api/live", get(live))
+        .route("/api/rotations/{id}", get(crate::fleet_pages::live_campaign))
+        .route("/api/endpoints/{name}", get(crate::fleet_pages::live_endpoint))
         .route("/cas", get(crate::fleet_pages::cas))
         .route("/cas/{id}", get(crate::fleet_pages::ca))
         .route("/cas/{id}/update", post(crate::fleet_pages::update_ca))
