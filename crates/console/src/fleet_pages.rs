@@ -409,6 +409,13 @@ pub(crate) async fn start_rotation(State(console): State<Arc<Console>>, request:
     search.status = Some(certfleet_registry::CertificateStatus::Active);
     search.limit = MAX_ROTATED;
     search.after = None;
+    let Some(_slot) = console.queries.enter(&session.account) else {
+        console.refusals.refuse(crate::guard::Refusal::Busy, &format!("account {} rotation search", session.account));
+        return error_page(
+            Some(&session),
+            certfleet_services::Error::LimitExceeded("this account's queries are busy; try again in a moment".into()),
+        );
+    };
     let services = console.services.clone();
     let owner = caller(&session);
     let found = match blocking(move || services.search_certificates(&owner, &search)).await {

@@ -37,10 +37,12 @@ pub enum Refusal {
     ConnectionsFull,
     /// A request that did not finish within the request timeout.
     TimedOut,
+    /// An account already had its share of registry queries running (searches, overviews).
+    Busy,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 12] = [
+    pub const ALL: [Refusal; 13] = [
         Refusal::UnknownAccessKey,
         Refusal::WrongSecret,
         Refusal::MalformedSignIn,
@@ -53,6 +55,7 @@ impl Refusal {
         Refusal::BadInput,
         Refusal::ConnectionsFull,
         Refusal::TimedOut,
+        Refusal::Busy,
     ];
 
     /// The metric label and log reason.
@@ -70,6 +73,7 @@ impl Refusal {
             Refusal::BadInput => "bad_input",
             Refusal::ConnectionsFull => "connections_full",
             Refusal::TimedOut => "timed_out",
+            Refusal::Busy => "busy",
         }
     }
 
@@ -110,6 +114,57 @@ impl Refusals {
     /// How many of this kind were refused.
     pub fn count(&self, refusal: Refusal) -> u64 {
         self.counts[refusal.index()].load(Ordering::Relaxed)
+    }
+}
+
+/// Registry queries in flight per account: at most `limit` at once, so one tenant's operators
+/// cannot hold every read connection with searches that scan (a full index pass is about a
+/// second per million certificates).
+#[derive(Debug)]
+pub struct InFlight<K> {
+    limit: usize,
+    running: std::sync::Mutex<HashMap<K, usize>>,
+}
+
+/// One query's place; given back when dropped.
+pub struct Slot<'a, K: std::hash::Hash + Eq + Clone> {
+    owner: &'a InFlight<K>,
+    key: K,
+}
+
+impl<K: std::hash::Hash + Eq + Clone> InFlight<K> {
+    pub fn new(limit: usize) -> Self {
+        InFlight { limit: limit.max(1), running: std::sync::Mutex::new(HashMap::new()) }
+    }
+
+    /// A place for one more query of `key`, or `None` when it already has `limit` running.
+    pub fn enter(&self, key: &K) -> Option<Slot<'_, K>> {
+        let mut running = self.running.lock().ok()?;
+        let count = running.entry(key.clone()).or_insert(0);
+        if *count >= self.limit {
+            return None;
+        }
+        *count += 1;
+        Some(Slot { owner: self, key: key.clone() })
+    }
+
+    /// Keys with a query running.
+    #[cfg(test)]
+    pub fn keys(&self) -> usize {
+        self.running.lock().map(|running| running.len()).unwrap_or(0)
+    }
+}
+
+impl<K: std::hash::Hash + Eq + Clone> Drop for Slot<'_, K> {
+    fn drop(&mut self) {
+        if let Ok(mut running) = self.owner.running.lock()
+            && let Some(count) = running.get_mut(&self.key)
+        {
+            *count -= 1;
+            if *count == 0 {
+                running.remove(&self.key);
+            }
+        }
     }
 }
 
@@ -254,6 +309,19 @@ mod tests {
         // Once their windows end, the old peers make room.
         limiter.failed(ip("10.0.3.1"), start + Duration::from_secs(61));
         assert_eq!(limiter.peers(), 1);
+    }
+
+    #[test]
+    fn queries_in_flight_are_bounded_per_key_and_given_back() {
+        let bound = InFlight::new(2);
+        let first = bound.enter(&"a").unwrap();
+        let second = bound.enter(&"a").unwrap();
+        assert!(bound.enter(&"a").is_none(), "a third for the same key waits for a place");
+        assert!(bound.enter(&"b").is_some(), "another key has its own places");
+        drop(first);
+        let third = bound.enter(&"a").unwrap();
+        drop((second, third));
+        assert_eq!(bound.keys(), 0, "no key is remembered once its queries are done");
     }
 
     #[test]

@@ -86,8 +86,13 @@ pub struct Console {
     refusals: guard::Refusals,
     overviews: Mutex<HashMap<AccountId, (Instant, Arc<FleetOverview>)>>,
     expiring: Mutex<Option<(time::OffsetDateTime, Vec<ExpiringCount>)>>,
+    /// Registry queries that may scan (searches, overviews) in flight per account.
+    queries: guard::InFlight<AccountId>,
     counters: Counters,
 }
+
+/// Registry queries that may scan, in flight per account at once.
+const QUERIES_PER_ACCOUNT: usize = 2;
 
 #[derive(Default)]
 struct Counters {
@@ -113,6 +118,7 @@ impl Console {
             refusals: guard::Refusals::default(),
             overviews: Mutex::new(HashMap::new()),
             expiring: Mutex::new(None),
+            queries: guard::InFlight::new(QUERIES_PER_ACCOUNT),
             counters: Counters::default(),
         })
     }
@@ -180,6 +186,12 @@ impl Console {
         {
             return Ok(overview.clone());
         }
+        let Some(_slot) = self.queries.enter(&caller.account) else {
+            self.refusals.refuse(Refusal::Busy, &format!("account {} overview", caller.account));
+            return Err(certfleet_services::Error::LimitExceeded(
+                "this account's queries are busy; try again in a moment".into(),
+            ));
+        };
         let services = self.services.clone();
         let owner = caller.clone();
         let started = Instant::now();

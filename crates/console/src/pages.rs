@@ -128,6 +128,7 @@ pub(crate) fn error_page(session: Option<&Session>, error: certfleet_services::E
     use certfleet_services::Error;
     let (status, message) = match &error {
         Error::NotFound(_) | Error::RuleNotFound(_) => (StatusCode::NOT_FOUND, "Not found in this account.".to_owned()),
+        Error::LimitExceeded(_) => (StatusCode::TOO_MANY_REQUESTS, error.to_string()),
         // A rule of the operation refused it: say which (the text names the account's own
         // resources only).
         Error::InvalidRequest(_)
@@ -141,7 +142,6 @@ pub(crate) fn error_page(session: Option<&Session>, error: certfleet_services::E
         | Error::DeleteConflict(_)
         | Error::TransferConflict(_)
         | Error::TransferAlreadyCompleted(_)
-        | Error::LimitExceeded(_)
         | Error::MalformedPolicy(_)
         | Error::VersionsLimitExceeded(_)
         | Error::VersionConflict(_)
@@ -625,6 +625,13 @@ async fn certificates(State(console): State<Arc<Console>>, request: Request) -> 
     let (search, fields) = match parse_search(&query) {
         Ok(parsed) => parsed,
         Err(why) => return bad_input(&console, Some(&session), &why),
+    };
+    let Some(_slot) = console.queries.enter(&session.account) else {
+        console.refusals.refuse(Refusal::Busy, &format!("account {} search", session.account));
+        return error_page(
+            Some(&session),
+            certfleet_services::Error::LimitExceeded("this account's queries are busy; try again in a moment".into()),
+        );
     };
     let services = console.services.clone();
     let owner = caller(&session);
