@@ -17,7 +17,7 @@ import pytest
 
 from test_endpoints import ConfiguredServer, Fleet, connected_on, endpoint_cli, import_cert, root_and_server_cert, \
     scrape_metrics, status, wait_for
-from test_gateway import allow_all_policy, make_device, start_sub
+from test_gateway import make_device, mosquitto, start_sub
 
 from playwright.sync_api import sync_playwright  # noqa: E402 (tests/e2e/requirements.txt)
 
@@ -225,6 +225,14 @@ def test_find_a_certificate_and_revoke_it_while_its_device_is_connected(server, 
         assert sub.returncode != 0, sub.communicate()
         described = server.aws("describe-certificate", "--certificate-id", device.cert_id)
         assert described["certificateDescription"]["status"] == "REVOKED"
+        # Trying again is refused, and the overview says why devices were refused.
+        again = mosquitto("mosquitto_pub", server, device, "-t", "console/revoke", "-m", "x")
+        assert again.returncode != 0
+        page.goto(console_url(server) + "overview")
+        reasons = dict(zip(page.locator("#refusals td.reason").all_text_contents(),
+                           map(int, page.locator("#refusals td.count").all_text_contents())))
+        assert reasons.get("Revoked", 0) >= 1, reasons
+        assert number(page, "#refused-count") >= 1
     finally:
         if sub.poll() is None:
             sub.kill()

@@ -416,6 +416,7 @@ async fn overview(State(console): State<Arc<Console>>, request: Request) -> Resp
         Err(error) => return error_page(Some(&session), error),
     };
     let connected = console.services.connected_clients(&caller).len();
+    let refused = console.services.recent_refusals(&caller);
     let services = console.services.clone();
     let owner = caller.clone();
     let campaigns = blocking(move || services.open_rotation_campaigns(&owner, 20)).await;
@@ -435,6 +436,8 @@ async fn overview(State(console): State<Arc<Console>>, request: Request) -> Resp
     card(&mut body, "expired", "Expired, still ACTIVE", fleet.expired_active);
     body.raw("<div class=\"card\"><span class=\"label\">Devices connected now</span><span class=\"value\" id=\"connected-count\" data-live=\"connected\">")
         .number(connected)
+        .raw("</span></div><div class=\"card\"><span class=\"label\">Devices refused, last hour</span><span class=\"value\" id=\"refused-count\" data-live=\"refused\">")
+        .number(refused.iter().map(|(_, count)| count).sum::<u64>())
         .raw("</span></div></section>");
     body.raw("<p class=\"hint\">Counts as of ")
         .text(&when(fleet.computed_at))
@@ -442,6 +445,20 @@ async fn overview(State(console): State<Arc<Console>>, request: Request) -> Resp
     body.raw("<h2>Expiry timeline</h2><p class=\"hint\">ACTIVE certificates by week of notAfter for the next year, stacked by issuing CA; the first bar is those already expired.</p>")
         .raw(&crate::svg::timeline(&fleet));
 
+    body.raw("<h2>Why devices were refused (last hour, this node)</h2>");
+    if refused.is_empty() {
+        body.raw("<p id=\"no-refusals\">No device of this account was refused in the last hour.</p>");
+    } else {
+        body.raw("<table id=\"refusals\"><thead><tr><th>Reason</th><th>Devices refused</th></tr></thead><tbody>");
+        for (reason, count) in &refused {
+            body.raw("<tr><td class=\"reason\">")
+                .text(reason)
+                .raw("</td><td class=\"count\">")
+                .number(count)
+                .raw("</td></tr>");
+        }
+        body.raw("</tbody></table><p class=\"hint\">Reasons as in docs/gateway.md: Revoked, Inactive, Unregistered, Expired, NoClientCert, ...</p>");
+    }
     body.raw("<h2>Rotation campaigns in progress</h2>");
     match campaigns {
         Ok(campaigns) if campaigns.is_empty() => {
@@ -535,8 +552,14 @@ async fn live(State(console): State<Arc<Console>>, request: Request) -> Response
         return (StatusCode::UNAUTHORIZED, [(header::CONTENT_TYPE, "application/json")], "{\"error\":\"signed out\"}")
             .into_response();
     };
-    let connected = console.services.connected_clients(&caller(&session)).len();
-    let body = serde_json::json!({ "connected": connected, "at": console.services.now().unix_timestamp() });
+    let owner = caller(&session);
+    let connected = console.services.connected_clients(&owner).len();
+    let refused: u64 = console.services.recent_refusals(&owner).iter().map(|(_, count)| count).sum();
+    let body = serde_json::json!({
+        "connected": connected,
+        "refused": refused,
+        "at": console.services.now().unix_timestamp(),
+    });
     ([(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
 }
 

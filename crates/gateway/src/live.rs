@@ -33,11 +33,12 @@ struct Entry {
     close: watch::Sender<Option<Refusal>>,
 }
 
-/// Every authenticated connection of this node.
+/// Every authenticated connection of this node, and the devices it refused in the last hour.
 #[derive(Default)]
 pub struct LiveSessions {
     next_id: AtomicU64,
     sessions: Mutex<HashMap<u64, Entry>>,
+    refused: Mutex<crate::recent::RecentRefusals>,
 }
 
 /// A connection's membership: tells it when to close, and leaves the table when dropped.
@@ -160,6 +161,11 @@ impl LiveSessions {
     pub fn count(&self) -> usize {
         lock(&self.sessions).len()
     }
+
+    /// Counts a device of `account` refused for `reason` (the operator view of the last hour).
+    pub fn note_refusal(&self, account: &AccountId, reason: Refusal, now: OffsetDateTime) {
+        lock(&self.refused).note(account, reason, now);
+    }
 }
 
 /// Whether an identity belongs to `account` and (when given) uses this certificate or CA.
@@ -191,6 +197,14 @@ impl certfleet_services::DataPlane for LiveSessions {
                 peer: info.peer.to_string(),
                 connected_at: info.connected_at,
             })
+            .collect()
+    }
+
+    fn recent_refusals(&self, account: &AccountId) -> Vec<(String, u64)> {
+        lock(&self.refused)
+            .last_hour(account, OffsetDateTime::now_utc())
+            .into_iter()
+            .map(|(reason, count)| (reason.as_str().to_owned(), count))
             .collect()
     }
 }

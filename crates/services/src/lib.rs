@@ -129,6 +129,12 @@ pub trait DataPlane: Send + Sync {
     fn endpoint_report(&self, _account: &AccountId, _configuration: &str) -> Option<EndpointReport> {
         None
     }
+
+    /// The devices of `account` this node refused in the last hour, by reason (the gateway's
+    /// `Refusal` names), most frequent first.
+    fn recent_refusals(&self, _account: &AccountId) -> Vec<(String, u64)> {
+        Vec::new()
+    }
 }
 
 /// One server chain of a domain configuration, as a gateway node saw it.
@@ -211,6 +217,12 @@ impl Services {
     /// The caller's devices connected to this node (none when no gateway runs here).
     pub fn connected_clients(&self, caller: &Caller) -> Vec<ConnectedClient> {
         self.data_plane.get().map(|plane| plane.connected_clients(&caller.account)).unwrap_or_default()
+    }
+
+    /// The caller's devices this node refused in the last hour, by reason (none without a
+    /// gateway here).
+    pub fn recent_refusals(&self, caller: &Caller) -> Vec<(String, u64)> {
+        self.data_plane.get().map(|plane| plane.recent_refusals(&caller.account)).unwrap_or_default()
     }
 
     /// This node's gateway report on a domain configuration (none without a gateway here).
