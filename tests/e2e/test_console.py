@@ -316,6 +316,10 @@ def test_pages_carry_the_security_headers_and_escape_tenant_strings(server, open
     assert headers["cache-control"] == "no-store"
     assert page.input_value("#search-cn") == "<script>alert(1)</script>"
     assert "<script>alert(1)" not in page.content().split("<main>", 1)[1].replace("&lt;script&gt;", "")
+    # A page asked for another host name (a DNS-rebinding page names its own) is refused.
+    rebound = raw_request(server, "GET", "/signin", headers={"Host": "attacker.example:8444"})
+    assert rebound.status == 421
+    assert raw_request(server, "GET", "/signin", headers={"Host": "localhost"}).status == 200
     # Oversized and repeated inputs are refused.
     assert page.goto(console_url(server) + "certificates?limit=100000").status == 400
     assert page.goto(console_url(server) + "certificates?id=ab&id=cd").status == 400

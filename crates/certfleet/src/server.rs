@@ -471,7 +471,11 @@ async fn start_console(
     let Some((addr, settings)) = &config.console else { return Ok(None) };
     let listener = TcpListener::bind(addr).await.with_context(|| format!("binding the console to {addr}"))?;
     let bound = listener.local_addr()?;
-    let settings = certfleet_console::Config { secure_cookies: tls.is_some(), ..settings.clone() };
+    let settings = certfleet_console::Config {
+        secure_cookies: tls.is_some(),
+        host_names: config.server_names.clone(),
+        ..settings.clone()
+    };
     let url = format!("{}://{bound}/", if tls.is_some() { "https" } else { "http" });
     let console = certfleet_console::Console::new(services.clone(), settings);
     console.start_background(stopped.clone());

@@ -39,10 +39,13 @@ pub enum Refusal {
     TimedOut,
     /// An account already had its share of registry queries running (searches, overviews).
     Busy,
+    /// A `Host` header naming neither an IP address, `localhost`, nor one of the server's names
+    /// (a DNS-rebinding page's requests name the attacker's host).
+    UnknownHost,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 13] = [
+    pub const ALL: [Refusal; 14] = [
         Refusal::UnknownAccessKey,
         Refusal::WrongSecret,
         Refusal::MalformedSignIn,
@@ -56,6 +59,7 @@ impl Refusal {
         Refusal::ConnectionsFull,
         Refusal::TimedOut,
         Refusal::Busy,
+        Refusal::UnknownHost,
     ];
 
     /// The metric label and log reason.
@@ -74,6 +78,7 @@ impl Refusal {
             Refusal::ConnectionsFull => "connections_full",
             Refusal::TimedOut => "timed_out",
             Refusal::Busy => "busy",
+            Refusal::UnknownHost => "unknown_host",
         }
     }
 
@@ -166,6 +171,28 @@ impl<K: std::hash::Hash + Eq + Clone> Drop for Slot<'_, K> {
             }
         }
     }
+}
+
+/// Whether a request's `Host` header names this console: an IP literal (v4, or v6 in
+/// brackets), `localhost`, or one of `names` (compared without case and trailing dot), with
+/// any port. A missing header is refused.
+pub fn host_allowed(host: Option<&str>, names: &[String]) -> bool {
+    let Some(host) = host else { return false };
+    let name = match host.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((inside, after)) if after.is_empty() || after.starts_with(':') => {
+                return inside.parse::<std::net::Ipv6Addr>().is_ok();
+            }
+            _ => return false,
+        },
+        None => host
+            .rsplit_once(':')
+            .map_or(host, |(name, port)| if port.bytes().all(|b| b.is_ascii_digit()) { name } else { host }),
+    };
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    name.parse::<std::net::Ipv4Addr>().is_ok()
+        || name == "localhost"
+        || names.iter().any(|allowed| allowed.trim_end_matches('.').eq_ignore_ascii_case(&name))
 }
 
 /// Client input in a log line, cut to 128 bytes (on a char boundary) with an ellipsis.
@@ -322,6 +349,29 @@ mod tests {
         let third = bound.enter(&"a").unwrap();
         drop((second, third));
         assert_eq!(bound.keys(), 0, "no key is remembered once its queries are done");
+    }
+
+    #[test]
+    fn hosts_are_ip_literals_localhost_or_the_servers_names() {
+        let names = vec!["console.example.com".to_owned()];
+        for (host, allowed) in [
+            (Some("127.0.0.1:8444"), true),
+            (Some("127.0.0.1"), true),
+            (Some("[::1]:8444"), true),
+            (Some("[::1]"), true),
+            (Some("localhost:9000"), true),
+            (Some("LOCALHOST."), true),
+            (Some("Console.Example.com:443"), true),
+            (Some("evil.example"), false),
+            (Some("evil.example:8444"), false),
+            (Some("127.0.0.1.evil.example"), false),
+            (Some("[::1]evil"), false),
+            (Some("[not-an-ip]:1"), false),
+            (Some(""), false),
+            (None, false),
+        ] {
+            assert_eq!(host_allowed(host, &names), allowed, "{host:?}");
+        }
     }
 
     #[test]

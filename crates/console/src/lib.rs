@@ -54,6 +54,9 @@ pub struct Config {
     pub gauge_interval: Duration,
     /// Cookies carry `Secure` (the listener serves TLS).
     pub secure_cookies: bool,
+    /// Host names requests may name besides IP literals and `localhost` (the server's names);
+    /// others are refused (DNS rebinding).
+    pub host_names: Vec<String>,
 }
 
 impl Default for Config {
@@ -68,6 +71,7 @@ impl Default for Config {
             overview_cache: Duration::from_secs(15),
             gauge_interval: Duration::from_secs(300),
             secure_cookies: true,
+            host_names: Vec::new(),
         }
     }
 }

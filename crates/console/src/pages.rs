@@ -76,11 +76,17 @@ async fn guard_request(State(console): State<Arc<Console>>, request: Request, ne
     console.counters.requests.fetch_add(1, Ordering::Relaxed);
     let path = request.uri().path().to_owned();
     let is_asset = path.starts_with("/assets/");
-    let mut response = match tokio::time::timeout(console.config.request_timeout, next.run(request)).await {
-        Ok(response) => response,
-        Err(_) => {
-            console.refusals.refuse(Refusal::TimedOut, &path);
-            (StatusCode::SERVICE_UNAVAILABLE, "the request took too long\n").into_response()
+    let host = request.headers().get(header::HOST).and_then(|value| value.to_str().ok());
+    let mut response = if !crate::guard::host_allowed(host, &console.config.host_names) {
+        console.refusals.refuse(Refusal::UnknownHost, &format!("host {:?} {path}", host.unwrap_or("")));
+        (StatusCode::MISDIRECTED_REQUEST, "this console does not answer for that host name\n").into_response()
+    } else {
+        match tokio::time::timeout(console.config.request_timeout, next.run(request)).await {
+            Ok(response) => response,
+            Err(_) => {
+                console.refusals.refuse(Refusal::TimedOut, &path);
+                (StatusCode::SERVICE_UNAVAILABLE, "the request took too long\n").into_response()
+            }
         }
     };
     let headers = response.headers_mut();
