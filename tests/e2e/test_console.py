@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import ssl
 import time
 import uuid
@@ -233,6 +234,13 @@ def test_find_a_certificate_and_revoke_it_while_its_device_is_connected(server, 
                            map(int, page.locator("#refusals td.count").all_text_contents())))
         assert reasons.get("Revoked", 0) >= 1, reasons
         assert number(page, "#refused-count") >= 1
+        # The revocation closed the session within a second of its commit, on the histogram.
+        metrics = scrape_metrics(server)
+        count = next(int(line.split()[1]) for line in metrics.splitlines()
+                     if line.startswith("certfleet_revocation_to_disconnect_seconds_count "))
+        within = next(int(line.split()[1]) for line in metrics.splitlines()
+                      if line.startswith('certfleet_revocation_to_disconnect_seconds_bucket{le="1"}'))
+        assert count >= 1 and within == count, metrics
     finally:
         if sub.poll() is None:
             sub.kill()
@@ -302,6 +310,18 @@ def test_sign_out_ends_the_session(server, context):
     assert answer.status == 303 and answer.getheader("Location") == "/signin"
     live = raw_request(server, "GET", "/api/live", cookie=cookie)
     assert live.status == 401
+
+
+def test_every_metric_the_grafana_dashboard_uses_is_exported(server):
+    dashboard = (Path(__file__).resolve().parents[2] / "docs" / "grafana" / "certfleet.json").read_text()
+    used = set(re.findall(r"certfleet_[a-z0-9_]+", dashboard))
+    metrics = scrape_metrics(server)
+    # A family is exported when declared (`# TYPE`), even before its first series.
+    exported = {line.split()[2] for line in metrics.splitlines() if line.startswith("# TYPE ")}
+    exported |= {line.split("{")[0].split(" ")[0] for line in metrics.splitlines() if line and not line.startswith("#")}
+    exported |= {name.removesuffix(suffix) for name in exported for suffix in ("_bucket", "_sum", "_count")}
+    assert len(used) >= 8, used
+    assert used <= exported, sorted(used - exported)
 
 
 def test_pages_carry_the_security_headers_and_escape_tenant_strings(server, openssl, context):

@@ -39,6 +39,7 @@ pub struct LiveSessions {
     next_id: AtomicU64,
     sessions: Mutex<HashMap<u64, Entry>>,
     refused: Mutex<crate::recent::RecentRefusals>,
+    closed_after_change: Mutex<crate::recent::Latencies>,
 }
 
 /// A connection's membership: tells it when to close, and leaves the table when dropped.
@@ -160,6 +161,20 @@ impl LiveSessions {
     /// How many connections are live.
     pub fn count(&self) -> usize {
         lock(&self.sessions).len()
+    }
+
+    /// Records that `sessions` live sessions were told to close `seconds` after the registry
+    /// change that refused them was committed.
+    pub fn note_closed_after_change(&self, sessions: usize, seconds: f64) {
+        let mut latencies = lock(&self.closed_after_change);
+        for _ in 0..sessions {
+            latencies.observe(seconds);
+        }
+    }
+
+    /// The revocation-to-disconnect histogram: cumulative buckets, count, sum.
+    pub fn closed_after_change(&self) -> (Vec<(f64, u64)>, u64, f64) {
+        lock(&self.closed_after_change).snapshot()
     }
 
     /// Counts a device of `account` refused for `reason` (the operator view of the last hour).

@@ -16,6 +16,47 @@ use crate::identity::Refusal;
 /// Minutes kept per account.
 const MINUTES: i64 = 60;
 
+/// The upper bounds (seconds) of the revocation-to-disconnect histogram's buckets.
+pub const LATENCY_BOUNDS: [f64; 9] = [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
+/// How long live sessions took to be told to close after the registry change that refused
+/// them (a revocation, a deactivation, a deleted account) was committed: the change-feed
+/// entry's time to the close signal, on this node. Prometheus histogram buckets (cumulative
+/// when rendered).
+#[derive(Debug, Default)]
+pub struct Latencies {
+    buckets: [u64; LATENCY_BOUNDS.len()],
+    count: u64,
+    sum: f64,
+}
+
+impl Latencies {
+    /// One session closed `seconds` after its change (negative, from clock skew between
+    /// nodes, counts as 0).
+    pub fn observe(&mut self, seconds: f64) {
+        let seconds = seconds.max(0.0);
+        if let Some(index) = LATENCY_BOUNDS.iter().position(|bound| seconds <= *bound) {
+            self.buckets[index] += 1;
+        }
+        self.count += 1;
+        self.sum += seconds;
+    }
+
+    /// `(le, cumulative count)` per bucket, then the count and the sum.
+    pub fn snapshot(&self) -> (Vec<(f64, u64)>, u64, f64) {
+        let mut running = 0;
+        let buckets = LATENCY_BOUNDS
+            .iter()
+            .zip(self.buckets)
+            .map(|(bound, count)| {
+                running += count;
+                (*bound, running)
+            })
+            .collect();
+        (buckets, self.count, self.sum)
+    }
+}
+
 /// One minute of an account's refusals.
 #[derive(Debug)]
 struct Minute {
@@ -120,6 +161,22 @@ mod tests {
         recent.note(&a, Refusal::Expired, at(200));
         assert_eq!(recent.last_hour(&a, at(200)), vec![(Refusal::Expired, 1)]);
         assert_eq!(recent.accounts.get(&a).map(VecDeque::len), Some(1));
+    }
+
+    #[test]
+    fn latencies_fill_cumulative_buckets() {
+        let mut latencies = Latencies::default();
+        for seconds in [0.01, 0.2, 0.2, 3.0, 100.0, -1.0] {
+            latencies.observe(seconds);
+        }
+        let (buckets, count, sum) = latencies.snapshot();
+        assert_eq!(count, 6);
+        assert!((sum - 103.41).abs() < 1e-9);
+        let at = |le: f64| buckets.iter().find(|(bound, _)| *bound == le).map(|(_, n)| *n);
+        assert_eq!(at(0.05), Some(2), "0.01 and the skewed -1");
+        assert_eq!(at(0.25), Some(4));
+        assert_eq!(at(5.0), Some(5));
+        assert_eq!(at(30.0), Some(5), "100 s is only in +Inf (the count)");
     }
 
     #[test]

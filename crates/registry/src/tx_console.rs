@@ -368,6 +368,15 @@ impl Tx<'_> {
         Ok(campaigns)
     }
 
+    /// The account's rotations per state (states without any are absent).
+    pub fn rotation_state_counts(&mut self, account: &AccountId) -> Result<BTreeMap<RotationState, i64>, Error> {
+        let rows = self.conn.query(
+            "SELECT state, COUNT(*) FROM rotations WHERE account_id = $1 GROUP BY state",
+            &[account.as_str().into()],
+        )?;
+        rows.iter().map(|row| Ok((parse_text(&row.text(0)?, RotationState::parse)?, row.int(1)?))).collect()
+    }
+
     /// The account's newest `limit` rotation campaigns, newest first.
     pub fn newest_rotation_campaigns(
         &mut self,

@@ -1726,5 +1726,10 @@ fn console_rotation_read_models_list_campaigns_and_a_certificates_rotations() {
         names.sort();
         assert_eq!(names, ["r1", "r2"]);
         assert!(read(store, |tx| tx.rotations_of_certificate(&a.id, &id('5'), 10)).unwrap().is_empty());
+        let states = read(store, |tx| tx.rotation_state_counts(&a.id)).unwrap();
+        assert_eq!(
+            states.into_iter().collect::<Vec<_>>(),
+            vec![(RotationState::Requested, 1), (RotationState::Retired, 1), (RotationState::Failed, 1)]
+        );
     });
 }

@@ -177,6 +177,20 @@ impl Services {
         Ok(counts)
     }
 
+    /// Every account's rotations per state (accounts without rotations are absent): the
+    /// rotation outcome gauges.
+    pub fn rotation_counts(&self) -> Result<Vec<(AccountId, BTreeMap<RotationState, i64>)>, Error> {
+        let accounts = self.list_accounts()?;
+        let mut counts = Vec::new();
+        for account in accounts {
+            let states = registry::read(self.store(), |tx| tx.rotation_state_counts(&account.id))?;
+            if !states.is_empty() {
+                counts.push((account.id, states));
+            }
+        }
+        Ok(counts)
+    }
+
     /// The rotations from or to one of the caller's certificates, newest first.
     pub fn certificate_rotations(
         &self,

@@ -106,6 +106,9 @@ fn the_overview_counts_what_the_registry_holds_for_the_caller_only() {
     assert_eq!(campaigns.len(), 1);
     assert_eq!(campaigns[0].campaign.id, started.campaign.id);
     assert_eq!(campaigns[0].counts.get(&RotationState::Failed), Some(&1));
+    let gauges = services.rotation_counts().unwrap();
+    assert_eq!(gauges.len(), 1, "only the caller's account has rotations");
+    assert_eq!((&gauges[0].0, gauges[0].1.get(&RotationState::Failed)), (&caller.account, Some(&1)));
     assert!(services.open_rotation_campaigns(&caller, 10).unwrap().is_empty(), "nothing open");
     let rotations = services.certificate_rotations(&caller, &old_a, 10).unwrap();
     assert_eq!(rotations.len(), 1);
