@@ -91,7 +91,7 @@ pub struct Console {
     overviews: Mutex<HashMap<AccountId, (Instant, Arc<FleetOverview>)>>,
     expiring: Mutex<Option<(time::OffsetDateTime, Vec<ExpiringCount>)>>,
     /// Every account's rotations per state, computed with the expiring gauges.
-    rotations: Mutex<Vec<(AccountId, std::collections::BTreeMap<certfleet_registry::RotationState, i64>)>>,
+    rotations: Mutex<Vec<(AccountId, certfleet_services::RotationCounts)>>,
     /// Registry queries that may scan (searches, overviews) in flight per account.
     queries: guard::InFlight<AccountId>,
     counters: Counters,

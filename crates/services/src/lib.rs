@@ -53,7 +53,8 @@ pub use issuers::load_or_create_issuer;
 pub use lookups::ConnectionEvent;
 pub use maintenance::{NotPruned, PruneReport, PruneSettings, Retention};
 pub use overview::{
-    CaCounts, EXPIRY_WINDOWS_DAYS, ExpiringCount, FleetOverview, OpenCampaign, TIMELINE_WEEK_COUNT, TimelineSeries,
+    CaCounts, EXPIRY_WINDOWS_DAYS, ExpiringCount, FleetOverview, OpenCampaign, RotationCounts, TIMELINE_WEEK_COUNT,
+    TimelineSeries,
 };
 pub use provisioning::{ProvisionedPolicy, ProvisionedThing, Provisioning, Template};
 pub use rotation::{

@@ -14,6 +14,9 @@ use time::OffsetDateTime;
 
 use crate::{Caller, Error, Services};
 
+/// Rotations per state (states without any are absent).
+pub type RotationCounts = BTreeMap<RotationState, i64>;
+
 /// The expiry windows the overview and the gauges count, in days.
 pub const EXPIRY_WINDOWS_DAYS: [i64; 3] = [7, 30, 90];
 
@@ -179,7 +182,7 @@ impl Services {
 
     /// Every account's rotations per state (accounts without rotations are absent): the
     /// rotation outcome gauges.
-    pub fn rotation_counts(&self) -> Result<Vec<(AccountId, BTreeMap<RotationState, i64>)>, Error> {
+    pub fn rotation_counts(&self) -> Result<Vec<(AccountId, RotationCounts)>, Error> {
         let accounts = self.list_accounts()?;
         let mut counts = Vec::new();
         for account in accounts {
