@@ -197,8 +197,19 @@ def test_find_a_certificate_and_revoke_it_while_its_device_is_connected(server, 
         assert page.locator("#certificates tbody tr").count() == 1
         common_name = page.text_content("#certificates tbody tr td.cn").strip()
         assert common_name.startswith("dev-"), common_name
-        # ... and by its subject CN.
+        # ... by the thing it is attached to ...
+        thing = f"console-thing-{uuid.uuid4().hex[:6]}"
+        client = server.client()
+        client.create_thing(thingName=thing)
+        client.attach_thing_principal(thingName=thing, principal=client.describe_certificate(
+            certificateId=device.cert_id)["certificateDescription"]["certificateArn"])
         page.fill("#search-id", "")
+        page.fill("#search-thing", thing[:-2])
+        page.click("#search-submit")
+        assert [a.get_attribute("href").rsplit("/", 1)[1] for a in page.locator("a.certificate-link").all()] == [
+            device.cert_id]
+        # ... and by its subject CN.
+        page.fill("#search-thing", "")
         page.fill("#search-cn", common_name)
         page.click("#search-submit")
         rows = page.locator("#certificates tbody tr")
@@ -208,6 +219,7 @@ def test_find_a_certificate_and_revoke_it_while_its_device_is_connected(server, 
         page.wait_for_url(f"**/certificates/{device.cert_id}")
         assert page.text_content("#certificate-status").strip() == "ACTIVE"
         assert "e2e-allow-all" in page.text_content("#policies")
+        assert thing in page.text_content("#things")
         # The device is connected: its session shows on the page.
         deadline = time.monotonic() + 10
         while page.locator("#live-sessions tbody tr").count() == 0:

@@ -397,7 +397,7 @@ pub(crate) async fn start_rotation(State(console): State<Arc<Console>>, request:
     if !csrf_holds(&session, &headers, &fields) {
         return csrf_refused(&console, &session, &path);
     }
-    let kept: Vec<(&str, String)> = ["id", "cn", "ca", "before"]
+    let kept: Vec<(&str, String)> = ["id", "cn", "thing", "ca", "before"]
         .into_iter()
         .filter_map(|name| fields.get(name).map(|v| (name, v.to_owned())))
         .collect();

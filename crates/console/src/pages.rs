@@ -588,6 +588,12 @@ pub(crate) fn parse_search(query: &str) -> Result<(CertificateSearch, Fields), S
         }
         search.cn_prefix = Some(cn.to_owned());
     }
+    if let Some(thing) = fields.get("thing") {
+        if thing.chars().count() > 128 || thing.chars().any(char::is_control) {
+            return Err("a thing name prefix is at most 128 characters, without control characters".into());
+        }
+        search.thing_prefix = Some(thing.to_owned());
+    }
     if let Some(status) = fields.get("status") {
         search.status = Some(CertificateStatus::parse(status).ok_or("an unknown status")?);
     }
@@ -678,6 +684,8 @@ async fn certificates(State(console): State<Arc<Console>>, request: Request) -> 
         .text(&value("id"))
         .raw("\"></label><label>Subject CN prefix <input name=\"cn\" id=\"search-cn\" maxlength=\"128\" value=\"")
         .text(&value("cn"))
+        .raw("\"></label><label>Thing name prefix <input name=\"thing\" id=\"search-thing\" maxlength=\"128\" value=\"")
+        .text(&value("thing"))
         .raw("\"></label><label>Status <select name=\"status\" id=\"search-status\"><option value=\"\">any</option>");
     for status in ["ACTIVE", "INACTIVE", "REVOKED", "PENDING_TRANSFER", "REGISTER_INACTIVE", "PENDING_ACTIVATION"] {
         body.raw("<option");
@@ -717,7 +725,7 @@ async fn certificates(State(console): State<Arc<Console>>, request: Request) -> 
         // Rotate what this search finds (its ACTIVE certificates, at most 1,000), confirmed.
         body.raw("<form method=\"post\" action=\"/rotations/start\" class=\"inline\" id=\"rotate-found\">");
         body.raw("<input type=\"hidden\" name=\"csrf\" value=\"").text(&session.csrf).raw("\">");
-        for name in ["id", "cn", "ca", "before"] {
+        for name in ["id", "cn", "thing", "ca", "before"] {
             if let Some(value) = fields.get(name) {
                 body.raw("<input type=\"hidden\" name=\"").text(name).raw("\" value=\"").text(value).raw("\">");
             }
@@ -728,7 +736,7 @@ async fn certificates(State(console): State<Arc<Console>>, request: Request) -> 
     }
     if let Some(next) = next {
         let mut link = String::from("/certificates?");
-        for name in ["id", "cn", "status", "ca", "before", "limit"] {
+        for name in ["id", "cn", "thing", "status", "ca", "before", "limit"] {
             if let Some(value) = fields.get(name) {
                 link.push_str(&format!("{name}={}&", url_component(value)));
             }
@@ -981,6 +989,8 @@ mod tests {
             ("cn=%00", false),
             ("after=i.zz", false),
             ("id=a&id=b", false),
+            ("thing=pump-", true),
+            ("thing=%07", false),
         ] {
             assert_eq!(parse_search(query).is_ok(), ok, "{query}");
         }

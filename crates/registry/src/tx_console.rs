@@ -67,6 +67,8 @@ pub struct CertificateSearch {
     pub id_prefix: Option<String>,
     /// Compared byte for byte (case-sensitive).
     pub cn_prefix: Option<String>,
+    /// Certificates attached to a thing whose name starts with this (case-sensitive).
+    pub thing_prefix: Option<String>,
     pub status: Option<CertificateStatus>,
     pub ca: Option<CaFilter>,
     pub expiring_before: Option<OffsetDateTime>,
@@ -237,6 +239,23 @@ impl Tx<'_> {
                 &mut sql,
                 &format!(" AND subject_cn >= $? AND subject_cn < $? AND substr(subject_cn, 1, {chars}) = $?"),
                 vec![prefix.as_str().into(), format!("{prefix}\u{10FFFF}").into(), prefix.as_str().into()],
+            );
+        }
+        if let Some(prefix) = &search.thing_prefix {
+            // The things' primary key (account, thing name, certificate) serves the range.
+            let chars = prefix.chars().count();
+            add(
+                &mut sql,
+                &format!(
+                    " AND id IN (SELECT certificate_id FROM thing_principals WHERE account_id = $? \
+                     AND thing_name >= $? AND thing_name < $? AND substr(thing_name, 1, {chars}) = $?)"
+                ),
+                vec![
+                    account.as_str().into(),
+                    prefix.as_str().into(),
+                    format!("{prefix}\u{10FFFF}").into(),
+                    prefix.as_str().into(),
+                ],
             );
         }
         if let Some(status) = search.status {

@@ -1658,6 +1658,33 @@ fn console_read_models_group_count_and_page() {
         assert_eq!(rows.len(), 7);
         assert!(rows.iter().all(|row| row.subject_cn.as_deref() == Some("")));
         assert!(read(store, |tx| tx.certificates_without_subject_cn(10)).unwrap().is_empty());
+        // By thing: the things' primary key; another account's thing of the same name does not count.
+        write(store, |tx| {
+            for (owner, name, fill) in
+                [(&a, "pump-1", '3'), (&a, "pump-2", '5'), (&a, "valve-1", '6'), (&b, "pump-1", '2')]
+            {
+                tx.insert_thing(&thing(owner, name, None, &[]))?;
+                tx.put_thing_principal(&ThingPrincipal {
+                    account: owner.id.clone(),
+                    thing_name: thing_name(name),
+                    certificate_id: id(fill),
+                    principal_type: ThingPrincipalType::NonExclusive,
+                    attached_at: at(1),
+                })?;
+            }
+            Ok::<_, Error>(())
+        })
+        .unwrap();
+        let (rows, _) =
+            search(CertificateSearch { thing_prefix: Some("pump-".into()), limit: 10, ..Default::default() });
+        assert_eq!(ids(&rows), "35");
+        let (rows, _) = search(CertificateSearch {
+            thing_prefix: Some("pump-".into()),
+            status: Some(CertificateStatus::Revoked),
+            limit: 10,
+            ..Default::default()
+        });
+        assert_eq!(ids(&rows), "");
         // A marker of another order is refused.
         let wrong = CertificateSearch {
             after: Some(SearchAfter::Id("1".into())),
