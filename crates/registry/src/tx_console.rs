@@ -270,21 +270,20 @@ impl Tx<'_> {
             add(&mut sql, " AND not_after < $?", vec![millis(before).into()]);
         }
         let order = search.order();
+        // Row values, not `a > x OR (a = x AND id > y)`: PostgreSQL turns a row comparison into
+        // an index condition (the OR form filtered from the range's start: 0.3 s a page at a
+        // million), and SQLite seeks on its first column.
         match (&search.after, order) {
             (None, _) => {}
             (Some(SearchAfter::Id(id)), CertificateOrder::Id) => {
                 add(&mut sql, " AND id > $?", vec![id.as_str().into()])
             }
-            (Some(SearchAfter::CommonName(cn, id)), CertificateOrder::CommonName) => add(
-                &mut sql,
-                " AND (subject_cn > $? OR (subject_cn = $? AND id > $?))",
-                vec![cn.as_str().into(), cn.as_str().into(), id.as_str().into()],
-            ),
-            (Some(SearchAfter::Expiry(at, id)), CertificateOrder::Expiry) => add(
-                &mut sql,
-                " AND (not_after > $? OR (not_after = $? AND id > $?))",
-                vec![(*at).into(), (*at).into(), id.as_str().into()],
-            ),
+            (Some(SearchAfter::CommonName(cn, id)), CertificateOrder::CommonName) => {
+                add(&mut sql, " AND (subject_cn, id) > ($?, $?)", vec![cn.as_str().into(), id.as_str().into()])
+            }
+            (Some(SearchAfter::Expiry(at, id)), CertificateOrder::Expiry) => {
+                add(&mut sql, " AND (not_after, id) > ($?, $?)", vec![(*at).into(), id.as_str().into()])
+            }
             (Some(_), _) => return Err(Error::InvalidValue("a page marker of another order".into())),
         }
         let limit = i64::from(search.limit.clamp(1, 1000));

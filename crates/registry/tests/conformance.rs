@@ -1653,6 +1653,41 @@ fn console_read_models_group_count_and_page() {
         let (rows, next) =
             search(CertificateSearch { expiring_before: before, limit: 2, after: next, ..Default::default() });
         assert_eq!((ids(&rows).as_str(), next), ("5", None));
+        // One a page: '3' and '4' expire at the same time, and the (not_after, id) marker still
+        // goes through every certificate once.
+        let mut walked = String::new();
+        let mut after = None;
+        loop {
+            let (rows, next) = search(CertificateSearch {
+                expiring_before: before,
+                limit: 1,
+                after: after.clone(),
+                ..Default::default()
+            });
+            walked.push_str(&ids(&rows));
+            match next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        assert_eq!(walked, "12345");
+        // The same through ties of the CN order (every CN is empty here).
+        let mut walked = String::new();
+        let mut after = None;
+        loop {
+            let (rows, next) = search(CertificateSearch {
+                cn_prefix: Some(String::new()),
+                limit: 2,
+                after: after.clone(),
+                ..Default::default()
+            });
+            walked.push_str(&ids(&rows));
+            match next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        assert_eq!(walked, "1234567");
         // The PEMs here do not parse: their CN is empty, not unknown.
         let (rows, _) = search(CertificateSearch { cn_prefix: Some(String::new()), limit: 10, ..Default::default() });
         assert_eq!(rows.len(), 7);
