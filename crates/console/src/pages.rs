@@ -1015,6 +1015,50 @@ mod tests {
         }
     }
 
+    fn session() -> Session {
+        let mut sessions = crate::session::Sessions::new(crate::session::SessionLimits::default());
+        let (id, _, _) = sessions
+            .open(&certfleet_registry::AccountId::parse("111111111111").unwrap(), "AKIA1", Instant::now())
+            .unwrap();
+        sessions.find(&id, Instant::now()).unwrap()
+    }
+
+    #[test]
+    fn a_state_change_needs_this_sessions_token_in_the_form_or_the_header() {
+        let session = session();
+        let other = self::session();
+        let headers_with = |token: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert("x-csrf-token", HeaderValue::from_str(token).unwrap());
+            headers
+        };
+        let form = |text: &str| Fields::parse(text).unwrap();
+        let none = HeaderMap::new();
+        let token = session.csrf.clone();
+        for (headers, fields, holds) in [
+            (&none, form(&format!("csrf={token}&status=REVOKED")), true),
+            (&headers_with(&token), form("status=REVOKED"), true),
+            (&none, form("status=REVOKED"), false),
+            (&none, form("csrf=&status=REVOKED"), false),
+            (&none, form(&format!("csrf={}", other.csrf)), false),
+            (&headers_with(&other.csrf), form("status=REVOKED"), false),
+            (&none, form(&format!("csrf={}", &token[..63])), false),
+            (&none, form(&format!("csrf={}", token.to_uppercase())), false),
+        ] {
+            assert_eq!(csrf_holds(&session, headers, &fields), holds, "{fields:?} {headers:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn forms_are_read_up_to_four_kib() {
+        let request =
+            |body: String| Request::builder().method("POST").uri("/x").body(axum::body::Body::from(body)).unwrap();
+        let (_, fields) = form(request("csrf=abc&status=ACTIVE".into())).await.unwrap();
+        assert_eq!(fields.get("status"), Some("ACTIVE"));
+        assert!(form(request("a".repeat(MAX_FORM_BYTES + 1))).await.is_err());
+        assert!(form(request("a=1&a=2".into())).await.is_err());
+    }
+
     #[test]
     fn cookies_are_found_by_exact_name() {
         let mut headers = HeaderMap::new();
