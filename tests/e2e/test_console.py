@@ -226,6 +226,8 @@ def test_find_a_certificate_and_revoke_it_while_its_device_is_connected(server, 
             assert time.monotonic() < deadline, "the connected device is not shown"
             time.sleep(0.3)
             page.reload()
+        live_row = page.locator("#live-sessions tbody tr").first.text_content()
+        assert "iot:Data-ATS" in live_row and "builtin" in live_row, live_row
         shot(page, "certificate")
         page.click("#action-revoked")
         assert "REVOKED" in page.text_content("main")

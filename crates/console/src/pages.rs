@@ -851,13 +851,17 @@ async fn certificate(State(console): State<Arc<Console>>, Path(id): Path<String>
     for thing in &things {
         body.raw("<li>").text(thing.thing_name.as_str()).raw(" (").text(thing.principal_type.as_str()).raw(")</li>");
     }
-    body.raw("</ul><h2>Connected now</h2><table id=\"live-sessions\"><thead><tr><th>Client ID</th><th>Since</th><th>TLS</th><th>SNI</th><th>Peer</th></tr></thead><tbody>");
+    body.raw("</ul><h2>Connected now</h2><table id=\"live-sessions\"><thead><tr><th>Client ID</th><th>Since</th><th>Endpoint</th><th>Chain</th><th>TLS</th><th>SNI</th><th>Peer</th></tr></thead><tbody>");
     for client in &live {
         body.raw("<tr><td>")
             .text(client.client_id.as_deref().unwrap_or("(connecting)"))
             .raw("</td><td>")
             .text(&when(client.connected_at))
             .raw("</td><td>")
+            .text(client.endpoint.as_deref().unwrap_or("-"))
+            .raw("</td><td><code>")
+            .text(client.chain.as_deref().unwrap_or("-"))
+            .raw("</code></td><td>")
             .text(&client.tls_version)
             .raw("</td><td>")
             .text(client.sni.as_deref().unwrap_or("-"))

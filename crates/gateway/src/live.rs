@@ -211,6 +211,8 @@ impl certfleet_services::DataPlane for LiveSessions {
                 tls_version: info.tls_version.to_owned(),
                 peer: info.peer.to_string(),
                 connected_at: info.connected_at,
+                endpoint: info.endpoint,
+                chain: info.chain.map(|chain| chain.to_string()),
             })
             .collect()
     }

@@ -118,6 +118,10 @@ pub struct ConnectedClient {
     pub tls_version: String,
     pub peer: String,
     pub connected_at: time::OffsetDateTime,
+    /// The domain configuration it came through, and the server chain it was served (`builtin`
+    /// or the server certificate IDs joined by `+`), when known.
+    pub endpoint: Option<String>,
+    pub chain: Option<String>,
 }
 
 /// What the data plane (the gateway of this node) tells the services about itself.
