@@ -358,7 +358,7 @@ pub(crate) async fn campaigns(State(console): State<Arc<Console>>, request: Requ
         Err(error) => return error_page(Some(&session), error),
     };
     let mut body = Html::default();
-    body.raw("<p class=\"hint\">The newest 50 campaigns. Start one with <code>certfleet rotation start</code>; audits start them too (docs/rotation.md).</p>");
+    body.raw("<p class=\"hint\">The newest 50 campaigns. Start one from a certificate search (<a href=\"/certificates\">Certificates</a>) or with <code>certfleet rotation start</code>; audits start them too (docs/rotation.md).</p>");
     body.raw("<table id=\"campaigns\"><thead><tr><th>Campaign</th><th>Source</th><th>Started</th><th>Progress</th><th>By state</th></tr></thead><tbody>");
     for summary in &campaigns {
         body.raw("<tr><td><a class=\"campaign-link\" href=\"/rotations/")

@@ -447,7 +447,7 @@ async fn overview(State(console): State<Arc<Console>>, request: Request) -> Resp
         .raw("</span></div></section>");
     body.raw("<p class=\"hint\">Counts as of ")
         .text(&when(fleet.computed_at))
-        .raw(" (refreshed at most every few seconds). Expiring and timeline count ACTIVE certificates only.</p>");
+        .raw(" (computed at most once every 15 seconds per account; the connected and refused counts are live). Expiring and timeline count ACTIVE certificates only.</p>");
     body.raw("<h2>Expiry timeline</h2><p class=\"hint\">ACTIVE certificates by week of notAfter for the next year, stacked by issuing CA; the first bar is those already expired.</p>")
         .raw(&crate::svg::timeline(&fleet));
 
