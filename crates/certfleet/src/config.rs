@@ -123,6 +123,30 @@ max_in_flight = 16
 certificates_per_second = 20
 hook_timeout = "5s"
 
+[console]
+# The operator console (docs/console.md): a web UI on a listener of its own, HTTPS with the
+# API's server certificate when the API serves TLS. Empty: off. Keep it on loopback (e.g.
+# "127.0.0.1:8444") or a private network: it is an operator's tool, not a tenant-facing page.
+addr = ""
+# Connections at once; deadlines for the TLS handshake, a request's headers (also the idle
+# keep-alive timeout) and a whole request.
+max_connections = 64
+handshake_timeout = "10s"
+header_timeout = "10s"
+request_timeout = "15s"
+# Sessions at once (all accounts), per account (past it the account's oldest ends), and how
+# long one lasts unused and at most.
+max_sessions = 1000
+max_sessions_per_account = 20
+session_idle = "30m"
+session_lifetime = "12h"
+# Failed sign-ins per minute from one IP address, and from everyone, before sign-ins are
+# refused unchecked for the rest of the minute.
+sign_in_failures_per_peer = 5
+sign_in_failures_total = 100
+# How often the certfleet_certificates_expiring gauges are computed (a range scan per account).
+expiring_gauges_interval = "5m"
+
 [caches]
 # The most entries each cache holds; a full cache drops its least recently used half. Entries
 # for strangers (certificates and SNI names the registry does not know) have their own caches,
@@ -257,6 +281,75 @@ struct FileConfig {
     registry: RegistryFile,
     provisioning: ProvisioningFile,
     things: ThingsFile,
+    console: ConsoleFile,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct ConsoleFile {
+    addr: Option<String>,
+    max_connections: Option<usize>,
+    handshake_timeout: Option<String>,
+    header_timeout: Option<String>,
+    request_timeout: Option<String>,
+    max_sessions: Option<usize>,
+    max_sessions_per_account: Option<usize>,
+    session_idle: Option<String>,
+    session_lifetime: Option<String>,
+    sign_in_failures_per_peer: Option<u32>,
+    sign_in_failures_total: Option<u32>,
+    expiring_gauges_interval: Option<String>,
+}
+
+/// The `[console]` section: its address (none: off) and settings, each bound at least 1.
+/// `secure_cookies` is decided by the server (TLS or not).
+fn console_config(file: &ConsoleFile) -> anyhow::Result<Option<(SocketAddr, certfleet_console::Config)>> {
+    let Some(addr) = file.addr.as_deref().filter(|addr| !addr.is_empty()) else { return Ok(None) };
+    let addr = parse_addr(addr, "console.addr")?;
+    let defaults = certfleet_console::Config::default();
+    let duration = |value: &Option<String>, key: &str, default: std::time::Duration| -> anyhow::Result<_> {
+        let Some(value) = value else { return Ok(default) };
+        let parsed = std::time::Duration::try_from(parse_duration(value, key)?).unwrap_or_default();
+        if parsed.is_zero() {
+            bail!("{key} must be longer than zero");
+        }
+        Ok(parsed)
+    };
+    let config = certfleet_console::Config {
+        sessions: certfleet_console::SessionLimits {
+            max_sessions: file.max_sessions.unwrap_or(defaults.sessions.max_sessions),
+            max_per_account: file.max_sessions_per_account.unwrap_or(defaults.sessions.max_per_account),
+            idle: duration(&file.session_idle, "console.session_idle", defaults.sessions.idle)?,
+            lifetime: duration(&file.session_lifetime, "console.session_lifetime", defaults.sessions.lifetime)?,
+        },
+        sign_in: certfleet_console::SignInLimits {
+            per_peer: file.sign_in_failures_per_peer.unwrap_or(defaults.sign_in.per_peer),
+            global: file.sign_in_failures_total.unwrap_or(defaults.sign_in.global),
+            ..defaults.sign_in
+        },
+        max_connections: file.max_connections.unwrap_or(defaults.max_connections),
+        handshake_timeout: duration(&file.handshake_timeout, "console.handshake_timeout", defaults.handshake_timeout)?,
+        header_timeout: duration(&file.header_timeout, "console.header_timeout", defaults.header_timeout)?,
+        request_timeout: duration(&file.request_timeout, "console.request_timeout", defaults.request_timeout)?,
+        gauge_interval: duration(
+            &file.expiring_gauges_interval,
+            "console.expiring_gauges_interval",
+            defaults.gauge_interval,
+        )?,
+        ..defaults
+    };
+    for (key, value) in [
+        ("console.max_connections", config.max_connections),
+        ("console.max_sessions", config.sessions.max_sessions),
+        ("console.max_sessions_per_account", config.sessions.max_per_account),
+        ("console.sign_in_failures_per_peer", config.sign_in.per_peer as usize),
+        ("console.sign_in_failures_total", config.sign_in.global as usize),
+    ] {
+        if value == 0 {
+            bail!("{key} must be at least 1");
+        }
+    }
+    Ok(Some((addr, config)))
 }
 
 #[derive(Deserialize, Default)]
@@ -536,6 +629,8 @@ pub struct Config {
     pub fleet: certfleet_gateway::fleet::FleetConfig,
     /// How long a thing type must have been deprecated before it may be deleted (`[things]`).
     pub thing_type_deletion_wait: time::Duration,
+    /// The operator console's address and settings (`[console]`; none: off).
+    pub console: Option<(SocketAddr, certfleet_console::Config)>,
 }
 
 /// The `[registry]` section, validated: retention and the prune, and the per-node write rates
@@ -698,6 +793,13 @@ impl Config {
         let broker = broker_bounds(&file.broker, max_message_bytes + 18 * 1024)?;
         let registry = registry_bounds(&file.registry)?;
         let fleet = fleet_config(&file.provisioning)?;
+        let console = console_config(&file.console)?;
+        if let Some((addr, _)) = &console
+            && insecure_plain_http
+            && !addr.ip().is_loopback()
+        {
+            bail!("console.addr must be a loopback address while the API serves plain HTTP, not {addr}");
+        }
         Ok(Config {
             data_dir: overrides.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("certfleet-data")),
             region,
@@ -773,6 +875,7 @@ impl Config {
                 "0" | "0s" => time::Duration::ZERO,
                 text => parse_duration(text, "things.thing_type_deletion_wait")?,
             },
+            console,
         })
     }
 }
@@ -910,6 +1013,35 @@ mod tests {
         let from_file = Config::load(Some(&path), Overrides::default()).unwrap();
         let built_in = Config::load(None, Overrides::default()).unwrap();
         assert_eq!(format!("{from_file:?}"), format!("{built_in:?}"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_console_is_off_by_default_and_its_bounds_are_checked() {
+        assert!(Config::load(None, Overrides::default()).unwrap().console.is_none());
+        let dir = std::env::temp_dir().join(format!("certfleet-config-console-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("config.toml");
+        let load = |text: &str| {
+            std::fs::write(&path, text).unwrap();
+            Config::load(Some(&path), Overrides::default())
+        };
+        let config = load("[console]\naddr = \"127.0.0.1:0\"\nmax_sessions = 3\nsession_idle = \"5m\"").unwrap();
+        let (addr, console) = config.console.unwrap();
+        assert_eq!(addr.to_string(), "127.0.0.1:0");
+        assert_eq!(console.sessions.max_sessions, 3);
+        assert_eq!(console.sessions.idle, std::time::Duration::from_secs(300));
+        assert_eq!(console.sign_in.per_peer, 5);
+        for bad in [
+            "[console]\naddr = \"localhost\"",
+            "[console]\naddr = \"127.0.0.1:0\"\nmax_sessions = 0",
+            "[console]\naddr = \"127.0.0.1:0\"\nsign_in_failures_per_peer = 0",
+            "[console]\naddr = \"127.0.0.1:0\"\nrequest_timeout = \"0s\"",
+            "[console]\ncolour = 1",
+            "[api]\ninsecure_plain_http = true\n[console]\naddr = \"0.0.0.0:8444\"",
+        ] {
+            assert!(load(bad).is_err(), "{bad}");
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

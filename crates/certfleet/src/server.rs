@@ -105,6 +105,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let builtin = builtin_chains(&server_issuer, &config, server_chain, &server_key, clock.now())?;
     let (gateway, gateway_view, history, fleet) =
         start_gateway(&services, &config, budget, builtin, mqtt_listener, egress.clone(), stopped.clone()).await?;
+    let console = start_console(&services, &config, tls.clone(), stopped.clone()).await?;
     // The registry prune: every node tries, one node of the cluster at a time does it.
     let prune_metrics = Arc::new(certfleet_workers::PruneMetrics::default());
     let node = format!("pid{}-{}", std::process::id(), time::OffsetDateTime::now_utc().unix_timestamp_nanos());
@@ -115,7 +116,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         prune_metrics.clone(),
         stopped.clone(),
     ));
-    let registry_metrics = NodeMetrics { prune: prune_metrics, history, fleet };
+    let registry_metrics = NodeMetrics {
+        prune: prune_metrics,
+        history,
+        fleet,
+        console: console.as_ref().map(|(console, _)| console.clone()),
+    };
     let api_metrics = Arc::new(certfleet_api::ListenerMetrics::default());
     let metrics_addr = match config.metrics_addr {
         Some(addr) => {
@@ -142,6 +148,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "api_addr": api_addr.to_string(),
         "mqtt_addr": mqtt_addr.to_string(),
         "metrics_addr": metrics_addr,
+        "console": console.as_ref().map(|(_, url)| url),
         "region": config.region,
     });
     datadir::write_public(&files.endpoints, format!("{endpoints:#}\n").as_bytes())?;
@@ -450,6 +457,33 @@ struct NodeMetrics {
     prune: Arc<certfleet_workers::PruneMetrics>,
     history: Arc<certfleet_gateway::history::HistoryRecorder>,
     fleet: Arc<certfleet_gateway::fleet::FleetProvisioning>,
+    console: Option<Arc<certfleet_console::Console>>,
+}
+
+/// Starts the operator console when `[console] addr` is set (docs/console.md): its own
+/// listener, over TLS with the API's server certificate when the API serves TLS. Answers the
+/// console (for `/metrics`) and its URL.
+async fn start_console(
+    services: &Arc<Services>,
+    config: &Config,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    stopped: watch::Receiver<bool>,
+) -> anyhow::Result<Option<(Arc<certfleet_console::Console>, String)>> {
+    let Some((addr, settings)) = &config.console else { return Ok(None) };
+    let listener = TcpListener::bind(addr).await.with_context(|| format!("binding the console to {addr}"))?;
+    let bound = listener.local_addr()?;
+    let settings = certfleet_console::Config {
+        secure_cookies: tls.is_some(),
+        host_names: config.server_names.clone(),
+        ..settings.clone()
+    };
+    let url = format!("{}://{bound}/", if tls.is_some() { "https" } else { "http" });
+    let console = certfleet_console::Console::new(services.clone(), settings);
+    console.start_background(stopped.clone());
+    tokio::spawn(certfleet_console::serve(listener, tls, console.clone(), stopped));
+    tracing::info!(%url, "console listening");
+    println!("the operator console is at {url} (sign in with an access key)");
+    Ok(Some((console, url)))
 }
 
 /// The roots the egress verifies https servers against: `egress.ca_bundle` when set, else the
@@ -528,6 +562,9 @@ async fn serve_metrics(
                 registry.prune.render(&mut text);
                 registry.history.render_metrics(&mut text);
                 registry.fleet.render_metrics(&mut text);
+                if let Some(console) = &registry.console {
+                    console.render_metrics(&mut text);
+                }
                 ("200 OK", text)
             } else {
                 tracing::info!(%peer, "metrics: unknown request");

@@ -622,4 +622,8 @@ impl certfleet_services::DataPlane for Endpoints {
     fn endpoint_report(&self, account: &AccountId, configuration: &str) -> Option<EndpointReport> {
         Some(self.report(account, configuration))
     }
+
+    fn recent_refusals(&self, account: &AccountId) -> Vec<(String, u64)> {
+        certfleet_services::DataPlane::recent_refusals(&*self.live, account)
+    }
 }

@@ -132,7 +132,9 @@ pub async fn apply(registry: &Registry, live: &LiveSessions, change: &Change) {
     let now = time::OffsetDateTime::now_utc();
     for identity in affected {
         if let Err(reason) = registry.recheck(&identity, now).await {
-            live.close_identity(&identity, reason);
+            let closed = live.close_identity(&identity, reason);
+            let seconds = (time::OffsetDateTime::now_utc() - change.created_at).as_seconds_f64();
+            live.note_closed_after_change(closed, seconds);
         }
     }
 }

@@ -29,6 +29,7 @@ pub mod listener;
 pub mod live;
 pub mod metrics;
 pub mod probes;
+pub mod recent;
 pub mod rules;
 pub mod session;
 pub mod tls;

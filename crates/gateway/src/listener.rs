@@ -229,6 +229,7 @@ impl Gateway {
                 let alert = alert_name(&error);
                 self.endpoints.handshake_failed(&endpoint, &alert);
                 if is_missing_certificate(&error) {
+                    self.live.note_refusal(&endpoint.account, Refusal::NoClientCert, time::OffsetDateTime::now_utc());
                     if let Some(suppressed) = self.metrics.refused(Refusal::NoClientCert) {
                         tracing::warn!(%peer, reason = %Refusal::NoClientCert, suppressed, "device refused");
                     }
@@ -279,6 +280,9 @@ impl Gateway {
                 {
                     tracing::error!(%peer, cert = %certificate.id(), %account, %error, "loading the device's policies failed");
                     decided = Err(Refusal::RegistryUnavailable);
+                }
+                if let Err(reason) = decided {
+                    self.live.note_refusal(&account, reason, now);
                 }
                 if let Err(reason) = decided
                     && let Some(suppressed) = self.metrics.refused(reason)

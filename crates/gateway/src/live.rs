@@ -33,11 +33,13 @@ struct Entry {
     close: watch::Sender<Option<Refusal>>,
 }
 
-/// Every authenticated connection of this node.
+/// Every authenticated connection of this node, and the devices it refused in the last hour.
 #[derive(Default)]
 pub struct LiveSessions {
     next_id: AtomicU64,
     sessions: Mutex<HashMap<u64, Entry>>,
+    refused: Mutex<crate::recent::RecentRefusals>,
+    closed_after_change: Mutex<crate::recent::Latencies>,
 }
 
 /// A connection's membership: tells it when to close, and leaves the table when dropped.
@@ -160,6 +162,25 @@ impl LiveSessions {
     pub fn count(&self) -> usize {
         lock(&self.sessions).len()
     }
+
+    /// Records that `sessions` live sessions were told to close `seconds` after the registry
+    /// change that refused them was committed.
+    pub fn note_closed_after_change(&self, sessions: usize, seconds: f64) {
+        let mut latencies = lock(&self.closed_after_change);
+        for _ in 0..sessions {
+            latencies.observe(seconds);
+        }
+    }
+
+    /// The revocation-to-disconnect histogram: cumulative buckets, count, sum.
+    pub fn closed_after_change(&self) -> (Vec<(f64, u64)>, u64, f64) {
+        lock(&self.closed_after_change).snapshot()
+    }
+
+    /// Counts a device of `account` refused for `reason` (the operator view of the last hour).
+    pub fn note_refusal(&self, account: &AccountId, reason: Refusal, now: OffsetDateTime) {
+        lock(&self.refused).note(account, reason, now);
+    }
 }
 
 /// Whether an identity belongs to `account` and (when given) uses this certificate or CA.
@@ -190,7 +211,17 @@ impl certfleet_services::DataPlane for LiveSessions {
                 tls_version: info.tls_version.to_owned(),
                 peer: info.peer.to_string(),
                 connected_at: info.connected_at,
+                endpoint: info.endpoint,
+                chain: info.chain.map(|chain| chain.to_string()),
             })
+            .collect()
+    }
+
+    fn recent_refusals(&self, account: &AccountId) -> Vec<(String, u64)> {
+        lock(&self.refused)
+            .last_hour(account, OffsetDateTime::now_utc())
+            .into_iter()
+            .map(|(reason, count)| (reason.as_str().to_owned(), count))
             .collect()
     }
 }

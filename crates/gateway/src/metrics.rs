@@ -109,6 +109,17 @@ pub fn render(gateway: &crate::Gateway) -> String {
     for (reason, count) in metrics.refusals() {
         let _ = writeln!(out, "certfleet_gateway_refusals_total{{reason=\"{reason}\"}} {count}");
     }
+    let (buckets, count, sum) = gateway.live.closed_after_change();
+    let _ = writeln!(
+        out,
+        "# HELP certfleet_revocation_to_disconnect_seconds From a committed registry change that refuses a live session (revoked, deactivated, account deleted) to this node telling the session to close.\n# TYPE certfleet_revocation_to_disconnect_seconds histogram"
+    );
+    for (bound, cumulative) in buckets {
+        let _ = writeln!(out, "certfleet_revocation_to_disconnect_seconds_bucket{{le=\"{bound}\"}} {cumulative}");
+    }
+    let _ = writeln!(out, "certfleet_revocation_to_disconnect_seconds_bucket{{le=\"+Inf\"}} {count}");
+    let _ = writeln!(out, "certfleet_revocation_to_disconnect_seconds_sum {sum:.6}");
+    let _ = writeln!(out, "certfleet_revocation_to_disconnect_seconds_count {count}");
     let _ = writeln!(
         out,
         "# HELP certfleet_cache_entries Entries held by a bounded cache.\n# TYPE certfleet_cache_entries gauge"

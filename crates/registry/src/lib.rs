@@ -16,6 +16,7 @@ mod postgres;
 mod sqlite;
 mod tx;
 mod tx_audit;
+mod tx_console;
 mod tx_endpoints;
 mod tx_groups;
 mod tx_maintenance;
@@ -31,6 +32,10 @@ pub use model_rotation::*;
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 pub use tx::Tx;
+pub use tx_console::{
+    CaFilter, CertificateOrder, CertificateRow, CertificateSearch, ExpiryGroup, FleetGroup, SearchAfter,
+    TIMELINE_WEEKS, subject_cn_of,
+};
 pub use tx_maintenance::{MaintenanceJob, PruneTarget};
 pub use tx_rules::{DestinationStatus, TopicRule, TopicRuleDestination, TopicRuleFilter};
 

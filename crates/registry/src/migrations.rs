@@ -547,6 +547,19 @@ CREATE TABLE provisioning_claims (
 CREATE INDEX provisioning_claims_by_expiry ON provisioning_claims(expires_at);
 "#,
     ),
+    // 16: the operator console's read models (issue 16). A device certificate's subject common
+    // name, kept beside it so the console finds certificates by CN through an index (empty when
+    // the certificate has none; NULL for rows written before this migration, until the console's
+    // backfill fills them), and an index by expiry that carries what the expiry counts and the
+    // expiring-certificate gauges read (status, CA), so they range-scan only what expires soon.
+    (
+        16,
+        r#"
+ALTER TABLE certificates ADD COLUMN subject_cn TEXT;
+CREATE INDEX certificates_by_cn ON certificates(account_id, subject_cn, id);
+CREATE INDEX certificates_by_expiry ON certificates(account_id, not_after, status, ca_certificate_id, id);
+"#,
+    ),
 ];
 
 /// The SQL dialect a migration is rendered for.

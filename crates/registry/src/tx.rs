@@ -21,7 +21,7 @@ const CERT_COLUMNS: &str = "account_id, id, pem, ca_certificate_id, status, mode
      transfer_pending_to, transfer_message, transfer_reject_reason, transfer_date, \
      transfer_accept_date, transfer_reject_date";
 
-/// Rows per multi-row INSERT of [`Tx::insert_certificates`]: 500 rows of 19 values stay well under
+/// Rows per multi-row INSERT of [`Tx::insert_certificates`]: 500 rows of 20 values stay well under
 /// SQLite's 32,766 and PostgreSQL's 65,535 bound parameters.
 const BULK_ROWS: usize = 500;
 
@@ -319,10 +319,11 @@ impl<'a> Tx<'a> {
         let mut values = cert_values(cert);
         values.truncate(13);
         values.extend(transfer_values(&cert.transfer));
+        values.push(crate::tx_console::subject_cn_value(&cert.pem));
         self.conn.execute(
             &format!(
-                "INSERT INTO certificates ({CERT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, \
-                 $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)"
+                "INSERT INTO certificates ({CERT_COLUMNS}, subject_cn) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, \
+                 $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)"
             ),
             &values,
         )?;
@@ -335,19 +336,22 @@ impl<'a> Tx<'a> {
     /// round trip per row would dominate; the caller keeps the change feed up to date if it must.
     pub fn insert_certificates(&mut self, certs: &[DeviceCertificate]) -> Result<(), Error> {
         for chunk in certs.chunks(BULK_ROWS) {
-            let mut values = Vec::with_capacity(chunk.len() * 19);
+            let mut values = Vec::with_capacity(chunk.len() * 20);
             let mut rows = Vec::with_capacity(chunk.len());
             for cert in chunk {
                 let first = values.len() + 1;
-                let placeholders: Vec<String> = (first..first + 19).map(|index| format!("${index}")).collect();
+                let placeholders: Vec<String> = (first..first + 20).map(|index| format!("${index}")).collect();
                 rows.push(format!("({})", placeholders.join(", ")));
                 let mut row = cert_values(cert);
                 row.truncate(13);
                 row.extend(transfer_values(&cert.transfer));
+                row.push(crate::tx_console::subject_cn_value(&cert.pem));
                 values.extend(row);
             }
-            self.conn
-                .execute(&format!("INSERT INTO certificates ({CERT_COLUMNS}) VALUES {}", rows.join(", ")), &values)?;
+            self.conn.execute(
+                &format!("INSERT INTO certificates ({CERT_COLUMNS}, subject_cn) VALUES {}", rows.join(", ")),
+                &values,
+            )?;
         }
         Ok(())
     }

@@ -17,8 +17,8 @@ use crate::model::AccountId;
 use crate::model_rotation::*;
 use crate::tx::{Tx, cert_id, from_millis, millis, parse_text};
 
-const CAMPAIGN_COLUMNS: &str = "account_id, id, source, audit_task_id, created_at, subject_rule";
-const ROTATION_COLUMNS: &str = "account_id, id, campaign_id, client_id, old_certificate_id, new_certificate_id, \
+pub(crate) const CAMPAIGN_COLUMNS: &str = "account_id, id, source, audit_task_id, created_at, subject_rule";
+pub(crate) const ROTATION_COLUMNS: &str = "account_id, id, campaign_id, client_id, old_certificate_id, new_certificate_id, \
      csr_key_fingerprint, state, attempts, error, deadline, created_at, updated_at";
 
 impl Tx<'_> {
@@ -239,7 +239,7 @@ fn rotation_values(rotation: &Rotation) -> [Value; 14] {
     ]
 }
 
-fn campaign_from_row(row: &Row) -> Result<RotationCampaign, Error> {
+pub(crate) fn campaign_from_row(row: &Row) -> Result<RotationCampaign, Error> {
     Ok(RotationCampaign {
         account: AccountId::parse(&row.text(0)?)?,
         id: row.text(1)?,
@@ -250,7 +250,7 @@ fn campaign_from_row(row: &Row) -> Result<RotationCampaign, Error> {
     })
 }
 
-fn rotation_from_row(row: &Row) -> Result<Rotation, Error> {
+pub(crate) fn rotation_from_row(row: &Row) -> Result<Rotation, Error> {
     Ok(Rotation {
         account: AccountId::parse(&row.text(0)?)?,
         id: row.text(1)?,

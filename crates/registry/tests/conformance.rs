@@ -1793,3 +1793,230 @@ fn thing_types_groups_members_and_group_policies() {
         assert!(read(store, |tx| tx.get_thing_group(&bob.id, &group_name("root"))).unwrap().is_some());
     });
 }
+
+#[test]
+fn console_read_models_group_count_and_page() {
+    each_backend("console_read_models", |store| {
+        let a = account("111111111111", "console-a");
+        let b = account("222222222222", "console-b");
+        setup(store, &[&a, &b]);
+        let now = at(0);
+        let day = 86_400;
+        // (fill, days to expiry, status, CA)
+        let specs: [(char, i64, CertificateStatus, Option<char>); 7] = [
+            ('1', -3, CertificateStatus::Active, None),
+            ('2', 3, CertificateStatus::Active, None),
+            ('3', 20, CertificateStatus::Active, Some('c')),
+            ('4', 20, CertificateStatus::Revoked, Some('c')),
+            ('5', 60, CertificateStatus::Active, Some('c')),
+            ('6', 200, CertificateStatus::Inactive, None),
+            ('7', 800, CertificateStatus::Active, None),
+        ];
+        write(store, |tx| {
+            tx.insert_ca(&ca(&a, 'c', CertificateMode::Default))?;
+            for (fill, days, status, ca_fill) in specs {
+                let mut certificate = cert(&a, fill, 1);
+                certificate.not_after = at(days * day);
+                certificate.status = status;
+                certificate.ca_certificate_id = ca_fill.map(id);
+                tx.insert_certificate(&certificate)?;
+            }
+            // Another account's certificate never shows.
+            let mut other = cert(&b, '2', 1);
+            other.not_after = at(3 * day);
+            tx.insert_certificate(&other)
+        })
+        .unwrap();
+        let windows = [time::Duration::days(7), time::Duration::days(30), time::Duration::days(90)];
+        let groups = read(store, |tx| tx.fleet_groups(&a.id, now, windows)).unwrap();
+        assert_eq!(groups.iter().map(|g| g.count).sum::<u64>(), 7);
+        let has = |status: CertificateStatus, ca_fill: Option<char>, week: i64| {
+            groups.iter().any(|g| g.status == status && g.ca == ca_fill.map(id) && g.week == week && g.count == 1)
+        };
+        assert!(has(CertificateStatus::Active, None, -1));
+        assert!(has(CertificateStatus::Active, None, 0));
+        assert!(has(CertificateStatus::Active, Some('c'), 2));
+        assert!(has(CertificateStatus::Revoked, Some('c'), 2));
+        assert!(has(CertificateStatus::Inactive, None, 28));
+        assert!(has(CertificateStatus::Active, None, TIMELINE_WEEKS));
+        let expiring: Vec<u64> = (0..3).map(|w| groups.iter().map(|g| g.expiring[w]).sum()).collect();
+        assert_eq!(expiring, vec![1, 3, 4]); // 3 days; + two at 20 days; + 60 days (any status here)
+
+        let soon = read(store, |tx| tx.expiring_groups(&a.id, now, windows)).unwrap();
+        let total = |w: usize| soon.iter().map(|g| g.within[w]).sum::<u64>();
+        assert_eq!((total(0), total(1), total(2)), (1, 2, 3)); // ACTIVE only: '2'; '3'; '5'
+        let of_ca = soon.iter().find(|g| g.ca == Some(id('c'))).unwrap();
+        assert_eq!(of_ca.within, [0, 1, 2]);
+
+        let search = |search: CertificateSearch| read(store, |tx| tx.search_certificates(&a.id, &search)).unwrap();
+        let ids =
+            |rows: &[CertificateRow]| rows.iter().map(|r| r.id.as_str().chars().next().unwrap()).collect::<String>();
+        let (rows, next) = search(CertificateSearch { limit: 3, ..Default::default() });
+        assert_eq!(ids(&rows), "123");
+        let (rows, next) = search(CertificateSearch { limit: 3, after: next, ..Default::default() });
+        assert_eq!(ids(&rows), "456");
+        let (rows, next) = search(CertificateSearch { limit: 3, after: next, ..Default::default() });
+        assert_eq!((ids(&rows).as_str(), next), ("7", None));
+        let (rows, _) = search(CertificateSearch { id_prefix: Some("55".into()), limit: 10, ..Default::default() });
+        assert_eq!(ids(&rows), "5");
+        let (rows, _) = search(CertificateSearch {
+            status: Some(CertificateStatus::Active),
+            ca: Some(CaFilter::Ca(id('c'))),
+            limit: 10,
+            ..Default::default()
+        });
+        assert_eq!(ids(&rows), "35");
+        let (rows, _) = search(CertificateSearch { ca: Some(CaFilter::None), limit: 10, ..Default::default() });
+        assert_eq!(ids(&rows), "1267");
+        // By expiry: soonest first, paged by (not_after, id).
+        let before = Some(at(100 * day));
+        let (rows, next) = search(CertificateSearch { expiring_before: before, limit: 2, ..Default::default() });
+        assert_eq!(ids(&rows), "12");
+        let (rows, next) =
+            search(CertificateSearch { expiring_before: before, limit: 2, after: next, ..Default::default() });
+        assert_eq!(ids(&rows), "34");
+        let (rows, next) =
+            search(CertificateSearch { expiring_before: before, limit: 2, after: next, ..Default::default() });
+        assert_eq!((ids(&rows).as_str(), next), ("5", None));
+        // One a page: '3' and '4' expire at the same time, and the (not_after, id) marker still
+        // goes through every certificate once.
+        let mut walked = String::new();
+        let mut after = None;
+        loop {
+            let (rows, next) = search(CertificateSearch {
+                expiring_before: before,
+                limit: 1,
+                after: after.clone(),
+                ..Default::default()
+            });
+            walked.push_str(&ids(&rows));
+            match next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        assert_eq!(walked, "12345");
+        // The same through ties of the CN order (every CN is empty here).
+        let mut walked = String::new();
+        let mut after = None;
+        loop {
+            let (rows, next) = search(CertificateSearch {
+                cn_prefix: Some(String::new()),
+                limit: 2,
+                after: after.clone(),
+                ..Default::default()
+            });
+            walked.push_str(&ids(&rows));
+            match next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        assert_eq!(walked, "1234567");
+        // The PEMs here do not parse: their CN is empty, not unknown.
+        let (rows, _) = search(CertificateSearch { cn_prefix: Some(String::new()), limit: 10, ..Default::default() });
+        assert_eq!(rows.len(), 7);
+        assert!(rows.iter().all(|row| row.subject_cn.as_deref() == Some("")));
+        assert!(read(store, |tx| tx.certificates_without_subject_cn(10)).unwrap().is_empty());
+        // By thing: the things' primary key; another account's thing of the same name does not count.
+        write(store, |tx| {
+            for (owner, name, fill) in
+                [(&a, "pump-1", '3'), (&a, "pump-2", '5'), (&a, "valve-1", '6'), (&b, "pump-1", '2')]
+            {
+                tx.insert_thing(&thing(owner, name, None, &[]))?;
+                tx.put_thing_principal(&ThingPrincipal {
+                    account: owner.id.clone(),
+                    thing_name: thing_name(name),
+                    certificate_id: id(fill),
+                    principal_type: ThingPrincipalType::NonExclusive,
+                    attached_at: at(1),
+                })?;
+            }
+            Ok::<_, Error>(())
+        })
+        .unwrap();
+        let (rows, _) =
+            search(CertificateSearch { thing_prefix: Some("pump-".into()), limit: 10, ..Default::default() });
+        assert_eq!(ids(&rows), "35");
+        let (rows, _) = search(CertificateSearch {
+            thing_prefix: Some("pump-".into()),
+            status: Some(CertificateStatus::Revoked),
+            limit: 10,
+            ..Default::default()
+        });
+        assert_eq!(ids(&rows), "");
+        // A marker of another order is refused.
+        let wrong = CertificateSearch {
+            after: Some(SearchAfter::Id("1".into())),
+            cn_prefix: Some("x".into()),
+            limit: 1,
+            ..Default::default()
+        };
+        assert!(read(store, |tx| tx.search_certificates(&a.id, &wrong)).is_err());
+        assert!(read(store, |tx| tx.open_campaign_counts(&a.id, 10)).unwrap().is_empty());
+    });
+}
+
+#[test]
+fn console_rotation_read_models_list_campaigns_and_a_certificates_rotations() {
+    each_backend("console_rotation_read_models", |store| {
+        let a = account("333333333333", "console-rot-a");
+        let b = account("444444444444", "console-rot-b");
+        setup(store, &[&a, &b]);
+        let campaign = |owner: &Account, name: &str, created: i64| RotationCampaign {
+            account: owner.id.clone(),
+            id: name.into(),
+            source: RotationSource::Manual,
+            audit_task_id: None,
+            subject_rule: SubjectRule::KeepOld,
+            created_at: at(created),
+        };
+        let rotation =
+            |owner: &Account, name: &str, campaign: &str, old: char, new: Option<char>, state: RotationState| {
+                Rotation {
+                    account: owner.id.clone(),
+                    id: name.into(),
+                    campaign_id: campaign.into(),
+                    client_id: format!("client-{name}"),
+                    old_certificate_id: id(old),
+                    new_certificate_id: new.map(id),
+                    csr_key_fingerprint: None,
+                    state,
+                    attempts: 1,
+                    error: None,
+                    deadline: state.is_open().then(|| at(100)),
+                    created_at: at(10),
+                    updated_at: at(10),
+                }
+            };
+        write(store, |tx| {
+            tx.insert_rotation_campaign(&campaign(&a, "c-old", 1))?;
+            tx.insert_rotation_campaign(&campaign(&a, "c-new", 2))?;
+            tx.insert_rotation_campaign(&campaign(&b, "c-b", 3))?;
+            tx.insert_rotation(&rotation(&a, "r1", "c-old", '1', Some('9'), RotationState::Retired))?;
+            tx.insert_rotation(&rotation(&a, "r2", "c-new", '9', None, RotationState::Requested))?;
+            tx.insert_rotation(&rotation(&a, "r3", "c-new", '2', None, RotationState::Failed))?;
+            tx.insert_rotation(&rotation(&b, "r4", "c-b", '9', None, RotationState::Requested))?;
+            Ok::<_, Error>(())
+        })
+        .unwrap();
+        let newest = read(store, |tx| tx.newest_rotation_campaigns(&a.id, 10)).unwrap();
+        assert_eq!(newest.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(), ["c-new", "c-old"]);
+        assert_eq!(read(store, |tx| tx.newest_rotation_campaigns(&a.id, 1)).unwrap().len(), 1);
+        let open = read(store, |tx| tx.open_campaign_counts(&a.id, 10)).unwrap();
+        assert_eq!(open.len(), 1, "only c-new has a rotation open: {open:?}");
+        assert_eq!(open["c-new"].get(&RotationState::Requested), Some(&1));
+        assert_eq!(open["c-new"].get(&RotationState::Failed), Some(&1));
+        // Certificate 9 was issued by r1 and is rotated by r2; account b's r4 does not show.
+        let of_nine = read(store, |tx| tx.rotations_of_certificate(&a.id, &id('9'), 10)).unwrap();
+        let mut names: Vec<_> = of_nine.iter().map(|r| r.id.as_str()).collect();
+        names.sort();
+        assert_eq!(names, ["r1", "r2"]);
+        assert!(read(store, |tx| tx.rotations_of_certificate(&a.id, &id('5'), 10)).unwrap().is_empty());
+        let states = read(store, |tx| tx.rotation_state_counts(&a.id)).unwrap();
+        assert_eq!(
+            states.into_iter().collect::<Vec<_>>(),
+            vec![(RotationState::Requested, 1), (RotationState::Retired, 1), (RotationState::Failed, 1)]
+        );
+    });
+}

@@ -21,6 +21,7 @@ mod issuers;
 mod jitr;
 mod lookups;
 mod maintenance;
+mod overview;
 mod policies;
 mod provisioning;
 pub mod rate;
@@ -62,6 +63,10 @@ pub use ids::{Marker, decode_marker, encode_marker};
 pub use issuers::load_or_create_issuer;
 pub use lookups::ConnectionEvent;
 pub use maintenance::{NotPruned, PruneReport, PruneSettings, Retention};
+pub use overview::{
+    CaCounts, EXPIRY_WINDOWS_DAYS, ExpiringCount, FleetOverview, OpenCampaign, RotationCounts, TIMELINE_WEEK_COUNT,
+    TimelineSeries,
+};
 pub use policies::PrincipalPolicies;
 pub use provisioning::{
     CERTIFICATE_ID_PARAMETER, CertificateSource, MAX_PARAMETERS, MAX_VALUE_CHARS, Override, OverrideSettings,
@@ -135,6 +140,10 @@ pub struct ConnectedClient {
     pub tls_version: String,
     pub peer: String,
     pub connected_at: time::OffsetDateTime,
+    /// The domain configuration it came through, and the server chain it was served (`builtin`
+    /// or the server certificate IDs joined by `+`), when known.
+    pub endpoint: Option<String>,
+    pub chain: Option<String>,
 }
 
 /// What the data plane (the gateway of this node) tells the services about itself.
@@ -146,6 +155,12 @@ pub trait DataPlane: Send + Sync {
     /// handshakes completed and failed, and the drain of the last migration or revert.
     fn endpoint_report(&self, _account: &AccountId, _configuration: &str) -> Option<EndpointReport> {
         None
+    }
+
+    /// The devices of `account` this node refused in the last hour, by reason (the gateway's
+    /// `Refusal` names), most frequent first.
+    fn recent_refusals(&self, _account: &AccountId) -> Vec<(String, u64)> {
+        Vec::new()
     }
 }
 
@@ -229,6 +244,12 @@ impl Services {
     /// The caller's devices connected to this node (none when no gateway runs here).
     pub fn connected_clients(&self, caller: &Caller) -> Vec<ConnectedClient> {
         self.data_plane.get().map(|plane| plane.connected_clients(&caller.account)).unwrap_or_default()
+    }
+
+    /// The caller's devices this node refused in the last hour, by reason (none without a
+    /// gateway here).
+    pub fn recent_refusals(&self, caller: &Caller) -> Vec<(String, u64)> {
+        self.data_plane.get().map(|plane| plane.recent_refusals(&caller.account)).unwrap_or_default()
     }
 
     /// This node's gateway report on a domain configuration (none without a gateway here).
