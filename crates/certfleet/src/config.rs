@@ -24,6 +24,13 @@ region = "us-east-1"
 # Account endpoints are "<identifier>-ats.iot.<region>.<endpoint_domain>".
 endpoint_domain = "certfleet.local"
 
+[node]
+# This node's name, unique among the nodes sharing the registry: 1 to 64 ASCII letters, digits,
+# '-' and '_', starting with a letter or a digit (`certfleet server --node-id` wins over it).
+# Empty: the host name and 8 random hex digits, new at every start. Set it for a name that stays
+# the same across restarts.
+id = ""
+
 [api]
 # The HTTPS control plane (AWS IoT API). Port 0 picks a free port.
 addr = "127.0.0.1:8443"
@@ -257,6 +264,13 @@ struct FileConfig {
     registry: RegistryFile,
     provisioning: ProvisioningFile,
     things: ThingsFile,
+    node: NodeFile,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct NodeFile {
+    id: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -488,6 +502,9 @@ struct KeysFile {
 /// The validated configuration of a server or an admin command.
 #[derive(Clone, Debug)]
 pub struct Config {
+    /// This node's name (`--node-id`, `[node] id`); `None`: chosen at start (see
+    /// `server::node_id`).
+    pub node_id: Option<certfleet_gateway::NodeId>,
     pub data_dir: PathBuf,
     pub region: String,
     pub endpoint_domain: String,
@@ -654,6 +671,7 @@ pub struct Overrides {
     pub mqtt_addr: Option<String>,
     pub metrics_addr: Option<String>,
     pub database_url: Option<String>,
+    pub node_id: Option<String>,
 }
 
 impl Config {
@@ -698,7 +716,17 @@ impl Config {
         let broker = broker_bounds(&file.broker, max_message_bytes + 18 * 1024)?;
         let registry = registry_bounds(&file.registry)?;
         let fleet = fleet_config(&file.provisioning)?;
+        let node_id = overrides
+            .node_id
+            .or(file.node.id)
+            .filter(|id| !id.is_empty())
+            .map(|id| {
+                certfleet_gateway::NodeId::parse(&id)
+                    .with_context(|| format!("node id {:?}", id.escape_debug().to_string()))
+            })
+            .transpose()?;
         Ok(Config {
+            node_id,
             data_dir: overrides.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("certfleet-data")),
             region,
             endpoint_domain: file.endpoint_domain.unwrap_or_else(|| "certfleet.local".into()),
@@ -911,6 +939,20 @@ mod tests {
         let built_in = Config::load(None, Overrides::default()).unwrap();
         assert_eq!(format!("{from_file:?}"), format!("{built_in:?}"));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn node_ids_are_checked_once() {
+        let load = |id: &str| {
+            Config::load(None, Overrides { node_id: Some(id.to_owned()), ..Overrides::default() })
+                .map(|config| config.node_id.map(|id| id.to_string()))
+                .map_err(|error| format!("{error:#}"))
+        };
+        assert_eq!(load("gw-1"), Ok(Some("gw-1".to_owned())));
+        assert_eq!(load(""), Ok(None));
+        for bad in ["gw.1", "gw 1", "-gw", "nœud", &"a".repeat(65)] {
+            assert!(load(bad).unwrap_err().starts_with("node id"), "{bad:?}");
+        }
     }
 
     #[test]

@@ -18,6 +18,8 @@ use crate::datadir::{self, Files};
 /// Runs the server until a shutdown signal.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let budget = connection_budget(&config)?;
+    let node_id = config.node_id.clone().map_or_else(node_id, Ok)?;
+    tracing::info!(node = %node_id, "node");
     datadir::create(&config.data_dir)?;
     let files = Files::of(&config.data_dir);
     // endpoints.json means "listening now": a stale one from an earlier run must not mislead.
@@ -104,13 +106,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     ));
     let builtin = builtin_chains(&server_issuer, &config, server_chain, &server_key, clock.now())?;
     let (gateway, gateway_view, history, fleet) =
-        start_gateway(&services, &config, budget, builtin, mqtt_listener, egress.clone(), stopped.clone()).await?;
+        start_gateway(&services, &config, &node_id, budget, builtin, mqtt_listener, egress.clone(), stopped.clone())
+            .await?;
     // The registry prune: every node tries, one node of the cluster at a time does it.
     let prune_metrics = Arc::new(certfleet_workers::PruneMetrics::default());
-    let node = format!("pid{}-{}", std::process::id(), time::OffsetDateTime::now_utc().unix_timestamp_nanos());
     tokio::spawn(certfleet_workers::run_prune(
         services.clone(),
-        node,
+        node_id.to_string(),
         config.registry.prune.clone(),
         prune_metrics.clone(),
         stopped.clone(),
@@ -172,6 +174,28 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let _ = gateway.await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The name of a node configured without one: its host name (lowercased, other characters than
+/// letters, digits, `-` and `_` made `-`, at most 55 characters) and 8 random hex digits, so that
+/// two nodes on one host differ; new at every start.
+fn node_id() -> anyhow::Result<certfleet_gateway::NodeId> {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_default();
+    let host: String = host
+        .trim()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c.to_ascii_lowercase() } else { '-' })
+        .take(55)
+        .collect();
+    let host = host.trim_matches(['-', '_']);
+    let host = if host.is_empty() { "node" } else { host };
+    let mut random = [0u8; 4];
+    aws_lc_rs::rand::fill(&mut random).map_err(|_| anyhow::anyhow!("the system random generator failed"))?;
+    let name = format!("{host}-{}", hex::encode(random));
+    Ok(certfleet_gateway::NodeId::parse(&name)?)
 }
 
 /// The listeners' connection limits, within the open-files limit (raised to its hard limit
@@ -327,9 +351,11 @@ fn api_tls(
 
 /// Starts the device gateway on `listener`: the broker, the registry view and its change-feed
 /// follower, the connection history; offers the live sessions to the services' operator view.
+#[allow(clippy::too_many_arguments)]
 async fn start_gateway(
     services: &Arc<Services>,
     config: &Config,
+    node_id: &certfleet_gateway::NodeId,
     budget: budget::Budget,
     builtin: certfleet_gateway::endpoints::BuiltinChains,
     listener: TcpListener,
@@ -370,6 +396,7 @@ async fn start_gateway(
         certfleet_gateway::Gateway::with_authorizer(gateway_config, services.clone(), builtin, authorizer.clone());
     services.attach_data_plane(gateway.endpoints.clone());
     let broker_config = certfleet_gateway::BrokerConfig {
+        node: node_id.clone(),
         connect_timeout: to_std(config.mqtt_connect_timeout),
         // The default packet limit leaves 18 KiB for the topic and properties past the message.
         max_packet_size: config.mqtt_max_message_bytes + 18 * 1024,

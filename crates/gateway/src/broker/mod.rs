@@ -107,7 +107,7 @@ pub struct BrokerConfig {
 impl Default for BrokerConfig {
     fn default() -> Self {
         BrokerConfig {
-            node: NodeId::new("local"),
+            node: NodeId::local(),
             connect_timeout: Duration::from_secs(10),
             max_packet_size: 146 * 1024,
             message_size_limit: 128 * 1024,
