@@ -76,9 +76,8 @@ impl ConnectionObserver for IgnoreConnections {
 }
 
 /// Where the gateway publishes the events it makes outside any MQTT session (a certificate
-/// registered just in time): into an account's topic space. The broker is one; it is built after
-/// the gateway (it shares the gateway's live sessions), so the gateway's registry is given it
-/// afterwards (`identity::Registry::attach_events`).
+/// registered just in time): into an account's topic space. The broker is one; the node builds
+/// it before the registry view, which is given it (`identity::Registry::with_limits`).
 pub trait EventSink: Send + Sync {
     /// Publishes `message` to the subscribers of `account`, on every node.
     fn publish_event(&self, account: &AccountId, message: Message);

@@ -12,7 +12,7 @@
 
 use certfleet_cache::BoundedMap;
 use std::fmt;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use certfleet_pki::{self as pki, Certificate, CertificateId};
 use certfleet_registry::{AccountId, CaCertificate, CaStatus, CertificateMode, CertificateStatus, DeviceCertificate};
@@ -135,8 +135,8 @@ pub struct Registry {
     cas: Mutex<BoundedMap<AccountCertificate, Option<Arc<CaCertificate>>>>,
     /// (device, CA) pairs whose signature verified; a certificate's bytes never change.
     verified: Mutex<BoundedMap<(CertificateId, CertificateId), ()>>,
-    /// Where just-in-time registration events go (the broker, attached once it exists).
-    events: OnceLock<Arc<dyn EventSink>>,
+    /// Where just-in-time registration events go (the node's broker); none: not published.
+    events: Option<Arc<dyn EventSink>>,
 }
 
 /// A certificate (device or CA) as an account holds it: the caches' key.
@@ -183,18 +183,22 @@ pub struct CacheStats {
 }
 
 impl Registry {
+    /// A registry view with the default cache bounds that publishes no event.
     pub fn new(services: Arc<Services>) -> Self {
-        Registry::with_limits(services, CacheLimits::default())
+        Registry::with_limits(services, CacheLimits::default(), None)
     }
 
-    pub fn with_limits(services: Arc<Services>, limits: CacheLimits) -> Self {
+    /// A registry view whose caches hold at most `limits` and whose just-in-time registration
+    /// events go to `events` (none: certificates are still registered just in time, but no
+    /// event is published).
+    pub fn with_limits(services: Arc<Services>, limits: CacheLimits, events: Option<Arc<dyn EventSink>>) -> Self {
         Registry {
             services,
             certificates: Mutex::new(BoundedMap::new(limits.certificates)),
             unknown: Mutex::new(BoundedMap::new(limits.unknown_certificates)),
             cas: Mutex::new(BoundedMap::new(limits.cas)),
             verified: Mutex::new(BoundedMap::new(limits.verified_chains)),
-            events: OnceLock::new(),
+            events,
         }
     }
 
@@ -210,13 +214,6 @@ impl Registry {
             stats("cas", &self.cas),
             stats("verified_chains", &self.verified),
         ]
-    }
-
-    /// Connects the sink of just-in-time registration events (the broker, which is built from the
-    /// gateway and so comes second). A second call is ignored. Without one, certificates are
-    /// still registered just in time, but no event is published.
-    pub fn attach_events(&self, events: Arc<dyn EventSink>) {
-        let _ = self.events.set(events);
     }
 
     pub fn services(&self) -> &Arc<Services> {
@@ -321,7 +318,7 @@ impl Registry {
         let key = (account.clone(), record.id.clone());
         lock(&self.unknown).remove(&key);
         lock(&self.certificates).insert(key, Arc::new(record));
-        match (self.events.get(), event) {
+        match (&self.events, event) {
             (Some(events), Some(event)) => events.publish_event(account, event),
             _ => {
                 tracing::warn!(cert = %certificate.id(), %ca, "no event sink: the registration event is not published")

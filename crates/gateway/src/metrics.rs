@@ -79,7 +79,7 @@ impl Metrics {
 /// The gateway's metrics in the Prometheus text format: connections, handshakes, refusals by
 /// reason, and per endpoint and chain the devices connected, handshakes completed and failed by
 /// alert, and the last drain.
-pub fn render(gateway: &crate::Gateway) -> String {
+pub(crate) fn render(gateway: &crate::Gateway, broker: &crate::Broker) -> String {
     use std::fmt::Write;
     let metrics = &gateway.metrics;
     let mut out = String::with_capacity(4096);
@@ -132,7 +132,7 @@ pub fn render(gateway: &crate::Gateway) -> String {
     for cache in &caches {
         let _ = writeln!(out, "certfleet_cache_evicted_total{{cache=\"{}\"}} {}", cache.name, cache.evicted);
     }
-    if let Some(broker) = gateway.broker() {
+    {
         let c = broker.counters();
         counters(
             &mut out,

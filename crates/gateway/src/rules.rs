@@ -130,8 +130,6 @@ pub struct RulesConfig {
     /// The longest an http action may take, connection included (the egress policy's own
     /// bounds apply too). Default 3 s.
     pub http_timeout: Duration,
-    /// Where http actions go out: the node's egress policy.
-    pub egress: Arc<Egress>,
 }
 
 impl Default for RulesConfig {
@@ -144,7 +142,6 @@ impl Default for RulesConfig {
             limits: Limits::default(),
             account_budget: AccountBudget::default(),
             http_timeout: Duration::from_secs(3),
-            egress: Arc::new(Egress::default()),
         }
     }
 }
@@ -564,10 +561,20 @@ impl Queue {
     }
 }
 
+/// The runner of a [`RulesEngine`] not started yet: made with the engine, before the broker
+/// (whose tap the engine is), and started with the broker once it exists.
+pub struct RulesRunner {
+    config: RulesConfig,
+    book: Arc<RuleBook>,
+    egress: Arc<Egress>,
+    feedback: Weak<Queue>,
+    counters: Arc<RulesCounters>,
+}
+
 impl RulesEngine {
-    /// Starts the runner (on the current runtime) and attaches the engine to `broker` as its
-    /// tap.
-    pub fn start(config: RulesConfig, book: Arc<RuleBook>, broker: &Arc<Broker>) -> Arc<Self> {
+    /// The engine's queue (the broker's tap: give it to `Broker::new`) and its runner, to start
+    /// with that broker. http actions go out through `egress`.
+    pub fn new(config: RulesConfig, book: Arc<RuleBook>, egress: Arc<Egress>) -> (Arc<Self>, RulesRunner) {
         let queue = Arc::new(Queue {
             fair: Mutex::new(FairQueue {
                 capacity: config.queue_capacity.max(1),
@@ -587,11 +594,18 @@ impl RulesEngine {
             book: book.clone(),
             counters: counters.clone(),
         });
-        let runner =
-            Runner { config, book, broker: Arc::downgrade(broker), feedback: Arc::downgrade(&queue), counters };
+        let runner = RulesRunner { config, book, egress, feedback: Arc::downgrade(&queue), counters };
+        (engine, runner)
+    }
+}
+
+impl RulesRunner {
+    /// Runs the rules (on the current runtime) against the queue, republishing through
+    /// `broker`. The runner ends when the engine (the queue's sending side) is dropped.
+    pub fn start(self, broker: &Arc<Broker>) {
+        let RulesRunner { config, book, egress, feedback, counters } = self;
+        let runner = Runner { config, book, egress, broker: Arc::downgrade(broker), feedback, counters };
         tokio::spawn(runner.run());
-        broker.attach_tap(engine.clone());
-        engine
     }
 }
 
@@ -618,6 +632,8 @@ impl PublishTap for RulesEngine {
 struct Runner {
     config: RulesConfig,
     book: Arc<RuleBook>,
+    /// Where http actions go out: the node's egress policy.
+    egress: Arc<Egress>,
     broker: Weak<Broker>,
     /// Where messages come from and republished messages go back in; weak, so the runner ends
     /// with the engine.
@@ -979,7 +995,7 @@ impl Runner {
         headers: &[(String, String)],
         body: Bytes,
     ) -> Result<(), String> {
-        let egress = &self.config.egress;
+        let egress = &self.egress;
         match egress.post_within(self.config.http_timeout, account, purpose, url, headers, body).await {
             Ok(_) => Ok(()),
             Err(failure) => Err(failure.tenant_message()),

@@ -381,8 +381,8 @@ pub struct Broker {
     spaces: Mutex<HashMap<AccountId, Arc<Space>>>,
     next_connection: AtomicU64,
     this: Weak<Broker>,
-    /// Sees the messages devices publish on this node (the rules engine).
-    tap: std::sync::OnceLock<Arc<dyn crate::rules::PublishTap>>,
+    /// Sees the messages devices publish on this node (the rules engine's queue).
+    tap: Option<Arc<dyn crate::rules::PublishTap>>,
 }
 
 /// A connection asking for its session, once CONNECT is accepted.
@@ -433,12 +433,16 @@ pub(crate) enum Subscribed {
 }
 
 impl Broker {
+    /// The broker of a node on `fabric`: it tells `observer` of connections, asks `authorizer`,
+    /// keeps `live` (the node's live sessions) and hands each device message to `tap` (the
+    /// rules engine), if any.
     pub fn new(
         config: BrokerConfig,
         fabric: Arc<dyn Fabric>,
         observer: Arc<dyn ConnectionObserver>,
         authorizer: Arc<dyn Authorizer>,
         live: Arc<LiveSessions>,
+        tap: Option<Arc<dyn crate::rules::PublishTap>>,
     ) -> Arc<Self> {
         let broker = Arc::new_cyclic(|this| Broker {
             config,
@@ -452,7 +456,7 @@ impl Broker {
             spaces: Mutex::new(HashMap::new()),
             next_connection: AtomicU64::new(0),
             this: this.clone(),
-            tap: std::sync::OnceLock::new(),
+            tap,
         });
         let router: Weak<dyn Router> = broker.this.clone();
         broker.fabric.attach(router);
@@ -577,16 +581,10 @@ impl Broker {
         }
     }
 
-    /// Attaches the tap that sees every message a device publishes on this node (the rules
-    /// engine). A second call is ignored.
-    pub fn attach_tap(&self, tap: Arc<dyn crate::rules::PublishTap>) {
-        let _ = self.tap.set(tap);
-    }
-
     /// Hands a device's message to the tap, if any: called once, on the node where the PUBLISH
     /// arrived, never per fabric delivery.
     pub(crate) fn tap(&self, identity: &Identity, client_id: &str, message: &Arc<Message>) {
-        if let Some(tap) = self.tap.get()
+        if let Some(tap) = &self.tap
             && tap.wants(&identity.account, message.topic.as_str())
         {
             tap.published(crate::rules::Published {

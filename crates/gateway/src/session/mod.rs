@@ -34,7 +34,7 @@ use transport::Transport;
 
 /// Serves one connection: the MQTT session of an authenticated device, or the refusal of a
 /// device the registry does not accept. Without the fleet provisioning API: its request topics
-/// are acknowledged and dropped (see [`serve_with_fleet`]).
+/// are acknowledged and dropped (a [`crate::Node`] serves its sessions with it).
 pub async fn serve<S>(broker: Arc<Broker>, stream: S, connection: Connection)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -42,8 +42,9 @@ where
     serve_with_fleet(broker, None, stream, connection).await;
 }
 
-/// [`serve`], with the fleet provisioning API answering its reserved topics when given.
-pub async fn serve_with_fleet<S>(
+/// [`serve`], with the fleet provisioning API answering its reserved topics when given (the
+/// node hands its own to every session).
+pub(crate) async fn serve_with_fleet<S>(
     broker: Arc<Broker>,
     fleet: Option<Arc<FleetProvisioning>>,
     stream: S,
