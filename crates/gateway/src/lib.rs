@@ -28,6 +28,7 @@ pub mod identity;
 pub mod listener;
 pub mod live;
 pub mod metrics;
+mod model;
 pub mod node;
 pub mod probes;
 pub mod rules;

@@ -42,7 +42,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use bytes::Bytes;
@@ -54,33 +54,9 @@ use certfleet_rules::{Context, Limits, NoOutput, Output, ParseError, Rule};
 use certfleet_services::{RuleAction, RunnableRule, Services};
 use tokio::sync::{Notify, Semaphore};
 
-use crate::broker::Broker;
+use crate::broker::now_ms;
+pub use crate::broker::{Broker, PublishTap, Published};
 use crate::fabric::Message;
-
-/// A device's message as the broker hands it to its tap.
-#[derive(Clone, Debug)]
-pub struct Published {
-    pub account: AccountId,
-    /// The publisher's MQTT client id (`clientid()`).
-    pub client_id: String,
-    /// The publisher's certificate id (`principal()`).
-    pub principal: Option<CertificateId>,
-    pub message: Arc<Message>,
-    /// When the broker received it, in milliseconds since the Unix epoch (`timestamp()`).
-    pub received_ms: i64,
-    /// How many rules republished it on its way here: 0 for a device's message.
-    pub depth: u8,
-}
-
-/// Sees every message a device publishes on this node, on the publish path: it must not block.
-pub trait PublishTap: Send + Sync {
-    /// Whether the tap wants messages on `topic` of `account` (asked before building one).
-    fn wants(&self, _account: &AccountId, _topic: &str) -> bool {
-        true
-    }
-
-    fn published(&self, published: Published);
-}
 
 /// What a system rule hands its sink for each message it matched.
 #[derive(Debug)]
@@ -1013,11 +989,6 @@ fn new_uuid() -> u128 {
 fn uuid_text(bits: u128) -> String {
     let hex = format!("{bits:032x}");
     format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..])
-}
-
-/// Milliseconds since the Unix epoch, now.
-pub fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_millis() as i64)
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -15,6 +15,7 @@
 mod retained;
 mod state;
 mod subscriptions;
+mod tap;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -28,9 +29,8 @@ use tokio::time::Instant;
 
 use crate::events::{ConnectionObserver, EventSink};
 use crate::fabric::{ClientClaim, Fabric, Message, NodeId, RoutedMessage, Router};
-use crate::identity::Identity;
 use crate::live::LiveSessions;
-use crate::session::ConnectRefusal;
+use crate::model::{ConnectRefusal, Identity};
 pub(crate) use retained::Kept;
 use retained::{Retained, RetainedLimits};
 pub(crate) use state::{
@@ -38,6 +38,8 @@ pub(crate) use state::{
 };
 pub(crate) use subscriptions::SubscriptionOptions;
 use subscriptions::Subscriptions;
+pub(crate) use tap::now_ms;
+pub use tap::{PublishTap, Published};
 
 /// This node's broker totals over every account (gauges in `/metrics`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -382,7 +384,7 @@ pub struct Broker {
     next_connection: AtomicU64,
     this: Weak<Broker>,
     /// Sees the messages devices publish on this node (the rules engine's queue).
-    tap: Option<Arc<dyn crate::rules::PublishTap>>,
+    tap: Option<Arc<dyn PublishTap>>,
 }
 
 /// A connection asking for its session, once CONNECT is accepted.
@@ -442,7 +444,7 @@ impl Broker {
         observer: Arc<dyn ConnectionObserver>,
         authorizer: Arc<dyn Authorizer>,
         live: Arc<LiveSessions>,
-        tap: Option<Arc<dyn crate::rules::PublishTap>>,
+        tap: Option<Arc<dyn PublishTap>>,
     ) -> Arc<Self> {
         let broker = Arc::new_cyclic(|this| Broker {
             config,
@@ -587,12 +589,12 @@ impl Broker {
         if let Some(tap) = &self.tap
             && tap.wants(&identity.account, message.topic.as_str())
         {
-            tap.published(crate::rules::Published {
+            tap.published(Published {
                 account: identity.account.clone(),
                 client_id: client_id.to_owned(),
                 principal: Some(identity.certificate_id.clone()),
                 message: message.clone(),
-                received_ms: crate::rules::now_ms(),
+                received_ms: tap::now_ms(),
                 depth: 0,
             });
         }

@@ -15,6 +15,8 @@
 //! The services do not hold the node: whoever offers the node's view to operators (the API)
 //! is given [`Node::data_plane`].
 
+mod metrics;
+
 use std::sync::Arc;
 
 use certfleet_egress::Egress;
@@ -143,7 +145,7 @@ impl Node {
     /// The node's metrics in the Prometheus text format: gateway, broker, rules, connection
     /// history and fleet provisioning.
     pub fn render_metrics(&self) -> String {
-        let mut out = crate::metrics::render(&self.gateway, &self.broker);
+        let mut out = metrics::render(&self.gateway, &self.broker);
         self.history.render_metrics(&mut out);
         self.fleet.render_metrics(&mut out);
         out
