@@ -68,8 +68,8 @@ pub struct Gateway {
     pub live: Arc<LiveSessions>,
     pub metrics: Arc<Metrics>,
     /// The policy engine, loaded for each authenticated device before its session starts and
-    /// told of the change feed; `None` when the broker decides without policies (`AllowAll`).
-    pub authorizer: Option<Arc<PolicyAuthorizer>>,
+    /// told of the change feed.
+    pub authorizer: Arc<PolicyAuthorizer>,
     /// The domain configurations: SNI routing, TLS settings, chains, migrations.
     pub endpoints: Arc<Endpoints>,
     /// The topic rules this node runs (and where system rules are installed), kept true by the
@@ -82,7 +82,7 @@ pub struct Gateway {
 /// What a gateway is built on: the parts of its node made before it.
 pub(crate) struct GatewayParts {
     pub(crate) live: Arc<LiveSessions>,
-    pub(crate) authorizer: Option<Arc<PolicyAuthorizer>>,
+    pub(crate) authorizer: Arc<PolicyAuthorizer>,
     /// Where just-in-time registration events go (the node's broker).
     pub(crate) events: Arc<dyn EventSink>,
     pub(crate) rules: Arc<crate::rules::RuleBook>,
@@ -126,7 +126,7 @@ impl Gateway {
         let follower = tokio::spawn(crate::follow::follow(
             self.registry.clone(),
             self.live.clone(),
-            self.authorizer.clone(),
+            Some(self.authorizer.clone()),
             self.endpoints.clone(),
             self.rules.clone(),
             self.config.change_poll_interval,
@@ -259,8 +259,8 @@ impl Gateway {
             Some(Err(_)) => Err(Refusal::BadCertificate),
             Some(Ok(certificate)) => {
                 let mut decided = self.registry.authenticate(&account, sni.is_some(), &certificate, now).await;
-                if let (Ok(identity), Some(authorizer)) = (&decided, &self.authorizer)
-                    && let Err(error) = authorizer.load(identity, &certificate).await
+                if let Ok(identity) = &decided
+                    && let Err(error) = self.authorizer.load(identity, &certificate).await
                 {
                     tracing::error!(%peer, cert = %certificate.id(), %account, %error, "loading the device's policies failed");
                     decided = Err(Refusal::RegistryUnavailable);

@@ -85,12 +85,12 @@ impl Node {
         let (engine, runner) = RulesEngine::new(rules, book.clone(), egress.clone());
         let live = Arc::new(LiveSessions::default());
         let history = Arc::new(HistoryRecorder::start(services.clone(), history_sessions_per_certificate_per_hour));
-        let (authorizer, broker_authorizer): (_, Arc<dyn Authorizer>) = match policies {
-            Policies::Enforce => {
-                let authorizer = PolicyAuthorizer::new(services.clone(), &gateway.region);
-                (Some(authorizer.clone()), authorizer)
-            }
-            Policies::DangerAuthorizeEverything => (None, Arc::new(AllowAll)),
+        // The listener loads every device's policies either way (a device whose policies cannot
+        // be read is refused); only the broker's decisions differ.
+        let authorizer = PolicyAuthorizer::new(services.clone(), &gateway.region);
+        let broker_authorizer: Arc<dyn Authorizer> = match policies {
+            Policies::Enforce => authorizer.clone(),
+            Policies::DangerAuthorizeEverything => Arc::new(AllowAll),
         };
         let broker =
             Broker::new(broker, fabric, history.clone(), broker_authorizer, live.clone(), Some(engine.clone()));
