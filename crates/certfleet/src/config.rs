@@ -721,8 +721,9 @@ impl Config {
             .or(file.node.id)
             .filter(|id| !id.is_empty())
             .map(|id| {
-                certfleet_gateway::NodeId::parse(&id)
-                    .with_context(|| format!("node id {:?}", id.escape_debug().to_string()))
+                // The refused value is echoed clipped: it may be anything.
+                let shown: String = id.chars().take(72).collect();
+                certfleet_gateway::NodeId::parse(&id).with_context(|| format!("node id {shown:?}"))
             })
             .transpose()?;
         Ok(Config {
