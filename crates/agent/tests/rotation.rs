@@ -11,7 +11,7 @@ use std::time::Duration;
 use certfleet_agent::connection::{Identity, Incoming, Session, Settings};
 use certfleet_agent::store::{CERTIFICATE_FILE, KEY_FILE, Pending, STATE_FILE, Slot, State, Store};
 use certfleet_agent::{Agent, Config, Credential, Error, Event, KeyAlgorithm, MqttVersion, Step, TrustBundle};
-use certfleet_gateway::{BrokerConfig, Gateway, IgnoreConnections, LocalFabric, PolicyAuthorizer};
+use certfleet_gateway::{BrokerConfig, LocalFabric};
 use certfleet_mqtt::{ProtocolVersion, TopicFilter};
 use certfleet_pki::{CertificateId, Csr, Issuer};
 use certfleet_registry::{CertificateStatus, PolicyName, ThingName, ThingPrincipalType};
@@ -80,7 +80,6 @@ impl Fleet {
         )
         .unwrap();
         let tls = certfleet_gateway::endpoints::BuiltinChains { default: key.clone(), large: key };
-        let authorizer = PolicyAuthorizer::new(services.clone(), "us-east-1");
         let config = certfleet_gateway::Config {
             region: "us-east-1".into(),
             endpoint_domain: "certfleet.local".into(),
@@ -92,22 +91,24 @@ impl Fleet {
             caches: Default::default(),
             test_endpoint_records_per_second: 10,
         };
-        let gateway = Gateway::with_authorizer(config, services.clone(), tls, authorizer.clone());
-        let broker = certfleet_gateway::Broker::new(
-            BrokerConfig::default(),
+        let node = certfleet_gateway::Node::new(
+            certfleet_gateway::NodeConfig {
+                gateway: config,
+                broker: BrokerConfig::default(),
+                rules: Default::default(),
+                fleet: Default::default(),
+                history_sessions_per_certificate_per_hour: 60,
+                policies: certfleet_gateway::Policies::Enforce,
+            },
+            services.clone(),
             LocalFabric::new(),
-            Arc::new(IgnoreConnections),
-            authorizer,
-            gateway.live.clone(),
+            tls,
+            Arc::new(certfleet_egress::Egress::default()),
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = watch::channel(false);
-        tokio::spawn(gateway.run(
-            listener,
-            move |tls, connection| certfleet_gateway::serve(broker.clone(), tls, connection),
-            stopped,
-        ));
+        tokio::spawn(node.run(listener, stopped));
 
         services.create_policy(&caller, &device_policy(), DEVICE_POLICY, &[]).unwrap();
         let service_policy = PolicyName::parse("rotation-service").unwrap();

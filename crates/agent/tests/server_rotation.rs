@@ -13,7 +13,7 @@ use certfleet_agent::connection::{Identity, Incoming, Session, Settings};
 use certfleet_agent::store::{Slot, Store};
 use certfleet_agent::{Agent, Config, Credential, Event, KeyAlgorithm, TrustBundle};
 use certfleet_gateway::fabric::Message;
-use certfleet_gateway::{BrokerConfig, EventSink, Gateway, LocalFabric, PolicyAuthorizer};
+use certfleet_gateway::{BrokerConfig, EventSink, LocalFabric};
 use certfleet_mqtt::{PayloadFormat, Properties, ProtocolVersion, QoS, TopicFilter, TopicName};
 use certfleet_pki::{CertificateId, Issuer};
 use certfleet_registry::{
@@ -87,7 +87,6 @@ async fn the_agent_rotates_through_the_rotation_service() {
     )
     .unwrap();
     let tls = certfleet_gateway::endpoints::BuiltinChains { default: key.clone(), large: key };
-    let authorizer = PolicyAuthorizer::new(services.clone(), "us-east-1");
     let config = certfleet_gateway::Config {
         region: "us-east-1".into(),
         endpoint_domain: "certfleet.local".into(),
@@ -99,24 +98,25 @@ async fn the_agent_rotates_through_the_rotation_service() {
         caches: Default::default(),
         test_endpoint_records_per_second: 10,
     };
-    let gateway = Gateway::with_authorizer(config, services.clone(), tls, authorizer.clone());
-    services.attach_data_plane(gateway.endpoints.clone());
-    let broker = certfleet_gateway::Broker::new(
-        BrokerConfig::default(),
+    let node = certfleet_gateway::Node::new(
+        certfleet_gateway::NodeConfig {
+            gateway: config,
+            broker: BrokerConfig::default(),
+            rules: Default::default(),
+            fleet: Default::default(),
+            history_sessions_per_certificate_per_hour: 60,
+            policies: certfleet_gateway::Policies::Enforce,
+        },
+        services.clone(),
         LocalFabric::new(),
-        Arc::new(certfleet_gateway::history::HistoryRecorder::start(services.clone(), 60)),
-        authorizer,
-        gateway.live.clone(),
+        tls,
+        Arc::new(certfleet_egress::Egress::default()),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (_stop, stopped) = watch::channel(false);
-    let serving = broker.clone();
-    tokio::spawn(gateway.run(
-        listener,
-        move |tls, connection| certfleet_gateway::serve(serving.clone(), tls, connection),
-        stopped.clone(),
-    ));
+    tokio::spawn(node.clone().run(listener, stopped.clone()));
+    let broker = node.broker().clone();
     let runner = RotationRunner::new(services.clone(), Arc::new(BrokerPublisher(broker)), Default::default());
 
     let device_policy = PolicyName::parse("device-rotation").unwrap();
@@ -169,7 +169,7 @@ async fn the_agent_rotates_through_the_rotation_service() {
     let identity = Identity::from_pem(&bridge.pem, &bridge_key.serialize_pem()).unwrap();
     let mut session = Session::open(&settings, &identity, &filters).await.unwrap();
     let bridge_runner = runner.clone();
-    let bridge_services = services.clone();
+    let bridge_plane = node.data_plane();
     let bridge_caller = caller.clone();
     tokio::spawn(async move {
         while let Ok(incoming) = session.next().await {
@@ -180,8 +180,8 @@ async fn the_agent_rotates_through_the_rotation_service() {
                 continue;
             };
             let client_id = client_id.to_string();
-            let principal: Option<CertificateId> = bridge_services
-                .connected_clients(&bridge_caller)
+            let principal: Option<CertificateId> = bridge_plane
+                .connected_clients(&bridge_caller.account)
                 .into_iter()
                 .rev()
                 .find(|client| client.client_id.as_deref() == Some(client_id.as_str()))

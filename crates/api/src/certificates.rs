@@ -429,8 +429,10 @@ pub async fn describe_endpoint(
 /// not an AWS operation).
 pub async fn list_connected_clients(State(state): State<Arc<AppState>>, Extension(caller): Extension<Caller>) -> Reply {
     let sessions: Vec<_> = state
-        .services
-        .connected_clients(&caller)
+        .data_plane
+        .as_ref()
+        .map(|plane| plane.connected_clients(&caller.account))
+        .unwrap_or_default()
         .into_iter()
         .map(|client| {
             json!({

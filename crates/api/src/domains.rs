@@ -344,10 +344,12 @@ pub async fn status(
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
 ) -> Reply {
+    let data_plane = state.data_plane.clone();
     let reply = call(&state, move |services| {
         let config = services.describe_domain_configuration(&caller, &name)?;
         let mut out = describe_wire(services, &config, &services.domain_configuration_certificates(&config)?);
-        let report = services.endpoint_report(&caller, &name).unwrap_or_default();
+        let report =
+            data_plane.as_ref().and_then(|plane| plane.endpoint_report(&caller.account, &name)).unwrap_or_default();
         out["chains"] = report
             .chains
             .iter()

@@ -70,17 +70,26 @@ impl Default for Config {
 pub struct AppState {
     pub services: Arc<Services>,
     pub config: Config,
+    /// This node's gateway, for the operator view (its sessions, its endpoints' chains); none
+    /// when no gateway runs here.
+    pub data_plane: Option<Arc<dyn certfleet_services::DataPlane>>,
     keys: Arc<auth::KeyCache>,
     listener_metrics: Arc<ListenerMetrics>,
 }
 
 /// The router with every operation, behind SigV4 authentication and request logging.
-pub fn router(services: Arc<Services>, config: Config, listener_metrics: Arc<ListenerMetrics>) -> Router {
+/// `data_plane` is this node's gateway (`certfleet_gateway::Node::data_plane`), if one runs here.
+pub fn router(
+    services: Arc<Services>,
+    config: Config,
+    listener_metrics: Arc<ListenerMetrics>,
+    data_plane: Option<Arc<dyn certfleet_services::DataPlane>>,
+) -> Router {
     use certificates as c;
     use policies as p;
     use things as t;
     let keys = auth::KeyCache::following(services.clone(), config.limits.signing_key_cache, listener_metrics.clone());
-    let state = Arc::new(AppState { services, config, keys, listener_metrics });
+    let state = Arc::new(AppState { services, config, data_plane, keys, listener_metrics });
     Router::new()
         .route("/registrationcode", get(c::get_registration_code).delete(c::delete_registration_code))
         .route("/cacertificate", post(c::register_ca_certificate))

@@ -60,8 +60,10 @@ fn thing_exists(services: &Services, account: &AccountId, name: &str) -> bool {
 
 /// Two nodes that have served `key` once each, so that both hold it in their caches.
 async fn two_warm_nodes(world: &certfleet_testkit::World, key: &NewAccessKey) -> (Router, Router) {
-    let node_a = certfleet_api::router(world.services.clone(), certfleet_api::Config::default(), Default::default());
-    let node_b = certfleet_api::router(world.services.clone(), certfleet_api::Config::default(), Default::default());
+    let node_a =
+        certfleet_api::router(world.services.clone(), certfleet_api::Config::default(), Default::default(), None);
+    let node_b =
+        certfleet_api::router(world.services.clone(), certfleet_api::Config::default(), Default::default(), None);
     // Let both followers read the feed once, so that the key is served from the caches: the
     // case under test (a node that has not read the feed looks every key up).
     tokio::time::sleep(Duration::from_millis(300)).await;

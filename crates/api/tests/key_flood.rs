@@ -49,7 +49,7 @@ async fn ten_thousand_made_up_key_ids_fill_nothing_and_real_keys_stay_within_the
         limits: certfleet_api::Limits { signing_key_cache: 100, ..Default::default() },
         ..Default::default()
     };
-    let node = certfleet_api::router(services.clone(), config, metrics.clone());
+    let node = certfleet_api::router(services.clone(), config, metrics.clone(), None);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let cached = || metric(&metrics, "certfleet_api_signing_keys_cached");
 

@@ -133,7 +133,7 @@ async fn node(config: certfleet_api::Config) -> Node {
     let account = world.services.create_account().unwrap().id;
     let key = world.services.create_access_key(&account).unwrap();
     let metrics = Arc::new(ListenerMetrics::default());
-    let router = certfleet_api::router(world.services.clone(), config, metrics.clone());
+    let router = certfleet_api::router(world.services.clone(), config, metrics.clone(), None);
     tokio::time::sleep(Duration::from_millis(300)).await;
     Node { world, router, metrics, account, key }
 }

@@ -24,6 +24,13 @@ region = "us-east-1"
 # Account endpoints are "<identifier>-ats.iot.<region>.<endpoint_domain>".
 endpoint_domain = "certfleet.local"
 
+[node]
+# This node's name, unique among the nodes sharing the registry: 1 to 64 ASCII letters, digits,
+# '-' and '_', starting with a letter or a digit (`certfleet server --node-id` wins over it).
+# Empty: the host name and 8 random hex digits, new at every start. Set it for a name that stays
+# the same across restarts.
+id = ""
+
 [api]
 # The HTTPS control plane (AWS IoT API). Port 0 picks a free port.
 addr = "127.0.0.1:8443"
@@ -282,6 +289,7 @@ struct FileConfig {
     provisioning: ProvisioningFile,
     things: ThingsFile,
     console: ConsoleFile,
+    node: NodeFile,
 }
 
 #[derive(Deserialize, Default)]
@@ -350,6 +358,12 @@ fn console_config(file: &ConsoleFile) -> anyhow::Result<Option<(SocketAddr, cert
         }
     }
     Ok(Some((addr, config)))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct NodeFile {
+    id: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -581,6 +595,9 @@ struct KeysFile {
 /// The validated configuration of a server or an admin command.
 #[derive(Clone, Debug)]
 pub struct Config {
+    /// This node's name (`--node-id`, `[node] id`); `None`: chosen at start (see
+    /// `server::node_id`).
+    pub node_id: Option<certfleet_gateway::NodeId>,
     pub data_dir: PathBuf,
     pub region: String,
     pub endpoint_domain: String,
@@ -749,6 +766,7 @@ pub struct Overrides {
     pub mqtt_addr: Option<String>,
     pub metrics_addr: Option<String>,
     pub database_url: Option<String>,
+    pub node_id: Option<String>,
 }
 
 impl Config {
@@ -800,7 +818,18 @@ impl Config {
         {
             bail!("console.addr must be a loopback address while the API serves plain HTTP, not {addr}");
         }
+        let node_id = overrides
+            .node_id
+            .or(file.node.id)
+            .filter(|id| !id.is_empty())
+            .map(|id| {
+                // The refused value is echoed clipped: it may be anything.
+                let shown: String = id.chars().take(72).collect();
+                certfleet_gateway::NodeId::parse(&id).with_context(|| format!("node id {shown:?}"))
+            })
+            .transpose()?;
         Ok(Config {
+            node_id,
             data_dir: overrides.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("certfleet-data")),
             region,
             endpoint_domain: file.endpoint_domain.unwrap_or_else(|| "certfleet.local".into()),
@@ -1043,6 +1072,20 @@ mod tests {
             assert!(load(bad).is_err(), "{bad}");
         }
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn node_ids_are_checked_once() {
+        let load = |id: &str| {
+            Config::load(None, Overrides { node_id: Some(id.to_owned()), ..Overrides::default() })
+                .map(|config| config.node_id.map(|id| id.to_string()))
+                .map_err(|error| format!("{error:#}"))
+        };
+        assert_eq!(load("gw-1"), Ok(Some("gw-1".to_owned())));
+        assert_eq!(load(""), Ok(None));
+        for bad in ["gw.1", "gw 1", "-gw", "nœud", &"a".repeat(65)] {
+            assert!(load(bad).unwrap_err().starts_with("node id"), "{bad:?}");
+        }
     }
 
     #[test]

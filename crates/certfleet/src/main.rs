@@ -69,6 +69,11 @@ enum Command {
         /// Where Prometheus metrics are served, HOST:PORT (default: off).
         #[arg(long)]
         metrics_addr: Option<String>,
+        /// This node's name, unique among the nodes sharing the registry: 1 to 64 ASCII
+        /// letters, digits, '-' and '_' (default: `[node] id`, else the host name and a random
+        /// suffix).
+        #[arg(long)]
+        node_id: Option<String>,
     },
     /// Manage accounts.
     Account {
@@ -334,6 +339,15 @@ fn init_logging(format: LogFormat) {
 }
 
 fn load(common: Common, api_addr: Option<String>, mqtt_addr: Option<String>) -> anyhow::Result<Config> {
+    load_node(common, api_addr, mqtt_addr, None)
+}
+
+fn load_node(
+    common: Common,
+    api_addr: Option<String>,
+    mqtt_addr: Option<String>,
+    node_id: Option<String>,
+) -> anyhow::Result<Config> {
     Config::load(
         common.config.as_deref(),
         Overrides {
@@ -342,6 +356,7 @@ fn load(common: Common, api_addr: Option<String>, mqtt_addr: Option<String>) -> 
             mqtt_addr,
             metrics_addr: None,
             database_url: common.database_url,
+            node_id,
         },
     )
 }
@@ -359,8 +374,8 @@ fn admin_services(config: &Config) -> anyhow::Result<Services> {
 
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Server { common, api_addr, mqtt_addr, metrics_addr } => {
-            let mut config = load(common, api_addr, mqtt_addr)?;
+        Command::Server { common, api_addr, mqtt_addr, metrics_addr, node_id } => {
+            let mut config = load_node(common, api_addr, mqtt_addr, node_id)?;
             if let Some(addr) = metrics_addr.filter(|addr| !addr.is_empty()) {
                 config.metrics_addr =
                     Some(addr.parse().with_context(|| format!("--metrics-addr {addr:?} is not an address"))?);

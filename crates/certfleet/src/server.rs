@@ -18,6 +18,8 @@ use crate::datadir::{self, Files};
 /// Runs the server until a shutdown signal.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let budget = connection_budget(&config)?;
+    let node_id = config.node_id.clone().map_or_else(node_id, Ok)?;
+    tracing::info!(node = %node_id, "node");
     datadir::create(&config.data_dir)?;
     let files = Files::of(&config.data_dir);
     // endpoints.json means "listening now": a stale one from an earlier run must not mislead.
@@ -103,25 +105,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         trusted_roots(config.egress_ca_bundle.as_deref()),
     ));
     let builtin = builtin_chains(&server_issuer, &config, server_chain, &server_key, clock.now())?;
-    let (gateway, gateway_view, history, fleet) =
-        start_gateway(&services, &config, budget, builtin, mqtt_listener, egress.clone(), stopped.clone()).await?;
-    let console = start_console(&services, &config, tls.clone(), stopped.clone()).await?;
+    let (gateway, node) =
+        start_gateway(&services, &config, &node_id, budget, builtin, mqtt_listener, egress.clone(), stopped.clone())
+            .await?;
+    let console = start_console(&services, &config, tls.clone(), node.data_plane(), stopped.clone()).await?;
     // The registry prune: every node tries, one node of the cluster at a time does it.
     let prune_metrics = Arc::new(certfleet_workers::PruneMetrics::default());
-    let node = format!("pid{}-{}", std::process::id(), time::OffsetDateTime::now_utc().unix_timestamp_nanos());
     tokio::spawn(certfleet_workers::run_prune(
         services.clone(),
-        node,
+        node_id.to_string(),
         config.registry.prune.clone(),
         prune_metrics.clone(),
         stopped.clone(),
     ));
-    let registry_metrics = NodeMetrics {
-        prune: prune_metrics,
-        history,
-        fleet,
-        console: console.as_ref().map(|(console, _)| console.clone()),
-    };
     let api_metrics = Arc::new(certfleet_api::ListenerMetrics::default());
     let metrics_addr = match config.metrics_addr {
         Some(addr) => {
@@ -130,10 +126,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             let bound = listener.local_addr()?;
             tokio::spawn(serve_metrics(
                 listener,
-                gateway_view,
+                node.clone(),
                 api_metrics.clone(),
                 egress.clone(),
-                Arc::new(registry_metrics),
+                prune_metrics,
+                console.as_ref().map(|(console, _)| console.clone()),
                 stopped.clone(),
             ));
             tracing::info!(addr = %bound, "metrics listening");
@@ -170,7 +167,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         limits: certfleet_api::Limits { max_connections: budget.api_connections, ..config.api_limits.clone() },
         egress,
     };
-    let router = certfleet_api::router(services, api_config.clone(), api_metrics.clone());
+    let router = certfleet_api::router(services, api_config.clone(), api_metrics.clone(), Some(node.data_plane()));
     let server = tokio::spawn(certfleet_api::serve(listener, tls, router, api_config.limits, api_metrics, stopped));
     shutdown_signal().await;
     tracing::info!("shutting down");
@@ -179,6 +176,28 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let _ = gateway.await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The name of a node configured without one: its host name (lowercased, other characters than
+/// letters, digits, `-` and `_` made `-`, at most 55 characters) and 8 random hex digits, so that
+/// two nodes on one host differ; new at every start.
+fn node_id() -> anyhow::Result<certfleet_gateway::NodeId> {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_default();
+    let host: String = host
+        .trim()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c.to_ascii_lowercase() } else { '-' })
+        .take(55)
+        .collect();
+    let host = host.trim_matches(['-', '_']);
+    let host = if host.is_empty() { "node" } else { host };
+    let mut random = [0u8; 4];
+    aws_lc_rs::rand::fill(&mut random).map_err(|_| anyhow::anyhow!("the system random generator failed"))?;
+    let name = format!("{host}-{}", hex::encode(random));
+    Ok(certfleet_gateway::NodeId::parse(&name)?)
 }
 
 /// The listeners' connection limits, within the open-files limit (raised to its hard limit
@@ -332,22 +351,20 @@ fn api_tls(
     Ok(Arc::new(tls))
 }
 
-/// Starts the device gateway on `listener`: the broker, the registry view and its change-feed
-/// follower, the connection history; offers the live sessions to the services' operator view.
+/// Builds this node's gateway (`certfleet_gateway::Node`: broker, rules, registry view, fleet
+/// provisioning, connection history), starts the rotation service and its system rules, and
+/// serves devices on `listener` until `stopped`.
+#[allow(clippy::too_many_arguments)]
 async fn start_gateway(
     services: &Arc<Services>,
     config: &Config,
+    node_id: &certfleet_gateway::NodeId,
     budget: budget::Budget,
     builtin: certfleet_gateway::endpoints::BuiltinChains,
     listener: TcpListener,
     egress: Arc<certfleet_egress::Egress>,
     stopped: watch::Receiver<bool>,
-) -> anyhow::Result<(
-    tokio::task::JoinHandle<()>,
-    Arc<certfleet_gateway::Gateway>,
-    Arc<certfleet_gateway::history::HistoryRecorder>,
-    Arc<certfleet_gateway::fleet::FleetProvisioning>,
-)> {
+) -> anyhow::Result<(tokio::task::JoinHandle<()>, Arc<certfleet_gateway::Node>)> {
     let default_account = match &config.mqtt_default_account {
         Some(id) => AccountId::parse(id).context("mqtt.default_account")?,
         None => {
@@ -361,7 +378,7 @@ async fn start_gateway(
         }
     };
     let to_std = |duration: time::Duration| std::time::Duration::try_from(duration).unwrap_or_default();
-    let gateway_config = certfleet_gateway::Config {
+    let gateway = certfleet_gateway::Config {
         region: config.region.clone(),
         endpoint_domain: config.endpoint_domain.clone(),
         default_account: default_account.clone(),
@@ -372,11 +389,8 @@ async fn start_gateway(
         caches: config.caches,
         test_endpoint_records_per_second: config.registry.test_endpoint_records_per_second,
     };
-    let authorizer = certfleet_gateway::PolicyAuthorizer::new(services.clone(), &config.region);
-    let gateway =
-        certfleet_gateway::Gateway::with_authorizer(gateway_config, services.clone(), builtin, authorizer.clone());
-    services.attach_data_plane(gateway.endpoints.clone());
-    let broker_config = certfleet_gateway::BrokerConfig {
+    let broker = certfleet_gateway::BrokerConfig {
+        node: node_id.clone(),
         connect_timeout: to_std(config.mqtt_connect_timeout),
         // The default packet limit leaves 18 KiB for the topic and properties past the message.
         max_packet_size: config.mqtt_max_message_bytes + 18 * 1024,
@@ -391,44 +405,43 @@ async fn start_gateway(
         max_retained_bytes: config.broker.max_retained_bytes,
         ..certfleet_gateway::BrokerConfig::default()
     };
-    let broker_authorizer: Arc<dyn certfleet_gateway::Authorizer> = if config.mqtt_danger_authorize_everything {
+    let policies = if config.mqtt_danger_authorize_everything {
         tracing::warn!("mqtt.danger_authorize_everything is set: IoT policies are NOT enforced (benchmarks only)");
-        Arc::new(certfleet_gateway::AllowAll)
+        certfleet_gateway::Policies::DangerAuthorizeEverything
     } else {
-        authorizer
+        certfleet_gateway::Policies::Enforce
     };
-    let history = Arc::new(certfleet_gateway::history::HistoryRecorder::start(
+    let node_config = certfleet_gateway::NodeConfig {
+        gateway,
+        broker,
+        // Topic rules run off the publish path, on this node's own queue (docs/rules.md).
+        rules: config.rules.clone(),
+        // Fleet provisioning by claim answers its reserved topics (docs/provisioning.md).
+        fleet: config.fleet.clone(),
+        history_sessions_per_certificate_per_hour: config.registry.history_sessions_per_certificate_per_hour,
+        policies,
+    };
+    let node = certfleet_gateway::Node::new(
+        node_config,
         services.clone(),
-        config.registry.history_sessions_per_certificate_per_hour,
-    ));
-    let broker = certfleet_gateway::Broker::new(
-        broker_config,
         certfleet_gateway::LocalFabric::new(),
-        history.clone(),
-        broker_authorizer,
-        gateway.live.clone(),
+        builtin,
+        egress.clone(),
     );
-    // Just-in-time registration events are published into the account's topic space.
-    gateway.registry.attach_events(broker.clone());
-    gateway.attach_broker(&broker);
     let rotation = crate::audit_worker::start(
         services.clone(),
-        broker.clone(),
+        node.broker().clone(),
         to_std(config.rotation_sweep_interval),
-        egress.clone(),
+        egress,
         stopped.clone(),
     );
-    // Topic rules run off the publish path, on this node's own queue (docs/rules.md).
-    let rules_config = certfleet_gateway::rules::RulesConfig { egress: egress.clone(), ..config.rules.clone() };
-    certfleet_gateway::rules::RulesEngine::start(rules_config, gateway.rules.clone(), &broker);
     // The rotation service hears devices through system rules (the seed's rule, and the same
     // for the acknowledgement and the error): docs/rotation.md.
     let sink = crate::audit_worker::RotationSink::start(rotation, stopped.clone());
     for (name, topic) in
         [("rotation_csr_res", "csr_res"), ("rotation_crt_ack", "crt_ack"), ("rotation_crt_err", "crt_err")]
     {
-        gateway
-            .rules
+        node.rules()
             .add_system_rule(
                 name,
                 &format!("SELECT clientid() as clientid, * FROM 'management/topic/+/{topic}'"),
@@ -436,54 +449,9 @@ async fn start_gateway(
             )
             .map_err(|error| anyhow::anyhow!("system rule {name}: {error}"))?;
     }
-    tracing::info!(%default_account, "gateway ready");
-    // Fleet provisioning by claim answers its reserved topics (docs/provisioning.md).
-    let fleet =
-        certfleet_gateway::fleet::FleetProvisioning::new(config.fleet.clone(), services.clone(), egress.clone());
-    let view = gateway.clone();
-    let serving = fleet.clone();
-    let task = tokio::spawn(gateway.run(
-        listener,
-        move |tls, connection| {
-            certfleet_gateway::serve_with_fleet(broker.clone(), Some(serving.clone()), tls, connection)
-        },
-        stopped,
-    ));
-    Ok((task, view, history, fleet))
-}
-
-/// The counters of what bounds the registry's growth, for `/metrics`.
-struct NodeMetrics {
-    prune: Arc<certfleet_workers::PruneMetrics>,
-    history: Arc<certfleet_gateway::history::HistoryRecorder>,
-    fleet: Arc<certfleet_gateway::fleet::FleetProvisioning>,
-    console: Option<Arc<certfleet_console::Console>>,
-}
-
-/// Starts the operator console when `[console] addr` is set (docs/console.md): its own
-/// listener, over TLS with the API's server certificate when the API serves TLS. Answers the
-/// console (for `/metrics`) and its URL.
-async fn start_console(
-    services: &Arc<Services>,
-    config: &Config,
-    tls: Option<Arc<rustls::ServerConfig>>,
-    stopped: watch::Receiver<bool>,
-) -> anyhow::Result<Option<(Arc<certfleet_console::Console>, String)>> {
-    let Some((addr, settings)) = &config.console else { return Ok(None) };
-    let listener = TcpListener::bind(addr).await.with_context(|| format!("binding the console to {addr}"))?;
-    let bound = listener.local_addr()?;
-    let settings = certfleet_console::Config {
-        secure_cookies: tls.is_some(),
-        host_names: config.server_names.clone(),
-        ..settings.clone()
-    };
-    let url = format!("{}://{bound}/", if tls.is_some() { "https" } else { "http" });
-    let console = certfleet_console::Console::new(services.clone(), settings);
-    console.start_background(stopped.clone());
-    tokio::spawn(certfleet_console::serve(listener, tls, console.clone(), stopped));
-    tracing::info!(%url, "console listening");
-    println!("the operator console is at {url} (sign in with an access key)");
-    Ok(Some((console, url)))
+    tracing::info!(%default_account, node = %node.id(), "gateway ready");
+    let task = tokio::spawn(node.clone().run(listener, stopped));
+    Ok((task, node))
 }
 
 /// The roots the egress verifies https servers against: `egress.ca_bundle` when set, else the
@@ -512,10 +480,11 @@ fn trusted_roots(bundle: Option<&std::path::Path>) -> Option<Arc<rustls::RootCer
 /// Serves `GET /metrics` (Prometheus text) over plain HTTP/1.1, one request per connection.
 async fn serve_metrics(
     listener: TcpListener,
-    gateway: Arc<certfleet_gateway::Gateway>,
+    node: Arc<certfleet_gateway::Node>,
     api: Arc<certfleet_api::ListenerMetrics>,
     egress: Arc<certfleet_egress::Egress>,
-    registry: Arc<NodeMetrics>,
+    prune: Arc<certfleet_workers::PruneMetrics>,
+    console: Option<Arc<certfleet_console::Console>>,
     mut stopped: watch::Receiver<bool>,
 ) {
     // Operator-only, but still bounded: a few scrapes at once.
@@ -537,7 +506,8 @@ async fn serve_metrics(
             drop(stream);
             continue;
         };
-        let (gateway, api, egress, registry) = (gateway.clone(), api.clone(), egress.clone(), registry.clone());
+        let (node, api, egress, prune, console) =
+            (node.clone(), api.clone(), egress.clone(), prune.clone(), console.clone());
         tokio::spawn(async move {
             let _slot = slot;
             let mut request = Vec::with_capacity(1024);
@@ -556,13 +526,11 @@ async fn serve_metrics(
                 return;
             }
             let (status, body) = if request.starts_with(b"GET /metrics ") || request.starts_with(b"GET /metrics?") {
-                let mut text = certfleet_gateway::metrics::render(&gateway);
+                let mut text = node.render_metrics();
                 api.render(&mut text);
                 certfleet_egress::render_metrics(&egress.counters, &mut text);
-                registry.prune.render(&mut text);
-                registry.history.render_metrics(&mut text);
-                registry.fleet.render_metrics(&mut text);
-                if let Some(console) = &registry.console {
+                prune.render(&mut text);
+                if let Some(console) = &console {
                     console.render_metrics(&mut text);
                 }
                 ("200 OK", text)
@@ -600,4 +568,32 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = interrupt.await;
+}
+
+/// Starts the operator console when `[console] addr` is set (docs/console.md): its own
+/// listener, over TLS with the API's server certificate when the API serves TLS, reading this
+/// node's data plane (live sessions, refusals, chain counters). Answers the console (for
+/// `/metrics`) and its URL.
+async fn start_console(
+    services: &Arc<Services>,
+    config: &Config,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    data_plane: Arc<dyn certfleet_services::DataPlane>,
+    stopped: watch::Receiver<bool>,
+) -> anyhow::Result<Option<(Arc<certfleet_console::Console>, String)>> {
+    let Some((addr, settings)) = &config.console else { return Ok(None) };
+    let listener = TcpListener::bind(addr).await.with_context(|| format!("binding the console to {addr}"))?;
+    let bound = listener.local_addr()?;
+    let settings = certfleet_console::Config {
+        secure_cookies: tls.is_some(),
+        host_names: config.server_names.clone(),
+        ..settings.clone()
+    };
+    let url = format!("{}://{bound}/", if tls.is_some() { "https" } else { "http" });
+    let console = certfleet_console::Console::new(services.clone(), Some(data_plane), settings);
+    console.start_background(stopped.clone());
+    tokio::spawn(certfleet_console::serve(listener, tls, console.clone(), stopped));
+    tracing::info!(%url, "console listening");
+    println!("the operator console is at {url} (sign in with an access key)");
+    Ok(Some((console, url)))
 }

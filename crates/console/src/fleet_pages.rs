@@ -663,7 +663,7 @@ pub(crate) async fn endpoint(
         Ok(configuration) => configuration,
         Err(error) => return error_page(Some(&session), error),
     };
-    let report = console.services.endpoint_report(&caller(&session), &name).unwrap_or_default();
+    let report = console.endpoint_report(&caller(&session), &name).unwrap_or_default();
     let mut body = Html::default();
     notice(&mut body, request.uri().query());
     body.raw("<dl class=\"fields\"><dt>Configuration</dt><dd id=\"endpoint-name\">")
@@ -821,7 +821,7 @@ pub(crate) async fn live_endpoint(
         Ok(configuration) => configuration,
         Err(_) => return json_response(StatusCode::NOT_FOUND, serde_json::json!({ "error": "not found" })),
     };
-    let drain = console.services.endpoint_report(&caller(&session), &name).and_then(|report| report.drain);
+    let drain = console.endpoint_report(&caller(&session), &name).and_then(|report| report.drain);
     let numbers = drain_numbers(drain.as_ref());
     json_response(
         StatusCode::OK,
@@ -866,7 +866,7 @@ pub(crate) async fn devices_csv(
     if let Err(error) = blocking(move || services.describe_domain_configuration(&owner, &wanted)).await {
         return error_page(Some(&session), error);
     }
-    let drain = console.services.endpoint_report(&caller(&session), &name).and_then(|report| report.drain);
+    let drain = console.endpoint_report(&caller(&session), &name).and_then(|report| report.drain);
     let mut text = String::from("client_id,state,migration_id,to_chain\r\n");
     if let Some(drain) = &drain {
         let clients = if which == "not_back" { &drain.not_back } else { &drain.came_back };

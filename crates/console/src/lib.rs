@@ -84,6 +84,8 @@ const MAX_CACHED_OVERVIEWS: usize = 1_000;
 /// The console of one node: its sessions, bounds, caches and counters.
 pub struct Console {
     services: Arc<Services>,
+    /// This node's gateway (live sessions, refusals, chain counters), when it runs one.
+    data_plane: Option<Arc<dyn certfleet_services::DataPlane>>,
     config: Config,
     sessions: Mutex<session::Sessions>,
     sign_in: Mutex<guard::SignInLimiter>,
@@ -115,8 +117,13 @@ struct Counters {
 
 impl Console {
     /// A console over `services`.
-    pub fn new(services: Arc<Services>, config: Config) -> Arc<Console> {
+    pub fn new(
+        services: Arc<Services>,
+        data_plane: Option<Arc<dyn certfleet_services::DataPlane>>,
+        config: Config,
+    ) -> Arc<Console> {
         Arc::new(Console {
+            data_plane,
             sessions: Mutex::new(session::Sessions::new(config.sessions)),
             sign_in: Mutex::new(guard::SignInLimiter::new(config.sign_in)),
             services,
@@ -128,6 +135,25 @@ impl Console {
             queries: guard::InFlight::new(QUERIES_PER_ACCOUNT),
             counters: Counters::default(),
         })
+    }
+
+    /// The caller's devices connected to this node (none without a gateway here).
+    pub(crate) fn connected_clients(&self, caller: &Caller) -> Vec<certfleet_services::ConnectedClient> {
+        self.data_plane.as_ref().map(|plane| plane.connected_clients(&caller.account)).unwrap_or_default()
+    }
+
+    /// The caller's devices this node refused in the last hour, by reason.
+    pub(crate) fn recent_refusals(&self, caller: &Caller) -> Vec<(String, u64)> {
+        self.data_plane.as_ref().map(|plane| plane.recent_refusals(&caller.account)).unwrap_or_default()
+    }
+
+    /// This node's report on a domain configuration (none without a gateway here).
+    pub(crate) fn endpoint_report(
+        &self,
+        caller: &Caller,
+        configuration: &str,
+    ) -> Option<certfleet_services::EndpointReport> {
+        self.data_plane.as_ref().and_then(|plane| plane.endpoint_report(&caller.account, configuration))
     }
 
     /// Starts the background work: the subject CN backfill of certificates written before the
@@ -334,7 +360,7 @@ mod tests {
     #[test]
     fn the_dashboard_queries_metrics_the_console_exports() {
         let world = certfleet_testkit::world();
-        let console = Console::new(world.services.clone(), Config::default());
+        let console = Console::new(world.services.clone(), None, Config::default());
         let account = world.caller().account;
         *console.rotations.lock().unwrap() =
             vec![(account.clone(), [(certfleet_registry::RotationState::Retired, 4)].into_iter().collect())];

@@ -425,8 +425,8 @@ async fn overview(State(console): State<Arc<Console>>, request: Request) -> Resp
         Ok(fleet) => fleet,
         Err(error) => return error_page(Some(&session), error),
     };
-    let connected = console.services.connected_clients(&caller).len();
-    let refused = console.services.recent_refusals(&caller);
+    let connected = console.connected_clients(&caller).len();
+    let refused = console.recent_refusals(&caller);
     let services = console.services.clone();
     let owner = caller.clone();
     let campaigns = blocking(move || services.open_rotation_campaigns(&owner, 20)).await;
@@ -510,7 +510,7 @@ async fn overview(State(console): State<Arc<Console>>, request: Request) -> Resp
             } else {
                 body.raw("<table id=\"migrations\"><thead><tr><th>Configuration</th><th>Serving</th><th>Migration</th><th>Came back</th><th>Not back</th></tr></thead><tbody>");
                 for configuration in migrating {
-                    let report = console.services.endpoint_report(&caller, &configuration.name);
+                    let report = console.endpoint_report(&caller, &configuration.name);
                     let drain = report.and_then(|report| report.drain);
                     body.raw("<tr><td><a href=\"/endpoints/")
                         .text(&url_component(&configuration.name))
@@ -563,8 +563,8 @@ async fn live(State(console): State<Arc<Console>>, request: Request) -> Response
             .into_response();
     };
     let owner = caller(&session);
-    let connected = console.services.connected_clients(&owner).len();
-    let refused: u64 = console.services.recent_refusals(&owner).iter().map(|(_, count)| count).sum();
+    let connected = console.connected_clients(&owner).len();
+    let refused: u64 = console.recent_refusals(&owner).iter().map(|(_, count)| count).sum();
     let body = serde_json::json!({
         "connected": connected,
         "refused": refused,
@@ -798,7 +798,7 @@ async fn certificate(State(console): State<Arc<Console>>, Path(id): Path<String>
         Err(error) => return error_page(Some(&session), error),
     };
     let live: Vec<_> =
-        console.services.connected_clients(&caller).into_iter().filter(|client| client.certificate_id == id).collect();
+        console.connected_clients(&caller).into_iter().filter(|client| client.certificate_id == id).collect();
     let parsed = certfleet_pki::Certificate::from_pem(&record.pem).ok();
     let mut body = Html::default();
     if changed {

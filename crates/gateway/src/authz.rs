@@ -40,8 +40,8 @@ use certfleet_registry::{AccountId, Change, ChangeKind, Thing, ThingPrincipalTyp
 use certfleet_services::Services;
 
 use crate::broker::Authorizer;
-use crate::identity::Identity;
 use crate::live::LiveSessions;
+use crate::model::Identity;
 
 /// Client IDs whose context one principal keeps; past it the contexts are built again.
 const MAX_CONTEXTS: usize = 64;

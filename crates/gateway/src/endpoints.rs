@@ -6,7 +6,7 @@
 //! the SNI picks an [`Endpoint`] (cached; the change feed clears the cache, so a changed
 //! certificate or policy applies to the next handshake and live sessions stay), whose rustls
 //! configuration carries the configuration's security policy and its serving chain (an ECDSA
-//! and an RSA leaf may serve side by side; [`ChainResolver`] picks by the client's signature
+//! and an RSA leaf may serve side by side; [`tls::ChainResolver`] picks by the client's signature
 //! algorithms).
 //!
 //! A migration (or revert) changes the serving chain; sessions on any other chain are then
@@ -24,11 +24,10 @@ use std::time::Duration;
 
 use certfleet_registry::{AccountId, DomainConfiguration, DomainStatus};
 use certfleet_services::{ChainStats, DrainReport, EndpointReport, Migration, Purpose, Services};
-use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
-use crate::identity::Refusal;
 use crate::live::LiveSessions;
+use crate::model::Refusal;
 use crate::tls;
 
 /// The chains a gateway serves when a configuration names none.
@@ -545,20 +544,6 @@ impl Endpoints {
                 u8::from(drain.guard_tripped.is_some())
             );
         }
-    }
-}
-
-/// Serves the configuration's chain: the ECDSA leaf to clients that accept ECDSA signatures, the
-/// RSA leaf to the others (AWS's ATS endpoints do the same).
-#[derive(Debug)]
-pub struct ChainResolver {
-    pub keys: Vec<Arc<CertifiedKey>>,
-}
-
-impl ResolvesServerCert for ChainResolver {
-    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let schemes = hello.signature_schemes();
-        self.keys.iter().find(|key| key.key.choose_scheme(schemes).is_some()).or_else(|| self.keys.first()).cloned()
     }
 }
 

@@ -5,18 +5,14 @@
 //! the [`ConnectionObserver`] that keeps the connection history (which client IDs used which
 //! certificate, and when) for the audits.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-
 use bytes::Bytes;
 use certfleet_mqtt::{PayloadFormat, Properties, QoS, TopicName};
 use certfleet_pki::CertificateId;
 use certfleet_registry::{AccountId, DeviceCertificate};
 use time::OffsetDateTime;
 
-use crate::broker::Broker;
 use crate::fabric::Message;
-use crate::identity::Identity;
+use crate::model::Identity;
 
 /// Told of every accepted connection and of its end.
 /// Whether a connection is on the record (its history row, its connect and disconnect log
@@ -76,9 +72,8 @@ impl ConnectionObserver for IgnoreConnections {
 }
 
 /// Where the gateway publishes the events it makes outside any MQTT session (a certificate
-/// registered just in time): into an account's topic space. The broker is one; it is built after
-/// the gateway (it shares the gateway's live sessions), so the gateway's registry is given it
-/// afterwards (`identity::Registry::attach_events`).
+/// registered just in time): into an account's topic space. The broker is one; the node builds
+/// it before the registry view, which is given it (`identity::Registry::with_limits`).
 pub trait EventSink: Send + Sync {
     /// Publishes `message` to the subscribers of `account`, on every node.
     fn publish_event(&self, account: &AccountId, message: Message);
@@ -118,74 +113,6 @@ impl DisconnectReason {
     }
 }
 
-/// What both lifecycle events of one connection say.
-pub(crate) struct Lifecycle<'a> {
-    pub(crate) client_id: &'a str,
-    pub(crate) identity: &'a Identity,
-    pub(crate) session_identifier: &'a str,
-    pub(crate) peer: SocketAddr,
-    pub(crate) version_number: u64,
-}
-
-/// Publishes the `connected` event (see [`publish_presence`]).
-pub(crate) fn publish_connected(broker: &Broker, lifecycle: &Lifecycle<'_>, at: OffsetDateTime) {
-    publish_presence(broker, lifecycle, "connected", || {
-        serde_json::json!({
-            "clientId": lifecycle.client_id,
-            "timestamp": millis(at),
-            "eventType": "connected",
-            "sessionIdentifier": lifecycle.session_identifier,
-            "principalIdentifier": lifecycle.identity.certificate_id.to_string(),
-            "ipAddress": lifecycle.peer.ip().to_string(),
-            "versionNumber": lifecycle.version_number,
-        })
-    });
-}
-
-/// Publishes the `disconnected` event (see [`publish_presence`]).
-pub(crate) fn publish_disconnected(
-    broker: &Broker,
-    lifecycle: &Lifecycle<'_>,
-    at: OffsetDateTime,
-    reason: DisconnectReason,
-) {
-    publish_presence(broker, lifecycle, "disconnected", || {
-        serde_json::json!({
-            "clientId": lifecycle.client_id,
-            "timestamp": millis(at),
-            "eventType": "disconnected",
-            "clientInitiatedDisconnect": reason == DisconnectReason::ClientInitiatedDisconnect,
-            "sessionIdentifier": lifecycle.session_identifier,
-            "principalIdentifier": lifecycle.identity.certificate_id.to_string(),
-            "ipAddress": lifecycle.peer.ip().to_string(),
-            "disconnectReason": reason.as_str(),
-            "versionNumber": lifecycle.version_number,
-        })
-    });
-}
-
-/// Publishes a lifecycle event on `$aws/events/presence/<kind>/<clientId>`, its payload built
-/// only when someone, on any node, subscribes to that topic. None for a client ID that cannot
-/// be a topic level (AWS publishes no events for client IDs holding `+` or `#`).
-fn publish_presence(
-    broker: &Broker,
-    lifecycle: &Lifecycle<'_>,
-    kind: &str,
-    payload: impl FnOnce() -> serde_json::Value,
-) {
-    if lifecycle.client_id.contains(['+', '#']) {
-        return;
-    }
-    let account = &lifecycle.identity.account;
-    let topic = format!("$aws/events/presence/{kind}/{}", lifecycle.client_id);
-    if !broker.has_subscriber(account, &topic) {
-        return;
-    }
-    if let Ok(topic) = TopicName::new(topic) {
-        broker.publish(account, Arc::new(json_message(topic, payload())));
-    }
-}
-
 /// AWS IoT's just-in-time registration event for `certificate`, registered PENDING_ACTIVATION
 /// under the CA `ca`: published on `$aws/events/certificates/registered/<caCertificateId>`.
 /// (`None` cannot happen: a certificate ID, 64 hex digits, is always a valid topic level.)
@@ -207,7 +134,7 @@ pub fn certificate_registered(
 }
 
 /// An event: JSON, QoS 1, published by the broker itself.
-fn json_message(topic: TopicName, payload: serde_json::Value) -> Message {
+pub(crate) fn json_message(topic: TopicName, payload: serde_json::Value) -> Message {
     Message {
         topic,
         payload: Bytes::from(payload.to_string()),
@@ -223,7 +150,7 @@ fn json_message(topic: TopicName, payload: serde_json::Value) -> Message {
     }
 }
 
-fn millis(at: OffsetDateTime) -> i64 {
+pub(crate) fn millis(at: OffsetDateTime) -> i64 {
     i64::try_from(at.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
 }
 

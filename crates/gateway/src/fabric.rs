@@ -20,17 +20,67 @@ use certfleet_mqtt::{Properties, QoS, TopicName};
 use certfleet_registry::AccountId;
 use tokio::time::Instant;
 
-/// The name of a gateway node, unique among the nodes sharing a fabric.
+/// The name of a gateway node, unique among the nodes sharing a fabric and the registry (the
+/// prune claim's holder, and later the owner of client IDs across nodes).
+///
+/// It comes from the command line or the configuration file, so it is checked as hostile input
+/// ([`NodeId::parse`]): 1 to [`NodeId::MAX_LEN`] ASCII letters, digits, `-` and `_`, starting
+/// with a letter or a digit. That keeps it a single token wherever it travels: a log field, a
+/// database column, a NATS subject token (no `.`, `*`, `>` nor white space).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct NodeId(String);
 
+/// Why a node name was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidNodeId {
+    /// The name is empty.
+    #[error("a node id cannot be empty")]
+    Empty,
+    /// The name is longer than [`NodeId::MAX_LEN`] bytes.
+    #[error("a node id is at most {} characters", NodeId::MAX_LEN)]
+    TooLong,
+    /// The name holds a character other than ASCII letters, digits, `-` and `_`.
+    #[error("a node id holds only ASCII letters, digits, '-' and '_'")]
+    Character,
+    /// The name starts with `-` or `_`.
+    #[error("a node id starts with a letter or a digit")]
+    Start,
+}
+
 impl NodeId {
-    pub fn new(name: impl Into<String>) -> Self {
-        NodeId(name.into())
+    /// The longest node name.
+    pub const MAX_LEN: usize = 64;
+
+    /// A node name, checked.
+    pub fn parse(name: &str) -> Result<Self, InvalidNodeId> {
+        let Some(first) = name.bytes().next() else { return Err(InvalidNodeId::Empty) };
+        if name.len() > Self::MAX_LEN {
+            return Err(InvalidNodeId::TooLong);
+        }
+        if !name.bytes().all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_') {
+            return Err(InvalidNodeId::Character);
+        }
+        if !first.is_ascii_alphanumeric() {
+            return Err(InvalidNodeId::Start);
+        }
+        Ok(NodeId(name.to_owned()))
+    }
+
+    /// The name of a node that runs alone (the broker's tests, the default configuration).
+    pub fn local() -> Self {
+        NodeId("local".to_owned())
     }
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+impl std::str::FromStr for NodeId {
+    type Err = InvalidNodeId;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        NodeId::parse(name)
     }
 }
 
@@ -164,5 +214,34 @@ impl Fabric for LocalFabric {
 
     fn has_subscriber(&self, account: &AccountId, topic: &str) -> bool {
         self.routers().iter().filter_map(Weak::upgrade).any(|router| router.has_subscriber(account, topic))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{InvalidNodeId, NodeId};
+
+    fn check(name: &str, expected: Result<(), InvalidNodeId>) {
+        assert_eq!(NodeId::parse(name).map(|id| assert_eq!(id.as_str(), name)), expected, "{name:?}");
+    }
+
+    #[test]
+    fn node_ids_are_single_tokens() {
+        check("local", Ok(()));
+        check("gw-1", Ok(()));
+        check("Node_07", Ok(()));
+        check("9", Ok(()));
+        check(&"a".repeat(64), Ok(()));
+        check("", Err(InvalidNodeId::Empty));
+        check(&"a".repeat(65), Err(InvalidNodeId::TooLong));
+        check("gw.1", Err(InvalidNodeId::Character));
+        check("gw*", Err(InvalidNodeId::Character));
+        check("gw>", Err(InvalidNodeId::Character));
+        check("gw 1", Err(InvalidNodeId::Character));
+        check("gw/1", Err(InvalidNodeId::Character));
+        check("gw\u{0}", Err(InvalidNodeId::Character));
+        check("nœud", Err(InvalidNodeId::Character));
+        check("-gw", Err(InvalidNodeId::Start));
+        check("_gw", Err(InvalidNodeId::Start));
     }
 }

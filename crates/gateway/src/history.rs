@@ -21,7 +21,7 @@ use time::OffsetDateTime;
 use tokio::sync::mpsc;
 
 use crate::events::{ConnectionObserver, OnRecord};
-use crate::identity::Identity;
+use crate::model::Identity;
 
 /// Records connections in the registry through the services.
 pub struct HistoryRecorder {

@@ -11,8 +11,7 @@
 //! event goes to the [`EventSink`], and the device is refused until an operator activates it.
 
 use certfleet_cache::BoundedMap;
-use std::fmt;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use certfleet_pki::{self as pki, Certificate, CertificateId};
 use certfleet_registry::{AccountId, CaCertificate, CaStatus, CertificateMode, CertificateStatus, DeviceCertificate};
@@ -20,109 +19,7 @@ use certfleet_services::Services;
 use time::OffsetDateTime;
 
 use crate::events::{EventSink, certificate_registered};
-
-/// Why a device is not let in. Logged and counted; never told to the device in detail.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Refusal {
-    /// The TLS client sent no certificate.
-    NoClientCert,
-    /// The certificate does not parse or uses a key or signature certfleet refuses.
-    BadCertificate,
-    /// The certificate is registered in no account.
-    Unregistered,
-    /// The certificate is registered, but in another account than the endpoint's.
-    WrongAccount,
-    /// The certificate is INACTIVE (or the deprecated REGISTER_INACTIVE).
-    Inactive,
-    /// The certificate is REVOKED.
-    Revoked,
-    /// The certificate is being transferred to another account.
-    PendingTransfer,
-    /// The certificate waits for activation (just-in-time registration).
-    PendingActivation,
-    /// The certificate's notAfter has passed.
-    Expired,
-    /// The certificate's notBefore is still ahead.
-    NotYetValid,
-    /// The CA that signed the certificate is no longer registered.
-    CaMissing,
-    /// The CA that signed the certificate is INACTIVE.
-    CaInactive,
-    /// The certificate does not verify against its registered CA.
-    ChainInvalid,
-    /// The certificate's mode (SNI_ONLY, or registered without a CA) needs SNI, and none was sent.
-    SniRequired,
-    /// The registry could not be read: refused to stay safe.
-    RegistryUnavailable,
-    /// The certificate could be registered just in time, but the account registers more per
-    /// second than this node allows (`Services::auto_register_certificate`); nothing was
-    /// written, and the device may retry.
-    RegistrationThrottled,
-    /// Not a refusal of the device: its endpoint now serves another server chain, and the
-    /// session is closed so that the device handshakes again and sees it (a migration's drain).
-    ServerChainChanged,
-}
-
-impl Refusal {
-    /// Every reason, for metrics.
-    pub const ALL: [Refusal; 17] = [
-        Refusal::NoClientCert,
-        Refusal::BadCertificate,
-        Refusal::Unregistered,
-        Refusal::WrongAccount,
-        Refusal::Inactive,
-        Refusal::Revoked,
-        Refusal::PendingTransfer,
-        Refusal::PendingActivation,
-        Refusal::Expired,
-        Refusal::NotYetValid,
-        Refusal::CaMissing,
-        Refusal::CaInactive,
-        Refusal::ChainInvalid,
-        Refusal::SniRequired,
-        Refusal::RegistryUnavailable,
-        Refusal::RegistrationThrottled,
-        Refusal::ServerChainChanged,
-    ];
-
-    /// The reason as logged and counted.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Refusal::NoClientCert => "NoClientCert",
-            Refusal::BadCertificate => "BadCertificate",
-            Refusal::Unregistered => "Unregistered",
-            Refusal::WrongAccount => "WrongAccount",
-            Refusal::Inactive => "Inactive",
-            Refusal::Revoked => "Revoked",
-            Refusal::PendingTransfer => "PendingTransfer",
-            Refusal::PendingActivation => "PendingActivation",
-            Refusal::Expired => "Expired",
-            Refusal::NotYetValid => "NotYetValid",
-            Refusal::CaMissing => "CaMissing",
-            Refusal::CaInactive => "CaInactive",
-            Refusal::ChainInvalid => "ChainInvalid",
-            Refusal::SniRequired => "SniRequired",
-            Refusal::RegistryUnavailable => "RegistryUnavailable",
-            Refusal::RegistrationThrottled => "RegistrationThrottled",
-            Refusal::ServerChainChanged => "ServerChainChanged",
-        }
-    }
-}
-
-impl fmt::Display for Refusal {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// An authenticated device: what the session layer knows of its principal.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Identity {
-    pub account: AccountId,
-    pub certificate_id: CertificateId,
-    pub ca_certificate_id: Option<CertificateId>,
-    pub not_after: OffsetDateTime,
-}
+pub use crate::model::{Identity, Refusal};
 
 /// The registry as the gateway sees it: cached, invalidated by the change feed.
 pub struct Registry {
@@ -135,8 +32,8 @@ pub struct Registry {
     cas: Mutex<BoundedMap<AccountCertificate, Option<Arc<CaCertificate>>>>,
     /// (device, CA) pairs whose signature verified; a certificate's bytes never change.
     verified: Mutex<BoundedMap<(CertificateId, CertificateId), ()>>,
-    /// Where just-in-time registration events go (the broker, attached once it exists).
-    events: OnceLock<Arc<dyn EventSink>>,
+    /// Where just-in-time registration events go (the node's broker); none: not published.
+    events: Option<Arc<dyn EventSink>>,
 }
 
 /// A certificate (device or CA) as an account holds it: the caches' key.
@@ -183,18 +80,22 @@ pub struct CacheStats {
 }
 
 impl Registry {
+    /// A registry view with the default cache bounds that publishes no event.
     pub fn new(services: Arc<Services>) -> Self {
-        Registry::with_limits(services, CacheLimits::default())
+        Registry::with_limits(services, CacheLimits::default(), None)
     }
 
-    pub fn with_limits(services: Arc<Services>, limits: CacheLimits) -> Self {
+    /// A registry view whose caches hold at most `limits` and whose just-in-time registration
+    /// events go to `events` (none: certificates are still registered just in time, but no
+    /// event is published).
+    pub fn with_limits(services: Arc<Services>, limits: CacheLimits, events: Option<Arc<dyn EventSink>>) -> Self {
         Registry {
             services,
             certificates: Mutex::new(BoundedMap::new(limits.certificates)),
             unknown: Mutex::new(BoundedMap::new(limits.unknown_certificates)),
             cas: Mutex::new(BoundedMap::new(limits.cas)),
             verified: Mutex::new(BoundedMap::new(limits.verified_chains)),
-            events: OnceLock::new(),
+            events,
         }
     }
 
@@ -210,13 +111,6 @@ impl Registry {
             stats("cas", &self.cas),
             stats("verified_chains", &self.verified),
         ]
-    }
-
-    /// Connects the sink of just-in-time registration events (the broker, which is built from the
-    /// gateway and so comes second). A second call is ignored. Without one, certificates are
-    /// still registered just in time, but no event is published.
-    pub fn attach_events(&self, events: Arc<dyn EventSink>) {
-        let _ = self.events.set(events);
     }
 
     pub fn services(&self) -> &Arc<Services> {
@@ -321,7 +215,7 @@ impl Registry {
         let key = (account.clone(), record.id.clone());
         lock(&self.unknown).remove(&key);
         lock(&self.certificates).insert(key, Arc::new(record));
-        match (self.events.get(), event) {
+        match (&self.events, event) {
             (Some(events), Some(event)) => events.publish_event(account, event),
             _ => {
                 tracing::warn!(cert = %certificate.id(), %ca, "no event sink: the registration event is not published")

@@ -16,6 +16,7 @@ use certfleet_services::Purpose;
 
 use crate::authz::PolicyAuthorizer;
 use crate::endpoints::{BuiltinChains, Endpoint, Endpoints, alert_name};
+use crate::events::EventSink;
 use crate::identity::{CacheLimits, Identity, Refusal, Registry};
 use crate::live::{LiveSessions, Membership};
 use crate::metrics::{Metrics, Stranger};
@@ -67,8 +68,8 @@ pub struct Gateway {
     pub live: Arc<LiveSessions>,
     pub metrics: Arc<Metrics>,
     /// The policy engine, loaded for each authenticated device before its session starts and
-    /// told of the change feed; `None` when the broker decides without policies (`AllowAll`).
-    pub authorizer: Option<Arc<PolicyAuthorizer>>,
+    /// told of the change feed.
+    pub authorizer: Arc<PolicyAuthorizer>,
     /// The domain configurations: SNI routing, TLS settings, chains, migrations.
     pub endpoints: Arc<Endpoints>,
     /// The topic rules this node runs (and where system rules are installed), kept true by the
@@ -76,64 +77,48 @@ pub struct Gateway {
     pub rules: Arc<crate::rules::RuleBook>,
     /// The test endpoints' records, bounded per account and written in batches.
     pub probes: Arc<crate::probes::ProbeRecorder>,
-    /// The broker built on this gateway, for its counters in the metrics (attached once built).
-    broker: std::sync::OnceLock<std::sync::Weak<crate::Broker>>,
+}
+
+/// What a gateway is built on: the parts of its node made before it.
+pub(crate) struct GatewayParts {
+    pub(crate) live: Arc<LiveSessions>,
+    pub(crate) authorizer: Arc<PolicyAuthorizer>,
+    /// Where just-in-time registration events go (the node's broker).
+    pub(crate) events: Arc<dyn EventSink>,
+    pub(crate) rules: Arc<crate::rules::RuleBook>,
 }
 
 impl Gateway {
-    pub fn new(config: Config, services: Arc<Services>, tls: BuiltinChains) -> Arc<Self> {
-        Self::build(config, services, tls, None)
-    }
-
-    /// A gateway enforcing policies: `authorizer` (the broker's too) is loaded for every
-    /// authenticated device and follows the change feed.
-    pub fn with_authorizer(
-        config: Config,
-        services: Arc<Services>,
-        tls: BuiltinChains,
-        authorizer: Arc<PolicyAuthorizer>,
-    ) -> Arc<Self> {
-        Self::build(config, services, tls, Some(authorizer))
-    }
-
-    fn build(
+    pub(crate) fn new(
         config: Config,
         services: Arc<Services>,
         builtin: BuiltinChains,
-        authorizer: Option<Arc<PolicyAuthorizer>>,
+        parts: GatewayParts,
     ) -> Arc<Self> {
-        let live = Arc::new(LiveSessions::default());
+        let GatewayParts { live, authorizer, events, rules } = parts;
         let caches = config.caches;
         let endpoints = Endpoints::new(services.clone(), live.clone(), builtin, config.default_account.clone(), caches);
         let probes = crate::probes::ProbeRecorder::new(services.clone(), config.test_endpoint_records_per_second);
         Arc::new(Gateway {
             config,
             probes,
-            rules: crate::rules::RuleBook::new(services.clone()),
-            registry: Arc::new(Registry::with_limits(services, caches)),
+            rules,
+            registry: Arc::new(Registry::with_limits(services, caches, Some(events))),
             live,
             metrics: Arc::new(Metrics::default()),
             authorizer,
             endpoints,
-            broker: std::sync::OnceLock::new(),
         })
-    }
-
-    /// Attaches the broker built on this gateway (its counters join the metrics). A second
-    /// call is ignored.
-    pub fn attach_broker(&self, broker: &Arc<crate::Broker>) {
-        let _ = self.broker.set(Arc::downgrade(broker));
-    }
-
-    /// The broker built on this gateway, if attached and alive.
-    pub fn broker(&self) -> Option<Arc<crate::Broker>> {
-        self.broker.get().and_then(std::sync::Weak::upgrade)
     }
 
     /// Accepts connections until `shutdown` turns true, handing each authenticated stream to
     /// `serve`. Also follows the change feed.
-    pub async fn run<F, Fut>(self: Arc<Self>, listener: TcpListener, serve: F, mut shutdown: watch::Receiver<bool>)
-    where
+    pub(crate) async fn run<F, Fut>(
+        self: Arc<Self>,
+        listener: TcpListener,
+        serve: F,
+        mut shutdown: watch::Receiver<bool>,
+    ) where
         F: Fn(TlsStream<TcpStream>, Connection) -> Fut + Send + Sync + 'static,
         Fut: std::future::Future<Output = ()> + Send + 'static,
     {
@@ -141,7 +126,7 @@ impl Gateway {
         let follower = tokio::spawn(crate::follow::follow(
             self.registry.clone(),
             self.live.clone(),
-            self.authorizer.clone(),
+            Some(self.authorizer.clone()),
             self.endpoints.clone(),
             self.rules.clone(),
             self.config.change_poll_interval,
@@ -275,8 +260,8 @@ impl Gateway {
             Some(Err(_)) => Err(Refusal::BadCertificate),
             Some(Ok(certificate)) => {
                 let mut decided = self.registry.authenticate(&account, sni.is_some(), &certificate, now).await;
-                if let (Ok(identity), Some(authorizer)) = (&decided, &self.authorizer)
-                    && let Err(error) = authorizer.load(identity, &certificate).await
+                if let Ok(identity) = &decided
+                    && let Err(error) = self.authorizer.load(identity, &certificate).await
                 {
                     tracing::error!(%peer, cert = %certificate.id(), %account, %error, "loading the device's policies failed");
                     decided = Err(Refusal::RegistryUnavailable);

@@ -11,7 +11,7 @@ use certfleet_registry::AccountId;
 use time::OffsetDateTime;
 use tokio::sync::watch;
 
-use crate::identity::{Identity, Refusal};
+use crate::model::{Identity, Refusal};
 
 /// What the operator sees of one connection.
 #[derive(Clone, Debug)]

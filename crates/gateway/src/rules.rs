@@ -42,7 +42,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use bytes::Bytes;
@@ -54,33 +54,9 @@ use certfleet_rules::{Context, Limits, NoOutput, Output, ParseError, Rule};
 use certfleet_services::{RuleAction, RunnableRule, Services};
 use tokio::sync::{Notify, Semaphore};
 
-use crate::broker::Broker;
+use crate::broker::now_ms;
+pub use crate::broker::{Broker, PublishTap, Published};
 use crate::fabric::Message;
-
-/// A device's message as the broker hands it to its tap.
-#[derive(Clone, Debug)]
-pub struct Published {
-    pub account: AccountId,
-    /// The publisher's MQTT client id (`clientid()`).
-    pub client_id: String,
-    /// The publisher's certificate id (`principal()`).
-    pub principal: Option<CertificateId>,
-    pub message: Arc<Message>,
-    /// When the broker received it, in milliseconds since the Unix epoch (`timestamp()`).
-    pub received_ms: i64,
-    /// How many rules republished it on its way here: 0 for a device's message.
-    pub depth: u8,
-}
-
-/// Sees every message a device publishes on this node, on the publish path: it must not block.
-pub trait PublishTap: Send + Sync {
-    /// Whether the tap wants messages on `topic` of `account` (asked before building one).
-    fn wants(&self, _account: &AccountId, _topic: &str) -> bool {
-        true
-    }
-
-    fn published(&self, published: Published);
-}
 
 /// What a system rule hands its sink for each message it matched.
 #[derive(Debug)]
@@ -130,8 +106,6 @@ pub struct RulesConfig {
     /// The longest an http action may take, connection included (the egress policy's own
     /// bounds apply too). Default 3 s.
     pub http_timeout: Duration,
-    /// Where http actions go out: the node's egress policy.
-    pub egress: Arc<Egress>,
 }
 
 impl Default for RulesConfig {
@@ -144,7 +118,6 @@ impl Default for RulesConfig {
             limits: Limits::default(),
             account_budget: AccountBudget::default(),
             http_timeout: Duration::from_secs(3),
-            egress: Arc::new(Egress::default()),
         }
     }
 }
@@ -564,10 +537,20 @@ impl Queue {
     }
 }
 
+/// The runner of a [`RulesEngine`] not started yet: made with the engine, before the broker
+/// (whose tap the engine is), and started with the broker once it exists.
+pub struct RulesRunner {
+    config: RulesConfig,
+    book: Arc<RuleBook>,
+    egress: Arc<Egress>,
+    feedback: Weak<Queue>,
+    counters: Arc<RulesCounters>,
+}
+
 impl RulesEngine {
-    /// Starts the runner (on the current runtime) and attaches the engine to `broker` as its
-    /// tap.
-    pub fn start(config: RulesConfig, book: Arc<RuleBook>, broker: &Arc<Broker>) -> Arc<Self> {
+    /// The engine's queue (the broker's tap: give it to `Broker::new`) and its runner, to start
+    /// with that broker. http actions go out through `egress`.
+    pub fn new(config: RulesConfig, book: Arc<RuleBook>, egress: Arc<Egress>) -> (Arc<Self>, RulesRunner) {
         let queue = Arc::new(Queue {
             fair: Mutex::new(FairQueue {
                 capacity: config.queue_capacity.max(1),
@@ -587,11 +570,18 @@ impl RulesEngine {
             book: book.clone(),
             counters: counters.clone(),
         });
-        let runner =
-            Runner { config, book, broker: Arc::downgrade(broker), feedback: Arc::downgrade(&queue), counters };
+        let runner = RulesRunner { config, book, egress, feedback: Arc::downgrade(&queue), counters };
+        (engine, runner)
+    }
+}
+
+impl RulesRunner {
+    /// Runs the rules (on the current runtime) against the queue, republishing through
+    /// `broker`. The runner ends when the engine (the queue's sending side) is dropped.
+    pub fn start(self, broker: &Arc<Broker>) {
+        let RulesRunner { config, book, egress, feedback, counters } = self;
+        let runner = Runner { config, book, egress, broker: Arc::downgrade(broker), feedback, counters };
         tokio::spawn(runner.run());
-        broker.attach_tap(engine.clone());
-        engine
     }
 }
 
@@ -618,6 +608,8 @@ impl PublishTap for RulesEngine {
 struct Runner {
     config: RulesConfig,
     book: Arc<RuleBook>,
+    /// Where http actions go out: the node's egress policy.
+    egress: Arc<Egress>,
     broker: Weak<Broker>,
     /// Where messages come from and republished messages go back in; weak, so the runner ends
     /// with the engine.
@@ -979,7 +971,7 @@ impl Runner {
         headers: &[(String, String)],
         body: Bytes,
     ) -> Result<(), String> {
-        let egress = &self.config.egress;
+        let egress = &self.egress;
         match egress.post_within(self.config.http_timeout, account, purpose, url, headers, body).await {
             Ok(_) => Ok(()),
             Err(failure) => Err(failure.tenant_message()),
@@ -997,11 +989,6 @@ fn new_uuid() -> u128 {
 fn uuid_text(bits: u128) -> String {
     let hex = format!("{bits:032x}");
     format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..])
-}
-
-/// Milliseconds since the Unix epoch, now.
-pub fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_millis() as i64)
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -99,7 +99,7 @@ pub fn endpoint_config(
     let builder = rustls::ServerConfig::builder_with_provider(provider).with_protocol_versions(&versions)?;
     let builder =
         builder.with_client_cert_verifier(Arc::new(RegistryDeferredVerifier { algorithms, mode: client_auth }));
-    let mut config = builder.with_cert_resolver(Arc::new(crate::endpoints::ChainResolver { keys }));
+    let mut config = builder.with_cert_resolver(Arc::new(ChainResolver { keys }));
     config.alpn_protocols = ALPN.iter().map(|protocol| protocol.to_vec()).collect();
     config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     config.ticketer = tickets;
@@ -264,6 +264,20 @@ pub fn endpoint_identifier<'a>(sni: &'a str, region: &str, domain: &str) -> Opti
     let identifier = host.strip_suffix("-ats").unwrap_or(host);
     (!identifier.is_empty() && identifier.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()))
         .then_some(identifier)
+}
+
+/// Serves the configuration's chain: the ECDSA leaf to clients that accept ECDSA signatures, the
+/// RSA leaf to the others (AWS's ATS endpoints do the same).
+#[derive(Debug)]
+pub struct ChainResolver {
+    pub keys: Vec<Arc<rustls::sign::CertifiedKey>>,
+}
+
+impl rustls::server::ResolvesServerCert for ChainResolver {
+    fn resolve(&self, hello: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        let schemes = hello.signature_schemes();
+        self.keys.iter().find(|key| key.key.choose_scheme(schemes).is_some()).or_else(|| self.keys.first()).cloned()
+    }
 }
 
 #[cfg(test)]

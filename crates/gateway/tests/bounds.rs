@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use certfleet_gateway::events::{ConnectionObserver, OnRecord};
 use certfleet_gateway::history::HistoryRecorder;
-use certfleet_gateway::{Gateway, Identity};
+use certfleet_gateway::{Identity, Node};
 use certfleet_pki::{CertificateId, Issuer, KeyAlgorithm};
 use certfleet_services::*;
 use certfleet_testkit::{START, World};
@@ -65,7 +65,7 @@ impl ServerCertVerifier for AnyServer {
 
 struct Rig {
     world: World,
-    gateway: Arc<Gateway>,
+    node: Arc<Node>,
     addr: std::net::SocketAddr,
     _stop: watch::Sender<bool>,
 }
@@ -101,12 +101,25 @@ async fn start(world: World, default_account: &Caller) -> Rig {
         caches: Default::default(),
         test_endpoint_records_per_second: PER_SECOND,
     };
-    let gateway = Gateway::new(config, world.services.clone(), tls);
+    let node = certfleet_gateway::Node::new(
+        certfleet_gateway::NodeConfig {
+            gateway: config,
+            broker: certfleet_gateway::BrokerConfig::default(),
+            rules: Default::default(),
+            fleet: Default::default(),
+            history_sessions_per_certificate_per_hour: 60,
+            policies: certfleet_gateway::Policies::Enforce,
+        },
+        world.services.clone(),
+        certfleet_gateway::LocalFabric::new(),
+        tls,
+        Arc::new(certfleet_egress::Egress::default()),
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = watch::channel(false);
-    tokio::spawn(gateway.clone().run(listener, |_tls, _connection| async {}, stopped));
-    Rig { world, gateway, addr, _stop: stop }
+    tokio::spawn(node.clone().run(listener, stopped));
+    Rig { world, node, addr, _stop: stop }
 }
 
 impl Rig {
@@ -144,7 +157,7 @@ impl Rig {
 
     /// Waits (bounded) until the gateway has decided about `expected` records.
     async fn settled(&self, expected: u64) -> (u64, u64) {
-        let probes = &self.gateway.probes;
+        let probes = &self.node.gateway().probes;
         let counts = || {
             (
                 probes.written.load(std::sync::atomic::Ordering::Relaxed),
@@ -178,7 +191,7 @@ async fn a_handshake_flood_to_a_test_endpoint_writes_at_most_the_accounts_rate()
     assert_eq!((written, dropped), (u64::from(PER_SECOND), flood - u64::from(PER_SECOND)));
     let stored = rig.world.services.endpoint_probes(&attacked, None, 1000).unwrap();
     assert_eq!(stored.len(), PER_SECOND as usize);
-    let metrics = certfleet_gateway::metrics::render(&rig.gateway);
+    let metrics = rig.node.render_metrics();
     assert!(metrics.contains(&format!("certfleet_gateway_test_endpoint_records_dropped_total {}", flood - 3)));
     assert!(metrics.contains("certfleet_gateway_test_endpoint_records_written_total 3"));
 

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use certfleet_gateway::{BrokerConfig, Gateway, IgnoreConnections, LocalFabric, PolicyAuthorizer};
+use certfleet_gateway::{BrokerConfig, LocalFabric};
 use certfleet_pki::{Issuer, KeyAlgorithm, pem_encode};
 use certfleet_registry::{DomainStatus, PolicyName};
 use certfleet_services::*;
@@ -78,7 +78,6 @@ async fn start() -> Fleet {
     .unwrap();
     let tls = certfleet_gateway::endpoints::BuiltinChains { default: builtin.clone(), large: builtin };
 
-    let authorizer = PolicyAuthorizer::new(services.clone(), "us-east-1");
     let config = certfleet_gateway::Config {
         region: "us-east-1".into(),
         endpoint_domain: "certfleet.local".into(),
@@ -90,23 +89,25 @@ async fn start() -> Fleet {
         caches: Default::default(),
         test_endpoint_records_per_second: 10,
     };
-    let gateway = Gateway::with_authorizer(config, services.clone(), tls, authorizer.clone());
-    let broker = certfleet_gateway::Broker::new(
-        BrokerConfig::default(),
+    let node = certfleet_gateway::Node::new(
+        certfleet_gateway::NodeConfig {
+            gateway: config,
+            broker: BrokerConfig::default(),
+            rules: Default::default(),
+            fleet: Default::default(),
+            history_sessions_per_certificate_per_hour: 60,
+            policies: certfleet_gateway::Policies::Enforce,
+        },
+        services.clone(),
         LocalFabric::new(),
-        Arc::new(IgnoreConnections),
-        authorizer,
-        gateway.live.clone(),
+        tls,
+        Arc::new(certfleet_egress::Egress::default()),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = watch::channel(false);
-    let endpoints = gateway.endpoints.clone();
-    tokio::spawn(gateway.run(
-        listener,
-        move |tls, connection| certfleet_gateway::serve(broker.clone(), tls, connection),
-        stopped,
-    ));
+    let endpoints = node.gateway().endpoints.clone();
+    tokio::spawn(node.run(listener, stopped));
 
     // Two server certificates for the custom domain: ECDSA and RSA.
     let mut arns = Vec::new();

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use certfleet_gateway::EventSink;
 use certfleet_gateway::fabric::Message;
 use certfleet_gateway::follow::apply;
-use certfleet_gateway::identity::{Refusal, Registry};
+use certfleet_gateway::identity::{CacheLimits, Refusal, Registry};
 use certfleet_gateway::live::LiveSessions;
 use certfleet_pki::{Certificate, CertificateId, GeneratedKeyPair, Issuer, KeyAlgorithm};
 use certfleet_registry::{AccountId, CertificateMode, CertificateStatus, read};
@@ -61,9 +61,9 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 fn gateway_registry(world: &World) -> (Arc<Registry>, Arc<Events>) {
-    let registry = Arc::new(Registry::new(world.services.clone()));
     let events = Arc::new(Events::default());
-    registry.attach_events(events.clone());
+    let registry =
+        Arc::new(Registry::with_limits(world.services.clone(), CacheLimits::default(), Some(events.clone())));
     (registry, events)
 }
 

@@ -146,7 +146,8 @@ pub struct ConnectedClient {
     pub chain: Option<String>,
 }
 
-/// What the data plane (the gateway of this node) tells the services about itself.
+/// What the data plane (the gateway of this node) tells operators about itself. The services
+/// do not hold one (the gateway is built on the services): the API is given the node's.
 pub trait DataPlane: Send + Sync {
     /// The devices of `account` connected to this node, oldest first.
     fn connected_clients(&self, account: &AccountId) -> Vec<ConnectedClient>;
@@ -207,7 +208,6 @@ pub struct Services {
     clock: Arc<dyn Clock>,
     config: Config,
     device_issuer: Option<Issuer>,
-    data_plane: std::sync::OnceLock<Arc<dyn DataPlane>>,
     key_passphrase: std::sync::OnceLock<zeroize::Zeroizing<Vec<u8>>>,
     /// Just-in-time registrations per account in the current second, and those refused.
     registrations: std::sync::Mutex<rate::WindowedRate<AccountId>>,
@@ -230,31 +230,8 @@ impl Services {
             registrations: std::sync::Mutex::new(registrations),
             registrations_throttled: std::sync::atomic::AtomicU64::new(0),
             device_issuer,
-            data_plane: std::sync::OnceLock::new(),
             key_passphrase: std::sync::OnceLock::new(),
         }
-    }
-
-    /// Connects the node's gateway, once it runs (the gateway is built from the services, so it
-    /// comes second). A second call is ignored.
-    pub fn attach_data_plane(&self, data_plane: Arc<dyn DataPlane>) {
-        let _ = self.data_plane.set(data_plane);
-    }
-
-    /// The caller's devices connected to this node (none when no gateway runs here).
-    pub fn connected_clients(&self, caller: &Caller) -> Vec<ConnectedClient> {
-        self.data_plane.get().map(|plane| plane.connected_clients(&caller.account)).unwrap_or_default()
-    }
-
-    /// The caller's devices this node refused in the last hour, by reason (none without a
-    /// gateway here).
-    pub fn recent_refusals(&self, caller: &Caller) -> Vec<(String, u64)> {
-        self.data_plane.get().map(|plane| plane.recent_refusals(&caller.account)).unwrap_or_default()
-    }
-
-    /// This node's gateway report on a domain configuration (none without a gateway here).
-    pub fn endpoint_report(&self, caller: &Caller, configuration: &str) -> Option<EndpointReport> {
-        self.data_plane.get().and_then(|plane| plane.endpoint_report(&caller.account, configuration))
     }
 
     /// The configuration.

@@ -15,6 +15,7 @@
 mod retained;
 mod state;
 mod subscriptions;
+mod tap;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -28,9 +29,8 @@ use tokio::time::Instant;
 
 use crate::events::{ConnectionObserver, EventSink};
 use crate::fabric::{ClientClaim, Fabric, Message, NodeId, RoutedMessage, Router};
-use crate::identity::Identity;
 use crate::live::LiveSessions;
-use crate::session::ConnectRefusal;
+use crate::model::{ConnectRefusal, Identity};
 pub(crate) use retained::Kept;
 use retained::{Retained, RetainedLimits};
 pub(crate) use state::{
@@ -38,6 +38,8 @@ pub(crate) use state::{
 };
 pub(crate) use subscriptions::SubscriptionOptions;
 use subscriptions::Subscriptions;
+pub(crate) use tap::now_ms;
+pub use tap::{PublishTap, Published};
 
 /// This node's broker totals over every account (gauges in `/metrics`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -107,7 +109,7 @@ pub struct BrokerConfig {
 impl Default for BrokerConfig {
     fn default() -> Self {
         BrokerConfig {
-            node: NodeId::new("local"),
+            node: NodeId::local(),
             connect_timeout: Duration::from_secs(10),
             max_packet_size: 146 * 1024,
             message_size_limit: 128 * 1024,
@@ -381,8 +383,8 @@ pub struct Broker {
     spaces: Mutex<HashMap<AccountId, Arc<Space>>>,
     next_connection: AtomicU64,
     this: Weak<Broker>,
-    /// Sees the messages devices publish on this node (the rules engine).
-    tap: std::sync::OnceLock<Arc<dyn crate::rules::PublishTap>>,
+    /// Sees the messages devices publish on this node (the rules engine's queue).
+    tap: Option<Arc<dyn PublishTap>>,
 }
 
 /// A connection asking for its session, once CONNECT is accepted.
@@ -433,12 +435,16 @@ pub(crate) enum Subscribed {
 }
 
 impl Broker {
+    /// The broker of a node on `fabric`: it tells `observer` of connections, asks `authorizer`,
+    /// keeps `live` (the node's live sessions) and hands each device message to `tap` (the
+    /// rules engine), if any.
     pub fn new(
         config: BrokerConfig,
         fabric: Arc<dyn Fabric>,
         observer: Arc<dyn ConnectionObserver>,
         authorizer: Arc<dyn Authorizer>,
         live: Arc<LiveSessions>,
+        tap: Option<Arc<dyn PublishTap>>,
     ) -> Arc<Self> {
         let broker = Arc::new_cyclic(|this| Broker {
             config,
@@ -452,7 +458,7 @@ impl Broker {
             spaces: Mutex::new(HashMap::new()),
             next_connection: AtomicU64::new(0),
             this: this.clone(),
-            tap: std::sync::OnceLock::new(),
+            tap,
         });
         let router: Weak<dyn Router> = broker.this.clone();
         broker.fabric.attach(router);
@@ -577,24 +583,18 @@ impl Broker {
         }
     }
 
-    /// Attaches the tap that sees every message a device publishes on this node (the rules
-    /// engine). A second call is ignored.
-    pub fn attach_tap(&self, tap: Arc<dyn crate::rules::PublishTap>) {
-        let _ = self.tap.set(tap);
-    }
-
     /// Hands a device's message to the tap, if any: called once, on the node where the PUBLISH
     /// arrived, never per fabric delivery.
     pub(crate) fn tap(&self, identity: &Identity, client_id: &str, message: &Arc<Message>) {
-        if let Some(tap) = self.tap.get()
+        if let Some(tap) = &self.tap
             && tap.wants(&identity.account, message.topic.as_str())
         {
-            tap.published(crate::rules::Published {
+            tap.published(Published {
                 account: identity.account.clone(),
                 client_id: client_id.to_owned(),
                 principal: Some(identity.certificate_id.clone()),
                 message: message.clone(),
-                received_ms: crate::rules::now_ms(),
+                received_ms: tap::now_ms(),
                 depth: 0,
             });
         }

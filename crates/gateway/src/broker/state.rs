@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use super::Counters;
 use super::retained::message_bytes;
 use crate::fabric::Message;
-use crate::identity::Identity;
+use crate::model::Identity;
 
 /// One session, shared by the broker (which routes to it) and the connection serving it.
 pub(crate) struct Session {

@@ -26,7 +26,7 @@ use super::tokens::{ConnectionTokens, Pending, TokenBudget};
 use super::{Operation, Rejection, Request};
 use crate::broker::{Broker, Session};
 use crate::fabric::Message;
-use crate::identity::Identity;
+use crate::model::Identity;
 
 /// The bounds of the fleet provisioning API on one node.
 #[derive(Clone, Debug)]

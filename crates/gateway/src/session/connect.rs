@@ -15,16 +15,17 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
 use super::connected::Connected;
+use super::presence::{self, Lifecycle};
 use super::transport::Transport;
 use super::{ConnectRefusal, forwarded, refuse_connect, reserved};
 use crate::broker::{Attach, Broker, BrokerConfig, DeliveryLimits, Will};
-use crate::events::{self, Lifecycle, OnRecord};
+use crate::events::{self, OnRecord};
 use crate::fabric::Message;
 use crate::fleet::FleetProvisioning;
 use crate::fleet::service::ConnectionFleet;
-use crate::identity::Identity;
 use crate::listener::Authenticated;
 use crate::live::Membership;
+use crate::model::Identity;
 
 /// Waits for the first packet: `Some` for a CONNECT; `None` (after answering what can be answered
 /// when `answer_errors`) for a timeout, a closed stream or anything else.
@@ -274,7 +275,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ExpectConnect<S> {
             peer,
             version_number: attachment.version_number,
         };
-        events::publish_connected(&broker, &lifecycle, now);
+        presence::publish_connected(&broker, &lifecycle, now);
         if on_record == OnRecord::Yes {
             tracing::info!(
                 ?version,

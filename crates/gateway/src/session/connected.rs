@@ -17,18 +17,18 @@ use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 
 use super::ending::Ending;
+use super::presence::{self, Lifecycle};
 use super::transport::{READ_BELOW, TAKE_BELOW, Transport};
 use super::{forwarded, reserved};
 use crate::broker::{
     Broker, DeliveryLimits, Departure, Kick, ROOM_WAIT, Received, Session, SessionState, SubscribeRequest, Subscribed,
     SubscriptionOptions, wait_for_room,
 };
-use crate::events::{self, Lifecycle};
 use crate::fabric::Message;
 use crate::fleet::service::{Caller, ConnectionFleet};
 use crate::fleet::{FleetProvisioning, Request};
-use crate::identity::Identity;
 use crate::live::Membership;
+use crate::model::Identity;
 
 /// How many packets are taken from the session state per lock.
 const BATCH: usize = 64;
@@ -536,7 +536,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connected<S> {
             peer,
             version_number,
         };
-        events::publish_disconnected(&broker, &lifecycle, now, reason);
+        presence::publish_disconnected(&broker, &lifecycle, now, reason);
         match (&ending, on_record) {
             (_, crate::events::OnRecord::Coalesced) => {
                 tracing::debug!(reason = reason.as_str(), "device disconnected (not on record): {ending}");

@@ -6,7 +6,7 @@ use std::fmt;
 use certfleet_mqtt::ReasonCode;
 
 use crate::events::DisconnectReason;
-use crate::identity::Refusal;
+use crate::model::Refusal;
 
 /// Why a connected session's connection ends.
 #[derive(Debug)]

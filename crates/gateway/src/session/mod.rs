@@ -18,6 +18,7 @@
 mod connect;
 mod connected;
 mod ending;
+mod presence;
 mod transport;
 
 use std::sync::Arc;
@@ -29,12 +30,13 @@ use tracing::Instrument;
 use crate::broker::Broker;
 use crate::fleet::FleetProvisioning;
 use crate::listener::Connection;
+pub use crate::model::ConnectRefusal;
 use connect::{ExpectConnect, read_connect};
 use transport::Transport;
 
 /// Serves one connection: the MQTT session of an authenticated device, or the refusal of a
 /// device the registry does not accept. Without the fleet provisioning API: its request topics
-/// are acknowledged and dropped (see [`serve_with_fleet`]).
+/// are acknowledged and dropped (a [`crate::Node`] serves its sessions with it).
 pub async fn serve<S>(broker: Arc<Broker>, stream: S, connection: Connection)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -42,8 +44,9 @@ where
     serve_with_fleet(broker, None, stream, connection).await;
 }
 
-/// [`serve`], with the fleet provisioning API answering its reserved topics when given.
-pub async fn serve_with_fleet<S>(
+/// [`serve`], with the fleet provisioning API answering its reserved topics when given (the
+/// node hands its own to every session).
+pub(crate) async fn serve_with_fleet<S>(
     broker: Arc<Broker>,
     fleet: Option<Arc<FleetProvisioning>>,
     stream: S,
@@ -90,104 +93,6 @@ pub async fn serve_with_fleet<S>(
             .instrument(span)
             .await;
         }
-    }
-}
-
-/// Why the gateway refused the CONNECT of an authenticated device: logged once with the client
-/// ID, counted (`certfleet_broker_connect_refusals_total{reason=...}`) and answered with
-/// [`ConnectRefusal::reason_code`] (MQTT 3.1.1: its return code, where 3.1.1 has one).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum ConnectRefusal {
-    /// MQTT 5 enhanced authentication was asked for; the certificate is the only credential.
-    AuthenticationMethod,
-    /// The certificate stopped being accepted (revoked, say) between the handshake and CONNECT.
-    IdentityClosed,
-    /// MQTT 3.1.1: an empty client ID with clean session 0 (the spec's return code 2).
-    EmptyClientIdWithSession,
-    /// The client ID is longer than the gateway allows.
-    ClientIdTooLong,
-    /// The client ID holds an MQTT wildcard, `+` or `#`: substituted into a policy or a topic it
-    /// could stand for other clients.
-    ClientIdWildcard,
-    /// The client ID holds the character NUL, which no topic may hold.
-    ClientIdNul,
-    /// The client ID starts with `$`, which AWS IoT reserves.
-    ClientIdReserved,
-    /// The policies do not allow `iot:Connect` on the client ID.
-    ConnectNotAuthorized,
-    /// The will's payload is over the message size limit.
-    WillTooLarge,
-    /// The will's topic is reserved or the policies do not allow publishing (or retaining) on it.
-    WillNotAuthorized,
-}
-
-impl ConnectRefusal {
-    /// Every reason, in the order the metrics list them.
-    pub const ALL: [ConnectRefusal; 10] = [
-        ConnectRefusal::AuthenticationMethod,
-        ConnectRefusal::IdentityClosed,
-        ConnectRefusal::EmptyClientIdWithSession,
-        ConnectRefusal::ClientIdTooLong,
-        ConnectRefusal::ClientIdWildcard,
-        ConnectRefusal::ClientIdNul,
-        ConnectRefusal::ClientIdReserved,
-        ConnectRefusal::ConnectNotAuthorized,
-        ConnectRefusal::WillTooLarge,
-        ConnectRefusal::WillNotAuthorized,
-    ];
-
-    /// The reason's name in logs and metrics.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ConnectRefusal::AuthenticationMethod => "authentication_method",
-            ConnectRefusal::IdentityClosed => "identity_closed",
-            ConnectRefusal::EmptyClientIdWithSession => "empty_client_id_with_session",
-            ConnectRefusal::ClientIdTooLong => "client_id_too_long",
-            ConnectRefusal::ClientIdWildcard => "client_id_wildcard",
-            ConnectRefusal::ClientIdNul => "client_id_nul",
-            ConnectRefusal::ClientIdReserved => "client_id_reserved",
-            ConnectRefusal::ConnectNotAuthorized => "connect_not_authorized",
-            ConnectRefusal::WillTooLarge => "will_too_large",
-            ConnectRefusal::WillNotAuthorized => "will_not_authorized",
-        }
-    }
-
-    /// What the client is told: MQTT 5's reason code (MQTT 3.1.1 maps it to its return code:
-    /// 0x85 is 2 "identifier rejected", 0x87 is 5 "not authorized"; the others close silently).
-    pub fn reason_code(self) -> ReasonCode {
-        match self {
-            ConnectRefusal::AuthenticationMethod => ReasonCode::BAD_AUTHENTICATION_METHOD,
-            ConnectRefusal::IdentityClosed
-            | ConnectRefusal::ConnectNotAuthorized
-            | ConnectRefusal::WillNotAuthorized => ReasonCode::NOT_AUTHORIZED,
-            ConnectRefusal::EmptyClientIdWithSession
-            | ConnectRefusal::ClientIdTooLong
-            | ConnectRefusal::ClientIdWildcard
-            | ConnectRefusal::ClientIdNul
-            | ConnectRefusal::ClientIdReserved => ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
-            ConnectRefusal::WillTooLarge => ReasonCode::PACKET_TOO_LARGE,
-        }
-    }
-
-    /// Why a client ID cannot be used, if it cannot (the empty one is decided by the caller).
-    pub fn of_client_id(client_id: &str, max_len: usize) -> Option<ConnectRefusal> {
-        if client_id.len() > max_len {
-            Some(ConnectRefusal::ClientIdTooLong)
-        } else if client_id.contains(['+', '#']) {
-            Some(ConnectRefusal::ClientIdWildcard)
-        } else if client_id.contains('\0') {
-            Some(ConnectRefusal::ClientIdNul)
-        } else if client_id.starts_with('$') {
-            Some(ConnectRefusal::ClientIdReserved)
-        } else {
-            None
-        }
-    }
-}
-
-impl std::fmt::Display for ConnectRefusal {
-    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter.write_str(self.as_str())
     }
 }
 

@@ -68,7 +68,7 @@ async fn lifecycle_events_are_published_in_the_account() {
 async fn nodes_on_one_fabric_share_topics_and_client_ids() {
     let fabric = LocalFabric::new();
     let node = |name: &str| {
-        let config = BrokerConfig { node: NodeId::new(name), ..BrokerConfig::default() };
+        let config = BrokerConfig { node: NodeId::parse(name).unwrap(), ..BrokerConfig::default() };
         Harness::on_fabric(config, Arc::new(AllowAll), fabric.clone())
     };
     let (one, two) = (node("one"), node("two"));

@@ -11,6 +11,7 @@ use certfleet_gateway::fabric::{Fabric, LocalFabric};
 use certfleet_gateway::identity::{Identity, Refusal};
 use certfleet_gateway::listener::{Authenticated, Connection};
 use certfleet_gateway::live::LiveSessions;
+use certfleet_gateway::rules::PublishTap;
 use certfleet_gateway::serve;
 use certfleet_mqtt::{
     ConnAck, Connect, Disconnect, MAX_PACKET_SIZE, Packet, PacketId, Properties, ProtocolVersion, PubAck, PubComp,
@@ -155,9 +156,23 @@ impl Harness {
 
     /// A node on a fabric shared with other harnesses.
     pub fn on_fabric(config: BrokerConfig, authorizer: Arc<dyn Authorizer>, fabric: Arc<dyn Fabric>) -> Self {
+        Harness::build(config, authorizer, fabric, None)
+    }
+
+    /// A broker whose device messages go to `tap` (a rules engine).
+    pub fn with_tap(tap: Arc<dyn PublishTap>) -> Self {
+        Harness::build(BrokerConfig::default(), Arc::new(AllowAll), LocalFabric::new(), Some(tap))
+    }
+
+    fn build(
+        config: BrokerConfig,
+        authorizer: Arc<dyn Authorizer>,
+        fabric: Arc<dyn Fabric>,
+        tap: Option<Arc<dyn PublishTap>>,
+    ) -> Self {
         let live = Arc::new(LiveSessions::default());
         let recorder = Arc::new(Recorder::default());
-        let broker = Broker::new(config, fabric, recorder.clone(), authorizer, live.clone());
+        let broker = Broker::new(config, fabric, recorder.clone(), authorizer, live.clone(), tap);
         Harness { broker, live, recorder }
     }
 

@@ -43,15 +43,16 @@ fn local_egress() -> Arc<Egress> {
 
 /// A rig whose http actions may reach 127.0.0.1 (the tests' webhooks).
 fn rig(config: RulesConfig) -> Rig {
-    rig_with(RulesConfig { egress: local_egress(), ..config })
+    rig_with(config, local_egress())
 }
 
-fn rig_with(config: RulesConfig) -> Rig {
+fn rig_with(config: RulesConfig, egress: Arc<Egress>) -> Rig {
     let world = world();
     let caller = world.caller();
-    let harness = Harness::new();
     let book = RuleBook::new(world.services.clone());
-    let engine = RulesEngine::start(config, book.clone(), &harness.broker);
+    let (engine, runner) = RulesEngine::new(config, book.clone(), egress);
+    let harness = Harness::with_tap(engine.clone());
+    runner.start(&harness.broker);
     Rig { world, caller, harness, book, engine }
 }
 
@@ -487,7 +488,7 @@ async fn counting_listener() -> (String, Arc<AtomicUsize>) {
 async fn under_the_default_deny_list_a_tenant_cannot_reach_loopback_nor_tell_open_from_closed() {
     // The operator allows plain http, but keeps the default deny list.
     let egress = Arc::new(Egress::new(Policy { allow_http: true, ..Policy::default() }, None));
-    let rig = rig_with(RulesConfig { egress: egress.clone(), ..RulesConfig::default() });
+    let rig = rig_with(RulesConfig::default(), egress.clone());
     let (open, accepted) = counting_listener().await;
     let closed = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().to_string();
     let open_port = open.rsplit_once(':').unwrap().1.to_owned();

@@ -1,0 +1,153 @@
+//! A gateway node, assembled in one place: [`Node::new`] builds every part bottom-up from the
+//! node's configuration, the services, the fabric, the built-in server chains and the egress,
+//! each part given what it needs when it is made, so that nothing is attached afterwards.
+//!
+//! The order breaks what used to be cycles:
+//! 1. the rule book, then the rules engine's queue (the broker's tap) and its runner, not yet
+//!    started;
+//! 2. the live sessions, the connection history and the authorizer;
+//! 3. the broker, with the live sessions, the history as its observer and the tap;
+//! 4. the rules runner, started with the broker (it republishes through it);
+//! 5. the gateway (listener, registry view, endpoints, follower), with the broker as the sink of
+//!    just-in-time registration events;
+//! 6. the fleet provisioning API, which the node hands to every session it serves.
+//!
+//! The services do not hold the node: whoever offers the node's view to operators (the API)
+//! is given [`Node::data_plane`].
+
+mod metrics;
+
+use std::sync::Arc;
+
+use certfleet_egress::Egress;
+use certfleet_services::{DataPlane, Services};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::authz::PolicyAuthorizer;
+use crate::broker::{AllowAll, Authorizer, Broker, BrokerConfig};
+use crate::endpoints::BuiltinChains;
+use crate::fabric::{Fabric, NodeId};
+use crate::fleet::{FleetConfig, FleetProvisioning};
+use crate::history::HistoryRecorder;
+use crate::listener::{Config, Gateway, GatewayParts};
+use crate::live::LiveSessions;
+use crate::rules::{RuleBook, RulesConfig, RulesEngine};
+
+/// How the node decides what a device may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Policies {
+    /// The IoT policies attached to the device's certificate, thing and thing groups.
+    Enforce,
+    /// Everything is allowed: benchmarks only (`mqtt.danger_authorize_everything`).
+    DangerAuthorizeEverything,
+}
+
+/// Settings of a gateway node.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// The listener, the account without SNI, the caches.
+    pub gateway: Config,
+    /// The broker's bounds; its `node` is this node's name.
+    pub broker: BrokerConfig,
+    /// The rules engine's bounds.
+    pub rules: RulesConfig,
+    /// The fleet provisioning API's bounds.
+    pub fleet: FleetConfig,
+    /// Sessions per certificate and hour written to the connection history (the rest are
+    /// counted as coalesced).
+    pub history_sessions_per_certificate_per_hour: u32,
+    pub policies: Policies,
+}
+
+/// One gateway node: what accepts devices, serves their sessions and runs their rules.
+pub struct Node {
+    gateway: Arc<Gateway>,
+    broker: Arc<Broker>,
+    /// Kept alive with the node: its runner ends when it is dropped.
+    _rules: Arc<RulesEngine>,
+    history: Arc<HistoryRecorder>,
+    fleet: Arc<FleetProvisioning>,
+}
+
+impl Node {
+    /// Builds a node (on the current Tokio runtime: the rules runner, the history writer and the
+    /// probe recorder start their tasks). It accepts nothing until [`Node::run`].
+    pub fn new(
+        config: NodeConfig,
+        services: Arc<Services>,
+        fabric: Arc<dyn Fabric>,
+        builtin: BuiltinChains,
+        egress: Arc<Egress>,
+    ) -> Arc<Self> {
+        let NodeConfig { gateway, broker, rules, fleet, history_sessions_per_certificate_per_hour, policies } = config;
+        let book = RuleBook::new(services.clone());
+        let (engine, runner) = RulesEngine::new(rules, book.clone(), egress.clone());
+        let live = Arc::new(LiveSessions::default());
+        let history = Arc::new(HistoryRecorder::start(services.clone(), history_sessions_per_certificate_per_hour));
+        // The listener loads every device's policies either way (a device whose policies cannot
+        // be read is refused); only the broker's decisions differ.
+        let authorizer = PolicyAuthorizer::new(services.clone(), &gateway.region);
+        let broker_authorizer: Arc<dyn Authorizer> = match policies {
+            Policies::Enforce => authorizer.clone(),
+            Policies::DangerAuthorizeEverything => Arc::new(AllowAll),
+        };
+        let broker =
+            Broker::new(broker, fabric, history.clone(), broker_authorizer, live.clone(), Some(engine.clone()));
+        runner.start(&broker);
+        let parts = GatewayParts { live, authorizer, events: broker.clone(), rules: book };
+        let gateway = Gateway::new(gateway, services.clone(), builtin, parts);
+        let fleet = FleetProvisioning::new(fleet, services, egress);
+        Arc::new(Node { gateway, broker, _rules: engine, history, fleet })
+    }
+
+    /// This node's name.
+    pub fn id(&self) -> &NodeId {
+        &self.broker.config().node
+    }
+
+    /// Accepts connections on `listener` until `shutdown` turns true, serving each device's
+    /// session (with the fleet provisioning API); also follows the registry's change feed.
+    pub async fn run(self: Arc<Self>, listener: TcpListener, shutdown: watch::Receiver<bool>) {
+        let node = self.clone();
+        self.gateway
+            .clone()
+            .run(
+                listener,
+                move |tls, connection| {
+                    crate::session::serve_with_fleet(node.broker.clone(), Some(node.fleet.clone()), tls, connection)
+                },
+                shutdown,
+            )
+            .await;
+    }
+
+    /// The broker: for server-originated messages (the rotation and audit services).
+    pub fn broker(&self) -> &Arc<Broker> {
+        &self.broker
+    }
+
+    /// The listener's parts: the registry view, the live sessions, the endpoints, the probes.
+    pub fn gateway(&self) -> &Arc<Gateway> {
+        &self.gateway
+    }
+
+    /// The topic rules this node runs, where certfleet's own system rules are added.
+    pub fn rules(&self) -> &Arc<RuleBook> {
+        &self.gateway.rules
+    }
+
+    /// This node's view for operators: its connected devices, its endpoints' chains and drains.
+    pub fn data_plane(&self) -> Arc<dyn DataPlane> {
+        self.gateway.endpoints.clone()
+    }
+
+    /// The node's metrics in the Prometheus text format: gateway, broker, rules, connection
+    /// history and fleet provisioning.
+    pub fn render_metrics(&self) -> String {
+        let mut out = metrics::render(&self.gateway, &self.broker);
+        self.history.render_metrics(&mut out);
+        self.fleet.render_metrics(&mut out);
+        out
+    }
+}
