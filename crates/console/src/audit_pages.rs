@@ -13,9 +13,7 @@ use http::StatusCode;
 
 use crate::Console;
 use crate::html::{self, Fields, Html, when};
-use crate::pages::{
-    bad_input, blocking, caller, csrf_holds, csrf_refused, error_page, form, html_response, redirect, require_session,
-};
+use crate::pages::{bad_input, blocking, caller, error_page, html_response, redirect, require_session, state_change};
 use crate::session::Session;
 
 /// Recent tasks listed: those started within this many days, at most [`MAX_TASKS`].
@@ -121,18 +119,10 @@ pub(crate) async fn audits(State(console): State<Arc<Console>>, request: Request
 }
 
 pub(crate) async fn start_audit(State(console): State<Arc<Console>>, request: Request) -> Response {
-    let session = match require_session(&console, &request).await {
-        Ok(session) => session,
+    let (session, fields, _) = match state_change(&console, request).await {
+        Ok(change) => change,
         Err(response) => return response,
     };
-    let path = request.uri().path().to_owned();
-    let (headers, fields) = match form(request).await {
-        Ok(form) => form,
-        Err(why) => return bad_input(&console, Some(&session), &why),
-    };
-    if !csrf_holds(&session, &headers, &fields) {
-        return csrf_refused(&console, &session, &path);
-    }
     let checks = asked_checks(&fields);
     if checks.is_empty() {
         return bad_input(&console, Some(&session), "no known check was asked for");

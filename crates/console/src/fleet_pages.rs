@@ -17,8 +17,7 @@ use http::{StatusCode, header};
 use crate::Console;
 use crate::html::{self, Fields, Html, url_component, when};
 use crate::pages::{
-    bad_input, blocking, caller, card, csrf_holds, csrf_refused, error_page, form, html_response, redirect,
-    require_session,
+    bad_input, blocking, caller, card, error_page, html_response, redirect, require_session, state_change,
 };
 use crate::session::Session;
 use crate::svg::ca_label;
@@ -257,18 +256,10 @@ pub(crate) async fn update_ca(
     Path(id): Path<String>,
     request: Request,
 ) -> Response {
-    let session = match require_session(&console, &request).await {
-        Ok(session) => session,
+    let (session, fields, path) = match state_change(&console, request).await {
+        Ok(change) => change,
         Err(response) => return response,
     };
-    let path = request.uri().path().to_owned();
-    let (headers, fields) = match form(request).await {
-        Ok(form) => form,
-        Err(why) => return bad_input(&console, Some(&session), &why),
-    };
-    if !csrf_holds(&session, &headers, &fields) {
-        return csrf_refused(&console, &session, &path);
-    }
     let Ok(id) = CertificateId::parse(&id) else {
         return bad_input(&console, Some(&session), "a CA ID is 64 hex digits");
     };
@@ -385,18 +376,10 @@ const MAX_ROTATED: u32 = 1000;
 /// Starts a rotation campaign for what a certificate search finds (its ACTIVE certificates, at
 /// most [`MAX_ROTATED`]): the first post shows how many, the confirmed one starts it.
 pub(crate) async fn start_rotation(State(console): State<Arc<Console>>, request: Request) -> Response {
-    let session = match require_session(&console, &request).await {
-        Ok(session) => session,
+    let (session, fields, path) = match state_change(&console, request).await {
+        Ok(change) => change,
         Err(response) => return response,
     };
-    let path = request.uri().path().to_owned();
-    let (headers, fields) = match form(request).await {
-        Ok(form) => form,
-        Err(why) => return bad_input(&console, Some(&session), &why),
-    };
-    if !csrf_holds(&session, &headers, &fields) {
-        return csrf_refused(&console, &session, &path);
-    }
     let kept: Vec<(&str, String)> = ["id", "cn", "thing", "ca", "before"]
         .into_iter()
         .filter_map(|name| fields.get(name).map(|v| (name, v.to_owned())))
@@ -548,18 +531,10 @@ pub(crate) async fn campaign(
 }
 
 pub(crate) async fn retry(State(console): State<Arc<Console>>, Path(id): Path<String>, request: Request) -> Response {
-    let session = match require_session(&console, &request).await {
-        Ok(session) => session,
+    let (session, fields, path) = match state_change(&console, request).await {
+        Ok(change) => change,
         Err(response) => return response,
     };
-    let path = request.uri().path().to_owned();
-    let (headers, fields) = match form(request).await {
-        Ok(form) => form,
-        Err(why) => return bad_input(&console, Some(&session), &why),
-    };
-    if !csrf_holds(&session, &headers, &fields) {
-        return csrf_refused(&console, &session, &path);
-    }
     let rotation = fields.get("rotation").unwrap_or("").to_owned();
     if !valid_rotation_id(&id) || !valid_rotation_id(&rotation) {
         return bad_input(&console, Some(&session), "a campaign or rotation ID is letters, digits and dashes");
@@ -896,18 +871,10 @@ pub(crate) async fn migration(
     Path(name): Path<String>,
     request: Request,
 ) -> Response {
-    let session = match require_session(&console, &request).await {
-        Ok(session) => session,
+    let (session, fields, path) = match state_change(&console, request).await {
+        Ok(change) => change,
         Err(response) => return response,
     };
-    let path = request.uri().path().to_owned();
-    let (headers, fields) = match form(request).await {
-        Ok(form) => form,
-        Err(why) => return bad_input(&console, Some(&session), &why),
-    };
-    if !csrf_holds(&session, &headers, &fields) {
-        return csrf_refused(&console, &session, &path);
-    }
     if !valid_configuration_name(&name) {
         return bad_input(&console, Some(&session), "a configuration name is letters, digits and _ . - :");
     }

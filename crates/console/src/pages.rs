@@ -254,6 +254,19 @@ pub(crate) fn csrf_holds(session: &Session, headers: &HeaderMap, fields: &Fields
     sent.is_some_and(|token| same_secret(&token, &session.csrf))
 }
 
+/// The preamble of every state change, in one place so that no handler can forget a step: a
+/// live session, its form (bounded), and the session's CSRF token in it. Answers the session,
+/// the form's fields and the request's path, or the response that refuses the request.
+pub(crate) async fn state_change(console: &Console, request: Request) -> Result<(Session, Fields, String), Response> {
+    let session = require_session(console, &request).await?;
+    let path = request.uri().path().to_owned();
+    let (headers, fields) = form(request).await.map_err(|why| bad_input(console, Some(&session), &why))?;
+    if !csrf_holds(&session, &headers, &fields) {
+        return Err(csrf_refused(console, &session, &path));
+    }
+    Ok((session, fields, path))
+}
+
 pub(crate) fn csrf_refused(console: &Console, session: &Session, path: &str) -> Response {
     console.refusals.refuse(Refusal::CsrfMismatch, &format!("account {} {path}", session.account));
     let mut body = Html::default();
@@ -921,18 +934,10 @@ async fn certificate(State(console): State<Arc<Console>>, Path(id): Path<String>
 /// A status action: the first post asks to confirm (a page with the same form and
 /// `confirm=yes`); the confirmed one changes the status through the services.
 async fn change_status(State(console): State<Arc<Console>>, Path(id): Path<String>, request: Request) -> Response {
-    let session = match require_session(&console, &request).await {
-        Ok(session) => session,
+    let (session, fields, _) = match state_change(&console, request).await {
+        Ok(change) => change,
         Err(response) => return response,
     };
-    let path = request.uri().path().to_owned();
-    let (headers, fields) = match form(request).await {
-        Ok(form) => form,
-        Err(why) => return bad_input(&console, Some(&session), &why),
-    };
-    if !csrf_holds(&session, &headers, &fields) {
-        return csrf_refused(&console, &session, &path);
-    }
     let Ok(id) = CertificateId::parse(&id) else {
         return bad_input(&console, Some(&session), "a certificate ID is 64 hex digits");
     };
