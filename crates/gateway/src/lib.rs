@@ -18,6 +18,7 @@
 
 pub mod authz;
 pub mod broker;
+pub mod cluster;
 pub mod endpoints;
 pub mod events;
 pub mod fabric;

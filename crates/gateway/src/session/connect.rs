@@ -25,6 +25,9 @@ use crate::fleet::FleetProvisioning;
 use crate::fleet::service::ConnectionFleet;
 use crate::listener::Authenticated;
 use crate::live::Membership;
+
+/// How long a connection waits for the cluster to order its claim of a client ID.
+const RESERVE_TIMEOUT: Duration = Duration::from_secs(2);
 use crate::model::Identity;
 
 /// Waits for the first packet: `Some` for a CONNECT; `None` (after answering what can be answered
@@ -127,8 +130,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ExpectConnect<S> {
             return None;
         };
         let version = connect.protocol_version;
-        let grant = match self.check(connect) {
-            Ok(grant) => grant,
+        let checked = match self.check(connect) {
+            Ok(grant) => self.reserve(grant).await,
+            Err(refused) => Err(refused),
+        };
+        let (grant, revision) = match checked {
+            Ok(reserved) => reserved,
             Err((refusal, client_id)) => {
                 let reason_code = refusal.reason_code();
                 // `?`: the client ID is the peer's bytes (it may hold control characters).
@@ -139,7 +146,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ExpectConnect<S> {
                 return None;
             }
         };
-        Some(self.attach(grant))
+        Some(self.attach(grant, revision))
+    }
+
+    /// Orders this connection's claim of its client ID among the cluster's (a node alone has
+    /// nothing to ask); refused with Server unavailable when the cluster cannot answer within
+    /// [`RESERVE_TIMEOUT`].
+    async fn reserve(&self, grant: Grant) -> Result<(Grant, Option<u64>), (ConnectRefusal, String)> {
+        let reservation = self.broker.fabric.reserve_client_id(&self.identity.account, &grant.client_id);
+        match tokio::time::timeout(RESERVE_TIMEOUT, reservation).await {
+            Ok(Ok(revision)) => Ok((grant, revision)),
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "client ID not reserved");
+                Err((ConnectRefusal::ClusterUnavailable, grant.client_id))
+            }
+            Err(_) => {
+                tracing::warn!("client ID not reserved: the cluster did not answer in time");
+                Err((ConnectRefusal::ClusterUnavailable, grant.client_id))
+            }
+        }
     }
 
     /// The checks of CONNECT, in the order AWS IoT applies them; a refusal says why and the
@@ -232,7 +257,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ExpectConnect<S> {
 
     /// Attaches the session, answers CONNACK and tells the observer, the operator view and the
     /// lifecycle-event subscribers.
-    fn attach(self, grant: Grant) -> Connected<S> {
+    fn attach(self, grant: Grant, revision: Option<u64>) -> Connected<S> {
         let ExpectConnect { broker, fleet, mut transport, peer, identity, membership } = self;
         let config = &broker.config;
         let version = grant.limits.version;
@@ -244,6 +269,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ExpectConnect<S> {
             expiry: grant.expiry,
             will: grant.will,
             connection,
+            revision,
         });
         let properties = match version {
             ProtocolVersion::V311 => Properties::default(),
