@@ -172,17 +172,28 @@ impl LiveSessions {
         true
     }
 
-    /// The node begins to shut down: from now on a connection joins already told to close.
-    /// Returns the connections live now, oldest first, which the caller closes one by one
-    /// ([`LiveSessions::close_for_shutdown`]).
-    pub fn begin_shutdown(&self) -> Vec<u64> {
+    /// The node begins to shut down: from now on a connection joins already told to close, and
+    /// so is every connection whose CONNECT has not been accepted yet (it holds no session: no
+    /// will, no history, nothing to pace). Returns the sessions, oldest first, which the caller
+    /// tells one by one ([`LiveSessions::close_for_shutdown`]).
+    pub fn begin_shutdown(&self) -> ShutdownBegun {
         let mut table = lock(&self.sessions);
         table.shutting_down = true;
-        let mut sessions: Vec<(OffsetDateTime, u64)> =
-            table.sessions.values().map(|entry| (entry.info.connected_at, entry.info.session_id)).collect();
+        let mut sessions: Vec<(OffsetDateTime, u64)> = Vec::with_capacity(table.sessions.len());
+        let mut closed_before_connect = 0;
+        for entry in table.sessions.values() {
+            if entry.info.client_id.is_some() {
+                sessions.push((entry.info.connected_at, entry.info.session_id));
+            } else if entry.close.send_if_modified(tell_shutdown) {
+                closed_before_connect += 1;
+            }
+        }
         drop(table);
         sessions.sort_unstable();
-        sessions.into_iter().map(|(_, session_id)| session_id).collect()
+        ShutdownBegun {
+            sessions: sessions.into_iter().map(|(_, session_id)| session_id).collect(),
+            closed_before_connect,
+        }
     }
 
     /// Tells one connection that the node shuts down. Returns whether it was live and not told
@@ -190,13 +201,7 @@ impl LiveSessions {
     pub fn close_for_shutdown(&self, session_id: u64) -> bool {
         let table = lock(&self.sessions);
         let Some(entry) = table.sessions.get(&session_id) else { return false };
-        entry.close.send_if_modified(|close| match close {
-            Some(_) => false,
-            None => {
-                *close = Some(Close::Shutdown);
-                true
-            }
-        })
+        entry.close.send_if_modified(tell_shutdown)
     }
 
     /// A snapshot of every connection, oldest first.
@@ -230,6 +235,26 @@ impl LiveSessions {
     pub fn note_refusal(&self, account: &AccountId, reason: Refusal, now: OffsetDateTime) {
         lock(&self.refused).note(account, reason, now);
     }
+}
+
+/// Tells a connection not told to close yet that the node shuts down; whether it was told now.
+fn tell_shutdown(close: &mut Option<Close>) -> bool {
+    match close {
+        Some(_) => false,
+        None => {
+            *close = Some(Close::Shutdown);
+            true
+        }
+    }
+}
+
+/// What [`LiveSessions::begin_shutdown`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ShutdownBegun {
+    /// The sessions (CONNECT accepted), oldest first, still to be told.
+    pub sessions: Vec<u64>,
+    /// Connections without a session yet, told at once.
+    pub closed_before_connect: usize,
 }
 
 /// Whether an identity belongs to `account` and (when given) uses this certificate or CA.

@@ -368,7 +368,8 @@ async fn a_shutdown_ends_every_session_at_the_rate_as_a_server_initiated_disconn
     // The listener is closed: a new device is refused by the system.
     assert!(TcpStream::connect(addr).await.is_err(), "the listener still accepts");
     // Every session was told at the rate: 30 at 10 a second take at least 2.9 s.
-    assert_eq!((report.drained.paced, report.drained.closed_at_grace, report.drained.aborted), (30, 0, 0));
+    let drained = report.drained;
+    assert_eq!((drained.paced, drained.closed_at_grace, drained.closed_before_connect, drained.aborted), (30, 0, 0, 0));
     assert!(took >= Duration::from_millis(2500), "30 sessions at 10/s ended in {took:?}");
     assert!(report.drained.elapsed >= Duration::from_millis(2500), "{report:?}");
     assert_eq!(report.history, Flushed::Written);
@@ -475,10 +476,11 @@ async fn devices_that_do_not_read_connect_or_finish_their_handshake_cannot_hold_
 
     let (report, took, node, ..) = rig.shut_down().await;
     assert!(took < Duration::from_secs(10), "a grace of 1 s took {took:?}");
-    // The stuck subscriber is the one connection left at the grace's end; the silent one was
-    // told to close like the sessions, the one without a hello was dropped at once.
+    // The stuck subscriber is the one connection left at the grace's end; the silent one (no
+    // session yet) was told to close at once, the one without a hello dropped at once.
     assert_eq!(report.drained.aborted, 1, "{report:?}");
-    assert_eq!(report.drained.paced + report.drained.closed_at_grace, 4, "{report:?}");
+    assert_eq!(report.drained.paced + report.drained.closed_at_grace, 3, "{report:?}");
+    assert_eq!(report.drained.closed_before_connect, 1, "{report:?}");
     assert_eq!(report.history, Flushed::Written);
     assert!(node.render_metrics().contains("\ncertfleet_gateway_shutdown_connections_aborted_total 1\n"));
 

@@ -193,6 +193,11 @@ pub(super) fn render(gateway: &Gateway, broker: &Broker, shutdown: &ShutdownCoun
                 &shutdown.closed_at_grace,
             ),
             (
+                "connections_closed_before_connect",
+                "Connections without a session yet (no CONNECT accepted) closed when the node's shutdown began.",
+                &shutdown.closed_before_connect,
+            ),
+            (
                 "connections_aborted",
                 "Connections still open at the end of mqtt.shutdown_grace, dropped.",
                 &shutdown.aborted,

@@ -162,10 +162,11 @@ impl Node {
             .await;
         let drained = shutdown::drain(&self.gateway.live, connections, self.shutdown, &self.shutdown_counters).await;
         let history = self.history.flush(HISTORY_FLUSH).await;
-        let Drained { paced, closed_at_grace, aborted, elapsed } = drained;
+        let Drained { paced, closed_at_grace, closed_before_connect, aborted, elapsed } = drained;
         tracing::info!(
             sessions = paced + closed_at_grace,
             closed_at_grace,
+            closed_before_connect,
             aborted,
             seconds = elapsed.as_secs_f64(),
             history = ?history,

@@ -15,7 +15,7 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::live::LiveSessions;
+use crate::live::{LiveSessions, ShutdownBegun};
 
 /// How a node ends its sessions when it shuts down.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,6 +54,8 @@ pub(crate) struct ShutdownCounters {
     pub(crate) drained: AtomicU64,
     /// Sessions told to end at once, the rate having left no time for them within the grace.
     pub(crate) closed_at_grace: AtomicU64,
+    /// Connections without a session (no CONNECT accepted yet) told to close when it began.
+    pub(crate) closed_before_connect: AtomicU64,
     /// Connections still open at the end of the grace, dropped.
     pub(crate) aborted: AtomicU64,
 }
@@ -65,6 +67,9 @@ pub struct Drained {
     pub paced: u64,
     /// Sessions told to end at once near the grace's end.
     pub closed_at_grace: u64,
+    /// Connections authenticated but without a session yet (no CONNECT accepted), told to close
+    /// at once when the drain began.
+    pub closed_before_connect: u64,
     /// Connections (sessions, or devices in their handshake) still open at the grace's end,
     /// dropped without their DISCONNECT nor, when they had not got to it, their will and
     /// history.
@@ -73,8 +78,9 @@ pub struct Drained {
     pub elapsed: Duration,
 }
 
-/// Tells every live session to end, at most `config.disconnects_per_second`, oldest first, then
-/// waits for every connection's task (`connections`) until the grace's end and drops the rest.
+/// Tells every live session to end, at most `config.disconnects_per_second`, oldest first (and
+/// the connections without a session yet at once), then waits for every connection's task
+/// (`connections`) until the grace's end and drops the rest.
 pub(crate) async fn drain(
     live: &LiveSessions,
     mut connections: JoinSet<()>,
@@ -84,12 +90,15 @@ pub(crate) async fn drain(
     let started = Instant::now();
     let deadline = started + config.grace;
     let pacing_deadline = deadline - final_window(config.grace);
-    let sessions = live.begin_shutdown();
+    let ShutdownBegun { sessions, closed_before_connect } = live.begin_shutdown();
+    let closed_before_connect = closed_before_connect as u64;
+    counters.closed_before_connect.fetch_add(closed_before_connect, Ordering::Relaxed);
     let rate = f64::from(config.disconnects_per_second.get());
     counters.draining.store(sessions.len() as u64, Ordering::Relaxed);
     let needed = Duration::from_secs_f64(sessions.len() as f64 / rate);
     tracing::info!(
         sessions = sessions.len(),
+        closed_before_connect,
         per_second = config.disconnects_per_second.get(),
         grace = ?config.grace,
         "gateway listener closed: draining the sessions"
@@ -141,7 +150,7 @@ pub(crate) async fn drain(
     counters.aborted.fetch_add(aborted, Ordering::Relaxed);
     // Dropped: their sockets close with their tasks.
     connections.shutdown().await;
-    Drained { paced, closed_at_grace, aborted, elapsed }
+    Drained { paced, closed_at_grace, closed_before_connect, aborted, elapsed }
 }
 
 #[cfg(test)]
