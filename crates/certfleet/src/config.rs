@@ -75,6 +75,12 @@ danger_authorize_everything = false
 # rule builds or republishes more; nothing larger than it (plus 18 KiB for topic and
 # properties) is delivered to any subscriber.
 max_message_bytes = 131072
+# On SIGTERM or SIGINT (docs/operations.md, "Shutdown"): the listener closes, then live sessions
+# are ended at most this many per second (MQTT 5 clients get DISCONNECT 0x8B), so the fleet
+# reconnects to the other nodes gradually; the whole drain takes at most shutdown_grace (at
+# most 1h), after which what is left is closed at once.
+shutdown_disconnects_per_second = 1000
+shutdown_grace = "30s"
 
 [broker]
 # Bounds on what the MQTT broker keeps in memory (docs/operations.md, "Broker"). Bytes are a
@@ -570,6 +576,8 @@ struct MqttFile {
     change_poll_interval: Option<String>,
     danger_authorize_everything: Option<bool>,
     max_message_bytes: Option<usize>,
+    shutdown_disconnects_per_second: Option<u32>,
+    shutdown_grace: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -621,6 +629,8 @@ pub struct Config {
     pub caches: certfleet_gateway::CacheLimits,
     /// The largest message payload: the broker's limit and the rules' value bound.
     pub mqtt_max_message_bytes: usize,
+    /// How the gateway ends its sessions on SIGTERM (`mqtt.shutdown_*`).
+    pub mqtt_shutdown: certfleet_gateway::ShutdownConfig,
     /// The broker's bounds: retained messages, session queues, offline sessions, in flight.
     pub broker: BrokerBounds,
     /// The rules engine's bounds (`tls_roots` is filled in by the server).
@@ -806,6 +816,7 @@ impl Config {
         if !(1024..=certfleet_mqtt::MAX_PACKET_SIZE / 2).contains(&max_message_bytes) {
             bail!("mqtt.max_message_bytes must be between 1024 and {}", certfleet_mqtt::MAX_PACKET_SIZE / 2);
         }
+        let mqtt_shutdown = shutdown_config(&file.mqtt)?;
         let rules = rules_config(&file.rules, max_message_bytes)?;
         let egress = egress_policy(&file.egress)?;
         let broker = broker_bounds(&file.broker, max_message_bytes + 18 * 1024)?;
@@ -865,6 +876,7 @@ impl Config {
             )?,
             mqtt_danger_authorize_everything: file.mqtt.danger_authorize_everything.unwrap_or(false),
             mqtt_max_message_bytes: max_message_bytes,
+            mqtt_shutdown,
             broker,
             rules,
             database_url,
@@ -924,6 +936,29 @@ fn parse_domain_suffix(text: &str) -> anyhow::Result<String> {
         bail!("{text:?} is not a domain suffix of at least two labels, like \"fleet.example.com\"");
     }
     Ok(suffix)
+}
+
+/// The gateway's shutdown from `mqtt.shutdown_disconnects_per_second` (at least 1) and
+/// `mqtt.shutdown_grace` (at most 1h).
+fn shutdown_config(file: &MqttFile) -> anyhow::Result<certfleet_gateway::ShutdownConfig> {
+    let defaults = certfleet_gateway::ShutdownConfig::default();
+    let disconnects_per_second = match file.shutdown_disconnects_per_second {
+        None => defaults.disconnects_per_second,
+        Some(rate) => {
+            std::num::NonZeroU32::new(rate).context("mqtt.shutdown_disconnects_per_second must be at least 1")?
+        }
+    };
+    let grace = match &file.shutdown_grace {
+        None => defaults.grace,
+        Some(text) => {
+            let grace = parse_duration(text, "mqtt.shutdown_grace")?;
+            if grace > time::Duration::hours(1) {
+                bail!("mqtt.shutdown_grace must be at most 1h");
+            }
+            std::time::Duration::try_from(grace).unwrap_or_default()
+        }
+    };
+    Ok(certfleet_gateway::ShutdownConfig { disconnects_per_second, grace })
 }
 
 /// The rules engine's settings from the `[rules]` section, its value bound the message size.
@@ -1075,6 +1110,19 @@ mod tests {
     }
 
     #[test]
+    fn the_gateway_shutdown_settings_have_defaults_and_are_read() {
+        let defaults = Config::load(None, Overrides::default()).unwrap().mqtt_shutdown;
+        assert_eq!((defaults.disconnects_per_second.get(), defaults.grace), (1000, std::time::Duration::from_secs(30)));
+        let dir = std::env::temp_dir().join(format!("certfleet-config-shutdown-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("config.toml");
+        std::fs::write(&path, "[mqtt]\nshutdown_disconnects_per_second = 10\nshutdown_grace = \"1500ms\"").unwrap();
+        let read = Config::load(Some(&path), Overrides::default()).unwrap().mqtt_shutdown;
+        assert_eq!((read.disconnects_per_second.get(), read.grace), (10, std::time::Duration::from_millis(1500)));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn node_ids_are_checked_once() {
         let load = |id: &str| {
             Config::load(None, Overrides { node_id: Some(id.to_owned()), ..Overrides::default() })
@@ -1135,6 +1183,11 @@ mod tests {
             "colour = \"red\"",
             "[api]\naddr = \"0.0.0.0:8443\"\ninsecure_plain_http = true",
             "[mqtt]\nmax_message_bytes = 10",
+            "[mqtt]\nshutdown_disconnects_per_second = 0",
+            "[mqtt]\nshutdown_disconnects_per_second = -1",
+            "[mqtt]\nshutdown_grace = \"0s\"",
+            "[mqtt]\nshutdown_grace = \"30\"",
+            "[mqtt]\nshutdown_grace = \"2h\"",
             "[rules]\nmax_steps = 0",
             "[rules]\nmax_payload_depth = 1000",
             "[rules]\nmax_steps = 100\naccount_steps_per_second = 99",

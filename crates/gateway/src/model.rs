@@ -141,11 +141,13 @@ pub enum ConnectRefusal {
     /// The node runs in a cluster that cannot be asked now (NATS unreachable): the client ID
     /// cannot be taken without risking two live sessions for it.
     ClusterUnavailable,
+    /// The node is shutting down: the device is to connect to another node.
+    ServerShuttingDown,
 }
 
 impl ConnectRefusal {
     /// Every reason, in the order the metrics list them.
-    pub const ALL: [ConnectRefusal; 11] = [
+    pub const ALL: [ConnectRefusal; 12] = [
         ConnectRefusal::AuthenticationMethod,
         ConnectRefusal::IdentityClosed,
         ConnectRefusal::EmptyClientIdWithSession,
@@ -157,6 +159,7 @@ impl ConnectRefusal {
         ConnectRefusal::WillTooLarge,
         ConnectRefusal::WillNotAuthorized,
         ConnectRefusal::ClusterUnavailable,
+        ConnectRefusal::ServerShuttingDown,
     ];
 
     /// The reason's name in logs and metrics.
@@ -173,12 +176,13 @@ impl ConnectRefusal {
             ConnectRefusal::WillTooLarge => "will_too_large",
             ConnectRefusal::WillNotAuthorized => "will_not_authorized",
             ConnectRefusal::ClusterUnavailable => "cluster_unavailable",
+            ConnectRefusal::ServerShuttingDown => "server_shutting_down",
         }
     }
 
     /// What the client is told: MQTT 5's reason code (MQTT 3.1.1 maps it to its return code:
-    /// 0x85 is 2 "identifier rejected", 0x88 is 3 "server unavailable", 0x87 is 5 "not
-    /// authorized"; the others close silently).
+    /// 0x85 is 2 "identifier rejected", 0x87 is 5 "not authorized", 0x88 is 3 "server
+    /// unavailable"; the others close silently).
     pub fn reason_code(self) -> ReasonCode {
         match self {
             ConnectRefusal::AuthenticationMethod => ReasonCode::BAD_AUTHENTICATION_METHOD,
@@ -192,6 +196,8 @@ impl ConnectRefusal {
             | ConnectRefusal::ClientIdReserved => ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
             ConnectRefusal::WillTooLarge => ReasonCode::PACKET_TOO_LARGE,
             ConnectRefusal::ClusterUnavailable => ReasonCode::SERVER_UNAVAILABLE,
+            // Not 0x8B: "server shutting down" is a DISCONNECT reason, which CONNACK may not carry.
+            ConnectRefusal::ServerShuttingDown => ReasonCode::SERVER_UNAVAILABLE,
         }
     }
 

@@ -109,6 +109,7 @@ async fn start(world: World, default_account: &Caller) -> Rig {
             fleet: Default::default(),
             history_sessions_per_certificate_per_hour: 60,
             policies: certfleet_gateway::Policies::Enforce,
+            shutdown: Default::default(),
         },
         world.services.clone(),
         certfleet_gateway::LocalFabric::new(),

@@ -97,6 +97,7 @@ async fn start() -> Fleet {
             fleet: Default::default(),
             history_sessions_per_certificate_per_hour: 60,
             policies: certfleet_gateway::Policies::Enforce,
+            shutdown: Default::default(),
         },
         services.clone(),
         LocalFabric::new(),

@@ -24,11 +24,11 @@ use crate::fabric::Message;
 use crate::fleet::FleetProvisioning;
 use crate::fleet::service::ConnectionFleet;
 use crate::listener::Authenticated;
-use crate::live::Membership;
+use crate::live::{Close, Membership};
+use crate::model::Identity;
 
 /// How long a connection waits for the cluster to order its claim of a client ID.
 const RESERVE_TIMEOUT: Duration = Duration::from_secs(2);
-use crate::model::Identity;
 
 /// Waits for the first packet: `Some` for a CONNECT; `None` (after answering what can be answered
 /// when `answer_errors`) for a timeout, a closed stream or anything else.
@@ -60,6 +60,12 @@ pub(crate) async fn read_connect<S: AsyncRead + AsyncWrite>(
             }
         }
     }
+}
+
+/// Resolves when the connection is told to close (or its live-sessions entry is gone).
+async fn told_to_close(closed: &mut tokio::sync::watch::Receiver<Option<Close>>) {
+    // The guard `wait_for` answers is dropped here, not held across the caller's awaits.
+    let _ = closed.wait_for(Option::is_some).await;
 }
 
 /// The protocol level of a CONNECT whose frame is buffered whole, read before the codec consumes
@@ -123,9 +129,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ExpectConnect<S> {
         ExpectConnect { broker, fleet, transport, peer, identity: Arc::new(identity), membership }
     }
 
-    /// Reads and answers CONNECT; `None` when the connection was refused or closed.
+    /// Reads and answers CONNECT; `None` when the connection was refused or closed. A connection
+    /// told to close while it waits for CONNECT (revoked, the node shutting down) is closed
+    /// without an answer: it has not said which protocol version it speaks.
     pub(crate) async fn accept(mut self) -> Option<Connected<S>> {
-        let Some(connect) = read_connect(&mut self.transport, &self.broker.config, true).await else {
+        let ExpectConnect { transport, broker, membership, .. } = &mut self;
+        let connect = tokio::select! {
+            biased;
+            // A CONNECT already buffered is answered (refused, when the connection was told to
+            // close meanwhile).
+            connect = read_connect(transport, &broker.config, true) => connect,
+            () = told_to_close(&mut membership.closed) => {
+                tracing::debug!("connection closed before its connect: told to close");
+                None
+            }
+        };
+        let Some(connect) = connect else {
             self.transport.close().await;
             return None;
         };
@@ -177,8 +196,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ExpectConnect<S> {
         if properties.authentication_method.is_some() {
             return refuse(ConnectRefusal::AuthenticationMethod, &client_id);
         }
-        if self.membership.closed.borrow().is_some() {
-            return refuse(ConnectRefusal::IdentityClosed, &client_id);
+        match *self.membership.closed.borrow() {
+            None => {}
+            Some(Close::Refused(_)) => return refuse(ConnectRefusal::IdentityClosed, &client_id),
+            Some(Close::Shutdown) => return refuse(ConnectRefusal::ServerShuttingDown, &client_id),
         }
         if client_id.is_empty() && version == ProtocolVersion::V311 && !clean_start {
             return refuse(ConnectRefusal::EmptyClientIdWithSession, &client_id);

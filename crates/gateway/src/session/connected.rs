@@ -27,7 +27,7 @@ use crate::broker::{
 use crate::fabric::Message;
 use crate::fleet::service::{Caller, ConnectionFleet};
 use crate::fleet::{FleetProvisioning, Request};
-use crate::live::Membership;
+use crate::live::{Close, Membership};
 use crate::model::Identity;
 
 /// How many packets are taken from the session state per lock.
@@ -97,8 +97,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connected<S> {
         let not_after = certificate_deadline(&self.identity);
         let mut watching_revocation = true;
         loop {
-            if let Some(reason) = *self.membership.closed.borrow() {
-                return Ending::Revoked(reason);
+            match *self.membership.closed.borrow() {
+                None => {}
+                Some(Close::Refused(reason)) => return Ending::Revoked(reason),
+                Some(Close::Shutdown) => return Ending::ServerShutdown,
             }
             self.fill();
             let now = Instant::now();
@@ -572,6 +574,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connected<S> {
             }
             (Ending::ClientDisconnect { .. } | Ending::ConnectionLost | Ending::TakenOver, _) => {
                 tracing::info!(reason = reason.as_str(), "device disconnected: {ending}");
+            }
+            // The node says once how many it drained: a line per device would be a storm.
+            (Ending::ServerShutdown, _) => {
+                tracing::debug!(reason = reason.as_str(), "device disconnected by the gateway: {ending}");
             }
             _ => tracing::info!(reason = reason.as_str(), "device disconnected by the gateway: {ending}"),
         }
