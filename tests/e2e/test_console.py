@@ -228,6 +228,16 @@ def test_find_a_certificate_and_revoke_it_while_its_device_is_connected(server, 
             page.reload()
         live_row = page.locator("#live-sessions tbody tr").first.text_content()
         assert "iot:Data-ATS" in live_row and "builtin" in live_row, live_row
+        # The connection history (written off the session's path) keeps how the session came.
+        deadline = time.monotonic() + 10
+        while page.locator("#history tbody tr").count() == 0:
+            assert time.monotonic() < deadline, "the session is not in the history"
+            time.sleep(0.3)
+            page.reload()
+        history_row = page.locator("#history tbody tr").first
+        assert history_row.locator("td.endpoint").text_content() == "iot:Data-ATS"
+        assert history_row.locator("td.chain").text_content() == "builtin"
+        assert history_row.locator("td.tls").text_content() in ("TLSv1.2", "TLSv1.3")
         shot(page, "certificate")
         page.click("#action-revoked")
         assert "REVOKED" in page.text_content("main")

@@ -886,7 +886,8 @@ async fn certificate(State(console): State<Arc<Console>>, Path(id): Path<String>
             .text(&client.peer)
             .raw("</td></tr>");
     }
-    body.raw("</tbody></table><h2>Connection history (31 days, newest 20)</h2><table id=\"history\"><thead><tr><th>Client ID</th><th>Connected</th><th>Disconnected</th><th>Reason</th></tr></thead><tbody>");
+    body.raw("</tbody></table><h2>Connection history (31 days, newest 20)</h2><table id=\"history\"><thead><tr><th>Client ID</th><th>Connected</th><th>Disconnected</th><th>Reason</th><th>Endpoint</th><th>Chain</th><th>TLS</th></tr></thead><tbody>");
+    // Sessions recorded before the history kept how they came show `-` there.
     for record in &history {
         body.raw("<tr><td>")
             .text(&record.client_id)
@@ -896,6 +897,12 @@ async fn certificate(State(console): State<Arc<Console>>, Path(id): Path<String>
             .text(&record.disconnected_at.map(when).unwrap_or_else(|| "-".into()))
             .raw("</td><td>")
             .text(record.disconnect_reason.as_deref().unwrap_or("-"))
+            .raw("</td><td class=\"endpoint\">")
+            .text(record.via.endpoint().unwrap_or("-"))
+            .raw("</td><td class=\"chain\"><code>")
+            .text(record.via.chain().unwrap_or("-"))
+            .raw("</code></td><td class=\"tls\">")
+            .text(record.via.tls_version().unwrap_or("-"))
             .raw("</td></tr>");
     }
     body.raw("</tbody></table><h2>Rotations</h2><table id=\"rotations\"><thead><tr><th>Rotation</th><th>Client ID</th><th>State</th><th>Attempts</th><th>Error</th></tr></thead><tbody>");
