@@ -511,6 +511,48 @@ def test_an_on_demand_audit_started_from_the_console_finds_the_expiring_certific
         context.close()
 
 
+def test_the_audit_configuration_is_changed_from_the_console(server, browser):
+    tenant = server.create_account()
+    check = "DEVICE_CERTIFICATE_EXPIRING_CHECK"
+    context = browser.new_context(ignore_https_errors=True, viewport={"width": 1280, "height": 900})
+    try:
+        page = context.new_page()
+        sign_in(page, server, tenant.profile)
+        page.goto(console_url(server) + "audits")
+        assert page.locator("#no-checks").count() == 1
+        # The first configuration needs a role ARN: the refusal is shown, nothing is stored.
+        page.check(f"[id='enabled.{check}']")
+        with page.expect_response(lambda r: r.url.endswith("/audits/configuration")) as posted:
+            page.click("#save-configuration")
+        assert posted.value.status == 400
+        assert "must give a roleArn" in page.text_content("main")
+        described = server.aws("describe-account-audit-configuration", profile=tenant.profile)
+        assert not described["auditCheckConfigurations"][check]["enabled"]
+        # With one, the check is enabled with its threshold, as the AWS CLI then sees it.
+        page.goto(console_url(server) + "audits")
+        page.fill("#role-arn", "arn:aws:iam::123456789012:role/console-audit")
+        page.check(f"[id='enabled.{check}']")
+        page.fill(f"[id='setting.{check}.CERT_EXPIRATION_THRESHOLD_IN_DAYS']", "90")
+        page.click("#save-configuration")
+        page.wait_for_selector("#saved")
+        described = server.aws("describe-account-audit-configuration", profile=tenant.profile)
+        assert described["roleArn"] == "arn:aws:iam::123456789012:role/console-audit"
+        assert described["auditCheckConfigurations"][check] == {
+            "enabled": True, "configuration": {"CERT_EXPIRATION_THRESHOLD_IN_DAYS": "90"}}
+        assert page.is_checked(f"[id='enabled.{check}']")
+        assert page.input_value(f"[id='setting.{check}.CERT_EXPIRATION_THRESHOLD_IN_DAYS']") == "90"
+        assert page.locator(f"#start-audit input[name='check.{check}']").count() == 1
+        # Without the session's token, or with another account's session, nothing changes.
+        cookie = session_cookie(context)
+        form = f"role_arn=arn%3Aaws%3Aiam%3A%3A123456789012%3Arole%2Fx&setting.{check}.CERT_EXPIRATION_THRESHOLD_IN_DAYS=30"
+        assert raw_request(server, "POST", "/audits/configuration", cookie=cookie, body=form).status == 403
+        described = server.aws("describe-account-audit-configuration", profile=tenant.profile)
+        assert described["auditCheckConfigurations"][check]["configuration"]["CERT_EXPIRATION_THRESHOLD_IN_DAYS"] == "90"
+        assert described["roleArn"].endswith("/console-audit")
+    finally:
+        context.close()
+
+
 def test_a_root_migration_shows_who_came_back_and_reverts_from_the_console(server, openssl, browser):
     tenant = server.create_account()
     host = server.aws("describe-endpoint", "--endpoint-type", "iot:Data-ATS", profile=tenant.profile)["endpointAddress"]

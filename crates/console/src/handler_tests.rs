@@ -194,3 +194,106 @@ async fn a_status_change_needs_this_sessions_token_and_a_certificate_of_this_acc
     );
     assert_eq!(status(), "INACTIVE");
 }
+
+// ---- the audit configuration ----------------------------------------------------------------------
+
+const ROLE: &str = "arn:aws:iam::123456789012:role/audit";
+const EXPIRING: &str = "DEVICE_CERTIFICATE_EXPIRING_CHECK";
+
+/// The account's expiring check: whether enabled, and its threshold.
+fn expiring_check(rig: &Rig, who: &Operator) -> (bool, Option<String>) {
+    let configuration = rig.world.services.describe_account_audit_configuration(&who.caller).unwrap();
+    let check = &configuration.checks[EXPIRING];
+    (check.enabled, check.configuration.get("CERT_EXPIRATION_THRESHOLD_IN_DAYS").cloned())
+}
+
+fn configuration_form(csrf: &str, days: &str) -> String {
+    format!(
+        "csrf={csrf}&role_arn={}&enabled.{EXPIRING}=on&setting.{EXPIRING}.CERT_EXPIRATION_THRESHOLD_IN_DAYS={days}",
+        crate::html::url_component(ROLE)
+    )
+}
+
+#[tokio::test]
+async fn the_audit_configuration_is_changed_from_its_form() {
+    let rig = Rig::new();
+    let alice = rig.operator();
+    assert_eq!(expiring_check(&rig, &alice), (false, None));
+    let saved = rig.post(&alice, "/audits/configuration", &configuration_form(&alice.csrf, "90")).await;
+    assert_eq!((saved.status, saved.location.as_deref()), (StatusCode::SEE_OTHER, Some("/audits?saved=1")));
+    assert_eq!(expiring_check(&rig, &alice), (true, Some("90".into())));
+    let page = rig.get(&alice, "/audits?saved=1").await;
+    assert!(page.body.contains("id=\"saved\""));
+    assert!(page.body.contains(&format!("id=\"enabled.{EXPIRING}\" value=\"on\" checked")), "ticked");
+    assert!(page.body.contains("value=\"90\""), "the threshold shown");
+    assert!(page.body.contains(&format!("value=\"{ROLE}\"")), "the role shown");
+    // It can be started now.
+    assert!(page.body.contains(&format!("name=\"check.{EXPIRING}\"")));
+    // Unticking disables it (every check is given by the form).
+    let saved = rig
+        .post(&alice, "/audits/configuration", &format!("csrf={}&enabled.CONFLICTING_CLIENT_IDS_CHECK=on", alice.csrf))
+        .await;
+    assert_eq!(saved.status, StatusCode::SEE_OTHER);
+    assert!(!expiring_check(&rig, &alice).0);
+}
+
+#[tokio::test]
+async fn refusals_of_the_audit_configuration_are_shown_and_change_nothing() {
+    let rig = Rig::new();
+    let alice = rig.operator();
+    // The first configuration needs a role ARN (the services' rule, shown as they word it).
+    let refused =
+        rig.post(&alice, "/audits/configuration", &format!("csrf={}&enabled.{EXPIRING}=on", alice.csrf)).await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST);
+    assert!(refused.body.contains("must give a roleArn"), "{}", refused.body);
+    assert_eq!(expiring_check(&rig, &alice), (false, None));
+    // Out of range, or not a number: refused by the console, with the range.
+    for days in ["29", "1e3", "%3Cscript%3E"] {
+        let refused = rig.post(&alice, "/audits/configuration", &configuration_form(&alice.csrf, days)).await;
+        assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{days}");
+        assert!(refused.body.contains("a number of days from 30 to 3652"), "{}", refused.body);
+        assert!(!refused.body.contains("<script>"));
+    }
+    assert_eq!(expiring_check(&rig, &alice), (false, None));
+    // A check a scheduled audit uses cannot be disabled.
+    assert_eq!(
+        rig.post(&alice, "/audits/configuration", &configuration_form(&alice.csrf, "60")).await.status,
+        StatusCode::SEE_OTHER
+    );
+    let schedule = certfleet_services::ScheduledAuditDefinition {
+        frequency: certfleet_registry::AuditFrequency::Daily,
+        day_of_month: None,
+        day_of_week: None,
+        check_names: vec![EXPIRING.into()],
+        tags: Vec::new(),
+    };
+    rig.world.services.create_scheduled_audit(&alice.caller, "nightly", &schedule).unwrap();
+    let refused = rig.post(&alice, "/audits/configuration", &format!("csrf={}", alice.csrf)).await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST);
+    assert!(refused.body.contains("used by the scheduled audits"), "{}", refused.body);
+    assert_eq!(expiring_check(&rig, &alice), (true, Some("60".into())));
+}
+
+#[tokio::test]
+async fn an_attacker_cannot_change_the_audit_configuration() {
+    let rig = Rig::new();
+    let (alice, mallory) = (rig.operator(), rig.operator());
+    for form in [
+        configuration_form("", "90").replacen("csrf=&", "", 1),
+        configuration_form(&mallory.csrf, "90"),
+        configuration_form(&"0".repeat(64), "90"),
+    ] {
+        assert_eq!(rig.post(&alice, "/audits/configuration", &form).await.status, StatusCode::FORBIDDEN, "{form}");
+    }
+    assert_eq!(expiring_check(&rig, &alice), (false, None));
+    // Mallory's own save changes Mallory's account only.
+    assert_eq!(
+        rig.post(&mallory, "/audits/configuration", &configuration_form(&mallory.csrf, "90")).await.status,
+        StatusCode::SEE_OTHER
+    );
+    assert_eq!(expiring_check(&rig, &mallory), (true, Some("90".into())));
+    assert_eq!(expiring_check(&rig, &alice), (false, None));
+    // A form past the bounds is refused before anything is read into it.
+    let huge = format!("csrf={}&role_arn={}", alice.csrf, "a".repeat(5000));
+    assert_eq!(rig.post(&alice, "/audits/configuration", &huge).await.status, StatusCode::BAD_REQUEST);
+}

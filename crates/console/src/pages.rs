@@ -59,6 +59,7 @@ pub fn router(console: Arc<Console>) -> Router {
         .route("/rotations/{id}/retry", post(crate::fleet_pages::retry))
         .route("/audits", get(crate::audit_pages::audits))
         .route("/audits/start", post(crate::audit_pages::start_audit))
+        .route("/audits/configuration", post(crate::audit_pages::save_configuration))
         .route("/audits/{id}", get(crate::audit_pages::audit_task))
         .route("/endpoints", get(crate::fleet_pages::endpoints))
         .route("/endpoints/{name}", get(crate::fleet_pages::endpoint))
