@@ -609,6 +609,71 @@ def test_a_root_migration_shows_who_came_back_and_reverts_from_the_console(serve
         fleet.close()
 
 
+def test_a_root_migration_from_the_console_stage_migrate_come_back_finish(server, openssl, browser):
+    tenant = server.create_account()
+    host = server.aws("describe-endpoint", "--endpoint-type", "iot:Data-ATS", profile=tenant.profile)["endpointAddress"]
+    root_b, cert_b, key_b = root_and_server_cert(openssl, host, "console-stage-B")
+    arn_b = import_cert(server, cert_b, key_b, profile=tenant.profile)
+    id_b = arn_b.rsplit("/", 1)[1]
+    both = openssl.write("console-stage-both-roots.pem", open(server.ca_bundle).read() + open(root_b).read())
+    device = make_device(server, openssl, profile=tenant.profile)
+    trusting_both = [f"stage-both-{i}" for i in range(3)]
+    old_only = ["stage-old-only"]
+    fleet = Fleet(server, device, host, {c: str(both) for c in trusting_both} | {c: server.ca_bundle for c in old_only})
+    name = "iot:Data-ATS"
+    tenant_server = TenantView(server, tenant)
+    context = browser.new_context(ignore_https_errors=True, viewport={"width": 1280, "height": 900})
+    try:
+        wait_for(lambda: connected_on(tenant_server.status(name), "builtin") == 4, "4 clients on the built-in chain")
+        page = context.new_page()
+        sign_in(page, server, tenant.profile)
+        page.goto(console_url(server) + "endpoints/iot%3AData%2DATS")
+        assert page.locator("#endpoint-migrate").count() == 0, "nothing to migrate to yet"
+        # Stage: the account's server certificate, confirmed; no handshake changes.
+        page.select_option("#next-certificate", id_b)
+        shot(page, "endpoint-stage")
+        page.click("#stage-next-submit")
+        assert id_b in page.text_content("#staged") and "does not name" not in page.text_content("main")
+        page.click("#confirm")
+        page.wait_for_selector("#changed")
+        assert id_b in page.text_content("main")
+        assert page.text_content("#endpoint-serving").strip() == "current chain"
+        staged = tenant_server.status(name)["certfleet"]
+        assert [c["serverCertificateArn"] for c in staged["nextServerCertificates"]] == [arn_b], staged
+        assert staged["serving"] == "current", staged
+        # Migrate, confirmed: devices trusting the new root come back on it, the other does not.
+        page.click("#endpoint-migrate")
+        page.click("#confirm")
+        page.wait_for_selector("#changed")
+        wait_text(page, "#endpoint-serving", "next chain")
+        wait_text(page, "#came-back-count", "3", timeout=60)
+        wait_for(lambda: connected_on(tenant_server.status(name), id_b) == 3, "3 clients on the new chain")
+        page.reload()
+        assert page.locator("#not-back li").all_text_contents() == old_only
+        assert id_b in page.text_content("#chains")
+        # Finish, confirmed: the new chain is the current one, nothing staged, no migration.
+        page.click("#endpoint-finish")
+        assert "Make the next chain the current one" in page.text_content("main")
+        page.click("#confirm")
+        page.wait_for_selector("#changed")
+        assert page.text_content("#endpoint-migration").strip() == "none"
+        assert page.text_content("#endpoint-serving").strip() == "current chain"
+        assert page.locator("#endpoint-migrate").count() == 0
+        fields = page.text_content("dl.fields")
+        assert f"Current chain{id_b}" in fields.replace("\n", "") and "Next chainnone" in fields.replace("\n", ""), fields
+        assert all(fleet.leaf[c] == fleet.leaf[trusting_both[0]] for c in trusting_both)
+        # Without the session's token, staging is refused and changes nothing.
+        cookie = session_cookie(context)
+        answer = raw_request(server, "POST", "/endpoints/iot%3AData%2DATS/next-chain", cookie=cookie,
+                             body=f"certificate={id_b}&confirm=yes")
+        assert answer.status == 403
+        page.reload()
+        assert "Next chainnone" in page.text_content("dl.fields").replace("\n", "")
+    finally:
+        context.close()
+        fleet.close()
+
+
 class TenantView:
     """`certfleet endpoint ...` for another account's profile."""
 

@@ -39,7 +39,11 @@ pub(crate) struct Answer {
 
 impl Rig {
     pub fn new() -> Rig {
-        let world = certfleet_testkit::world();
+        Rig::over(certfleet_testkit::world())
+    }
+
+    /// A console over `world`.
+    pub fn over(world: World) -> Rig {
         let console = Console::new(world.services.clone(), None, Config { secure_cookies: false, ..Config::default() });
         Rig { router: crate::pages::router(console.clone()), world, console }
     }
@@ -296,4 +300,192 @@ async fn an_attacker_cannot_change_the_audit_configuration() {
     // A form past the bounds is refused before anything is read into it.
     let huge = format!("csrf={}&role_arn={}", alice.csrf, "a".repeat(5000));
     assert_eq!(rig.post(&alice, "/audits/configuration", &huge).await.status, StatusCode::BAD_REQUEST);
+}
+
+// ---- staging the next chain -----------------------------------------------------------------------
+
+const DOMAIN: &str = "devices.example.com";
+
+/// A rig whose domain claims trust `root` (so a server certificate it issued proves the domain),
+/// with the key passphrase loaded.
+fn endpoint_rig(root: &certfleet_pki::Issuer) -> Rig {
+    let world = certfleet_testkit::world_with(certfleet_services::Config {
+        domain_claims: certfleet_services::DomainClaims {
+            trust_anchors: vec![root.certificate().clone()],
+            ..Default::default()
+        },
+        ..Default::default()
+    });
+    world.services.attach_key_passphrase(zeroize::Zeroizing::new(b"console test".to_vec()));
+    Rig::over(world)
+}
+
+fn root(name: &str) -> certfleet_pki::Issuer {
+    certfleet_pki::Issuer::generate_root(
+        name,
+        "example",
+        time::Duration::days(30),
+        certfleet_pki::KeyAlgorithm::EcdsaP256,
+        START - time::Duration::hours(1),
+    )
+    .unwrap()
+}
+
+/// Imports a server certificate for `domain` issued by `root` into `who`'s account: its ID.
+fn import(
+    rig: &Rig,
+    who: &Operator,
+    root: &certfleet_pki::Issuer,
+    domain: &str,
+    algorithm: certfleet_pki::KeyAlgorithm,
+) -> String {
+    let (leaf, key) = root
+        .issue_server_certificate(
+            domain,
+            &[domain.into()],
+            time::Duration::days(20),
+            algorithm,
+            START - time::Duration::hours(1),
+        )
+        .unwrap();
+    let arn = rig
+        .world
+        .services
+        .import_server_certificate(
+            &who.caller,
+            &certfleet_services::ServerCertificateImport {
+                certificate_pem: leaf.to_pem(),
+                private_key_pem: zeroize::Zeroizing::new(certfleet_pki::pem_encode("PRIVATE KEY", &key)),
+                chain_pem: Some(root.certificate().to_pem()),
+                certificate_arn: None,
+            },
+        )
+        .unwrap();
+    arn.rsplit_once('/').unwrap().1.to_owned()
+}
+
+/// Alice's custom domain `devices` on the ECDSA certificate `current`, and two certificates of
+/// another root for the next chain (ECDSA, RSA): (rig, alice, current, next ECDSA, next RSA).
+fn staged_fleet() -> (Rig, Operator, String, String, String) {
+    let (old_root, new_root) = (root("old root"), root("new root"));
+    let rig = endpoint_rig(&old_root);
+    let alice = rig.operator();
+    let current = import(&rig, &alice, &old_root, DOMAIN, certfleet_pki::KeyAlgorithm::EcdsaP256);
+    let next_ecdsa = import(&rig, &alice, &new_root, DOMAIN, certfleet_pki::KeyAlgorithm::EcdsaP256);
+    let next_rsa = import(&rig, &alice, &new_root, DOMAIN, certfleet_pki::KeyAlgorithm::Rsa2048);
+    rig.world
+        .services
+        .create_domain_configuration(
+            &alice.caller,
+            &certfleet_services::DomainConfigurationDefinition {
+                name: "devices".into(),
+                domain_name: Some(DOMAIN.into()),
+                server_certificate_arns: vec![
+                    rig.world.services.server_certificate_arn(&alice.caller.account, &current),
+                ],
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    (rig, alice, current, next_ecdsa, next_rsa)
+}
+
+fn next_chain(rig: &Rig, who: &Operator, name: &str) -> Vec<String> {
+    rig.world.services.describe_domain_configuration(&who.caller, name).unwrap().next_chain
+}
+
+#[tokio::test]
+async fn a_next_chain_is_staged_from_the_accounts_server_certificates_once_confirmed() {
+    let (rig, alice, current, next_ecdsa, next_rsa) = staged_fleet();
+    let page = rig.get(&alice, "/endpoints/devices").await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.body.contains("id=\"stage-next\""));
+    for id in [&current, &next_ecdsa, &next_rsa] {
+        assert!(page.body.contains(&format!("<option value=\"{id}\">")), "{id} offered");
+    }
+    assert!(page.body.contains(&format!("{current} (current chain)")));
+    assert!(page.body.contains("Stage a next chain first"), "no migrate before staging");
+
+    // The first post asks, naming what would be staged; nothing is stored yet.
+    let path = "/endpoints/devices/next-chain";
+    let asked =
+        rig.post(&alice, path, &format!("csrf={}&certificate={next_ecdsa}&second={next_rsa}", alice.csrf)).await;
+    assert_eq!(asked.status, StatusCode::OK);
+    assert!(
+        asked.body.contains(&next_ecdsa) && asked.body.contains("RSA_2048") && asked.body.contains("id=\"confirm\"")
+    );
+    assert!(!asked.body.contains("does not name"), "both name the domain");
+    assert!(next_chain(&rig, &alice, "devices").is_empty());
+    // Confirmed, it is staged; the page then offers to migrate.
+    let done = rig
+        .post(&alice, path, &format!("csrf={}&certificate={next_ecdsa}&second={next_rsa}&confirm=yes", alice.csrf))
+        .await;
+    assert_eq!((done.status, done.location.as_deref()), (StatusCode::SEE_OTHER, Some("/endpoints/devices?changed=1")));
+    assert_eq!(next_chain(&rig, &alice, "devices"), [next_ecdsa.clone(), next_rsa.clone()]);
+    let page = rig.get(&alice, "/endpoints/devices").await;
+    assert!(page.body.contains("id=\"endpoint-migrate\"") && page.body.contains("id=\"next-clear\""));
+
+    // Two ECDSA leaves: the services' refusal is shown, the staged chain stays.
+    let refused = rig
+        .post(&alice, path, &format!("csrf={}&certificate={current}&second={next_ecdsa}&confirm=yes", alice.csrf))
+        .await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST);
+    assert!(refused.body.contains("at most one ECDSA and one RSA"), "{}", refused.body);
+    assert_eq!(next_chain(&rig, &alice, "devices"), [next_ecdsa.clone(), next_rsa.clone()]);
+    // A certificate not naming the configuration's domain is staged only past a warning.
+    let warned = rig
+        .post(&alice, "/endpoints/iot%3AData-ATS/next-chain", &format!("csrf={}&certificate={next_ecdsa}", alice.csrf))
+        .await;
+    assert!(warned.body.contains("does not name"), "{}", warned.body);
+    // Cleared, once confirmed.
+    let asked = rig.post(&alice, path, &format!("csrf={}&clear=yes", alice.csrf)).await;
+    assert!(asked.body.contains("clear the next chain?"));
+    assert_eq!(next_chain(&rig, &alice, "devices").len(), 2);
+    rig.post(&alice, path, &format!("csrf={}&clear=yes&confirm=yes", alice.csrf)).await;
+    assert!(next_chain(&rig, &alice, "devices").is_empty());
+
+    // While the next chain is served, staging waits for finish or revert.
+    rig.post(&alice, path, &format!("csrf={}&certificate={next_ecdsa}&confirm=yes", alice.csrf)).await;
+    rig.world
+        .services
+        .migrate_domain_configuration(&alice.caller, "devices", certfleet_services::MigrationSettings::default())
+        .unwrap();
+    let page = rig.get(&alice, "/endpoints/devices").await;
+    assert!(page.body.contains("id=\"stage-serving\"") && !page.body.contains("id=\"stage-next\""));
+}
+
+#[tokio::test]
+async fn an_attacker_cannot_stage_a_chain() {
+    let (rig, alice, _, next_ecdsa, _) = staged_fleet();
+    let mallory = rig.operator();
+    let mallorys = import(&rig, &mallory, &root("mallory root"), DOMAIN, certfleet_pki::KeyAlgorithm::EcdsaP256);
+    let path = "/endpoints/devices/next-chain";
+    // No token, or another session's: refused, nothing staged.
+    for form in [
+        format!("certificate={next_ecdsa}&confirm=yes"),
+        format!("csrf={}&certificate={next_ecdsa}&confirm=yes", mallory.csrf),
+    ] {
+        assert_eq!(rig.post(&alice, path, &form).await.status, StatusCode::FORBIDDEN, "{form}");
+    }
+    assert!(next_chain(&rig, &alice, "devices").is_empty());
+    // Mallory naming Alice's configuration, with Mallory's or Alice's certificate: not found.
+    for certificate in [&mallorys, &next_ecdsa] {
+        for confirm in ["", "&confirm=yes"] {
+            let form = format!("csrf={}&certificate={certificate}{confirm}", mallory.csrf);
+            let answer = rig.post(&mallory, path, &form).await;
+            assert_eq!(answer.status, StatusCode::NOT_FOUND, "{form}");
+            assert!(!answer.body.contains(DOMAIN));
+        }
+    }
+    // Mallory staging Alice's certificate on Mallory's own endpoint: not found either.
+    let own = "/endpoints/iot%3AData-ATS/next-chain";
+    for confirm in ["", "&confirm=yes"] {
+        let answer = rig.post(&mallory, own, &format!("csrf={}&certificate={next_ecdsa}{confirm}", mallory.csrf)).await;
+        assert_eq!(answer.status, StatusCode::NOT_FOUND);
+    }
+    assert!(next_chain(&rig, &alice, "devices").is_empty());
+    assert!(next_chain(&rig, &mallory, "iot:Data-ATS").is_empty());
+    // Mallory's page lists Mallory's certificates only.
+    let page = rig.get(&mallory, "/endpoints/iot%3AData-ATS").await;
+    assert!(page.body.contains(&mallorys) && !page.body.contains(&next_ecdsa));
 }

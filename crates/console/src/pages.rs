@@ -65,6 +65,7 @@ pub fn router(console: Arc<Console>) -> Router {
         .route("/endpoints/{name}", get(crate::fleet_pages::endpoint))
         .route("/endpoints/{name}/devices.csv", get(crate::fleet_pages::devices_csv))
         .route("/endpoints/{name}/migration", post(crate::fleet_pages::migration))
+        .route("/endpoints/{name}/next-chain", post(crate::fleet_pages::stage_next_chain))
         .route("/assets/console.css", get(|| async { asset("text/css; charset=utf-8", CSS) }))
         .route("/assets/console.js", get(|| async { asset("text/javascript; charset=utf-8", JS) }))
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n").into_response() })
