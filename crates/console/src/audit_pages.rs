@@ -435,6 +435,25 @@ mod tests {
         }
     }
 
+    /// The whole form (every check ticked, every setting, the role ARN, the token) stays within
+    /// the form parser's bounds: a catalogue grown past them would make the page unsavable.
+    #[test]
+    fn the_whole_configuration_form_fits_the_form_bounds() {
+        let mut fields = vec![
+            format!("csrf={}", "a".repeat(64)),
+            format!("role_arn=arn:aws:iam::123456789012:role/{}", "r".repeat(64)),
+        ];
+        for check in AUDIT_CHECKS {
+            fields.push(format!("{}=on", enabled_field(check.name)));
+            for (key, _, range) in check.settings {
+                fields.push(format!("{}={}", setting_field(check.name, key), range.end()));
+            }
+        }
+        let form = Fields::parse(&fields.join("&")).expect("the whole form parses");
+        let update = configuration_update(&form).unwrap();
+        assert!(update.checks.values().all(|check| check.enabled));
+    }
+
     #[test]
     fn configuration_forms_are_validated() {
         check("csrf=x", Ok((&[], &[])));
