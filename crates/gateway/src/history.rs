@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use certfleet_pki::CertificateId;
-use certfleet_registry::ConnectionRecord;
+use certfleet_registry::{ConnectionRecord, ConnectionVia};
 use certfleet_services::rate::{Admission, WindowedRate};
 use certfleet_services::{ConnectionEvent, Services};
 use time::OffsetDateTime;
@@ -196,6 +196,7 @@ impl ConnectionObserver for HistoryRecorder {
         identity: &Identity,
         client_id: &str,
         session_identifier: &str,
+        via: &ConnectionVia,
         at: OffsetDateTime,
     ) -> OnRecord {
         let admission =
@@ -220,6 +221,7 @@ impl ConnectionObserver for HistoryRecorder {
             connected_at: at,
             disconnected_at: None,
             disconnect_reason: None,
+            via: via.clone(),
         }));
         OnRecord::Yes
     }

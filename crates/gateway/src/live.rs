@@ -126,6 +126,18 @@ impl LiveSessions {
         }
     }
 
+    /// The endpoint, server chain and TLS version a connection came through, as the connection
+    /// history records them (unknown once the connection left the table).
+    pub fn via(&self, session_id: u64) -> certfleet_registry::ConnectionVia {
+        lock(&self.sessions).get(&session_id).map_or_else(Default::default, |entry| {
+            certfleet_registry::ConnectionVia::new(
+                entry.info.endpoint.as_deref(),
+                entry.info.chain.as_deref(),
+                Some(entry.info.tls_version),
+            )
+        })
+    }
+
     /// The identities of the connections matching `filter`, each once.
     pub fn identities(&self, filter: impl Fn(&Identity) -> bool) -> Vec<Identity> {
         let mut found: Vec<Identity> = Vec::new();

@@ -314,7 +314,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ExpectConnect<S> {
         broker.live.set_client_id(membership.session_id, &client_id);
         let now = OffsetDateTime::now_utc();
         let session_identifier = events::session_identifier();
-        let on_record = broker.observer.connected(&identity, &client_id, &session_identifier, now);
+        let via = broker.live.via(membership.session_id);
+        let on_record = broker.observer.connected(&identity, &client_id, &session_identifier, &via, now);
         let lifecycle = Lifecycle {
             client_id: &client_id,
             identity: &identity,
