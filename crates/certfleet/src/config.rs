@@ -30,6 +30,13 @@ endpoint_domain = "certfleet.local"
 # Empty: the host name and 8 random hex digits, new at every start. Set it for a name that stays
 # the same across restarts.
 id = ""
+# The NATS server (with JetStream) that joins this node to the others as one hub, e.g.
+# "nats://127.0.0.1:4222" (`certfleet server --nats-url` wins over it). Empty: the node runs
+# alone. Every node of a cluster shares one PostgreSQL registry too (docs/cluster.md).
+nats_url = ""
+# Bytes of messages waiting to be sent to NATS; past it a device's PUBLISH is refused (MQTT 5:
+# 0x80) rather than queued without bound.
+nats_outbound_bytes = 67108864
 
 [api]
 # The HTTPS control plane (AWS IoT API). Port 0 picks a free port.
@@ -370,6 +377,8 @@ fn console_config(file: &ConsoleFile) -> anyhow::Result<Option<(SocketAddr, cert
 #[serde(deny_unknown_fields, default)]
 struct NodeFile {
     id: Option<String>,
+    nats_url: Option<String>,
+    nats_outbound_bytes: Option<usize>,
 }
 
 #[derive(Deserialize, Default)]
@@ -606,6 +615,11 @@ pub struct Config {
     /// This node's name (`--node-id`, `[node] id`); `None`: chosen at start (see
     /// `server::node_id`).
     pub node_id: Option<certfleet_gateway::NodeId>,
+    /// The NATS server joining this node to a cluster (`--nats-url`, `[node] nats_url`); `None`:
+    /// the node runs alone.
+    pub nats_url: Option<String>,
+    /// The bound of the bytes waiting to be sent to NATS (`[node] nats_outbound_bytes`).
+    pub nats_outbound_bytes: usize,
     pub data_dir: PathBuf,
     pub region: String,
     pub endpoint_domain: String,
@@ -777,6 +791,7 @@ pub struct Overrides {
     pub metrics_addr: Option<String>,
     pub database_url: Option<String>,
     pub node_id: Option<String>,
+    pub nats_url: Option<String>,
 }
 
 impl Config {
@@ -839,8 +854,25 @@ impl Config {
                 certfleet_gateway::NodeId::parse(&id).with_context(|| format!("node id {shown:?}"))
             })
             .transpose()?;
+        let nats_url = overrides.nats_url.or(file.node.nats_url).filter(|url| !url.is_empty());
+        if let Some(url) = &nats_url {
+            let shown: String = url.chars().take(200).collect();
+            let valid = url
+                .strip_prefix("nats://")
+                .or_else(|| url.strip_prefix("tls://"))
+                .is_some_and(|rest| !rest.is_empty() && rest.len() <= 1024 && !rest.contains(char::is_whitespace));
+            if !valid {
+                bail!("node.nats_url {shown:?} is not a nats://HOST:PORT or tls://HOST:PORT URL");
+            }
+        }
+        let nats_outbound_bytes = file.node.nats_outbound_bytes.unwrap_or(64 * 1024 * 1024);
+        if !(1024 * 1024..=16 * 1024 * 1024 * 1024).contains(&nats_outbound_bytes) {
+            bail!("node.nats_outbound_bytes must be between 1 MiB and 16 GiB");
+        }
         Ok(Config {
             node_id,
+            nats_url,
+            nats_outbound_bytes,
             data_dir: overrides.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("certfleet-data")),
             region,
             endpoint_domain: file.endpoint_domain.unwrap_or_else(|| "certfleet.local".into()),

@@ -446,13 +446,18 @@ async fn start_gateway(
         policies,
         shutdown: config.mqtt_shutdown,
     };
-    let node = certfleet_gateway::Node::new(
-        node_config,
-        services.clone(),
-        certfleet_gateway::LocalFabric::new(),
-        builtin,
-        egress.clone(),
-    );
+    // Alone, the in-process fabric; in a cluster, NATS carries messages, claims and retained
+    // messages between the nodes (docs/cluster.md).
+    let fabric: Arc<dyn certfleet_gateway::Fabric> = match &config.nats_url {
+        None => certfleet_gateway::LocalFabric::new(),
+        Some(url) => {
+            let mut cluster =
+                certfleet_gateway::cluster::ClusterConfig::new(url.clone(), node_config.broker.max_packet_size);
+            cluster.outbound_bytes = config.nats_outbound_bytes;
+            certfleet_gateway::cluster::NatsFabric::connect(node_id.clone(), cluster).await?
+        }
+    };
+    let node = certfleet_gateway::Node::new(node_config, services.clone(), fabric, builtin, egress.clone());
     let rotation = crate::audit_worker::start(
         services.clone(),
         node.broker().clone(),

@@ -129,7 +129,7 @@ impl LiveSessions {
     /// The endpoint, server chain and TLS version a connection came through, as the connection
     /// history records them (unknown once the connection left the table).
     pub fn via(&self, session_id: u64) -> certfleet_registry::ConnectionVia {
-        lock(&self.sessions).get(&session_id).map_or_else(Default::default, |entry| {
+        lock(&self.sessions).sessions.get(&session_id).map_or_else(Default::default, |entry| {
             certfleet_registry::ConnectionVia::new(
                 entry.info.endpoint.as_deref(),
                 entry.info.chain.as_deref(),

@@ -97,6 +97,12 @@ pub(super) fn render(gateway: &Gateway, broker: &Broker, shutdown: &ShutdownCoun
                 ("dropped_too_large", "Messages over the subscriber's Maximum Packet Size.", &c.dropped_too_large),
                 ("dropped_not_authorized", "Deliveries the subscriber's policies refused.", &c.dropped_not_authorized),
                 ("takeovers", "Connections closed because another took their client ID.", &c.takeovers),
+                ("moved_away", "Sessions ended on this node because another node took their client ID.", &c.moved_away),
+                (
+                    "refused_fabric",
+                    "Messages the fabric could not carry to the other nodes (its outbound queue was full).",
+                    &c.fabric_refused,
+                ),
                 (
                     "refused_retain_count",
                     "Retained PUBLISHes refused: the account held the maximum number of retained messages.",

@@ -204,6 +204,7 @@ impl Node {
         let mut out = metrics::render(&self.gateway, &self.broker, &self.shutdown_counters);
         self.history.render_metrics(&mut out);
         self.fleet.render_metrics(&mut out);
+        self.broker.fabric.render_metrics(&mut out);
         out
     }
 }
