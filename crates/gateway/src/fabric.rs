@@ -249,8 +249,11 @@ pub trait Fabric: Send + Sync {
 /// others synchronously (one node alone, or several brokers in one process in tests).
 pub struct LocalFabric {
     /// Copied on write, so that a publish clones an `Arc` rather than a list.
-    routers: Mutex<Arc<[(NodeId, Weak<dyn Router>)]>>,
+    routers: Mutex<Arc<[Attached]>>,
 }
+
+/// A node's router, with the node's name.
+type Attached = (NodeId, Weak<dyn Router>);
 
 impl LocalFabric {
     pub fn new() -> Arc<Self> {
@@ -273,8 +276,7 @@ impl Default for LocalFabric {
 impl Fabric for LocalFabric {
     fn attach(&self, node: &NodeId, router: Weak<dyn Router>) {
         let mut routers = self.routers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut list: Vec<(NodeId, Weak<dyn Router>)> =
-            routers.iter().filter(|(_, known)| known.strong_count() > 0).cloned().collect();
+        let mut list: Vec<Attached> = routers.iter().filter(|(_, known)| known.strong_count() > 0).cloned().collect();
         list.push((node.clone(), router));
         *routers = Arc::from(list);
     }

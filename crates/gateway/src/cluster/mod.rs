@@ -95,6 +95,8 @@ pub struct ClusterCounters {
     pub duplicates: AtomicU64,
     /// Messages refused because the outbound queue was full.
     pub backlog_refused: AtomicU64,
+    /// Messages refused because the node was not connected to NATS.
+    pub unavailable_refused: AtomicU64,
     /// Topics too long for a NATS subject: not carried across nodes.
     pub subject_too_long: AtomicU64,
     /// Bytes from NATS that were not a message certfleet sent.
@@ -237,6 +239,7 @@ impl NatsFabric {
             ("received", &counters.received),
             ("duplicate", &counters.duplicates),
             ("refused_backlog", &counters.backlog_refused),
+            ("refused_unavailable", &counters.unavailable_refused),
             ("refused_subject_too_long", &counters.subject_too_long),
             ("malformed", &counters.malformed),
             ("error", &counters.errors),
@@ -252,20 +255,30 @@ impl NatsFabric {
     }
 }
 
-/// Opens a KV bucket, creating it on first use (history 1: only the latest value counts).
+/// Opens a KV bucket, creating its stream on first use (history 1: only the latest value
+/// counts). The stream is made here with a KV bucket's settings rather than through the
+/// client's `create_key_value`, which first reads account fields NATS 2.9 does not send.
 async fn bucket(jetstream: &async_nats::jetstream::Context, name: &'static str) -> Result<kv::Store, ClusterError> {
-    if let Ok(store) = jetstream.get_key_value(name).await {
-        return Ok(store);
-    }
-    let config = kv::Config { bucket: name.to_owned(), history: 1, ..Default::default() };
-    match jetstream.create_key_value(config).await {
-        Ok(store) => Ok(store),
-        // Another node created it in between.
-        Err(error) => jetstream
-            .get_key_value(name)
-            .await
-            .map_err(|_| ClusterError::Bucket { bucket: name, reason: error.to_string() }),
-    }
+    use async_nats::jetstream::stream;
+    let config = stream::Config {
+        name: format!("KV_{name}"),
+        subjects: vec![format!("$KV.{name}.>")],
+        max_messages_per_subject: 1,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: stream::DiscardPolicy::New,
+        num_replicas: 1,
+        ..Default::default()
+    };
+    jetstream
+        .get_or_create_stream(config)
+        .await
+        .map_err(|error| ClusterError::Bucket { bucket: name, reason: error.to_string() })?;
+    jetstream
+        .get_key_value(name)
+        .await
+        .map_err(|error| ClusterError::Bucket { bucket: name, reason: error.to_string() })
 }
 
 /// A claim as it travels on `cf.c.<account>`.
@@ -313,6 +326,12 @@ impl Fabric for NatsFabric {
     }
 
     fn publish(&self, _origin: &NodeId, routed: RoutedMessage) -> Result<(), FabricError> {
+        // Core NATS keeps nothing for a node that is not connected: a message handed over now
+        // would be lost, so the publisher is told instead (and its client sends it again).
+        if !matches!(self.client.connection_state(), async_nats::connection::State::Connected) {
+            self.counters.unavailable_refused.fetch_add(1, Ordering::Relaxed);
+            return Err(FabricError::Unavailable);
+        }
         let message = &routed.message;
         let Some(subject) = subjects::message(&routed.account, &message.topic) else {
             self.counters.subject_too_long.fetch_add(1, Ordering::Relaxed);
@@ -635,7 +654,7 @@ async fn watch_retained(store: kv::Store, router: Weak<dyn Router>, counters: Ar
         if router.strong_count() == 0 {
             return;
         }
-        match store.watch_all().await {
+        match store.watch_with_history(">").await {
             Ok(mut watch) => {
                 while let Some(entry) = watch.next().await {
                     let Some(router) = router.upgrade() else { return };
