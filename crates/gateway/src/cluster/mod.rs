@@ -192,7 +192,9 @@ impl NatsFabric {
             .map_err(|_| ClusterError::Timeout { url: url.clone(), seconds: config.connect_timeout.as_secs() })?
             .map_err(|source| ClusterError::Connect { url: url.clone(), source })?;
         let jetstream = async_nats::jetstream::new(client.clone());
-        let clients = bucket(&jetstream, CLIENTS_BUCKET, Duration::ZERO).await?;
+        // A claim matters only against the claims made at about the same time: a day bounds the
+        // bucket by the client IDs seen in a day (revisions keep growing across expiries).
+        let clients = bucket(&jetstream, CLIENTS_BUCKET, Duration::from_secs(24 * 3600)).await?;
         let retained = bucket(&jetstream, RETAINED_BUCKET, Duration::ZERO).await?;
         let sessions = bucket(&jetstream, SESSIONS_BUCKET, config.session_retention).await?;
         let (outbound, outbound_rx) = mpsc::unbounded_channel();
