@@ -383,6 +383,9 @@ fn resumable(
     !clean_start && !existed_here && same_certificate && !expired
 }
 
+/// How often at most the persistent sessions that changed are written to the cluster's store.
+const KEEP_INTERVAL: Duration = Duration::from_millis(20);
+
 /// Client IDs whose version numbers are remembered; past it, the map starts over (version
 /// numbers then restart for client IDs not seen since, a rare and harmless reordering hint).
 const MAX_VERSIONS: usize = 1_000_000;
@@ -526,6 +529,10 @@ impl Broker {
                     keep_now.notified().await;
                     let Some(broker) = this.upgrade() else { return };
                     broker.keep_sessions();
+                    drop(broker);
+                    // Changes coming meanwhile are written together: a session receiving a
+                    // stream of messages while offline is written at most this often.
+                    tokio::time::sleep(KEEP_INTERVAL).await;
                 }
             });
         }
