@@ -37,7 +37,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import _ANSI, LOG_TAIL_LINES, START_TIMEOUT, STOP_TIMEOUT, TEST_PASSPHRASE, Account, Server
+from conftest import _ANSI, LOG_TAIL_LINES, START_TIMEOUT, STOP_TIMEOUT, Account, Server
 
 POSTGRES_URL = os.environ.get("CERTFLEET_TEST_POSTGRES_URL", "")
 NATS_START_TIMEOUT = 15
