@@ -37,7 +37,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import _ANSI, LOG_TAIL_LINES, START_TIMEOUT, STOP_TIMEOUT, Account, Server
+from conftest import _ANSI, LOG_TAIL_LINES, START_TIMEOUT, STOP_TIMEOUT, TEST_PASSPHRASE, Account, Server
 
 POSTGRES_URL = os.environ.get("CERTFLEET_TEST_POSTGRES_URL", "")
 NATS_START_TIMEOUT = 15
@@ -154,7 +154,18 @@ class Database:
         if check and done.returncode != 0:
             raise AssertionError(f"psql: {statement}: {done.stderr}")
 
+    def refuse_connections(self) -> None:
+        """An outage of this database only (the PostgreSQL server is shared): no new connection
+        is allowed and every open one is closed."""
+        self._psql(f"ALTER DATABASE {self.name} ALLOW_CONNECTIONS false", check=True)
+        self._psql(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{self.name}'",
+                   check=True)
+
+    def allow_connections(self) -> None:
+        self._psql(f"ALTER DATABASE {self.name} ALLOW_CONNECTIONS true", check=True)
+
     def drop(self) -> None:
+        self._psql(f"ALTER DATABASE {self.name} ALLOW_CONNECTIONS true")
         self._psql(f"DROP DATABASE IF EXISTS {self.name} WITH (FORCE)")
 
 
@@ -163,7 +174,7 @@ class ClusterNode(Server):
     database, NATS and credentials (the first node's data directory holds those)."""
 
     def __init__(self, name: str, data_dir: Path, log_path: Path, database_url: str, nats_url: str | None,
-                 home: Path):
+                 home: Path, passphrase: str = TEST_PASSPHRASE):
         extra = ["--node-id", name, "--database-url", database_url]
         if nats_url:
             extra += ["--nats-url", nats_url]
@@ -171,6 +182,7 @@ class ClusterNode(Server):
         self.name = name
         self.database_url = database_url
         self.home = home  # the first node's data directory: CLI credentials and profiles
+        self.passphrase = passphrase
 
     def __repr__(self) -> str:
         return f"ClusterNode({self.name}, mqtt={self.endpoints.get('mqtt_addr')}, api={self.url})"
@@ -191,6 +203,7 @@ class ClusterNode(Server):
 
     def _certfleet_env(self) -> dict:
         env = super()._certfleet_env()
+        env["CERTFLEET_KEY_PASSPHRASE"] = self.passphrase
         env["CERTFLEET_DATABASE_URL"] = self.database_url  # the CLI's --database-url, for every command
         return env
 
