@@ -608,8 +608,10 @@ def nats_restarted_under_traffic(cluster, openssl):
         time.sleep(1)
         traffic.prefix = "during"
         cluster.nats.stop()
-        time.sleep(2)
-        cluster.nats.start()
+        try:
+            time.sleep(2)
+        finally:
+            cluster.nats.start()  # whatever happens, later tests find NATS up
         restarted = time.monotonic()
         traffic.prefix = "after"
         deadline = restarted + 30
