@@ -228,6 +228,16 @@ def test_find_a_certificate_and_revoke_it_while_its_device_is_connected(server, 
             page.reload()
         live_row = page.locator("#live-sessions tbody tr").first.text_content()
         assert "iot:Data-ATS" in live_row and "builtin" in live_row, live_row
+        # The connection history (written off the session's path) keeps how the session came.
+        deadline = time.monotonic() + 10
+        while page.locator("#history tbody tr").count() == 0:
+            assert time.monotonic() < deadline, "the session is not in the history"
+            time.sleep(0.3)
+            page.reload()
+        history_row = page.locator("#history tbody tr").first
+        assert history_row.locator("td.endpoint").text_content() == "iot:Data-ATS"
+        assert history_row.locator("td.chain").text_content() == "builtin"
+        assert history_row.locator("td.tls").text_content() in ("TLSv1.2", "TLSv1.3")
         shot(page, "certificate")
         page.click("#action-revoked")
         assert "REVOKED" in page.text_content("main")
@@ -501,6 +511,48 @@ def test_an_on_demand_audit_started_from_the_console_finds_the_expiring_certific
         context.close()
 
 
+def test_the_audit_configuration_is_changed_from_the_console(server, browser):
+    tenant = server.create_account()
+    check = "DEVICE_CERTIFICATE_EXPIRING_CHECK"
+    context = browser.new_context(ignore_https_errors=True, viewport={"width": 1280, "height": 900})
+    try:
+        page = context.new_page()
+        sign_in(page, server, tenant.profile)
+        page.goto(console_url(server) + "audits")
+        assert page.locator("#no-checks").count() == 1
+        # The first configuration needs a role ARN: the refusal is shown, nothing is stored.
+        page.check(f"[id='enabled.{check}']")
+        with page.expect_response(lambda r: r.url.endswith("/audits/configuration")) as posted:
+            page.click("#save-configuration")
+        assert posted.value.status == 400
+        assert "must give a roleArn" in page.text_content("main")
+        described = server.aws("describe-account-audit-configuration", profile=tenant.profile)
+        assert not described["auditCheckConfigurations"][check]["enabled"]
+        # With one, the check is enabled with its threshold, as the AWS CLI then sees it.
+        page.goto(console_url(server) + "audits")
+        page.fill("#role-arn", "arn:aws:iam::123456789012:role/console-audit")
+        page.check(f"[id='enabled.{check}']")
+        page.fill(f"[id='setting.{check}.CERT_EXPIRATION_THRESHOLD_IN_DAYS']", "90")
+        page.click("#save-configuration")
+        page.wait_for_selector("#saved")
+        described = server.aws("describe-account-audit-configuration", profile=tenant.profile)
+        assert described["roleArn"] == "arn:aws:iam::123456789012:role/console-audit"
+        assert described["auditCheckConfigurations"][check] == {
+            "enabled": True, "configuration": {"CERT_EXPIRATION_THRESHOLD_IN_DAYS": "90"}}
+        assert page.is_checked(f"[id='enabled.{check}']")
+        assert page.input_value(f"[id='setting.{check}.CERT_EXPIRATION_THRESHOLD_IN_DAYS']") == "90"
+        assert page.locator(f"#start-audit input[name='check.{check}']").count() == 1
+        # Without the session's token, or with another account's session, nothing changes.
+        cookie = session_cookie(context)
+        form = f"role_arn=arn%3Aaws%3Aiam%3A%3A123456789012%3Arole%2Fx&setting.{check}.CERT_EXPIRATION_THRESHOLD_IN_DAYS=30"
+        assert raw_request(server, "POST", "/audits/configuration", cookie=cookie, body=form).status == 403
+        described = server.aws("describe-account-audit-configuration", profile=tenant.profile)
+        assert described["auditCheckConfigurations"][check]["configuration"]["CERT_EXPIRATION_THRESHOLD_IN_DAYS"] == "90"
+        assert described["roleArn"].endswith("/console-audit")
+    finally:
+        context.close()
+
+
 def test_a_root_migration_shows_who_came_back_and_reverts_from_the_console(server, openssl, browser):
     tenant = server.create_account()
     host = server.aws("describe-endpoint", "--endpoint-type", "iot:Data-ATS", profile=tenant.profile)["endpointAddress"]
@@ -552,6 +604,71 @@ def test_a_root_migration_shows_who_came_back_and_reverts_from_the_console(serve
         assert page.text_content("#endpoint-serving").strip() == "current chain"
         assert "reverted" in page.text_content("#endpoint-migration")
         wait_for(lambda: connected_on(tenant_server.status(name), "builtin") == 6, "all 6 back on the built-in chain")
+    finally:
+        context.close()
+        fleet.close()
+
+
+def test_a_root_migration_from_the_console_stage_migrate_come_back_finish(server, openssl, browser):
+    tenant = server.create_account()
+    host = server.aws("describe-endpoint", "--endpoint-type", "iot:Data-ATS", profile=tenant.profile)["endpointAddress"]
+    root_b, cert_b, key_b = root_and_server_cert(openssl, host, "console-stage-B")
+    arn_b = import_cert(server, cert_b, key_b, profile=tenant.profile)
+    id_b = arn_b.rsplit("/", 1)[1]
+    both = openssl.write("console-stage-both-roots.pem", open(server.ca_bundle).read() + open(root_b).read())
+    device = make_device(server, openssl, profile=tenant.profile)
+    trusting_both = [f"stage-both-{i}" for i in range(3)]
+    old_only = ["stage-old-only"]
+    fleet = Fleet(server, device, host, {c: str(both) for c in trusting_both} | {c: server.ca_bundle for c in old_only})
+    name = "iot:Data-ATS"
+    tenant_server = TenantView(server, tenant)
+    context = browser.new_context(ignore_https_errors=True, viewport={"width": 1280, "height": 900})
+    try:
+        wait_for(lambda: connected_on(tenant_server.status(name), "builtin") == 4, "4 clients on the built-in chain")
+        page = context.new_page()
+        sign_in(page, server, tenant.profile)
+        page.goto(console_url(server) + "endpoints/iot%3AData%2DATS")
+        assert page.locator("#endpoint-migrate").count() == 0, "nothing to migrate to yet"
+        # Stage: the account's server certificate, confirmed; no handshake changes.
+        page.select_option("#next-certificate", id_b)
+        shot(page, "endpoint-stage")
+        page.click("#stage-next-submit")
+        assert id_b in page.text_content("#staged") and "does not name" not in page.text_content("main")
+        page.click("#confirm")
+        page.wait_for_selector("#changed")
+        assert id_b in page.text_content("main")
+        assert page.text_content("#endpoint-serving").strip() == "current chain"
+        staged = tenant_server.status(name)["certfleet"]
+        assert [c["serverCertificateArn"] for c in staged["nextServerCertificates"]] == [arn_b], staged
+        assert staged["serving"] == "current", staged
+        # Migrate, confirmed: devices trusting the new root come back on it, the other does not.
+        page.click("#endpoint-migrate")
+        page.click("#confirm")
+        page.wait_for_selector("#changed")
+        wait_text(page, "#endpoint-serving", "next chain")
+        wait_text(page, "#came-back-count", "3", timeout=60)
+        wait_for(lambda: connected_on(tenant_server.status(name), id_b) == 3, "3 clients on the new chain")
+        page.reload()
+        assert page.locator("#not-back li").all_text_contents() == old_only
+        assert id_b in page.text_content("#chains")
+        # Finish, confirmed: the new chain is the current one, nothing staged, no migration.
+        page.click("#endpoint-finish")
+        assert "Make the next chain the current one" in page.text_content("main")
+        page.click("#confirm")
+        page.wait_for_selector("#changed")
+        assert page.text_content("#endpoint-migration").strip() == "none"
+        assert page.text_content("#endpoint-serving").strip() == "current chain"
+        assert page.locator("#endpoint-migrate").count() == 0
+        fields = page.text_content("dl.fields")
+        assert f"Current chain{id_b}" in fields.replace("\n", "") and "Next chainnone" in fields.replace("\n", ""), fields
+        assert all(fleet.leaf[c] == fleet.leaf[trusting_both[0]] for c in trusting_both)
+        # Without the session's token, staging is refused and changes nothing.
+        cookie = session_cookie(context)
+        answer = raw_request(server, "POST", "/endpoints/iot%3AData%2DATS/next-chain", cookie=cookie,
+                             body=f"certificate={id_b}&confirm=yes")
+        assert answer.status == 403
+        page.reload()
+        assert "Next chainnone" in page.text_content("dl.fields").replace("\n", "")
     finally:
         context.close()
         fleet.close()

@@ -55,6 +55,54 @@ def test_a_certificate_never_connected_fails_without_a_client_id(server, openssl
     assert rotation_cli(server, "start", "ab" * 32, check=False).returncode != 0
 
 
+def test_waiting_for_a_campaign_shows_progress_on_a_terminal_only(server, openssl):
+    import os
+    import pty
+
+    # Never connected: the campaign closes at once, failed; --wait says so and exits non-zero.
+    # Piped, stderr carries the verdict and no progress line.
+    lonely = make_device(server, openssl)
+    proc = server.certfleet("rotation", "start", lonely.cert_id, "--wait", "--data-dir", str(server.data_dir),
+                            "--output", "json", check=False)
+    assert proc.returncode != 0
+    assert json.loads(proc.stdout)["counts"]["failed"] == 1, proc.stdout
+    assert "1 of 1 rotations of campaign" in proc.stderr and "failed" in proc.stderr, proc.stderr
+    assert "\r" not in proc.stderr and "closed ·" not in proc.stderr, proc.stderr
+
+    # A device that never answers its csr_req: the campaign stays open; waiting on a terminal
+    # redraws its progress every second until the wait's limit.
+    device = make_device(server, openssl)
+    client_id = f"rot-wait-{uuid.uuid4().hex[:8]}"
+    sub = start_sub(server, device, f"management/topic/{client_id}/csr_req", "-i", client_id, "-q", "1")
+    time.sleep(1.5)  # the connection history is written off the session's path
+    campaign = json.loads(rotation_cli(server, "start", device.cert_id).stdout)["campaignId"]
+    sub.communicate(timeout=30)
+    master, terminal = pty.openpty()
+    started = time.monotonic()
+    waiting = subprocess.Popen([server.bin, "rotation", "wait", campaign, "--timeout", "3s", "--data-dir",
+                                str(server.data_dir)], stdout=subprocess.PIPE, stderr=terminal,
+                               env=server._certfleet_env())
+    os.close(terminal)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # EIO: the command closed the terminal
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(master)
+    stdout, _ = waiting.communicate(timeout=30)
+    assert waiting.returncode != 0 and time.monotonic() - started >= 3
+    lines = shown.decode(errors="replace").split("\r\x1b[2K")
+    progress = [line for line in lines if line.startswith(f"campaign {campaign[:8]}: ")]
+    assert len(progress) >= 3, shown
+    assert all("0/1 closed · requested 1 · " in line for line in progress), progress
+    assert f"campaign {campaign} is still open after 3s: 0 of 1 rotations closed" in lines[-1], shown
+    assert f"campaign {campaign}" in stdout.decode() and "requested" in stdout.decode()
+
+
 def test_agents_rotate_end_to_end_through_the_system_rules(server, openssl, agent_bin):
     """Real certfleet-agent processes, each on its own certificate with the documented device
     policy; `certfleet rotation start` for all of them; every rotation ends retired: the old

@@ -99,6 +99,7 @@ impl Fleet {
                 fleet: Default::default(),
                 history_sessions_per_certificate_per_hour: 60,
                 policies: certfleet_gateway::Policies::Enforce,
+                shutdown: Default::default(),
             },
             services.clone(),
             LocalFabric::new(),

@@ -106,6 +106,7 @@ async fn the_agent_rotates_through_the_rotation_service() {
             fleet: Default::default(),
             history_sessions_per_certificate_per_hour: 60,
             policies: certfleet_gateway::Policies::Enforce,
+            shutdown: Default::default(),
         },
         services.clone(),
         LocalFabric::new(),

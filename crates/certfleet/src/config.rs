@@ -30,6 +30,13 @@ endpoint_domain = "certfleet.local"
 # Empty: the host name and 8 random hex digits, new at every start. Set it for a name that stays
 # the same across restarts.
 id = ""
+# The NATS server (with JetStream) that joins this node to the others as one hub, e.g.
+# "nats://127.0.0.1:4222" (`certfleet server --nats-url` wins over it). Empty: the node runs
+# alone. Every node of a cluster shares one PostgreSQL registry too (docs/cluster.md).
+nats_url = ""
+# Bytes of messages waiting to be sent to NATS; past it a device's PUBLISH is refused (MQTT 5:
+# 0x80) rather than queued without bound.
+nats_outbound_bytes = 67108864
 
 [api]
 # The HTTPS control plane (AWS IoT API). Port 0 picks a free port.
@@ -75,6 +82,12 @@ danger_authorize_everything = false
 # rule builds or republishes more; nothing larger than it (plus 18 KiB for topic and
 # properties) is delivered to any subscriber.
 max_message_bytes = 131072
+# On SIGTERM or SIGINT (docs/operations.md, "Shutdown"): the listener closes, then live sessions
+# are ended at most this many per second (MQTT 5 clients get DISCONNECT 0x8B), so the fleet
+# reconnects to the other nodes gradually; the whole drain takes at most shutdown_grace (at
+# most 1h), after which what is left is closed at once.
+shutdown_disconnects_per_second = 1000
+shutdown_grace = "30s"
 
 [broker]
 # Bounds on what the MQTT broker keeps in memory (docs/operations.md, "Broker"). Bytes are a
@@ -364,6 +377,8 @@ fn console_config(file: &ConsoleFile) -> anyhow::Result<Option<(SocketAddr, cert
 #[serde(deny_unknown_fields, default)]
 struct NodeFile {
     id: Option<String>,
+    nats_url: Option<String>,
+    nats_outbound_bytes: Option<usize>,
 }
 
 #[derive(Deserialize, Default)]
@@ -570,6 +585,8 @@ struct MqttFile {
     change_poll_interval: Option<String>,
     danger_authorize_everything: Option<bool>,
     max_message_bytes: Option<usize>,
+    shutdown_disconnects_per_second: Option<u32>,
+    shutdown_grace: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -598,6 +615,11 @@ pub struct Config {
     /// This node's name (`--node-id`, `[node] id`); `None`: chosen at start (see
     /// `server::node_id`).
     pub node_id: Option<certfleet_gateway::NodeId>,
+    /// The NATS server joining this node to a cluster (`--nats-url`, `[node] nats_url`); `None`:
+    /// the node runs alone.
+    pub nats_url: Option<String>,
+    /// The bound of the bytes waiting to be sent to NATS (`[node] nats_outbound_bytes`).
+    pub nats_outbound_bytes: usize,
     pub data_dir: PathBuf,
     pub region: String,
     pub endpoint_domain: String,
@@ -621,6 +643,8 @@ pub struct Config {
     pub caches: certfleet_gateway::CacheLimits,
     /// The largest message payload: the broker's limit and the rules' value bound.
     pub mqtt_max_message_bytes: usize,
+    /// How the gateway ends its sessions on SIGTERM (`mqtt.shutdown_*`).
+    pub mqtt_shutdown: certfleet_gateway::ShutdownConfig,
     /// The broker's bounds: retained messages, session queues, offline sessions, in flight.
     pub broker: BrokerBounds,
     /// The rules engine's bounds (`tls_roots` is filled in by the server).
@@ -767,6 +791,7 @@ pub struct Overrides {
     pub metrics_addr: Option<String>,
     pub database_url: Option<String>,
     pub node_id: Option<String>,
+    pub nats_url: Option<String>,
 }
 
 impl Config {
@@ -806,6 +831,7 @@ impl Config {
         if !(1024..=certfleet_mqtt::MAX_PACKET_SIZE / 2).contains(&max_message_bytes) {
             bail!("mqtt.max_message_bytes must be between 1024 and {}", certfleet_mqtt::MAX_PACKET_SIZE / 2);
         }
+        let mqtt_shutdown = shutdown_config(&file.mqtt)?;
         let rules = rules_config(&file.rules, max_message_bytes)?;
         let egress = egress_policy(&file.egress)?;
         let broker = broker_bounds(&file.broker, max_message_bytes + 18 * 1024)?;
@@ -828,8 +854,25 @@ impl Config {
                 certfleet_gateway::NodeId::parse(&id).with_context(|| format!("node id {shown:?}"))
             })
             .transpose()?;
+        let nats_url = overrides.nats_url.or(file.node.nats_url).filter(|url| !url.is_empty());
+        if let Some(url) = &nats_url {
+            let shown: String = url.chars().take(200).collect();
+            let valid = url
+                .strip_prefix("nats://")
+                .or_else(|| url.strip_prefix("tls://"))
+                .is_some_and(|rest| !rest.is_empty() && rest.len() <= 1024 && !rest.contains(char::is_whitespace));
+            if !valid {
+                bail!("node.nats_url {shown:?} is not a nats://HOST:PORT or tls://HOST:PORT URL");
+            }
+        }
+        let nats_outbound_bytes = file.node.nats_outbound_bytes.unwrap_or(64 * 1024 * 1024);
+        if !(1024 * 1024..=16 * 1024 * 1024 * 1024).contains(&nats_outbound_bytes) {
+            bail!("node.nats_outbound_bytes must be between 1 MiB and 16 GiB");
+        }
         Ok(Config {
             node_id,
+            nats_url,
+            nats_outbound_bytes,
             data_dir: overrides.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("certfleet-data")),
             region,
             endpoint_domain: file.endpoint_domain.unwrap_or_else(|| "certfleet.local".into()),
@@ -865,6 +908,7 @@ impl Config {
             )?,
             mqtt_danger_authorize_everything: file.mqtt.danger_authorize_everything.unwrap_or(false),
             mqtt_max_message_bytes: max_message_bytes,
+            mqtt_shutdown,
             broker,
             rules,
             database_url,
@@ -924,6 +968,29 @@ fn parse_domain_suffix(text: &str) -> anyhow::Result<String> {
         bail!("{text:?} is not a domain suffix of at least two labels, like \"fleet.example.com\"");
     }
     Ok(suffix)
+}
+
+/// The gateway's shutdown from `mqtt.shutdown_disconnects_per_second` (at least 1) and
+/// `mqtt.shutdown_grace` (at most 1h).
+fn shutdown_config(file: &MqttFile) -> anyhow::Result<certfleet_gateway::ShutdownConfig> {
+    let defaults = certfleet_gateway::ShutdownConfig::default();
+    let disconnects_per_second = match file.shutdown_disconnects_per_second {
+        None => defaults.disconnects_per_second,
+        Some(rate) => {
+            std::num::NonZeroU32::new(rate).context("mqtt.shutdown_disconnects_per_second must be at least 1")?
+        }
+    };
+    let grace = match &file.shutdown_grace {
+        None => defaults.grace,
+        Some(text) => {
+            let grace = parse_duration(text, "mqtt.shutdown_grace")?;
+            if grace > time::Duration::hours(1) {
+                bail!("mqtt.shutdown_grace must be at most 1h");
+            }
+            std::time::Duration::try_from(grace).unwrap_or_default()
+        }
+    };
+    Ok(certfleet_gateway::ShutdownConfig { disconnects_per_second, grace })
 }
 
 /// The rules engine's settings from the `[rules]` section, its value bound the message size.
@@ -1075,6 +1142,19 @@ mod tests {
     }
 
     #[test]
+    fn the_gateway_shutdown_settings_have_defaults_and_are_read() {
+        let defaults = Config::load(None, Overrides::default()).unwrap().mqtt_shutdown;
+        assert_eq!((defaults.disconnects_per_second.get(), defaults.grace), (1000, std::time::Duration::from_secs(30)));
+        let dir = std::env::temp_dir().join(format!("certfleet-config-shutdown-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("config.toml");
+        std::fs::write(&path, "[mqtt]\nshutdown_disconnects_per_second = 10\nshutdown_grace = \"1500ms\"").unwrap();
+        let read = Config::load(Some(&path), Overrides::default()).unwrap().mqtt_shutdown;
+        assert_eq!((read.disconnects_per_second.get(), read.grace), (10, std::time::Duration::from_millis(1500)));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn node_ids_are_checked_once() {
         let load = |id: &str| {
             Config::load(None, Overrides { node_id: Some(id.to_owned()), ..Overrides::default() })
@@ -1135,6 +1215,11 @@ mod tests {
             "colour = \"red\"",
             "[api]\naddr = \"0.0.0.0:8443\"\ninsecure_plain_http = true",
             "[mqtt]\nmax_message_bytes = 10",
+            "[mqtt]\nshutdown_disconnects_per_second = 0",
+            "[mqtt]\nshutdown_disconnects_per_second = -1",
+            "[mqtt]\nshutdown_grace = \"0s\"",
+            "[mqtt]\nshutdown_grace = \"30\"",
+            "[mqtt]\nshutdown_grace = \"2h\"",
             "[rules]\nmax_steps = 0",
             "[rules]\nmax_payload_depth = 1000",
             "[rules]\nmax_steps = 100\naccount_steps_per_second = 99",

@@ -74,6 +74,10 @@ enum Command {
         /// suffix).
         #[arg(long)]
         node_id: Option<String>,
+        /// The NATS server (JetStream enabled) joining this node to the other nodes as one hub,
+        /// nats://HOST:PORT (default: `[node] nats_url`, else the node runs alone).
+        #[arg(long)]
+        nats_url: Option<String>,
     },
     /// Manage accounts.
     Account {
@@ -339,7 +343,7 @@ fn init_logging(format: LogFormat) {
 }
 
 fn load(common: Common, api_addr: Option<String>, mqtt_addr: Option<String>) -> anyhow::Result<Config> {
-    load_node(common, api_addr, mqtt_addr, None)
+    load_node(common, api_addr, mqtt_addr, None, None)
 }
 
 fn load_node(
@@ -347,6 +351,7 @@ fn load_node(
     api_addr: Option<String>,
     mqtt_addr: Option<String>,
     node_id: Option<String>,
+    nats_url: Option<String>,
 ) -> anyhow::Result<Config> {
     Config::load(
         common.config.as_deref(),
@@ -357,6 +362,7 @@ fn load_node(
             metrics_addr: None,
             database_url: common.database_url,
             node_id,
+            nats_url,
         },
     )
 }
@@ -374,8 +380,8 @@ fn admin_services(config: &Config) -> anyhow::Result<Services> {
 
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Server { common, api_addr, mqtt_addr, metrics_addr, node_id } => {
-            let mut config = load_node(common, api_addr, mqtt_addr, node_id)?;
+        Command::Server { common, api_addr, mqtt_addr, metrics_addr, node_id, nats_url } => {
+            let mut config = load_node(common, api_addr, mqtt_addr, node_id, nats_url)?;
             if let Some(addr) = metrics_addr.filter(|addr| !addr.is_empty()) {
                 config.metrics_addr =
                     Some(addr.parse().with_context(|| format!("--metrics-addr {addr:?} is not an address"))?);

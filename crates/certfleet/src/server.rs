@@ -1,5 +1,6 @@
 //! `certfleet server`: bootstraps the data directory on first start (root CAs, a first account
-//! with its AWS CLI profile), then serves the HTTPS API until SIGINT or SIGTERM.
+//! with its AWS CLI profile), then serves the HTTPS API and the gateway until SIGINT or SIGTERM,
+//! which drain the gateway first (docs/operations.md, "Shutdown").
 
 use std::sync::Arc;
 
@@ -98,16 +99,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding the gateway to {}", config.mqtt_addr))?;
     let mqtt_addr = mqtt_listener.local_addr()?;
+    // Two stops: the gateway's first (its listener, then its drain), then everything else's (the
+    // API, the console, the metrics, the workers), which serve on while the gateway drains.
     let (stop, stopped) = watch::channel(false);
+    let (stop_gateway, gateway_stopped) = watch::channel(false);
     // Every outbound request a tenant can cause goes through this one egress (docs/egress.md).
     let egress = Arc::new(certfleet_egress::Egress::new(
         config.egress.clone(),
         trusted_roots(config.egress_ca_bundle.as_deref()),
     ));
     let builtin = builtin_chains(&server_issuer, &config, server_chain, &server_key, clock.now())?;
+    let stops = Stops { gateway: gateway_stopped, workers: stopped.clone() };
     let (gateway, node) =
-        start_gateway(&services, &config, &node_id, budget, builtin, mqtt_listener, egress.clone(), stopped.clone())
-            .await?;
+        start_gateway(&services, &config, &node_id, budget, builtin, mqtt_listener, egress.clone(), stops).await?;
     let console = start_console(&services, &config, tls.clone(), node.data_plane(), stopped.clone()).await?;
     // The registry prune: every node tries, one node of the cluster at a time does it.
     let prune_metrics = Arc::new(certfleet_workers::PruneMetrics::default());
@@ -170,12 +174,30 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let router = certfleet_api::router(services, api_config.clone(), api_metrics.clone(), Some(node.data_plane()));
     let server = tokio::spawn(certfleet_api::serve(listener, tls, router, api_config.limits, api_metrics, stopped));
     shutdown_signal().await;
-    tracing::info!("shutting down");
+    tracing::info!("shutting down: the gateway first");
+    let _ = stop_gateway.send(true);
+    // The drain is bounded by mqtt.shutdown_grace (and the history's flush); a second signal
+    // does not wait for it.
+    tokio::select! {
+        drained = gateway => {
+            if let Err(error) = drained {
+                tracing::error!(%error, "the gateway's task failed");
+            }
+        }
+        () = shutdown_signal() => tracing::warn!("second shutdown signal: not waiting for the gateway's drain"),
+    }
+    tracing::info!("stopping the API");
     let _ = stop.send(true);
     server.await??;
-    let _ = gateway.await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// What stops the gateway node (its listener, then its drain) and what stops the services
+/// around it (the rotation service), later.
+struct Stops {
+    gateway: watch::Receiver<bool>,
+    workers: watch::Receiver<bool>,
 }
 
 /// The name of a node configured without one: its host name (lowercased, other characters than
@@ -352,8 +374,9 @@ fn api_tls(
 }
 
 /// Builds this node's gateway (`certfleet_gateway::Node`: broker, rules, registry view, fleet
-/// provisioning, connection history), starts the rotation service and its system rules, and
-/// serves devices on `listener` until `stopped`.
+/// provisioning, connection history), starts the rotation service and its system rules (until
+/// `stops.workers`), and serves devices on `listener` until `stops.gateway`; the task returned
+/// ends when the node has drained its sessions and flushed its history.
 #[allow(clippy::too_many_arguments)]
 async fn start_gateway(
     services: &Arc<Services>,
@@ -363,8 +386,9 @@ async fn start_gateway(
     builtin: certfleet_gateway::endpoints::BuiltinChains,
     listener: TcpListener,
     egress: Arc<certfleet_egress::Egress>,
-    stopped: watch::Receiver<bool>,
-) -> anyhow::Result<(tokio::task::JoinHandle<()>, Arc<certfleet_gateway::Node>)> {
+    stops: Stops,
+) -> anyhow::Result<(tokio::task::JoinHandle<certfleet_gateway::ShutdownReport>, Arc<certfleet_gateway::Node>)> {
+    let Stops { gateway: gateway_stopped, workers: stopped } = stops;
     let default_account = match &config.mqtt_default_account {
         Some(id) => AccountId::parse(id).context("mqtt.default_account")?,
         None => {
@@ -420,14 +444,20 @@ async fn start_gateway(
         fleet: config.fleet.clone(),
         history_sessions_per_certificate_per_hour: config.registry.history_sessions_per_certificate_per_hour,
         policies,
+        shutdown: config.mqtt_shutdown,
     };
-    let node = certfleet_gateway::Node::new(
-        node_config,
-        services.clone(),
-        certfleet_gateway::LocalFabric::new(),
-        builtin,
-        egress.clone(),
-    );
+    // Alone, the in-process fabric; in a cluster, NATS carries messages, claims and retained
+    // messages between the nodes (docs/cluster.md).
+    let fabric: Arc<dyn certfleet_gateway::Fabric> = match &config.nats_url {
+        None => certfleet_gateway::LocalFabric::new(),
+        Some(url) => {
+            let mut cluster =
+                certfleet_gateway::cluster::ClusterConfig::new(url.clone(), node_config.broker.max_packet_size);
+            cluster.outbound_bytes = config.nats_outbound_bytes;
+            certfleet_gateway::cluster::NatsFabric::connect(node_id.clone(), cluster).await?
+        }
+    };
+    let node = certfleet_gateway::Node::new(node_config, services.clone(), fabric, builtin, egress.clone());
     let rotation = crate::audit_worker::start(
         services.clone(),
         node.broker().clone(),
@@ -450,7 +480,7 @@ async fn start_gateway(
             .map_err(|error| anyhow::anyhow!("system rule {name}: {error}"))?;
     }
     tracing::info!(%default_account, node = %node.id(), "gateway ready");
-    let task = tokio::spawn(node.clone().run(listener, stopped));
+    let task = tokio::spawn(node.clone().run(listener, gateway_stopped));
     Ok((task, node))
 }
 

@@ -1,8 +1,9 @@
 //! The console's pages over CAs, rotation campaigns and endpoints: the CA list and a CA's page
 //! (activate, deactivate, auto-registration), the campaigns with their progress and a
 //! campaign's rotations (retry a failed one), the domain configurations and one's root
-//! migration (per-chain counters, who came back and who has not, as CSV; migrate, revert,
-//! finish). Every action is confirmed first and carries the session's CSRF token.
+//! migration (per-chain counters, who came back and who has not, as CSV; stage the next chain
+//! from the account's server certificates, migrate, revert, finish). Every action is confirmed
+//! first and carries the session's CSRF token.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -634,8 +635,14 @@ pub(crate) async fn endpoint(
     let services = console.services.clone();
     let owner = caller(&session);
     let wanted = name.clone();
-    let configuration = match blocking(move || services.describe_domain_configuration(&owner, &wanted)).await {
-        Ok(configuration) => configuration,
+    let found = blocking(move || {
+        let configuration = services.describe_domain_configuration(&owner, &wanted)?;
+        let (certificates, _) = services.list_server_certificates(&owner, None, MAX_CHOICES)?;
+        Ok((configuration, certificates))
+    })
+    .await;
+    let (configuration, certificates) = match found {
+        Ok(found) => found,
         Err(error) => return error_page(Some(&session), error),
     };
     let report = console.endpoint_report(&caller(&session), &name).unwrap_or_default();
@@ -721,10 +728,173 @@ pub(crate) async fn endpoint(
     } else if !configuration.next_chain.is_empty() {
         action_button(&mut body, &session, &action, &[("action", "migrate")], "endpoint-migrate", "Migrate");
     } else {
-        body.raw("<p class=\"hint\">Set a next chain first (<code>certfleet endpoint migrate --next-cert-arn</code>, docs/endpoints.md).</p>");
+        body.raw("<p class=\"hint\">Stage a next chain first (below), then migrate to it (docs/endpoints.md).</p>");
     }
     body.raw("</div>");
+    stage_section(&mut body, &session, &configuration, &certificates);
     signed_in_page(&session, "Endpoint", body)
+}
+
+/// The most server certificates offered for a next chain (the account's first, by ID).
+const MAX_CHOICES: u32 = 100;
+
+/// Staging the next chain: one server certificate of the account, and optionally a second of
+/// the other key type (a chain serves an ECDSA and an RSA leaf side by side); clearing it.
+fn stage_section(
+    body: &mut Html,
+    session: &Session,
+    configuration: &certfleet_registry::DomainConfiguration,
+    certificates: &[certfleet_services::ServerCertificateDescription],
+) {
+    body.raw("<h2>Stage the next chain</h2>");
+    if configuration.serving_next {
+        body.raw("<p class=\"hint\" id=\"stage-serving\">The next chain is being served: finish or revert the migration before staging another.</p>");
+        return;
+    }
+    let action = format!("/endpoints/{}/next-chain", url_component(&configuration.name));
+    if certificates.is_empty() {
+        body.raw("<p class=\"hint\" id=\"stage-none\">This account has no server certificate to stage: import one first (<code>aws acm import-certificate</code>).</p>");
+    } else {
+        let options = |body: &mut Html, empty: Option<&str>| {
+            if let Some(label) = empty {
+                body.raw("<option value=\"\">").text(label).raw("</option>");
+            }
+            for described in certificates {
+                let record = &described.record;
+                let current = configuration.current_chain.contains(&record.id);
+                body.raw("<option value=\"")
+                    .text(&record.id)
+                    .raw("\">")
+                    .text(&record.domain_name)
+                    .raw(" · ")
+                    .text(&record.key_algorithm)
+                    .raw(" · until ")
+                    .text(&when(record.not_after))
+                    .raw(" · ")
+                    .text(&record.id)
+                    .raw(if current { " (current chain)" } else { "" })
+                    .raw("</option>");
+            }
+        };
+        body.raw("<form method=\"post\" class=\"search\" id=\"stage-next\" action=\"").text(&action).raw("\">");
+        hidden(body, "csrf", &session.csrf);
+        body.raw("<label>Server certificate <select name=\"certificate\" id=\"next-certificate\" required>");
+        options(body, None);
+        body.raw("</select></label><label>A second, of the other key type (optional) <select name=\"second\" id=\"next-second\">");
+        options(body, Some("none"));
+        body.raw("</select></label><button type=\"submit\" id=\"stage-next-submit\">Stage as the next chain…</button></form>");
+        body.raw("<p class=\"hint\">Staging changes no handshake: devices get the next chain only once it is migrated to. Stage a chain whose root the devices already trust.</p>");
+    }
+    if !configuration.next_chain.is_empty() {
+        action_button(body, session, &action, &[("clear", "yes")], "next-clear", "Clear the next chain");
+    }
+}
+
+/// A server certificate ID as the console takes it: ACM's IDs (a UUID, or the ID of an ARN
+/// given at import: letters, digits and dashes).
+fn valid_server_certificate_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 256 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+/// What a staging form asks: the certificate IDs of the next chain (none: clear it).
+fn staged_ids(fields: &Fields) -> Result<Vec<String>, &'static str> {
+    const TAKEN: [&str; 5] = ["csrf", "certificate", "second", "clear", "confirm"];
+    if fields.names().any(|name| !TAKEN.contains(&name)) {
+        return Err("the form has a field staging does not take");
+    }
+    let ids: Vec<String> =
+        ["certificate", "second"].into_iter().filter_map(|field| fields.get(field)).map(str::to_owned).collect();
+    match fields.get("clear") {
+        Some("yes") if ids.is_empty() => return Ok(Vec::new()),
+        Some(_) => return Err("a form clears the next chain or stages one, not both"),
+        None => {}
+    }
+    if ids.iter().any(|id| !valid_server_certificate_id(id)) {
+        return Err("a server certificate ID is letters, digits and dashes");
+    }
+    match &ids[..] {
+        [] => Err("choose a server certificate to stage"),
+        [first, second] if first == second => Err("a chain's two certificates are different ones"),
+        _ => Ok(ids),
+    }
+}
+
+/// Stages the next chain of a configuration (or clears it): the first post shows what will be
+/// staged (and warns of a certificate not naming the configuration's domain), the confirmed
+/// one stores it as the API's next-chain call does. Nothing changes for devices until migrate.
+pub(crate) async fn stage_next_chain(
+    State(console): State<Arc<Console>>,
+    Path(name): Path<String>,
+    request: Request,
+) -> Response {
+    let (session, fields, path) = match state_change(&console, request).await {
+        Ok(change) => change,
+        Err(response) => return response,
+    };
+    if !valid_configuration_name(&name) {
+        return bad_input(&console, Some(&session), "a configuration name is letters, digits and _ . - :");
+    }
+    let ids = match staged_ids(&fields) {
+        Ok(ids) => ids,
+        Err(why) => return bad_input(&console, Some(&session), why),
+    };
+    let back = format!("/endpoints/{}", url_component(&name));
+    let owner = caller(&session);
+    let arns: Vec<String> = ids.iter().map(|id| console.services.server_certificate_arn(&owner.account, id)).collect();
+    if fields.get("confirm") != Some("yes") {
+        // Both found in this account before anything is asked (another account's is not found).
+        let services = console.services.clone();
+        let (asked, wanted, staged) = (owner.clone(), name.clone(), arns.clone());
+        let found = blocking(move || {
+            let configuration = services.describe_domain_configuration(&asked, &wanted)?;
+            let described = staged
+                .iter()
+                .map(|arn| services.describe_server_certificate(&asked, arn))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((configuration, described))
+        })
+        .await;
+        let (configuration, described) = match found {
+            Ok(found) => found,
+            Err(error) => return error_page(Some(&session), error),
+        };
+        let mut body = Html::default();
+        if described.is_empty() {
+            body.raw("<p>").text(&name).raw(": clear the next chain? Nothing is staged for a migration then.</p>");
+            return confirm_page(&session, body, &path, &[("clear", "yes")], &back);
+        }
+        body.raw("<p>").text(&name).raw(": stage this as the next chain? New handshakes keep the current chain until you migrate.</p><ul id=\"staged\">");
+        for certificate in &described {
+            body.raw("<li><code>")
+                .text(&certificate.record.id)
+                .raw("</code> ")
+                .text(&certificate.record.domain_name)
+                .raw(" · ")
+                .text(&certificate.record.key_algorithm)
+                .raw(" · until ")
+                .text(&when(certificate.record.not_after));
+            if !certificate.certificate.names_host(&configuration.domain_name) {
+                body.raw(" <b class=\"error\">does not name ")
+                    .text(&configuration.domain_name)
+                    .raw(": devices checking the name will refuse it</b>");
+            }
+            body.raw("</li>");
+        }
+        body.raw("</ul>");
+        let mut kept: Vec<(&str, &str)> = vec![("certificate", ids[0].as_str())];
+        if let Some(second) = ids.get(1) {
+            kept.push(("second", second.as_str()));
+        }
+        return confirm_page(&session, body, &path, &kept, &back);
+    }
+    let services = console.services.clone();
+    let target = name.clone();
+    if let Err(error) = blocking(move || services.set_next_chain(&owner, &target, &arns)).await {
+        return error_page(Some(&session), error);
+    }
+    console.counters.status_changes.fetch_add(1, Ordering::Relaxed);
+    tracing::info!(account = %session.account, access_key_id = %session.access_key_id, configuration = name, next_chain = ?ids, "console: next chain staged");
+    redirect(&format!("{back}?changed=1"))
 }
 
 /// The drain's numbers as shown (`-` before any drain on this node).
@@ -945,6 +1115,32 @@ mod tests {
         assert_eq!(parse_ca_cursor(&format!("17.{id}")), Some(Cursor { created_at_ms: 17, id: id.clone() }));
         assert_eq!(parse_ca_cursor("x.y"), None);
         assert_eq!(parse_ca_cursor(&format!("x.{id}")), None);
+    }
+
+    #[test]
+    fn staging_forms_are_validated() {
+        for (form, expected) in [
+            ("csrf=x&certificate=4f1c-9a", Ok(vec!["4f1c-9a"])),
+            ("csrf=x&certificate=a&second=b&confirm=yes", Ok(vec!["a", "b"])),
+            ("csrf=x&certificate=a&second=", Ok(vec!["a"])),
+            ("csrf=x&clear=yes", Ok(vec![])),
+            ("csrf=x&clear=yes&certificate=a", Err("not both")),
+            ("csrf=x&clear=no", Err("not both")),
+            ("csrf=x", Err("choose a server certificate")),
+            ("csrf=x&second=a", Ok(vec!["a"])),
+            ("csrf=x&certificate=a&second=a", Err("different ones")),
+            ("csrf=x&certificate=../x", Err("letters, digits and dashes")),
+            ("csrf=x&certificate=%3Cb%3E", Err("letters, digits and dashes")),
+            ("csrf=x&certificate=a&action=migrate", Err("does not take")),
+        ] {
+            let outcome = staged_ids(&Fields::parse(form).unwrap());
+            match (outcome, expected) {
+                (Ok(ids), Ok(expected)) => assert_eq!(ids, expected, "{form}"),
+                (Err(why), Err(words)) => assert!(why.contains(words), "{form}: {why}"),
+                (outcome, expected) => panic!("{form}: {outcome:?} instead of {expected:?}"),
+            }
+        }
+        assert!(!valid_server_certificate_id(&"a".repeat(257)));
     }
 
     #[test]

@@ -140,6 +140,11 @@ impl Fields {
         Ok(Fields(fields))
     }
 
+    /// The names of the fields, in the order given (each once).
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|(name, _)| name.as_str())
+    }
+
     /// The value of `name`, trimmed; `None` when absent or empty.
     pub fn get(&self, name: &str) -> Option<&str> {
         self.0.iter().find(|(field, _)| field == name).map(|(_, value)| value.trim()).filter(|value| !value.is_empty())

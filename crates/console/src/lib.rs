@@ -16,6 +16,8 @@
 mod audit_pages;
 mod fleet_pages;
 mod guard;
+#[cfg(test)]
+mod handler_tests;
 mod html;
 mod listener;
 mod pages;

@@ -59,11 +59,13 @@ pub fn router(console: Arc<Console>) -> Router {
         .route("/rotations/{id}/retry", post(crate::fleet_pages::retry))
         .route("/audits", get(crate::audit_pages::audits))
         .route("/audits/start", post(crate::audit_pages::start_audit))
+        .route("/audits/configuration", post(crate::audit_pages::save_configuration))
         .route("/audits/{id}", get(crate::audit_pages::audit_task))
         .route("/endpoints", get(crate::fleet_pages::endpoints))
         .route("/endpoints/{name}", get(crate::fleet_pages::endpoint))
         .route("/endpoints/{name}/devices.csv", get(crate::fleet_pages::devices_csv))
         .route("/endpoints/{name}/migration", post(crate::fleet_pages::migration))
+        .route("/endpoints/{name}/next-chain", post(crate::fleet_pages::stage_next_chain))
         .route("/assets/console.css", get(|| async { asset("text/css; charset=utf-8", CSS) }))
         .route("/assets/console.js", get(|| async { asset("text/javascript; charset=utf-8", JS) }))
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n").into_response() })
@@ -886,7 +888,8 @@ async fn certificate(State(console): State<Arc<Console>>, Path(id): Path<String>
             .text(&client.peer)
             .raw("</td></tr>");
     }
-    body.raw("</tbody></table><h2>Connection history (31 days, newest 20)</h2><table id=\"history\"><thead><tr><th>Client ID</th><th>Connected</th><th>Disconnected</th><th>Reason</th></tr></thead><tbody>");
+    body.raw("</tbody></table><h2>Connection history (31 days, newest 20)</h2><table id=\"history\"><thead><tr><th>Client ID</th><th>Connected</th><th>Disconnected</th><th>Reason</th><th>Endpoint</th><th>Chain</th><th>TLS</th></tr></thead><tbody>");
+    // Sessions recorded before the history kept how they came show `-` there.
     for record in &history {
         body.raw("<tr><td>")
             .text(&record.client_id)
@@ -896,6 +899,12 @@ async fn certificate(State(console): State<Arc<Console>>, Path(id): Path<String>
             .text(&record.disconnected_at.map(when).unwrap_or_else(|| "-".into()))
             .raw("</td><td>")
             .text(record.disconnect_reason.as_deref().unwrap_or("-"))
+            .raw("</td><td class=\"endpoint\">")
+            .text(record.via.endpoint().unwrap_or("-"))
+            .raw("</td><td class=\"chain\"><code>")
+            .text(record.via.chain().unwrap_or("-"))
+            .raw("</code></td><td class=\"tls\">")
+            .text(record.via.tls_version().unwrap_or("-"))
             .raw("</td></tr>");
     }
     body.raw("</tbody></table><h2>Rotations</h2><table id=\"rotations\"><thead><tr><th>Rotation</th><th>Client ID</th><th>State</th><th>Attempts</th><th>Error</th></tr></thead><tbody>");

@@ -8,7 +8,7 @@
 use bytes::Bytes;
 use certfleet_mqtt::{PayloadFormat, Properties, QoS, TopicName};
 use certfleet_pki::CertificateId;
-use certfleet_registry::{AccountId, DeviceCertificate};
+use certfleet_registry::{AccountId, ConnectionVia, DeviceCertificate};
 use time::OffsetDateTime;
 
 use crate::fabric::Message;
@@ -28,11 +28,18 @@ pub enum OnRecord {
 
 pub trait ConnectionObserver: Send + Sync {
     /// A connection of `identity` was accepted with `client_id`; `session_identifier` names this
-    /// connection (the lifecycle events' `sessionIdentifier`). Says whether the connection is on
-    /// the record: a certificate reconnecting past its budget is counted and summarised instead,
-    /// in the connection history and in the log alike.
-    fn connected(&self, identity: &Identity, client_id: &str, session_identifier: &str, at: OffsetDateTime)
-    -> OnRecord;
+    /// connection (the lifecycle events' `sessionIdentifier`), `via` the endpoint, server chain
+    /// and TLS version it came through. Says whether the connection is on the record: a
+    /// certificate reconnecting past its budget is counted and summarised instead, in the
+    /// connection history and in the log alike.
+    fn connected(
+        &self,
+        identity: &Identity,
+        client_id: &str,
+        session_identifier: &str,
+        via: &ConnectionVia,
+        at: OffsetDateTime,
+    ) -> OnRecord;
 
     /// That connection ended; `reason` is AWS IoT's `disconnectReason` (see [`DisconnectReason`]).
     fn disconnected(
@@ -55,6 +62,7 @@ impl ConnectionObserver for IgnoreConnections {
         _identity: &Identity,
         _client_id: &str,
         _session_identifier: &str,
+        _via: &ConnectionVia,
         _at: OffsetDateTime,
     ) -> OnRecord {
         OnRecord::Yes

@@ -4,19 +4,23 @@
 //!
 //! A node's broker never delivers a publish straight to its own subscribers: it hands the message
 //! to the fabric, which hands it to the [`Router`] of every node (this one included), and each
-//! router matches the message against its own local subscriptions and keeps its own copy of the
-//! account's retained messages. [`LocalFabric`] does that in process, for one node or for several
-//! brokers in one process (tests); a networked fabric (NATS between gateway nodes) implements the
-//! same trait by routing locally and forwarding to the other nodes.
+//! router matches the message against its own local subscriptions. [`LocalFabric`] does that in
+//! process, for one node or for several brokers in one process (tests): each router keeps its
+//! own copy of the account's retained messages and serves shared groups. The networked fabric
+//! (`crate::cluster`, NATS between gateway nodes) routes on this node in the publisher's task
+//! and forwards to the nodes that subscribed to the message's subject; it serves shared groups
+//! with NATS queue groups and keeps retained messages in a cluster-wide store.
 //!
 //! **Architecture Invariant:** the session layer talks to other sessions only through this trait:
 //! no code in `session` or `broker` assumes that a client ID or a subscriber lives on this node.
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
 
 use bytes::Bytes;
-use certfleet_mqtt::{Properties, QoS, TopicName};
+use certfleet_mqtt::{Properties, QoS, TopicFilter, TopicName};
 use certfleet_registry::AccountId;
 use tokio::time::Instant;
 
@@ -132,16 +136,59 @@ pub struct ClientClaim {
     pub account: AccountId,
     pub client_id: String,
     pub node: NodeId,
+    /// The claim's place in the cluster-wide order of the claims of this client ID ([`Fabric::
+    /// reserve_client_id`]): a connection yields only to a claim with a higher one. 0 on a
+    /// fabric without such an order (one node, where the broker orders its own claims).
+    pub revision: u64,
 }
+
+/// Which of a node's subscribers a routed message goes to.
+#[derive(Clone, Copy, Debug)]
+pub enum Delivery<'a> {
+    /// Every subscriber, plain and one member of each shared group, and the node's retained
+    /// store keeps the message if retained: the in-process fabric.
+    Everyone,
+    /// The plain subscribers only; a networked fabric serves shared groups through its queue
+    /// groups and retained messages through its cluster-wide store.
+    Plain,
+    /// One member of the shared group this filter names (`$share/{group}/{filter}`): the
+    /// network picked this node among the group's nodes.
+    Shared(&'a TopicFilter),
+}
+
+/// Why the fabric could not carry a message or a claim.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FabricError {
+    /// The queue of messages waiting for the network is full (the network is slower than the
+    /// publishers, or down): the message reached this node's subscribers only.
+    #[error("the fabric's outbound queue is full")]
+    Backlog,
+    /// The topic is too long to travel between nodes (a NATS subject is bounded).
+    #[error("the topic is too long to travel between nodes")]
+    TopicTooLong,
+    /// The cluster cannot be asked now (NATS unreachable): a client ID cannot be taken safely.
+    #[error("the cluster is unavailable")]
+    Unavailable,
+}
+
+/// The answer of [`Fabric::reserve_client_id`]: the claim's revision, `None` where the broker
+/// orders claims itself (one node).
+pub type Reservation = Pin<Box<dyn Future<Output = Result<Option<u64>, FabricError>> + Send>>;
 
 /// What a fabric delivers to: one node's broker.
 pub trait Router: Send + Sync {
-    /// Delivers `message` to this node's subscribers of its account, and keeps it if retained.
-    fn route(&self, message: &RoutedMessage);
+    /// Delivers `message`, published on another node, to this node's subscribers of its account
+    /// that `delivery` names (and keeps it if retained, for [`Delivery::Everyone`]).
+    fn route(&self, message: &RoutedMessage, delivery: Delivery<'_>);
 
-    /// `claim.node` took `claim.client_id`: if it is another node, a connection of this node
-    /// using that client ID in that account closes (Session taken over).
+    /// `claim.node` took `claim.client_id`: if it is another node, and the claim is newer than
+    /// the one of this node's connection, that connection closes (Session taken over) and its
+    /// session ends here.
     fn claimed(&self, claim: &ClientClaim);
+
+    /// The cluster's retained store changed: `message` is now retained on `topic` (`None`:
+    /// deleted). Only a fabric that [stores retained messages](Fabric::stores_retained) calls it.
+    fn retained(&self, _account: &AccountId, _topic: &TopicName, _message: Option<Arc<Message>>) {}
 
     /// Whether a message on `topic` of `account` would reach a subscriber of this node.
     fn has_subscriber(&self, _account: &AccountId, _topic: &str) -> bool {
@@ -149,30 +196,60 @@ pub trait Router: Send + Sync {
     }
 }
 
-/// The message fabric between the gateway nodes.
+/// The message fabric between the gateway nodes: it carries what one node's broker publishes
+/// and claims to the others. A broker routes its own messages to its own subscribers itself, in
+/// the publisher's task (that is where MQTT flow control is decided); the fabric never runs
+/// another node's routing in the publisher's task.
 pub trait Fabric: Send + Sync {
     /// Adds a node's router; the broker calls it once, when it is built.
-    fn attach(&self, router: Weak<dyn Router>);
+    fn attach(&self, node: &NodeId, router: Weak<dyn Router>);
 
-    /// Routes `message` on every node, this one included.
-    fn publish(&self, message: RoutedMessage);
+    /// Carries `message`, published on `origin`, to every other node that has a subscriber for
+    /// it. Fails when the message could not be handed to the network
+    /// ([`FabricError::Backlog`]): the other nodes do not get it.
+    fn publish(&self, origin: &NodeId, message: RoutedMessage) -> Result<(), FabricError>;
 
-    /// Tells every node that `claim.node` now serves `claim.client_id` in `claim.account`.
+    /// Orders a connection's claim of a client ID among the cluster's claims of it, before the
+    /// session is attached: the revision returned then travels in the [`ClientClaim`].
+    fn reserve_client_id(&self, _account: &AccountId, _client_id: &str) -> Reservation {
+        Box::pin(std::future::ready(Ok(None)))
+    }
+
+    /// Tells every other node that `claim.node` now serves `claim.client_id` in `claim.account`.
     fn claim_client_id(&self, claim: ClientClaim);
 
-    /// Whether a message on `topic` of `account` would reach a subscriber on any node, so that
-    /// the broker need not build messages nobody reads (lifecycle events). A fabric that cannot
-    /// tell cheaply says yes.
+    /// The node begins (`wanted`) or stops holding subscribers of `filter` in `account`. Called
+    /// with the account's space locked: it must not block. The in-process fabric needs nothing.
+    fn interest(&self, _account: &AccountId, _filter: &TopicFilter, _wanted: bool) {}
+
+    /// Whether a message on `topic` of `account` would reach a subscriber on another node, so
+    /// that the broker need not build messages nobody reads (lifecycle events). A fabric that
+    /// cannot tell cheaply says yes.
     fn has_subscriber(&self, _account: &AccountId, _topic: &str) -> bool {
         true
     }
+
+    /// Whether retained messages are kept by the fabric's cluster-wide store (the routers then
+    /// hear of them through [`Router::retained`]) rather than by each router as it routes.
+    fn stores_retained(&self) -> bool {
+        false
+    }
+
+    /// Whether shared subscriptions are served by the fabric, one member cluster-wide (it
+    /// routes [`Delivery::Shared`], the publisher's node included), rather than by each router.
+    fn shares_groups(&self) -> bool {
+        false
+    }
+
+    /// The fabric's own metrics, in the Prometheus text format (none for the in-process one).
+    fn render_metrics(&self, _out: &mut String) {}
 }
 
-/// The in-process fabric: every router attached to it is a node, and a publish reaches them all
-/// synchronously, in the publisher's task.
+/// The in-process fabric: every router attached to it is a node, and a publish reaches the
+/// others synchronously (one node alone, or several brokers in one process in tests).
 pub struct LocalFabric {
     /// Copied on write, so that a publish clones an `Arc` rather than a list.
-    routers: Mutex<Arc<[Weak<dyn Router>]>>,
+    routers: Mutex<Arc<[(NodeId, Weak<dyn Router>)]>>,
 }
 
 impl LocalFabric {
@@ -180,8 +257,10 @@ impl LocalFabric {
         Arc::new(LocalFabric::default())
     }
 
-    fn routers(&self) -> Arc<[Weak<dyn Router>]> {
-        self.routers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    /// The routers of the nodes other than `origin`.
+    fn others(&self, origin: &NodeId) -> Vec<Arc<dyn Router>> {
+        let routers = self.routers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        routers.iter().filter(|(node, _)| node != origin).filter_map(|(_, router)| router.upgrade()).collect()
     }
 }
 
@@ -192,28 +271,31 @@ impl Default for LocalFabric {
 }
 
 impl Fabric for LocalFabric {
-    fn attach(&self, router: Weak<dyn Router>) {
+    fn attach(&self, node: &NodeId, router: Weak<dyn Router>) {
         let mut routers = self.routers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut list: Vec<Weak<dyn Router>> =
-            routers.iter().filter(|known| known.strong_count() > 0).cloned().collect();
-        list.push(router);
+        let mut list: Vec<(NodeId, Weak<dyn Router>)> =
+            routers.iter().filter(|(_, known)| known.strong_count() > 0).cloned().collect();
+        list.push((node.clone(), router));
         *routers = Arc::from(list);
     }
 
-    fn publish(&self, message: RoutedMessage) {
-        for router in self.routers().iter().filter_map(Weak::upgrade) {
-            router.route(&message);
+    fn publish(&self, origin: &NodeId, message: RoutedMessage) -> Result<(), FabricError> {
+        for router in self.others(origin) {
+            router.route(&message, Delivery::Everyone);
         }
+        Ok(())
     }
 
     fn claim_client_id(&self, claim: ClientClaim) {
-        for router in self.routers().iter().filter_map(Weak::upgrade) {
+        for router in self.others(&claim.node) {
             router.claimed(&claim);
         }
     }
 
     fn has_subscriber(&self, account: &AccountId, topic: &str) -> bool {
-        self.routers().iter().filter_map(Weak::upgrade).any(|router| router.has_subscriber(account, topic))
+        // Called by a node that checked itself already; every other node is asked.
+        let routers = self.routers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        routers.iter().filter_map(|(_, router)| router.upgrade()).any(|router| router.has_subscriber(account, topic))
     }
 }
 

@@ -8,24 +8,46 @@
 //! and not written. Per certificate rather than per client ID, so a loop that changes its client
 //! ID each time is bounded too; the audit's connection checks still see the first sessions of
 //! every hour, which is where a second device sharing the certificate shows.
+//!
+//! A node shutting down awaits [`HistoryRecorder::flush`], so that the disconnections its drain
+//! recorded reach the registry before the process exits.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use certfleet_pki::CertificateId;
-use certfleet_registry::ConnectionRecord;
+use certfleet_registry::{ConnectionRecord, ConnectionVia};
 use certfleet_services::rate::{Admission, WindowedRate};
 use certfleet_services::{ConnectionEvent, Services};
 use time::OffsetDateTime;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::events::{ConnectionObserver, OnRecord};
 use crate::model::Identity;
 
+/// What the writer task is handed: a record, or a flush to answer once every record handed
+/// before it is written.
+enum Command {
+    Record(ConnectionEvent),
+    Flush(oneshot::Sender<()>),
+}
+
+/// What became of a [`HistoryRecorder::flush`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use = "a flush that did not finish loses records: say so"]
+pub enum Flushed {
+    /// Every record handed before the flush was written (or its write failed and was logged).
+    Written,
+    /// The wait ended first; the writer goes on with what it has.
+    TimedOut,
+    /// The writer task is gone (its runtime is shutting down): nothing more is written.
+    WriterStopped,
+}
+
 /// Records connections in the registry through the services.
 pub struct HistoryRecorder {
-    queue: mpsc::Sender<ConnectionEvent>,
+    queue: mpsc::Sender<Command>,
     /// Records dropped because the queue was full.
     pub dropped: Arc<AtomicU64>,
     /// Sessions not recorded: their certificate had its hour's sessions already.
@@ -58,29 +80,44 @@ impl HistoryRecorder {
     /// At most `sessions_per_certificate_per_hour` sessions of a certificate are recorded per
     /// hour on this node.
     pub fn start(services: Arc<Services>, sessions_per_certificate_per_hour: u32) -> Self {
-        let (queue, mut events) = mpsc::channel::<ConnectionEvent>(QUEUE);
+        let (queue, mut commands) = mpsc::channel::<Command>(QUEUE);
         tokio::spawn(async move {
-            let mut batch = Vec::with_capacity(BATCH);
+            let mut received = Vec::with_capacity(BATCH);
             let now = tokio::time::Instant::now();
             let mut last_write = now.checked_sub(GATHER).unwrap_or(now);
-            while events.recv_many(&mut batch, BATCH).await > 0 {
-                // Written at once when the writer was idle; in a storm, at most one transaction
-                // per GATHER, holding what came meanwhile.
+            while commands.recv_many(&mut received, BATCH).await > 0 {
+                // Written at once when the writer was idle or a flush waits; in a storm, at most
+                // one transaction per GATHER, holding what came meanwhile.
                 let due = last_write + GATHER;
-                if batch.len() < BATCH && tokio::time::Instant::now() < due {
+                let flush_waits = received.iter().any(|command| matches!(command, Command::Flush(_)));
+                if !flush_waits && received.len() < BATCH && tokio::time::Instant::now() < due {
                     tokio::time::sleep_until(due).await;
-                    while batch.len() < BATCH
-                        && let Ok(event) = events.try_recv()
+                    while received.len() < BATCH
+                        && let Ok(command) = commands.try_recv()
                     {
-                        batch.push(event);
+                        received.push(command);
                     }
                 }
-                let services = services.clone();
-                let taken = std::mem::take(&mut batch);
-                let written = tokio::task::spawn_blocking(move || write(&services, &taken)).await;
-                last_write = tokio::time::Instant::now();
-                if let Err(error) = written {
-                    tracing::warn!(%error, "writing the connection history failed");
+                let mut batch = Vec::with_capacity(received.len());
+                let mut flushes = Vec::new();
+                for command in received.drain(..) {
+                    match command {
+                        Command::Record(event) => batch.push(event),
+                        Command::Flush(done) => flushes.push(done),
+                    }
+                }
+                if !batch.is_empty() {
+                    let services = services.clone();
+                    let written = tokio::task::spawn_blocking(move || write(&services, &batch)).await;
+                    last_write = tokio::time::Instant::now();
+                    if let Err(error) = written {
+                        tracing::warn!(%error, "writing the connection history failed");
+                    }
+                }
+                // Commands are handled in order: every record sent before these flushes was in
+                // this batch or an earlier one.
+                for done in flushes {
+                    let _ = done.send(());
                 }
             }
         });
@@ -113,8 +150,25 @@ impl HistoryRecorder {
         );
     }
 
+    /// Waits, at most `within`, until every record handed before the call is written. A full
+    /// queue is waited for within the same bound.
+    pub async fn flush(&self, within: std::time::Duration) -> Flushed {
+        let (done, written) = oneshot::channel();
+        let flushed = tokio::time::timeout(within, async {
+            if self.queue.send(Command::Flush(done)).await.is_err() {
+                return Flushed::WriterStopped;
+            }
+            match written.await {
+                Ok(()) => Flushed::Written,
+                Err(_) => Flushed::WriterStopped,
+            }
+        })
+        .await;
+        flushed.unwrap_or(Flushed::TimedOut)
+    }
+
     fn enqueue(&self, event: ConnectionEvent) {
-        if self.queue.try_send(event).is_err() {
+        if self.queue.try_send(Command::Record(event)).is_err() {
             let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             if dropped == 1 || dropped.is_multiple_of(1000) {
                 tracing::warn!(dropped, "connection history queue full: records dropped");
@@ -142,6 +196,7 @@ impl ConnectionObserver for HistoryRecorder {
         identity: &Identity,
         client_id: &str,
         session_identifier: &str,
+        via: &ConnectionVia,
         at: OffsetDateTime,
     ) -> OnRecord {
         let admission =
@@ -166,6 +221,7 @@ impl ConnectionObserver for HistoryRecorder {
             connected_at: at,
             disconnected_at: None,
             disconnect_reason: None,
+            via: via.clone(),
         }));
         OnRecord::Yes
     }

@@ -18,6 +18,7 @@
 
 pub mod authz;
 pub mod broker;
+pub mod cluster;
 pub mod endpoints;
 pub mod events;
 pub mod fabric;
@@ -43,5 +44,5 @@ pub use fabric::{Fabric, LocalFabric, NodeId};
 pub use identity::{CacheLimits, CacheStats, Identity, Refusal};
 pub use listener::{Config, Gateway};
 pub use live::SessionInfo;
-pub use node::{Node, NodeConfig, Policies};
+pub use node::{Drained, Node, NodeConfig, Policies, ShutdownConfig, ShutdownReport};
 pub use session::{ConnectRefusal, serve};

@@ -10,6 +10,7 @@ use certfleet_registry::AccountId;
 use certfleet_services::Services;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
 use tokio_rustls::server::TlsStream;
 
 use certfleet_services::Purpose;
@@ -111,14 +112,21 @@ impl Gateway {
         })
     }
 
-    /// Accepts connections until `shutdown` turns true, handing each authenticated stream to
-    /// `serve`. Also follows the change feed.
+    /// Accepts connections until `shutdown` turns true (or its sender is gone), handing each
+    /// handshaken stream to `serve`; also follows the change feed until then. Returns once the
+    /// listening socket is closed, with the tasks of the connections still open: the caller
+    /// drains them ([`crate::node`]).
+    ///
+    /// From the shutdown on, a connection still in its TLS handshake is dropped, and so is one
+    /// the registry refused (it has no session to end); authenticated connections are left to
+    /// the drain.
     pub(crate) async fn run<F, Fut>(
         self: Arc<Self>,
         listener: TcpListener,
         serve: F,
         mut shutdown: watch::Receiver<bool>,
-    ) where
+    ) -> JoinSet<()>
+    where
         F: Fn(TlsStream<TcpStream>, Connection) -> Fut + Send + Sync + 'static,
         Fut: std::future::Future<Output = ()> + Send + 'static,
     {
@@ -133,6 +141,8 @@ impl Gateway {
             shutdown.clone(),
         ));
         let permits = Arc::new(Semaphore::new(self.config.max_connections));
+        // Every connection's task, reaped as it ends (so the set holds the open ones only).
+        let mut connections = JoinSet::new();
         loop {
             let (stream, peer) = tokio::select! {
                 accepted = listener.accept() => match accepted {
@@ -143,7 +153,15 @@ impl Gateway {
                         continue;
                     }
                 },
-                _ = shutdown.changed() => break,
+                Some(ended) = connections.join_next(), if !connections.is_empty() => {
+                    if let Err(error) = ended
+                        && error.is_panic()
+                    {
+                        tracing::error!(%error, "a connection's task panicked");
+                    }
+                    continue;
+                }
+                () = stopped(&mut shutdown) => break,
             };
             let Ok(permit) = permits.clone().try_acquire_owned() else {
                 self.metrics.connections_over_limit.fetch_add(1, Ordering::Relaxed);
@@ -156,16 +174,31 @@ impl Gateway {
             let _ = stream.set_nodelay(true);
             let gateway = self.clone();
             let serve = serve.clone();
+            let mut stopping = shutdown.clone();
             // The handshake's state (about 9 KiB) is boxed and freed when it is over; a
             // connection then holds only its session's.
-            tokio::spawn(async move {
-                if let Some((tls, connection)) = Box::pin(gateway.handshake(stream, peer)).await {
-                    serve(tls, connection).await;
+            connections.spawn(async move {
+                let handshake = Box::pin(gateway.handshake(stream, peer));
+                let handshaken = tokio::select! {
+                    handshaken = handshake => handshaken,
+                    () = stopped(&mut stopping) => None,
+                };
+                if let Some((tls, connection)) = handshaken {
+                    if connection.auth.is_ok() {
+                        serve(tls, connection).await;
+                    } else {
+                        tokio::select! {
+                            () = serve(tls, connection) => {}
+                            () = stopped(&mut stopping) => {}
+                        }
+                    }
                 }
                 drop(permit);
             });
         }
         follower.abort();
+        drop(listener);
+        connections
     }
 
     /// The TLS handshake (its settings picked by the ClientHello's SNI), the account and the
@@ -401,6 +434,12 @@ impl Gateway {
     pub fn forget_endpoints(&self) {
         self.endpoints.forget();
     }
+}
+
+/// Resolves when `shutdown` is true, or its sender is gone.
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    // The guard `wait_for` answers is dropped here, not held by a caller's `select!`.
+    let _ = shutdown.wait_for(|stop| *stop).await;
 }
 
 fn is_missing_certificate(error: &std::io::Error) -> bool {

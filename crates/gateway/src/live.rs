@@ -1,5 +1,5 @@
-//! The connections this node serves, by identity: what live revocation closes and what the
-//! operator view lists.
+//! The connections this node serves, by identity: what live revocation and a node's shutdown
+//! close, and what the operator view lists.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -28,16 +28,34 @@ pub struct SessionInfo {
     pub chain: Option<Arc<str>>,
 }
 
+/// Why a live connection is told to close.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Close {
+    /// Its identity is no longer accepted (or its endpoint now serves another chain).
+    Refused(Refusal),
+    /// The node is shutting down: the device is to reconnect elsewhere.
+    Shutdown,
+}
+
 struct Entry {
     info: SessionInfo,
-    close: watch::Sender<Option<Refusal>>,
+    close: watch::Sender<Option<Close>>,
+}
+
+/// The connections of the table and whether the node is shutting down, under one lock: a
+/// connection that joins after the shutdown began is told to close as it joins, so none is
+/// missed between the drain's list and its join.
+#[derive(Default)]
+struct Table {
+    sessions: HashMap<u64, Entry>,
+    shutting_down: bool,
 }
 
 /// Every authenticated connection of this node, and the devices it refused in the last hour.
 #[derive(Default)]
 pub struct LiveSessions {
     next_id: AtomicU64,
-    sessions: Mutex<HashMap<u64, Entry>>,
+    sessions: Mutex<Table>,
     refused: Mutex<crate::recent::RecentRefusals>,
     closed_after_change: Mutex<crate::recent::Latencies>,
 }
@@ -46,13 +64,14 @@ pub struct LiveSessions {
 pub struct Membership {
     live: Arc<LiveSessions>,
     pub session_id: u64,
-    /// Becomes `Some(reason)` when the connection must close (its identity was revoked).
-    pub closed: watch::Receiver<Option<Refusal>>,
+    /// Becomes `Some(why)` when the connection must close (its identity was revoked, the node
+    /// shuts down).
+    pub closed: watch::Receiver<Option<Close>>,
 }
 
 impl Drop for Membership {
     fn drop(&mut self) {
-        lock(&self.live.sessions).remove(&self.session_id);
+        lock(&self.live.sessions).sessions.remove(&self.session_id);
     }
 }
 
@@ -82,7 +101,8 @@ impl LiveSessions {
         chain: Option<Arc<str>>,
     ) -> Membership {
         let session_id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
-        let (close, closed) = watch::channel(None);
+        let mut table = lock(&self.sessions);
+        let (close, closed) = watch::channel(table.shutting_down.then_some(Close::Shutdown));
         let info = SessionInfo {
             session_id,
             identity,
@@ -94,21 +114,34 @@ impl LiveSessions {
             endpoint,
             chain,
         };
-        lock(&self.sessions).insert(session_id, Entry { info, close });
+        table.sessions.insert(session_id, Entry { info, close });
+        drop(table);
         Membership { live: self.clone(), session_id, closed }
     }
 
     /// Records the MQTT client ID once CONNECT is accepted.
     pub fn set_client_id(&self, session_id: u64, client_id: &str) {
-        if let Some(entry) = lock(&self.sessions).get_mut(&session_id) {
+        if let Some(entry) = lock(&self.sessions).sessions.get_mut(&session_id) {
             entry.info.client_id = Some(client_id.to_owned());
         }
+    }
+
+    /// The endpoint, server chain and TLS version a connection came through, as the connection
+    /// history records them (unknown once the connection left the table).
+    pub fn via(&self, session_id: u64) -> certfleet_registry::ConnectionVia {
+        lock(&self.sessions).sessions.get(&session_id).map_or_else(Default::default, |entry| {
+            certfleet_registry::ConnectionVia::new(
+                entry.info.endpoint.as_deref(),
+                entry.info.chain.as_deref(),
+                Some(entry.info.tls_version),
+            )
+        })
     }
 
     /// The identities of the connections matching `filter`, each once.
     pub fn identities(&self, filter: impl Fn(&Identity) -> bool) -> Vec<Identity> {
         let mut found: Vec<Identity> = Vec::new();
-        for entry in lock(&self.sessions).values() {
+        for entry in lock(&self.sessions).sessions.values() {
             if filter(&entry.info.identity) && !found.contains(&entry.info.identity) {
                 found.push(entry.info.identity.clone());
             }
@@ -118,9 +151,9 @@ impl LiveSessions {
 
     /// Closes every connection of `identity`, saying why in the log. Returns how many.
     pub fn close_identity(&self, identity: &Identity, reason: Refusal) -> usize {
-        let sessions = lock(&self.sessions);
+        let table = lock(&self.sessions);
         let mut closed = 0;
-        for entry in sessions.values().filter(|entry| &entry.info.identity == identity) {
+        for entry in table.sessions.values().filter(|entry| &entry.info.identity == identity) {
             tracing::warn!(
                 account = %identity.account,
                 cert = %identity.certificate_id,
@@ -129,7 +162,7 @@ impl LiveSessions {
                 reason = %reason,
                 "closing a live session: its identity is no longer accepted"
             );
-            let _ = entry.close.send(Some(reason));
+            let _ = entry.close.send(Some(Close::Refused(reason)));
             closed += 1;
         }
         closed
@@ -137,8 +170,8 @@ impl LiveSessions {
 
     /// Closes one connection, saying why in the log. Returns whether it was live.
     pub fn close_session(&self, session_id: u64, reason: Refusal) -> bool {
-        let sessions = lock(&self.sessions);
-        let Some(entry) = sessions.get(&session_id) else { return false };
+        let table = lock(&self.sessions);
+        let Some(entry) = table.sessions.get(&session_id) else { return false };
         tracing::info!(
             account = %entry.info.identity.account,
             cert = %entry.info.identity.certificate_id,
@@ -147,20 +180,53 @@ impl LiveSessions {
             reason = %reason,
             "closing a live session"
         );
-        let _ = entry.close.send(Some(reason));
+        let _ = entry.close.send(Some(Close::Refused(reason)));
         true
+    }
+
+    /// The node begins to shut down: from now on a connection joins already told to close, and
+    /// so is every connection whose CONNECT has not been accepted yet (it holds no session: no
+    /// will, no history, nothing to pace). Returns the sessions, oldest first, which the caller
+    /// tells one by one ([`LiveSessions::close_for_shutdown`]).
+    pub fn begin_shutdown(&self) -> ShutdownBegun {
+        let mut table = lock(&self.sessions);
+        table.shutting_down = true;
+        let mut sessions: Vec<(OffsetDateTime, u64)> = Vec::with_capacity(table.sessions.len());
+        let mut closed_before_connect = 0;
+        for entry in table.sessions.values() {
+            if entry.info.client_id.is_some() {
+                sessions.push((entry.info.connected_at, entry.info.session_id));
+            } else if entry.close.send_if_modified(tell_shutdown) {
+                closed_before_connect += 1;
+            }
+        }
+        drop(table);
+        sessions.sort_unstable();
+        ShutdownBegun {
+            sessions: sessions.into_iter().map(|(_, session_id)| session_id).collect(),
+            closed_before_connect,
+        }
+    }
+
+    /// Tells one connection that the node shuts down. Returns whether it was live and not told
+    /// to close already (a connection told once is not counted twice).
+    pub fn close_for_shutdown(&self, session_id: u64) -> bool {
+        let table = lock(&self.sessions);
+        let Some(entry) = table.sessions.get(&session_id) else { return false };
+        entry.close.send_if_modified(tell_shutdown)
     }
 
     /// A snapshot of every connection, oldest first.
     pub fn list(&self) -> Vec<SessionInfo> {
-        let mut sessions: Vec<SessionInfo> = lock(&self.sessions).values().map(|entry| entry.info.clone()).collect();
+        let mut sessions: Vec<SessionInfo> =
+            lock(&self.sessions).sessions.values().map(|entry| entry.info.clone()).collect();
         sessions.sort_by_key(|info| (info.connected_at, info.session_id));
         sessions
     }
 
     /// How many connections are live.
     pub fn count(&self) -> usize {
-        lock(&self.sessions).len()
+        lock(&self.sessions).sessions.len()
     }
 
     /// Records that `sessions` live sessions were told to close `seconds` after the registry
@@ -181,6 +247,26 @@ impl LiveSessions {
     pub fn note_refusal(&self, account: &AccountId, reason: Refusal, now: OffsetDateTime) {
         lock(&self.refused).note(account, reason, now);
     }
+}
+
+/// Tells a connection not told to close yet that the node shuts down; whether it was told now.
+fn tell_shutdown(close: &mut Option<Close>) -> bool {
+    match close {
+        Some(_) => false,
+        None => {
+            *close = Some(Close::Shutdown);
+            true
+        }
+    }
+}
+
+/// What [`LiveSessions::begin_shutdown`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ShutdownBegun {
+    /// The sessions (CONNECT accepted), oldest first, still to be told.
+    pub sessions: Vec<u64>,
+    /// Connections without a session yet, told at once.
+    pub closed_before_connect: usize,
 }
 
 /// Whether an identity belongs to `account` and (when given) uses this certificate or CA.

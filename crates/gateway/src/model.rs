@@ -138,11 +138,16 @@ pub enum ConnectRefusal {
     WillTooLarge,
     /// The will's topic is reserved or the policies do not allow publishing (or retaining) on it.
     WillNotAuthorized,
+    /// The node runs in a cluster that cannot be asked now (NATS unreachable): the client ID
+    /// cannot be taken without risking two live sessions for it.
+    ClusterUnavailable,
+    /// The node is shutting down: the device is to connect to another node.
+    ServerShuttingDown,
 }
 
 impl ConnectRefusal {
     /// Every reason, in the order the metrics list them.
-    pub const ALL: [ConnectRefusal; 10] = [
+    pub const ALL: [ConnectRefusal; 12] = [
         ConnectRefusal::AuthenticationMethod,
         ConnectRefusal::IdentityClosed,
         ConnectRefusal::EmptyClientIdWithSession,
@@ -153,6 +158,8 @@ impl ConnectRefusal {
         ConnectRefusal::ConnectNotAuthorized,
         ConnectRefusal::WillTooLarge,
         ConnectRefusal::WillNotAuthorized,
+        ConnectRefusal::ClusterUnavailable,
+        ConnectRefusal::ServerShuttingDown,
     ];
 
     /// The reason's name in logs and metrics.
@@ -168,11 +175,14 @@ impl ConnectRefusal {
             ConnectRefusal::ConnectNotAuthorized => "connect_not_authorized",
             ConnectRefusal::WillTooLarge => "will_too_large",
             ConnectRefusal::WillNotAuthorized => "will_not_authorized",
+            ConnectRefusal::ClusterUnavailable => "cluster_unavailable",
+            ConnectRefusal::ServerShuttingDown => "server_shutting_down",
         }
     }
 
     /// What the client is told: MQTT 5's reason code (MQTT 3.1.1 maps it to its return code:
-    /// 0x85 is 2 "identifier rejected", 0x87 is 5 "not authorized"; the others close silently).
+    /// 0x85 is 2 "identifier rejected", 0x87 is 5 "not authorized", 0x88 is 3 "server
+    /// unavailable"; the others close silently).
     pub fn reason_code(self) -> ReasonCode {
         match self {
             ConnectRefusal::AuthenticationMethod => ReasonCode::BAD_AUTHENTICATION_METHOD,
@@ -185,6 +195,9 @@ impl ConnectRefusal {
             | ConnectRefusal::ClientIdNul
             | ConnectRefusal::ClientIdReserved => ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
             ConnectRefusal::WillTooLarge => ReasonCode::PACKET_TOO_LARGE,
+            ConnectRefusal::ClusterUnavailable => ReasonCode::SERVER_UNAVAILABLE,
+            // Not 0x8B: "server shutting down" is a DISCONNECT reason, which CONNACK may not carry.
+            ConnectRefusal::ServerShuttingDown => ReasonCode::SERVER_UNAVAILABLE,
         }
     }
 

@@ -109,6 +109,7 @@ async fn start(world: World, default_account: &Caller) -> Rig {
             fleet: Default::default(),
             history_sessions_per_certificate_per_hour: 60,
             policies: certfleet_gateway::Policies::Enforce,
+            shutdown: Default::default(),
         },
         world.services.clone(),
         certfleet_gateway::LocalFabric::new(),
@@ -220,19 +221,20 @@ async fn a_device_reconnecting_in_a_loop_is_recorded_at_most_its_hourly_bound() 
         not_after: START + time::Duration::days(30),
     };
     let (looping, neighbour) = (identity(b"looping"), identity(b"neighbour"));
+    let via = certfleet_registry::ConnectionVia::new(Some("iot:Data-ATS"), Some("builtin"), Some("TLSv1.3"));
     let mut at = START;
     let mut on_record = Vec::new();
     for index in 0..50 {
         let session = format!("loop-{index}");
         // A loop that changes its client ID each time is bounded per certificate all the same.
-        on_record.push(recorder.connected(&looping, &format!("client-{index}"), &session, at));
+        on_record.push(recorder.connected(&looping, &format!("client-{index}"), &session, &via, at));
         recorder.disconnected(&looping, &format!("client-{index}"), &session, at, "CLIENT_INITIATED_DISCONNECT");
         at += time::Duration::seconds(1);
     }
     // The sessions past the bound are off the record: not written, and logged at DEBUG only.
     assert_eq!(on_record[..4], [OnRecord::Yes; 4]);
     assert!(on_record[4..].iter().all(|decided| *decided == OnRecord::Coalesced));
-    assert_eq!(recorder.connected(&neighbour, "neighbour", "neighbour-1", at), OnRecord::Yes);
+    assert_eq!(recorder.connected(&neighbour, "neighbour", "neighbour-1", &via, at), OnRecord::Yes);
     assert_eq!(recorder.coalesced.load(std::sync::atomic::Ordering::Relaxed), 46);
 
     let history = || world.services.connection_history(&caller.account, None, START).unwrap();
@@ -247,10 +249,11 @@ async fn a_device_reconnecting_in_a_loop_is_recorded_at_most_its_hourly_bound() 
     assert_eq!(of_loop.len(), 4);
     assert!(of_loop.iter().all(|record| record.disconnected_at.is_some()));
     assert_eq!(written.iter().filter(|record| record.certificate_id == neighbour.certificate_id).count(), 1);
+    assert!(written.iter().all(|record| record.via == via), "each record keeps how it came");
 
     // An hour later the device is recorded again.
     assert_eq!(
-        recorder.connected(&looping, "client-again", "loop-again", START + time::Duration::hours(2)),
+        recorder.connected(&looping, "client-again", "loop-again", &via, START + time::Duration::hours(2)),
         OnRecord::Yes
     );
     assert_eq!(recorder.coalesced.load(std::sync::atomic::Ordering::Relaxed), 46);

@@ -97,6 +97,7 @@ async fn start() -> Fleet {
             fleet: Default::default(),
             history_sessions_per_certificate_per_hour: 60,
             policies: certfleet_gateway::Policies::Enforce,
+            shutdown: Default::default(),
         },
         services.clone(),
         LocalFabric::new(),
@@ -327,6 +328,26 @@ async fn the_leaf_follows_the_clients_signature_schemes() {
     // And a device gets through to MQTT.
     let mut session = fleet.connect("scheme-device").await;
     ping(&mut session).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_history_records_the_endpoint_chain_and_tls_version_of_each_connection() {
+    let fleet = start().await;
+    let mut session = fleet.connect("history-device").await;
+    ping(&mut session).await;
+    let services = &fleet.world.services;
+    let chain = services.describe_domain_configuration(&fleet.caller, "devices").unwrap().current_chain.join("+");
+    let since = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
+    eventually("the session in the history", async || {
+        !services.connection_history(&fleet.caller.account, None, since).unwrap().is_empty()
+    })
+    .await;
+    let history = services.connection_history(&fleet.caller.account, None, since).unwrap();
+    let record = history.iter().find(|record| record.client_id == "history-device").expect("recorded");
+    assert_eq!(
+        (record.via.endpoint(), record.via.chain(), record.via.tls_version()),
+        (Some("devices"), Some(chain.as_str()), Some("TLSv1.3"))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

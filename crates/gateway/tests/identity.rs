@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use certfleet_gateway::follow::apply;
 use certfleet_gateway::identity::{Refusal, Registry};
-use certfleet_gateway::live::LiveSessions;
+use certfleet_gateway::live::{Close, LiveSessions};
 use certfleet_pki::{Certificate, GeneratedKeyPair, Issuer, KeyAlgorithm};
 use certfleet_registry::{CaStatus, CertificateMode, CertificateStatus, read};
 use certfleet_services::*;
@@ -139,7 +139,7 @@ fn the_change_feed_closes_revoked_sessions_and_refreshes_the_cache() {
     assert_eq!(changes.len(), 1);
     rt.block_on(apply(&world.registry, &live, &changes[0]));
     // ...then the live session is told to close, and new connections are refused.
-    assert_eq!(*membership.closed.borrow(), Some(Refusal::Inactive));
+    assert_eq!(*membership.closed.borrow(), Some(Close::Refused(Refusal::Inactive)));
     assert_eq!(
         rt.block_on(world.registry.authenticate(&alice.account, false, &certificate, NOW)),
         Err(Refusal::Inactive)

@@ -560,6 +560,18 @@ CREATE INDEX certificates_by_cn ON certificates(account_id, subject_cn, id);
 CREATE INDEX certificates_by_expiry ON certificates(account_id, not_after, status, ca_certificate_id, id);
 "#,
     ),
+    // 17: how each connection of the history came (issue 16): the endpoint (domain
+    // configuration) its SNI named, the server chain it was answered with and its TLS version,
+    // as the console's certificate page shows them. Bounded by a CHECK on both backends (the
+    // gateway clips to the same bounds, `ConnectionVia`); NULL in the rows written before.
+    (
+        17,
+        r#"
+ALTER TABLE connections ADD COLUMN endpoint TEXT CHECK (length(endpoint) <= 128);
+ALTER TABLE connections ADD COLUMN server_chain TEXT CHECK (length(server_chain) <= 160);
+ALTER TABLE connections ADD COLUMN tls_version TEXT CHECK (length(tls_version) <= 16);
+"#,
+    ),
 ];
 
 /// The SQL dialect a migration is rendered for.
@@ -586,6 +598,43 @@ pub(crate) fn statements(sql: &str, dialect: Dialect) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Migration 17 keeps the history written before it (its new columns NULL) and bounds the
+    /// new columns: a value longer than its bound is refused by the database itself.
+    #[test]
+    fn migration_17_keeps_old_connections_and_bounds_the_new_columns() {
+        let connection = rusqlite::Connection::open_in_memory().unwrap();
+        let apply = |version: i64| {
+            let (_, sql) = MIGRATIONS.iter().find(|(number, _)| *number == version).unwrap();
+            for statement in statements(sql, Dialect::Sqlite) {
+                connection.execute_batch(&statement).unwrap();
+            }
+        };
+        for (version, _) in MIGRATIONS.iter().filter(|(version, _)| *version < 17) {
+            apply(*version);
+        }
+        connection
+            .execute_batch("INSERT INTO connections VALUES ('old', '111111111111', 'ab', 'sensor-1', 1000, NULL, NULL)")
+            .unwrap();
+        apply(17);
+        let old: (Option<String>, Option<String>, Option<String>) = connection
+            .query_row("SELECT endpoint, server_chain, tls_version FROM connections", [], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+            })
+            .unwrap();
+        assert_eq!(old, (None, None, None));
+        let insert = |endpoint: &str, chain: &str, tls: &str| {
+            connection.execute(
+                "INSERT INTO connections (session_id, account_id, certificate_id, client_id, connected_at, endpoint, \
+                 server_chain, tls_version) VALUES (?1, '111111111111', 'ab', 'c', 1, ?2, ?3, ?4)",
+                rusqlite::params![format!("{endpoint}{chain}{tls}"), endpoint, chain, tls],
+            )
+        };
+        assert!(insert(&"e".repeat(128), &"c".repeat(160), &"t".repeat(16)).is_ok());
+        assert!(insert(&"e".repeat(129), "builtin", "TLSv1.3").is_err());
+        assert!(insert("iot:Data-ATS", &"c".repeat(161), "TLSv1.3").is_err());
+        assert!(insert("iot:Data-ATS", "builtin", &"t".repeat(17)).is_err());
+    }
 
     /// Migration 15 gives every template made before it its body as its one version.
     #[test]

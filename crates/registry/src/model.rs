@@ -333,8 +333,8 @@ pub struct Change {
 }
 
 /// One MQTT connection of a device, as the gateway recorded it: which client ID used which
-/// certificate, and when (the audit's shared-certificate and conflicting-client-ID checks, and
-/// rotation, read it).
+/// certificate, when, and how it came (the audit's shared-certificate and conflicting-client-ID
+/// checks, rotation and the console's certificate page read it).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConnectionRecord {
     /// Unique per connection (the lifecycle events' sessionIdentifier).
@@ -345,6 +345,51 @@ pub struct ConnectionRecord {
     pub connected_at: OffsetDateTime,
     pub disconnected_at: Option<OffsetDateTime>,
     pub disconnect_reason: Option<String>,
+    /// The endpoint, server chain and TLS version it came through (unknown for the rows
+    /// recorded before migration 17).
+    pub via: ConnectionVia,
+}
+
+/// How a connection reached the gateway: the endpoint (the domain configuration its SNI named,
+/// `iot:Data-ATS` without one), the server chain it was answered with (`builtin`, or server
+/// certificate IDs joined by `+`) and the TLS version. Each value is clipped to its column's
+/// bound when made, so a stored one always fits; `None` is unknown (shown as `-`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConnectionVia {
+    endpoint: Option<String>,
+    chain: Option<String>,
+    tls_version: Option<String>,
+}
+
+impl ConnectionVia {
+    /// The most characters of an endpoint kept (a domain configuration name has at most 128).
+    pub const MAX_ENDPOINT: usize = 128;
+    /// The most characters of a chain kept (two server certificate IDs and a `+`, with room).
+    pub const MAX_CHAIN: usize = 160;
+    /// The most characters of a TLS version kept (`TLSv1.3`).
+    pub const MAX_TLS_VERSION: usize = 16;
+
+    /// The values, each clipped to its bound (in characters).
+    pub fn new(endpoint: Option<&str>, chain: Option<&str>, tls_version: Option<&str>) -> Self {
+        let clipped = |text: &str, max: usize| text.chars().take(max).collect::<String>();
+        ConnectionVia {
+            endpoint: endpoint.map(|text| clipped(text, Self::MAX_ENDPOINT)),
+            chain: chain.map(|text| clipped(text, Self::MAX_CHAIN)),
+            tls_version: tls_version.map(|text| clipped(text, Self::MAX_TLS_VERSION)),
+        }
+    }
+
+    pub fn endpoint(&self) -> Option<&str> {
+        self.endpoint.as_deref()
+    }
+
+    pub fn chain(&self) -> Option<&str> {
+        self.chain.as_deref()
+    }
+
+    pub fn tls_version(&self) -> Option<&str> {
+        self.tls_version.as_deref()
+    }
 }
 
 macro_rules! text_enum {

@@ -587,7 +587,8 @@ impl<'a> Tx<'a> {
     pub fn insert_connection(&mut self, record: &ConnectionRecord) -> Result<(), Error> {
         self.conn.execute(
             "INSERT INTO connections (session_id, account_id, certificate_id, client_id, connected_at, \
-             disconnected_at, disconnect_reason) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+             disconnected_at, disconnect_reason, endpoint, server_chain, tls_version) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
             &[
                 record.session_id.as_str().into(),
                 record.account.as_str().into(),
@@ -596,6 +597,9 @@ impl<'a> Tx<'a> {
                 millis(record.connected_at).into(),
                 record.disconnected_at.map(millis).into(),
                 record.disconnect_reason.as_deref().into(),
+                record.via.endpoint().into(),
+                record.via.chain().into(),
+                record.via.tls_version().into(),
             ],
         )?;
         Ok(())
@@ -617,8 +621,8 @@ impl<'a> Tx<'a> {
         certificate: Option<&CertificateId>,
         since: OffsetDateTime,
     ) -> Result<Vec<ConnectionRecord>, Error> {
-        let columns =
-            "session_id, account_id, certificate_id, client_id, connected_at, disconnected_at, disconnect_reason";
+        let columns = "session_id, account_id, certificate_id, client_id, connected_at, disconnected_at, \
+                       disconnect_reason, endpoint, server_chain, tls_version";
         let rows = match certificate {
             Some(id) => self.conn.query(
                 &format!(
@@ -645,6 +649,11 @@ impl<'a> Tx<'a> {
                     connected_at: from_millis(row.int(4)?)?,
                     disconnected_at: row.opt_int(5)?.map(from_millis).transpose()?,
                     disconnect_reason: row.opt_text(6)?,
+                    via: ConnectionVia::new(
+                        row.opt_text(7)?.as_deref(),
+                        row.opt_text(8)?.as_deref(),
+                        row.opt_text(9)?.as_deref(),
+                    ),
                 })
             })
             .collect()

@@ -409,10 +409,18 @@ fn connection_history_records_who_used_which_certificate() {
             connected_at: at(connected),
             disconnected_at: None,
             disconnect_reason: None,
+            via: ConnectionVia::default(),
         };
+        let data_ats = ConnectionVia::new(Some("iot:Data-ATS"), Some("builtin"), Some("TLSv1.3"));
+        // Values past the bounds are clipped (in characters, as the columns' CHECKs count them on
+        // both backends), so the longest stored value still fits.
+        let long = ConnectionVia::new(Some(&"é".repeat(200)), Some(&"c+".repeat(100)), Some("TLSv1.3-and-more-text"));
+        assert_eq!(long.endpoint().map(|e| e.chars().count()), Some(ConnectionVia::MAX_ENDPOINT));
+        assert_eq!(long.chain().map(str::len), Some(ConnectionVia::MAX_CHAIN));
+        assert_eq!(long.tls_version(), Some("TLSv1.3-and-more"));
         write(store, |tx| {
-            tx.insert_connection(&record("s1", 'a', "sensor-1", 10))?;
-            tx.insert_connection(&record("s2", 'a', "sensor-2", 20))?;
+            tx.insert_connection(&ConnectionRecord { via: data_ats.clone(), ..record("s1", 'a', "sensor-1", 10) })?;
+            tx.insert_connection(&ConnectionRecord { via: long.clone(), ..record("s2", 'a', "sensor-2", 20) })?;
             tx.insert_connection(&record("s3", 'b', "other", 30))?;
             tx.close_connection("s1", at(15), "CLIENT_INITIATED_DISCONNECT")
         })
@@ -421,6 +429,11 @@ fn connection_history_records_who_used_which_certificate() {
         assert_eq!(of_a.iter().map(|c| c.client_id.as_str()).collect::<Vec<_>>(), vec!["sensor-1", "sensor-2"]);
         assert_eq!(of_a[0].disconnected_at, Some(at(15)));
         assert_eq!(of_a[0].disconnect_reason.as_deref(), Some("CLIENT_INITIATED_DISCONNECT"));
+        assert_eq!((&of_a[0].via, &of_a[1].via), (&data_ats, &long));
+        // A row without them (as every row written before migration 17) reads back unknown.
+        let of_b = read(store, |tx| tx.connections_since(&alice.id, Some(&id('b')), at(0))).unwrap();
+        assert_eq!(of_b[0].via, ConnectionVia::default());
+        assert_eq!((of_b[0].via.endpoint(), of_b[0].via.chain(), of_b[0].via.tls_version()), (None, None, None));
         // Since t=16: s1 ended before, s2 is still open, s3 connected after.
         let recent = read(store, |tx| tx.connections_since(&alice.id, None, at(16))).unwrap();
         assert_eq!(recent.iter().map(|c| c.session_id.as_str()).collect::<Vec<_>>(), vec!["s2", "s3"]);
@@ -1619,6 +1632,7 @@ fn prune_batches_delete_old_rows_only_and_at_most_the_limit() {
             connected_at: at(connected),
             disconnected_at: disconnected.map(at),
             disconnect_reason: disconnected.map(|_| "CLIENT_INITIATED_DISCONNECT".to_owned()),
+            via: ConnectionVia::default(),
         };
         write(store, |tx| {
             for index in 0..5 {

@@ -179,6 +179,7 @@ fn connection(
         connected_at: at(from),
         disconnected_at: to.map(at),
         disconnect_reason: reason.map(str::to_owned),
+        via: certfleet_registry::ConnectionVia::default(),
     }
 }
 

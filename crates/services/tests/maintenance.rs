@@ -19,6 +19,7 @@ fn connected(world: &World, caller: &Caller, session: &str) {
         connected_at: world.services.now(),
         disconnected_at: None,
         disconnect_reason: None,
+        via: certfleet_registry::ConnectionVia::default(),
     };
     let closed = ConnectionEvent::Disconnected {
         session_id: session.into(),

@@ -93,6 +93,7 @@ impl Fleet {
             connected_at: self.services.now(),
             disconnected_at: None,
             disconnect_reason: None,
+            via: certfleet_registry::ConnectionVia::default(),
         };
         write(self.services.store(), |tx| tx.insert_connection(&record)).unwrap();
     }
@@ -557,6 +558,7 @@ fn ten_thousand_certificates_in_one_campaign() {
                 connected_at: now,
                 disconnected_at: None,
                 disconnect_reason: None,
+                via: certfleet_registry::ConnectionVia::default(),
             })?;
             devices.push((client_id, certificate.id().clone()));
         }

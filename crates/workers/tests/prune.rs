@@ -23,6 +23,7 @@ async fn the_worker_prunes_old_history_and_counts_it() {
         connected_at: world.services.now(),
         disconnected_at: Some(world.services.now()),
         disconnect_reason: Some("CLIENT_INITIATED_DISCONNECT".into()),
+        via: certfleet_registry::ConnectionVia::default(),
     };
     let old: Vec<_> = (0..7).map(|index| ConnectionEvent::Connected(record(&format!("old-{index}")))).collect();
     world.services.record_connection_events(&old).unwrap();

@@ -51,6 +51,7 @@ async fn an_expiring_certificate_found_by_an_audit_gets_a_csr_req() {
         connected_at: world.services.now(),
         disconnected_at: None,
         disconnect_reason: None,
+        via: certfleet_registry::ConnectionVia::default(),
     };
     certfleet_registry::write(world.services.store(), |tx| tx.insert_connection(&record)).unwrap();
     world

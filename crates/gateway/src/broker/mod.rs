@@ -22,13 +22,13 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
-use certfleet_mqtt::{RetainHandling, TopicFilter};
+use certfleet_mqtt::{RetainHandling, TopicFilter, TopicName};
 use certfleet_registry::AccountId;
 use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 
 use crate::events::{ConnectionObserver, EventSink};
-use crate::fabric::{ClientClaim, Fabric, Message, NodeId, RoutedMessage, Router};
+use crate::fabric::{ClientClaim, Delivery, Fabric, FabricError, Message, NodeId, RoutedMessage, Router};
 use crate::live::LiveSessions;
 use crate::model::{ConnectRefusal, Identity};
 pub(crate) use retained::Kept;
@@ -37,7 +37,7 @@ pub(crate) use state::{
     Attached, DeliveryLimits, Dropped, Kick, QueueLimits, Queued, Received, Session, SessionState, Will,
 };
 pub(crate) use subscriptions::SubscriptionOptions;
-use subscriptions::Subscriptions;
+use subscriptions::{Scope, Subscriptions};
 pub(crate) use tap::now_ms;
 pub use tap::{PublishTap, Published};
 
@@ -207,6 +207,10 @@ pub struct Counters {
     pub takeovers: AtomicU64,
     /// Wills published.
     pub wills: AtomicU64,
+    /// Messages the fabric could not hand to the other nodes (its outbound queue was full).
+    pub fabric_refused: AtomicU64,
+    /// Sessions ended here because another node took their client ID.
+    pub moved_away: AtomicU64,
     /// CONNECTs of authenticated devices refused, one counter per [`ConnectRefusal::ALL`].
     connect_refusals: [AtomicU64; ConnectRefusal::ALL.len()],
 }
@@ -246,7 +250,8 @@ struct SpaceState {
     /// entries dominate, so it stays within a small multiple of `offline`.
     offline_order: VecDeque<(Weak<Session>, u64)>,
     retained: Retained,
-    /// The lifecycle events' `versionNumber`, per client ID.
+    /// The lifecycle events' `versionNumber`, per client ID: on one node, counted here; in a
+    /// cluster, the highest claim revision this node has heard of.
     versions: HashMap<String, u64>,
 }
 
@@ -328,11 +333,6 @@ struct SessionEntry {
     online: bool,
 }
 
-thread_local! {
-    /// The congested sessions a publish found, while [`Broker::publish_with_backpressure`] asks.
-    static CONGESTION: std::cell::RefCell<Option<Vec<Arc<Session>>>> = const { std::cell::RefCell::new(None) };
-}
-
 /// How long a publisher waits for room in a congested session before counting its client as
 /// stalled (and dropping its messages past the bound, as without flow control).
 pub(crate) const ROOM_WAIT: Duration = Duration::from_secs(2);
@@ -369,6 +369,16 @@ impl Space {
     }
 }
 
+/// What became of a message published on this node.
+pub(crate) struct Outcome {
+    /// Flow control, as an explicit value: the sessions of this node whose queues the message
+    /// found three quarters full; the publisher's connection waits for room in them before it
+    /// reads its next packet ([`wait_for_room`]).
+    pub(crate) congested: Vec<Arc<Session>>,
+    /// Whether the fabric took the message for the other nodes.
+    pub(crate) carried: Result<(), FabricError>,
+}
+
 /// The broker of one gateway node.
 pub struct Broker {
     pub(crate) config: BrokerConfig,
@@ -396,6 +406,9 @@ pub(crate) struct Attach<'a> {
     pub(crate) expiry: Duration,
     pub(crate) will: Option<Will>,
     pub(crate) connection: u64,
+    /// The claim's revision in the cluster's order ([`Fabric::reserve_client_id`]); `None` on
+    /// one node.
+    pub(crate) revision: Option<u64>,
 }
 
 /// The session a connection serves.
@@ -461,7 +474,7 @@ impl Broker {
             tap,
         });
         let router: Weak<dyn Router> = broker.this.clone();
-        broker.fabric.attach(router);
+        broker.fabric.attach(&broker.config.node, router);
         broker
     }
 
@@ -603,12 +616,16 @@ impl Broker {
     /// Whether anyone, on any node, subscribes to a filter matching `topic` in `account`: the
     /// lifecycle events are built only when someone will read them.
     pub(crate) fn has_subscriber(&self, account: &AccountId, topic: &str) -> bool {
-        self.fabric.has_subscriber(account, topic)
+        Router::has_subscriber(self, account, topic) || self.fabric.has_subscriber(account, topic)
     }
 
-    /// Publishes a message in `account`'s topic space, on every node.
+    /// Publishes a server-originated message in `account`'s topic space, on every node (no flow
+    /// control: the server's own messages are few). A message the fabric could not hand to the
+    /// network reached this node's subscribers only; it is counted.
     pub(crate) fn publish(&self, account: &AccountId, message: Arc<Message>) {
-        self.fabric.publish(RoutedMessage { account: account.clone(), message });
+        if let Err(error) = self.publish_with_backpressure(account, message).carried {
+            tracing::debug!(%account, %error, "a server message reached this node only");
+        }
     }
 
     /// Publishes a device's message, and returns the sessions on this node whose queues it
@@ -616,12 +633,17 @@ impl Broker {
     /// ([`wait_for_room`]) before it reads its next packet. That is MQTT's flow control carried
     /// across the broker: a subscriber that reads slower than publishers write slows them down
     /// (TCP pushes back to the devices) instead of the broker accepting messages only to drop
-    /// them. Collected in the publisher's own thread while the fabric routes synchronously; a
-    /// fabric that routes elsewhere simply reports none.
-    pub(crate) fn publish_with_backpressure(&self, account: &AccountId, message: Arc<Message>) -> Vec<Arc<Session>> {
-        CONGESTION.with(|congestion| *congestion.borrow_mut() = Some(Vec::new()));
-        self.publish(account, message);
-        CONGESTION.with(|congestion| congestion.borrow_mut().take()).unwrap_or_default()
+    /// them. This node's subscribers get the message in the caller's task; the fabric carries
+    /// it to the other nodes, or says it could not (counted).
+    pub(crate) fn publish_with_backpressure(&self, account: &AccountId, message: Arc<Message>) -> Outcome {
+        let routed = RoutedMessage { account: account.clone(), message };
+        let delivery = if self.fabric.shares_groups() { Delivery::Plain } else { Delivery::Everyone };
+        let congested = self.route_here(&routed, delivery);
+        let carried = self.fabric.publish(&self.config.node, routed);
+        if carried.is_err() {
+            self.counters.fabric_refused.fetch_add(1, Ordering::Relaxed);
+        }
+        Outcome { congested, carried }
     }
 
     fn publish_wills(&self, account: &AccountId, wills: Vec<Arc<Message>>) {
@@ -636,9 +658,14 @@ impl Broker {
         if let Some(space) = spaces.get(account) {
             return space.clone();
         }
+        let interest = {
+            let fabric = self.fabric.clone();
+            let account = account.clone();
+            Arc::new(move |filter: &TopicFilter, wanted: bool| fabric.interest(&account, filter, wanted))
+        };
         let space = Arc::new(Space {
             state: Mutex::new(SpaceState {
-                subscriptions: Subscriptions::default(),
+                subscriptions: Subscriptions::with_interest(interest),
                 sessions: HashMap::new(),
                 offline: 0,
                 offline_order: VecDeque::new(),
@@ -669,8 +696,13 @@ impl Broker {
         let client_id = request.client_id;
         let (kick, kicked) = oneshot::channel();
         let wake = Arc::new(Notify::new());
-        let mut attached =
-            Some(Attached { connection: request.connection, kick: Some(kick), will: request.will, wake: wake.clone() });
+        let mut attached = Some(Attached {
+            connection: request.connection,
+            kick: Some(kick),
+            will: request.will,
+            wake: wake.clone(),
+            claim: 0,
+        });
         let mut wills = Vec::new();
         let space = self.space(account);
         let (session, session_present, version_number) = {
@@ -680,8 +712,27 @@ impl Broker {
                 space_state.versions.clear();
             }
             let version = space_state.versions.entry(client_id.to_owned()).or_insert(0);
-            *version += 1;
-            let version_number = *version;
+            // In a cluster the claim's revision orders it; a newer claim heard already (another
+            // node took the client ID while this one asked) wins: this connection is taken over
+            // as soon as it is attached.
+            let (version_number, outdated) = match request.revision {
+                Some(revision) => {
+                    let outdated = *version > revision;
+                    *version = (*version).max(revision);
+                    (revision, outdated)
+                }
+                None => {
+                    *version += 1;
+                    (*version, false)
+                }
+            };
+            if let Some(attached) = attached.as_mut() {
+                attached.claim = version_number;
+                if outdated && let Some(kick) = attached.kick.take() {
+                    self.counters.takeovers.fetch_add(1, Ordering::Relaxed);
+                    let _ = kick.send(Kick::TakenOver);
+                }
+            }
 
             let existing = space_state.sessions.get(client_id).map(|entry| entry.session.clone());
             let mut resumed = None;
@@ -744,6 +795,7 @@ impl Broker {
             account: account.clone(),
             client_id: client_id.to_owned(),
             node: self.config.node.clone(),
+            revision: request.revision.unwrap_or(0),
         });
         Attachment { session, session_present, kicked, wake, version_number }
     }
@@ -999,7 +1051,8 @@ impl Broker {
                 return false;
             }
             let client_id = session.client_id.as_str();
-            let targets = guard.subscriptions.matches(&message.topic, |candidate| candidate == client_id);
+            let targets =
+                guard.subscriptions.matches(&message.topic, Scope::Everyone, |candidate| candidate == client_id);
             let mut queued: Option<Queued> = None;
             for target in targets.into_iter().filter(|target| target.client_id == client_id) {
                 let options = target.options;
@@ -1024,13 +1077,13 @@ impl Broker {
     }
 
     /// Queues a message for a session if its owner may receive it, and wakes its connection.
-    /// A connected session whose queue is getting full is reported to the publisher (see
-    /// [`Broker::publish_with_backpressure`]) unless its client has stalled.
-    fn deliver(&self, session: &Arc<Session>, queued: Queued, now: Instant) {
+    /// Returns whether the session is connected and its queue getting full, to be reported to
+    /// the publisher (see [`Broker::publish_with_backpressure`]), unless its client has stalled.
+    fn deliver(&self, session: &Arc<Session>, queued: Queued, now: Instant) -> bool {
         let identity = session.lock().identity.clone();
         if !self.authorizer.receive(&identity, &session.client_id, queued.message.topic.as_str()) {
             self.counters.dropped_not_authorized.fetch_add(1, Ordering::Relaxed);
-            return;
+            return false;
         }
         let limits = self.queue_limits();
         let queued_message = queued.message.clone();
@@ -1039,15 +1092,7 @@ impl Broker {
             let result = state.enqueue(queued, limits, now);
             (result, state.attached.as_ref().map(|attached| attached.wake.clone()), state.congested(limits))
         };
-        if congested && !session.stalled.load(Ordering::Relaxed) {
-            CONGESTION.with(|congestion| {
-                if let Some(list) = congestion.borrow_mut().as_mut()
-                    && !list.iter().any(|known| Arc::ptr_eq(known, session))
-                {
-                    list.push(session.clone());
-                }
-            });
-        }
+        let congested = congested && !session.stalled.load(Ordering::Relaxed);
         let why = match result {
             Ok(qos0_dropped) => {
                 self.counters.queued.fetch_add(1, Ordering::Relaxed);
@@ -1057,7 +1102,7 @@ impl Broker {
                 if let Some(wake) = wake {
                     wake.notify_one();
                 }
-                return;
+                return congested;
             }
             Err(why) => why,
         };
@@ -1086,6 +1131,7 @@ impl Broker {
                 "message dropped for a subscriber"
             );
         }
+        congested
     }
 }
 
@@ -1096,16 +1142,30 @@ impl EventSink for Broker {
     }
 }
 
-impl Router for Broker {
-    fn route(&self, routed: &RoutedMessage) {
+impl Broker {
+    /// Delivers `routed` to this node's subscribers `delivery` names (keeping it if retained,
+    /// for [`Delivery::Everyone`]); returns the connected sessions it found congested.
+    fn route_here(&self, routed: &RoutedMessage, delivery: Delivery<'_>) -> Vec<Arc<Session>> {
         self.counters.routed.fetch_add(1, Ordering::Relaxed);
         let now = Instant::now();
         let message = &routed.message;
-        let space = self.space(&routed.account);
+        let scope = match delivery {
+            Delivery::Everyone => Scope::Everyone,
+            Delivery::Plain => Scope::Plain,
+            Delivery::Shared(filter) => Scope::Shared(filter),
+        };
+        // A message for nobody here creates no space (a networked fabric may over-deliver).
+        let space = match delivery {
+            Delivery::Everyone => self.space(&routed.account),
+            Delivery::Plain | Delivery::Shared(_) => match self.existing_space(&routed.account) {
+                Some(space) => space,
+                None => return Vec::new(),
+            },
+        };
         let deliveries: Vec<(Arc<Session>, Queued)> = {
             let mut guard = space.lock();
             let space_state = &mut *guard;
-            if message.retain {
+            if message.retain && matches!(delivery, Delivery::Everyone) {
                 // Refused at the publisher's node already, unless another publisher got there
                 // first or this node holds more than the publisher's.
                 let mut kept = space_state.retained.keep(message);
@@ -1117,7 +1177,7 @@ impl Router for Broker {
             let sessions = &space_state.sessions;
             let targets = space_state
                 .subscriptions
-                .matches(&message.topic, |client_id| sessions.get(client_id).is_some_and(|entry| entry.online));
+                .matches(&message.topic, scope, |client_id| sessions.get(client_id).is_some_and(|entry| entry.online));
             // One copy per client: the highest QoS of its matching subscriptions, all their
             // identifiers (MQTT 5 3.3.4).
             let mut by_client: HashMap<String, Queued> = HashMap::new();
@@ -1141,9 +1201,30 @@ impl Router for Broker {
                 .filter_map(|(client_id, queued)| sessions.get(&client_id).map(|entry| (entry.session.clone(), queued)))
                 .collect()
         };
+        let mut congested = Vec::new();
         for (session, queued) in deliveries {
-            self.deliver(&session, queued, now);
+            if self.deliver(&session, queued, now) {
+                congested.push(session);
+            }
         }
+        congested
+    }
+}
+
+impl Router for Broker {
+    fn route(&self, routed: &RoutedMessage, delivery: Delivery<'_>) {
+        self.route_here(routed, delivery);
+    }
+
+    fn retained(&self, account: &AccountId, topic: &TopicName, message: Option<Arc<Message>>) {
+        let space = self.space(account);
+        let mut state = space.lock();
+        let kept = match message {
+            Some(message) => state.retained.keep(&message),
+            None => state.retained.forget(topic),
+        };
+        drop(state);
+        self.retained_refused(account, kept);
     }
 
     fn has_subscriber(&self, account: &AccountId, topic: &str) -> bool {
@@ -1155,12 +1236,39 @@ impl Router for Broker {
             return;
         }
         let Some(space) = self.existing_space(&claim.account) else { return };
-        let space_state = space.lock();
-        let Some(entry) = space_state.sessions.get(&claim.client_id) else { return };
-        let mut state = entry.session.lock();
-        if let Some(kick) = state.attached.as_mut().and_then(|attached| attached.kick.take()) {
-            self.counters.takeovers.fetch_add(1, Ordering::Relaxed);
-            let _ = kick.send(Kick::TakenOver);
+        let mut wills = Vec::new();
+        {
+            let mut guard = space.lock();
+            let space_state = &mut *guard;
+            if claim.revision > 0 {
+                let version = space_state.versions.entry(claim.client_id.clone()).or_insert(0);
+                *version = (*version).max(claim.revision);
+            }
+            let Some(session) = space_state.sessions.get(&claim.client_id).map(|entry| entry.session.clone()) else {
+                return;
+            };
+            let mut guard = session.lock();
+            let state = &mut *guard;
+            match state.attached.as_mut() {
+                // A claim older than this connection's (heard late): this connection keeps it.
+                Some(attached) if claim.revision != 0 && attached.claim > claim.revision => return,
+                Some(attached) => {
+                    // The session moved to the other node: it ends here when its connection
+                    // leaves (expiry 0), its will published as for any takeover.
+                    if let Some(kick) = attached.kick.take() {
+                        self.counters.takeovers.fetch_add(1, Ordering::Relaxed);
+                        let _ = kick.send(Kick::TakenOver);
+                    }
+                    state.expiry = Duration::ZERO;
+                }
+                None => {
+                    // Kept offline here, now served by the other node: it ends here.
+                    state.epoch += 1;
+                    wills.extend(space_state.end_offline(&session, state).map(|will| will.publish(Instant::now())));
+                }
+            }
+            self.counters.moved_away.fetch_add(1, Ordering::Relaxed);
         }
+        self.publish_wills(&claim.account, wills);
     }
 }

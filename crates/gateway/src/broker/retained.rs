@@ -109,6 +109,12 @@ impl Retained {
         true
     }
 
+    /// Deletes the retained message of `topic`, if any (the cluster's store deleted it).
+    pub(crate) fn forget(&mut self, topic: &certfleet_mqtt::TopicName) -> Kept {
+        self.remove(topic.as_str());
+        Kept::Deleted
+    }
+
     fn remove(&mut self, topic: &str) {
         if let Some(old) = self.messages.remove(topic) {
             self.bytes -= message_bytes(&old);

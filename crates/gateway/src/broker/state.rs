@@ -85,6 +85,9 @@ pub(crate) struct Attached {
     /// Wakes the connection when something is queued for it (its own, so that a connection being
     /// taken over cannot swallow its successor's wake-up).
     pub(crate) wake: Arc<Notify>,
+    /// The revision of the connection's claim of its client ID (its lifecycle `versionNumber`):
+    /// a claim from another node yields to it when older.
+    pub(crate) claim: u64,
 }
 
 /// A will as CONNECT sent it.
@@ -557,7 +560,8 @@ mod tests {
             not_after: time::OffsetDateTime::now_utc(),
         });
         let (kick, _) = oneshot::channel();
-        let attached = Attached { connection: 1, kick: Some(kick), will: None, wake: Arc::new(Notify::new()) };
+        let attached =
+            Attached { connection: 1, kick: Some(kick), will: None, wake: Arc::new(Notify::new()), claim: 1 };
         SessionState::new(identity, Some(attached), Duration::from_secs(60), account_bytes)
     }
 

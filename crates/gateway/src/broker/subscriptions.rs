@@ -5,9 +5,14 @@
 //! ones (`$share/{group}/{filter}`) by group, each group served round-robin. The wildcard levels
 //! `+` and `#` are children like any other level, followed only where the rules of MQTT 4.7 allow
 //! (a filter starting with a wildcard does not match a topic starting with `$`).
+//!
+//! The tree also tells the fabric when this node begins or stops holding subscribers of a
+//! filter (a plain filter's first subscriber, a shared group's first member, and their last),
+//! so that a networked fabric asks for exactly the messages this node has subscribers for.
 
 use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroU32;
+use std::sync::Arc;
 
 use certfleet_mqtt::{QoS, TopicFilter, TopicName};
 
@@ -31,9 +36,29 @@ pub(crate) struct Target {
     pub(crate) options: SubscriptionOptions,
 }
 
+/// Which subscriptions a message is matched against.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Scope<'a> {
+    /// Every plain subscription and one member of every shared group (one node, or the
+    /// in-process fabric).
+    Everyone,
+    /// The plain subscriptions only: shared groups are served through the network's queue
+    /// groups, one member cluster-wide.
+    Plain,
+    /// One member of the shared group this filter names (`$share/{group}/{filter}`), if the
+    /// message's topic matches the filter.
+    Shared(&'a TopicFilter),
+}
+
+/// Told when this node begins (`true`) or stops (`false`) holding subscribers of a filter: a
+/// plain filter's first and last subscriber, a shared group's first and last member (the filter
+/// then names the group). Called with the account's space locked: it must not block.
+pub(crate) type InterestSink = Arc<dyn Fn(&TopicFilter, bool) + Send + Sync>;
+
 #[derive(Default)]
 pub(crate) struct Subscriptions {
     root: Node,
+    interest: Option<InterestSink>,
 }
 
 #[derive(Default)]
@@ -57,6 +82,17 @@ impl Node {
 }
 
 impl Subscriptions {
+    /// An empty tree that tells `interest` of the filters this node holds subscribers of.
+    pub(crate) fn with_interest(interest: InterestSink) -> Self {
+        Subscriptions { root: Node::default(), interest: Some(interest) }
+    }
+
+    fn tell(&self, filter: &TopicFilter, wanted: bool) {
+        if let Some(interest) = &self.interest {
+            interest(filter, wanted);
+        }
+    }
+
     /// Adds `client_id`'s subscription to `filter`, or replaces its options. Returns whether it
     /// existed before.
     pub(crate) fn insert(&mut self, client_id: &str, filter: &TopicFilter, options: SubscriptionOptions) -> bool {
@@ -64,39 +100,69 @@ impl Subscriptions {
         for level in filter.filter().split('/') {
             node = node.children.entry(level.to_owned()).or_default();
         }
-        match filter.share_group() {
-            None => node.subscribers.insert(client_id.to_owned(), options).is_some(),
+        let (existed, first) = match filter.share_group() {
+            None => {
+                let first = node.subscribers.is_empty();
+                (node.subscribers.insert(client_id.to_owned(), options).is_some(), first)
+            }
             Some(group) => {
                 let group = node.shared.entry(group.to_owned()).or_default();
+                let first = group.members.is_empty();
                 match group.members.iter_mut().find(|(member, _)| member == client_id) {
                     Some((_, existing)) => {
                         *existing = options;
-                        true
+                        (true, first)
                     }
                     None => {
                         group.members.push((client_id.to_owned(), options));
-                        false
+                        (false, first)
                     }
                 }
             }
+        };
+        if first {
+            self.tell(filter, true);
         }
+        existed
     }
 
     /// Removes `client_id`'s subscription to `filter`. Returns whether it existed.
     pub(crate) fn remove(&mut self, client_id: &str, filter: &TopicFilter) -> bool {
         let levels: Vec<&str> = filter.filter().split('/').collect();
-        remove(&mut self.root, &levels, client_id, filter.share_group())
+        let Removal { removed, last } = remove(&mut self.root, &levels, client_id, filter.share_group());
+        if last {
+            self.tell(filter, false);
+        }
+        removed
     }
 
-    /// The subscribers `topic` goes to: every plain subscription that matches, and one member of
-    /// each shared group that matches, picked round-robin among the members `online` accepts (or
-    /// among all members when none is online). A client with several matching subscriptions
-    /// appears once per subscription.
-    pub(crate) fn matches(&mut self, topic: &TopicName, online: impl Fn(&str) -> bool) -> Vec<Target> {
+    /// The subscribers `topic` goes to within `scope`: plain subscriptions that match, and one
+    /// member of each shared group that matches, picked round-robin among the members `online`
+    /// accepts (or among all members when none is online). A client with several matching
+    /// subscriptions appears once per subscription.
+    pub(crate) fn matches(
+        &mut self,
+        topic: &TopicName,
+        scope: Scope<'_>,
+        online: impl Fn(&str) -> bool,
+    ) -> Vec<Target> {
+        let mut targets = Vec::new();
+        if let Scope::Shared(filter) = scope {
+            let (Some(group), true) = (filter.share_group(), filter.matches(topic)) else { return targets };
+            let mut node = &mut self.root;
+            for level in filter.filter().split('/') {
+                let Some(child) = node.children.get_mut(level) else { return targets };
+                node = child;
+            }
+            if let Some(group) = node.shared.get_mut(group) {
+                targets.extend(group.pick(&online));
+            }
+            return targets;
+        }
         let levels: Vec<&str> = topic.as_str().split('/').collect();
         let server_topic = topic.as_str().starts_with('$');
-        let mut targets = Vec::new();
-        collect_matches(&mut self.root, &levels, server_topic, &online, &mut targets);
+        let shared = matches!(scope, Scope::Everyone);
+        collect_matches(&mut self.root, &levels, server_topic, &(online, shared), &mut targets);
         targets
     }
 
@@ -119,23 +185,35 @@ fn any_match(node: &Node, levels: &[&str], server_topic: bool) -> bool {
         || node.children.get(*level).is_some_and(|exact| any_match(exact, rest, false))
 }
 
-fn remove(node: &mut Node, levels: &[&str], client_id: &str, group: Option<&str>) -> bool {
+/// What a removal did: whether the subscription existed, and whether it was the filter's (or the
+/// group's) last on this node.
+#[derive(Clone, Copy, Default)]
+struct Removal {
+    removed: bool,
+    last: bool,
+}
+
+fn remove(node: &mut Node, levels: &[&str], client_id: &str, group: Option<&str>) -> Removal {
     let Some((level, rest)) = levels.split_first() else {
         return match group {
-            None => node.subscribers.remove(client_id).is_some(),
+            None => {
+                let removed = node.subscribers.remove(client_id).is_some();
+                Removal { removed, last: removed && node.subscribers.is_empty() }
+            }
             Some(group) => {
-                let Some(shared) = node.shared.get_mut(group) else { return false };
+                let Some(shared) = node.shared.get_mut(group) else { return Removal::default() };
                 let before = shared.members.len();
                 shared.members.retain(|(member, _)| member != client_id);
                 let removed = shared.members.len() != before;
-                if shared.members.is_empty() {
+                let last = shared.members.is_empty();
+                if last {
                     node.shared.remove(group);
                 }
-                removed
+                Removal { removed, last: removed && last }
             }
         };
     };
-    let Some(child) = node.children.get_mut(*level) else { return false };
+    let Some(child) = node.children.get_mut(*level) else { return Removal::default() };
     let removed = remove(child, rest, client_id, group);
     if child.is_empty() {
         node.children.remove(*level);
@@ -145,45 +223,56 @@ fn remove(node: &mut Node, levels: &[&str], client_id: &str, group: Option<&str>
 
 /// `levels` are the topic levels still to match below `node`; at the root, `server_topic` keeps
 /// the wildcards from matching a `$` topic.
+/// `take` says who is online and whether shared groups are served here.
 fn collect_matches(
     node: &mut Node,
     levels: &[&str],
     server_topic: bool,
-    online: &impl Fn(&str) -> bool,
+    take_from: &(impl Fn(&str) -> bool, bool),
     targets: &mut Vec<Target>,
 ) {
     // `#` matches the parent level too: `a/#` matches `a`.
     if !server_topic && let Some(rest_of_tree) = node.children.get_mut("#") {
-        take(rest_of_tree, online, targets);
+        take(rest_of_tree, take_from, targets);
     }
     let Some((level, rest)) = levels.split_first() else {
-        take(node, online, targets);
+        take(node, take_from, targets);
         return;
     };
     if !server_topic && let Some(any_level) = node.children.get_mut("+") {
-        collect_matches(any_level, rest, false, online, targets);
+        collect_matches(any_level, rest, false, take_from, targets);
     }
     if let Some(exact) = node.children.get_mut(*level) {
-        collect_matches(exact, rest, false, online, targets);
+        collect_matches(exact, rest, false, take_from, targets);
     }
 }
 
-/// The subscribers of the filter ending at `node`.
-fn take(node: &mut Node, online: &impl Fn(&str) -> bool, targets: &mut Vec<Target>) {
+/// The subscribers of the filter ending at `node`: the plain ones, and one member of each shared
+/// group when `shared`.
+fn take(node: &mut Node, (online, shared): &(impl Fn(&str) -> bool, bool), targets: &mut Vec<Target>) {
     targets.extend(
         node.subscribers.iter().map(|(client_id, options)| Target { client_id: client_id.clone(), options: *options }),
     );
-    for group in node.shared.values_mut() {
-        let count = group.members.len();
-        if count == 0 {
-            continue;
+    if *shared {
+        for group in node.shared.values_mut() {
+            targets.extend(group.pick(online));
         }
-        let start = group.next % count;
-        let pick = (0..count).map(|offset| (start + offset) % count).find(|&index| online(&group.members[index].0));
+    }
+}
+
+impl SharedGroup {
+    /// The next member, round-robin among those `online` accepts (or among all when none is).
+    fn pick(&mut self, online: &impl Fn(&str) -> bool) -> Option<Target> {
+        let count = self.members.len();
+        if count == 0 {
+            return None;
+        }
+        let start = self.next % count;
+        let pick = (0..count).map(|offset| (start + offset) % count).find(|&index| online(&self.members[index].0));
         let index = pick.unwrap_or(start);
-        group.next = index + 1;
-        let (client_id, options) = &group.members[index];
-        targets.push(Target { client_id: client_id.clone(), options: *options });
+        self.next = index + 1;
+        let (client_id, options) = &self.members[index];
+        Some(Target { client_id: client_id.clone(), options: *options })
     }
 }
 
@@ -201,7 +290,7 @@ mod tests {
             subscriptions.insert(filter, &TopicFilter::new(*filter).unwrap(), options());
         }
         let mut found: Vec<String> = subscriptions
-            .matches(&TopicName::new(topic).unwrap(), |_| true)
+            .matches(&TopicName::new(topic).unwrap(), Scope::Everyone, |_| true)
             .into_iter()
             .map(|target| target.client_id)
             .collect();
@@ -259,7 +348,7 @@ mod tests {
         let topic = TopicName::new("t/1").unwrap();
         let picks: Vec<String> = (0..6)
             .map(|_| {
-                let targets = subscriptions.matches(&topic, |member| member != "b");
+                let targets = subscriptions.matches(&topic, Scope::Everyone, |member| member != "b");
                 assert_eq!(targets.len(), 2, "the plain subscriber and one member");
                 targets.into_iter().find(|target| target.client_id != "plain").unwrap().client_id
             })
@@ -268,7 +357,12 @@ mod tests {
         assert!(subscriptions.remove("a", &filter));
         let mut picks: Vec<String> = (0..2)
             .map(|_| {
-                subscriptions.matches(&topic, |_| false).into_iter().find(|t| t.client_id != "plain").unwrap().client_id
+                subscriptions
+                    .matches(&topic, Scope::Everyone, |_| false)
+                    .into_iter()
+                    .find(|t| t.client_id != "plain")
+                    .unwrap()
+                    .client_id
             })
             .collect();
         picks.sort();

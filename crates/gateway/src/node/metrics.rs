@@ -5,10 +5,12 @@ use crate::broker::Broker;
 use crate::listener::Gateway;
 use crate::metrics::counters;
 
+use super::shutdown::ShutdownCounters;
+
 /// The gateway's metrics in the Prometheus text format: connections, handshakes, refusals by
 /// reason, and per endpoint and chain the devices connected, handshakes completed and failed by
-/// alert, and the last drain.
-pub(super) fn render(gateway: &Gateway, broker: &Broker) -> String {
+/// alert, and the last drain; the node's shutdown.
+pub(super) fn render(gateway: &Gateway, broker: &Broker, shutdown: &ShutdownCounters) -> String {
     use std::fmt::Write;
     let metrics = &gateway.metrics;
     let mut out = String::with_capacity(4096);
@@ -95,6 +97,12 @@ pub(super) fn render(gateway: &Gateway, broker: &Broker) -> String {
                 ("dropped_too_large", "Messages over the subscriber's Maximum Packet Size.", &c.dropped_too_large),
                 ("dropped_not_authorized", "Deliveries the subscriber's policies refused.", &c.dropped_not_authorized),
                 ("takeovers", "Connections closed because another took their client ID.", &c.takeovers),
+                ("moved_away", "Sessions ended on this node because another node took their client ID.", &c.moved_away),
+                (
+                    "refused_fabric",
+                    "Messages the fabric could not carry to the other nodes (its outbound queue was full).",
+                    &c.fabric_refused,
+                ),
                 (
                     "refused_retain_count",
                     "Retained PUBLISHes refused: the account held the maximum number of retained messages.",
@@ -176,5 +184,38 @@ pub(super) fn render(gateway: &Gateway, broker: &Broker) -> String {
     );
     gateway.endpoints.render_metrics(&mut out);
     crate::rules::render_metrics(&gateway.rules.counters, &mut out);
+    counters(
+        &mut out,
+        "certfleet_gateway_shutdown",
+        &[
+            (
+                "sessions_drained",
+                "Sessions told to end at mqtt.shutdown_disconnects_per_second while the node shut down.",
+                &shutdown.drained,
+            ),
+            (
+                "sessions_closed_at_grace",
+                "Sessions told to end at once near the end of mqtt.shutdown_grace: the rate left no time for them.",
+                &shutdown.closed_at_grace,
+            ),
+            (
+                "connections_closed_before_connect",
+                "Connections without a session yet (no CONNECT accepted) closed when the node's shutdown began.",
+                &shutdown.closed_before_connect,
+            ),
+            (
+                "connections_aborted",
+                "Connections still open at the end of mqtt.shutdown_grace, dropped.",
+                &shutdown.aborted,
+            ),
+        ],
+    );
+    let _ = writeln!(
+        out,
+        "# HELP certfleet_gateway_shutdown_sessions_draining Sessions the node's shutdown has still to tell to end.
+# TYPE certfleet_gateway_shutdown_sessions_draining gauge
+certfleet_gateway_shutdown_sessions_draining {}",
+        shutdown.draining.load(std::sync::atomic::Ordering::Relaxed)
+    );
     out
 }

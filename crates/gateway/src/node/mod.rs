@@ -14,10 +14,16 @@
 //!
 //! The services do not hold the node: whoever offers the node's view to operators (the API)
 //! is given [`Node::data_plane`].
+//!
+//! [`Node::run`] is also the node's one way out: when its shutdown signal turns true it closes
+//! the listener, drains the live sessions at the configured rate within the grace (`shutdown`),
+//! flushes the connection history, and only then returns.
 
 mod metrics;
+mod shutdown;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use certfleet_egress::Egress;
 use certfleet_services::{DataPlane, Services};
@@ -29,10 +35,15 @@ use crate::broker::{AllowAll, Authorizer, Broker, BrokerConfig};
 use crate::endpoints::BuiltinChains;
 use crate::fabric::{Fabric, NodeId};
 use crate::fleet::{FleetConfig, FleetProvisioning};
-use crate::history::HistoryRecorder;
+use crate::history::{Flushed, HistoryRecorder};
 use crate::listener::{Config, Gateway, GatewayParts};
 use crate::live::LiveSessions;
 use crate::rules::{RuleBook, RulesConfig, RulesEngine};
+use shutdown::ShutdownCounters;
+pub use shutdown::{Drained, ShutdownConfig};
+
+/// How long a shutting-down node waits for the connection history to reach the registry.
+const HISTORY_FLUSH: Duration = Duration::from_secs(5);
 
 /// How the node decides what a device may do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,6 +69,15 @@ pub struct NodeConfig {
     /// counted as coalesced).
     pub history_sessions_per_certificate_per_hour: u32,
     pub policies: Policies,
+    /// How the node ends its sessions when it shuts down.
+    pub shutdown: ShutdownConfig,
+}
+
+/// What a node's shutdown did: its drain, and whether the connection history was flushed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShutdownReport {
+    pub drained: Drained,
+    pub history: Flushed,
 }
 
 /// One gateway node: what accepts devices, serves their sessions and runs their rules.
@@ -68,6 +88,8 @@ pub struct Node {
     _rules: Arc<RulesEngine>,
     history: Arc<HistoryRecorder>,
     fleet: Arc<FleetProvisioning>,
+    shutdown: ShutdownConfig,
+    shutdown_counters: ShutdownCounters,
 }
 
 impl Node {
@@ -80,7 +102,8 @@ impl Node {
         builtin: BuiltinChains,
         egress: Arc<Egress>,
     ) -> Arc<Self> {
-        let NodeConfig { gateway, broker, rules, fleet, history_sessions_per_certificate_per_hour, policies } = config;
+        let NodeConfig { gateway, broker, rules, fleet, history_sessions_per_certificate_per_hour, policies, shutdown } =
+            config;
         let book = RuleBook::new(services.clone());
         let (engine, runner) = RulesEngine::new(rules, book.clone(), egress.clone());
         let live = Arc::new(LiveSessions::default());
@@ -98,7 +121,15 @@ impl Node {
         let parts = GatewayParts { live, authorizer, events: broker.clone(), rules: book };
         let gateway = Gateway::new(gateway, services.clone(), builtin, parts);
         let fleet = FleetProvisioning::new(fleet, services, egress);
-        Arc::new(Node { gateway, broker, _rules: engine, history, fleet })
+        Arc::new(Node {
+            gateway,
+            broker,
+            _rules: engine,
+            history,
+            fleet,
+            shutdown,
+            shutdown_counters: ShutdownCounters::default(),
+        })
     }
 
     /// This node's name.
@@ -106,11 +137,20 @@ impl Node {
         &self.broker.config().node
     }
 
-    /// Accepts connections on `listener` until `shutdown` turns true, serving each device's
-    /// session (with the fleet provisioning API); also follows the registry's change feed.
-    pub async fn run(self: Arc<Self>, listener: TcpListener, shutdown: watch::Receiver<bool>) {
+    /// Accepts connections on `listener`, serving each device's session (with the fleet
+    /// provisioning API) and following the registry's change feed, until `shutdown` turns true
+    /// (or its sender is dropped). Then shuts the node down and returns when it is done:
+    /// 1. the listener is closed (new connections are refused by the system; handshakes in
+    ///    progress and refused devices are dropped);
+    /// 2. every live session is told to end, at most `ShutdownConfig::disconnects_per_second`,
+    ///    each as a server-initiated disconnect (MQTT 5: DISCONNECT 0x8B; its will published,
+    ///    its lifecycle event and history record written, a persistent session kept offline);
+    /// 3. within `ShutdownConfig::grace` in all: then what is left is closed at once;
+    /// 4. the connection history is flushed to the registry (at most 5 s more).
+    pub async fn run(self: Arc<Self>, listener: TcpListener, shutdown: watch::Receiver<bool>) -> ShutdownReport {
         let node = self.clone();
-        self.gateway
+        let connections = self
+            .gateway
             .clone()
             .run(
                 listener,
@@ -120,6 +160,22 @@ impl Node {
                 shutdown,
             )
             .await;
+        let drained = shutdown::drain(&self.gateway.live, connections, self.shutdown, &self.shutdown_counters).await;
+        let history = self.history.flush(HISTORY_FLUSH).await;
+        let Drained { paced, closed_at_grace, closed_before_connect, aborted, elapsed } = drained;
+        tracing::info!(
+            sessions = paced + closed_at_grace,
+            closed_at_grace,
+            closed_before_connect,
+            aborted,
+            seconds = elapsed.as_secs_f64(),
+            history = ?history,
+            "gateway drained"
+        );
+        if history != Flushed::Written {
+            tracing::warn!(history = ?history, "the connection history was not all written before shutdown");
+        }
+        ShutdownReport { drained, history }
     }
 
     /// The broker: for server-originated messages (the rotation and audit services).
@@ -145,9 +201,10 @@ impl Node {
     /// The node's metrics in the Prometheus text format: gateway, broker, rules, connection
     /// history and fleet provisioning.
     pub fn render_metrics(&self) -> String {
-        let mut out = metrics::render(&self.gateway, &self.broker);
+        let mut out = metrics::render(&self.gateway, &self.broker, &self.shutdown_counters);
         self.history.render_metrics(&mut out);
         self.fleet.render_metrics(&mut out);
+        self.broker.fabric.render_metrics(&mut out);
         out
     }
 }

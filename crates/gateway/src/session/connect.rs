@@ -24,8 +24,11 @@ use crate::fabric::Message;
 use crate::fleet::FleetProvisioning;
 use crate::fleet::service::ConnectionFleet;
 use crate::listener::Authenticated;
-use crate::live::Membership;
+use crate::live::{Close, Membership};
 use crate::model::Identity;
+
+/// How long a connection waits for the cluster to order its claim of a client ID.
+const RESERVE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Waits for the first packet: `Some` for a CONNECT; `None` (after answering what can be answered
 /// when `answer_errors`) for a timeout, a closed stream or anything else.
@@ -57,6 +60,12 @@ pub(crate) async fn read_connect<S: AsyncRead + AsyncWrite>(
             }
         }
     }
+}
+
+/// Resolves when the connection is told to close (or its live-sessions entry is gone).
+async fn told_to_close(closed: &mut tokio::sync::watch::Receiver<Option<Close>>) {
+    // The guard `wait_for` answers is dropped here, not held across the caller's awaits.
+    let _ = closed.wait_for(Option::is_some).await;
 }
 
 /// The protocol level of a CONNECT whose frame is buffered whole, read before the codec consumes
@@ -120,15 +129,32 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ExpectConnect<S> {
         ExpectConnect { broker, fleet, transport, peer, identity: Arc::new(identity), membership }
     }
 
-    /// Reads and answers CONNECT; `None` when the connection was refused or closed.
+    /// Reads and answers CONNECT; `None` when the connection was refused or closed. A connection
+    /// told to close while it waits for CONNECT (revoked, the node shutting down) is closed
+    /// without an answer: it has not said which protocol version it speaks.
     pub(crate) async fn accept(mut self) -> Option<Connected<S>> {
-        let Some(connect) = read_connect(&mut self.transport, &self.broker.config, true).await else {
+        let ExpectConnect { transport, broker, membership, .. } = &mut self;
+        let connect = tokio::select! {
+            biased;
+            // A CONNECT already buffered is answered (refused, when the connection was told to
+            // close meanwhile).
+            connect = read_connect(transport, &broker.config, true) => connect,
+            () = told_to_close(&mut membership.closed) => {
+                tracing::debug!("connection closed before its connect: told to close");
+                None
+            }
+        };
+        let Some(connect) = connect else {
             self.transport.close().await;
             return None;
         };
         let version = connect.protocol_version;
-        let grant = match self.check(connect) {
-            Ok(grant) => grant,
+        let checked = match self.check(connect) {
+            Ok(grant) => self.reserve(grant).await,
+            Err(refused) => Err(refused),
+        };
+        let (grant, revision) = match checked {
+            Ok(reserved) => reserved,
             Err((refusal, client_id)) => {
                 let reason_code = refusal.reason_code();
                 // `?`: the client ID is the peer's bytes (it may hold control characters).
@@ -139,7 +165,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ExpectConnect<S> {
                 return None;
             }
         };
-        Some(self.attach(grant))
+        Some(self.attach(grant, revision))
+    }
+
+    /// Orders this connection's claim of its client ID among the cluster's (a node alone has
+    /// nothing to ask); refused with Server unavailable when the cluster cannot answer within
+    /// [`RESERVE_TIMEOUT`].
+    async fn reserve(&self, grant: Grant) -> Result<(Grant, Option<u64>), (ConnectRefusal, String)> {
+        let reservation = self.broker.fabric.reserve_client_id(&self.identity.account, &grant.client_id);
+        match tokio::time::timeout(RESERVE_TIMEOUT, reservation).await {
+            Ok(Ok(revision)) => Ok((grant, revision)),
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "client ID not reserved");
+                Err((ConnectRefusal::ClusterUnavailable, grant.client_id))
+            }
+            Err(_) => {
+                tracing::warn!("client ID not reserved: the cluster did not answer in time");
+                Err((ConnectRefusal::ClusterUnavailable, grant.client_id))
+            }
+        }
     }
 
     /// The checks of CONNECT, in the order AWS IoT applies them; a refusal says why and the
@@ -152,8 +196,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ExpectConnect<S> {
         if properties.authentication_method.is_some() {
             return refuse(ConnectRefusal::AuthenticationMethod, &client_id);
         }
-        if self.membership.closed.borrow().is_some() {
-            return refuse(ConnectRefusal::IdentityClosed, &client_id);
+        match *self.membership.closed.borrow() {
+            None => {}
+            Some(Close::Refused(_)) => return refuse(ConnectRefusal::IdentityClosed, &client_id),
+            Some(Close::Shutdown) => return refuse(ConnectRefusal::ServerShuttingDown, &client_id),
         }
         if client_id.is_empty() && version == ProtocolVersion::V311 && !clean_start {
             return refuse(ConnectRefusal::EmptyClientIdWithSession, &client_id);
@@ -232,7 +278,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ExpectConnect<S> {
 
     /// Attaches the session, answers CONNACK and tells the observer, the operator view and the
     /// lifecycle-event subscribers.
-    fn attach(self, grant: Grant) -> Connected<S> {
+    fn attach(self, grant: Grant, revision: Option<u64>) -> Connected<S> {
         let ExpectConnect { broker, fleet, mut transport, peer, identity, membership } = self;
         let config = &broker.config;
         let version = grant.limits.version;
@@ -244,6 +290,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ExpectConnect<S> {
             expiry: grant.expiry,
             will: grant.will,
             connection,
+            revision,
         });
         let properties = match version {
             ProtocolVersion::V311 => Properties::default(),
@@ -267,7 +314,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ExpectConnect<S> {
         broker.live.set_client_id(membership.session_id, &client_id);
         let now = OffsetDateTime::now_utc();
         let session_identifier = events::session_identifier();
-        let on_record = broker.observer.connected(&identity, &client_id, &session_identifier, now);
+        let via = broker.live.via(membership.session_id);
+        let on_record = broker.observer.connected(&identity, &client_id, &session_identifier, &via, now);
         let lifecycle = Lifecycle {
             client_id: &client_id,
             identity: &identity,

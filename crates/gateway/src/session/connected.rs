@@ -27,7 +27,7 @@ use crate::broker::{
 use crate::fabric::Message;
 use crate::fleet::service::{Caller, ConnectionFleet};
 use crate::fleet::{FleetProvisioning, Request};
-use crate::live::Membership;
+use crate::live::{Close, Membership};
 use crate::model::Identity;
 
 /// How many packets are taken from the session state per lock.
@@ -97,8 +97,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connected<S> {
         let not_after = certificate_deadline(&self.identity);
         let mut watching_revocation = true;
         loop {
-            if let Some(reason) = *self.membership.closed.borrow() {
-                return Ending::Revoked(reason);
+            match *self.membership.closed.borrow() {
+                None => {}
+                Some(Close::Refused(reason)) => return Ending::Revoked(reason),
+                Some(Close::Shutdown) => return Ending::ServerShutdown,
             }
             self.fill();
             let now = Instant::now();
@@ -332,14 +334,43 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connected<S> {
         }
         let message = Arc::new(message);
         self.broker.tap(&self.identity, &self.client_id, &message);
-        let congested = self.broker.publish_with_backpressure(&self.identity.account, message);
-        if !congested.is_empty() {
+        let published = self.broker.publish_with_backpressure(&self.identity.account, message);
+        if !published.congested.is_empty() {
             if self.congestion.is_empty() {
                 self.room_deadline = Instant::now() + ROOM_WAIT;
             }
-            self.congestion.extend(congested);
+            for session in published.congested {
+                if !self.congestion.iter().any(|known| Arc::ptr_eq(known, &session)) {
+                    self.congestion.push(session);
+                }
+            }
         }
-        self.acknowledge(qos, packet_id);
+        match published.carried {
+            Ok(()) => self.acknowledge(qos, packet_id),
+            // The other nodes could not be reached (this node's subscribers have it): a QoS 1
+            // or 2 message is not acknowledged as delivered. MQTT 5 hears Unspecified error
+            // (0x80) and may send it again; MQTT 3.1.1, with no negative acknowledgement, is
+            // disconnected so that its client resends the message on a new connection.
+            Err(error) => match (qos, packet_id, self.limits.version) {
+                (QoS::AtMostOnce, _, _) | (_, None, _) => {}
+                (_, Some(_), ProtocolVersion::V311) => {
+                    return Err(Ending::Violation {
+                        reason_code: ReasonCode::UNSPECIFIED_ERROR,
+                        what: "a message the cluster could not carry",
+                    });
+                }
+                (QoS::AtLeastOnce, Some(packet_id), ProtocolVersion::V5) => {
+                    tracing::debug!(%error, "publish not carried to the cluster");
+                    let reason_code = ReasonCode::UNSPECIFIED_ERROR;
+                    self.send(Packet::PubAck(PubAck { packet_id, reason_code, properties: Properties::default() }));
+                }
+                (QoS::ExactlyOnce, Some(packet_id), ProtocolVersion::V5) => {
+                    tracing::debug!(%error, "publish not carried to the cluster");
+                    let reason_code = ReasonCode::UNSPECIFIED_ERROR;
+                    self.send(Packet::PubRec(PubRec { packet_id, reason_code, properties: Properties::default() }));
+                }
+            },
+        }
         Ok(())
     }
 
@@ -543,6 +574,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connected<S> {
             }
             (Ending::ClientDisconnect { .. } | Ending::ConnectionLost | Ending::TakenOver, _) => {
                 tracing::info!(reason = reason.as_str(), "device disconnected: {ending}");
+            }
+            // The node says once how many it drained: a line per device would be a storm.
+            (Ending::ServerShutdown, _) => {
+                tracing::debug!(reason = reason.as_str(), "device disconnected by the gateway: {ending}");
             }
             _ => tracing::info!(reason = reason.as_str(), "device disconnected by the gateway: {ending}"),
         }

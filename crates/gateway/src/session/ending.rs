@@ -23,6 +23,9 @@ pub(crate) enum Ending {
     Revoked(Refusal),
     /// The device certificate's notAfter passed.
     CertificateExpired,
+    /// The node is shutting down (the device is to reconnect to another node). Not a client's
+    /// DISCONNECT, so the will is published, as for any connection the server closes.
+    ServerShutdown,
     /// The client sent bytes the codec refuses.
     Malformed(certfleet_mqtt::Error),
     /// The client broke a rule of the session (a second CONNECT, a receive maximum exceeded, an
@@ -42,7 +45,7 @@ impl Ending {
             Ending::ClientDisconnect { .. } | Ending::ConnectionLost => return None,
             Ending::KeepAliveTimeout => ReasonCode::KEEP_ALIVE_TIMEOUT,
             Ending::TakenOver => ReasonCode::SESSION_TAKEN_OVER,
-            Ending::Revoked(Refusal::ServerChainChanged) => ReasonCode::SERVER_SHUTTING_DOWN,
+            Ending::Revoked(Refusal::ServerChainChanged) | Ending::ServerShutdown => ReasonCode::SERVER_SHUTTING_DOWN,
             Ending::Revoked(_) | Ending::CertificateExpired => ReasonCode::ADMINISTRATIVE_ACTION,
             Ending::Malformed(error) => match error.reason_code() {
                 // Only CONNECT yields these, and DISCONNECT may not carry them.
@@ -62,7 +65,9 @@ impl Ending {
             Ending::ConnectionLost => DisconnectReason::ConnectionLost,
             Ending::KeepAliveTimeout => DisconnectReason::MqttKeepAliveTimeout,
             Ending::TakenOver => DisconnectReason::DuplicateClientId,
-            Ending::Revoked(Refusal::ServerChainChanged) => DisconnectReason::ServerInitiatedDisconnect,
+            Ending::Revoked(Refusal::ServerChainChanged) | Ending::ServerShutdown => {
+                DisconnectReason::ServerInitiatedDisconnect
+            }
             Ending::Revoked(_) | Ending::CertificateExpired | Ending::NotAuthorized => DisconnectReason::AuthError,
             Ending::Malformed(_) | Ending::Violation { .. } | Ending::MessageTooLarge { .. } => {
                 DisconnectReason::ClientError
@@ -98,6 +103,7 @@ impl fmt::Display for Ending {
             Ending::TakenOver => f.write_str("session taken over by another connection"),
             Ending::Revoked(reason) => write!(f, "identity no longer accepted: {reason}"),
             Ending::CertificateExpired => f.write_str("certificate expired"),
+            Ending::ServerShutdown => f.write_str("the node is shutting down"),
             Ending::Malformed(error) => write!(f, "{error}"),
             Ending::Violation { what, .. } => write!(f, "protocol error: {what}"),
             Ending::MessageTooLarge { size } => write!(f, "message of {size} bytes over the size limit"),
@@ -134,6 +140,8 @@ mod tests {
         check(Ending::TakenOver, Some(0x8E), "DUPLICATE_CLIENTID", true);
         check(Ending::Revoked(Refusal::Revoked), Some(0x98), "AUTH_ERROR", true);
         check(Ending::CertificateExpired, Some(0x98), "AUTH_ERROR", true);
+        check(Ending::ServerShutdown, Some(0x8B), "SERVER_INITIATED_DISCONNECT", true);
+        check(Ending::Revoked(Refusal::ServerChainChanged), Some(0x8B), "SERVER_INITIATED_DISCONNECT", true);
         check(Ending::Malformed(certfleet_mqtt::Error::Truncated), Some(0x81), "CLIENT_ERROR", true);
         check(
             Ending::Malformed(certfleet_mqtt::Error::UnsupportedProtocolVersion(3)),

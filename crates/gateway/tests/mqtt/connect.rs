@@ -224,3 +224,37 @@ async fn a_second_connect_is_a_protocol_error() {
     assert_eq!(client.disconnected().await, None, "3.1.1: just closed");
     assert_eq!(harness.broker.session_count(&device.account), 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_node_shutting_down_ends_its_sessions_and_turns_new_ones_away() {
+    let harness = Harness::new();
+    let device = identity(ACCOUNT_A, 1);
+    let (mut connected, _) = harness.connect(&device, Options::v5("connected").will("wills/connected", "gone")).await;
+    let mut waiting = harness.open(&device, ProtocolVersion::V5);
+    // The connection without CONNECT yet holds no session: it is told at once, and closed
+    // without a word. The session is left for the drain to tell in its turn.
+    let begun = harness.live.begin_shutdown();
+    assert_eq!((begun.sessions.len(), begun.closed_before_connect), (1, 1));
+    assert!(waiting.closed().await.is_empty());
+
+    // A connection that joins now is told to close as it joins: its CONNECT (already sent) is
+    // refused with "server unavailable", which makes devices try elsewhere (MQTT 3.1.1: 3).
+    for version in [ProtocolVersion::V5, ProtocolVersion::V311] {
+        let mut client = harness.open(&device, version);
+        let options = Options { version, ..Options::v5("late") };
+        assert_eq!(client.connect(options).await.reason_code, ReasonCode::SERVER_UNAVAILABLE, "{version:?}");
+        assert!(client.closed().await.is_empty());
+    }
+    let refusals = harness.broker.counters().connect_refusals();
+    assert!(refusals.contains(&(ConnectRefusal::ServerShuttingDown, 2)), "{refusals:?}");
+
+    // The drain tells the session: it hears DISCONNECT 0x8B and its end is a server-initiated
+    // disconnect (the will published).
+    let session = begun.sessions[0];
+    assert!(harness.live.close_for_shutdown(session));
+    assert!(!harness.live.close_for_shutdown(session), "told once");
+    assert_eq!(connected.disconnected().await, Some(ReasonCode::SERVER_SHUTTING_DOWN));
+    let seen = harness.recorder.seen.lock().unwrap().clone();
+    assert!(seen.contains(&("SERVER_INITIATED_DISCONNECT".into(), "connected".into())), "{seen:?}");
+    assert_eq!(harness.broker.counters().wills.load(std::sync::atomic::Ordering::Relaxed), 1);
+}

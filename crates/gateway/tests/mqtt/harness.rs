@@ -54,6 +54,7 @@ impl ConnectionObserver for Recorder {
         _identity: &Identity,
         client_id: &str,
         _session_identifier: &str,
+        _via: &certfleet_registry::ConnectionVia,
         _at: OffsetDateTime,
     ) -> OnRecord {
         self.seen.lock().unwrap().push(("connected".into(), client_id.into()));
