@@ -253,13 +253,32 @@ impl NatsFabric {
 }
 
 /// Opens a KV bucket, creating it on first use (history 1: only the latest value counts).
+///
+/// The bucket's stream is created here, as async-nats's `create_key_value` would make it,
+/// rather than by `create_key_value` itself: that first reads the account's JetStream info,
+/// whose answer from a nats-server before 2.10 (Debian 12 ships 2.9.10) lacks fields async-nats
+/// requires (`reserved_memory`), so no node could start against it. The info is not used for a
+/// bucket without limit markers anyway.
 async fn bucket(jetstream: &async_nats::jetstream::Context, name: &'static str) -> Result<kv::Store, ClusterError> {
     if let Ok(store) = jetstream.get_key_value(name).await {
         return Ok(store);
     }
-    let config = kv::Config { bucket: name.to_owned(), history: 1, ..Default::default() };
-    match jetstream.create_key_value(config).await {
-        Ok(store) => Ok(store),
+    let config = async_nats::jetstream::stream::Config {
+        name: format!("KV_{name}"),
+        subjects: vec![format!("$KV.{name}.>")],
+        max_messages_per_subject: 1,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: async_nats::jetstream::stream::DiscardPolicy::New,
+        num_replicas: 1,
+        ..Default::default()
+    };
+    match jetstream.create_stream(config).await {
+        Ok(_) => jetstream
+            .get_key_value(name)
+            .await
+            .map_err(|error| ClusterError::Bucket { bucket: name, reason: error.to_string() }),
         // Another node created it in between.
         Err(error) => jetstream
             .get_key_value(name)
@@ -635,7 +654,9 @@ async fn watch_retained(store: kv::Store, router: Weak<dyn Router>, counters: Ar
         if router.strong_count() == 0 {
             return;
         }
-        match store.watch_all().await {
+        // With history: the latest entry of every key first (`watch_all` would deliver only
+        // changes made after it starts, so a node started later would serve nothing retained).
+        match store.watch_with_history(">").await {
             Ok(mut watch) => {
                 while let Some(entry) = watch.next().await {
                     let Some(router) = router.upgrade() else { return };
