@@ -553,6 +553,7 @@ class Traffic:
         self.refused: list[tuple[str, object]] = []
         self.failed: list[tuple[str, str]] = []
         self.prefix = "before"
+        self.dropped = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -583,13 +584,14 @@ class Traffic:
         self._stop.set()
         self._thread.join(timeout=5)
         time.sleep(1)  # acknowledgements still in flight
+        self.dropped = len(self.client.disconnects)  # before our own DISCONNECT
         self.client.stop()
 
     def summary(self) -> str:
         with self._lock:
             by_phase = collections.Counter(message.split("-")[0] for message in self.acknowledged)
             return (f"acknowledged {dict(by_phase)}, refused {len(self.refused)}, failed {len(self.failed)}; "
-                    f"publisher disconnected {len(self.client.disconnects)} times")
+                    f"the publisher's connection dropped {self.dropped} times")
 
 
 def nats_restarted_under_traffic(cluster, openssl):
