@@ -9,12 +9,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use certfleet_loadgen::proc_stats;
 use rustls::HandshakeKind;
 use rustls::client::{ClientSessionMemoryCache, ClientSessionStore, Tls12ClientSessionValue, Tls13ClientSessionValue};
 use rustls::{NamedGroup, pki_types::ServerName};
 
-use super::{Broker, Client, MqttArgs, Outcome, client_config, micros};
+use super::{Broker, Client, MqttArgs, Outcome, client_config, micros, storm_addr};
 
 /// What one storm did.
 #[derive(Default)]
@@ -28,7 +27,7 @@ struct Storm {
 /// Full handshakes, every one.
 pub(super) async fn storm(broker: &Arc<Broker>, args: &MqttArgs, deadline: Instant) -> anyhow::Result<Outcome> {
     let configs = Arc::new(broker.identities.iter().map(|identity| identity.full_handshakes.clone()).collect());
-    let storm = run_storm(broker, configs, args.connections, args.count, deadline).await?;
+    let storm = run_storm(broker, configs, args, args.count, deadline).await?;
     Ok(Outcome {
         ok: storm.ok,
         latencies_us: storm.latencies_us,
@@ -55,14 +54,14 @@ pub(super) async fn resumed_storm(
     }
     let configs = Arc::new(configs);
     let identities = broker.identities.len() as u64;
-    let priming = run_storm(broker, configs.clone(), args.connections, identities, Instant::now() + duration).await?;
+    let priming = run_storm(broker, configs.clone(), args, identities, Instant::now() + duration).await?;
     let tickets_after_priming: u64 = stores.iter().map(|store| store.tickets.load(Ordering::Relaxed)).sum();
 
-    let cpu_before = args.server_pid.and_then(proc_stats::cpu_seconds);
+    let cpu_before = super::servers_cpu_seconds(&args.server_pid);
     let started = Instant::now();
-    let storm = run_storm(broker, configs, args.connections, args.count, started + duration).await?;
+    let storm = run_storm(broker, configs, args, args.count, started + duration).await?;
     let wall_seconds = started.elapsed().as_secs_f64();
-    let cpu_after = args.server_pid.and_then(proc_stats::cpu_seconds);
+    let cpu_after = super::servers_cpu_seconds(&args.server_pid);
     let tickets: u64 = stores.iter().map(|store| store.tickets.load(Ordering::Relaxed)).sum();
     let mut notes = Vec::new();
     if priming.failed > 0 {
@@ -100,21 +99,23 @@ pub(super) async fn resumed_storm(
     })
 }
 
-/// `workers` connecting over and over, identities (and their `configs`) taken in turn, until
+/// `--connections` workers connecting over and over, identities (and their `configs`) taken
+/// in turn, each worker to its broker address (`--also-addr`: the addresses in turn), until
 /// `count` connects were attempted or `deadline` passed.
 async fn run_storm(
     broker: &Arc<Broker>,
     configs: Arc<Vec<Arc<rustls::ClientConfig>>>,
-    workers: usize,
+    args: &MqttArgs,
     count: u64,
     deadline: Instant,
 ) -> anyhow::Result<Storm> {
     let budget = Arc::new(AtomicU64::new(count));
     let next_identity = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
-    for worker in 0..workers {
+    for worker in 0..args.connections {
         let (broker, configs, budget, next_identity) =
             (broker.clone(), configs.clone(), budget.clone(), next_identity.clone());
+        let addr = storm_addr(worker, &broker.addr, &args.also_addr).to_owned();
         tasks.push(tokio::spawn(async move {
             let mut storm = Storm::default();
             let mut attempt = 0usize;
@@ -124,7 +125,7 @@ async fn run_storm(
                 let config = &configs[next_identity.fetch_add(1, Ordering::Relaxed) % configs.len()];
                 attempt += 1;
                 let started = Instant::now();
-                match Client::connect(&broker, config, None, &format!("loadgen-{worker}-{attempt}"), 60).await {
+                match Client::connect_at(&broker, &addr, config, &format!("loadgen-{worker}-{attempt}"), 60).await {
                     Ok(client) => {
                         storm.latencies_us.push(micros(started.elapsed()));
                         storm.ok += 1;

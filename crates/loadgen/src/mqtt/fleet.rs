@@ -161,10 +161,10 @@ impl Fleet {
 pub(super) async fn idle(broker: &Arc<Broker>, args: &MqttArgs, deadline: Instant) -> anyhow::Result<Outcome> {
     let needed_files = args.connections as u64 + SPARE_FILES;
     let open_files_limit = proc_stats::raise_open_files_limit(needed_files);
-    let rss_before = args.server_pid.and_then(proc_stats::rss_kib);
+    let rss_before = super::servers_rss_kib(&args.server_pid);
     let mut fleet = open(broker, args, args.connections, deadline).await;
     tokio::time::sleep(Duration::from_secs_f64(args.hold)).await;
-    let rss_after = args.server_pid.and_then(proc_stats::rss_kib);
+    let rss_after = super::servers_rss_kib(&args.server_pid);
     let mut closed_by_server = 0u64;
     while fleet.closed.try_recv().is_ok() {
         closed_by_server += 1;

@@ -75,6 +75,14 @@ pub struct MqttArgs {
     /// Broker address HOST:PORT when not using --data-dir.
     #[arg(long)]
     pub addr: Option<String>,
+    /// Publish scenarios: where the subscribers connect, HOST:PORT, when not where the
+    /// publishers do (another node of a cluster: the same trust anchor and server name).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub subscribe_addr: Option<String>,
+    /// Connect storms: a further broker address (repeat it); the workers connect to the broker
+    /// address and these in turn (the nodes of a cluster).
+    #[arg(long = "also-addr", value_name = "HOST:PORT")]
+    pub also_addr: Vec<String>,
     /// Trust anchor for the broker's certificate when not using --data-dir.
     #[arg(long)]
     pub cafile: Option<PathBuf>,
@@ -125,8 +133,10 @@ pub struct MqttArgs {
     /// Revocation: how many of the connected devices' certificates to revoke.
     #[arg(long, default_value_t = 100)]
     pub revoke: usize,
+    /// The server's process ID, for its CPU time and memory; repeat it for the nodes of a
+    /// cluster (CPU time and RSS summed over them, peak RSS the largest).
     #[arg(long)]
-    pub server_pid: Option<u32>,
+    pub server_pid: Vec<u32>,
     #[arg(long, default_value = "")]
     pub label: String,
     #[arg(long)]
@@ -185,10 +195,52 @@ fn source_address(index: usize, count: usize) -> Option<IpAddr> {
     (count > 0).then(|| IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + (index % count) as u8)))
 }
 
+/// The broker address a connect storm's `worker` uses: `addr` and the `also` addresses in turn.
+fn storm_addr<'a>(worker: usize, addr: &'a str, also: &'a [String]) -> &'a str {
+    match worker % (also.len() + 1) {
+        0 => addr,
+        other => &also[other - 1],
+    }
+}
+
+/// The servers' CPU seconds so far, summed over `pids`; `None` without one, or when one of
+/// them cannot be read (a node gone: a sum without it would mislead).
+pub(crate) fn servers_cpu_seconds(pids: &[u32]) -> Option<f64> {
+    sum_all(pids.iter().map(|&pid| proc_stats::cpu_seconds(pid)))
+}
+
+/// The servers' resident set sizes in KiB, summed over `pids` (as [`servers_cpu_seconds`]).
+pub(crate) fn servers_rss_kib(pids: &[u32]) -> Option<u64> {
+    sum_all(pids.iter().map(|&pid| proc_stats::rss_kib(pid)))
+}
+
+/// The largest peak RSS of the servers, KiB.
+fn servers_peak_rss_kib(pids: &[u32]) -> Option<u64> {
+    pids.iter().map(|&pid| proc_stats::peak_rss_kib(pid)).collect::<Option<Vec<_>>>()?.into_iter().max()
+}
+
+/// The sum of `values`; `None` when there are none or one is `None`.
+fn sum_all<T: std::iter::Sum<T>>(values: impl IntoIterator<Item = Option<T>>) -> Option<T> {
+    let values = values.into_iter().collect::<Option<Vec<T>>>()?;
+    (!values.is_empty()).then(|| values.into_iter().sum())
+}
+
 pub async fn run(args: &MqttArgs) -> anyhow::Result<Report> {
     anyhow::ensure!(args.payload >= 8, "--payload must be at least 8 bytes (it carries a timestamp)");
     anyhow::ensure!(args.hold >= 0.0 && args.hold <= 3600.0, "--hold must be in [0, 3600] seconds");
     anyhow::ensure!(args.concurrency > 0, "--concurrency must be at least 1");
+    let publishing = matches!(
+        args.scenario,
+        MqttScenario::PublishQos0 | MqttScenario::PublishQos1 | MqttScenario::FanIn | MqttScenario::FanOut
+    );
+    anyhow::ensure!(
+        args.subscribe_addr.is_none() || publishing,
+        "--subscribe-addr applies to publish-qos0, publish-qos1, fan-in and fan-out"
+    );
+    anyhow::ensure!(
+        args.also_addr.is_empty() || matches!(args.scenario, MqttScenario::Connect | MqttScenario::ConnectResumed),
+        "--also-addr applies to connect and connect-resumed"
+    );
     let devices = match args.scenario {
         MqttScenario::Revocation => {
             anyhow::ensure!(
@@ -205,7 +257,7 @@ pub async fn run(args: &MqttArgs) -> anyhow::Result<Report> {
     };
     let broker = Arc::new(broker(args, devices).await?);
     let duration = Duration::from_secs_f64(args.duration);
-    let cpu_before = args.server_pid.and_then(proc_stats::cpu_seconds);
+    let cpu_before = servers_cpu_seconds(&args.server_pid);
     let started = Instant::now();
     let deadline = started + duration;
     let qos = if args.qos == 0 { mqtt::QoS::AtMostOnce } else { mqtt::QoS::AtLeastOnce };
@@ -224,7 +276,7 @@ pub async fn run(args: &MqttArgs) -> anyhow::Result<Report> {
         MqttScenario::Revocation => revocation::run(&broker, args, deadline).await?,
     };
     let wall_seconds = outcome.wall_seconds.unwrap_or_else(|| started.elapsed().as_secs_f64());
-    let cpu_after = args.server_pid.and_then(proc_stats::cpu_seconds);
+    let cpu_after = servers_cpu_seconds(&args.server_pid);
     let mut latencies_us = outcome.latencies_us;
     latencies_us.sort_unstable();
     Ok(Report {
@@ -243,7 +295,7 @@ pub async fn run(args: &MqttArgs) -> anyhow::Result<Report> {
         server_cpu_seconds: outcome
             .server_cpu_seconds
             .or_else(|| cpu_before.zip(cpu_after).map(|(before, after)| after - before)),
-        server_peak_rss_kib: args.server_pid.and_then(proc_stats::peak_rss_kib),
+        server_peak_rss_kib: servers_peak_rss_kib(&args.server_pid),
         details: outcome.details,
         notes: outcome.notes,
     })
@@ -486,7 +538,23 @@ impl Client {
     ) -> anyhow::Result<Client> {
         tokio::time::timeout(
             CONNECT_TIMEOUT,
-            Client::connect_unbounded(broker, config, source, client_id, keep_alive, true),
+            Client::connect_unbounded(broker, &broker.addr, config, source, client_id, keep_alive, true),
+        )
+        .await
+        .context("connect timed out")?
+    }
+
+    /// The same, to another address of the broker (another node of a cluster) than its own.
+    pub(crate) async fn connect_at(
+        broker: &Broker,
+        addr: &str,
+        config: &Arc<rustls::ClientConfig>,
+        client_id: &str,
+        keep_alive: u16,
+    ) -> anyhow::Result<Client> {
+        tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            Client::connect_unbounded(broker, addr, config, None, client_id, keep_alive, true),
         )
         .await
         .context("connect timed out")?
@@ -498,13 +566,17 @@ impl Client {
         config: &Arc<rustls::ClientConfig>,
         client_id: &str,
     ) -> anyhow::Result<Client> {
-        tokio::time::timeout(CONNECT_TIMEOUT, Client::connect_unbounded(broker, config, None, client_id, 30, false))
-            .await
-            .context("connect timed out")?
+        tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            Client::connect_unbounded(broker, &broker.addr, config, None, client_id, 30, false),
+        )
+        .await
+        .context("connect timed out")?
     }
 
     async fn connect_unbounded(
         broker: &Broker,
+        addr: &str,
         config: &Arc<rustls::ClientConfig>,
         source: Option<IpAddr>,
         client_id: &str,
@@ -512,10 +584,9 @@ impl Client {
         clean_start: bool,
     ) -> anyhow::Result<Client> {
         let tcp = match source {
-            None => TcpStream::connect(&broker.addr).await?,
+            None => TcpStream::connect(addr).await?,
             Some(source) => {
-                let to: SocketAddr =
-                    tokio::net::lookup_host(&broker.addr).await?.next().context("no broker address")?;
+                let to: SocketAddr = tokio::net::lookup_host(addr).await?.next().context("no broker address")?;
                 let socket = TcpSocket::new_v4()?;
                 socket.bind(SocketAddr::new(source, 0)).with_context(|| format!("binding {source}"))?;
                 socket.connect(to).await?
@@ -587,6 +658,37 @@ mod tests {
         check(3, 3, Some("127.0.0.2"));
         check(252, 253, Some("127.0.0.254"));
         check(252, 1000, Some("127.0.0.254"));
+    }
+
+    #[test]
+    fn storm_workers_take_the_addresses_in_turn() {
+        let also = ["b:2".to_owned(), "c:3".to_owned()];
+        let check = |worker: usize, also: &[String], expected: &str| {
+            assert_eq!(storm_addr(worker, "a:1", also), expected, "worker {worker} of {also:?}");
+        };
+        check(0, &[], "a:1");
+        check(7, &[], "a:1");
+        check(0, &also, "a:1");
+        check(1, &also, "b:2");
+        check(2, &also, "c:3");
+        check(3, &also, "a:1");
+        check(5, &also, "c:3");
+    }
+
+    #[test]
+    fn figures_of_several_servers_are_summed_only_when_all_are_known() {
+        let check = |values: &[Option<u64>], expected: Option<u64>| {
+            assert_eq!(sum_all(values.iter().copied()), expected, "{values:?}");
+        };
+        check(&[], None);
+        check(&[Some(3)], Some(3));
+        check(&[Some(3), Some(4), Some(5)], Some(12));
+        check(&[Some(3), None, Some(5)], None);
+        check(&[None], None);
+        assert_eq!(servers_cpu_seconds(&[]), None);
+        assert!(servers_cpu_seconds(&[std::process::id()]).is_some());
+        assert!(servers_rss_kib(&[std::process::id(), std::process::id()]).is_some());
+        assert_eq!(servers_peak_rss_kib(&[std::process::id(), u32::MAX]), None);
     }
 
     #[test]

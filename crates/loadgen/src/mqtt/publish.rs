@@ -35,14 +35,16 @@ pub(super) async fn run(
     let budget = Arc::new(AtomicU64::new(args.count));
 
     // Subscribers first, every subscription acknowledged before anything is published.
+    // --subscribe-addr: the subscribers on another node than the publishers.
+    let subscribe_addr = args.subscribe_addr.clone().unwrap_or_else(|| broker.addr.clone());
     let permits = Arc::new(tokio::sync::Semaphore::new(args.concurrency));
     let mut subscribing = Vec::new();
     for index in 0..subscribers {
-        let (broker, permits) = (broker.clone(), permits.clone());
+        let (broker, permits, addr) = (broker.clone(), permits.clone(), subscribe_addr.clone());
         subscribing.push(tokio::spawn(async move {
             let _permit = permits.acquire_owned().await?;
             let identity = &broker.identities[index % broker.identities.len()];
-            subscribe(&broker, &identity.full_handshakes, &format!("loadgen-subscriber-{index}"), qos).await
+            subscribe(&broker, &addr, &identity.full_handshakes, &format!("loadgen-subscriber-{index}"), qos).await
         }));
     }
     let mut receivers = Vec::new();
@@ -117,11 +119,12 @@ pub(super) async fn run(
 
 async fn subscribe(
     broker: &Broker,
+    addr: &str,
     config: &Arc<rustls::ClientConfig>,
     client_id: &str,
     qos: QoS,
 ) -> anyhow::Result<Client> {
-    let mut subscriber = Client::connect(broker, config, None, client_id, 60).await?;
+    let mut subscriber = Client::connect_at(broker, addr, config, client_id, 60).await?;
     let subscribe = mqtt::Subscribe {
         packet_id: PacketId::new(1).context("packet id")?,
         subscriptions: vec![mqtt::Subscription {

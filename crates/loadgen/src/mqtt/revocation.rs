@@ -34,7 +34,7 @@ pub(super) async fn run(broker: &Arc<Broker>, args: &MqttArgs, deadline: Instant
         args.connections
     );
 
-    let cpu_before = args.server_pid.and_then(proc_stats::cpu_seconds);
+    let cpu_before = super::servers_cpu_seconds(&args.server_pid);
     let started = Instant::now();
     let mut revoked_at = HashMap::new();
     let mut api_latencies_us = Vec::new();
@@ -62,7 +62,7 @@ pub(super) async fn run(broker: &Arc<Broker>, args: &MqttArgs, deadline: Instant
         }
     }
     let wall_seconds = started.elapsed().as_secs_f64();
-    let cpu_after = args.server_pid.and_then(proc_stats::cpu_seconds);
+    let cpu_after = super::servers_cpu_seconds(&args.server_pid);
     // Sessions of devices not revoked that closed meanwhile.
     while let Ok((index, _)) = fleet.closed.try_recv() {
         collateral += u64::from(!revoked_at.contains_key(&index));
