@@ -365,13 +365,16 @@ def open_egress_server(tmp_path_factory):
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
-    """On a failing test, append the tail of the server log to the report."""
+    """On a failing test, append the tail of the server log (every node's, for a cluster) to the report."""
     outcome = yield
     report = outcome.get_result()
     if report.failed:
         srv = getattr(item, "funcargs", {}).get("server")
         if srv is not None:
             report.sections.append(("certfleet server log", srv.log_tail()))
+        cluster = getattr(item, "funcargs", {}).get("cluster")
+        if cluster is not None and hasattr(cluster, "log_tails"):
+            report.sections.append(("certfleet cluster logs", cluster.log_tails()))
 
 
 # ------------------------------------------------------------------------------------------------
