@@ -425,8 +425,9 @@ pub async fn describe_endpoint(
 
 // ---- certfleet extensions ---------------------------------------------------------------------
 
-/// `GET /certfleet/sessions`: the caller's devices connected to this node (a certfleet extension,
-/// not an AWS operation).
+/// `GET /certfleet/sessions`: the caller's devices connected to this node, or in a cluster to
+/// every node that answered, each with the node serving it (a certfleet extension, not an AWS
+/// operation; `node` is null on a node running alone).
 pub async fn list_connected_clients(State(state): State<Arc<AppState>>, Extension(caller): Extension<Caller>) -> Reply {
     let sessions: Vec<_> = state
         .data_plane
@@ -443,6 +444,7 @@ pub async fn list_connected_clients(State(state): State<Arc<AppState>>, Extensio
                 "tlsVersion": client.tls_version,
                 "ipAddress": client.peer,
                 "connectedAt": epoch_seconds(client.connected_at),
+                "node": client.node,
             })
         })
         .collect();

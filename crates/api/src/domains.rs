@@ -338,7 +338,8 @@ pub async fn finish(
 }
 
 /// `GET /certfleet/domain-configurations/{name}/migration`: the configuration, and this node's
-/// per-chain counters and drain report.
+/// per-chain counters and drain report; in a cluster, every node's summed, each node's view in
+/// `nodes` and the nodes that did not answer in `missingNodes` (both empty for a node alone).
 pub async fn status(
     State(state): State<Arc<AppState>>,
     Extension(caller): Extension<Caller>,
@@ -378,6 +379,22 @@ pub async fn status(
                 })
             })
             .into();
+        out["nodes"] = report
+            .nodes
+            .iter()
+            .map(|node| {
+                json!({
+                    "node": node.node,
+                    "serving": node.serving,
+                    "connected": node.connected,
+                    "drainSessions": node.drain_sessions,
+                    "drainClosed": node.drain_closed,
+                    "guardTripped": node.guard_tripped,
+                })
+            })
+            .collect::<Vec<_>>()
+            .into();
+        out["missingNodes"] = report.missing_nodes.into();
         Ok(out)
     })
     .await?;

@@ -427,7 +427,10 @@ async fn gateway_sessions(
     match output {
         Output::Json => println!("{answer}"),
         Output::Text => {
-            println!("{:<24} {:<64} {:<8} {:<22} CONNECTED AT", "CLIENT ID", "CERTIFICATE", "TLS", "PEER");
+            println!(
+                "{:<24} {:<64} {:<8} {:<22} {:<20} NODE",
+                "CLIENT ID", "CERTIFICATE", "TLS", "PEER", "CONNECTED AT"
+            );
             for session in answer["sessions"].as_array().into_iter().flatten() {
                 let connected = session["connectedAt"].as_f64().unwrap_or(0.0);
                 let since = time::OffsetDateTime::from_unix_timestamp(connected as i64)
@@ -435,12 +438,13 @@ async fn gateway_sessions(
                     .and_then(|at| at.format(&time::format_description::well_known::Rfc3339).ok())
                     .unwrap_or_default();
                 println!(
-                    "{:<24} {:<64} {:<8} {:<22} {}",
+                    "{:<24} {:<64} {:<8} {:<22} {:<20} {}",
                     session["clientId"].as_str().unwrap_or("-"),
                     session["certificateId"].as_str().unwrap_or("-"),
                     session["tlsVersion"].as_str().unwrap_or("-"),
                     session["ipAddress"].as_str().unwrap_or("-"),
-                    since
+                    since,
+                    session["node"].as_str().unwrap_or("-")
                 );
             }
         }
@@ -624,6 +628,21 @@ fn print_endpoint(answer: &serde_json::Value) {
         if let Some(reason) = drain["guardTripped"].as_str() {
             println!("guard: {reason}");
         }
+    }
+    // In a cluster: each node's own view, and who did not answer.
+    for node in answer["nodes"].as_array().into_iter().flatten() {
+        println!(
+            "node {}: serving {}, {} connected, drain {} of {}{}",
+            node["node"].as_str().unwrap_or("-"),
+            node["serving"].as_str().unwrap_or("(not resolved yet)"),
+            node["connected"],
+            node["drainClosed"],
+            node["drainSessions"],
+            node["guardTripped"].as_str().map(|reason| format!(", guard: {reason}")).unwrap_or_default()
+        );
+    }
+    for node in answer["missingNodes"].as_array().into_iter().flatten() {
+        println!("node {}: did not answer in time (not counted above)", node.as_str().unwrap_or("-"));
     }
 }
 

@@ -39,6 +39,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     tracing::info!(backend = store.backend(), data_dir = %config.data_dir.display(), "registry open");
+    // In a cluster, every commit of a change-feed entry (a revocation, a policy change, ...) is
+    // announced, and the node nudges every node's follower to read the feed at once
+    // (docs/cluster.md, "Cluster-wide operations").
+    let commits = Arc::new(tokio::sync::Notify::new());
+    let store: Arc<dyn certfleet_registry::Store> = match &config.nats_url {
+        None => store,
+        Some(_) => {
+            let commits = commits.clone();
+            Arc::new(certfleet_services::feed::Announcing::new(store, Box::new(move || commits.notify_one())))
+        }
+    };
 
     let (device_issuer, server_issuer) = {
         let (store, clock, config) = (store.clone(), clock.clone(), config.clone());
@@ -111,7 +122,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let builtin = builtin_chains(&server_issuer, &config, server_chain, &server_key, clock.now())?;
     let stops = Stops { gateway: gateway_stopped, workers: stopped.clone() };
     let (gateway, node) =
-        start_gateway(&services, &config, &node_id, budget, builtin, mqtt_listener, egress.clone(), stops).await?;
+        start_gateway(&services, &config, &node_id, budget, builtin, mqtt_listener, egress.clone(), stops, commits)
+            .await?;
     let console = start_console(&services, &config, tls.clone(), node.data_plane(), stopped.clone()).await?;
     // The registry prune: every node tries, one node of the cluster at a time does it.
     let prune_metrics = Arc::new(certfleet_workers::PruneMetrics::default());
@@ -376,7 +388,8 @@ fn api_tls(
 /// Builds this node's gateway (`certfleet_gateway::Node`: broker, rules, registry view, fleet
 /// provisioning, connection history), starts the rotation service and its system rules (until
 /// `stops.workers`), and serves devices on `listener` until `stops.gateway`; the task returned
-/// ends when the node has drained its sessions and flushed its history.
+/// ends when the node has drained its sessions and flushed its history. In a cluster,
+/// `commits` is told by the registry of each change-feed entry this process commits.
 #[allow(clippy::too_many_arguments)]
 async fn start_gateway(
     services: &Arc<Services>,
@@ -387,6 +400,7 @@ async fn start_gateway(
     listener: TcpListener,
     egress: Arc<certfleet_egress::Egress>,
     stops: Stops,
+    commits: Arc<tokio::sync::Notify>,
 ) -> anyhow::Result<(tokio::task::JoinHandle<certfleet_gateway::ShutdownReport>, Arc<certfleet_gateway::Node>)> {
     let Stops { gateway: gateway_stopped, workers: stopped } = stops;
     let default_account = match &config.mqtt_default_account {
@@ -447,17 +461,21 @@ async fn start_gateway(
         shutdown: config.mqtt_shutdown,
     };
     // Alone, the in-process fabric; in a cluster, NATS carries messages, claims and retained
-    // messages between the nodes (docs/cluster.md).
-    let fabric: Arc<dyn certfleet_gateway::Fabric> = match &config.nats_url {
-        None => certfleet_gateway::LocalFabric::new(),
+    // messages between the nodes, and the operator view and change nudges (docs/cluster.md).
+    let network = match &config.nats_url {
+        None => certfleet_gateway::Network::Local(certfleet_gateway::LocalFabric::new()),
         Some(url) => {
             let mut cluster =
                 certfleet_gateway::cluster::ClusterConfig::new(url.clone(), node_config.broker.max_packet_size);
             cluster.outbound_bytes = config.nats_outbound_bytes;
-            certfleet_gateway::cluster::NatsFabric::connect(node_id.clone(), cluster).await?
+            certfleet_gateway::Network::Cluster {
+                fabric: certfleet_gateway::cluster::NatsFabric::connect(node_id.clone(), cluster).await?,
+                commits,
+                operations: certfleet_gateway::cluster::OpsConfig::default(),
+            }
         }
     };
-    let node = certfleet_gateway::Node::new(node_config, services.clone(), fabric, builtin, egress.clone());
+    let node = certfleet_gateway::Node::new(node_config, services.clone(), network, builtin, egress.clone());
     let rotation = crate::audit_worker::start(
         services.clone(),
         node.broker().clone(),

@@ -470,7 +470,7 @@ impl Endpoints {
                 stats
             })
             .collect();
-        EndpointReport { chains, drain }
+        EndpointReport { chains, drain, ..EndpointReport::default() }
     }
 }
 

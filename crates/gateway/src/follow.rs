@@ -9,13 +9,17 @@
 //!
 //! Sequence numbers may commit out of order on PostgreSQL: [`Cursor`] (in services, shared with
 //! the API's access-key cache) waits for gaps.
+//!
+//! In a cluster the follower is also nudged (`poll_now`) when any node commits a change-feed
+//! entry (`crate::cluster`): it reads at once, at most once per [`NUDGED_POLL_GAP`], and the
+//! timer stays the safety net.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use certfleet_pki::CertificateId;
 use certfleet_registry::{Change, ChangeKind};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 use crate::authz::PolicyAuthorizer;
 use crate::identity::Registry;
@@ -26,7 +30,13 @@ use certfleet_services::feed::Cursor;
 /// How often the authorizer forgets the principals no session uses any more.
 const FORGET_UNUSED_EVERY: Duration = Duration::from_secs(60);
 
-/// Follows the feed until `shutdown` turns true; `authorizer`, when given, is told every entry.
+/// The shortest time between two reads of the feed when nudged: a storm of commits costs the
+/// registry at most one query per gap and node.
+pub const NUDGED_POLL_GAP: Duration = Duration::from_millis(10);
+
+/// Follows the feed until `shutdown` turns true, every `interval` and whenever `poll_now` is
+/// told; `authorizer`, when given, is told every entry.
+#[allow(clippy::too_many_arguments, reason = "each is a part of the node the follower keeps true, made before it")]
 pub async fn follow(
     registry: Arc<Registry>,
     live: Arc<LiveSessions>,
@@ -34,6 +44,7 @@ pub async fn follow(
     endpoints: Arc<crate::endpoints::Endpoints>,
     rules: Arc<crate::rules::RuleBook>,
     interval: Duration,
+    poll_now: Arc<Notify>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let services = registry.services().clone();
@@ -51,11 +62,17 @@ pub async fn follow(
     let mut last_forget = Instant::now();
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_read = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
+            () = poll_now.notified() => {
+                tokio::time::sleep_until(last_read + NUDGED_POLL_GAP).await;
+                ticker.reset();
+            }
             _ = shutdown.changed() => return,
         }
+        last_read = tokio::time::Instant::now();
         let services = services.clone();
         let after = cursor.watermark();
         let batch = match tokio::task::spawn_blocking(move || services.changes_after(after, 1000)).await {

@@ -44,5 +44,5 @@ pub use fabric::{Fabric, LocalFabric, NodeId};
 pub use identity::{CacheLimits, CacheStats, Identity, Refusal};
 pub use listener::{Config, Gateway};
 pub use live::SessionInfo;
-pub use node::{Drained, Node, NodeConfig, Policies, ShutdownConfig, ShutdownReport};
+pub use node::{Drained, Network, Node, NodeConfig, Policies, ShutdownConfig, ShutdownReport};
 pub use session::{ConnectRefusal, serve};

@@ -78,6 +78,8 @@ pub struct Gateway {
     pub rules: Arc<crate::rules::RuleBook>,
     /// The test endpoints' records, bounded per account and written in batches.
     pub probes: Arc<crate::probes::ProbeRecorder>,
+    /// Told when the change feed should be read now (a commit anywhere in the cluster).
+    poll_now: Arc<tokio::sync::Notify>,
 }
 
 /// What a gateway is built on: the parts of its node made before it.
@@ -87,6 +89,8 @@ pub(crate) struct GatewayParts {
     /// Where just-in-time registration events go (the node's broker).
     pub(crate) events: Arc<dyn EventSink>,
     pub(crate) rules: Arc<crate::rules::RuleBook>,
+    /// Nudges the follower to read the change feed now.
+    pub(crate) poll_now: Arc<tokio::sync::Notify>,
 }
 
 impl Gateway {
@@ -96,7 +100,7 @@ impl Gateway {
         builtin: BuiltinChains,
         parts: GatewayParts,
     ) -> Arc<Self> {
-        let GatewayParts { live, authorizer, events, rules } = parts;
+        let GatewayParts { live, authorizer, events, rules, poll_now } = parts;
         let caches = config.caches;
         let endpoints = Endpoints::new(services.clone(), live.clone(), builtin, config.default_account.clone(), caches);
         let probes = crate::probes::ProbeRecorder::new(services.clone(), config.test_endpoint_records_per_second);
@@ -109,6 +113,7 @@ impl Gateway {
             metrics: Arc::new(Metrics::default()),
             authorizer,
             endpoints,
+            poll_now,
         })
     }
 
@@ -138,6 +143,7 @@ impl Gateway {
             self.endpoints.clone(),
             self.rules.clone(),
             self.config.change_poll_interval,
+            self.poll_now.clone(),
             shutdown.clone(),
         ));
         let permits = Arc::new(Semaphore::new(self.config.max_connections));

@@ -299,6 +299,7 @@ impl certfleet_services::DataPlane for LiveSessions {
                 connected_at: info.connected_at,
                 endpoint: info.endpoint,
                 chain: info.chain.map(|chain| chain.to_string()),
+                node: None,
             })
             .collect()
     }

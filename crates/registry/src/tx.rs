@@ -10,6 +10,8 @@ use crate::model::*;
 /// An open transaction: the only way to read or change the registry.
 pub struct Tx<'a> {
     pub(crate) conn: &'a mut dyn Conn,
+    /// Change-feed entries this transaction recorded ([`Tx::changes_recorded`]).
+    changes: u32,
 }
 
 const ACCOUNT_COLUMNS: &str = "id, endpoint_identifier, registration_code, created_at";
@@ -27,7 +29,13 @@ const BULK_ROWS: usize = 500;
 
 impl<'a> Tx<'a> {
     pub(crate) fn new(conn: &'a mut dyn Conn) -> Self {
-        Tx { conn }
+        Tx { conn, changes: 0 }
+    }
+
+    /// How many change-feed entries this transaction recorded so far: a store that tells
+    /// followers of its commits (`certfleet_services::feed::Announcing`) reads it.
+    pub fn changes_recorded(&self) -> u32 {
+        self.changes
     }
 
     // ---- accounts -------------------------------------------------------------------------
@@ -548,6 +556,7 @@ impl<'a> Tx<'a> {
             "INSERT INTO changes (account_id, kind, entity_id, created_at) VALUES ($1, $2, $3, $4)",
             &[account.as_str().into(), kind.as_str().into(), entity_id.into(), millis(at).into()],
         )?;
+        self.changes = self.changes.saturating_add(1);
         Ok(())
     }
 

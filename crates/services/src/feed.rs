@@ -5,11 +5,17 @@
 //! 11 commits first). The cursor therefore remembers what it saw above a watermark and only
 //! moves the watermark over a gap once the gap is older than [`GAP_PATIENCE`] (the transaction
 //! that took it rolled back). Entries carry no state, so seeing one twice is harmless.
+//!
+//! A follower reads the feed on a timer. [`Announcing`] lets the process that commits an entry
+//! say so at once (in a cluster, the gateway then nudges every node's follower to read now): a
+//! store that calls its `announce` after each transaction that recorded change-feed entries has
+//! committed. The timer stays the safety net.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use certfleet_registry::Change;
+use certfleet_registry::{Change, Error, Store, Tx};
 
 /// How long a gap in sequence numbers is waited for before it is taken for a rollback.
 pub const GAP_PATIENCE: Duration = Duration::from_secs(10);
@@ -64,6 +70,45 @@ impl Cursor {
     }
 }
 
+/// A store that calls `announce` after every committed transaction that recorded change-feed
+/// entries (never for one that rolled back, nor for one that recorded none). Everything else is
+/// the inner store's. `announce` runs on the committing thread: it must be quick and must not
+/// block (the gateway's wakes a task).
+pub struct Announcing {
+    inner: Arc<dyn Store>,
+    announce: Box<dyn Fn() + Send + Sync>,
+}
+
+impl Announcing {
+    pub fn new(inner: Arc<dyn Store>, announce: Box<dyn Fn() + Send + Sync>) -> Self {
+        Announcing { inner, announce }
+    }
+}
+
+impl Store for Announcing {
+    fn write_tx(&self, work: &mut dyn FnMut(&mut Tx<'_>) -> Result<(), Error>) -> Result<(), Error> {
+        // The backend may run `work` again (a retry): only the attempt that committed counts.
+        let mut recorded = false;
+        let result = self.inner.write_tx(&mut |tx| {
+            let outcome = work(tx);
+            recorded = tx.changes_recorded() > 0;
+            outcome
+        });
+        if result.is_ok() && recorded {
+            (self.announce)();
+        }
+        result
+    }
+
+    fn read_tx(&self, work: &mut dyn FnMut(&mut Tx<'_>) -> Result<(), Error>) -> Result<(), Error> {
+        self.inner.read_tx(work)
+    }
+
+    fn backend(&self) -> &'static str {
+        self.inner.backend()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,5 +143,35 @@ mod tests {
         assert!(cursor.take(vec![change(15)], start + Duration::from_secs(3)).is_empty(), "no entry twice");
         cursor.take(vec![], start + Duration::from_secs(2) + GAP_PATIENCE);
         assert_eq!(cursor.watermark(), 15);
+    }
+
+    #[test]
+    fn only_commits_that_recorded_changes_are_announced() {
+        let directory = std::env::temp_dir().join(format!("certfleet-announcing-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&directory);
+        std::fs::create_dir_all(&directory).unwrap();
+        let inner: Arc<dyn Store> = Arc::new(certfleet_registry::SqliteStore::open(&directory.join("r.db")).unwrap());
+        let announced = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = announced.clone();
+        let store = Announcing::new(
+            inner,
+            Box::new(move || {
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }),
+        );
+        let count = || announced.load(std::sync::atomic::Ordering::Relaxed);
+        let account = AccountId::parse("111111111111").unwrap();
+        let at = time::OffsetDateTime::UNIX_EPOCH;
+        let check = |work: &mut dyn FnMut(&mut Tx<'_>) -> Result<(), Error>, expected: usize| {
+            let _ = store.write_tx(work);
+            assert_eq!(count(), expected);
+        };
+        // A write without a change-feed entry, a write with one, a rolled-back one, a read.
+        check(&mut |tx| tx.last_change_seq().map(|_| ()), 0);
+        check(&mut |tx| tx.record_change(&account, ChangeKind::Certificate, "x", at), 1);
+        check(&mut |tx| tx.record_change(&account, ChangeKind::Certificate, "y", at).and(Err(Error::Aborted)), 1);
+        store.read_tx(&mut |tx| tx.last_change_seq().map(|_| ())).unwrap();
+        assert_eq!(count(), 1);
+        let _ = std::fs::remove_dir_all(&directory);
     }
 }

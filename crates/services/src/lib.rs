@@ -144,12 +144,17 @@ pub struct ConnectedClient {
     /// or the server certificate IDs joined by `+`), when known.
     pub endpoint: Option<String>,
     pub chain: Option<String>,
+    /// The gateway node serving it, in a cluster's view (`None`: a node alone, which lists only
+    /// its own devices).
+    pub node: Option<String>,
 }
 
 /// What the data plane (the gateway of this node) tells operators about itself. The services
-/// do not hold one (the gateway is built on the services): the API is given the node's.
+/// do not hold one (the gateway is built on the services): the API is given the node's. In a
+/// cluster, the node's view is the cluster's: every node's devices, counters and drains.
 pub trait DataPlane: Send + Sync {
-    /// The devices of `account` connected to this node, oldest first.
+    /// The devices of `account` connected to this node (in a cluster: to every node that
+    /// answered), oldest first.
     fn connected_clients(&self, account: &AccountId) -> Vec<ConnectedClient>;
 
     /// This node's view of a domain configuration: per chain, the devices connected and the
@@ -195,11 +200,35 @@ pub struct DrainReport {
     pub guard_tripped: Option<String>,
 }
 
-/// A node's report on a domain configuration.
+/// A node's report on a domain configuration; in a cluster, every node's summed, with each
+/// node's own view in `nodes`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct EndpointReport {
     pub chains: Vec<ChainStats>,
     pub drain: Option<DrainReport>,
+    /// Each node's view, in a cluster (empty for a node alone).
+    pub nodes: Vec<NodeView>,
+    /// The cluster's nodes that did not answer in time: their devices and counters are missing
+    /// from this report.
+    pub missing_nodes: Vec<String>,
+}
+
+/// One gateway node's view of a domain configuration, in a cluster-wide report: whether it
+/// serves the chain the others serve (a node that has not followed a migration yet is seen
+/// here), and its own devices and drain.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeView {
+    pub node: String,
+    /// The chain its new handshakes get, when it knows (it resolved the configuration since its
+    /// last change, or drains onto it).
+    pub serving: Option<String>,
+    /// Its devices connected through the configuration.
+    pub connected: u64,
+    /// Its drain: sessions it set out to close, and closed.
+    pub drain_sessions: usize,
+    pub drain_closed: usize,
+    /// Set when this node's guard reverted the migration.
+    pub guard_tripped: Option<String>,
 }
 
 /// The services: the registry, a clock, the configuration and the device-issuing CA.

@@ -26,8 +26,11 @@
 //! ([`envelope`]). NATS reconnects by itself and restores the subscriptions.
 
 mod envelope;
+mod ops;
 mod sessions;
 mod subjects;
+
+pub use ops::{ClusterDataPlane, NUDGE_GAP, OpsConfig, OpsCounters};
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

@@ -10,10 +10,14 @@
 //! 4. the rules runner, started with the broker (it republishes through it);
 //! 5. the gateway (listener, registry view, endpoints, follower), with the broker as the sink of
 //!    just-in-time registration events;
-//! 6. the fleet provisioning API, which the node hands to every session it serves.
+//! 6. the fleet provisioning API, which the node hands to every session it serves;
+//! 7. in a NATS cluster, the cluster-wide view over the endpoints' (which also nudges the
+//!    follower made in 5).
 //!
 //! The services do not hold the node: whoever offers the node's view to operators (the API)
-//! is given [`Node::data_plane`].
+//! is given [`Node::data_plane`]. In a NATS cluster ([`Network::Cluster`]) that view is the
+//! cluster's (`crate::cluster::ClusterDataPlane`), and the follower also reads the change feed
+//! as soon as any node commits to it.
 //!
 //! [`Node::run`] is also the node's one way out: when its shutdown signal turns true it closes
 //! the listener, drains the live sessions at the configured rate within the grace (`shutdown`),
@@ -28,12 +32,13 @@ use std::time::Duration;
 use certfleet_egress::Egress;
 use certfleet_services::{DataPlane, Services};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 use crate::authz::PolicyAuthorizer;
 use crate::broker::{AllowAll, Authorizer, Broker, BrokerConfig};
+use crate::cluster::{ClusterDataPlane, NatsFabric, OpsConfig};
 use crate::endpoints::BuiltinChains;
-use crate::fabric::{Fabric, NodeId};
+use crate::fabric::{Fabric, LocalFabric, NodeId};
 use crate::fleet::{FleetConfig, FleetProvisioning};
 use crate::history::{Flushed, HistoryRecorder};
 use crate::listener::{Config, Gateway, GatewayParts};
@@ -73,6 +78,36 @@ pub struct NodeConfig {
     pub shutdown: ShutdownConfig,
 }
 
+/// How a node reaches the others.
+pub enum Network {
+    /// Through an in-process fabric: a node alone, or several brokers in one process (tests).
+    /// The operator view is the node's own.
+    Local(Arc<dyn Fabric>),
+    /// A node of a NATS cluster: the operator view is the cluster's, and the change feed is
+    /// read by every node as soon as one commits to it. `commits` is told when this process
+    /// committed a change-feed entry (`certfleet_services::feed::Announcing`).
+    Cluster { fabric: Arc<NatsFabric>, commits: Arc<Notify>, operations: OpsConfig },
+}
+
+impl From<Arc<dyn Fabric>> for Network {
+    fn from(fabric: Arc<dyn Fabric>) -> Self {
+        Network::Local(fabric)
+    }
+}
+
+/// A cluster node whose process announces no commits (its nudges come from the others only).
+impl From<Arc<NatsFabric>> for Network {
+    fn from(fabric: Arc<NatsFabric>) -> Self {
+        Network::Cluster { fabric, commits: Arc::new(Notify::new()), operations: OpsConfig::default() }
+    }
+}
+
+impl From<Arc<LocalFabric>> for Network {
+    fn from(fabric: Arc<LocalFabric>) -> Self {
+        Network::Local(fabric)
+    }
+}
+
 /// What a node's shutdown did: its drain, and whether the connection history was flushed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ShutdownReport {
@@ -90,6 +125,8 @@ pub struct Node {
     fleet: Arc<FleetProvisioning>,
     shutdown: ShutdownConfig,
     shutdown_counters: ShutdownCounters,
+    /// The cluster's view, in a NATS cluster.
+    cluster: Option<Arc<ClusterDataPlane>>,
 }
 
 impl Node {
@@ -98,12 +135,19 @@ impl Node {
     pub fn new(
         config: NodeConfig,
         services: Arc<Services>,
-        fabric: Arc<dyn Fabric>,
+        network: impl Into<Network>,
         builtin: BuiltinChains,
         egress: Arc<Egress>,
     ) -> Arc<Self> {
         let NodeConfig { gateway, broker, rules, fleet, history_sessions_per_certificate_per_hour, policies, shutdown } =
             config;
+        let network = network.into();
+        let fabric: Arc<dyn Fabric> = match &network {
+            Network::Local(fabric) => fabric.clone(),
+            Network::Cluster { fabric, .. } => fabric.clone(),
+        };
+        // Reads the change feed now (a nudge); only the cluster's operations nudge.
+        let poll_now = Arc::new(Notify::new());
         let book = RuleBook::new(services.clone());
         let (engine, runner) = RulesEngine::new(rules, book.clone(), egress.clone());
         let live = Arc::new(LiveSessions::default());
@@ -118,9 +162,15 @@ impl Node {
         let broker =
             Broker::new(broker, fabric, history.clone(), broker_authorizer, live.clone(), Some(engine.clone()));
         runner.start(&broker);
-        let parts = GatewayParts { live, authorizer, events: broker.clone(), rules: book };
+        let parts = GatewayParts { live, authorizer, events: broker.clone(), rules: book, poll_now: poll_now.clone() };
         let gateway = Gateway::new(gateway, services.clone(), builtin, parts);
         let fleet = FleetProvisioning::new(fleet, services, egress);
+        let cluster = match network {
+            Network::Local(_) => None,
+            Network::Cluster { fabric, commits, operations } => {
+                Some(ClusterDataPlane::start(&fabric, gateway.endpoints.clone(), poll_now, commits, operations))
+            }
+        };
         Arc::new(Node {
             gateway,
             broker,
@@ -129,6 +179,7 @@ impl Node {
             fleet,
             shutdown,
             shutdown_counters: ShutdownCounters::default(),
+            cluster,
         })
     }
 
@@ -197,9 +248,13 @@ impl Node {
         &self.gateway.rules
     }
 
-    /// This node's view for operators: its connected devices, its endpoints' chains and drains.
+    /// The view for operators: the connected devices, the endpoints' chains and drains, the
+    /// recent refusals; this node's, or in a NATS cluster every node's.
     pub fn data_plane(&self) -> Arc<dyn DataPlane> {
-        self.gateway.endpoints.clone()
+        match &self.cluster {
+            Some(cluster) => cluster.clone(),
+            None => self.gateway.endpoints.clone(),
+        }
     }
 
     /// The node's metrics in the Prometheus text format: gateway, broker, rules, connection
@@ -209,6 +264,9 @@ impl Node {
         self.history.render_metrics(&mut out);
         self.fleet.render_metrics(&mut out);
         self.broker.fabric.render_metrics(&mut out);
+        if let Some(cluster) = &self.cluster {
+            cluster.render_metrics(&mut out);
+        }
         out
     }
 }
