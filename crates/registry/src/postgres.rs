@@ -64,10 +64,15 @@ impl PostgresStore {
         Ok(PgConnection { client, statements: HashMap::new() })
     }
 
+    /// A pooled connection still open, or a new one (connections the server closed, during an
+    /// outage say, are dropped here rather than failing one call each).
     fn take(&self) -> Result<PgConnection, Error> {
-        match self.pool.lock().map_err(poisoned)?.pop() {
-            Some(connection) => Ok(connection),
-            None => self.connect(),
+        loop {
+            match self.pool.lock().map_err(poisoned)?.pop() {
+                Some(connection) if connection.client.is_closed() => drop(connection),
+                Some(connection) => return Ok(connection),
+                None => return self.connect(),
+            }
         }
     }
 
@@ -76,7 +81,16 @@ impl PostgresStore {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let result = run_once(&mut connection, read_only, work);
+            let result = match run_once(&mut connection, read_only, work) {
+                // Closed before COMMIT (nothing committed): once more on a new connection.
+                Err(Attempt::Closed(_)) if attempt < ATTEMPTS => {
+                    connection = self.connect()?;
+                    continue;
+                }
+                Err(Attempt::Closed(error)) => Err(Error::Postgres(error)),
+                Err(Attempt::Failed(error)) => Err(error),
+                Ok(()) => Ok(()),
+            };
             match result {
                 Err(Error::Postgres(error)) if retryable(&error) && attempt < ATTEMPTS => {
                     tracing::debug!(attempt, %error, "retrying postgres transaction");
@@ -91,16 +105,28 @@ impl PostgresStore {
     }
 }
 
+/// How one attempt at a transaction failed.
+enum Attempt {
+    /// The connection was found closed before COMMIT was sent: nothing was committed.
+    Closed(::postgres::Error),
+    Failed(Error),
+}
+
 fn run_once(
     connection: &mut PgConnection,
     read_only: bool,
     work: &mut dyn FnMut(&mut Tx<'_>) -> Result<(), Error>,
-) -> Result<(), Error> {
-    let mut transaction =
-        connection.client.build_transaction().read_only(read_only).start().map_err(Error::Postgres)?;
+) -> Result<(), Attempt> {
+    let mut transaction = connection.client.build_transaction().read_only(read_only).start().map_err(|error| {
+        if error.is_closed() { Attempt::Closed(error) } else { Attempt::Failed(Error::Postgres(error)) }
+    })?;
     let mut conn = PgConn { transaction: &mut transaction, statements: &mut connection.statements };
-    work(&mut Tx::new(&mut conn))?;
-    transaction.commit().map_err(map_error)
+    // A connection found closed before COMMIT was sent committed nothing: safe to run again.
+    work(&mut Tx::new(&mut conn)).map_err(|error| match error {
+        Error::Postgres(error) if error.is_closed() => Attempt::Closed(error),
+        error => Attempt::Failed(error),
+    })?;
+    transaction.commit().map_err(|error| Attempt::Failed(map_error(error)))
 }
 
 impl Drop for PostgresStore {
