@@ -159,6 +159,8 @@ pub struct NatsFabric {
     node: NodeId,
     config: ClusterConfig,
     client: async_nats::Client,
+    /// The connection for application messages and plain subscriptions (no echo).
+    plain: async_nats::Client,
     clients: kv::Store,
     retained: kv::Store,
     sessions: kv::Store,
@@ -179,21 +181,12 @@ impl NatsFabric {
     /// node's tasks start when its broker attaches ([`Fabric::attach`]).
     pub async fn connect(node: NodeId, config: ClusterConfig) -> Result<Arc<Self>, ClusterError> {
         let url = config.url.clone();
-        let options = async_nats::ConnectOptions::new()
-            .name(format!("certfleet-{node}"))
-            .connection_timeout(config.connect_timeout)
-            .max_reconnects(None)
-            .event_callback(|event| async move {
-                match event {
-                    async_nats::Event::Disconnected => tracing::warn!("NATS connection lost; reconnecting"),
-                    async_nats::Event::Connected => tracing::info!("NATS connected"),
-                    other => tracing::info!(event = %other, "NATS"),
-                }
-            });
-        let client = tokio::time::timeout(config.connect_timeout, options.connect(url.as_str()))
-            .await
-            .map_err(|_| ClusterError::Timeout { url: url.clone(), seconds: config.connect_timeout.as_secs() })?
-            .map_err(|source| ClusterError::Connect { url: url.clone(), source })?;
+        let client = nats_connect(&node, &config, "", false).await?;
+        // Application messages go out and plain subscriptions come in on a connection of their
+        // own that NATS never echoes to: the node serves its own subscribers itself, so its
+        // messages do not come back to it. Queue groups, claims and JetStream use `client`,
+        // which does receive this node's messages (a group's only member may be here).
+        let plain = nats_connect(&node, &config, "-messages", true).await?;
         let jetstream = async_nats::jetstream::new(client.clone());
         // A claim matters only against the claims made at about the same time: a day bounds the
         // bucket by the client IDs seen in a day (revisions keep growing across expiries).
@@ -206,6 +199,7 @@ impl NatsFabric {
             node,
             config,
             client,
+            plain,
             clients,
             retained,
             sessions,
@@ -243,7 +237,9 @@ impl NatsFabric {
     /// The node's cluster state and counters, in the Prometheus text format.
     pub fn render_metrics(&self, out: &mut String) {
         use std::fmt::Write as _;
-        let connected = matches!(self.client.connection_state(), async_nats::connection::State::Connected);
+        let connected = [&self.client, &self.plain]
+            .iter()
+            .all(|client| matches!(client.connection_state(), async_nats::connection::State::Connected));
         let counters = &self.counters;
         let wanted = self.interests.lock().unwrap_or_else(std::sync::PoisonError::into_inner).wanted.len();
         let _ = writeln!(out, "# HELP certfleet_cluster_connected Whether this node is connected to NATS.");
@@ -282,6 +278,34 @@ impl NatsFabric {
             );
         }
     }
+}
+
+/// One connection of the node to NATS (`suffix` names it in NATS's monitoring).
+async fn nats_connect(
+    node: &NodeId,
+    config: &ClusterConfig,
+    suffix: &str,
+    no_echo: bool,
+) -> Result<async_nats::Client, ClusterError> {
+    let url = config.url.clone();
+    let mut options = async_nats::ConnectOptions::new()
+        .name(format!("certfleet-{node}{suffix}"))
+        .connection_timeout(config.connect_timeout)
+        .max_reconnects(None)
+        .event_callback(|event| async move {
+            match event {
+                async_nats::Event::Disconnected => tracing::warn!("NATS connection lost; reconnecting"),
+                async_nats::Event::Connected => tracing::info!("NATS connected"),
+                other => tracing::info!(event = %other, "NATS"),
+            }
+        });
+    if no_echo {
+        options = options.no_echo();
+    }
+    tokio::time::timeout(config.connect_timeout, options.connect(url.as_str()))
+        .await
+        .map_err(|_| ClusterError::Timeout { url: url.clone(), seconds: config.connect_timeout.as_secs() })?
+        .map_err(|source| ClusterError::Connect { url, source })
 }
 
 /// Opens a KV bucket, creating its stream on first use (history 1: only the latest value
@@ -336,6 +360,7 @@ impl Fabric for NatsFabric {
         let router = self.router.get().cloned().unwrap_or_else(|| Weak::<NoRouter>::new());
         tokio::spawn(send_loop(
             self.client.clone(),
+            self.plain.clone(),
             self.retained.clone(),
             self.sessions.clone(),
             outbound,
@@ -345,6 +370,7 @@ impl Fabric for NatsFabric {
         let receiver = Receiver {
             node: self.node.clone(),
             client: self.client.clone(),
+            plain: self.plain.clone(),
             router: router.clone(),
             counters: self.counters.clone(),
             max_packet: self.config.max_packet_size + 64,
@@ -364,7 +390,7 @@ impl Fabric for NatsFabric {
     fn publish(&self, _origin: &NodeId, routed: RoutedMessage) -> Result<(), FabricError> {
         // Core NATS keeps nothing for a node that is not connected: a message handed over now
         // would be lost, so the publisher is told instead (and its client sends it again).
-        if !matches!(self.client.connection_state(), async_nats::connection::State::Connected) {
+        if !matches!(self.plain.connection_state(), async_nats::connection::State::Connected) {
             self.counters.unavailable_refused.fetch_add(1, Ordering::Relaxed);
             return Err(FabricError::Unavailable);
         }
@@ -494,7 +520,11 @@ impl Fabric for NatsFabric {
             while self.outbound_queued.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            if tokio::time::timeout_at(deadline, self.client.flush()).await.is_err() {
+            let flushed = async {
+                let _ = self.plain.flush().await;
+                self.client.flush().await
+            };
+            if tokio::time::timeout_at(deadline, flushed).await.is_err() {
                 tracing::warn!("NATS did not take everything queued before shutdown");
             }
         })
@@ -532,6 +562,7 @@ impl Router for NoRouter {
 /// [`WARN_INTERVAL`].
 async fn send_loop(
     client: async_nats::Client,
+    plain: async_nats::Client,
     retained: kv::Store,
     sessions: kv::Store,
     mut outbound: mpsc::UnboundedReceiver<Outbound>,
@@ -542,7 +573,10 @@ async fn send_loop(
     while let Some(item) = outbound.recv().await {
         let bytes = item.bytes();
         let result = match item {
-            Outbound::Message { subject, payload } | Outbound::Claim { subject, payload } => {
+            Outbound::Message { subject, payload } => {
+                plain.publish(subject, payload).await.map_err(|error| error.to_string())
+            }
+            Outbound::Claim { subject, payload } => {
                 client.publish(subject, payload).await.map_err(|error| error.to_string())
             }
             Outbound::Retain { key, value: Some(value) } => {
@@ -589,7 +623,10 @@ type Arrivals = SelectAll<BoxStream<'static, (Kind, async_nats::Message)>>;
 /// subscriptions equal to its interests.
 struct Receiver {
     node: NodeId,
+    /// Queue groups and claims.
     client: async_nats::Client,
+    /// Plain subscriptions (never this node's own messages).
+    plain: async_nats::Client,
     router: Weak<dyn Router>,
     counters: Arc<ClusterCounters>,
     max_packet: usize,
@@ -652,7 +689,7 @@ impl Receiver {
             for subject in subjects::filter(account, filter) {
                 let subscribed = match &kind {
                     Kind::Shared(_) => self.client.queue_subscribe(subject, subjects::queue(account, filter)).await,
-                    _ => self.client.subscribe(subject).await,
+                    _ => self.plain.subscribe(subject).await,
                 };
                 match subscribed {
                     Ok(subscriber) => {
