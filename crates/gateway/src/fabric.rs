@@ -171,6 +171,46 @@ pub enum FabricError {
     Unavailable,
 }
 
+/// A persistent session as the cluster keeps it, so that another node can resume it when its
+/// node is gone: who made it, its expiry, its subscriptions and, while it is offline, the QoS 1
+/// and 2 messages waiting for it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SessionSnapshot {
+    /// The certificate that made the session (only it may resume it), hex.
+    pub certificate_id: String,
+    /// The Session Expiry Interval.
+    pub expiry: std::time::Duration,
+    /// When the session ends, in milliseconds since the Unix epoch, if it is offline.
+    pub expires_at_ms: Option<u64>,
+    pub subscriptions: Vec<SavedSubscription>,
+    /// The messages waiting, oldest first (empty while the session is online).
+    pub messages: Vec<SavedMessage>,
+}
+
+/// A subscription of a [`SessionSnapshot`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SavedSubscription {
+    /// The filter as subscribed (`$share/...` included).
+    pub filter: TopicFilter,
+    pub qos: QoS,
+    pub no_local: bool,
+    pub retain_as_published: bool,
+    pub identifier: Option<std::num::NonZeroU32>,
+}
+
+/// A message waiting in a [`SessionSnapshot`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SavedMessage {
+    pub message: Arc<Message>,
+    /// The QoS it is delivered with.
+    pub qos: QoS,
+    pub retain: bool,
+    pub identifiers: Vec<std::num::NonZeroU32>,
+}
+
+/// The answer of [`Fabric::load_session`].
+pub type SessionLoad = Pin<Box<dyn Future<Output = Result<Option<SessionSnapshot>, FabricError>> + Send>>;
+
 /// The answer of [`Fabric::reserve_client_id`]: the claim's revision, `None` where the broker
 /// orders claims itself (one node).
 pub type Reservation = Pin<Box<dyn Future<Output = Result<Option<u64>, FabricError>> + Send>>;
@@ -215,6 +255,21 @@ pub trait Fabric: Send + Sync {
         Box::pin(std::future::ready(Ok(None)))
     }
 
+    /// Whether the fabric keeps persistent sessions where every node can read them
+    /// ([`Fabric::save_session`], [`Fabric::load_session`]).
+    fn keeps_sessions(&self) -> bool {
+        false
+    }
+
+    /// Keeps `snapshot` as the session of `client_id` in `account` (`None`: the session ended).
+    /// Must not block; the latest call wins.
+    fn save_session(&self, _account: &AccountId, _client_id: &str, _snapshot: Option<SessionSnapshot>) {}
+
+    /// The session of `client_id` in `account` another node kept, if any.
+    fn load_session(&self, _account: &AccountId, _client_id: &str) -> SessionLoad {
+        Box::pin(std::future::ready(Ok(None)))
+    }
+
     /// Tells every other node that `claim.node` now serves `claim.client_id` in `claim.account`.
     fn claim_client_id(&self, claim: ClientClaim);
 
@@ -241,6 +296,12 @@ pub trait Fabric: Send + Sync {
         false
     }
 
+    /// Waits (at most `within`) until what this node queued for the other nodes is sent: the
+    /// node is about to stop.
+    fn flush(&self, _within: std::time::Duration) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(std::future::ready(()))
+    }
+
     /// The fabric's own metrics, in the Prometheus text format (none for the in-process one).
     fn render_metrics(&self, _out: &mut String) {}
 }
@@ -249,8 +310,11 @@ pub trait Fabric: Send + Sync {
 /// others synchronously (one node alone, or several brokers in one process in tests).
 pub struct LocalFabric {
     /// Copied on write, so that a publish clones an `Arc` rather than a list.
-    routers: Mutex<Arc<[(NodeId, Weak<dyn Router>)]>>,
+    routers: Mutex<Arc<[Attached]>>,
 }
+
+/// A node's router, with the node's name.
+type Attached = (NodeId, Weak<dyn Router>);
 
 impl LocalFabric {
     pub fn new() -> Arc<Self> {
@@ -273,8 +337,7 @@ impl Default for LocalFabric {
 impl Fabric for LocalFabric {
     fn attach(&self, node: &NodeId, router: Weak<dyn Router>) {
         let mut routers = self.routers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut list: Vec<(NodeId, Weak<dyn Router>)> =
-            routers.iter().filter(|(_, known)| known.strong_count() > 0).cloned().collect();
+        let mut list: Vec<Attached> = routers.iter().filter(|(_, known)| known.strong_count() > 0).cloned().collect();
         list.push((node.clone(), router));
         *routers = Arc::from(list);
     }

@@ -29,7 +29,7 @@ use crate::model::Identity;
 /// What the writer task is handed: a record, or a flush to answer once every record handed
 /// before it is written.
 enum Command {
-    Record(ConnectionEvent),
+    Record(Box<ConnectionEvent>),
     Flush(oneshot::Sender<()>),
 }
 
@@ -102,7 +102,7 @@ impl HistoryRecorder {
                 let mut flushes = Vec::new();
                 for command in received.drain(..) {
                     match command {
-                        Command::Record(event) => batch.push(event),
+                        Command::Record(event) => batch.push(*event),
                         Command::Flush(done) => flushes.push(done),
                     }
                 }
@@ -168,7 +168,7 @@ impl HistoryRecorder {
     }
 
     fn enqueue(&self, event: ConnectionEvent) {
-        if self.queue.try_send(Command::Record(event)).is_err() {
+        if self.queue.try_send(Command::Record(Box::new(event))).is_err() {
             let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             if dropped == 1 || dropped.is_multiple_of(1000) {
                 tracing::warn!(dropped, "connection history queue full: records dropped");

@@ -28,7 +28,10 @@ use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 
 use crate::events::{ConnectionObserver, EventSink};
-use crate::fabric::{ClientClaim, Delivery, Fabric, FabricError, Message, NodeId, RoutedMessage, Router};
+use crate::fabric::{
+    ClientClaim, Delivery, Fabric, FabricError, Message, NodeId, RoutedMessage, Router, SavedMessage,
+    SavedSubscription, SessionSnapshot,
+};
 use crate::live::LiveSessions;
 use crate::model::{ConnectRefusal, Identity};
 pub(crate) use retained::Kept;
@@ -359,6 +362,30 @@ pub(crate) async fn wait_for_room(congested: &[Arc<Session>], limits: QueueLimit
     }
 }
 
+/// Whether a session kept by another node may be resumed by a connection: it does not start
+/// clean, this node holds no session for the client ID, the same certificate made it, and it has
+/// not expired.
+fn resumable(
+    kept: &SessionSnapshot,
+    identity: &Identity,
+    clean_start: bool,
+    client_id: &str,
+    existed_here: bool,
+) -> bool {
+    let expired = kept.expires_at_ms.is_some_and(|at| {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        u128::from(at) <= now.as_millis()
+    });
+    let same_certificate = kept.certificate_id == identity.certificate_id.as_str();
+    if !same_certificate && !clean_start {
+        tracing::info!(client_id, "kept session not resumed: another certificate owns it");
+    }
+    !clean_start && !existed_here && same_certificate && !expired
+}
+
+/// How often at most the persistent sessions that changed are written to the cluster's store.
+const KEEP_INTERVAL: Duration = Duration::from_millis(20);
+
 /// Client IDs whose version numbers are remembered; past it, the map starts over (version
 /// numbers then restart for client IDs not seen since, a rare and harmless reordering hint).
 const MAX_VERSIONS: usize = 1_000_000;
@@ -395,6 +422,21 @@ pub struct Broker {
     this: Weak<Broker>,
     /// Sees the messages devices publish on this node (the rules engine's queue).
     tap: Option<Arc<dyn PublishTap>>,
+    /// The persistent sessions to write to the cluster's store (a fabric that
+    /// [keeps sessions](Fabric::keeps_sessions)), by account and client ID; bounded by the
+    /// sessions of this node.
+    to_keep: Mutex<HashMap<(AccountId, String), Keep>>,
+    /// Wakes the task that writes `to_keep`.
+    keep_now: Arc<Notify>,
+}
+
+/// What the cluster's store is told of a session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Keep {
+    /// Its state now: a snapshot if this node holds it, else that it ended.
+    Write,
+    /// Nothing: another node took it over and writes it now.
+    Leave,
 }
 
 /// A connection asking for its session, once CONNECT is accepted.
@@ -409,6 +451,9 @@ pub(crate) struct Attach<'a> {
     /// The claim's revision in the cluster's order ([`Fabric::reserve_client_id`]); `None` on
     /// one node.
     pub(crate) revision: Option<u64>,
+    /// The session another node kept for this client ID ([`Fabric::load_session`]), resumed
+    /// when this node holds none and the connection does not start clean.
+    pub(crate) kept: Option<SessionSnapshot>,
 }
 
 /// The session a connection serves.
@@ -472,9 +517,25 @@ impl Broker {
             next_connection: AtomicU64::new(0),
             this: this.clone(),
             tap,
+            to_keep: Mutex::new(HashMap::new()),
+            keep_now: Arc::new(Notify::new()),
         });
         let router: Weak<dyn Router> = broker.this.clone();
         broker.fabric.attach(&broker.config.node, router);
+        if broker.fabric.keeps_sessions() {
+            let (this, keep_now) = (broker.this.clone(), broker.keep_now.clone());
+            tokio::spawn(async move {
+                loop {
+                    keep_now.notified().await;
+                    let Some(broker) = this.upgrade() else { return };
+                    broker.keep_sessions();
+                    drop(broker);
+                    // Changes coming meanwhile are written together: a session receiving a
+                    // stream of messages while offline is written at most this often.
+                    tokio::time::sleep(KEEP_INTERVAL).await;
+                }
+            });
+        }
         broker
     }
 
@@ -489,6 +550,11 @@ impl Broker {
     /// How many sessions (connected or kept offline) an account has on this node.
     pub fn session_count(&self, account: &AccountId) -> usize {
         self.existing_space(account).map_or(0, |space| space.lock().sessions.len())
+    }
+
+    /// Whether this node holds a session (connected or offline) for `client_id` in `account`.
+    pub(crate) fn holds_session(&self, account: &AccountId, client_id: &str) -> bool {
+        self.existing_space(account).is_some_and(|space| space.lock().sessions.contains_key(client_id))
     }
 
     /// How many retained messages this node keeps for an account.
@@ -653,6 +719,86 @@ impl Broker {
         }
     }
 
+    /// Marks a session to be written to the cluster's store (nothing without such a store).
+    fn keep(&self, account: &AccountId, client_id: &str, keep: Keep) {
+        if !self.fabric.keeps_sessions() {
+            return;
+        }
+        self.to_keep
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert((account.clone(), client_id.to_owned()), keep);
+        self.keep_now.notify_one();
+    }
+
+    /// Writes the marked sessions to the cluster's store now: a persistent session's
+    /// subscriptions and, while it is offline, the messages waiting for it; a session that
+    /// ended, deleted. Also called when the node shuts down, after its sessions left.
+    pub(crate) fn keep_sessions(&self) {
+        let marked = std::mem::take(&mut *self.to_keep.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        for ((account, client_id), keep) in marked {
+            if keep == Keep::Leave {
+                continue;
+            }
+            let snapshot = self.snapshot(&account, &client_id);
+            self.fabric.save_session(&account, &client_id, snapshot);
+        }
+    }
+
+    /// The snapshot of a persistent session this node holds; `None` if it holds none (or one
+    /// that ends with its connection).
+    fn snapshot(&self, account: &AccountId, client_id: &str) -> Option<SessionSnapshot> {
+        let space = self.existing_space(account)?;
+        let space_state = space.lock();
+        let session = space_state.sessions.get(client_id)?.session.clone();
+        let state = session.lock();
+        if state.expiry.is_zero() {
+            return None;
+        }
+        let subscriptions = state
+            .subscriptions
+            .values()
+            .filter_map(|filter| {
+                let options = space_state.subscriptions.options(client_id, filter)?;
+                Some(SavedSubscription {
+                    filter: filter.clone(),
+                    qos: options.qos,
+                    no_local: options.no_local,
+                    retain_as_published: options.retain_as_published,
+                    identifier: options.identifier,
+                })
+            })
+            .collect();
+        let offline = state.attached.is_none();
+        let now = Instant::now();
+        let expires_at_ms = state.expires_at.filter(|_| offline).map(|deadline| {
+            let left = deadline.saturating_duration_since(now);
+            let at = std::time::SystemTime::now() + left;
+            at.duration_since(std::time::UNIX_EPOCH).map_or(0, |at| u64::try_from(at.as_millis()).unwrap_or(u64::MAX))
+        });
+        let messages = if offline {
+            state
+                .waiting()
+                .into_iter()
+                .map(|queued| SavedMessage {
+                    message: queued.message,
+                    qos: queued.qos,
+                    retain: queued.retain,
+                    identifiers: queued.identifiers,
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Some(SessionSnapshot {
+            certificate_id: state.identity.certificate_id.to_string(),
+            expiry: state.expiry,
+            expires_at_ms,
+            subscriptions,
+            messages,
+        })
+    }
+
     fn space(&self, account: &AccountId) -> Arc<Space> {
         let mut spaces = self.spaces.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(space) = spaces.get(account) {
@@ -690,7 +836,8 @@ impl Broker {
     /// are settled the way MQTT 5 3.1.3.2.2 says: the old connection's will is published unless the
     /// new connection resumes the session and the will had a delay; a will whose delay runs is
     /// cancelled by the resumption, or published if the session ends.
-    pub(crate) fn attach(&self, request: Attach<'_>) -> Attachment {
+    pub(crate) fn attach(&self, mut request: Attach<'_>) -> Attachment {
+        let kept = request.kept.take();
         let now = Instant::now();
         let account = &request.identity.account;
         let client_id = request.client_id;
@@ -735,6 +882,7 @@ impl Broker {
             }
 
             let existing = space_state.sessions.get(client_id).map(|entry| entry.session.clone());
+            let existed_here = existing.is_some();
             let mut resumed = None;
             if let Some(session) = existing {
                 let mut state = session.lock();
@@ -777,20 +925,32 @@ impl Broker {
                     resumed = Some(session);
                 }
             }
-            let session_present = resumed.is_some();
-            let session = resumed.unwrap_or_else(|| {
-                let state = SessionState::new(
-                    request.identity.clone(),
-                    attached.take(),
-                    request.expiry,
-                    space.queued_bytes.clone(),
-                );
-                Arc::new(Session::new(client_id.to_owned(), state))
-            });
+            let mut session_present = resumed.is_some();
+            let session = match resumed {
+                Some(session) => session,
+                None => {
+                    let mut state = SessionState::new(
+                        request.identity.clone(),
+                        attached.take(),
+                        request.expiry,
+                        space.queued_bytes.clone(),
+                    );
+                    let resumable = |kept: &SessionSnapshot| {
+                        resumable(kept, request.identity, request.clean_start, client_id, existed_here)
+                    };
+                    if let Some(kept) = kept.filter(resumable) {
+                        self.resume_kept(space_state, client_id, &mut state, kept, now);
+                        session_present = true;
+                    }
+                    Arc::new(Session::new(client_id.to_owned(), state))
+                }
+            };
             space_state.insert_session(client_id, SessionEntry { session: session.clone(), online: true });
             (session, session_present, version_number)
         };
         self.publish_wills(account, wills);
+        // The cluster's copy follows: this node's session now (or none, for a clean one).
+        self.keep(account, client_id, Keep::Write);
         self.fabric.claim_client_id(ClientClaim {
             account: account.clone(),
             client_id: client_id.to_owned(),
@@ -798,6 +958,39 @@ impl Broker {
             revision: request.revision.unwrap_or(0),
         });
         Attachment { session, session_present, kicked, wake, version_number }
+    }
+
+    /// Rebuilds a session another node kept: its subscriptions (within this node's bound) and
+    /// the messages that waited for it (within the queue's bounds).
+    fn resume_kept(
+        &self,
+        space_state: &mut SpaceState,
+        client_id: &str,
+        state: &mut SessionState,
+        kept: SessionSnapshot,
+        now: Instant,
+    ) {
+        for subscription in kept.subscriptions.into_iter().take(self.config.max_subscriptions) {
+            let options = SubscriptionOptions {
+                qos: subscription.qos,
+                no_local: subscription.no_local,
+                retain_as_published: subscription.retain_as_published,
+                identifier: subscription.identifier,
+            };
+            space_state.subscriptions.insert(client_id, &subscription.filter, options);
+            state.subscriptions.insert(subscription.filter.as_str().to_owned(), subscription.filter);
+        }
+        let limits = self.queue_limits();
+        let mut dropped = 0usize;
+        let total = kept.messages.len();
+        for saved in kept.messages {
+            let queued =
+                Queued { message: saved.message, qos: saved.qos, retain: saved.retain, identifiers: saved.identifiers };
+            if state.enqueue(queued, limits, now).is_err() {
+                dropped += 1;
+            }
+        }
+        tracing::info!(client_id, messages = total, dropped, "resumed a session another node kept");
     }
 
     /// A connection leaves its session (if it still serves it: a connection taken over does not).
@@ -851,7 +1044,9 @@ impl Broker {
                 }
                 timer = Some((state.epoch, state.pending_will.as_ref().map(|(_, due)| *due), expires_at));
             }
+            let keep = if state.moved_away { Keep::Leave } else { Keep::Write };
             drop(state);
+            self.keep(account, &session.client_id, keep);
             self.evict_offline(account, space_state, &mut wills, now);
         }
         self.publish_wills(account, wills);
@@ -914,6 +1109,7 @@ impl Broker {
             state.epoch += 1;
             wills.extend(space_state.end_offline(&session, &mut state).map(|will| will.publish(now)));
             drop(state);
+            self.keep(account, &session.client_id, Keep::Write);
             let evicted = self.counters.offline_sessions_evicted.fetch_add(1, Ordering::Relaxed) + 1;
             if self.warn_now(Warning::OfflineEvicted) {
                 tracing::warn!(%account, client_id = %session.client_id, limit, evicted_so_far = evicted, "offline session ended early: the account keeps the maximum offline");
@@ -948,6 +1144,7 @@ impl Broker {
             let (queued, inflight) = state.backlog();
             tracing::debug!(%account, client_id = %session.client_id, queued, inflight, "session expired");
         }
+        self.keep(account, &session.client_id, Keep::Write);
         self.publish_wills(account, wills);
     }
 
@@ -994,6 +1191,7 @@ impl Broker {
                 }
             }
         }
+        self.keep(account, &session.client_id, Keep::Write);
         for (message, options) in retained {
             let queued = Queued {
                 qos: message.qos.min(options.qos),
@@ -1029,6 +1227,9 @@ impl Broker {
                 space_state.subscriptions.remove(&session.client_id, filter)
             })
             .collect();
+        drop(state);
+        drop(guard);
+        self.keep(account, &session.client_id, Keep::Write);
         Some(existed)
     }
 
@@ -1096,6 +1297,10 @@ impl Broker {
         let why = match result {
             Ok(qos0_dropped) => {
                 self.counters.queued.fetch_add(1, Ordering::Relaxed);
+                if wake.is_none() {
+                    // Waiting for an offline session: the cluster's copy follows.
+                    self.keep(&identity.account, &session.client_id, Keep::Write);
+                }
                 if qos0_dropped > 0 {
                     self.counters.dropped_qos0_for_room.fetch_add(qos0_dropped as u64, Ordering::Relaxed);
                 }
@@ -1260,15 +1465,18 @@ impl Router for Broker {
                         let _ = kick.send(Kick::TakenOver);
                     }
                     state.expiry = Duration::ZERO;
+                    state.moved_away = true;
                 }
                 None => {
                     // Kept offline here, now served by the other node: it ends here.
                     state.epoch += 1;
+                    state.moved_away = true;
                     wills.extend(space_state.end_offline(&session, state).map(|will| will.publish(Instant::now())));
                 }
             }
             self.counters.moved_away.fetch_add(1, Ordering::Relaxed);
         }
+        self.keep(&claim.account, &claim.client_id, Keep::Leave);
         self.publish_wills(&claim.account, wills);
     }
 }

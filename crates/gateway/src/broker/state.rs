@@ -216,6 +216,9 @@ pub(crate) struct SessionState {
     pub(crate) incoming_qos2: HashSet<PacketId>,
     /// A will whose delay runs, with when it is due.
     pub(crate) pending_will: Option<(Will, Instant)>,
+    /// Another node took the client ID over: the session ends here without telling the
+    /// cluster's store (the other node writes it now).
+    pub(crate) moved_away: bool,
     pending_qos0: VecDeque<Waiting>,
     pending: VecDeque<Waiting>,
     inflight: BTreeMap<PacketId, Inflight>,
@@ -242,6 +245,7 @@ impl SessionState {
             subscriptions: HashMap::new(),
             incoming_qos2: HashSet::new(),
             pending_will: None,
+            moved_away: false,
             pending_qos0: VecDeque::new(),
             pending: VecDeque::new(),
             inflight: BTreeMap::new(),
@@ -458,6 +462,16 @@ impl SessionState {
     /// The connection left: QoS 0 messages are not kept for an offline session.
     pub(crate) fn went_offline(&mut self) {
         self.pending_qos0.clear();
+    }
+
+    /// The QoS 1 and 2 messages waiting for the client, oldest first: those sent and not yet
+    /// acknowledged, then those not sent (what a session kept for another node holds).
+    pub(crate) fn waiting(&self) -> Vec<Queued> {
+        let inflight = self.inflight.values().filter_map(|inflight| match inflight {
+            Inflight::Publish { queued, .. } => Some(queued.clone()),
+            Inflight::Release { .. } => None,
+        });
+        inflight.chain(self.pending.iter().map(|waiting| waiting.queued.clone())).collect()
     }
 
     /// How many messages wait: (queued, in flight).

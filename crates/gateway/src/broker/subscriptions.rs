@@ -126,6 +126,21 @@ impl Subscriptions {
         existed
     }
 
+    /// The options of `client_id`'s subscription to `filter`, if it holds one.
+    pub(crate) fn options(&self, client_id: &str, filter: &TopicFilter) -> Option<SubscriptionOptions> {
+        let mut node = &self.root;
+        for level in filter.filter().split('/') {
+            node = node.children.get(level)?;
+        }
+        match filter.share_group() {
+            None => node.subscribers.get(client_id).copied(),
+            Some(group) => {
+                let group = node.shared.get(group)?;
+                group.members.iter().find(|(member, _)| member == client_id).map(|(_, options)| *options)
+            }
+        }
+    }
+
     /// Removes `client_id`'s subscription to `filter`. Returns whether it existed.
     pub(crate) fn remove(&mut self, client_id: &str, filter: &TopicFilter) -> bool {
         let levels: Vec<&str> = filter.filter().split('/').collect();

@@ -26,6 +26,7 @@
 //! ([`envelope`]). NATS reconnects by itself and restores the subscriptions.
 
 mod envelope;
+mod sessions;
 mod subjects;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -42,7 +43,10 @@ use futures_util::stream::{BoxStream, SelectAll};
 use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 
-use crate::fabric::{ClientClaim, Delivery, Fabric, FabricError, NodeId, Reservation, RoutedMessage, Router};
+use crate::fabric::{
+    ClientClaim, Delivery, Fabric, FabricError, NodeId, Reservation, RoutedMessage, Router, SessionLoad,
+    SessionSnapshot,
+};
 use envelope::ExpiryForm;
 
 /// How a node joins the cluster.
@@ -56,6 +60,9 @@ pub struct ClusterConfig {
     pub outbound_bytes: usize,
     /// The largest packet a node accepts from another (the broker's `max_packet_size`).
     pub max_packet_size: usize,
+    /// How long the cluster keeps a persistent session nobody wrote since (the longest session
+    /// expiry and a margin): the bound of the sessions bucket's age.
+    pub session_retention: Duration,
 }
 
 impl ClusterConfig {
@@ -65,6 +72,7 @@ impl ClusterConfig {
             connect_timeout: Duration::from_secs(10),
             outbound_bytes: 64 * 1024 * 1024,
             max_packet_size,
+            session_retention: Duration::from_secs(2 * 3600),
         }
     }
 }
@@ -82,6 +90,7 @@ pub enum ClusterError {
 
 const CLIENTS_BUCKET: &str = "certfleet_clients";
 const RETAINED_BUCKET: &str = "certfleet_retained";
+const SESSIONS_BUCKET: &str = "certfleet_sessions";
 /// Message numbers remembered to skip the extra copies of one message (several matching
 /// filters on one node each get a copy from NATS).
 const DEDUPLICATION_WINDOW: usize = 65_536;
@@ -95,6 +104,8 @@ pub struct ClusterCounters {
     pub duplicates: AtomicU64,
     /// Messages refused because the outbound queue was full.
     pub backlog_refused: AtomicU64,
+    /// Messages refused because the node was not connected to NATS.
+    pub unavailable_refused: AtomicU64,
     /// Topics too long for a NATS subject: not carried across nodes.
     pub subject_too_long: AtomicU64,
     /// Bytes from NATS that were not a message certfleet sent.
@@ -103,6 +114,12 @@ pub struct ClusterCounters {
     pub errors: AtomicU64,
     pub claims_sent: AtomicU64,
     pub claims_received: AtomicU64,
+    /// Persistent sessions written to (or deleted from) the cluster's store.
+    pub sessions_saved: AtomicU64,
+    /// Persistent sessions another node kept, resumed here.
+    pub sessions_loaded: AtomicU64,
+    /// Waiting messages left out of a kept session (past the size of one KV value).
+    pub session_messages_left_out: AtomicU64,
 }
 
 /// What the sender task sends, in order.
@@ -110,6 +127,7 @@ enum Outbound {
     Message { subject: String, payload: Bytes },
     Retain { key: String, value: Option<Bytes> },
     Claim { subject: String, payload: Bytes },
+    Session { key: String, value: Option<Bytes> },
 }
 
 impl Outbound {
@@ -118,7 +136,9 @@ impl Outbound {
             Outbound::Message { subject, payload } | Outbound::Claim { subject, payload } => {
                 subject.len() + payload.len()
             }
-            Outbound::Retain { key, value } => key.len() + value.as_ref().map_or(0, Bytes::len),
+            Outbound::Retain { key, value } | Outbound::Session { key, value } => {
+                key.len() + value.as_ref().map_or(0, Bytes::len)
+            }
         }
     }
 }
@@ -138,6 +158,7 @@ pub struct NatsFabric {
     client: async_nats::Client,
     clients: kv::Store,
     retained: kv::Store,
+    sessions: kv::Store,
     outbound: mpsc::UnboundedSender<Outbound>,
     /// Taken by the sender task when the router attaches.
     outbound_rx: Mutex<Option<mpsc::UnboundedReceiver<Outbound>>>,
@@ -171,8 +192,11 @@ impl NatsFabric {
             .map_err(|_| ClusterError::Timeout { url: url.clone(), seconds: config.connect_timeout.as_secs() })?
             .map_err(|source| ClusterError::Connect { url: url.clone(), source })?;
         let jetstream = async_nats::jetstream::new(client.clone());
-        let clients = bucket(&jetstream, CLIENTS_BUCKET).await?;
-        let retained = bucket(&jetstream, RETAINED_BUCKET).await?;
+        // A claim matters only against the claims made at about the same time: a day bounds the
+        // bucket by the client IDs seen in a day (revisions keep growing across expiries).
+        let clients = bucket(&jetstream, CLIENTS_BUCKET, Duration::from_secs(24 * 3600)).await?;
+        let retained = bucket(&jetstream, RETAINED_BUCKET, Duration::ZERO).await?;
+        let sessions = bucket(&jetstream, SESSIONS_BUCKET, config.session_retention).await?;
         let (outbound, outbound_rx) = mpsc::unbounded_channel();
         tracing::info!(%url, node = %node, "joined the cluster");
         Ok(Arc::new(NatsFabric {
@@ -181,6 +205,7 @@ impl NatsFabric {
             client,
             clients,
             retained,
+            sessions,
             outbound,
             outbound_rx: Mutex::new(Some(outbound_rx)),
             outbound_queued: Arc::new(AtomicUsize::new(0)),
@@ -237,11 +262,15 @@ impl NatsFabric {
             ("received", &counters.received),
             ("duplicate", &counters.duplicates),
             ("refused_backlog", &counters.backlog_refused),
+            ("refused_unavailable", &counters.unavailable_refused),
             ("refused_subject_too_long", &counters.subject_too_long),
             ("malformed", &counters.malformed),
             ("error", &counters.errors),
             ("claim_sent", &counters.claims_sent),
             ("claim_received", &counters.claims_received),
+            ("session_saved", &counters.sessions_saved),
+            ("session_loaded", &counters.sessions_loaded),
+            ("session_message_left_out", &counters.session_messages_left_out),
         ] {
             let _ = writeln!(
                 out,
@@ -252,39 +281,36 @@ impl NatsFabric {
     }
 }
 
-/// Opens a KV bucket, creating it on first use (history 1: only the latest value counts).
-///
-/// The bucket's stream is created here, as async-nats's `create_key_value` would make it,
-/// rather than by `create_key_value` itself: that first reads the account's JetStream info,
-/// whose answer from a nats-server before 2.10 (Debian 12 ships 2.9.10) lacks fields async-nats
-/// requires (`reserved_memory`), so no node could start against it. The info is not used for a
-/// bucket without limit markers anyway.
-async fn bucket(jetstream: &async_nats::jetstream::Context, name: &'static str) -> Result<kv::Store, ClusterError> {
-    if let Ok(store) = jetstream.get_key_value(name).await {
-        return Ok(store);
-    }
-    let config = async_nats::jetstream::stream::Config {
+/// Opens a KV bucket, creating its stream on first use (history 1: only the latest value
+/// counts). The stream is made here with a KV bucket's settings rather than through the
+/// client's `create_key_value`, which first reads account fields NATS 2.9 does not send.
+/// `max_age` zero: kept until deleted.
+async fn bucket(
+    jetstream: &async_nats::jetstream::Context,
+    name: &'static str,
+    max_age: Duration,
+) -> Result<kv::Store, ClusterError> {
+    use async_nats::jetstream::stream;
+    let config = stream::Config {
         name: format!("KV_{name}"),
         subjects: vec![format!("$KV.{name}.>")],
         max_messages_per_subject: 1,
         allow_rollup: true,
         deny_delete: true,
         allow_direct: true,
-        discard: async_nats::jetstream::stream::DiscardPolicy::New,
+        discard: stream::DiscardPolicy::New,
         num_replicas: 1,
+        max_age,
         ..Default::default()
     };
-    match jetstream.create_stream(config).await {
-        Ok(_) => jetstream
-            .get_key_value(name)
-            .await
-            .map_err(|error| ClusterError::Bucket { bucket: name, reason: error.to_string() }),
-        // Another node created it in between.
-        Err(error) => jetstream
-            .get_key_value(name)
-            .await
-            .map_err(|_| ClusterError::Bucket { bucket: name, reason: error.to_string() }),
-    }
+    jetstream
+        .get_or_create_stream(config)
+        .await
+        .map_err(|error| ClusterError::Bucket { bucket: name, reason: error.to_string() })?;
+    jetstream
+        .get_key_value(name)
+        .await
+        .map_err(|error| ClusterError::Bucket { bucket: name, reason: error.to_string() })
 }
 
 /// A claim as it travels on `cf.c.<account>`.
@@ -308,6 +334,7 @@ impl Fabric for NatsFabric {
         tokio::spawn(send_loop(
             self.client.clone(),
             self.retained.clone(),
+            self.sessions.clone(),
             outbound,
             self.outbound_queued.clone(),
             self.counters.clone(),
@@ -332,6 +359,12 @@ impl Fabric for NatsFabric {
     }
 
     fn publish(&self, _origin: &NodeId, routed: RoutedMessage) -> Result<(), FabricError> {
+        // Core NATS keeps nothing for a node that is not connected: a message handed over now
+        // would be lost, so the publisher is told instead (and its client sends it again).
+        if !matches!(self.client.connection_state(), async_nats::connection::State::Connected) {
+            self.counters.unavailable_refused.fetch_add(1, Ordering::Relaxed);
+            return Err(FabricError::Unavailable);
+        }
         let message = &routed.message;
         let Some(subject) = subjects::message(&routed.account, &message.topic) else {
             self.counters.subject_too_long.fetch_add(1, Ordering::Relaxed);
@@ -377,6 +410,56 @@ impl Fabric for NatsFabric {
         })
     }
 
+    fn keeps_sessions(&self) -> bool {
+        true
+    }
+
+    fn save_session(&self, account: &AccountId, client_id: &str, snapshot: Option<SessionSnapshot>) {
+        let key = subjects::client_key(account, client_id);
+        let value = snapshot.map(|snapshot| {
+            let (bytes, left_out) = sessions::encode(&snapshot, Instant::now());
+            if left_out > 0 {
+                self.counters.session_messages_left_out.fetch_add(left_out as u64, Ordering::Relaxed);
+            }
+            bytes
+        });
+        self.counters.sessions_saved.fetch_add(1, Ordering::Relaxed);
+        if self.send(Outbound::Session { key, value }).is_err() {
+            tracing::warn!(
+                client_id,
+                "a persistent session could not be kept in the cluster: the outbound queue is full"
+            );
+        }
+    }
+
+    fn load_session(&self, account: &AccountId, client_id: &str) -> SessionLoad {
+        let store = self.sessions.clone();
+        let key = subjects::client_key(account, client_id);
+        let counters = self.counters.clone();
+        let max_packet = self.config.max_packet_size + 64;
+        Box::pin(async move {
+            match store.get(key).await {
+                Ok(None) => Ok(None),
+                Ok(Some(bytes)) => match sessions::decode(&bytes, max_packet, Instant::now()) {
+                    Ok(snapshot) => {
+                        counters.sessions_loaded.fetch_add(1, Ordering::Relaxed);
+                        Ok(Some(snapshot))
+                    }
+                    Err(error) => {
+                        counters.malformed.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(%error, "a kept session could not be read; the session starts afresh");
+                        Ok(None)
+                    }
+                },
+                Err(error) => {
+                    counters.errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%error, "reading a kept session failed");
+                    Err(FabricError::Unavailable)
+                }
+            }
+        })
+    }
+
     fn claim_client_id(&self, claim: ClientClaim) {
         let wire = ClaimWire { client_id: claim.client_id, node: claim.node.to_string(), revision: claim.revision };
         let Ok(payload) = serde_json::to_vec(&wire) else { return };
@@ -400,6 +483,18 @@ impl Fabric for NatsFabric {
         interests.dirty.insert(key);
         drop(interests);
         self.interests_changed.notify_one();
+    }
+
+    fn flush(&self, within: Duration) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        Box::pin(async move {
+            let deadline = Instant::now() + within;
+            while self.outbound_queued.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            if tokio::time::timeout_at(deadline, self.client.flush()).await.is_err() {
+                tracing::warn!("NATS did not take everything queued before shutdown");
+            }
+        })
     }
 
     fn stores_retained(&self) -> bool {
@@ -435,6 +530,7 @@ impl Router for NoRouter {
 async fn send_loop(
     client: async_nats::Client,
     retained: kv::Store,
+    sessions: kv::Store,
     mut outbound: mpsc::UnboundedReceiver<Outbound>,
     queued: Arc<AtomicUsize>,
     counters: Arc<ClusterCounters>,
@@ -450,6 +546,10 @@ async fn send_loop(
                 retained.put(key, value).await.map(|_| ()).map_err(|error| error.to_string())
             }
             Outbound::Retain { key, value: None } => retained.delete(key).await.map_err(|error| error.to_string()),
+            Outbound::Session { key, value: Some(value) } => {
+                sessions.put(key, value).await.map(|_| ()).map_err(|error| error.to_string())
+            }
+            Outbound::Session { key, value: None } => sessions.delete(key).await.map_err(|error| error.to_string()),
         };
         queued.fetch_sub(bytes, Ordering::Relaxed);
         match result {
@@ -654,8 +754,6 @@ async fn watch_retained(store: kv::Store, router: Weak<dyn Router>, counters: Ar
         if router.strong_count() == 0 {
             return;
         }
-        // With history: the latest entry of every key first (`watch_all` would deliver only
-        // changes made after it starts, so a node started later would serve nothing retained).
         match store.watch_with_history(">").await {
             Ok(mut watch) => {
                 while let Some(entry) = watch.next().await {

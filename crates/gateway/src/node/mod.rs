@@ -162,6 +162,10 @@ impl Node {
             .await;
         let drained = shutdown::drain(&self.gateway.live, connections, self.shutdown, &self.shutdown_counters).await;
         let history = self.history.flush(HISTORY_FLUSH).await;
+        // The sessions that went offline in the drain reach the cluster's store (another node
+        // resumes them), as does everything else queued for the other nodes.
+        self.broker.keep_sessions();
+        self.broker.fabric.flush(HISTORY_FLUSH).await;
         let Drained { paced, closed_at_grace, closed_before_connect, aborted, elapsed } = drained;
         tracing::info!(
             sessions = paced + closed_at_grace,

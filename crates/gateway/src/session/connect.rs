@@ -20,7 +20,7 @@ use super::transport::Transport;
 use super::{ConnectRefusal, forwarded, refuse_connect, reserved};
 use crate::broker::{Attach, Broker, BrokerConfig, DeliveryLimits, Will};
 use crate::events::{self, OnRecord};
-use crate::fabric::Message;
+use crate::fabric::{Message, SessionSnapshot};
 use crate::fleet::FleetProvisioning;
 use crate::fleet::service::ConnectionFleet;
 use crate::listener::Authenticated;
@@ -153,7 +153,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ExpectConnect<S> {
             Ok(grant) => self.reserve(grant).await,
             Err(refused) => Err(refused),
         };
-        let (grant, revision) = match checked {
+        let (grant, revision, kept) = match checked {
             Ok(reserved) => reserved,
             Err((refusal, client_id)) => {
                 let reason_code = refusal.reason_code();
@@ -165,16 +165,39 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ExpectConnect<S> {
                 return None;
             }
         };
-        Some(self.attach(grant, revision))
+        Some(self.attach(grant, revision, kept))
     }
 
     /// Orders this connection's claim of its client ID among the cluster's (a node alone has
     /// nothing to ask); refused with Server unavailable when the cluster cannot answer within
     /// [`RESERVE_TIMEOUT`].
-    async fn reserve(&self, grant: Grant) -> Result<(Grant, Option<u64>), (ConnectRefusal, String)> {
-        let reservation = self.broker.fabric.reserve_client_id(&self.identity.account, &grant.client_id);
+    /// In a cluster that keeps sessions, a connection that does not start clean also reads the
+    /// session another node kept for its client ID, when this node holds none.
+    async fn reserve(
+        &self,
+        grant: Grant,
+    ) -> Result<(Grant, Option<u64>, Option<SessionSnapshot>), (ConnectRefusal, String)> {
+        let fabric = &self.broker.fabric;
+        let account = &self.identity.account;
+        let kept =
+            if fabric.keeps_sessions() && !grant.clean_start && !self.broker.holds_session(account, &grant.client_id) {
+                match tokio::time::timeout(RESERVE_TIMEOUT, fabric.load_session(account, &grant.client_id)).await {
+                    Ok(Ok(kept)) => kept,
+                    Ok(Err(error)) => {
+                        tracing::warn!(%error, "kept session not read");
+                        return Err((ConnectRefusal::ClusterUnavailable, grant.client_id));
+                    }
+                    Err(_) => {
+                        tracing::warn!("kept session not read: the cluster did not answer in time");
+                        return Err((ConnectRefusal::ClusterUnavailable, grant.client_id));
+                    }
+                }
+            } else {
+                None
+            };
+        let reservation = fabric.reserve_client_id(account, &grant.client_id);
         match tokio::time::timeout(RESERVE_TIMEOUT, reservation).await {
-            Ok(Ok(revision)) => Ok((grant, revision)),
+            Ok(Ok(revision)) => Ok((grant, revision, kept)),
             Ok(Err(error)) => {
                 tracing::warn!(%error, "client ID not reserved");
                 Err((ConnectRefusal::ClusterUnavailable, grant.client_id))
@@ -278,7 +301,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ExpectConnect<S> {
 
     /// Attaches the session, answers CONNACK and tells the observer, the operator view and the
     /// lifecycle-event subscribers.
-    fn attach(self, grant: Grant, revision: Option<u64>) -> Connected<S> {
+    fn attach(self, grant: Grant, revision: Option<u64>, kept: Option<SessionSnapshot>) -> Connected<S> {
         let ExpectConnect { broker, fleet, mut transport, peer, identity, membership } = self;
         let config = &broker.config;
         let version = grant.limits.version;
@@ -291,6 +314,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ExpectConnect<S> {
             will: grant.will,
             connection,
             revision,
+            kept,
         });
         let properties = match version {
             ProtocolVersion::V311 => Properties::default(),

@@ -3,6 +3,7 @@
 //! when every task waits.
 
 mod bounds;
+mod cluster;
 mod connect;
 mod delivery;
 mod events;
