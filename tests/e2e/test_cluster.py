@@ -590,7 +590,8 @@ class Traffic:
     def summary(self) -> str:
         with self._lock:
             by_phase = collections.Counter(message.split("-")[0] for message in self.acknowledged)
-            return (f"acknowledged {dict(by_phase)}, refused {len(self.refused)}, failed {len(self.failed)}; "
+            codes = sorted({str(code) for _, code in self.refused})
+            return (f"acknowledged {dict(by_phase)}, refused {len(self.refused)} {codes}, failed {len(self.failed)}; "
                     f"the publisher's connection dropped {self.dropped} times")
 
 
