@@ -86,7 +86,7 @@ export CERTFLEET_KEY_PASSPHRASE=bench RUST_LOG=warn
 
 # one: a node alone, the embedded default (SQLite, no NATS).
 "$bin/certfleet" server --config "$work/certfleet.toml" --data-dir "$work/one" --node-id one \
-  --api-addr 127.0.0.1:0 --mqtt-addr 127.0.0.1:0 >"$work/one.log" 2>&1 &
+  --api-addr 127.0.0.1:0 --mqtt-addr 127.0.0.1:0 --metrics-addr 127.0.0.1:0 >"$work/one.log" 2>&1 &
 pids+=($!); one_pid=$!
 wait_endpoints "$work/one" "$work/one.log" "$one_pid"
 one_addr=$(mqtt_addr "$work/one")
@@ -138,7 +138,7 @@ if "$bin/certfleet" server --help | grep -q -- --nats-url; then
   for node in n1 n2 n3; do
     "$bin/certfleet" server --config "$work/certfleet.toml" --data-dir "$work/$node" --node-id "$node" \
       --database-url "$database_url" --nats-url "nats://127.0.0.1:$nats_port" \
-      --api-addr 127.0.0.1:0 --mqtt-addr 127.0.0.1:0 >"$work/$node.log" 2>&1 &
+      --api-addr 127.0.0.1:0 --mqtt-addr 127.0.0.1:0 --metrics-addr 127.0.0.1:0 >"$work/$node.log" 2>&1 &
     pids+=($!); node_pids+=($!)
     [ "$node" = n1 ] && wait_endpoints "$work/n1" "$work/n1.log" "$!"
   done
@@ -213,6 +213,12 @@ for round in $(seq "$rounds"); do
   fi
 done
 finished=$(date -u +%FT%TZ)
+# Every node's counters of dropped messages, over the whole run (the lost deliveries' causes).
+for node in one n1 n2 n3; do
+  [ -s "$work/$node/endpoints.json" ] || continue
+  metrics=$(python3 -c "import json,sys;print(json.load(open(sys.argv[1]))['metrics_addr'] or '')" "$work/$node/endpoints.json")
+  [ -n "$metrics" ] && curl -fsS "http://$metrics/metrics" >"$work/metrics-$node.txt" 2>/dev/null || true
+done
 
 export CLUSTER_WORK=$work CLUSTER_SMOKE=$smoke CLUSTER_STARTED=$started CLUSTER_FINISHED=$finished CLUSTER_ROUNDS=$rounds CLUSTER_RAN=$cluster
 export CLUSTER_SIZES="rounds=$rounds seconds=$seconds devices=$devices fanin_publishers=$fanin_publishers connect_workers=$connect_workers"
@@ -330,6 +336,24 @@ compare("PublishQos1", "QoS 1 1 to 1", "cross", "peer")
 compare("FanIn", "fan-in QoS 1", "cross", "peer")
 compare("Connect", "connect storm", "three", "one")
 w("")
+
+scraped = [n for n in ("one", "n1", "n2", "n3") if os.path.exists(os.path.join(os.environ["CLUSTER_WORK"], f"metrics-{n}.txt"))]
+drops = {}
+for node in scraped:
+    for line in open(os.path.join(os.environ["CLUSTER_WORK"], f"metrics-{node}.txt")):
+        if re.match(r"certfleet_(broker_dropped|cluster_messages_total)", line):
+            name, _, value = line.strip().rpartition(" ")
+            if float(value) > 0:
+                drops.setdefault(name, {})[node] = float(value)
+if drops:
+    w("Counters of dropped (and, for the cluster, carried) messages over the whole run, read from each node's")
+    w("`/metrics` at the end (a lost delivery shows up here as the cause of its loss):")
+    w("")
+    w("| counter | " + " | ".join(scraped) + " |")
+    w("|---|" + "---|" * len(scraped))
+    for name in sorted(drops):
+        w(f"| `{name}` | " + " | ".join(fmt(drops[name].get(n, 0)) for n in scraped) + " |")
+    w("")
 
 w("<details><summary>Every run</summary>")
 w("")

@@ -590,7 +590,8 @@ class Traffic:
     def summary(self) -> str:
         with self._lock:
             by_phase = collections.Counter(message.split("-")[0] for message in self.acknowledged)
-            return (f"acknowledged {dict(by_phase)}, refused {len(self.refused)}, failed {len(self.failed)}; "
+            codes = sorted({str(code) for _, code in self.refused})
+            return (f"acknowledged {dict(by_phase)}, refused {len(self.refused)} {codes}, failed {len(self.failed)}; "
                     f"the publisher's connection dropped {self.dropped} times")
 
 
@@ -654,7 +655,9 @@ def test_nats_restarted_under_traffic_nodes_reconnect_and_messages_flow_again(cl
 
 def test_nats_restarted_under_traffic_loses_no_acknowledged_message(cluster, openssl):
     """The issue's stronger promise: every QoS 1 message the broker acknowledged (PUBACK
-    success) before, during and after the restart reaches the subscribers on the other nodes."""
+    success) before, during and after the restart reaches the subscribers on the other nodes.
+    (Which node misses messages, if any, depends on the order the nodes reconnect to NATS in; a
+    fabric that loses them does not fail this every time.)"""
     watchers, traffic, topic, _ = nats_restarted_under_traffic(cluster, openssl)
     try:
         time.sleep(2)
