@@ -670,7 +670,7 @@ pub(crate) async fn endpoint(
         .raw("</dd><dt>Migration</dt><dd id=\"endpoint-migration\">")
         .text(&migration_summary(configuration.migration.as_deref()))
         .raw("</dd></dl>");
-    body.raw("<h2>Chains on this node</h2><table id=\"chains\"><thead><tr><th>Chain</th><th>Serving</th><th>Connected</th><th>Handshakes completed</th><th>Handshakes failed</th></tr></thead><tbody>");
+    body.raw("<h2>Chains (every node)</h2><table id=\"chains\"><thead><tr><th>Chain</th><th>Serving</th><th>Connected</th><th>Handshakes completed</th><th>Handshakes failed</th></tr></thead><tbody>");
     for chain in &report.chains {
         body.raw("<tr><td><code>")
             .text(&chain.chain)
@@ -716,7 +716,7 @@ pub(crate) async fn endpoint(
         }
         None => {
             body.raw(
-                "<p id=\"no-drain\">No migration or revert has drained sessions on this node since it started.</p>",
+                "<p id=\"no-drain\">No migration or revert has drained sessions since the nodes started.</p>",
             );
         }
     }

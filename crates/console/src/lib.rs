@@ -139,12 +139,13 @@ impl Console {
         })
     }
 
-    /// The caller's devices connected to this node (none without a gateway here).
+    /// The caller's devices connected to the gateway nodes this console reads (this node, or
+    /// every node of a cluster; none without a gateway here).
     pub(crate) fn connected_clients(&self, caller: &Caller) -> Vec<certfleet_services::ConnectedClient> {
         self.data_plane.as_ref().map(|plane| plane.connected_clients(&caller.account)).unwrap_or_default()
     }
 
-    /// The caller's devices this node refused in the last hour, by reason.
+    /// The caller's devices the gateway nodes refused in the last hour, by reason.
     pub(crate) fn recent_refusals(&self, caller: &Caller) -> Vec<(String, u64)> {
         self.data_plane.as_ref().map(|plane| plane.recent_refusals(&caller.account)).unwrap_or_default()
     }

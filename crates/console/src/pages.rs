@@ -470,7 +470,7 @@ async fn overview(State(console): State<Arc<Console>>, request: Request) -> Resp
     body.raw("<h2>Expiry timeline</h2><p class=\"hint\">ACTIVE certificates by week of notAfter for the next year, stacked by issuing CA; the first bar is those already expired.</p>")
         .raw(&crate::svg::timeline(&fleet));
 
-    body.raw("<h2>Why devices were refused (last hour, this node)</h2>");
+    body.raw("<h2>Why devices were refused (last hour, every node)</h2>");
     if refused.is_empty() {
         body.raw("<p id=\"no-refusals\">No device of this account was refused in the last hour.</p>");
     } else {
