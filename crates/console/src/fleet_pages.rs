@@ -715,9 +715,7 @@ pub(crate) async fn endpoint(
             body.raw("</ul>");
         }
         None => {
-            body.raw(
-                "<p id=\"no-drain\">No migration or revert has drained sessions since the nodes started.</p>",
-            );
+            body.raw("<p id=\"no-drain\">No migration or revert has drained sessions since the nodes started.</p>");
         }
     }
     body.raw("<h2>Actions</h2><div class=\"actions\">");

@@ -161,6 +161,10 @@ pub struct NatsFabric {
     client: async_nats::Client,
     /// The connection for application messages and plain subscriptions (no echo).
     plain: async_nats::Client,
+    /// When a connection of this node last came back after NATS was lost: publishes wait
+    /// [`RESUBSCRIBE_SETTLE`] after it, so that the other nodes, reconnecting too, have their
+    /// subscriptions back before messages they would miss are acknowledged.
+    reconnected: Arc<Mutex<Option<Instant>>>,
     clients: kv::Store,
     retained: kv::Store,
     sessions: kv::Store,
@@ -181,12 +185,13 @@ impl NatsFabric {
     /// node's tasks start when its broker attaches ([`Fabric::attach`]).
     pub async fn connect(node: NodeId, config: ClusterConfig) -> Result<Arc<Self>, ClusterError> {
         let url = config.url.clone();
-        let client = nats_connect(&node, &config, "", false).await?;
+        let reconnected = Arc::new(Mutex::new(None));
+        let client = nats_connect(&node, &config, "", false, reconnected.clone()).await?;
         // Application messages go out and plain subscriptions come in on a connection of their
         // own that NATS never echoes to: the node serves its own subscribers itself, so its
         // messages do not come back to it. Queue groups, claims and JetStream use `client`,
         // which does receive this node's messages (a group's only member may be here).
-        let plain = nats_connect(&node, &config, "-messages", true).await?;
+        let plain = nats_connect(&node, &config, "-messages", true, reconnected.clone()).await?;
         let jetstream = async_nats::jetstream::new(client.clone());
         // A claim matters only against the claims made at about the same time: a day bounds the
         // bucket by the client IDs seen in a day (revisions keep growing across expiries).
@@ -200,6 +205,7 @@ impl NatsFabric {
             config,
             client,
             plain,
+            reconnected,
             clients,
             retained,
             sessions,
@@ -286,17 +292,31 @@ async fn nats_connect(
     config: &ClusterConfig,
     suffix: &str,
     no_echo: bool,
+    reconnected: Arc<Mutex<Option<Instant>>>,
 ) -> Result<async_nats::Client, ClusterError> {
     let url = config.url.clone();
+    let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut options = async_nats::ConnectOptions::new()
         .name(format!("certfleet-{node}{suffix}"))
         .connection_timeout(config.connect_timeout)
         .max_reconnects(None)
-        .event_callback(|event| async move {
-            match event {
-                async_nats::Event::Disconnected => tracing::warn!("NATS connection lost; reconnecting"),
-                async_nats::Event::Connected => tracing::info!("NATS connected"),
-                other => tracing::info!(event = %other, "NATS"),
+        .event_callback(move |event| {
+            let (lost, reconnected) = (lost.clone(), reconnected.clone());
+            async move {
+                match event {
+                    async_nats::Event::Disconnected => {
+                        lost.store(true, Ordering::Relaxed);
+                        tracing::warn!("NATS connection lost; reconnecting");
+                    }
+                    async_nats::Event::Connected => {
+                        if lost.swap(false, Ordering::Relaxed) {
+                            *reconnected.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+                                Some(Instant::now());
+                        }
+                        tracing::info!("NATS connected");
+                    }
+                    other => tracing::info!(event = %other, "NATS"),
+                }
             }
         });
     if no_echo {
@@ -390,7 +410,12 @@ impl Fabric for NatsFabric {
     fn publish(&self, _origin: &NodeId, routed: RoutedMessage) -> Result<(), FabricError> {
         // Core NATS keeps nothing for a node that is not connected: a message handed over now
         // would be lost, so the publisher is told instead (and its client sends it again).
-        if !matches!(self.plain.connection_state(), async_nats::connection::State::Connected) {
+        let settling = self
+            .reconnected
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_some_and(|at| at.elapsed() < RESUBSCRIBE_SETTLE);
+        if settling || !matches!(self.plain.connection_state(), async_nats::connection::State::Connected) {
             self.counters.unavailable_refused.fetch_add(1, Ordering::Relaxed);
             return Err(FabricError::Unavailable);
         }
@@ -605,6 +630,9 @@ async fn send_loop(
 }
 
 const WARN_INTERVAL: Duration = Duration::from_secs(60);
+
+/// How long publishes are refused after this node's connection to NATS came back.
+const RESUBSCRIBE_SETTLE: Duration = Duration::from_millis(500);
 
 /// Which subscription a NATS message arrived on.
 #[derive(Clone)]
