@@ -6,17 +6,20 @@
 //! The services' clock is a stopped manual clock, so every handshake of the flood falls in the
 //! same one-second window whatever the machine's speed: the bound is exact, not timed.
 
+#[path = "support/chains.rs"]
+mod chains;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use certfleet_gateway::events::{ConnectionObserver, OnRecord};
 use certfleet_gateway::history::HistoryRecorder;
 use certfleet_gateway::{Identity, Node};
-use certfleet_pki::{CertificateId, Issuer, KeyAlgorithm};
+use certfleet_pki::CertificateId;
 use certfleet_services::*;
 use certfleet_testkit::{START, World};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -71,25 +74,7 @@ struct Rig {
 }
 
 async fn start(world: World, default_account: &Caller) -> Rig {
-    let now = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
-    let root =
-        Issuer::generate_root("bounds root", "certfleet", time::Duration::days(30), KeyAlgorithm::EcdsaP256, now)
-            .unwrap();
-    let (leaf, key) = root
-        .issue_server_certificate(
-            "gateway",
-            &["localhost".into()],
-            time::Duration::days(30),
-            KeyAlgorithm::EcdsaP256,
-            now,
-        )
-        .unwrap();
-    let chain = certfleet_gateway::tls::certified_key_der(
-        vec![CertificateDer::from(leaf.der().to_vec())],
-        &PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.to_vec())),
-    )
-    .unwrap();
-    let tls = certfleet_gateway::endpoints::BuiltinChains { default: chain.clone(), large: chain };
+    let tls = chains::builtin_chains("bounds root");
     let config = certfleet_gateway::Config {
         region: "us-east-1".into(),
         endpoint_domain: "certfleet.local".into(),

@@ -14,6 +14,9 @@
 //!
 //! Timing is asserted only as generous bounds and printed (`--nocapture` shows it).
 
+#[path = "support/chains.rs"]
+mod chains;
+
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -35,7 +38,7 @@ use certfleet_registry::{CertificateStatus, SqliteStore, Store};
 use certfleet_services::{Caller, Config, DataPlane, Services, SystemClock};
 use certfleet_testkit::TempDir;
 use futures_util::StreamExt;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::sync::{Notify, watch};
 
@@ -102,24 +105,7 @@ struct Pair {
 }
 
 async fn node(name: &str, services: &Arc<Services>, nats: &NatsServer, commits: Arc<Notify>) -> Arc<Node> {
-    let now = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
-    let root =
-        Issuer::generate_root("ops root", "certfleet", time::Duration::days(30), KeyAlgorithm::EcdsaP256, now).unwrap();
-    let (leaf, key) = root
-        .issue_server_certificate(
-            "gateway",
-            &["localhost".into()],
-            time::Duration::days(30),
-            KeyAlgorithm::EcdsaP256,
-            now,
-        )
-        .unwrap();
-    let chain = certfleet_gateway::tls::certified_key_der(
-        vec![CertificateDer::from(leaf.der().to_vec())],
-        &PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.to_vec())),
-    )
-    .unwrap();
-    let builtin = certfleet_gateway::endpoints::BuiltinChains { default: chain.clone(), large: chain };
+    let builtin = chains::builtin_chains("ops root");
     let account = services.list_accounts().unwrap().into_iter().next().unwrap().id;
     let gateway = certfleet_gateway::Config {
         region: "us-east-1".into(),

@@ -9,6 +9,9 @@
 //! Timing is asserted only as generous bounds: a lower bound for the rate, an upper bound far
 //! above the grace for "cannot hang".
 
+#[path = "support/chains.rs"]
+mod chains;
+
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -21,7 +24,7 @@ use certfleet_mqtt::{
     Connect, MAX_PACKET_SIZE, Packet, Properties, ProtocolVersion, PubAck, Publish, QoS, ReasonCode, RetainHandling,
     Subscribe, Subscription, TopicFilter, TopicName, Will, decode, encode,
 };
-use certfleet_pki::{Issuer, KeyAlgorithm};
+
 use certfleet_registry::PolicyName;
 use certfleet_services::Caller;
 use certfleet_testkit::{START, World};
@@ -97,25 +100,7 @@ async fn start(shutdown: ShutdownConfig, broker: BrokerConfig, timeouts: Duratio
     world.clock.advance(time::OffsetDateTime::now_utc() - START);
     let caller = world.caller();
     let services = world.services.clone();
-    let now = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
-    let root =
-        Issuer::generate_root("shutdown root", "certfleet", time::Duration::days(30), KeyAlgorithm::EcdsaP256, now)
-            .unwrap();
-    let (leaf, key) = root
-        .issue_server_certificate(
-            "gateway",
-            &["localhost".into()],
-            time::Duration::days(30),
-            KeyAlgorithm::EcdsaP256,
-            now,
-        )
-        .unwrap();
-    let chain = certfleet_gateway::tls::certified_key_der(
-        vec![CertificateDer::from(leaf.der().to_vec())],
-        &PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.to_vec())),
-    )
-    .unwrap();
-    let builtin = certfleet_gateway::endpoints::BuiltinChains { default: chain.clone(), large: chain };
+    let builtin = chains::builtin_chains("shutdown root");
     let config = certfleet_gateway::Config {
         region: "us-east-1".into(),
         endpoint_domain: "certfleet.local".into(),
