@@ -164,7 +164,7 @@ pub struct NatsFabric {
     /// When a connection of this node last came back after NATS was lost: publishes wait
     /// [`RESUBSCRIBE_SETTLE`] after it, so that the other nodes, reconnecting too, have their
     /// subscriptions back before messages they would miss are acknowledged.
-    reconnected: Arc<Mutex<Option<Instant>>>,
+    reconnected: Arc<Reconnected>,
     clients: kv::Store,
     retained: kv::Store,
     sessions: kv::Store,
@@ -185,7 +185,7 @@ impl NatsFabric {
     /// node's tasks start when its broker attaches ([`Fabric::attach`]).
     pub async fn connect(node: NodeId, config: ClusterConfig) -> Result<Arc<Self>, ClusterError> {
         let url = config.url.clone();
-        let reconnected = Arc::new(Mutex::new(None));
+        let reconnected = Arc::new(Reconnected::default());
         let client = nats_connect(&node, &config, "", false, reconnected.clone()).await?;
         // Application messages go out and plain subscriptions come in on a connection of their
         // own that NATS never echoes to: the node serves its own subscribers itself, so its
@@ -292,7 +292,7 @@ async fn nats_connect(
     config: &ClusterConfig,
     suffix: &str,
     no_echo: bool,
-    reconnected: Arc<Mutex<Option<Instant>>>,
+    reconnected: Arc<Reconnected>,
 ) -> Result<async_nats::Client, ClusterError> {
     let url = config.url.clone();
     let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -310,8 +310,7 @@ async fn nats_connect(
                     }
                     async_nats::Event::Connected => {
                         if lost.swap(false, Ordering::Relaxed) {
-                            *reconnected.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
-                                Some(Instant::now());
+                            reconnected.now();
                         }
                         tracing::info!("NATS connected");
                     }
@@ -410,11 +409,7 @@ impl Fabric for NatsFabric {
     fn publish(&self, _origin: &NodeId, routed: RoutedMessage) -> Result<(), FabricError> {
         // Core NATS keeps nothing for a node that is not connected: a message handed over now
         // would be lost, so the publisher is told instead (and its client sends it again).
-        let settling = self
-            .reconnected
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .is_some_and(|at| at.elapsed() < RESUBSCRIBE_SETTLE);
+        let settling = self.reconnected.within(RESUBSCRIBE_SETTLE);
         if settling || !matches!(self.plain.connection_state(), async_nats::connection::State::Connected) {
             self.counters.unavailable_refused.fetch_add(1, Ordering::Relaxed);
             return Err(FabricError::Unavailable);
@@ -568,6 +563,14 @@ impl Fabric for NatsFabric {
     }
 }
 
+/// A node's name as a dedup key.
+fn origin_key(origin: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    origin.hash(&mut hasher);
+    hasher.finish()
+}
+
 fn random_u64() -> u64 {
     let mut bytes = [0u8; 8];
     // A fixed start only weakens duplicate detection across restarts; never fatal.
@@ -631,6 +634,35 @@ async fn send_loop(
 
 const WARN_INTERVAL: Duration = Duration::from_secs(60);
 
+/// When a connection of the node last came back after NATS was lost, read on every publish:
+/// an atomic, milliseconds after `base` (0: never).
+struct Reconnected {
+    base: std::time::Instant,
+    at_ms: AtomicU64,
+}
+
+impl Default for Reconnected {
+    fn default() -> Self {
+        Reconnected { base: std::time::Instant::now(), at_ms: AtomicU64::new(0) }
+    }
+}
+
+impl Reconnected {
+    fn elapsed_ms(&self) -> u64 {
+        u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX).max(1)
+    }
+
+    fn now(&self) {
+        self.at_ms.store(self.elapsed_ms(), Ordering::Relaxed);
+    }
+
+    /// Whether a connection came back less than `window` ago.
+    fn within(&self, window: Duration) -> bool {
+        let at = self.at_ms.load(Ordering::Relaxed);
+        at != 0 && self.elapsed_ms().saturating_sub(at) < u64::try_from(window.as_millis()).unwrap_or(u64::MAX)
+    }
+}
+
 /// How long publishes are refused after this node's connection to NATS came back.
 const RESUBSCRIBE_SETTLE: Duration = Duration::from_millis(500);
 
@@ -659,8 +691,8 @@ struct Receiver {
     counters: Arc<ClusterCounters>,
     max_packet: usize,
     /// Recent (node, message number) pairs routed here, to skip extra copies.
-    recent: HashSet<(String, u64)>,
-    order: VecDeque<(String, u64)>,
+    recent: HashSet<(u64, u64)>,
+    order: VecDeque<(u64, u64)>,
     /// The subscriptions made, per interest; dropping the senders ends their streams (and so
     /// unsubscribes).
     active: HashMap<(AccountId, TopicFilter), Vec<tokio::sync::oneshot::Sender<()>>>,
@@ -780,8 +812,9 @@ impl Receiver {
             }
         };
         if plain {
-            let id = (origin.to_owned(), sequence);
-            if !self.recent.insert(id.clone()) {
+            // The origin's name hashed (no allocation per message); numbers start at random.
+            let id = (origin_key(origin), sequence);
+            if !self.recent.insert(id) {
                 self.counters.duplicates.fetch_add(1, Ordering::Relaxed);
                 return None;
             }
